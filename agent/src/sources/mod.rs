@@ -1,0 +1,3 @@
+//! Sources: what the agent collects each interval.
+
+pub mod host;

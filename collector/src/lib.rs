@@ -1,0 +1,13 @@
+//! hubwatch's collector: authenticates each agent as its member, stores what it
+//! sends durably in an embedded store before acknowledging it, and serves the
+//! fleet's state over HTTP.
+//!
+//! `main.rs` only parses flags; everything runs from here so integration tests
+//! and benchmarks can drive it in-process.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod cli;
+pub mod server;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,197 @@
+use super::*;
+use crate::wire::*;
+use proptest::prelude::*;
+
+fn label() -> impl Strategy<Value = Label> {
+    ("[a-z_]{1,12}", ".{0,24}").prop_map(|(n, v)| Label::new(n, v))
+}
+
+fn sample() -> impl Strategy<Value = Sample> {
+    (
+        "[a-z_:]{1,40}",
+        proptest::collection::vec(label(), 0..6),
+        any::<f64>(),
+        any::<i64>(),
+    )
+        .prop_map(|(name, labels, value, timestamp_ms)| Sample {
+            name,
+            labels,
+            value,
+            timestamp_ms,
+        })
+}
+
+fn failure() -> impl Strategy<Value = FailureKind> {
+    prop_oneof![
+        Just(FailureKind::Dns),
+        Just(FailureKind::Connect),
+        Just(FailureKind::Tls),
+        Just(FailureKind::Timeout),
+        Just(FailureKind::Http),
+        Just(FailureKind::Parse),
+        Just(FailureKind::Other),
+    ]
+}
+
+fn health() -> impl Strategy<Value = HealthCheck> {
+    (
+        ".{0,40}",
+        proptest::option::of("[a-z]{1,8}"),
+        prop_oneof![
+            Just(CheckKind::HubHealth),
+            Just(CheckKind::Probe),
+            Just(CheckKind::Source),
+            Just(CheckKind::Agent)
+        ],
+        any::<bool>(),
+        proptest::option::of(any::<u16>()),
+        any::<u64>(),
+        proptest::option::of(failure()),
+        proptest::option::of(".{0,40}"),
+        proptest::option::of(-1000.0f64..1000.0),
+        any::<i64>(),
+    )
+        .prop_map(
+            |(target, hub, kind, ok, status, latency_us, failure, error, cert, ts)| HealthCheck {
+                target,
+                hub,
+                kind,
+                ok,
+                status,
+                latency_us,
+                failure,
+                error,
+                cert_expiry_days: cert,
+                timestamp_ms: ts,
+            },
+        )
+}
+
+fn usage() -> impl Strategy<Value = UsageEvent> {
+    let kind = prop_oneof![
+        proptest::option::of("[a-z0-9-]{1,12}").prop_map(|profile| UsageKind::ServerStarted { profile }),
+        Just(UsageKind::ServerStopped),
+        Just(UsageKind::Activity),
+        (
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u64>()),
+        )
+            .prop_map(|(a, b, c, d, e)| UsageKind::Resources(ResourceSnapshot {
+                cpu_request_millicores: a,
+                memory_request_bytes: b,
+                cpu_usage_millicores: c,
+                memory_usage_bytes: d,
+                storage_bytes: e,
+            })),
+    ];
+    ("[a-z]{1,8}", "[0-9a-f]{0,32}", "[a-z]{0,6}", kind, any::<i64>()).prop_map(
+        |(hub, user, server, kind, timestamp_ms)| UsageEvent {
+            hub,
+            user,
+            server,
+            kind,
+            timestamp_ms,
+        },
+    )
+}
+
+pub(crate) fn batch() -> impl Strategy<Value = Batch> {
+    let record = prop_oneof![
+        sample().prop_map(Record::Sample),
+        health().prop_map(Record::Health),
+        usage().prop_map(Record::Usage),
+    ];
+    (
+        "[a-z0-9-]{1,20}",
+        "[a-z0-9-]{0,12}",
+        any::<u64>(),
+        any::<i64>(),
+        any::<u64>(),
+        "[0-9.]{1,8}",
+        proptest::collection::vec(record, 0..40),
+    )
+        .prop_map(
+            |(agent_id, member, seq, created_ms, dropped_records, agent_version, records)| Batch {
+                agent_id,
+                member,
+                seq,
+                created_ms,
+                dropped_records,
+                agent_version,
+                records,
+            },
+        )
+}
+
+/// NaN != NaN, so compare the encodings of the decoded value instead of the values.
+fn same(a: &Batch, b: &Batch) -> bool {
+    encode(a).ok() == encode(b).ok()
+}
+
+proptest! {
+    #[test]
+    fn round_trips(b in batch()) {
+        let bytes = encode(&b).expect("encodes");
+        let back = decode(&bytes).expect("decodes");
+        prop_assert!(same(&b, &back));
+        prop_assert_eq!(back.records.len(), b.records.len());
+    }
+
+    #[test]
+    fn any_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = decode(&bytes);
+    }
+
+    #[test]
+    fn truncations_are_errors(b in batch(), cut in 0usize..10_000) {
+        let bytes = encode(&b).expect("encodes");
+        let cut = cut % bytes.len();
+        prop_assert!(decode(&bytes[..cut]).is_err());
+    }
+
+    #[test]
+    fn valid_header_with_garbage_never_panics(tail in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&tail);
+        let _ = decode(&bytes);
+    }
+}
+
+#[test]
+fn unknown_version_names_the_supported_ones() {
+    let mut bytes = MAGIC.to_vec();
+    bytes.extend_from_slice(&99u16.to_le_bytes());
+    let err = decode(&bytes).expect_err("version 99 is unknown");
+    assert!(matches!(err, CodecError::UnsupportedVersion { got: 99 }));
+    assert!(err.to_string().contains("speaks 1"), "{err}");
+}
+
+#[test]
+fn huge_length_prefix_is_refused_without_allocating() {
+    // A batch whose agent_id claims u64::MAX bytes.
+    let mut bytes = MAGIC.to_vec();
+    bytes.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    bytes.push(0xFF); // varint marker: u64 follows
+    bytes.extend_from_slice(&u64::MAX.to_le_bytes());
+    assert!(matches!(decode(&bytes), Err(CodecError::Malformed(_))));
+}
+
+#[test]
+fn trailing_bytes_are_refused() {
+    let b = Batch {
+        agent_id: "a".into(),
+        member: String::new(),
+        seq: 1,
+        created_ms: 0,
+        dropped_records: 0,
+        agent_version: "0".into(),
+        records: vec![],
+    };
+    let mut bytes = encode(&b).expect("encodes");
+    bytes.push(0);
+    assert!(matches!(decode(&bytes), Err(CodecError::Trailing(1))));
+}

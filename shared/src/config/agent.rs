@@ -1,0 +1,205 @@
+//! The agent's configuration (`hubwatch-agent --config FILE`).
+
+use super::*;
+
+/// The whole agent config file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// `[agent]`: identity, cadence, spool.
+    pub agent: AgentSection,
+    /// `[collector]`: where and how to send.
+    pub collector: CollectorLink,
+    /// `[[hubs]]`: the JupyterHubs this agent watches.
+    pub hubs: Vec<HubConfig>,
+    /// `[host]`: this machine's own figures.
+    pub host: HostConfig,
+    /// `[privacy]`: how usernames leave the cluster.
+    pub privacy: PrivacyConfig,
+}
+
+/// `[agent]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentSection {
+    /// The agent's name; must match the name its token was created for.
+    pub id: String,
+    /// The member this agent belongs to, sent as a claim the collector checks.
+    /// Optional: the collector derives the member from the token regardless.
+    pub member: String,
+    /// How often sources are collected.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Directory of the on-disk spool.
+    pub spool_dir: PathBuf,
+    /// Upper bound of the spool on disk; when full the oldest data is dropped and counted.
+    pub spool_max_bytes: ByteSize,
+    /// Upper bound of batches held in memory while the spool cannot be written.
+    pub memory_buffer_max_bytes: ByteSize,
+    /// The agent's own `/metrics` and `/healthz`.
+    pub listen: SocketAddr,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            member: String::new(),
+            interval: Duration::from_secs(15),
+            spool_dir: PathBuf::from("./hubwatch-spool"),
+            spool_max_bytes: ByteSize::mib(512),
+            memory_buffer_max_bytes: ByteSize::mib(4),
+            listen: SocketAddr::from(([127, 0, 0, 1], 9471)),
+        }
+    }
+}
+
+/// `[collector]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CollectorLink {
+    /// Base URL of the collector.
+    pub url: String,
+    /// File holding the bearer token.
+    pub token_file: Option<PathBuf>,
+    /// The token itself (prefer `HUBWATCH_COLLECTOR__TOKEN` or `token_file`).
+    #[serde(skip_serializing)]
+    pub token: Option<String>,
+    /// PEM CA bundle to verify the collector with, instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate for mTLS.
+    pub client_cert: Option<PathBuf>,
+    /// PEM client key for mTLS.
+    pub client_key: Option<PathBuf>,
+    /// Allow `http://` to a non-loopback collector.
+    pub insecure_plaintext: bool,
+    /// Time allowed for one send, connect to response.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for CollectorLink {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:9470".to_string(),
+            token_file: None,
+            token: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            insecure_plaintext: false,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[[hubs]]`: one JupyterHub.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    /// The hub's name, as the collector's `[[members.hubs]]` calls it.
+    pub name: String,
+    /// The hub as seen from inside the cluster.
+    pub url: String,
+    /// File holding a JupyterHub API token (list:users, read:users, read:servers, read:metrics).
+    #[serde(default)]
+    pub api_token_file: Option<PathBuf>,
+}
+
+/// `[host]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostConfig {
+    /// Report this machine's CPU, memory, disks, network and uptime.
+    pub enabled: bool,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// `[privacy]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// Usernames leave the cluster only as keyed hashes.
+    pub pseudonymise_users: bool,
+    /// The member's key for those hashes.
+    pub secret_file: Option<PathBuf>,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        Self {
+            pseudonymise_users: true,
+            secret_file: None,
+        }
+    }
+}
+
+impl Validate for AgentConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let a = &self.agent;
+        check_name("agent.id", &a.id)?;
+        if !a.member.is_empty() {
+            check_name("agent.member", &a.member)?;
+        }
+        if a.interval < Duration::from_millis(100) {
+            return Err(ConfigError::invalid(
+                "agent.interval",
+                "must be at least 100ms",
+            ));
+        }
+        if a.spool_dir.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("agent.spool_dir", "must not be empty"));
+        }
+        if a.spool_max_bytes.as_u64() < 64 * 1024 {
+            return Err(ConfigError::invalid(
+                "agent.spool_max_bytes",
+                "must be at least 64KiB",
+            ));
+        }
+        let c = &self.collector;
+        check_http_url("collector.url", &c.url)?;
+        if c.url.starts_with("http://") && !c.insecure_plaintext && !url_host_is_loopback(&c.url) {
+            return Err(ConfigError::invalid(
+                "collector.url",
+                format!(
+                    "{:?} is plaintext to a non-loopback host: use https://, \
+                     or insecure_plaintext = true",
+                    c.url
+                ),
+            ));
+        }
+        if c.token.is_none() && c.token_file.is_none() && c.client_cert.is_none() {
+            return Err(ConfigError::invalid(
+                "collector.token_file",
+                "no credential: set token_file, HUBWATCH_COLLECTOR__TOKEN, or client_cert",
+            ));
+        }
+        if c.token.as_deref().is_some_and(str::is_empty) {
+            return Err(ConfigError::invalid("collector.token", "must not be empty"));
+        }
+        if c.client_cert.is_some() != c.client_key.is_some() {
+            return Err(ConfigError::invalid(
+                "collector.client_key",
+                "client_cert and client_key must be set together",
+            ));
+        }
+        check_positive("collector.timeout", c.timeout)?;
+        let mut names = std::collections::HashSet::new();
+        for (i, h) in self.hubs.iter().enumerate() {
+            check_name(&format!("hubs[{i}].name"), &h.name)?;
+            if !names.insert(h.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("hubs[{i}].name"),
+                    format!("hub {:?} is listed twice", h.name),
+                ));
+            }
+            check_http_url(&format!("hubs[{i}].url"), &h.url)?;
+        }
+        Ok(())
+    }
+}

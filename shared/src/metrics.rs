@@ -1,0 +1,260 @@
+//! The one list of every metric hubwatch exports: name, type, labels, meaning.
+//!
+//! Code registers metrics only through these definitions, so no one invents a
+//! free-form name; `docs/metrics.md` is generated from [`ALL`] and a test fails
+//! when it drifts, and dashboards may use only names from it. Every name starts
+//! with `hubwatch_`.
+
+use prometheus::{
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
+};
+
+/// The Prometheus type of a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Monotonic counter; names end in `_total`.
+    Counter,
+    /// A value that goes up and down.
+    Gauge,
+    /// A distribution in buckets.
+    Histogram,
+}
+
+impl MetricKind {
+    /// The name Prometheus uses in `# TYPE` lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Counter => "counter",
+            Self::Gauge => "gauge",
+            Self::Histogram => "histogram",
+        }
+    }
+}
+
+/// Which binary exports a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exporter {
+    /// `hubwatch-agent` on its `listen` address.
+    Agent,
+    /// `hubwatch-collector` on `/metrics`.
+    Collector,
+}
+
+/// One metric's definition.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MetricDef {
+    /// Full name, starting with `hubwatch_`.
+    pub name: &'static str,
+    /// Type.
+    pub kind: MetricKind,
+    /// Label names, in order.
+    pub labels: &'static [&'static str],
+    /// Meaning, shown as HELP.
+    pub help: &'static str,
+    /// Who exports it.
+    pub exporter: Exporter,
+    /// Histogram buckets (ignored for other kinds).
+    pub buckets: &'static [f64],
+}
+
+/// Buckets for latencies in seconds, 1 ms to 60 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+macro_rules! metrics {
+    ($( $(#[$doc:meta])* $ident:ident = ($exp:ident, $kind:ident, $name:literal, [$($l:literal),*], $help:literal $(, $buckets:expr)?); )*) => {
+        $( $(#[$doc])* pub const $ident: MetricDef = MetricDef {
+            name: $name,
+            kind: MetricKind::$kind,
+            labels: &[$($l),*],
+            help: $help,
+            exporter: Exporter::$exp,
+            buckets: metrics!(@b $($buckets)?),
+        }; )*
+        /// Every metric, in the order of `docs/metrics.md`.
+        pub const ALL: &[MetricDef] = &[$($ident),*];
+    };
+    (@b) => { &[] };
+    (@b $b:expr) => { $b };
+}
+
+metrics! {
+    /// Agent build.
+    AGENT_BUILD_INFO = (Agent, Gauge, "hubwatch_agent_build_info", ["version"], "Always 1; the agent's version in a label.");
+    /// Records made by sources.
+    AGENT_RECORDS_PRODUCED = (Agent, Counter, "hubwatch_agent_records_produced_total", ["source"], "Records produced by each source.");
+    /// Collection time.
+    AGENT_COLLECTION_SECONDS = (Agent, Histogram, "hubwatch_agent_collection_duration_seconds", ["source"], "Time one collection of a source took.", LATENCY_BUCKETS);
+    /// Send attempts.
+    AGENT_BATCHES_SENT = (Agent, Counter, "hubwatch_agent_batches_sent_total", [], "Batches sent to the collector (attempts, retries included).");
+    /// Acknowledged batches.
+    AGENT_BATCHES_ACKED = (Agent, Counter, "hubwatch_agent_batches_acked_total", [], "Batches the collector acknowledged as durable.");
+    /// Records acknowledged.
+    AGENT_RECORDS_ACKED = (Agent, Counter, "hubwatch_agent_records_acked_total", [], "Records in batches the collector acknowledged.");
+    /// Retries.
+    AGENT_SEND_RETRIES = (Agent, Counter, "hubwatch_agent_send_retries_total", ["reason"], "Failed sends that will be retried, by reason (connect, timeout, status code).");
+    /// Batches refused for good.
+    AGENT_BATCHES_REJECTED = (Agent, Counter, "hubwatch_agent_batches_rejected_total", ["status"], "Batches the collector refused with a 4xx that retrying cannot fix; dropped.");
+    /// Records lost.
+    AGENT_RECORDS_DROPPED = (Agent, Counter, "hubwatch_agent_records_dropped_total", ["reason"], "Records the agent dropped: spool_full, memory_full, rejected, corrupt.");
+    /// Spool size.
+    AGENT_SPOOL_BYTES = (Agent, Gauge, "hubwatch_agent_spool_bytes", [], "Bytes the spool holds on disk.");
+    /// Spool backlog.
+    AGENT_SPOOL_BATCHES = (Agent, Gauge, "hubwatch_agent_spool_pending_batches", [], "Batches spooled and not yet acknowledged.");
+    /// Spool corruption.
+    AGENT_SPOOL_CORRUPTIONS = (Agent, Counter, "hubwatch_agent_spool_corruptions_total", [], "Torn or corrupt spool tails found and cut off at the last good record.");
+    /// Spool write failures.
+    AGENT_SPOOL_WRITE_ERRORS = (Agent, Counter, "hubwatch_agent_spool_write_errors_total", [], "Spool writes that failed (disk full, unwritable); batches are then held in memory.");
+    /// Memory fallback.
+    AGENT_MEMORY_BUFFER_BYTES = (Agent, Gauge, "hubwatch_agent_memory_buffer_bytes", [], "Bytes held in memory because the spool cannot be written.");
+
+    /// Collector build.
+    COLLECTOR_BUILD_INFO = (Collector, Gauge, "hubwatch_collector_build_info", ["version"], "Always 1; the collector's version in a label.");
+    /// Ingest requests by outcome.
+    COLLECTOR_INGEST_REQUESTS = (Collector, Counter, "hubwatch_collector_ingest_requests_total", ["code"], "Ingest requests by HTTP status returned.");
+    /// Stored batches.
+    COLLECTOR_BATCHES_STORED = (Collector, Counter, "hubwatch_collector_batches_stored_total", ["member"], "Batches stored durably (first delivery only).");
+    /// Stored records.
+    COLLECTOR_RECORDS_STORED = (Collector, Counter, "hubwatch_collector_records_stored_total", ["member"], "Records in batches stored durably (first delivery only).");
+    /// Duplicates.
+    COLLECTOR_DUPLICATES = (Collector, Counter, "hubwatch_collector_duplicate_batches_total", ["member"], "Batches received again (retries, replays) and acknowledged without storing twice.");
+    /// Refused requests.
+    COLLECTOR_INGEST_REJECTED = (Collector, Counter, "hubwatch_collector_ingest_rejected_total", ["reason"], "Ingest requests refused: malformed, too_large, version, timeout, member_mismatch, agent_mismatch.");
+    /// Authentication failures.
+    COLLECTOR_AUTH_FAILURES = (Collector, Counter, "hubwatch_collector_auth_failures_total", ["reason"], "Requests refused for their credential: missing, unknown, revoked, certificate.");
+    /// Ingest latency.
+    COLLECTOR_ACK_SECONDS = (Collector, Histogram, "hubwatch_collector_ingest_ack_seconds", [], "Time from a batch fully read to its acknowledgement (after it is durable).", LATENCY_BUCKETS);
+    /// Store commits.
+    COLLECTOR_COMMIT_SECONDS = (Collector, Histogram, "hubwatch_collector_store_commit_seconds", [], "Time one group commit to the embedded store took.", LATENCY_BUCKETS);
+    /// Raw batches held.
+    COLLECTOR_STORE_BATCHES = (Collector, Gauge, "hubwatch_collector_store_raw_batches", [], "Raw batches held in the store (within raw_retention).");
+    /// Retention.
+    COLLECTOR_RETENTION_DELETED = (Collector, Counter, "hubwatch_collector_retention_deleted_batches_total", [], "Raw batches deleted for being older than raw_retention.");
+    /// Agent-side loss.
+    COLLECTOR_AGENT_DROPPED = (Collector, Gauge, "hubwatch_collector_agent_dropped_records", ["member", "agent"], "Records the agent reports it dropped (cumulative, as last reported).");
+    /// Agent freshness.
+    COLLECTOR_AGENT_LAST_SEEN = (Collector, Gauge, "hubwatch_collector_agent_last_seen_timestamp_seconds", ["member", "agent"], "When the agent's last batch was stored, Unix seconds.");
+    /// Tokens.
+    COLLECTOR_TOKENS_ACTIVE = (Collector, Gauge, "hubwatch_collector_tokens_active", [], "Agent tokens that are not revoked.");
+}
+
+impl MetricDef {
+    fn opts(&self) -> Opts {
+        Opts::new(self.name, self.help)
+    }
+
+    /// Registers and returns a counter vector (panics only on a programming
+    /// error: a definition registered twice or with the wrong kind).
+    pub fn counter_vec(&self, r: &Registry) -> IntCounterVec {
+        self.check(MetricKind::Counter, true);
+        let m = IntCounterVec::new(self.opts(), self.labels).expect("valid metric definition");
+        r.register(Box::new(m.clone())).expect("metric registered once");
+        m
+    }
+
+    /// Registers and returns a counter without labels.
+    pub fn counter(&self, r: &Registry) -> IntCounter {
+        self.check(MetricKind::Counter, false);
+        let m = IntCounter::with_opts(self.opts()).expect("valid metric definition");
+        r.register(Box::new(m.clone())).expect("metric registered once");
+        m
+    }
+
+    /// Registers and returns an integer gauge without labels.
+    pub fn int_gauge(&self, r: &Registry) -> IntGauge {
+        self.check(MetricKind::Gauge, false);
+        let m = IntGauge::with_opts(self.opts()).expect("valid metric definition");
+        r.register(Box::new(m.clone())).expect("metric registered once");
+        m
+    }
+
+    /// Registers and returns an integer gauge vector.
+    pub fn int_gauge_vec(&self, r: &Registry) -> IntGaugeVec {
+        self.check(MetricKind::Gauge, true);
+        let m = IntGaugeVec::new(self.opts(), self.labels).expect("valid metric definition");
+        r.register(Box::new(m.clone())).expect("metric registered once");
+        m
+    }
+
+    /// Registers and returns a float gauge without labels.
+    pub fn gauge(&self, r: &Registry) -> Gauge {
+        self.check(MetricKind::Gauge, false);
+        let m = Gauge::with_opts(self.opts()).expect("valid metric definition");
+        r.register(Box::new(m.clone())).expect("metric registered once");
+        m
+    }
+
+    /// Registers and returns a float gauge vector.
+    pub fn gauge_vec(&self, r: &Registry) -> GaugeVec {
+        self.check(MetricKind::Gauge, true);
+        let m = GaugeVec::new(self.opts(), self.labels).expect("valid metric definition");
+        r.register(Box::new(m.clone())).expect("metric registered once");
+        m
+    }
+
+    /// Registers and returns a histogram without labels.
+    pub fn histogram(&self, r: &Registry) -> Histogram {
+        self.check(MetricKind::Histogram, false);
+        let m = Histogram::with_opts(
+            HistogramOpts::new(self.name, self.help).buckets(self.buckets.to_vec()),
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(m.clone())).expect("metric registered once");
+        m
+    }
+
+    /// Registers and returns a histogram vector.
+    pub fn histogram_vec(&self, r: &Registry) -> HistogramVec {
+        self.check(MetricKind::Histogram, true);
+        let m = HistogramVec::new(
+            HistogramOpts::new(self.name, self.help).buckets(self.buckets.to_vec()),
+            self.labels,
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(m.clone())).expect("metric registered once");
+        m
+    }
+
+    fn check(&self, kind: MetricKind, labelled: bool) {
+        assert_eq!(self.kind, kind, "{} is a {}", self.name, self.kind.as_str());
+        assert_eq!(
+            !self.labels.is_empty(),
+            labelled,
+            "{}: labels {:?}",
+            self.name,
+            self.labels
+        );
+    }
+}
+
+/// Renders `docs/metrics.md` from [`ALL`].
+pub fn render_markdown() -> String {
+    let mut out = String::from(
+        "# Metrics\n\nGenerated from `shared/src/metrics.rs` (a test fails when this file drifts; \
+         regenerate with `UPDATE_GENERATED=1 cargo test -p hubwatch-shared`).\n\n\
+         | name | type | labels | exported by | meaning |\n|---|---|---|---|---|\n",
+    );
+    for m in ALL {
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} | {} |\n",
+            m.name,
+            m.kind.as_str(),
+            m.labels
+                .iter()
+                .map(|l| format!("`{l}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            match m.exporter {
+                Exporter::Agent => "agent",
+                Exporter::Collector => "collector",
+            },
+            m.help
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

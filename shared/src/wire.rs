@@ -1,0 +1,193 @@
+//! Wire types: what an agent sends to the collector.
+//!
+//! One [`Batch`] is the unit of delivery, durability and deduplication. The agent
+//! gives every batch a sequence number that survives restarts (it is assigned by
+//! the spool), so the collector can store `(agent, seq)` once however often a
+//! batch is retried or replayed. These types change only together with
+//! [`PROTOCOL_VERSION`]; the encoding lives in [`crate::codec`].
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this build writes.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Every protocol version this build can read.
+pub const SUPPORTED_VERSIONS: &[u16] = &[1];
+
+/// One delivery from an agent: an envelope and its records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    /// The agent's configured id (`[agent] id`).
+    pub agent_id: String,
+    /// The member this agent claims to belong to. The collector never trusts it:
+    /// it derives the member from the credential and refuses a mismatch (403).
+    /// Empty means "no claim".
+    pub member: String,
+    /// Monotonic per agent, survives agent restarts; assigned by the spool.
+    pub seq: u64,
+    /// When the agent made the batch, Unix milliseconds.
+    pub created_ms: i64,
+    /// Records the agent has dropped since its spool was created (cumulative,
+    /// so a lost or repeated batch cannot skew it): spool overflow, memory
+    /// fallback overflow, batches the collector rejected for good.
+    pub dropped_records: u64,
+    /// The agent's software version, for `/api/v1/agents`.
+    pub agent_version: String,
+    /// The data.
+    pub records: Vec<Record>,
+}
+
+impl Batch {
+    /// Number of samples in the batch, counting each health check and usage
+    /// event as one: the unit of the ingest throughput figures.
+    pub fn record_count(&self) -> usize {
+        self.records.len()
+    }
+}
+
+/// One observation. New kinds are added at the end (bincode encodes the variant
+/// index), together with a protocol version bump.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Record {
+    /// A metric sample: host figures, a hub's `/hub/metrics`, Prometheus queries.
+    Sample(Sample),
+    /// The outcome of one health check or probe.
+    Health(HealthCheck),
+    /// A change in a user's server, for exact usage integration.
+    Usage(UsageEvent),
+}
+
+/// A label pair. Names follow Prometheus rules; the agent sorts labels by name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Label {
+    /// Label name.
+    pub name: String,
+    /// Label value.
+    pub value: String,
+}
+
+impl Label {
+    /// Builds a label from anything string-like.
+    pub fn new(name: impl Into<String>, value: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+}
+
+/// A metric sample in the Prometheus data model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Metric name, e.g. `hubwatch_host_cpu_usage_ratio` or `jupyterhub_running_servers`.
+    pub name: String,
+    /// Labels, sorted by name, without `__name__`.
+    pub labels: Vec<Label>,
+    /// The value; NaN and infinities are allowed, as in Prometheus.
+    pub value: f64,
+    /// Unix milliseconds.
+    pub timestamp_ms: i64,
+}
+
+/// What kind of check produced a [`HealthCheck`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CheckKind {
+    /// JupyterHub's `/hub/health`.
+    HubHealth,
+    /// An HTTP(S) probe of a URL.
+    Probe,
+    /// A source's own health: a hub API, a metrics page or a Prometheus query.
+    Source,
+    /// The agent's own health (spool, memory fallback).
+    Agent,
+}
+
+/// Which step of a check failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FailureKind {
+    /// Name resolution failed.
+    Dns,
+    /// TCP connect failed or was refused.
+    Connect,
+    /// The TLS handshake or certificate verification failed.
+    Tls,
+    /// The request timed out.
+    Timeout,
+    /// An HTTP status outside 2xx.
+    Http,
+    /// The body was not what was expected (HTML instead of JSON, truncated).
+    Parse,
+    /// Any other failure.
+    Other,
+}
+
+/// The outcome of one check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// What was checked: a URL or a source name.
+    pub target: String,
+    /// The hub this check belongs to, if any.
+    pub hub: Option<String>,
+    /// What kind of check this is.
+    pub kind: CheckKind,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// HTTP status, where one was received.
+    pub status: Option<u16>,
+    /// How long it took, in microseconds.
+    pub latency_us: u64,
+    /// Which step failed, when it failed.
+    pub failure: Option<FailureKind>,
+    /// A human-readable reason, when it failed.
+    pub error: Option<String>,
+    /// Days until the TLS certificate expires, for HTTPS probes.
+    pub cert_expiry_days: Option<f64>,
+    /// When the check started, Unix milliseconds.
+    pub timestamp_ms: i64,
+}
+
+/// A change in a user's server, seen by the agent on a hub.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageEvent {
+    /// The hub's configured name.
+    pub hub: String,
+    /// The user: an HMAC pseudonym unless the member opted out of pseudonyms.
+    pub user: String,
+    /// The server name (`""` for the default server).
+    pub server: String,
+    /// What happened.
+    pub kind: UsageKind,
+    /// When it happened (not when it was seen, where the hub says), Unix ms.
+    pub timestamp_ms: i64,
+}
+
+/// What happened to a server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum UsageKind {
+    /// The server started; `timestamp_ms` is the hub's `started` time.
+    ServerStarted {
+        /// The profile or resource class chosen, if any.
+        profile: Option<String>,
+    },
+    /// The server was gone; `timestamp_ms` is the first time it was seen gone.
+    ServerStopped,
+    /// The hub's `last_activity` for the server moved to `timestamp_ms`.
+    Activity,
+    /// The resources the server had at `timestamp_ms`.
+    Resources(ResourceSnapshot),
+}
+
+/// Requests and usage of one server at one instant. Absent means unknown.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResourceSnapshot {
+    /// CPU requested, in millicores.
+    pub cpu_request_millicores: Option<u64>,
+    /// Memory requested, in bytes.
+    pub memory_request_bytes: Option<u64>,
+    /// CPU used, in millicores (a rate over the last interval).
+    pub cpu_usage_millicores: Option<u64>,
+    /// Memory in use, in bytes.
+    pub memory_usage_bytes: Option<u64>,
+    /// Bytes stored in the user's home.
+    pub storage_bytes: Option<u64>,
+}
