@@ -110,3 +110,26 @@ fn loopback_url_detection() {
     assert!(!url_host_is_loopback("http://10.0.0.1"));
     assert!(!url_host_is_loopback("http://example.org"));
 }
+
+fn example(name: &str) -> String {
+    let path = format!("{}/../deploy/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+#[test]
+fn collector_example_matches_defaults() {
+    let cfg: CollectorConfig = load(&example("collector.example.toml"), &HashMap::new())
+        .expect("the example config is valid");
+    assert_eq!(cfg, CollectorConfig::default(), "deploy/collector.example.toml drifted");
+}
+
+#[test]
+fn agent_example_matches_defaults() {
+    let cfg: AgentConfig =
+        load(&example("agent.example.toml"), &HashMap::new()).expect("the example config is valid");
+    // The two required values are examples; everything else must be the default.
+    let mut want = AgentConfig::default();
+    want.agent.id = "leap-cluster".into();
+    want.collector.token_file = Some("/etc/hubwatch/token".into());
+    assert_eq!(cfg, want, "deploy/agent.example.toml drifted");
+}
