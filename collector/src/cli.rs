@@ -1,1 +1,304 @@
-//! TODO(owner): see ARCHITECTURE.md.
+//! The `hubwatch-collector` command line: `serve`, `check-config`,
+//! `token create` and `token revoke` (see INTERFACES.md). `main.rs` only calls
+//! [`main`]; everything here is a library so tests can drive it.
+//!
+//! Exit codes: 0 success, 1 an operation failed (e.g. no live token to
+//! revoke, the store cannot be opened), 2 the configuration is unusable (the
+//! message names the key). Logs go to stderr; only `token create` writes to
+//! stdout, and only the token.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hubwatch_shared::config::{self, CollectorConfig, ConfigError};
+
+use crate::server::{self, ServerError};
+use crate::store::{Store, StoreError};
+
+#[cfg(test)]
+mod tests;
+
+/// `hubwatch-collector`: authenticates agents, stores their batches durably,
+/// serves the fleet's state.
+#[derive(Debug, Parser)]
+#[command(name = "hubwatch-collector", version, about)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+    /// Log filter, e.g. `info` or `hubwatch_collector=debug,info`.
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Pretty,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the collector until SIGTERM or SIGINT.
+    Serve(ConfigArg),
+    /// Load and validate the config, print a summary, start nothing.
+    CheckConfig(ConfigArg),
+    /// Manage agent tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `--config FILE`.
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The collector's TOML config file.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+/// `token create|revoke`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token for an agent of a member; prints the token once on stdout.
+    Create {
+        /// The collector's TOML config file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The member the agent belongs to (an id under `[[members]]`).
+        #[arg(long, value_name = "ID")]
+        member: String,
+        /// The agent's name (its `[agent] id`).
+        #[arg(long, value_name = "NAME")]
+        agent: String,
+    },
+    /// Revoke an agent's live token; a running collector refuses it within seconds.
+    Revoke {
+        /// The collector's TOML config file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The agent's name.
+        #[arg(long, value_name = "NAME")]
+        agent: String,
+    },
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The config file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    ReadConfig {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The config is unusable; the message names the key.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The server could not start.
+    #[error("{0}")]
+    Server(#[from] ServerError),
+    /// `token revoke` for an agent without a live token.
+    #[error("agent {0:?} has no live token to revoke")]
+    NoLiveToken(String),
+    /// An agent or member name that cannot be used.
+    #[error("{what} {value:?} must be 1-128 characters of a-z, A-Z, 0-9, '-', '_' or '.'")]
+    InvalidName {
+        /// `member` or `agent`.
+        what: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// The async runtime could not start.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+impl CliError {
+    /// The process exit code for this error: 2 for configuration, else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::ReadConfig { .. } | Self::Config(_) => 2,
+            Self::Server(ServerError::Bind { .. } | ServerError::Tls { .. }) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Parses the process arguments, sets up logging, runs the command, and
+/// returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log_level);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One report, in the format asked for: JSON consumers get an
+            // event, people get a plain line.
+            match cli.log_format {
+                LogFormat::Json => tracing::error!(error = %e, "hubwatch-collector failed"),
+                LogFormat::Pretty => eprintln!("error: {e}"),
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Logs to stderr, as JSON lines or human-readable, filtered by `level`
+/// (falling back to `info` when the filter does not parse).
+pub fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    // A second initialisation (tests) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+/// Runs one command.
+pub fn run(command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Serve(arg) => serve(&load_config(&arg.config)?),
+        Command::CheckConfig(arg) => {
+            let cfg = load_config(&arg.config)?;
+            println!("config ok");
+            println!("{}", summary(&cfg));
+            Ok(())
+        }
+        Command::Token(TokenCommand::Create {
+            config,
+            member,
+            agent,
+        }) => {
+            let cfg = load_config(&config)?;
+            let token = create_token(&cfg, &member, &agent)?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Token(TokenCommand::Revoke { config, agent }) => {
+            let cfg = load_config(&config)?;
+            revoke_token(&cfg, &agent)
+        }
+    }
+}
+
+/// Reads the file and the process environment and loads the config.
+pub fn load_config(path: &Path) -> Result<CollectorConfig, CliError> {
+    let text = std::fs::read_to_string(path).map_err(|source| CliError::ReadConfig {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let env: HashMap<String, String> = std::env::vars().collect();
+    Ok(config::load::<CollectorConfig>(&text, &env)?)
+}
+
+/// The lines `check-config` prints after "config ok".
+pub fn summary(cfg: &CollectorConfig) -> String {
+    let s = &cfg.server;
+    format!(
+        "listen: {}\ntls: {}\nmtls: {}\nstore: {}\nraw_retention: {}\nmax_body_bytes: {}\nmembers: {}\nalertmanagers: {}",
+        s.listen,
+        on_off(s.tls_enabled()),
+        on_off(s.client_ca.is_some()),
+        cfg.storage.path.display(),
+        humantime::format_duration(cfg.storage.raw_retention),
+        s.max_body_bytes,
+        cfg.members.len(),
+        cfg.alertmanagers.len(),
+    )
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on { "on" } else { "off" }
+}
+
+/// Creates a token and returns it (the caller prints it once). Warns when the
+/// member is not under `[[members]]`: the config may lag, so it is allowed.
+pub fn create_token(cfg: &CollectorConfig, member: &str, agent: &str) -> Result<String, CliError> {
+    check_name("member", member)?;
+    check_name("agent", agent)?;
+    if cfg.member(member).is_none() {
+        tracing::warn!(
+            member,
+            "member is not listed under [[members]] in the config; creating the token anyway"
+        );
+    }
+    let store = Store::open(&cfg.storage)?;
+    let token = store.create_token(member, agent)?;
+    tracing::info!(member, agent, store = %cfg.storage.path.display(), "token created; it is shown once, on stdout");
+    Ok(token)
+}
+
+/// Revokes an agent's live token.
+pub fn revoke_token(cfg: &CollectorConfig, agent: &str) -> Result<(), CliError> {
+    let store = Store::open(&cfg.storage)?;
+    if !store.revoke_token(agent)? {
+        return Err(CliError::NoLiveToken(agent.to_string()));
+    }
+    tracing::info!(
+        agent,
+        "token revoked; a running collector refuses it within seconds"
+    );
+    Ok(())
+}
+
+fn check_name(what: &'static str, value: &str) -> Result<(), CliError> {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(CliError::InvalidName {
+            what,
+            value: value.to_string(),
+        })
+    }
+}
+
+/// `serve`: opens the store, starts the server, runs until SIGTERM/SIGINT.
+fn serve(cfg: &CollectorConfig) -> Result<(), CliError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?;
+    runtime.block_on(async {
+        let store = {
+            let storage = cfg.storage.clone();
+            tokio::task::spawn_blocking(move || Store::open(&storage))
+                .await
+                .map_err(|e| CliError::Server(ServerError::Task(e.to_string())))??
+        };
+        let running = server::start(cfg.clone(), store).await?;
+        tracing::info!(
+            listen = %running.local_addr,
+            tls = on_off(cfg.server.tls_enabled()),
+            mtls = on_off(cfg.server.client_ca.is_some()),
+            store = %cfg.storage.path.display(),
+            "hubwatch-collector serving"
+        );
+        running.wait().await;
+        tracing::info!("hubwatch-collector stopped");
+        Ok(())
+    })
+}

@@ -1,1 +1,706 @@
-//! TODO(owner): see ARCHITECTURE.md.
+//! The collector's embedded store: one SQLite file (`hubwatch.db` in
+//! `storage.path`) in WAL mode with `synchronous=FULL`.
+//!
+//! - **Ingest** goes through one writer thread ([`writer`]) that groups
+//!   concurrent batches into one transaction (group commit); [`Store::ingest`]
+//!   resolves only after that transaction committed, so an acknowledged batch
+//!   survives a crash. `(agent, seq)` is unique: a replay is answered
+//!   [`IngestOutcome::Duplicate`] and counted, never stored twice.
+//! - **Reads, tokens and retention** use a small pool of other connections;
+//!   WAL readers never block the writer. Every connection has a busy timeout,
+//!   so a second process (the `token` CLI) can share the file with a running
+//!   collector.
+//! - **Schema** is versioned by `PRAGMA user_version` and migrated on open
+//!   ([`schema`]); a file from a newer build is refused.
+//! - **Retention** ([`Store::prune`]): frames older than `raw_retention` are set
+//!   to NULL, their `(agent, seq)` key kept until [`dedupe_horizon`] so a late
+//!   replay is still recognised.
+//! - **Derivation hook**: later stages read [`Store::batches_after`] their own
+//!   cursor (table `derive_cursors`) and write results and cursor in one
+//!   transaction. Batch ids only grow (AUTOINCREMENT) and, with one writer,
+//!   commit in id order, so a cursor never skips a row.
+
+mod schema;
+mod tokens;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hubwatch_shared::config::StorageConfig;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+pub use schema::{MIGRATIONS, current_version as schema_version};
+pub use tokens::{TOKEN_PREFIX, hash_token};
+pub use writer::{MAX_GROUP_BATCHES, MAX_GROUP_BYTES};
+
+use writer::{IngestJob, WriterCommand};
+
+/// The database file's name inside `storage.path`.
+pub const DB_FILE_NAME: &str = "hubwatch.db";
+/// How long a connection waits for another one's write lock (the writer
+/// thread, the `token` CLI, retention) before giving up with "database is locked".
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Shortest time a batch key is kept for deduplication; see [`dedupe_horizon`].
+pub const MIN_DEDUPE_HORIZON: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Rows changed per retention transaction, so the write lock is held briefly.
+pub const PRUNE_CHUNK_ROWS: usize = 500;
+/// Ingests that may wait for the writer thread before `ingest` callers wait
+/// for room (backpressure instead of unbounded memory).
+const WRITER_QUEUE_CAPACITY: usize = 1024;
+/// Idle pooled connections kept for reads, tokens and retention.
+const MAX_IDLE_CONNECTIONS: usize = 4;
+/// Page cache of the writer connection (negative = KiB): a group of large
+/// frames should not spill to the WAL before its commit.
+const WRITER_CACHE_KIB: i64 = 32 * 1024;
+
+/// Store failures. Every message names the database file and what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// `storage.path` could not be created.
+    #[error("creating the store directory {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A SQLite operation failed.
+    #[error("store {path}: {operation}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// What the store was doing.
+        operation: &'static str,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// The file was written by a newer hubwatch with a schema this build does not know.
+    #[error(
+        "store {path} has schema version {found}, newer than the {supported} this \
+         hubwatch-collector understands; run a newer hubwatch-collector (or restore a backup)"
+    )]
+    FutureSchema {
+        /// The database file.
+        path: PathBuf,
+        /// `PRAGMA user_version` found in the file.
+        found: i64,
+        /// The newest version this build writes.
+        supported: i64,
+    },
+    /// Data in the file that this build cannot make sense of.
+    #[error("store {path} holds unexpected data: {detail}")]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The writer thread is gone (the store is shutting down, or the thread died).
+    #[error("store {path}: the writer thread has stopped; batches cannot be stored")]
+    Closed {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// The writer thread could not be started.
+    #[error("store {path}: starting the writer thread: {source}")]
+    SpawnWriter {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `token create` for an agent that already has a live token.
+    #[error(
+        "agent {agent:?} (member {member:?}) already has a live token; revoke it first \
+         with `hubwatch-collector token revoke --agent {agent}`"
+    )]
+    TokenExists {
+        /// The agent name.
+        agent: String,
+        /// The member its live token belongs to.
+        member: String,
+    },
+    /// An empty member or agent name.
+    #[error("{what} name {value:?} must not be empty")]
+    InvalidName {
+        /// `member` or `agent`.
+        what: &'static str,
+        /// The name given.
+        value: String,
+    },
+    /// The OS random generator failed.
+    #[error("reading random bytes for a token from the operating system: {0}")]
+    Random(String),
+}
+
+impl StoreError {
+    fn sqlite(path: &Path, operation: &'static str, source: rusqlite::Error) -> Self {
+        Self::Sqlite {
+            path: path.to_path_buf(),
+            operation,
+            source,
+        }
+    }
+}
+
+/// One authenticated, decoded batch to store.
+#[derive(Debug, Clone)]
+pub struct IngestItem {
+    /// The member, from the credential (never from the payload).
+    pub member: String,
+    /// The agent name, from the credential.
+    pub agent: String,
+    /// The batch's sequence number; `(agent, seq)` is the dedupe key.
+    pub seq: u64,
+    /// When the agent built the batch, Unix ms.
+    pub created_ms: i64,
+    /// Records the agent has dropped so far (cumulative).
+    pub dropped_records: u64,
+    /// The agent's version string.
+    pub agent_version: String,
+    /// Records in the batch.
+    pub records: u64,
+    /// The encoded batch as received, stored as is.
+    pub frame: bytes::Bytes,
+    /// When the collector received it, Unix ms.
+    pub received_ms: i64,
+}
+
+/// What [`Store::ingest`] did with a batch. Both mean "durable; acknowledge".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestOutcome {
+    /// First delivery: stored.
+    Stored,
+    /// `(agent, seq)` was already stored; counted in `agents.duplicates`.
+    Duplicate,
+}
+
+/// One agent as `GET /api/v1/agents` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AgentRow {
+    /// Agent name.
+    pub agent: String,
+    /// Its member.
+    pub member: String,
+    /// Version reported by the batch with the highest sequence number.
+    pub version: String,
+    /// When a batch (new or duplicate) was last received, RFC 3339 UTC.
+    pub last_seen: String,
+    /// Highest sequence number stored.
+    pub last_seq: u64,
+    /// Batches stored (first deliveries).
+    pub batches: u64,
+    /// Records in those batches.
+    pub records: u64,
+    /// Batches received again and not stored twice.
+    pub duplicates: u64,
+    /// Records the agent reports it dropped (largest cumulative value seen).
+    pub dropped_by_agent: u64,
+}
+
+/// One row of the `tokens` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    /// The agent the token authenticates.
+    pub agent: String,
+    /// The agent's member.
+    pub member: String,
+    /// SHA-256 of the token ([`hash_token`]).
+    pub token_sha256: [u8; 32],
+    /// Whether the token has been revoked.
+    pub revoked: bool,
+}
+
+/// One row of the raw batch log, for derivation stages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBatch {
+    /// Row id: arrival order, only ever growing.
+    pub id: i64,
+    /// Agent name.
+    pub agent: String,
+    /// Member.
+    pub member: String,
+    /// Sequence number.
+    pub seq: u64,
+    /// When it was received, Unix ms.
+    pub received_ms: i64,
+    /// Records in the batch.
+    pub records: u64,
+    /// The encoded batch; `None` once older than `raw_retention`.
+    pub frame: Option<Vec<u8>>,
+}
+
+/// What one [`Store::prune`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Raw batches deleted for being older than `raw_retention`: their frame
+    /// is gone, their `(agent, seq)` key stays for deduplication.
+    pub deleted_batches: u64,
+    /// Batch keys (rows) deleted for being older than the dedupe horizon.
+    pub deleted_keys: u64,
+}
+
+/// How long a batch's `(agent, seq)` key is kept after its frame is gone:
+/// the longer of [`MIN_DEDUPE_HORIZON`] (30 days) and 4 × `raw_retention`.
+/// A replay older than this (an agent restored from a month-old backup) would
+/// be stored again.
+pub fn dedupe_horizon(raw_retention: Duration) -> Duration {
+    raw_retention.saturating_mul(4).max(MIN_DEDUPE_HORIZON)
+}
+
+/// State the writer thread shares with the handles.
+struct WriterShared {
+    path: PathBuf,
+    commit_seconds: OnceLock<prometheus::Histogram>,
+    group_commits: AtomicU64,
+}
+
+struct Inner {
+    path: PathBuf,
+    raw_retention: Duration,
+    sender: Option<mpsc::Sender<WriterCommand>>,
+    writer: Option<JoinHandle<()>>,
+    idle: Mutex<Vec<Connection>>,
+    shared: Arc<WriterShared>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish what is queued and return.
+        self.sender.take();
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            tracing::error!(path = %self.path.display(), "store writer thread panicked");
+        }
+    }
+}
+
+/// Handle to the store; cheap to clone, `Send + Sync`. The writer thread stops
+/// (after storing what is queued) when the last clone is dropped.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) `hubwatch.db` in `cfg.path`, migrates its
+    /// schema and starts the writer thread.
+    pub fn open(cfg: &StorageConfig) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(&cfg.path).map_err(|source| StoreError::CreateDir {
+            path: cfg.path.clone(),
+            source,
+        })?;
+        let path = cfg.path.join(DB_FILE_NAME);
+        let mut conn = open_connection(&path)?;
+        let sql = |operation| {
+            let path = path.clone();
+            move |source| StoreError::sqlite(&path, operation, source)
+        };
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(sql("switching to WAL mode"))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Corrupt {
+                path,
+                detail: format!("journal_mode is {mode:?}, WAL could not be enabled"),
+            });
+        }
+        schema::migrate(&mut conn, &path)?;
+        conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
+            .map_err(sql("sizing the writer's page cache"))?;
+
+        let shared = Arc::new(WriterShared {
+            path: path.clone(),
+            commit_seconds: OnceLock::new(),
+            group_commits: AtomicU64::new(0),
+        });
+        let (sender, queue) = mpsc::channel(WRITER_QUEUE_CAPACITY);
+        let writer_shared = Arc::clone(&shared);
+        let writer = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer::run(conn, queue, writer_shared))
+            .map_err(|source| StoreError::SpawnWriter {
+                path: path.clone(),
+                source,
+            })?;
+        tracing::info!(path = %path.display(), schema_version = schema::current_version(), "store open");
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path,
+                raw_retention: cfg.raw_retention,
+                sender: Some(sender),
+                writer: Some(writer),
+                idle: Mutex::new(Vec::new()),
+                shared,
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Records each group commit's duration in `histogram`
+    /// (`hubwatch_collector_store_commit_seconds`). Only the first call counts.
+    pub fn observe_commits(&self, histogram: prometheus::Histogram) {
+        let _ = self.inner.shared.commit_seconds.set(histogram);
+    }
+
+    /// Group commits done since open (each is one transaction, one fsync).
+    pub fn group_commits(&self) -> u64 {
+        self.inner.shared.group_commits.load(Ordering::Relaxed)
+    }
+
+    /// Stores a batch. Resolves only after the transaction holding it has
+    /// committed (durable with `synchronous=FULL`). Concurrent calls are
+    /// grouped into one transaction by the writer thread. A duplicate
+    /// `(agent, seq)` resolves to [`IngestOutcome::Duplicate`] and is counted.
+    /// An error means the batch is not stored (answer 503; the agent retries).
+    /// Dropping the future after the batch was queued does not un-store it.
+    pub async fn ingest(&self, item: IngestItem) -> Result<IngestOutcome, StoreError> {
+        let closed = || StoreError::Closed {
+            path: self.inner.path.clone(),
+        };
+        let sender = self.inner.sender.as_ref().ok_or_else(closed)?;
+        let (reply, answer) = oneshot::channel();
+        sender
+            .send(WriterCommand::Ingest(IngestJob { item, reply }))
+            .await
+            .map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+
+    /// Agents with their counters, ordered by member then agent; only
+    /// `member`'s when given.
+    pub fn agents(&self, member: Option<&str>) -> Result<Vec<AgentRow>, StoreError> {
+        self.with_connection(|conn, path| {
+            let sql = |source| StoreError::sqlite(path, "listing agents", source);
+            let mut statement = conn
+                .prepare_cached(
+                    "SELECT agent, member, version, last_seen_ms, last_seq, batches, records,
+                            duplicates, dropped_by_agent
+                     FROM agents WHERE ?1 IS NULL OR member = ?1
+                     ORDER BY member, agent",
+                )
+                .map_err(sql)?;
+            let rows = statement
+                .query_map([member], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, i64>(3)?,
+                        [
+                            row.get::<_, i64>(4)?,
+                            row.get::<_, i64>(5)?,
+                            row.get::<_, i64>(6)?,
+                            row.get::<_, i64>(7)?,
+                            row.get::<_, i64>(8)?,
+                        ],
+                    ))
+                })
+                .map_err(sql)?;
+            let mut agents = Vec::new();
+            for row in rows {
+                let (agent, member, version, last_seen_ms, counts) = row.map_err(sql)?;
+                let [last_seq, batches, records, duplicates, dropped_by_agent] = counts;
+                agents.push(AgentRow {
+                    last_seen: rfc3339_from_ms(last_seen_ms).map_err(|detail| {
+                        StoreError::Corrupt {
+                            path: path.to_path_buf(),
+                            detail: format!("agent {agent:?} last_seen_ms: {detail}"),
+                        }
+                    })?,
+                    agent,
+                    member,
+                    version,
+                    last_seq: seq_from_sql(last_seq),
+                    batches: count_from_sql(batches),
+                    records: count_from_sql(records),
+                    duplicates: count_from_sql(duplicates),
+                    dropped_by_agent: count_from_sql(dropped_by_agent),
+                });
+            }
+            Ok(agents)
+        })
+    }
+
+    /// Every token row (live and revoked), ordered by agent. The server
+    /// re-reads this every `token_refresh`.
+    pub fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+        self.with_connection(|conn, path| tokens::list(conn, path))
+    }
+
+    /// Creates a token for `agent` of `member` and returns it; only its
+    /// SHA-256 is stored. 256 bits from the OS RNG, printed as `hwt_` + 64 hex
+    /// digits. An agent that already has a live token is refused
+    /// ([`StoreError::TokenExists`]); one whose token was revoked gets a new one.
+    pub fn create_token(&self, member: &str, agent: &str) -> Result<String, StoreError> {
+        self.with_connection(|conn, path| tokens::create(conn, path, member, agent))
+    }
+
+    /// Revokes `agent`'s live token; `false` if it had none.
+    pub fn revoke_token(&self, agent: &str) -> Result<bool, StoreError> {
+        self.with_connection(|conn, path| tokens::revoke(conn, path, agent))
+    }
+
+    /// Applies retention as of `now_ms`: drops frames received before
+    /// `now_ms - raw_retention` (keeping their `(agent, seq)` key) and deletes
+    /// keys received before `now_ms - dedupe_horizon(raw_retention)`. Works in
+    /// transactions of [`PRUNE_CHUNK_ROWS`] rows and pauses between them so the
+    /// writer thread's commits are not held up. Blocking: call it from a
+    /// blocking thread (`spawn_blocking`).
+    pub fn prune(&self, now_ms: i64) -> Result<PruneReport, StoreError> {
+        let frame_cutoff = now_ms.saturating_sub(duration_ms(self.inner.raw_retention));
+        let key_cutoff =
+            now_ms.saturating_sub(duration_ms(dedupe_horizon(self.inner.raw_retention)));
+        let chunk = i64::try_from(PRUNE_CHUNK_ROWS).unwrap_or(i64::MAX);
+        let deleted_batches = self.in_chunks(
+            "dropping old frames",
+            "UPDATE batches SET frame = NULL WHERE id IN (
+                 SELECT id FROM batches
+                 WHERE frame IS NOT NULL AND received_ms < ?1
+                 ORDER BY received_ms LIMIT ?2)",
+            frame_cutoff,
+            chunk,
+        )?;
+        let deleted_keys = self.in_chunks(
+            "deleting old batch keys",
+            "DELETE FROM batches WHERE id IN (
+                 SELECT id FROM batches WHERE received_ms < ?1
+                 ORDER BY received_ms LIMIT ?2)",
+            key_cutoff,
+            chunk,
+        )?;
+        let report = PruneReport {
+            deleted_batches,
+            deleted_keys,
+        };
+        if report != PruneReport::default() {
+            tracing::info!(
+                path = %self.inner.path.display(),
+                deleted_batches,
+                deleted_keys,
+                "retention applied"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Runs `sql(cutoff, chunk)` in its own transaction until it changes fewer
+    /// than `chunk` rows; returns the rows changed.
+    fn in_chunks(
+        &self,
+        operation: &'static str,
+        sql: &str,
+        cutoff: i64,
+        chunk: i64,
+    ) -> Result<u64, StoreError> {
+        let mut total = 0u64;
+        loop {
+            let started = Instant::now();
+            let changed = self.with_connection(|conn, path| {
+                conn.prepare_cached(sql)
+                    .and_then(|mut statement| statement.execute(params![cutoff, chunk]))
+                    .map_err(|source| StoreError::sqlite(path, operation, source))
+            })?;
+            total = total.saturating_add(u64::try_from(changed).unwrap_or(u64::MAX));
+            if i64::try_from(changed).unwrap_or(i64::MAX) < chunk {
+                return Ok(total);
+            }
+            // Leave the write lock free at least as long as we held it, so the
+            // writer thread (waiting in its busy handler) gets its turn.
+            std::thread::sleep(started.elapsed().max(Duration::from_millis(5)));
+        }
+    }
+
+    /// Up to `limit` batch rows with `id > after_id`, in id order. Frames past
+    /// retention come back as `None`.
+    pub fn batches_after(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredBatch>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with_connection(|conn, path| {
+            let sql = |source| StoreError::sqlite(path, "reading batches", source);
+            let mut statement = conn
+                .prepare_cached(
+                    "SELECT id, agent, member, seq, received_ms, records, frame
+                     FROM batches WHERE id > ?1 ORDER BY id LIMIT ?2",
+                )
+                .map_err(sql)?;
+            let rows = statement
+                .query_map(params![after_id, limit], |row| {
+                    Ok(StoredBatch {
+                        id: row.get(0)?,
+                        agent: row.get(1)?,
+                        member: row.get(2)?,
+                        seq: seq_from_sql(row.get(3)?),
+                        received_ms: row.get(4)?,
+                        records: count_from_sql(row.get(5)?),
+                        frame: row.get(6)?,
+                    })
+                })
+                .map_err(sql)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(sql)
+        })
+    }
+
+    /// The last batch id derivation stage `name` consumed (0 if it never ran).
+    pub fn derive_cursor(&self, name: &str) -> Result<i64, StoreError> {
+        self.with_connection(|conn, path| {
+            conn.prepare_cached("SELECT last_id FROM derive_cursors WHERE name = ?1")
+                .and_then(|mut statement| statement.query_row([name], |row| row.get(0)).optional())
+                .map(|last_id| last_id.unwrap_or(0))
+                .map_err(|source| StoreError::sqlite(path, "reading a derive cursor", source))
+        })
+    }
+
+    /// Readiness: the file can be read and the writer thread is running.
+    pub fn ping(&self) -> Result<(), StoreError> {
+        let writer_running = self
+            .inner
+            .sender
+            .as_ref()
+            .is_some_and(|sender| !sender.is_closed());
+        if !writer_running {
+            return Err(StoreError::Closed {
+                path: self.inner.path.clone(),
+            });
+        }
+        self.with_connection(|conn, path| {
+            conn.query_row("PRAGMA user_version", [], |row| row.get::<_, i64>(0))
+                .map(|_| ())
+                .map_err(|source| StoreError::sqlite(path, "ping", source))
+        })
+    }
+
+    /// Batches that still hold their frame (received within `raw_retention`).
+    pub fn raw_batch_count(&self) -> Result<u64, StoreError> {
+        self.with_connection(|conn, path| {
+            conn.query_row(
+                "SELECT count(*) FROM batches WHERE frame IS NOT NULL",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .map(count_from_sql)
+            .map_err(|source| StoreError::sqlite(path, "counting raw batches", source))
+        })
+    }
+
+    /// Runs `op` on a pooled connection (opened on demand).
+    fn with_connection<T>(
+        &self,
+        op: impl FnOnce(&mut Connection, &Path) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self
+            .inner
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop();
+        let mut conn = match pooled {
+            Some(conn) => conn,
+            None => open_connection(&self.inner.path)?,
+        };
+        let result = op(&mut conn, &self.inner.path);
+        let mut idle = self
+            .inner
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if idle.len() < MAX_IDLE_CONNECTIONS {
+            idle.push(conn);
+        }
+        result
+    }
+
+    /// Test hook: runs `sql` on the writer thread's connection.
+    #[cfg(test)]
+    async fn execute_on_writer(&self, sql: &str) -> Result<(), StoreError> {
+        let closed = || StoreError::Closed {
+            path: self.inner.path.clone(),
+        };
+        let sender = self.inner.sender.as_ref().ok_or_else(closed)?;
+        let (reply, answer) = oneshot::channel();
+        sender
+            .send(WriterCommand::Execute(sql.to_owned(), reply))
+            .await
+            .map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+}
+
+/// Opens a connection with the settings every connection needs.
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let sql = |operation| move |source| StoreError::sqlite(path, operation, source);
+    let conn = Connection::open(path).map_err(sql("opening the database"))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(sql("setting the busy timeout"))?;
+    // Per connection, not stored in the file: every writer must set it.
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(sql("setting synchronous=FULL"))?;
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
+}
+
+/// Current time, Unix ms.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(duration_ms)
+        .unwrap_or(0)
+}
+
+fn duration_ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Sequence numbers are stored bit-for-bit as SQLite's signed integer, so
+/// every u64 round-trips and stays unique (agents use `now_ms × 1024`, far
+/// below `i64::MAX`, so order is kept too).
+fn seq_to_sql(seq: u64) -> i64 {
+    i64::from_ne_bytes(seq.to_ne_bytes())
+}
+
+fn seq_from_sql(seq: i64) -> u64 {
+    u64::from_ne_bytes(seq.to_ne_bytes())
+}
+
+/// Counts from the payload saturate rather than fail: a batch must never be
+/// refused by the store for an absurd counter (it would be retried forever).
+fn clamp_to_i64(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+fn count_from_sql(count: i64) -> u64 {
+    u64::try_from(count).unwrap_or(0)
+}
+
+/// `ms` since the Unix epoch as RFC 3339 UTC with millisecond precision.
+fn rfc3339_from_ms(ms: i64) -> Result<String, String> {
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map_err(|e| e.to_string())?;
+    at.format(&time::format_description::well_known::Rfc3339)
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,111 @@
+use super::*;
+use clap::CommandFactory;
+
+fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("collector.toml");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = {:?}\n\n\
+         [[members]]\nid = \"leap\"\nname = \"LEAP\"\ntier = \"premier\"\n{extra}",
+        dir.join("data")
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn cli_definition_is_consistent() {
+    Cli::command().debug_assert();
+}
+
+#[test]
+fn parses_every_subcommand_as_documented() {
+    let cli = Cli::try_parse_from([
+        "hubwatch-collector",
+        "--log-format",
+        "json",
+        "token",
+        "create",
+        "--config",
+        "c.toml",
+        "--member",
+        "leap",
+        "--agent",
+        "a1",
+    ])
+    .unwrap();
+    assert_eq!(cli.log_format, LogFormat::Json);
+    assert!(matches!(
+        cli.command,
+        Command::Token(TokenCommand::Create { ref member, ref agent, .. }) if member == "leap" && agent == "a1"
+    ));
+    for args in [
+        &["serve", "--config", "c.toml"][..],
+        &["check-config", "--config", "c.toml", "--log-level", "debug"],
+        &["token", "revoke", "--config", "c.toml", "--agent", "a1"],
+    ] {
+        let mut argv = vec!["hubwatch-collector"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).unwrap();
+    }
+    assert!(Cli::try_parse_from(["hubwatch-collector", "serve"]).is_err());
+}
+
+#[test]
+fn missing_config_file_names_the_path_and_exits_2() {
+    let err = load_config(Path::new("/nonexistent/hubwatch.toml")).unwrap_err();
+    assert!(
+        err.to_string().contains("/nonexistent/hubwatch.toml"),
+        "{err}"
+    );
+    assert_eq!(err.exit_code(), 2);
+}
+
+#[test]
+fn broken_config_names_the_key_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[server]\nlisten = \"10.1.2.3:9470\"\n").unwrap();
+    let err = load_config(&path).unwrap_err();
+    assert!(err.to_string().contains("server.listen"), "{err}");
+    assert_eq!(err.exit_code(), 2);
+}
+
+#[test]
+fn check_config_summary_names_the_essentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = load_config(&write_config(dir.path(), "")).unwrap();
+    let text = summary(&cfg);
+    assert!(text.contains("listen: 127.0.0.1:0"), "{text}");
+    assert!(text.contains("tls: off"), "{text}");
+    assert!(text.contains("mtls: off"), "{text}");
+    assert!(text.contains("members: 1"), "{text}");
+    assert!(text.contains(&dir.path().join("data").display().to_string()));
+}
+
+#[test]
+fn token_create_then_revoke_and_revoke_without_a_live_token_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = load_config(&write_config(dir.path(), "")).unwrap();
+    let token = create_token(&cfg, "leap", "a1").unwrap();
+    assert!(token.len() >= 64, "256-bit token expected: {}", token.len());
+
+    // Stored hashed, never in clear.
+    let store = Store::open(&cfg.storage).unwrap();
+    let rows = store.tokens().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].token_sha256, crate::store::hash_token(&token));
+    drop(store);
+
+    // A member missing from [[members]] is accepted (the config may lag).
+    create_token(&cfg, "not-configured", "a2").unwrap();
+    assert!(matches!(
+        create_token(&cfg, "leap", "bad name"),
+        Err(CliError::InvalidName { what: "agent", .. })
+    ));
+
+    revoke_token(&cfg, "a1").unwrap();
+    let err = revoke_token(&cfg, "a1").unwrap_err();
+    assert!(matches!(err, CliError::NoLiveToken(ref a) if a == "a1"));
+    assert_eq!(err.exit_code(), 1);
+    assert!(err.to_string().contains("a1"));
+}

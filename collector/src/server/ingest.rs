@@ -1,0 +1,256 @@
+//! `POST /api/v1/ingest`: one agent batch in, acknowledged only once durable.
+//!
+//! The order of checks is the contract: the credential first (401 before a
+//! byte of body is read), then a declared `Content-Length` over
+//! `server.max_body_bytes` (413 before reading), then the body under a size
+//! limit (413 for chunked bodies that exceed it) and a time limit (408), then
+//! the codec (400 naming the reason, or the versions spoken), then the batch's
+//! claims against the credential (403), then the store. The 200 is sent only
+//! after the store's group commit holding the batch has completed.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_LENGTH, HeaderValue};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hubwatch_shared::codec::{self, CodecError};
+use hubwatch_shared::wire::Batch;
+use hyper::body::Incoming;
+
+use super::routes::{HttpResponse, auth_failure, error, json, log_auth_failure, unavailable};
+use super::{AppState, unix_ms_now};
+use crate::auth::{self, AuthError, Credential, PeerIdentity};
+use crate::store::{IngestItem, IngestOutcome};
+
+/// Handles one ingest request; the caller counts the status.
+pub(super) async fn handle(
+    state: &AppState,
+    peer: &PeerIdentity,
+    request: Request<Incoming>,
+) -> HttpResponse {
+    let credential = match authenticate(state, peer, &request) {
+        Ok(credential) => credential,
+        Err(response) => return *response,
+    };
+    let max_body = state.server.max_body_bytes.as_u64();
+    if let Some(declared) = declared_length(&request)
+        && declared > max_body
+    {
+        return reject(
+            state,
+            "too_large",
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body of {declared} bytes exceeds the limit of {max_body} bytes"),
+        );
+    }
+
+    let limited = Limited::new(
+        request.into_body(),
+        usize::try_from(max_body).unwrap_or(usize::MAX),
+    );
+    let frame: Bytes =
+        match tokio::time::timeout(state.server.body_read_timeout, limited.collect()).await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return reject(
+                    state,
+                    "too_large",
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("body exceeds the limit of {max_body} bytes"),
+                );
+            }
+            Ok(Err(e)) => {
+                return reject(
+                    state,
+                    "malformed",
+                    StatusCode::BAD_REQUEST,
+                    format!("could not read the body: {e}"),
+                );
+            }
+            Err(_) => {
+                let mut response = reject(
+                    state,
+                    "timeout",
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "body not received within {}",
+                        humantime::format_duration(state.server.body_read_timeout)
+                    ),
+                );
+                // The rest of the body may still arrive; this connection is done.
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+                return response;
+            }
+        };
+    let read_at = Instant::now();
+    let received_ms = unix_ms_now();
+
+    // A large frame takes milliseconds to decode: keep it off the reactor.
+    let decode_input = frame.clone();
+    let batch = match tokio::task::spawn_blocking(move || codec::decode(&decode_input)).await {
+        Ok(Ok(batch)) => batch,
+        Ok(Err(e)) => {
+            let reason = match e {
+                CodecError::UnsupportedVersion { .. } => "version",
+                _ => "malformed",
+            };
+            return reject(state, reason, StatusCode::BAD_REQUEST, e);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "decode task failed");
+            return unavailable("decoding failed inside the collector; retry");
+        }
+    };
+    if let Err(response) = check_claims(state, &credential, &batch) {
+        return *response;
+    }
+
+    let seq = batch.seq;
+    let records = batch.record_count() as u64;
+    let item = IngestItem {
+        member: credential.member.clone(),
+        agent: credential.agent.clone(),
+        seq,
+        created_ms: batch.created_ms,
+        dropped_records: batch.dropped_records,
+        agent_version: batch.agent_version,
+        records,
+        frame,
+        received_ms,
+    };
+    let outcome = state.store.ingest(item).await;
+    let m = &state.metrics;
+    let member = [credential.member.as_str()];
+    let status = match outcome {
+        Ok(IngestOutcome::Stored) => {
+            m.batches_stored.with_label_values(&member).inc();
+            m.records_stored.with_label_values(&member).inc_by(records);
+            "stored"
+        }
+        Ok(IngestOutcome::Duplicate) => {
+            m.duplicates.with_label_values(&member).inc();
+            "duplicate"
+        }
+        Err(e) => {
+            tracing::error!(
+                member = %credential.member,
+                agent = %credential.agent,
+                seq,
+                error = %e,
+                "storing a batch failed; the agent will retry"
+            );
+            return unavailable(format!("store unavailable: {e}"));
+        }
+    };
+    m.ack_seconds.observe(read_at.elapsed().as_secs_f64());
+    tracing::debug!(member = %credential.member, agent = %credential.agent, seq, records, status, "batch acknowledged");
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "status": status, "seq": seq }),
+    )
+}
+
+/// The credential, or the 401/403 response (counted and logged).
+fn authenticate(
+    state: &AppState,
+    peer: &PeerIdentity,
+    request: &Request<Incoming>,
+) -> Result<Credential, Box<HttpResponse>> {
+    let bearer = match auth::bearer_token(request.headers()) {
+        Ok(bearer) => bearer,
+        Err(e) => {
+            log_auth_failure(&AuthError::Unknown, None, "/api/v1/ingest");
+            return Err(Box::new(auth_failure(
+                state,
+                &AuthError::Unknown,
+                Some(&e.to_string()),
+            )));
+        }
+    };
+    state.tokens.authenticate(bearer, peer).map_err(|e| {
+        log_auth_failure(&e, bearer, "/api/v1/ingest");
+        if let AuthError::AgentMismatch { .. } = e {
+            state
+                .metrics
+                .ingest_rejected
+                .with_label_values(&["agent_mismatch"])
+                .inc();
+        }
+        Box::new(auth_failure(state, &e, None))
+    })
+}
+
+/// The batch may not speak for another agent or member (403, counted).
+fn check_claims(
+    state: &AppState,
+    credential: &Credential,
+    batch: &Batch,
+) -> Result<(), Box<HttpResponse>> {
+    if batch.agent_id != credential.agent {
+        tracing::warn!(
+            credential_member = %credential.member,
+            credential_agent = %credential.agent,
+            batch_agent = %batch.agent_id,
+            batch_member = %batch.member,
+            "batch refused: it names another agent than its credential"
+        );
+        return Err(Box::new(reject(
+            state,
+            "agent_mismatch",
+            StatusCode::FORBIDDEN,
+            format!(
+                "batch agent_id {:?} does not match the credential's agent {:?}",
+                batch.agent_id, credential.agent
+            ),
+        )));
+    }
+    if !batch.member.is_empty() && batch.member != credential.member {
+        tracing::warn!(
+            credential_member = %credential.member,
+            batch_member = %batch.member,
+            agent = %credential.agent,
+            "batch refused: it claims another member than its credential"
+        );
+        return Err(Box::new(reject(
+            state,
+            "member_mismatch",
+            StatusCode::FORBIDDEN,
+            format!(
+                "batch claims member {:?} but the credential belongs to member {:?}",
+                batch.member, credential.member
+            ),
+        )));
+    }
+    Ok(())
+}
+
+/// Counts a refused request by reason and builds its JSON error.
+fn reject(
+    state: &AppState,
+    reason: &'static str,
+    status: StatusCode,
+    message: impl std::fmt::Display,
+) -> HttpResponse {
+    state
+        .metrics
+        .ingest_rejected
+        .with_label_values(&[reason])
+        .inc();
+    tracing::debug!(reason, status = status.as_u16(), error = %message, "ingest refused");
+    error(status, message)
+}
+
+/// The `Content-Length` the client declared, if any and readable.
+fn declared_length(request: &Request<Incoming>) -> Option<u64> {
+    request
+        .headers()
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}

@@ -1,0 +1,120 @@
+//! The store's schema, as an ordered list of migrations.
+//!
+//! The schema version is SQLite's `PRAGMA user_version`: version `n` means the
+//! first `n` entries of [`MIGRATIONS`] have been applied. On open, the missing
+//! ones run in order inside one `BEGIN IMMEDIATE` transaction together with the
+//! version bump, so a crash mid-migration leaves the previous version intact and
+//! two processes opening the same file at once cannot both migrate. A file
+//! whose version is newer than this build knows is refused, never downgraded.
+//!
+//! Migrations are append-only: never edit a released entry, add a new one.
+
+use std::path::Path;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::StoreError;
+
+/// Every migration, in order. Entry `i` takes the schema from version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the raw batch log, per-agent counters, tokens, and derivation cursors.
+    "
+    -- One row per stored batch. AUTOINCREMENT so an id is never reused even
+    -- after retention deleted the newest rows: derivation cursors rely on ids
+    -- only growing. `frame` is set to NULL once older than raw_retention; the
+    -- (agent, seq) key stays longer so a late replay is still a duplicate.
+    CREATE TABLE batches (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        agent       TEXT    NOT NULL,
+        seq         INTEGER NOT NULL,  -- u64 stored bit-for-bit as i64
+        member      TEXT    NOT NULL,
+        received_ms INTEGER NOT NULL,
+        created_ms  INTEGER NOT NULL,
+        records     INTEGER NOT NULL,
+        frame       BLOB,
+        UNIQUE (agent, seq)
+    );
+    -- Retention: deleting keys past the dedupe horizon.
+    CREATE INDEX batches_by_received ON batches (received_ms);
+    -- Retention: finding frames to drop without scanning rows already dropped.
+    CREATE INDEX batches_with_frame_by_received ON batches (received_ms)
+        WHERE frame IS NOT NULL;
+
+    -- Per-agent counters, updated in the transaction that stores the batch.
+    CREATE TABLE agents (
+        agent            TEXT PRIMARY KEY NOT NULL,
+        member           TEXT    NOT NULL,
+        version          TEXT    NOT NULL,
+        first_seen_ms    INTEGER NOT NULL,
+        last_seen_ms     INTEGER NOT NULL,
+        last_seq         INTEGER NOT NULL,
+        batches          INTEGER NOT NULL,
+        records          INTEGER NOT NULL,
+        duplicates       INTEGER NOT NULL,
+        dropped_by_agent INTEGER NOT NULL
+    );
+
+    -- Agent credentials: only the SHA-256 of each token is kept.
+    CREATE TABLE tokens (
+        agent        TEXT PRIMARY KEY NOT NULL,
+        member       TEXT    NOT NULL,
+        token_sha256 BLOB    NOT NULL UNIQUE,
+        created_ms   INTEGER NOT NULL,
+        revoked_ms   INTEGER
+    );
+
+    -- For later stages that derive data from batches exactly once: the last
+    -- batch id each stage has consumed, written in the stage's own transaction.
+    CREATE TABLE derive_cursors (
+        name    TEXT PRIMARY KEY NOT NULL,
+        last_id INTEGER NOT NULL
+    );
+    ",
+];
+
+/// The schema version this build writes.
+pub fn current_version() -> i64 {
+    // The list is tiny; the conversion cannot fail in practice.
+    i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX)
+}
+
+/// Brings the file at `path` (already opened as `conn`) to [`current_version`].
+pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let sql = |operation: &'static str| {
+        move |source: rusqlite::Error| StoreError::sqlite(path, operation, source)
+    };
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql("starting the schema migration"))?;
+    let found: i64 = tx
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(sql("reading the schema version"))?;
+    let supported = current_version();
+    if found > supported {
+        return Err(StoreError::FutureSchema {
+            path: path.to_path_buf(),
+            found,
+            supported,
+        });
+    }
+    if found < 0 {
+        return Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!("negative schema version {found}"),
+        });
+    }
+    if found == supported {
+        return Ok(());
+    }
+    let first_missing = usize::try_from(found).unwrap_or(usize::MAX);
+    for migration in MIGRATIONS.iter().skip(first_missing) {
+        tx.execute_batch(migration)
+            .map_err(sql("applying a schema migration"))?;
+    }
+    tx.pragma_update(None, "user_version", supported)
+        .map_err(sql("writing the schema version"))?;
+    tx.commit()
+        .map_err(sql("committing the schema migration"))?;
+    tracing::info!(path = %path.display(), from = found, to = supported, "store schema migrated");
+    Ok(())
+}
