@@ -1,1 +1,249 @@
-//! TODO(owner): see ARCHITECTURE.md.
+//! The command line: `hubwatch-agent run|check-config --config FILE`, with
+//! global `--log-format` and `--log-level`. `main.rs` only calls [`main`].
+//!
+//! Exit codes: 0 on success, 2 for a configuration that cannot be used (the
+//! message names the key or the file), 1 when the agent fails while running.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use hubwatch_shared::config::{self, AgentConfig, ConfigError};
+use tracing_subscriber::EnvFilter;
+
+use crate::runtime;
+
+/// Exit code for a configuration that cannot be used.
+pub const EXIT_CONFIG: u8 = 2;
+
+/// Exit code for a failure while running.
+pub const EXIT_RUNTIME: u8 = 1;
+
+/// hubwatch's agent: collects this cluster's figures and streams them,
+/// spooled on disk, to the collector.
+#[derive(Debug, Parser)]
+#[command(name = "hubwatch-agent", version, about)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log level (a tracing filter such as `info` or `hubwatch_agent=debug`);
+    /// `RUST_LOG` wins when set.
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Collect and stream until SIGTERM or SIGINT.
+    Run {
+        /// The agent's TOML config.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Check the config and print a summary; exit 2 naming the key if it is wrong.
+    CheckConfig {
+        /// The agent's TOML config.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line, event fields at the top level.
+    Json,
+    /// Human-readable.
+    Pretty,
+}
+
+/// Why a config file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file cannot be read.
+    #[error("config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file or environment holds a bad value.
+    #[error("config file {path}: {source}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Which key and why.
+        source: ConfigError,
+    },
+}
+
+/// Reads the config file and the environment (`HUBWATCH_<SECTION>__<KEY>`)
+/// and validates the result.
+pub fn load_config(path: &Path) -> Result<AgentConfig, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let env: HashMap<String, String> = std::env::vars().collect();
+    config::load::<AgentConfig>(&text, &env).map_err(|source| LoadError::Invalid {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The binary's whole life: parse flags, set up logs, run the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log_level);
+    match cli.command {
+        Command::CheckConfig { config } => match load_config(&config) {
+            Ok(cfg) => {
+                println!("config ok");
+                println!("{}", summary(&cfg));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Run { config } => {
+            let cfg = match load_config(&config) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            run_blocking(cfg)
+        }
+    }
+}
+
+/// Runs the agent on a single-threaded tokio runtime (blocking work, the
+/// spool and sysinfo, goes to a small blocking pool): the agent is a guest
+/// and needs little, so one thread keeps its footprint down.
+fn run_blocking(cfg: AgentConfig) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(4)
+        .thread_keep_alive(std::time::Duration::from_secs(20))
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    match rt.block_on(runtime::run(cfg, shutdown_signal())) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e @ runtime::AgentError::Sender(_)) => {
+            tracing::error!(error = %e, "cannot start");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "agent failed");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
+                    _ = int.recv() => tracing::info!(signal = "SIGINT", "shutdown requested"),
+                }
+                return;
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot install signal handlers; using ctrl-c only");
+            }
+        }
+    }
+    if tokio::signal::ctrl_c().await.is_ok() {
+        tracing::info!(signal = "SIGINT", "shutdown requested");
+    } else {
+        // No way to hear a signal: run until killed.
+        std::future::pending::<()>().await;
+    }
+}
+
+/// A short human summary of a valid config (no secrets).
+pub fn summary(cfg: &AgentConfig) -> String {
+    let credential = match (
+        &cfg.collector.token,
+        &cfg.collector.token_file,
+        &cfg.collector.client_cert,
+    ) {
+        (Some(_), _, _) => "token (environment or config)".to_string(),
+        (None, Some(path), _) => format!("token file {}", path.display()),
+        (None, None, Some(cert)) => format!("client certificate {}", cert.display()),
+        (None, None, None) => "none".to_string(),
+    };
+    format!(
+        "agent:      {} (member {})\n\
+         collector:  {} via {credential}\n\
+         interval:   {}\n\
+         spool:      {} (max {}, memory fallback {})\n\
+         listen:     {}\n\
+         sources:    host {}, {} hub(s)",
+        cfg.agent.id,
+        if cfg.agent.member.is_empty() {
+            "from the token"
+        } else {
+            &cfg.agent.member
+        },
+        cfg.collector.url,
+        humantime::format_duration(cfg.agent.interval),
+        cfg.agent.spool_dir.display(),
+        cfg.agent.spool_max_bytes,
+        cfg.agent.memory_buffer_max_bytes,
+        cfg.agent.listen,
+        if cfg.host.enabled { "on" } else { "off" },
+        cfg.hubs.len(),
+    )
+}
+
+fn init_logging(format: Option<LogFormat>, level: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let format = format.unwrap_or(if std::io::stderr().is_terminal() {
+        LogFormat::Pretty
+    } else {
+        LogFormat::Json
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+    if let Err(e) = result {
+        eprintln!("warning: logging not set up: {e}");
+    }
+}

@@ -1,1 +1,182 @@
-//! TODO(owner): see ARCHITECTURE.md.
+//! The agent's own telemetry: every `hubwatch_agent_*` metric, registered only
+//! through the definitions in [`hubwatch_shared::metrics`], and a small HTTP
+//! server on `[agent] listen` serving `GET /metrics` and `GET /healthz`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hubwatch_shared::metrics as defs;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus::{
+    Encoder, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry, TextEncoder,
+};
+use tokio::net::TcpListener;
+
+/// `reason` label values of [`defs::AGENT_RECORDS_DROPPED`].
+pub mod drop_reason {
+    /// The spool hit `spool_max_bytes` and deleted its oldest segment.
+    pub const SPOOL_FULL: &str = "spool_full";
+    /// The memory fallback hit `memory_buffer_max_bytes`.
+    pub const MEMORY_FULL: &str = "memory_full";
+    /// The collector refused the batch for good.
+    pub const REJECTED: &str = "rejected";
+    /// The spool cut a corrupt tail.
+    pub const CORRUPT: &str = "corrupt";
+    /// Every reason, for pre-creating the series at zero.
+    pub const ALL: &[&str] = &[SPOOL_FULL, MEMORY_FULL, REJECTED, CORRUPT];
+}
+
+/// Handles to every agent metric, all in one registry (one per running agent,
+/// so several agents can run in one test process).
+#[derive(Clone)]
+pub struct AgentMetrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// `hubwatch_agent_build_info{version}`.
+    pub build_info: IntGaugeVec,
+    /// `hubwatch_agent_records_produced_total{source}`.
+    pub records_produced: IntCounterVec,
+    /// `hubwatch_agent_collection_duration_seconds{source}`.
+    pub collection_seconds: HistogramVec,
+    /// `hubwatch_agent_batches_sent_total`.
+    pub batches_sent: IntCounter,
+    /// `hubwatch_agent_batches_acked_total`.
+    pub batches_acked: IntCounter,
+    /// `hubwatch_agent_records_acked_total`.
+    pub records_acked: IntCounter,
+    /// `hubwatch_agent_send_retries_total{reason}`.
+    pub send_retries: IntCounterVec,
+    /// `hubwatch_agent_batches_rejected_total{status}`.
+    pub batches_rejected: IntCounterVec,
+    /// `hubwatch_agent_records_dropped_total{reason}`.
+    pub records_dropped: IntCounterVec,
+    /// `hubwatch_agent_spool_bytes`.
+    pub spool_bytes: IntGauge,
+    /// `hubwatch_agent_spool_pending_batches`.
+    pub spool_pending_batches: IntGauge,
+    /// `hubwatch_agent_spool_corruptions_total`.
+    pub spool_corruptions: IntCounter,
+    /// `hubwatch_agent_spool_write_errors_total`.
+    pub spool_write_errors: IntCounter,
+    /// `hubwatch_agent_memory_buffer_bytes`.
+    pub memory_buffer_bytes: IntGauge,
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AgentMetrics {
+    /// A fresh registry with every agent metric; build info set to 1.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let m = Self {
+            build_info: defs::AGENT_BUILD_INFO.int_gauge_vec(&r),
+            records_produced: defs::AGENT_RECORDS_PRODUCED.counter_vec(&r),
+            collection_seconds: defs::AGENT_COLLECTION_SECONDS.histogram_vec(&r),
+            batches_sent: defs::AGENT_BATCHES_SENT.counter(&r),
+            batches_acked: defs::AGENT_BATCHES_ACKED.counter(&r),
+            records_acked: defs::AGENT_RECORDS_ACKED.counter(&r),
+            send_retries: defs::AGENT_SEND_RETRIES.counter_vec(&r),
+            batches_rejected: defs::AGENT_BATCHES_REJECTED.counter_vec(&r),
+            records_dropped: defs::AGENT_RECORDS_DROPPED.counter_vec(&r),
+            spool_bytes: defs::AGENT_SPOOL_BYTES.int_gauge(&r),
+            spool_pending_batches: defs::AGENT_SPOOL_BATCHES.int_gauge(&r),
+            spool_corruptions: defs::AGENT_SPOOL_CORRUPTIONS.counter(&r),
+            spool_write_errors: defs::AGENT_SPOOL_WRITE_ERRORS.counter(&r),
+            memory_buffer_bytes: defs::AGENT_MEMORY_BUFFER_BYTES.int_gauge(&r),
+            registry: r,
+        };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for reason in drop_reason::ALL {
+            m.records_dropped.with_label_values(&[*reason]);
+        }
+        m
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "cannot render metrics");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<AgentMetrics>,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "telemetry listener accept failed");
+                    // Typically EMFILE: back off instead of spinning.
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let metrics = Arc::clone(&metrics);
+                async move { Ok::<_, Infallible>(respond(&req, &metrics)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "telemetry connection ended");
+            }
+        });
+    }
+}
+
+fn respond(req: &Request<Incoming>, metrics: &AgentMetrics) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
+            prometheus::TEXT_FORMAT,
+            Bytes::from(metrics.render()),
+        ),
+        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok")),
+        (_, "/metrics" | "/healthz") => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            Bytes::from_static(b"method not allowed"),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            Bytes::from_static(b"not found"),
+        ),
+    };
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests;

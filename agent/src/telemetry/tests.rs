@@ -1,0 +1,72 @@
+use std::sync::Arc;
+
+use hubwatch_shared::metrics::{ALL, Exporter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+
+#[test]
+fn every_agent_metric_is_registered_and_build_info_is_one() {
+    let m = AgentMetrics::new();
+    // Vectors appear in the exposition once a series exists.
+    m.records_produced.with_label_values(&["host"]);
+    m.collection_seconds
+        .with_label_values(&["host"])
+        .observe(0.01);
+    m.send_retries.with_label_values(&["connect"]);
+    m.batches_rejected.with_label_values(&["400"]);
+    let text = m.render();
+    for def in ALL.iter().filter(|d| d.exporter == Exporter::Agent) {
+        assert!(
+            text.contains(&format!("# TYPE {} ", def.name)),
+            "{} missing from:\n{text}",
+            def.name
+        );
+    }
+    for def in ALL.iter().filter(|d| d.exporter == Exporter::Collector) {
+        assert!(
+            !text.contains(def.name),
+            "{} exported by the agent",
+            def.name
+        );
+    }
+    assert!(text.contains(&format!(
+        "hubwatch_agent_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    )));
+    assert!(text.contains("hubwatch_agent_records_dropped_total{reason=\"memory_full\"} 0"));
+}
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.expect("read");
+    out
+}
+
+#[tokio::test]
+async fn serves_metrics_and_healthz() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let metrics = Arc::new(AgentMetrics::new());
+    metrics.batches_acked.inc_by(3);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, Arc::clone(&metrics), async move {
+        let _ = stopped.await;
+    }));
+
+    let health = get(addr, "/healthz").await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.ends_with("ok"), "{health}");
+
+    let exposition = get(addr, "/metrics").await;
+    assert!(exposition.starts_with("HTTP/1.1 200"), "{exposition}");
+    assert!(exposition.contains("hubwatch_agent_batches_acked_total 3"));
+
+    assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+
+    let _ = stop.send(());
+    server.await.expect("server stops on shutdown");
+}
