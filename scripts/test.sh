@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what the tests need
-# (idempotent), checks formatting and lints, builds, and runs every test.
+# (idempotent), checks formatting and lints, builds, and runs every test:
+# unit and property tests, and the end-to-end tests in tests/ that start the
+# real binaries built here (debug profile, in $CARGO_TARGET_DIR or ./target,
+# which is where the harness looks for them).
+#
+# HUBWATCH_TEST_PATIENCE=2 doubles every end-to-end timeout on a slow machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 
 scripts/install-test-deps.sh
+command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
 
 echo "== fmt"
 cargo fmt --all -- --check

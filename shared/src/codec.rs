@@ -41,7 +41,10 @@ pub enum CodecError {
     #[error("not a hubwatch batch (bad magic bytes)")]
     BadMagic,
     /// A version this build does not speak.
-    #[error("unsupported protocol version {got}; this collector speaks {}", versions_list())]
+    #[error(
+        "unsupported protocol version {got}; this collector speaks {}",
+        versions_list()
+    )]
     UnsupportedVersion {
         /// The version in the frame.
         got: u16,

@@ -98,7 +98,10 @@ pub fn is_loopback(addr: &SocketAddr) -> bool {
 pub fn url_host_is_loopback(url: &str) -> bool {
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
+    let host = authority
+        .rsplit_once('@')
+        .map(|(_, h)| h)
+        .unwrap_or(authority);
     let host = if let Some(v6) = host.strip_prefix('[') {
         v6.split(']').next().unwrap_or("")
     } else {
@@ -143,4 +146,3 @@ fn check_http_url(key: &str, url: &str) -> Result<(), ConfigError> {
     }
     Ok(())
 }
-

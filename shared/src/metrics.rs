@@ -150,7 +150,8 @@ impl MetricDef {
     pub fn counter_vec(&self, r: &Registry) -> IntCounterVec {
         self.check(MetricKind::Counter, true);
         let m = IntCounterVec::new(self.opts(), self.labels).expect("valid metric definition");
-        r.register(Box::new(m.clone())).expect("metric registered once");
+        r.register(Box::new(m.clone()))
+            .expect("metric registered once");
         m
     }
 
@@ -158,7 +159,8 @@ impl MetricDef {
     pub fn counter(&self, r: &Registry) -> IntCounter {
         self.check(MetricKind::Counter, false);
         let m = IntCounter::with_opts(self.opts()).expect("valid metric definition");
-        r.register(Box::new(m.clone())).expect("metric registered once");
+        r.register(Box::new(m.clone()))
+            .expect("metric registered once");
         m
     }
 
@@ -166,7 +168,8 @@ impl MetricDef {
     pub fn int_gauge(&self, r: &Registry) -> IntGauge {
         self.check(MetricKind::Gauge, false);
         let m = IntGauge::with_opts(self.opts()).expect("valid metric definition");
-        r.register(Box::new(m.clone())).expect("metric registered once");
+        r.register(Box::new(m.clone()))
+            .expect("metric registered once");
         m
     }
 
@@ -174,7 +177,8 @@ impl MetricDef {
     pub fn int_gauge_vec(&self, r: &Registry) -> IntGaugeVec {
         self.check(MetricKind::Gauge, true);
         let m = IntGaugeVec::new(self.opts(), self.labels).expect("valid metric definition");
-        r.register(Box::new(m.clone())).expect("metric registered once");
+        r.register(Box::new(m.clone()))
+            .expect("metric registered once");
         m
     }
 
@@ -182,7 +186,8 @@ impl MetricDef {
     pub fn gauge(&self, r: &Registry) -> Gauge {
         self.check(MetricKind::Gauge, false);
         let m = Gauge::with_opts(self.opts()).expect("valid metric definition");
-        r.register(Box::new(m.clone())).expect("metric registered once");
+        r.register(Box::new(m.clone()))
+            .expect("metric registered once");
         m
     }
 
@@ -190,7 +195,8 @@ impl MetricDef {
     pub fn gauge_vec(&self, r: &Registry) -> GaugeVec {
         self.check(MetricKind::Gauge, true);
         let m = GaugeVec::new(self.opts(), self.labels).expect("valid metric definition");
-        r.register(Box::new(m.clone())).expect("metric registered once");
+        r.register(Box::new(m.clone()))
+            .expect("metric registered once");
         m
     }
 
@@ -201,7 +207,8 @@ impl MetricDef {
             HistogramOpts::new(self.name, self.help).buckets(self.buckets.to_vec()),
         )
         .expect("valid metric definition");
-        r.register(Box::new(m.clone())).expect("metric registered once");
+        r.register(Box::new(m.clone()))
+            .expect("metric registered once");
         m
     }
 
@@ -213,7 +220,8 @@ impl MetricDef {
             self.labels,
         )
         .expect("valid metric definition");
-        r.register(Box::new(m.clone())).expect("metric registered once");
+        r.register(Box::new(m.clone()))
+            .expect("metric registered once");
         m
     }
 

@@ -69,7 +69,8 @@ fn health() -> impl Strategy<Value = HealthCheck> {
 
 fn usage() -> impl Strategy<Value = UsageEvent> {
     let kind = prop_oneof![
-        proptest::option::of("[a-z0-9-]{1,12}").prop_map(|profile| UsageKind::ServerStarted { profile }),
+        proptest::option::of("[a-z0-9-]{1,12}")
+            .prop_map(|profile| UsageKind::ServerStarted { profile }),
         Just(UsageKind::ServerStopped),
         Just(UsageKind::Activity),
         (
@@ -87,15 +88,20 @@ fn usage() -> impl Strategy<Value = UsageEvent> {
                 storage_bytes: e,
             })),
     ];
-    ("[a-z]{1,8}", "[0-9a-f]{0,32}", "[a-z]{0,6}", kind, any::<i64>()).prop_map(
-        |(hub, user, server, kind, timestamp_ms)| UsageEvent {
+    (
+        "[a-z]{1,8}",
+        "[0-9a-f]{0,32}",
+        "[a-z]{0,6}",
+        kind,
+        any::<i64>(),
+    )
+        .prop_map(|(hub, user, server, kind, timestamp_ms)| UsageEvent {
             hub,
             user,
             server,
             kind,
             timestamp_ms,
-        },
-    )
+        })
 }
 
 pub(crate) fn batch() -> impl Strategy<Value = Batch> {

@@ -83,7 +83,10 @@ fn collector_checks_name_their_key() {
             "[[members]]\nid = \"a\"\ntier = \"starter\"\n[[members]]\nid = \"a\"\ntier = \"member\"",
             "members[1].id",
         ),
-        ("[[alertmanagers]]\nurl = \"127.0.0.1:9093\"", "alertmanagers[0].url"),
+        (
+            "[[alertmanagers]]\nurl = \"127.0.0.1:9093\"",
+            "alertmanagers[0].url",
+        ),
         ("[storage]\nraw_retention = \"5m\"", "storage.raw_retention"),
     ];
     for (text, key) in cases {
@@ -120,7 +123,11 @@ fn example(name: &str) -> String {
 fn collector_example_matches_defaults() {
     let cfg: CollectorConfig = load(&example("collector.example.toml"), &HashMap::new())
         .expect("the example config is valid");
-    assert_eq!(cfg, CollectorConfig::default(), "deploy/collector.example.toml drifted");
+    assert_eq!(
+        cfg,
+        CollectorConfig::default(),
+        "deploy/collector.example.toml drifted"
+    );
 }
 
 #[test]
