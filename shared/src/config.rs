@@ -15,11 +15,13 @@ use serde::{Deserialize, Serialize};
 
 mod agent;
 mod collector;
+mod sources;
 #[cfg(test)]
 mod tests;
 
 pub use agent::*;
 pub use collector::*;
+pub use sources::*;
 
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "HUBWATCH";

@@ -14,6 +14,12 @@ pub struct AgentConfig {
     pub hubs: Vec<HubConfig>,
     /// `[host]`: this machine's own figures.
     pub host: HostConfig,
+    /// `[[probes]]`: HTTP(S) probes beyond each hub's `/hub/health`.
+    pub probes: Vec<ProbeConfig>,
+    /// `[prometheus]`: the cluster's Prometheus, queried each interval.
+    pub prometheus: PrometheusSourceConfig,
+    /// `[[scrape]]`: exposition endpoints scraped directly.
+    pub scrape: Vec<ScrapeConfig>,
     /// `[privacy]`: how usernames leave the cluster.
     pub privacy: PrivacyConfig,
 }
@@ -104,6 +110,27 @@ pub struct HubConfig {
     /// File holding a JupyterHub API token (list:users, read:users, read:servers, read:metrics).
     #[serde(default)]
     pub api_token_file: Option<PathBuf>,
+    /// Time allowed for each request to the hub.
+    #[serde(default = "default_hub_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Probe the hub's `/hub/health` with the probe source too.
+    #[serde(default = "default_true")]
+    pub probe: bool,
+    /// Users per page of `/hub/api/users` (JupyterHub caps it at 200).
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+}
+
+fn default_hub_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_page_size() -> u32 {
+    200
 }
 
 /// `[host]`
@@ -112,11 +139,20 @@ pub struct HubConfig {
 pub struct HostConfig {
     /// Report this machine's CPU, memory, disks, network and uptime.
     pub enabled: bool,
+    /// The directory holding user homes (VM hubs such as The Littlest
+    /// JupyterHub): its filesystem is reported as a storage figure.
+    pub home_path: Option<PathBuf>,
+    /// The hub this host serves, for its storage figure.
+    pub hub: Option<String>,
 }
 
 impl Default for HostConfig {
     fn default() -> Self {
-        Self { enabled: true }
+        Self {
+            enabled: true,
+            home_path: None,
+            hub: None,
+        }
     }
 }
 
@@ -199,7 +235,15 @@ impl Validate for AgentConfig {
                 ));
             }
             check_http_url(&format!("hubs[{i}].url"), &h.url)?;
+            check_positive(&format!("hubs[{i}].timeout"), h.timeout)?;
+            if !(1..=200).contains(&h.page_size) {
+                return Err(ConfigError::invalid(
+                    format!("hubs[{i}].page_size"),
+                    "must be between 1 and 200",
+                ));
+            }
         }
+        validate_sources(self)?;
         Ok(())
     }
 }
