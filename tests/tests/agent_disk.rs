@@ -78,3 +78,58 @@ fn a_full_spool_disk_is_survived_in_memory_and_recovered() {
     drop(agent);
     drop(disk);
 }
+
+/// The spool directory cannot even be created when the agent starts (a file
+/// stands where its parent should be): the agent still starts, collects and
+/// delivers from memory, and takes the directory over once it is usable.
+#[test]
+fn an_unusable_spool_directory_at_start_is_survived_in_memory() {
+    let collector = Collector::start(CollectorOptions::default());
+    let token = collector.create_token("alpha", "nospool");
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let blocker = scratch.path().join("blocked");
+    std::fs::write(&blocker, b"a file, not a directory").expect("blocker");
+    let spool_dir = blocker.join("spool");
+
+    let mut options = AgentOptions::new("nospool", "alpha", &token, "200ms");
+    options.spool_dir = Some(spool_dir.clone());
+    let mut agent = Agent::start(options, collector.url());
+    eventually(
+        "batches held in memory are delivered while the spool is unusable",
+        Duration::from_secs(30),
+        || {
+            let metrics = agent.metrics()?;
+            let errors = metrics.sum("hubwatch_agent_spool_write_errors_total")?;
+            ensure!(errors > 0.0, "no spool write errors yet");
+            let row = collector.agent("nospool")?;
+            ensure!(row.batches >= 3, "{} batches stored", row.batches);
+            Ok(())
+        },
+    );
+    assert!(agent.is_running(), "the agent must start without its spool");
+
+    std::fs::remove_file(&blocker).expect("remove the blocker");
+    eventually(
+        "the spool attaches once its directory can be created",
+        Duration::from_secs(30),
+        || {
+            ensure!(spool_dir.join("cursor").exists(), "no cursor yet");
+            let metrics = agent.metrics()?;
+            let held = metrics.sum("hubwatch_agent_memory_buffer_bytes")?;
+            let pending = metrics.sum("hubwatch_agent_spool_pending_batches")?;
+            ensure!(
+                held == 0.0 && pending == 0.0,
+                "held {held}, pending {pending}"
+            );
+            Ok(())
+        },
+    );
+    let summary = agent.sigterm();
+    let row = collector.agent("nospool").expect("row");
+    assert_eq!(summary.pending_batches, 0, "{summary:?}");
+    assert_eq!(
+        row.records, summary.records_produced,
+        "stored vs produced ({row:?}, {summary:?})"
+    );
+    assert_eq!(row.dropped_by_agent, 0, "{row:?}");
+}

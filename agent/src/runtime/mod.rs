@@ -205,20 +205,31 @@ async fn open_outbox(cfg: &AgentConfig, metrics: Arc<AgentMetrics>) -> Result<Ou
     let opened = tokio::task::spawn_blocking(move || Spool::open(&dir, opts))
         .await
         .map_err(|e| AgentError::Task(e.to_string()))?;
-    let (spool, recovery) = opened.map_err(|source| AgentError::Spool {
-        dir: cfg.agent.spool_dir.display().to_string(),
-        source,
-    })?;
-    tracing::info!(
-        dir = %cfg.agent.spool_dir.display(),
-        segments = recovery.segments,
-        corrupt_tails = recovery.corrupt_tails,
-        truncated_bytes = recovery.truncated_bytes,
-        pending_batches = recovery.pending_batches,
-        dropped_records = recovery.dropped_records,
-        cursor_reset = recovery.cursor_reset,
-        "spool recovered"
-    );
+    let spool = match opened {
+        Ok((spool, recovery)) => {
+            tracing::info!(
+                dir = %cfg.agent.spool_dir.display(),
+                segments = recovery.segments,
+                corrupt_tails = recovery.corrupt_tails,
+                truncated_bytes = recovery.truncated_bytes,
+                pending_batches = recovery.pending_batches,
+                dropped_records = recovery.dropped_records,
+                cursor_reset = recovery.cursor_reset,
+                "spool recovered"
+            );
+            spool
+        }
+        Err(error) => {
+            // Keep collecting: batches wait in the bounded memory fallback and the
+            // spool attaches to its directory as soon as it can be opened.
+            tracing::error!(
+                dir = %cfg.agent.spool_dir.display(),
+                %error,
+                "spool directory unusable; holding batches in memory until it can be opened"
+            );
+            Spool::detached(&cfg.agent.spool_dir, opts)
+        }
+    };
     if spool.pending_batches() > 0 {
         tracing::info!(
             pending_batches = spool.pending_batches(),

@@ -507,6 +507,9 @@ pub struct Spool {
     cursor_dirty: bool,
     next_seq: u64,
     corruptions: u64,
+    /// Set while the directory could not be opened (see [`Spool::detached`]): holds the options
+    /// to open it with, retried on every append.
+    detached: Option<SpoolOptions>,
     /// Test hook: make every write fail as if the disk were full.
     #[cfg(test)]
     fail_writes: bool,
@@ -668,6 +671,7 @@ impl Spool {
             cursor_dirty,
             next_seq,
             corruptions,
+            detached: None,
             #[cfg(test)]
             fail_writes: false,
         };
@@ -703,6 +707,55 @@ impl Spool {
         Ok((spool, recovery))
     }
 
+    /// A spool whose directory could not be opened (unwritable, missing mount, full disk at
+    /// start). It holds nothing: every [`Spool::append`] first tries to open the directory and,
+    /// while that fails, returns the error, so the caller keeps batches in its bounded memory
+    /// fallback. Sequence numbers start at `now_unix_ms * 1024` as after any open, so they stay
+    /// above everything the directory may already hold. Once the directory opens, its backlog
+    /// and counts are taken over and what was dropped meanwhile is added to its dropped total.
+    pub fn detached(dir: &Path, opts: SpoolOptions) -> Spool {
+        Spool {
+            dir: dir.to_path_buf(),
+            max_bytes: opts.max_bytes,
+            segment_bytes: opts.effective_segment_bytes(),
+            segments: VecDeque::new(),
+            active_file: None,
+            cursor: CursorState::default(),
+            cursor_dirty: false,
+            next_seq: now_unix_ms().saturating_mul(1024),
+            corruptions: 0,
+            detached: Some(opts),
+            #[cfg(test)]
+            fail_writes: false,
+        }
+    }
+
+    /// Whether the spool has its directory (false while [`Spool::detached`]).
+    pub fn is_attached(&self) -> bool {
+        self.detached.is_none()
+    }
+
+    /// Tries to open the directory of a detached spool and take it over.
+    fn attach(&mut self) -> Result<(), SpoolError> {
+        let Some(opts) = self.detached else {
+            return Ok(());
+        };
+        let (mut opened, recovery) = Spool::open(&self.dir, opts)?;
+        opened.next_seq = opened.next_seq.max(self.next_seq);
+        opened.corruptions = opened.corruptions.saturating_add(self.corruptions);
+        if self.cursor.dropped_total > 0 {
+            opened.add_dropped(self.cursor.dropped_total);
+        }
+        tracing::warn!(
+            dir = %self.dir.display(),
+            pending_batches = recovery.pending_batches,
+            dropped_while_detached = self.cursor.dropped_total,
+            "spool directory usable again: attached"
+        );
+        *self = opened;
+        Ok(())
+    }
+
     /// Allocates the sequence number for the next batch. On open, resumes at
     /// `max(last seq ever appended + 1, acked + 1, now_unix_ms * 1024)` so seqs are never reused
     /// even if batches held only in memory were lost.
@@ -725,6 +778,7 @@ impl Spool {
     /// and leaves the spool consistent (a partial write is truncated away, or cut at the next
     /// open), so the caller can keep the batch in memory and retry later.
     pub fn append(&mut self, seq: u64, records: u32, frame: &[u8]) -> Result<u64, SpoolError> {
+        self.attach()?;
         let last = self.cursor.highest_seq.max(self.cursor.acked_seq);
         if seq <= last {
             return Err(SpoolError::SeqNotIncreasing { seq, last });
@@ -1242,6 +1296,15 @@ impl Spool {
     }
 
     fn persist_cursor(&mut self) -> Result<(), SpoolError> {
+        if self.detached.is_some() {
+            // Writing our empty state could clobber a cursor we have not read yet; counts
+            // made while detached are carried over by `attach`.
+            return Err(SpoolError::Io {
+                op: "write cursor",
+                path: self.dir.join(CURSOR_FILE),
+                source: io::Error::other("spool directory not attached yet"),
+            });
+        }
         let state = self.cursor;
         self.write_cursor(&state)?;
         self.cursor_dirty = false;

@@ -791,3 +791,50 @@ fn a_crash_mid_cursor_persist_leaves_the_old_cursor() {
     assert!(!dir.path().join("cursor.tmp").exists());
     assert_eq!(seqs(&spool.peek(10).expect("peek")), appended[1..]);
 }
+
+#[test]
+fn a_detached_spool_attaches_when_its_directory_becomes_usable() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // A regular file where the spool's parent directory should be: nothing
+    // can be created below it, even as root.
+    let blocker = tmp.path().join("blocked");
+    fs::write(&blocker, b"not a directory").expect("blocker");
+    let dir = blocker.join("spool");
+    let opts = SpoolOptions::new(BIG);
+    assert!(Spool::open(&dir, opts).is_err());
+
+    let mut spool = Spool::detached(&dir, opts);
+    assert!(!spool.is_attached());
+    let first = spool.next_seq();
+    assert!(spool.append(first, 3, b"held in memory").is_err());
+    assert!(spool.peek(10).expect("peek").is_empty());
+    spool.add_dropped(2);
+    assert!(
+        spool.flush().is_err(),
+        "nothing may be written while detached"
+    );
+
+    // The directory becomes usable: the next append attaches and succeeds.
+    fs::remove_file(&blocker).expect("remove blocker");
+    let second = spool.next_seq();
+    assert!(second > first);
+    spool.append(first, 3, b"held in memory").expect("attached");
+    spool.append(second, 1, b"new").expect("append");
+    assert!(spool.is_attached());
+    assert_eq!(spool.dropped_total(), 2);
+    drop(spool);
+
+    let (mut reopened, _) = Spool::open(&dir, opts).expect("reopen");
+    let seqs: Vec<u64> = reopened
+        .peek(10)
+        .expect("peek")
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, vec![first, second]);
+    assert_eq!(
+        reopened.dropped_total(),
+        2,
+        "drops made while detached persist"
+    );
+}
