@@ -6,7 +6,9 @@
 //! and benchmarks can drive it in-process.
 #![forbid(unsafe_code)]
 
+pub mod alerts;
 pub mod auth;
+pub mod clock;
 pub mod cli;
 pub mod server;
 pub mod store;

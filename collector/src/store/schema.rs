@@ -70,6 +70,14 @@ pub const MIGRATIONS: &[&str] = &[
         last_id INTEGER NOT NULL
     );
     ",
+    // 2: SLI accounting per hub per minute (issue 4). Filled in by the SLO work.
+    "
+    -- (the SLO engine's tables)
+    ",
+    // 3: alert state that survives restarts (issue 4). Filled in by the alerting work.
+    "
+    -- (the alert engine's tables)
+    ",
 ];
 
 /// The schema version this build writes.
