@@ -639,3 +639,40 @@ async fn large_sequence_numbers_round_trip() -> anyhow::Result<()> {
     assert_eq!(batches[0].records, i64::MAX as u64);
     Ok(())
 }
+
+/// Commits never checkpoint (that work was on the ack path); the checkpointer
+/// thread copies the WAL into the database file in the background.
+#[tokio::test]
+async fn the_wal_is_checkpointed_in_the_background() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cfg = config(dir.path());
+    let store = Store::open(&cfg)?;
+    let db = cfg.path.join(DB_FILE_NAME);
+    let before = std::fs::metadata(&db)?.len();
+    for seq in 1..=40u64 {
+        let mut batch = item("a1", seq, 1, NOW_MS);
+        batch.frame = frame_for("a1", seq, 100_000);
+        store.ingest(batch).await?;
+    }
+    let autocheckpoint: i64 = store.with_connection(|conn, path| {
+        conn.query_row("PRAGMA wal_autocheckpoint", [], |row| row.get(0))
+            .map_err(|e| StoreError::sqlite(path, "test", e))
+    })?;
+    assert_eq!(
+        autocheckpoint, 0,
+        "connections must not checkpoint on commit"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let after = std::fs::metadata(&db)?.len();
+        if after > before + 3_000_000 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "database file still {after} bytes (was {before}): nothing checkpointed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
