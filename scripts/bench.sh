@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# hubwatch's benchmarks. Results and how to read them: BENCHMARKS.md.
+#
+#   scripts/bench.sh ingest            collector ingest load test (cargo bench --bench ingest_load):
+#                                      paced at 500k samples/s, unpaced, and with 5,000-sample batches
+#   scripts/bench.sh agent [SECONDS]   agent footprint: RSS and CPU of a release agent streaming the
+#                                      host source every 15 s to a release collector (default 120 s)
+#   scripts/bench.sh fuzz [SECONDS]    every fuzz target for SECONDS each (scripts/fuzz.sh)
+#   scripts/bench.sh all               ingest, then agent
+#
+# Everything binds to 127.0.0.1 only and stops by itself. Environment for `ingest`: BENCH_SECONDS,
+# BENCH_AGENTS, BENCH_BATCH, BENCH_RATE, ... (see collector/benches/ingest_load.rs); set any of
+# them and `ingest` runs one configuration with them instead of its three.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+# A free TCP port on loopback.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# utime + stime of a process, in clock ticks.
+cpu_ticks() {
+  # Field 2 (comm) may hold spaces: cut at the last ')'.
+  local stat
+  stat=$(cat "/proc/$1/stat")
+  stat=${stat##*) }
+  # shellcheck disable=SC2086
+  set -- $stat
+  echo $(( ${12} + ${13} ))
+}
+
+status_kib() { # PID FIELD -> the value in KiB from /proc/PID/status
+  awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"
+}
+
+bench_ingest() {
+  local base=(cargo bench -p hubwatch-collector --bench ingest_load)
+  if env | grep -q '^BENCH_'; then
+    echo "== ingest_load with $(env | grep '^BENCH_' | tr '\n' ' ')"
+    "${base[@]}"
+    return
+  fi
+  echo "== ingest_load: 100 agents, 1,000-sample batches, paced at 500,000 samples/s"
+  "${base[@]}"
+  echo "== ingest_load: 100 agents, 1,000-sample batches, unpaced (maximum throughput)"
+  BENCH_RATE=0 "${base[@]}"
+  echo "== ingest_load: 100 agents, 5,000-sample batches, paced at 500,000 samples/s"
+  BENCH_BATCH=5000 "${base[@]}"
+}
+
+bench_agent() {
+  local seconds="${1:-120}"
+  local interval=15
+  echo "== building release binaries"
+  cargo build --release --locked -p hubwatch-agent -p hubwatch-collector --bins
+  local agent_bin="$root/target/release/hubwatch-agent"
+  local collector_bin="$root/target/release/hubwatch-collector"
+
+  # Globals, not locals: the EXIT trap runs after this function has returned.
+  work=$(mktemp -d -t hubwatch-agent-bench-XXXXXX)
+  collector_pid="" agent_pid=""
+  cleanup() {
+    local pid
+    for pid in $agent_pid $collector_pid; do
+      kill -TERM "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$work"
+  }
+  trap cleanup EXIT
+
+  local collector_port agent_port
+  collector_port=$(free_port)
+  agent_port=$(free_port)
+  cat >"$work/collector.toml" <<EOF
+[server]
+listen = "127.0.0.1:$collector_port"
+[storage]
+path = "$work/collector-data"
+[[members]]
+id = "bench"
+tier = "member"
+EOF
+  local token
+  token=$("$collector_bin" --log-level warn token create --config "$work/collector.toml" \
+    --member bench --agent bench-agent)
+  "$collector_bin" --log-level warn serve --config "$work/collector.toml" \
+    >"$work/collector.log" 2>&1 &
+  collector_pid=$!
+  for _ in $(seq 100); do
+    curl -fsS "http://127.0.0.1:$collector_port/healthz" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+
+  cat >"$work/agent.toml" <<EOF
+[agent]
+id = "bench-agent"
+member = "bench"
+interval = "${interval}s"
+spool_dir = "$work/spool"
+spool_max_bytes = "64MiB"
+listen = "127.0.0.1:$agent_port"
+[collector]
+url = "http://127.0.0.1:$collector_port"
+[host]
+enabled = true
+EOF
+  echo "== agent footprint: ${seconds} s at a ${interval} s interval, host source, streaming to a local collector"
+  HUBWATCH_COLLECTOR__TOKEN="$token" "$agent_bin" --log-level warn run --config "$work/agent.toml" \
+    >"$work/agent.log" 2>&1 &
+  agent_pid=$!
+  local ticks_per_sec
+  ticks_per_sec=$(getconf CLK_TCK)
+  local start_ns start_ticks steady_ns steady_ticks max_rss=0 rss
+  start_ns=$(date +%s%N)
+  start_ticks=$(cpu_ticks "$agent_pid")
+  # Steady state starts after the first collection and send.
+  local settle=$(( interval < seconds / 2 ? interval : seconds / 4 ))
+  steady_ns="" steady_ticks=""
+  for ((t = 1; t <= seconds; t++)); do
+    sleep 1
+    if ! kill -0 "$agent_pid" 2>/dev/null; then
+      echo "!! the agent exited early; its log:"
+      cat "$work/agent.log"
+      return 1
+    fi
+    rss=$(status_kib "$agent_pid" VmRSS)
+    (( rss > max_rss )) && max_rss=$rss
+    if (( t == settle )); then
+      steady_ns=$(date +%s%N)
+      steady_ticks=$(cpu_ticks "$agent_pid")
+    fi
+  done
+  local end_ns end_ticks hwm
+  end_ns=$(date +%s%N)
+  end_ticks=$(cpu_ticks "$agent_pid")
+  rss=$(status_kib "$agent_pid" VmRSS)
+  hwm=$(status_kib "$agent_pid" VmHWM)
+
+  local agents_json
+  agents_json=$(curl -fsS "http://127.0.0.1:$collector_port/api/v1/agents")
+  local spool_bytes
+  spool_bytes=$(du -sb "$work/spool" | cut -f1)
+
+  python3 - "$start_ns" "$steady_ns" "$end_ns" "$start_ticks" "$steady_ticks" "$end_ticks" \
+    "$ticks_per_sec" "$rss" "$hwm" "$max_rss" "$spool_bytes" "$agents_json" <<'EOF'
+import json, sys
+(start_ns, steady_ns, end_ns, start_t, steady_t, end_t, hz, rss, hwm, max_rss,
+ spool) = map(int, sys.argv[1:12])
+agents = json.loads(sys.argv[12])["agents"]
+def pct(t0, t1, n0, n1):
+    return (t1 - t0) / hz / ((n1 - n0) / 1e9) * 100
+print(f"  VmRSS at end     : {rss / 1024:6.2f} MiB   (target < 16 MiB)")
+print(f"  VmRSS max seen   : {max_rss / 1024:6.2f} MiB   (sampled every second)")
+print(f"  VmHWM (peak RSS) : {hwm / 1024:6.2f} MiB")
+print(f"  CPU, whole run   : {pct(start_t, end_t, start_ns, end_ns):6.3f} % of one core over {(end_ns - start_ns) / 1e9:.0f} s "
+      f"({(end_t - start_t) / hz:.2f} s CPU; the kernel counts in 1/{hz} s ticks)")
+print(f"  CPU, steady state: {pct(steady_t, end_t, steady_ns, end_ns):6.3f} % of one core over {(end_ns - steady_ns) / 1e9:.0f} s "
+      f"(after the first collection; target < 1 %)")
+print(f"  spool on disk    : {spool} bytes (bound 64 MiB)")
+for a in agents:
+    print(f"  collector stored : agent {a['agent']}: {a['batches']} batches, {a['records']} records, "
+          f"last_seq {a['last_seq']}, dropped_by_agent {a['dropped_by_agent']}")
+if not agents or agents[0]["batches"] == 0:
+    print("!! the collector stored nothing from the agent")
+    sys.exit(1)
+EOF
+}
+
+cmd="${1:-}"
+shift || true
+case "$cmd" in
+  ingest) bench_ingest ;;
+  agent) bench_agent "$@" ;;
+  fuzz) exec scripts/fuzz.sh "$@" ;;
+  all)
+    bench_ingest
+    bench_agent "$@"
+    ;;
+  *)
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac
