@@ -114,5 +114,26 @@ pub fn decode(frame: &[u8]) -> Result<Batch, CodecError> {
     Ok(batch)
 }
 
+/// Checks a frame exactly as [`decode`] does and returns its envelope and
+/// record count, borrowing strings from the frame and allocating nothing per
+/// record: the collector's ingest path, which stores the frame as received.
+pub fn decode_envelope(frame: &[u8]) -> Result<Envelope<'_>, CodecError> {
+    if frame.len() > MAX_FRAME_BYTES {
+        return Err(CodecError::TooLarge(frame.len()));
+    }
+    peek_version(frame)?;
+    let body = &frame[HEADER_LEN..];
+    let (batch, used): (envelope::BatchRef<'_>, usize) =
+        bincode::serde::borrow_decode_from_slice(body, config())
+            .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if used != body.len() {
+        return Err(CodecError::Trailing(body.len() - used));
+    }
+    Ok(batch.into_envelope())
+}
+
+mod envelope;
+pub use envelope::Envelope;
+
 #[cfg(test)]
 mod tests;

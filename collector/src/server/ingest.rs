@@ -15,7 +15,6 @@ use http::header::{CONNECTION, CONTENT_LENGTH, HeaderValue};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hubwatch_shared::codec::{self, CodecError};
-use hubwatch_shared::wire::Batch;
 use hyper::body::Incoming;
 
 use super::routes::{HttpResponse, auth_failure, error, json, log_auth_failure, unavailable};
@@ -88,9 +87,22 @@ pub(super) async fn handle(
     let read_at = Instant::now();
     let received_ms = unix_ms_now();
 
-    // A large frame takes milliseconds to decode: keep it off the reactor.
+    // A large frame takes a while to check: keep it off the reactor. Only the
+    // envelope is built (the frame is stored as received); the records are
+    // checked exactly as a full decode would, without allocating them.
     let decode_input = frame.clone();
-    let batch = match tokio::task::spawn_blocking(move || codec::decode(&decode_input)).await {
+    let checked = tokio::task::spawn_blocking(move || {
+        codec::decode_envelope(&decode_input).map(|e| Envelope {
+            agent_id: e.agent_id.to_owned(),
+            member: e.member.to_owned(),
+            seq: e.seq,
+            created_ms: e.created_ms,
+            dropped_records: e.dropped_records,
+            agent_version: e.agent_version.to_owned(),
+            records: e.records,
+        })
+    });
+    let batch = match checked.await {
         Ok(Ok(batch)) => batch,
         Ok(Err(e)) => {
             let reason = match e {
@@ -109,7 +121,7 @@ pub(super) async fn handle(
     }
 
     let seq = batch.seq;
-    let records = batch.record_count() as u64;
+    let records = batch.records as u64;
     let item = IngestItem {
         member: credential.member.clone(),
         agent: credential.agent.clone(),
@@ -183,11 +195,22 @@ fn authenticate(
     })
 }
 
+/// What the ingest path needs of a batch: its envelope and record count.
+struct Envelope {
+    agent_id: String,
+    member: String,
+    seq: u64,
+    created_ms: i64,
+    dropped_records: u64,
+    agent_version: String,
+    records: usize,
+}
+
 /// The batch may not speak for another agent or member (403, counted).
 fn check_claims(
     state: &AppState,
     credential: &Credential,
-    batch: &Batch,
+    batch: &Envelope,
 ) -> Result<(), Box<HttpResponse>> {
     if batch.agent_id != credential.agent {
         tracing::warn!(

@@ -201,3 +201,37 @@ fn trailing_bytes_are_refused() {
     bytes.push(0);
     assert!(matches!(decode(&bytes), Err(CodecError::Trailing(1))));
 }
+
+proptest! {
+    #[test]
+    fn envelope_decode_agrees_with_full_decode(b in batch()) {
+        let bytes = encode(&b).expect("encodes");
+        let env = decode_envelope(&bytes).expect("envelope decodes");
+        prop_assert_eq!(env.agent_id, b.agent_id.as_str());
+        prop_assert_eq!(env.member, b.member.as_str());
+        prop_assert_eq!(env.seq, b.seq);
+        prop_assert_eq!(env.created_ms, b.created_ms);
+        prop_assert_eq!(env.dropped_records, b.dropped_records);
+        prop_assert_eq!(env.agent_version, b.agent_version.as_str());
+        prop_assert_eq!(env.records, b.records.len());
+    }
+
+    /// Same verdict as `decode` on damaged frames: a flipped byte or a cut.
+    #[test]
+    fn envelope_decode_refuses_what_decode_refuses(
+        b in batch(), at in any::<usize>(), xor in 1u8..=255, cut in any::<bool>()
+    ) {
+        let mut bytes = encode(&b).expect("encodes");
+        let at = at % bytes.len();
+        if cut { bytes.truncate(at) } else { bytes[at] ^= xor }
+        prop_assert_eq!(decode(&bytes).is_ok(), decode_envelope(&bytes).is_ok());
+    }
+
+    #[test]
+    fn envelope_decode_of_garbage_never_panics(tail in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&tail);
+        prop_assert_eq!(decode(&bytes).is_ok(), decode_envelope(&bytes).is_ok());
+    }
+}
