@@ -2,9 +2,10 @@
 # Installs what the tests need on a fresh Debian/Ubuntu machine. Idempotent:
 # anything already present is left alone, so running it twice changes nothing.
 #
-# Today: a C compiler (ring and the bundled SQLite build C), curl, and the Rust
-# toolchain with rustfmt and clippy. Later issues add Prometheus, Alertmanager
-# and JupyterHub here.
+# Today: a C compiler (ring and the bundled SQLite build C), curl, the Rust
+# toolchain with rustfmt and clippy, and Debian's Prometheus (the Prometheus
+# source's tests query a real one), Debian's Alertmanager (the alert tests
+# send to a real one), and JupyterHub with configurable-http-proxy (below).
 #
 # The end-to-end tests also expect to run as root (or with CAP_SYS_ADMIN):
 # the disk-full test mounts a small tmpfs under the system temp directory.
@@ -14,6 +15,19 @@ need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
 command -v curl >/dev/null || need_apt+=(curl ca-certificates)
 command -v setsid >/dev/null || need_apt+=(util-linux)
+# Prometheus: the tests start it themselves, in the foreground on a free
+# loopback port with their own data directory (apt does not start it here).
+command -v prometheus >/dev/null || need_apt+=(prometheus)
+# Alertmanager (binary `prometheus-alertmanager`, with `amtool`): the alert
+# tests start it themselves on a free loopback port with clustering off
+# (--cluster.listen-address=) and a temporary storage path.
+command -v prometheus-alertmanager >/dev/null || need_apt+=(prometheus-alertmanager)
+command -v amtool >/dev/null || need_apt+=(prometheus-alertmanager)
+
+# JupyterHub (below) needs Python with venv and Node with npm.
+command -v python3 >/dev/null || need_apt+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+command -v npm >/dev/null || need_apt+=(nodejs npm)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""
@@ -35,4 +49,28 @@ fi
 if command -v rustup >/dev/null; then
   rustfmt --version >/dev/null 2>&1 || rustup component add rustfmt
   cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+fi
+
+# JupyterHub, for the JupyterHub source's end-to-end tests: a real hub with
+# configurable-http-proxy and real single-user servers (jupyterhub-singleuser
+# from jupyter_server), all in a venv at a fixed path the test harness looks
+# in (tests/src/jupyterhub.rs; override both with HUBWATCH_JH_VENV). The tests
+# start the hub themselves on free loopback ports.
+JH_VENV=${HUBWATCH_JH_VENV:-/opt/hubwatch-test/jh-venv}
+if [ ! -x "$JH_VENV/bin/jupyterhub" ] || [ ! -x "$JH_VENV/bin/jupyterhub-singleuser" ]; then
+  sudo=""
+  [ -w "$(dirname "$(dirname "$JH_VENV")")" ] || [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo mkdir -p "$(dirname "$JH_VENV")"
+  $sudo python3 -m venv "$JH_VENV"
+  $sudo "$JH_VENV/bin/pip" install --quiet --disable-pip-version-check \
+    'jupyterhub>=6,<7' 'jupyter_server>=2,<3'
+fi
+if ! command -v configurable-http-proxy >/dev/null; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  # 5.x declares node >= 20; 4.6 runs on older Node (Debian 12 ships 18).
+  chp=configurable-http-proxy@5
+  node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+  [ "$node_major" -ge 20 ] || chp=configurable-http-proxy@4.6
+  $sudo npm install -g --no-fund --no-audit "$chp"
 fi

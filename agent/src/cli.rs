@@ -1,19 +1,24 @@
-//! The command line: `hubwatch-agent run|check-config --config FILE`, with
-//! global `--log-format` and `--log-level`. `main.rs` only calls [`main`].
+//! The command line: `hubwatch-agent run|once|check-config --config FILE`,
+//! with global `--log-format` and `--log-level`. `main.rs` only calls
+//! [`main`].
 //!
 //! Exit codes: 0 on success, 2 for a configuration that cannot be used (the
 //! message names the key or the file), 1 when the agent fails while running.
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use hubwatch_shared::config::{self, AgentConfig, ConfigError};
+use hubwatch_shared::wire::Record;
 use tracing_subscriber::EnvFilter;
 
+use crate::privacy::{self, Pseudonymiser};
 use crate::runtime;
+use crate::sources::collect_all;
+use crate::telemetry::AgentMetrics;
 
 /// Exit code for a configuration that cannot be used.
 pub const EXIT_CONFIG: u8 = 2;
@@ -43,6 +48,14 @@ pub struct Cli {
 pub enum Command {
     /// Collect and stream until SIGTERM or SIGINT.
     Run {
+        /// The agent's TOML config.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Collect once from every source and print each record as one JSON line
+    /// on stdout: exactly what would leave the cluster. Sends nothing and
+    /// does not touch the spool.
+    Once {
         /// The agent's TOML config.
         #[arg(long)]
         config: PathBuf,
@@ -115,6 +128,16 @@ pub fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Once { config } => {
+            let cfg = match load_config(&config) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            once_blocking(&cfg)
+        }
         Command::Run { config } => {
             let cfg = match load_config(&config) {
                 Ok(cfg) => cfg,
@@ -155,6 +178,74 @@ fn run_blocking(cfg: AgentConfig) -> ExitCode {
             ExitCode::from(EXIT_RUNTIME)
         }
     }
+}
+
+/// `once`: one collection of every source, printed as JSON lines.
+fn once_blocking(cfg: &AgentConfig) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let records = match rt.block_on(collect_once(cfg)) {
+        Ok(records) => records,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for record in &records {
+        let written = serde_json::to_writer(&mut out, record)
+            .map_err(std::io::Error::from)
+            .and_then(|()| out.write_all(b"\n"));
+        if let Err(e) = written {
+            eprintln!("error: writing stdout: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    }
+    if let Err(e) = out.flush() {
+        eprintln!("error: writing stdout: {e}");
+        return ExitCode::from(EXIT_RUNTIME);
+    }
+    ExitCode::SUCCESS
+}
+
+/// One collection of every configured source, as `run` would make it, but
+/// without the spool, the sender or the listener. The pseudonymiser reads
+/// the configured `secret_file`, or the secret a running agent generated in
+/// its spool directory; when neither exists yet it uses a throwaway secret
+/// (so nothing is written) and says so: the pseudonyms then differ from the
+/// ones `run` will send, though their shape is the same.
+pub async fn collect_once(cfg: &AgentConfig) -> Result<Vec<Record>, runtime::AgentError> {
+    let generated = cfg.agent.spool_dir.join(privacy::GENERATED_SECRET_FILE);
+    let pseudonymiser = if cfg.privacy.pseudonymise_users
+        && cfg.privacy.secret_file.is_none()
+        && !generated.exists()
+    {
+        tracing::warn!(
+            path = %generated.display(),
+            "no privacy.secret_file and no generated secret yet: pseudonyms in this output use \
+             a throwaway secret and will differ from the ones `run` sends"
+        );
+        Pseudonymiser::with_secret(&rand::random::<[u8; 32]>())
+    } else {
+        Pseudonymiser::from_config(&cfg.privacy, &cfg.agent.spool_dir).map_err(|e| {
+            runtime::AgentError::Source {
+                name: "privacy",
+                source: crate::sources::SourceError::Read(e.to_string()),
+            }
+        })?
+    };
+    let metrics = AgentMetrics::new();
+    let sources = runtime::build_sources(cfg, &metrics, &pseudonymiser)?;
+    let outcomes = collect_all(&sources, runtime::source_timeout(cfg.agent.interval)).await;
+    Ok(outcomes.into_iter().flat_map(|o| o.records).collect())
 }
 
 /// Resolves on SIGTERM or SIGINT.

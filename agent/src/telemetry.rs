@@ -65,6 +65,9 @@ pub struct AgentMetrics {
     pub spool_write_errors: IntCounter,
     /// `hubwatch_agent_memory_buffer_bytes`.
     pub memory_buffer_bytes: IntGauge,
+    /// `hubwatch_agent_metrics_lines_skipped_total{source}`: exposition
+    /// lines sources could not parse.
+    pub metrics_lines_skipped: IntCounterVec,
 }
 
 impl Default for AgentMetrics {
@@ -92,6 +95,7 @@ impl AgentMetrics {
             spool_corruptions: defs::AGENT_SPOOL_CORRUPTIONS.counter(&r),
             spool_write_errors: defs::AGENT_SPOOL_WRITE_ERRORS.counter(&r),
             memory_buffer_bytes: defs::AGENT_MEMORY_BUFFER_BYTES.int_gauge(&r),
+            metrics_lines_skipped: defs::AGENT_METRICS_LINES_SKIPPED.counter_vec(&r),
             registry: r,
         };
         m.build_info

@@ -109,6 +109,8 @@ metrics! {
     AGENT_SPOOL_WRITE_ERRORS = (Agent, Counter, "hubwatch_agent_spool_write_errors_total", [], "Spool writes that failed (disk full, unwritable); batches are then held in memory.");
     /// Memory fallback.
     AGENT_MEMORY_BUFFER_BYTES = (Agent, Gauge, "hubwatch_agent_memory_buffer_bytes", [], "Bytes held in memory because the spool cannot be written.");
+    /// Unparseable exposition lines.
+    AGENT_METRICS_LINES_SKIPPED = (Agent, Counter, "hubwatch_agent_metrics_lines_skipped_total", ["source"], "Lines of a scraped metrics page that could not be parsed: skipped, the rest of the page kept.");
 
     /// Collector build.
     COLLECTOR_BUILD_INFO = (Collector, Gauge, "hubwatch_collector_build_info", ["version"], "Always 1; the collector's version in a label.");
@@ -138,6 +140,31 @@ metrics! {
     COLLECTOR_AGENT_LAST_SEEN = (Collector, Gauge, "hubwatch_collector_agent_last_seen_timestamp_seconds", ["member", "agent"], "When the agent's last batch was stored, Unix seconds.");
     /// Tokens.
     COLLECTOR_TOKENS_ACTIVE = (Collector, Gauge, "hubwatch_collector_tokens_active", [], "Agent tokens that are not revoked.");
+    /// Alerts the engine holds, by state.
+    COLLECTOR_ALERTS = (Collector, Gauge, "hubwatch_collector_alerts", ["alertname", "severity", "state"], "Alerts held by the alert engine: state firing, or resolved and still being sent.");
+    /// Alert source failures.
+    COLLECTOR_ALERT_EVALUATION_FAILURES = (Collector, Counter, "hubwatch_collector_alert_evaluation_failures_total", ["source"], "Alert source evaluations that failed; that source's alerts were kept as they were.");
+    /// Alertmanager posts that succeeded.
+    COLLECTOR_ALERTMANAGER_SENDS = (Collector, Counter, "hubwatch_collector_alertmanager_sends_total", ["alertmanager"], "POSTs of alerts that an Alertmanager accepted (2xx).");
+    /// Alertmanager posts that failed.
+    COLLECTOR_ALERTMANAGER_SEND_FAILURES = (Collector, Counter, "hubwatch_collector_alertmanager_send_failures_total", ["alertmanager"], "POSTs of alerts that failed (unreachable, timeout, non-2xx); retried with capped backoff.");
+    /// Outside probe results.
+    COLLECTOR_OUTSIDE_PROBES = (Collector, Counter, "hubwatch_collector_outside_probes_total", ["member", "hub", "result"], "The collector's own probes of a hub's public_url /hub/health, by result ok or failed.");
+
+    /// SLO target per objective.
+    SLO_TARGET = (Collector, Gauge, "hubwatch_slo_target_ratio", ["member", "hub", "tier", "slo"], "The objective's target (e.g. 0.995), from the hub's tier.");
+    /// SLI over the tier window.
+    SLO_SLI = (Collector, Gauge, "hubwatch_slo_sli_ratio", ["member", "hub", "tier", "slo"], "Good share over the tier window (minutes for availability, spawns for spawn objectives); absent while there is no data.");
+    /// Error budget left.
+    SLO_BUDGET_REMAINING = (Collector, Gauge, "hubwatch_slo_error_budget_remaining_ratio", ["member", "hub", "tier", "slo"], "Share of the tier window's error budget left (1 = untouched, negative = overspent); absent while there is no data.");
+    /// Burn rates.
+    SLO_BURN_RATE = (Collector, Gauge, "hubwatch_slo_burn_rate", ["member", "hub", "tier", "slo", "window"], "Error ratio over the window divided by the error budget (1 - target), for windows 5m, 30m, 1h, 2h, 6h, 1d, 3d; absent while the window has no data.");
+    /// Evaluation cost.
+    SLO_EVALUATION_SECONDS = (Collector, Histogram, "hubwatch_slo_evaluation_duration_seconds", [], "Time one evaluation of every objective took.", LATENCY_BUCKETS);
+    /// SLI derivation.
+    SLO_DERIVED_BATCHES = (Collector, Counter, "hubwatch_slo_derived_batches_total", ["result"], "Raw batches the SLI derivation consumed: ok, undecodable (skipped), expired (frame past raw_retention, skipped).");
+    /// Records skipped by SLI derivation.
+    SLO_SKIPPED_RECORDS = (Collector, Counter, "hubwatch_slo_skipped_records_total", ["reason"], "Records the SLI derivation ignored: future (timestamp more than 10 minutes ahead of the clock), out_of_order (a counter sample older than the last one), invalid_time.");
 }
 
 impl MetricDef {

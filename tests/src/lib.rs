@@ -10,23 +10,29 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod alertmanager;
 pub mod binaries;
 pub mod collector;
 pub mod http;
+pub mod jupyterhub;
 pub mod pki;
 pub mod process;
 pub mod prom;
+pub mod prometheus;
 pub mod spool;
 pub mod tmpfs;
 pub mod wait;
 
 pub use agent::{Agent, AgentOptions, Summary};
+pub use alertmanager::{Alertmanager, MemberSpec, Webhook};
 pub use binaries::{binary, target_dir};
 pub use collector::{AgentRow, Collector, CollectorOptions, HARNESS_AGENT, ServerTls};
 pub use http::{Http, Reply};
+pub use jupyterhub::{JupyterHub, spooled_batches};
 pub use pki::{CertPair, TestCa};
 pub use process::Process;
 pub use prom::PromText;
+pub use prometheus::{AuthProxy, ExpositionServer, Prometheus, ScrapeJob};
 pub use spool::{SpoolCursor, append_torn_record, spooled_records};
 pub use tmpfs::Tmpfs;
 pub use wait::{eventually, free_port, patience, scaled, try_eventually};

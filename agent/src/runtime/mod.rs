@@ -20,8 +20,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
+use crate::privacy::Pseudonymiser;
 use crate::sender::{Sender, SenderError};
 use crate::sources::host::HostSource;
+use crate::sources::probe::{PROBE_SOURCE_NAME, ProbeSource};
+use crate::sources::prometheus::{PROMETHEUS_SOURCE_NAME, PrometheusSource};
 use crate::sources::{Source, SourceError, collect_all, now_ms};
 use crate::spool::{Spool, SpoolError, SpoolOptions};
 use crate::telemetry::{self, AgentMetrics};
@@ -105,7 +108,13 @@ pub async fn run(
             source,
         })?;
     let listen_addr = listener.local_addr().unwrap_or(cfg.agent.listen);
-    let sources = build_sources(&cfg)?;
+    let privacy = Pseudonymiser::from_config(&cfg.privacy, &cfg.agent.spool_dir).map_err(|e| {
+        AgentError::Source {
+            name: "privacy",
+            source: SourceError::Read(e.to_string()),
+        }
+    })?;
+    let sources = build_sources(&cfg, &metrics, &privacy)?;
 
     let (drain_tx, drain_rx) = watch::channel(None);
     let (telemetry_stop_tx, telemetry_stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -251,21 +260,65 @@ async fn open_outbox(cfg: &AgentConfig, metrics: Arc<AgentMetrics>) -> Result<Ou
     ))
 }
 
-fn build_sources(cfg: &AgentConfig) -> Result<Vec<Arc<dyn Source>>, AgentError> {
+/// Every configured source. `privacy` is shared by all sources that see
+/// usernames; `metrics` receives the sources' own counters.
+pub fn build_sources(
+    cfg: &AgentConfig,
+    metrics: &AgentMetrics,
+    privacy: &Pseudonymiser,
+) -> Result<Vec<Arc<dyn Source>>, AgentError> {
     let mut sources: Vec<Arc<dyn Source>> = Vec::new();
     if cfg.host.enabled {
-        let host = HostSource::new().map_err(|source| AgentError::Source {
+        let host = HostSource::from_config(&cfg.host).map_err(|source| AgentError::Source {
             name: crate::sources::host::HOST_SOURCE_NAME,
             source,
         })?;
         sources.push(Arc::new(host));
     }
+    // Probes and queries end inside the runtime's cut of the whole source.
+    let request_budget = source_timeout(cfg.agent.interval).mul_f64(0.9);
+    let setup = |name: &'static str| {
+        move |e: &dyn std::fmt::Display| AgentError::Source {
+            name,
+            source: SourceError::Read(e.to_string()),
+        }
+    };
+    if let Some(probes) =
+        ProbeSource::from_config(cfg, request_budget).map_err(|e| setup(PROBE_SOURCE_NAME)(&e))?
+    {
+        sources.push(Arc::new(probes));
+    }
+    if !cfg.prometheus.url.is_empty() {
+        let pseudonymiser = privacy.clone();
+        if let Some(prometheus) =
+            PrometheusSource::from_config(&cfg.prometheus, pseudonymiser, request_budget)
+                .map_err(|e| setup(PROMETHEUS_SOURCE_NAME)(&e))?
+        {
+            sources.push(Arc::new(prometheus));
+        }
+    }
+    // `hubwatch_agent_metrics_lines_skipped_total`, shared by every source
+    // that parses exposition text.
+    let lines_skipped = metrics.metrics_lines_skipped.clone();
+    for scrape in crate::sources::scrape::sources(cfg, privacy, &lines_skipped, request_budget)
+        .map_err(|e| setup("scrape")(&e))?
+    {
+        sources.push(Arc::new(scrape));
+    }
+    sources.extend(
+        crate::sources::jupyterhub::sources(cfg, privacy, &lines_skipped, request_budget).map_err(
+            |source| AgentError::Source {
+                name: "jupyterhub",
+                source,
+            },
+        )?,
+    );
     Ok(sources)
 }
 
 /// Each source gets most of an interval, so a slow one is cut before the
 /// next collection is due.
-fn source_timeout(interval: Duration) -> Duration {
+pub fn source_timeout(interval: Duration) -> Duration {
     interval
         .mul_f64(0.8)
         .clamp(Duration::from_millis(80), Duration::from_secs(60))

@@ -6,11 +6,19 @@
 //! hostname, labels sorted by name. The sysinfo handles live between
 //! collections so CPU usage is the delta since the previous collection, and
 //! only what is reported is refreshed, to keep the agent light.
+//!
+//! With `[host] home_path` set (VM hubs such as The Littlest JupyterHub keep
+//! user homes on the host), the filesystem holding it is reported as the
+//! hub's storage figure: `host_home_filesystem_size_bytes`, `_avail_bytes`
+//! and `_used_bytes`, labelled `hub` (when `[host] hub` is set) and `path`,
+//! read with `statvfs(2)`, which costs one system call whatever the homes hold.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, TryLockError};
 
-use hubwatch_shared::wire::{Label, Record, Sample};
+use hubwatch_shared::config::HostConfig;
+use hubwatch_shared::wire::{CheckKind, FailureKind, HealthCheck, Label, Record, Sample};
 use sysinfo::{CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, Networks, System};
 
 use super::{CollectFuture, Source, SourceError, now_ms};
@@ -46,6 +54,9 @@ const PSEUDO_FILESYSTEMS: &[&str] = &[
     "tracefs",
 ];
 
+/// Health record target of the home filesystem reading when it fails.
+pub const HOME_HEALTH_TARGET: &str = "host/home_path";
+
 /// Reports this machine's own figures.
 pub struct HostSource {
     state: Arc<Mutex<HostState>>,
@@ -59,6 +70,39 @@ impl HostSource {
             state: Arc::new(Mutex::new(HostState::new()?)),
         })
     }
+
+    /// Like [`HostSource::new`], also reporting the filesystem holding
+    /// `[host] home_path`, if set, for `[host] hub`.
+    pub fn from_config(cfg: &HostConfig) -> Result<Self, SourceError> {
+        let mut state = HostState::new()?;
+        state.home = cfg.home_path.clone().map(|path| HomeFilesystem {
+            path,
+            hub: cfg.hub.clone(),
+        });
+        Ok(Self {
+            state: Arc::new(Mutex::new(state)),
+        })
+    }
+}
+
+/// The directory holding user homes, and the hub they belong to.
+struct HomeFilesystem {
+    path: PathBuf,
+    hub: Option<String>,
+}
+
+/// Size, available and used bytes of the filesystem holding `path`, as
+/// `df` reports them (available is what unprivileged users may still write).
+pub fn filesystem_figures(path: &std::path::Path) -> std::io::Result<(u64, u64, u64)> {
+    let vfs = rustix::fs::statvfs(path)?;
+    let block = vfs.f_frsize.max(1);
+    let size = vfs.f_blocks.saturating_mul(block);
+    let avail = vfs.f_bavail.saturating_mul(block);
+    let used = vfs
+        .f_blocks
+        .saturating_sub(vfs.f_bfree)
+        .saturating_mul(block);
+    Ok((size, avail, used))
 }
 
 impl Source for HostSource {
@@ -90,6 +134,7 @@ struct HostState {
     disks: Disks,
     networks: Networks,
     hostname: String,
+    home: Option<HomeFilesystem>,
 }
 
 impl HostState {
@@ -104,6 +149,7 @@ impl HostState {
             disks,
             networks,
             hostname,
+            home: None,
         })
     }
 
@@ -186,6 +232,36 @@ impl HostState {
             out.push("host_load1", &[], load.one);
             out.push("host_load5", &[], load.five);
             out.push("host_load15", &[], load.fifteen);
+        }
+        if let Some(home) = &self.home {
+            let path = home.path.to_string_lossy();
+            let mut labels = vec![("path", path.as_ref())];
+            if let Some(hub) = &home.hub {
+                labels.push(("hub", hub.as_str()));
+            }
+            match filesystem_figures(&home.path) {
+                Ok((size, avail, used)) => {
+                    out.push("host_home_filesystem_size_bytes", &labels, size as f64);
+                    out.push("host_home_filesystem_avail_bytes", &labels, avail as f64);
+                    out.push("host_home_filesystem_used_bytes", &labels, used as f64);
+                }
+                Err(e) => {
+                    let error = format!("home_path {}: {e}", home.path.display());
+                    tracing::warn!(%error, "cannot read the home filesystem");
+                    out.records.push(Record::Health(HealthCheck {
+                        target: HOME_HEALTH_TARGET.to_string(),
+                        hub: home.hub.clone(),
+                        kind: CheckKind::Source,
+                        ok: false,
+                        status: None,
+                        latency_us: 0,
+                        failure: Some(FailureKind::Other),
+                        error: Some(error),
+                        cert_expiry_days: None,
+                        timestamp_ms: ts,
+                    }));
+                }
+            }
         }
         out.records
     }

@@ -13,7 +13,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hubwatch_shared::wire::{CheckKind, FailureKind, HealthCheck, Record};
 
+pub mod fetch;
 pub mod host;
+pub mod jupyterhub;
+pub mod probe;
+pub mod prometheus;
+pub mod scrape;
 
 /// Why a source produced no records this time.
 #[derive(Debug, thiserror::Error)]

@@ -104,3 +104,96 @@ async fn network_counters_never_go_backwards() {
         }
     }
 }
+
+/// `df`'s figures for `path`: (size, available, used) in bytes.
+fn df(path: &std::path::Path) -> (f64, f64, f64) {
+    let output = std::process::Command::new("df")
+        .args(["-B1", "--output=size,avail,used"])
+        .arg(path)
+        .output()
+        .expect("df runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let numbers: Vec<f64> = text
+        .lines()
+        .nth(1)
+        .expect("a figures line")
+        .split_whitespace()
+        .map(|n| n.parse().expect("a number"))
+        .collect();
+    (numbers[0], numbers[1], numbers[2])
+}
+
+#[tokio::test]
+async fn the_home_filesystem_is_reported_with_the_hub_and_matches_df() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let cfg = HostConfig {
+        enabled: true,
+        home_path: Some(home.path().to_path_buf()),
+        hub: Some("tljh".to_string()),
+    };
+    let source = HostSource::from_config(&cfg).expect("sysinfo opens");
+    let samples = samples(source.collect().await.expect("collection"));
+    let (size, avail, used) = df(home.path());
+    let path = home.path().to_string_lossy().into_owned();
+    for (name, expected, slack) in [
+        ("host_home_filesystem_size_bytes", size, 0.0),
+        // Other processes write to the same disk between the two readings.
+        (
+            "host_home_filesystem_avail_bytes",
+            avail,
+            256.0 * 1024.0 * 1024.0,
+        ),
+        (
+            "host_home_filesystem_used_bytes",
+            used,
+            256.0 * 1024.0 * 1024.0,
+        ),
+    ] {
+        let sample = first(&samples, name);
+        assert!(
+            (sample.value - expected).abs() <= slack,
+            "{name}: {} vs df {expected}",
+            sample.value
+        );
+        let labels: HashMap<&str, &str> = sample
+            .labels
+            .iter()
+            .map(|l| (l.name.as_str(), l.value.as_str()))
+            .collect();
+        assert_eq!(labels.get("hub"), Some(&"tljh"));
+        assert_eq!(labels.get("path"), Some(&path.as_str()));
+        assert!(labels.contains_key("host"));
+    }
+}
+
+#[tokio::test]
+async fn an_unreadable_home_path_is_a_health_record_not_a_failed_source() {
+    let cfg = HostConfig {
+        enabled: true,
+        home_path: Some("/nonexistent/homes".into()),
+        hub: None,
+    };
+    let source = HostSource::from_config(&cfg).expect("sysinfo opens");
+    let records = source.collect().await.expect("collection");
+    let health = records
+        .iter()
+        .find_map(|r| match r {
+            Record::Health(h) => Some(h),
+            _ => None,
+        })
+        .expect("a health record");
+    assert_eq!(health.target, HOME_HEALTH_TARGET);
+    assert!(!health.ok);
+    assert!(
+        health
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("/nonexistent/homes")),
+        "{health:?}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| matches!(r, Record::Sample(s) if s.name == "host_cpu_count"))
+    );
+}

@@ -1,0 +1,191 @@
+//! The hub source's HTTP client: one GET with a deadline and a body limit,
+//! and the failure of each step sorted into a [`FailureKind`] (DNS, connect,
+//! TLS, timeout, HTTP status).
+//!
+//! Errors carry only what the transport says (never a body that could hold a
+//! username, never the token), so they can go into health records and logs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Empty, Limited};
+use hubwatch_shared::wire::FailureKind;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::RootCertStore;
+
+/// The client type the hub source uses.
+pub type HubHttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// Builds a pooled client for `url`'s scheme: the webpki roots for
+/// `https://`, none for plain HTTP (they cost memory and are not needed).
+pub fn build_client(url: &str) -> Result<HubHttpClient, String> {
+    let mut roots = RootCertStore::empty();
+    if url.starts_with("https://") {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(2)
+        .build(connector))
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Fetched {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The `Content-Type` header, if any (lower-cased).
+    pub content_type: Option<String>,
+    /// The body.
+    pub body: Bytes,
+    /// From sending the request to the last body byte.
+    pub latency: Duration,
+    /// The hub's `X-JupyterHub-Version` header, when it is version-shaped.
+    pub hub_version: Option<String>,
+}
+
+/// Why a GET produced no response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FetchError {
+    /// Which step failed.
+    pub kind: FailureKind,
+    /// What the transport said.
+    pub reason: String,
+    /// How long it took to fail.
+    pub latency: Duration,
+}
+
+/// GETs `uri` with `Accept: accept` and, when given, `Authorization: token
+/// …`, reading at most `body_limit` bytes, all within `deadline`.
+pub async fn get(
+    client: &HubHttpClient,
+    uri: &Uri,
+    accept: &str,
+    token: Option<&str>,
+    body_limit: usize,
+    deadline: Instant,
+) -> Result<Fetched, FetchError> {
+    let started = Instant::now();
+    let fail = |kind, reason: String| FetchError {
+        kind,
+        reason,
+        latency: started.elapsed(),
+    };
+    let mut request = Request::get(uri.clone())
+        .header(header::ACCEPT, accept)
+        .header(
+            header::USER_AGENT,
+            concat!("hubwatch-agent/", env!("CARGO_PKG_VERSION")),
+        );
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("token {token}"));
+    }
+    // The only input is a URI that already parsed and a token checked for
+    // header-safe characters when read, so this cannot fail in practice.
+    let request = request
+        .body(Empty::new())
+        .map_err(|e| fail(FailureKind::Other, format!("cannot build the request: {e}")))?;
+    let budget = deadline.saturating_duration_since(started);
+    let exchange = async {
+        let response = client.request(request).await.map_err(|e| classify(&e))?;
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_ascii_lowercase);
+        let hub_version = response
+            .headers()
+            .get("x-jupyterhub-version")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| {
+                !v.is_empty()
+                    && v.len() <= 40
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b".+-".contains(&b))
+            })
+            .map(str::to_string);
+        let body = Limited::new(response.into_body(), body_limit)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    (
+                        FailureKind::Parse,
+                        format!("response body larger than {body_limit} bytes"),
+                    )
+                } else {
+                    (FailureKind::Other, format!("reading the body: {e}"))
+                }
+            })?
+            .to_bytes();
+        Ok::<_, (FailureKind, String)>((status, content_type, body, hub_version))
+    };
+    match tokio::time::timeout(budget, exchange).await {
+        Ok(Ok((status, content_type, body, hub_version))) => Ok(Fetched {
+            status,
+            content_type,
+            body,
+            latency: started.elapsed(),
+            hub_version,
+        }),
+        Ok(Err((kind, reason))) => Err(fail(kind, reason)),
+        Err(_) => Err(fail(
+            FailureKind::Timeout,
+            format!("no complete response within {}ms", budget.as_millis()),
+        )),
+    }
+}
+
+/// Sorts a client error into the step that failed, by walking its causes.
+fn classify(error: &hyper_util::client::legacy::Error) -> (FailureKind, String) {
+    let mut chain = Vec::new();
+    let mut kind = None;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if kind.is_none() {
+            if e.downcast_ref::<rustls::Error>().is_some() {
+                kind = Some(FailureKind::Tls);
+            } else if text.starts_with("dns error") {
+                kind = Some(FailureKind::Dns);
+            } else if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                kind = match io.kind() {
+                    std::io::ErrorKind::TimedOut => Some(FailureKind::Timeout),
+                    std::io::ErrorKind::InvalidData if text.contains("tls") => {
+                        Some(FailureKind::Tls)
+                    }
+                    _ => None,
+                };
+            }
+        }
+        if chain.last() != Some(&text) {
+            chain.push(text);
+        }
+        cause = e.source();
+    }
+    let kind = kind.unwrap_or(if error.is_connect() {
+        FailureKind::Connect
+    } else {
+        FailureKind::Other
+    });
+    (kind, chain.join(": "))
+}
