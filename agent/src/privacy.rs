@@ -105,6 +105,12 @@ impl Pseudonymiser {
     }
 }
 
+/// Whether any configured source sees usernames (hubs, the cluster's
+/// Prometheus, plain scrapes), so a pseudonym secret is needed.
+pub fn sources_see_usernames(cfg: &hubwatch_shared::config::AgentConfig) -> bool {
+    !cfg.hubs.is_empty() || !cfg.prometheus.url.is_empty() || !cfg.scrape.is_empty()
+}
+
 fn read_secret(path: &Path) -> Result<Vec<u8>, PrivacyError> {
     let bytes = std::fs::read(path).map_err(|source| PrivacyError::Io {
         path: path.to_path_buf(),

@@ -108,12 +108,22 @@ pub async fn run(
             source,
         })?;
     let listen_addr = listener.local_addr().unwrap_or(cfg.agent.listen);
-    let privacy = Pseudonymiser::from_config(&cfg.privacy, &cfg.agent.spool_dir).map_err(|e| {
-        AgentError::Source {
-            name: "privacy",
-            source: SourceError::Read(e.to_string()),
+    let privacy = match Pseudonymiser::from_config(&cfg.privacy, &cfg.agent.spool_dir) {
+        Ok(privacy) => privacy,
+        // With no source that sees usernames, an unusable spool directory (where
+        // the generated secret lives) must not stop the agent: a throwaway key
+        // keeps the guarantee that no raw name could leave.
+        Err(e) if !crate::privacy::sources_see_usernames(&cfg) => {
+            tracing::warn!(error = %e, "no usable pseudonym secret; no source sees usernames, using a throwaway key");
+            Pseudonymiser::with_secret(&rand::random::<[u8; 32]>())
         }
-    })?;
+        Err(e) => {
+            return Err(AgentError::Source {
+                name: "privacy",
+                source: SourceError::Read(e.to_string()),
+            });
+        }
+    };
     let sources = build_sources(&cfg, &metrics, &privacy)?;
 
     let (drain_tx, drain_rx) = watch::channel(None);
