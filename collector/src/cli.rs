@@ -55,6 +55,9 @@ pub enum Command {
     /// Manage agent tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Feed recorded batches (or the scenario library) through the SLO
+    /// engine on a simulated clock and print the alert transitions.
+    Replay(crate::slo::replay::ReplayArgs),
 }
 
 /// `--config FILE`.
@@ -125,6 +128,15 @@ pub enum CliError {
     /// The async runtime could not start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    /// The SLO engine could not start.
+    #[error("{0}")]
+    Slo(#[from] crate::slo::SloError),
+    /// `replay` failed.
+    #[error("replay: {0}")]
+    Replay(#[from] crate::slo::replay::ReplayError),
+    /// Alerting could not start.
+    #[error("alerting: {0}")]
+    Alerting(#[from] crate::alerts::AlertingSetupError),
 }
 
 impl CliError {
@@ -133,6 +145,7 @@ impl CliError {
         match self {
             Self::ReadConfig { .. } | Self::Config(_) => 2,
             Self::Server(ServerError::Bind { .. } | ServerError::Tls { .. }) => 2,
+            Self::Alerting(e) if e.is_config() => 2,
             _ => 1,
         }
     }
@@ -196,6 +209,10 @@ pub fn run(command: Command) -> Result<(), CliError> {
         Command::Token(TokenCommand::Revoke { config, agent }) => {
             let cfg = load_config(&config)?;
             revoke_token(&cfg, &agent)
+        }
+        Command::Replay(args) => {
+            let cfg = load_config(&args.config)?;
+            Ok(crate::slo::replay::run_cli(&cfg, &args)?)
         }
     }
 }
@@ -289,7 +306,12 @@ fn serve(cfg: &CollectorConfig) -> Result<(), CliError> {
                 .await
                 .map_err(|e| CliError::Server(ServerError::Task(e.to_string())))??
         };
-        let running = server::start(cfg.clone(), store).await?;
+        let metrics = crate::telemetry::CollectorMetrics::new();
+        let clock: crate::clock::SharedClock = std::sync::Arc::new(crate::clock::SystemClock);
+        let slo = crate::slo::start(cfg, store.clone(), clock, metrics.clone()).await?;
+        let running =
+            server::start_with_slo(cfg.clone(), store.clone(), metrics, Some(slo.view())).await?;
+        let alerting = start_alerting(cfg, store, &running.metrics, &slo).await?;
         tracing::info!(
             listen = %running.local_addr,
             tls = on_off(cfg.server.tls_enabled()),
@@ -298,7 +320,26 @@ fn serve(cfg: &CollectorConfig) -> Result<(), CliError> {
             "hubwatch-collector serving"
         );
         running.wait().await;
+        alerting.shutdown();
         tracing::info!("hubwatch-collector stopped");
         Ok(())
     })
+}
+
+/// Starts the alert engine, its Alertmanager senders and the outside probes
+/// on the wall clock. Further alert sources (the SLO engine) and observers
+/// of outside probe results (its availability SLI) are passed here.
+async fn start_alerting(
+    cfg: &CollectorConfig,
+    store: Store,
+    metrics: &crate::telemetry::CollectorMetrics,
+    slo: &crate::slo::SloHandle,
+) -> Result<crate::alerts::AlertingHandle, CliError> {
+    let clock: crate::clock::SharedClock = std::sync::Arc::new(crate::clock::SystemClock);
+    let sources: Vec<std::sync::Arc<dyn crate::alerts::AlertSource>> = vec![slo.engine()];
+    let observers = vec![slo.outside_probe_observer()];
+    Ok(
+        crate::alerts::start_alerting(cfg, store, clock, metrics.clone(), sources, observers)
+            .await?,
+    )
 }

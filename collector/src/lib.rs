@@ -8,8 +8,9 @@
 
 pub mod alerts;
 pub mod auth;
-pub mod clock;
 pub mod cli;
+pub mod clock;
 pub mod server;
+pub mod slo;
 pub mod store;
 pub mod telemetry;

@@ -49,6 +49,30 @@ pub struct CollectorMetrics {
     pub agent_last_seen: GaugeVec,
     /// Tokens that are not revoked, refreshed at scrape time.
     pub tokens_active: IntGauge,
+    /// Alerts held by the alert engine, by alertname, severity and state.
+    pub alerts: IntGaugeVec,
+    /// Alert source evaluations that failed, by source.
+    pub alert_evaluation_failures: IntCounterVec,
+    /// Alert POSTs an Alertmanager accepted, by Alertmanager URL.
+    pub alertmanager_sends: IntCounterVec,
+    /// Alert POSTs that failed, by Alertmanager URL.
+    pub alertmanager_send_failures: IntCounterVec,
+    /// The collector's own probes of hubs' public URLs, by member, hub and result.
+    pub outside_probes: IntCounterVec,
+    /// SLO target per objective (`hubwatch_slo_target_ratio`).
+    pub slo_target: GaugeVec,
+    /// SLI over the tier window (`hubwatch_slo_sli_ratio`).
+    pub slo_sli: GaugeVec,
+    /// Error budget left over the tier window.
+    pub slo_budget_remaining: GaugeVec,
+    /// Burn rate per objective and window.
+    pub slo_burn_rate: GaugeVec,
+    /// Time one SLO evaluation round took.
+    pub slo_evaluation_seconds: Histogram,
+    /// Raw batches the SLI derivation consumed, by result.
+    pub slo_derived_batches: IntCounterVec,
+    /// Records the SLI derivation ignored, by reason.
+    pub slo_skipped_records: IntCounterVec,
 }
 
 impl Default for CollectorMetrics {
@@ -81,6 +105,19 @@ impl CollectorMetrics {
             agent_dropped: metrics::COLLECTOR_AGENT_DROPPED.int_gauge_vec(r),
             agent_last_seen: metrics::COLLECTOR_AGENT_LAST_SEEN.gauge_vec(r),
             tokens_active: metrics::COLLECTOR_TOKENS_ACTIVE.int_gauge(r),
+            alerts: metrics::COLLECTOR_ALERTS.int_gauge_vec(r),
+            alert_evaluation_failures: metrics::COLLECTOR_ALERT_EVALUATION_FAILURES.counter_vec(r),
+            alertmanager_sends: metrics::COLLECTOR_ALERTMANAGER_SENDS.counter_vec(r),
+            alertmanager_send_failures: metrics::COLLECTOR_ALERTMANAGER_SEND_FAILURES
+                .counter_vec(r),
+            outside_probes: metrics::COLLECTOR_OUTSIDE_PROBES.counter_vec(r),
+            slo_target: metrics::SLO_TARGET.gauge_vec(r),
+            slo_sli: metrics::SLO_SLI.gauge_vec(r),
+            slo_budget_remaining: metrics::SLO_BUDGET_REMAINING.gauge_vec(r),
+            slo_burn_rate: metrics::SLO_BURN_RATE.gauge_vec(r),
+            slo_evaluation_seconds: metrics::SLO_EVALUATION_SECONDS.histogram(r),
+            slo_derived_batches: metrics::SLO_DERIVED_BATCHES.counter_vec(r),
+            slo_skipped_records: metrics::SLO_SKIPPED_RECORDS.counter_vec(r),
             registry,
         }
     }

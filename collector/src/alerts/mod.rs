@@ -7,7 +7,29 @@
 //! that appears starts an incident with a fixed `startsAt`; one that
 //! disappears resolves), and sends to Alertmanager.
 
+//!
+//! The parts: [`engine`] (reconciliation and persisted state, table
+//! `alert_state`), [`sender`] (Alertmanager API v2, one task per
+//! Alertmanager), [`fleet`] (`HubDown`, `AgentSilent`,
+//! `CertificateExpiringSoon`, `StorageFillingUp`, from the hub status it
+//! derives from the batch log and the outside probes), [`watchdog`],
+//! [`outside_probe`] (the collector's own probes of `public_url`), and
+//! [`runtime`] (the tasks `serve` starts).
+
 use std::collections::BTreeMap;
+
+pub mod engine;
+pub mod fleet;
+pub mod http_client;
+pub mod outside_probe;
+pub mod runtime;
+pub mod sender;
+pub mod watchdog;
+
+pub use engine::{AlertEngine, AlertError, AlertRecord, AlertSnapshot, AlertState};
+pub use fleet::FleetSource;
+pub use runtime::{AlertingHandle, AlertingSetupError, start_alerting};
+pub use watchdog::WatchdogSource;
 
 /// One alert that should be firing now, as its producer sees it. Labels
 /// identify the incident (they must not carry values that change while it
@@ -39,4 +61,68 @@ pub trait AlertSource: Send + Sync {
     /// the engine keeps this producer's previous alerts as they were (a broken
     /// evaluation must neither resolve nor re-page).
     fn evaluate(&self, now_ms: i64) -> Result<Vec<AlertSpec>, EvaluateError>;
+}
+
+/// Label names every alert carries (INTERFACES.md), plus `slo` for SLO alerts.
+pub mod labels {
+    /// The alert's name.
+    pub const ALERTNAME: &str = "alertname";
+    /// The member's id (`fleet` for fleet-wide alerts).
+    pub const MEMBER: &str = "member";
+    /// The hub's name, where one applies.
+    pub const HUB: &str = "hub";
+    /// The member's tier (`fleet` for fleet-wide alerts).
+    pub const TIER: &str = "tier";
+    /// `page` or `ticket`.
+    pub const SEVERITY: &str = "severity";
+    /// The objective, for SLO alerts.
+    pub const SLO: &str = "slo";
+}
+
+/// Annotation names.
+pub mod annotations {
+    /// One line.
+    pub const SUMMARY: &str = "summary";
+    /// What is known, with figures.
+    pub const DESCRIPTION: &str = "description";
+    /// `docs/runbooks.md#<lowercase alertname>` under `alerting.runbook_base_url`.
+    pub const RUNBOOK_URL: &str = "runbook_url";
+}
+
+/// `severity` label values.
+pub mod severity {
+    /// Wakes someone up.
+    pub const PAGE: &str = "page";
+    /// Handled in working hours.
+    pub const TICKET: &str = "ticket";
+}
+
+/// The runbook link of `alertname`: `<base>#<lowercase alertname>`.
+pub fn runbook_url(base: &str, alertname: &str) -> String {
+    format!("{base}#{}", alertname.to_ascii_lowercase())
+}
+
+/// The body of `GET /api/v1/alerts`: every alert held (firing, or resolved
+/// and still being sent), only `member`'s when given. Blocking (store read).
+pub fn alerts_page(
+    store: &crate::store::Store,
+    member: Option<&str>,
+) -> Result<serde_json::Value, crate::store::StoreError> {
+    let alerts: Vec<serde_json::Value> = engine::load(store)?
+        .into_values()
+        .filter(|a| member.is_none_or(|m| a.label(labels::MEMBER) == m))
+        .map(|a| {
+            let mut row = serde_json::json!({
+                "labels": a.labels,
+                "annotations": a.annotations,
+                "state": a.state(),
+                "starts_at": sender::rfc3339(a.starts_at_ms),
+            });
+            if let Some(resolved) = a.resolved_at_ms {
+                row["resolved_at"] = serde_json::Value::from(sender::rfc3339(resolved));
+            }
+            row
+        })
+        .collect();
+    Ok(serde_json::json!({ "alerts": alerts }))
 }

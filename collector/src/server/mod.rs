@@ -84,6 +84,8 @@ pub(crate) struct AppState {
     pub(crate) metrics: CollectorMetrics,
     /// Reads without a credential are allowed only on a loopback listener.
     pub(crate) loopback_listener: bool,
+    /// The SLO engine's view, for `GET /api/v1/slo`.
+    pub(crate) slo: Option<crate::slo::SloView>,
 }
 
 /// A started server. Dropping it also shuts the server down (gracefully, in
@@ -152,6 +154,16 @@ pub async fn start_with_metrics(
     store: Store,
     metrics: CollectorMetrics,
 ) -> Result<RunningServer, ServerError> {
+    start_with_slo(cfg, store, metrics, None).await
+}
+
+/// [`start_with_metrics`], serving `GET /api/v1/slo` from `slo` (503 without it).
+pub async fn start_with_slo(
+    cfg: CollectorConfig,
+    store: Store,
+    metrics: CollectorMetrics,
+    slo: Option<crate::slo::SloView>,
+) -> Result<RunningServer, ServerError> {
     let server_cfg = cfg.server.clone();
     let tls_config = tls::server_tls_config(&server_cfg)?;
     let listener = TcpListener::bind(server_cfg.listen)
@@ -178,6 +190,7 @@ pub async fn start_with_metrics(
         spawn_retention(store.clone(), metrics.clone()),
     ];
     let state = Arc::new(AppState {
+        slo,
         loopback_listener: local_addr.ip().is_loopback(),
         server: server_cfg,
         store,

@@ -44,7 +44,12 @@ pub(super) async fn handle(
         "/readyz" if method == Method::GET => readyz(&state).await,
         "/metrics" if method == Method::GET => metrics(&state).await,
         "/api/v1/agents" if method == Method::GET => agents(&state, &peer, &request).await,
-        "/healthz" | "/readyz" | "/metrics" | "/api/v1/agents" => method_not_allowed("GET"),
+        "/api/v1/alerts" if method == Method::GET => alerts(&state, &peer, &request).await,
+        "/api/v1/slo" if method == Method::GET => slo(&state, &peer, &request).await,
+        "/api/v1/slo" => method_not_allowed("GET"),
+        "/healthz" | "/readyz" | "/metrics" | "/api/v1/agents" | "/api/v1/alerts" => {
+            method_not_allowed("GET")
+        }
         path => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     }
 }
@@ -141,6 +146,77 @@ async fn agents(
             unavailable(format!("store unavailable: {e}"))
         }
         Err(e) => unavailable(format!("store unavailable: {e}")),
+    }
+}
+
+/// `{"alerts":[...]}` (see `alerts::alerts_page`): on a loopback listener
+/// without a credential every alert, otherwise only the credential's member's.
+async fn alerts(
+    state: &AppState,
+    peer: &PeerIdentity,
+    request: &Request<Incoming>,
+) -> HttpResponse {
+    let member = match reader_member(state, peer, request, "/api/v1/alerts") {
+        Ok(member) => member,
+        Err(response) => return *response,
+    };
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || crate::alerts::alerts_page(&store, member.as_deref()))
+        .await
+    {
+        Ok(Ok(page)) => json(StatusCode::OK, &page),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "listing alerts failed");
+            unavailable(format!("store unavailable: {e}"))
+        }
+        Err(e) => unavailable(format!("store unavailable: {e}")),
+    }
+}
+
+/// `{"objectives":[...]}` (see `slo::api`): on a loopback listener without a
+/// credential every objective, otherwise only the credential's member's.
+async fn slo(state: &AppState, peer: &PeerIdentity, request: &Request<Incoming>) -> HttpResponse {
+    let member = match reader_member(state, peer, request, "/api/v1/slo") {
+        Ok(member) => member,
+        Err(response) => return *response,
+    };
+    let Some(view) = state.slo.clone() else {
+        return unavailable("the SLO engine is not running".to_string());
+    };
+    match tokio::task::spawn_blocking(move || view.objectives()).await {
+        Ok(objectives) => json(
+            StatusCode::OK,
+            &crate::slo::api::objectives_json(&objectives, member.as_deref()),
+        ),
+        Err(e) => unavailable(format!("SLO evaluation failed: {e}")),
+    }
+}
+
+/// Who may read what: `None` (everything) for a request without a
+/// credential on a loopback listener, else the credential's member; a
+/// refused credential becomes the response to send.
+fn reader_member(
+    state: &AppState,
+    peer: &PeerIdentity,
+    request: &Request<Incoming>,
+    path: &str,
+) -> Result<Option<String>, Box<HttpResponse>> {
+    let bearer = auth::bearer_token(request.headers()).map_err(|e| {
+        Box::new(auth_failure(
+            state,
+            &AuthError::Unknown,
+            Some(&e.to_string()),
+        ))
+    })?;
+    if bearer.is_none() && *peer == PeerIdentity::Anonymous && state.loopback_listener {
+        return Ok(None);
+    }
+    match state.tokens.authenticate(bearer, peer) {
+        Ok(credential) => Ok(Some(credential.member)),
+        Err(e) => {
+            log_auth_failure(&e, bearer, path);
+            Err(Box::new(auth_failure(state, &e, None)))
+        }
     }
 }
 

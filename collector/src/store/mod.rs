@@ -629,6 +629,39 @@ impl Store {
         })
     }
 
+    /// Runs `op` on a pooled connection for a stage that owns its tables'
+    /// SQL (the alert engine, the SLO engine). Blocking. `operation` names
+    /// what is being done in the error.
+    pub fn read_with<T>(
+        &self,
+        operation: &'static str,
+        op: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        self.with_connection(|conn, path| {
+            op(conn).map_err(|source| StoreError::sqlite(path, operation, source))
+        })
+    }
+
+    /// Runs `op` in one `BEGIN IMMEDIATE` transaction on a pooled connection
+    /// and commits it (rolled back if `op` fails), for a stage that owns its
+    /// tables' SQL and writes its results and its derive cursor together.
+    /// Blocking; waits for the writer thread's lock up to [`BUSY_TIMEOUT`].
+    pub fn write_with<T>(
+        &self,
+        operation: &'static str,
+        op: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        self.with_connection(|conn, path| {
+            let sql = |source| StoreError::sqlite(path, operation, source);
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(sql)?;
+            let value = op(&tx).map_err(sql)?;
+            tx.commit().map_err(sql)?;
+            Ok(value)
+        })
+    }
+
     /// Runs `op` on a pooled connection (opened on demand).
     fn with_connection<T>(
         &self,

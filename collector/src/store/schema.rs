@@ -70,13 +70,68 @@ pub const MIGRATIONS: &[&str] = &[
         last_id INTEGER NOT NULL
     );
     ",
-    // 2: SLI accounting per hub per minute (issue 4). Filled in by the SLO work.
+    // 2: SLI accounting per hub per minute (issue 4).
     "
-    -- (the SLO engine's tables)
+    -- What was observed of each hub in each minute (Unix minute = ms / 60000,
+    -- of the record's own timestamp, so a late backlog lands where it
+    -- belongs). Written by the SLI derivation together with its derive
+    -- cursor ('slo.sli'), and by the collector's outside probes. Counts only:
+    -- whether a minute is good is decided when it is read.
+    CREATE TABLE sli_minutes (
+        member         TEXT    NOT NULL,
+        hub            TEXT    NOT NULL,
+        minute         INTEGER NOT NULL,
+        probes_ok      INTEGER NOT NULL DEFAULT 0,  -- agent: /hub/health and probes
+        probes_failed  INTEGER NOT NULL DEFAULT 0,
+        outside_ok     INTEGER NOT NULL DEFAULT 0,  -- the collector's own probes
+        outside_failed INTEGER NOT NULL DEFAULT 0,
+        spawn_ok       INTEGER NOT NULL DEFAULT 0,  -- spawn count deltas, status success
+        spawn_failed   INTEGER NOT NULL DEFAULT 0,  -- status failure or error
+        spawn_fast     INTEGER NOT NULL DEFAULT 0,  -- successes under 120 s (bucket delta)
+        spawn_timed    INTEGER NOT NULL DEFAULT 0,  -- successes in the histogram (le=+Inf delta)
+        hub_samples    INTEGER NOT NULL DEFAULT 0,  -- jupyterhub_* samples: metrics were scraped
+        PRIMARY KEY (member, hub, minute)
+    ) WITHOUT ROWID;
+    -- Loading the last window at start.
+    CREATE INDEX sli_minutes_by_minute ON sli_minutes (minute);
+
+    -- The last value of each spawn counter series per hub, so deltas survive
+    -- restarts of the collector; a value below it is a hub restart (reset).
+    CREATE TABLE sli_counters (
+        member       TEXT    NOT NULL,
+        hub          TEXT    NOT NULL,
+        series       TEXT    NOT NULL,  -- name{labels without hub}
+        value        REAL    NOT NULL,
+        timestamp_ms INTEGER NOT NULL,
+        PRIMARY KEY (member, hub, series)
+    ) WITHOUT ROWID;
     ",
-    // 3: alert state that survives restarts (issue 4). Filled in by the alerting work.
+    // 3: alert state that survives restarts (issue 4).
     "
-    -- (the alert engine's tables)
+    -- One row per alert the engine holds: firing, or resolved and still being
+    -- sent for resolved_retention. The fingerprint is SHA-256 of the sorted
+    -- labels, so the same condition is the same incident across restarts and
+    -- keeps its starts_at (no re-page).
+    CREATE TABLE alert_state (
+        fingerprint    TEXT PRIMARY KEY NOT NULL,
+        source         TEXT    NOT NULL,  -- the AlertSource that produced it
+        labels         TEXT    NOT NULL,  -- JSON object
+        annotations    TEXT    NOT NULL,  -- JSON object
+        starts_at_ms   INTEGER NOT NULL,
+        resolved_at_ms INTEGER,           -- NULL while firing
+        last_sent_ms   INTEGER            -- last accepted POST to an Alertmanager
+    );
+
+    -- The fleet checks' view of each configured hub (probes from inside and
+    -- outside, its agent, certificate expiry, storage), as JSON, derived from
+    -- the batch log after derive_cursors('alerts.hub_status') and from the
+    -- collector's own probes; written with that cursor in one transaction.
+    CREATE TABLE hub_status (
+        member TEXT NOT NULL,
+        hub    TEXT NOT NULL,
+        status TEXT NOT NULL,
+        PRIMARY KEY (member, hub)
+    );
     ",
 ];
 

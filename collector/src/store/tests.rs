@@ -308,7 +308,19 @@ fn an_empty_file_is_migrated() -> anyhow::Result<()> {
         .query_map([], |row| row.get(0))?
         .collect::<Result<_, _>>()?;
     tables.sort();
-    assert_eq!(tables, ["agents", "batches", "derive_cursors", "tokens"]);
+    assert_eq!(
+        tables,
+        [
+            "agents",
+            "alert_state",
+            "batches",
+            "derive_cursors",
+            "hub_status",
+            "sli_counters",
+            "sli_minutes",
+            "tokens"
+        ]
+    );
     assert_eq!(store.derive_cursor("sli")?, 0);
     drop(store);
     // Reopening an up-to-date file changes nothing.

@@ -15,6 +15,32 @@ fn every_collector_metric_is_exported_and_no_other() {
     m.agent_last_seen
         .with_label_values(&["leap", "a1"])
         .set(1.0);
+    m.alerts
+        .with_label_values(&["HubDown", "page", "firing"])
+        .set(1);
+    m.alert_evaluation_failures
+        .with_label_values(&["fleet"])
+        .inc();
+    m.alertmanager_sends
+        .with_label_values(&["http://127.0.0.1:9093"])
+        .inc();
+    m.alertmanager_send_failures
+        .with_label_values(&["http://127.0.0.1:9093"])
+        .inc();
+    m.outside_probes
+        .with_label_values(&["leap", "prod", "ok"])
+        .inc();
+    let objective = ["leap", "prod", "premier", "availability"];
+    m.slo_target.with_label_values(&objective).set(0.999);
+    m.slo_sli.with_label_values(&objective).set(1.0);
+    m.slo_budget_remaining
+        .with_label_values(&objective)
+        .set(1.0);
+    m.slo_burn_rate
+        .with_label_values(&["leap", "prod", "premier", "availability", "5m"])
+        .set(0.0);
+    m.slo_derived_batches.with_label_values(&["ok"]).inc();
+    m.slo_skipped_records.with_label_values(&["future"]).inc();
 
     let exported: std::collections::BTreeSet<String> = m
         .registry

@@ -17,6 +17,85 @@ pub struct CollectorConfig {
     pub alertmanagers: Vec<AlertmanagerConfig>,
     /// Member communities, each in a tier, each with hubs.
     pub members: Vec<MemberConfig>,
+    /// The alert engine, the Alertmanager sender and the outside probes.
+    pub alerting: AlertingConfig,
+    /// Tier overrides and additions (`[[tiers]]`); see [`CollectorConfig::tier`].
+    pub tiers: Vec<TierConfig>,
+}
+
+/// `[alerting]`: how often alerts are evaluated and sent, and the
+/// collector's own probes of each hub's `public_url`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertingConfig {
+    /// How often every alert source is evaluated.
+    #[serde(with = "humantime_serde")]
+    pub evaluation_interval: Duration,
+    /// How often a firing alert is sent again; `endsAt` is now + 4 × this.
+    #[serde(with = "humantime_serde")]
+    pub resend_interval: Duration,
+    /// How long a resolved alert keeps being sent before it is forgotten.
+    #[serde(with = "humantime_serde")]
+    pub resolved_retention: Duration,
+    /// Time allowed for one POST to an Alertmanager.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
+    /// An agent with no batch for this long is silent (3 agent intervals plus slack).
+    #[serde(with = "humantime_serde")]
+    pub agent_silent_after: Duration,
+    /// Base of every alert's `runbook_url` (`<base>#<lowercase alertname>`).
+    pub runbook_base_url: String,
+    /// Base of every alert's `generatorURL`; the listen address when unset.
+    pub external_url: Option<String>,
+    /// How often the collector probes each hub's `{public_url}/hub/health`.
+    #[serde(with = "humantime_serde")]
+    pub outside_probe_interval: Duration,
+    /// Time allowed for one outside probe (DNS to last byte).
+    #[serde(with = "humantime_serde")]
+    pub outside_probe_timeout: Duration,
+    /// PEM CA bundle to verify hubs with, instead of the webpki roots.
+    pub outside_probe_ca_file: Option<PathBuf>,
+}
+
+impl Default for AlertingConfig {
+    fn default() -> Self {
+        Self {
+            evaluation_interval: Duration::from_secs(15),
+            resend_interval: Duration::from_secs(60),
+            resolved_retention: Duration::from_secs(15 * 60),
+            send_timeout: Duration::from_secs(10),
+            agent_silent_after: Duration::from_secs(50),
+            runbook_base_url: "docs/runbooks.md".to_string(),
+            external_url: None,
+            outside_probe_interval: Duration::from_secs(15),
+            outside_probe_timeout: Duration::from_secs(10),
+            outside_probe_ca_file: None,
+        }
+    }
+}
+
+impl AlertingConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_positive("alerting.evaluation_interval", self.evaluation_interval)?;
+        check_positive("alerting.resend_interval", self.resend_interval)?;
+        check_positive("alerting.send_timeout", self.send_timeout)?;
+        check_positive("alerting.agent_silent_after", self.agent_silent_after)?;
+        check_positive(
+            "alerting.outside_probe_interval",
+            self.outside_probe_interval,
+        )?;
+        check_positive("alerting.outside_probe_timeout", self.outside_probe_timeout)?;
+        if self.resolved_retention < self.resend_interval {
+            return Err(ConfigError::invalid(
+                "alerting.resolved_retention",
+                "must be at least resend_interval, or a resolution might never be sent",
+            ));
+        }
+        if let Some(url) = &self.external_url {
+            check_http_url("alerting.external_url", url)?;
+        }
+        Ok(())
+    }
 }
 
 /// `[server]`
@@ -183,6 +262,8 @@ impl Validate for CollectorConfig {
                 "must be at least 1h: later stages read raw batches that arrive late",
             ));
         }
+        self.alerting.validate()?;
+        validate_tiers(&self.tiers)?;
         for (i, am) in self.alertmanagers.iter().enumerate() {
             check_http_url(&format!("alertmanagers[{i}].url"), &am.url)?;
         }
@@ -195,14 +276,14 @@ impl Validate for CollectorConfig {
                     format!("{:?} is listed twice", m.id),
                 ));
             }
-            if !BUILTIN_TIERS.contains(&m.tier.as_str()) {
+            if self.tier(&m.tier).is_none() {
                 return Err(ConfigError::invalid(
                     format!("members[{i}].tier"),
                     format!(
                         "unknown tier {:?} for member {:?}; known tiers: {}",
                         m.tier,
                         m.id,
-                        BUILTIN_TIERS.join(", ")
+                        self.tier_names().join(", ")
                     ),
                 ));
             }
@@ -230,4 +311,345 @@ impl CollectorConfig {
     pub fn member(&self, id: &str) -> Option<&MemberConfig> {
         self.members.iter().find(|m| m.id == id)
     }
+}
+
+// ---------------------------------------------------------------------------
+// Tiers: service-level objectives per membership tier (`[[tiers]]`).
+// ---------------------------------------------------------------------------
+
+/// Spawns at most this long count as "fast" for the spawn latency objective
+/// (JupyterHub's `jupyterhub_server_spawn_duration_seconds` bucket `le="120"`,
+/// or the largest bucket bound below it).
+pub const SPAWN_LATENCY_THRESHOLD_SECONDS: f64 = 120.0;
+
+/// Whether an alert wakes someone up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BurnSeverity {
+    /// `severity=page` (for tiers that page; `ticket` otherwise).
+    Page,
+    /// `severity=ticket`.
+    Ticket,
+}
+
+/// One multi-window burn-rate condition (SRE workbook ch. 5): it holds when
+/// the burn rate over both windows is above `factor`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BurnRatePair {
+    /// Page or ticket.
+    pub severity: BurnSeverity,
+    /// Burn-rate threshold (1 = the budget lasts exactly the tier window).
+    pub factor: f64,
+    /// Long window, seconds.
+    pub long_secs: u64,
+    /// Short window (1/12 of the long one): "still burning", for a fast reset.
+    pub short_secs: u64,
+}
+
+/// The shared alerting table: page at 14.4× over 1 h and 5 min and 6× over
+/// 6 h and 30 min; ticket at 3× over 1 d and 2 h and 1× over 3 d and 6 h.
+pub const BURN_RATE_PAIRS: [BurnRatePair; 4] = [
+    BurnRatePair {
+        severity: BurnSeverity::Page,
+        factor: 14.4,
+        long_secs: 3600,
+        short_secs: 300,
+    },
+    BurnRatePair {
+        severity: BurnSeverity::Page,
+        factor: 6.0,
+        long_secs: 6 * 3600,
+        short_secs: 1800,
+    },
+    BurnRatePair {
+        severity: BurnSeverity::Ticket,
+        factor: 3.0,
+        long_secs: 24 * 3600,
+        short_secs: 2 * 3600,
+    },
+    BurnRatePair {
+        severity: BurnSeverity::Ticket,
+        factor: 1.0,
+        long_secs: 3 * 24 * 3600,
+        short_secs: 6 * 3600,
+    },
+];
+
+/// The longest alert window (3 days): a tier window must be at least this long.
+pub const LONGEST_ALERT_WINDOW: Duration = Duration::from_secs(3 * 24 * 3600);
+
+/// The longest tier window accepted (SLI state in memory grows with it).
+pub const MAX_TIER_WINDOW: Duration = Duration::from_secs(400 * 24 * 3600);
+
+/// The objectives a tier sets, in a stable order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SloKind {
+    /// Share of minutes in which the hub's probes succeed.
+    Availability,
+    /// Share of server spawns that succeed.
+    SpawnSuccess,
+    /// Share of successful spawns that took at most
+    /// [`SPAWN_LATENCY_THRESHOLD_SECONDS`].
+    SpawnLatency,
+}
+
+impl SloKind {
+    /// Every objective.
+    pub const ALL: [SloKind; 3] = [Self::Availability, Self::SpawnSuccess, Self::SpawnLatency];
+
+    /// The `slo` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Availability => "availability",
+            Self::SpawnSuccess => "spawn_success",
+            Self::SpawnLatency => "spawn_latency",
+        }
+    }
+
+    /// The `[[tiers]]` key holding this objective's target.
+    pub fn target_key(self) -> &'static str {
+        match self {
+            Self::Availability => "availability_target",
+            Self::SpawnSuccess => "spawn_success_target",
+            Self::SpawnLatency => "spawn_latency_target",
+        }
+    }
+}
+
+/// What period reports use for a tier (alerting always uses the rolling window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportPeriod {
+    /// Calendar months (UTC).
+    CalendarMonth,
+    /// The rolling window itself.
+    Rolling,
+}
+
+impl ReportPeriod {
+    /// The value as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CalendarMonth => "calendar_month",
+            Self::Rolling => "rolling",
+        }
+    }
+}
+
+/// `[[tiers]]`: overrides a built-in tier (same `name`) or adds a new one.
+/// Unset keys keep the built-in's value; a new tier takes unset keys from
+/// the built-in `member` tier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    /// The tier's name, used as a member's `tier` and in alert labels.
+    pub name: String,
+    /// Availability target, a ratio in (0, 1), e.g. 0.995.
+    #[serde(default)]
+    pub availability_target: Option<f64>,
+    /// Spawn success target, a ratio in (0, 1).
+    #[serde(default)]
+    pub spawn_success_target: Option<f64>,
+    /// Spawn latency target (share of successful spawns under 120 s), in (0, 1).
+    #[serde(default)]
+    pub spawn_latency_target: Option<f64>,
+    /// Rolling window of the error budget; at least 3 days (the longest alert window).
+    #[serde(default, with = "humantime_serde")]
+    pub window: Option<Duration>,
+    /// Period used by reports.
+    #[serde(default)]
+    pub report_period: Option<ReportPeriod>,
+    /// Whether fast burns page (`severity=page`); otherwise every alert is a ticket.
+    #[serde(default)]
+    pub page_on_fast_burn: Option<bool>,
+}
+
+/// A tier as the SLO engine uses it: built-in defaults with overrides applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TierSpec {
+    /// Name.
+    pub name: String,
+    /// Availability target, in (0, 1).
+    pub availability_target: f64,
+    /// Spawn success target, in (0, 1).
+    pub spawn_success_target: f64,
+    /// Spawn latency target, in (0, 1).
+    pub spawn_latency_target: f64,
+    /// Rolling error-budget window.
+    pub window: Duration,
+    /// Period used by reports.
+    pub report_period: ReportPeriod,
+    /// Whether fast burns page.
+    pub page_on_fast_burn: bool,
+}
+
+impl TierSpec {
+    /// The target of `kind`.
+    pub fn target(&self, kind: SloKind) -> f64 {
+        match kind {
+            SloKind::Availability => self.availability_target,
+            SloKind::SpawnSuccess => self.spawn_success_target,
+            SloKind::SpawnLatency => self.spawn_latency_target,
+        }
+    }
+
+    fn builtin(name: &str, targets: [f64; 3], page_on_fast_burn: bool) -> Self {
+        Self {
+            name: name.to_string(),
+            availability_target: targets[0],
+            spawn_success_target: targets[1],
+            spawn_latency_target: targets[2],
+            window: Duration::from_secs(30 * 24 * 3600),
+            report_period: ReportPeriod::CalendarMonth,
+            page_on_fast_burn,
+        }
+    }
+
+    fn with(&self, cfg: &TierConfig) -> Self {
+        Self {
+            name: cfg.name.clone(),
+            availability_target: cfg.availability_target.unwrap_or(self.availability_target),
+            spawn_success_target: cfg
+                .spawn_success_target
+                .unwrap_or(self.spawn_success_target),
+            spawn_latency_target: cfg
+                .spawn_latency_target
+                .unwrap_or(self.spawn_latency_target),
+            window: cfg.window.unwrap_or(self.window),
+            report_period: cfg.report_period.unwrap_or(self.report_period),
+            page_on_fast_burn: cfg.page_on_fast_burn.unwrap_or(self.page_on_fast_burn),
+        }
+    }
+}
+
+/// The built-in tiers ([`BUILTIN_TIERS`]) with their default objectives.
+pub fn builtin_tiers() -> Vec<TierSpec> {
+    vec![
+        TierSpec::builtin("starter", [0.99, 0.95, 0.90], false),
+        TierSpec::builtin("member", [0.995, 0.98, 0.95], true),
+        TierSpec::builtin("premier", [0.999, 0.99, 0.99], true),
+    ]
+}
+
+impl CollectorConfig {
+    /// Every tier (built-ins with `[[tiers]]` overrides applied, then the
+    /// tiers `[[tiers]]` adds), in that order.
+    pub fn resolved_tiers(&self) -> Vec<TierSpec> {
+        let mut tiers = builtin_tiers();
+        let base = tiers
+            .iter()
+            .find(|t| t.name == "member")
+            .cloned()
+            .unwrap_or_else(|| TierSpec::builtin("member", [0.995, 0.98, 0.95], true));
+        for cfg in &self.tiers {
+            match tiers.iter_mut().find(|t| t.name == cfg.name) {
+                Some(tier) => *tier = tier.with(cfg),
+                None => tiers.push(base.with(cfg)),
+            }
+        }
+        tiers
+    }
+
+    /// The tier called `name`, resolved as in [`CollectorConfig::resolved_tiers`].
+    pub fn tier(&self, name: &str) -> Option<TierSpec> {
+        self.resolved_tiers().into_iter().find(|t| t.name == name)
+    }
+
+    /// Names of every known tier.
+    pub fn tier_names(&self) -> Vec<String> {
+        self.resolved_tiers().into_iter().map(|t| t.name).collect()
+    }
+}
+
+/// Checks `[[tiers]]`: names, targets in (0, 1), windows, and page
+/// thresholds that can fire.
+fn validate_tiers(tiers: &[TierConfig]) -> Result<(), ConfigError> {
+    let builtins = builtin_tiers();
+    let base = builtins
+        .iter()
+        .find(|t| t.name == "member")
+        .cloned()
+        .unwrap_or_else(|| TierSpec::builtin("member", [0.995, 0.98, 0.95], true));
+    let mut seen = std::collections::HashSet::new();
+    for (i, cfg) in tiers.iter().enumerate() {
+        let key = |field: &str| format!("tiers[{i}].{field}");
+        check_name(&key("name"), &cfg.name)?;
+        if !seen.insert(cfg.name.as_str()) {
+            return Err(ConfigError::invalid(
+                key("name"),
+                format!("tier {:?} is listed twice", cfg.name),
+            ));
+        }
+        let resolved = builtins
+            .iter()
+            .find(|t| t.name == cfg.name)
+            .unwrap_or(&base)
+            .with(cfg);
+        for kind in SloKind::ALL {
+            let target = resolved.target(kind);
+            if !(target > 0.0 && target < 1.0) {
+                return Err(ConfigError::invalid(
+                    key(kind.target_key()),
+                    format!(
+                        "target {target} of objective {} in tier {:?} must be a ratio \
+                         strictly between 0 and 1 (e.g. 0.995 for 99.5 %)",
+                        kind.as_str(),
+                        cfg.name
+                    ),
+                ));
+            }
+        }
+        if resolved.window < LONGEST_ALERT_WINDOW || resolved.window > MAX_TIER_WINDOW {
+            return Err(ConfigError::invalid(
+                key("window"),
+                format!(
+                    "window {} of tier {:?} must be between {} (the longest alert \
+                     window) and {}",
+                    humantime::format_duration(resolved.window),
+                    cfg.name,
+                    humantime::format_duration(LONGEST_ALERT_WINDOW),
+                    humantime::format_duration(MAX_TIER_WINDOW),
+                ),
+            ));
+        }
+        if resolved.page_on_fast_burn {
+            for kind in SloKind::ALL {
+                let target = resolved.target(kind);
+                let page_pairs = BURN_RATE_PAIRS
+                    .iter()
+                    .filter(|p| p.severity == BurnSeverity::Page);
+                for pair in page_pairs {
+                    let reach = pair.factor * (1.0 - target);
+                    if reach >= 1.0 {
+                        // Name the key the value came from.
+                        let field = if match kind {
+                            SloKind::Availability => cfg.availability_target.is_some(),
+                            SloKind::SpawnSuccess => cfg.spawn_success_target.is_some(),
+                            SloKind::SpawnLatency => cfg.spawn_latency_target.is_some(),
+                        } {
+                            kind.target_key()
+                        } else {
+                            "page_on_fast_burn"
+                        };
+                        return Err(ConfigError::invalid(
+                            key(field),
+                            format!(
+                                "tier {:?}, objective {}: the page threshold {}x over {}h \
+                                 could never fire at target {target} ({} x (1 - {target}) = \
+                                 {reach:.3} >= 1, so even a total outage burns slower); \
+                                 raise the target above {:.4} or set page_on_fast_burn = false",
+                                cfg.name,
+                                kind.as_str(),
+                                pair.factor,
+                                pair.long_secs / 3600,
+                                pair.factor,
+                                1.0 - 1.0 / pair.factor,
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -140,3 +140,182 @@ fn agent_example_matches_defaults() {
     want.collector.token_file = Some("/etc/hubwatch/token".into());
     assert_eq!(cfg, want, "deploy/agent.example.toml drifted");
 }
+
+// ---- [[tiers]] ----
+
+fn tier_error(toml: &str) -> (String, String) {
+    match load::<CollectorConfig>(toml, &HashMap::new()) {
+        Err(ConfigError::Invalid { key, reason }) => (key, reason),
+        other => panic!("expected an invalid-key error, got {other:?}"),
+    }
+}
+
+#[test]
+fn builtin_tiers_have_the_suggested_defaults() {
+    let cfg = CollectorConfig::default();
+    let starter = cfg.tier("starter").expect("starter");
+    let member = cfg.tier("member").expect("member");
+    let premier = cfg.tier("premier").expect("premier");
+    assert_eq!(
+        [
+            starter.availability_target,
+            starter.spawn_success_target,
+            starter.spawn_latency_target
+        ],
+        [0.99, 0.95, 0.90]
+    );
+    assert_eq!(
+        [
+            member.availability_target,
+            member.spawn_success_target,
+            member.spawn_latency_target
+        ],
+        [0.995, 0.98, 0.95]
+    );
+    assert_eq!(
+        [
+            premier.availability_target,
+            premier.spawn_success_target,
+            premier.spawn_latency_target
+        ],
+        [0.999, 0.99, 0.99]
+    );
+    assert!(!starter.page_on_fast_burn);
+    assert!(member.page_on_fast_burn && premier.page_on_fast_burn);
+    for t in [&starter, &member, &premier] {
+        assert_eq!(t.window, Duration::from_secs(30 * 24 * 3600));
+        assert_eq!(t.report_period, ReportPeriod::CalendarMonth);
+    }
+}
+
+#[test]
+fn tiers_override_a_builtin_and_add_new_ones() {
+    let cfg: CollectorConfig = load(
+        r#"
+        [[tiers]]
+        name = "premier"
+        availability_target = 0.9995
+        window = "28days"
+        [[tiers]]
+        name = "enterprise"
+        spawn_success_target = 0.999
+        report_period = "rolling"
+        [[members]]
+        id = "big"
+        tier = "enterprise"
+        "#,
+        &HashMap::new(),
+    )
+    .expect("valid");
+    let premier = cfg.tier("premier").expect("premier");
+    assert_eq!(premier.availability_target, 0.9995);
+    assert_eq!(
+        premier.spawn_success_target, 0.99,
+        "unset keys keep the built-in"
+    );
+    assert_eq!(premier.window, Duration::from_secs(28 * 24 * 3600));
+    let enterprise = cfg.tier("enterprise").expect("new tier");
+    assert_eq!(enterprise.spawn_success_target, 0.999);
+    assert_eq!(
+        enterprise.availability_target, 0.995,
+        "new tiers start from member"
+    );
+    assert_eq!(enterprise.report_period, ReportPeriod::Rolling);
+    assert_eq!(
+        cfg.tier_names(),
+        ["starter", "member", "premier", "enterprise"]
+    );
+}
+
+#[test]
+fn unknown_tier_on_a_member_names_the_key_and_the_known_tiers() {
+    let (key, reason) =
+        tier_error("[[tiers]]\nname = \"gold\"\n[[members]]\nid = \"m\"\ntier = \"platinum\"");
+    assert_eq!(key, "members[0].tier");
+    assert!(
+        reason.contains("platinum") && reason.contains("gold"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn targets_outside_zero_one_are_refused() {
+    for bad in ["1.0", "0.0", "99.5", "-0.5", "nan"] {
+        let (key, reason) = tier_error(&format!(
+            "[[tiers]]\nname = \"member\"\nspawn_success_target = {bad}"
+        ));
+        assert_eq!(key, "tiers[0].spawn_success_target", "{bad}");
+        assert!(reason.contains("between 0 and 1"), "{reason}");
+    }
+}
+
+#[test]
+fn windows_shorter_than_the_longest_alert_window_are_refused() {
+    let (key, reason) = tier_error("[[tiers]]\nname = \"premier\"\nwindow = \"2days\"");
+    assert_eq!(key, "tiers[0].window");
+    assert!(reason.contains("3days"), "{reason}");
+    let cfg: CollectorConfig = load(
+        "[[tiers]]\nname = \"premier\"\nwindow = \"3days\"",
+        &HashMap::new(),
+    )
+    .expect("3d is enough");
+    assert_eq!(
+        cfg.tier("premier").map(|t| t.window),
+        Some(LONGEST_ALERT_WINDOW)
+    );
+}
+
+#[test]
+fn a_page_threshold_that_could_never_fire_names_tier_and_objective() {
+    // 14.4 x (1 - 0.93) = 1.008: even a total outage burns slower than 14.4.
+    let (key, reason) = tier_error("[[tiers]]\nname = \"gold\"\navailability_target = 0.93");
+    assert_eq!(key, "tiers[0].availability_target");
+    assert!(
+        reason.contains("\"gold\"") && reason.contains("availability"),
+        "{reason}"
+    );
+    // The starter built-in (spawn latency 0.90) is valid only because it does not page.
+    let (key, reason) = tier_error("[[tiers]]\nname = \"starter\"\npage_on_fast_burn = true");
+    assert_eq!(key, "tiers[0].page_on_fast_burn");
+    assert!(reason.contains("spawn_latency"), "{reason}");
+    load::<CollectorConfig>(
+        "[[tiers]]\nname = \"gold\"\navailability_target = 0.94",
+        &HashMap::new(),
+    )
+    .expect("14.4 x 0.06 < 1 can fire");
+}
+
+#[test]
+fn duplicate_tier_names_are_refused() {
+    let (key, _) = tier_error("[[tiers]]\nname = \"gold\"\n[[tiers]]\nname = \"gold\"");
+    assert_eq!(key, "tiers[1].name");
+}
+
+#[test]
+fn alerting_checks_name_their_key() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "[alerting]\nevaluation_interval = \"0s\"",
+            "alerting.evaluation_interval",
+        ),
+        (
+            "[alerting]\nresend_interval = \"1m\"\nresolved_retention = \"30s\"",
+            "alerting.resolved_retention",
+        ),
+        (
+            "[alerting]\nexternal_url = \"hubwatch.example.org\"",
+            "alerting.external_url",
+        ),
+        (
+            "[alerting]\noutside_probe_timeout = \"0s\"",
+            "alerting.outside_probe_timeout",
+        ),
+    ];
+    for (text, key) in cases {
+        let err = load::<CollectorConfig>(text, &HashMap::new()).expect_err(text);
+        assert!(err.to_string().contains(key), "{text:?}: {err}");
+    }
+    let env = env(&[("HUBWATCH_ALERTING__EVALUATION_INTERVAL", "2s")]);
+    let cfg: CollectorConfig = load("", &env).expect("valid");
+    assert_eq!(cfg.alerting.evaluation_interval, Duration::from_secs(2));
+}

@@ -1,0 +1,859 @@
+//! Fleet alerts: `HubDown`, `AgentSilent`, `CertificateExpiringSoon` and
+//! `StorageFillingUp`, one [`AlertSource`] over every configured hub.
+//!
+//! **Hub status.** Each evaluation first catches up on the raw batch log
+//! after its own derive cursor (`derive_cursors('alerts.hub_status')`),
+//! decoding each frame and folding what concerns a configured hub into that
+//! hub's [`HubStatus`]: the latest inside check per kind (`HubHealth`,
+//! `Probe`, by the record's own timestamp, so a late backlog never overwrites
+//! newer news), which agent reports the hub, certificate expiry and volume
+//! free space. Results of the collector's own outside probes are queued by
+//! [`FleetSource::record_outside_probe`] and folded in at the same point. The
+//! changed statuses and the cursor are written in one transaction (table
+//! `hub_status`), so a restart resumes where it was and re-reads nothing.
+//!
+//! **Rules** (thresholds in the constants below; `docs/runbooks.md` explains
+//! each alert):
+//! - `HubDown`: with a `public_url`, the outside probe fails and the inside
+//!   view agrees (its fresh checks all fail) or the agent is silent; without
+//!   one, the agent's fresh inside checks all fail. Severity `page`.
+//! - Every `page` below is a `ticket` for a tier that does not page
+//!   (`page_on_fast_burn = false`, as the built-in `starter`).
+//! - `AgentSilent` (`ticket`): no batch from the hub's agent for
+//!   `agent_silent_after` while the hub is not known to be down from outside.
+//!   The clock for this starts no earlier than the collector did: an agent
+//!   cannot have reached a collector that was not running.
+//! - `CertificateExpiringSoon`: the earliest notAfter seen from inside
+//!   (`Probe` records' `cert_expiry_days`) or outside: under 21 days `ticket`,
+//!   under 7 `page`.
+//! - `StorageFillingUp`: the worst volume of the hub, from the samples
+//!   [`VOLUME_AVAILABLE_RATIO`] (per shared volume from the cluster's
+//!   Prometheus) and [`HOME_FS_AVAIL_BYTES`] / [`HOME_FS_SIZE_BYTES`] (the
+//!   host's home filesystem): under 10 % free `ticket`; under 3 %, or full
+//!   within 24 h at the rate of the last hours, `page`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hubwatch_shared::config::CollectorConfig;
+use hubwatch_shared::wire::{CheckKind, Record};
+use rusqlite::params;
+use serde::{Deserialize, Serialize};
+
+use super::{AlertSource, AlertSpec, EvaluateError, annotations, labels, runbook_url, severity};
+use crate::clock::SharedClock;
+use crate::store::{Store, StoreError};
+
+#[cfg(test)]
+mod tests;
+
+/// The fleet source's name.
+pub const FLEET_SOURCE_NAME: &str = "fleet";
+/// Its derive cursor in `derive_cursors`.
+pub const DERIVE_CURSOR: &str = "alerts.hub_status";
+/// Batches read per store query while catching up.
+const CATCH_UP_PAGE: usize = 500;
+/// Most batches folded in one evaluation (the rest next round), so a huge
+/// backlog cannot stall alerting.
+const CATCH_UP_MAX_PER_ROUND: usize = 20_000;
+
+/// Sample: available fraction of a shared volume (home NFS, hub database),
+/// labels `hub`, `persistentvolumeclaim` (the agent's Prometheus source).
+pub const VOLUME_AVAILABLE_RATIO: &str = "hub_volume_available_ratio";
+/// Sample: bytes available on the filesystem holding user homes, labels
+/// `hub`, `path` (the agent's host source).
+pub const HOME_FS_AVAIL_BYTES: &str = "host_home_filesystem_avail_bytes";
+/// Sample: size of the filesystem holding user homes, labels `hub`, `path`.
+pub const HOME_FS_SIZE_BYTES: &str = "host_home_filesystem_size_bytes";
+
+/// Certificate: ticket below this many days.
+pub const CERT_TICKET_DAYS: f64 = 21.0;
+/// Certificate: page below this many days.
+pub const CERT_PAGE_DAYS: f64 = 7.0;
+/// A certificate reading older than this is not used.
+const CERT_READING_MAX_AGE_MS: i64 = 24 * 3600 * 1000;
+/// Storage: ticket below this free fraction.
+pub const STORAGE_TICKET_FREE: f64 = 0.10;
+/// Storage: page below this free fraction.
+pub const STORAGE_PAGE_FREE: f64 = 0.03;
+/// Storage: page when full within this many hours at the current rate.
+pub const STORAGE_PAGE_HOURS_TO_FULL: f64 = 24.0;
+/// A volume reading older than this is not used.
+const VOLUME_READING_MAX_AGE_MS: i64 = 3600 * 1000;
+/// Volume history: one point per this much time …
+const VOLUME_HISTORY_STEP_MS: i64 = 5 * 60 * 1000;
+/// … kept for this long …
+const VOLUME_HISTORY_SPAN_MS: i64 = 6 * 3600 * 1000;
+/// … and a trend needs at least this much of it.
+const VOLUME_TREND_MIN_SPAN_MS: i64 = 30 * 60 * 1000;
+
+const DAY_MS: f64 = 86_400_000.0;
+
+/// Alert names this source produces.
+pub mod names {
+    /// The hub does not answer.
+    pub const HUB_DOWN: &str = "HubDown";
+    /// The hub's agent sends nothing.
+    pub const AGENT_SILENT: &str = "AgentSilent";
+    /// A TLS certificate expires soon.
+    pub const CERTIFICATE_EXPIRING_SOON: &str = "CertificateExpiringSoon";
+    /// A volume is nearly full or filling fast.
+    pub const STORAGE_FILLING_UP: &str = "StorageFillingUp";
+}
+
+/// The latest result of one kind of check from one vantage point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckView {
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// When it ran, Unix ms.
+    pub at_ms: i64,
+    /// When the current run of failures began (`None` while ok).
+    pub failing_since_ms: Option<i64>,
+    /// HTTP status, if one was received.
+    pub status: Option<u16>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// How long it took.
+    pub latency_us: u64,
+}
+
+impl CheckView {
+    /// Folds a newer result in; an older one (a late backlog) is ignored.
+    fn update(view: &mut Option<CheckView>, new: CheckView) {
+        match view {
+            Some(old) if new.at_ms < old.at_ms => {}
+            Some(old) => {
+                let failing_since_ms = match (new.ok, old.failing_since_ms) {
+                    (true, _) => None,
+                    (false, Some(since)) => Some(since),
+                    (false, None) => Some(new.at_ms),
+                };
+                *old = CheckView {
+                    failing_since_ms,
+                    ..new
+                };
+            }
+            None => {
+                *view = Some(CheckView {
+                    failing_since_ms: (!new.ok).then_some(new.at_ms),
+                    ..new
+                })
+            }
+        }
+    }
+}
+
+/// A volume's free space over time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VolumeView {
+    /// Latest free fraction, 0–1.
+    pub available_ratio: f64,
+    /// When it was read, Unix ms.
+    pub at_ms: i64,
+    /// `(at_ms, ratio)`, one point per 5 minutes over the last 6 hours.
+    pub history: Vec<(i64, f64)>,
+}
+
+impl VolumeView {
+    fn observe(&mut self, at_ms: i64, ratio: f64) {
+        if !ratio.is_finite() || at_ms < self.at_ms {
+            return;
+        }
+        self.available_ratio = ratio.clamp(0.0, 1.0);
+        self.at_ms = at_ms;
+        let step_due = self
+            .history
+            .last()
+            .is_none_or(|(last, _)| at_ms - last >= VOLUME_HISTORY_STEP_MS);
+        if step_due {
+            self.history.push((at_ms, self.available_ratio));
+        }
+        self.history
+            .retain(|(t, _)| at_ms - t <= VOLUME_HISTORY_SPAN_MS);
+    }
+
+    /// Hours until full at the rate between the oldest kept point and now,
+    /// when the volume is filling and the history spans long enough.
+    pub fn hours_to_full(&self) -> Option<f64> {
+        let (first_at, first_ratio) = *self.history.first()?;
+        let span_ms = self.at_ms - first_at;
+        if span_ms < VOLUME_TREND_MIN_SPAN_MS {
+            return None;
+        }
+        let per_hour = (self.available_ratio - first_ratio) / (span_ms as f64 / 3_600_000.0);
+        (per_hour < 0.0).then(|| self.available_ratio / -per_hour)
+    }
+}
+
+/// What the fleet checks know about one hub.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HubStatus {
+    /// The agent that last reported records for this hub.
+    pub agent: Option<String>,
+    /// When a batch with records for this hub was last received, Unix ms.
+    pub last_batch_ms: Option<i64>,
+    /// Latest inside check per kind (`hub_health`, `probe`).
+    pub inside: BTreeMap<String, CheckView>,
+    /// Latest outside probe (the collector's own).
+    pub outside: Option<CheckView>,
+    /// Certificate notAfter seen from inside, Unix ms, and when.
+    pub cert_inside: Option<(i64, i64)>,
+    /// Certificate notAfter seen from outside, Unix ms, and when.
+    pub cert_outside: Option<(i64, i64)>,
+    /// Free space per volume (`pvc:<claim>` or `home:<path>`).
+    pub volumes: BTreeMap<String, VolumeView>,
+}
+
+/// One outside probe's result, as [`super::outside_probe`] reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutsideProbeResult {
+    /// The member.
+    pub member: String,
+    /// The hub.
+    pub hub: String,
+    /// Whether `/hub/health` answered 2xx.
+    pub ok: bool,
+    /// When the probe started, Unix ms.
+    pub at_ms: i64,
+    /// HTTP status, if any.
+    pub status: Option<u16>,
+    /// How long it took.
+    pub latency_us: u64,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The certificate's notAfter, Unix ms, for HTTPS.
+    pub cert_not_after_ms: Option<i64>,
+}
+
+/// Thresholds and links the rules need.
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    /// An agent with no batch for this long is silent.
+    pub agent_silent_after: Duration,
+    /// An outside result older than this is not used.
+    pub outside_fresh_for: Duration,
+    /// Base of `runbook_url`.
+    pub runbook_base_url: String,
+}
+
+impl FleetSettings {
+    /// From `[alerting]`.
+    pub fn from_config(cfg: &CollectorConfig) -> Self {
+        let a = &cfg.alerting;
+        Self {
+            agent_silent_after: a.agent_silent_after,
+            outside_fresh_for: a
+                .agent_silent_after
+                .max(a.outside_probe_interval.saturating_mul(3)),
+            runbook_base_url: a.runbook_base_url.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct HubEntry {
+    member: String,
+    tier: String,
+    /// Whether the tier pages at all (`starter` does not: tickets only).
+    pages: bool,
+    hub: String,
+    public_url: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Board {
+    cursor: i64,
+    hubs: BTreeMap<(String, String), HubStatus>,
+    dirty: BTreeSet<(String, String)>,
+}
+
+/// The fleet checks, an [`AlertSource`].
+pub struct FleetSource {
+    store: Store,
+    settings: FleetSettings,
+    hubs: Vec<HubEntry>,
+    started_at_ms: i64,
+    board: Mutex<Board>,
+    outside_queue: Mutex<Vec<OutsideProbeResult>>,
+}
+
+impl std::fmt::Debug for FleetSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetSource")
+            .field("hubs", &self.hubs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FleetSource {
+    /// Loads the persisted hub statuses and cursor. Blocking (store IO).
+    /// `clock` gives the start time that bounds `AgentSilent`.
+    pub fn open(
+        store: Store,
+        cfg: &CollectorConfig,
+        settings: FleetSettings,
+        clock: &SharedClock,
+    ) -> Result<Self, StoreError> {
+        let hubs = cfg
+            .members
+            .iter()
+            .flat_map(|m| {
+                let pages = tier_pages(cfg, &m.tier);
+                m.hubs.iter().map(move |h| HubEntry {
+                    member: m.id.clone(),
+                    tier: m.tier.clone(),
+                    pages,
+                    hub: h.name.clone(),
+                    public_url: h.public_url.clone(),
+                })
+            })
+            .collect();
+        let cursor = store.derive_cursor(DERIVE_CURSOR)?;
+        let rows = store.read_with("loading hub status", |conn| {
+            let mut statement =
+                conn.prepare_cached("SELECT member, hub, status FROM hub_status")?;
+            let rows = statement.query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                ))
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        let mut board = Board {
+            cursor,
+            ..Board::default()
+        };
+        for (member, hub, status) in rows {
+            match serde_json::from_str::<HubStatus>(&status) {
+                Ok(status) => {
+                    board.hubs.insert((member, hub), status);
+                }
+                Err(e) => {
+                    tracing::warn!(member, hub, error = %e, "unreadable hub status row skipped")
+                }
+            }
+        }
+        Ok(Self {
+            store,
+            settings,
+            hubs,
+            started_at_ms: clock.now_ms(),
+            board: Mutex::new(board),
+            outside_queue: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Queues an outside probe result; folded in at the next evaluation.
+    pub fn record_outside_probe(&self, result: OutsideProbeResult) {
+        lock(&self.outside_queue).push(result);
+    }
+
+    /// A copy of one hub's status (tests, diagnostics).
+    pub fn hub_status(&self, member: &str, hub: &str) -> Option<HubStatus> {
+        lock(&self.board)
+            .hubs
+            .get(&(member.to_string(), hub.to_string()))
+            .cloned()
+    }
+
+    /// Reads new batches and queued outside results into the board and
+    /// persists what changed with the cursor. Blocking.
+    fn catch_up(&self, board: &mut Board) -> Result<(), StoreError> {
+        let configured: BTreeSet<(&str, &str)> = self
+            .hubs
+            .iter()
+            .map(|h| (h.member.as_str(), h.hub.as_str()))
+            .collect();
+        for result in std::mem::take(&mut *lock(&self.outside_queue)) {
+            if !configured.contains(&(result.member.as_str(), result.hub.as_str())) {
+                continue;
+            }
+            let key = (result.member.clone(), result.hub.clone());
+            let status = board.hubs.entry(key.clone()).or_default();
+            CheckView::update(
+                &mut status.outside,
+                CheckView {
+                    ok: result.ok,
+                    at_ms: result.at_ms,
+                    failing_since_ms: None,
+                    status: result.status,
+                    error: result.error,
+                    latency_us: result.latency_us,
+                },
+            );
+            if let Some(not_after) = result.cert_not_after_ms {
+                status.cert_outside = Some((not_after, result.at_ms));
+            }
+            board.dirty.insert(key);
+        }
+        let mut cursor = board.cursor;
+        let mut read = 0usize;
+        while read < CATCH_UP_MAX_PER_ROUND {
+            let page = self.store.batches_after(cursor, CATCH_UP_PAGE)?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            cursor = last.id;
+            read += page.len();
+            for stored in &page {
+                let Some(frame) = &stored.frame else {
+                    continue;
+                };
+                match hubwatch_shared::codec::decode(frame) {
+                    Ok(batch) => absorb(
+                        board,
+                        &configured,
+                        &stored.member,
+                        &stored.agent,
+                        stored.received_ms,
+                        &batch.records,
+                    ),
+                    Err(e) => {
+                        tracing::warn!(batch_id = stored.id, agent = %stored.agent, error = %e, "stored batch does not decode; skipped by the fleet checks")
+                    }
+                }
+            }
+            if page.len() < CATCH_UP_PAGE {
+                break;
+            }
+        }
+        if cursor == board.cursor && board.dirty.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<(&(String, String), String)> = board
+            .dirty
+            .iter()
+            .filter_map(|key| {
+                let status = board.hubs.get(key)?;
+                serde_json::to_string(status).ok().map(|json| (key, json))
+            })
+            .collect();
+        self.store.write_with("saving hub status", |tx| {
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO hub_status (member, hub, status) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (member, hub) DO UPDATE SET status = ?3",
+            )?;
+            for ((member, hub), json) in &rows {
+                upsert.execute(params![member, hub, json])?;
+            }
+            tx.execute(
+                "INSERT INTO derive_cursors (name, last_id) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET last_id = ?2",
+                params![DERIVE_CURSOR, cursor],
+            )?;
+            Ok(())
+        })?;
+        board.cursor = cursor;
+        board.dirty.clear();
+        Ok(())
+    }
+
+    /// When each agent's last batch was received, Unix ms.
+    fn agents_last_seen(&self) -> Result<HashMap<String, i64>, StoreError> {
+        Ok(self
+            .store
+            .agents(None)?
+            .into_iter()
+            .filter_map(|row| {
+                let seen = time::OffsetDateTime::parse(
+                    &row.last_seen,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .ok()?;
+                let ms = i64::try_from(seen.unix_timestamp_nanos() / 1_000_000).ok()?;
+                Some((row.agent, ms))
+            })
+            .collect())
+    }
+
+    /// The alerts for one hub at `now`.
+    fn hub_alerts(
+        &self,
+        entry: &HubEntry,
+        status: Option<&HubStatus>,
+        agents: &HashMap<String, i64>,
+        now: i64,
+        out: &mut Vec<AlertSpec>,
+    ) {
+        let empty = HubStatus::default();
+        let status = status.unwrap_or(&empty);
+        let silent_after = ms(self.settings.agent_silent_after);
+        let outside_fresh = ms(self.settings.outside_fresh_for);
+        let where_ = format!("{}/{}", entry.member, entry.hub);
+
+        // The agent: its last batch, but never before the collector started.
+        let last_heard = status
+            .agent
+            .as_ref()
+            .and_then(|agent| agents.get(agent).copied())
+            .max(status.last_batch_ms);
+        let reference = last_heard.unwrap_or(i64::MIN).max(self.started_at_ms);
+        let agent_silent = now.saturating_sub(reference) > silent_after;
+
+        let fresh_inside: Vec<(&String, &CheckView)> = status
+            .inside
+            .iter()
+            .filter(|(_, v)| now.saturating_sub(v.at_ms) <= silent_after)
+            .collect();
+        let inside_failing = !fresh_inside.is_empty() && fresh_inside.iter().all(|(_, v)| !v.ok);
+        let outside = status
+            .outside
+            .as_ref()
+            .filter(|v| now.saturating_sub(v.at_ms) <= outside_fresh);
+        let outside_failing = entry.public_url.is_some() && outside.is_some_and(|v| !v.ok);
+
+        let hub_down = if entry.public_url.is_some() {
+            outside_failing && (inside_failing || agent_silent)
+        } else {
+            inside_failing
+        };
+        if hub_down {
+            let mut details = Vec::new();
+            for (kind, view) in &fresh_inside {
+                details.push(format!(
+                    "inside {kind}: {} since {}",
+                    view.error.as_deref().unwrap_or("failed"),
+                    super::sender::rfc3339(view.failing_since_ms.unwrap_or(view.at_ms))
+                ));
+            }
+            if agent_silent {
+                details.push(format!(
+                    "the agent is silent (last batch {})",
+                    last_heard.map_or_else(|| "never".to_string(), super::sender::rfc3339)
+                ));
+            }
+            if let Some(view) = outside {
+                details.push(format!(
+                    "outside probe of {}: {} since {}",
+                    entry.public_url.as_deref().unwrap_or(""),
+                    view.error.as_deref().unwrap_or("failed"),
+                    super::sender::rfc3339(view.failing_since_ms.unwrap_or(view.at_ms))
+                ));
+            }
+            out.push(self.spec(
+                names::HUB_DOWN,
+                entry,
+                severity::PAGE,
+                format!("Hub {where_} is down"),
+                details.join("; "),
+                BTreeMap::new(),
+            ));
+        } else if agent_silent {
+            let description = format!(
+                "No batch from {} for {} (last batch {}){}",
+                status.agent.as_deref().map_or_else(
+                    || "any agent reporting this hub".to_string(),
+                    |a| format!("agent {a}")
+                ),
+                humantime::format_duration(self.settings.agent_silent_after),
+                last_heard.map_or_else(|| "never".to_string(), super::sender::rfc3339),
+                match outside {
+                    Some(v) if v.ok => "; the hub answers from outside".to_string(),
+                    _ if entry.public_url.is_none() => {
+                        "; the hub has no public_url, so whether it is up is unknown".to_string()
+                    }
+                    _ => String::new(),
+                }
+            );
+            out.push(self.spec(
+                names::AGENT_SILENT,
+                entry,
+                severity::TICKET,
+                format!("The agent of hub {where_} is silent"),
+                description,
+                BTreeMap::new(),
+            ));
+        }
+
+        // Certificates: the earliest recent notAfter from either side.
+        let not_after = [status.cert_inside, status.cert_outside]
+            .into_iter()
+            .flatten()
+            .filter(|(_, seen)| now.saturating_sub(*seen) <= CERT_READING_MAX_AGE_MS)
+            .map(|(not_after, _)| not_after)
+            .min();
+        if let Some(not_after) = not_after {
+            let days = (not_after - now) as f64 / DAY_MS;
+            let sev = if days < CERT_PAGE_DAYS {
+                Some(severity::PAGE)
+            } else if days < CERT_TICKET_DAYS {
+                Some(severity::TICKET)
+            } else {
+                None
+            };
+            if let Some(sev) = sev {
+                let mut extra = BTreeMap::new();
+                extra.insert("days_left".to_string(), format!("{days:.1}"));
+                out.push(self.spec(
+                    names::CERTIFICATE_EXPIRING_SOON,
+                    entry,
+                    sev,
+                    format!("The TLS certificate of hub {where_} expires in {days:.1} days"),
+                    format!(
+                        "The certificate's notAfter is {}",
+                        super::sender::rfc3339(not_after)
+                    ),
+                    extra,
+                ));
+            }
+        }
+
+        // Storage: the worst recent volume.
+        let mut worst: Option<(&str, &'static str, String)> = None;
+        for (name, volume) in &status.volumes {
+            if now.saturating_sub(volume.at_ms) > VOLUME_READING_MAX_AGE_MS {
+                continue;
+            }
+            let free = volume.available_ratio;
+            let hours = volume.hours_to_full();
+            let sev = if free < STORAGE_PAGE_FREE
+                || hours.is_some_and(|h| h < STORAGE_PAGE_HOURS_TO_FULL)
+            {
+                severity::PAGE
+            } else if free < STORAGE_TICKET_FREE {
+                severity::TICKET
+            } else {
+                continue;
+            };
+            let text = format!(
+                "volume {name}: {:.1} % free{}",
+                free * 100.0,
+                hours.map_or_else(String::new, |h| format!(
+                    ", full in {h:.1} h at the current rate"
+                ))
+            );
+            let worse = match &worst {
+                None => true,
+                Some((_, s, _)) => *s == severity::TICKET && sev == severity::PAGE,
+            };
+            if worse {
+                worst = Some((name, sev, text));
+            }
+        }
+        if let Some((volume, sev, text)) = worst {
+            let mut extra = BTreeMap::new();
+            extra.insert("volume".to_string(), volume.to_string());
+            out.push(self.spec(
+                names::STORAGE_FILLING_UP,
+                entry,
+                sev,
+                format!("Storage of hub {where_} is filling up"),
+                text,
+                extra,
+            ));
+        }
+    }
+
+    fn spec(
+        &self,
+        alertname: &str,
+        entry: &HubEntry,
+        sev: &str,
+        summary: String,
+        description: String,
+        extra: BTreeMap<String, String>,
+    ) -> AlertSpec {
+        // A tier that does not page (starter) gets tickets only.
+        let sev = if entry.pages { sev } else { severity::TICKET };
+        let labels = BTreeMap::from([
+            (labels::ALERTNAME.to_string(), alertname.to_string()),
+            (labels::MEMBER.to_string(), entry.member.clone()),
+            (labels::HUB.to_string(), entry.hub.clone()),
+            (labels::TIER.to_string(), entry.tier.clone()),
+            (labels::SEVERITY.to_string(), sev.to_string()),
+        ]);
+        let mut annotations = extra;
+        annotations.insert(annotations::SUMMARY.to_string(), summary);
+        annotations.insert(annotations::DESCRIPTION.to_string(), description);
+        annotations.insert(
+            annotations::RUNBOOK_URL.to_string(),
+            runbook_url(&self.settings.runbook_base_url, alertname),
+        );
+        AlertSpec {
+            labels,
+            annotations,
+        }
+    }
+}
+
+impl AlertSource for FleetSource {
+    fn name(&self) -> &str {
+        FLEET_SOURCE_NAME
+    }
+
+    fn evaluate(&self, now_ms: i64) -> Result<Vec<AlertSpec>, EvaluateError> {
+        let fail = |e: StoreError| EvaluateError {
+            source_name: FLEET_SOURCE_NAME.to_string(),
+            reason: e.to_string(),
+        };
+        let mut board = lock(&self.board);
+        self.catch_up(&mut board).map_err(fail)?;
+        let agents = self.agents_last_seen().map_err(fail)?;
+        let mut out = Vec::new();
+        for entry in &self.hubs {
+            let status = board.hubs.get(&(entry.member.clone(), entry.hub.clone()));
+            self.hub_alerts(entry, status, &agents, now_ms, &mut out);
+        }
+        Ok(out)
+    }
+}
+
+/// Folds one batch's records for configured hubs into the board.
+fn absorb(
+    board: &mut Board,
+    configured: &BTreeSet<(&str, &str)>,
+    member: &str,
+    agent: &str,
+    received_ms: i64,
+    records: &[Record],
+) {
+    // (hub, path) → (size, avail, at) for the host's home filesystem.
+    let mut homes: BTreeMap<(String, String), HomeReading> = BTreeMap::new();
+    let mut touched = BTreeSet::new();
+    for record in records {
+        match record {
+            Record::Health(check) => {
+                let Some(hub) = check.hub.as_deref() else {
+                    continue;
+                };
+                if !configured.contains(&(member, hub)) {
+                    continue;
+                }
+                let kind = match check.kind {
+                    CheckKind::HubHealth => "hub_health",
+                    CheckKind::Probe => "probe",
+                    CheckKind::Source | CheckKind::Agent => {
+                        touched.insert(hub.to_string());
+                        continue;
+                    }
+                };
+                let key = (member.to_string(), hub.to_string());
+                let status = board.hubs.entry(key).or_default();
+                let mut view = status.inside.remove(kind);
+                CheckView::update(
+                    &mut view,
+                    CheckView {
+                        ok: check.ok,
+                        at_ms: check.timestamp_ms,
+                        failing_since_ms: None,
+                        status: check.status,
+                        error: check.error.clone(),
+                        latency_us: check.latency_us,
+                    },
+                );
+                if let Some(view) = view {
+                    status.inside.insert(kind.to_string(), view);
+                }
+                if let Some(days) = check.cert_expiry_days.filter(|d| d.is_finite()) {
+                    let not_after = check.timestamp_ms.saturating_add((days * DAY_MS) as i64);
+                    let newer = status
+                        .cert_inside
+                        .is_none_or(|(_, seen)| check.timestamp_ms >= seen);
+                    if newer {
+                        status.cert_inside = Some((not_after, check.timestamp_ms));
+                    }
+                }
+                touched.insert(hub.to_string());
+            }
+            Record::Sample(sample) => {
+                let label = |name: &str| {
+                    sample
+                        .labels
+                        .iter()
+                        .find(|l| l.name == name)
+                        .map(|l| l.value.as_str())
+                };
+                let Some(hub) = label("hub") else {
+                    continue;
+                };
+                if !configured.contains(&(member, hub)) {
+                    continue;
+                }
+                touched.insert(hub.to_string());
+                match sample.name.as_str() {
+                    VOLUME_AVAILABLE_RATIO => {
+                        let claim = label("persistentvolumeclaim").unwrap_or("unnamed");
+                        let key = (member.to_string(), hub.to_string());
+                        board
+                            .hubs
+                            .entry(key)
+                            .or_default()
+                            .volumes
+                            .entry(format!("pvc:{claim}"))
+                            .or_default()
+                            .observe(sample.timestamp_ms, sample.value);
+                    }
+                    HOME_FS_AVAIL_BYTES | HOME_FS_SIZE_BYTES => {
+                        let path = label("path").unwrap_or("home").to_string();
+                        let entry = homes.entry((hub.to_string(), path)).or_insert((
+                            None,
+                            None,
+                            sample.timestamp_ms,
+                        ));
+                        if sample.name == HOME_FS_SIZE_BYTES {
+                            entry.0 = Some(sample.value);
+                        } else {
+                            entry.1 = Some(sample.value);
+                        }
+                        entry.2 = entry.2.max(sample.timestamp_ms);
+                    }
+                    _ => {}
+                }
+            }
+            Record::Usage(event) => {
+                if configured.contains(&(member, event.hub.as_str())) {
+                    touched.insert(event.hub.clone());
+                }
+            }
+        }
+    }
+    for ((hub, path), (size, avail, at)) in homes {
+        if let (Some(size), Some(avail)) = (size, avail)
+            && size > 0.0
+        {
+            board
+                .hubs
+                .entry((member.to_string(), hub))
+                .or_default()
+                .volumes
+                .entry(format!("home:{path}"))
+                .or_default()
+                .observe(at, avail / size);
+        }
+    }
+    for hub in touched {
+        let key = (member.to_string(), hub);
+        let status = board.hubs.entry(key.clone()).or_default();
+        status.agent = Some(agent.to_string());
+        status.last_batch_ms = status.last_batch_ms.max(Some(received_ms));
+        board.dirty.insert(key);
+    }
+}
+
+/// Size and available bytes of a home filesystem, and when read.
+type HomeReading = (Option<f64>, Option<f64>, i64);
+
+/// Whether fleet alerts of this tier may page: the tier's
+/// `page_on_fast_burn` (false for the built-in `starter`, whose alerts are
+/// tickets only); an unknown tier pages unless it is `starter`.
+pub fn tier_pages(cfg: &CollectorConfig, tier: &str) -> bool {
+    cfg.tier(tier)
+        .map_or(tier != "starter", |spec| spec.page_on_fast_burn)
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Shared handle, for the outside prober.
+pub type SharedFleet = Arc<FleetSource>;

@@ -1,0 +1,353 @@
+//! One HTTP(S) request with every step under one deadline, its failure named
+//! by the step it happened in: the client of the Alertmanager sender and of
+//! the outside probes.
+//!
+//! Done by hand (DNS, TCP connect, rustls handshake, one HTTP/1.1 exchange
+//! over hyper's connection API) rather than with a pooled client, so a probe
+//! measures a real connect and can read the peer certificate's expiry, and so
+//! a hung Alertmanager costs exactly one bounded attempt. These clients make a
+//! handful of requests per interval; a fresh connection each time is cheap.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_TYPE, HOST, USER_AGENT};
+use http_body_util::{BodyExt, Full, Limited};
+use hubwatch_shared::wire::FailureKind;
+use hyper_util::rt::TokioIo;
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::timeout_at;
+
+/// Largest response body read; the rest fails the request.
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// Why a client could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientSetupError {
+    /// The CA file cannot be read or holds no certificate.
+    #[error("config key `{key}`: {path}: {reason}")]
+    CaFile {
+        /// The config key naming the file.
+        key: &'static str,
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// rustls refused the configuration.
+    #[error("TLS setup: {0}")]
+    Tls(String),
+}
+
+/// A parsed `http://` or `https://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    https: bool,
+    host: String,
+    port: u16,
+    authority: String,
+    path_and_query: String,
+}
+
+impl Endpoint {
+    /// Parses `url`; the error says why it cannot be used.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let uri: http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            Some(other) => return Err(format!("scheme {other:?} is not http or https")),
+            None => return Err("no scheme (http:// or https://)".to_string()),
+        };
+        let authority = uri.authority().ok_or("no host")?;
+        if authority.as_str().contains('@') {
+            return Err("credentials in the URL are not supported".to_string());
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        if host.is_empty() {
+            return Err("no host".to_string());
+        }
+        Ok(Self {
+            https,
+            host,
+            port: uri.port_u16().unwrap_or(if https { 443 } else { 80 }),
+            authority: authority.as_str().to_string(),
+            path_and_query: uri
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string()),
+        })
+    }
+
+    /// The same server with `path` appended to this URL's path (query dropped).
+    pub fn join(&self, path: &str) -> Self {
+        let base = self.path_and_query.split('?').next().unwrap_or("");
+        Self {
+            path_and_query: format!(
+                "{}/{}",
+                base.trim_end_matches('/'),
+                path.trim_start_matches('/')
+            ),
+            ..self.clone()
+        }
+    }
+
+    /// The URL, rebuilt.
+    pub fn url(&self) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.authority, self.path_and_query)
+    }
+}
+
+/// A complete response, whatever its status.
+#[derive(Debug)]
+pub struct Response {
+    /// HTTP status.
+    pub status: u16,
+    /// The body (at most [`MAX_RESPONSE_BYTES`]).
+    pub body: Bytes,
+    /// From name resolution to the last byte.
+    pub latency: Duration,
+    /// The server certificate's notAfter, Unix ms (`https://` only).
+    pub cert_not_after_ms: Option<i64>,
+}
+
+/// A request that got no complete response.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct RequestError {
+    /// The step that failed.
+    pub kind: FailureKind,
+    /// What happened.
+    pub message: String,
+    /// Time spent before giving up.
+    pub latency: Duration,
+    /// The certificate's notAfter, when the handshake got that far.
+    pub cert_not_after_ms: Option<i64>,
+}
+
+/// TLS trusting the PEM certificates in `ca_file` (config key `key`), or the
+/// webpki roots. Offers only HTTP/1.1 by ALPN.
+pub fn tls_config(
+    ca_file: Option<&Path>,
+    key: &'static str,
+) -> Result<Arc<rustls::ClientConfig>, ClientSetupError> {
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let err = |reason: String| ClientSetupError::CaFile {
+                key,
+                path: path.display().to_string(),
+                reason,
+            };
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| err(e.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| err(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(err("no PEM certificate in the file".to_string()));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| err(e.to_string()))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientSetupError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A request to send.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    /// `GET` or `POST`.
+    pub method: http::Method,
+    /// Where.
+    pub endpoint: &'a Endpoint,
+    /// `(content type, body)` for a POST.
+    pub body: Option<(&'static str, Bytes)>,
+    /// Time allowed from DNS to the last byte.
+    pub timeout: Duration,
+    /// TLS for `https://`.
+    pub tls: &'a Arc<rustls::ClientConfig>,
+}
+
+/// Sends `request`; any complete response is `Ok`, whatever its status.
+pub async fn send(request: Request<'_>) -> Result<Response, RequestError> {
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + request.timeout;
+    let endpoint = request.endpoint;
+    let fail = |kind, message: String, cert| RequestError {
+        kind,
+        message,
+        latency: started.elapsed(),
+        cert_not_after_ms: cert,
+    };
+    let timed_out = |step: &str, cert| {
+        fail(
+            FailureKind::Timeout,
+            format!(
+                "{}: timed out after {} during {step}",
+                endpoint.url(),
+                humantime::format_duration(request.timeout)
+            ),
+            cert,
+        )
+    };
+
+    let lookup = tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port));
+    let addrs: Vec<_> = match timeout_at(deadline, lookup).await {
+        Err(_) => return Err(timed_out("name resolution", None)),
+        Ok(Err(e)) => {
+            let message = format!("cannot resolve {}: {e}", endpoint.host);
+            return Err(fail(FailureKind::Dns, message, None));
+        }
+        Ok(Ok(addrs)) => addrs.collect(),
+    };
+    let mut last_error = format!("{} resolves to no address", endpoint.host);
+    let mut tcp = None;
+    for addr in &addrs {
+        match timeout_at(deadline, TcpStream::connect(addr)).await {
+            Err(_) => return Err(timed_out("connect", None)),
+            Ok(Ok(stream)) => {
+                tcp = Some(stream);
+                break;
+            }
+            Ok(Err(e)) => last_error = format!("connect to {addr}: {e}"),
+        }
+    }
+    let Some(tcp) = tcp else {
+        let kind = if addrs.is_empty() {
+            FailureKind::Dns
+        } else {
+            FailureKind::Connect
+        };
+        return Err(fail(kind, last_error, None));
+    };
+    let _ = tcp.set_nodelay(true);
+
+    let mut cert_not_after_ms = None;
+    let exchanged = if endpoint.https {
+        let server_name = ServerName::try_from(endpoint.host.clone()).map_err(|e| {
+            let message = format!("{:?} is not a valid TLS server name: {e}", endpoint.host);
+            fail(FailureKind::Tls, message, None)
+        })?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::clone(request.tls));
+        let tls = match timeout_at(deadline, connector.connect(server_name, tcp)).await {
+            Err(_) => return Err(timed_out("the TLS handshake", None)),
+            Ok(Err(e)) => {
+                let message = format!("TLS handshake with {}: {e}", endpoint.authority);
+                return Err(fail(FailureKind::Tls, message, None));
+            }
+            Ok(Ok(tls)) => tls,
+        };
+        cert_not_after_ms = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| not_after_ms(leaf.as_ref()));
+        timeout_at(deadline, exchange(tls, &request)).await
+    } else {
+        timeout_at(deadline, exchange(tcp, &request)).await
+    };
+    match exchanged {
+        Err(_) => Err(timed_out("the HTTP exchange", cert_not_after_ms)),
+        Ok(Err((kind, message))) => Err(fail(kind, message, cert_not_after_ms)),
+        Ok(Ok((status, body))) => Ok(Response {
+            status,
+            body,
+            latency: started.elapsed(),
+            cert_not_after_ms,
+        }),
+    }
+}
+
+/// Sends the request over an established stream and reads the whole body.
+async fn exchange<S>(
+    stream: S,
+    request: &Request<'_>,
+) -> Result<(u16, Bytes), (FailureKind, String)>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| (FailureKind::Other, format!("HTTP handshake: {e}")))?;
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let _abort_on_drop = AbortOnDrop(driver);
+
+    let endpoint = request.endpoint;
+    let mut builder = http::Request::builder()
+        .method(request.method.clone())
+        .uri(endpoint.path_and_query.as_str())
+        .header(HOST, endpoint.authority.as_str())
+        .header(
+            USER_AGENT,
+            concat!("hubwatch-collector/", env!("CARGO_PKG_VERSION")),
+        )
+        .header(ACCEPT, "*/*");
+    let body = match &request.body {
+        Some((content_type, body)) => {
+            builder = builder.header(CONTENT_TYPE, *content_type);
+            body.clone()
+        }
+        None => Bytes::new(),
+    };
+    let http_request = builder
+        .body(Full::new(body))
+        .map_err(|e| (FailureKind::Other, format!("building the request: {e}")))?;
+    let response = sender
+        .send_request(http_request)
+        .await
+        .map_err(|e| (FailureKind::Other, format!("HTTP request: {e}")))?;
+    let status = response.status().as_u16();
+    let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+        .collect()
+        .await
+        .map_err(|e| (FailureKind::Parse, format!("reading the body: {e}")))?
+        .to_bytes();
+    Ok((status, body))
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The DER certificate's notAfter as Unix ms.
+pub fn not_after_ms(der: &[u8]) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    cert.validity().not_after.timestamp().checked_mul(1000)
+}
+
+/// The start of a body, lossy UTF-8 without control characters, for errors.
+pub fn quote_body(body: &[u8]) -> String {
+    let cut = &body[..body.len().min(200)];
+    String::from_utf8_lossy(cut)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .trim()
+        .to_string()
+}

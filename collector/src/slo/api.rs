@@ -1,0 +1,113 @@
+//! The SLO engine's outside: the `GET /api/v1/slo` body and the
+//! `hubwatch_slo_*` gauges on `/metrics`.
+//!
+//! Values that do not exist (no data in a window) are `null` in JSON and
+//! absent from `/metrics` (the series is removed), never 0.
+
+use serde_json::{Map, Value, json};
+
+use super::engine::{ObjectiveStatus, window_text};
+use super::sli::DeriveStats;
+use super::windows::WINDOW_NAMES;
+use crate::telemetry::CollectorMetrics;
+
+fn number(value: Option<f64>) -> Value {
+    value
+        .filter(|v| v.is_finite())
+        .and_then(serde_json::Number::from_f64)
+        .map_or(Value::Null, Value::Number)
+}
+
+/// One objective as a JSON object.
+pub fn objective_json(o: &ObjectiveStatus) -> Value {
+    let burn_rates: Map<String, Value> = WINDOW_NAMES
+        .iter()
+        .zip(o.burn_rates)
+        .map(|(name, rate)| ((*name).to_string(), number(rate)))
+        .collect();
+    json!({
+        "member": o.member,
+        "hub": o.hub,
+        "tier": o.tier,
+        "slo": o.slo.as_str(),
+        "target": o.target,
+        "window": window_text(o.window),
+        "report_period": o.report_period.as_str(),
+        "sli": number(o.sli),
+        "error_budget_remaining": number(o.error_budget_remaining),
+        "events": o.events,
+        "burn_rates": burn_rates,
+    })
+}
+
+/// `{"objectives":[...]}`, only `member`'s rows when given.
+pub fn objectives_json(objectives: &[ObjectiveStatus], member: Option<&str>) -> Value {
+    let rows: Vec<Value> = objectives
+        .iter()
+        .filter(|o| member.is_none_or(|m| m == o.member))
+        .map(objective_json)
+        .collect();
+    json!({ "objectives": rows })
+}
+
+/// Sets the `hubwatch_slo_*` gauges from `objectives`; series without data are removed.
+pub fn update_metrics(metrics: &CollectorMetrics, objectives: &[ObjectiveStatus]) {
+    for o in objectives {
+        let labels = [
+            o.member.as_str(),
+            o.hub.as_str(),
+            o.tier.as_str(),
+            o.slo.as_str(),
+        ];
+        metrics.slo_target.with_label_values(&labels).set(o.target);
+        set_or_remove(&metrics.slo_sli, &labels, o.sli);
+        set_or_remove(
+            &metrics.slo_budget_remaining,
+            &labels,
+            o.error_budget_remaining,
+        );
+        for (window, rate) in WINDOW_NAMES.iter().zip(o.burn_rates) {
+            let labels = [
+                o.member.as_str(),
+                o.hub.as_str(),
+                o.tier.as_str(),
+                o.slo.as_str(),
+                window,
+            ];
+            set_or_remove(&metrics.slo_burn_rate, &labels, rate);
+        }
+    }
+}
+
+fn set_or_remove(gauge: &prometheus::GaugeVec, labels: &[&str], value: Option<f64>) {
+    match value.filter(|v| v.is_finite()) {
+        Some(v) => gauge.with_label_values(labels).set(v),
+        // Absent until the first value: removing an unknown series is fine.
+        None => {
+            let _ = gauge.remove_label_values(labels);
+        }
+    }
+}
+
+/// Counts a derivation pass in `hubwatch_slo_derived_batches_total` and
+/// `hubwatch_slo_skipped_records_total`.
+pub fn count_derivation(metrics: &CollectorMetrics, stats: &DeriveStats) {
+    let batches = &metrics.slo_derived_batches;
+    batches.with_label_values(&["ok"]).inc_by(stats.batches_ok);
+    batches
+        .with_label_values(&["undecodable"])
+        .inc_by(stats.undecodable);
+    batches
+        .with_label_values(&["expired"])
+        .inc_by(stats.expired);
+    let skipped = &metrics.slo_skipped_records;
+    skipped
+        .with_label_values(&["future"])
+        .inc_by(stats.skipped_future);
+    skipped
+        .with_label_values(&["out_of_order"])
+        .inc_by(stats.skipped_out_of_order);
+    skipped
+        .with_label_values(&["invalid_time"])
+        .inc_by(stats.skipped_invalid_time);
+}

@@ -1,0 +1,340 @@
+//! Per-hub SLI sums over the burn-rate windows and the tier window, in
+//! bounded memory.
+//!
+//! A hub keeps three rings of buckets, each bucket tagged with the time slot
+//! it holds (a slot is reused only by a newer one, so late data never
+//! overwrites newer data and a clock that jumps cannot mix periods):
+//!
+//! | ring | slot | slots | serves |
+//! |---|---|---|---|
+//! | minutes | 1 min | 360 | 5m, 30m, 1h, 2h, 6h |
+//! | tens | 10 min | 432 | 1d, 3d |
+//! | hours | 1 h | tier window in hours (720 for 30 d) | error budget |
+//!
+//! A window ending at `now` covers the slots whose start lies in
+//! `[now − window, now)`, found from the slot holding `now − 1 ms` backwards;
+//! the 1d and 3d windows are thus exact to 10 minutes at their far edge and
+//! the budget window to one hour. Each bucket is 28 bytes, so a hub with a
+//! 30-day window holds (360 + 432 + 720) × 28 ≈ 41 KiB, and evaluating it
+//! reads ~1,500 buckets (nested windows are summed in one pass).
+//!
+//! Values are applied as signed contributions (after − before of a minute
+//! row), so a minute that turns from good to bad when more probes arrive
+//! moves one unit from good to bad.
+
+use std::time::Duration;
+
+use super::sli::{MINUTE_MS, MinuteAvailability, MinuteCounts};
+
+#[cfg(test)]
+mod tests;
+
+/// Minute windows served by the minute ring, in minutes (5m … 6h).
+pub const MINUTE_WINDOWS: [usize; 5] = [5, 30, 60, 120, 360];
+/// Windows served by the ten-minute ring, in ten-minute slots (1d, 3d).
+pub const TEN_MINUTE_WINDOWS: [usize; 2] = [144, 432];
+/// Every burn-rate window, in seconds, in the order of [`WINDOW_NAMES`].
+pub const WINDOW_SECS: [u64; 7] = [300, 1800, 3600, 7200, 21_600, 86_400, 259_200];
+/// Names of the burn-rate windows (`/api/v1/slo` keys and the `window` label).
+pub const WINDOW_NAMES: [&str; 7] = ["5m", "30m", "1h", "2h", "6h", "1d", "3d"];
+
+/// Sums over some period.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sums {
+    /// Minutes whose probes all succeeded.
+    pub avail_good: u64,
+    /// Minutes in which a probe failed.
+    pub avail_bad: u64,
+    /// Successful spawns.
+    pub spawn_ok: u64,
+    /// Failed spawns.
+    pub spawn_failed: u64,
+    /// Successful spawns under 120 s.
+    pub spawn_fast: u64,
+    /// Successful spawns in the histogram (`le="+Inf"`).
+    pub spawn_timed: u64,
+}
+
+impl Sums {
+    fn add_bucket(&mut self, b: &Bucket) {
+        self.avail_good += u64::from(b.avail_good);
+        self.avail_bad += u64::from(b.avail_bad);
+        self.spawn_ok += u64::from(b.spawn_ok);
+        self.spawn_failed += u64::from(b.spawn_failed);
+        self.spawn_fast += u64::from(b.spawn_fast);
+        self.spawn_timed += u64::from(b.spawn_timed);
+    }
+}
+
+/// Signed change of one minute's contribution.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Contribution {
+    avail_good: i64,
+    avail_bad: i64,
+    spawn_ok: i64,
+    spawn_failed: i64,
+    spawn_fast: i64,
+    spawn_timed: i64,
+}
+
+impl Contribution {
+    fn of(counts: &MinuteCounts) -> Self {
+        let (good, bad) = match counts.availability() {
+            MinuteAvailability::NoData => (0, 0),
+            MinuteAvailability::Good => (1, 0),
+            MinuteAvailability::Bad => (0, 1),
+        };
+        let signed = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        Self {
+            avail_good: good,
+            avail_bad: bad,
+            spawn_ok: signed(counts.spawn_ok),
+            spawn_failed: signed(counts.spawn_failed),
+            spawn_fast: signed(counts.spawn_fast),
+            spawn_timed: signed(counts.spawn_timed),
+        }
+    }
+
+    /// `after − before`.
+    pub fn between(before: &MinuteCounts, after: &MinuteCounts) -> Self {
+        let (a, b) = (Self::of(after), Self::of(before));
+        Self {
+            avail_good: a.avail_good.saturating_sub(b.avail_good),
+            avail_bad: a.avail_bad.saturating_sub(b.avail_bad),
+            spawn_ok: a.spawn_ok.saturating_sub(b.spawn_ok),
+            spawn_failed: a.spawn_failed.saturating_sub(b.spawn_failed),
+            spawn_fast: a.spawn_fast.saturating_sub(b.spawn_fast),
+            spawn_timed: a.spawn_timed.saturating_sub(b.spawn_timed),
+        }
+    }
+
+    fn is_zero(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// One slot's sums; `tag` is the slot number + 1 (0 = empty).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Bucket {
+    tag: u32,
+    avail_good: u32,
+    avail_bad: u32,
+    spawn_ok: u32,
+    spawn_failed: u32,
+    spawn_fast: u32,
+    spawn_timed: u32,
+}
+
+fn apply_signed(value: &mut u32, delta: i64) {
+    let next = i64::from(*value).saturating_add(delta);
+    *value = u32::try_from(next.clamp(0, i64::from(u32::MAX))).unwrap_or(u32::MAX);
+}
+
+/// A ring of buckets of `width_minutes` each.
+#[derive(Debug, Clone)]
+struct Ring {
+    width_ms: i64,
+    buckets: Vec<Bucket>,
+}
+
+impl Ring {
+    fn new(width_minutes: i64, slots: usize) -> Self {
+        Self {
+            width_ms: width_minutes * MINUTE_MS,
+            buckets: vec![Bucket::default(); slots.max(1)],
+        }
+    }
+
+    /// Slot number of the slot holding `ms`.
+    fn slot_of_ms(&self, ms: i64) -> i64 {
+        ms.div_euclid(self.width_ms)
+    }
+
+    /// Tag of a slot number; `None` for slots outside what a tag can hold
+    /// (before 1970 or after year ~10,000 for minutes), which are ignored.
+    fn tag(slot: i64) -> Option<u32> {
+        u32::try_from(slot.checked_add(1)?).ok().filter(|t| *t > 0)
+    }
+
+    fn index(&self, slot: i64) -> usize {
+        let len = i64::try_from(self.buckets.len()).unwrap_or(i64::MAX);
+        usize::try_from(slot.rem_euclid(len)).unwrap_or(0)
+    }
+
+    fn add(&mut self, minute: i64, c: &Contribution) {
+        let slot = self.slot_of_ms(minute.saturating_mul(MINUTE_MS));
+        let Some(tag) = Self::tag(slot) else {
+            return;
+        };
+        let index = self.index(slot);
+        let bucket = &mut self.buckets[index];
+        if bucket.tag > tag {
+            // A newer slot lives here: this minute is older than the ring.
+            return;
+        }
+        if bucket.tag < tag {
+            *bucket = Bucket {
+                tag,
+                ..Bucket::default()
+            };
+        }
+        apply_signed(&mut bucket.avail_good, c.avail_good);
+        apply_signed(&mut bucket.avail_bad, c.avail_bad);
+        apply_signed(&mut bucket.spawn_ok, c.spawn_ok);
+        apply_signed(&mut bucket.spawn_failed, c.spawn_failed);
+        apply_signed(&mut bucket.spawn_fast, c.spawn_fast);
+        apply_signed(&mut bucket.spawn_timed, c.spawn_timed);
+    }
+
+    /// Sums of the last `lengths[i]` slots ending with the slot holding
+    /// `now_ms − 1`, for nested (ascending) lengths, in one pass.
+    fn nested_sums<const N: usize>(&self, now_ms: i64, lengths: [usize; N]) -> [Sums; N] {
+        let mut out = [Sums::default(); N];
+        let last = self.slot_of_ms(now_ms.saturating_sub(1));
+        let longest = lengths
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .min(self.buckets.len());
+        let mut running = Sums::default();
+        let mut next = 0;
+        for back in 0..longest {
+            let slot = last - i64::try_from(back).unwrap_or(i64::MAX);
+            if let Some(tag) = Self::tag(slot) {
+                let bucket = &self.buckets[self.index(slot)];
+                if bucket.tag == tag {
+                    running.add_bucket(bucket);
+                }
+            }
+            while next < N && lengths[next] == back + 1 {
+                out[next] = running;
+                next += 1;
+            }
+        }
+        while next < N {
+            out[next] = running;
+            next += 1;
+        }
+        out
+    }
+
+    fn bytes(&self) -> usize {
+        self.buckets.capacity() * std::mem::size_of::<Bucket>()
+    }
+}
+
+/// Every window's sums for one hub at one instant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WindowSums {
+    /// The burn-rate windows, in the order of [`WINDOW_NAMES`].
+    pub windows: [Sums; 7],
+    /// The tier window (error budget).
+    pub budget: Sums,
+}
+
+/// One hub's SLI state: the three rings and when data was last seen.
+#[derive(Debug, Clone)]
+pub struct HubSli {
+    minutes: Ring,
+    tens: Ring,
+    hours: Ring,
+    budget_hours: usize,
+    last_probe_minute: Option<i64>,
+    last_metrics_minute: Option<i64>,
+}
+
+impl HubSli {
+    /// Empty state for a hub whose tier window is `window`.
+    pub fn new(window: Duration) -> Self {
+        let budget_hours = usize::try_from(window.as_secs().div_ceil(3600))
+            .unwrap_or(usize::MAX)
+            .max(1);
+        Self {
+            minutes: Ring::new(1, MINUTE_WINDOWS[4]),
+            tens: Ring::new(10, TEN_MINUTE_WINDOWS[1]),
+            hours: Ring::new(60, budget_hours),
+            budget_hours,
+            last_probe_minute: None,
+            last_metrics_minute: None,
+        }
+    }
+
+    /// Applies a minute row's change.
+    pub fn apply(&mut self, minute: i64, before: &MinuteCounts, after: &MinuteCounts) {
+        if after.availability() != MinuteAvailability::NoData {
+            self.last_probe_minute = Some(self.last_probe_minute.map_or(minute, |m| m.max(minute)));
+        }
+        if after.has_metrics() {
+            self.last_metrics_minute =
+                Some(self.last_metrics_minute.map_or(minute, |m| m.max(minute)));
+        }
+        let c = Contribution::between(before, after);
+        if c.is_zero() {
+            return;
+        }
+        self.minutes.add(minute, &c);
+        self.tens.add(minute, &c);
+        self.hours.add(minute, &c);
+    }
+
+    /// Sums of every window ending at `now_ms`.
+    pub fn sums(&self, now_ms: i64) -> WindowSums {
+        let [m5, m30, h1, h2, h6] = self.minutes.nested_sums(now_ms, MINUTE_WINDOWS);
+        let [d1, d3] = self.tens.nested_sums(now_ms, TEN_MINUTE_WINDOWS);
+        let [budget] = self.hours.nested_sums(now_ms, [self.budget_hours]);
+        WindowSums {
+            windows: [m5, m30, h1, h2, h6, d1, d3],
+            budget,
+        }
+    }
+
+    /// Sums of the last `minutes` minutes (at most 360) ending at `now_ms`.
+    pub fn recent(&self, now_ms: i64, minutes: usize) -> Sums {
+        let [sums] = self.minutes.nested_sums(now_ms, [minutes]);
+        sums
+    }
+
+    /// The sums of the latest minute (within the last `max_minutes`, at most
+    /// 360, ending at `now_ms`) for which `has_events` holds.
+    pub fn latest_minute_with(
+        &self,
+        now_ms: i64,
+        max_minutes: usize,
+        has_events: impl Fn(&Sums) -> bool,
+    ) -> Option<Sums> {
+        let ring = &self.minutes;
+        let last = ring.slot_of_ms(now_ms.saturating_sub(1));
+        for back in 0..max_minutes.min(ring.buckets.len()) {
+            let slot = last - i64::try_from(back).unwrap_or(i64::MAX);
+            let Some(tag) = Ring::tag(slot) else {
+                continue;
+            };
+            let bucket = &ring.buckets[ring.index(slot)];
+            if bucket.tag != tag {
+                continue;
+            }
+            let mut sums = Sums::default();
+            sums.add_bucket(bucket);
+            if has_events(&sums) {
+                return Some(sums);
+            }
+        }
+        None
+    }
+
+    /// The latest minute with a probe result, if any.
+    pub fn last_probe_minute(&self) -> Option<i64> {
+        self.last_probe_minute
+    }
+
+    /// The latest minute in which the hub's metrics were scraped, if any.
+    pub fn last_metrics_minute(&self) -> Option<i64> {
+        self.last_metrics_minute
+    }
+
+    /// Heap bytes held.
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.minutes.bytes() + self.tens.bytes() + self.hours.bytes()
+    }
+}
