@@ -247,6 +247,8 @@ pub struct PruneReport {
     pub deleted_batches: u64,
     /// Batch keys (rows) deleted for being older than the dedupe horizon.
     pub deleted_keys: u64,
+    /// Per-hub SLI minutes deleted for being older than `sli_retention`.
+    pub deleted_sli_minutes: u64,
 }
 
 /// How long a batch's `(agent, seq)` key is kept after its frame is gone:
@@ -267,6 +269,7 @@ struct WriterShared {
 struct Inner {
     path: PathBuf,
     raw_retention: Duration,
+    sli_retention: Duration,
     sender: Option<mpsc::Sender<WriterCommand>>,
     writer: Option<JoinHandle<()>>,
     idle: Mutex<Vec<Connection>>,
@@ -365,6 +368,7 @@ impl Store {
             inner: Arc::new(Inner {
                 path,
                 raw_retention: cfg.raw_retention,
+                sli_retention: cfg.sli_retention,
                 sender: Some(sender),
                 writer: Some(writer),
                 idle: Mutex::new(Vec::new()),
@@ -485,8 +489,9 @@ impl Store {
     }
 
     /// Applies retention as of `now_ms`: drops frames received before
-    /// `now_ms - raw_retention` (keeping their `(agent, seq)` key) and deletes
-    /// keys received before `now_ms - dedupe_horizon(raw_retention)`. Works in
+    /// `now_ms - raw_retention` (keeping their `(agent, seq)` key), deletes
+    /// keys received before `now_ms - dedupe_horizon(raw_retention)`, and SLI
+    /// minutes older than `now_ms - sli_retention`. Works in
     /// transactions of [`PRUNE_CHUNK_ROWS`] rows and pauses between them so the
     /// writer thread's commits are not held up. Blocking: call it from a
     /// blocking thread (`spawn_blocking`).
@@ -512,15 +517,28 @@ impl Store {
             key_cutoff,
             chunk,
         )?;
+        // `minute` is Unix minutes: the minute's start is minute × 60,000 ms.
+        let sli_cutoff_minute = now_ms
+            .saturating_sub(duration_ms(self.inner.sli_retention))
+            .div_euclid(60_000);
+        let deleted_sli_minutes = self.in_chunks(
+            "deleting old SLI minutes",
+            "DELETE FROM sli_minutes WHERE (member, hub, minute) IN (
+                 SELECT member, hub, minute FROM sli_minutes WHERE minute < ?1 LIMIT ?2)",
+            sli_cutoff_minute,
+            chunk,
+        )?;
         let report = PruneReport {
             deleted_batches,
             deleted_keys,
+            deleted_sli_minutes,
         };
         if report != PruneReport::default() {
             tracing::info!(
                 path = %self.inner.path.display(),
                 deleted_batches,
                 deleted_keys,
+                deleted_sli_minutes,
                 "retention applied"
             );
         }

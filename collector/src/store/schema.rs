@@ -92,7 +92,7 @@ pub const MIGRATIONS: &[&str] = &[
         hub_samples    INTEGER NOT NULL DEFAULT 0,  -- jupyterhub_* samples: metrics were scraped
         PRIMARY KEY (member, hub, minute)
     ) WITHOUT ROWID;
-    -- Loading the last window at start.
+    -- Loading the last window at start; retention past storage.sli_retention.
     CREATE INDEX sli_minutes_by_minute ON sli_minutes (minute);
 
     -- The last value of each spawn counter series per hub, so deltas survive

@@ -18,6 +18,7 @@ fn config(dir: &Path) -> StorageConfig {
     StorageConfig {
         path: dir.join("store"),
         raw_retention: Duration::from_secs(48 * 3600),
+        ..StorageConfig::default()
     }
 }
 
@@ -521,7 +522,8 @@ async fn prune_drops_old_frames_but_keeps_dedupe() -> anyhow::Result<()> {
         report,
         PruneReport {
             deleted_batches: old_count,
-            deleted_keys: 0
+            deleted_keys: 0,
+            deleted_sli_minutes: 0
         }
     );
     assert_eq!(store.raw_batch_count()?, 5);
@@ -686,5 +688,38 @@ async fn the_wal_is_checkpointed_in_the_background() -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok(())
+}
+
+#[test]
+fn prune_deletes_sli_minutes_past_their_retention() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut cfg = config(dir.path());
+    cfg.sli_retention = Duration::from_secs(40 * 24 * 3600);
+    let store = Store::open(&cfg)?;
+    let now_minute = NOW_MS / 60_000;
+    let minutes = [
+        now_minute - 41 * 24 * 60, // past retention
+        now_minute - 40 * 24 * 60 - 1,
+        now_minute - 39 * 24 * 60, // kept
+        now_minute,
+    ];
+    store.write_with("test rows", |tx| {
+        for minute in minutes {
+            tx.execute(
+                "INSERT INTO sli_minutes (member, hub, minute, probes_ok) VALUES ('m', 'h', ?1, 1)",
+                [minute],
+            )?;
+        }
+        Ok(())
+    })?;
+    let report = store.prune(NOW_MS)?;
+    assert_eq!(report.deleted_sli_minutes, 2, "{report:?}");
+    let left: Vec<i64> = store.read_with("test read", |conn| {
+        let mut stmt = conn.prepare("SELECT minute FROM sli_minutes ORDER BY minute")?;
+        let rows = stmt.query_map([], |row| row.get(0))?;
+        rows.collect()
+    })?;
+    assert_eq!(left, vec![minutes[2], minutes[3]]);
     Ok(())
 }

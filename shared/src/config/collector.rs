@@ -163,6 +163,10 @@ pub struct StorageConfig {
     /// What is derived from them is kept long-term.
     #[serde(with = "humantime_serde")]
     pub raw_retention: Duration,
+    /// How long per-hub per-minute SLI counts are kept: at least every tier's
+    /// window; the default also keeps the previous calendar month for reports.
+    #[serde(with = "humantime_serde")]
+    pub sli_retention: Duration,
 }
 
 impl Default for StorageConfig {
@@ -170,6 +174,7 @@ impl Default for StorageConfig {
         Self {
             path: PathBuf::from("./hubwatch-data"),
             raw_retention: Duration::from_secs(48 * 3600),
+            sli_retention: Duration::from_secs(65 * 24 * 3600),
         }
     }
 }
@@ -264,6 +269,22 @@ impl Validate for CollectorConfig {
         }
         self.alerting.validate()?;
         validate_tiers(&self.tiers)?;
+        if let Some(tier) = self
+            .resolved_tiers()
+            .into_iter()
+            .find(|t| t.window > self.storage.sli_retention)
+        {
+            return Err(ConfigError::invalid(
+                "storage.sli_retention",
+                format!(
+                    "{} is shorter than tier {:?}'s window of {}: its error budget would be \
+                     computed over deleted minutes",
+                    humantime::format_duration(self.storage.sli_retention),
+                    tier.name,
+                    humantime::format_duration(tier.window)
+                ),
+            ));
+        }
         for (i, am) in self.alertmanagers.iter().enumerate() {
             check_http_url(&format!("alertmanagers[{i}].url"), &am.url)?;
         }

@@ -319,3 +319,10 @@ fn alerting_checks_name_their_key() {
     let cfg: CollectorConfig = load("", &env).expect("valid");
     assert_eq!(cfg.alerting.evaluation_interval, Duration::from_secs(2));
 }
+
+#[test]
+fn sli_retention_must_cover_every_tier_window() {
+    let err = load::<CollectorConfig>("[storage]\nsli_retention = \"10days\"", &HashMap::new())
+        .expect_err("10 days is shorter than the 30-day tier windows");
+    assert!(err.to_string().contains("storage.sli_retention"), "{err}");
+}
