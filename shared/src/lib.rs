@@ -10,4 +10,5 @@
 pub mod codec;
 pub mod config;
 pub mod metrics;
+pub mod url;
 pub mod wire;

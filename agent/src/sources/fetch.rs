@@ -52,76 +52,8 @@ pub enum FetchSetupError {
     Tls(String),
 }
 
-/// A parsed `http://` or `https://` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    https: bool,
-    /// Host without IPv6 brackets, for DNS and the TLS server name.
-    host: String,
-    port: u16,
-    /// `host[:port]` as written, for the `Host` header.
-    authority: String,
-    path_and_query: String,
-}
-
-impl Target {
-    /// Parses `url`; the error says why it cannot be fetched.
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let uri: http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
-        let https = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            Some(other) => return Err(format!("scheme {other:?} is not http or https")),
-            None => return Err("no scheme (http:// or https://)".to_string()),
-        };
-        let authority = uri.authority().ok_or("no host")?;
-        if authority.as_str().contains('@') {
-            return Err("credentials in the URL are not supported".to_string());
-        }
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        if host.is_empty() {
-            return Err("no host".to_string());
-        }
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let path_and_query = uri
-            .path_and_query()
-            .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string());
-        Ok(Self {
-            https,
-            host,
-            port,
-            authority: authority.as_str().to_string(),
-            path_and_query,
-        })
-    }
-
-    /// The same server with another path (and query), e.g. `/api/v1/query?...`
-    /// under a base URL's own path prefix.
-    pub fn join(&self, path_and_query: &str) -> Self {
-        let base = self.path_and_query.split('?').next().unwrap_or("");
-        let base = base.trim_end_matches('/');
-        let rest = path_and_query.trim_start_matches('/');
-        Self {
-            path_and_query: format!("{base}/{rest}"),
-            ..self.clone()
-        }
-    }
-
-    /// Whether this is an `https://` URL.
-    pub fn is_https(&self) -> bool {
-        self.https
-    }
-
-    /// The URL, rebuilt.
-    pub fn url(&self) -> String {
-        let scheme = if self.https { "https" } else { "http" };
-        format!("{scheme}://{}{}", self.authority, self.path_and_query)
-    }
-}
+/// A parsed `http://` or `https://` URL (shared with the other binary).
+pub use hubwatch_shared::url::HttpTarget as Target;
 
 /// How to fetch: the deadline for all steps, the body cap, and the TLS roots.
 #[derive(Debug, Clone)]
@@ -232,7 +164,7 @@ pub async fn get(
 
     let addrs: Vec<_> = match timeout_at(
         deadline,
-        tokio::net::lookup_host((target.host.as_str(), target.port)),
+        tokio::net::lookup_host((target.host(), target.port())),
     )
     .await
     {
@@ -240,7 +172,7 @@ pub async fn get(
         Ok(Err(e)) => {
             return Err(fail(
                 FailureKind::Dns,
-                format!("cannot resolve {}: {e}", target.host),
+                format!("cannot resolve {}: {e}", target.host()),
                 None,
             ));
         }
@@ -249,7 +181,7 @@ pub async fn get(
     if addrs.is_empty() {
         return Err(fail(
             FailureKind::Dns,
-            format!("{} resolves to no address", target.host),
+            format!("{} resolves to no address", target.host()),
             None,
         ));
     }
@@ -275,11 +207,11 @@ pub async fn get(
     };
     let _ = tcp.set_nodelay(true);
 
-    let exchange = if target.https {
-        let server_name = ServerName::try_from(target.host.clone()).map_err(|e| {
+    let exchange = if target.is_https() {
+        let server_name = ServerName::try_from(target.host().to_string()).map_err(|e| {
             fail(
                 FailureKind::Tls,
-                format!("{:?} is not a valid TLS server name: {e}", target.host),
+                format!("{:?} is not a valid TLS server name: {e}", target.host()),
                 None,
             )
         })?;
@@ -344,8 +276,8 @@ where
 
     let mut request = http::Request::builder()
         .method(http::Method::GET)
-        .uri(target.path_and_query.as_str())
-        .header(HOST, target.authority.as_str())
+        .uri(target.path_and_query())
+        .header(HOST, target.authority())
         .header(
             USER_AGENT,
             concat!("hubwatch-agent/", env!("CARGO_PKG_VERSION")),

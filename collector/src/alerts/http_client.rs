@@ -45,68 +45,8 @@ pub enum ClientSetupError {
     Tls(String),
 }
 
-/// A parsed `http://` or `https://` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    https: bool,
-    host: String,
-    port: u16,
-    authority: String,
-    path_and_query: String,
-}
-
-impl Endpoint {
-    /// Parses `url`; the error says why it cannot be used.
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let uri: http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
-        let https = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            Some(other) => return Err(format!("scheme {other:?} is not http or https")),
-            None => return Err("no scheme (http:// or https://)".to_string()),
-        };
-        let authority = uri.authority().ok_or("no host")?;
-        if authority.as_str().contains('@') {
-            return Err("credentials in the URL are not supported".to_string());
-        }
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        if host.is_empty() {
-            return Err("no host".to_string());
-        }
-        Ok(Self {
-            https,
-            host,
-            port: uri.port_u16().unwrap_or(if https { 443 } else { 80 }),
-            authority: authority.as_str().to_string(),
-            path_and_query: uri
-                .path_and_query()
-                .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string()),
-        })
-    }
-
-    /// The same server with `path` appended to this URL's path (query dropped).
-    pub fn join(&self, path: &str) -> Self {
-        let base = self.path_and_query.split('?').next().unwrap_or("");
-        Self {
-            path_and_query: format!(
-                "{}/{}",
-                base.trim_end_matches('/'),
-                path.trim_start_matches('/')
-            ),
-            ..self.clone()
-        }
-    }
-
-    /// The URL, rebuilt.
-    pub fn url(&self) -> String {
-        let scheme = if self.https { "https" } else { "http" };
-        format!("{scheme}://{}{}", self.authority, self.path_and_query)
-    }
-}
+/// A parsed `http://` or `https://` URL (shared with the other binary).
+pub use hubwatch_shared::url::HttpTarget as Endpoint;
 
 /// A complete response, whatever its status.
 #[derive(Debug)]
@@ -210,16 +150,16 @@ pub async fn send(request: Request<'_>) -> Result<Response, RequestError> {
         )
     };
 
-    let lookup = tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port));
+    let lookup = tokio::net::lookup_host((endpoint.host(), endpoint.port()));
     let addrs: Vec<_> = match timeout_at(deadline, lookup).await {
         Err(_) => return Err(timed_out("name resolution", None)),
         Ok(Err(e)) => {
-            let message = format!("cannot resolve {}: {e}", endpoint.host);
+            let message = format!("cannot resolve {}: {e}", endpoint.host());
             return Err(fail(FailureKind::Dns, message, None));
         }
         Ok(Ok(addrs)) => addrs.collect(),
     };
-    let mut last_error = format!("{} resolves to no address", endpoint.host);
+    let mut last_error = format!("{} resolves to no address", endpoint.host());
     let mut tcp = None;
     for addr in &addrs {
         match timeout_at(deadline, TcpStream::connect(addr)).await {
@@ -242,16 +182,16 @@ pub async fn send(request: Request<'_>) -> Result<Response, RequestError> {
     let _ = tcp.set_nodelay(true);
 
     let mut cert_not_after_ms = None;
-    let exchanged = if endpoint.https {
-        let server_name = ServerName::try_from(endpoint.host.clone()).map_err(|e| {
-            let message = format!("{:?} is not a valid TLS server name: {e}", endpoint.host);
+    let exchanged = if endpoint.is_https() {
+        let server_name = ServerName::try_from(endpoint.host().to_string()).map_err(|e| {
+            let message = format!("{:?} is not a valid TLS server name: {e}", endpoint.host());
             fail(FailureKind::Tls, message, None)
         })?;
         let connector = tokio_rustls::TlsConnector::from(Arc::clone(request.tls));
         let tls = match timeout_at(deadline, connector.connect(server_name, tcp)).await {
             Err(_) => return Err(timed_out("the TLS handshake", None)),
             Ok(Err(e)) => {
-                let message = format!("TLS handshake with {}: {e}", endpoint.authority);
+                let message = format!("TLS handshake with {}: {e}", endpoint.authority());
                 return Err(fail(FailureKind::Tls, message, None));
             }
             Ok(Ok(tls)) => tls,
@@ -297,8 +237,8 @@ where
     let endpoint = request.endpoint;
     let mut builder = http::Request::builder()
         .method(request.method.clone())
-        .uri(endpoint.path_and_query.as_str())
-        .header(HOST, endpoint.authority.as_str())
+        .uri(endpoint.path_and_query())
+        .header(HOST, endpoint.authority())
         .header(
             USER_AGENT,
             concat!("hubwatch-collector/", env!("CARGO_PKG_VERSION")),

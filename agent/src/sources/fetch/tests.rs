@@ -368,14 +368,14 @@ async fn a_body_over_the_cap_fails() {
 fn targets_parse_and_join() {
     let t = Target::parse("https://[::1]:9443/prom/").expect("url");
     assert!(t.is_https());
-    assert_eq!(t.host, "::1");
-    assert_eq!(t.port, 9443);
+    assert_eq!(t.host(), "::1");
+    assert_eq!(t.port(), 9443);
     assert_eq!(
         t.join("/api/v1/query?q=1").url(),
         "https://[::1]:9443/prom/api/v1/query?q=1"
     );
     let t = Target::parse("http://hub.example.org").expect("url");
-    assert_eq!(t.port, 80);
+    assert_eq!(t.port(), 80);
     assert_eq!(t.url(), "http://hub.example.org/");
     assert!(Target::parse("ftp://x/").is_err());
     assert!(Target::parse("http://user:pw@x/").is_err());
