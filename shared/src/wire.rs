@@ -146,6 +146,34 @@ pub struct HealthCheck {
     pub timestamp_ms: i64,
 }
 
+impl HealthCheck {
+    /// A check of a source's own reading (a hub API, a query, a scrape, a
+    /// file): `failure` holds the failed step and the reason.
+    pub fn source(
+        target: impl Into<String>,
+        hub: Option<String>,
+        ok: bool,
+        status: Option<u16>,
+        latency: std::time::Duration,
+        failure: Option<(FailureKind, String)>,
+        timestamp_ms: i64,
+    ) -> Self {
+        let (failure, error) = failure.map_or((None, None), |(kind, e)| (Some(kind), Some(e)));
+        Self {
+            target: target.into(),
+            hub,
+            kind: CheckKind::Source,
+            ok,
+            status,
+            latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+            failure,
+            error,
+            cert_expiry_days: None,
+            timestamp_ms,
+        }
+    }
+}
+
 /// A change in a user's server, seen by the agent on a hub.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UsageEvent {

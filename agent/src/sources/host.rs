@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, TryLockError};
 
 use hubwatch_shared::config::HostConfig;
-use hubwatch_shared::wire::{CheckKind, FailureKind, HealthCheck, Label, Record, Sample};
+use hubwatch_shared::wire::{FailureKind, HealthCheck, Label, Record, Sample};
 use sysinfo::{CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, Networks, System};
 
 use super::{CollectFuture, Source, SourceError, now_ms};
@@ -248,18 +248,15 @@ impl HostState {
                 Err(e) => {
                     let error = format!("home_path {}: {e}", home.path.display());
                     tracing::warn!(%error, "cannot read the home filesystem");
-                    out.records.push(Record::Health(HealthCheck {
-                        target: HOME_HEALTH_TARGET.to_string(),
-                        hub: home.hub.clone(),
-                        kind: CheckKind::Source,
-                        ok: false,
-                        status: None,
-                        latency_us: 0,
-                        failure: Some(FailureKind::Other),
-                        error: Some(error),
-                        cert_expiry_days: None,
-                        timestamp_ms: ts,
-                    }));
+                    out.records.push(Record::Health(HealthCheck::source(
+                        HOME_HEALTH_TARGET,
+                        home.hub.clone(),
+                        false,
+                        None,
+                        std::time::Duration::ZERO,
+                        Some((FailureKind::Other, error)),
+                        ts,
+                    )));
                 }
             }
         }

@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hubwatch_shared::wire::{CheckKind, FailureKind, HealthCheck, Record};
+use hubwatch_shared::wire::{FailureKind, HealthCheck, Record};
 
 pub mod fetch;
 pub mod host;
@@ -147,18 +147,15 @@ pub fn source_failure(
     elapsed: Duration,
     timestamp_ms: i64,
 ) -> Record {
-    Record::Health(HealthCheck {
-        target: source.to_string(),
-        hub: None,
-        kind: CheckKind::Source,
-        ok: false,
-        status: None,
-        latency_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-        failure: Some(failure),
-        error: Some(reason),
-        cert_expiry_days: None,
+    Record::Health(HealthCheck::source(
+        source,
+        None,
+        false,
+        None,
+        elapsed,
+        Some((failure, reason)),
         timestamp_ms,
-    })
+    ))
 }
 
 /// Now as Unix milliseconds (0 if the clock is before 1970).

@@ -26,8 +26,7 @@ use http::HeaderMap;
 use http::header::AUTHORIZATION;
 use hubwatch_shared::config::PrometheusSourceConfig;
 use hubwatch_shared::wire::{
-    CheckKind, FailureKind, HealthCheck, Label, Record, ResourceSnapshot, Sample, UsageEvent,
-    UsageKind,
+    FailureKind, HealthCheck, Label, Record, ResourceSnapshot, Sample, UsageEvent, UsageKind,
 };
 use serde::Deserialize;
 
@@ -631,33 +630,29 @@ fn query_health(
     outcome: Result<(u16, Duration, Vec<String>), QueryFailure>,
 ) -> Record {
     let target = format!("{HEALTH_TARGET_PREFIX}{}", spec.name);
-    let (ok, status, latency, failure, error) = match outcome {
+    let (ok, status, latency, failure) = match outcome {
         Ok((status, latency, warnings)) => {
             for warning in warnings {
                 tracing::debug!(query = %spec.name, %warning, "prometheus query warning");
             }
-            (true, Some(status), latency, None, None)
+            (true, Some(status), latency, None)
         }
         Err(f) => (
             false,
             f.status,
             f.latency,
-            Some(f.kind),
-            Some(format!("query {}: {}", spec.name, f.message)),
+            Some((f.kind, format!("query {}: {}", spec.name, f.message))),
         ),
     };
-    Record::Health(HealthCheck {
+    Record::Health(HealthCheck::source(
         target,
-        hub: None,
-        kind: CheckKind::Source,
+        None,
         ok,
         status,
-        latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+        latency,
         failure,
-        error,
-        cert_expiry_days: None,
         timestamp_ms,
-    })
+    ))
 }
 
 fn unix_seconds() -> f64 {

@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
 use hubwatch_shared::config::ScrapeConfig;
-use hubwatch_shared::wire::{CheckKind, FailureKind, HealthCheck, Label, Record, Sample};
+use hubwatch_shared::wire::{FailureKind, HealthCheck, Label, Record, Sample};
 use prometheus::{IntCounter, IntCounterVec};
 
 use super::fetch::{self, FetchOptions, FetchSetupError, Target};
@@ -158,22 +158,15 @@ impl ScrapeSource {
         failure: Option<(FailureKind, String)>,
         ok: bool,
     ) -> Record {
-        let (failure, error) = match failure {
-            Some((kind, error)) => (Some(kind), Some(error)),
-            None => (None, None),
-        };
-        Record::Health(HealthCheck {
-            target: self.source_name.clone(),
-            hub: self.hub.clone(),
-            kind: CheckKind::Source,
+        Record::Health(HealthCheck::source(
+            self.source_name.clone(),
+            self.hub.clone(),
             ok,
             status,
-            latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+            latency,
             failure,
-            error,
-            cert_expiry_days: None,
             timestamp_ms,
-        })
+        ))
     }
 }
 

@@ -436,22 +436,19 @@ impl JupyterHubSource {
         result: Result<(StatusCode, Duration), Failure>,
         now: i64,
     ) -> Record {
-        let (ok, status, latency, failure, error) = match result {
-            Ok((status, latency)) => (true, Some(status.as_u16()), latency, None, None),
-            Err(f) => (false, f.status, f.latency, Some(f.kind), Some(f.reason)),
+        let (ok, status, latency, failure) = match result {
+            Ok((status, latency)) => (true, Some(status.as_u16()), latency, None),
+            Err(f) => (false, f.status, f.latency, Some((f.kind, f.reason))),
         };
-        Record::Health(HealthCheck {
-            target: target.to_string(),
-            hub: Some(self.hub.clone()),
-            kind: CheckKind::Source,
+        Record::Health(HealthCheck::source(
+            target,
+            Some(self.hub.clone()),
             ok,
             status,
-            latency_us: micros(latency),
+            latency,
             failure,
-            error,
-            cert_expiry_days: None,
-            timestamp_ms: now,
-        })
+            now,
+        ))
     }
 
     fn gauge(&self, name: &str, mut labels: Vec<Label>, value: f64, now: i64) -> Record {
