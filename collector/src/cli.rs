@@ -306,12 +306,40 @@ fn serve(cfg: &CollectorConfig) -> Result<(), CliError> {
                 .await
                 .map_err(|e| CliError::Server(ServerError::Task(e.to_string())))??
         };
+        // Retention keeps every frame until the pipeline says which its
+        // stages have consumed.
+        store.set_retention_hold(Some(0));
         let metrics = crate::telemetry::CollectorMetrics::new();
         let clock: crate::clock::SharedClock = std::sync::Arc::new(crate::clock::SystemClock);
-        let slo = crate::slo::start(cfg, store.clone(), clock, metrics.clone()).await?;
+        let slo = crate::slo::start(cfg, store.clone(), clock.clone(), metrics.clone()).await?;
         let running =
             server::start_with_slo(cfg.clone(), store.clone(), metrics, Some(slo.view())).await?;
-        let alerting = start_alerting(cfg, store, &running.metrics, &slo).await?;
+        let pipeline_status = std::sync::Arc::new(crate::pipeline::PipelineStatus::default());
+        let alerting =
+            start_alerting(cfg, store.clone(), &running.metrics, &slo, &pipeline_status).await?;
+        let pipeline = {
+            let (store, metrics) = (store.clone(), running.metrics.clone());
+            let stages: Vec<Box<dyn crate::pipeline::Stage>> = vec![
+                Box::new(slo.stage(metrics.clone())?),
+                Box::new(alerting.fleet().stage()),
+            ];
+            tokio::task::spawn_blocking(move || {
+                crate::pipeline::Pipeline::open_with_status(
+                    std::sync::Arc::new(store),
+                    stages,
+                    crate::pipeline::PipelineSettings::default(),
+                    pipeline_status,
+                )
+                .map(|p| p.with_metrics(metrics))
+            })
+            .await
+            .map_err(|e| CliError::Server(ServerError::Task(e.to_string())))??
+        };
+        let (stop_pipeline, pipeline_stopped) = tokio::sync::oneshot::channel::<()>();
+        let pipeline_task =
+            tokio::spawn(crate::pipeline::drive(pipeline, store, clock, async move {
+                let _ = pipeline_stopped.await;
+            }));
         tracing::info!(
             listen = %running.local_addr,
             tls = on_off(cfg.server.tls_enabled()),
@@ -320,6 +348,10 @@ fn serve(cfg: &CollectorConfig) -> Result<(), CliError> {
             "hubwatch-collector serving"
         );
         running.wait().await;
+        let _ = stop_pipeline.send(());
+        if let Err(e) = pipeline_task.await {
+            tracing::error!(error = %e, "derivation pipeline task failed");
+        }
         alerting.shutdown();
         tracing::info!("hubwatch-collector stopped");
         Ok(())
@@ -334,9 +366,17 @@ async fn start_alerting(
     store: Store,
     metrics: &crate::telemetry::CollectorMetrics,
     slo: &crate::slo::SloHandle,
+    pipeline: &std::sync::Arc<crate::pipeline::PipelineStatus>,
 ) -> Result<crate::alerts::AlertingHandle, CliError> {
     let clock: crate::clock::SharedClock = std::sync::Arc::new(crate::clock::SystemClock);
-    let sources: Vec<std::sync::Arc<dyn crate::alerts::AlertSource>> = vec![slo.engine()];
+    let sources: Vec<std::sync::Arc<dyn crate::alerts::AlertSource>> = vec![
+        slo.engine(),
+        std::sync::Arc::new(crate::pipeline::alerts::DerivationAlerts::new(
+            std::sync::Arc::clone(pipeline),
+            cfg.alerting.derivation_behind_after,
+            &cfg.alerting.runbook_base_url,
+        )),
+    ];
     let observers = vec![slo.outside_probe_observer()];
     Ok(
         crate::alerts::start_alerting(cfg, store, clock, metrics.clone(), sources, observers)

@@ -10,6 +10,7 @@ pub mod alerts;
 pub mod auth;
 pub mod cli;
 pub mod clock;
+pub mod pipeline;
 pub mod server;
 pub mod slo;
 pub mod store;

@@ -69,8 +69,16 @@ pub struct CollectorMetrics {
     pub slo_burn_rate: GaugeVec,
     /// Time one SLO evaluation round took.
     pub slo_evaluation_seconds: Histogram,
-    /// Raw batches the SLI derivation consumed, by result.
-    pub slo_derived_batches: IntCounterVec,
+    /// Raw batches each derivation stage consumed, by stage and result.
+    pub stage_batches: IntCounterVec,
+    /// Raw batches after each stage's watermark.
+    pub stage_lag_batches: IntGaugeVec,
+    /// Age of the oldest batch each stage has not derived, seconds.
+    pub stage_lag_seconds: GaugeVec,
+    /// Stage commits that failed, by stage.
+    pub stage_commit_failures: IntCounterVec,
+    /// Frames past raw_retention held for a stage.
+    pub retention_held: IntGauge,
     /// Records the SLI derivation ignored, by reason.
     pub slo_skipped_records: IntCounterVec,
 }
@@ -116,7 +124,11 @@ impl CollectorMetrics {
             slo_budget_remaining: metrics::SLO_BUDGET_REMAINING.gauge_vec(r),
             slo_burn_rate: metrics::SLO_BURN_RATE.gauge_vec(r),
             slo_evaluation_seconds: metrics::SLO_EVALUATION_SECONDS.histogram(r),
-            slo_derived_batches: metrics::SLO_DERIVED_BATCHES.counter_vec(r),
+            stage_batches: metrics::COLLECTOR_STAGE_BATCHES.counter_vec(r),
+            stage_lag_batches: metrics::COLLECTOR_STAGE_LAG_BATCHES.int_gauge_vec(r),
+            stage_lag_seconds: metrics::COLLECTOR_STAGE_LAG_SECONDS.gauge_vec(r),
+            stage_commit_failures: metrics::COLLECTOR_STAGE_COMMIT_FAILURES.counter_vec(r),
+            retention_held: metrics::COLLECTOR_RETENTION_HELD.int_gauge(r),
             slo_skipped_records: metrics::SLO_SKIPPED_RECORDS.counter_vec(r),
             registry,
         }

@@ -150,6 +150,16 @@ metrics! {
     COLLECTOR_ALERTMANAGER_SEND_FAILURES = (Collector, Counter, "hubwatch_collector_alertmanager_send_failures_total", ["alertmanager"], "POSTs of alerts that failed (unreachable, timeout, non-2xx); retried with capped backoff.");
     /// Outside probe results.
     COLLECTOR_OUTSIDE_PROBES = (Collector, Counter, "hubwatch_collector_outside_probes_total", ["member", "hub", "result"], "The collector's own probes of a hub's public_url /hub/health, by result ok or failed.");
+    /// Derivation pipeline: batches each stage consumed.
+    COLLECTOR_STAGE_BATCHES = (Collector, Counter, "hubwatch_collector_stage_batches_total", ["stage", "result"], "Raw batches each derivation stage consumed, by result: processed, quarantined (undecodable or the stage's derivation failed; set aside, see table quarantine), expired (retention dropped the frame first: lost to that stage).");
+    /// Derivation pipeline: lag in batches.
+    COLLECTOR_STAGE_LAG_BATCHES = (Collector, Gauge, "hubwatch_collector_stage_lag_batches", ["stage"], "Raw batches stored after the stage's watermark (not yet derived by it).");
+    /// Derivation pipeline: lag in seconds.
+    COLLECTOR_STAGE_LAG_SECONDS = (Collector, Gauge, "hubwatch_collector_stage_lag_seconds", ["stage"], "Age of the oldest raw batch the stage has not derived yet (0 when caught up).");
+    /// Derivation pipeline: failed commits.
+    COLLECTOR_STAGE_COMMIT_FAILURES = (Collector, Counter, "hubwatch_collector_stage_commit_failures_total", ["stage"], "Stage commits (derived rows and cursor in one transaction) that failed; the page is derived again next round.");
+    /// Retention held back for a stage.
+    COLLECTOR_RETENTION_HELD = (Collector, Gauge, "hubwatch_collector_retention_held_batches", [], "Raw batches past raw_retention kept because a derivation stage has not consumed them yet (dropped anyway past raw_retention_max).");
 
     /// SLO target per objective.
     SLO_TARGET = (Collector, Gauge, "hubwatch_slo_target_ratio", ["member", "hub", "tier", "slo"], "The objective's target (e.g. 0.995), from the hub's tier.");
@@ -161,8 +171,6 @@ metrics! {
     SLO_BURN_RATE = (Collector, Gauge, "hubwatch_slo_burn_rate", ["member", "hub", "tier", "slo", "window"], "Error ratio over the window divided by the error budget (1 - target), for windows 5m, 30m, 1h, 2h, 6h, 1d, 3d; absent while the window has no data.");
     /// Evaluation cost.
     SLO_EVALUATION_SECONDS = (Collector, Histogram, "hubwatch_slo_evaluation_duration_seconds", [], "Time one evaluation of every objective took.", LATENCY_BUCKETS);
-    /// SLI derivation.
-    SLO_DERIVED_BATCHES = (Collector, Counter, "hubwatch_slo_derived_batches_total", ["result"], "Raw batches the SLI derivation consumed: ok, undecodable (skipped), expired (frame past raw_retention, skipped).");
     /// Records skipped by SLI derivation.
     SLO_SKIPPED_RECORDS = (Collector, Counter, "hubwatch_slo_skipped_records_total", ["reason"], "Records the SLI derivation ignored: future (timestamp more than 10 minutes ahead of the clock), out_of_order (a counter sample older than the last one), invalid_time.");
 }

@@ -1,16 +1,17 @@
 //! Fleet alerts: `HubDown`, `AgentSilent`, `CertificateExpiringSoon` and
 //! `StorageFillingUp`, one [`AlertSource`] over every configured hub.
 //!
-//! **Hub status.** Each evaluation first catches up on the raw batch log
-//! after its own derive cursor (`derive_cursors('alerts.hub_status')`),
-//! decoding each frame and folding what concerns a configured hub into that
-//! hub's [`HubStatus`]: the latest inside check per kind (`HubHealth`,
+//! **Hub status.** [`HubStatusStage`], a pipeline stage over the raw batch
+//! log (cursor `alerts.hub_status`), folds what concerns a configured hub into
+//! that hub's [`HubStatus`]: the latest inside check per kind (`HubHealth`,
 //! `Probe`, by the record's own timestamp, so a late backlog never overwrites
 //! newer news), which agent reports the hub, certificate expiry and volume
-//! free space. Results of the collector's own outside probes are queued by
-//! [`FleetSource::record_outside_probe`] and folded in at the same point. The
-//! changed statuses and the cursor are written in one transaction (table
-//! `hub_status`), so a restart resumes where it was and re-reads nothing.
+//! free space. It writes the changed statuses and its cursor in one
+//! transaction through [`store::HubStatusStore`] (table `hub_status`), then
+//! shows them to the [`FleetSource`], so a restart resumes where it was and
+//! re-reads nothing. Results of the collector's own outside probes go
+//! straight into the shared board ([`FleetSource::record_outside_probe`]) and
+//! are saved at the next evaluation.
 //!
 //! **Rules** (thresholds in the constants below; `docs/runbooks.md` explains
 //! each alert):
@@ -37,26 +38,25 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hubwatch_shared::config::CollectorConfig;
-use hubwatch_shared::wire::{CheckKind, Record};
-use rusqlite::params;
+use hubwatch_shared::wire::{Batch, CheckKind, Record};
 use serde::{Deserialize, Serialize};
 
 use super::{AlertSource, AlertSpec, EvaluateError, annotations, labels, runbook_url, severity};
 use crate::clock::SharedClock;
-use crate::store::{Store, StoreError};
+use crate::pipeline::{CursorUpdate, Stage, StageFailure, lock};
+use crate::store::{Store, StoreError, StoredBatch};
+
+pub mod store;
 
 #[cfg(test)]
 mod tests;
 
+use store::{HubKey, HubStatusStore, SqliteHubStatus};
+
 /// The fleet source's name.
 pub const FLEET_SOURCE_NAME: &str = "fleet";
-/// Its derive cursor in `derive_cursors`.
+/// Its stage's derive cursor in `derive_cursors`.
 pub const DERIVE_CURSOR: &str = "alerts.hub_status";
-/// Batches read per store query while catching up.
-const CATCH_UP_PAGE: usize = 500;
-/// Most batches folded in one evaluation (the rest next round), so a huge
-/// backlog cannot stall alerting.
-const CATCH_UP_MAX_PER_ROUND: usize = 20_000;
 
 /// Sample: available fraction of a shared volume (home NFS, hub database),
 /// labels `hub`, `persistentvolumeclaim` (the agent's Prometheus source).
@@ -262,21 +262,22 @@ struct HubEntry {
     public_url: Option<String>,
 }
 
+/// Every configured hub's status as durable (plus outside results not saved yet).
 #[derive(Debug, Default)]
 struct Board {
-    cursor: i64,
-    hubs: BTreeMap<(String, String), HubStatus>,
-    dirty: BTreeSet<(String, String)>,
+    hubs: BTreeMap<HubKey, HubStatus>,
+    /// Hubs whose outside view changed since the last save.
+    dirty: BTreeSet<HubKey>,
 }
 
 /// The fleet checks, an [`AlertSource`].
 pub struct FleetSource {
     store: Store,
+    hub_store: Arc<dyn HubStatusStore>,
     settings: FleetSettings,
     hubs: Vec<HubEntry>,
     started_at_ms: i64,
-    board: Mutex<Board>,
-    outside_queue: Mutex<Vec<OutsideProbeResult>>,
+    board: Arc<Mutex<Board>>,
 }
 
 impl std::fmt::Debug for FleetSource {
@@ -310,46 +311,64 @@ impl FleetSource {
                 })
             })
             .collect();
-        let cursor = store.derive_cursor(DERIVE_CURSOR)?;
-        let rows = store.read_with("loading hub status", |conn| {
-            let mut statement =
-                conn.prepare_cached("SELECT member, hub, status FROM hub_status")?;
-            let rows = statement.query_map([], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                ))
-            })?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-        })?;
-        let mut board = Board {
-            cursor,
-            ..Board::default()
+        let hub_store: Arc<dyn HubStatusStore> = Arc::new(SqliteHubStatus::new(store.clone()));
+        let board = Board {
+            hubs: hub_store.load()?.into_iter().collect(),
+            dirty: BTreeSet::new(),
         };
-        for (member, hub, status) in rows {
-            match serde_json::from_str::<HubStatus>(&status) {
-                Ok(status) => {
-                    board.hubs.insert((member, hub), status);
-                }
-                Err(e) => {
-                    tracing::warn!(member, hub, error = %e, "unreadable hub status row skipped")
-                }
-            }
-        }
         Ok(Self {
             store,
+            hub_store,
             settings,
             hubs,
             started_at_ms: clock.now_ms(),
-            board: Mutex::new(board),
-            outside_queue: Mutex::new(Vec::new()),
+            board: Arc::new(Mutex::new(board)),
         })
     }
 
-    /// Queues an outside probe result; folded in at the next evaluation.
+    /// The pipeline stage that keeps this source's hub status (one per
+    /// pipeline).
+    pub fn stage(&self) -> HubStatusStage {
+        HubStatusStage {
+            board: Arc::clone(&self.board),
+            store: Arc::clone(&self.hub_store),
+            configured: self
+                .hubs
+                .iter()
+                .map(|h| (h.member.clone(), h.hub.clone()))
+                .collect(),
+            pending: BTreeMap::new(),
+        }
+    }
+
+    /// Folds in an outside probe result of a configured hub; saved at the next
+    /// evaluation.
     pub fn record_outside_probe(&self, result: OutsideProbeResult) {
-        lock(&self.outside_queue).push(result);
+        let configured = self
+            .hubs
+            .iter()
+            .any(|h| h.member == result.member && h.hub == result.hub);
+        if !configured {
+            return;
+        }
+        let key = (result.member.clone(), result.hub.clone());
+        let mut board = lock(&self.board);
+        let status = board.hubs.entry(key.clone()).or_default();
+        CheckView::update(
+            &mut status.outside,
+            CheckView {
+                ok: result.ok,
+                at_ms: result.at_ms,
+                failing_since_ms: None,
+                status: result.status,
+                error: result.error,
+                latency_us: result.latency_us,
+            },
+        );
+        if let Some(not_after) = result.cert_not_after_ms {
+            status.cert_outside = Some((not_after, result.at_ms));
+        }
+        board.dirty.insert(key);
     }
 
     /// A copy of one hub's status (tests, diagnostics).
@@ -360,94 +379,17 @@ impl FleetSource {
             .cloned()
     }
 
-    /// Reads new batches and queued outside results into the board and
-    /// persists what changed with the cursor. Blocking.
-    fn catch_up(&self, board: &mut Board) -> Result<(), StoreError> {
-        let configured: BTreeSet<(&str, &str)> = self
-            .hubs
-            .iter()
-            .map(|h| (h.member.as_str(), h.hub.as_str()))
-            .collect();
-        for result in std::mem::take(&mut *lock(&self.outside_queue)) {
-            if !configured.contains(&(result.member.as_str(), result.hub.as_str())) {
-                continue;
-            }
-            let key = (result.member.clone(), result.hub.clone());
-            let status = board.hubs.entry(key.clone()).or_default();
-            CheckView::update(
-                &mut status.outside,
-                CheckView {
-                    ok: result.ok,
-                    at_ms: result.at_ms,
-                    failing_since_ms: None,
-                    status: result.status,
-                    error: result.error,
-                    latency_us: result.latency_us,
-                },
-            );
-            if let Some(not_after) = result.cert_not_after_ms {
-                status.cert_outside = Some((not_after, result.at_ms));
-            }
-            board.dirty.insert(key);
-        }
-        let mut cursor = board.cursor;
-        let mut read = 0usize;
-        while read < CATCH_UP_MAX_PER_ROUND {
-            let page = self.store.batches_after(cursor, CATCH_UP_PAGE)?;
-            let Some(last) = page.last() else {
-                break;
-            };
-            cursor = last.id;
-            read += page.len();
-            for stored in &page {
-                let Some(frame) = &stored.frame else {
-                    continue;
-                };
-                match hubwatch_shared::codec::decode(frame) {
-                    Ok(batch) => absorb(
-                        board,
-                        &configured,
-                        &stored.member,
-                        &stored.agent,
-                        stored.received_ms,
-                        &batch.records,
-                    ),
-                    Err(e) => {
-                        tracing::warn!(batch_id = stored.id, agent = %stored.agent, error = %e, "stored batch does not decode; skipped by the fleet checks")
-                    }
-                }
-            }
-            if page.len() < CATCH_UP_PAGE {
-                break;
-            }
-        }
-        if cursor == board.cursor && board.dirty.is_empty() {
+    /// Saves the hubs whose outside view changed since the last save.
+    fn save_outside(&self, board: &mut Board) -> Result<(), StoreError> {
+        if board.dirty.is_empty() {
             return Ok(());
         }
-        let rows: Vec<(&(String, String), String)> = board
+        let rows: Vec<(&HubKey, &HubStatus)> = board
             .dirty
             .iter()
-            .filter_map(|key| {
-                let status = board.hubs.get(key)?;
-                serde_json::to_string(status).ok().map(|json| (key, json))
-            })
+            .filter_map(|key| board.hubs.get(key).map(|status| (key, status)))
             .collect();
-        self.store.write_with("saving hub status", |tx| {
-            let mut upsert = tx.prepare_cached(
-                "INSERT INTO hub_status (member, hub, status) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (member, hub) DO UPDATE SET status = ?3",
-            )?;
-            for ((member, hub), json) in &rows {
-                upsert.execute(params![member, hub, json])?;
-            }
-            tx.execute(
-                "INSERT INTO derive_cursors (name, last_id) VALUES (?1, ?2)
-                 ON CONFLICT (name) DO UPDATE SET last_id = ?2",
-                params![DERIVE_CURSOR, cursor],
-            )?;
-            Ok(())
-        })?;
-        board.cursor = cursor;
+        self.hub_store.save(&rows, None)?;
         board.dirty.clear();
         Ok(())
     }
@@ -690,9 +632,9 @@ impl AlertSource for FleetSource {
             source_name: FLEET_SOURCE_NAME.to_string(),
             reason: e.to_string(),
         };
-        let mut board = lock(&self.board);
-        self.catch_up(&mut board).map_err(fail)?;
         let agents = self.agents_last_seen().map_err(fail)?;
+        let mut board = lock(&self.board);
+        self.save_outside(&mut board).map_err(fail)?;
         let mut out = Vec::new();
         for entry in &self.hubs {
             let status = board.hubs.get(&(entry.member.clone(), entry.hub.clone()));
@@ -702,15 +644,98 @@ impl AlertSource for FleetSource {
     }
 }
 
-/// Folds one batch's records for configured hubs into the board.
+/// The hub-status stage: see the module docs.
+pub struct HubStatusStage {
+    board: Arc<Mutex<Board>>,
+    store: Arc<dyn HubStatusStore>,
+    configured: BTreeSet<HubKey>,
+    /// Statuses this page changed (copied from the board on first touch).
+    pending: BTreeMap<HubKey, HubStatus>,
+}
+
+impl std::fmt::Debug for HubStatusStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubStatusStage").finish_non_exhaustive()
+    }
+}
+
+impl Stage for HubStatusStage {
+    fn name(&self) -> &'static str {
+        DERIVE_CURSOR
+    }
+
+    fn derive(
+        &mut self,
+        stored: &StoredBatch,
+        batch: &Batch,
+        _now_ms: i64,
+    ) -> Result<(), StageFailure> {
+        let board = lock(&self.board);
+        let mut page = Page {
+            board: &board.hubs,
+            pending: &mut self.pending,
+        };
+        absorb(
+            &mut page,
+            &self.configured,
+            &stored.member,
+            &stored.agent,
+            stored.received_ms,
+            &batch.records,
+        );
+        Ok(())
+    }
+
+    fn commit(&mut self, update: &CursorUpdate<'_>) -> Result<(), StoreError> {
+        let mut board = lock(&self.board);
+        // The outside view may have moved on since this page copied a status:
+        // the board's is the newer one.
+        for (key, status) in &mut self.pending {
+            if let Some(current) = board.hubs.get(key) {
+                status.outside.clone_from(&current.outside);
+                status.cert_outside = current.cert_outside;
+            }
+        }
+        let rows: Vec<(&HubKey, &HubStatus)> = self.pending.iter().collect();
+        self.store.save(&rows, Some(update))?;
+        for (key, status) in std::mem::take(&mut self.pending) {
+            board.dirty.remove(&key);
+            board.hubs.insert(key, status);
+        }
+        Ok(())
+    }
+
+    fn discard(&mut self) {
+        self.pending.clear();
+    }
+}
+
+/// The board as one page sees it: its own changes over the durable statuses.
+struct Page<'a> {
+    board: &'a BTreeMap<HubKey, HubStatus>,
+    pending: &'a mut BTreeMap<HubKey, HubStatus>,
+}
+
+impl Page<'_> {
+    fn status(&mut self, member: &str, hub: &str) -> &mut HubStatus {
+        let key = (member.to_string(), hub.to_string());
+        let board = self.board;
+        self.pending
+            .entry(key)
+            .or_insert_with_key(|key| board.get(key).cloned().unwrap_or_default())
+    }
+}
+
+/// Folds one batch's records for configured hubs into the page.
 fn absorb(
-    board: &mut Board,
-    configured: &BTreeSet<(&str, &str)>,
+    page: &mut Page<'_>,
+    configured: &BTreeSet<HubKey>,
     member: &str,
     agent: &str,
     received_ms: i64,
     records: &[Record],
 ) {
+    let is_configured = |hub: &str| configured.contains(&(member.to_string(), hub.to_string()));
     // (hub, path) → (size, avail, at) for the host's home filesystem.
     let mut homes: BTreeMap<(String, String), HomeReading> = BTreeMap::new();
     let mut touched = BTreeSet::new();
@@ -720,7 +745,7 @@ fn absorb(
                 let Some(hub) = check.hub.as_deref() else {
                     continue;
                 };
-                if !configured.contains(&(member, hub)) {
+                if !is_configured(hub) {
                     continue;
                 }
                 let kind = match check.kind {
@@ -731,8 +756,7 @@ fn absorb(
                         continue;
                     }
                 };
-                let key = (member.to_string(), hub.to_string());
-                let status = board.hubs.entry(key).or_default();
+                let status = page.status(member, hub);
                 let mut view = status.inside.remove(kind);
                 CheckView::update(
                     &mut view,
@@ -770,18 +794,14 @@ fn absorb(
                 let Some(hub) = label("hub") else {
                     continue;
                 };
-                if !configured.contains(&(member, hub)) {
+                if !is_configured(hub) {
                     continue;
                 }
                 touched.insert(hub.to_string());
                 match sample.name.as_str() {
                     VOLUME_AVAILABLE_RATIO => {
                         let claim = label("persistentvolumeclaim").unwrap_or("unnamed");
-                        let key = (member.to_string(), hub.to_string());
-                        board
-                            .hubs
-                            .entry(key)
-                            .or_default()
+                        page.status(member, hub)
                             .volumes
                             .entry(format!("pvc:{claim}"))
                             .or_default()
@@ -805,7 +825,7 @@ fn absorb(
                 }
             }
             Record::Usage(event) => {
-                if configured.contains(&(member, event.hub.as_str())) {
+                if is_configured(&event.hub) {
                     touched.insert(event.hub.clone());
                 }
             }
@@ -815,10 +835,7 @@ fn absorb(
         if let (Some(size), Some(avail)) = (size, avail)
             && size > 0.0
         {
-            board
-                .hubs
-                .entry((member.to_string(), hub))
-                .or_default()
+            page.status(member, &hub)
                 .volumes
                 .entry(format!("home:{path}"))
                 .or_default()
@@ -826,11 +843,9 @@ fn absorb(
         }
     }
     for hub in touched {
-        let key = (member.to_string(), hub);
-        let status = board.hubs.entry(key.clone()).or_default();
+        let status = page.status(member, &hub);
         status.agent = Some(agent.to_string());
         status.last_batch_ms = status.last_batch_ms.max(Some(received_ms));
-        board.dirty.insert(key);
     }
 }
 
@@ -847,12 +862,6 @@ pub fn tier_pages(cfg: &CollectorConfig, tier: &str) -> bool {
 
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Shared handle, for the outside prober.

@@ -89,17 +89,9 @@ fn set_or_remove(gauge: &prometheus::GaugeVec, labels: &[&str], value: Option<f6
     }
 }
 
-/// Counts a derivation pass in `hubwatch_slo_derived_batches_total` and
-/// `hubwatch_slo_skipped_records_total`.
-pub fn count_derivation(metrics: &CollectorMetrics, stats: &DeriveStats) {
-    let batches = &metrics.slo_derived_batches;
-    batches.with_label_values(&["ok"]).inc_by(stats.batches_ok);
-    batches
-        .with_label_values(&["undecodable"])
-        .inc_by(stats.undecodable);
-    batches
-        .with_label_values(&["expired"])
-        .inc_by(stats.expired);
+/// Counts what the SLI stage skipped into `hubwatch_slo_skipped_records_total`
+/// (batches it consumed are counted by the pipeline's stage metrics).
+pub fn count_skipped(metrics: &CollectorMetrics, stats: &DeriveStats) {
     let skipped = &metrics.slo_skipped_records;
     skipped
         .with_label_values(&["future"])

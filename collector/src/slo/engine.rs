@@ -45,10 +45,9 @@ use std::time::Duration;
 use hubwatch_shared::config::{
     BURN_RATE_PAIRS, BurnRatePair, BurnSeverity, ReportPeriod, SloKind, TierSpec,
 };
-use rusqlite::{Connection, params};
 
 use super::objectives::SloSettings;
-use super::sli::{MINUTE_MS, MinuteChange, MinuteCounts, row_counts_at};
+use super::sli::{MINUTE_MS, MinuteChange, MinuteCounts};
 use super::windows::{HubSli, MINUTE_WINDOWS, Sums, WINDOW_SECS, WindowSums};
 use crate::alerts::{AlertSource, AlertSpec, EvaluateError};
 
@@ -277,35 +276,29 @@ impl SloEngine {
     /// `now_ms` from `sli_minutes`, so a restart neither resets budgets nor
     /// changes burn rates. Call once, on an empty engine, before applying
     /// new changes. Returns the rows read.
-    pub fn load(&self, conn: &Connection, now_ms: i64) -> rusqlite::Result<u64> {
+    pub fn load(
+        &self,
+        store: &dyn super::store::SliStore,
+        now_ms: i64,
+    ) -> Result<u64, crate::store::StoreError> {
         let window_ms = i64::try_from(self.longest_window().as_millis()).unwrap_or(i64::MAX);
         let from_minute = now_ms
             .saturating_sub(window_ms)
             .saturating_sub(3600 * 1000)
             .div_euclid(MINUTE_MS);
-        let mut statement = conn.prepare(
-            "SELECT member, hub, minute, probes_ok, probes_failed, outside_ok, outside_failed,
-                    spawn_ok, spawn_failed, spawn_fast, hub_samples, spawn_timed
-             FROM sli_minutes WHERE minute >= ?1",
-        )?;
-        let mut rows = statement.query(params![from_minute])?;
         let mut state = self.lock();
         let mut key = (String::new(), String::new());
-        let mut read = 0u64;
-        while let Some(row) = rows.next()? {
-            read += 1;
-            key.0 = row.get(0)?;
-            key.1 = row.get(1)?;
-            let Some(&index) = state.index.get(&key) else {
-                continue;
-            };
-            let minute: i64 = row.get(2)?;
-            let counts = row_counts_at(row, 3)?;
-            state.hubs[index]
-                .sli
-                .apply(minute, &MinuteCounts::default(), &counts);
-        }
-        Ok(read)
+        store.for_each_minute(from_minute, &mut |member, hub, minute, counts| {
+            key.0.clear();
+            key.0.push_str(member);
+            key.1.clear();
+            key.1.push_str(hub);
+            if let Some(&index) = state.index.get(&key) {
+                state.hubs[index]
+                    .sli
+                    .apply(minute, &MinuteCounts::default(), counts);
+            }
+        })
     }
 
     /// Logs a clock that jumped since the last evaluation and remembers `now_ms`.

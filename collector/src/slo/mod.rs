@@ -1,9 +1,12 @@
 //! Service-level objectives per hub: tiers → SLIs → burn rates → alerts.
 //!
 //! - [`objectives`]: which hubs have which targets (tiers from the config).
-//! - [`sli`]: derivation of per-hub, per-minute counts (`sli_minutes`) from
-//!   the raw batch log, exactly once (results and derive cursor in one
-//!   transaction), and from the collector's outside probes.
+//! - [`sli`]: derivation of per-hub, per-minute counts from batches and from
+//!   the collector's outside probes, in memory ([`sli::SliPage`]).
+//! - [`stage`]: the SLI stage the pipeline runs over the raw batch log,
+//!   exactly once (minutes, counters and cursor in one transaction).
+//! - [`store`]: the feature's persistence seam ([`store::SliStore`]) and its
+//!   SQLite implementation.
 //! - [`windows`]: the in-memory rolling sums per hub (bounded, ~41 KiB per hub
 //!   for a 30-day window).
 //! - [`engine`]: burn rates, error budgets and the SLO alerts; implements
@@ -13,8 +16,9 @@
 //!   library through the same derivation and evaluation on a `ManualClock`.
 //!
 //! In `serve`, [`start`] loads the last window from the store (so a restart
-//! changes nothing), then every [`TICK`] derives new batches, applies them
-//! and refreshes the gauges. Time always comes from the given clock.
+//! changes nothing) and refreshes the gauges every [`TICK`]; the pipeline runs
+//! [`SloHandle::stage`], which applies new minutes as they are committed.
+//! Time always comes from the given clock.
 
 pub mod api;
 pub mod engine;
@@ -22,6 +26,8 @@ pub mod objectives;
 pub mod replay;
 pub mod scenario;
 pub mod sli;
+pub mod stage;
+pub mod store;
 pub mod windows;
 
 #[cfg(test)]
@@ -36,6 +42,7 @@ use tokio::task::JoinHandle;
 pub use engine::{ObjectiveStatus, SloEngine};
 pub use objectives::{HubObjectives, SloSettings};
 pub use sli::{DeriveStats, MinuteChange, MinuteCounts};
+pub use store::{SliStore, SqliteSli};
 
 use crate::clock::SharedClock;
 use crate::store::{Store, StoreError};
@@ -43,8 +50,6 @@ use crate::telemetry::CollectorMetrics;
 
 /// How often `serve` derives new batches and refreshes the SLO gauges.
 pub const TICK: Duration = Duration::from_secs(5);
-/// Batches read per derivation transaction.
-pub const DERIVE_BATCH_LIMIT: usize = 256;
 
 /// Why the SLO engine could not do its work.
 #[derive(Debug, thiserror::Error)]
@@ -59,17 +64,6 @@ pub enum SloError {
         member: String,
         /// The tier it names.
         tier: String,
-    },
-    /// Another derivation moved the cursor while this one worked.
-    #[error(
-        "SLI derive cursor moved from {expected} to {found} during a pass; another \
-         collector process derives from the same store"
-    )]
-    CursorMoved {
-        /// The cursor this pass started from.
-        expected: i64,
-        /// What the store holds now.
-        found: i64,
     },
     /// A blocking task died.
     #[error("SLO engine task failed: {0}")]
@@ -95,7 +89,7 @@ impl SloView {
 /// The running SLO engine of `serve`. Dropping it stops the derivation task.
 pub struct SloHandle {
     engine: Arc<SloEngine>,
-    store: Store,
+    store: Arc<dyn SliStore>,
     clock: SharedClock,
     task: JoinHandle<()>,
 }
@@ -126,16 +120,23 @@ impl SloHandle {
         }
     }
 
+    /// The SLI stage for the pipeline (one per pipeline). Blocking: loads
+    /// the stored counters.
+    pub fn stage(&self, metrics: CollectorMetrics) -> Result<stage::SliStage, SloError> {
+        Ok(stage::SliStage::open(Arc::clone(&self.store), self.engine())?.with_metrics(metrics))
+    }
+
     /// An observer for the outside prober: each result is recorded (on a
     /// blocking thread) as an availability probe of its hub.
     pub fn outside_probe_observer(&self) -> crate::alerts::outside_probe::OutsideProbeObserver {
         let (store, engine, clock) = (
-            self.store.clone(),
+            Arc::clone(&self.store),
             Arc::clone(&self.engine),
             Arc::clone(&self.clock),
         );
         Arc::new(move |result: &crate::alerts::fleet::OutsideProbeResult| {
-            let (store, engine, clock) = (store.clone(), Arc::clone(&engine), Arc::clone(&clock));
+            let (store, engine, clock) =
+                (Arc::clone(&store), Arc::clone(&engine), Arc::clone(&clock));
             let (member, hub, at_ms, ok) = (
                 result.member.clone(),
                 result.hub.clone(),
@@ -144,7 +145,7 @@ impl SloHandle {
             );
             let record = move || {
                 if let Err(e) =
-                    record_outside_probe(&store, &engine, clock.now_ms(), &member, &hub, at_ms, ok)
+                    record_outside_probe(&*store, &engine, clock.now_ms(), &member, &hub, at_ms, ok)
                 {
                     tracing::warn!(member, hub, error = %e, "recording an outside probe for the SLI failed");
                 }
@@ -166,7 +167,7 @@ impl SloHandle {
         ok: bool,
     ) -> Result<(), SloError> {
         record_outside_probe(
-            &self.store,
+            &*self.store,
             &self.engine,
             self.clock.now_ms(),
             member,
@@ -177,10 +178,10 @@ impl SloHandle {
     }
 }
 
-/// Records one outside-probe result in `sli_minutes` and applies it to
+/// Records one outside-probe result in the SLI minutes and applies it to
 /// `engine`. Blocking.
 pub fn record_outside_probe(
-    store: &Store,
+    store: &dyn SliStore,
     engine: &SloEngine,
     now_ms: i64,
     member: &str,
@@ -188,84 +189,40 @@ pub fn record_outside_probe(
     at_ms: i64,
     ok: bool,
 ) -> Result<(), SloError> {
-    let changes = store.write_with("recording an outside probe in sli_minutes", |tx| {
-        let mut writer = sli::SliWriter::new(tx, now_ms);
-        writer.add_outside_probe(member, hub, at_ms, ok);
-        writer.finish().map(|(changes, _)| changes)
-    })?;
+    let mut page = sli::SliPage::default();
+    page.add_outside_probe(member, hub, at_ms, ok, now_ms);
+    let changes = store.commit(&page, None)?;
     engine.apply(&changes);
     Ok(())
 }
 
-/// Derives every batch after the `slo.sli` cursor (in transactions of up to
-/// [`DERIVE_BATCH_LIMIT`] batches, each writing minutes, counters and the
-/// cursor together) and applies the changes to `engine`. Blocking.
+/// Derives every batch after the `slo.sli` cursor through a pipeline holding
+/// only the SLI stage, and applies the changes to `engine`: what `serve`'s
+/// pipeline does, run to completion (tests, replay). Blocking.
 pub fn derive_pending(
     store: &Store,
-    engine: &SloEngine,
+    engine: &Arc<SloEngine>,
     now_ms: i64,
 ) -> Result<DeriveStats, SloError> {
-    let mut total = DeriveStats::default();
-    loop {
-        let cursor = store.derive_cursor(sli::DERIVE_CURSOR)?;
-        let batches = store.batches_after(cursor, DERIVE_BATCH_LIMIT)?;
-        let Some(last_id) = batches.last().map(|b| b.id) else {
-            return Ok(total);
-        };
-        // Decode outside the write transaction: it is the CPU-heavy part.
-        let decoded: Vec<_> = batches
-            .iter()
-            .map(|stored| match &stored.frame {
-                None => (stored, Err(true)),
-                Some(frame) => match hubwatch_shared::codec::decode(frame) {
-                    Ok(batch) => (stored, Ok(batch)),
-                    Err(e) => {
-                        tracing::warn!(
-                            batch_id = stored.id,
-                            agent = %stored.agent,
-                            member = %stored.member,
-                            error = %e,
-                            "SLI derivation: a stored batch does not decode; skipped"
-                        );
-                        (stored, Err(false))
-                    }
-                },
-            })
-            .collect();
-        let outcome = store.write_with("deriving SLI minutes", |tx| {
-            let found: i64 = tx.query_row(
-                "SELECT coalesce((SELECT last_id FROM derive_cursors WHERE name = ?1), 0)",
-                [sli::DERIVE_CURSOR],
-                |row| row.get(0),
-            )?;
-            if found != cursor {
-                return Ok(Err(found));
-            }
-            let mut writer = sli::SliWriter::new(tx, now_ms);
-            for (stored, batch) in &decoded {
-                match batch {
-                    Ok(batch) => writer.add_batch(&stored.member, batch)?,
-                    Err(expired) => writer.count_skipped_batch(*expired),
-                }
-            }
-            let finished = writer.finish()?;
-            tx.execute(
-                "INSERT INTO derive_cursors (name, last_id) VALUES (?1, ?2)
-                 ON CONFLICT (name) DO UPDATE SET last_id = excluded.last_id",
-                rusqlite::params![sli::DERIVE_CURSOR, last_id],
-            )?;
-            Ok(Ok(finished))
-        })?;
-        let (changes, stats) = outcome.map_err(|found| SloError::CursorMoved {
-            expected: cursor,
-            found,
-        })?;
-        engine.apply(&changes);
-        total.add(&stats);
-        if batches.len() < DERIVE_BATCH_LIMIT {
-            return Ok(total);
-        }
-    }
+    let sli: Arc<dyn SliStore> = Arc::new(store::SqliteSli::new(store.clone()));
+    let stage = stage::SliStage::open(sli, Arc::clone(engine))?;
+    let totals = stage.totals();
+    let mut pipeline = crate::pipeline::Pipeline::open(
+        Arc::new(store.clone()),
+        vec![Box::new(stage)],
+        crate::pipeline::PipelineSettings::default(),
+    )?;
+    while !pipeline.run(now_ms)?.caught_up {}
+    let health = pipeline
+        .status()
+        .stages()
+        .remove(sli::DERIVE_CURSOR)
+        .unwrap_or_default();
+    let mut stats = *crate::pipeline::lock(&totals);
+    stats.batches_ok = health.processed;
+    stats.undecodable = health.quarantined;
+    stats.expired = health.expired;
+    Ok(stats)
 }
 
 /// Builds the engine for `cfg`, loads the last window from `store`, derives
@@ -278,12 +235,13 @@ pub async fn start(
     metrics: CollectorMetrics,
 ) -> Result<SloHandle, SloError> {
     let engine = Arc::new(SloEngine::new(SloSettings::from_config(cfg)?));
+    let store: Arc<dyn SliStore> = Arc::new(store::SqliteSli::new(store));
     {
-        let (engine, store, clock) = (Arc::clone(&engine), store.clone(), Arc::clone(&clock));
+        let (engine, store, clock) = (Arc::clone(&engine), Arc::clone(&store), Arc::clone(&clock));
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let now_ms = clock.now_ms();
-            let rows = store.read_with("loading SLI minutes", |conn| engine.load(conn, now_ms))?;
+            let rows = engine.load(&*store, now_ms)?;
             tracing::info!(
                 hubs = engine.hub_count(),
                 rows,
@@ -297,26 +255,19 @@ pub async fn start(
         .map_err(|e| SloError::Task(e.to_string()))??;
     }
     let task = {
-        let (engine, store, clock) = (Arc::clone(&engine), store.clone(), Arc::clone(&clock));
+        let (engine, clock) = (Arc::clone(&engine), Arc::clone(&clock));
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(TICK);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
-                let (engine, store, clock, metrics) = (
-                    Arc::clone(&engine),
-                    store.clone(),
-                    Arc::clone(&clock),
-                    metrics.clone(),
-                );
-                let round = tokio::task::spawn_blocking(move || {
-                    tick(&store, &engine, clock.now_ms(), &metrics)
-                })
-                .await;
-                match round {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::warn!(error = %e, "SLO derivation failed; retrying"),
-                    Err(e) => tracing::error!(error = %e, "SLO task failed; retrying"),
+                let (engine, clock, metrics) =
+                    (Arc::clone(&engine), Arc::clone(&clock), metrics.clone());
+                let round =
+                    tokio::task::spawn_blocking(move || tick(&engine, clock.now_ms(), &metrics))
+                        .await;
+                if let Err(e) = round {
+                    tracing::error!(error = %e, "SLO gauge refresh failed; retrying");
                 }
             }
         })
@@ -329,25 +280,14 @@ pub async fn start(
     })
 }
 
-/// One round of `serve`: derive, then refresh the gauges.
-fn tick(
-    store: &Store,
-    engine: &SloEngine,
-    now_ms: i64,
-    metrics: &CollectorMetrics,
-) -> Result<(), SloError> {
-    let stats = derive_pending(store, engine, now_ms)?;
-    api::count_derivation(metrics, &stats);
-    if stats.batches_ok > 0 || stats.undecodable > 0 {
-        tracing::debug!(?stats, "SLI derivation pass");
-    }
+/// One round of `serve`: refresh the gauges.
+fn tick(engine: &SloEngine, now_ms: i64, metrics: &CollectorMetrics) {
     let started = Instant::now();
     let objectives = engine.objectives(now_ms);
     metrics
         .slo_evaluation_seconds
         .observe(started.elapsed().as_secs_f64());
     api::update_metrics(metrics, &objectives);
-    Ok(())
 }
 
 /// `ms` as RFC 3339 UTC (seconds precision), or the number if out of range.

@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use super::engine::SloEngine;
 use super::objectives::SloSettings;
-use super::sli::{MINUTE_MS, SliWriter};
+use super::sli::{MINUTE_MS, SliPage};
 use super::{SloError, scenario};
 use crate::alerts::AlertSpec;
 use crate::clock::{Clock, ManualClock};
@@ -224,14 +224,13 @@ impl Replay {
         batches: impl IntoIterator<Item = (&'a str, &'a Batch)>,
     ) -> Result<(), ReplayError> {
         let now_ms = self.clock.now_ms();
+        let counters = super::store::load_counters(&self.conn)?;
+        let mut page = SliPage::default();
+        for (member, batch) in batches {
+            page.add_batch(&counters, member, batch, now_ms);
+        }
         let tx = self.conn.transaction()?;
-        let changes = {
-            let mut writer = SliWriter::new(&tx, now_ms);
-            for (member, batch) in batches {
-                writer.add_batch(member, batch)?;
-            }
-            writer.finish()?.0
-        };
+        let changes = super::store::write_page(&tx, &page)?;
         tx.commit()?;
         self.engine.apply(&changes);
         Ok(())

@@ -26,9 +26,10 @@
 //!   newer samples of the same series, its increase is not lost but counted
 //!   at the first newer sample (the later minute), while its probes land in
 //!   their own minutes.
-//! - **Exactly once**: [`SliWriter`] works inside the caller's transaction;
-//!   the store path ([`super::derive_pending`]) writes the minutes, the
-//!   counters and the advanced derive cursor in that one transaction.
+//! - **Exactly once**: [`SliPage`] derives a page in memory; the SLI stage
+//!   ([`super::stage::SliStage`], run by the pipeline) writes the minutes, the
+//!   counters and its derive cursor in one transaction through
+//!   [`super::store::SliStore`].
 //!
 //! Each write returns [`MinuteChange`]s (the row before and after) so the
 //! in-memory windows can follow the table without re-reading it.
@@ -37,7 +38,6 @@ use std::collections::{BTreeMap, HashMap};
 
 use hubwatch_shared::config::SPAWN_LATENCY_THRESHOLD_SECONDS;
 use hubwatch_shared::wire::{Batch, CheckKind, Label, Record, Sample};
-use rusqlite::{OptionalExtension, Transaction, params};
 
 #[cfg(test)]
 mod tests;
@@ -218,26 +218,28 @@ fn series_key(name: &str, labels: &[Label], skip_le: bool) -> String {
     key
 }
 
-/// Accumulates one transaction's SLI writes. Create it inside a transaction,
-/// feed it batches and probes, then [`SliWriter::finish`] writes the minute
-/// rows and returns what changed. Dropping it without `finish` writes no
-/// minutes (the counters it touched roll back with the transaction).
-pub struct SliWriter<'t, 'c> {
-    tx: &'t Transaction<'c>,
-    now_ms: i64,
-    pending: BTreeMap<(String, String, i64), MinuteCounts>,
-    stats: DeriveStats,
+/// A counter series' identity: member, hub, `name{labels without hub}`.
+pub type CounterKey = (String, String, String);
+/// The last value of each counter series and its timestamp (table `sli_counters`).
+pub type Counters = HashMap<CounterKey, (f64, i64)>;
+
+/// What a page of batches (or a set of outside probes) derives, in memory:
+/// minute increments, counter values and counts. Nothing here touches the
+/// store; [`super::store::SliStore::commit`] writes it in one transaction.
+#[derive(Debug, Default)]
+pub struct SliPage {
+    /// Increments per `(member, hub, minute)`.
+    pub minutes: BTreeMap<(String, String, i64), MinuteCounts>,
+    /// Counter series updated by this page (the latest value of each).
+    pub counters: Counters,
+    /// What was counted and skipped.
+    pub stats: DeriveStats,
 }
 
-impl<'t, 'c> SliWriter<'t, 'c> {
-    /// A writer on `tx`; `now_ms` (from the clock) bounds future timestamps.
-    pub fn new(tx: &'t Transaction<'c>, now_ms: i64) -> Self {
-        Self {
-            tx,
-            now_ms,
-            pending: BTreeMap::new(),
-            stats: DeriveStats::default(),
-        }
+impl SliPage {
+    /// Whether nothing would be written.
+    pub fn is_empty(&self) -> bool {
+        self.minutes.is_empty() && self.counters.is_empty()
     }
 
     /// Counts a batch that could not be used (undecodable or expired).
@@ -250,12 +252,12 @@ impl<'t, 'c> SliWriter<'t, 'c> {
     }
 
     /// The minute of `timestamp_ms`, or `None` (counted) when it cannot be used.
-    fn minute_of(&mut self, timestamp_ms: i64) -> Option<i64> {
+    fn minute_of(&mut self, timestamp_ms: i64, now_ms: i64) -> Option<i64> {
         if timestamp_ms <= 0 {
             self.stats.skipped_invalid_time += 1;
             return None;
         }
-        if timestamp_ms > self.now_ms.saturating_add(FUTURE_TOLERANCE_MS) {
+        if timestamp_ms > now_ms.saturating_add(FUTURE_TOLERANCE_MS) {
             self.stats.skipped_future += 1;
             return None;
         }
@@ -264,26 +266,36 @@ impl<'t, 'c> SliWriter<'t, 'c> {
 
     fn bump(&mut self, member: &str, hub: &str, minute: i64, f: impl FnOnce(&mut MinuteCounts)) {
         let key = (member.to_string(), hub.to_string(), minute);
-        f(self.pending.entry(key).or_default());
+        f(self.minutes.entry(key).or_default());
     }
 
     /// Adds one result of the collector's own probe of a hub's public URL.
-    pub fn add_outside_probe(&mut self, member: &str, hub: &str, at_ms: i64, ok: bool) {
-        let Some(minute) = self.minute_of(at_ms) else {
+    pub fn add_outside_probe(
+        &mut self,
+        member: &str,
+        hub: &str,
+        at_ms: i64,
+        ok: bool,
+        now_ms: i64,
+    ) {
+        let Some(minute) = self.minute_of(at_ms, now_ms) else {
             return;
         };
         self.bump(member, hub, minute, |c| {
             if ok {
-                c.outside_ok += 1;
+                c.outside_ok = c.outside_ok.saturating_add(1);
             } else {
-                c.outside_failed += 1;
+                c.outside_failed = c.outside_failed.saturating_add(1);
             }
         });
     }
 
     /// Adds the SLI-relevant records of one batch of `member` (the member
-    /// from the credential, never the payload's claim).
-    pub fn add_batch(&mut self, member: &str, batch: &Batch) -> rusqlite::Result<()> {
+    /// from the credential, never the payload's claim). `committed` holds the
+    /// counter values already stored; this page's own updates take precedence.
+    /// Every figure from the batch is folded with saturating arithmetic: a
+    /// crafted counter can at worst pin a count at its maximum.
+    pub fn add_batch(&mut self, committed: &Counters, member: &str, batch: &Batch, now_ms: i64) {
         let fast_buckets = fast_bucket_choice(&batch.records);
         // Whether a hub had spawn series before this batch (see the module docs).
         let mut hub_known: HashMap<String, bool> = HashMap::new();
@@ -296,59 +308,69 @@ impl<'t, 'c> SliWriter<'t, 'c> {
                     if !matches!(check.kind, CheckKind::HubHealth | CheckKind::Probe) {
                         continue;
                     }
-                    let Some(minute) = self.minute_of(check.timestamp_ms) else {
+                    let Some(minute) = self.minute_of(check.timestamp_ms, now_ms) else {
                         continue;
                     };
                     let ok = check.ok;
                     self.bump(member, hub, minute, |c| {
                         if ok {
-                            c.probes_ok += 1;
+                            c.probes_ok = c.probes_ok.saturating_add(1);
                         } else {
-                            c.probes_failed += 1;
+                            c.probes_failed = c.probes_failed.saturating_add(1);
                         }
                     });
                 }
                 Record::Sample(sample) => {
-                    self.add_sample(member, sample, &fast_buckets, &mut hub_known)?;
+                    self.add_sample(
+                        committed,
+                        member,
+                        sample,
+                        &fast_buckets,
+                        &mut hub_known,
+                        now_ms,
+                    );
                 }
                 Record::Usage(_) => {}
             }
         }
         self.stats.batches_ok += 1;
-        Ok(())
     }
 
     fn add_sample(
         &mut self,
+        committed: &Counters,
         member: &str,
         sample: &Sample,
         fast_buckets: &HashMap<String, String>,
         hub_known: &mut HashMap<String, bool>,
-    ) -> rusqlite::Result<()> {
+        now_ms: i64,
+    ) {
         if !sample.name.starts_with(HUB_METRIC_PREFIX) {
-            return Ok(());
+            return;
         }
         let Some(hub) = label(&sample.labels, "hub") else {
-            return Ok(());
+            return;
         };
-        let Some(minute) = self.minute_of(sample.timestamp_ms) else {
-            return Ok(());
+        let Some(minute) = self.minute_of(sample.timestamp_ms, now_ms) else {
+            return;
         };
-        self.bump(member, hub, minute, |c| c.hub_samples += 1);
+        self.bump(member, hub, minute, |c| {
+            c.hub_samples = c.hub_samples.saturating_add(1);
+        });
         let is_count = sample.name == SPAWN_COUNT;
         let is_bucket = sample.name == SPAWN_BUCKET;
         if !is_count && !is_bucket {
-            return Ok(());
+            return;
         }
         let Some(class) = label(&sample.labels, "status").and_then(spawn_class) else {
-            return Ok(());
+            return;
         };
         let series = if is_count {
             series_key(&sample.name, &sample.labels, false)
         } else {
             // Only the chosen bucket of successful spawns.
             if class != SpawnClass::Success {
-                return Ok(());
+                return;
             }
             let group = format!(
                 "{hub}\u{0}{}",
@@ -357,70 +379,59 @@ impl<'t, 'c> SliWriter<'t, 'c> {
             let le = label(&sample.labels, "le");
             let chosen = fast_buckets.get(&group).map(String::as_str);
             if chosen != le && !le.is_some_and(is_infinite_bound) {
-                return Ok(());
+                return;
             }
             series_key(&sample.name, &sample.labels, false)
         };
         let timed_bucket = is_bucket && label(&sample.labels, "le").is_some_and(is_infinite_bound);
-        let known = match hub_known.get(hub) {
-            Some(known) => *known,
-            None => {
-                let known = self.hub_has_counters(member, hub)?;
-                hub_known.insert(hub.to_string(), known);
-                known
-            }
-        };
-        let Some(delta) = self.counter_delta(member, hub, &series, sample, known)? else {
-            return Ok(());
+        let known = *hub_known
+            .entry(hub.to_string())
+            .or_insert_with(|| self.hub_has_counters(committed, member, hub));
+        let key = (member.to_string(), hub.to_string(), series);
+        let Some(delta) = self.counter_delta(committed, key, sample, known) else {
+            return;
         };
         if delta == 0 {
-            return Ok(());
+            return;
         }
-        self.bump(member, hub, minute, |c| match (is_count, class) {
-            (true, SpawnClass::Success) => c.spawn_ok += delta,
-            (true, SpawnClass::Failure) => c.spawn_failed += delta,
-            (false, _) if timed_bucket => c.spawn_timed += delta,
-            (false, _) => c.spawn_fast += delta,
+        self.bump(member, hub, minute, |c| {
+            let field = match (is_count, class) {
+                (true, SpawnClass::Success) => &mut c.spawn_ok,
+                (true, SpawnClass::Failure) => &mut c.spawn_failed,
+                (false, _) if timed_bucket => &mut c.spawn_timed,
+                (false, _) => &mut c.spawn_fast,
+            };
+            *field = field.saturating_add(delta);
         });
-        Ok(())
     }
 
-    fn hub_has_counters(&self, member: &str, hub: &str) -> rusqlite::Result<bool> {
-        self.tx
-            .prepare_cached("SELECT 1 FROM sli_counters WHERE member = ?1 AND hub = ?2 LIMIT 1")?
-            .query_row(params![member, hub], |_| Ok(()))
-            .optional()
-            .map(|found| found.is_some())
+    fn hub_has_counters(&self, committed: &Counters, member: &str, hub: &str) -> bool {
+        let of_hub = |(m, h, _): &CounterKey| m == member && h == hub;
+        self.counters.keys().any(of_hub) || committed.keys().any(of_hub)
     }
 
-    /// The increase of a counter series since its last sample, updating the
-    /// kept value; `None` when the sample is skipped.
+    /// The increase of a counter series since its last sample, updating this
+    /// page's value; `None` when the sample is skipped.
     fn counter_delta(
         &mut self,
-        member: &str,
-        hub: &str,
-        series: &str,
+        committed: &Counters,
+        key: CounterKey,
         sample: &Sample,
         hub_known: bool,
-    ) -> rusqlite::Result<Option<u64>> {
+    ) -> Option<u64> {
         let value = sample.value;
         if !value.is_finite() || value < 0.0 {
-            return Ok(None);
+            return None;
         }
-        let previous: Option<(f64, i64)> = self
-            .tx
-            .prepare_cached(
-                "SELECT value, timestamp_ms FROM sli_counters
-                 WHERE member = ?1 AND hub = ?2 AND series = ?3",
-            )?
-            .query_row(params![member, hub, series], |row| {
-                Ok((row.get(0)?, row.get(1)?))
-            })
-            .optional()?;
+        let previous = self
+            .counters
+            .get(&key)
+            .or_else(|| committed.get(&key))
+            .copied();
         let delta = match previous {
             Some((_, last_ms)) if sample.timestamp_ms <= last_ms => {
                 self.stats.skipped_out_of_order += 1;
-                return Ok(None);
+                return None;
             }
             // A drop is a reset (hub restart): everything counted since is new.
             Some((last, _)) if value < last => value,
@@ -428,69 +439,10 @@ impl<'t, 'c> SliWriter<'t, 'c> {
             None if hub_known => value,
             None => 0.0,
         };
-        self.tx
-            .prepare_cached(
-                "INSERT INTO sli_counters (member, hub, series, value, timestamp_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (member, hub, series)
-                 DO UPDATE SET value = excluded.value, timestamp_ms = excluded.timestamp_ms",
-            )?
-            .execute(params![member, hub, series, value, sample.timestamp_ms])?;
-        // Counts are whole numbers; rounding absorbs float noise.
-        Ok(Some(delta.round() as u64))
-    }
-
-    /// Writes the accumulated minutes and returns every changed row with its
-    /// before and after values, plus the pass's counts.
-    pub fn finish(self) -> rusqlite::Result<(Vec<MinuteChange>, DeriveStats)> {
-        let mut changes = Vec::with_capacity(self.pending.len());
-        let mut select = self.tx.prepare_cached(
-            "SELECT probes_ok, probes_failed, outside_ok, outside_failed,
-                    spawn_ok, spawn_failed, spawn_fast, hub_samples, spawn_timed
-             FROM sli_minutes WHERE member = ?1 AND hub = ?2 AND minute = ?3",
-        )?;
-        let mut upsert = self.tx.prepare_cached(
-            "INSERT INTO sli_minutes (member, hub, minute, probes_ok, probes_failed,
-                 outside_ok, outside_failed, spawn_ok, spawn_failed, spawn_fast, hub_samples,
-                 spawn_timed)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-             ON CONFLICT (member, hub, minute) DO UPDATE SET
-                 probes_ok = excluded.probes_ok, probes_failed = excluded.probes_failed,
-                 outside_ok = excluded.outside_ok, outside_failed = excluded.outside_failed,
-                 spawn_ok = excluded.spawn_ok, spawn_failed = excluded.spawn_failed,
-                 spawn_fast = excluded.spawn_fast, hub_samples = excluded.hub_samples,
-                 spawn_timed = excluded.spawn_timed",
-        )?;
-        for ((member, hub, minute), increment) in self.pending {
-            let before = select
-                .query_row(params![member, hub, minute], row_counts)
-                .optional()?
-                .unwrap_or_default();
-            let mut after = before;
-            after.add(&increment);
-            upsert.execute(params![
-                member,
-                hub,
-                minute,
-                to_sql(after.probes_ok),
-                to_sql(after.probes_failed),
-                to_sql(after.outside_ok),
-                to_sql(after.outside_failed),
-                to_sql(after.spawn_ok),
-                to_sql(after.spawn_failed),
-                to_sql(after.spawn_fast),
-                to_sql(after.hub_samples),
-                to_sql(after.spawn_timed),
-            ])?;
-            changes.push(MinuteChange {
-                member,
-                hub,
-                minute,
-                before,
-                after,
-            });
-        }
-        Ok((changes, self.stats))
+        self.counters.insert(key, (value, sample.timestamp_ms));
+        // Counts are whole numbers; rounding absorbs float noise. The cast
+        // saturates (a value past u64::MAX counts as u64::MAX).
+        Some(delta.round() as u64)
     }
 }
 
@@ -499,38 +451,6 @@ fn is_infinite_bound(le: &str) -> bool {
     le.trim()
         .parse::<f64>()
         .is_ok_and(|b| b.is_infinite() && b > 0.0)
-}
-
-fn to_sql(count: u64) -> i64 {
-    i64::try_from(count).unwrap_or(i64::MAX)
-}
-
-fn from_sql(count: i64) -> u64 {
-    u64::try_from(count).unwrap_or(0)
-}
-
-/// Reads the nine count columns (`probes_ok` … `hub_samples`, `spawn_timed`)
-/// starting at column 0.
-pub(crate) fn row_counts(row: &rusqlite::Row<'_>) -> rusqlite::Result<MinuteCounts> {
-    row_counts_at(row, 0)
-}
-
-/// Reads the nine count columns starting at column `first`.
-pub(crate) fn row_counts_at(
-    row: &rusqlite::Row<'_>,
-    first: usize,
-) -> rusqlite::Result<MinuteCounts> {
-    Ok(MinuteCounts {
-        probes_ok: from_sql(row.get(first)?),
-        probes_failed: from_sql(row.get(first + 1)?),
-        outside_ok: from_sql(row.get(first + 2)?),
-        outside_failed: from_sql(row.get(first + 3)?),
-        spawn_ok: from_sql(row.get(first + 4)?),
-        spawn_failed: from_sql(row.get(first + 5)?),
-        spawn_fast: from_sql(row.get(first + 6)?),
-        hub_samples: from_sql(row.get(first + 7)?),
-        spawn_timed: from_sql(row.get(first + 8)?),
-    })
 }
 
 /// For each group of success buckets (hub + labels without `le`) in these

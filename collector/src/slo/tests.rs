@@ -133,8 +133,10 @@ async fn ingest_minutes(
     }
 }
 
-fn engine_for(cfg: &CollectorConfig) -> SloEngine {
-    SloEngine::new(SloSettings::from_config(cfg).expect("settings"))
+fn engine_for(cfg: &CollectorConfig) -> Arc<SloEngine> {
+    Arc::new(SloEngine::new(
+        SloSettings::from_config(cfg).expect("settings"),
+    ))
 }
 
 fn objective<'a>(all: &'a [ObjectiveStatus], hub: &str, slo: SloKind) -> &'a ObjectiveStatus {
@@ -212,7 +214,7 @@ async fn derived_slis_budgets_and_alerts_survive_a_restart() -> anyhow::Result<(
     drop(store);
     let store = Store::open(&cfg.storage)?;
     let engine = engine_for(&cfg);
-    let rows = store.read_with("load", |conn| engine.load(conn, now))?;
+    let rows = engine.load(&SqliteSli::new(store.clone()), now)?;
     assert_eq!(rows, 180);
     assert_eq!(
         engine.objectives(now),
@@ -310,13 +312,21 @@ async fn outside_probes_are_persisted_and_applied() -> anyhow::Result<()> {
     let engine = engine_for(&cfg);
     let now = T0 + 10 * MIN;
     for m in 0..10 {
-        record_outside_probe(&store, &engine, now, "leap", "prod", T0 + m * MIN, m != 3)?;
+        record_outside_probe(
+            &SqliteSli::new(store.clone()),
+            &engine,
+            now,
+            "leap",
+            "prod",
+            T0 + m * MIN,
+            m != 3,
+        )?;
     }
     let a = objective(&engine.objectives(now), "prod", SloKind::Availability).clone();
     assert_eq!(a.events, 10);
     assert!((a.sli.expect("sli") - 0.9).abs() < 1e-9);
     let reloaded = engine_for(&cfg);
-    store.read_with("load", |conn| reloaded.load(conn, now))?;
+    reloaded.load(&SqliteSli::new(store.clone()), now)?;
     assert_eq!(reloaded.objectives(now), engine.objectives(now));
     Ok(())
 }
@@ -330,8 +340,17 @@ async fn slo_json_and_metrics() -> anyhow::Result<()> {
     let now = T0 + 30 * MIN;
     let engine = engine_for(&cfg);
     let metrics = CollectorMetrics::new();
-    // One serve round: derive, evaluate, refresh gauges.
-    tick(&store, &engine, now, &metrics)?;
+    // What serve does: the pipeline's SLI stage derives, then a round
+    // evaluates and refreshes the gauges.
+    let stage = stage::SliStage::open(Arc::new(SqliteSli::new(store.clone())), engine.clone())?;
+    let mut pipeline = crate::pipeline::Pipeline::open(
+        Arc::new(store.clone()),
+        vec![Box::new(stage.with_metrics(metrics.clone()))],
+        crate::pipeline::PipelineSettings::default(),
+    )?
+    .with_metrics(metrics.clone());
+    assert!(pipeline.run(now)?.caught_up);
+    tick(&engine, now, &metrics);
     let objectives = engine.objectives(now);
     let body = api::objectives_json(&objectives, Some("leap"));
     let rows = body["objectives"].as_array().expect("array");
@@ -367,7 +386,13 @@ async fn slo_json_and_metrics() -> anyhow::Result<()> {
     assert!(text.contains(
         "hubwatch_slo_burn_rate{hub=\"prod\",member=\"leap\",slo=\"availability\",tier=\"premier\",window=\"5m\"} 0"
     ));
-    assert!(text.contains("hubwatch_slo_derived_batches_total{result=\"ok\"} 30"));
+    assert!(
+        text.contains(
+            "hubwatch_collector_stage_batches_total{result=\"processed\",stage=\"slo.sli\"} 30"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("hubwatch_collector_stage_lag_batches{stage=\"slo.sli\"} 0"));
     assert!(
         !text.contains("hubwatch_slo_sli_ratio{hub=\"hub\""),
         "no data, no series"

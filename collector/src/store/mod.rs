@@ -13,12 +13,12 @@
 //! - **Schema** is versioned by `PRAGMA user_version` and migrated on open
 //!   ([`schema`]); a file from a newer build is refused.
 //! - **Retention** ([`Store::prune`]): frames older than `raw_retention` are set
-//!   to NULL, their `(agent, seq)` key kept until [`dedupe_horizon`] so a late
-//!   replay is still recognised.
-//! - **Derivation hook**: later stages read [`Store::batches_after`] their own
-//!   cursor (table `derive_cursors`) and write results and cursor in one
-//!   transaction. Batch ids only grow (AUTOINCREMENT) and, with one writer,
-//!   commit in id order, so a cursor never skips a row.
+//!   to NULL (unless a derivation stage has not read them yet, up to
+//!   `raw_retention_max`), their `(agent, seq)` key kept until
+//!   [`dedupe_horizon`] so a late replay is still recognised.
+//! - **Derivation**: the pipeline (`crate::pipeline`) reads the log through
+//!   its `BatchLog` seam (implemented for `Store` in `pipeline/sqlite.rs`);
+//!   each feature's own tables sit behind that feature's store trait.
 
 mod schema;
 mod tokens;
@@ -249,6 +249,9 @@ pub struct PruneReport {
     pub deleted_keys: u64,
     /// Per-hub SLI minutes deleted for being older than `sli_retention`.
     pub deleted_sli_minutes: u64,
+    /// Frames past `raw_retention` kept because a derivation stage has not
+    /// consumed them (and younger than `raw_retention_max`).
+    pub held_batches: u64,
 }
 
 /// How long a batch's `(agent, seq)` key is kept after its frame is gone:
@@ -264,12 +267,16 @@ struct WriterShared {
     path: PathBuf,
     commit_seconds: OnceLock<prometheus::Histogram>,
     group_commits: AtomicU64,
+    /// Signalled after every commit that stored a batch (the pipeline wakes on it).
+    stored: tokio::sync::Notify,
 }
 
 struct Inner {
     path: PathBuf,
     raw_retention: Duration,
+    raw_retention_max: Duration,
     sli_retention: Duration,
+    retention_hold: Mutex<Option<i64>>,
     sender: Option<mpsc::Sender<WriterCommand>>,
     writer: Option<JoinHandle<()>>,
     idle: Mutex<Vec<Connection>>,
@@ -343,6 +350,7 @@ impl Store {
             path: path.clone(),
             commit_seconds: OnceLock::new(),
             group_commits: AtomicU64::new(0),
+            stored: tokio::sync::Notify::new(),
         });
         let (sender, queue) = mpsc::channel(WRITER_QUEUE_CAPACITY);
         let writer_shared = Arc::clone(&shared);
@@ -368,6 +376,8 @@ impl Store {
             inner: Arc::new(Inner {
                 path,
                 raw_retention: cfg.raw_retention,
+                raw_retention_max: cfg.raw_retention_max,
+                retention_hold: Mutex::new(None),
                 sli_retention: cfg.sli_retention,
                 sender: Some(sender),
                 writer: Some(writer),
@@ -393,6 +403,32 @@ impl Store {
     /// Group commits done since open (each is one transaction, one fsync).
     pub fn group_commits(&self) -> u64 {
         self.inner.shared.group_commits.load(Ordering::Relaxed)
+    }
+
+    /// Keeps frames with an id above `hold` past `raw_retention` (up to
+    /// `raw_retention_max`): the pipeline sets the slowest stage's watermark
+    /// here. `None` holds nothing.
+    pub fn set_retention_hold(&self, hold: Option<i64>) {
+        *self
+            .inner
+            .retention_hold
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = hold;
+    }
+
+    /// The id retention keeps frames above; see [`Store::set_retention_hold`].
+    pub fn retention_hold(&self) -> Option<i64> {
+        *self
+            .inner
+            .retention_hold
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Resolves after the next commit that stored a batch (at once if one
+    /// happened since the last call returned): the pipeline's wake-up.
+    pub async fn stored(&self) {
+        self.inner.shared.stored.notified().await;
     }
 
     /// Stores a batch. Resolves only after the transaction holding it has
@@ -489,14 +525,18 @@ impl Store {
     }
 
     /// Applies retention as of `now_ms`: drops frames received before
-    /// `now_ms - raw_retention` (keeping their `(agent, seq)` key), deletes
-    /// keys received before `now_ms - dedupe_horizon(raw_retention)`, and SLI
-    /// minutes older than `now_ms - sli_retention`. Works in
-    /// transactions of [`PRUNE_CHUNK_ROWS`] rows and pauses between them so the
-    /// writer thread's commits are not held up. Blocking: call it from a
-    /// blocking thread (`spawn_blocking`).
+    /// `now_ms - raw_retention` (keeping their `(agent, seq)` key), except
+    /// those above the [`Store::retention_hold`] (the slowest derivation
+    /// stage's watermark) that are younger than `raw_retention_max`; deletes keys received before
+    /// `now_ms - dedupe_horizon(raw_retention)`, and SLI minutes older than
+    /// `now_ms - sli_retention`. Works in transactions of
+    /// [`PRUNE_CHUNK_ROWS`] rows and pauses between them so the writer
+    /// thread's commits are not held up. Blocking: call it from a blocking
+    /// thread (`spawn_blocking`).
     pub fn prune(&self, now_ms: i64) -> Result<PruneReport, StoreError> {
         let frame_cutoff = now_ms.saturating_sub(duration_ms(self.inner.raw_retention));
+        let hard_cutoff = now_ms.saturating_sub(duration_ms(self.inner.raw_retention_max));
+        let hold = self.retention_hold().unwrap_or(i64::MAX);
         let key_cutoff =
             now_ms.saturating_sub(duration_ms(dedupe_horizon(self.inner.raw_retention)));
         let chunk = i64::try_from(PRUNE_CHUNK_ROWS).unwrap_or(i64::MAX);
@@ -505,17 +545,27 @@ impl Store {
             "UPDATE batches SET frame = NULL WHERE id IN (
                  SELECT id FROM batches
                  WHERE frame IS NOT NULL AND received_ms < ?1
+                   AND (id <= ?3 OR received_ms < ?4)
                  ORDER BY received_ms LIMIT ?2)",
-            frame_cutoff,
-            chunk,
+            &[frame_cutoff, chunk, hold, hard_cutoff],
         )?;
+        let held_batches = self.with_connection(|conn, path| {
+            conn.prepare_cached(
+                "SELECT count(*) FROM batches
+                 WHERE frame IS NOT NULL AND received_ms < ?1 AND id > ?2",
+            )
+            .and_then(|mut statement| {
+                statement.query_row(params![frame_cutoff, hold], |row| row.get::<_, i64>(0))
+            })
+            .map(count_from_sql)
+            .map_err(|source| StoreError::sqlite(path, "counting held frames", source))
+        })?;
         let deleted_keys = self.in_chunks(
             "deleting old batch keys",
             "DELETE FROM batches WHERE id IN (
                  SELECT id FROM batches WHERE received_ms < ?1
                  ORDER BY received_ms LIMIT ?2)",
-            key_cutoff,
-            chunk,
+            &[key_cutoff, chunk],
         )?;
         // `minute` is Unix minutes: the minute's start is minute × 60,000 ms.
         let sli_cutoff_minute = now_ms
@@ -525,41 +575,45 @@ impl Store {
             "deleting old SLI minutes",
             "DELETE FROM sli_minutes WHERE (member, hub, minute) IN (
                  SELECT member, hub, minute FROM sli_minutes WHERE minute < ?1 LIMIT ?2)",
-            sli_cutoff_minute,
-            chunk,
+            &[sli_cutoff_minute, chunk],
         )?;
         let report = PruneReport {
             deleted_batches,
             deleted_keys,
             deleted_sli_minutes,
+            held_batches,
         };
-        if report != PruneReport::default() {
+        if deleted_batches > 0 || deleted_keys > 0 || deleted_sli_minutes > 0 {
             tracing::info!(
                 path = %self.inner.path.display(),
                 deleted_batches,
                 deleted_keys,
                 deleted_sli_minutes,
+                held_batches,
                 "retention applied"
             );
         }
         Ok(report)
     }
 
-    /// Runs `sql(cutoff, chunk)` in its own transaction until it changes fewer
-    /// than `chunk` rows; returns the rows changed.
+    /// Runs `sql(params…)` (the second parameter being the chunk size) in its
+    /// own transaction until it changes fewer than a chunk of rows; returns
+    /// the rows changed.
     fn in_chunks(
         &self,
         operation: &'static str,
         sql: &str,
-        cutoff: i64,
-        chunk: i64,
+        params: &[i64],
     ) -> Result<u64, StoreError> {
+        let chunk = params.get(1).copied().unwrap_or(i64::MAX);
         let mut total = 0u64;
         loop {
             let started = Instant::now();
             let changed = self.with_connection(|conn, path| {
                 conn.prepare_cached(sql)
-                    .and_then(|mut statement| statement.execute(params![cutoff, chunk]))
+                    .and_then(|mut statement| {
+                        statement.execute(rusqlite::params_from_iter(params.iter()))
+                    })
                     .map_err(|source| StoreError::sqlite(path, operation, source))
             })?;
             total = total.saturating_add(u64::try_from(changed).unwrap_or(u64::MAX));

@@ -133,6 +133,26 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (member, hub)
     );
     ",
+    // 4: the derivation pipeline (issue 7): cursor gaps and quarantine.
+    "
+    -- Id ranges below last_id a stage has not seen yet (JSON [{first, last,
+    -- noticed_ms}], '' for none): rows that commit out of id order are read
+    -- when they appear (see collector/src/pipeline/cursor.rs).
+    ALTER TABLE derive_cursors ADD COLUMN gaps TEXT NOT NULL DEFAULT '';
+
+    -- Batches a stage could not use (undecodable, or its derivation failed),
+    -- written with the stage's cursor; the stage went on without them.
+    CREATE TABLE quarantine (
+        stage    TEXT    NOT NULL,
+        batch_id INTEGER NOT NULL,
+        agent    TEXT    NOT NULL,
+        member   TEXT    NOT NULL,
+        seq      INTEGER NOT NULL,
+        reason   TEXT    NOT NULL,
+        at_ms    INTEGER NOT NULL,
+        PRIMARY KEY (stage, batch_id)
+    );
+    ",
 ];
 
 /// The schema version this build writes.

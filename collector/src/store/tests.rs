@@ -317,6 +317,7 @@ fn an_empty_file_is_migrated() -> anyhow::Result<()> {
             "batches",
             "derive_cursors",
             "hub_status",
+            "quarantine",
             "sli_counters",
             "sli_minutes",
             "tokens"
@@ -523,7 +524,8 @@ async fn prune_drops_old_frames_but_keeps_dedupe() -> anyhow::Result<()> {
         PruneReport {
             deleted_batches: old_count,
             deleted_keys: 0,
-            deleted_sli_minutes: 0
+            deleted_sli_minutes: 0,
+            held_batches: 0,
         }
     );
     assert_eq!(store.raw_batch_count()?, 5);
@@ -560,6 +562,35 @@ async fn prune_drops_old_frames_but_keeps_dedupe() -> anyhow::Result<()> {
     let newest = store.batches_after(last_id, 10)?;
     assert_eq!(newest.len(), 1);
     assert!(newest[0].id > last_id);
+    Ok(())
+}
+
+/// Retention keeps the frames a derivation stage has not consumed (ids above
+/// the hold) past raw_retention, and drops them anyway past
+/// raw_retention_max.
+#[tokio::test]
+async fn prune_keeps_frames_a_stage_has_not_read_until_the_hard_limit() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(&config(dir.path()))?;
+    for seq in 0..10 {
+        store
+            .ingest(item("a", seq, 1, NOW_MS - 49 * HOUR_MS))
+            .await?;
+    }
+    let ids: Vec<i64> = store.batches_after(0, 100)?.iter().map(|b| b.id).collect();
+    // The slowest stage consumed the first four.
+    store.set_retention_hold(Some(ids[3]));
+    let report = store.prune(NOW_MS)?;
+    assert_eq!((report.deleted_batches, report.held_batches), (4, 6));
+    let kept: Vec<bool> = store
+        .batches_after(0, 100)?
+        .iter()
+        .map(|b| b.frame.is_some())
+        .collect();
+    assert_eq!(kept, [vec![false; 4], vec![true; 6]].concat());
+    // Past raw_retention_max (7 days by default) they go anyway.
+    let report = store.prune(NOW_MS - 49 * HOUR_MS + 7 * 24 * HOUR_MS + 1)?;
+    assert_eq!((report.deleted_batches, report.held_batches), (6, 0));
     Ok(())
 }
 

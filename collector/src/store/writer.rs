@@ -93,6 +93,7 @@ fn commit_group(conn: &mut Connection, group: &mut Vec<IngestJob>, shared: &Writ
                 histogram.observe(elapsed.as_secs_f64());
             }
             shared.group_commits.fetch_add(1, Ordering::Relaxed);
+            shared.stored.notify_one();
             tracing::trace!(
                 batches = group.len(),
                 elapsed_ms = elapsed.as_millis() as u64,
@@ -115,6 +116,7 @@ fn commit_group(conn: &mut Connection, group: &mut Vec<IngestJob>, shared: &Writ
                 match &result {
                     Ok(_) => {
                         shared.group_commits.fetch_add(1, Ordering::Relaxed);
+                        shared.stored.notify_one();
                     }
                     Err(error) => tracing::error!(
                         path = %shared.path.display(),

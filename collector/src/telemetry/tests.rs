@@ -39,7 +39,14 @@ fn every_collector_metric_is_exported_and_no_other() {
     m.slo_burn_rate
         .with_label_values(&["leap", "prod", "premier", "availability", "5m"])
         .set(0.0);
-    m.slo_derived_batches.with_label_values(&["ok"]).inc();
+    m.stage_batches
+        .with_label_values(&["slo.sli", "processed"])
+        .inc();
+    m.stage_lag_batches.with_label_values(&["slo.sli"]).set(0);
+    m.stage_lag_seconds.with_label_values(&["slo.sli"]).set(0.0);
+    m.stage_commit_failures
+        .with_label_values(&["slo.sli"])
+        .inc();
     m.slo_skipped_records.with_label_values(&["future"]).inc();
 
     let exported: std::collections::BTreeSet<String> = m

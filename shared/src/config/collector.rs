@@ -55,6 +55,10 @@ pub struct AlertingConfig {
     pub outside_probe_timeout: Duration,
     /// PEM CA bundle to verify hubs with, instead of the webpki roots.
     pub outside_probe_ca_file: Option<PathBuf>,
+    /// A derivation stage whose oldest underived batch is older than this
+    /// raises `DerivationBehind` (ticket).
+    #[serde(with = "humantime_serde")]
+    pub derivation_behind_after: Duration,
 }
 
 impl Default for AlertingConfig {
@@ -70,6 +74,7 @@ impl Default for AlertingConfig {
             outside_probe_interval: Duration::from_secs(15),
             outside_probe_timeout: Duration::from_secs(10),
             outside_probe_ca_file: None,
+            derivation_behind_after: Duration::from_secs(10 * 60),
         }
     }
 }
@@ -85,6 +90,10 @@ impl AlertingConfig {
             self.outside_probe_interval,
         )?;
         check_positive("alerting.outside_probe_timeout", self.outside_probe_timeout)?;
+        check_positive(
+            "alerting.derivation_behind_after",
+            self.derivation_behind_after,
+        )?;
         if self.resolved_retention < self.resend_interval {
             return Err(ConfigError::invalid(
                 "alerting.resolved_retention",
@@ -167,6 +176,11 @@ pub struct StorageConfig {
     /// window; the default also keeps the previous calendar month for reports.
     #[serde(with = "humantime_serde")]
     pub sli_retention: Duration,
+    /// Hard limit for raw batches a derivation stage has not consumed yet:
+    /// retention keeps them past `raw_retention` until this age, then drops
+    /// them anyway (counted as lost by that stage, alerted on).
+    #[serde(with = "humantime_serde")]
+    pub raw_retention_max: Duration,
 }
 
 impl Default for StorageConfig {
@@ -175,6 +189,7 @@ impl Default for StorageConfig {
             path: PathBuf::from("./hubwatch-data"),
             raw_retention: Duration::from_secs(48 * 3600),
             sli_retention: Duration::from_secs(65 * 24 * 3600),
+            raw_retention_max: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -265,6 +280,27 @@ impl Validate for CollectorConfig {
             return Err(ConfigError::invalid(
                 "storage.raw_retention",
                 "must be at least 1h: later stages read raw batches that arrive late",
+            ));
+        }
+        if self.storage.raw_retention_max < self.storage.raw_retention {
+            return Err(ConfigError::invalid(
+                "storage.raw_retention_max",
+                "must be at least raw_retention: it only extends retention for batches a stage has not read",
+            ));
+        }
+        // Past the dedupe horizon the batch key itself is deleted.
+        let horizon = self
+            .storage
+            .raw_retention
+            .saturating_mul(4)
+            .max(Duration::from_secs(30 * 24 * 3600));
+        if self.storage.raw_retention_max > horizon {
+            return Err(ConfigError::invalid(
+                "storage.raw_retention_max",
+                format!(
+                    "must be at most {} (the dedupe horizon: the longer of 30 days and 4 x raw_retention)",
+                    humantime::format_duration(horizon)
+                ),
             ));
         }
         self.alerting.validate()?;

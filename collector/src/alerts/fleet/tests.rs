@@ -59,16 +59,48 @@ fn fixture() -> Fixture {
     }
 }
 
+/// The fleet source and the pipeline that runs its hub-status stage, as in
+/// `serve`: every evaluation here first lets the pipeline catch up.
+struct Fleet {
+    source: FleetSource,
+    pipeline: Mutex<crate::pipeline::Pipeline>,
+}
+
+impl std::ops::Deref for Fleet {
+    type Target = FleetSource;
+    fn deref(&self) -> &FleetSource {
+        &self.source
+    }
+}
+
+impl Fleet {
+    fn evaluate(&self, now: i64) -> Result<Vec<AlertSpec>, EvaluateError> {
+        let report = lock(&self.pipeline).run(now).unwrap();
+        assert!(report.caught_up);
+        self.source.evaluate(now)
+    }
+}
+
 impl Fixture {
-    fn fleet(&self) -> FleetSource {
+    fn fleet(&self) -> Fleet {
         let clock: SharedClock = self.clock.clone();
-        FleetSource::open(
+        let source = FleetSource::open(
             self.store.clone(),
             &self.cfg,
             FleetSettings::from_config(&self.cfg),
             &clock,
         )
-        .unwrap()
+        .unwrap();
+        let pipeline = crate::pipeline::Pipeline::open(
+            Arc::new(self.store.clone()),
+            vec![Box::new(source.stage())],
+            crate::pipeline::PipelineSettings::default(),
+        )
+        .unwrap();
+        Fleet {
+            source,
+            pipeline: Mutex::new(pipeline),
+        }
     }
 
     /// Stores a batch from `member`'s agent `agent-<member>`, received now.
@@ -148,7 +180,7 @@ fn outside(member: &str, hub: &str, ok: bool, at: i64) -> OutsideProbeResult {
 }
 
 /// `(alertname, member, hub, severity)` of every alert.
-fn fired(fleet: &FleetSource, now: i64) -> Vec<(String, String, String, String)> {
+fn fired(fleet: &Fleet, now: i64) -> Vec<(String, String, String, String)> {
     let mut out: Vec<_> = fleet
         .evaluate(now)
         .unwrap()
@@ -378,7 +410,7 @@ async fn certificates_ticket_under_21_days_and_page_under_7() {
     let mut f = fixture();
     let fleet = f.fleet();
     f.batch("leap", vec![cert_probe("vm", 30.0, T0)]).await;
-    let certs = |fleet: &FleetSource, t| -> Vec<_> {
+    let certs = |fleet: &Fleet, t| -> Vec<_> {
         fired(fleet, t)
             .into_iter()
             .filter(|a| a.0 == "CertificateExpiringSoon")
@@ -427,7 +459,7 @@ async fn storage_tickets_under_10_percent_and_pages_under_3_or_when_full_within_
             at,
         )
     };
-    let storage = |fleet: &FleetSource, t| -> Vec<_> {
+    let storage = |fleet: &Fleet, t| -> Vec<_> {
         fired(fleet, t)
             .into_iter()
             .filter(|a| a.0 == "StorageFillingUp")

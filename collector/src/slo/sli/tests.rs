@@ -77,22 +77,26 @@ fn batch(records: Vec<Record>) -> Batch {
     }
 }
 
-/// Derives `batches` in one transaction at `now`; returns the changes.
+/// Derives `batches` as one page at `now` and writes it in one transaction,
+/// as the SLI stage does; returns the changes.
 fn derive(
     conn: &mut Connection,
     now: i64,
     batches: Vec<Batch>,
 ) -> (Vec<MinuteChange>, DeriveStats) {
+    let committed = crate::slo::store::load_counters(conn).expect("counters");
+    let mut page = SliPage::default();
+    for b in &batches {
+        page.add_batch(&committed, "m", b, now);
+    }
+    write(conn, &page)
+}
+
+fn write(conn: &mut Connection, page: &SliPage) -> (Vec<MinuteChange>, DeriveStats) {
     let tx = conn.transaction().expect("tx");
-    let out = {
-        let mut writer = SliWriter::new(&tx, now);
-        for b in &batches {
-            writer.add_batch("m", b).expect("add");
-        }
-        writer.finish().expect("finish")
-    };
+    let changes = crate::slo::store::write_page(&tx, page).expect("write");
     tx.commit().expect("commit");
-    out
+    (changes, page.stats)
 }
 
 fn minute_row(conn: &Connection, hub: &str, minute_ms: i64) -> MinuteCounts {
@@ -101,7 +105,7 @@ fn minute_row(conn: &Connection, hub: &str, minute_ms: i64) -> MinuteCounts {
                 spawn_fast, hub_samples, spawn_timed
          FROM sli_minutes WHERE member = 'm' AND hub = ?1 AND minute = ?2",
         rusqlite::params![hub, minute_ms / MIN],
-        row_counts,
+        crate::slo::store::row_counts,
     )
     .unwrap_or_default()
 }
@@ -160,14 +164,10 @@ fn a_second_batch_for_the_same_minute_reports_before_and_after() {
 #[test]
 fn outside_probes_count_towards_availability() {
     let mut conn = db();
-    let tx = conn.transaction().expect("tx");
-    {
-        let mut writer = SliWriter::new(&tx, T0 + MIN);
-        writer.add_outside_probe("m", "prod", T0 + 1_000, true);
-        writer.add_outside_probe("m", "prod", T0 + 2_000, false);
-        writer.finish().expect("finish");
-    }
-    tx.commit().expect("commit");
+    let mut page = SliPage::default();
+    page.add_outside_probe("m", "prod", T0 + 1_000, true, T0 + MIN);
+    page.add_outside_probe("m", "prod", T0 + 2_000, false, T0 + MIN);
+    write(&mut conn, &page);
     let row = minute_row(&conn, "prod", T0);
     assert_eq!((row.outside_ok, row.outside_failed), (1, 1));
     assert_eq!(row.availability(), MinuteAvailability::Bad);
@@ -316,4 +316,46 @@ fn future_and_invalid_timestamps_are_skipped() {
     );
     assert_eq!((stats.skipped_future, stats.skipped_invalid_time), (1, 1));
     assert_eq!(changes.len(), 1, "the one within tolerance is kept");
+}
+
+/// Two crafted spawn series in one hub-minute whose deltas are each past
+/// `u64::MAX`: the counts pin at the maximum instead of overflowing (a panic
+/// in a debug build, a silent wrap in release).
+#[test]
+fn crafted_counters_saturate_instead_of_overflowing() {
+    let mut conn = db();
+    derive(
+        &mut conn,
+        T0 + MIN,
+        vec![batch(vec![
+            count("prod", "success", 0.0, T0),
+            count("prod", "failure", 0.0, T0),
+        ])],
+    );
+    let huge = f64::MAX;
+    let crafted = vec![
+        count("prod", "success", huge, T0 + 1_000),
+        sample(
+            SPAWN_COUNT,
+            &[("hub", "prod"), ("status", "success"), ("reason", "other")],
+            huge,
+            T0 + 1_000,
+        ),
+    ];
+    derive(&mut conn, T0 + MIN, vec![batch(crafted.clone())]);
+    // Again, into the same stored minute: the stored row is at the maximum.
+    let mut again = crafted;
+    for r in &mut again {
+        if let Record::Sample(s) = r {
+            s.value = huge / 2.0;
+            s.timestamp_ms = T0 + 2_000;
+        }
+    }
+    derive(&mut conn, T0 + MIN, vec![batch(again)]);
+    let row = minute_row(&conn, "prod", T0);
+    assert_eq!(
+        row.spawn_ok,
+        i64::MAX as u64,
+        "stored saturated at i64::MAX"
+    );
 }

@@ -1,0 +1,145 @@
+//! The pipeline's SQLite side: [`BatchLog`] over the store's `batches` table,
+//! and [`save_cursor`], which every stage's SQLite seam calls inside the
+//! transaction that writes the stage's rows (`derive_cursors`, `quarantine`).
+
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::{BatchLog, CursorUpdate, StageCursor};
+use crate::store::{Store, StoreError, StoredBatch};
+
+impl BatchLog for Store {
+    fn read_page(
+        &self,
+        after: i64,
+        ranges: &[(i64, i64)],
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredBatch>, StoreError> {
+        self.read_with("reading a page of the batch log", |conn| {
+            let mut page = Vec::new();
+            let mut bytes = 0usize;
+            // Gap rows first (a row committed late), then the new ones.
+            let mut in_range = conn.prepare_cached(
+                "SELECT id, agent, member, seq, received_ms, records, frame
+                 FROM batches WHERE id BETWEEN ?1 AND ?2 ORDER BY id LIMIT ?3",
+            )?;
+            for &(first, last) in ranges {
+                let room = max_rows.saturating_sub(page.len());
+                if room == 0 || (bytes >= max_bytes && !page.is_empty()) {
+                    return Ok(page);
+                }
+                let mut rows = in_range.query(params![first, last, limit(room)])?;
+                while let Some(row) = rows.next()? {
+                    let batch = stored_batch(row)?;
+                    bytes = bytes.saturating_add(batch.frame.as_ref().map_or(0, Vec::len));
+                    page.push(batch);
+                    if bytes >= max_bytes {
+                        return Ok(page);
+                    }
+                }
+            }
+            let room = max_rows.saturating_sub(page.len());
+            if room == 0 {
+                return Ok(page);
+            }
+            let mut newer = conn.prepare_cached(
+                "SELECT id, agent, member, seq, received_ms, records, frame
+                 FROM batches WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let mut rows = newer.query(params![after, limit(room)])?;
+            while let Some(row) = rows.next()? {
+                let batch = stored_batch(row)?;
+                bytes = bytes.saturating_add(batch.frame.as_ref().map_or(0, Vec::len));
+                page.push(batch);
+                if bytes >= max_bytes {
+                    break;
+                }
+            }
+            Ok(page)
+        })
+    }
+
+    fn load_cursor(&self, stage: &str) -> Result<StageCursor, StoreError> {
+        let row = self.read_with("reading a derive cursor", |conn| {
+            conn.prepare_cached("SELECT last_id, gaps FROM derive_cursors WHERE name = ?1")?
+                .query_row([stage], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+                })
+                .optional()
+        })?;
+        let Some((hi, gaps)) = row else {
+            return Ok(StageCursor::default());
+        };
+        StageCursor::from_stored(hi, &gaps).map_err(|detail| StoreError::Corrupt {
+            path: self.path().to_path_buf(),
+            detail: format!("derive cursor {stage:?} has unreadable gaps: {detail}"),
+        })
+    }
+
+    fn backlog(&self, watermark: i64) -> Result<(u64, Option<i64>), StoreError> {
+        self.read_with("reading a stage's backlog", |conn| {
+            let count: i64 = conn
+                .prepare_cached("SELECT count(*) FROM batches WHERE id > ?1")?
+                .query_row([watermark], |row| row.get(0))?;
+            let oldest: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT received_ms FROM batches WHERE id > ?1 ORDER BY id LIMIT 1",
+                )?
+                .query_row([watermark], |row| row.get(0))
+                .optional()?;
+            Ok((u64::try_from(count).unwrap_or(0), oldest))
+        })
+    }
+
+    fn hold_retention(&self, hold: Option<i64>) {
+        self.set_retention_hold(hold);
+    }
+}
+
+/// Writes a stage's cursor and the batches it set aside. Call it inside the
+/// transaction that writes the stage's rows.
+pub fn save_cursor(tx: &Transaction<'_>, update: &CursorUpdate<'_>) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO derive_cursors (name, last_id, gaps) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO UPDATE SET last_id = excluded.last_id, gaps = excluded.gaps",
+    )?
+    .execute(params![
+        update.stage,
+        update.cursor.hi,
+        update.cursor.gaps_json()
+    ])?;
+    if !update.quarantined.is_empty() {
+        let mut insert = tx.prepare_cached(
+            "INSERT OR REPLACE INTO quarantine (stage, batch_id, agent, member, seq, reason, at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for q in update.quarantined {
+            insert.execute(params![
+                update.stage,
+                q.batch_id,
+                q.agent,
+                q.member,
+                i64::from_ne_bytes(q.seq.to_ne_bytes()),
+                q.reason,
+                update.now_ms
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+fn stored_batch(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredBatch> {
+    Ok(StoredBatch {
+        id: row.get(0)?,
+        agent: row.get(1)?,
+        member: row.get(2)?,
+        seq: u64::from_ne_bytes(row.get::<_, i64>(3)?.to_ne_bytes()),
+        received_ms: row.get(4)?,
+        records: u64::try_from(row.get::<_, i64>(5)?).unwrap_or(0),
+        frame: row.get(6)?,
+    })
+}
+
+fn limit(rows: usize) -> i64 {
+    i64::try_from(rows).unwrap_or(i64::MAX)
+}
