@@ -107,3 +107,61 @@ impl AlertSource for DerivationAlerts {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::StageHealth;
+
+    fn alerts(stages: &[(&str, StageHealth)], now: i64) -> Vec<(String, String)> {
+        let status = Arc::new(PipelineStatus::default());
+        for (name, health) in stages {
+            status.set(name, health.clone());
+        }
+        let source = DerivationAlerts::new(status, Duration::from_secs(600), "docs/runbooks.md");
+        let mut out: Vec<_> = source
+            .evaluate(now)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| (a.labels["stage"].clone(), a.labels["severity"].clone()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_stage_behind_is_a_ticket_and_one_that_lost_batches_pages() {
+        let now = 10_000_000;
+        let caught_up = StageHealth::default();
+        let behind = StageHealth {
+            lag_batches: 5000,
+            lag_seconds: 601.0,
+            ..StageHealth::default()
+        };
+        let lost = StageHealth {
+            expired: 3,
+            last_expired_ms: Some(now - 60_000),
+            ..StageHealth::default()
+        };
+        let lost_long_ago = StageHealth {
+            expired: 3,
+            last_expired_ms: Some(now - LOSS_PAGES_FOR_MS - 1),
+            ..StageHealth::default()
+        };
+        assert_eq!(
+            alerts(
+                &[
+                    ("a", caught_up),
+                    ("b", behind),
+                    ("c", lost),
+                    ("d", lost_long_ago)
+                ],
+                now
+            ),
+            vec![
+                ("b".to_string(), "ticket".to_string()),
+                ("c".to_string(), "page".to_string())
+            ]
+        );
+    }
+}

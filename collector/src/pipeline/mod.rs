@@ -200,6 +200,11 @@ impl PipelineStatus {
     pub fn stages(&self) -> BTreeMap<String, StageHealth> {
         lock(&self.stages).clone()
     }
+
+    #[cfg(test)]
+    pub(crate) fn set(&self, stage: &str, health: StageHealth) {
+        lock(&self.stages).insert(stage.to_string(), health);
+    }
 }
 
 struct Slot {

@@ -596,6 +596,7 @@ fn every_alert_has_a_runbook_entry() {
         names::CERTIFICATE_EXPIRING_SOON,
         names::STORAGE_FILLING_UP,
         crate::alerts::watchdog::WATCHDOG,
+        crate::pipeline::alerts::DERIVATION_BEHIND,
     ] {
         // A `## Name` heading is the anchor `#name` that runbook_url points at.
         assert!(headings.contains(&name), "{path} has no `## {name}`");
