@@ -282,3 +282,67 @@ async fn the_shutdown_signal_holds_and_a_dropped_trigger_counts() {
         .await
         .expect("wait resolves once the trigger is gone");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_feature_of_serve_is_routed_and_drains_well_within_the_grace() {
+    use hubwatch_shared::config::{AlertmanagerConfig, HubRef, MemberConfig};
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Nothing listens on port 9 of loopback: the sender and the outside
+    // prober fail fast and keep trying, as they would in an outage.
+    let nowhere = "http://127.0.0.1:9".to_string();
+    let mut cfg = CollectorConfig::default();
+    cfg.server.listen = "127.0.0.1:0".parse().expect("a literal address");
+    cfg.server.shutdown_grace = Duration::from_secs(30);
+    cfg.storage.path = dir.path().join("data");
+    cfg.alerting.evaluation_interval = Duration::from_millis(50);
+    cfg.alerting.outside_probe_interval = Duration::from_millis(50);
+    cfg.alertmanagers = vec![AlertmanagerConfig {
+        url: nowhere.clone(),
+    }];
+    cfg.members = vec![MemberConfig {
+        id: "leap".into(),
+        name: "LEAP".into(),
+        tier: "premier".into(),
+        hubs: vec![HubRef {
+            name: "prod".into(),
+            public_url: Some(nowhere),
+        }],
+    }];
+    let store = Store::open(&cfg.storage).expect("store");
+    let running = Collector::new(cfg, store).start().await.expect("start");
+    let names = format!("{running:?}");
+    for task in [
+        "ingest.token_refresh",
+        "retention.prune",
+        "slo.derive",
+        "alerts.evaluate",
+        "alerts.sender[0]",
+        "alerts.outside_probe",
+    ] {
+        assert!(names.contains(task), "{task} missing from {names}");
+    }
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/api/v1/agents",
+        "/api/v1/slo",
+        "/api/v1/alerts",
+    ] {
+        let (status, _, body) = request(running.local_addr, "GET", path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let (status, head, _) = request(running.local_addr, "GET", "/api/v1/ingest").await;
+    assert_eq!(status, 405);
+    assert!(head.contains("\r\nallow: post"), "{head}");
+    // Let every task get into its rounds.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    tokio::time::timeout(PATIENCE, running.shutdown())
+        .await
+        .expect("shutdown returns");
+    // Giving up on a task would take the full 30 s grace.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
