@@ -2,8 +2,9 @@
 //!
 //! Not a criterion bench: a sustained load with a fixed duration, printing its
 //! own figures. It starts the real collector in-process (the library's
-//! `Collector` with `server::http_components()`, plaintext on 127.0.0.1:0, a store in a temporary directory
-//! on disk), creates one token per agent spread over a few members, pre-encodes
+//! `Collector` with `server::http_components()`: the ingest path without
+//! derivation or alerting, plaintext on 127.0.0.1:0, a store in a temporary
+//! directory on disk), creates one token per agent spread over a few members, pre-encodes
 //! realistic batches, then runs every agent as a task with its own HTTP/1.1
 //! keep-alive connection: send a batch, wait for the 200 (sent only after the
 //! group commit holding the batch is durable), send the next. It reports

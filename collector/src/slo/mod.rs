@@ -100,8 +100,8 @@ impl SloView {
     }
 }
 
-/// The SLO engine with its state loaded ([`open`]): what the component,
-/// the tests and the benches drive.
+/// The SLO engine with its state loaded ([`open`]): what the component and
+/// the tests drive.
 #[derive(Clone)]
 pub struct SloHandle {
     engine: Arc<SloEngine>,
