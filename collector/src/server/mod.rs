@@ -6,8 +6,7 @@
 //!
 //! Slow clients are bounded at every step: the TLS handshake and the request
 //! headers by `server.header_read_timeout`, the body by
-//! `server.body_read_timeout`. Shutdown stops accepting, lets in-flight
-//! requests finish for up to `server.shutdown_grace`, then returns.
+//! `server.body_read_timeout`.
 //!
 //! The listener serves whatever routes the collector's components register
 //! ([`crate::component`]): [`Collector`] builds the components, one router
