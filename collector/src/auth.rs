@@ -19,6 +19,7 @@ use std::time::Duration;
 use http::HeaderMap;
 use x509_parser::extensions::GeneralName;
 
+use crate::component::Shutdown;
 use crate::store::{Store, StoreError, TokenRow, hash_token};
 
 #[cfg(test)]
@@ -210,27 +211,29 @@ impl TokenTable {
         })
     }
 
-    /// Re-reads the table from the store every `every` until the task is
-    /// aborted. A failed read keeps the previous table (logged), so a busy
-    /// database cannot lock every agent out.
-    pub fn spawn_refresh(&self, store: Store, every: Duration) -> tokio::task::JoinHandle<()> {
-        let table = self.clone();
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(every);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticker.tick().await; // the first tick is immediate; the table was just loaded
-            loop {
-                ticker.tick().await;
-                let store = store.clone();
-                match tokio::task::spawn_blocking(move || store.tokens()).await {
-                    Ok(Ok(rows)) => table.replace(rows),
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "token table refresh failed; keeping the previous table")
-                    }
-                    Err(e) => tracing::warn!(error = %e, "token table refresh task failed"),
-                }
+    /// Re-reads the table from the store every `every` until `shutdown` is
+    /// signalled (a read in progress completes first). A failed read keeps
+    /// the previous table (logged), so a busy database cannot lock every
+    /// agent out.
+    pub async fn refresh_until(&self, store: Store, every: Duration, shutdown: Shutdown) {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await; // the first tick is immediate; the table was just loaded
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.wait() => return,
+                _ = ticker.tick() => {}
             }
-        })
+            let store = store.clone();
+            match tokio::task::spawn_blocking(move || store.tokens()).await {
+                Ok(Ok(rows)) => self.replace(rows),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "token table refresh failed; keeping the previous table")
+                }
+                Err(e) => tracing::warn!(error = %e, "token table refresh task failed"),
+            }
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hubwatch_shared::config::{self, CollectorConfig, ConfigError};
 
-use crate::server::{self, ServerError};
+use crate::server::ServerError;
 use crate::store::{Store, StoreError};
 
 #[cfg(test)]
@@ -128,15 +128,9 @@ pub enum CliError {
     /// The async runtime could not start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
-    /// The SLO engine could not start.
-    #[error("{0}")]
-    Slo(#[from] crate::slo::SloError),
     /// `replay` failed.
     #[error("replay: {0}")]
     Replay(#[from] crate::slo::replay::ReplayError),
-    /// Alerting could not start.
-    #[error("alerting: {0}")]
-    Alerting(#[from] crate::alerts::AlertingSetupError),
 }
 
 impl CliError {
@@ -145,7 +139,7 @@ impl CliError {
         match self {
             Self::ReadConfig { .. } | Self::Config(_) => 2,
             Self::Server(ServerError::Bind { .. } | ServerError::Tls { .. }) => 2,
-            Self::Alerting(e) if e.is_config() => 2,
+            Self::Server(ServerError::Component(e)) if e.is_config() => 2,
             _ => 1,
         }
     }
@@ -293,7 +287,9 @@ fn check_name(what: &'static str, value: &str) -> Result<(), CliError> {
     }
 }
 
-/// `serve`: opens the store, starts the server, runs until SIGTERM/SIGINT.
+/// `serve`: opens the store, starts every feature ([`crate::Collector`]),
+/// runs until SIGTERM/SIGINT, then drains: the listener, then every task;
+/// the store closes last.
 fn serve(cfg: &CollectorConfig) -> Result<(), CliError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -306,40 +302,7 @@ fn serve(cfg: &CollectorConfig) -> Result<(), CliError> {
                 .await
                 .map_err(|e| CliError::Server(ServerError::Task(e.to_string())))??
         };
-        // Retention keeps every frame until the pipeline says which its
-        // stages have consumed.
-        store.set_retention_hold(Some(0));
-        let metrics = crate::telemetry::CollectorMetrics::new();
-        let clock: crate::clock::SharedClock = std::sync::Arc::new(crate::clock::SystemClock);
-        let slo = crate::slo::start(cfg, store.clone(), clock.clone(), metrics.clone()).await?;
-        let running =
-            server::start_with_slo(cfg.clone(), store.clone(), metrics, Some(slo.view())).await?;
-        let pipeline_status = std::sync::Arc::new(crate::pipeline::PipelineStatus::default());
-        let alerting =
-            start_alerting(cfg, store.clone(), &running.metrics, &slo, &pipeline_status).await?;
-        let pipeline = {
-            let (store, metrics) = (store.clone(), running.metrics.clone());
-            let stages: Vec<Box<dyn crate::pipeline::Stage>> = vec![
-                Box::new(slo.stage(metrics.clone())?),
-                Box::new(alerting.fleet().stage()),
-            ];
-            tokio::task::spawn_blocking(move || {
-                crate::pipeline::Pipeline::open_with_status(
-                    std::sync::Arc::new(store),
-                    stages,
-                    crate::pipeline::PipelineSettings::default(),
-                    pipeline_status,
-                )
-                .map(|p| p.with_metrics(metrics))
-            })
-            .await
-            .map_err(|e| CliError::Server(ServerError::Task(e.to_string())))??
-        };
-        let (stop_pipeline, pipeline_stopped) = tokio::sync::oneshot::channel::<()>();
-        let pipeline_task =
-            tokio::spawn(crate::pipeline::drive(pipeline, store, clock, async move {
-                let _ = pipeline_stopped.await;
-            }));
+        let running = crate::Collector::new(cfg.clone(), store).start().await?;
         tracing::info!(
             listen = %running.local_addr,
             tls = on_off(cfg.server.tls_enabled()),
@@ -348,38 +311,7 @@ fn serve(cfg: &CollectorConfig) -> Result<(), CliError> {
             "hubwatch-collector serving"
         );
         running.wait().await;
-        let _ = stop_pipeline.send(());
-        if let Err(e) = pipeline_task.await {
-            tracing::error!(error = %e, "derivation pipeline task failed");
-        }
-        alerting.shutdown();
         tracing::info!("hubwatch-collector stopped");
         Ok(())
     })
-}
-
-/// Starts the alert engine, its Alertmanager senders and the outside probes
-/// on the wall clock. Further alert sources (the SLO engine) and observers
-/// of outside probe results (its availability SLI) are passed here.
-async fn start_alerting(
-    cfg: &CollectorConfig,
-    store: Store,
-    metrics: &crate::telemetry::CollectorMetrics,
-    slo: &crate::slo::SloHandle,
-    pipeline: &std::sync::Arc<crate::pipeline::PipelineStatus>,
-) -> Result<crate::alerts::AlertingHandle, CliError> {
-    let clock: crate::clock::SharedClock = std::sync::Arc::new(crate::clock::SystemClock);
-    let sources: Vec<std::sync::Arc<dyn crate::alerts::AlertSource>> = vec![
-        slo.engine(),
-        std::sync::Arc::new(crate::pipeline::alerts::DerivationAlerts::new(
-            std::sync::Arc::clone(pipeline),
-            cfg.alerting.derivation_behind_after,
-            &cfg.alerting.runbook_base_url,
-        )),
-    ];
-    let observers = vec![slo.outside_probe_observer()];
-    Ok(
-        crate::alerts::start_alerting(cfg, store, clock, metrics.clone(), sources, observers)
-            .await?,
-    )
 }

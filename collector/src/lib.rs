@@ -3,15 +3,19 @@
 //! fleet's state over HTTP.
 //!
 //! `main.rs` only parses flags; everything runs from here so integration tests
-//! and benchmarks can drive it in-process.
+//! and benchmarks can drive it in-process: [`Collector`] starts the listener
+//! and every feature wired as a [`component`].
 #![forbid(unsafe_code)]
 
 pub mod alerts;
 pub mod auth;
 pub mod cli;
 pub mod clock;
+pub mod component;
 pub mod pipeline;
 pub mod server;
 pub mod slo;
 pub mod store;
 pub mod telemetry;
+
+pub use server::{Collector, RunningCollector};

@@ -14,7 +14,8 @@
 //! `CertificateExpiringSoon`, `StorageFillingUp`, from the hub status it
 //! derives from the batch log and the outside probes), [`watchdog`],
 //! [`outside_probe`] (the collector's own probes of `public_url`), and
-//! [`runtime`] (the tasks `serve` starts).
+//! [`runtime`] (the component `serve` runs: `GET /api/v1/alerts` and the
+//! tasks).
 
 use std::collections::BTreeMap;
 
@@ -28,7 +29,7 @@ pub mod watchdog;
 
 pub use engine::{AlertEngine, AlertError, AlertRecord, AlertSnapshot, AlertState};
 pub use fleet::FleetSource;
-pub use runtime::{AlertingHandle, AlertingSetupError, start_alerting};
+pub use runtime::{AlertingSetupError, AlertsComponent};
 pub use watchdog::WatchdogSource;
 
 /// One alert that should be firing now, as its producer sees it. Labels

@@ -8,7 +8,7 @@
 //! ([`FleetSource::record_outside_probe`]), to the counter
 //! `hubwatch_collector_outside_probes_total`, and to every
 //! [`OutsideProbeObserver`] — the integration point for the SLO engine's
-//! availability SLI (see [`super::runtime::start_alerting`]).
+//! availability SLI (see [`super::runtime::AlertsComponent`]).
 
 use std::sync::Arc;
 

@@ -1,14 +1,18 @@
-//! The alerting tasks `serve` starts: the evaluation loop (every
+//! Alerting as a component ([`AlertsComponent`]): `GET /api/v1/alerts` and
+//! the tasks `serve` runs: the evaluation loop (every
 //! `alerting.evaluation_interval`), one sender task per Alertmanager, and the
 //! outside prober. They share the engine (behind a mutex, touched only on
 //! blocking threads) and a `watch` channel carrying the latest snapshot.
+//! Each task finishes its round and returns once shutdown is signalled.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+use http::{Method, Request, StatusCode};
 use hubwatch_shared::config::CollectorConfig;
+use hyper::body::Incoming;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use super::engine::{AlertEngine, AlertError, AlertSnapshot, AlertState};
 use super::fleet::{FleetSettings, FleetSource};
@@ -16,8 +20,11 @@ use super::outside_probe::{self, OutsideProbeObserver, OutsideProber, ProbeSetup
 use super::sender::{AlertmanagerTarget, SendOutcome, SenderSettings};
 use super::watchdog::WatchdogSource;
 use super::{AlertSource, http_client};
+use crate::auth::PeerIdentity;
 use crate::clock::SharedClock;
-use crate::store::{Store, StoreError};
+use crate::component::{BuildContext, Built, Component, ComponentError, Route, Shutdown, Task};
+use crate::server::{self, AppState, HttpResponse};
+use crate::store::StoreError;
 use crate::telemetry::CollectorMetrics;
 
 /// How often a sender task looks again without news (retries after backoff).
@@ -55,70 +62,53 @@ impl AlertingSetupError {
     }
 }
 
-/// The running alerting tasks; dropping it stops them.
-pub struct AlertingHandle {
-    engine: Arc<Mutex<AlertEngine>>,
-    fleet: Arc<FleetSource>,
-    snapshots: watch::Receiver<Arc<AlertSnapshot>>,
-    tasks: Vec<JoinHandle<()>>,
-}
+/// The alerting feature of `serve`. Built after the components whose alert
+/// sources (the SLO engine) and outside-probe observers (its availability
+/// SLI) it takes from the [`BuildContext`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AlertsComponent;
 
-impl std::fmt::Debug for AlertingHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AlertingHandle")
-            .field("tasks", &self.tasks.len())
-            .finish_non_exhaustive()
+impl Component for AlertsComponent {
+    fn name(&self) -> &'static str {
+        "alerts"
+    }
+
+    fn build(
+        self: Box<Self>,
+        ctx: BuildContext,
+    ) -> BoxFuture<'static, Result<Built, ComponentError>> {
+        Box::pin(async move {
+            build_alerting(ctx).await.map_err(|e| {
+                if e.is_config() {
+                    ComponentError::config("alerts", e)
+                } else {
+                    ComponentError::failed("alerts", e)
+                }
+            })
+        })
     }
 }
 
-impl AlertingHandle {
-    /// The alerts as of the last evaluation.
-    pub fn snapshot(&self) -> Arc<AlertSnapshot> {
-        self.snapshots.borrow().clone()
-    }
-
-    /// The fleet checks (their hub status).
-    pub fn fleet(&self) -> &Arc<FleetSource> {
-        &self.fleet
-    }
-
-    /// The engine.
-    pub fn engine(&self) -> &Arc<Mutex<AlertEngine>> {
-        &self.engine
-    }
-
-    /// Stops every task.
-    pub fn shutdown(self) {
-        drop(self);
-    }
-}
-
-impl Drop for AlertingHandle {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
-}
-
-/// Loads the alert state and starts evaluating and sending. `extra_sources`
-/// are evaluated with the fleet checks and the watchdog (the SLO engine's
-/// [`AlertSource`] goes here); `observers` get every outside probe result
-/// (the SLO engine's availability SLI goes here).
-pub async fn start_alerting(
-    cfg: &CollectorConfig,
-    store: Store,
-    clock: SharedClock,
-    metrics: CollectorMetrics,
-    extra_sources: Vec<Arc<dyn AlertSource>>,
-    observers: Vec<OutsideProbeObserver>,
-) -> Result<AlertingHandle, AlertingSetupError> {
+/// Loads the alert state and sets up evaluating, sending and probing. The
+/// sources in `ctx` are evaluated with the fleet checks and the watchdog;
+/// its observers get every outside probe result.
+async fn build_alerting(ctx: BuildContext) -> Result<Built, AlertingSetupError> {
+    let BuildContext {
+        config: cfg,
+        store,
+        clock,
+        metrics,
+        shutdown,
+        alert_sources: extra_sources,
+        probe_observers: observers,
+        ..
+    } = ctx;
     let a = &cfg.alerting;
-    let prober = OutsideProber::from_config(cfg)?;
+    let prober = OutsideProber::from_config(&cfg)?;
     let settings = SenderSettings {
         resend_interval: a.resend_interval,
         send_timeout: a.send_timeout,
-        generator_url: generator_url(cfg),
+        generator_url: generator_url(&cfg),
     };
     let tls = http_client::tls_config(None, "alertmanagers")
         .map_err(|e| AlertingSetupError::Probe(ProbeSetupError::Client(e)))?;
@@ -152,42 +142,82 @@ pub async fn start_alerting(
     };
     let engine = Arc::new(Mutex::new(engine));
     let (snapshot_tx, snapshots) = watch::channel(Arc::new(AlertSnapshot::default()));
+    let stage = fleet.stage();
 
-    let mut tasks = vec![tokio::spawn(evaluation_loop(
-        engine.clone(),
-        a.evaluation_interval,
-        metrics.clone(),
-        snapshot_tx,
-    ))];
-    for target in targets {
-        tasks.push(tokio::spawn(sender_loop(
-            target,
+    let mut tasks = vec![Task::new(
+        "alerts.evaluate",
+        evaluation_loop(
             engine.clone(),
-            clock.clone(),
-            snapshots.clone(),
-        )));
+            a.evaluation_interval,
+            metrics.clone(),
+            snapshot_tx,
+            shutdown.clone(),
+        ),
+    )];
+    for (index, target) in targets.into_iter().enumerate() {
+        tasks.push(Task::new(
+            format!("alerts.sender[{index}]"),
+            sender_loop(
+                target,
+                engine.clone(),
+                clock.clone(),
+                snapshots.clone(),
+                shutdown.clone(),
+            ),
+        ));
     }
     if !prober.is_empty() {
-        tasks.push(tokio::spawn(probe_loop(
-            prober,
-            a.outside_probe_interval,
-            fleet.clone(),
-            observers,
-            clock,
-            metrics,
-        )));
+        tasks.push(Task::new(
+            "alerts.outside_probe",
+            probe_loop(
+                prober,
+                a.outside_probe_interval,
+                fleet,
+                observers,
+                clock,
+                metrics,
+                shutdown,
+            ),
+        ));
     }
     tracing::info!(
         alertmanagers = cfg.alertmanagers.len(),
         evaluation_interval = %humantime::format_duration(a.evaluation_interval),
-        "alerting started"
+        "alerting set up"
     );
-    Ok(AlertingHandle {
-        engine,
-        fleet,
-        snapshots,
+    let route = Route::new(
+        Method::GET,
+        "/api/v1/alerts",
+        |state, peer, request| async move { alerts_response(&state, &peer, &request).await },
+    );
+    Ok(Built {
+        routes: vec![route],
         tasks,
+        stages: vec![Box::new(stage)],
+        ..Built::default()
     })
+}
+
+/// `{"alerts":[...]}` (see [`super::alerts_page`]): on a loopback listener
+/// without a credential every alert, otherwise only the credential's member's.
+async fn alerts_response(
+    state: &AppState,
+    peer: &PeerIdentity,
+    request: &Request<Incoming>,
+) -> HttpResponse {
+    let member = match server::reader_member(state, peer, request, "/api/v1/alerts") {
+        Ok(member) => member,
+        Err(response) => return *response,
+    };
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || super::alerts_page(&store, member.as_deref())).await {
+        Ok(Ok(page)) => server::json(StatusCode::OK, &page),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "listing alerts failed");
+            server::unavailable(format!("store unavailable: {e}"))
+        }
+        Err(e) => server::unavailable(format!("store unavailable: {e}")),
+    }
 }
 
 /// `alerting.external_url`, else the listen address, + `/api/v1/alerts`.
@@ -208,11 +238,17 @@ async fn evaluation_loop(
     interval: Duration,
     metrics: CollectorMetrics,
     snapshot_tx: watch::Sender<Arc<AlertSnapshot>>,
+    shutdown: Shutdown,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        // Between rounds only: a round in progress saves its state first.
+        tokio::select! {
+            biased;
+            _ = shutdown.wait() => return,
+            _ = ticker.tick() => {}
+        }
         let engine = engine.clone();
         let round = tokio::task::spawn_blocking(move || {
             let mut engine = lock(&engine);
@@ -260,6 +296,7 @@ async fn sender_loop(
     engine: Arc<Mutex<AlertEngine>>,
     clock: SharedClock,
     mut snapshots: watch::Receiver<Arc<AlertSnapshot>>,
+    shutdown: Shutdown,
 ) {
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
@@ -276,6 +313,8 @@ async fn sender_loop(
             }
         }
         tokio::select! {
+            biased;
+            _ = shutdown.wait() => return,
             changed = snapshots.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(SENDER_POLL) => {}
         }
@@ -289,11 +328,16 @@ async fn probe_loop(
     observers: Vec<OutsideProbeObserver>,
     clock: SharedClock,
     metrics: CollectorMetrics,
+    shutdown: Shutdown,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            biased;
+            _ = shutdown.wait() => return,
+            _ = ticker.tick() => {}
+        }
         for result in prober.probe_all(&clock).await {
             outside_probe::deliver(result, &fleet, &observers, &metrics);
         }

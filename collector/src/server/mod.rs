@@ -6,12 +6,21 @@
 //!
 //! Slow clients are bounded at every step: the TLS handshake and the request
 //! headers by `server.header_read_timeout`, the body by
-//! `server.body_read_timeout`. Shutdown stops accepting, lets in-flight
-//! requests finish for up to `server.shutdown_grace`, then returns.
+//! `server.body_read_timeout`.
 //!
-//! Routes live in `routes.rs`, the ingest path in `ingest.rs`. Alongside the
-//! listener run two background tasks: the token table refresh (`auth.rs`) and
-//! raw-batch retention (`store.prune`).
+//! The listener serves whatever routes the collector's components register
+//! ([`crate::component`]): [`Collector`] builds the components, one router
+//! over all their routes (`routes.rs`), and runs their tasks. The features
+//! wired as components live in `components.rs` (core endpoints, ingest with
+//! the token refresh, agents, retention), [`crate::slo::SloComponent`] and
+//! [`crate::alerts::AlertsComponent`].
+//!
+//! Shutdown (SIGTERM/SIGINT, or [`RunningCollector::shutdown`]): stop
+//! accepting, let in-flight requests finish for up to
+//! `server.shutdown_grace`, then signal every component task and await them
+//! for up to the same grace (each finishes the round in progress, so a store
+//! write completes), logging any that did not stop; then return, so the
+//! store closes after its writer drained.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -31,18 +40,25 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{PeerIdentity, TokenTable, agent_from_certificate};
+use crate::clock::{SharedClock, SystemClock};
+use crate::component::{BuildContext, Component, ComponentError, ShutdownTrigger, Task};
+use crate::pipeline::alerts::DerivationAlerts;
+use crate::pipeline::{Pipeline, PipelineSettings, PipelineStatus};
 use crate::store::{Store, StoreError};
 use crate::telemetry::CollectorMetrics;
 
+pub use components::RETENTION_INTERVAL;
+pub use routes::HttpResponse;
+use routes::Router;
+pub(crate) use routes::{json, reader_member, unavailable};
+
+pub mod components;
 mod ingest;
 mod routes;
 mod tls;
 
 #[cfg(test)]
 mod tests;
-
-/// How often raw batches older than `storage.raw_retention` are deleted.
-pub const RETENTION_INTERVAL: Duration = Duration::from_secs(5 * 60);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -74,43 +90,290 @@ pub enum ServerError {
     /// A startup task died.
     #[error("startup task failed: {0}")]
     Task(String),
+    /// A component could not be built.
+    #[error("{0}")]
+    Component(#[from] ComponentError),
 }
 
-/// What every request handler shares.
-pub(crate) struct AppState {
+/// What every request handler is given, whatever its component: the
+/// server's settings, the store, the token table and the metrics. A
+/// feature's own state (the SLO engine, …) is captured by its handlers.
+pub struct AppState {
     pub(crate) server: ServerConfig,
     pub(crate) store: Store,
     pub(crate) tokens: TokenTable,
     pub(crate) metrics: CollectorMetrics,
     /// Reads without a credential are allowed only on a loopback listener.
     pub(crate) loopback_listener: bool,
-    /// The SLO engine's view, for `GET /api/v1/slo`.
-    pub(crate) slo: Option<crate::slo::SloView>,
 }
 
-/// A started server. Dropping it also shuts the server down (gracefully, in
-/// the background).
-pub struct RunningServer {
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("loopback_listener", &self.loopback_listener)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A collector to start in-process: the configuration, the store, and the
+/// components to run (by default every feature `serve` runs).
+pub struct Collector {
+    config: CollectorConfig,
+    store: Store,
+    clock: SharedClock,
+    metrics: CollectorMetrics,
+    components: Vec<Box<dyn Component>>,
+}
+
+impl std::fmt::Debug for Collector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<_> = self.components.iter().map(|c| c.name()).collect();
+        f.debug_struct("Collector")
+            .field("components", &names)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every feature `serve` runs, in build order: the alert engine comes last
+/// because it takes the alert sources and probe observers the others offer.
+pub fn all_components() -> Vec<Box<dyn Component>> {
+    let mut components = http_components();
+    components.push(Box::new(crate::slo::SloComponent));
+    components.push(Box::new(crate::alerts::AlertsComponent));
+    components
+}
+
+/// The HTTP surface without derivation or alerting: core endpoints, ingest
+/// (with the token refresh), agents and retention. For benchmarks of the
+/// ingest path alone.
+pub fn http_components() -> Vec<Box<dyn Component>> {
+    vec![
+        Box::new(components::Core),
+        Box::new(components::Ingest),
+        Box::new(components::Agents),
+        Box::new(components::Retention),
+    ]
+}
+
+impl Collector {
+    /// Every feature ([`all_components`]) on the wall clock with a new
+    /// metrics registry.
+    pub fn new(config: CollectorConfig, store: Store) -> Self {
+        Self {
+            config,
+            store,
+            clock: Arc::new(SystemClock),
+            metrics: CollectorMetrics::new(),
+            components: all_components(),
+        }
+    }
+
+    /// Time from `clock` instead of the wall clock.
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Metrics into `metrics` (benchmarks read it).
+    pub fn metrics(mut self, metrics: CollectorMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Runs exactly `components` (built in this order) instead of every feature.
+    pub fn components(mut self, components: Vec<Box<dyn Component>>) -> Self {
+        self.components = components;
+        self
+    }
+
+    /// Binds `server.listen` (port 0 picks a free port), loads the token
+    /// table, builds every component (nothing runs if one fails), then
+    /// serves their routes and runs their tasks.
+    pub async fn start(self) -> Result<RunningCollector, ServerError> {
+        let Self {
+            config,
+            store,
+            clock,
+            metrics,
+            components,
+        } = self;
+        let server_cfg = config.server.clone();
+        let tls_config = tls::server_tls_config(&server_cfg)?;
+        let listener = TcpListener::bind(server_cfg.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: server_cfg.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: server_cfg.listen,
+            source,
+        })?;
+        let tokens = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || TokenTable::load(&store))
+                .await
+                .map_err(|e| ServerError::Task(e.to_string()))??
+        };
+        metrics.tokens_active.set(tokens.live_count() as i64);
+        store.observe_commits(metrics.commit_seconds.clone());
+
+        let (trigger, shutdown) = ShutdownTrigger::new();
+        // The pipeline's status exists before its stages do, so the alert
+        // engine (built last) can alert on it.
+        let pipeline_status = Arc::new(PipelineStatus::default());
+        let derivation_alerts: Arc<dyn crate::alerts::AlertSource> =
+            Arc::new(DerivationAlerts::new(
+                Arc::clone(&pipeline_status),
+                config.alerting.derivation_behind_after,
+                &config.alerting.runbook_base_url,
+            ));
+        let mut ctx = BuildContext {
+            config: Arc::new(config),
+            store: store.clone(),
+            clock: clock.clone(),
+            metrics: metrics.clone(),
+            tokens: tokens.clone(),
+            shutdown: shutdown.clone(),
+            alert_sources: vec![derivation_alerts],
+            probe_observers: Vec::new(),
+        };
+        let mut routes = Vec::new();
+        let mut tasks = Vec::new();
+        let mut stages = Vec::new();
+        for component in components {
+            let name = component.name();
+            let built = component.build(ctx.clone()).await?;
+            tracing::debug!(component = name, routes = ?built.routes, tasks = ?built.tasks, "component built");
+            routes.extend(built.routes.into_iter().map(|route| (name, route)));
+            tasks.extend(built.tasks);
+            stages.extend(built.stages);
+            ctx.alert_sources.extend(built.alert_sources);
+            ctx.probe_observers.extend(built.probe_observers);
+        }
+        let router = Arc::new(Router::new(routes)?);
+        if !stages.is_empty() {
+            // Opening publishes the slowest stage's watermark as the
+            // retention hold before any task (retention) runs.
+            let pipeline = {
+                let (store, metrics) = (store.clone(), metrics.clone());
+                tokio::task::spawn_blocking(move || {
+                    Pipeline::open_with_status(
+                        Arc::new(store),
+                        stages,
+                        PipelineSettings::default(),
+                        pipeline_status,
+                    )
+                    .map(|pipeline| pipeline.with_metrics(metrics))
+                })
+                .await
+                .map_err(|e| ServerError::Task(e.to_string()))??
+            };
+            tasks.push(Task::new(
+                "pipeline",
+                crate::pipeline::drive(pipeline, store.clone(), clock, async move {
+                    shutdown.wait().await;
+                }),
+            ));
+        }
+
+        let tasks = tasks
+            .into_iter()
+            .map(|task| (task.name, tokio::spawn(task.future)))
+            .collect();
+        let state = Arc::new(AppState {
+            loopback_listener: local_addr.ip().is_loopback(),
+            server: server_cfg,
+            store,
+            tokens,
+            metrics: metrics.clone(),
+        });
+        let grace = state.server.shutdown_grace;
+        let (listener_tx, listener_rx) = watch::channel(false);
+        let acceptor = tls_config.map(TlsAcceptor::from);
+        let serve_task = tokio::spawn(serve(listener, acceptor, state, router, listener_rx));
+        Ok(RunningCollector {
+            local_addr,
+            metrics,
+            grace,
+            listener_tx,
+            serve_task,
+            trigger,
+            tasks,
+        })
+    }
+}
+
+/// A started collector. Dropping it stops the listener and signals every
+/// task, which then drain on their own; [`RunningCollector::shutdown`] also
+/// waits for them.
+pub struct RunningCollector {
     /// The address actually bound (useful with port 0).
     pub local_addr: SocketAddr,
-    /// The server's metrics (the registry `/metrics` renders).
+    /// The collector's metrics (the registry `/metrics` renders).
     pub metrics: CollectorMetrics,
-    shutdown_tx: watch::Sender<bool>,
+    grace: Duration,
+    listener_tx: watch::Sender<bool>,
     serve_task: JoinHandle<()>,
+    trigger: ShutdownTrigger,
+    tasks: Vec<(String, JoinHandle<()>)>,
 }
 
-impl RunningServer {
+impl std::fmt::Debug for RunningCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<_> = self.tasks.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("RunningCollector")
+            .field("local_addr", &self.local_addr)
+            .field("tasks", &names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningCollector {
     /// Stops accepting, lets in-flight requests finish for up to
-    /// `server.shutdown_grace`, stops the background tasks, and returns.
+    /// `server.shutdown_grace`, then signals every task and waits up to the
+    /// same grace for them to finish their round and return.
     pub async fn shutdown(self) {
-        let _ = self.shutdown_tx.send(true);
-        if let Err(e) = self.serve_task.await {
+        let Self {
+            grace,
+            listener_tx,
+            serve_task,
+            trigger,
+            tasks,
+            ..
+        } = self;
+        listener_tx.send_replace(true);
+        if let Err(e) = serve_task.await {
             tracing::error!(error = %e, "server task failed");
+        }
+        trigger.trigger();
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut late = Vec::new();
+        for (name, mut task) in tasks {
+            match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(Ok(())) => tracing::debug!(task = %name, "task stopped"),
+                Ok(Err(e)) => tracing::error!(task = %name, error = %e, "task failed"),
+                Err(_) => {
+                    // Past the grace the process is leaving anyway; cancel what
+                    // is left at its next await so it cannot outlive us.
+                    task.abort();
+                    late.push(name);
+                }
+            }
+        }
+        if late.is_empty() {
+            tracing::info!("all tasks stopped");
+        } else {
+            tracing::warn!(
+                tasks = ?late,
+                grace = %humantime::format_duration(grace),
+                "tasks did not stop within the shutdown grace; cancelled"
+            );
         }
     }
 
     /// Serves until SIGTERM or SIGINT, then shuts down as
-    /// [`RunningServer::shutdown`] does.
+    /// [`RunningCollector::shutdown`] does.
     pub async fn wait(self) {
         shutdown_signal().await;
         tracing::info!("shutdown signal received");
@@ -142,79 +405,13 @@ async fn shutdown_signal() {
     }
 }
 
-/// Binds `server.listen` (port 0 picks a free port), loads the token table and
-/// starts serving, with the token refresh and retention tasks.
-pub async fn start(cfg: CollectorConfig, store: Store) -> Result<RunningServer, ServerError> {
-    start_with_metrics(cfg, store, CollectorMetrics::new()).await
-}
-
-/// [`start`] with a given metrics registry (benchmarks read it).
-pub async fn start_with_metrics(
-    cfg: CollectorConfig,
-    store: Store,
-    metrics: CollectorMetrics,
-) -> Result<RunningServer, ServerError> {
-    start_with_slo(cfg, store, metrics, None).await
-}
-
-/// [`start_with_metrics`], serving `GET /api/v1/slo` from `slo` (503 without it).
-pub async fn start_with_slo(
-    cfg: CollectorConfig,
-    store: Store,
-    metrics: CollectorMetrics,
-    slo: Option<crate::slo::SloView>,
-) -> Result<RunningServer, ServerError> {
-    let server_cfg = cfg.server.clone();
-    let tls_config = tls::server_tls_config(&server_cfg)?;
-    let listener = TcpListener::bind(server_cfg.listen)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: server_cfg.listen,
-            source,
-        })?;
-    let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
-        addr: server_cfg.listen,
-        source,
-    })?;
-    let tokens = {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || TokenTable::load(&store))
-            .await
-            .map_err(|e| ServerError::Task(e.to_string()))??
-    };
-    metrics.tokens_active.set(tokens.live_count() as i64);
-    store.observe_commits(metrics.commit_seconds.clone());
-
-    let background = vec![
-        tokens.spawn_refresh(store.clone(), server_cfg.token_refresh),
-        spawn_retention(store.clone(), metrics.clone()),
-    ];
-    let state = Arc::new(AppState {
-        slo,
-        loopback_listener: local_addr.ip().is_loopback(),
-        server: server_cfg,
-        store,
-        tokens,
-        metrics: metrics.clone(),
-    });
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let acceptor = tls_config.map(TlsAcceptor::from);
-    let serve_task = tokio::spawn(serve(listener, acceptor, state, shutdown_rx, background));
-    Ok(RunningServer {
-        local_addr,
-        metrics,
-        shutdown_tx,
-        serve_task,
-    })
-}
-
 /// The accept loop, then the graceful shutdown.
 async fn serve(
     listener: TcpListener,
     acceptor: Option<TlsAcceptor>,
     state: Arc<AppState>,
+    router: Arc<Router>,
     mut shutdown_rx: watch::Receiver<bool>,
-    background: Vec<JoinHandle<()>>,
 ) {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -236,6 +433,7 @@ async fn serve(
                         builder.clone(),
                         graceful.watcher(),
                         state.clone(),
+                        router.clone(),
                     );
                     tokio::spawn(connection);
                 }
@@ -258,9 +456,6 @@ async fn serve(
         Ok(()) => tracing::info!("all connections closed"),
         Err(_) => tracing::warn!("shutdown grace elapsed; closing the remaining connections"),
     }
-    for task in background {
-        task.abort();
-    }
 }
 
 /// One accepted TCP connection: TLS handshake (bounded), then HTTP.
@@ -271,6 +466,7 @@ async fn serve_connection(
     builder: auto::Builder<TokioExecutor>,
     watcher: Watcher,
     state: Arc<AppState>,
+    router: Arc<Router>,
 ) {
     // Acks are small and latency matters more than packet count.
     let _ = stream.set_nodelay(true);
@@ -281,6 +477,7 @@ async fn serve_connection(
             builder,
             watcher,
             state,
+            router,
         )
         .await;
         return;
@@ -304,7 +501,15 @@ async fn serve_connection(
             None => PeerIdentity::Unnamed,
         },
     };
-    serve_http(TokioIo::new(tls_stream), peer, builder, watcher, state).await;
+    serve_http(
+        TokioIo::new(tls_stream),
+        peer,
+        builder,
+        watcher,
+        state,
+        router,
+    )
+    .await;
 }
 
 async fn serve_http<I>(
@@ -313,47 +518,20 @@ async fn serve_http<I>(
     builder: auto::Builder<TokioExecutor>,
     watcher: Watcher,
     state: Arc<AppState>,
+    router: Arc<Router>,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let peer = Arc::new(peer);
     let service = service_fn(move |request: hyper::Request<Incoming>| {
-        let state = state.clone();
-        let peer = peer.clone();
-        async move { Ok::<_, Infallible>(routes::handle(state, peer, request).await) }
+        let (state, peer, router) = (state.clone(), peer.clone(), router.clone());
+        async move { Ok::<_, Infallible>(router.handle(state, peer, request).await) }
     });
     let connection = builder.serve_connection(io, service);
     if let Err(e) = watcher.watch(connection).await {
         // Client resets, header timeouts, protocol errors: the client's problem.
         tracing::debug!(error = %e, "connection ended with an error");
     }
-}
-
-/// Deletes raw batches past `storage.raw_retention` now and every
-/// [`RETENTION_INTERVAL`].
-fn spawn_retention(store: Store, metrics: CollectorMetrics) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(RETENTION_INTERVAL);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            let store = store.clone();
-            let now_ms = unix_ms_now();
-            match tokio::task::spawn_blocking(move || store.prune(now_ms)).await {
-                Ok(Ok(report)) => {
-                    metrics.retention_deleted.inc_by(report.deleted_batches);
-                    if report.deleted_batches > 0 {
-                        tracing::info!(
-                            deleted_batches = report.deleted_batches,
-                            "retention pruned raw batches"
-                        );
-                    }
-                }
-                Ok(Err(e)) => tracing::warn!(error = %e, "retention prune failed; will retry"),
-                Err(e) => tracing::warn!(error = %e, "retention task failed; will retry"),
-            }
-        }
-    })
 }
 
 /// Now as Unix milliseconds.

@@ -1,6 +1,11 @@
 //! Request routing and the small endpoints: `/healthz`, `/readyz`,
 //! `/metrics`, `/api/v1/agents`. Every error is a JSON `{"error": "..."}`.
+//!
+//! The [`Router`] is built from every component's routes: an exact-path
+//! lookup, then the method; a known path with another method gets 405 with
+//! `Allow`, anything else 404 `no such endpoint`.
 
+use std::collections::HashMap;
 use std::fmt::Display;
 use std::sync::Arc;
 
@@ -9,53 +14,111 @@ use http::header::{ALLOW, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use prometheus::IntCounterVec;
 
-use super::{AppState, ingest};
+use super::AppState;
 use crate::auth::{self, AuthError, PeerIdentity};
+use crate::component::{ComponentError, Handler, Route};
 use crate::telemetry::CollectorMetrics;
 
 /// Every response the server sends.
-pub(super) type HttpResponse = Response<Full<Bytes>>;
+pub type HttpResponse = Response<Full<Bytes>>;
 
-/// Routes one request.
-pub(super) async fn handle(
-    state: Arc<AppState>,
-    peer: Arc<PeerIdentity>,
-    request: Request<Incoming>,
-) -> HttpResponse {
-    let method = request.method().clone();
-    match request.uri().path() {
-        "/api/v1/ingest" => {
-            let response = if method == Method::POST {
-                ingest::handle(&state, &peer, request).await
-            } else {
-                method_not_allowed("POST")
-            };
-            state
-                .metrics
-                .ingest_requests
+/// Every component's routes by exact path.
+pub(crate) struct Router {
+    paths: HashMap<&'static str, PathRoutes>,
+}
+
+/// The routes of one path.
+struct PathRoutes {
+    methods: Vec<(Method, Handler)>,
+    /// `Allow`: the methods served, in registration order.
+    allow: HeaderValue,
+    responses: Option<IntCounterVec>,
+}
+
+impl Router {
+    /// A router over `routes`, each tagged with the component that
+    /// registered it; the same method twice on one path is refused.
+    pub(crate) fn new(
+        routes: impl IntoIterator<Item = (&'static str, Route)>,
+    ) -> Result<Self, ComponentError> {
+        let mut owners: HashMap<(&'static str, Method), &'static str> = HashMap::new();
+        let mut grouped: HashMap<&'static str, Vec<Route>> = HashMap::new();
+        for (component, route) in routes {
+            if let Some(first) = owners.insert((route.path, route.method.clone()), component) {
+                return Err(ComponentError::DuplicateRoute {
+                    method: route.method,
+                    path: route.path,
+                    first,
+                    second: component,
+                });
+            }
+            grouped.entry(route.path).or_default().push(route);
+        }
+        let paths = grouped
+            .into_iter()
+            .map(|(path, routes)| {
+                let allow = routes
+                    .iter()
+                    .map(|r| r.method.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                // Method names are tokens, so this only fails on a bug.
+                let allow =
+                    HeaderValue::from_str(&allow).unwrap_or_else(|_| HeaderValue::from_static(""));
+                let responses = routes.iter().find_map(|r| r.responses.clone());
+                let methods = routes.into_iter().map(|r| (r.method, r.handler)).collect();
+                (
+                    path,
+                    PathRoutes {
+                        methods,
+                        allow,
+                        responses,
+                    },
+                )
+            })
+            .collect();
+        Ok(Self { paths })
+    }
+
+    /// Routes one request: its handler, else 405 with `Allow` on a known
+    /// path, else 404.
+    pub(crate) async fn handle(
+        &self,
+        state: Arc<AppState>,
+        peer: Arc<PeerIdentity>,
+        request: Request<Incoming>,
+    ) -> HttpResponse {
+        let path = request.uri().path();
+        let Some(routes) = self.paths.get(path) else {
+            return error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"));
+        };
+        let handler = routes
+            .methods
+            .iter()
+            .find(|(method, _)| method == request.method())
+            .map(|(_, handler)| handler.clone());
+        let response = match handler {
+            Some(handler) => handler(state, peer, request).await,
+            None => method_not_allowed(&routes.allow),
+        };
+        if let Some(counter) = &routes.responses {
+            counter
                 .with_label_values(&[response.status().as_str()])
                 .inc();
-            response
         }
-        "/healthz" if method == Method::GET => {
-            json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
-        }
-        "/readyz" if method == Method::GET => readyz(&state).await,
-        "/metrics" if method == Method::GET => metrics(&state).await,
-        "/api/v1/agents" if method == Method::GET => agents(&state, &peer, &request).await,
-        "/api/v1/alerts" if method == Method::GET => alerts(&state, &peer, &request).await,
-        "/api/v1/slo" if method == Method::GET => slo(&state, &peer, &request).await,
-        "/api/v1/slo" => method_not_allowed("GET"),
-        "/healthz" | "/readyz" | "/metrics" | "/api/v1/agents" | "/api/v1/alerts" => {
-            method_not_allowed("GET")
-        }
-        path => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+        response
     }
 }
 
-/// 200 when the store answers, else 503.
-async fn readyz(state: &AppState) -> HttpResponse {
+/// `GET /healthz`: the process answers.
+pub(super) async fn healthz() -> HttpResponse {
+    json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: 200 when the store answers, else 503.
+pub(super) async fn readyz(state: &AppState) -> HttpResponse {
     let store = state.store.clone();
     match tokio::task::spawn_blocking(move || store.ping()).await {
         Ok(Ok(())) => json(StatusCode::OK, &serde_json::json!({"status": "ready"})),
@@ -75,7 +138,7 @@ async fn readyz(state: &AppState) -> HttpResponse {
 
 /// Refreshes the gauges that mirror the store (one agents query and one count),
 /// then renders the registry. A store error leaves the gauges as they were.
-async fn metrics(state: &AppState) -> HttpResponse {
+pub(super) async fn metrics(state: &AppState) -> HttpResponse {
     let store = state.store.clone();
     let snapshot = tokio::task::spawn_blocking(move || {
         Ok::<_, crate::store::StoreError>((store.raw_batch_count()?, store.agents(None)?))
@@ -117,7 +180,7 @@ async fn metrics(state: &AppState) -> HttpResponse {
 
 /// `{"agents":[...]}`: on a loopback listener without a credential every row,
 /// otherwise only the credential's member's rows.
-async fn agents(
+pub(super) async fn agents(
     state: &AppState,
     peer: &PeerIdentity,
     request: &Request<Incoming>,
@@ -149,53 +212,10 @@ async fn agents(
     }
 }
 
-/// `{"alerts":[...]}` (see `alerts::alerts_page`): on a loopback listener
-/// without a credential every alert, otherwise only the credential's member's.
-async fn alerts(
-    state: &AppState,
-    peer: &PeerIdentity,
-    request: &Request<Incoming>,
-) -> HttpResponse {
-    let member = match reader_member(state, peer, request, "/api/v1/alerts") {
-        Ok(member) => member,
-        Err(response) => return *response,
-    };
-    let store = state.store.clone();
-    match tokio::task::spawn_blocking(move || crate::alerts::alerts_page(&store, member.as_deref()))
-        .await
-    {
-        Ok(Ok(page)) => json(StatusCode::OK, &page),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "listing alerts failed");
-            unavailable(format!("store unavailable: {e}"))
-        }
-        Err(e) => unavailable(format!("store unavailable: {e}")),
-    }
-}
-
-/// `{"objectives":[...]}` (see `slo::api`): on a loopback listener without a
-/// credential every objective, otherwise only the credential's member's.
-async fn slo(state: &AppState, peer: &PeerIdentity, request: &Request<Incoming>) -> HttpResponse {
-    let member = match reader_member(state, peer, request, "/api/v1/slo") {
-        Ok(member) => member,
-        Err(response) => return *response,
-    };
-    let Some(view) = state.slo.clone() else {
-        return unavailable("the SLO engine is not running".to_string());
-    };
-    match tokio::task::spawn_blocking(move || view.objectives()).await {
-        Ok(objectives) => json(
-            StatusCode::OK,
-            &crate::slo::api::objectives_json(&objectives, member.as_deref()),
-        ),
-        Err(e) => unavailable(format!("SLO evaluation failed: {e}")),
-    }
-}
-
 /// Who may read what: `None` (everything) for a request without a
 /// credential on a loopback listener, else the credential's member; a
 /// refused credential becomes the response to send.
-fn reader_member(
+pub(crate) fn reader_member(
     state: &AppState,
     peer: &PeerIdentity,
     request: &Request<Incoming>,
@@ -255,7 +275,7 @@ pub(super) fn auth_failure(state: &AppState, e: &AuthError, detail: Option<&str>
 }
 
 /// A JSON response.
-pub(super) fn json(status: StatusCode, body: &serde_json::Value) -> HttpResponse {
+pub(crate) fn json(status: StatusCode, body: &serde_json::Value) -> HttpResponse {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     response
@@ -265,12 +285,12 @@ pub(super) fn json(status: StatusCode, body: &serde_json::Value) -> HttpResponse
 }
 
 /// `{"error": message}` with this status.
-pub(super) fn error(status: StatusCode, message: impl Display) -> HttpResponse {
+pub(crate) fn error(status: StatusCode, message: impl Display) -> HttpResponse {
     json(status, &serde_json::json!({ "error": message.to_string() }))
 }
 
 /// 503 with `Retry-After: 5`.
-pub(super) fn unavailable(message: impl Display) -> HttpResponse {
+pub(crate) fn unavailable(message: impl Display) -> HttpResponse {
     let mut response = error(StatusCode::SERVICE_UNAVAILABLE, message);
     response
         .headers_mut()
@@ -278,13 +298,13 @@ pub(super) fn unavailable(message: impl Display) -> HttpResponse {
     response
 }
 
-fn method_not_allowed(allow: &'static str) -> HttpResponse {
+/// 405 naming the methods the path serves.
+fn method_not_allowed(allow: &HeaderValue) -> HttpResponse {
+    let use_ = allow.to_str().unwrap_or_default();
     let mut response = error(
         StatusCode::METHOD_NOT_ALLOWED,
-        format!("method not allowed; use {allow}"),
+        format!("method not allowed; use {use_}"),
     );
-    response
-        .headers_mut()
-        .insert(ALLOW, HeaderValue::from_static(allow));
+    response.headers_mut().insert(ALLOW, allow.clone());
     response
 }

@@ -32,7 +32,7 @@ struct TestServer {
     tokens: std::collections::HashMap<String, String>,
     cfg: CollectorConfig,
     store: Store,
-    server: Option<RunningServer>,
+    server: Option<RunningCollector>,
     addr: SocketAddr,
 }
 
@@ -59,7 +59,10 @@ impl TestServer {
                 )
             })
             .collect();
-        let server = start(cfg.clone(), store.clone()).await.unwrap();
+        let server = Collector::new(cfg.clone(), store.clone())
+            .start()
+            .await
+            .unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], server.local_addr.port()));
         Self {
             _dir: dir,

@@ -15,10 +15,13 @@
 //! - [`replay`] and [`scenario`]: recorded batches and the incident scenario
 //!   library through the same derivation and evaluation on a `ManualClock`.
 //!
-//! In `serve`, [`start`] loads the last window from the store (so a restart
-//! changes nothing) and refreshes the gauges every [`TICK`]; the pipeline runs
-//! [`SloHandle::stage`], which applies new minutes as they are committed.
-//! Time always comes from the given clock.
+//! In `serve`, the [`SloComponent`] loads the last window from the store
+//! ([`open`], so a restart changes nothing), serves `GET /api/v1/slo`, offers
+//! the engine as an alert source and an outside-probe observer, contributes
+//! the SLI stage ([`stage::SliStage`]) to the derivation pipeline (which
+//! applies new minutes to the engine as they commit), and refreshes the
+//! gauges every [`TICK`] until shutdown. Time always comes from the given
+//! clock.
 
 pub mod api;
 pub mod engine;
@@ -36,15 +39,20 @@ mod tests;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
+use http::{Method, Request, StatusCode};
 use hubwatch_shared::config::CollectorConfig;
-use tokio::task::JoinHandle;
+use hyper::body::Incoming;
 
 pub use engine::{ObjectiveStatus, SloEngine};
 pub use objectives::{HubObjectives, SloSettings};
 pub use sli::{DeriveStats, MinuteChange, MinuteCounts};
 pub use store::{SliStore, SqliteSli};
 
+use crate::auth::PeerIdentity;
 use crate::clock::SharedClock;
+use crate::component::{BuildContext, Built, Component, ComponentError, Route, Shutdown, Task};
+use crate::server::{self, AppState, HttpResponse};
 use crate::store::{Store, StoreError};
 use crate::telemetry::CollectorMetrics;
 
@@ -86,23 +94,18 @@ impl SloView {
     }
 }
 
-/// The running SLO engine of `serve`. Dropping it stops the derivation task.
+/// The SLO engine with its state loaded ([`open`]): what the component and
+/// the tests drive.
+#[derive(Clone)]
 pub struct SloHandle {
     engine: Arc<SloEngine>,
     store: Arc<dyn SliStore>,
     clock: SharedClock,
-    task: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for SloHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SloHandle").finish_non_exhaustive()
-    }
-}
-
-impl Drop for SloHandle {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -155,6 +158,31 @@ impl SloHandle {
                 Err(_) => record(),
             }
         })
+    }
+
+    /// The derivation task: every [`TICK`] derives new batches and refreshes
+    /// the `hubwatch_slo_*` gauges, until `shutdown` (a round in progress,
+    /// a store transaction on a blocking thread, completes first).
+    pub async fn run_gauges(self, metrics: CollectorMetrics, shutdown: Shutdown) {
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.wait() => return,
+                _ = ticker.tick() => {}
+            }
+            let (engine, clock, metrics) = (
+                Arc::clone(&self.engine),
+                Arc::clone(&self.clock),
+                metrics.clone(),
+            );
+            let round =
+                tokio::task::spawn_blocking(move || tick(&engine, clock.now_ms(), &metrics)).await;
+            if let Err(e) = round {
+                tracing::error!(error = %e, "SLO gauge refresh failed; retrying");
+            }
+        }
     }
 
     /// Records one result of the collector's own probe of a hub's public URL
@@ -225,14 +253,11 @@ pub fn derive_pending(
     Ok(stats)
 }
 
-/// Builds the engine for `cfg`, loads the last window from `store`, derives
-/// what is pending, and starts the task that keeps deriving and refreshing
-/// the `hubwatch_slo_*` gauges every [`TICK`]. `serve` calls this once.
-pub async fn start(
+/// Builds the engine for `cfg` and loads the last window from `store`.
+pub async fn open(
     cfg: &CollectorConfig,
     store: Store,
     clock: SharedClock,
-    metrics: CollectorMetrics,
 ) -> Result<SloHandle, SloError> {
     let engine = Arc::new(SloEngine::new(SloSettings::from_config(cfg)?));
     let store: Arc<dyn SliStore> = Arc::new(store::SqliteSli::new(store));
@@ -254,30 +279,80 @@ pub async fn start(
         .await
         .map_err(|e| SloError::Task(e.to_string()))??;
     }
-    let task = {
-        let (engine, clock) = (Arc::clone(&engine), Arc::clone(&clock));
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(TICK);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                let (engine, clock, metrics) =
-                    (Arc::clone(&engine), Arc::clone(&clock), metrics.clone());
-                let round =
-                    tokio::task::spawn_blocking(move || tick(&engine, clock.now_ms(), &metrics))
-                        .await;
-                if let Err(e) = round {
-                    tracing::error!(error = %e, "SLO gauge refresh failed; retrying");
-                }
-            }
-        })
-    };
     Ok(SloHandle {
         engine,
         store,
         clock,
-        task,
     })
+}
+
+/// The SLO feature of `serve`: `GET /api/v1/slo`, the derivation task, the
+/// engine as an alert source and the availability SLI as an observer of the
+/// collector's outside probes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SloComponent;
+
+impl Component for SloComponent {
+    fn name(&self) -> &'static str {
+        "slo"
+    }
+
+    fn build(
+        self: Box<Self>,
+        ctx: BuildContext,
+    ) -> BoxFuture<'static, Result<Built, ComponentError>> {
+        Box::pin(async move {
+            let handle = open(&ctx.config, ctx.store.clone(), ctx.clock.clone())
+                .await
+                .map_err(|e| match e {
+                    SloError::UnknownTier { .. } => ComponentError::config("slo", e),
+                    _ => ComponentError::failed("slo", e),
+                })?;
+            let view = handle.view();
+            let route = Route::new(Method::GET, "/api/v1/slo", move |state, peer, request| {
+                let view = view.clone();
+                async move { objectives_response(&state, &peer, &request, view).await }
+            });
+            let stage = {
+                let (handle, metrics) = (handle.clone(), ctx.metrics.clone());
+                tokio::task::spawn_blocking(move || handle.stage(metrics))
+                    .await
+                    .map_err(|e| ComponentError::failed("slo", SloError::Task(e.to_string())))?
+                    .map_err(|e| ComponentError::failed("slo", e))?
+            };
+            Ok(Built {
+                routes: vec![route],
+                alert_sources: vec![handle.engine()],
+                probe_observers: vec![handle.outside_probe_observer()],
+                stages: vec![Box::new(stage)],
+                tasks: vec![Task::new(
+                    "slo.gauges",
+                    handle.run_gauges(ctx.metrics, ctx.shutdown),
+                )],
+            })
+        })
+    }
+}
+
+/// `{"objectives":[...]}` (see [`api`]): on a loopback listener without a
+/// credential every objective, otherwise only the credential's member's.
+async fn objectives_response(
+    state: &AppState,
+    peer: &PeerIdentity,
+    request: &Request<Incoming>,
+    view: SloView,
+) -> HttpResponse {
+    let member = match server::reader_member(state, peer, request, "/api/v1/slo") {
+        Ok(member) => member,
+        Err(response) => return *response,
+    };
+    match tokio::task::spawn_blocking(move || view.objectives()).await {
+        Ok(objectives) => server::json(
+            StatusCode::OK,
+            &api::objectives_json(&objectives, member.as_deref()),
+        ),
+        Err(e) => server::unavailable(format!("SLO evaluation failed: {e}")),
+    }
 }
 
 /// One round of `serve`: refresh the gauges.
