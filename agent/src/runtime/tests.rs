@@ -177,6 +177,10 @@ async fn an_unwritable_spool_is_reported_in_the_next_batch_and_its_recovery_too(
         records_produced: AtomicU64::new(0),
         spool_failing: None,
         announce_recovery: false,
+        spool_write_timeout: Duration::from_secs(5),
+        in_flight: None,
+        terms: Arc::new(CollectorTerms::new(1 << 20, None)),
+        version_mismatch: false,
     };
     let drain = |outbox: &Outbox| {
         let mut frames = Vec::new();
