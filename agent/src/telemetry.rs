@@ -27,8 +27,23 @@ pub mod drop_reason {
     pub const REJECTED: &str = "rejected";
     /// The spool cut a corrupt tail.
     pub const CORRUPT: &str = "corrupt";
+    /// One record alone is over the collector's body limit (413 after every
+    /// split).
+    pub const TOO_LARGE: &str = "too_large";
     /// Every reason, for pre-creating the series at zero.
-    pub const ALL: &[&str] = &[SPOOL_FULL, MEMORY_FULL, REJECTED, CORRUPT];
+    pub const ALL: &[&str] = &[SPOOL_FULL, MEMORY_FULL, REJECTED, CORRUPT, TOO_LARGE];
+}
+
+/// `reason` label values of [`defs::AGENT_INVALID_ACKS`].
+pub mod invalid_ack {
+    /// A 2xx other than 200 (a proxy's 204, say).
+    pub const STATUS: &str = "status";
+    /// A 200 whose body is not the collector's acknowledgement (HTML, empty).
+    pub const BODY: &str = "body";
+    /// The collector's acknowledgement of another batch.
+    pub const SEQ: &str = "seq";
+    /// Every reason, for pre-creating the series at zero.
+    pub const ALL: &[&str] = &[STATUS, BODY, SEQ];
 }
 
 /// Handles to every agent metric, all in one registry (one per running agent,
@@ -68,6 +83,20 @@ pub struct AgentMetrics {
     /// `hubwatch_agent_metrics_lines_skipped_total{source}`: exposition
     /// lines sources could not parse.
     pub metrics_lines_skipped: IntCounterVec,
+    /// `hubwatch_agent_invalid_acks_total{reason}`.
+    pub invalid_acks: IntCounterVec,
+    /// `hubwatch_agent_version_refusals_total{version}`.
+    pub version_refusals: IntCounterVec,
+    /// `hubwatch_agent_protocol_version_mismatch`.
+    pub version_mismatch: IntGauge,
+    /// `hubwatch_agent_protocol_version`.
+    pub protocol_version: IntGauge,
+    /// `hubwatch_agent_batch_splits_total`.
+    pub batch_splits: IntCounter,
+    /// `hubwatch_agent_max_batch_bytes`.
+    pub max_batch_bytes: IntGauge,
+    /// `hubwatch_agent_spool_slow_writes_total`.
+    pub spool_slow_writes: IntCounter,
 }
 
 impl Default for AgentMetrics {
@@ -96,6 +125,13 @@ impl AgentMetrics {
             spool_write_errors: defs::AGENT_SPOOL_WRITE_ERRORS.counter(&r),
             memory_buffer_bytes: defs::AGENT_MEMORY_BUFFER_BYTES.int_gauge(&r),
             metrics_lines_skipped: defs::AGENT_METRICS_LINES_SKIPPED.counter_vec(&r),
+            invalid_acks: defs::AGENT_INVALID_ACKS.counter_vec(&r),
+            version_refusals: defs::AGENT_VERSION_REFUSALS.counter_vec(&r),
+            version_mismatch: defs::AGENT_VERSION_MISMATCH.int_gauge(&r),
+            protocol_version: defs::AGENT_PROTOCOL_VERSION.int_gauge(&r),
+            batch_splits: defs::AGENT_BATCH_SPLITS.counter(&r),
+            max_batch_bytes: defs::AGENT_MAX_BATCH_BYTES.int_gauge(&r),
+            spool_slow_writes: defs::AGENT_SPOOL_SLOW_WRITES.counter(&r),
             registry: r,
         };
         m.build_info
@@ -103,6 +139,9 @@ impl AgentMetrics {
             .set(1);
         for reason in drop_reason::ALL {
             m.records_dropped.with_label_values(&[*reason]);
+        }
+        for reason in invalid_ack::ALL {
+            m.invalid_acks.with_label_values(&[*reason]);
         }
         m
     }

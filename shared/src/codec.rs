@@ -42,7 +42,7 @@ pub enum CodecError {
     BadMagic,
     /// A version this build does not speak.
     #[error(
-        "unsupported protocol version {got}; this collector speaks {}",
+        "unsupported protocol version {got}; this build speaks {}",
         versions_list()
     )]
     UnsupportedVersion {
@@ -73,9 +73,21 @@ fn versions_list() -> String {
 
 /// Encodes a batch as a frame of the current protocol version.
 pub fn encode(batch: &Batch) -> Result<Vec<u8>, CodecError> {
+    encode_version(batch, PROTOCOL_VERSION)
+}
+
+/// Encodes a batch as a frame of `version`, any of [`SUPPORTED_VERSIONS`]
+/// ([`CodecError::UnsupportedVersion`] otherwise): an agent talking to an
+/// older collector writes the highest version both speak.
+pub fn encode_version(batch: &Batch, version: u16) -> Result<Vec<u8>, CodecError> {
+    if !SUPPORTED_VERSIONS.contains(&version) {
+        return Err(CodecError::UnsupportedVersion { got: version });
+    }
     let mut out = Vec::with_capacity(HEADER_LEN + 64 + batch.records.len() * 48);
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
+    // Every version so far shares one body layout; a version that changes
+    // it gets its own arm here and in `decode`.
     bincode::serde::encode_into_std_write(batch, &mut out, config())
         .map_err(|e| CodecError::Encode(e.to_string()))?;
     if out.len() > MAX_FRAME_BYTES {

@@ -98,7 +98,7 @@ metrics! {
     /// Batches refused for good.
     AGENT_BATCHES_REJECTED = (Agent, Counter, "hubwatch_agent_batches_rejected_total", ["status"], "Batches the collector refused with a 4xx that retrying cannot fix; dropped.");
     /// Records lost.
-    AGENT_RECORDS_DROPPED = (Agent, Counter, "hubwatch_agent_records_dropped_total", ["reason"], "Records the agent dropped: spool_full, memory_full, rejected, corrupt.");
+    AGENT_RECORDS_DROPPED = (Agent, Counter, "hubwatch_agent_records_dropped_total", ["reason"], "Records the agent dropped: spool_full, memory_full, rejected, corrupt, too_large (one record alone over the collector's body limit).");
     /// Spool size.
     AGENT_SPOOL_BYTES = (Agent, Gauge, "hubwatch_agent_spool_bytes", [], "Bytes the spool holds on disk.");
     /// Spool backlog.
@@ -109,6 +109,20 @@ metrics! {
     AGENT_SPOOL_WRITE_ERRORS = (Agent, Counter, "hubwatch_agent_spool_write_errors_total", [], "Spool writes that failed (disk full, unwritable); batches are then held in memory.");
     /// Memory fallback.
     AGENT_MEMORY_BUFFER_BYTES = (Agent, Gauge, "hubwatch_agent_memory_buffer_bytes", [], "Bytes held in memory because the spool cannot be written.");
+    /// Answers that were not the collector's acknowledgement.
+    AGENT_INVALID_ACKS = (Agent, Counter, "hubwatch_agent_invalid_acks_total", ["reason"], "2xx answers not taken as an acknowledgement (status: not 200, body: not the collector's ack, seq: names another batch); the batch is kept and retried.");
+    /// Version refusals.
+    AGENT_VERSION_REFUSALS = (Agent, Counter, "hubwatch_agent_version_refusals_total", ["version"], "Sends the collector refused for their protocol version; the batch is kept and retried.");
+    /// No common version.
+    AGENT_VERSION_MISMATCH = (Agent, Gauge, "hubwatch_agent_protocol_version_mismatch", [], "1 while the collector accepts no protocol version this agent speaks (batches are held), else 0.");
+    /// Protocol version in use.
+    AGENT_PROTOCOL_VERSION = (Agent, Gauge, "hubwatch_agent_protocol_version", [], "The protocol version new batches are encoded in: the highest both the agent and the collector speak.");
+    /// Split batches.
+    AGENT_BATCH_SPLITS = (Agent, Counter, "hubwatch_agent_batch_splits_total", [], "Batches (or pieces) the collector refused as too large (413) and the agent split in two.");
+    /// Batch size bound.
+    AGENT_MAX_BATCH_BYTES = (Agent, Gauge, "hubwatch_agent_max_batch_bytes", [], "The encoded size new batches are cut under: agent.max_batch_bytes or the collector's announced body limit, whichever is lower.");
+    /// Slow spool writes.
+    AGENT_SPOOL_SLOW_WRITES = (Agent, Counter, "hubwatch_agent_spool_slow_writes_total", [], "Spool writes still running after agent.spool_write_timeout; the collection loop went on and newer batches were held in memory.");
     /// Unparseable exposition lines.
     AGENT_METRICS_LINES_SKIPPED = (Agent, Counter, "hubwatch_agent_metrics_lines_skipped_total", ["source"], "Lines of a scraped metrics page that could not be parsed: skipped, the rest of the page kept.");
 

@@ -11,8 +11,67 @@ use serde::{Deserialize, Serialize};
 /// The protocol version this build writes.
 pub const PROTOCOL_VERSION: u16 = 1;
 
-/// Every protocol version this build can read.
+/// Every protocol version this build can read and write, ascending.
 pub const SUPPORTED_VERSIONS: &[u16] = &[1];
+
+/// Response header on every `POST /api/v1/ingest` answer: the protocol
+/// versions the collector accepts, comma-separated (`1` or `1, 2`). An agent
+/// encodes its batches in the highest version both sides speak.
+pub const ACCEPT_VERSIONS_HEADER: &str = "hubwatch-accept-versions";
+
+/// Response header on every `POST /api/v1/ingest` answer: the collector's
+/// `server.max_body_bytes`, in bytes. An agent cuts its batches below it.
+pub const MAX_BODY_BYTES_HEADER: &str = "hubwatch-max-body-bytes";
+
+/// The `code` of the collector's 400 body when it does not speak the frame's
+/// protocol version: `{"error": …, "code": "unsupported_version",
+/// "accepted_versions": [1]}`. The agent keeps such a batch and retries it.
+pub const UNSUPPORTED_VERSION_CODE: &str = "unsupported_version";
+
+/// The collector's answer to a batch it stored durably (HTTP 200): the only
+/// answer an agent takes as an acknowledgement, and only when `seq` is the
+/// batch it sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestAck {
+    /// `"stored"` (first delivery) or `"duplicate"` (already stored).
+    pub status: AckStatus,
+    /// The sequence number of the batch acknowledged.
+    pub seq: u64,
+}
+
+/// [`IngestAck::status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckStatus {
+    /// Stored now.
+    Stored,
+    /// Stored before; not stored twice.
+    Duplicate,
+}
+
+/// Formats a version list as [`ACCEPT_VERSIONS_HEADER`] carries it.
+pub fn format_versions(versions: &[u16]) -> String {
+    versions
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Parses an [`ACCEPT_VERSIONS_HEADER`] value; `None` if any item is not a
+/// version number or the list is empty.
+pub fn parse_versions(value: &str) -> Option<Vec<u16>> {
+    let versions = value
+        .split(',')
+        .map(|v| v.trim().parse::<u16>().ok())
+        .collect::<Option<Vec<u16>>>()?;
+    (!versions.is_empty()).then_some(versions)
+}
+
+/// The highest version in both `ours` and `theirs`, if any.
+pub fn highest_common_version(ours: &[u16], theirs: &[u16]) -> Option<u16> {
+    ours.iter().filter(|v| theirs.contains(v)).max().copied()
+}
 
 /// One delivery from an agent: an envelope and its records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

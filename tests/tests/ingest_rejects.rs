@@ -3,7 +3,7 @@
 //! wrong and revoked tokens (401; revocation and new tokens apply to a
 //! running collector within seconds), an oversized body (413), malformed and
 //! truncated bodies (400 with a reason), an unknown protocol version (400
-//! naming the version spoken), and broken config files (non-zero exit naming
+//! naming the versions spoken, machine-readable), and broken config files (non-zero exit naming
 //! the key, for both binaries).
 
 use std::path::Path;
@@ -222,6 +222,10 @@ fn oversized_malformed_and_unknown_version_bodies_are_refused_with_reasons() {
         words.contains(&"1"),
         "the reply names the version spoken (1): {reply:?}"
     );
+    // Machine-readable, so an agent keeps such a batch instead of dropping it.
+    let body: serde_json::Value = serde_json::from_str(&reply.body).expect("a JSON body");
+    assert_eq!(body["code"], "unsupported_version", "{body}");
+    assert_eq!(body["accepted_versions"], serde_json::json!([1]), "{body}");
 
     // None of these were stored; the good one was.
     let row = collector.agent("sloppy").expect("row");

@@ -2,10 +2,15 @@
 //! them until shutdown.
 //!
 //! Every `interval` it collects all sources, cuts the records into batches of
-//! at most [`MAX_RECORDS_PER_BATCH`], and hands them to the [`outbox::Outbox`]
-//! on a blocking thread (spool append + fsync, or the memory fallback when the
-//! disk refuses). The sender runs as its own task, so the collection loop
-//! never waits for the network. On shutdown it stops collecting, gives the
+//! at most [`MAX_RECORDS_PER_BATCH`] (the outbox cuts them further by encoded
+//! size), and hands them to the [`outbox::Outbox`] on a blocking thread (spool
+//! append + fsync, or the memory fallback when the disk refuses). The loop
+//! waits for that write at most `agent.spool_write_timeout`: a slower write
+//! (a hung fsync) is left to finish in the background, like a failed one it is
+//! reported in a health record, and until it finishes later collections are
+//! queued in memory without touching the spool. The sender runs as its own
+//! task, so the collection loop never waits for the network; a protocol
+//! version mismatch it finds is reported in a health record too. On shutdown it stops collecting, gives the
 //! sender up to [`DRAIN_TIMEOUT`] to deliver what is pending, and returns a
 //! [`RunSummary`]; whatever is not acknowledged stays in the spool.
 
@@ -21,6 +26,7 @@ use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
 use crate::privacy::Pseudonymiser;
+use crate::sender::terms::CollectorTerms;
 use crate::sender::{Sender, SenderError};
 use crate::sources::host::HostSource;
 use crate::sources::probe::{PROBE_SOURCE_NAME, ProbeSource};
@@ -99,8 +105,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<RunSummary, AgentError> {
     let metrics = Arc::new(AgentMetrics::new());
-    let outbox = Arc::new(open_outbox(&cfg, Arc::clone(&metrics)).await?);
-    let sender = Sender::new(&cfg.collector, Arc::clone(&metrics))?;
+    let terms = Arc::new(CollectorTerms::new(
+        cfg.agent.max_batch_bytes.as_u64(),
+        Some(Arc::clone(&metrics)),
+    ));
+    let outbox = Arc::new(
+        open_outbox(&cfg, Arc::clone(&metrics))
+            .await?
+            .with_terms(Arc::clone(&terms)),
+    );
+    let sender = Sender::new(&cfg.collector, Arc::clone(&metrics))?.with_terms(Arc::clone(&terms));
     let listener = TcpListener::bind(cfg.agent.listen)
         .await
         .map_err(|source| AgentError::Listen {
@@ -150,6 +164,10 @@ pub async fn run(
         records_produced: AtomicU64::new(0),
         spool_failing: None,
         announce_recovery: false,
+        spool_write_timeout: cfg.agent.spool_write_timeout,
+        in_flight: None,
+        terms,
+        version_mismatch: false,
     };
     let mut ticks = tokio::time::interval(cfg.agent.interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -344,6 +362,14 @@ struct CollectionLoop {
     spool_failing: Option<String>,
     /// The spool took writes again: say so in the next batch.
     announce_recovery: bool,
+    /// How long a collection waits for its spool write.
+    spool_write_timeout: Duration,
+    /// A spool write that outlived `spool_write_timeout`, still running.
+    in_flight: Option<tokio::task::JoinHandle<outbox::StoreReport>>,
+    /// The collector's terms, for the version mismatch health record.
+    terms: Arc<CollectorTerms>,
+    /// A version mismatch was reported: report its end too.
+    version_mismatch: bool,
 }
 
 impl CollectionLoop {
@@ -373,17 +399,80 @@ impl CollectionLoop {
                 .with_label_values(&[AGENT_SOURCE_NAME])
                 .inc();
         }
+        // Held with everything else until the collector accepts a version,
+        // so it sees the record as soon as it can.
+        let protocol = match (self.terms.mismatch(), self.version_mismatch) {
+            (Some(mismatch), _) => {
+                self.version_mismatch = true;
+                Some(agent_health_of("protocol", false, mismatch))
+            }
+            (None, true) => {
+                self.version_mismatch = false;
+                Some(agent_health_of(
+                    "protocol",
+                    true,
+                    "collector accepts a version again".into(),
+                ))
+            }
+            (None, false) => None,
+        };
+        if let Some(health) = protocol {
+            records.push(health);
+            self.metrics
+                .records_produced
+                .with_label_values(&[AGENT_SOURCE_NAME])
+                .inc();
+        }
         let chunks = split_records(records, MAX_RECORDS_PER_BATCH);
         self.store(chunks).await
     }
 
     async fn store(&mut self, chunks: Vec<Vec<Record>>) -> Result<(), AgentError> {
         let produced: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-        let outbox = Arc::clone(&self.outbox);
-        let report = tokio::task::spawn_blocking(move || outbox.store(chunks, now_ms()))
-            .await
-            .map_err(|e| AgentError::Task(e.to_string()))?;
         self.records_produced.fetch_add(produced, Ordering::Relaxed);
+        if let Some(handle) = self.in_flight.take() {
+            if !handle.is_finished() {
+                // The spool still holds an earlier write: queue in memory
+                // (never waits for the spool) and leave the write be.
+                self.in_flight = Some(handle);
+                let outbox = Arc::clone(&self.outbox);
+                tokio::task::spawn_blocking(move || outbox.enqueue(chunks, now_ms()))
+                    .await
+                    .map_err(|e| AgentError::Task(e.to_string()))?;
+                tracing::debug!("spool write still running; batches held in memory");
+                return Ok(());
+            }
+            let report = handle.await.map_err(|e| AgentError::Task(e.to_string()))?;
+            self.note_store(&report);
+        }
+        let outbox = Arc::clone(&self.outbox);
+        let mut handle = tokio::task::spawn_blocking(move || outbox.store(chunks, now_ms()));
+        match tokio::time::timeout(self.spool_write_timeout, &mut handle).await {
+            Ok(joined) => {
+                let report = joined.map_err(|e| AgentError::Task(e.to_string()))?;
+                self.note_store(&report);
+            }
+            Err(_) => {
+                // The batches are already queued in memory (the outbox does
+                // that before writing), so the sender can deliver them; the
+                // write itself finishes whenever the disk lets it, and a batch
+                // it spools is the same batch (same seq) as the one in memory.
+                self.metrics.spool_slow_writes.inc();
+                self.outbox.release_writes();
+                let error = format!(
+                    "write still running after {} (agent.spool_write_timeout)",
+                    humantime::format_duration(self.spool_write_timeout)
+                );
+                tracing::error!(%error, "spool write too slow; holding batches in memory, collection goes on");
+                self.spool_failing = Some(error);
+                self.in_flight = Some(handle);
+            }
+        }
+        Ok(())
+    }
+
+    /// Follows the spool's state from a finished write.
+    fn note_store(&mut self, report: &outbox::StoreReport) {
         match (&report.write_error, &self.spool_failing) {
             (Some(error), None) => {
                 tracing::error!(
@@ -407,15 +496,20 @@ impl CollectionLoop {
             }
             (None, None) => {}
         }
-        Ok(())
     }
 }
 
 /// The agent's own health record about its spool; `error` is kept only when
 /// not ok.
 fn agent_health(ok: bool, error: String) -> Record {
+    agent_health_of("spool", ok, error)
+}
+
+/// The agent's own health record about `target` (`spool`, `protocol`);
+/// `error` is kept only when not ok.
+fn agent_health_of(target: &str, ok: bool, error: String) -> Record {
     Record::Health(HealthCheck {
-        target: "spool".to_string(),
+        target: target.to_string(),
         hub: None,
         kind: CheckKind::Agent,
         ok,

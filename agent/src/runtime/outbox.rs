@@ -1,22 +1,49 @@
 //! The outbox: everything made and not yet acknowledged, on disk in the spool
 //! or, while the spool refuses writes, in a bounded memory queue.
 //!
-//! The runtime puts batches in ([`Outbox::store`]); the sender takes the
+//! The runtime puts batches in ([`Outbox::store`], or in two steps
+//! [`Outbox::enqueue`] then [`Outbox::flush_to_spool`]); the sender takes the
 //! oldest out ([`Outbox::next_pending`]) and settles it ([`Outbox::ack`],
 //! [`Outbox::reject`]). Spool entries go first, then memory-held ones, so data
-//! still flows when the disk is full. Every method here may touch the disk:
-//! call them from a blocking thread.
+//! still flows when the disk is full or hangs. Most methods here may touch the
+//! disk: call them from a blocking thread. [`Outbox::enqueue`] never waits for
+//! the spool, so the runtime can go on making batches while a spool write
+//! hangs.
+//!
+//! # Sequence numbers
+//! Every new batch gets a seq that is a multiple of [`SEQ_STRIDE`], above
+//! everything spooled before. The `SEQ_STRIDE - 1` numbers after it belong to
+//! that batch alone: if the collector refuses it as too large, the sender
+//! splits it into pieces numbered inside that block (see
+//! `sender::split`), so a piece keeps the same seq however often the split is
+//! redone (after a crash, say) and the collector's `(agent, seq)` dedupe holds.
+//!
+//! # Batch size
+//! A chunk whose frame is larger than [`CollectorTerms::max_batch_bytes`] is
+//! halved (and halved again) until each frame fits or holds one record, and
+//! frames are written in [`CollectorTerms::write_version`].
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use bytes::Bytes;
 use hubwatch_shared::codec;
 use hubwatch_shared::wire::{Batch, Record};
 use tokio::sync::Notify;
 
+use crate::sender::terms::CollectorTerms;
 use crate::spool::{Spool, SpoolError};
 use crate::telemetry::{AgentMetrics, drop_reason};
+
+/// New batches get seqs that are multiples of this; the numbers up to the next
+/// multiple are kept for the pieces of that batch should it have to be split.
+pub const SEQ_STRIDE: u64 = 1024;
+
+/// The smallest multiple of [`SEQ_STRIDE`] at or above `seq`.
+fn align_seq(seq: u64) -> u64 {
+    seq.div_ceil(SEQ_STRIDE).saturating_mul(SEQ_STRIDE)
+}
 
 /// Who the batches say they come from.
 #[derive(Debug, Clone)]
@@ -58,6 +85,10 @@ struct HeldBatch {
     frame: Bytes,
     /// False when the spool can never take it (larger than its bound).
     spoolable: bool,
+    /// A spool write of it is due or running: the sender leaves it to the
+    /// spool rather than send it twice (cleared if the write fails or is
+    /// too slow).
+    writing: bool,
 }
 
 /// What one [`Outbox::store`] did.
@@ -85,6 +116,14 @@ pub struct Outbox {
     identity: BatchIdentity,
     metrics: Arc<AgentMetrics>,
     new_data: Notify,
+    terms: Arc<CollectorTerms>,
+    /// The last seq handed out (0: none yet).
+    last_seq: Mutex<u64>,
+    /// The spool's dropped total when last seen, for batches made while the
+    /// spool is busy.
+    dropped_seen: AtomicU64,
+    /// Drops counted while the spool was busy, added to it on its next write.
+    unrecorded_drops: AtomicU64,
 }
 
 impl Outbox {
@@ -102,9 +141,28 @@ impl Outbox {
             identity,
             metrics,
             new_data: Notify::new(),
+            terms: Arc::new(CollectorTerms::new(
+                hubwatch_shared::codec::MAX_FRAME_BYTES as u64,
+                None,
+            )),
+            last_seq: Mutex::new(0),
+            dropped_seen: AtomicU64::new(0),
+            unrecorded_drops: AtomicU64::new(0),
         };
         outbox.update_gauges(&mut outbox.lock_spool());
         outbox
+    }
+
+    /// Uses `terms` (shared with the sender) for the version and size of new
+    /// batches; without it, batches are cut under the codec's hard limit only.
+    pub fn with_terms(mut self, terms: Arc<CollectorTerms>) -> Self {
+        self.terms = terms;
+        self
+    }
+
+    /// The collector's terms this outbox encodes by.
+    pub fn terms(&self) -> &Arc<CollectorTerms> {
+        &self.terms
     }
 
     /// The shared spool, for callers that need it directly (summaries, tests).
@@ -134,86 +192,155 @@ impl Outbox {
         (memory.entries.len(), memory.bytes)
     }
 
-    /// Writes the memory-held batches to the spool (oldest first), then one
-    /// batch per chunk of `chunks`, each with a fresh sequence number and the
-    /// current dropped count. Whatever the spool refuses is held in memory,
-    /// up to the bound (beyond it the oldest is dropped and counted).
+    /// Makes one batch per chunk of `chunks` (cut further by size), then
+    /// writes every memory-held batch to the spool, oldest first
+    /// ([`Outbox::enqueue`] then [`Outbox::flush_to_spool`]). Whatever the
+    /// spool refuses stays in memory, up to the bound (beyond it the oldest
+    /// is dropped and counted).
     pub fn store(&self, chunks: Vec<Vec<Record>>, created_ms: i64) -> StoreReport {
-        let mut report = StoreReport::default();
-        let mut spool = self.lock_spool();
-        let mut spool_refuses = false;
+        let seqs = self.make_batches(chunks, created_ms, true);
+        let mut report = self.flush_to_spool();
+        let memory = self.lock_memory();
+        report.held_in_memory = memory
+            .entries
+            .iter()
+            .filter(|e| seqs.contains(&e.seq))
+            .count();
+        report
+    }
 
-        // Memory-held batches first, in order, so sequence numbers reach the
-        // spool in the order they were made.
-        {
-            let mut memory = self.lock_memory();
-            let held = std::mem::take(&mut memory.entries);
-            for mut entry in held {
-                if entry.spoolable && !spool_refuses {
-                    match spool.append(entry.seq, entry.records, &entry.frame) {
-                        Ok(dropped) => {
-                            self.count_spool_overflow(dropped);
-                            memory.bytes = memory.bytes.saturating_sub(entry.frame.len() as u64);
-                            report.spooled += 1;
-                            continue;
-                        }
-                        Err(e) => {
-                            spool_refuses = self.note_append_error(&e, &mut report, entry.seq);
-                            entry.spoolable = spool_refuses;
-                        }
-                    }
-                }
-                memory.entries.push_back(entry);
-            }
-        }
+    /// Makes one batch per chunk of `chunks`, each with a fresh sequence
+    /// number and the current dropped count, halving any chunk whose frame
+    /// is over the collector's size terms, and queues them in memory (in
+    /// order, bounded). Never waits for the spool: the runtime may call it
+    /// while a spool write hangs. Returns the new batches' seqs.
+    pub fn enqueue(&self, chunks: Vec<Vec<Record>>, created_ms: i64) -> Vec<u64> {
+        self.make_batches(chunks, created_ms, false)
+    }
 
-        for records in chunks {
-            let seq = spool.next_seq();
+    /// [`Outbox::enqueue`]; `for_flush`: a flush follows at once, so the
+    /// sender is not woken for them until it has run.
+    fn make_batches(&self, chunks: Vec<Vec<Record>>, created_ms: i64, for_flush: bool) -> Vec<u64> {
+        let limit = self.terms.max_batch_bytes();
+        let version = self.terms.write_version();
+        let mut work: VecDeque<Vec<Record>> = chunks.into();
+        let mut seqs = Vec::new();
+        while let Some(records) = work.pop_front() {
+            let seq = self.allocate_seq();
             let count = u32::try_from(records.len()).unwrap_or(u32::MAX);
-            let batch = Batch {
+            let mut batch = Batch {
                 agent_id: self.identity.agent_id.clone(),
                 member: self.identity.member.clone(),
                 seq,
                 created_ms,
-                dropped_records: spool.dropped_total(),
+                dropped_records: self.dropped_total_now(),
                 agent_version: self.identity.agent_version.clone(),
                 records,
             };
-            let frame = match codec::encode(&batch) {
+            let frame = match codec::encode_version(&batch, version) {
                 Ok(frame) => frame,
+                Err(e) if batch.records.len() > 1 => {
+                    // Over the codec's hard limit: halve it like an oversized one.
+                    tracing::debug!(seq, error = %e, "batch too large to encode; halving it");
+                    requeue_halves(&mut work, std::mem::take(&mut batch.records));
+                    continue;
+                }
                 Err(e) => {
-                    // Only a batch over the codec's hard limit fails; the
-                    // runtime's record cap keeps far below it.
-                    tracing::error!(seq, error = %e, "cannot encode batch; dropped");
-                    spool.add_dropped(u64::from(count));
+                    tracing::error!(seq, error = %e, "cannot encode a one-record batch; dropped");
+                    self.note_dropped(u64::from(count));
+                    self.metrics
+                        .records_dropped
+                        .with_label_values(&[drop_reason::TOO_LARGE])
+                        .inc_by(u64::from(count));
                     continue;
                 }
             };
+            if frame.len() as u64 > limit && batch.records.len() > 1 {
+                // The seq taken is left unused: seqs need not be contiguous.
+                requeue_halves(&mut work, std::mem::take(&mut batch.records));
+                continue;
+            }
             drop(batch);
-            let mut spoolable = true;
-            if !spool_refuses {
-                match spool.append(seq, count, &frame) {
-                    Ok(dropped) => {
-                        self.count_spool_overflow(dropped);
-                        report.spooled += 1;
-                        continue;
+            seqs.push(seq);
+            self.hold_in_memory(HeldBatch {
+                seq,
+                records: count,
+                frame: Bytes::from(frame),
+                spoolable: true,
+                writing: for_flush,
+            });
+        }
+        if !for_flush {
+            self.new_data.notify_one();
+        }
+        seqs
+    }
+
+    /// Lets the sender deliver from memory the batches a running spool write
+    /// still holds (the runtime calls it when the write is too slow). If the
+    /// write completes later, the same batch is sent once more from the
+    /// spool under the same seq; the collector deduplicates it.
+    pub fn release_writes(&self) {
+        for entry in self.lock_memory().entries.iter_mut() {
+            entry.writing = false;
+        }
+        self.new_data.notify_one();
+    }
+
+    /// Writes the memory-held batches to the spool, oldest first, until the
+    /// spool refuses one (it then stays in memory with everything after it).
+    /// The memory queue is not locked during a write, so [`Outbox::enqueue`]
+    /// and the sender go on while a write hangs; a batch the sender delivers
+    /// from memory meanwhile is sent once more from the spool under the same
+    /// seq, and the collector deduplicates it.
+    pub fn flush_to_spool(&self) -> StoreReport {
+        let mut report = StoreReport::default();
+        let mut spool = self.lock_spool();
+        self.fold_unrecorded_drops(&mut spool);
+        for entry in self.lock_memory().entries.iter_mut() {
+            entry.writing = entry.spoolable;
+        }
+        loop {
+            let next = self
+                .lock_memory()
+                .entries
+                .iter()
+                .find(|e| e.spoolable)
+                .map(|e| (e.seq, e.records, e.frame.clone()));
+            let Some((seq, records, frame)) = next else {
+                break;
+            };
+            match spool.append(seq, records, &frame) {
+                Ok(dropped) => {
+                    self.count_spool_overflow(dropped);
+                    self.remove_from_memory(seq);
+                    report.spooled += 1;
+                }
+                Err(e) => {
+                    self.metrics.spool_write_errors.inc();
+                    if let SpoolError::Io { .. } = e {
+                        report.write_error = Some(e.to_string());
+                        break;
                     }
-                    Err(e) => {
-                        spool_refuses = self.note_append_error(&e, &mut report, seq);
-                        spoolable = spool_refuses;
+                    self.lock_memory()
+                        .entries
+                        .iter_mut()
+                        .filter(|e| e.seq == seq)
+                        .for_each(|e| e.writing = false);
+                    // Larger than the spool's bound, or below its seqs (a
+                    // directory attached late): never spoolable, sent from memory.
+                    tracing::error!(seq, error = %e, "batch cannot be spooled; sending it from memory");
+                    if let Some(entry) =
+                        self.lock_memory().entries.iter_mut().find(|e| e.seq == seq)
+                    {
+                        entry.spoolable = false;
                     }
                 }
             }
-            self.hold_in_memory(
-                &mut spool,
-                HeldBatch {
-                    seq,
-                    records: count,
-                    frame: Bytes::from(frame),
-                    spoolable,
-                },
-            );
-            report.held_in_memory += 1;
+        }
+        // What is left in memory is the sender's to deliver.
+        for entry in self.lock_memory().entries.iter_mut() {
+            entry.writing = false;
         }
         self.update_gauges(&mut spool);
         drop(spool);
@@ -221,24 +348,42 @@ impl Outbox {
         report
     }
 
-    /// Counts and sorts an append failure. Returns true when the spool
-    /// refuses writes for now (I/O: retry later); false when this batch can
-    /// never be spooled (larger than the bound): it is then sent from memory.
-    fn note_append_error(&self, e: &SpoolError, report: &mut StoreReport, seq: u64) -> bool {
-        self.metrics.spool_write_errors.inc();
-        match e {
-            SpoolError::Io { .. } => {
-                report.write_error = Some(e.to_string());
-                true
-            }
-            SpoolError::TooLarge { .. } | SpoolError::SeqNotIncreasing { .. } => {
-                tracing::error!(seq, error = %e, "batch cannot be spooled; sending it from memory");
-                false
-            }
-        }
+    /// The next seq: a multiple of [`SEQ_STRIDE`] above every seq handed out
+    /// or spooled. The spool is asked only when it is not busy (a hung write
+    /// holds it); this outbox's own count keeps seqs increasing meanwhile.
+    fn allocate_seq(&self) -> u64 {
+        let floor = match self.spool.try_lock() {
+            Ok(mut spool) => spool.next_seq(),
+            Err(TryLockError::Poisoned(p)) => p.into_inner().next_seq(),
+            Err(TryLockError::WouldBlock) => 0,
+        };
+        let mut last = self.last_seq.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = align_seq(floor.max(last.saturating_add(1)));
+        *last = seq;
+        seq
     }
 
-    fn hold_in_memory(&self, spool: &mut Spool, entry: HeldBatch) {
+    /// Cumulative dropped records, without waiting for the spool.
+    fn dropped_total_now(&self) -> u64 {
+        self.dropped_seen
+            .load(Ordering::Relaxed)
+            .saturating_add(self.unrecorded_drops.load(Ordering::Relaxed))
+    }
+
+    /// Counts `records` as dropped (they travel in `dropped_records`); added
+    /// to the spool's persisted total at its next write.
+    pub fn note_dropped(&self, records: u64) {
+        self.unrecorded_drops.fetch_add(records, Ordering::Relaxed);
+    }
+
+    fn fold_unrecorded_drops(&self, spool: &mut Spool) {
+        let drops = self.unrecorded_drops.swap(0, Ordering::Relaxed);
+        spool.add_dropped(drops);
+        self.dropped_seen
+            .store(spool.dropped_total(), Ordering::Relaxed);
+    }
+
+    fn hold_in_memory(&self, entry: HeldBatch) {
         let mut memory = self.lock_memory();
         memory.bytes += entry.frame.len() as u64;
         memory.entries.push_back(entry);
@@ -247,7 +392,7 @@ impl Outbox {
                 break;
             };
             memory.bytes = memory.bytes.saturating_sub(oldest.frame.len() as u64);
-            spool.add_dropped(u64::from(oldest.records));
+            self.note_dropped(u64::from(oldest.records));
             self.metrics
                 .records_dropped
                 .with_label_values(&[drop_reason::MEMORY_FULL])
@@ -258,6 +403,9 @@ impl Outbox {
                 "memory buffer full; oldest batch dropped"
             );
         }
+        self.metrics
+            .memory_buffer_bytes
+            .set(i64::try_from(memory.bytes).unwrap_or(i64::MAX));
     }
 
     fn count_spool_overflow(&self, dropped: u64) {
@@ -271,8 +419,21 @@ impl Outbox {
     }
 
     /// The oldest batch to send: the spool's first, else memory's first.
+    /// While the spool is busy (a write in progress, or hung), memory's first
+    /// is sent without waiting; with nothing in memory, this waits for it.
     pub fn next_pending(&self) -> Result<Option<Pending>, SpoolError> {
-        let from_spool = self.lock_spool().peek(1)?.into_iter().next();
+        let mut spool = match self.spool.try_lock() {
+            Ok(spool) => spool,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                if let Some(pending) = self.memory_front() {
+                    return Ok(Some(pending));
+                }
+                self.lock_spool()
+            }
+        };
+        let from_spool = spool.peek(1)?.into_iter().next();
+        drop(spool);
         if let Some(entry) = from_spool {
             return Ok(Some(Pending {
                 seq: entry.seq,
@@ -281,12 +442,21 @@ impl Outbox {
                 holder: Holder::Spool,
             }));
         }
-        Ok(self.lock_memory().entries.front().map(|held| Pending {
-            seq: held.seq,
-            records: held.records,
-            frame: held.frame.clone(),
-            holder: Holder::Memory,
-        }))
+        Ok(self.memory_front())
+    }
+
+    fn memory_front(&self) -> Option<Pending> {
+        let memory = self.lock_memory();
+        memory
+            .entries
+            .iter()
+            .find(|e| !e.writing)
+            .map(|held| Pending {
+                seq: held.seq,
+                records: held.records,
+                frame: held.frame.clone(),
+                holder: Holder::Memory,
+            })
     }
 
     /// The collector stored `pending`: forget it.
@@ -315,11 +485,9 @@ impl Outbox {
                 self.update_gauges(&mut spool);
             }
             Holder::Memory => {
-                let mut spool = self.lock_spool();
                 if self.remove_from_memory(pending.seq) {
-                    spool.add_dropped(u64::from(pending.records));
+                    self.note_dropped(u64::from(pending.records));
                 }
-                self.update_gauges(&mut spool);
             }
         }
         Ok(())
@@ -348,8 +516,9 @@ impl Outbox {
         memory.entries.clear();
         memory.bytes = 0;
         drop(memory);
+        self.note_dropped(records);
+        self.fold_unrecorded_drops(&mut spool);
         if records > 0 {
-            spool.add_dropped(records);
             self.metrics
                 .records_dropped
                 .with_label_values(&[drop_reason::MEMORY_FULL])
@@ -361,7 +530,9 @@ impl Outbox {
 
     /// Persists the spool's cursor if it has unsaved changes (at exit).
     pub fn flush(&self) -> Result<(), SpoolError> {
-        self.lock_spool().flush()
+        let mut spool = self.lock_spool();
+        self.fold_unrecorded_drops(&mut spool);
+        spool.flush()
     }
 
     /// Batches not yet acknowledged (spool and memory) and the cumulative
@@ -369,10 +540,15 @@ impl Outbox {
     pub fn backlog(&self) -> (u64, u64) {
         let spool = self.lock_spool();
         let memory = self.lock_memory().entries.len() as u64;
-        (spool.pending_batches() + memory, spool.dropped_total())
+        let dropped = spool
+            .dropped_total()
+            .saturating_add(self.unrecorded_drops.load(Ordering::Relaxed));
+        (spool.pending_batches() + memory, dropped)
     }
 
     fn update_gauges(&self, spool: &mut Spool) {
+        self.dropped_seen
+            .store(spool.dropped_total(), Ordering::Relaxed);
         let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         self.metrics.spool_bytes.set(clamp(spool.bytes()));
         self.metrics
@@ -382,6 +558,13 @@ impl Outbox {
             .memory_buffer_bytes
             .set(clamp(self.lock_memory().bytes));
     }
+}
+
+/// Puts the two halves of `records` at the front of `work`, in order.
+fn requeue_halves(work: &mut VecDeque<Vec<Record>>, mut records: Vec<Record>) {
+    let right = records.split_off(records.len() / 2);
+    work.push_front(right);
+    work.push_front(records);
 }
 
 #[cfg(test)]

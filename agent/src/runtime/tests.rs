@@ -177,6 +177,10 @@ async fn an_unwritable_spool_is_reported_in_the_next_batch_and_its_recovery_too(
         records_produced: AtomicU64::new(0),
         spool_failing: None,
         announce_recovery: false,
+        spool_write_timeout: Duration::from_secs(5),
+        in_flight: None,
+        terms: Arc::new(CollectorTerms::new(1 << 20, None)),
+        version_mismatch: false,
     };
     let drain = |outbox: &Outbox| {
         let mut frames = Vec::new();
@@ -217,4 +221,222 @@ async fn an_unwritable_spool_is_reported_in_the_next_batch_and_its_recovery_too(
     assert_eq!(recovered.len(), 1, "{recovered:?}");
     assert!(recovered[0].ok);
     assert_eq!(looper.records_produced.load(Ordering::Relaxed), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_spool_write_does_not_stop_collection_and_loses_or_doubles_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut spool, _) = Spool::open(
+        dir.path(),
+        SpoolOptions {
+            max_bytes: 1 << 20,
+            segment_bytes: None,
+        },
+    )
+    .expect("open");
+    let gate: crate::spool::HangGate =
+        Arc::new((std::sync::Mutex::new(true), std::sync::Condvar::new()));
+    spool.hang_writes = Some(Arc::clone(&gate));
+    let metrics = Arc::new(AgentMetrics::new());
+    let identity = BatchIdentity {
+        agent_id: "a".into(),
+        member: String::new(),
+        agent_version: "v".into(),
+    };
+    let outbox = Arc::new(Outbox::new(spool, 1 << 20, identity, Arc::clone(&metrics)));
+    let mut looper = CollectionLoop {
+        outbox: Arc::clone(&outbox),
+        metrics: Arc::clone(&metrics),
+        sources: Vec::new(),
+        source_timeout: Duration::from_secs(1),
+        records_produced: AtomicU64::new(0),
+        spool_failing: None,
+        announce_recovery: false,
+        spool_write_timeout: Duration::from_millis(200),
+        in_flight: None,
+        terms: Arc::new(CollectorTerms::new(1 << 20, None)),
+        version_mismatch: false,
+    };
+
+    // Three collections while the disk hangs: each returns within about the
+    // bound, not when the disk does.
+    let started = Instant::now();
+    for _ in 0..3 {
+        tokio::time::timeout(Duration::from_secs(2), looper.collect_once())
+            .await
+            .expect("collection is not held up by the spool")
+            .expect("collect");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        metrics.spool_slow_writes.get(),
+        1,
+        "one write hangs; later batches wait in memory"
+    );
+    assert!(
+        looper
+            .spool_failing
+            .as_deref()
+            .is_some_and(|e| e.contains("spool_write_timeout"))
+    );
+
+    // Meanwhile the sender can deliver from memory (the spool is busy).
+    let mut delivered = std::collections::BTreeMap::new();
+    let sending = {
+        let outbox = Arc::clone(&outbox);
+        tokio::task::spawn_blocking(move || outbox.next_pending())
+    };
+    let first = tokio::time::timeout(Duration::from_secs(2), sending)
+        .await
+        .expect("the sender is not held up either")
+        .expect("task")
+        .expect("peek")
+        .expect("a batch in memory");
+    assert_eq!(first.holder, outbox::Holder::Memory);
+    let frame = hubwatch_shared::codec::decode(&first.frame).expect("decode");
+    delivered.insert(first.seq, frame.clone());
+    outbox.ack(&first).expect("ack");
+
+    // The disk comes back: the hung write completes, the next collection
+    // spools what memory still holds and reports the recovery.
+    {
+        let (closed, opened) = &*gate;
+        *closed.lock().expect("gate") = false;
+        opened.notify_all();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while looper.in_flight.as_ref().is_some_and(|h| !h.is_finished()) {
+        assert!(Instant::now() < deadline, "the hung write never finished");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    looper.collect_once().await.expect("collect");
+    assert!(looper.spool_failing.is_none());
+    assert_eq!(outbox.memory_held().0, 0, "everything reached the spool");
+    // The one after says the spool is writable again.
+    looper.collect_once().await.expect("collect");
+
+    // Everything made is delivered; a batch sent from memory and then spooled
+    // by the late write comes again under the same seq with the same content
+    // (the collector deduplicates it), never as a second batch.
+    let mut resent_same = 0;
+    while let Some(p) = outbox.next_pending().expect("peek") {
+        let batch = hubwatch_shared::codec::decode(&p.frame).expect("decode");
+        if let Some(before) = delivered.get(&p.seq) {
+            assert_eq!(before, &batch, "same seq, same batch");
+            resent_same += 1;
+        }
+        delivered.insert(p.seq, batch);
+        outbox.ack(&p).expect("ack");
+    }
+    assert!(resent_same <= 1);
+    assert_eq!(delivered.len(), 5, "five collections, five batches");
+    let records: usize = delivered.values().map(|b| b.records.len()).sum();
+    assert_eq!(
+        records as u64,
+        looper.records_produced.load(Ordering::Relaxed)
+    );
+    assert_eq!(outbox.backlog(), (0, 0), "nothing dropped");
+    let last = delivered.values().last().expect("a batch");
+    assert!(
+        last.records
+            .iter()
+            .any(|r| matches!(r, Record::Health(h) if h.kind == CheckKind::Agent && h.ok)),
+        "the recovery is reported"
+    );
+}
+
+#[tokio::test]
+async fn a_version_mismatch_is_reported_in_a_health_record_and_so_is_its_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (spool, _) = Spool::open(dir.path(), SpoolOptions::new(1 << 20)).expect("open");
+    let metrics = Arc::new(AgentMetrics::new());
+    let identity = BatchIdentity {
+        agent_id: "a".into(),
+        member: String::new(),
+        agent_version: "v".into(),
+    };
+    let outbox = Arc::new(Outbox::new(spool, 1 << 20, identity, Arc::clone(&metrics)));
+    let terms = Arc::new(CollectorTerms::new(1 << 20, None));
+    let mut looper = CollectionLoop {
+        outbox: Arc::clone(&outbox),
+        metrics,
+        sources: Vec::new(),
+        source_timeout: Duration::from_secs(1),
+        records_produced: AtomicU64::new(0),
+        spool_failing: None,
+        announce_recovery: false,
+        spool_write_timeout: Duration::from_secs(5),
+        in_flight: None,
+        terms: Arc::clone(&terms),
+        version_mismatch: false,
+    };
+    let next_health = |outbox: &Outbox| {
+        let p = outbox.next_pending().expect("peek").expect("pending");
+        outbox.ack(&p).expect("ack");
+        agent_health_records(&p.frame)
+    };
+    terms.learn_versions(vec![99]);
+    looper.collect_once().await.expect("collect");
+    let reported = next_health(&outbox);
+    assert_eq!(reported.len(), 1, "{reported:?}");
+    assert_eq!(reported[0].target, "protocol");
+    assert!(!reported[0].ok);
+    let error = reported[0].error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("speaks 1") && error.contains("accepts 99"),
+        "{error}"
+    );
+
+    terms.learn_versions(vec![1, 99]);
+    looper.collect_once().await.expect("collect");
+    let resolved = next_health(&outbox);
+    assert_eq!(resolved.len(), 1, "{resolved:?}");
+    assert!(resolved[0].ok && resolved[0].target == "protocol");
+    looper.collect_once().await.expect("collect");
+    assert!(next_health(&outbox).is_empty(), "said once");
+}
+
+#[test]
+fn batches_are_cut_under_the_collectors_size_terms() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (spool, _) = Spool::open(dir.path(), SpoolOptions::new(1 << 20)).expect("open");
+    let identity = BatchIdentity {
+        agent_id: "a".into(),
+        member: String::new(),
+        agent_version: "v".into(),
+    };
+    let terms = Arc::new(CollectorTerms::new(4096, None));
+    let outbox = Outbox::new(spool, 1 << 20, identity, Arc::new(AgentMetrics::new()))
+        .with_terms(Arc::clone(&terms));
+    let records: Vec<Record> = (0..500)
+        .map(|i| {
+            Record::Sample(Sample {
+                name: "a_rather_long_metric_name_for_size".into(),
+                labels: vec![Label::new("i", i.to_string())],
+                value: f64::from(i),
+                timestamp_ms: 1,
+            })
+        })
+        .collect();
+    let report = outbox.store(vec![records.clone()], 1);
+    assert!(report.spooled > 1, "{report:?}");
+    let mut back = Vec::new();
+    let mut last_seq = 0;
+    while let Some(p) = outbox.next_pending().expect("peek") {
+        assert!(p.frame.len() <= 4096, "{} bytes", p.frame.len());
+        assert_eq!(p.seq % outbox::SEQ_STRIDE, 0, "a block of seqs per batch");
+        assert!(p.seq > last_seq);
+        last_seq = p.seq;
+        back.extend(
+            hubwatch_shared::codec::decode(&p.frame)
+                .expect("decode")
+                .records,
+        );
+        outbox.ack(&p).expect("ack");
+    }
+    assert_eq!(back, records, "every record once, in order");
 }

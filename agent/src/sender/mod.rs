@@ -2,12 +2,25 @@
 //! settles each one by the collector's answer.
 //!
 //! `POST {url}/api/v1/ingest` with a bearer token and the codec's content
-//! type. 2xx acknowledges the batch (it leaves the spool). 408, 429, 5xx,
-//! connection errors and timeouts are retried with [`backoff::Backoff`]
-//! (honouring `Retry-After` on 429 and 503), for as long as it takes; 401 and
-//! 403 are retried too, since the data is good and the credential is the
-//! operator's to fix. Any other 4xx would never succeed: the batch is rejected
-//! (dropped from the spool), logged with the collector's reason, and counted.
+//! type. Only the collector's acknowledgement of *this* batch settles it: a
+//! 200 whose JSON body is `{"status": "stored"|"duplicate", "seq": N}` with
+//! the batch's seq. Any other 2xx (a proxy's page, a 204, another seq) is a
+//! failed send: kept, retried, counted in
+//! `hubwatch_agent_invalid_acks_total{reason}` and logged.
+//!
+//! 408, 429, 5xx, connection errors and timeouts are retried with
+//! [`backoff::Backoff`] (honouring `Retry-After` on 429 and 503), for as long
+//! as it takes; 401 and 403 are retried too, since the data is good and the
+//! credential is the operator's to fix. A version refusal (400 with
+//! `code: "unsupported_version"`) is retried too, the frame re-encoded in a
+//! version the collector accepts if this agent speaks one ([`terms`]), else
+//! held, loudly. A 413 splits the batch ([`split`]) and sends the halves; only
+//! a single record over the limit is dropped (reason `too_large`). Any other
+//! 4xx would never succeed: the batch is rejected (dropped from the spool),
+//! logged with the collector's reason, and counted.
+//!
+//! Every answer's headers update the [`terms::CollectorTerms`] (accepted
+//! versions, body limit) the outbox makes new batches by.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,18 +32,25 @@ use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hubwatch_shared::codec;
 use hubwatch_shared::config::CollectorLink;
+use hubwatch_shared::wire::{
+    Batch, IngestAck, SUPPORTED_VERSIONS, UNSUPPORTED_VERSION_CODE, format_versions, parse_versions,
+};
 use rand::SeedableRng;
 use tokio::sync::watch;
 
 use crate::runtime::outbox::{Outbox, Pending};
-use crate::telemetry::{AgentMetrics, drop_reason};
+use crate::telemetry::{AgentMetrics, drop_reason, invalid_ack};
 
 pub mod backoff;
 mod client;
+pub mod split;
+pub mod terms;
 
 pub use client::{HttpClient, build_client};
 
 use backoff::{Backoff, parse_retry_after};
+use split::{Split, SplitError};
+use terms::CollectorTerms;
 
 /// Path of the ingest endpoint under the collector's base URL.
 pub const INGEST_PATH: &str = "/api/v1/ingest";
@@ -40,6 +60,10 @@ const MAX_REASON_BYTES: usize = 512;
 
 /// Least time between two error logs about a refused credential.
 const AUTH_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// With nothing to send, look again this often even without a wake-up (the
+/// spool may have been busy when last asked).
+const IDLE_RECHECK: Duration = Duration::from_secs(1);
 
 /// Why the sender cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +102,16 @@ enum Outcome {
         status: StatusCode,
         reason: String,
     },
+    /// 413: the body is over the collector's limit.
+    TooLarge {
+        reason: String,
+    },
+    /// The collector does not speak the frame's protocol version.
+    VersionRefused {
+        /// What the collector said it accepts, if it said.
+        accepted: Option<Vec<u16>>,
+        reason: String,
+    },
     Retry {
         /// The `reason` label: `connect`, `connection`, `timeout` or a status.
         reason: String,
@@ -97,6 +131,15 @@ pub struct Sender {
     timeout: Duration,
     metrics: Arc<AgentMetrics>,
     last_auth_log: Option<Instant>,
+    terms: Arc<CollectorTerms>,
+}
+
+/// What to do after handling one pending batch.
+enum Step {
+    /// Something was settled: go on at once.
+    Progress,
+    /// A failed attempt: wait (by the backoff, or as the collector asked).
+    Wait(Option<Duration>),
 }
 
 impl Sender {
@@ -122,9 +165,20 @@ impl Sender {
                 .then(|| link.token_file.clone())
                 .flatten(),
             timeout: link.timeout,
+            terms: Arc::new(CollectorTerms::new(
+                codec::MAX_FRAME_BYTES as u64,
+                Some(Arc::clone(&metrics)),
+            )),
             metrics,
             last_auth_log: None,
         })
+    }
+
+    /// Shares `terms` with the outbox: what the collector's answers say
+    /// reaches the batches made next.
+    pub fn with_terms(mut self, terms: Arc<CollectorTerms>) -> Self {
+        self.terms = terms;
+        self
     }
 
     /// Sends until drained: waits for new data when there is none, retries
@@ -133,6 +187,8 @@ impl Sender {
     pub async fn run(mut self, outbox: Arc<Outbox>, mut drain: DrainSignal) {
         let mut backoff = Backoff::default();
         let mut rng = rand::rngs::StdRng::from_os_rng();
+        // The batch being delivered in pieces, if any; kept across attempts.
+        let mut split: Option<Split> = None;
         loop {
             let deadline = *drain.borrow();
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -156,6 +212,7 @@ impl Sender {
                     }
                     tokio::select! {
                         _ = &mut notified => {}
+                        _ = tokio::time::sleep(IDLE_RECHECK) => {}
                         changed = drain.changed() => if changed.is_err() { return },
                     }
                     continue;
@@ -174,66 +231,34 @@ impl Sender {
                 }
             };
 
-            match self.send(pending.frame.clone()).await {
-                Outcome::Acked => {
-                    backoff.reset();
-                    self.metrics.batches_acked.inc();
-                    self.metrics
-                        .records_acked
-                        .inc_by(u64::from(pending.records));
-                    tracing::debug!(
-                        seq = pending.seq,
-                        records = pending.records,
-                        "batch acknowledged"
-                    );
-                    settle(&outbox, pending, Settle::Ack).await;
+            // A split belongs to one batch; if that batch is gone (the spool
+            // overflowed), so is the split.
+            if split.as_ref().is_some_and(|s| s.root() != pending.seq) {
+                split = None;
+            }
+            let step = match split.as_mut() {
+                Some(active) => {
+                    let (step, done) = self.send_piece(active, &pending, &outbox).await;
+                    if done {
+                        split = None;
+                    }
+                    step
                 }
-                Outcome::Rejected { status, reason } => {
-                    backoff.reset();
-                    self.metrics
-                        .batches_rejected
-                        .with_label_values(&[status.as_str()])
-                        .inc();
-                    self.metrics
-                        .records_dropped
-                        .with_label_values(&[drop_reason::REJECTED])
-                        .inc_by(u64::from(pending.records));
-                    tracing::error!(
-                        seq = pending.seq,
-                        records = pending.records,
-                        status = status.as_u16(),
-                        %reason,
-                        "collector refused the batch for good; dropped"
-                    );
-                    settle(&outbox, pending, Settle::Reject).await;
-                }
-                Outcome::Retry {
-                    reason,
-                    detail,
-                    retry_after,
-                    auth,
-                } => {
-                    self.metrics
-                        .send_retries
-                        .with_label_values(&[&reason])
-                        .inc();
+                None => self.send_whole(&pending, &outbox, &mut split).await,
+            };
+            match step {
+                Step::Progress => backoff.reset(),
+                Step::Wait(retry_after) => {
                     let delay = match retry_after {
                         Some(wait) => backoff.next_delay_after(wait),
                         None => backoff.next_delay(&mut rng),
                     };
-                    if auth {
-                        self.log_auth_refusal(&detail);
-                        self.reload_token();
-                    } else {
-                        tracing::warn!(
-                            seq = pending.seq,
-                            %reason,
-                            %detail,
-                            retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                            failures = backoff.failures(),
-                            "send failed; will retry"
-                        );
-                    }
+                    tracing::debug!(
+                        seq = pending.seq,
+                        retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                        failures = backoff.failures(),
+                        "waiting before the next attempt"
+                    );
                     if !pause(delay, &mut drain).await {
                         return;
                     }
@@ -242,7 +267,302 @@ impl Sender {
         }
     }
 
-    async fn send(&self, frame: Bytes) -> Outcome {
+    /// Sends a whole pending batch and settles it by the answer; a 413 starts
+    /// a split in `split`.
+    async fn send_whole(
+        &mut self,
+        pending: &Pending,
+        outbox: &Arc<Outbox>,
+        split: &mut Option<Split>,
+    ) -> Step {
+        let frame = self.frame_for_collector(&pending.frame, pending.seq);
+        match self.send(frame, pending.seq).await {
+            Outcome::Acked => {
+                self.metrics.batches_acked.inc();
+                self.metrics
+                    .records_acked
+                    .inc_by(u64::from(pending.records));
+                tracing::debug!(
+                    seq = pending.seq,
+                    records = pending.records,
+                    "batch acknowledged"
+                );
+                settle(outbox, pending.clone(), Settle::Ack).await;
+                Step::Progress
+            }
+            Outcome::Rejected { status, reason } => {
+                self.count_rejection(status, u64::from(pending.records));
+                tracing::error!(
+                    seq = pending.seq,
+                    records = pending.records,
+                    status = status.as_u16(),
+                    %reason,
+                    "collector refused the batch for good; dropped"
+                );
+                settle(outbox, pending.clone(), Settle::Reject).await;
+                Step::Progress
+            }
+            Outcome::TooLarge { reason } => {
+                self.split_refused(pending, outbox, split, &reason).await
+            }
+            outcome => self.retry_step(outcome, pending.seq),
+        }
+    }
+
+    /// The whole batch got a 413: split it, or drop it if it is one record.
+    async fn split_refused(
+        &mut self,
+        pending: &Pending,
+        outbox: &Arc<Outbox>,
+        split: &mut Option<Split>,
+        reason: &str,
+    ) -> Step {
+        if pending.records <= 1 {
+            self.count_too_large(u64::from(pending.records), pending.seq, reason);
+            settle(outbox, pending.clone(), Settle::RejectTooLarge).await;
+            return Step::Progress;
+        }
+        let batch = match codec::decode(&pending.frame) {
+            Ok(batch) => batch,
+            Err(e) => {
+                // Only a frame in a version this build cannot read: it cannot
+                // be split here, so it waits (a raised limit, a newer agent).
+                tracing::error!(seq = pending.seq, error = %e, %reason,
+                    "collector refused the batch as too large and it cannot be split here; holding it");
+                return Step::Wait(None);
+            }
+        };
+        match Split::start(batch.clone()) {
+            Ok(started) => {
+                self.metrics.batch_splits.inc();
+                tracing::warn!(
+                    seq = pending.seq,
+                    records = pending.records,
+                    bytes = pending.frame.len(),
+                    %reason,
+                    "collector refused the batch as too large; sending it in halves"
+                );
+                *split = Some(started);
+                Step::Progress
+            }
+            Err(SplitError::OneRecord) => {
+                self.count_too_large(u64::from(pending.records), pending.seq, reason);
+                settle(outbox, pending.clone(), Settle::RejectTooLarge).await;
+                Step::Progress
+            }
+            Err(SplitError::NoSeqs) => {
+                // Spooled by an older agent: no seqs of its own for pieces.
+                self.metrics.batch_splits.inc();
+                if self.requeue_halves(outbox, batch).await {
+                    settle(outbox, pending.clone(), Settle::Ack).await;
+                    Step::Progress
+                } else {
+                    Step::Wait(None)
+                }
+            }
+        }
+    }
+
+    /// Sends the current piece of `split`; returns the step and whether the
+    /// split (and with it the pending batch) is done.
+    async fn send_piece(
+        &mut self,
+        split: &mut Split,
+        pending: &Pending,
+        outbox: &Arc<Outbox>,
+    ) -> (Step, bool) {
+        let Some(piece) = split.current() else {
+            settle(outbox, pending.clone(), Settle::Ack).await;
+            return (Step::Progress, true);
+        };
+        let seq = piece.batch.seq;
+        let records = piece.batch.records.len() as u64;
+        let frame = match codec::encode_version(&piece.batch, self.terms.write_version()) {
+            Ok(frame) => Bytes::from(frame),
+            Err(e) => {
+                // Smaller than a batch that encoded: cannot happen; hold.
+                tracing::error!(seq, error = %e, "cannot encode a piece of a split batch");
+                return (Step::Wait(None), false);
+            }
+        };
+        let step = match self.send(frame, seq).await {
+            Outcome::Acked => {
+                self.metrics.batches_acked.inc();
+                self.metrics.records_acked.inc_by(records);
+                tracing::debug!(seq, root = split.root(), records, "piece acknowledged");
+                split.finish_current();
+                Step::Progress
+            }
+            Outcome::Rejected { status, reason } => {
+                self.count_rejection(status, records);
+                outbox.note_dropped(records);
+                tracing::error!(seq, root = split.root(), records, status = status.as_u16(), %reason,
+                    "collector refused a piece of a split batch for good; dropped");
+                split.finish_current();
+                Step::Progress
+            }
+            Outcome::TooLarge { reason } => match split.split_current() {
+                Ok(()) => {
+                    self.metrics.batch_splits.inc();
+                    Step::Progress
+                }
+                Err(SplitError::OneRecord) => {
+                    self.count_too_large(records, seq, &reason);
+                    outbox.note_dropped(records);
+                    split.finish_current();
+                    Step::Progress
+                }
+                Err(SplitError::NoSeqs) => {
+                    let Some(piece) = split.current().cloned() else {
+                        return (Step::Progress, false);
+                    };
+                    self.metrics.batch_splits.inc();
+                    if self.requeue_halves(outbox, piece.batch).await {
+                        split.finish_current();
+                        Step::Progress
+                    } else {
+                        Step::Wait(None)
+                    }
+                }
+            },
+            outcome => self.retry_step(outcome, seq),
+        };
+        if split.current().is_none() {
+            tracing::info!(
+                seq = pending.seq,
+                records = pending.records,
+                "split batch delivered"
+            );
+            settle(outbox, pending.clone(), Settle::Ack).await;
+            return (step, true);
+        }
+        (step, false)
+    }
+
+    /// Re-queues `batch`'s records as new batches (fresh seqs, in halves and
+    /// cut by size), for a batch or piece with no seqs left to split into.
+    /// True once they are in the outbox.
+    async fn requeue_halves(&self, outbox: &Arc<Outbox>, batch: Batch) -> bool {
+        let mut left = batch.records;
+        let right = left.split_off(left.len() / 2);
+        let (seq, created_ms) = (batch.seq, batch.created_ms);
+        tracing::warn!(
+            seq,
+            "batch refused as too large has no sequence numbers left for pieces; re-queued as new batches"
+        );
+        let outbox = Arc::clone(outbox);
+        tokio::task::spawn_blocking(move || outbox.store(vec![left, right], created_ms))
+            .await
+            .is_ok()
+    }
+
+    /// Counts, logs and paces a failed attempt that is retried.
+    fn retry_step(&mut self, outcome: Outcome, seq: u64) -> Step {
+        match outcome {
+            Outcome::VersionRefused { accepted, reason } => {
+                let sent = self.terms.write_version();
+                self.metrics
+                    .version_refusals
+                    .with_label_values(&[&sent.to_string()])
+                    .inc();
+                self.metrics
+                    .send_retries
+                    .with_label_values(&["version"])
+                    .inc();
+                if let Some(accepted) = accepted {
+                    self.terms.learn_versions(accepted);
+                }
+                tracing::warn!(
+                    seq,
+                    agent_speaks = %format_versions(SUPPORTED_VERSIONS),
+                    collector_accepts = %self.terms.accepted().map(|v| format_versions(&v)).unwrap_or_else(|| "(not said)".into()),
+                    %reason,
+                    "collector refused the batch's protocol version; kept, will retry"
+                );
+                Step::Wait(None)
+            }
+            Outcome::Retry {
+                reason,
+                detail,
+                retry_after,
+                auth,
+            } => {
+                self.metrics
+                    .send_retries
+                    .with_label_values(&[&reason])
+                    .inc();
+                if auth {
+                    self.log_auth_refusal(&detail);
+                    self.reload_token();
+                } else {
+                    tracing::warn!(seq, %reason, %detail, "send failed; will retry");
+                }
+                Step::Wait(retry_after)
+            }
+            other => {
+                // Settling outcomes are handled by the callers.
+                tracing::error!(seq, outcome = ?other, "unexpected outcome; will retry");
+                Step::Wait(None)
+            }
+        }
+    }
+
+    fn count_rejection(&self, status: StatusCode, records: u64) {
+        self.metrics
+            .batches_rejected
+            .with_label_values(&[status.as_str()])
+            .inc();
+        self.metrics
+            .records_dropped
+            .with_label_values(&[drop_reason::REJECTED])
+            .inc_by(records);
+    }
+
+    fn count_too_large(&self, records: u64, seq: u64, reason: &str) {
+        self.metrics
+            .records_dropped
+            .with_label_values(&[drop_reason::TOO_LARGE])
+            .inc_by(records);
+        tracing::error!(
+            seq,
+            records,
+            %reason,
+            "a single record is over the collector's body limit; dropped"
+        );
+    }
+
+    /// The frame to send for a pending batch: as spooled, or re-encoded in a
+    /// version the collector accepts when it refuses the spooled one and
+    /// this agent speaks one it accepts. A frame that cannot be re-encoded is
+    /// sent as is (the collector's answer tells whether it still refuses it).
+    fn frame_for_collector(&self, frame: &Bytes, seq: u64) -> Bytes {
+        let Ok(version) = codec::peek_version(frame) else {
+            return frame.clone();
+        };
+        let target = self.terms.write_version();
+        if self.terms.accepts(version) || !self.terms.accepts(target) {
+            return frame.clone();
+        }
+        match codec::decode(frame).and_then(|batch| codec::encode_version(&batch, target)) {
+            Ok(reencoded) => {
+                tracing::debug!(
+                    seq,
+                    from = version,
+                    to = target,
+                    "frame re-encoded for the collector"
+                );
+                Bytes::from(reencoded)
+            }
+            Err(e) => {
+                tracing::warn!(seq, error = %e, "cannot re-encode the frame; sending it as spooled");
+                frame.clone()
+            }
+        }
+    }
+
+    /// One attempt: POSTs `frame` (holding batch `seq`) and classifies the
+    /// answer, learning the collector's terms from its headers.
+    async fn send(&self, frame: Bytes, seq: u64) -> Outcome {
         self.metrics.batches_sent.inc();
         let mut request = Request::post(self.ingest.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static(codec::CONTENT_TYPE));
@@ -284,9 +604,16 @@ impl Sender {
             }
             Ok(Ok(exchange)) => exchange,
         };
+        self.terms.learn_from_headers(&parts.headers);
         let status = parts.status;
         if status.is_success() {
-            return Outcome::Acked;
+            return match check_ack(status, &body, seq) {
+                Ok(()) => Outcome::Acked,
+                Err((reason, detail)) => {
+                    self.metrics.invalid_acks.with_label_values(&[reason]).inc();
+                    Outcome::retry("invalid_ack", detail)
+                }
+            };
         }
         let retry_after = matches!(
             status,
@@ -342,6 +669,61 @@ impl Outcome {
     }
 }
 
+/// Whether a 2xx answer is the collector's acknowledgement of batch `seq`;
+/// else the `reason` label and what was wrong.
+fn check_ack(status: StatusCode, body: &[u8], seq: u64) -> Result<(), (&'static str, String)> {
+    if status != StatusCode::OK {
+        return Err((
+            invalid_ack::STATUS,
+            format!(
+                "HTTP {status} is not the collector's acknowledgement; is collector.url right?"
+            ),
+        ));
+    }
+    let ack: IngestAck = serde_json::from_slice(body).map_err(|_| {
+        (
+            invalid_ack::BODY,
+            format!(
+                "HTTP 200 without the collector's acknowledgement (a proxy or a wrong \
+                 collector.url?): {}",
+                reason_text(body)
+            ),
+        )
+    })?;
+    if ack.seq != seq {
+        return Err((
+            invalid_ack::SEQ,
+            format!(
+                "the answer acknowledges seq {}, not the batch sent ({seq})",
+                ack.seq
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A version refusal: the new collector's machine-readable 400 body, or an
+/// older collector's text (`… protocol version N; this collector speaks 1`).
+fn version_refusal(body: &[u8]) -> Option<Option<Vec<u16>>> {
+    let json: serde_json::Value = serde_json::from_slice(body).ok()?;
+    if json.get("code").and_then(|c| c.as_str()) == Some(UNSUPPORTED_VERSION_CODE) {
+        let accepted = json
+            .get("accepted_versions")
+            .and_then(|v| serde_json::from_value::<Vec<u16>>(v.clone()).ok())
+            .filter(|v| !v.is_empty());
+        return Some(accepted);
+    }
+    let error = json.get("error")?.as_str()?;
+    if !error.contains("unsupported protocol version") {
+        return None;
+    }
+    Some(
+        error
+            .rsplit_once("speaks ")
+            .and_then(|(_, list)| parse_versions(list)),
+    )
+}
+
 /// Maps a non-2xx answer to what to do with the batch.
 fn classify(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> Outcome {
     let retryable = status.is_server_error()
@@ -358,6 +740,19 @@ fn classify(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> O
             detail: format!("HTTP {status}: {}", reason_text(body)),
             retry_after,
             auth: matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN),
+        };
+    }
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        return Outcome::TooLarge {
+            reason: reason_text(body),
+        };
+    }
+    if status == StatusCode::BAD_REQUEST
+        && let Some(accepted) = version_refusal(body)
+    {
+        return Outcome::VersionRefused {
+            accepted,
+            reason: reason_text(body),
         };
     }
     if status.is_client_error() {
@@ -404,6 +799,9 @@ async fn pause(delay: Duration, drain: &mut DrainSignal) -> bool {
 enum Settle {
     Ack,
     Reject,
+    /// Dropped for being over the limit alone (counted by the caller under
+    /// `too_large`, by the spool in the dropped total).
+    RejectTooLarge,
 }
 
 async fn settle(outbox: &Arc<Outbox>, pending: Pending, how: Settle) {
@@ -411,7 +809,7 @@ async fn settle(outbox: &Arc<Outbox>, pending: Pending, how: Settle) {
     let seq = pending.seq;
     let result = tokio::task::spawn_blocking(move || match how {
         Settle::Ack => outbox.ack(&pending),
-        Settle::Reject => outbox.reject(&pending),
+        Settle::Reject | Settle::RejectTooLarge => outbox.reject(&pending),
     })
     .await;
     match result {

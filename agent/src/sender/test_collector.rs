@@ -20,27 +20,47 @@ use tokio::net::TcpListener;
 pub struct Answer {
     pub status: StatusCode,
     pub headers: Vec<(&'static str, String)>,
-    pub body: &'static str,
+    /// `None`: the collector's acknowledgement of the batch received.
+    pub body: Option<String>,
 }
 
 impl Answer {
+    /// The collector's real acknowledgement: 200 naming the batch's seq.
     pub fn ok() -> Self {
-        Self::status(StatusCode::OK)
+        Self {
+            status: StatusCode::OK,
+            headers: Vec::new(),
+            body: None,
+        }
     }
     pub fn status(status: StatusCode) -> Self {
         Self {
             status,
             headers: Vec::new(),
-            body: "",
+            body: Some(String::new()),
         }
     }
     pub fn with_header(mut self, name: &'static str, value: &str) -> Self {
         self.headers.push((name, value.to_string()));
         self
     }
-    pub fn with_body(mut self, body: &'static str) -> Self {
-        self.body = body;
+    pub fn with_body(mut self, body: &str) -> Self {
+        self.body = Some(body.to_string());
         self
+    }
+    /// The collector's version refusal: it accepts only `accepted`.
+    pub fn version_refused(accepted: &[u16]) -> Self {
+        let list = hubwatch_shared::wire::format_versions(accepted);
+        Self::status(StatusCode::BAD_REQUEST)
+            .with_header("hubwatch-accept-versions", &list)
+            .with_body(
+                &serde_json::json!({
+                    "error": format!("unsupported protocol version; this collector speaks {list}"),
+                    "code": "unsupported_version",
+                    "accepted_versions": accepted,
+                })
+                .to_string(),
+            )
     }
 }
 
@@ -58,6 +78,11 @@ pub struct Received {
 struct State {
     script: Vec<Answer>,
     received: Vec<Received>,
+    /// Bodies larger than this get 413 (with the limit in a header), before
+    /// the script is consulted; like the real collector, nothing is recorded.
+    max_body: Option<usize>,
+    /// Bodies refused with 413.
+    too_large: usize,
 }
 
 /// The running stand-in; stops when dropped.
@@ -81,7 +106,7 @@ impl TestCollector {
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(Mutex::new(State {
             script,
-            received: Vec::new(),
+            ..State::default()
         }));
         let shared = Arc::clone(&state);
         let task = tokio::spawn(async move {
@@ -111,6 +136,21 @@ impl TestCollector {
     pub fn received(&self) -> Vec<Received> {
         self.state.lock().expect("state").received.clone()
     }
+
+    /// Replaces the script (answers from now on).
+    pub fn set_script(&self, script: Vec<Answer>) {
+        self.state.lock().expect("state").script = script;
+    }
+
+    /// Refuses bodies over `limit` bytes with 413 from now on.
+    pub fn set_max_body(&self, limit: Option<usize>) {
+        self.state.lock().expect("state").max_body = limit;
+    }
+
+    /// Bodies refused with 413 so far.
+    pub fn too_large(&self) -> usize {
+        self.state.lock().expect("state").too_large
+    }
 }
 
 async fn answer(req: Request<Incoming>, state: &Mutex<State>) -> Response<Full<Bytes>> {
@@ -130,8 +170,23 @@ async fn answer(req: Request<Incoming>, state: &Mutex<State>) -> Response<Full<B
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let batch = codec::decode(&body).expect("the agent sends valid frames");
     let mut state = state.lock().expect("state");
+    if let Some(limit) = state.max_body
+        && body.len() > limit
+    {
+        state.too_large += 1;
+        let mut response = Response::new(Full::new(Bytes::from_static(
+            br#"{"error":"body exceeds the limit"}"#,
+        )));
+        *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+        response.headers_mut().insert(
+            "hubwatch-max-body-bytes",
+            limit.to_string().parse().expect("header value"),
+        );
+        return response;
+    }
+    let batch = codec::decode(&body).expect("the agent sends valid frames");
+    let seq = batch.seq;
     state.received.push(Received {
         at,
         path,
@@ -144,7 +199,10 @@ async fn answer(req: Request<Incoming>, state: &Mutex<State>) -> Response<Full<B
     } else {
         state.script.first().cloned().unwrap_or_else(Answer::ok)
     };
-    let mut response = Response::new(Full::new(Bytes::from_static(answer.body.as_bytes())));
+    let body = answer
+        .body
+        .unwrap_or_else(|| format!(r#"{{"status":"stored","seq":{seq}}}"#));
+    let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = answer.status;
     for (name, value) in answer.headers {
         response

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use super::test_collector::{Answer, TestCollector};
 use super::*;
-use crate::runtime::outbox::{BatchIdentity, Outbox};
+use crate::runtime::outbox::{BatchIdentity, Outbox, SEQ_STRIDE};
 use crate::spool::{Spool, SpoolOptions};
 
 fn records(n: usize) -> Vec<Record> {
@@ -28,12 +28,17 @@ struct Rig {
     _dir: tempfile::TempDir,
     outbox: Arc<Outbox>,
     metrics: Arc<AgentMetrics>,
+    terms: Arc<CollectorTerms>,
     drain: watch::Sender<Option<Instant>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Rig {
     fn start(url: &str) -> Self {
+        Self::start_with(url, codec::MAX_FRAME_BYTES as u64)
+    }
+
+    fn start_with(url: &str, max_batch_bytes: u64) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let (spool, _) = Spool::open(
             dir.path(),
@@ -49,25 +54,30 @@ impl Rig {
             member: "leap".into(),
             agent_version: "test".into(),
         };
-        let outbox = Arc::new(Outbox::new(
-            spool,
-            1024 * 1024,
-            identity,
-            Arc::clone(&metrics),
+        let terms = Arc::new(CollectorTerms::new(
+            max_batch_bytes,
+            Some(Arc::clone(&metrics)),
         ));
+        let outbox = Arc::new(
+            Outbox::new(spool, 1024 * 1024, identity, Arc::clone(&metrics))
+                .with_terms(Arc::clone(&terms)),
+        );
         let link = CollectorLink {
             url: url.to_string(),
             token: Some(" secret-token\n".into()),
             timeout: Duration::from_secs(5),
             ..CollectorLink::default()
         };
-        let sender = Sender::new(&link, Arc::clone(&metrics)).expect("sender");
+        let sender = Sender::new(&link, Arc::clone(&metrics))
+            .expect("sender")
+            .with_terms(Arc::clone(&terms));
         let (drain, drain_rx) = watch::channel(None);
         let task = tokio::spawn(sender.run(Arc::clone(&outbox), drain_rx));
         Self {
             _dir: dir,
             outbox,
             metrics,
+            terms,
             drain,
             task,
         }
@@ -75,7 +85,7 @@ impl Rig {
 
     fn store(&self, n: usize) {
         let report = self.outbox.store(vec![records(n)], 1);
-        assert_eq!(report.spooled, 1);
+        assert!(report.spooled >= 1);
     }
 
     fn pending(&self) -> u64 {
@@ -270,7 +280,7 @@ fn classification_follows_the_retry_policy() {
             "{code} should be retried"
         );
     }
-    for code in [400u16, 404, 409, 413, 415, 422] {
+    for code in [400u16, 404, 409, 415, 422] {
         let status = StatusCode::from_u16(code).expect("status");
         match classify(status, None, b"  too big \n") {
             Outcome::Rejected { status: s, reason } => {
@@ -283,6 +293,46 @@ fn classification_follows_the_retry_policy() {
     match classify(StatusCode::UNAUTHORIZED, None, b"") {
         Outcome::Retry { auth, .. } => assert!(auth),
         other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        classify(StatusCode::PAYLOAD_TOO_LARGE, None, b"big"),
+        Outcome::TooLarge { .. }
+    ));
+    // A version refusal, new style and an older collector's text: kept.
+    let body = br#"{"error":"x","code":"unsupported_version","accepted_versions":[1,3]}"#;
+    match classify(StatusCode::BAD_REQUEST, None, body) {
+        Outcome::VersionRefused { accepted, .. } => assert_eq!(accepted, Some(vec![1, 3])),
+        other => panic!("{other:?}"),
+    }
+    let old = br#"{"error":"unsupported protocol version 2; this collector speaks 1"}"#;
+    match classify(StatusCode::BAD_REQUEST, None, old) {
+        Outcome::VersionRefused { accepted, .. } => assert_eq!(accepted, Some(vec![1])),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn only_the_collectors_ack_of_this_batch_is_an_ack() {
+    let ok = br#"{"status":"stored","seq":42}"#;
+    assert!(check_ack(StatusCode::OK, ok, 42).is_ok());
+    assert!(check_ack(StatusCode::OK, br#"{"status":"duplicate","seq":42}"#, 42).is_ok());
+    assert_eq!(
+        check_ack(StatusCode::OK, ok, 43).map_err(|e| e.0),
+        Err("seq")
+    );
+    assert_eq!(
+        check_ack(StatusCode::NO_CONTENT, b"", 42).map_err(|e| e.0),
+        Err("status")
+    );
+    assert_eq!(
+        check_ack(StatusCode::CREATED, ok, 42).map_err(|e| e.0),
+        Err("status")
+    );
+    for body in [&b"<html>welcome</html>"[..], b"", b"{}", br#"{"seq":42}"#] {
+        assert_eq!(
+            check_ack(StatusCode::OK, body, 42).map_err(|e| e.0),
+            Err("body")
+        );
     }
 }
 
@@ -321,4 +371,268 @@ fn a_token_file_is_read_and_trimmed_and_never_shown_in_errors() {
         .err()
         .expect("refused");
     assert!(err.to_string().contains("collector.token_file"), "{err}");
+}
+
+#[tokio::test]
+async fn a_200_that_is_not_the_collectors_ack_keeps_the_batch_and_is_counted() {
+    let collector = TestCollector::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        vec![
+            // A proxy's welcome page, an empty 204, another batch's ack.
+            Answer::status(StatusCode::OK).with_body("<html>It works!</html>"),
+            Answer::status(StatusCode::NO_CONTENT),
+            Answer::status(StatusCode::OK).with_body(r#"{"status":"stored","seq":1}"#),
+            Answer::ok(),
+        ],
+    )
+    .await;
+    let rig = Rig::start(&collector.url());
+    rig.store(3);
+    rig.wait("the real ack", Duration::from_secs(20), |r| {
+        r.metrics.batches_acked.get() == 1
+    })
+    .await;
+    let got = collector.received();
+    assert_eq!(got.len(), 4, "sent until the collector's own ack");
+    assert!(got.iter().all(|r| r.batch.seq == got[0].batch.seq));
+    for reason in ["body", "status", "seq"] {
+        assert_eq!(
+            rig.metrics.invalid_acks.with_label_values(&[reason]).get(),
+            1,
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        rig.metrics
+            .send_retries
+            .with_label_values(&["invalid_ack"])
+            .get(),
+        3
+    );
+    assert_eq!(rig.outbox.backlog(), (0, 0), "delivered, nothing dropped");
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_collector_refusing_the_version_holds_everything_until_it_accepts_it() {
+    let collector = TestCollector::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        // A collector that speaks only a version this agent does not.
+        vec![Answer::version_refused(&[99])],
+    )
+    .await;
+    let rig = Rig::start(&collector.url());
+    rig.store(2);
+    rig.store(3);
+    rig.wait("two refusals", Duration::from_secs(10), |r| {
+        r.metrics.version_refusals.with_label_values(&["1"]).get() >= 2
+    })
+    .await;
+    assert_eq!(rig.pending(), 2, "nothing dropped");
+    assert_eq!(rig.outbox.backlog().1, 0);
+    assert_eq!(rig.metrics.version_mismatch.get(), 1);
+    assert_eq!(
+        rig.metrics
+            .batches_rejected
+            .with_label_values(&["400"])
+            .get(),
+        0
+    );
+    let mismatch = rig.terms.mismatch().expect("mismatch reported");
+    assert!(
+        mismatch.contains("speaks 1") && mismatch.contains("accepts 99"),
+        "{mismatch}"
+    );
+
+    // The collector is upgraded: it accepts version 1 again.
+    collector.set_script(vec![
+        Answer::ok().with_header("hubwatch-accept-versions", "1, 99"),
+    ]);
+    rig.wait("the backlog", Duration::from_secs(30), |r| {
+        r.metrics.batches_acked.get() == 2
+    })
+    .await;
+    assert_eq!(rig.pending(), 0);
+    // The gauge follows the terms learned from the acks' headers.
+    rig.wait("the mismatch cleared", Duration::from_secs(10), |r| {
+        r.metrics.version_mismatch.get() == 0
+    })
+    .await;
+    assert!(rig.terms.mismatch().is_none());
+    assert_eq!(rig.metrics.records_acked.get(), 5);
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_413_splits_the_batch_into_pieces_with_seqs_of_its_own_and_loses_nothing() {
+    let collector = TestCollector::start("127.0.0.1:0".parse().expect("addr"), vec![]).await;
+    // Only about a quarter of the batch fits.
+    let frame_len = codec::encode(&hubwatch_shared::wire::Batch {
+        agent_id: "agent-1".into(),
+        member: "leap".into(),
+        seq: 1 << 40,
+        created_ms: 1,
+        dropped_records: 0,
+        agent_version: "test".into(),
+        records: records(40),
+    })
+    .expect("encode")
+    .len();
+    collector.set_max_body(Some(frame_len / 4));
+    let rig = Rig::start(&collector.url());
+    rig.store(40);
+    let whole = rig.outbox.next_pending().expect("peek").expect("pending");
+    assert_eq!(whole.records, 40, "the first batch is cut by count only");
+    rig.wait("every piece", Duration::from_secs(20), |r| r.pending() == 0)
+        .await;
+    let got = collector.received();
+    let mut values = Vec::new();
+    let mut seqs = std::collections::HashSet::new();
+    for r in &got {
+        assert!(r.batch.seq > whole.seq && r.batch.seq < whole.seq + SEQ_STRIDE);
+        assert!(seqs.insert(r.batch.seq), "a seq used twice");
+        for record in &r.batch.records {
+            if let Record::Sample(s) = record {
+                values.push(s.value as usize);
+            }
+        }
+    }
+    assert_eq!(
+        values,
+        (0..40).collect::<Vec<_>>(),
+        "every record once, in order"
+    );
+    assert!(collector.too_large() >= 1);
+    assert!(rig.metrics.batch_splits.get() >= 2);
+    assert_eq!(rig.outbox.backlog().1, 0, "nothing dropped");
+    // The collector's limit is learned: later batches are cut under it.
+    assert_eq!(rig.terms.max_batch_bytes(), (frame_len / 4) as u64);
+    let refused_before = collector.too_large();
+    rig.store(40);
+    rig.wait("the next batches", Duration::from_secs(20), |r| {
+        r.pending() == 0
+    })
+    .await;
+    assert_eq!(collector.too_large(), refused_before, "no more 413s");
+    assert_eq!(rig.metrics.records_acked.get(), 80);
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_redone_split_resends_the_same_pieces_under_the_same_seqs() {
+    // A crash mid-split: the first agent delivers some pieces and dies with
+    // the batch still spooled; the one after it splits it again.
+    let collector = TestCollector::start("127.0.0.1:0".parse().expect("addr"), vec![]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rig = |collector: &TestCollector| {
+        let (spool, _) = Spool::open(
+            dir.path(),
+            SpoolOptions {
+                max_bytes: 16 * 1024 * 1024,
+                segment_bytes: None,
+            },
+        )
+        .expect("open spool");
+        let metrics = Arc::new(AgentMetrics::new());
+        let identity = BatchIdentity {
+            agent_id: "agent-1".into(),
+            member: "leap".into(),
+            agent_version: "test".into(),
+        };
+        let outbox = Arc::new(Outbox::new(spool, 1 << 20, identity, Arc::clone(&metrics)));
+        let link = CollectorLink {
+            url: collector.url(),
+            token: Some("t".into()),
+            ..CollectorLink::default()
+        };
+        let sender = Sender::new(&link, metrics).expect("sender");
+        (outbox, sender)
+    };
+    let (outbox, sender) = rig(&collector);
+    outbox.store(vec![records(16)], 1);
+    let whole = outbox.next_pending().expect("peek").expect("pending");
+    collector.set_max_body(Some(whole.frame.len() / 3));
+    // Two pieces are stored, then the collector fails until the "crash".
+    collector.set_script(vec![
+        Answer::ok(),
+        Answer::ok(),
+        Answer::status(StatusCode::SERVICE_UNAVAILABLE),
+    ]);
+    let (_drain, drain_rx) = watch::channel(None);
+    let task = tokio::spawn(sender.run(Arc::clone(&outbox), drain_rx));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while collector.received().len() < 3 {
+        assert!(Instant::now() < deadline, "no pieces delivered");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    task.abort();
+    let _ = task.await;
+    drop(outbox);
+    let first_run: Vec<(u64, usize)> = collector
+        .received()
+        .iter()
+        .map(|r| (r.batch.seq, r.batch.records.len()))
+        .collect();
+
+    collector.set_script(vec![Answer::ok()]);
+    let (outbox, sender) = rig(&collector);
+    assert_eq!(
+        outbox.next_pending().expect("peek").map(|p| p.seq),
+        Some(whole.seq),
+        "still spooled"
+    );
+    let (drain, drain_rx) = watch::channel(None);
+    let task = tokio::spawn(sender.run(Arc::clone(&outbox), drain_rx));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while outbox.backlog().0 > 0 {
+        assert!(Instant::now() < deadline, "split not finished");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = drain.send(Some(Instant::now()));
+    let _ = task.await;
+    let all: Vec<(u64, usize)> = collector
+        .received()
+        .iter()
+        .map(|r| (r.batch.seq, r.batch.records.len()))
+        .collect();
+    let second_run = &all[first_run.len()..];
+    // The second run resends the pieces of the first with the same seqs and
+    // sizes (the collector stores them once), then the rest.
+    assert_eq!(&second_run[..first_run.len()], &first_run[..]);
+    let mut by_seq = std::collections::BTreeMap::new();
+    for (seq, n) in &all {
+        assert_eq!(
+            *by_seq.entry(*seq).or_insert(*n),
+            *n,
+            "seq {seq} with two contents"
+        );
+    }
+    assert_eq!(
+        by_seq.values().sum::<usize>(),
+        16,
+        "each record under exactly one seq"
+    );
+}
+
+#[tokio::test]
+async fn a_single_record_over_the_limit_is_dropped_and_counted_as_too_large() {
+    let collector = TestCollector::start("127.0.0.1:0".parse().expect("addr"), vec![]).await;
+    collector.set_max_body(Some(10));
+    let rig = Rig::start(&collector.url());
+    rig.store(1);
+    rig.wait("the drop", Duration::from_secs(10), |r| r.pending() == 0)
+        .await;
+    assert_eq!(
+        rig.metrics
+            .records_dropped
+            .with_label_values(&[drop_reason::TOO_LARGE])
+            .get(),
+        1
+    );
+    assert_eq!(
+        rig.outbox.backlog().1,
+        1,
+        "in the dropped total the collector sees"
+    );
+    rig.stop().await;
 }

@@ -54,6 +54,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 #[cfg(test)]
 mod tests;
 
+/// Sequence numbers the clock floor grows by each millisecond: after an open, seqs start at
+/// `now_unix_ms * SEQ_PER_MS` at least. Wide enough for 64 batches a millisecond at the
+/// outbox's stride of 1024, and `now_unix_ms * SEQ_PER_MS` stays below `i64::MAX` (the
+/// collector's column) for millennia.
+pub const SEQ_PER_MS: u64 = 1 << 16;
+
 /// Bytes before the frame in a record: len, crc32, seq, records.
 pub const RECORD_HEADER_BYTES: u64 = 20;
 /// Bytes of `len` and `crc32`, which `len` does not count.
@@ -513,7 +519,14 @@ pub struct Spool {
     /// Test hook: make every write fail as if the disk were full.
     #[cfg(test)]
     fail_writes: bool,
+    /// Test hook: while the gate holds `true`, every write waits (a hung fsync).
+    #[cfg(test)]
+    pub(crate) hang_writes: Option<HangGate>,
 }
+
+/// Test hook: a gate that holds spool writes while it is closed.
+#[cfg(test)]
+pub(crate) type HangGate = std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>;
 
 impl std::fmt::Debug for Spool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -660,7 +673,7 @@ impl Spool {
             .highest_seq
             .saturating_add(1)
             .max(cursor.acked_seq.saturating_add(1))
-            .max(now_unix_ms().saturating_mul(1024));
+            .max(now_unix_ms().saturating_mul(SEQ_PER_MS));
         let mut spool = Spool {
             dir: dir.to_path_buf(),
             max_bytes: opts.max_bytes,
@@ -674,6 +687,8 @@ impl Spool {
             detached: None,
             #[cfg(test)]
             fail_writes: false,
+            #[cfg(test)]
+            hang_writes: None,
         };
 
         if spool.cursor_dirty
@@ -710,7 +725,7 @@ impl Spool {
     /// A spool whose directory could not be opened (unwritable, missing mount, full disk at
     /// start). It holds nothing: every [`Spool::append`] first tries to open the directory and,
     /// while that fails, returns the error, so the caller keeps batches in its bounded memory
-    /// fallback. Sequence numbers start at `now_unix_ms * 1024` as after any open, so they stay
+    /// fallback. Sequence numbers start at `now_unix_ms * SEQ_PER_MS` as after any open, so they stay
     /// above everything the directory may already hold. Once the directory opens, its backlog
     /// and counts are taken over and what was dropped meanwhile is added to its dropped total.
     pub fn detached(dir: &Path, opts: SpoolOptions) -> Spool {
@@ -722,11 +737,13 @@ impl Spool {
             active_file: None,
             cursor: CursorState::default(),
             cursor_dirty: false,
-            next_seq: now_unix_ms().saturating_mul(1024),
+            next_seq: now_unix_ms().saturating_mul(SEQ_PER_MS),
             corruptions: 0,
             detached: Some(opts),
             #[cfg(test)]
             fail_writes: false,
+            #[cfg(test)]
+            hang_writes: None,
         }
     }
 
@@ -757,8 +774,9 @@ impl Spool {
     }
 
     /// Allocates the sequence number for the next batch. On open, resumes at
-    /// `max(last seq ever appended + 1, acked + 1, now_unix_ms * 1024)` so seqs are never reused
-    /// even if batches held only in memory were lost.
+    /// `max(last seq ever appended + 1, acked + 1, now_unix_ms * SEQ_PER_MS)` so seqs are never
+    /// reused even if batches held only in memory were lost (as long as fewer than `SEQ_PER_MS`
+    /// seqs are handed out per millisecond: the outbox takes 1024 per batch).
     pub fn next_seq(&mut self) -> u64 {
         let seq = self
             .next_seq
@@ -1329,6 +1347,13 @@ impl Spool {
 
     #[cfg(test)]
     fn injected_failure(&self) -> io::Result<()> {
+        if let Some(gate) = &self.hang_writes {
+            let (closed, opened) = &**gate;
+            let mut closed = closed.lock().unwrap_or_else(|p| p.into_inner());
+            while *closed {
+                closed = opened.wait(closed).unwrap_or_else(|p| p.into_inner());
+            }
+        }
         if self.fail_writes {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }

@@ -15,6 +15,7 @@ fn every_agent_metric_is_registered_and_build_info_is_one() {
         .observe(0.01);
     m.send_retries.with_label_values(&["connect"]);
     m.batches_rejected.with_label_values(&["400"]);
+    m.version_refusals.with_label_values(&["1"]);
     m.metrics_lines_skipped
         .with_label_values(&["jupyterhub:prod"]);
     let text = m.render();

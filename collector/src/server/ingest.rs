@@ -4,9 +4,12 @@
 //! byte of body is read), then a declared `Content-Length` over
 //! `server.max_body_bytes` (413 before reading), then the body under a size
 //! limit (413 for chunked bodies that exceed it) and a time limit (408), then
-//! the codec (400 naming the reason, or the versions spoken), then the batch's
-//! claims against the credential (403), then the store. The 200 is sent only
-//! after the store's group commit holding the batch has completed.
+//! the codec (400 naming the reason; for a protocol version not spoken here a
+//! machine-readable body with `code: "unsupported_version"` and
+//! `accepted_versions`), then the batch's claims against the credential (403),
+//! then the store. The 200 (`{"status": "stored"|"duplicate", "seq": N}`) is
+//! sent only after the store's group commit holding the batch has completed.
+//! Every answer names the accepted versions and the body limit in headers.
 
 use std::time::Instant;
 
@@ -15,6 +18,10 @@ use http::header::{CONNECTION, CONTENT_LENGTH, HeaderValue};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hubwatch_shared::codec::{self, CodecError};
+use hubwatch_shared::wire::{
+    ACCEPT_VERSIONS_HEADER, MAX_BODY_BYTES_HEADER, SUPPORTED_VERSIONS, UNSUPPORTED_VERSION_CODE,
+    format_versions,
+};
 use hyper::body::Incoming;
 
 use super::routes::{HttpResponse, auth_failure, error, json, log_auth_failure, unavailable};
@@ -22,8 +29,28 @@ use super::{AppState, unix_ms_now};
 use crate::auth::{self, AuthError, Credential, PeerIdentity};
 use crate::store::{IngestItem, IngestOutcome};
 
-/// Handles one ingest request; the caller counts the status.
+/// Handles one ingest request; the caller counts the status. Every answer
+/// carries [`ACCEPT_VERSIONS_HEADER`] and [`MAX_BODY_BYTES_HEADER`], so an
+/// agent learns which protocol versions to write and how large a batch may be
+/// from any reply, refusals included.
 pub(super) async fn handle(
+    state: &AppState,
+    peer: &PeerIdentity,
+    request: Request<Incoming>,
+) -> HttpResponse {
+    let mut response = handle_request(state, peer, request).await;
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&format_versions(SUPPORTED_VERSIONS)) {
+        headers.insert(ACCEPT_VERSIONS_HEADER, value);
+    }
+    headers.insert(
+        MAX_BODY_BYTES_HEADER,
+        HeaderValue::from(state.server.max_body_bytes.as_u64()),
+    );
+    response
+}
+
+async fn handle_request(
     state: &AppState,
     peer: &PeerIdentity,
     request: Request<Incoming>,
@@ -104,13 +131,25 @@ pub(super) async fn handle(
     });
     let batch = match checked.await {
         Ok(Ok(batch)) => batch,
-        Ok(Err(e)) => {
-            let reason = match e {
-                CodecError::UnsupportedVersion { .. } => "version",
-                _ => "malformed",
-            };
-            return reject(state, reason, StatusCode::BAD_REQUEST, e);
+        Ok(Err(e @ CodecError::UnsupportedVersion { .. })) => {
+            // Machine-readable, so an agent keeps the batch and re-encodes it
+            // in a version listed here instead of dropping it as malformed.
+            state
+                .metrics
+                .ingest_rejected
+                .with_label_values(&["version"])
+                .inc();
+            tracing::warn!(error = %e, "ingest refused: protocol version not spoken here");
+            return json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({
+                    "error": e.to_string(),
+                    "code": UNSUPPORTED_VERSION_CODE,
+                    "accepted_versions": SUPPORTED_VERSIONS,
+                }),
+            );
         }
+        Ok(Err(e)) => return reject(state, "malformed", StatusCode::BAD_REQUEST, e),
         Err(e) => {
             tracing::error!(error = %e, "decode task failed");
             return unavailable("decoding failed inside the collector; retry");

@@ -692,6 +692,17 @@ async fn malformed_truncated_and_future_version_frames_get_400_with_a_reason() {
         message.contains("99") && message.contains("speaks 1"),
         "{message}"
     );
+    // Machine-readable, so an agent keeps the batch rather than drop it.
+    let body = reply.json();
+    assert_eq!(body["code"], "unsupported_version", "{body}");
+    assert_eq!(body["accepted_versions"], serde_json::json!([1]), "{body}");
+    assert_eq!(
+        reply
+            .headers
+            .get("hubwatch-accept-versions")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
 
     let text = server.metrics_text();
     assert_eq!(
@@ -709,6 +720,51 @@ async fn malformed_truncated_and_future_version_frames_get_400_with_a_reason() {
         1.0
     );
     assert_eq!(server.store.raw_batch_count().unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_ingest_answer_names_the_accepted_versions_and_the_body_limit() {
+    let server = TestServer::start(&[("leap", "a1")], |cfg, _| {
+        cfg.server.max_body_bytes = bytesize::ByteSize::kib(64);
+    })
+    .await;
+    let token = server.token("a1");
+    let client = server.plain();
+    let header = |reply: &Reply, name: &str| {
+        reply
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let stored = client.ingest(Some(&token), frame("a1", "leap", 5, 3)).await;
+    let too_large = client.ingest(Some(&token), vec![b'x'; 65 * 1024 + 1]).await;
+    let malformed = client.ingest(Some(&token), b"nope".to_vec()).await;
+    let unauthorized = client.ingest(None, frame("a1", "leap", 6, 1)).await;
+    assert_eq!(stored.status, StatusCode::OK);
+    assert_eq!(
+        stored.json(),
+        serde_json::json!({"status": "stored", "seq": 5})
+    );
+    assert_eq!(too_large.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(malformed.status, StatusCode::BAD_REQUEST);
+    assert!(
+        malformed.json().get("code").is_none(),
+        "only a version refusal has a code"
+    );
+    assert_eq!(unauthorized.status, StatusCode::UNAUTHORIZED);
+    for reply in [&stored, &too_large, &malformed, &unauthorized] {
+        assert_eq!(
+            header(reply, "hubwatch-accept-versions").as_deref(),
+            Some("1"),
+            "{reply:?}"
+        );
+        assert_eq!(
+            header(reply, "hubwatch-max-body-bytes").as_deref(),
+            Some("65536"),
+            "{reply:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

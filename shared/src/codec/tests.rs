@@ -235,3 +235,56 @@ proptest! {
         prop_assert_eq!(decode(&bytes).is_ok(), decode_envelope(&bytes).is_ok());
     }
 }
+
+#[test]
+fn every_supported_version_encodes_and_decodes_and_others_are_refused() {
+    let b = Batch {
+        agent_id: "a".into(),
+        member: String::new(),
+        seq: 7,
+        created_ms: 0,
+        dropped_records: 0,
+        agent_version: "0".into(),
+        records: vec![],
+    };
+    for &version in SUPPORTED_VERSIONS {
+        let bytes = encode_version(&b, version).expect("a supported version encodes");
+        assert_eq!(peek_version(&bytes).expect("header"), version);
+        assert_eq!(decode(&bytes).expect("decodes"), b);
+    }
+    let unknown = SUPPORTED_VERSIONS.iter().max().copied().unwrap_or(0) + 1;
+    assert!(matches!(
+        encode_version(&b, unknown),
+        Err(CodecError::UnsupportedVersion { got }) if got == unknown
+    ));
+}
+
+#[test]
+fn version_lists_parse_format_and_meet() {
+    assert_eq!(parse_versions("1"), Some(vec![1]));
+    assert_eq!(parse_versions(" 1, 2 ,3"), Some(vec![1, 2, 3]));
+    assert_eq!(parse_versions(""), None);
+    assert_eq!(parse_versions("1, x"), None);
+    assert_eq!(format_versions(&[1, 2]), "1, 2");
+    assert_eq!(
+        parse_versions(&format_versions(SUPPORTED_VERSIONS)).as_deref(),
+        Some(SUPPORTED_VERSIONS)
+    );
+    assert_eq!(highest_common_version(&[1, 2, 3], &[2, 3, 4]), Some(3));
+    assert_eq!(highest_common_version(&[1], &[2]), None);
+}
+
+#[test]
+fn the_ack_body_is_the_collectors_json() {
+    let ack: IngestAck =
+        serde_json::from_str(r#"{"status":"duplicate","seq":42}"#).expect("parses");
+    assert_eq!(
+        ack,
+        IngestAck {
+            status: AckStatus::Duplicate,
+            seq: 42
+        }
+    );
+    assert!(serde_json::from_str::<IngestAck>(r#"{"status":"ok","seq":42}"#).is_err());
+    assert!(serde_json::from_str::<IngestAck>(r#"{"status":"stored"}"#).is_err());
+}

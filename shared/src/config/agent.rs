@@ -42,6 +42,13 @@ pub struct AgentSection {
     pub spool_max_bytes: ByteSize,
     /// Upper bound of batches held in memory while the spool cannot be written.
     pub memory_buffer_max_bytes: ByteSize,
+    /// Largest encoded batch the agent makes; the collector's announced
+    /// `server.max_body_bytes` lowers it further.
+    pub max_batch_bytes: ByteSize,
+    /// A spool write slower than this is left to finish in the background and
+    /// the collection loop goes on, holding newer batches in memory.
+    #[serde(with = "humantime_serde")]
+    pub spool_write_timeout: Duration,
     /// The agent's own `/metrics` and `/healthz`.
     pub listen: SocketAddr,
 }
@@ -55,6 +62,8 @@ impl Default for AgentSection {
             spool_dir: PathBuf::from("./hubwatch-spool"),
             spool_max_bytes: ByteSize::mib(512),
             memory_buffer_max_bytes: ByteSize::mib(4),
+            max_batch_bytes: ByteSize::mib(4),
+            spool_write_timeout: Duration::from_secs(5),
             listen: SocketAddr::from(([127, 0, 0, 1], 9471)),
         }
     }
@@ -195,6 +204,23 @@ impl Validate for AgentConfig {
             return Err(ConfigError::invalid(
                 "agent.spool_max_bytes",
                 "must be at least 64KiB",
+            ));
+        }
+        if a.max_batch_bytes.as_u64() < 4 * 1024
+            || a.max_batch_bytes.as_u64() > crate::codec::MAX_FRAME_BYTES as u64
+        {
+            return Err(ConfigError::invalid(
+                "agent.max_batch_bytes",
+                format!(
+                    "must be between 4KiB and {}MiB",
+                    crate::codec::MAX_FRAME_BYTES / (1024 * 1024)
+                ),
+            ));
+        }
+        if a.spool_write_timeout < Duration::from_millis(100) {
+            return Err(ConfigError::invalid(
+                "agent.spool_write_timeout",
+                "must be at least 100ms",
             ));
         }
         let c = &self.collector;

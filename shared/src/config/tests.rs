@@ -59,6 +59,18 @@ fn bad_values_name_their_key() {
             "agent.spool_max_bytes",
         ),
         (
+            "[agent]\nid = \"a\"\nmax_batch_bytes = \"1KiB\"\n[collector]\ntoken = \"x\"",
+            "agent.max_batch_bytes",
+        ),
+        (
+            "[agent]\nid = \"a\"\nmax_batch_bytes = \"1GiB\"\n[collector]\ntoken = \"x\"",
+            "agent.max_batch_bytes",
+        ),
+        (
+            "[agent]\nid = \"a\"\nspool_write_timeout = \"1ms\"\n[collector]\ntoken = \"x\"",
+            "agent.spool_write_timeout",
+        ),
+        (
             "[agent]\nid = \"a\"\nintervall = \"1s\"\n[collector]\ntoken = \"x\"",
             "intervall",
         ),
