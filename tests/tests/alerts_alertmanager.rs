@@ -144,7 +144,7 @@ fn alerts_reach_alertmanager_survive_a_collector_restart_and_resolve() {
             ("alertname", "Watchdog"),
             ("member", "fleet"),
             ("tier", "fleet"),
-            ("severity", "ticket"),
+            ("severity", "none"),
         ])
     );
     let starts_at = alert["startsAt"].as_str().expect("startsAt").to_string();

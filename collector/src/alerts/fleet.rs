@@ -519,7 +519,7 @@ impl FleetSource {
             .map(|(not_after, _)| not_after)
             .min();
         if let Some(not_after) = not_after {
-            let days = (not_after - now) as f64 / DAY_MS;
+            let days = not_after.saturating_sub(now) as f64 / DAY_MS;
             let sev = if days < CERT_PAGE_DAYS {
                 Some(severity::PAGE)
             } else if days < CERT_TICKET_DAYS {

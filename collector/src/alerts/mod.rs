@@ -74,7 +74,7 @@ pub mod labels {
     pub const HUB: &str = "hub";
     /// The member's tier (`fleet` for fleet-wide alerts).
     pub const TIER: &str = "tier";
-    /// `page` or `ticket`.
+    /// `page` or `ticket` (`none` for `Watchdog`).
     pub const SEVERITY: &str = "severity";
     /// The objective, for SLO alerts.
     pub const SLO: &str = "slo";
@@ -96,6 +96,8 @@ pub mod severity {
     pub const PAGE: &str = "page";
     /// Handled in working hours.
     pub const TICKET: &str = "ticket";
+    /// For machines only: the `Watchdog` (routed to a dead man's switch).
+    pub const NONE: &str = "none";
 }
 
 /// The runbook link of `alertname`: `<base>#<lowercase alertname>`.

@@ -2,10 +2,10 @@
 //! of Alertmanager can page when it stops arriving (the collector, its
 //! alerting loop or the path to Alertmanager is broken).
 //!
-//! The kube-prometheus convention is `severity="none"`; INTERFACES.md allows
-//! only `page` and `ticket`, so it carries `ticket` and the runbook tells
-//! operators to route `alertname="Watchdog"` to the dead man's switch, never
-//! to a person. It concerns no member: `member` and `tier` are `fleet`.
+//! It carries `severity="none"` (the kube-prometheus convention INTERFACES.md
+//! adopts for it), and the runbook tells operators to route
+//! `alertname="Watchdog"` to the dead man's switch, never to a person. It
+//! concerns no member: `member` and `tier` are `fleet`.
 
 use std::collections::BTreeMap;
 
@@ -44,7 +44,7 @@ impl AlertSource for WatchdogSource {
                 (labels::ALERTNAME.to_string(), WATCHDOG.to_string()),
                 (labels::MEMBER.to_string(), FLEET.to_string()),
                 (labels::TIER.to_string(), FLEET.to_string()),
-                (labels::SEVERITY.to_string(), severity::TICKET.to_string()),
+                (labels::SEVERITY.to_string(), severity::NONE.to_string()),
             ]),
             annotations: BTreeMap::from([
                 (

@@ -30,6 +30,8 @@ pub mod cursor;
 pub mod sqlite;
 
 #[cfg(test)]
+mod stages_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;

@@ -296,6 +296,22 @@ async fn undecodable_and_foreign_batches_do_not_stop_derivation() -> anyhow::Res
     let stats = derive_pending(&store, &engine, T0 + 5 * MIN)?;
     assert_eq!((stats.undecodable, stats.batches_ok), (1, 3));
     assert_eq!(store.derive_cursor(sli::DERIVE_CURSOR)?, 4);
+    // Set aside with the cursor, saying why, and never read again.
+    let quarantined: Vec<(String, i64, String)> = store.read_with("quarantine", |conn| {
+        conn.prepare("SELECT stage, batch_id, reason FROM quarantine")?
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+            .collect()
+    })?;
+    assert_eq!(quarantined.len(), 1, "{quarantined:?}");
+    assert_eq!(quarantined[0].0, sli::DERIVE_CURSOR);
+    assert!(
+        quarantined[0].2.contains("does not decode"),
+        "{quarantined:?}"
+    );
+    assert_eq!(
+        derive_pending(&store, &engine, T0 + 5 * MIN)?,
+        DeriveStats::default()
+    );
     assert_eq!(
         engine.objectives(T0 + 5 * MIN).len(),
         6,

@@ -1,0 +1,213 @@
+//! Arbitrary (crafted, absurd) batches through every stage `serve` runs, on
+//! the real store: nothing panics, no batch is quarantined (every stage copes
+//! with any decodable input), and the alert sources fed by the stages still
+//! evaluate.
+
+use std::sync::Arc;
+
+use hubwatch_shared::config::{CollectorConfig, HubRef, MemberConfig, StorageConfig};
+use hubwatch_shared::wire::{Batch, CheckKind, HealthCheck, Label, Record, Sample};
+use proptest::prelude::*;
+
+use super::{Pipeline, PipelineSettings, Stage};
+use crate::alerts::{AlertSource, FleetSource, fleet};
+use crate::clock::{ManualClock, SharedClock};
+use crate::slo::{SloEngine, SloSettings, SqliteSli, sli, stage::SliStage};
+use crate::store::{IngestItem, Store};
+
+const NOW: i64 = 1_767_571_200_000;
+
+fn timestamp() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        Just(i64::MIN),
+        Just(-1),
+        Just(0),
+        Just(i64::MAX),
+        (NOW - 3_600_000..NOW + 3_600_000),
+        any::<i64>(),
+    ]
+}
+
+fn value() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        Just(f64::MAX),
+        Just(f64::MIN),
+        Just(f64::NAN),
+        Just(f64::INFINITY),
+        Just(f64::NEG_INFINITY),
+        Just(-0.0),
+        (0.0..1e6f64),
+        any::<f64>(),
+    ]
+}
+
+fn text(choices: &'static [&'static str]) -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => prop::sample::select(choices).prop_map(str::to_string),
+        1 => ".{0,12}",
+    ]
+}
+
+fn sample() -> impl Strategy<Value = Record> {
+    let names = &[
+        sli::SPAWN_COUNT,
+        sli::SPAWN_BUCKET,
+        "jupyterhub_running_servers",
+        fleet::VOLUME_AVAILABLE_RATIO,
+        fleet::HOME_FS_AVAIL_BYTES,
+        fleet::HOME_FS_SIZE_BYTES,
+    ];
+    (
+        text(names),
+        text(&["prod", "vm", "gone"]),
+        text(&["success", "failure", "error", "pending"]),
+        text(&["60", "120", "+Inf", "NaN", "1e308", "-1"]),
+        value(),
+        timestamp(),
+    )
+        .prop_map(|(name, hub, status, le, value, timestamp_ms)| {
+            let mut labels = vec![
+                Label::new("hub", hub),
+                Label::new("status", status),
+                Label::new("le", le),
+                Label::new("path", "/home"),
+                Label::new("persistentvolumeclaim", "home"),
+            ];
+            labels.sort();
+            Record::Sample(Sample {
+                name,
+                labels,
+                value,
+                timestamp_ms,
+            })
+        })
+}
+
+fn health() -> impl Strategy<Value = Record> {
+    (
+        prop::option::of(text(&["prod", "vm", "gone"])),
+        prop::sample::select(
+            &[
+                CheckKind::HubHealth,
+                CheckKind::Probe,
+                CheckKind::Source,
+                CheckKind::Agent,
+            ][..],
+        ),
+        any::<bool>(),
+        prop::option::of(value()),
+        timestamp(),
+    )
+        .prop_map(|(hub, kind, ok, cert_expiry_days, timestamp_ms)| {
+            Record::Health(HealthCheck {
+                target: "http://hub/hub/health".into(),
+                hub,
+                kind,
+                ok,
+                status: Some(200),
+                latency_us: u64::MAX,
+                failure: None,
+                error: None,
+                cert_expiry_days,
+                timestamp_ms,
+            })
+        })
+}
+
+fn batch() -> impl Strategy<Value = Vec<Record>> {
+    prop::collection::vec(prop_oneof![sample(), health()], 0..12)
+}
+
+fn config(dir: &std::path::Path) -> CollectorConfig {
+    let hub = |name: &str| HubRef {
+        name: name.into(),
+        public_url: Some(format!("https://{name}.example.org")),
+    };
+    CollectorConfig {
+        storage: StorageConfig {
+            path: dir.to_path_buf(),
+            ..StorageConfig::default()
+        },
+        members: vec![MemberConfig {
+            id: "leap".into(),
+            name: String::new(),
+            tier: "premier".into(),
+            hubs: vec![hub("prod"), hub("vm")],
+        }],
+        ..CollectorConfig::default()
+    }
+}
+
+fn run(batches: Vec<Vec<Record>>) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path());
+    let store = Store::open(&cfg.storage).expect("store");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    for (seq, records) in batches.iter().enumerate() {
+        let batch = Batch {
+            agent_id: "agent".into(),
+            member: "leap".into(),
+            seq: seq as u64,
+            created_ms: NOW,
+            dropped_records: 0,
+            agent_version: "test".into(),
+            records: records.clone(),
+        };
+        let frame = hubwatch_shared::codec::encode(&batch).expect("encode");
+        runtime
+            .block_on(store.ingest(IngestItem {
+                member: "leap".into(),
+                agent: "agent".into(),
+                seq: seq as u64,
+                created_ms: NOW,
+                dropped_records: 0,
+                agent_version: "test".into(),
+                records: records.len() as u64,
+                frame: frame.into(),
+                received_ms: NOW,
+            }))
+            .expect("ingest");
+    }
+    let clock: SharedClock = Arc::new(ManualClock::new(NOW));
+    let engine = Arc::new(SloEngine::new(
+        SloSettings::from_config(&cfg).expect("settings"),
+    ));
+    let fleet = FleetSource::open(
+        store.clone(),
+        &cfg,
+        fleet::FleetSettings::from_config(&cfg),
+        &clock,
+    )
+    .expect("fleet");
+    let stages: Vec<Box<dyn Stage>> = vec![
+        Box::new(
+            SliStage::open(Arc::new(SqliteSli::new(store.clone())), Arc::clone(&engine))
+                .expect("sli stage"),
+        ),
+        Box::new(fleet.stage()),
+    ];
+    let mut pipeline = Pipeline::open(Arc::new(store.clone()), stages, PipelineSettings::default())
+        .expect("pipeline");
+    prop_assert!(pipeline.run(NOW).expect("run").caught_up);
+    for (stage, health) in pipeline.status().stages() {
+        prop_assert_eq!(health.quarantined, 0, "{} set a batch aside", stage);
+        prop_assert_eq!(health.processed, batches.len() as u64, "{}", stage);
+    }
+    for now in [NOW, NOW + 86_400_000, i64::MAX / 2] {
+        fleet.evaluate(now).expect("fleet evaluates");
+        engine.evaluate(now).expect("SLO engine evaluates");
+        engine.objectives(now);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn any_batch_goes_through_every_stage(batches in prop::collection::vec(batch(), 1..6)) {
+        run(batches)?;
+    }
+}
