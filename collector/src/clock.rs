@@ -21,11 +21,36 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0)
+        system_now_ms()
     }
+}
+
+/// The machine's clock, Unix ms: the one place the collector reads it. Code
+/// that judges time takes a [`Clock`]; this is for what only records when
+/// something happened (a batch's `received_ms`, a token's creation).
+pub fn system_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(duration_ms)
+        .unwrap_or(0)
+}
+
+/// A duration in whole milliseconds, saturating.
+pub fn duration_ms(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Unix ms as RFC 3339 UTC, with the milliseconds when there are any (the
+/// epoch if out of range): the one format every API, annotation and report
+/// uses.
+pub fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|at| {
+            at.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_string())
 }
 
 /// A clock moved by hand (replay, tests). It may also be moved backwards, as a

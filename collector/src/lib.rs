@@ -16,6 +16,7 @@ pub mod pipeline;
 pub mod server;
 pub mod slo;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
 
 pub use server::{Collector, RunningCollector};

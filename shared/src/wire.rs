@@ -135,6 +135,14 @@ impl Label {
     }
 }
 
+/// The value of the label `name` in `labels`, if present.
+pub fn label<'a>(labels: &'a [Label], name: &str) -> Option<&'a str> {
+    labels
+        .iter()
+        .find(|l| l.name == name)
+        .map(|l| l.value.as_str())
+}
+
 /// A metric sample in the Prometheus data model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
@@ -146,6 +154,13 @@ pub struct Sample {
     pub value: f64,
     /// Unix milliseconds.
     pub timestamp_ms: i64,
+}
+
+impl Sample {
+    /// The value of the label `name`, if present.
+    pub fn label(&self, name: &str) -> Option<&str> {
+        label(&self.labels, name)
+    }
 }
 
 /// What kind of check produced a [`HealthCheck`].

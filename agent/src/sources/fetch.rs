@@ -11,7 +11,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{ACCEPT, HOST, HeaderMap, HeaderValue, USER_AGENT};
@@ -327,10 +327,7 @@ impl Drop for AbortOnDrop {
 pub fn days_until_expiry(der: &[u8]) -> Option<f64> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let not_after = cert.validity().not_after.timestamp();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
+    let now = crate::clock::now_seconds();
     Some((not_after as f64 - now) / 86_400.0)
 }
 

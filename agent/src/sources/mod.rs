@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hubwatch_shared::wire::{FailureKind, HealthCheck, Record};
 
@@ -158,13 +158,7 @@ pub fn source_failure(
     ))
 }
 
-/// Now as Unix milliseconds (0 if the clock is before 1970).
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub use crate::clock::now_ms;
 
 #[cfg(test)]
 mod tests;

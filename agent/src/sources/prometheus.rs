@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use http::HeaderMap;
@@ -211,7 +211,7 @@ impl Source for PrometheusSource {
                         .collect());
                 }
             };
-            let time = format!("{:.3}", unix_seconds());
+            let time = format!("{:.3}", crate::clock::now_seconds());
             let mut tasks = tokio::task::JoinSet::new();
             for (index, spec) in self.queries.iter().enumerate() {
                 let spec = Arc::clone(spec);
@@ -653,13 +653,6 @@ fn query_health(
         failure,
         timestamp_ms,
     ))
-}
-
-fn unix_seconds() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// Percent-encodes a query-string component (everything but RFC 3986's

@@ -42,7 +42,7 @@ use hubwatch_shared::wire::{Batch, CheckKind, Record};
 use serde::{Deserialize, Serialize};
 
 use super::{AlertSource, AlertSpec, EvaluateError, annotations, labels, runbook_url, severity};
-use crate::clock::SharedClock;
+use crate::clock::{SharedClock, duration_ms, rfc3339};
 use crate::pipeline::{CursorUpdate, Stage, StageFailure, lock};
 use crate::store::{Store, StoreError, StoredBatch};
 
@@ -423,8 +423,8 @@ impl FleetSource {
     ) {
         let empty = HubStatus::default();
         let status = status.unwrap_or(&empty);
-        let silent_after = ms(self.settings.agent_silent_after);
-        let outside_fresh = ms(self.settings.outside_fresh_for);
+        let silent_after = duration_ms(self.settings.agent_silent_after);
+        let outside_fresh = duration_ms(self.settings.outside_fresh_for);
         let where_ = format!("{}/{}", entry.member, entry.hub);
 
         // The agent: its last batch, but never before the collector started.
@@ -459,13 +459,13 @@ impl FleetSource {
                 details.push(format!(
                     "inside {kind}: {} since {}",
                     view.error.as_deref().unwrap_or("failed"),
-                    super::sender::rfc3339(view.failing_since_ms.unwrap_or(view.at_ms))
+                    rfc3339(view.failing_since_ms.unwrap_or(view.at_ms))
                 ));
             }
             if agent_silent {
                 details.push(format!(
                     "the agent is silent (last batch {})",
-                    last_heard.map_or_else(|| "never".to_string(), super::sender::rfc3339)
+                    last_heard.map_or_else(|| "never".to_string(), rfc3339)
                 ));
             }
             if let Some(view) = outside {
@@ -473,7 +473,7 @@ impl FleetSource {
                     "outside probe of {}: {} since {}",
                     entry.public_url.as_deref().unwrap_or(""),
                     view.error.as_deref().unwrap_or("failed"),
-                    super::sender::rfc3339(view.failing_since_ms.unwrap_or(view.at_ms))
+                    rfc3339(view.failing_since_ms.unwrap_or(view.at_ms))
                 ));
             }
             out.push(self.spec(
@@ -492,7 +492,7 @@ impl FleetSource {
                     |a| format!("agent {a}")
                 ),
                 humantime::format_duration(self.settings.agent_silent_after),
-                last_heard.map_or_else(|| "never".to_string(), super::sender::rfc3339),
+                last_heard.map_or_else(|| "never".to_string(), rfc3339),
                 match outside {
                     Some(v) if v.ok => "; the hub answers from outside".to_string(),
                     _ if entry.public_url.is_none() => {
@@ -535,10 +535,7 @@ impl FleetSource {
                     entry,
                     sev,
                     format!("The TLS certificate of hub {where_} expires in {days:.1} days"),
-                    format!(
-                        "The certificate's notAfter is {}",
-                        super::sender::rfc3339(not_after)
-                    ),
+                    format!("The certificate's notAfter is {}", rfc3339(not_after)),
                     extra,
                 ));
             }
@@ -784,13 +781,7 @@ fn absorb(
                 touched.insert(hub.to_string());
             }
             Record::Sample(sample) => {
-                let label = |name: &str| {
-                    sample
-                        .labels
-                        .iter()
-                        .find(|l| l.name == name)
-                        .map(|l| l.value.as_str())
-                };
+                let label = |name: &str| sample.label(name);
                 let Some(hub) = label("hub") else {
                     continue;
                 };
@@ -858,10 +849,6 @@ type HomeReading = (Option<f64>, Option<f64>, i64);
 pub fn tier_pages(cfg: &CollectorConfig, tier: &str) -> bool {
     cfg.tier(tier)
         .map_or(tier != "starter", |spec| spec.page_on_fast_burn)
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Shared handle, for the outside prober.

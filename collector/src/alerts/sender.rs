@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use super::engine::{AlertRecord, AlertSnapshot};
 use super::http_client::{self, Endpoint, Request};
+use crate::clock::duration_ms;
 use crate::telemetry::CollectorMetrics;
 
 #[cfg(test)]
@@ -91,16 +92,8 @@ pub fn postable_alerts<'a>(
         .collect()
 }
 
-/// Unix ms as RFC 3339 UTC with milliseconds (the epoch if out of range).
-pub fn rfc3339(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|at| {
-            at.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_string())
-}
+/// Unix ms as RFC 3339 UTC (see [`crate::clock::rfc3339`]).
+pub use crate::clock::rfc3339;
 
 /// What one [`AlertmanagerTarget::send_due`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,9 +258,7 @@ impl AlertmanagerTarget {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, TargetState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.state)
     }
 }
 
@@ -277,8 +268,4 @@ pub fn backoff(failures: u32) -> Duration {
     RETRY_BACKOFF_MIN
         .saturating_mul(1u32 << exponent)
         .min(RETRY_BACKOFF_MAX)
-}
-
-fn duration_ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

@@ -43,6 +43,8 @@ use hubwatch_shared::wire::Batch;
 
 pub use cursor::{GAP_GRACE_MS, Gap, StageCursor};
 
+pub(crate) use crate::sync::lock;
+
 use crate::store::{StoreError, StoredBatch};
 use crate::telemetry::CollectorMetrics;
 
@@ -610,11 +612,4 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".to_string());
     format!("derivation panicked: {text}")
-}
-
-/// Poison-tolerant lock: a panic elsewhere must not take the pipeline down.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -24,9 +24,10 @@ use hubwatch_shared::wire::{
 };
 use hyper::body::Incoming;
 
+use super::AppState;
 use super::routes::{HttpResponse, auth_failure, error, json, log_auth_failure, unavailable};
-use super::{AppState, unix_ms_now};
 use crate::auth::{self, AuthError, Credential, PeerIdentity};
+use crate::clock::system_now_ms;
 use crate::store::{IngestItem, IngestOutcome};
 
 /// Handles one ingest request; the caller counts the status. Every answer
@@ -112,7 +113,7 @@ async fn handle_request(
             }
         };
     let read_at = Instant::now();
-    let received_ms = unix_ms_now();
+    let received_ms = system_now_ms();
 
     // A large frame takes a while to check: keep it off the reactor. Only the
     // envelope is built (the frame is stored as received); the records are

@@ -533,9 +533,3 @@ async fn serve_http<I>(
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }
-
-/// Now as Unix milliseconds.
-pub(crate) fn unix_ms_now() -> i64 {
-    let now = time::OffsetDateTime::now_utc();
-    i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-}

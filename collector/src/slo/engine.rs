@@ -202,9 +202,7 @@ impl SloEngine {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Number of hubs tracked.
@@ -539,7 +537,7 @@ impl SloEngine {
             .error_budget_remaining
             .map_or_else(|| "unknown".to_string(), |r| format!("{r:.4}"));
         let last_seen =
-            crate::slo::rfc3339(last_minute.saturating_add(1).saturating_mul(MINUTE_MS));
+            crate::clock::rfc3339(last_minute.saturating_add(1).saturating_mul(MINUTE_MS));
         AlertSpec {
             labels: Self::labels(
                 entry,

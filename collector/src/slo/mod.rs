@@ -365,13 +365,5 @@ fn tick(engine: &SloEngine, now_ms: i64, metrics: &CollectorMetrics) {
     api::update_metrics(metrics, &objectives);
 }
 
-/// `ms` as RFC 3339 UTC (seconds precision), or the number if out of range.
-pub(crate) fn rfc3339(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ms.to_string())
-}
+/// `ms` as RFC 3339 UTC (see [`crate::clock::rfc3339`]).
+pub(crate) use crate::clock::rfc3339;

@@ -37,7 +37,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use hubwatch_shared::config::SPAWN_LATENCY_THRESHOLD_SECONDS;
-use hubwatch_shared::wire::{Batch, CheckKind, Label, Record, Sample};
+use hubwatch_shared::wire::{Batch, CheckKind, Label, Record, Sample, label};
 
 #[cfg(test)]
 mod tests;
@@ -185,13 +185,6 @@ fn spawn_class(status: &str) -> Option<SpawnClass> {
         "failure" | "error" => Some(SpawnClass::Failure),
         _ => None,
     }
-}
-
-fn label<'a>(labels: &'a [Label], name: &str) -> Option<&'a str> {
-    labels
-        .iter()
-        .find(|l| l.name == name)
-        .map(|l| l.value.as_str())
 }
 
 /// `name{k=v,...}` without the `hub` label (and without `le` when asked),

@@ -32,11 +32,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hubwatch_shared::config::StorageConfig;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
+
+pub(crate) use crate::clock::{duration_ms, rfc3339, system_now_ms as now_ms};
+use crate::sync::lock;
 
 pub use schema::{MIGRATIONS, current_version as schema_version};
 pub use tokens::{TOKEN_PREFIX, hash_token};
@@ -409,20 +412,12 @@ impl Store {
     /// `raw_retention_max`): the pipeline sets the slowest stage's watermark
     /// here. `None` holds nothing.
     pub fn set_retention_hold(&self, hold: Option<i64>) {
-        *self
-            .inner
-            .retention_hold
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = hold;
+        *lock(&self.inner.retention_hold) = hold;
     }
 
     /// The id retention keeps frames above; see [`Store::set_retention_hold`].
     pub fn retention_hold(&self) -> Option<i64> {
-        *self
-            .inner
-            .retention_hold
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        *lock(&self.inner.retention_hold)
     }
 
     /// Resolves after the next commit that stored a batch (at once if one
@@ -485,12 +480,7 @@ impl Store {
                 let (agent, member, version, last_seen_ms, counts) = row.map_err(sql)?;
                 let [last_seq, batches, records, duplicates, dropped_by_agent] = counts;
                 agents.push(AgentRow {
-                    last_seen: rfc3339_from_ms(last_seen_ms).map_err(|detail| {
-                        StoreError::Corrupt {
-                            path: path.to_path_buf(),
-                            detail: format!("agent {agent:?} last_seen_ms: {detail}"),
-                        }
-                    })?,
+                    last_seen: rfc3339(last_seen_ms),
                     agent,
                     member,
                     version,
@@ -739,22 +729,13 @@ impl Store {
         &self,
         op: impl FnOnce(&mut Connection, &Path) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let pooled = self
-            .inner
-            .idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .pop();
+        let pooled = lock(&self.inner.idle).pop();
         let mut conn = match pooled {
             Some(conn) => conn,
             None => open_connection(&self.inner.path)?,
         };
         let result = op(&mut conn, &self.inner.path);
-        let mut idle = self
-            .inner
-            .idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut idle = lock(&self.inner.idle);
         if idle.len() < MAX_IDLE_CONNECTIONS {
             idle.push(conn);
         }
@@ -829,18 +810,6 @@ fn run_checkpointer(conn: Connection, stop: std::sync::mpsc::Receiver<()>, path:
     }
 }
 
-/// Current time, Unix ms.
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(duration_ms)
-        .unwrap_or(0)
-}
-
-fn duration_ms(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// Sequence numbers are stored bit-for-bit as SQLite's signed integer, so
 /// every u64 round-trips and stays unique (agents use `now_ms × 1024`, far
 /// below `i64::MAX`, so order is kept too).
@@ -860,12 +829,4 @@ fn clamp_to_i64(count: u64) -> i64 {
 
 fn count_from_sql(count: i64) -> u64 {
     u64::try_from(count).unwrap_or(0)
-}
-
-/// `ms` since the Unix epoch as RFC 3339 UTC with millisecond precision.
-fn rfc3339_from_ms(ms: i64) -> Result<String, String> {
-    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .map_err(|e| e.to_string())?;
-    at.format(&time::format_description::well_known::Rfc3339)
-        .map_err(|e| e.to_string())
 }

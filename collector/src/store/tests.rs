@@ -118,10 +118,7 @@ async fn duplicates_are_recognised_across_reopen() -> anyhow::Result<()> {
     let a1 = &agents["a1"];
     assert_eq!((a1.batches, a1.records, a1.duplicates), (1, 5, 1));
     // A duplicate still shows the agent is alive.
-    assert_eq!(
-        a1.last_seen,
-        rfc3339_from_ms(NOW_MS + 1000).map_err(anyhow::Error::msg)?
-    );
+    assert_eq!(a1.last_seen, rfc3339(NOW_MS + 1000));
     Ok(())
 }
 
