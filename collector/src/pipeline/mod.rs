@@ -85,6 +85,10 @@ pub struct Quarantined {
 pub struct CursorUpdate<'a> {
     /// The stage's name (its `derive_cursors` row).
     pub stage: &'a str,
+    /// The cursor this page was read from: the commit fails unless the
+    /// stored cursor is still this one (compare-and-set, so a second process
+    /// deriving from the same store fails loudly instead of counting twice).
+    pub previous: &'a StageCursor,
     /// The cursor after this page.
     pub cursor: &'a StageCursor,
     /// Batches of this page the stage set aside.
@@ -214,8 +218,9 @@ impl PipelineStatus {
 struct Slot {
     stage: Box<dyn Stage>,
     cursor: StageCursor,
-    /// The cursor changed without a page (gaps closed): save it anyway.
-    dirty: bool,
+    /// The cursor as stored (differs from `cursor` when gaps were closed
+    /// since the last commit).
+    persisted: StageCursor,
     health: StageHealth,
 }
 
@@ -289,8 +294,8 @@ impl Pipeline {
                     ..StageHealth::default()
                 },
                 stage,
+                persisted: cursor.clone(),
                 cursor,
-                dirty: false,
             });
         }
         let pipeline = Self {
@@ -334,7 +339,6 @@ impl Pipeline {
                 .close_stale_gaps(now_ms, self.settings.gap_grace_ms);
             slot.health.gaps_closed = slot.health.gaps_closed.saturating_add(closed);
             if closed > 0 {
-                slot.dirty = true;
                 tracing::info!(
                     stage = slot.stage.name(),
                     ids = closed,
@@ -426,7 +430,7 @@ impl Pipeline {
             .filter(|(_, e)| slot.cursor.wants(e.stored.id))
             .map(|(i, _)| i)
             .collect();
-        if wanted.is_empty() && !slot.dirty {
+        if wanted.is_empty() && slot.cursor == slot.persisted {
             return Ok(0);
         }
         let mut quarantined: Vec<Quarantined> = Vec::new();
@@ -494,6 +498,7 @@ impl Pipeline {
         }
         let update = CursorUpdate {
             stage: name,
+            previous: &slot.persisted,
             cursor: &cursor,
             quarantined: &quarantined,
             now_ms,
@@ -505,10 +510,28 @@ impl Pipeline {
                 m.stage_commit_failures.with_label_values(&[name]).inc();
             }
             tracing::warn!(stage = name, error = %e, "stage commit failed; the page is retried next round");
+            // If the stored cursor moved, someone else derived: go on from there.
+            match self.log.load_cursor(name) {
+                Ok(stored) if stored != slot.persisted => {
+                    tracing::error!(
+                        stage = name,
+                        ours = slot.persisted.hi,
+                        stored = stored.hi,
+                        "the stage's stored cursor moved under it: another process derives from \
+                         this store; continuing from the stored cursor"
+                    );
+                    slot.cursor = stored.clone();
+                    slot.persisted = stored;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(stage = name, error = %e, "re-reading the stage's cursor failed")
+                }
+            }
             return Err(());
         }
+        slot.persisted = cursor.clone();
         slot.cursor = cursor;
-        slot.dirty = false;
         let h = &mut slot.health;
         h.processed = h.processed.saturating_add(processed);
         h.quarantined = h.quarantined.saturating_add(quarantined.len() as u64);

@@ -96,18 +96,40 @@ impl BatchLog for Store {
     }
 }
 
-/// Writes a stage's cursor and the batches it set aside. Call it inside the
-/// transaction that writes the stage's rows.
+/// The stored cursor is not the one a page was read from.
+#[derive(Debug, thiserror::Error)]
+#[error("derive cursor {stage:?} moved: another process derives from this store")]
+pub struct CursorMoved {
+    /// The stage.
+    pub stage: String,
+}
+
+/// Writes a stage's cursor (compare-and-set against `update.previous`) and
+/// the batches it set aside. Call it inside the transaction that writes the
+/// stage's rows: a moved cursor fails it, rolling the rows back too.
 pub fn save_cursor(tx: &Transaction<'_>, update: &CursorUpdate<'_>) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO derive_cursors (name, last_id, gaps) VALUES (?1, ?2, ?3)
-         ON CONFLICT (name) DO UPDATE SET last_id = excluded.last_id, gaps = excluded.gaps",
-    )?
-    .execute(params![
-        update.stage,
-        update.cursor.hi,
-        update.cursor.gaps_json()
-    ])?;
+    let previous = update.previous;
+    let changed = tx
+        .prepare_cached(
+            "INSERT INTO derive_cursors (name, last_id, gaps) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET last_id = excluded.last_id, gaps = excluded.gaps
+             WHERE derive_cursors.last_id = ?4 AND derive_cursors.gaps = ?5",
+        )?
+        .execute(params![
+            update.stage,
+            update.cursor.hi,
+            update.cursor.gaps_json(),
+            previous.hi,
+            previous.gaps_json()
+        ])?;
+    if changed != 1 {
+        // rusqlite's carrier for an error of our own; the transaction rolls back.
+        return Err(rusqlite::Error::ToSqlConversionFailure(Box::new(
+            CursorMoved {
+                stage: update.stage.to_string(),
+            },
+        )));
+    }
     if !update.quarantined.is_empty() {
         let mut insert = tx.prepare_cached(
             "INSERT OR REPLACE INTO quarantine (stage, batch_id, agent, member, seq, reason, at_ms)

@@ -211,3 +211,88 @@ proptest! {
         run(batches)?;
     }
 }
+
+/// Two pipelines deriving from one store (what a second collector process
+/// would do): the one whose cursor is stale fails its commit instead of
+/// counting the batches again, then goes on from the stored cursor.
+#[test]
+fn a_stale_cursor_fails_the_commit_instead_of_counting_twice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path());
+    let store = Store::open(&cfg.storage).expect("store");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let probe = |at| {
+        Record::Health(HealthCheck {
+            target: "http://hub/hub/health".into(),
+            hub: Some("prod".into()),
+            kind: CheckKind::HubHealth,
+            ok: true,
+            status: Some(200),
+            latency_us: 1,
+            failure: None,
+            error: None,
+            cert_expiry_days: None,
+            timestamp_ms: at,
+        })
+    };
+    let ingest = |seq: u64| {
+        let batch = Batch {
+            agent_id: "agent".into(),
+            member: "leap".into(),
+            seq,
+            created_ms: NOW,
+            dropped_records: 0,
+            agent_version: "test".into(),
+            records: vec![probe(NOW - 1000)],
+        };
+        runtime
+            .block_on(
+                store.ingest(IngestItem {
+                    member: "leap".into(),
+                    agent: "agent".into(),
+                    seq,
+                    created_ms: NOW,
+                    dropped_records: 0,
+                    agent_version: "test".into(),
+                    records: 1,
+                    frame: hubwatch_shared::codec::encode(&batch)
+                        .expect("encode")
+                        .into(),
+                    received_ms: NOW,
+                }),
+            )
+            .expect("ingest");
+    };
+    let pipeline = || {
+        let engine = Arc::new(SloEngine::new(
+            SloSettings::from_config(&cfg).expect("settings"),
+        ));
+        let stage = SliStage::open(Arc::new(SqliteSli::new(store.clone())), engine).expect("stage");
+        Pipeline::open(
+            Arc::new(store.clone()),
+            vec![Box::new(stage)],
+            PipelineSettings::default(),
+        )
+        .expect("pipeline")
+    };
+    ingest(1);
+    let mut stale = pipeline();
+    let mut other = pipeline();
+    assert!(other.run(NOW).expect("run").caught_up);
+    // `stale` still thinks nothing was derived.
+    assert!(!stale.run(NOW).expect("run").caught_up, "its commit fails");
+    ingest(2);
+    assert!(stale.run(NOW).expect("run").caught_up);
+    let probes_ok: i64 = store
+        .read_with("sum", |conn| {
+            conn.query_row("SELECT sum(probes_ok) FROM sli_minutes", [], |row| {
+                row.get(0)
+            })
+        })
+        .expect("sum");
+    assert_eq!(probes_ok, 2, "each batch counted once");
+    let health = &stale.status().stages()[sli::DERIVE_CURSOR];
+    assert_eq!((health.commit_failures, health.processed), (1, 1));
+}

@@ -118,6 +118,11 @@ impl Stage for Recorder {
                 detail: "injected commit failure".into(),
             });
         }
+        let stored = db.cursors.get(self.name).cloned().unwrap_or_default();
+        assert_eq!(
+            &stored, update.previous,
+            "the runner read this page from the stored cursor"
+        );
         let written = db.written.entry(self.name.to_string()).or_default();
         written.consumed.append(&mut self.pending);
         written

@@ -158,6 +158,15 @@ async fn retention_loop(
         match tokio::task::spawn_blocking(move || store.prune(now_ms)).await {
             Ok(Ok(report)) => {
                 metrics.retention_deleted.inc_by(report.deleted_batches);
+                metrics
+                    .retention_held
+                    .set(i64::try_from(report.held_batches).unwrap_or(i64::MAX));
+                if report.held_batches > 0 {
+                    tracing::info!(
+                        held_batches = report.held_batches,
+                        "retention keeps raw batches past raw_retention that a derivation stage has not read yet"
+                    );
+                }
                 if report.deleted_batches > 0 {
                     tracing::info!(
                         deleted_batches = report.deleted_batches,
