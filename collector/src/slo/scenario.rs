@@ -395,13 +395,15 @@ impl Scenario {
         base: &CollectorConfig,
         speed: Speed,
     ) -> Result<ScenarioOutcome, ReplayError> {
-        let settings =
-            SloSettings::from_config(&self.config(base)).map_err(|e| ReplayError::Scenario {
-                path: self.path.clone(),
-                reason: e.to_string(),
-            })?;
+        let cfg = self.config(base);
+        let settings = SloSettings::from_config(&cfg).map_err(|e| ReplayError::Scenario {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
         let until = SCENARIO_START_MS + ms(self.duration);
-        let transitions = replay::run(settings, self.batches(), speed, Some(until), |_| Ok(()))?;
+        let transitions = replay::run(&cfg, settings, self.batches(), speed, Some(until), |_| {
+            Ok(())
+        })?;
         Ok(self.score(transitions))
     }
 
