@@ -4,7 +4,7 @@
 //! by [`Store::open_with`] (the real migrations), derived from the raw batch
 //! log by the same derivation ([`derive`]), applied to the [`SloEngine`], and
 //! the real [`AlertEngine`] (with the SLO engine as its only
-//! [`AlertSource`](crate::alerts::AlertSource)) evaluates every minute of
+//! [`AlertSource`]) evaluates every minute of
 //! simulated time. Retention runs every
 //! [`RETENTION_INTERVAL`](crate::server::RETENTION_INTERVAL) of simulated time,
 //! as in `serve`. The alert transitions reported (fired / resolved, with
