@@ -53,6 +53,8 @@ pub struct CollectorMetrics {
     pub alerts: IntGaugeVec,
     /// Alert source evaluations that failed, by source.
     pub alert_evaluation_failures: IntCounterVec,
+    /// Alert evaluation rounds whose state could not be saved (not sent).
+    pub alert_state_save_failures: IntCounter,
     /// Alert POSTs an Alertmanager accepted, by Alertmanager URL.
     pub alertmanager_sends: IntCounterVec,
     /// Alert POSTs that failed, by Alertmanager URL.
@@ -115,6 +117,7 @@ impl CollectorMetrics {
             tokens_active: metrics::COLLECTOR_TOKENS_ACTIVE.int_gauge(r),
             alerts: metrics::COLLECTOR_ALERTS.int_gauge_vec(r),
             alert_evaluation_failures: metrics::COLLECTOR_ALERT_EVALUATION_FAILURES.counter_vec(r),
+            alert_state_save_failures: metrics::COLLECTOR_ALERT_STATE_SAVE_FAILURES.counter(r),
             alertmanager_sends: metrics::COLLECTOR_ALERTMANAGER_SENDS.counter_vec(r),
             alertmanager_send_failures: metrics::COLLECTOR_ALERTMANAGER_SEND_FAILURES
                 .counter_vec(r),

@@ -158,6 +158,8 @@ metrics! {
     COLLECTOR_ALERTS = (Collector, Gauge, "hubwatch_collector_alerts", ["alertname", "severity", "state"], "Alerts held by the alert engine: state firing, or resolved and still being sent.");
     /// Alert source failures.
     COLLECTOR_ALERT_EVALUATION_FAILURES = (Collector, Counter, "hubwatch_collector_alert_evaluation_failures_total", ["source"], "Alert source evaluations that failed; that source's alerts were kept as they were.");
+    /// Alert state saves that failed.
+    COLLECTOR_ALERT_STATE_SAVE_FAILURES = (Collector, Counter, "hubwatch_collector_alert_state_save_failures_total", [], "Alert evaluation rounds whose state could not be saved: held in memory and retried next round, and not sent to any Alertmanager until saved.");
     /// Alertmanager posts that succeeded.
     COLLECTOR_ALERTMANAGER_SENDS = (Collector, Counter, "hubwatch_collector_alertmanager_sends_total", ["alertmanager"], "POSTs of alerts that an Alertmanager accepted (2xx).");
     /// Alertmanager posts that failed.

@@ -1,6 +1,9 @@
 //! The alert engine: each round asks every [`AlertSource`] what should fire,
-//! reconciles that with the alerts it holds, and persists the result (table
-//! `alert_state`), so a restart neither re-pages nor loses a resolution.
+//! reconciles that with the alerts it holds, and persists the result through
+//! an [`AlertStateStore`] (in `serve`, table `alert_state`), so a restart
+//! neither re-pages nor loses a resolution. A round whose save fails is held
+//! in memory and reported as [`AlertError::NotSaved`]: the runtime then does
+//! not publish it, so nothing reaches an Alertmanager before it is durable.
 //!
 //! Rules, per alert fingerprint (SHA-256 of the sorted labels):
 //! - new in a source's set → firing, `starts_at` = now, fixed for the incident;
@@ -20,12 +23,12 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::params;
 use sha2::{Digest, Sha256};
 
+use super::state_store::{AlertStateStore, SentIncident};
 use super::{AlertSource, AlertSpec, labels};
 use crate::clock::SharedClock;
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 
 #[cfg(test)]
 mod tests;
@@ -33,9 +36,19 @@ mod tests;
 /// Why the engine could not load or save its state.
 #[derive(Debug, thiserror::Error)]
 pub enum AlertError {
-    /// The store failed; the in-memory state is kept and saved next round.
+    /// Loading the persisted alerts failed.
     #[error("alert state: {0}")]
     Store(#[from] StoreError),
+    /// A round was evaluated but its result could not be saved: it is held
+    /// in memory (and saved with the next round) but is not durable, so it
+    /// must not be published.
+    #[error("saving alert state: {source}; the round is held in memory, not published")]
+    NotSaved {
+        /// What the round changed (in memory only).
+        report: Box<RoundReport>,
+        /// Why the save failed.
+        source: StoreError,
+    },
 }
 
 /// Whether an alert fires.
@@ -110,7 +123,7 @@ pub struct RoundReport {
 
 /// The engine. Not shared by itself: the runtime keeps it behind a mutex.
 pub struct AlertEngine {
-    store: Store,
+    store: Arc<dyn AlertStateStore>,
     clock: SharedClock,
     sources: Vec<Arc<dyn AlertSource>>,
     resolved_retention_ms: i64,
@@ -133,14 +146,14 @@ impl std::fmt::Debug for AlertEngine {
 }
 
 impl AlertEngine {
-    /// Loads the persisted alerts. Blocking (store IO).
+    /// Loads the persisted alerts from `store`. Blocking (store IO).
     pub fn open(
-        store: Store,
+        store: Arc<dyn AlertStateStore>,
         clock: SharedClock,
         sources: Vec<Arc<dyn AlertSource>>,
         resolved_retention: Duration,
     ) -> Result<Self, AlertError> {
-        let alerts = load(&store)?;
+        let alerts = store.load()?;
         tracing::info!(alerts = alerts.len(), "alert state loaded");
         Ok(Self {
             store,
@@ -156,9 +169,10 @@ impl AlertEngine {
         })
     }
 
-    /// One round: evaluate every source, reconcile, persist. Blocking. On a
-    /// store error the new state is still held (and served) and saved next
-    /// round.
+    /// One round: evaluate every source, reconcile, persist. Blocking.
+    /// `Ok` means the round is durable and may be published. On a store error
+    /// ([`AlertError::NotSaved`]) the new state is held in memory and saved
+    /// with the next round; until then it must not be sent.
     pub fn evaluate(&mut self) -> Result<RoundReport, AlertError> {
         let now = self.clock.now_ms();
         let mut report = RoundReport::default();
@@ -195,7 +209,12 @@ impl AlertEngine {
             self.version += 1;
         }
         self.evaluated_at_ms = now;
-        self.save()?;
+        if let Err(source) = self.save() {
+            return Err(AlertError::NotSaved {
+                report: Box::new(report),
+                source,
+            });
+        }
         if report.started + report.resolved + report.forgotten > 0 {
             tracing::info!(
                 started = report.started,
@@ -315,14 +334,26 @@ impl AlertEngine {
         changed
     }
 
-    /// Records that an Alertmanager accepted these alerts at `at_ms` (saved
-    /// with the next round).
-    pub fn mark_sent(&mut self, fingerprints: &[String], at_ms: i64) {
-        for fingerprint in fingerprints {
-            if let Some(alert) = self.alerts.get_mut(fingerprint) {
+    /// Records that an Alertmanager accepted `sent` at `at_ms`, in memory
+    /// and in the store. Only the incidents that were sent are marked: the
+    /// engine may hold a newer, not yet durable incident of the same alert
+    /// (the sender sends the last durable snapshot), which was not sent. If
+    /// the store write fails, the marks are saved with the next round.
+    /// Blocking (store IO).
+    pub fn mark_sent(&mut self, sent: &[SentIncident], at_ms: i64) {
+        let mut held = Vec::new();
+        for incident in sent {
+            if let Some(alert) = self.alerts.get_mut(&incident.fingerprint)
+                && alert.starts_at_ms == incident.starts_at_ms
+            {
                 alert.last_sent_ms = Some(at_ms);
-                self.dirty.insert(fingerprint.clone());
+                held.push(incident.clone());
             }
+        }
+        if let Err(e) = self.store.mark_sent(&held, at_ms) {
+            tracing::warn!(error = %e, "recording sent alerts failed; saved with the next round");
+            self.dirty
+                .extend(held.into_iter().map(|incident| incident.fingerprint));
         }
     }
 
@@ -331,7 +362,8 @@ impl AlertEngine {
         self.alerts.values()
     }
 
-    /// The alerts as of the last round.
+    /// The alerts as of the last round, as held in memory: after a round
+    /// that returned [`AlertError::NotSaved`] this is not yet durable.
     pub fn snapshot(&self) -> AlertSnapshot {
         AlertSnapshot {
             version: self.version,
@@ -340,104 +372,23 @@ impl AlertEngine {
         }
     }
 
-    /// Writes changed and forgotten alerts in one transaction.
-    fn save(&mut self) -> Result<(), AlertError> {
+    /// Writes changed and forgotten alerts in one transaction; on failure
+    /// they stay marked and are written with the next save.
+    fn save(&mut self) -> Result<(), StoreError> {
         if self.dirty.is_empty() && self.removed.is_empty() {
             return Ok(());
         }
-        let rows: Vec<&AlertRecord> = self
+        let changed: Vec<AlertRecord> = self
             .dirty
             .iter()
-            .filter_map(|f| self.alerts.get(f))
+            .filter_map(|f| self.alerts.get(f).cloned())
             .collect();
-        let removed = &self.removed;
-        self.store.write_with("saving alert state", |tx| {
-            let mut upsert = tx.prepare_cached(
-                "INSERT INTO alert_state (fingerprint, source, labels, annotations,
-                     starts_at_ms, resolved_at_ms, last_sent_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (fingerprint) DO UPDATE SET source = ?2, labels = ?3,
-                     annotations = ?4, starts_at_ms = ?5, resolved_at_ms = ?6,
-                     last_sent_ms = ?7",
-            )?;
-            for alert in &rows {
-                upsert.execute(params![
-                    alert.fingerprint,
-                    alert.source,
-                    to_json(&alert.labels),
-                    to_json(&alert.annotations),
-                    alert.starts_at_ms,
-                    alert.resolved_at_ms,
-                    alert.last_sent_ms,
-                ])?;
-            }
-            let mut delete = tx.prepare_cached("DELETE FROM alert_state WHERE fingerprint = ?1")?;
-            for fingerprint in removed {
-                delete.execute([fingerprint])?;
-            }
-            Ok(())
-        })?;
+        let forgotten: Vec<String> = self.removed.iter().cloned().collect();
+        self.store.save(&changed, &forgotten)?;
         self.dirty.clear();
         self.removed.clear();
         Ok(())
     }
-}
-
-/// Every alert persisted in `store`, e.g. for `GET /api/v1/alerts`. Rows that
-/// cannot be read are skipped with a warning.
-pub fn load(store: &Store) -> Result<BTreeMap<String, AlertRecord>, StoreError> {
-    let rows = store.read_with("loading alert state", |conn| {
-        let mut statement = conn.prepare_cached(
-            "SELECT fingerprint, source, labels, annotations, starts_at_ms, resolved_at_ms,
-                    last_sent_ms
-             FROM alert_state ORDER BY fingerprint",
-        )?;
-        let rows = statement.query_map([], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, String>(3)?,
-                row.get::<_, i64>(4)?,
-                row.get::<_, Option<i64>>(5)?,
-                row.get::<_, Option<i64>>(6)?,
-            ))
-        })?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-    })?;
-    let mut alerts = BTreeMap::new();
-    for (fingerprint, source, labels, annotations, starts_at_ms, resolved_at_ms, last_sent_ms) in
-        rows
-    {
-        let parsed = serde_json::from_str(&labels).and_then(|labels| {
-            serde_json::from_str(&annotations).map(|annotations| (labels, annotations))
-        });
-        match parsed {
-            Ok((labels, annotations)) => {
-                alerts.insert(
-                    fingerprint.clone(),
-                    AlertRecord {
-                        fingerprint,
-                        source,
-                        labels,
-                        annotations,
-                        starts_at_ms,
-                        resolved_at_ms,
-                        last_sent_ms,
-                    },
-                );
-            }
-            Err(e) => {
-                tracing::warn!(fingerprint, error = %e, "unreadable alert state row skipped")
-            }
-        }
-    }
-    Ok(alerts)
-}
-
-fn to_json(map: &BTreeMap<String, String>) -> String {
-    // A map of strings always serialises.
-    serde_json::to_string(map).unwrap_or_else(|_| "{}".to_string())
 }
 
 /// The alert's identity: SHA-256 over its labels in name order, hex of the

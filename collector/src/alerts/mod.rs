@@ -8,8 +8,9 @@
 //! disappears resolves), and sends to Alertmanager.
 
 //!
-//! The parts: [`engine`] (reconciliation and persisted state, table
-//! `alert_state`), [`sender`] (Alertmanager API v2, one task per
+//! The parts: [`engine`] (reconciliation), [`state_store`] (where the engine
+//! keeps its state: the [`AlertStateStore`] seam and its SQLite
+//! implementation, table `alert_state`), [`sender`] (Alertmanager API v2, one task per
 //! Alertmanager), [`fleet`] (`HubDown`, `AgentSilent`,
 //! `CertificateExpiringSoon`, `StorageFillingUp`, from the hub status it
 //! derives from the batch log and the outside probes), [`watchdog`],
@@ -25,11 +26,13 @@ pub mod http_client;
 pub mod outside_probe;
 pub mod runtime;
 pub mod sender;
+pub mod state_store;
 pub mod watchdog;
 
 pub use engine::{AlertEngine, AlertError, AlertRecord, AlertSnapshot, AlertState};
 pub use fleet::FleetSource;
 pub use runtime::{AlertingSetupError, AlertsComponent};
+pub use state_store::{AlertStateStore, SentIncident, SqliteAlertStateStore};
 pub use watchdog::WatchdogSource;
 
 /// One alert that should be firing now, as its producer sees it. Labels
@@ -111,7 +114,8 @@ pub fn alerts_page(
     store: &crate::store::Store,
     member: Option<&str>,
 ) -> Result<serde_json::Value, crate::store::StoreError> {
-    let alerts: Vec<serde_json::Value> = engine::load(store)?
+    let alerts: Vec<serde_json::Value> = SqliteAlertStateStore::new(store.clone())
+        .load()?
         .into_values()
         .filter(|a| member.is_none_or(|m| a.label(labels::MEMBER) == m))
         .map(|a| {
@@ -119,10 +123,10 @@ pub fn alerts_page(
                 "labels": a.labels,
                 "annotations": a.annotations,
                 "state": a.state(),
-                "starts_at": sender::rfc3339(a.starts_at_ms),
+                "starts_at": crate::clock::rfc3339(a.starts_at_ms),
             });
             if let Some(resolved) = a.resolved_at_ms {
-                row["resolved_at"] = serde_json::Value::from(sender::rfc3339(resolved));
+                row["resolved_at"] = serde_json::Value::from(crate::clock::rfc3339(resolved));
             }
             row
         })

@@ -18,6 +18,7 @@ use super::engine::{AlertEngine, AlertError, AlertSnapshot, AlertState};
 use super::fleet::{FleetSettings, FleetSource};
 use super::outside_probe::{self, OutsideProbeObserver, OutsideProber, ProbeSetupError};
 use super::sender::{AlertmanagerTarget, SendOutcome, SenderSettings};
+use super::state_store::{SentIncident, SqliteAlertStateStore};
 use super::watchdog::WatchdogSource;
 use super::{AlertSource, http_client};
 use crate::auth::PeerIdentity;
@@ -25,6 +26,7 @@ use crate::clock::SharedClock;
 use crate::component::{BuildContext, Built, Component, ComponentError, Route, Shutdown, Task};
 use crate::server::{self, AppState, HttpResponse};
 use crate::store::StoreError;
+use crate::sync::lock;
 use crate::telemetry::CollectorMetrics;
 
 /// How often a sender task looks again without news (retries after backoff).
@@ -134,7 +136,12 @@ async fn build_alerting(ctx: BuildContext) -> Result<Built, AlertingSetupError> 
                 Arc::new(WatchdogSource::new(&cfg.alerting.runbook_base_url)),
             ];
             sources.extend(extra_sources);
-            let engine = AlertEngine::open(store, clock, sources, cfg.alerting.resolved_retention)?;
+            let engine = AlertEngine::open(
+                Arc::new(SqliteAlertStateStore::new(store)),
+                clock,
+                sources,
+                cfg.alerting.resolved_retention,
+            )?;
             Ok((fleet, engine))
         })
         .await
@@ -249,46 +256,69 @@ async fn evaluation_loop(
             _ = shutdown.wait() => return,
             _ = ticker.tick() => {}
         }
-        let engine = engine.clone();
-        let round = tokio::task::spawn_blocking(move || {
-            let mut engine = lock(&engine);
-            let report = engine.evaluate();
-            (report, engine.snapshot())
-        })
-        .await;
-        let (report, snapshot) = match round {
-            Ok(round) => round,
-            Err(e) => {
-                tracing::error!(error = %e, "alert evaluation task failed");
-                continue;
-            }
-        };
-        match report {
-            Ok(report) => {
-                for source in &report.failed_sources {
-                    metrics
-                        .alert_evaluation_failures
-                        .with_label_values(&[source.as_str()])
-                        .inc();
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "saving alert state failed; kept in memory, retried next round")
-            }
+        let (engine, metrics, snapshot_tx) = (engine.clone(), metrics.clone(), snapshot_tx.clone());
+        let round =
+            tokio::task::spawn_blocking(move || evaluation_round(&engine, &metrics, &snapshot_tx))
+                .await;
+        if let Err(e) = round {
+            tracing::error!(error = %e, "alert evaluation task failed");
         }
-        metrics.alerts.reset();
-        for alert in &snapshot.alerts {
-            let state = match alert.state() {
-                AlertState::Firing => "firing",
-                AlertState::Resolved => "resolved",
-            };
+    }
+}
+
+/// One evaluation round. The snapshot goes to the senders (`snapshot_tx`,
+/// the only thing they send from) only once the round's state is saved: a
+/// round whose save fails is counted and held back, so the senders keep the
+/// last durable snapshot and a crash cannot forget a start time or a
+/// resolution an Alertmanager was already told. The engine saves the held
+/// round with the next one, and that round is then published. Returns
+/// whether it published. Blocking (store IO).
+pub(crate) fn evaluation_round(
+    engine: &Mutex<AlertEngine>,
+    metrics: &CollectorMetrics,
+    snapshot_tx: &watch::Sender<Arc<AlertSnapshot>>,
+) -> bool {
+    let mut engine = lock(engine);
+    let count_failed_sources = |failed: &[String]| {
+        for source in failed {
             metrics
-                .alerts
-                .with_label_values(&[alert.label("alertname"), alert.label("severity"), state])
+                .alert_evaluation_failures
+                .with_label_values(&[source.as_str()])
                 .inc();
         }
-        snapshot_tx.send_replace(Arc::new(snapshot));
+    };
+    match engine.evaluate() {
+        Ok(report) => count_failed_sources(&report.failed_sources),
+        Err(AlertError::NotSaved { report, source }) => {
+            count_failed_sources(&report.failed_sources);
+            metrics.alert_state_save_failures.inc();
+            tracing::warn!(
+                error = %source,
+                "saving alert state failed; the round is held in memory and not sent until it is saved (retried next round)"
+            );
+            return false;
+        }
+        Err(e) => {
+            metrics.alert_state_save_failures.inc();
+            tracing::warn!(error = %e, "alert evaluation failed; nothing published");
+            return false;
+        }
     }
+    let snapshot = engine.snapshot();
+    drop(engine);
+    metrics.alerts.reset();
+    for alert in &snapshot.alerts {
+        let state = match alert.state() {
+            AlertState::Firing => "firing",
+            AlertState::Resolved => "resolved",
+        };
+        metrics
+            .alerts
+            .with_label_values(&[alert.label("alertname"), alert.label("severity"), state])
+            .inc();
+    }
+    snapshot_tx.send_replace(Arc::new(snapshot));
+    true
 }
 
 async fn sender_loop(
@@ -304,11 +334,24 @@ async fn sender_loop(
         if snapshot.evaluated_at_ms != 0 {
             let now = clock.now_ms();
             if let SendOutcome::Sent(fingerprints) = target.send_due(&snapshot, now).await {
+                // The incidents of this snapshot, not whatever the engine
+                // holds now under the same fingerprints.
+                let fingerprints: std::collections::HashSet<String> =
+                    fingerprints.into_iter().collect();
+                let sent: Vec<SentIncident> = snapshot
+                    .alerts
+                    .iter()
+                    .filter(|a| fingerprints.contains(&a.fingerprint))
+                    .map(|a| SentIncident {
+                        fingerprint: a.fingerprint.clone(),
+                        starts_at_ms: a.starts_at_ms,
+                    })
+                    .collect();
                 let engine = engine.clone();
                 // The engine's lock may be held by a round doing store IO:
                 // take it on a blocking thread.
                 drop(tokio::task::spawn_blocking(move || {
-                    lock(&engine).mark_sent(&fingerprints, now)
+                    lock(&engine).mark_sent(&sent, now)
                 }));
             }
         }
@@ -342,10 +385,4 @@ async fn probe_loop(
             outside_probe::deliver(result, &fleet, &observers, &metrics);
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use super::engine::{AlertRecord, AlertSnapshot};
 use super::http_client::{self, Endpoint, Request};
-use crate::clock::duration_ms;
+use crate::clock::{duration_ms, rfc3339};
 use crate::telemetry::CollectorMetrics;
 
 #[cfg(test)]
@@ -91,9 +91,6 @@ pub fn postable_alerts<'a>(
         })
         .collect()
 }
-
-/// Unix ms as RFC 3339 UTC (see [`crate::clock::rfc3339`]).
-pub use crate::clock::rfc3339;
 
 /// What one [`AlertmanagerTarget::send_due`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -364,6 +364,3 @@ fn tick(engine: &SloEngine, now_ms: i64, metrics: &CollectorMetrics) {
         .observe(started.elapsed().as_secs_f64());
     api::update_metrics(metrics, &objectives);
 }
-
-/// `ms` as RFC 3339 UTC (see [`crate::clock::rfc3339`]).
-pub(crate) use crate::clock::rfc3339;

@@ -1,8 +1,16 @@
-//! `hubwatch-collector replay`: recorded batches through the same SLI
-//! derivation ([`super::sli::SliWriter`]) and evaluation ([`SloEngine`]) as
-//! `serve`, on a [`ManualClock`], evaluating every minute of simulated time
-//! and reporting the alert transitions (fired / resolved, with times and
-//! labels). Thirty days of history take seconds at `--speed max`.
+//! `hubwatch-collector replay`: recorded batches through what `serve` runs,
+//! on a [`ManualClock`]: each batch is stored by [`Store::ingest`] (so a
+//! duplicate `(agent, seq)` is dropped as in `serve`) into a real store opened
+//! by [`Store::open_with`] (the real migrations), derived from the raw batch
+//! log by the same derivation ([`derive`]), applied to the [`SloEngine`], and
+//! the real [`AlertEngine`] (with the SLO engine as its only
+//! [`AlertSource`]) evaluates every minute of
+//! simulated time. Retention runs every
+//! [`RETENTION_INTERVAL`](crate::server::RETENTION_INTERVAL) of simulated time,
+//! as in `serve`. The alert transitions reported (fired / resolved, with
+//! times and labels) are the alert engine's own state changes: an alert whose
+//! `starts_at` or `resolved_at` is the evaluation's time. Thirty days of
+//! one hub's history take about 20 s at `--speed max` (release build).
 //!
 //! **Input format** (`--input FILE`): JSON lines, one batch per line:
 //! ```json
@@ -18,9 +26,10 @@
 //! transition: `{"at":"…","at_ms":…,"transition":"fired"|"resolved",
 //! "labels":{…},"annotations":{…}}`.
 //!
-//! The derived minutes live in an in-memory SQLite database with the store's
-//! schema, so nothing is written to disk and a replay never touches a live
-//! collector's store.
+//! The store lives in a fresh temporary directory that is deleted when the
+//! replay ends, so a replay never touches a live collector's store. It runs
+//! with [`Durability::Off`] (no fsync): nothing in it needs to survive a
+//! crash, and 30 days are ~100,000 commits.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -30,17 +39,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use hubwatch_shared::config::CollectorConfig;
+use hubwatch_shared::config::{CollectorConfig, StorageConfig};
 use hubwatch_shared::wire::Batch;
-use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
 use super::engine::SloEngine;
 use super::objectives::SloSettings;
-use super::sli::{MINUTE_MS, SliPage};
+use super::sli::MINUTE_MS;
 use super::{SloError, scenario};
-use crate::alerts::AlertSpec;
+use crate::alerts::{AlertEngine, AlertError, AlertSource, SqliteAlertStateStore};
 use crate::clock::{Clock, ManualClock};
+use crate::pipeline::{Pipeline, PipelineSettings};
+use crate::store::{Durability, IngestItem, Store, StoreError};
+
+#[cfg(test)]
+mod tests;
 
 /// One line of a replay input file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -146,12 +159,25 @@ pub enum ReplayError {
         /// What is wrong.
         reason: String,
     },
-    /// The in-memory database failed.
-    #[error("replay database: {0}")]
-    Sql(#[from] rusqlite::Error),
-    /// The engine could not be built.
+    /// The replay's store failed.
+    #[error("replay store: {0}")]
+    Store(#[from] StoreError),
+    /// A batch of the input cannot be encoded for the store.
+    #[error("batch seq {seq} of agent {agent:?} cannot be encoded: {reason}")]
+    Encode {
+        /// The batch's agent.
+        agent: String,
+        /// Its sequence number.
+        seq: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The SLO engine could not be built or derive.
     #[error("{0}")]
     Slo(#[from] SloError),
+    /// The alert engine could not load or save its state.
+    #[error("replay alert engine: {0}")]
+    Alerts(#[from] AlertError),
     /// `--scenarios` found scenarios that did not behave.
     #[error("{0} scenario expectation(s) failed")]
     ExpectationsFailed(usize),
@@ -179,38 +205,95 @@ pub struct ReplayArgs {
     pub output: Option<PathBuf>,
 }
 
-/// The derivation and evaluation pipeline on a manual clock.
+/// What `serve` runs, on a manual clock and a throwaway store.
 pub struct Replay {
-    conn: Connection,
-    engine: SloEngine,
+    // Fields drop in order: the alert engine and the store (which joins its
+    // threads) close before the directory holding the file is deleted.
+    pipeline: Pipeline,
+    alerts: AlertEngine,
+    store: Store,
+    slo: Arc<SloEngine>,
     clock: Arc<ManualClock>,
-    active: BTreeMap<BTreeMap<String, String>, AlertSpec>,
+    retention_interval_ms: i64,
+    next_retention_ms: i64,
+    _dir: tempfile::TempDir,
 }
 
 impl std::fmt::Debug for Replay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Replay").finish_non_exhaustive()
+        f.debug_struct("Replay")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
     }
 }
 
 impl Replay {
-    /// An empty pipeline for `settings` with the clock at `start_ms`.
-    pub fn new(settings: SloSettings, start_ms: i64) -> Result<Self, ReplayError> {
-        let conn = Connection::open_in_memory()?;
-        for migration in crate::store::MIGRATIONS {
-            conn.execute_batch(migration)?;
-        }
+    /// An empty store in a new temporary directory, the SLO engine for
+    /// `settings` and the alert engine (`cfg`'s `alerting.resolved_retention`;
+    /// retention from `cfg.storage`), with the clock at `start_ms`.
+    pub fn new(
+        cfg: &CollectorConfig,
+        settings: SloSettings,
+        start_ms: i64,
+    ) -> Result<Self, ReplayError> {
+        // Deleted, with the store in it, when the replay is dropped.
+        let dir = tempfile::Builder::new()
+            .prefix("hubwatch-replay-")
+            .tempdir()
+            .map_err(|source| ReplayError::Io {
+                path: std::env::temp_dir(),
+                source,
+            })?;
+        let storage = StorageConfig {
+            path: dir.path().to_path_buf(),
+            ..cfg.storage.clone()
+        };
+        let store = Store::open_with(&storage, Durability::Off)?;
+        let clock = Arc::new(ManualClock::new(start_ms));
+        let slo = Arc::new(SloEngine::new(settings));
+        let alerts = AlertEngine::open(
+            Arc::new(SqliteAlertStateStore::new(store.clone())),
+            clock.clone(),
+            vec![slo.clone() as Arc<dyn AlertSource>],
+            cfg.alerting.resolved_retention,
+        )?;
+        let retention_interval_ms =
+            i64::try_from(crate::server::RETENTION_INTERVAL.as_millis()).unwrap_or(i64::MAX);
+        // The SLI stage on the pipeline `serve` runs.
+        let stage = super::stage::SliStage::open(
+            Arc::new(super::store::SqliteSli::new(store.clone())),
+            Arc::clone(&slo),
+        )?;
+        let pipeline = Pipeline::open(
+            Arc::new(store.clone()),
+            vec![Box::new(stage)],
+            PipelineSettings::default(),
+        )?;
         Ok(Self {
-            conn,
-            engine: SloEngine::new(settings),
-            clock: Arc::new(ManualClock::new(start_ms)),
-            active: BTreeMap::new(),
+            pipeline,
+            alerts,
+            store,
+            slo,
+            clock,
+            retention_interval_ms,
+            next_retention_ms: start_ms,
+            _dir: dir,
         })
     }
 
-    /// The engine.
+    /// The SLO engine.
     pub fn engine(&self) -> &SloEngine {
-        &self.engine
+        &self.slo
+    }
+
+    /// The alert engine.
+    pub fn alerts(&self) -> &AlertEngine {
+        &self.alerts
+    }
+
+    /// The store (a temporary one, deleted with the replay).
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The clock.
@@ -218,60 +301,103 @@ impl Replay {
         &self.clock
     }
 
-    /// Derives `batches` (member, batch) in one transaction at the clock's time.
+    /// Stores `records` as `serve`'s ingest does (each at its arrival time;
+    /// concurrent, so they share a group commit), then derives what is new
+    /// at the clock's time.
     pub fn feed<'a>(
         &mut self,
-        batches: impl IntoIterator<Item = (&'a str, &'a Batch)>,
+        records: impl IntoIterator<Item = &'a ReplayRecord>,
     ) -> Result<(), ReplayError> {
-        let now_ms = self.clock.now_ms();
-        let counters = super::store::load_counters(&self.conn)?;
-        let mut page = SliPage::default();
-        for (member, batch) in batches {
-            page.add_batch(&counters, member, batch, now_ms);
+        let items = records
+            .into_iter()
+            .map(ingest_item)
+            .collect::<Result<Vec<_>, _>>()?;
+        // The store's ingest future only waits on channels to its writer
+        // thread: blocking on it needs no async runtime, so replay works from
+        // `main` and from inside one alike.
+        let stored = futures_executor::block_on(futures_util::future::join_all(
+            items.into_iter().map(|item| self.store.ingest(item)),
+        ));
+        for outcome in stored {
+            outcome?;
         }
-        let tx = self.conn.transaction()?;
-        let changes = super::store::write_page(&tx, &page)?;
-        tx.commit()?;
-        self.engine.apply(&changes);
-        Ok(())
+        derive(&mut self.pipeline, self.clock.now_ms())
     }
 
-    /// Moves the clock to `now_ms`, evaluates, and returns what changed.
-    pub fn step(&mut self, now_ms: i64) -> Vec<Transition> {
+    /// Moves the clock to `now_ms`, applies retention when it is due, runs
+    /// one alert engine round and returns the alerts that started or
+    /// resolved in it (resolutions first, each kind by labels).
+    pub fn step(&mut self, now_ms: i64) -> Result<Vec<Transition>, ReplayError> {
         self.clock.set(now_ms);
-        let firing: BTreeMap<_, _> = self
-            .engine
-            .alerts(now_ms)
-            .into_iter()
-            .map(|a| (a.labels.clone(), a))
+        if now_ms >= self.next_retention_ms {
+            self.store.prune(now_ms)?;
+            self.next_retention_ms = now_ms.saturating_add(self.retention_interval_ms);
+        }
+        self.alerts.evaluate()?;
+        let at = crate::clock::rfc3339(now_ms);
+        let mut out: Vec<Transition> = self
+            .alerts
+            .alerts()
+            .filter_map(|alert| {
+                let transition = match alert.resolved_at_ms {
+                    Some(resolved) if resolved == now_ms => TransitionKind::Resolved,
+                    None if alert.starts_at_ms == now_ms => TransitionKind::Fired,
+                    _ => return None,
+                };
+                Some(Transition {
+                    at: at.clone(),
+                    at_ms: now_ms,
+                    transition,
+                    labels: alert.labels.clone(),
+                    annotations: alert.annotations.clone(),
+                })
+            })
             .collect();
-        let mut out = Vec::new();
-        let at = super::rfc3339(now_ms);
-        for (labels, alert) in &self.active {
-            if !firing.contains_key(labels) {
-                out.push(Transition {
-                    at: at.clone(),
-                    at_ms: now_ms,
-                    transition: TransitionKind::Resolved,
-                    labels: labels.clone(),
-                    annotations: alert.annotations.clone(),
-                });
-            }
-        }
-        for (labels, alert) in &firing {
-            if !self.active.contains_key(labels) {
-                out.push(Transition {
-                    at: at.clone(),
-                    at_ms: now_ms,
-                    transition: TransitionKind::Fired,
-                    labels: labels.clone(),
-                    annotations: alert.annotations.clone(),
-                });
-            }
-        }
-        self.active = firing;
-        out
+        out.sort_by(|a, b| {
+            (a.transition == TransitionKind::Fired, &a.labels)
+                .cmp(&(b.transition == TransitionKind::Fired, &b.labels))
+        });
+        Ok(out)
     }
+}
+
+/// The derivation stages `serve` runs over the raw batch log, at `now_ms`:
+/// the one place replay reaches them.
+fn derive(pipeline: &mut Pipeline, now_ms: i64) -> Result<(), ReplayError> {
+    loop {
+        let report = pipeline.run(now_ms)?;
+        if report.caught_up {
+            return Ok(());
+        }
+        if report.batches == 0 {
+            // A commit failed without progress: the replay store is broken.
+            return Err(ReplayError::Store(StoreError::Corrupt {
+                path: std::path::PathBuf::from("replay store"),
+                detail: "the SLI stage cannot commit (see the log)".to_string(),
+            }));
+        }
+    }
+}
+
+/// `record` as the server hands an authenticated batch to the store.
+fn ingest_item(record: &ReplayRecord) -> Result<IngestItem, ReplayError> {
+    let batch = &record.batch;
+    let frame = hubwatch_shared::codec::encode(batch).map_err(|e| ReplayError::Encode {
+        agent: batch.agent_id.clone(),
+        seq: batch.seq,
+        reason: e.to_string(),
+    })?;
+    Ok(IngestItem {
+        member: record.member.clone(),
+        agent: batch.agent_id.clone(),
+        seq: batch.seq,
+        created_ms: batch.created_ms,
+        dropped_records: batch.dropped_records,
+        agent_version: batch.agent_version.clone(),
+        records: u64::try_from(batch.records.len()).unwrap_or(u64::MAX),
+        frame: bytes::Bytes::from(frame),
+        received_ms: record.arrival_ms(),
+    })
 }
 
 /// Replays `records` (any order; sorted by arrival) from the minute of the
@@ -279,6 +405,7 @@ impl Replay {
 /// evaluating at every minute boundary; `on_transition` sees each
 /// transition as it happens.
 pub fn run(
+    cfg: &CollectorConfig,
     settings: SloSettings,
     mut records: Vec<ReplayRecord>,
     speed: Speed,
@@ -292,7 +419,7 @@ pub fn run(
     let start = first.arrival_ms().div_euclid(MINUTE_MS) * MINUTE_MS;
     let end =
         until_ms.unwrap_or(last.arrival_ms().div_euclid(MINUTE_MS) * MINUTE_MS + 2 * MINUTE_MS);
-    let mut replay = Replay::new(settings, start)?;
+    let mut replay = Replay::new(cfg, settings, start)?;
     let mut transitions = Vec::new();
     let mut next = 0;
     let mut now = start + MINUTE_MS;
@@ -305,13 +432,9 @@ pub fn run(
         }
         if next > from {
             replay.clock.set(now);
-            replay.feed(
-                records[from..next]
-                    .iter()
-                    .map(|r| (r.member.as_str(), &r.batch)),
-            )?;
+            replay.feed(&records[from..next])?;
         }
-        for transition in replay.step(now) {
+        for transition in replay.step(now)? {
             on_transition(&transition)?;
             transitions.push(transition);
         }
@@ -404,7 +527,7 @@ pub fn run_cli(cfg: &CollectorConfig, args: &ReplayArgs) -> Result<(), ReplayErr
         hubs = settings.hubs.len(),
         "replaying recorded batches"
     );
-    run(settings, records, args.speed, None, |t| {
+    run(cfg, settings, records, args.speed, None, |t| {
         let line = serde_json::to_string(t).map_err(|e| ReplayError::Parse {
             path: output_path.clone(),
             line: 0,

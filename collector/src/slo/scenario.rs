@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use super::objectives::SloSettings;
 use super::replay::{self, ReplayError, ReplayRecord, Speed, Transition, TransitionKind};
+use crate::clock::duration_ms;
 
 #[cfg(test)]
 mod tests;
@@ -200,13 +201,9 @@ fn hit(index: u64, share: f64) -> bool {
     b > a
 }
 
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 impl Phase {
     fn contains(&self, offset_ms: i64) -> bool {
-        offset_ms >= ms(self.start) && offset_ms < ms(self.end)
+        offset_ms >= duration_ms(self.start) && offset_ms < duration_ms(self.end)
     }
 
     /// Whether the failure is on at `offset_ms` (inside the phase, and inside
@@ -217,7 +214,8 @@ impl Phase {
         }
         match (self.period, self.on) {
             (Some(period), Some(on)) if !period.is_zero() => {
-                (offset_ms - ms(self.start)).rem_euclid(ms(period)) < ms(on)
+                (offset_ms - duration_ms(self.start)).rem_euclid(duration_ms(period))
+                    < duration_ms(on)
             }
             _ => true,
         }
@@ -281,8 +279,8 @@ impl Scenario {
 
     /// The batches an agent would send, with their arrival times.
     pub fn batches(&self) -> Vec<ReplayRecord> {
-        let interval = ms(self.interval);
-        let duration = ms(self.duration);
+        let interval = duration_ms(self.interval);
+        let duration = duration_ms(self.duration);
         let spawn_gap_ms = if self.spawns_per_hour > 0.0 {
             (3_600_000.0 / self.spawns_per_hour) as i64
         } else {
@@ -366,7 +364,7 @@ impl Scenario {
                 }
                 seq += 1;
                 let received_ms = match agent {
-                    Some((AgentState::Delayed, end)) => SCENARIO_START_MS + ms(end),
+                    Some((AgentState::Delayed, end)) => SCENARIO_START_MS + duration_ms(end),
                     _ => at,
                 };
                 out.push(ReplayRecord {
@@ -395,13 +393,15 @@ impl Scenario {
         base: &CollectorConfig,
         speed: Speed,
     ) -> Result<ScenarioOutcome, ReplayError> {
-        let settings =
-            SloSettings::from_config(&self.config(base)).map_err(|e| ReplayError::Scenario {
-                path: self.path.clone(),
-                reason: e.to_string(),
-            })?;
-        let until = SCENARIO_START_MS + ms(self.duration);
-        let transitions = replay::run(settings, self.batches(), speed, Some(until), |_| Ok(()))?;
+        let cfg = self.config(base);
+        let settings = SloSettings::from_config(&cfg).map_err(|e| ReplayError::Scenario {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        let until = SCENARIO_START_MS + duration_ms(self.duration);
+        let transitions = replay::run(&cfg, settings, self.batches(), speed, Some(until), |_| {
+            Ok(())
+        })?;
         Ok(self.score(transitions))
     }
 
@@ -427,9 +427,9 @@ impl Scenario {
             let Some(phase) = self.phase(&e.phase) else {
                 continue;
             };
-            let start = SCENARIO_START_MS + ms(phase.start);
-            let end = SCENARIO_START_MS + ms(phase.end);
-            let deadline = start + ms(e.within);
+            let start = SCENARIO_START_MS + duration_ms(phase.start);
+            let end = SCENARIO_START_MS + duration_ms(phase.end);
+            let deadline = start + duration_ms(e.within);
             let what = format!(
                 "{}{} for phase {:?}",
                 e.alertname,
@@ -445,7 +445,8 @@ impl Scenario {
                 .filter(|(_, t)| {
                     matches(t, &e.alertname, e.slo.as_deref(), e.severity.as_deref())
                         && t.at_ms >= start
-                        && t.at_ms <= end.max(deadline) + ms(e.reset_within.unwrap_or_default())
+                        && t.at_ms
+                            <= end.max(deadline) + duration_ms(e.reset_within.unwrap_or_default())
                 })
                 .map(|(i, _)| i)
                 .collect();

@@ -38,7 +38,7 @@ use hubwatch_shared::config::StorageConfig;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
-pub(crate) use crate::clock::{duration_ms, rfc3339, system_now_ms as now_ms};
+use crate::clock::{duration_ms, rfc3339, system_now_ms as now_ms};
 use crate::sync::lock;
 
 pub use schema::{MIGRATIONS, current_version as schema_version};
@@ -151,6 +151,40 @@ impl StoreError {
             path: path.to_path_buf(),
             operation,
             source,
+        }
+    }
+}
+
+/// How durable a commit is when it returns. `serve` always uses
+/// [`Durability::Full`]; the relaxed setting exists only for throwaway stores.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=FULL`: a committed transaction survives a crash or power
+    /// loss (the promise behind the ingest ack).
+    #[default]
+    Full,
+    /// `synchronous=OFF`: no fsync; a crash may lose or corrupt the file.
+    /// Only for a store deleted afterwards (`replay`'s temporary one), where
+    /// tens of thousands of fsyncs would be the whole cost of a replay. Its
+    /// commits also checkpoint the WAL themselves (SQLite's default of 1,000
+    /// pages): nothing waits on them but the replay, and back-to-back
+    /// commits leave the background checkpointer no moment to restart the
+    /// WAL, which then grows without bound (2.6 GB over 30 simulated days).
+    Off,
+}
+
+impl Durability {
+    fn synchronous(self) -> &'static str {
+        match self {
+            Self::Full => "FULL",
+            Self::Off => "OFF",
+        }
+    }
+
+    fn wal_autocheckpoint(self) -> i64 {
+        match self {
+            Self::Full => 0,
+            Self::Off => 1000,
         }
     }
 }
@@ -276,6 +310,7 @@ struct WriterShared {
 
 struct Inner {
     path: PathBuf,
+    durability: Durability,
     raw_retention: Duration,
     raw_retention_max: Duration,
     sli_retention: Duration,
@@ -326,12 +361,18 @@ impl Store {
     /// Opens (creating if needed) `hubwatch.db` in `cfg.path`, migrates its
     /// schema and starts the writer thread.
     pub fn open(cfg: &StorageConfig) -> Result<Store, StoreError> {
+        Self::open_with(cfg, Durability::Full)
+    }
+
+    /// [`Store::open`] with every connection at `durability`
+    /// ([`Durability::Off`] only for a store that is deleted afterwards).
+    pub fn open_with(cfg: &StorageConfig, durability: Durability) -> Result<Store, StoreError> {
         std::fs::create_dir_all(&cfg.path).map_err(|source| StoreError::CreateDir {
             path: cfg.path.clone(),
             source,
         })?;
         let path = cfg.path.join(DB_FILE_NAME);
-        let mut conn = open_connection(&path)?;
+        let mut conn = open_connection(&path, durability)?;
         let sql = |operation| {
             let path = path.clone();
             move |source| StoreError::sqlite(&path, operation, source)
@@ -364,7 +405,7 @@ impl Store {
                 path: path.clone(),
                 source,
             })?;
-        let checkpoint_conn = open_connection(&path)?;
+        let checkpoint_conn = open_connection(&path, durability)?;
         let (checkpoint_stop, stop_signal) = std::sync::mpsc::channel();
         let checkpoint_path = path.clone();
         let checkpointer = std::thread::Builder::new()
@@ -378,6 +419,7 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 path,
+                durability,
                 raw_retention: cfg.raw_retention,
                 raw_retention_max: cfg.raw_retention_max,
                 retention_hold: Mutex::new(None),
@@ -732,7 +774,7 @@ impl Store {
         let pooled = lock(&self.inner.idle).pop();
         let mut conn = match pooled {
             Some(conn) => conn,
-            None => open_connection(&self.inner.path)?,
+            None => open_connection(&self.inner.path, self.inner.durability)?,
         };
         let result = op(&mut conn, &self.inner.path);
         let mut idle = lock(&self.inner.idle);
@@ -759,20 +801,21 @@ impl Store {
 }
 
 /// Opens a connection with the settings every connection needs.
-fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+fn open_connection(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
     let sql = |operation| move |source| StoreError::sqlite(path, operation, source);
     let conn = Connection::open(path).map_err(sql("opening the database"))?;
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(sql("setting the busy timeout"))?;
     // Per connection, not stored in the file: every writer must set it.
-    conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(sql("setting synchronous=FULL"))?;
+    conn.pragma_update(None, "synchronous", durability.synchronous())
+        .map_err(sql("setting synchronous"))?;
     // No connection checkpoints on commit: an automatic checkpoint runs inside
     // the COMMIT that crosses the threshold, which put a WAL copy and an fsync
     // of the database on the ingest path (measured: the writer's largest cost
-    // after the WAL append). The checkpointer thread does it instead.
-    conn.pragma_update(None, "wal_autocheckpoint", 0)
-        .map_err(sql("turning off automatic checkpoints"))?;
+    // after the WAL append). The checkpointer thread does it instead
+    // (`Durability::Off` excepted, see there).
+    conn.pragma_update(None, "wal_autocheckpoint", durability.wal_autocheckpoint())
+        .map_err(sql("setting wal_autocheckpoint"))?;
     // After a checkpoint lets the WAL restart, trim its file to this size.
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES)
         .map_err(sql("setting journal_size_limit"))?;
