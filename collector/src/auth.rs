@@ -216,15 +216,9 @@ impl TokenTable {
     /// the previous table (logged), so a busy database cannot lock every
     /// agent out.
     pub async fn refresh_until(&self, store: Store, every: Duration, shutdown: Shutdown) {
-        let mut ticker = tokio::time::interval(every);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.tick().await; // the first tick is immediate; the table was just loaded
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.wait() => return,
-                _ = ticker.tick() => {}
-            }
+        let mut ticks = shutdown.every(every);
+        ticks.next().await; // the first tick is immediate; the table was just loaded
+        while ticks.next().await {
             let store = store.clone();
             match tokio::task::spawn_blocking(move || store.tokens()).await {
                 Ok(Ok(rows)) => self.replace(rows),

@@ -247,15 +247,9 @@ async fn evaluation_loop(
     snapshot_tx: watch::Sender<Arc<AlertSnapshot>>,
     shutdown: Shutdown,
 ) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        // Between rounds only: a round in progress saves its state first.
-        tokio::select! {
-            biased;
-            _ = shutdown.wait() => return,
-            _ = ticker.tick() => {}
-        }
+    let mut ticks = shutdown.every(interval);
+    // Between rounds only: a round in progress saves its state first.
+    while ticks.next().await {
         let (engine, metrics, snapshot_tx) = (engine.clone(), metrics.clone(), snapshot_tx.clone());
         let round =
             tokio::task::spawn_blocking(move || evaluation_round(&engine, &metrics, &snapshot_tx))
@@ -373,14 +367,8 @@ async fn probe_loop(
     metrics: CollectorMetrics,
     shutdown: Shutdown,
 ) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.wait() => return,
-            _ = ticker.tick() => {}
-        }
+    let mut ticks = shutdown.every(interval);
+    while ticks.next().await {
         for result in prober.probe_all(&clock).await {
             outside_probe::deliver(result, &fleet, &observers, &metrics);
         }

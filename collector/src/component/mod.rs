@@ -63,12 +63,42 @@ impl ShutdownTrigger {
     }
 }
 
+/// A ticker that ends at shutdown: `while ticks.next().await { round }`.
+/// Missed ticks are delayed, not bunched; the first tick is immediate.
+#[derive(Debug)]
+pub struct Ticks {
+    ticker: tokio::time::Interval,
+    shutdown: Shutdown,
+}
+
+impl Ticks {
+    /// Waits for the next tick: `true`, or `false` once shutdown is
+    /// signalled (checked first, so a round never starts after it).
+    pub async fn next(&mut self) -> bool {
+        tokio::select! {
+            biased;
+            () = self.shutdown.wait() => false,
+            _ = self.ticker.tick() => true,
+        }
+    }
+}
+
 impl Shutdown {
     /// Resolves once shutdown is signalled (at once if it already was).
     pub async fn wait(&self) {
         let mut rx = self.rx.clone();
         // An error means the trigger is gone: nobody can run us any more.
         let _ = rx.wait_for(|signalled| *signalled).await;
+    }
+
+    /// A ticker every `period` that ends at shutdown.
+    pub fn every(&self, period: std::time::Duration) -> Ticks {
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ticks {
+            ticker,
+            shutdown: self.clone(),
+        }
     }
 
     /// Whether shutdown has been signalled (or the trigger dropped).

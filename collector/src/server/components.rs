@@ -145,14 +145,8 @@ async fn retention_loop(
     metrics: CollectorMetrics,
     shutdown: Shutdown,
 ) {
-    let mut ticker = tokio::time::interval(RETENTION_INTERVAL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.wait() => return,
-            _ = ticker.tick() => {}
-        }
+    let mut ticks = shutdown.every(RETENTION_INTERVAL);
+    while ticks.next().await {
         let store = store.clone();
         let now_ms = clock.now_ms();
         match tokio::task::spawn_blocking(move || store.prune(now_ms)).await {

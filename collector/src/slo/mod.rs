@@ -164,14 +164,8 @@ impl SloHandle {
     /// the `hubwatch_slo_*` gauges, until `shutdown` (a round in progress,
     /// a store transaction on a blocking thread, completes first).
     pub async fn run_gauges(self, metrics: CollectorMetrics, shutdown: Shutdown) {
-        let mut ticker = tokio::time::interval(TICK);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.wait() => return,
-                _ = ticker.tick() => {}
-            }
+        let mut ticks = shutdown.every(TICK);
+        while ticks.next().await {
             let (engine, clock, metrics) = (
                 Arc::clone(&self.engine),
                 Arc::clone(&self.clock),
