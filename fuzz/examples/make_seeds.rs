@@ -292,7 +292,7 @@ const PROMETHEUS_SEEDS: &[(&str, u16, &str)] = &[
     (
         "bad_query",
         400,
-        r#"{"status":"error","errorType":"bad_data","error":"invalid parameter "query": 1:5: parse error: unexpected"}"#,
+        r#"{"status":"error","errorType":"bad_data","error":"invalid parameter \"query\": 1:5: parse error: unexpected"}"#,
     ),
     (
         "timeout",
