@@ -31,7 +31,11 @@ fn key(s: &ParsedSample) -> (&str, &[(String, String)], u64, Option<i64>) {
 }
 
 fn same_samples(a: &ParsedPage, b: &ParsedPage) -> bool {
-    a.samples.len() == b.samples.len() && a.samples.iter().zip(&b.samples).all(|(x, y)| key(x) == key(y))
+    a.samples.len() == b.samples.len()
+        && a.samples
+            .iter()
+            .zip(&b.samples)
+            .all(|(x, y)| key(x) == key(y))
 }
 
 /// Writes samples back in the exposition format.
@@ -72,8 +76,14 @@ fuzz_target!(|data: &[u8]| {
 
     let again = exposition::parse(&text);
     assert!(same_samples(&page, &again), "parse is not deterministic");
-    assert_eq!(page.types, again.types, "parse is not deterministic (types)");
-    assert_eq!(page.skipped, again.skipped, "parse is not deterministic (skipped)");
+    assert_eq!(
+        page.types, again.types,
+        "parse is not deterministic (types)"
+    );
+    assert_eq!(
+        page.skipped, again.skipped,
+        "parse is not deterministic (skipped)"
+    );
 
     let lines = text.lines().count();
     let non_blank = text.lines().filter(|l| !l.trim().is_empty()).count();
@@ -95,7 +105,11 @@ fuzz_target!(|data: &[u8]| {
 
     for sample in &page.samples {
         assert!(!sample.name.is_empty(), "a sample with an empty name");
-        assert!(is_metric_name(&sample.name), "bad metric name {:?}", sample.name);
+        assert!(
+            is_metric_name(&sample.name),
+            "bad metric name {:?}",
+            sample.name
+        );
         for (i, (name, _)) in sample.labels.iter().enumerate() {
             assert!(is_label_name(name), "bad label name {name:?}");
             assert!(
@@ -128,7 +142,10 @@ fuzz_target!(|data: &[u8]| {
     for sample in &forwarded {
         assert!(sample.name.starts_with(metrics::JUPYTERHUB_PREFIX));
         assert!(
-            sample.labels.iter().any(|l| l.name == "hub" && l.value == "prod"),
+            sample
+                .labels
+                .iter()
+                .any(|l| l.name == "hub" && l.value == "prod"),
             "{} lacks hub=\"prod\"",
             sample.name
         );

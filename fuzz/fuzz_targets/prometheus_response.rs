@@ -44,7 +44,10 @@ fuzz_target!(|data: &[u8]| {
     }
     let series = match parsed {
         Ok((series, _)) => {
-            assert!((200..300).contains(&status), "a result taken from HTTP {status}");
+            assert!(
+                (200..300).contains(&status),
+                "a result taken from HTTP {status}"
+            );
             series
         }
         Err(failure) => {
@@ -68,9 +71,17 @@ fuzz_target!(|data: &[u8]| {
             mapped.labels
         );
         assert!(mapped.labels.iter().all(|l| l.name != "__name__"));
-        let hub = mapped.labels.iter().find(|l| l.name == "hub").map(|l| &l.value);
+        let hub = mapped
+            .labels
+            .iter()
+            .find(|l| l.name == "hub")
+            .map(|l| &l.value);
         assert_eq!(hub, mapped.hub.as_ref(), "hub label and hub differ");
-        let user = mapped.labels.iter().find(|l| l.name == "user").map(|l| &l.value);
+        let user = mapped
+            .labels
+            .iter()
+            .find(|l| l.name == "user")
+            .map(|l| &l.value);
         assert_eq!(user, mapped.user.as_ref(), "user label and user differ");
         assert_eq!(named_user.is_some(), mapped.user.is_some());
         if let (Some(raw), Some(user)) = (&named_user, &mapped.user) {

@@ -38,9 +38,9 @@ fuzz_target!(|data: &[u8]| {
     if trimmed.is_empty() {
         assert_eq!(parsed, None, "a blank value parsed");
     } else if trimmed.bytes().all(|b| b.is_ascii_digit()) {
-        let expected = trimmed
-            .parse::<u64>()
-            .map_or(MAX_RETRY_AFTER, |s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
+        let expected = trimmed.parse::<u64>().map_or(MAX_RETRY_AFTER, |s| {
+            Duration::from_secs(s).min(MAX_RETRY_AFTER)
+        });
         assert_eq!(parsed, Some(expected), "delta-seconds {trimmed:?}");
     }
 

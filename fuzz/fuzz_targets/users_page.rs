@@ -54,13 +54,21 @@ fuzz_target!(|data: &[u8]| {
 
     for body in [a, b] {
         let decoded = decode_page(body, &pseudonyms);
-        assert_eq!(decoded, decode_page(body, &pseudonyms), "decode_page is not deterministic");
+        assert_eq!(
+            decoded,
+            decode_page(body, &pseudonyms),
+            "decode_page is not deterministic"
+        );
         let Ok(page) = decoded else {
             continue;
         };
         assert!(page.users_without_servers <= page.users);
         for server in &page.servers {
-            assert!(is_pseudonym(&server.user, "u-"), "user {:?} is not a pseudonym", server.user);
+            assert!(
+                is_pseudonym(&server.user, "u-"),
+                "user {:?} is not a pseudonym",
+                server.user
+            );
             assert!(
                 server.server.is_empty() || is_pseudonym(&server.server, "s-"),
                 "server {:?} is not a pseudonym",
@@ -71,7 +79,10 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         let totals = ListingTotals::of(page.users, &page.servers);
-        assert_eq!(totals.ready_servers + totals.pending_servers, page.servers.len());
+        assert_eq!(
+            totals.ready_servers + totals.pending_servers,
+            page.servers.len()
+        );
         // The same page without pseudonyms lists the same servers.
         if let Ok(raw) = decode_page(body, &plain) {
             assert_eq!(raw.servers.len(), page.servers.len());
@@ -88,8 +99,10 @@ fuzz_target!(|data: &[u8]| {
     let events = tracker.update("prod", &second, NOW_MS + 15_000);
     assert_eq!(tracker.len(), second.len());
     assert!(events.iter().all(|e| e.hub == "prod"));
-    let before: HashSet<(&str, &str)> =
-        first.iter().map(|s| (s.user.as_str(), s.server.as_str())).collect();
+    let before: HashSet<(&str, &str)> = first
+        .iter()
+        .map(|s| (s.user.as_str(), s.server.as_str()))
+        .collect();
     for server in &second {
         if !before.contains(&(server.user.as_str(), server.server.as_str())) {
             assert!(
@@ -107,5 +120,9 @@ fuzz_target!(|data: &[u8]| {
     let stopped = tracker.update("prod", &[], NOW_MS + 45_000);
     assert!(tracker.is_empty());
     assert_eq!(stopped.len(), second.len());
-    assert!(stopped.iter().all(|e| e.kind == UsageKind::ServerStopped && e.timestamp_ms == NOW_MS + 45_000));
+    assert!(
+        stopped
+            .iter()
+            .all(|e| e.kind == UsageKind::ServerStopped && e.timestamp_ms == NOW_MS + 45_000)
+    );
 });
