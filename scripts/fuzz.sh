@@ -3,13 +3,23 @@
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 #
+# The targets, one per decoder of untrusted input:
+#   decode_batch         the collector's batch decoder (codec::decode)
+#   roundtrip_batch      decode, re-encode, decode: same bytes
+#   exposition_parse     the agent's Prometheus text parser + hub mapping
+#   users_page           the JupyterHub users API JSON + the usage diff
+#   prometheus_response  the Prometheus query API JSON + label mapping
+#   retry_after          the sender's Retry-After parsing
+#   missing_scopes       the scope names picked out of a hub's 401/403 body
+#
 # Installs cargo-fuzz if missing (about 45 s to build). The toolchain is
 # stable; cargo-fuzz needs nightly-only flags (-Zsanitizer), which
-# RUSTC_BOOTSTRAP=1 unlocks on stable. Seeds (small, real encoded batches)
-# live in fuzz/seeds/<target>; new inputs go to fuzz/corpus/<target> and
-# crashes to fuzz/artifacts/<target> (both git-ignored). Exits non-zero if any
-# target found a crash. Not part of CI: the proptest in shared feeds random
-# bytes to the decoder on every test run.
+# RUSTC_BOOTSTRAP=1 unlocks on stable. Seeds (small, real inputs, written by
+# fuzz/examples/make_seeds.rs) live in fuzz/seeds/<target>; new inputs go to
+# fuzz/corpus/<target> and crashes to fuzz/artifacts/<target> (all
+# git-ignored). Exits non-zero if any target found a crash. Not part of CI:
+# proptests in shared and the agent feed random input to the codec and the
+# exposition parser on every test run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

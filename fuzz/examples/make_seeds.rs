@@ -1,14 +1,25 @@
-//! Writes a handful of small, real encoded batches as fuzz seeds.
+//! Writes a handful of small, real inputs per fuzz target as seeds.
 //!
 //! Run from the repository root with
 //! `cargo run --manifest-path fuzz/Cargo.toml --example make_seeds -- fuzz/seeds`;
-//! `scripts/fuzz.sh` does so before fuzzing. Each seed covers a different part
-//! of the wire format (every record kind, every `Option` both ways, empty
-//! strings, NaN, extreme integers), so libFuzzer starts from valid frames
-//! instead of having to discover the magic bytes and bincode's layout.
+//! `scripts/fuzz.sh` does so before fuzzing. For the codec targets each seed
+//! covers a different part of the wire format (every record kind, every
+//! `Option` both ways, empty strings, NaN, extreme integers), so libFuzzer
+//! starts from valid frames instead of having to discover the magic bytes and
+//! bincode's layout. For the other decoders the seeds are excerpts of what
+//! real servers send (JupyterHub 5 and 6 metrics pages and users API,
+//! Prometheus' query API, `Retry-After` in both forms, hub 403 bodies), each
+//! checked to decode before it is written, so the fuzzer starts inside the
+//! formats rather than at their first byte.
 
 use std::path::PathBuf;
 
+use hubwatch_agent::privacy::Pseudonymiser;
+use hubwatch_agent::sender::backoff::parse_retry_after;
+use hubwatch_agent::sources::jupyterhub::exposition;
+use hubwatch_agent::sources::jupyterhub::missing_scopes;
+use hubwatch_agent::sources::jupyterhub::users::decode_page;
+use hubwatch_agent::sources::prometheus::parse_response;
 use hubwatch_shared::codec;
 use hubwatch_shared::wire::*;
 
@@ -174,6 +185,233 @@ fn seeds() -> Vec<(&'static str, Batch)> {
     ]
 }
 
+/// Excerpts of real `/hub/metrics` pages (JupyterHub 6.1.1 as served by
+/// `prometheus_client`, a 5.x spawn histogram without `reason`), plus the
+/// corners of the format: escapes, NaN and ±Inf, timestamps, exemplars,
+/// trailing commas, a clashing `hub` label, and lines to skip.
+const EXPOSITION_SEEDS: &[(&str, &str)] = &[
+    (
+        "hub6_histogram",
+        r#"# HELP jupyterhub_request_duration_seconds request duration for all HTTP requests
+# TYPE jupyterhub_request_duration_seconds histogram
+jupyterhub_request_duration_seconds_bucket{code="200",handler="jupyterhub.handlers.pages.HealthCheckHandler",le="0.005",method="GET"} 1.0
+jupyterhub_request_duration_seconds_bucket{code="200",handler="jupyterhub.handlers.pages.HealthCheckHandler",le="+Inf",method="GET"} 1.0
+jupyterhub_request_duration_seconds_count{code="200",handler="jupyterhub.handlers.pages.HealthCheckHandler",method="GET"} 1.0
+jupyterhub_request_duration_seconds_sum{code="200",handler="jupyterhub.handlers.pages.HealthCheckHandler",method="GET"} 0.0021
+# HELP jupyterhub_request_duration_seconds_created request duration for all HTTP requests
+# TYPE jupyterhub_request_duration_seconds_created gauge
+jupyterhub_request_duration_seconds_created{code="200",handler="jupyterhub.handlers.pages.HealthCheckHandler",method="GET"} 1.7956324378768783e+09
+# HELP jupyterhub_running_servers the number of user servers currently running
+# TYPE jupyterhub_running_servers gauge
+jupyterhub_running_servers 1.0
+# HELP jupyterhub_total_users total number of users
+# TYPE jupyterhub_total_users gauge
+jupyterhub_total_users 2.0
+"#,
+    ),
+    (
+        "hub5_spawn",
+        r#"# TYPE jupyterhub_server_spawn_duration_seconds histogram
+jupyterhub_server_spawn_duration_seconds_bucket{le="10.0",status="success"} 1.0
+jupyterhub_server_spawn_duration_seconds_bucket{le="+Inf",status="throttled"} 2.0
+jupyterhub_server_spawn_duration_seconds_count{status="too-many-users"} 3.0
+jupyterhub_server_spawn_duration_seconds_sum{status="already-pending"} 4.5
+# TYPE jupyterhub_hub_startup_duration_seconds counter
+jupyterhub_hub_startup_duration_seconds_total 1.5
+jupyterhub_hub_startup_duration_seconds_created 1.7e9
+"#,
+    ),
+    (
+        "corners",
+        "# a free comment\n\
+         jupyterhub_odd{handler=\"a,b=c\",path=\"C:\\\\x\",quote=\"say \\\"hi\\\"\",nl=\"1\\n2\",} NaN 1760000000000\n\
+         jupyterhub_inf{hub=\"theirs\"} +Inf\n\
+         jupyterhub_neg_inf -inf # {trace_id=\"abc\"} 1.0\n\
+         jupyterhub_exp 1.5e-3\t-42\n\
+         \n\
+         9bad_name 1\n\
+         jupyterhub_bad_escape{a=\"\\q\"} 1\n\
+         jupyterhub_dup{a=\"1\",a=\"2\"} 1\n\
+         jupyterhub_no_value\n\
+         jupyterhub_bad_ts 1 12.5\n\
+         # TYPE jupyterhub_x nonsense\n\
+         # EOF\n",
+    ),
+];
+
+/// Bodies of `/hub/api/users?state=active` as JupyterHub 6 sends them: the
+/// paginated shape with named servers, spawning and stopped servers and
+/// KubeSpawner's `profile`; the plain list older hubs send; a user without
+/// `servers` (a token without `read:servers`); and two listings separated by
+/// `0xFF` (the target diffs them).
+fn users_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let alice = r#"{"groups": [], "created": "2026-11-25T18:47:15.088448Z", "name": "alice",
+        "kind": "user", "admin": false, "last_activity": "2026-11-25T18:47:25.232340Z",
+        "roles": ["user"], "server": "/user/alice/", "servers": {"": {"name": "",
+        "last_activity": "2026-11-25T18:47:25.232340Z", "started": "2026-11-25T18:47:21.509628Z",
+        "pending": null, "ready": true, "stopped": false, "url": "/user/alice/",
+        "user_options": {"profile": "small"}, "progress_url": "/p"}}}"#;
+    let bob = r#"{"name": "bob", "kind": "user", "servers": {"bobs-lab": {"name": "bobs-lab",
+        "last_activity": "2026-11-25T18:10:00", "started": "2026-11-25T18:00:00Z",
+        "pending": "spawn", "ready": false, "stopped": false, "user_options": {}},
+        "old": {"name": "old", "stopped": true, "ready": false}}}"#;
+    let carol = r#"{"name": "carol", "kind": "user", "last_activity": null}"#;
+    let paginated = format!(
+        r#"{{"items": [{alice}, {bob}], "_pagination": {{"offset": 0, "limit": 2, "total": 3,
+        "next": {{"offset": 2, "limit": 2, "url": "http://hub/hub/api/users?offset=2"}}}}}}"#
+    );
+    let last = format!(
+        r#"{{"items": [{carol}], "_pagination": {{"offset": 2, "limit": 2, "total": 3, "next": null}}}}"#
+    );
+    let plain = format!("[{alice}, {carol}]");
+    let alice_restarted = alice.replace("18:47:21.509628Z", "19:02:00Z");
+    let mut diff = paginated.clone().into_bytes();
+    diff.push(0xFF);
+    diff.extend_from_slice(format!("[{alice_restarted}]").as_bytes());
+    vec![
+        ("paginated", paginated.into_bytes()),
+        ("last_page", last.into_bytes()),
+        ("plain_list", plain.into_bytes()),
+        ("two_listings", diff),
+    ]
+}
+
+/// `/api/v1/query` answers as Prometheus sends them, each after its 2-byte
+/// big-endian HTTP status.
+const PROMETHEUS_SEEDS: &[(&str, u16, &str)] = &[
+    (
+        "vector",
+        200,
+        r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"__name__":"kube_pod_container_resource_requests","namespace":"prod","annotation_hub_jupyter_org_username":"alice","pod":"jupyter-alice","resource":"cpu"},"value":[1760000000.123,"0.5"]},{"metric":{"namespace":"prod","user":"bob"},"value":[1760000000,"+Inf"]},{"metric":{},"value":[1760000000,"NaN"]}]},"warnings":["PromQL info: metric might not be a counter"]}"#,
+    ),
+    (
+        "scalar",
+        200,
+        r#"{"status":"success","data":{"resultType":"scalar","result":[1700000000,"42"]}}"#,
+    ),
+    (
+        "bad_query",
+        400,
+        r#"{"status":"error","errorType":"bad_data","error":"invalid parameter \"query\": 1:5: parse error: unexpected"}"#,
+    ),
+    (
+        "timeout",
+        503,
+        r#"{"status":"error","errorType":"timeout","error":"query timed out in expression evaluation"}"#,
+    ),
+    (
+        "matrix",
+        200,
+        r#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#,
+    ),
+];
+
+/// `Retry-After` values in both forms, after 8 bytes of "now" (Unix seconds,
+/// little-endian): 2025-10-09, so the date seeds are a little in the future.
+const RETRY_AFTER_SEEDS: &[(&str, &str)] = &[
+    ("seconds", "120"),
+    ("huge", "99999999999999999999999"),
+    ("imf_date", "Thu, 09 Oct 2025 08:55:00 GMT"),
+    ("rfc850_date", "Thursday, 09-Oct-25 08:55:00 GMT"),
+    ("asctime_date", "Thu Oct  9 08:55:00 2025"),
+    ("padded", "  7 "),
+];
+const RETRY_AFTER_NOW_SECS: u64 = 1_760_000_000;
+
+/// 401/403 bodies: JupyterHub's API JSON and its HTML metrics page.
+const SCOPE_SEEDS: &[(&str, &str)] = &[
+    (
+        "api_json",
+        r#"{"status": 403, "message": "Action is not authorized with current scopes; requires any of [list:users, read:users!user=alice]"}"#,
+    ),
+    (
+        "html",
+        "<div class=\"error\"><p>Action is not authorized with current scopes; requires scope &#39;read:metrics&#39;</p></div>",
+    ),
+];
+
+/// Writes `seeds` into `out/target`, refusing any that `check` rejects.
+fn write_seeds(
+    out: &std::path::Path,
+    target: &str,
+    seeds: &[(&str, Vec<u8>)],
+    check: impl Fn(&[u8]) -> bool,
+) -> Result<usize> {
+    let dir = out.join(target);
+    std::fs::create_dir_all(&dir)?;
+    for (name, bytes) in seeds {
+        if !check(bytes) {
+            return Err(format!("seed {target}/{name} is not a valid input").into());
+        }
+        std::fs::write(dir.join(format!("{name}.txt")), bytes)?;
+    }
+    Ok(seeds.len())
+}
+
+/// The seeds of the targets for the agent's decoders; returns how many.
+fn agent_seeds(out: &std::path::Path) -> Result<usize> {
+    let mut written = 0;
+    let pages: Vec<(&str, Vec<u8>)> = EXPOSITION_SEEDS
+        .iter()
+        .map(|(name, text)| (*name, text.as_bytes().to_vec()))
+        .collect();
+    written += write_seeds(out, "exposition_parse", &pages, |bytes| {
+        let page = exposition::parse(&String::from_utf8_lossy(bytes));
+        !page.samples.is_empty()
+    })?;
+
+    let privacy = Pseudonymiser::with_secret(b"make_seeds secret");
+    written += write_seeds(out, "users_page", &users_seeds(), |bytes| {
+        bytes
+            .split(|&b| b == 0xFF)
+            .all(|page| decode_page(page, &privacy).is_ok())
+    })?;
+
+    let responses: Vec<(&str, Vec<u8>)> = PROMETHEUS_SEEDS
+        .iter()
+        .map(|(name, status, body)| {
+            let mut bytes = status.to_be_bytes().to_vec();
+            bytes.extend_from_slice(body.as_bytes());
+            (*name, bytes)
+        })
+        .collect();
+    written += write_seeds(out, "prometheus_response", &responses, |bytes| {
+        let (status, body) = bytes.split_at(2);
+        let status = u16::from_be_bytes([status[0], status[1]]);
+        // A failure must be one Prometheus reported, not a body it could
+        // not read; a success must give series.
+        match parse_response(status, body) {
+            Ok((series, _)) => !series.is_empty(),
+            Err(f) => f.message.contains(": Prometheus ") || f.message.contains("range vector"),
+        }
+    })?;
+
+    let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(RETRY_AFTER_NOW_SECS);
+    let headers: Vec<(&str, Vec<u8>)> = RETRY_AFTER_SEEDS
+        .iter()
+        .map(|(name, value)| {
+            let mut bytes = RETRY_AFTER_NOW_SECS.to_le_bytes().to_vec();
+            bytes.extend_from_slice(value.as_bytes());
+            (*name, bytes)
+        })
+        .collect();
+    written += write_seeds(out, "retry_after", &headers, |bytes| {
+        std::str::from_utf8(&bytes[8..])
+            .ok()
+            .and_then(|value| parse_retry_after(value, now))
+            .is_some()
+    })?;
+
+    let bodies: Vec<(&str, Vec<u8>)> = SCOPE_SEEDS
+        .iter()
+        .map(|(name, body)| (*name, body.as_bytes().to_vec()))
+        .collect();
+    written += write_seeds(out, "missing_scopes", &bodies, |bytes| {
+        missing_scopes(&String::from_utf8_lossy(bytes)).is_some()
+    })?;
+    Ok(written)
+}
+
 fn main() -> Result<()> {
     let out = PathBuf::from(
         std::env::args()
@@ -193,8 +431,9 @@ fn main() -> Result<()> {
             std::fs::write(dir.join(format!("{name}.bin")), &frame)?;
         }
     }
+    let agent = agent_seeds(&out)?;
     println!(
-        "wrote {} seeds per target under {}",
+        "wrote {} seeds per codec target and {agent} for the agent's decoders under {}",
         seeds().len(),
         out.display()
     );

@@ -564,10 +564,12 @@ pub struct MappedLabels {
 }
 
 /// Maps a result series' labels: drops `__name__`, turns `hub_label` into
-/// `hub` and `user_label` (or a plain `user` label) into `user`,
-/// pseudonymised. With pseudonyms on, any other label value holding the raw
-/// username (a pod `jupyter-alice`, a claim `claim-alice`) has it replaced by
-/// the pseudonym too, so the raw name never leaves in a label.
+/// `hub` and `user_label` (or, when that is missing or empty, a plain `user`
+/// label) into `user`, pseudonymised; a plain `user` label beside a
+/// `user_label` is dropped. With pseudonyms on, any other label value holding
+/// the raw username (a pod `jupyter-alice`, a claim `claim-alice`) has it
+/// replaced by the pseudonym too, so the raw name never leaves in a label.
+/// Each label name appears once in the result.
 pub fn map_series(
     mut metric: BTreeMap<String, String>,
     hub_label: &str,
@@ -576,10 +578,14 @@ pub fn map_series(
 ) -> MappedLabels {
     metric.remove("__name__");
     let hub = metric.remove(hub_label).filter(|v| !v.is_empty());
+    // The plain `user` label always comes out: left beside `user_label` it
+    // would leave raw, and as a second `user` label (found by the
+    // `prometheus_response` fuzz target).
+    let plain_user = metric.remove("user").filter(|v| !v.is_empty());
     let raw_user = metric
         .remove(user_label)
-        .or_else(|| metric.remove("user"))
-        .filter(|v| !v.is_empty());
+        .filter(|v| !v.is_empty())
+        .or(plain_user);
     metric.remove("hub");
     let user = raw_user.as_deref().map(|raw| pseudonymiser.user(raw));
     let mut labels: Vec<Label> = Vec::with_capacity(metric.len() + 2);

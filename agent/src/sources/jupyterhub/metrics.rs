@@ -46,8 +46,11 @@ pub fn hub_samples(page: &ParsedPage, hub: &str, now_ms: i64) -> Vec<Sample> {
             .map(|(name, value)| {
                 // The agent's `hub` wins; a series' own one is kept aside,
                 // the way Prometheus keeps a clashing target label.
-                let name = if name == "hub" { "exported_hub" } else { name };
-                Label::new(name, value.clone())
+                if name == "hub" {
+                    Label::new(exported_hub_name(&parsed.labels), value.clone())
+                } else {
+                    Label::new(name.as_str(), value.clone())
+                }
             })
             .collect();
         if parsed
@@ -67,6 +70,18 @@ pub fn hub_samples(page: &ParsedPage, hub: &str, now_ms: i64) -> Vec<Sample> {
         });
     }
     out
+}
+
+/// The name a series' own `hub` label is kept under: `exported_hub`, or, when
+/// the series has that label too, `exported_exported_hub` and so on, as
+/// Prometheus names a clash; so no label name appears twice (found while
+/// writing the `exposition_parse` fuzz target's invariants).
+fn exported_hub_name(labels: &[(String, String)]) -> String {
+    let mut name = "exported_hub".to_string();
+    while labels.iter().any(|(taken, _)| *taken == name) {
+        name.insert_str(0, "exported_");
+    }
+    name
 }
 
 /// Whether `name` is the `_created` companion of a counter, histogram or

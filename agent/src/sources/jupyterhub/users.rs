@@ -5,7 +5,7 @@
 //! ([`decode_page`]); nothing after that sees a raw name, and no error
 //! built here quotes the body (a decoding error says where, never what).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use hubwatch_shared::wire::{UsageEvent, UsageKind};
 use serde::Deserialize;
@@ -21,9 +21,12 @@ const MAX_PROFILE_CHARS: usize = 128;
 #[derive(Debug, Deserialize)]
 struct ApiUser {
     name: String,
-    /// Present only with the `read:servers` scope.
+    /// Present only with the `read:servers` scope. Ordered by name so a
+    /// body always decodes to the same list (a `HashMap` listed a user's
+    /// servers in a different order each time, found by the `users_page`
+    /// fuzz target).
     #[serde(default)]
-    servers: Option<HashMap<String, ApiServer>>,
+    servers: Option<BTreeMap<String, ApiServer>>,
 }
 
 /// One server of a user.
@@ -88,7 +91,8 @@ pub struct UsersPage {
     pub users: usize,
     /// Users listed without a `servers` field: the token lacks `read:servers`.
     pub users_without_servers: usize,
-    /// Their active servers.
+    /// Their active servers: users in page order, each user's servers in
+    /// name order (before pseudonymising).
     pub servers: Vec<SeenServer>,
     /// The offset of the next page, if the hub says there is one.
     pub next_offset: Option<u64>,

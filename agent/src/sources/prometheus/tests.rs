@@ -134,6 +134,41 @@ fn hub_and_user_labels_are_mapped_and_the_raw_name_scrubbed() {
 }
 
 #[test]
+fn a_plain_user_label_beside_the_user_label_never_leaves_raw_or_twice() {
+    // Found by the `prometheus_response` fuzz target: `user="bob"` stayed in
+    // the labels as it was, beside the `user` pseudonym of `alice`.
+    let pseudonymiser = Pseudonymiser::with_secret(b"0123456789abcdef-secret");
+    let both = metric(&[
+        ("annotation_hub_jupyter_org_username", "alice"),
+        ("user", "bob"),
+    ]);
+    let mapped = map_series(
+        both,
+        "namespace",
+        "annotation_hub_jupyter_org_username",
+        &pseudonymiser,
+    );
+    assert_eq!(mapped.user, Some(pseudonymiser.user("alice")));
+    assert_eq!(
+        mapped.labels,
+        vec![Label::new("user", pseudonymiser.user("alice"))]
+    );
+
+    // An empty `user_label` names no one: the plain `user` label does.
+    let empty = metric(&[("annotation_hub_jupyter_org_username", ""), ("user", "bob")]);
+    let mapped = map_series(
+        empty,
+        "namespace",
+        "annotation_hub_jupyter_org_username",
+        &pseudonymiser,
+    );
+    assert_eq!(
+        mapped.labels,
+        vec![Label::new("user", pseudonymiser.user("bob"))]
+    );
+}
+
+#[test]
 fn resources_fill_their_fields_and_storage_keeps_the_larger() {
     let mut snapshot = ResourceSnapshot::default();
     apply_resource(&mut snapshot, ResourceField::CpuRequestCores, 0.5);

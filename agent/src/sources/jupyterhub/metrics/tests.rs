@@ -134,3 +134,32 @@ fn jupyterhub_5_spawn_statuses_become_the_6_shape() {
         [("exported_hub", "inner"), ("hub", "old")]
     );
 }
+
+#[test]
+fn a_series_own_hub_label_never_clashes_with_one_it_already_has() {
+    // A page that already went through a relabelling (a federating
+    // Prometheus) can hold `exported_hub` beside `hub`: renaming `hub` to
+    // `exported_hub` gave the sample that name twice.
+    let page = parse(
+        "jupyterhub_running_servers{exported_hub=\"a\",hub=\"b\"} 1\n\
+         jupyterhub_total_users{exported_exported_hub=\"c\",exported_hub=\"a\",hub=\"b\"} 2\n",
+    );
+    let samples = hub_samples(&page, "prod", 1);
+    assert_eq!(
+        labels_of(&samples[0]),
+        [
+            ("exported_exported_hub", "b"),
+            ("exported_hub", "a"),
+            ("hub", "prod")
+        ]
+    );
+    assert_eq!(
+        labels_of(&samples[1]),
+        [
+            ("exported_exported_exported_hub", "b"),
+            ("exported_exported_hub", "c"),
+            ("exported_hub", "a"),
+            ("hub", "prod")
+        ]
+    );
+}

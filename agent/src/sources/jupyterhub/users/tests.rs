@@ -80,6 +80,37 @@ fn a_paginated_page_is_decoded_and_every_name_pseudonymised() {
 }
 
 #[test]
+fn a_users_servers_decode_in_the_same_order_every_time() {
+    // Found by the `users_page` fuzz target: the servers came out of a
+    // `HashMap`, so the same body gave a different list (and event order)
+    // from one decode to the next.
+    let names = ["a", "b", "c", "d", "e", "f", "g", "h"];
+    let servers: Vec<String> = names
+        .iter()
+        .rev()
+        .map(|name| {
+            server_json(
+                name,
+                "2026-11-25T18:00:00Z",
+                "2026-11-25T18:10:00Z",
+                true,
+                "{}",
+            )
+        })
+        .collect();
+    let body = format!("[{}]", user_json("alice", &servers.join(", ")));
+    let listed =
+        |page: UsersPage| -> Vec<String> { page.servers.into_iter().map(|s| s.server).collect() };
+    let plain = Pseudonymiser::disabled();
+    let first = listed(decode_page(body.as_bytes(), &plain).expect("decodes"));
+    assert_eq!(first, names);
+    for _ in 0..5 {
+        let again = listed(decode_page(body.as_bytes(), &plain).expect("decodes"));
+        assert_eq!(again, first);
+    }
+}
+
+#[test]
 fn with_pseudonyms_off_names_travel_as_they_are() {
     let body = format!(
         "[{}]",
