@@ -5,7 +5,7 @@
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::{BatchLog, CursorUpdate, StageCursor};
-use crate::store::{Store, StoreError, StoredBatch};
+use crate::store::{Store, StoreError, StoredBatch, count_from_sql, seq_from_sql, seq_to_sql};
 
 impl BatchLog for Store {
     fn read_page(
@@ -141,7 +141,7 @@ pub fn save_cursor(tx: &Transaction<'_>, update: &CursorUpdate<'_>) -> rusqlite:
                 q.batch_id,
                 q.agent,
                 q.member,
-                i64::from_ne_bytes(q.seq.to_ne_bytes()),
+                seq_to_sql(q.seq),
                 q.reason,
                 update.now_ms
             ])?;
@@ -155,9 +155,9 @@ fn stored_batch(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredBatch> {
         id: row.get(0)?,
         agent: row.get(1)?,
         member: row.get(2)?,
-        seq: u64::from_ne_bytes(row.get::<_, i64>(3)?.to_ne_bytes()),
+        seq: seq_from_sql(row.get(3)?),
         received_ms: row.get(4)?,
-        records: u64::try_from(row.get::<_, i64>(5)?).unwrap_or(0),
+        records: count_from_sql(row.get(5)?),
         frame: row.get(6)?,
     })
 }

@@ -35,7 +35,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use hubwatch_shared::config::StorageConfig;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::{duration_ms, rfc3339, system_now_ms as now_ms};
@@ -658,47 +658,22 @@ impl Store {
         }
     }
 
-    /// Up to `limit` batch rows with `id > after_id`, in id order. Frames past
-    /// retention come back as `None`.
-    pub fn batches_after(
+    /// Up to `limit` batch rows with `id > after_id`, in id order, frames
+    /// past retention as `None` (tests; stages read through the pipeline).
+    #[cfg(test)]
+    pub(crate) fn batches_after(
         &self,
         after_id: i64,
         limit: usize,
     ) -> Result<Vec<StoredBatch>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.with_connection(|conn, path| {
-            let sql = |source| StoreError::sqlite(path, "reading batches", source);
-            let mut statement = conn
-                .prepare_cached(
-                    "SELECT id, agent, member, seq, received_ms, records, frame
-                     FROM batches WHERE id > ?1 ORDER BY id LIMIT ?2",
-                )
-                .map_err(sql)?;
-            let rows = statement
-                .query_map(params![after_id, limit], |row| {
-                    Ok(StoredBatch {
-                        id: row.get(0)?,
-                        agent: row.get(1)?,
-                        member: row.get(2)?,
-                        seq: seq_from_sql(row.get(3)?),
-                        received_ms: row.get(4)?,
-                        records: count_from_sql(row.get(5)?),
-                        frame: row.get(6)?,
-                    })
-                })
-                .map_err(sql)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(sql)
-        })
+        crate::pipeline::BatchLog::read_page(self, after_id, &[], limit, usize::MAX)
     }
 
-    /// The last batch id derivation stage `name` consumed (0 if it never ran).
-    pub fn derive_cursor(&self, name: &str) -> Result<i64, StoreError> {
-        self.with_connection(|conn, path| {
-            conn.prepare_cached("SELECT last_id FROM derive_cursors WHERE name = ?1")
-                .and_then(|mut statement| statement.query_row([name], |row| row.get(0)).optional())
-                .map(|last_id| last_id.unwrap_or(0))
-                .map_err(|source| StoreError::sqlite(path, "reading a derive cursor", source))
-        })
+    /// The highest batch id derivation stage `name` consumed (0 if it never
+    /// ran; tests).
+    #[cfg(test)]
+    pub(crate) fn derive_cursor(&self, name: &str) -> Result<i64, StoreError> {
+        crate::pipeline::BatchLog::load_cursor(self, name).map(|cursor| cursor.hi)
     }
 
     /// Readiness: the file can be read and the writer thread is running.
@@ -854,13 +829,13 @@ fn run_checkpointer(conn: Connection, stop: std::sync::mpsc::Receiver<()>, path:
 }
 
 /// Sequence numbers are stored bit-for-bit as SQLite's signed integer, so
-/// every u64 round-trips and stays unique (agents use `now_ms × 1024`, far
+/// every u64 round-trips and stays unique (agents use `now_ms × 65536`, far
 /// below `i64::MAX`, so order is kept too).
-fn seq_to_sql(seq: u64) -> i64 {
+pub(crate) fn seq_to_sql(seq: u64) -> i64 {
     i64::from_ne_bytes(seq.to_ne_bytes())
 }
 
-fn seq_from_sql(seq: i64) -> u64 {
+pub(crate) fn seq_from_sql(seq: i64) -> u64 {
     u64::from_ne_bytes(seq.to_ne_bytes())
 }
 
@@ -870,6 +845,6 @@ fn clamp_to_i64(count: u64) -> i64 {
     i64::try_from(count).unwrap_or(i64::MAX)
 }
 
-fn count_from_sql(count: i64) -> u64 {
+pub(crate) fn count_from_sql(count: i64) -> u64 {
     u64::try_from(count).unwrap_or(0)
 }
