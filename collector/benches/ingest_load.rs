@@ -39,6 +39,10 @@
 //! `BENCH_TARGET_P99_MS` (250) for the verdict line, `BENCH_DUMP_FRAME` (a
 //! file to write one encoded frame to, e.g. to try compressors on). Exits non-zero if the
 //! stored count differs from the acknowledged count or any request failed.
+//!
+//! `BENCH_MODE=backlog` runs the same paced load against a collector with every
+//! derivation stage while they catch up on a 48 h backlog, then once they have
+//! caught up, and compares the two p99s (issue 7; see `ingest_load/backlog.rs`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -59,6 +63,9 @@ use hubwatch_shared::wire::{Batch, Label, Record, Sample};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+
+#[path = "ingest_load/backlog.rs"]
+mod backlog;
 
 /// Different pre-encoded batches each agent cycles through.
 const TEMPLATES_PER_AGENT: usize = 2;
@@ -509,6 +516,11 @@ fn ms(micros: u64) -> f64 {
 fn main() -> Result<()> {
     // `cargo bench` passes `--bench`; there is nothing to filter.
     let settings = Settings::from_env()?;
+    match std::env::var("BENCH_MODE").as_deref() {
+        Ok("backlog") => return backlog::run(&settings),
+        Ok("load") | Err(_) => {}
+        Ok(other) => bail!("BENCH_MODE={other:?}: expected `load` (the default) or `backlog`"),
+    }
     let store_parent = tempfile::Builder::new()
         .prefix("hubwatch-ingest-load-")
         .tempdir_in(
