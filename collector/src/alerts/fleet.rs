@@ -332,11 +332,12 @@ impl FleetSource {
         HubStatusStage {
             board: Arc::clone(&self.board),
             store: Arc::clone(&self.hub_store),
-            configured: self
-                .hubs
-                .iter()
-                .map(|h| (h.member.clone(), h.hub.clone()))
-                .collect(),
+            configured: self.hubs.iter().fold(HashMap::new(), |mut map, h| {
+                map.entry(h.member.clone())
+                    .or_insert_with(BTreeSet::new)
+                    .insert(h.hub.clone());
+                map
+            }),
             pending: BTreeMap::new(),
         }
     }
@@ -645,7 +646,8 @@ impl AlertSource for FleetSource {
 pub struct HubStatusStage {
     board: Arc<Mutex<Board>>,
     store: Arc<dyn HubStatusStore>,
-    configured: BTreeSet<HubKey>,
+    /// Member → its configured hubs (looked up per record without allocating).
+    configured: HashMap<String, BTreeSet<String>>,
     /// Statuses this page changed (copied from the board on first touch).
     pending: BTreeMap<HubKey, HubStatus>,
 }
@@ -726,13 +728,14 @@ impl Page<'_> {
 /// Folds one batch's records for configured hubs into the page.
 fn absorb(
     page: &mut Page<'_>,
-    configured: &BTreeSet<HubKey>,
+    configured: &HashMap<String, BTreeSet<String>>,
     member: &str,
     agent: &str,
     received_ms: i64,
     records: &[Record],
 ) {
-    let is_configured = |hub: &str| configured.contains(&(member.to_string(), hub.to_string()));
+    let hubs = configured.get(member);
+    let is_configured = |hub: &str| hubs.is_some_and(|hubs| hubs.contains(hub));
     // (hub, path) → (size, avail, at) for the host's home filesystem.
     let mut homes: BTreeMap<(String, String), HomeReading> = BTreeMap::new();
     let mut touched = BTreeSet::new();

@@ -598,10 +598,17 @@ impl Pipeline {
 /// How often the pipeline runs when no commit wakes it (closing gaps,
 /// refreshing lag).
 pub const IDLE_INTERVAL: Duration = Duration::from_secs(1);
+/// Least time between the starts of two runs. Every stage commit is a
+/// durable transaction of its own: running on every group commit of a busy
+/// collector would add two fsyncs per ingest commit and slow the ack path.
+/// Within this a run gathers what many commits stored, and alerts still see
+/// news within a fraction of a second.
+pub const MIN_RUN_INTERVAL: Duration = Duration::from_millis(200);
 
-/// Runs `pipeline` on a blocking thread after every commit that stored a
-/// batch (and at least every [`IDLE_INTERVAL`]) until `shutdown` resolves; a
-/// run in progress finishes first.
+/// Runs `pipeline` on a blocking thread after a commit stored a batch (at
+/// most every [`MIN_RUN_INTERVAL`], at least every [`IDLE_INTERVAL`]; at once
+/// again while a backlog is left) until `shutdown` resolves; a run in
+/// progress finishes first.
 pub async fn drive(
     pipeline: Pipeline,
     store: crate::store::Store,
@@ -611,19 +618,37 @@ pub async fn drive(
     let pipeline = Arc::new(Mutex::new(pipeline));
     tokio::pin!(shutdown);
     loop {
+        let started = tokio::time::Instant::now();
         let (pipeline, clock) = (Arc::clone(&pipeline), Arc::clone(&clock));
         let run = tokio::task::spawn_blocking(move || lock(&pipeline).run(clock.now_ms())).await;
-        match run {
-            Ok(Ok(_)) => {}
+        let caught_up = match run {
+            Ok(Ok(report)) => report.caught_up,
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "derivation pipeline: reading the batch log failed; retrying")
+                tracing::warn!(error = %e, "derivation pipeline: reading the batch log failed; retrying");
+                true
             }
-            Err(e) => tracing::error!(error = %e, "derivation pipeline task failed; retrying"),
-        }
-        tokio::select! {
-            () = &mut shutdown => return,
-            () = store.stored() => {}
-            () = tokio::time::sleep(IDLE_INTERVAL) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "derivation pipeline task failed; retrying");
+                true
+            }
+        };
+        if caught_up {
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep_until(started + MIN_RUN_INTERVAL) => {}
+            }
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = store.stored() => {}
+                () = tokio::time::sleep(IDLE_INTERVAL) => {}
+            }
+        } else {
+            // A backlog is left: go on, but let shutdown in between rounds.
+            tokio::select! {
+                biased;
+                () = &mut shutdown => return,
+                () = tokio::task::yield_now() => {}
+            }
         }
     }
 }

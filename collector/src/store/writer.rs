@@ -24,6 +24,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{IngestItem, IngestOutcome, StoreError, WriterShared, clamp_to_i64, seq_to_sql};
+use crate::sync::lock;
 
 /// Most batches in one group commit.
 pub const MAX_GROUP_BATCHES: usize = 512;
@@ -86,7 +87,11 @@ pub fn run(
 /// Stores `group` (emptying it) and answers every caller.
 fn commit_group(conn: &mut Connection, group: &mut Vec<IngestJob>, shared: &WriterShared) {
     let started = Instant::now();
-    match store_batches(conn, group.iter().map(|job| &job.item)) {
+    let stored = {
+        let _gate = lock(&shared.gate);
+        store_batches(conn, group.iter().map(|job| &job.item))
+    };
+    match stored {
         Ok(outcomes) => {
             let elapsed = started.elapsed();
             if let Some(histogram) = shared.commit_seconds.get() {
@@ -111,8 +116,11 @@ fn commit_group(conn: &mut Connection, group: &mut Vec<IngestJob>, shared: &Writ
                 "group commit failed; storing each batch in its own transaction"
             );
             for job in group.drain(..) {
-                let result = store_batches(conn, std::iter::once(&job.item))
-                    .map(|outcomes| outcomes.first().copied().unwrap_or(IngestOutcome::Stored));
+                let result = {
+                    let _gate = lock(&shared.gate);
+                    store_batches(conn, std::iter::once(&job.item))
+                }
+                .map(|outcomes| outcomes.first().copied().unwrap_or(IngestOutcome::Stored));
                 match &result {
                     Ok(_) => {
                         shared.group_commits.fetch_add(1, Ordering::Relaxed);
