@@ -234,6 +234,8 @@ pub struct RunReport {
     /// Whether every stage caught up (else the round budget ran out or a
     /// commit failed).
     pub caught_up: bool,
+    /// Whether a stage's commit failed (the page is retried next run).
+    pub commit_failed: bool,
 }
 
 /// The stages and the log they read; see the module docs. Blocking: run it on
@@ -404,6 +406,7 @@ impl Pipeline {
             }
             report.pages += 1;
             if failed {
+                report.commit_failed = true;
                 break Ok(false);
             }
             if !full || !progressed {
@@ -621,8 +624,10 @@ pub async fn drive(
         let started = tokio::time::Instant::now();
         let (pipeline, clock) = (Arc::clone(&pipeline), Arc::clone(&clock));
         let run = tokio::task::spawn_blocking(move || lock(&pipeline).run(clock.now_ms())).await;
+        // A failure waits like an idle pipeline: a store that refuses
+        // (disk full, locked) is not hammered in a loop.
         let caught_up = match run {
-            Ok(Ok(report)) => report.caught_up,
+            Ok(Ok(report)) => report.caught_up || report.commit_failed,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "derivation pipeline: reading the batch log failed; retrying");
                 true

@@ -234,7 +234,17 @@ pub fn derive_pending(
         vec![Box::new(stage)],
         crate::pipeline::PipelineSettings::default(),
     )?;
-    while !pipeline.run(now_ms)?.caught_up {}
+    loop {
+        let report = pipeline.run(now_ms)?;
+        if report.caught_up {
+            break;
+        }
+        if report.commit_failed {
+            return Err(SloError::Task(
+                "the SLI stage cannot commit to the store (see the log)".to_string(),
+            ));
+        }
+    }
     let health = pipeline
         .status()
         .stages()

@@ -369,8 +369,8 @@ fn derive(pipeline: &mut Pipeline, now_ms: i64) -> Result<(), ReplayError> {
         if report.caught_up {
             return Ok(());
         }
-        if report.batches == 0 {
-            // A commit failed without progress: the replay store is broken.
+        if report.commit_failed {
+            // The replay store refuses the stage's writes: stop, do not spin.
             return Err(ReplayError::Store(StoreError::Corrupt {
                 path: std::path::PathBuf::from("replay store"),
                 detail: "the SLI stage cannot commit (see the log)".to_string(),
