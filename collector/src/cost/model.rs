@@ -226,6 +226,15 @@ impl CostModel {
         t
     }
 
+    /// The cluster a member's hub is declared on (`[[clusters]] hubs`), so
+    /// per-hub usage can be summed per cluster into [`super::ClusterUsage`].
+    pub fn cluster_of(&self, member: &str, hub: &str) -> Option<&str> {
+        self.clusters
+            .iter()
+            .find(|(_, c)| c.hubs.iter().any(|(m, h)| m == member && h == hub))
+            .map(|(id, _)| id.as_str())
+    }
+
     /// SHA-256 (lower-case hex) of [`CostModel::canonical_text`] for `period`.
     pub fn hash(&self, period: Period) -> String {
         hex::encode(Sha256::digest(self.canonical_text(period).as_bytes()))

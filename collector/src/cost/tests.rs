@@ -287,6 +287,15 @@ fn the_hash_ignores_order_and_spelling_but_not_amounts() {
 }
 
 #[test]
+fn hubs_map_to_their_cluster() {
+    let model = model(MODEL);
+    assert_eq!(model.cluster_of("leap", "prod"), Some("shared-gke"));
+    assert_eq!(model.cluster_of("cryo", "staging"), Some("shared-gke"));
+    assert_eq!(model.cluster_of("cryo", "prod"), None);
+    assert_eq!(model.cluster_of("nasa", "prod"), None);
+}
+
+#[test]
 fn an_invalid_model_names_the_key() {
     let mut cfg: CollectorConfig = load(MODEL, &HashMap::new()).expect("valid");
     cfg.cost_pools[2].shares[0].fraction = Some("0.5".into());

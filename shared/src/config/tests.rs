@@ -576,3 +576,31 @@ fn cost_model_errors_name_the_key() {
         );
     }
 }
+
+#[test]
+fn the_commented_cost_model_example_is_valid() {
+    // Uncomment the example's cost-model keys and tables (not its prose) and
+    // load them with the members they name, so the example cannot drift into
+    // something check-config refuses.
+    let text = example("collector.example.toml");
+    let start = text
+        .find("# Cost model (example)")
+        .expect("the example documents the cost model");
+    let body: String = text[start..]
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| {
+            l.starts_with("[[")
+                || l.split_once(" = ").is_some_and(|(k, _)| {
+                    k.trim()
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b == b'_')
+                })
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let cfg = cost_cfg(&body).unwrap_or_else(|e| panic!("{e}\n{body}"));
+    assert_eq!(cfg.clusters.len(), 2);
+    assert_eq!(cfg.costs.len(), 1);
+    assert_eq!(cfg.cost_pools.len(), 2);
+}
