@@ -12,6 +12,7 @@ pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod component;
+pub mod cost;
 pub mod pipeline;
 pub mod server;
 pub mod slo;

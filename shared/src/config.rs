@@ -15,12 +15,14 @@ use serde::{Deserialize, Serialize};
 
 mod agent;
 mod collector;
+mod cost;
 mod sources;
 #[cfg(test)]
 mod tests;
 
 pub use agent::*;
 pub use collector::*;
+pub use cost::*;
 pub use sources::*;
 
 /// Prefix of environment overrides.

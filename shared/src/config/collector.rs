@@ -6,7 +6,7 @@ use super::*;
 pub const BUILTIN_TIERS: &[&str] = &["starter", "member", "premier"];
 
 /// The whole collector config file.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CollectorConfig {
     /// The HTTP listener.
@@ -21,6 +21,31 @@ pub struct CollectorConfig {
     pub alerting: AlertingConfig,
     /// Tier overrides and additions (`[[tiers]]`); see [`CollectorConfig::tier`].
     pub tiers: Vec<TierConfig>,
+    /// The one currency of every amount in the cost model (ISO 4217).
+    pub currency: String,
+    /// Clusters whose bills members share (`[[clusters]]`).
+    pub clusters: Vec<ClusterConfig>,
+    /// Cluster bills per month (`[[costs]]`).
+    pub costs: Vec<CostConfig>,
+    /// Costs not tied to a cluster, split every month (`[[cost_pools]]`).
+    pub cost_pools: Vec<CostPoolConfig>,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            storage: StorageConfig::default(),
+            alertmanagers: Vec::new(),
+            members: Vec::new(),
+            alerting: AlertingConfig::default(),
+            tiers: Vec::new(),
+            currency: "USD".to_string(),
+            clusters: Vec::new(),
+            costs: Vec::new(),
+            cost_pools: Vec::new(),
+        }
+    }
 }
 
 /// `[alerting]`: how often alerts are evaluated and sent, and the
@@ -359,6 +384,7 @@ impl Validate for CollectorConfig {
                 }
             }
         }
+        super::cost::validate_cost_model(self)?;
         Ok(())
     }
 }

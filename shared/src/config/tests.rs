@@ -338,3 +338,269 @@ fn sli_retention_must_cover_every_tier_window() {
         .expect_err("10 days is shorter than the 30-day tier windows");
     assert!(err.to_string().contains("storage.sli_retention"), "{err}");
 }
+
+// ---- cost model: [[clusters]], [[costs]], [[cost_pools]] ----
+
+const COST_MEMBERS: &str = r#"
+[[members]]
+id = "leap"
+tier = "premier"
+[[members.hubs]]
+name = "prod"
+[[members]]
+id = "cryo"
+tier = "member"
+[[members.hubs]]
+name = "staging"
+"#;
+
+fn cost_cfg(extra: &str) -> Result<CollectorConfig, ConfigError> {
+    load::<CollectorConfig>(&format!("{COST_MEMBERS}{extra}"), &HashMap::new())
+}
+
+fn cost_error(extra: &str) -> (String, String) {
+    match cost_cfg(extra) {
+        Err(ConfigError::Invalid { key, reason }) => (key, reason),
+        other => panic!("expected an invalid-key error, got {other:?}"),
+    }
+}
+
+const GOOD_MODEL: &str = r#"
+[[clusters]]
+id = "shared-gke"
+kind = "shared"
+hubs = ["leap/prod", "cryo/staging"]
+memory_weight = 3
+[[clusters]]
+id = "leap-aws"
+kind = "dedicated"
+member = "leap"
+[[costs]]
+cluster = "shared-gke"
+period = "2026-11"
+amount = "1234.56"
+[[cost_pools]]
+name = "operations"
+amount = "20000"
+split = "even"
+[[cost_pools]]
+name = "rtc"
+amount = "5000.5"
+split = "funding"
+shares = [{ member = "leap", fraction = "0.6" }, { member = "cryo", fraction = "0.4" }]
+"#;
+
+#[test]
+fn a_cost_model_parses_with_defaults() {
+    let cfg = cost_cfg(GOOD_MODEL).expect("valid model");
+    assert_eq!(cfg.currency, "USD");
+    assert_eq!(cfg.clusters.len(), 2);
+    assert_eq!(cfg.clusters[0].kind, ClusterKind::Shared);
+    assert_eq!(
+        (
+            cfg.clusters[0].cpu_weight,
+            cfg.clusters[0].memory_weight,
+            cfg.clusters[0].storage_weight
+        ),
+        (1, 3, 1)
+    );
+    assert_eq!(cfg.clusters[1].member.as_deref(), Some("leap"));
+    assert_eq!(cfg.cost_pools[1].split, PoolSplit::Funding);
+    assert_eq!(cfg.cost_pools[1].shares[1].fraction.as_deref(), Some("0.4"));
+}
+
+#[test]
+fn money_parses_exactly_to_micros() {
+    assert_eq!(parse_money("1234.56"), Ok(1_234_560_000));
+    assert_eq!(parse_money("0"), Ok(0));
+    assert_eq!(parse_money("0.000001"), Ok(1));
+    assert_eq!(parse_money("9223372036854.775807"), Ok(i64::MAX as u64));
+    // 0.1 + 0.2 style inputs stay exact: no float ever sees them.
+    assert_eq!(parse_money("0.3"), Ok(300_000));
+    for bad in [
+        "-1",
+        "1e3",
+        "",
+        ".5",
+        "5.",
+        "1.0000001",
+        "1,5",
+        "9223372036854.775808",
+        " 1",
+    ] {
+        assert!(parse_money(bad).is_err(), "{bad:?} should be refused");
+    }
+    assert_eq!(parse_fraction("0.25"), Ok(250_000_000));
+    assert_eq!(parse_fraction("1"), Ok(FRACTION_SCALE));
+    assert!(parse_fraction("0").is_err());
+    assert!(parse_fraction("1.000000001").is_err());
+}
+
+#[test]
+fn periods_parse_as_calendar_months() {
+    assert_eq!(
+        Period::parse("2026-11"),
+        Ok(Period {
+            year: 2026,
+            month: 11
+        })
+    );
+    assert_eq!(
+        Period::parse("2026-01").map(|p| p.to_string()),
+        Ok("2026-01".into())
+    );
+    for bad in [
+        "2026-13",
+        "2026-00",
+        "2026-1",
+        "26-11",
+        "2026/11",
+        "2026-11-01",
+        "abcd-ef",
+    ] {
+        assert!(Period::parse(bad).is_err(), "{bad:?} should be refused");
+    }
+}
+
+#[test]
+fn cost_model_errors_name_the_key() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "[[clusters]]\nid = \"a\"\nkind = \"dedicated\"\nmember = \"nobody\"\n",
+            "clusters[0].member",
+            "unknown member \"nobody\"",
+        ),
+        (
+            "[[clusters]]\nid = \"a\"\nkind = \"dedicated\"\n",
+            "clusters[0].member",
+            "must name the member",
+        ),
+        (
+            "[[clusters]]\nid = \"a\"\nkind = \"shared\"\nmember = \"leap\"\n",
+            "clusters[0].member",
+            "only a dedicated cluster",
+        ),
+        (
+            "[[clusters]]\nid = \"a\"\nkind = \"shared\"\nhubs = [\"leap/nope\"]\n",
+            "clusters[0].hubs[0]",
+            "has no hub \"nope\"",
+        ),
+        (
+            "[[clusters]]\nid = \"a\"\nkind = \"shared\"\nhubs = [\"ghost/prod\"]\n",
+            "clusters[0].hubs[0]",
+            "unknown member \"ghost\"",
+        ),
+        (
+            "[[clusters]]\nid = \"a\"\nkind = \"shared\"\nhubs = [\"leap/prod\"]\n\
+             [[clusters]]\nid = \"b\"\nkind = \"shared\"\nhubs = [\"cryo/staging\", \"leap/prod\"]\n",
+            "clusters[1].hubs[1]",
+            "already assigned to cluster \"a\"",
+        ),
+        (
+            "[[clusters]]\nid = \"a\"\nkind = \"dedicated\"\nmember = \"leap\"\nhubs = [\"cryo/staging\"]\n",
+            "clusters[0].hubs[0]",
+            "serves \"leap\" only",
+        ),
+        (
+            "[[clusters]]\nid = \"a\"\nkind = \"shared\"\ncpu_weight = 0\nmemory_weight = 0\nstorage_weight = 0\n",
+            "clusters[0].cpu_weight",
+            "all 0",
+        ),
+        (
+            "[[costs]]\ncluster = \"nope\"\nperiod = \"2026-11\"\namount = \"1\"\n",
+            "costs[0].cluster",
+            "unknown cluster \"nope\"",
+        ),
+        (
+            "[[clusters]]\nid = \"a\"\nkind = \"shared\"\n[[costs]]\ncluster = \"a\"\nperiod = \"2026-13\"\namount = \"1\"\n",
+            "costs[0].period",
+            "YYYY-MM",
+        ),
+        (
+            "[[clusters]]\nid = \"a\"\nkind = \"shared\"\n[[costs]]\ncluster = \"a\"\nperiod = \"2026-11\"\namount = \"-5\"\n",
+            "costs[0].amount",
+            "negative",
+        ),
+        (
+            "[[clusters]]\nid = \"a\"\nkind = \"shared\"\n\
+             [[costs]]\ncluster = \"a\"\nperiod = \"2026-11\"\namount = \"1\"\n\
+             [[costs]]\ncluster = \"a\"\nperiod = \"2026-11\"\namount = \"2\"\n",
+            "costs[1].period",
+            "already has a cost for 2026-11",
+        ),
+        (
+            "[[cost_pools]]\nname = \"ops\"\namount = \"1.5.0\"\nsplit = \"even\"\n",
+            "cost_pools[0].amount",
+            "not a decimal",
+        ),
+        (
+            "[[cost_pools]]\nname = \"p\"\namount = \"10\"\nsplit = \"funding\"\n\
+             shares = [{ member = \"leap\", fraction = \"0.6\" }, { member = \"cryo\", fraction = \"0.3\" }]\n",
+            "cost_pools[0].shares",
+            "sum to 0.900000000, not 1",
+        ),
+        (
+            "[[cost_pools]]\nname = \"p\"\namount = \"10\"\nsplit = \"funding\"\n\
+             shares = [{ member = \"leap\", fraction = \"0.5\" }, { member = \"ghost\", fraction = \"0.5\" }]\n",
+            "cost_pools[0].shares[1].member",
+            "unknown member \"ghost\"",
+        ),
+        (
+            "[[cost_pools]]\nname = \"p\"\namount = \"10\"\nsplit = \"weight\"\nshares = [{ member = \"leap\" }]\n",
+            "cost_pools[0].shares[0].weight",
+            "needs a weight",
+        ),
+        (
+            "[[cost_pools]]\nname = \"p\"\namount = \"10\"\nsplit = \"weight\"\n",
+            "cost_pools[0].shares",
+            "lists no members",
+        ),
+    ];
+    // A top-level key must come before the first table.
+    match load::<CollectorConfig>(
+        &format!("currency = \"usd\"\n{COST_MEMBERS}"),
+        &HashMap::new(),
+    ) {
+        Err(ConfigError::Invalid { key, reason }) => {
+            assert_eq!(key, "currency");
+            assert!(reason.contains("ISO 4217"), "{reason}");
+        }
+        other => panic!("expected an invalid currency, got {other:?}"),
+    }
+    for (extra, want_key, want_reason) in cases {
+        let (key, reason) = cost_error(extra);
+        assert_eq!(&key, want_key, "for {extra}");
+        assert!(
+            reason.contains(want_reason),
+            "for {extra}: reason {reason:?} should contain {want_reason:?}"
+        );
+    }
+}
+
+#[test]
+fn the_commented_cost_model_example_is_valid() {
+    // Uncomment the example's cost-model keys and tables (not its prose) and
+    // load them with the members they name, so the example cannot drift into
+    // something check-config refuses.
+    let text = example("collector.example.toml");
+    let start = text
+        .find("# Cost model (example)")
+        .expect("the example documents the cost model");
+    let body: String = text[start..]
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| {
+            l.starts_with("[[")
+                || l.split_once(" = ").is_some_and(|(k, _)| {
+                    k.trim()
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b == b'_')
+                })
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let cfg = cost_cfg(&body).unwrap_or_else(|e| panic!("{e}\n{body}"));
+    assert_eq!(cfg.clusters.len(), 2);
+    assert_eq!(cfg.costs.len(), 1);
+    assert_eq!(cfg.cost_pools.len(), 2);
+}
