@@ -311,7 +311,8 @@ fn lifecycle_before(
 /// (a snapshot segment or an open server's end reaching into it) to the hour
 /// of the next observation after the latest (a segment reaching out) or, when
 /// the page holds a lifecycle event, to the next lifecycle event after it (or
-/// the last observation): the span whose running state it decides.
+/// the last observation): the span whose running state it decides. The
+/// neighbouring snapshots within the gap limit widen it too.
 fn recompute_server(
     tx: &Transaction<'_>,
     key: &ServerKey,
@@ -337,7 +338,27 @@ fn recompute_server(
         i64::MIN,
     )?
     .unwrap_or(t.max);
-    let mut hi = t.max.max(next.unwrap_or(t.max));
+    // A snapshot segment from the previous snapshot (or to the next) can
+    // reach past the neighbouring observation of another kind: include it
+    // when it is close enough to be bridged.
+    let prev_snapshot = one_i64(
+        tx,
+        &format!("SELECT max(ts) FROM usage_points WHERE {KEY} AND kind = 3 AND ts < ?5"),
+        key,
+        t.min,
+    )?
+    .filter(|at| t.min.saturating_sub(*at) <= max_gap_ms);
+    let next_snapshot = one_i64(
+        tx,
+        &format!("SELECT min(ts) FROM usage_points WHERE {KEY} AND kind = 3 AND ts > ?5"),
+        key,
+        t.max,
+    )?
+    .filter(|at| at.saturating_sub(t.max) <= max_gap_ms);
+    let mut hi = t
+        .max
+        .max(next.unwrap_or(t.max))
+        .max(next_snapshot.unwrap_or(t.max));
     if let Some(lifecycle_max) = t.lifecycle_max {
         let next_lifecycle = one_i64(
             tx,
@@ -347,7 +368,11 @@ fn recompute_server(
         )?;
         hi = hi.max(next_lifecycle.unwrap_or(last));
     }
-    let w0 = hour_of(prev.unwrap_or(t.min).min(t.min));
+    let w0 = hour_of(
+        prev.unwrap_or(t.min)
+            .min(prev_snapshot.unwrap_or(t.min))
+            .min(t.min),
+    );
     let w1 = hour_of(hi).saturating_add(HOUR_MS);
     let running_before = lifecycle_before(tx, key, w0)? == Some(PointKind::Started);
     // Timestamps are bounded well below i64::MAX at derive time, so this is
