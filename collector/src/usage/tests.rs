@@ -391,7 +391,7 @@ fn oracle(records: &[Record]) -> Ledger {
     for (key, mut points) in by_server {
         points.sort_by_key(|p| (p.ts, p.kind));
         let last = points.iter().map(|p| p.ts).max().unwrap_or(0);
-        let latest_lifecycle = points.iter().filter(|p| p.kind.is_lifecycle()).last();
+        let latest_lifecycle = points.iter().rfind(|p| p.kind.is_lifecycle());
         let open = latest_lifecycle.is_some_and(|p| p.kind == PointKind::Started);
         let hours = integrate_server(
             &ServerHistory {
