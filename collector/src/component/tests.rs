@@ -316,6 +316,7 @@ async fn every_feature_of_serve_is_routed_and_drains_well_within_the_grace() {
         "ingest.token_refresh",
         "retention.prune",
         "slo.gauges",
+        "usage.gauges",
         "alerts.evaluate",
         "alerts.sender[0]",
         "alerts.outside_probe",

@@ -12,8 +12,10 @@
 //! - [`api`]: `GET /api/v1/usage`.
 //!
 //! In `serve`, the [`UsageComponent`] contributes the stage to the derivation
-//! pipeline and serves `GET /api/v1/usage`: on a loopback listener without a
-//! credential every member's rows, otherwise only the credential's member's.
+//! pipeline, serves `GET /api/v1/usage` (on a loopback listener without a
+//! credential every member's rows, otherwise only the credential's member's)
+//! and refreshes the `hubwatch_usage_*` gauges (per member and hub, never per
+//! user) every [`TICK`].
 
 pub mod api;
 pub mod ledger;
@@ -23,7 +25,9 @@ pub mod store;
 #[cfg(test)]
 mod tests;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use http::{Method, Request, StatusCode};
@@ -34,8 +38,13 @@ pub use store::{SqliteUsage, UsageStore};
 
 use crate::auth::PeerIdentity;
 use crate::clock::SharedClock;
-use crate::component::{BuildContext, Built, Component, ComponentError, Route};
+use crate::component::{BuildContext, Built, Component, ComponentError, Route, Shutdown, Task};
 use crate::server::{self, AppState, HttpResponse};
+use crate::store::StoreError;
+use crate::telemetry::CollectorMetrics;
+
+/// How often `serve` refreshes the `hubwatch_usage_*` gauges.
+pub const TICK: Duration = Duration::from_secs(60);
 
 /// The usage feature of `serve`: the `usage.ledger` stage and
 /// `GET /api/v1/usage`.
@@ -58,9 +67,14 @@ impl Component for UsageComponent {
                 let (store, clock) = (Arc::clone(&route_store), clock.clone());
                 async move { usage_response(&state, &peer, &request, store, clock).await }
             });
+            let stage = LedgerStage::new(Arc::clone(&store)).with_metrics(ctx.metrics.clone());
             Ok(Built {
                 routes: vec![route],
-                stages: vec![Box::new(LedgerStage::new(store))],
+                stages: vec![Box::new(stage)],
+                tasks: vec![Task::new(
+                    "usage.gauges",
+                    run_gauges(store, ctx.clock, ctx.metrics, ctx.shutdown),
+                )],
                 ..Built::default()
             })
         })
@@ -112,4 +126,83 @@ async fn usage_response(
         }
         Err(e) => server::unavailable(format!("reading usage failed: {e}")),
     }
+}
+
+/// Every [`TICK`] until `shutdown`: [`refresh_gauges`] on a blocking thread.
+async fn run_gauges(
+    store: Arc<dyn UsageStore>,
+    clock: SharedClock,
+    metrics: CollectorMetrics,
+    shutdown: Shutdown,
+) {
+    let known = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let mut ticks = shutdown.every(TICK);
+    while ticks.next().await {
+        let (store, clock, metrics, known) = (
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            metrics.clone(),
+            Arc::clone(&known),
+        );
+        let round = tokio::task::spawn_blocking(move || {
+            let mut known = crate::pipeline::lock(&known);
+            refresh_gauges(&*store, &metrics, clock.now_ms(), &mut known)
+        })
+        .await;
+        match round {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "refreshing the usage gauges failed; retrying")
+            }
+            Err(e) => tracing::error!(error = %e, "refreshing the usage gauges failed; retrying"),
+        }
+    }
+}
+
+/// Sets `hubwatch_usage_server_seconds` and `hubwatch_usage_coverage_ratio`
+/// per member and hub from the last complete UTC hour before `now_ms`. A hub
+/// seen in an earlier round (`known`) with no rows in this hour was not
+/// observed: coverage 0 and no server-seconds series, never a filled-in 0.
+pub fn refresh_gauges(
+    store: &dyn UsageStore,
+    metrics: &CollectorMetrics,
+    now_ms: i64,
+    known: &mut BTreeSet<(String, String)>,
+) -> Result<(), StoreError> {
+    let end = ledger::hour_of(now_ms);
+    let filter = store::HourFilter {
+        member: None,
+        hub: None,
+        from_ms: end.saturating_sub(ledger::HOUR_MS),
+        to_ms: end,
+    };
+    let mut hubs: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+    for h in store.hub_hours(&filter)? {
+        hubs.entry((h.member, h.hub)).or_default().1 = h.observed_ms;
+    }
+    for s in store.server_hours(&filter)? {
+        let slot = hubs.entry((s.key.member, s.key.hub)).or_default();
+        slot.0 = slot.0.saturating_add(s.quantities.server_ms);
+    }
+    for (member, hub) in known.iter() {
+        if !hubs.contains_key(&(member.clone(), hub.clone())) {
+            let labels = [member.as_str(), hub.as_str()];
+            metrics.usage_coverage.with_label_values(&labels).set(0.0);
+            // Absent from an earlier round is fine to remove again.
+            let _ = metrics.usage_server_seconds.remove_label_values(&labels);
+        }
+    }
+    for ((member, hub), (server_ms, observed_ms)) in hubs {
+        let labels = [member.as_str(), hub.as_str()];
+        metrics
+            .usage_server_seconds
+            .with_label_values(&labels)
+            .set(server_ms as f64 / 1000.0);
+        metrics
+            .usage_coverage
+            .with_label_values(&labels)
+            .set(observed_ms.min(3_600_000) as f64 / 3_600_000.0);
+        known.insert((member, hub));
+    }
+    Ok(())
 }

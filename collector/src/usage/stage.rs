@@ -12,6 +12,7 @@ use super::ledger::{DEFAULT_MAX_GAP_MS, UsagePage};
 use super::store::{CommitSummary, UsageStore};
 use crate::pipeline::{CursorUpdate, Stage, StageFailure, lock};
 use crate::store::{StoreError, StoredBatch};
+use crate::telemetry::CollectorMetrics;
 
 /// The stage's name: its cursor's key and the `stage` label.
 pub const LEDGER_STAGE: &str = "usage.ledger";
@@ -33,6 +34,7 @@ pub struct LedgerStage {
     page: UsagePage,
     max_gap_ms: i64,
     totals: Arc<Mutex<LedgerTotals>>,
+    metrics: Option<CollectorMetrics>,
 }
 
 impl std::fmt::Debug for LedgerStage {
@@ -51,7 +53,14 @@ impl LedgerStage {
             page: UsagePage::default(),
             max_gap_ms: DEFAULT_MAX_GAP_MS,
             totals: Arc::default(),
+            metrics: None,
         }
+    }
+
+    /// Counts skipped records into `hubwatch_usage_skipped_records_total`.
+    pub fn with_metrics(mut self, metrics: CollectorMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// What the stage has written since it was opened (shared, for tests).
@@ -80,6 +89,9 @@ impl Stage for LedgerStage {
             self.store
                 .commit(&self.page, Some(update), self.max_gap_ms)?;
         let page = std::mem::take(&mut self.page);
+        if let Some(m) = &self.metrics {
+            m.usage_skipped_records.inc_by(page.skipped);
+        }
         let mut totals = lock(&self.totals);
         totals.server_hours = totals.server_hours.saturating_add(summary.server_hours);
         totals.hub_hours = totals.hub_hours.saturating_add(summary.hub_hours);

@@ -667,3 +667,35 @@ async fn the_api_serves_rows_a_member_reads_only_its_own_and_bad_parameters_are_
     running.shutdown().await;
     Ok(())
 }
+
+// ---------- gauges ----------
+
+#[test]
+fn the_gauges_show_the_last_complete_hour_per_hub_and_a_gap_as_coverage_zero() {
+    let (_dir, store) = temp_store();
+    let usage = SqliteUsage::new(store);
+    let mut records = vec![start("ada", T0), stop("ada", T0 + 20 * MIN)];
+    records.extend((0..=120).map(|i| hub_health(T0 + i * 15 * SEC)));
+    commit_pages(&usage, &[records]);
+    let metrics = crate::telemetry::CollectorMetrics::new();
+    let mut known = std::collections::BTreeSet::new();
+    super::refresh_gauges(&usage, &metrics, T0 + HOUR_MS + MIN, &mut known).expect("refresh");
+    let text = metrics.render();
+    assert!(
+        text.contains("hubwatch_usage_server_seconds{hub=\"prod\",member=\"leap\"} 1200"),
+        "{text}"
+    );
+    assert!(
+        text.contains("hubwatch_usage_coverage_ratio{hub=\"prod\",member=\"leap\"} 0.5"),
+        "{text}"
+    );
+    assert!(!text.contains("user="), "never per user: {text}");
+    // The next hour has nothing: not observed, not a filled-in zero.
+    super::refresh_gauges(&usage, &metrics, T0 + 2 * HOUR_MS + MIN, &mut known).expect("refresh");
+    let text = metrics.render();
+    assert!(
+        text.contains("hubwatch_usage_coverage_ratio{hub=\"prod\",member=\"leap\"} 0\n"),
+        "{text}"
+    );
+    assert!(!text.contains("hubwatch_usage_server_seconds{"), "{text}");
+}
