@@ -19,5 +19,6 @@ pub mod slo;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
+pub mod usage;
 
 pub use server::{Collector, RunningCollector};

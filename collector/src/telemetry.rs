@@ -61,6 +61,12 @@ pub struct CollectorMetrics {
     pub alertmanager_send_failures: IntCounterVec,
     /// The collector's own probes of hubs' public URLs, by member, hub and result.
     pub outside_probes: IntCounterVec,
+    /// Server seconds per hub in the last complete hour (`hubwatch_usage_server_seconds`).
+    pub usage_server_seconds: GaugeVec,
+    /// Coverage per hub in the last complete hour (`hubwatch_usage_coverage_ratio`).
+    pub usage_coverage: GaugeVec,
+    /// Records the usage ledger skipped.
+    pub usage_skipped_records: IntCounter,
     /// SLO target per objective (`hubwatch_slo_target_ratio`).
     pub slo_target: GaugeVec,
     /// SLI over the tier window (`hubwatch_slo_sli_ratio`).
@@ -122,6 +128,9 @@ impl CollectorMetrics {
             alertmanager_send_failures: metrics::COLLECTOR_ALERTMANAGER_SEND_FAILURES
                 .counter_vec(r),
             outside_probes: metrics::COLLECTOR_OUTSIDE_PROBES.counter_vec(r),
+            usage_server_seconds: metrics::USAGE_SERVER_SECONDS.gauge_vec(r),
+            usage_coverage: metrics::USAGE_COVERAGE.gauge_vec(r),
+            usage_skipped_records: metrics::USAGE_SKIPPED_RECORDS.counter(r),
             slo_target: metrics::SLO_TARGET.gauge_vec(r),
             slo_sli: metrics::SLO_SLI.gauge_vec(r),
             slo_budget_remaining: metrics::SLO_BUDGET_REMAINING.gauge_vec(r),

@@ -189,6 +189,12 @@ metrics! {
     SLO_EVALUATION_SECONDS = (Collector, Histogram, "hubwatch_slo_evaluation_duration_seconds", [], "Time one evaluation of every objective took.", LATENCY_BUCKETS);
     /// Records skipped by SLI derivation.
     SLO_SKIPPED_RECORDS = (Collector, Counter, "hubwatch_slo_skipped_records_total", ["reason"], "Records the SLI derivation ignored: future (timestamp more than 10 minutes ahead of the clock), out_of_order (a counter sample older than the last one), invalid_time.");
+    /// Server time of the last complete hour, from the usage ledger.
+    USAGE_SERVER_SECONDS = (Collector, Gauge, "hubwatch_usage_server_seconds", ["member", "hub"], "Seconds users' servers ran on the hub in the last complete UTC hour, from the usage ledger (never per user); absent when the ledger has no row for the hub in that hour.");
+    /// Coverage of the last complete hour.
+    USAGE_COVERAGE = (Collector, Gauge, "hubwatch_usage_coverage_ratio", ["member", "hub"], "Seconds the agent observed the hub in the last complete UTC hour over 3600 (1 = no gap).");
+    /// Records skipped by the usage ledger.
+    USAGE_SKIPPED_RECORDS = (Collector, Counter, "hubwatch_usage_skipped_records_total", [], "Usage events and hub health checks the usage ledger ignored for a timestamp over 400 days old or more than an hour ahead of the clock.");
 }
 
 impl MetricDef {

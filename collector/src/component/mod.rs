@@ -11,8 +11,8 @@
 //! returns; the collector awaits them all before the store is closed.
 //!
 //! The features themselves: `server::components` (core endpoints, ingest,
-//! agents, retention), [`crate::slo::SloComponent`] and
-//! [`crate::alerts::AlertsComponent`].
+//! agents, retention), [`crate::slo::SloComponent`],
+//! [`crate::usage::UsageComponent`] and [`crate::alerts::AlertsComponent`].
 
 use std::fmt;
 use std::future::Future;

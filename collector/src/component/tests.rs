@@ -316,6 +316,7 @@ async fn every_feature_of_serve_is_routed_and_drains_well_within_the_grace() {
         "ingest.token_refresh",
         "retention.prune",
         "slo.gauges",
+        "usage.gauges",
         "alerts.evaluate",
         "alerts.sender[0]",
         "alerts.outside_probe",
@@ -329,6 +330,7 @@ async fn every_feature_of_serve_is_routed_and_drains_well_within_the_grace() {
         "/metrics",
         "/api/v1/agents",
         "/api/v1/slo",
+        "/api/v1/usage",
         "/api/v1/alerts",
     ] {
         let (status, _, body) = request(running.local_addr, "GET", path).await;

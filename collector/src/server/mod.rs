@@ -50,7 +50,7 @@ use crate::telemetry::CollectorMetrics;
 pub use components::RETENTION_INTERVAL;
 pub use routes::HttpResponse;
 use routes::Router;
-pub(crate) use routes::{json, reader_member, unavailable};
+pub(crate) use routes::{error, json, reader_member, unavailable};
 
 pub mod components;
 mod ingest;
@@ -139,6 +139,7 @@ impl std::fmt::Debug for Collector {
 pub fn all_components() -> Vec<Box<dyn Component>> {
     let mut components = http_components();
     components.push(Box::new(crate::slo::SloComponent));
+    components.push(Box::new(crate::usage::UsageComponent));
     components.push(Box::new(crate::alerts::AlertsComponent));
     components
 }

@@ -153,6 +153,58 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (stage, batch_id)
     );
     ",
+    // 5: the usage ledger (issue 8): observations, per server-hour quantities
+    // and per hub-hour observed time, all rewritten by the `usage.ledger`
+    // stage in the transaction that moves its cursor.
+    "
+    -- One row per observation of a server (merged per instant and kind).
+    -- kind: 0 started, 1 stopped, 2 activity, 3 resources.
+    CREATE TABLE usage_points (
+        member     TEXT    NOT NULL,
+        hub        TEXT    NOT NULL,
+        user       TEXT    NOT NULL,
+        server     TEXT    NOT NULL,
+        ts         INTEGER NOT NULL,
+        kind       INTEGER NOT NULL,
+        cpu_request_millicores INTEGER,
+        memory_request_bytes   INTEGER,
+        cpu_usage_millicores   INTEGER,
+        memory_usage_bytes     INTEGER,
+        storage_bytes          INTEGER,
+        PRIMARY KEY (member, hub, user, server, ts, kind)
+    ) WITHOUT ROWID;
+    -- Instants at which the agent observed a hub (coverage).
+    CREATE TABLE usage_seen (
+        member TEXT    NOT NULL,
+        hub    TEXT    NOT NULL,
+        ts     INTEGER NOT NULL,
+        PRIMARY KEY (member, hub, ts)
+    ) WITHOUT ROWID;
+    -- Integer quantities per server and hour (hour = start, Unix ms).
+    CREATE TABLE usage_server_hours (
+        member TEXT    NOT NULL,
+        hub    TEXT    NOT NULL,
+        user   TEXT    NOT NULL,
+        server TEXT    NOT NULL,
+        hour   INTEGER NOT NULL,
+        server_ms                     INTEGER NOT NULL,
+        cpu_request_millicore_seconds INTEGER NOT NULL,
+        memory_request_byte_seconds   INTEGER NOT NULL,
+        cpu_usage_millicore_seconds   INTEGER NOT NULL,
+        memory_usage_byte_seconds     INTEGER NOT NULL,
+        storage_byte_seconds          INTEGER NOT NULL,
+        PRIMARY KEY (member, hub, user, server, hour)
+    ) WITHOUT ROWID;
+    CREATE INDEX usage_server_hours_by_hour ON usage_server_hours (hour);
+    -- Observed ms of a hub per hour.
+    CREATE TABLE usage_hub_hours (
+        member      TEXT    NOT NULL,
+        hub         TEXT    NOT NULL,
+        hour        INTEGER NOT NULL,
+        observed_ms INTEGER NOT NULL,
+        PRIMARY KEY (member, hub, hour)
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The schema version this build writes.

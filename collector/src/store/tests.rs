@@ -317,7 +317,11 @@ fn an_empty_file_is_migrated() -> anyhow::Result<()> {
             "quarantine",
             "sli_counters",
             "sli_minutes",
-            "tokens"
+            "tokens",
+            "usage_hub_hours",
+            "usage_points",
+            "usage_seen",
+            "usage_server_hours"
         ]
     );
     assert_eq!(store.derive_cursor("sli")?, 0);

@@ -48,6 +48,12 @@ fn every_collector_metric_is_exported_and_no_other() {
         .with_label_values(&["slo.sli"])
         .inc();
     m.slo_skipped_records.with_label_values(&["future"]).inc();
+    m.usage_server_seconds
+        .with_label_values(&["leap", "prod"])
+        .set(0.0);
+    m.usage_coverage
+        .with_label_values(&["leap", "prod"])
+        .set(1.0);
 
     let exported: std::collections::BTreeSet<String> = m
         .registry

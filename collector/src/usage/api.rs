@@ -1,0 +1,248 @@
+//! `GET /api/v1/usage?member=&hub=&from=&to=&group_by=hub|user|day`: the
+//! query's parameters ([`UsageQuery::parse`], every error names its
+//! parameter) and the `{"rows":[...]}` body ([`rows_json`]).
+//!
+//! Rows are per member, hub and hour (`group_by=hub`, the default), per
+//! member, hub, user pseudonym and hour (`group_by=user`), or per member, hub
+//! and UTC day (`group_by=day`). `period_start`/`period_end` are RFC 3339 UTC,
+//! end exclusive. Quantities are integers: core-seconds and server seconds
+//! are truncated from the exact millicore-seconds and ms, which are given too
+//! (`cpu_*_millicore_seconds`). `coverage` is the time the agent observed the
+//! hub over the period's length.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Value, json};
+
+use super::ledger::{HOUR_MS, Quantities};
+use super::store::{HourFilter, HubHour, ServerHour};
+use crate::clock::rfc3339;
+
+/// One UTC day, ms.
+pub const DAY_MS: i64 = 24 * HOUR_MS;
+/// The range read when `from` is not given: the week before `to`.
+pub const DEFAULT_RANGE_MS: i64 = 7 * DAY_MS;
+/// The longest range one request may read.
+pub const MAX_RANGE_MS: i64 = 400 * DAY_MS;
+
+/// How rows are grouped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    /// Per member, hub and hour.
+    Hub,
+    /// Per member, hub, user and hour.
+    User,
+    /// Per member, hub and UTC day.
+    Day,
+}
+
+/// A bad query parameter: the 400's message names it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("query parameter {parameter:?}: {reason}")]
+pub struct QueryError {
+    /// The parameter.
+    pub parameter: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+fn invalid(parameter: &str, reason: impl Into<String>) -> QueryError {
+    QueryError {
+        parameter: parameter.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// A parsed `GET /api/v1/usage` query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageQuery {
+    /// Only this member.
+    pub member: Option<String>,
+    /// Only this hub.
+    pub hub: Option<String>,
+    /// Start (inclusive), Unix ms, aligned down to its period.
+    pub from_ms: i64,
+    /// End (exclusive), Unix ms.
+    pub to_ms: i64,
+    /// Grouping.
+    pub group_by: GroupBy,
+}
+
+/// `%XX` and `+` decoding of one query component.
+fn decode(parameter: &str, raw: &str) -> Result<String, QueryError> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| invalid(parameter, "bad percent-encoding"))?;
+                out.push(hex);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| invalid(parameter, "not UTF-8"))
+}
+
+fn parse_time(parameter: &str, value: &str) -> Result<i64, QueryError> {
+    let at = time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| invalid(parameter, format!("not an RFC 3339 time ({e})")))?;
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000)
+        .map_err(|_| invalid(parameter, "out of range"))
+}
+
+impl UsageQuery {
+    /// Parses the query string (`None`: no query) at `now_ms` (the default
+    /// `to`).
+    pub fn parse(query: Option<&str>, now_ms: i64) -> Result<Self, QueryError> {
+        let (mut member, mut hub, mut from, mut to, mut group_by) = (None, None, None, None, None);
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+            let name = decode(raw_name, raw_name)?;
+            let value = decode(&name, raw_value)?;
+            let slot = match name.as_str() {
+                "member" => &mut member,
+                "hub" => &mut hub,
+                "from" => &mut from,
+                "to" => &mut to,
+                "group_by" => &mut group_by,
+                _ => return Err(invalid(&name, "unknown parameter")),
+            };
+            if slot.replace(value).is_some() {
+                return Err(invalid(&name, "given twice"));
+            }
+        }
+        let non_empty = |name: &str, v: Option<String>| match v {
+            Some(v) if v.is_empty() => Err(invalid(name, "empty")),
+            v => Ok(v),
+        };
+        let group_by = match group_by.as_deref() {
+            None | Some("hub") => GroupBy::Hub,
+            Some("user") => GroupBy::User,
+            Some("day") => GroupBy::Day,
+            Some(other) => {
+                return Err(invalid(
+                    "group_by",
+                    format!("{other:?} is not one of hub, user, day"),
+                ));
+            }
+        };
+        let to_ms = match to {
+            Some(to) => parse_time("to", &to)?,
+            None => now_ms,
+        };
+        let from_ms = match from {
+            Some(from) => parse_time("from", &from)?,
+            None => to_ms.saturating_sub(DEFAULT_RANGE_MS),
+        };
+        if from_ms >= to_ms {
+            return Err(invalid("from", "must be before to"));
+        }
+        if to_ms.saturating_sub(from_ms) > MAX_RANGE_MS {
+            return Err(invalid("from", "the range is longer than 400 days"));
+        }
+        let period = period_ms(group_by);
+        Ok(Self {
+            member: non_empty("member", member)?,
+            hub: non_empty("hub", hub)?,
+            from_ms: from_ms.saturating_sub(from_ms.rem_euclid(period)),
+            to_ms,
+            group_by,
+        })
+    }
+
+    /// The hours to read.
+    pub fn filter(&self) -> HourFilter {
+        HourFilter {
+            member: self.member.clone(),
+            hub: self.hub.clone(),
+            from_ms: self.from_ms,
+            to_ms: self.to_ms,
+        }
+    }
+}
+
+fn period_ms(group_by: GroupBy) -> i64 {
+    match group_by {
+        GroupBy::Hub | GroupBy::User => HOUR_MS,
+        GroupBy::Day => DAY_MS,
+    }
+}
+
+#[derive(Debug, Default)]
+struct Row {
+    quantities: Quantities,
+    users: BTreeSet<String>,
+    observed_ms: u64,
+}
+
+/// `{"rows":[...]}` from the server-hours and hub-hours of the query's range.
+pub fn rows_json(query: &UsageQuery, servers: &[ServerHour], hubs: &[HubHour]) -> Value {
+    let period = period_ms(query.group_by);
+    let start = |hour: i64| hour.saturating_sub(hour.rem_euclid(period));
+    // (member, hub, period start, user when grouped by user)
+    let mut rows: BTreeMap<(&str, &str, i64, Option<&str>), Row> = BTreeMap::new();
+    let mut observed: BTreeMap<(&str, &str, i64), u64> = BTreeMap::new();
+    for h in hubs {
+        let slot = observed
+            .entry((&h.member, &h.hub, start(h.hour)))
+            .or_default();
+        *slot = slot.saturating_add(h.observed_ms);
+        if query.group_by != GroupBy::User {
+            rows.entry((&h.member, &h.hub, start(h.hour), None))
+                .or_default();
+        }
+    }
+    for s in servers {
+        let user = (query.group_by == GroupBy::User).then_some(s.key.user.as_str());
+        let row = rows
+            .entry((&s.key.member, &s.key.hub, start(s.hour), user))
+            .or_default();
+        row.quantities.add(&s.quantities);
+        if s.quantities.server_ms > 0 {
+            row.users.insert(s.key.user.clone());
+        }
+    }
+    let period_u = u64::try_from(period).unwrap_or(u64::MAX);
+    let rows: Vec<Value> = rows
+        .into_iter()
+        .map(|((member, hub, period_start, user), mut row)| {
+            row.observed_ms = observed
+                .get(&(member, hub, period_start))
+                .copied()
+                .unwrap_or(0);
+            let q = &row.quantities;
+            // Observed time cannot exceed the period; clamp rather than trust it.
+            let coverage = row.observed_ms.min(period_u) as f64 / period_u as f64;
+            let mut value = json!({
+                "member": member,
+                "hub": hub,
+                "period_start": rfc3339(period_start),
+                "period_end": rfc3339(period_start.saturating_add(period)),
+                "server_seconds": q.server_ms / 1000,
+                "active_users": row.users.len(),
+                "cpu_request_core_seconds": q.cpu_request_millicore_seconds / 1000,
+                "cpu_request_millicore_seconds": q.cpu_request_millicore_seconds,
+                "memory_request_byte_seconds": q.memory_request_byte_seconds,
+                "cpu_usage_core_seconds": q.cpu_usage_millicore_seconds / 1000,
+                "cpu_usage_millicore_seconds": q.cpu_usage_millicore_seconds,
+                "memory_usage_byte_seconds": q.memory_usage_byte_seconds,
+                "storage_byte_seconds": q.storage_byte_seconds,
+                "coverage": coverage,
+            });
+            if let (Some(user), Some(map)) = (user, value.as_object_mut()) {
+                map.insert("user".into(), Value::String(user.to_string()));
+            }
+            value
+        })
+        .collect();
+    json!({ "rows": rows })
+}

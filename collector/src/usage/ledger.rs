@@ -1,0 +1,394 @@
+//! The usage ledger's arithmetic, with no IO: which observations a batch
+//! holds ([`UsagePage`]) and how one server's observations integrate into
+//! per-hour integer quantities ([`integrate_server`]) and one hub's into
+//! observed time ([`integrate_observed`]).
+//!
+//! Every result is a function of the *set* of observations only (never of
+//! the order they arrived in), so a replay, a late backlog or batches in
+//! another order give the same rows:
+//!
+//! - **Server time**: a server runs at instant `t` when the latest lifecycle
+//!   event at or before `t` is a start. A second start without a stop changes
+//!   nothing (no double count); a stop without a start neither. A server
+//!   whose latest lifecycle event overall is a start is *open*: it is counted
+//!   up to its last observation only, never guessed beyond it.
+//! - **Resources**: between two consecutive snapshots of a server no more
+//!   than `max_gap_ms` apart, the earlier snapshot's level holds (a step
+//!   function); a longer gap is not bridged, it stays a gap.
+//! - **Observed time** of a hub: between two consecutive observations of the
+//!   hub (any usage event or hub health check) no more than `max_gap_ms`
+//!   apart; `coverage` is observed time over the period's length.
+//!
+//! Everything from input is clamped or saturating: no overflow, no panic.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use hubwatch_shared::wire::{Batch, Record, ResourceSnapshot, UsageKind};
+
+/// One hour, in ms: the ledger's row period.
+pub const HOUR_MS: i64 = 3_600_000;
+
+/// The longest gap between two observations that is still integrated:
+/// two intervals of the agent's default `interval` (15 s). A constant rather
+/// than learnt from the spacing, so that the result for an hour never depends
+/// on which other hours' observations have arrived yet.
+pub const DEFAULT_MAX_GAP_MS: i64 = 2 * 15_000;
+
+/// Observations older than this (against the collector's clock) are skipped:
+/// they would only widen recomputation windows without bound.
+pub const MAX_AGE_MS: i64 = 400 * 24 * HOUR_MS;
+
+/// Observations further than this in the future are skipped (a wrong clock).
+pub const MAX_FUTURE_MS: i64 = HOUR_MS;
+
+/// One user's server on one member's hub.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServerKey {
+    /// Member, from the credential.
+    pub member: String,
+    /// The hub's configured name.
+    pub hub: String,
+    /// The user's pseudonym.
+    pub user: String,
+    /// The server name (`""` for the default server).
+    pub server: String,
+}
+
+/// What an observation of a server says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PointKind {
+    /// The server started.
+    Started,
+    /// The server was gone.
+    Stopped,
+    /// The server was active.
+    Activity,
+    /// Its resources (the levels of the point).
+    Resources,
+}
+
+impl PointKind {
+    /// The stored code.
+    pub fn code(self) -> i64 {
+        match self {
+            Self::Started => 0,
+            Self::Stopped => 1,
+            Self::Activity => 2,
+            Self::Resources => 3,
+        }
+    }
+
+    /// From the stored code.
+    pub fn from_code(code: i64) -> Option<Self> {
+        match code {
+            0 => Some(Self::Started),
+            1 => Some(Self::Stopped),
+            2 => Some(Self::Activity),
+            3 => Some(Self::Resources),
+            _ => None,
+        }
+    }
+
+    /// Whether it is a start or a stop.
+    pub fn is_lifecycle(self) -> bool {
+        matches!(self, Self::Started | Self::Stopped)
+    }
+}
+
+/// The resource levels of a snapshot; `None` is unknown (not integrated).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Levels {
+    /// CPU requested, millicores.
+    pub cpu_request_millicores: Option<u64>,
+    /// Memory requested, bytes.
+    pub memory_request_bytes: Option<u64>,
+    /// CPU used, millicores.
+    pub cpu_usage_millicores: Option<u64>,
+    /// Memory in use, bytes.
+    pub memory_usage_bytes: Option<u64>,
+    /// Bytes stored in the user's home.
+    pub storage_bytes: Option<u64>,
+}
+
+impl Levels {
+    /// From the wire.
+    pub fn from_snapshot(s: &ResourceSnapshot) -> Self {
+        Self {
+            cpu_request_millicores: s.cpu_request_millicores,
+            memory_request_bytes: s.memory_request_bytes,
+            cpu_usage_millicores: s.cpu_usage_millicores,
+            memory_usage_bytes: s.memory_usage_bytes,
+            storage_bytes: s.storage_bytes,
+        }
+    }
+
+    /// Two snapshots of the same server at the same instant: the larger of
+    /// each level (commutative, so the order they arrive in does not matter).
+    pub fn merge(self, other: Self) -> Self {
+        fn max(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+            match (a, b) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            }
+        }
+        Self {
+            cpu_request_millicores: max(self.cpu_request_millicores, other.cpu_request_millicores),
+            memory_request_bytes: max(self.memory_request_bytes, other.memory_request_bytes),
+            cpu_usage_millicores: max(self.cpu_usage_millicores, other.cpu_usage_millicores),
+            memory_usage_bytes: max(self.memory_usage_bytes, other.memory_usage_bytes),
+            storage_bytes: max(self.storage_bytes, other.storage_bytes),
+        }
+    }
+}
+
+/// One observation of a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Point {
+    /// When, Unix ms.
+    pub ts: i64,
+    /// What.
+    pub kind: PointKind,
+    /// Levels (resources only; default otherwise).
+    pub levels: Levels,
+}
+
+/// Integer quantities of one server (or a sum of them) in one period.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quantities {
+    /// Time the server ran, ms.
+    pub server_ms: u64,
+    /// CPU requested, millicore-seconds.
+    pub cpu_request_millicore_seconds: u64,
+    /// Memory requested, byte-seconds.
+    pub memory_request_byte_seconds: u64,
+    /// CPU used, millicore-seconds.
+    pub cpu_usage_millicore_seconds: u64,
+    /// Memory used, byte-seconds.
+    pub memory_usage_byte_seconds: u64,
+    /// Home storage, byte-seconds.
+    pub storage_byte_seconds: u64,
+}
+
+impl Quantities {
+    /// Adds `other`, saturating.
+    pub fn add(&mut self, other: &Self) {
+        self.server_ms = self.server_ms.saturating_add(other.server_ms);
+        self.cpu_request_millicore_seconds = self
+            .cpu_request_millicore_seconds
+            .saturating_add(other.cpu_request_millicore_seconds);
+        self.memory_request_byte_seconds = self
+            .memory_request_byte_seconds
+            .saturating_add(other.memory_request_byte_seconds);
+        self.cpu_usage_millicore_seconds = self
+            .cpu_usage_millicore_seconds
+            .saturating_add(other.cpu_usage_millicore_seconds);
+        self.memory_usage_byte_seconds = self
+            .memory_usage_byte_seconds
+            .saturating_add(other.memory_usage_byte_seconds);
+        self.storage_byte_seconds = self
+            .storage_byte_seconds
+            .saturating_add(other.storage_byte_seconds);
+    }
+
+    /// Whether every quantity is zero (such rows are not stored).
+    pub fn is_zero(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// The start of the hour holding `ts`.
+pub fn hour_of(ts: i64) -> i64 {
+    ts.saturating_sub(ts.rem_euclid(HOUR_MS))
+}
+
+/// Calls `f(hour, ms)` for each piece of `[from, to)` split at hour
+/// boundaries.
+fn split_hours(from: i64, to: i64, mut f: impl FnMut(i64, u64)) {
+    let mut at = from;
+    while at < to {
+        let hour = hour_of(at);
+        let end = hour.saturating_add(HOUR_MS).min(to);
+        if end <= at {
+            break;
+        }
+        f(hour, u64::try_from(end - at).unwrap_or(0));
+        at = end;
+    }
+}
+
+/// `level` held for `ms`, in level-seconds (truncated to an integer).
+fn level_seconds(level: Option<u64>, ms: u64) -> u64 {
+    level.map_or(0, |level| {
+        let product = u128::from(level) * u128::from(ms) / 1000;
+        u64::try_from(product).unwrap_or(u64::MAX)
+    })
+}
+
+/// What the integration of one server over a window needs.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerHistory<'a> {
+    /// Every point with `ts` in `[window.0 - max_gap, window.1 + max_gap]`,
+    /// sorted by `(ts, kind)`, one per `(ts, kind)`.
+    pub points: &'a [Point],
+    /// Whether the latest lifecycle event before the window is a start.
+    pub running_before: bool,
+    /// The server's last observation, when its latest lifecycle event overall
+    /// is a start (it is open); `None` when it stopped.
+    pub open_until: Option<i64>,
+}
+
+/// The quantities of one server for each hour of `window` (`[start, end)`,
+/// hour-aligned), only the hours with something in them.
+pub fn integrate_server(
+    history: &ServerHistory<'_>,
+    window: (i64, i64),
+    max_gap_ms: i64,
+) -> BTreeMap<i64, Quantities> {
+    let (w0, w1) = window;
+    let mut hours: BTreeMap<i64, Quantities> = BTreeMap::new();
+    // Server time: a step function of the lifecycle events in the window.
+    let limit = history.open_until.map_or(w1, |until| until.min(w1));
+    let mut running = history.running_before;
+    let mut since = w0;
+    let add_running = |from: i64, to: i64, hours: &mut BTreeMap<i64, Quantities>| {
+        split_hours(from, to.min(limit), |hour, ms| {
+            let q = hours.entry(hour).or_default();
+            q.server_ms = q.server_ms.saturating_add(ms);
+        });
+    };
+    for p in history
+        .points
+        .iter()
+        .filter(|p| p.kind.is_lifecycle() && p.ts >= w0 && p.ts < w1)
+    {
+        if running {
+            add_running(since, p.ts, &mut hours);
+        }
+        running = p.kind == PointKind::Started;
+        since = p.ts;
+    }
+    if running {
+        add_running(since, w1, &mut hours);
+    }
+    // Resources: the earlier snapshot's levels hold until the next one.
+    let snapshots: Vec<&Point> = history
+        .points
+        .iter()
+        .filter(|p| p.kind == PointKind::Resources)
+        .collect();
+    for pair in snapshots.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        let gap = b.ts.saturating_sub(a.ts);
+        if gap <= 0 || gap > max_gap_ms {
+            continue;
+        }
+        split_hours(a.ts.max(w0), b.ts.min(w1), |hour, ms| {
+            let q = hours.entry(hour).or_default();
+            q.add(&Quantities {
+                server_ms: 0,
+                cpu_request_millicore_seconds: level_seconds(a.levels.cpu_request_millicores, ms),
+                memory_request_byte_seconds: level_seconds(a.levels.memory_request_bytes, ms),
+                cpu_usage_millicore_seconds: level_seconds(a.levels.cpu_usage_millicores, ms),
+                memory_usage_byte_seconds: level_seconds(a.levels.memory_usage_bytes, ms),
+                storage_byte_seconds: level_seconds(a.levels.storage_bytes, ms),
+            });
+        });
+    }
+    hours.retain(|_, q| !q.is_zero());
+    hours
+}
+
+/// Observed ms of one hub for each hour of `window`, from its observation
+/// instants (sorted, distinct, covering `[window.0 - max_gap, window.1 +
+/// max_gap]`).
+pub fn integrate_observed(
+    ticks: &[i64],
+    window: (i64, i64),
+    max_gap_ms: i64,
+) -> BTreeMap<i64, u64> {
+    let mut hours: BTreeMap<i64, u64> = BTreeMap::new();
+    for pair in ticks.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        let gap = b.saturating_sub(a);
+        if gap <= 0 || gap > max_gap_ms {
+            continue;
+        }
+        split_hours(a.max(window.0), b.min(window.1), |hour, ms| {
+            let observed = hours.entry(hour).or_default();
+            *observed = observed.saturating_add(ms);
+        });
+    }
+    hours
+}
+
+/// The observations one page of batches holds, before they are stored.
+#[derive(Debug, Clone, Default)]
+pub struct UsagePage {
+    /// Server observations, merged per `(server, ts, kind)`.
+    pub points: BTreeMap<(ServerKey, i64, PointKind), Levels>,
+    /// Hub observation instants per `(member, hub)`.
+    pub seen: BTreeMap<(String, String), BTreeSet<i64>>,
+    /// Records skipped for a timestamp out of range.
+    pub skipped: u64,
+}
+
+impl UsagePage {
+    /// Adds the usage events and hub health checks of `batch` (from
+    /// `member`, per the credential), skipping timestamps older than
+    /// [`MAX_AGE_MS`] or more than [`MAX_FUTURE_MS`] ahead of `now_ms`.
+    pub fn add_batch(&mut self, member: &str, batch: &Batch, now_ms: i64) {
+        let in_range = |ts: i64| {
+            ts >= now_ms.saturating_sub(MAX_AGE_MS) && ts <= now_ms.saturating_add(MAX_FUTURE_MS)
+        };
+        for record in &batch.records {
+            match record {
+                Record::Usage(event) => {
+                    if !in_range(event.timestamp_ms) {
+                        self.skipped = self.skipped.saturating_add(1);
+                        continue;
+                    }
+                    let (kind, levels) = match &event.kind {
+                        UsageKind::ServerStarted { .. } => (PointKind::Started, Levels::default()),
+                        UsageKind::ServerStopped => (PointKind::Stopped, Levels::default()),
+                        UsageKind::Activity => (PointKind::Activity, Levels::default()),
+                        UsageKind::Resources(s) => (PointKind::Resources, Levels::from_snapshot(s)),
+                    };
+                    let key = ServerKey {
+                        member: member.to_string(),
+                        hub: event.hub.clone(),
+                        user: event.user.clone(),
+                        server: event.server.clone(),
+                    };
+                    let slot = self
+                        .points
+                        .entry((key, event.timestamp_ms, kind))
+                        .or_default();
+                    *slot = slot.merge(levels);
+                    self.see(member, &event.hub, event.timestamp_ms);
+                }
+                Record::Health(check) => {
+                    if let Some(hub) = &check.hub {
+                        if in_range(check.timestamp_ms) {
+                            self.see(member, hub, check.timestamp_ms);
+                        } else {
+                            self.skipped = self.skipped.saturating_add(1);
+                        }
+                    }
+                }
+                Record::Sample(_) => {}
+            }
+        }
+    }
+
+    fn see(&mut self, member: &str, hub: &str, ts: i64) {
+        self.seen
+            .entry((member.to_string(), hub.to_string()))
+            .or_default()
+            .insert(ts);
+    }
+
+    /// Whether the page holds nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty() && self.seen.is_empty()
+    }
+}

@@ -1,0 +1,208 @@
+//! The usage ledger (issue 8): exact, replay-safe usage per member, hub, user
+//! pseudonym and hour, from the agent's `Usage` events.
+//!
+//! - [`ledger`]: the arithmetic, no IO: server time from start/stop events,
+//!   resource quantities from consecutive snapshots, observed time (coverage)
+//!   of each hub; split at hour boundaries, saturating integers.
+//! - [`stage`]: the `usage.ledger` stage the pipeline runs over the raw batch
+//!   log, exactly once (observations, recomputed hours and cursor in one
+//!   transaction).
+//! - [`store`]: the feature's persistence seam ([`store::UsageStore`]) and its
+//!   SQLite implementation.
+//! - [`api`]: `GET /api/v1/usage`.
+//!
+//! In `serve`, the [`UsageComponent`] contributes the stage to the derivation
+//! pipeline, serves `GET /api/v1/usage` (on a loopback listener without a
+//! credential every member's rows, otherwise only the credential's member's)
+//! and refreshes the `hubwatch_usage_*` gauges (per member and hub, never per
+//! user) every [`TICK`].
+
+pub mod api;
+pub mod ledger;
+pub mod stage;
+pub mod store;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use http::{Method, Request, StatusCode};
+use hyper::body::Incoming;
+
+pub use stage::{LEDGER_STAGE, LedgerStage};
+pub use store::{SqliteUsage, UsageStore};
+
+use crate::auth::PeerIdentity;
+use crate::clock::SharedClock;
+use crate::component::{BuildContext, Built, Component, ComponentError, Route, Shutdown, Task};
+use crate::server::{self, AppState, HttpResponse};
+use crate::store::StoreError;
+use crate::telemetry::CollectorMetrics;
+
+/// How often `serve` refreshes the `hubwatch_usage_*` gauges.
+pub const TICK: Duration = Duration::from_secs(60);
+
+/// The usage feature of `serve`: the `usage.ledger` stage and
+/// `GET /api/v1/usage`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UsageComponent;
+
+impl Component for UsageComponent {
+    fn name(&self) -> &'static str {
+        "usage"
+    }
+
+    fn build(
+        self: Box<Self>,
+        ctx: BuildContext,
+    ) -> BoxFuture<'static, Result<Built, ComponentError>> {
+        Box::pin(async move {
+            let store: Arc<dyn UsageStore> = Arc::new(SqliteUsage::new(ctx.store.clone()));
+            let (route_store, clock) = (Arc::clone(&store), ctx.clock.clone());
+            let route = Route::new(Method::GET, "/api/v1/usage", move |state, peer, request| {
+                let (store, clock) = (Arc::clone(&route_store), clock.clone());
+                async move { usage_response(&state, &peer, &request, store, clock).await }
+            });
+            let stage = LedgerStage::new(Arc::clone(&store)).with_metrics(ctx.metrics.clone());
+            Ok(Built {
+                routes: vec![route],
+                stages: vec![Box::new(stage)],
+                tasks: vec![Task::new(
+                    "usage.gauges",
+                    run_gauges(store, ctx.clock, ctx.metrics, ctx.shutdown),
+                )],
+                ..Built::default()
+            })
+        })
+    }
+}
+
+/// `{"rows":[...]}`, only the reader's member's rows when the reader is a
+/// member; 400 naming a bad parameter, 403 for another member's rows.
+async fn usage_response(
+    state: &AppState,
+    peer: &PeerIdentity,
+    request: &Request<Incoming>,
+    store: Arc<dyn UsageStore>,
+    clock: SharedClock,
+) -> HttpResponse {
+    let reader = match server::reader_member(state, peer, request, "/api/v1/usage") {
+        Ok(member) => member,
+        Err(response) => return *response,
+    };
+    let mut query = match api::UsageQuery::parse(request.uri().query(), clock.now_ms()) {
+        Ok(query) => query,
+        Err(e) => return server::error(StatusCode::BAD_REQUEST, e),
+    };
+    if let Some(own) = reader {
+        match &query.member {
+            Some(asked) if *asked != own => {
+                return server::error(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "query parameter \"member\": this credential reads only member {own:?}"
+                    ),
+                );
+            }
+            _ => query.member = Some(own),
+        }
+    }
+    let read = tokio::task::spawn_blocking(move || {
+        let filter = query.filter();
+        let servers = store.server_hours(&filter)?;
+        let hubs = store.hub_hours(&filter)?;
+        Ok::<_, crate::store::StoreError>(api::rows_json(&query, &servers, &hubs))
+    })
+    .await;
+    match read {
+        Ok(Ok(body)) => server::json(StatusCode::OK, &body),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "reading usage failed");
+            server::unavailable(format!("store unavailable: {e}"))
+        }
+        Err(e) => server::unavailable(format!("reading usage failed: {e}")),
+    }
+}
+
+/// Every [`TICK`] until `shutdown`: [`refresh_gauges`] on a blocking thread.
+async fn run_gauges(
+    store: Arc<dyn UsageStore>,
+    clock: SharedClock,
+    metrics: CollectorMetrics,
+    shutdown: Shutdown,
+) {
+    let known = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let mut ticks = shutdown.every(TICK);
+    while ticks.next().await {
+        let (store, clock, metrics, known) = (
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            metrics.clone(),
+            Arc::clone(&known),
+        );
+        let round = tokio::task::spawn_blocking(move || {
+            let mut known = crate::pipeline::lock(&known);
+            refresh_gauges(&*store, &metrics, clock.now_ms(), &mut known)
+        })
+        .await;
+        match round {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "refreshing the usage gauges failed; retrying")
+            }
+            Err(e) => tracing::error!(error = %e, "refreshing the usage gauges failed; retrying"),
+        }
+    }
+}
+
+/// Sets `hubwatch_usage_server_seconds` and `hubwatch_usage_coverage_ratio`
+/// per member and hub from the last complete UTC hour before `now_ms`. A hub
+/// seen in an earlier round (`known`) with no rows in this hour was not
+/// observed: coverage 0 and no server-seconds series, never a filled-in 0.
+pub fn refresh_gauges(
+    store: &dyn UsageStore,
+    metrics: &CollectorMetrics,
+    now_ms: i64,
+    known: &mut BTreeSet<(String, String)>,
+) -> Result<(), StoreError> {
+    let end = ledger::hour_of(now_ms);
+    let filter = store::HourFilter {
+        member: None,
+        hub: None,
+        from_ms: end.saturating_sub(ledger::HOUR_MS),
+        to_ms: end,
+    };
+    let mut hubs: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+    for h in store.hub_hours(&filter)? {
+        hubs.entry((h.member, h.hub)).or_default().1 = h.observed_ms;
+    }
+    for s in store.server_hours(&filter)? {
+        let slot = hubs.entry((s.key.member, s.key.hub)).or_default();
+        slot.0 = slot.0.saturating_add(s.quantities.server_ms);
+    }
+    for (member, hub) in known.iter() {
+        if !hubs.contains_key(&(member.clone(), hub.clone())) {
+            let labels = [member.as_str(), hub.as_str()];
+            metrics.usage_coverage.with_label_values(&labels).set(0.0);
+            // Absent from an earlier round is fine to remove again.
+            let _ = metrics.usage_server_seconds.remove_label_values(&labels);
+        }
+    }
+    for ((member, hub), (server_ms, observed_ms)) in hubs {
+        let labels = [member.as_str(), hub.as_str()];
+        metrics
+            .usage_server_seconds
+            .with_label_values(&labels)
+            .set(server_ms as f64 / 1000.0);
+        metrics
+            .usage_coverage
+            .with_label_values(&labels)
+            .set(observed_ms.min(3_600_000) as f64 / 3_600_000.0);
+        known.insert((member, hub));
+    }
+    Ok(())
+}

@@ -1,0 +1,510 @@
+//! The usage ledger's persistence seam: [`UsageStore`] (what the ledger stage
+//! and `GET /api/v1/usage` need, in domain types) and [`SqliteUsage`], its
+//! implementation on the embedded store (tables `usage_points`, `usage_seen`,
+//! `usage_server_hours`, `usage_hub_hours`; schema in `store/schema.rs`).
+//! Nothing else in `usage/` issues SQL.
+//!
+//! A commit stores the page's observations (merged with any already stored at
+//! the same instant, so a replay changes nothing), then recomputes, from the
+//! stored observations, exactly the hours those observations can change, and
+//! saves the stage's cursor: all in one transaction. The per-server state the
+//! integration needs (is it running, since when, its last snapshot) is read
+//! from the stored observations inside that transaction, so a crash, a replay,
+//! batches in another order or a late backlog never count twice or skip.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::ledger::{
+    HOUR_MS, Levels, Point, PointKind, Quantities, ServerHistory, ServerKey, UsagePage, hour_of,
+    integrate_observed, integrate_server,
+};
+use crate::pipeline::CursorUpdate;
+use crate::store::{Store, StoreError};
+
+/// Which hours to read: `hour >= from_ms && hour < to_ms`, optionally one
+/// member and one hub.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HourFilter {
+    /// Only this member.
+    pub member: Option<String>,
+    /// Only this hub.
+    pub hub: Option<String>,
+    /// First hour (inclusive), Unix ms.
+    pub from_ms: i64,
+    /// End (exclusive), Unix ms.
+    pub to_ms: i64,
+}
+
+/// One server's quantities in one hour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerHour {
+    /// The server.
+    pub key: ServerKey,
+    /// The hour's start, Unix ms.
+    pub hour: i64,
+    /// What it used.
+    pub quantities: Quantities,
+}
+
+/// How long the agent observed a hub in one hour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubHour {
+    /// Member.
+    pub member: String,
+    /// Hub.
+    pub hub: String,
+    /// The hour's start, Unix ms.
+    pub hour: i64,
+    /// Observed ms.
+    pub observed_ms: u64,
+}
+
+/// What a commit recomputed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitSummary {
+    /// Server-hour rows written.
+    pub server_hours: u64,
+    /// Hub-hour rows written.
+    pub hub_hours: u64,
+}
+
+/// What the usage ledger stores.
+pub trait UsageStore: Send + Sync {
+    /// Stores `page`'s observations, recomputes the hours they change and,
+    /// when given, saves the stage's cursor, in one transaction.
+    fn commit(
+        &self,
+        page: &UsagePage,
+        cursor: Option<&CursorUpdate<'_>>,
+        max_gap_ms: i64,
+    ) -> Result<CommitSummary, StoreError>;
+
+    /// Server-hour rows matching `filter`.
+    fn server_hours(&self, filter: &HourFilter) -> Result<Vec<ServerHour>, StoreError>;
+
+    /// Hub-hour observed time matching `filter`.
+    fn hub_hours(&self, filter: &HourFilter) -> Result<Vec<HubHour>, StoreError>;
+}
+
+/// [`UsageStore`] on the embedded SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteUsage {
+    store: Store,
+}
+
+impl SqliteUsage {
+    /// On `store`.
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+}
+
+impl UsageStore for SqliteUsage {
+    fn commit(
+        &self,
+        page: &UsagePage,
+        cursor: Option<&CursorUpdate<'_>>,
+        max_gap_ms: i64,
+    ) -> Result<CommitSummary, StoreError> {
+        self.store.write_with("writing the usage ledger", |tx| {
+            let summary = write_page(tx, page, max_gap_ms)?;
+            if let Some(update) = cursor {
+                crate::pipeline::sqlite::save_cursor(tx, update)?;
+            }
+            Ok(summary)
+        })
+    }
+
+    fn server_hours(&self, filter: &HourFilter) -> Result<Vec<ServerHour>, StoreError> {
+        self.store.read_with("reading usage hours", |conn| {
+            let mut statement = conn.prepare(
+                "SELECT member, hub, user, server, hour, server_ms,
+                        cpu_request_millicore_seconds, memory_request_byte_seconds,
+                        cpu_usage_millicore_seconds, memory_usage_byte_seconds,
+                        storage_byte_seconds
+                 FROM usage_server_hours
+                 WHERE hour >= ?1 AND hour < ?2
+                   AND (?3 IS NULL OR member = ?3) AND (?4 IS NULL OR hub = ?4)
+                 ORDER BY member, hub, user, server, hour",
+            )?;
+            let rows = statement.query_map(
+                params![filter.from_ms, filter.to_ms, filter.member, filter.hub],
+                |row| {
+                    Ok(ServerHour {
+                        key: ServerKey {
+                            member: row.get(0)?,
+                            hub: row.get(1)?,
+                            user: row.get(2)?,
+                            server: row.get(3)?,
+                        },
+                        hour: row.get(4)?,
+                        quantities: Quantities {
+                            server_ms: from_sql(row.get(5)?),
+                            cpu_request_millicore_seconds: from_sql(row.get(6)?),
+                            memory_request_byte_seconds: from_sql(row.get(7)?),
+                            cpu_usage_millicore_seconds: from_sql(row.get(8)?),
+                            memory_usage_byte_seconds: from_sql(row.get(9)?),
+                            storage_byte_seconds: from_sql(row.get(10)?),
+                        },
+                    })
+                },
+            )?;
+            rows.collect()
+        })
+    }
+
+    fn hub_hours(&self, filter: &HourFilter) -> Result<Vec<HubHour>, StoreError> {
+        self.store.read_with("reading usage coverage", |conn| {
+            let mut statement = conn.prepare(
+                "SELECT member, hub, hour, observed_ms FROM usage_hub_hours
+                 WHERE hour >= ?1 AND hour < ?2
+                   AND (?3 IS NULL OR member = ?3) AND (?4 IS NULL OR hub = ?4)
+                 ORDER BY member, hub, hour",
+            )?;
+            let rows = statement.query_map(
+                params![filter.from_ms, filter.to_ms, filter.member, filter.hub],
+                |row| {
+                    Ok(HubHour {
+                        member: row.get(0)?,
+                        hub: row.get(1)?,
+                        hour: row.get(2)?,
+                        observed_ms: from_sql(row.get(3)?),
+                    })
+                },
+            )?;
+            rows.collect()
+        })
+    }
+}
+
+fn to_sql(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn from_sql(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn level_to_sql(level: Option<u64>) -> Option<i64> {
+    level.map(to_sql)
+}
+
+fn level_from_sql(level: Option<i64>) -> Option<u64> {
+    level.map(from_sql)
+}
+
+/// What the page adds for one server: its earliest and latest observation
+/// and its latest lifecycle event.
+#[derive(Debug, Clone, Copy)]
+struct Touched {
+    min: i64,
+    max: i64,
+    lifecycle_max: Option<i64>,
+}
+
+/// Stores the page and recomputes the hours it changes, inside `tx`.
+pub fn write_page(
+    tx: &Transaction<'_>,
+    page: &UsagePage,
+    max_gap_ms: i64,
+) -> rusqlite::Result<CommitSummary> {
+    let mut summary = CommitSummary::default();
+    // Same instant, same kind: keep the larger level of each (commutative).
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO usage_points (member, hub, user, server, ts, kind,
+             cpu_request_millicores, memory_request_bytes, cpu_usage_millicores,
+             memory_usage_bytes, storage_bytes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT (member, hub, user, server, ts, kind) DO UPDATE SET
+             cpu_request_millicores = max(coalesce(cpu_request_millicores, excluded.cpu_request_millicores), coalesce(excluded.cpu_request_millicores, cpu_request_millicores)),
+             memory_request_bytes = max(coalesce(memory_request_bytes, excluded.memory_request_bytes), coalesce(excluded.memory_request_bytes, memory_request_bytes)),
+             cpu_usage_millicores = max(coalesce(cpu_usage_millicores, excluded.cpu_usage_millicores), coalesce(excluded.cpu_usage_millicores, cpu_usage_millicores)),
+             memory_usage_bytes = max(coalesce(memory_usage_bytes, excluded.memory_usage_bytes), coalesce(excluded.memory_usage_bytes, memory_usage_bytes)),
+             storage_bytes = max(coalesce(storage_bytes, excluded.storage_bytes), coalesce(excluded.storage_bytes, storage_bytes))",
+    )?;
+    let mut touched: BTreeMap<&ServerKey, Touched> = BTreeMap::new();
+    for ((key, ts, kind), levels) in &page.points {
+        upsert.execute(params![
+            key.member,
+            key.hub,
+            key.user,
+            key.server,
+            ts,
+            kind.code(),
+            level_to_sql(levels.cpu_request_millicores),
+            level_to_sql(levels.memory_request_bytes),
+            level_to_sql(levels.cpu_usage_millicores),
+            level_to_sql(levels.memory_usage_bytes),
+            level_to_sql(levels.storage_bytes),
+        ])?;
+        let lifecycle = kind.is_lifecycle().then_some(*ts);
+        touched
+            .entry(key)
+            .and_modify(|t| {
+                t.min = t.min.min(*ts);
+                t.max = t.max.max(*ts);
+                t.lifecycle_max = t.lifecycle_max.max(lifecycle);
+            })
+            .or_insert(Touched {
+                min: *ts,
+                max: *ts,
+                lifecycle_max: lifecycle,
+            });
+    }
+    for (key, t) in touched {
+        summary.server_hours += recompute_server(tx, key, t, max_gap_ms)?;
+    }
+    let mut seen = tx
+        .prepare_cached("INSERT OR IGNORE INTO usage_seen (member, hub, ts) VALUES (?1, ?2, ?3)")?;
+    for ((member, hub), ticks) in &page.seen {
+        for ts in ticks {
+            seen.execute(params![member, hub, ts])?;
+        }
+        if let (Some(min), Some(max)) = (ticks.first(), ticks.last()) {
+            summary.hub_hours += recompute_hub(tx, member, hub, *min, *max, max_gap_ms)?;
+        }
+    }
+    Ok(summary)
+}
+
+const KEY: &str = "member = ?1 AND hub = ?2 AND user = ?3 AND server = ?4";
+
+fn one_i64(
+    tx: &Transaction<'_>,
+    sql: &str,
+    key: &ServerKey,
+    at: i64,
+) -> rusqlite::Result<Option<i64>> {
+    tx.prepare_cached(sql)?
+        .query_row(
+            params![key.member, key.hub, key.user, key.server, at],
+            |row| row.get::<_, Option<i64>>(0),
+        )
+        .optional()
+        .map(Option::flatten)
+}
+
+/// The latest lifecycle event strictly before `before`: its kind.
+fn lifecycle_before(
+    tx: &Transaction<'_>,
+    key: &ServerKey,
+    before: i64,
+) -> rusqlite::Result<Option<PointKind>> {
+    // At one instant the stop sorts after the start (the integration applies
+    // events in `(ts, kind)` order), so the stop is the later one.
+    let code = one_i64(
+        tx,
+        &format!(
+            "SELECT kind FROM usage_points WHERE {KEY} AND kind IN (0, 1) AND ts < ?5
+             ORDER BY ts DESC, kind DESC LIMIT 1"
+        ),
+        key,
+        before,
+    )?;
+    Ok(code.and_then(PointKind::from_code))
+}
+
+/// Recomputes the server-hours of `key` that the page's observations (`t`)
+/// can change: from the hour of the observation before the earliest new one
+/// (a snapshot segment or an open server's end reaching into it) to the hour
+/// of the next observation after the latest (a segment reaching out) or, when
+/// the page holds a lifecycle event, to the next lifecycle event after it (or
+/// the last observation): the span whose running state it decides. The
+/// neighbouring snapshots within the gap limit widen it too.
+fn recompute_server(
+    tx: &Transaction<'_>,
+    key: &ServerKey,
+    t: Touched,
+    max_gap_ms: i64,
+) -> rusqlite::Result<u64> {
+    let prev = one_i64(
+        tx,
+        &format!("SELECT max(ts) FROM usage_points WHERE {KEY} AND ts < ?5"),
+        key,
+        t.min,
+    )?;
+    let next = one_i64(
+        tx,
+        &format!("SELECT min(ts) FROM usage_points WHERE {KEY} AND ts > ?5"),
+        key,
+        t.max,
+    )?;
+    let last = one_i64(
+        tx,
+        &format!("SELECT max(ts) FROM usage_points WHERE {KEY} AND ts >= ?5"),
+        key,
+        i64::MIN,
+    )?
+    .unwrap_or(t.max);
+    // A snapshot segment from the previous snapshot (or to the next) can
+    // reach past the neighbouring observation of another kind: include it
+    // when it is close enough to be bridged.
+    let prev_snapshot = one_i64(
+        tx,
+        &format!("SELECT max(ts) FROM usage_points WHERE {KEY} AND kind = 3 AND ts < ?5"),
+        key,
+        t.min,
+    )?
+    .filter(|at| t.min.saturating_sub(*at) <= max_gap_ms);
+    let next_snapshot = one_i64(
+        tx,
+        &format!("SELECT min(ts) FROM usage_points WHERE {KEY} AND kind = 3 AND ts > ?5"),
+        key,
+        t.max,
+    )?
+    .filter(|at| at.saturating_sub(t.max) <= max_gap_ms);
+    let mut hi = t
+        .max
+        .max(next.unwrap_or(t.max))
+        .max(next_snapshot.unwrap_or(t.max));
+    if let Some(lifecycle_max) = t.lifecycle_max {
+        let next_lifecycle = one_i64(
+            tx,
+            &format!("SELECT min(ts) FROM usage_points WHERE {KEY} AND kind IN (0, 1) AND ts > ?5"),
+            key,
+            lifecycle_max,
+        )?;
+        hi = hi.max(next_lifecycle.unwrap_or(last));
+    }
+    let w0 = hour_of(
+        prev.unwrap_or(t.min)
+            .min(prev_snapshot.unwrap_or(t.min))
+            .min(t.min),
+    );
+    let w1 = hour_of(hi).saturating_add(HOUR_MS);
+    let running_before = lifecycle_before(tx, key, w0)? == Some(PointKind::Started);
+    // Timestamps are bounded well below i64::MAX at derive time, so this is
+    // the latest lifecycle event overall.
+    let open = lifecycle_before(tx, key, i64::MAX)? == Some(PointKind::Started);
+    let points = {
+        let mut statement = tx.prepare_cached(&format!(
+            "SELECT ts, kind, cpu_request_millicores, memory_request_bytes,
+                    cpu_usage_millicores, memory_usage_bytes, storage_bytes
+             FROM usage_points WHERE {KEY} AND ts >= ?5 AND ts <= ?6 ORDER BY ts, kind"
+        ))?;
+        let rows = statement.query_map(
+            params![
+                key.member,
+                key.hub,
+                key.user,
+                key.server,
+                w0.saturating_sub(max_gap_ms),
+                w1.saturating_add(max_gap_ms)
+            ],
+            |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, i64>(1)?,
+                    Levels {
+                        cpu_request_millicores: level_from_sql(row.get(2)?),
+                        memory_request_bytes: level_from_sql(row.get(3)?),
+                        cpu_usage_millicores: level_from_sql(row.get(4)?),
+                        memory_usage_bytes: level_from_sql(row.get(5)?),
+                        storage_bytes: level_from_sql(row.get(6)?),
+                    },
+                ))
+            },
+        )?;
+        let mut points = Vec::new();
+        for row in rows {
+            let (ts, code, levels) = row?;
+            if let Some(kind) = PointKind::from_code(code) {
+                points.push(Point { ts, kind, levels });
+            }
+        }
+        points
+    };
+    let hours = integrate_server(
+        &ServerHistory {
+            points: &points,
+            running_before,
+            open_until: open.then_some(last),
+        },
+        (w0, w1),
+        max_gap_ms,
+    );
+    tx.prepare_cached(&format!(
+        "DELETE FROM usage_server_hours WHERE {KEY} AND hour >= ?5 AND hour < ?6"
+    ))?
+    .execute(params![key.member, key.hub, key.user, key.server, w0, w1])?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO usage_server_hours (member, hub, user, server, hour, server_ms,
+             cpu_request_millicore_seconds, memory_request_byte_seconds,
+             cpu_usage_millicore_seconds, memory_usage_byte_seconds, storage_byte_seconds)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?;
+    for (hour, q) in &hours {
+        insert.execute(params![
+            key.member,
+            key.hub,
+            key.user,
+            key.server,
+            hour,
+            to_sql(q.server_ms),
+            to_sql(q.cpu_request_millicore_seconds),
+            to_sql(q.memory_request_byte_seconds),
+            to_sql(q.cpu_usage_millicore_seconds),
+            to_sql(q.memory_usage_byte_seconds),
+            to_sql(q.storage_byte_seconds),
+        ])?;
+    }
+    Ok(hours.len() as u64)
+}
+
+/// Recomputes the observed time of one hub over the hours new instants
+/// `[min, max]` can change (segments to their neighbours).
+fn recompute_hub(
+    tx: &Transaction<'_>,
+    member: &str,
+    hub: &str,
+    min: i64,
+    max: i64,
+    max_gap_ms: i64,
+) -> rusqlite::Result<u64> {
+    let neighbour = |sql: &str, at: i64| -> rusqlite::Result<Option<i64>> {
+        tx.prepare_cached(sql)?
+            .query_row(params![member, hub, at], |row| row.get::<_, Option<i64>>(0))
+            .optional()
+            .map(Option::flatten)
+    };
+    let prev = neighbour(
+        "SELECT max(ts) FROM usage_seen WHERE member = ?1 AND hub = ?2 AND ts < ?3",
+        min,
+    )?;
+    let next = neighbour(
+        "SELECT min(ts) FROM usage_seen WHERE member = ?1 AND hub = ?2 AND ts > ?3",
+        max,
+    )?;
+    let w0 = hour_of(prev.unwrap_or(min).min(min));
+    let w1 = hour_of(next.unwrap_or(max).max(max)).saturating_add(HOUR_MS);
+    let ticks: Vec<i64> = {
+        let mut statement = tx.prepare_cached(
+            "SELECT ts FROM usage_seen WHERE member = ?1 AND hub = ?2 AND ts >= ?3 AND ts <= ?4
+             ORDER BY ts",
+        )?;
+        let rows = statement.query_map(
+            params![
+                member,
+                hub,
+                w0.saturating_sub(max_gap_ms),
+                w1.saturating_add(max_gap_ms)
+            ],
+            |row| row.get(0),
+        )?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let hours = integrate_observed(&ticks, (w0, w1), max_gap_ms);
+    tx.prepare_cached(
+        "DELETE FROM usage_hub_hours WHERE member = ?1 AND hub = ?2 AND hour >= ?3 AND hour < ?4",
+    )?
+    .execute(params![member, hub, w0, w1])?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO usage_hub_hours (member, hub, hour, observed_ms) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for (hour, observed) in &hours {
+        insert.execute(params![member, hub, hour, to_sql(*observed)])?;
+    }
+    Ok(hours.len() as u64)
+}

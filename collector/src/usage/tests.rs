@@ -1,0 +1,701 @@
+//! The usage ledger: its arithmetic by hand-computed cases, order and replay
+//! independence (property test against a whole-history oracle), the stage
+//! through the real pipeline on a real store, and `GET /api/v1/usage`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use hubwatch_shared::config::CollectorConfig;
+use hubwatch_shared::wire::{
+    Batch, CheckKind, HealthCheck, Record, ResourceSnapshot, UsageEvent, UsageKind,
+};
+use proptest::prelude::*;
+
+use super::ledger::{
+    DEFAULT_MAX_GAP_MS, HOUR_MS, PointKind, Quantities, ServerHistory, UsagePage, hour_of,
+    integrate_observed, integrate_server,
+};
+use super::store::{HourFilter, SqliteUsage, UsageStore};
+use super::{LEDGER_STAGE, LedgerStage, UsageComponent};
+use crate::clock::{ManualClock, SharedClock};
+use crate::pipeline::{Pipeline, PipelineSettings};
+use crate::store::{IngestItem, Store};
+
+/// 2026-01-05T00:00:00Z, the collector's "now" (hour-aligned).
+const NOW: i64 = 1_767_571_200_000;
+/// Six hours before, where the test data lives.
+const T0: i64 = NOW - 6 * HOUR_MS;
+const MIN: i64 = 60_000;
+const SEC: i64 = 1000;
+
+fn event(user: &str, kind: UsageKind, ts: i64) -> Record {
+    Record::Usage(UsageEvent {
+        hub: "prod".into(),
+        user: user.into(),
+        server: String::new(),
+        kind,
+        timestamp_ms: ts,
+    })
+}
+
+fn start(user: &str, ts: i64) -> Record {
+    event(user, UsageKind::ServerStarted { profile: None }, ts)
+}
+
+fn stop(user: &str, ts: i64) -> Record {
+    event(user, UsageKind::ServerStopped, ts)
+}
+
+fn activity(user: &str, ts: i64) -> Record {
+    event(user, UsageKind::Activity, ts)
+}
+
+fn snapshot(user: &str, ts: i64, cpu_millicores: u64, memory_bytes: u64) -> Record {
+    event(
+        user,
+        UsageKind::Resources(ResourceSnapshot {
+            cpu_request_millicores: Some(cpu_millicores),
+            memory_request_bytes: Some(memory_bytes),
+            cpu_usage_millicores: Some(cpu_millicores / 2),
+            memory_usage_bytes: None,
+            storage_bytes: Some(1000),
+        }),
+        ts,
+    )
+}
+
+fn hub_health(ts: i64) -> Record {
+    Record::Health(HealthCheck {
+        target: "http://hub/hub/health".into(),
+        hub: Some("prod".into()),
+        kind: CheckKind::HubHealth,
+        ok: true,
+        status: Some(200),
+        latency_us: 1,
+        failure: None,
+        error: None,
+        cert_expiry_days: None,
+        timestamp_ms: ts,
+    })
+}
+
+fn batch(member: &str, seq: u64, records: Vec<Record>) -> Batch {
+    Batch {
+        agent_id: format!("{member}-agent"),
+        member: member.into(),
+        seq,
+        created_ms: NOW,
+        dropped_records: 0,
+        agent_version: "test".into(),
+        records,
+    }
+}
+
+fn temp_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = CollectorConfig::default();
+    cfg.storage.path = dir.path().to_path_buf();
+    let store = Store::open(&cfg.storage).expect("store");
+    (dir, store)
+}
+
+/// Per (user, hour) quantities, summed over servers, as stored.
+type Ledger = BTreeMap<(String, String, i64), Quantities>;
+
+fn ledger(store: &dyn UsageStore) -> (Ledger, BTreeMap<(String, i64), u64>) {
+    let filter = HourFilter {
+        member: None,
+        hub: None,
+        from_ms: i64::MIN,
+        to_ms: i64::MAX,
+    };
+    let mut rows = Ledger::new();
+    for row in store.server_hours(&filter).expect("server hours") {
+        rows.entry((row.key.member, row.key.user, row.hour))
+            .or_default()
+            .add(&row.quantities);
+    }
+    let hubs = store
+        .hub_hours(&filter)
+        .expect("hub hours")
+        .into_iter()
+        .map(|h| ((h.member, h.hour), h.observed_ms))
+        .collect();
+    (rows, hubs)
+}
+
+/// Commits each group of records as one page (no cursor), in order.
+fn commit_pages(store: &dyn UsageStore, pages: &[Vec<Record>]) {
+    for (i, records) in pages.iter().enumerate() {
+        let mut page = UsagePage::default();
+        page.add_batch("leap", &batch("leap", i as u64, records.clone()), NOW);
+        store
+            .commit(&page, None, DEFAULT_MAX_GAP_MS)
+            .expect("commit");
+    }
+}
+
+fn server_ms(rows: &Ledger, user: &str) -> BTreeMap<i64, u64> {
+    rows.iter()
+        .filter(|((_, u, _), q)| u == user && q.server_ms > 0)
+        .map(|((_, _, hour), q)| (*hour, q.server_ms))
+        .collect()
+}
+
+// ---------- the arithmetic, by hand ----------
+
+#[test]
+fn server_time_is_split_at_hour_boundaries() {
+    let (_dir, store) = temp_store();
+    let usage = SqliteUsage::new(store);
+    // 10 min before an hour boundary to 70 min after it: 10 + 60 + 10.
+    let h = T0 + HOUR_MS;
+    commit_pages(
+        &usage,
+        &[
+            vec![start("ada", h - 10 * MIN)],
+            vec![stop("ada", h + 70 * MIN)],
+        ],
+    );
+    let (rows, _) = ledger(&usage);
+    assert_eq!(
+        server_ms(&rows, "ada"),
+        BTreeMap::from([
+            (T0, (10 * MIN) as u64),
+            (h, HOUR_MS as u64),
+            (h + HOUR_MS, (10 * MIN) as u64)
+        ])
+    );
+}
+
+#[test]
+fn an_open_server_is_counted_to_its_last_observation_only() {
+    let (_dir, store) = temp_store();
+    let usage = SqliteUsage::new(store);
+    commit_pages(
+        &usage,
+        &[
+            vec![start("ada", T0 + MIN)],
+            vec![activity("ada", T0 + 6 * MIN)],
+        ],
+    );
+    let (rows, _) = ledger(&usage);
+    assert_eq!(
+        server_ms(&rows, "ada"),
+        BTreeMap::from([(T0, (5 * MIN) as u64)]),
+        "never guessed beyond the last observation"
+    );
+    // A later observation extends it, across the hour boundary.
+    commit_pages(&usage, &[vec![activity("ada", T0 + HOUR_MS + 2 * MIN)]]);
+    let (rows, _) = ledger(&usage);
+    assert_eq!(
+        server_ms(&rows, "ada"),
+        BTreeMap::from([(T0, (59 * MIN) as u64), (T0 + HOUR_MS, (2 * MIN) as u64)])
+    );
+}
+
+#[test]
+fn a_second_start_without_a_stop_does_not_double_count() {
+    let (_dir, store) = temp_store();
+    let usage = SqliteUsage::new(store);
+    commit_pages(
+        &usage,
+        &[
+            vec![start("ada", T0)],
+            vec![start("ada", T0 + 10 * MIN)],
+            vec![stop("ada", T0 + 20 * MIN)],
+            // A stop with no start: nothing.
+            vec![stop("ada", T0 + 30 * MIN)],
+        ],
+    );
+    let (rows, _) = ledger(&usage);
+    assert_eq!(
+        server_ms(&rows, "ada"),
+        BTreeMap::from([(T0, (20 * MIN) as u64)])
+    );
+}
+
+#[test]
+fn a_restarted_server_counts_each_run_and_not_the_pause() {
+    let (_dir, store) = temp_store();
+    let usage = SqliteUsage::new(store);
+    commit_pages(
+        &usage,
+        &[vec![
+            start("ada", T0),
+            stop("ada", T0 + 10 * MIN),
+            start("ada", T0 + 30 * MIN),
+            stop("ada", T0 + 45 * MIN),
+        ]],
+    );
+    let (rows, _) = ledger(&usage);
+    assert_eq!(
+        server_ms(&rows, "ada"),
+        BTreeMap::from([(T0, (25 * MIN) as u64)])
+    );
+    // A late stop in the first run's middle (the backlog of an agent that
+    // was down) shortens it; the second run is untouched.
+    commit_pages(
+        &usage,
+        &[vec![stop("ada", T0 + 4 * MIN), start("ada", T0 + 8 * MIN)]],
+    );
+    let (rows, _) = ledger(&usage);
+    assert_eq!(
+        server_ms(&rows, "ada"),
+        BTreeMap::from([(T0, (4 + 2 + 15) as u64 * MIN as u64)])
+    );
+}
+
+#[test]
+fn resources_are_integrated_between_snapshots_never_across_a_long_gap() {
+    let (_dir, store) = temp_store();
+    let usage = SqliteUsage::new(store);
+    // Snapshots every 15 s for 30 s, then a 90 s gap, then 15 s more;
+    // the hour boundary at T0 + 1 h falls in the last segment.
+    let b = T0 + HOUR_MS - 5 * SEC;
+    let at = [
+        b - 150 * SEC,
+        b - 135 * SEC,
+        b - 120 * SEC,
+        b - 30 * SEC,
+        b - 15 * SEC,
+        b,
+        b + 15 * SEC,
+    ];
+    commit_pages(
+        &usage,
+        &[at.iter()
+            .map(|&ts| snapshot("ada", ts, 500, 2_000_000))
+            .collect()],
+    );
+    let (rows, _) = ledger(&usage);
+    let first = rows[&("leap".into(), "ada".into(), T0)];
+    let second = rows[&("leap".into(), "ada".into(), T0 + HOUR_MS)];
+    // Integrated: [b-150, b-120) = 30 s, [b-30, b+15) = 45 s of which the
+    // last 10 s are in the next hour. The 90 s gap is not bridged.
+    assert_eq!(first.cpu_request_millicore_seconds, 500 * 65);
+    assert_eq!(second.cpu_request_millicore_seconds, 500 * 10);
+    assert_eq!(first.memory_request_byte_seconds, 2_000_000 * 65);
+    assert_eq!(first.cpu_usage_millicore_seconds, 250 * 65);
+    assert_eq!(
+        first.memory_usage_byte_seconds, 0,
+        "unknown is not zero-filled"
+    );
+    assert_eq!(first.storage_byte_seconds, 1000 * 65);
+    assert_eq!(first.server_ms, 0, "no lifecycle event, no server time");
+}
+
+#[test]
+fn a_late_snapshot_bridges_back_into_the_previous_hour() {
+    let (_dir, store) = temp_store();
+    let usage = SqliteUsage::new(store);
+    let h = T0 + HOUR_MS;
+    // A snapshot 10 s before the hour, an activity after it, then (later)
+    // the next snapshot 15 s after the hour: the segment's first 10 s
+    // belong to the previous hour, beyond the activity.
+    commit_pages(
+        &usage,
+        &[
+            vec![snapshot("ada", h - 10 * SEC, 100, 0)],
+            vec![activity("ada", h + 5 * SEC)],
+            vec![snapshot("ada", h + 15 * SEC, 100, 0)],
+        ],
+    );
+    let (rows, _) = ledger(&usage);
+    assert_eq!(
+        rows[&("leap".into(), "ada".into(), T0)].cpu_request_millicore_seconds,
+        100 * 10
+    );
+    assert_eq!(
+        rows[&("leap".into(), "ada".into(), h)].cpu_request_millicore_seconds,
+        100 * 15
+    );
+}
+
+#[test]
+fn coverage_shows_the_gap_while_the_agent_was_down() {
+    let (_dir, store) = temp_store();
+    let usage = SqliteUsage::new(store);
+    // Observed every 15 s for the first 20 minutes, then nothing (the
+    // agent was down), then again for the last 10 minutes of the hour.
+    let mut records: Vec<Record> = (0..=80).map(|i| hub_health(T0 + i * 15 * SEC)).collect();
+    records.extend((0..=40).map(|i| hub_health(T0 + 50 * MIN + i * 15 * SEC)));
+    commit_pages(&usage, &[records]);
+    let (_, hubs) = ledger(&usage);
+    assert_eq!(hubs[&("leap".into(), T0)], (30 * MIN) as u64);
+}
+
+#[test]
+fn the_arithmetic_saturates_and_clamps_absurd_input() {
+    let points = [
+        super::ledger::Point {
+            ts: T0,
+            kind: PointKind::Resources,
+            levels: super::ledger::Levels {
+                cpu_request_millicores: Some(u64::MAX),
+                ..Default::default()
+            },
+        },
+        super::ledger::Point {
+            ts: T0 + 15 * SEC,
+            kind: PointKind::Resources,
+            levels: Default::default(),
+        },
+    ];
+    let hours = integrate_server(
+        &ServerHistory {
+            points: &points,
+            running_before: true,
+            open_until: None,
+        },
+        (T0, T0 + HOUR_MS),
+        DEFAULT_MAX_GAP_MS,
+    );
+    assert_eq!(hours[&T0].cpu_request_millicore_seconds, u64::MAX);
+    assert_eq!(hours[&T0].server_ms, HOUR_MS as u64);
+    assert_eq!(hour_of(i64::MIN), i64::MIN);
+    assert!(integrate_observed(&[i64::MIN, i64::MAX], (i64::MIN, i64::MAX), 1).is_empty());
+    // Out-of-range timestamps are skipped, not stored.
+    let mut page = UsagePage::default();
+    page.add_batch(
+        "leap",
+        &batch(
+            "leap",
+            0,
+            vec![start("ada", i64::MIN), start("ada", i64::MAX)],
+        ),
+        NOW,
+    );
+    assert!(page.is_empty());
+    assert_eq!(page.skipped, 2);
+}
+
+// ---------- order and replay ----------
+
+/// The oracle: every observation integrated at once over the whole range.
+fn oracle(records: &[Record]) -> Ledger {
+    let mut page = UsagePage::default();
+    page.add_batch("leap", &batch("leap", 0, records.to_vec()), NOW);
+    let mut by_server: BTreeMap<_, Vec<super::ledger::Point>> = BTreeMap::new();
+    for ((key, ts, kind), levels) in &page.points {
+        by_server
+            .entry(key.clone())
+            .or_default()
+            .push(super::ledger::Point {
+                ts: *ts,
+                kind: *kind,
+                levels: *levels,
+            });
+    }
+    let mut out = Ledger::new();
+    for (key, mut points) in by_server {
+        points.sort_by_key(|p| (p.ts, p.kind));
+        let last = points.iter().map(|p| p.ts).max().unwrap_or(0);
+        let latest_lifecycle = points.iter().rfind(|p| p.kind.is_lifecycle());
+        let open = latest_lifecycle.is_some_and(|p| p.kind == PointKind::Started);
+        let hours = integrate_server(
+            &ServerHistory {
+                points: &points,
+                running_before: false,
+                open_until: open.then_some(last),
+            },
+            (T0 - HOUR_MS, NOW + HOUR_MS),
+            DEFAULT_MAX_GAP_MS,
+        );
+        for (hour, q) in hours {
+            out.entry((key.member.clone(), key.user.clone(), hour))
+                .or_default()
+                .add(&q);
+        }
+    }
+    out
+}
+
+fn record() -> impl Strategy<Value = Record> {
+    let user = prop::sample::select(&["ada", "bob"][..]);
+    // Mostly instants on a 5 s grid around an hour boundary, so snapshots
+    // are often within the gap limit and segments cross the boundary; some
+    // anywhere in four hours.
+    let ts = prop_oneof![
+        4 => (0i64..360).prop_map(|i| T0 + HOUR_MS - 15 * MIN + i * 5 * SEC),
+        1 => (0i64..4 * 720).prop_map(|i| T0 + i * 5 * SEC),
+    ];
+    prop_oneof![
+        2 => (user.clone(), ts.clone()).prop_map(|(u, t)| start(u, t)),
+        2 => (user.clone(), ts.clone()).prop_map(|(u, t)| stop(u, t)),
+        1 => (user.clone(), ts.clone()).prop_map(|(u, t)| activity(u, t)),
+        4 => (user, ts.clone(), 0u64..4000).prop_map(|(u, t, c)| snapshot(u, t, c, c * 1000)),
+        2 => ts.prop_map(hub_health),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Pages in order, the same pages shuffled and each committed twice, and
+    /// everything in one page: the same rows, equal to integrating the whole
+    /// history at once.
+    #[test]
+    fn replay_and_order_change_nothing(
+        pages in prop::collection::vec(prop::collection::vec(record(), 0..6), 1..16),
+        order in any::<prop::sample::Index>(),
+    ) {
+        let (_d1, s1) = temp_store();
+        let in_order = SqliteUsage::new(s1);
+        commit_pages(&in_order, &pages);
+
+        let (_d2, s2) = temp_store();
+        let shuffled = SqliteUsage::new(s2);
+        let mut again: Vec<Vec<Record>> = pages.iter().chain(pages.iter()).cloned().collect();
+        let n = again.len();
+        again.rotate_left(order.index(n));
+        again.reverse();
+        commit_pages(&shuffled, &again);
+
+        let (_d3, s3) = temp_store();
+        let at_once = SqliteUsage::new(s3);
+        commit_pages(&at_once, &[pages.concat()]);
+
+        let a = ledger(&in_order);
+        prop_assert_eq!(&a, &ledger(&shuffled));
+        prop_assert_eq!(&a, &ledger(&at_once));
+        prop_assert_eq!(a.0, oracle(&pages.concat()));
+    }
+}
+
+// ---------- through the pipeline ----------
+
+fn ingest(store: &Store, member: &str, seq: u64, records: Vec<Record>) {
+    let b = batch(member, seq, records);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    runtime
+        .block_on(store.ingest(IngestItem {
+            member: member.into(),
+            agent: b.agent_id.clone(),
+            seq,
+            created_ms: NOW,
+            dropped_records: 0,
+            agent_version: "test".into(),
+            records: b.records.len() as u64,
+            frame: hubwatch_shared::codec::encode(&b).expect("encode").into(),
+            received_ms: NOW,
+        }))
+        .expect("ingest");
+}
+
+fn run_pipeline(store: &Store) {
+    let stage = LedgerStage::new(Arc::new(SqliteUsage::new(store.clone())));
+    let mut pipeline = Pipeline::open(
+        Arc::new(store.clone()),
+        vec![Box::new(stage)],
+        PipelineSettings::default(),
+    )
+    .expect("pipeline");
+    assert!(pipeline.run(NOW).expect("run").caught_up);
+    let health = &pipeline.status().stages()[LEDGER_STAGE];
+    assert_eq!(health.quarantined, 0);
+}
+
+#[test]
+fn the_stage_counts_each_batch_once_and_a_late_backlog_too() {
+    let (_dir, store) = temp_store();
+    ingest(&store, "leap", 1, vec![start("ada", T0), hub_health(T0)]);
+    ingest(&store, "leap", 2, vec![activity("ada", T0 + 30 * MIN)]);
+    run_pipeline(&store);
+    let usage = SqliteUsage::new(store.clone());
+    assert_eq!(
+        server_ms(&ledger(&usage).0, "ada"),
+        BTreeMap::from([(T0, (30 * MIN) as u64)])
+    );
+    // A new pipeline (a restart) from the stored cursor: nothing counted twice.
+    run_pipeline(&store);
+    assert_eq!(
+        server_ms(&ledger(&usage).0, "ada"),
+        BTreeMap::from([(T0, (30 * MIN) as u64)])
+    );
+    // The same batch again is a duplicate at ingest; a late backlog from
+    // (the stop, seen earlier) is counted.
+    ingest(&store, "leap", 2, vec![activity("ada", T0 + 30 * MIN)]);
+    ingest(&store, "leap", 3, vec![stop("ada", T0 + 20 * MIN)]);
+    run_pipeline(&store);
+    assert_eq!(
+        server_ms(&ledger(&usage).0, "ada"),
+        BTreeMap::from([(T0, (20 * MIN) as u64)])
+    );
+    // Rows are the credential's member's, whatever the payload says.
+    ingest(
+        &store,
+        "other",
+        1,
+        vec![start("ada", T0), stop("ada", T0 + MIN)],
+    );
+    run_pipeline(&store);
+    let (rows, _) = ledger(&usage);
+    assert_eq!(
+        rows[&("other".into(), "ada".into(), T0)].server_ms,
+        MIN as u64
+    );
+    assert_eq!(
+        rows[&("leap".into(), "ada".into(), T0)].server_ms,
+        (20 * MIN) as u64
+    );
+}
+
+// ---------- GET /api/v1/usage ----------
+
+async fn get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status: u16 = response
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .parse()?;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let json = &body[body.find('{').unwrap_or(0)..=body.rfind('}').unwrap_or(0)];
+    Ok((status, serde_json::from_str(json)?))
+}
+
+#[tokio::test]
+async fn the_api_serves_rows_a_member_reads_only_its_own_and_bad_parameters_are_400()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut cfg = CollectorConfig::default();
+    cfg.storage.path = dir.path().to_path_buf();
+    cfg.server.listen = "127.0.0.1:0".parse()?;
+    let store = Store::open(&cfg.storage)?;
+    let leap_token = store.create_token("leap", "leap-agent")?;
+    let usage = SqliteUsage::new(store.clone());
+    for member in ["leap", "other"] {
+        let mut page = UsagePage::default();
+        let mut records = vec![
+            start("ada", T0 + 30 * MIN),
+            stop("ada", T0 + 90 * MIN),
+            start("bob", T0),
+            stop("bob", T0 + 15 * MIN),
+        ];
+        records.extend((0..=240).map(|i| hub_health(T0 + i * 15 * SEC)));
+        page.add_batch(member, &batch(member, 0, records), NOW);
+        usage.commit(&page, None, DEFAULT_MAX_GAP_MS)?;
+    }
+    let clock: SharedClock = Arc::new(ManualClock::new(NOW));
+    let mut components = crate::server::http_components();
+    components.push(Box::new(UsageComponent));
+    let running = crate::Collector::new(cfg, store)
+        .clock(clock)
+        .components(components)
+        .start()
+        .await?;
+    let addr = running.local_addr;
+
+    // Loopback without a credential: every member; hourly rows per hub.
+    let (status, body) = get(addr, "/api/v1/usage", None).await?;
+    assert_eq!(status, 200, "{body}");
+    let rows = body["rows"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rows.len(), 4, "two members × two hours: {body}");
+    let first = &rows[0];
+    assert_eq!(first["member"], "leap");
+    assert_eq!(first["hub"], "prod");
+    assert_eq!(first["period_start"], crate::clock::rfc3339(T0));
+    assert_eq!(first["period_end"], crate::clock::rfc3339(T0 + HOUR_MS));
+    assert_eq!(first["server_seconds"], 45 * 60);
+    assert_eq!(first["active_users"], 2);
+    assert_eq!(first["coverage"], 1.0);
+    assert_eq!(rows[1]["server_seconds"], 30 * 60);
+    assert_eq!(
+        rows[1]["coverage"], 0.0,
+        "nothing observed in the second hour"
+    );
+
+    // A member's token: only its rows; another member's are refused.
+    let (status, body) = get(addr, "/api/v1/usage?group_by=user", Some(&leap_token)).await?;
+    assert_eq!(status, 200, "{body}");
+    let rows = body["rows"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rows.len(), 3, "ada two hours, bob one: {body}");
+    assert!(rows.iter().all(|r| r["member"] == "leap"), "{body}");
+    assert_eq!(rows[0]["user"], "ada");
+    let (status, body) = get(addr, "/api/v1/usage?member=other", Some(&leap_token)).await?;
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = get(addr, "/api/v1/usage", Some("hwt_wrong")).await?;
+    assert_eq!(status, 401);
+
+    // Days, with a range.
+    let from = crate::clock::rfc3339(T0);
+    let to = crate::clock::rfc3339(NOW);
+    let (status, body) = get(
+        addr,
+        &format!("/api/v1/usage?member=leap&hub=prod&group_by=day&from={from}&to={to}"),
+        None,
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    let rows = body["rows"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rows.len(), 1, "{body}");
+    assert_eq!(rows[0]["server_seconds"], 75 * 60);
+    assert_eq!(rows[0]["active_users"], 2);
+
+    // Bad parameters: 400 naming the parameter.
+    for (query, parameter) in [
+        ("group_by=month", "group_by"),
+        ("from=yesterday", "from"),
+        ("to=2026-13-01T00:00:00Z", "to"),
+        (&*format!("from={to}&to={from}"), "from"),
+        ("color=blue", "color"),
+        ("member=", "member"),
+        ("hub=%zz", "hub"),
+    ] {
+        let (status, body) = get(addr, &format!("/api/v1/usage?{query}"), None).await?;
+        assert_eq!(status, 400, "{query}: {body}");
+        let message = body["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(&format!("\"{parameter}\"")),
+            "{query}: {message}"
+        );
+    }
+    running.shutdown().await;
+    Ok(())
+}
+
+// ---------- gauges ----------
+
+#[test]
+fn the_gauges_show_the_last_complete_hour_per_hub_and_a_gap_as_coverage_zero() {
+    let (_dir, store) = temp_store();
+    let usage = SqliteUsage::new(store);
+    let mut records = vec![start("ada", T0), stop("ada", T0 + 20 * MIN)];
+    records.extend((0..=120).map(|i| hub_health(T0 + i * 15 * SEC)));
+    commit_pages(&usage, &[records]);
+    let metrics = crate::telemetry::CollectorMetrics::new();
+    let mut known = std::collections::BTreeSet::new();
+    super::refresh_gauges(&usage, &metrics, T0 + HOUR_MS + MIN, &mut known).expect("refresh");
+    let text = metrics.render();
+    assert!(
+        text.contains("hubwatch_usage_server_seconds{hub=\"prod\",member=\"leap\"} 1200"),
+        "{text}"
+    );
+    assert!(
+        text.contains("hubwatch_usage_coverage_ratio{hub=\"prod\",member=\"leap\"} 0.5"),
+        "{text}"
+    );
+    assert!(!text.contains("user="), "never per user: {text}");
+    // The next hour has nothing: not observed, not a filled-in zero.
+    super::refresh_gauges(&usage, &metrics, T0 + 2 * HOUR_MS + MIN, &mut known).expect("refresh");
+    let text = metrics.render();
+    assert!(
+        text.contains("hubwatch_usage_coverage_ratio{hub=\"prod\",member=\"leap\"} 0\n"),
+        "{text}"
+    );
+    assert!(!text.contains("hubwatch_usage_server_seconds{"), "{text}");
+}
