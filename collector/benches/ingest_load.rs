@@ -413,16 +413,7 @@ async fn run_agent(
                 // fresh connection in case this one is broken.
                 report.errors += 1;
                 if report.first_error.is_none() {
-                    report.first_error = Some(match failed {
-                        Ok((status, body)) => {
-                            format!(
-                                "{}: HTTP {status}: {}",
-                                plan.name,
-                                String::from_utf8_lossy(&body)
-                            )
-                        }
-                        Err(e) => format!("{}: {e:#}", plan.name),
-                    });
+                    report.first_error = Some(describe_failure(&plan.name, &failed));
                 }
                 sender = None;
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -430,6 +421,18 @@ async fn run_agent(
         }
     }
     Ok(report)
+}
+
+/// One failed send as the first-error line: the agent, then the HTTP status
+/// and body, or the client error.
+fn describe_failure<B: AsRef<[u8]>>(agent: &str, failed: &Result<(StatusCode, B)>) -> String {
+    match failed {
+        Ok((status, body)) => format!(
+            "{agent}: HTTP {status}: {}",
+            String::from_utf8_lossy(body.as_ref())
+        ),
+        Err(e) => format!("{agent}: {e:#}"),
+    }
 }
 
 /// CPU seconds (user + system) per thread name, from /proc/self/task.

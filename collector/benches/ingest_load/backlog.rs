@@ -527,14 +527,7 @@ async fn run_phased_agent(
                 // real agent would.
                 report.errors += 1;
                 if report.first_error.is_none() {
-                    report.first_error = Some(match failed {
-                        Ok((status, body)) => format!(
-                            "{}: HTTP {status}: {}",
-                            plan.name,
-                            String::from_utf8_lossy(&body)
-                        ),
-                        Err(e) => format!("{}: {e:#}", plan.name),
-                    });
+                    report.first_error = Some(super::describe_failure(&plan.name, &failed));
                 }
                 sender = None;
                 tokio::time::sleep(Duration::from_millis(100)).await;

@@ -138,6 +138,35 @@ fn config(dir: &std::path::Path) -> CollectorConfig {
     }
 }
 
+/// Stores `records` as agent `agent` of `leap` would have them stored,
+/// received at [`NOW`].
+fn ingest(store: &Store, runtime: &tokio::runtime::Runtime, seq: u64, records: Vec<Record>) {
+    let count = records.len() as u64;
+    let batch = Batch {
+        agent_id: "agent".into(),
+        member: "leap".into(),
+        seq,
+        created_ms: NOW,
+        dropped_records: 0,
+        agent_version: "test".into(),
+        records,
+    };
+    let frame = hubwatch_shared::codec::encode(&batch).expect("encode");
+    runtime
+        .block_on(store.ingest(IngestItem {
+            member: "leap".into(),
+            agent: "agent".into(),
+            seq,
+            created_ms: NOW,
+            dropped_records: 0,
+            agent_version: "test".into(),
+            records: count,
+            frame: frame.into(),
+            received_ms: NOW,
+        }))
+        .expect("ingest");
+}
+
 fn run(batches: Vec<Vec<Record>>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = config(dir.path());
@@ -146,29 +175,7 @@ fn run(batches: Vec<Vec<Record>>) -> Result<(), TestCaseError> {
         .build()
         .expect("runtime");
     for (seq, records) in batches.iter().enumerate() {
-        let batch = Batch {
-            agent_id: "agent".into(),
-            member: "leap".into(),
-            seq: seq as u64,
-            created_ms: NOW,
-            dropped_records: 0,
-            agent_version: "test".into(),
-            records: records.clone(),
-        };
-        let frame = hubwatch_shared::codec::encode(&batch).expect("encode");
-        runtime
-            .block_on(store.ingest(IngestItem {
-                member: "leap".into(),
-                agent: "agent".into(),
-                seq: seq as u64,
-                created_ms: NOW,
-                dropped_records: 0,
-                agent_version: "test".into(),
-                records: records.len() as u64,
-                frame: frame.into(),
-                received_ms: NOW,
-            }))
-            .expect("ingest");
+        ingest(&store, &runtime, seq as u64, records.clone());
     }
     let clock: SharedClock = Arc::new(ManualClock::new(NOW));
     let engine = Arc::new(SloEngine::new(
@@ -237,34 +244,7 @@ fn a_stale_cursor_fails_the_commit_instead_of_counting_twice() {
             timestamp_ms: at,
         })
     };
-    let ingest = |seq: u64| {
-        let batch = Batch {
-            agent_id: "agent".into(),
-            member: "leap".into(),
-            seq,
-            created_ms: NOW,
-            dropped_records: 0,
-            agent_version: "test".into(),
-            records: vec![probe(NOW - 1000)],
-        };
-        runtime
-            .block_on(
-                store.ingest(IngestItem {
-                    member: "leap".into(),
-                    agent: "agent".into(),
-                    seq,
-                    created_ms: NOW,
-                    dropped_records: 0,
-                    agent_version: "test".into(),
-                    records: 1,
-                    frame: hubwatch_shared::codec::encode(&batch)
-                        .expect("encode")
-                        .into(),
-                    received_ms: NOW,
-                }),
-            )
-            .expect("ingest");
-    };
+    let ingest = |seq: u64| ingest(&store, &runtime, seq, vec![probe(NOW - 1000)]);
     let pipeline = || {
         let engine = Arc::new(SloEngine::new(
             SloSettings::from_config(&cfg).expect("settings"),
