@@ -14,9 +14,11 @@ mod model;
 mod split;
 #[cfg(test)]
 mod tests;
+mod usage;
 
 pub use allocate::{
     Allocation, Basis, ClusterUsage, CostLine, LineAllocation, Resource, ResourcePart, allocate,
 };
 pub use model::{Charge, Cluster, CostModel, ModelError, Pool, PoolRule};
 pub use split::largest_remainder;
+pub use usage::{SummedUsage, cluster_usage};

@@ -472,3 +472,46 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn ledger_hours_sum_per_member_and_cluster() {
+    use crate::usage::ledger::{Quantities, ServerKey};
+    use crate::usage::store::ServerHour;
+    let hour = |member: &str, hub: &str, user: &str, cpu: u64, storage: u64| ServerHour {
+        key: ServerKey {
+            member: member.into(),
+            hub: hub.into(),
+            user: user.into(),
+            server: String::new(),
+        },
+        hour: MONTH.start_ms(),
+        quantities: Quantities {
+            server_ms: 3_600_000,
+            cpu_request_millicore_seconds: cpu,
+            storage_byte_seconds: storage,
+            ..Quantities::default()
+        },
+    };
+    let model = model(MODEL);
+    let summed = cluster_usage(
+        &model,
+        &[
+            hour("leap", "prod", "a", 10, 1),
+            hour("leap", "prod", "b", 5, 2),
+            hour("cryo", "staging", "c", 7, 0),
+            // A hub on no declared cluster: kept apart, with its server time.
+            hour("nasa", "lab", "d", 9, 9),
+        ],
+    );
+    assert_eq!(
+        summed.clusters,
+        vec![
+            row("cryo", "shared-gke", (7, 0), (0, 0), 0),
+            row("leap", "shared-gke", (15, 0), (0, 0), 3),
+        ]
+    );
+    assert_eq!(
+        summed.unassigned,
+        BTreeMap::from([(("nasa".to_string(), "lab".to_string()), 3600)])
+    );
+}

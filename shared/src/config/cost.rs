@@ -162,6 +162,93 @@ impl Period {
     }
 }
 
+impl Period {
+    /// The first instant of the month, Unix ms (UTC).
+    pub fn start_ms(self) -> i64 {
+        days_from_civil(i64::from(self.year), i64::from(self.month), 1) * 86_400_000
+    }
+
+    /// The first instant after the month (end exclusive), Unix ms.
+    pub fn end_ms(self) -> i64 {
+        self.next().start_ms()
+    }
+
+    /// The following month.
+    pub fn next(self) -> Self {
+        if self.month == 12 {
+            Self {
+                year: self.year.saturating_add(1),
+                month: 1,
+            }
+        } else {
+            Self {
+                year: self.year,
+                month: self.month + 1,
+            }
+        }
+    }
+
+    /// The month before.
+    pub fn prev(self) -> Self {
+        if self.month == 1 {
+            Self {
+                year: self.year.saturating_sub(1),
+                month: 12,
+            }
+        } else {
+            Self {
+                year: self.year,
+                month: self.month - 1,
+            }
+        }
+    }
+
+    /// The month holding `ms` (Unix ms, UTC); `None` outside 1970..=9999.
+    pub fn containing(ms: i64) -> Option<Self> {
+        let (y, m, _) = civil_from_days(ms.div_euclid(86_400_000));
+        let year = u16::try_from(y)
+            .ok()
+            .filter(|y| (1970..=9999).contains(y))?;
+        Some(Self {
+            year,
+            month: u8::try_from(m).ok()?,
+        })
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
+/// `days_from_civil`).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The inverse of [`days_from_civil`]: (year, month, day).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (
+        if m <= 2 {
+            yoe + era * 400 + 1
+        } else {
+            yoe + era * 400
+        },
+        m,
+        d,
+    )
+}
+
 impl std::fmt::Display for Period {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:04}-{:02}", self.year, self.month)

@@ -604,3 +604,26 @@ fn the_commented_cost_model_example_is_valid() {
     assert_eq!(cfg.costs.len(), 1);
     assert_eq!(cfg.cost_pools.len(), 2);
 }
+
+#[test]
+fn period_bounds_are_utc_months() {
+    let p = |s: &str| Period::parse(s).unwrap_or_else(|e| panic!("{e}"));
+    // 2026-11-01T00:00:00Z and 2026-12-01T00:00:00Z, from `date -u -d ... +%s`.
+    assert_eq!(p("2026-11").start_ms(), 1_793_491_200_000);
+    assert_eq!(p("2026-11").end_ms(), 1_796_083_200_000);
+    assert_eq!(p("2026-12").end_ms(), p("2027-01").start_ms());
+    assert_eq!(p("1970-01").start_ms(), 0);
+    // 2024 is a leap year: February has 29 days.
+    assert_eq!(
+        p("2024-02").end_ms() - p("2024-02").start_ms(),
+        29 * 86_400_000
+    );
+    assert_eq!(p("2026-01").prev(), p("2025-12"));
+    assert_eq!(p("2025-12").next(), p("2026-01"));
+    for s in ["1970-01", "2024-02", "2026-11", "2026-12", "9999-12"] {
+        let q = p(s);
+        assert_eq!(Period::containing(q.start_ms()), Some(q));
+        assert_eq!(Period::containing(q.end_ms() - 1), Some(q));
+    }
+    assert_eq!(Period::containing(-1), None);
+}
