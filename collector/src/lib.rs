@@ -14,6 +14,7 @@ pub mod clock;
 pub mod component;
 pub mod cost;
 pub mod pipeline;
+pub mod report;
 pub mod server;
 pub mod slo;
 pub mod store;
