@@ -5,3 +5,4 @@
 //! built on top of these; everything here but the incident store is pure.
 
 pub mod guidance;
+pub mod svg;
