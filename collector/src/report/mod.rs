@@ -5,4 +5,5 @@
 //! built on top of these; everything here but the incident store is pure.
 
 pub mod guidance;
+pub mod slo;
 pub mod svg;

@@ -126,11 +126,18 @@ impl std::fmt::Debug for SloEngine {
     }
 }
 
-/// Good and total events of `kind` in `sums`.
-fn good_total(kind: SloKind, sums: &Sums) -> (u64, u64) {
+/// Good and total events of `kind` in `sums` (the one definition of each
+/// objective's events, shared with the monthly report).
+pub fn good_total(kind: SloKind, sums: &Sums) -> (u64, u64) {
     match kind {
-        SloKind::Availability => (sums.avail_good, sums.avail_good + sums.avail_bad),
-        SloKind::SpawnSuccess => (sums.spawn_ok, sums.spawn_ok + sums.spawn_failed),
+        SloKind::Availability => (
+            sums.avail_good,
+            sums.avail_good.saturating_add(sums.avail_bad),
+        ),
+        SloKind::SpawnSuccess => (
+            sums.spawn_ok,
+            sums.spawn_ok.saturating_add(sums.spawn_failed),
+        ),
         // Both from the success histogram's buckets (le ≤ 120 and +Inf);
         // never more fast spawns than timed ones.
         SloKind::SpawnLatency => (sums.spawn_fast.min(sums.spawn_timed), sums.spawn_timed),

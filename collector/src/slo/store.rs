@@ -6,6 +6,9 @@
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
+use std::collections::BTreeMap;
+
+use super::windows::Sums;
 use super::sli::{CounterKey, Counters, MinuteChange, MinuteCounts, SliPage};
 use crate::pipeline::CursorUpdate;
 use crate::store::{Store, StoreError};
@@ -22,6 +25,14 @@ pub trait SliStore: Send + Sync {
         from_minute: i64,
         f: &mut dyn FnMut(&str, &str, i64, &MinuteCounts),
     ) -> Result<u64, StoreError>;
+
+    /// The sums of every hub's minutes in `[from_minute, to_minute)` (Unix
+    /// minutes), by (member, hub); hubs without rows are absent.
+    fn sum_minutes(
+        &self,
+        from_minute: i64,
+        to_minute: i64,
+    ) -> Result<BTreeMap<(String, String), Sums>, StoreError>;
 
     /// Adds `page` to the stored minutes and counters and, when given, saves
     /// the stage's cursor, all in one transaction; returns every changed
@@ -72,6 +83,46 @@ impl SliStore for SqliteSli {
                 f(member, hub, row.get(2)?, &counts);
             }
             Ok(read)
+        })
+    }
+
+    fn sum_minutes(
+        &self,
+        from_minute: i64,
+        to_minute: i64,
+    ) -> Result<BTreeMap<(String, String), Sums>, StoreError> {
+        self.store.read_with("summing SLI minutes", |conn| {
+            let mut statement = conn.prepare(
+                "SELECT member, hub, probes_ok, probes_failed, outside_ok, outside_failed,
+                        spawn_ok, spawn_failed, spawn_fast, hub_samples, spawn_timed
+                 FROM sli_minutes WHERE minute >= ?1 AND minute < ?2
+                 ORDER BY member, hub",
+            )?;
+            let mut rows = statement.query(params![from_minute, to_minute])?;
+            let mut sums: BTreeMap<(String, String), Sums> = BTreeMap::new();
+            // Rows come grouped by hub: fold into the current hub's sums and
+            // allocate its key once.
+            let mut current: Option<((String, String), Sums)> = None;
+            while let Some(row) = rows.next()? {
+                let member = row.get_ref(0)?.as_str()?;
+                let hub = row.get_ref(1)?.as_str()?;
+                let counts = row_counts_at(row, 2)?;
+                match &mut current {
+                    Some(((m, h), entry)) if m == member && h == hub => entry.add_minute(&counts),
+                    _ => {
+                        if let Some((key, entry)) = current.take() {
+                            sums.insert(key, entry);
+                        }
+                        let mut entry = Sums::default();
+                        entry.add_minute(&counts);
+                        current = Some(((member.to_string(), hub.to_string()), entry));
+                    }
+                }
+            }
+            if let Some((key, entry)) = current {
+                sums.insert(key, entry);
+            }
+            Ok(sums)
         })
     }
 

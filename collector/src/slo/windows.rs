@@ -56,6 +56,20 @@ pub struct Sums {
 }
 
 impl Sums {
+    /// Adds one stored minute (saturating): availability counts the minute
+    /// as good or bad as the rolling windows do, spawns add their counts.
+    pub fn add_minute(&mut self, counts: &MinuteCounts) {
+        match counts.availability() {
+            MinuteAvailability::NoData => {}
+            MinuteAvailability::Good => self.avail_good = self.avail_good.saturating_add(1),
+            MinuteAvailability::Bad => self.avail_bad = self.avail_bad.saturating_add(1),
+        }
+        self.spawn_ok = self.spawn_ok.saturating_add(counts.spawn_ok);
+        self.spawn_failed = self.spawn_failed.saturating_add(counts.spawn_failed);
+        self.spawn_fast = self.spawn_fast.saturating_add(counts.spawn_fast);
+        self.spawn_timed = self.spawn_timed.saturating_add(counts.spawn_timed);
+    }
+
     fn add_bucket(&mut self, b: &Bucket) {
         self.avail_good += u64::from(b.avail_good);
         self.avail_bad += u64::from(b.avail_bad);
