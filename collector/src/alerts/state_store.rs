@@ -1,5 +1,11 @@
 //! Where the alert engine keeps its state: the [`AlertStateStore`] seam and
-//! its SQLite implementation ([`SqliteAlertStateStore`], table `alert_state`).
+//! its SQLite implementation ([`SqliteAlertStateStore`], table `alert_state`),
+//! and the incident history the monthly reports read ([`IncidentStore`],
+//! table `alert_incidents`): every save also upserts each changed alert's
+//! incident (fingerprint + `starts_at`) in the same transaction, so an
+//! incident outlives `resolved_retention` and a restart, which reloads the
+//! same `starts_at`, never duplicates it. Incidents are kept
+//! [`INCIDENT_RETENTION_MS`].
 //!
 //! The engine sees only this trait and domain types ([`AlertRecord`],
 //! [`SentIncident`]), so a second backend (PostgreSQL) implements the trait
@@ -42,6 +48,57 @@ pub trait AlertStateStore: Send + Sync + std::fmt::Debug {
     /// row of the same incident (same fingerprint and `starts_at`) is
     /// touched; returns how many were.
     fn mark_sent(&self, sent: &[SentIncident], at_ms: i64) -> Result<usize, StoreError>;
+}
+
+/// How long a resolved incident is kept: 400 days, so a report for any
+/// month of the past year (and the same month a year earlier) can list it.
+pub const INCIDENT_RETENTION_MS: i64 = 400 * 24 * 3_600_000;
+
+/// One incident: an alert that fired from `starts_at_ms`, resolved or open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incident {
+    /// The alert's fingerprint.
+    pub fingerprint: String,
+    /// `alertname` label.
+    pub alertname: String,
+    /// `severity` label (`""` when absent).
+    pub severity: String,
+    /// `member` label (`""` for fleet-wide alerts).
+    pub member: String,
+    /// `hub` label (`""` when absent).
+    pub hub: String,
+    /// `slo` label (`""` when absent).
+    pub slo: String,
+    /// Every label.
+    pub labels: BTreeMap<String, String>,
+    /// When it started, Unix ms.
+    pub starts_at_ms: i64,
+    /// When it resolved, Unix ms; `None` while open.
+    pub resolved_at_ms: Option<i64>,
+}
+
+impl Incident {
+    /// How long it lasted up to `now_ms` (an open incident counts to now), ms.
+    pub fn duration_ms(&self, now_ms: i64) -> i64 {
+        self.resolved_at_ms
+            .unwrap_or(now_ms)
+            .saturating_sub(self.starts_at_ms)
+            .max(0)
+    }
+}
+
+/// The incident history. Written by [`AlertStateStore::save`] (same
+/// transaction); this trait is the read side. Blocking.
+pub trait IncidentStore: Send + Sync + std::fmt::Debug {
+    /// Incidents overlapping `[from_ms, to_ms)` (started before `to_ms`, and
+    /// open or resolved after `from_ms`), of `member` only when given, by
+    /// start then fingerprint. A row that cannot be read is skipped (logged).
+    fn incidents(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        member: Option<&str>,
+    ) -> Result<Vec<Incident>, StoreError>;
 }
 
 /// [`AlertStateStore`] on the collector's SQLite store (table `alert_state`).
@@ -143,6 +200,7 @@ impl AlertStateStore for SqliteAlertStateStore {
             for fingerprint in forgotten {
                 delete.execute([fingerprint])?;
             }
+            save_incidents(tx, changed)?;
             Ok(())
         })
     }
@@ -164,6 +222,97 @@ impl AlertStateStore for SqliteAlertStateStore {
             Ok(marked)
         })
     }
+}
+
+impl IncidentStore for SqliteAlertStateStore {
+    fn incidents(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        member: Option<&str>,
+    ) -> Result<Vec<Incident>, StoreError> {
+        let rows = self.store.read_with("reading incidents", |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT fingerprint, starts_at_ms, resolved_at_ms, alertname, severity, member,
+                        hub, slo, labels
+                 FROM alert_incidents
+                 WHERE starts_at_ms < ?2
+                   AND (resolved_at_ms IS NULL OR resolved_at_ms > ?1)
+                   AND (?3 IS NULL OR member = ?3)
+                 ORDER BY starts_at_ms, fingerprint",
+            )?;
+            let rows = statement.query_map(params![from_ms, to_ms, member], |row| {
+                Ok((
+                    Incident {
+                        fingerprint: row.get(0)?,
+                        starts_at_ms: row.get(1)?,
+                        resolved_at_ms: row.get(2)?,
+                        alertname: row.get(3)?,
+                        severity: row.get(4)?,
+                        member: row.get(5)?,
+                        hub: row.get(6)?,
+                        slo: row.get(7)?,
+                        labels: BTreeMap::new(),
+                    },
+                    row.get::<_, String>(8)?,
+                ))
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (mut incident, labels) in rows {
+            match serde_json::from_str(&labels) {
+                Ok(labels) => {
+                    incident.labels = labels;
+                    out.push(incident);
+                }
+                Err(e) => tracing::warn!(
+                    fingerprint = incident.fingerprint,
+                    error = %e,
+                    "unreadable incident row skipped"
+                ),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Upserts the incident of each changed alert, then drops incidents resolved
+/// more than [`INCIDENT_RETENTION_MS`] before the newest time in `changed`
+/// (the store has no clock of its own; the alerts' times are the engine's).
+fn save_incidents(tx: &rusqlite::Transaction<'_>, changed: &[AlertRecord]) -> rusqlite::Result<()> {
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO alert_incidents (fingerprint, starts_at_ms, resolved_at_ms, alertname,
+             severity, member, hub, slo, labels)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (fingerprint, starts_at_ms) DO UPDATE SET resolved_at_ms = ?3",
+    )?;
+    let label = |alert: &AlertRecord, name: &str| {
+        alert.labels.get(name).cloned().unwrap_or_default()
+    };
+    let mut newest = i64::MIN;
+    for alert in changed {
+        upsert.execute(params![
+            alert.fingerprint,
+            alert.starts_at_ms,
+            alert.resolved_at_ms,
+            label(alert, super::labels::ALERTNAME),
+            label(alert, super::labels::SEVERITY),
+            label(alert, super::labels::MEMBER),
+            label(alert, super::labels::HUB),
+            label(alert, super::labels::SLO),
+            to_json(&alert.labels),
+        ])?;
+        newest = newest
+            .max(alert.starts_at_ms)
+            .max(alert.resolved_at_ms.unwrap_or(i64::MIN));
+    }
+    tx.prepare_cached("DELETE FROM alert_incidents WHERE resolved_at_ms < ?1")?
+        .execute([newest.saturating_sub(INCIDENT_RETENTION_MS)])?;
+    Ok(())
 }
 
 fn to_json(map: &BTreeMap<String, String>) -> String {

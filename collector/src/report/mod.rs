@@ -5,5 +5,6 @@
 //! built on top of these; everything here but the incident store is pure.
 
 pub mod guidance;
+pub mod incidents;
 pub mod slo;
 pub mod svg;

@@ -205,6 +205,37 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (member, hub, hour)
     ) WITHOUT ROWID;
     ",
+    // 6: the incident history for monthly reports (issue 8): every alert
+    // incident, kept 400 days, written with the alert state it mirrors.
+    "
+    -- One row per incident (an alert's fingerprint and the starts_at of one
+    -- firing), upserted in the transaction that saves alert_state, so it
+    -- outlives resolved_retention. Label values the reports group by are
+    -- columns; all labels stay as JSON.
+    CREATE TABLE alert_incidents (
+        fingerprint    TEXT    NOT NULL,
+        starts_at_ms   INTEGER NOT NULL,
+        resolved_at_ms INTEGER,
+        alertname      TEXT    NOT NULL,
+        severity       TEXT    NOT NULL,
+        member         TEXT    NOT NULL,
+        hub            TEXT    NOT NULL,
+        slo            TEXT    NOT NULL,
+        labels         TEXT    NOT NULL,
+        PRIMARY KEY (fingerprint, starts_at_ms)
+    ) WITHOUT ROWID;
+    CREATE INDEX alert_incidents_by_start ON alert_incidents (starts_at_ms);
+    -- Alerts held when this migration runs are incidents too.
+    INSERT OR IGNORE INTO alert_incidents
+        SELECT fingerprint, starts_at_ms, resolved_at_ms,
+               coalesce(json_extract(labels, '$.alertname'), ''),
+               coalesce(json_extract(labels, '$.severity'), ''),
+               coalesce(json_extract(labels, '$.member'), ''),
+               coalesce(json_extract(labels, '$.hub'), ''),
+               coalesce(json_extract(labels, '$.slo'), ''),
+               labels
+        FROM alert_state WHERE json_valid(labels);
+    ",
 ];
 
 /// The schema version this build writes.
