@@ -5,7 +5,8 @@
 # Today: a C compiler (ring and the bundled SQLite build C), curl, the Rust
 # toolchain with rustfmt and clippy, and Debian's Prometheus (the Prometheus
 # source's tests query a real one), Debian's Alertmanager (the alert tests
-# send to a real one), and JupyterHub with configurable-http-proxy (below).
+# send to a real one), JupyterHub with configurable-http-proxy (below), and a
+# headless Chromium for the html report.
 #
 # The end-to-end tests also expect to run as root (or with CAP_SYS_ADMIN):
 # the disk-full test mounts a small tmpfs under the system temp directory.
@@ -23,6 +24,17 @@ command -v prometheus >/dev/null || need_apt+=(prometheus)
 # (--cluster.listen-address=) and a temporary storage path.
 command -v prometheus-alertmanager >/dev/null || need_apt+=(prometheus-alertmanager)
 command -v amtool >/dev/null || need_apt+=(prometheus-alertmanager)
+# A headless Chromium: the report tests open the html report in it and read
+# its network requests, console errors, DOM and a screenshot over the
+# DevTools protocol (tests/src/chromium.rs). Debian's small
+# `chromium-headless-shell`, else the full `chromium` where that is missing.
+if ! command -v chromium-headless-shell >/dev/null && ! command -v chromium >/dev/null; then
+  if apt-cache show chromium-headless-shell >/dev/null 2>&1; then
+    need_apt+=(chromium-headless-shell)
+  else
+    need_apt+=(chromium)
+  fi
+fi
 
 # JupyterHub (below) needs Python with venv and Node with npm.
 command -v python3 >/dev/null || need_apt+=(python3)

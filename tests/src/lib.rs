@@ -12,6 +12,7 @@
 pub mod agent;
 pub mod alertmanager;
 pub mod binaries;
+pub mod chromium;
 pub mod collector;
 pub mod http;
 pub mod jupyterhub;
