@@ -144,7 +144,10 @@ impl Chromium {
             "Target.attachToTarget",
             json!({"targetId": target_id, "flatten": true}),
         )?;
-        let session = attached["sessionId"].as_str().context("sessionId")?.to_string();
+        let session = attached["sessionId"]
+            .as_str()
+            .context("sessionId")?
+            .to_string();
         let s = Some(session.as_str());
         for domain in ["Network", "Runtime", "Log", "Page"] {
             self.call(s, &format!("{domain}.enable"), json!({}))?;
@@ -185,7 +188,10 @@ impl Chromium {
             .with_context(|| format!("writing {}", screenshot.display()))?;
 
         let mut report = PageReport {
-            dom: dom["result"]["value"].as_str().unwrap_or_default().to_string(),
+            dom: dom["result"]["value"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
             probe: probe["result"]["value"].clone(),
             ..PageReport::default()
         };
@@ -213,7 +219,9 @@ impl Chromium {
                                 .collect()
                         })
                         .unwrap_or_default();
-                    report.console_errors.push(format!("console.error: {}", text.join(" ")));
+                    report
+                        .console_errors
+                        .push(format!("console.error: {}", text.join(" ")));
                 }
                 "Log.entryAdded" if params["entry"]["level"] == "error" => {
                     report.console_errors.push(format!(
@@ -227,7 +235,9 @@ impl Chromium {
                     report.console_errors.push(format!(
                         "exception: {} {}",
                         details["text"].as_str().unwrap_or_default(),
-                        details["exception"]["description"].as_str().unwrap_or_default()
+                        details["exception"]["description"]
+                            .as_str()
+                            .unwrap_or_default()
                     ));
                 }
                 _ => {}
@@ -238,7 +248,12 @@ impl Chromium {
 
     /// Sends `method` and returns its result, keeping events that arrive
     /// meanwhile.
-    fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> anyhow::Result<Value> {
+    fn call(
+        &mut self,
+        session: Option<&str>,
+        method: &str,
+        params: Value,
+    ) -> anyhow::Result<Value> {
         self.next_id += 1;
         let id = self.next_id;
         let mut message = json!({"id": id, "method": method, "params": params});

@@ -54,15 +54,29 @@ fn a_self_contained_chart_page_makes_no_request_and_no_error() -> anyhow::Result
 
     let page_url = format!("file://{}", page.canonicalize()?.display());
     assert_eq!(report.requests, [page_url], "only the page itself");
-    assert!(report.console_errors.is_empty(), "{:?}", report.console_errors);
+    assert!(
+        report.console_errors.is_empty(),
+        "{:?}",
+        report.console_errors
+    );
     // Rectangles: 25 prod bars (5 days are zero: no bar), 30 staging bars,
     // the background and 2 legend keys.
     let children = report.probe.as_array().cloned().unwrap_or_default();
-    assert!(children.first().and_then(|v| v.as_u64()).unwrap_or(0) > 58, "{children:?}");
-    assert_eq!(children.get(1).and_then(|v| v.as_u64()), Some(25 + 30 + 1 + 2));
+    assert!(
+        children.first().and_then(|v| v.as_u64()).unwrap_or(0) > 58,
+        "{children:?}"
+    );
+    assert_eq!(
+        children.get(1).and_then(|v| v.as_u64()),
+        Some(25 + 30 + 1 + 2)
+    );
     assert_eq!(children.get(2).and_then(|v| v.as_u64()), Some(720));
     assert!(report.dom.contains("<svg"), "the DOM holds the chart");
-    assert!(report.dom.contains("Server-hours per day &lt;test&gt; &amp; more"));
+    assert!(
+        report
+            .dom
+            .contains("Server-hours per day &lt;test&gt; &amp; more")
+    );
     assert_png(&shot)?;
     Ok(())
 }
@@ -80,7 +94,10 @@ fn a_page_that_requests_the_network_and_logs_an_error_is_caught() -> anyhow::Res
     let shot = artifact("report_html_leaky.png")?;
     let report = Chromium::open(&page, "null", &shot, Duration::from_millis(300))?;
     assert!(
-        report.requests.iter().any(|r| r == "http://127.0.0.1:1/x.png"),
+        report
+            .requests
+            .iter()
+            .any(|r| r == "http://127.0.0.1:1/x.png"),
         "{:?}",
         report.requests
     );

@@ -290,9 +290,8 @@ fn save_incidents(tx: &rusqlite::Transaction<'_>, changed: &[AlertRecord]) -> ru
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
          ON CONFLICT (fingerprint, starts_at_ms) DO UPDATE SET resolved_at_ms = ?3",
     )?;
-    let label = |alert: &AlertRecord, name: &str| {
-        alert.labels.get(name).cloned().unwrap_or_default()
-    };
+    let label =
+        |alert: &AlertRecord, name: &str| alert.labels.get(name).cloned().unwrap_or_default();
     let mut newest = i64::MIN;
     for alert in changed {
         upsert.execute(params![

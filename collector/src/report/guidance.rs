@@ -8,7 +8,7 @@
 //! every ratio is computed only from non-zero denominators, so no finding
 //! ever shows `NaN` or `inf`.
 
-use crate::usage::ledger::{Point, PointKind, HOUR_MS};
+use crate::usage::ledger::{HOUR_MS, Point, PointKind};
 
 #[cfg(test)]
 mod tests;
@@ -77,13 +77,13 @@ pub fn idle_server_ms(points: &[Point], from: i64, to: i64) -> u64 {
     let mut since = i64::MIN;
     let mut previous: Option<i64> = None;
     for (ts, kind) in sorted {
-        if let Some(prev) = previous {
-            if running {
-                let start = prev.max(since.saturating_add(IDLE_AFTER_MS)).max(from);
-                let end = ts.min(to);
-                if end > start {
-                    idle = idle.saturating_add(end.abs_diff(start));
-                }
+        if let Some(prev) = previous
+            && running
+        {
+            let start = prev.max(since.saturating_add(IDLE_AFTER_MS)).max(from);
+            let end = ts.min(to);
+            if end > start {
+                idle = idle.saturating_add(end.abs_diff(start));
             }
         }
         match kind {

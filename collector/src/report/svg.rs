@@ -102,7 +102,11 @@ pub fn stacked_bars(chart: &StackedBars) -> String {
                 slot * 0.7,
                 (y_bottom - y_top).max(0.0),
                 colour(s_index),
-                escape(&format!("{} {}", series.name, category(chart.categories.get(i)))),
+                escape(&format!(
+                    "{} {}",
+                    series.name,
+                    category(chart.categories.get(i))
+                )),
                 short(v)
             );
             base += v;
@@ -151,7 +155,12 @@ pub fn bars_and_line(chart: &BarsAndLine) -> String {
             slot * 0.6,
             (BOTTOM - y).max(0.0),
             colour(0),
-            escape(&format!("{} {}: {}", chart.bars.name, category(chart.categories.get(i)), short(*v)))
+            escape(&format!(
+                "{} {}: {}",
+                chart.bars.name,
+                category(chart.categories.get(i)),
+                short(*v)
+            ))
         );
     }
     if n > 0 {
@@ -173,11 +182,19 @@ pub fn bars_and_line(chart: &BarsAndLine) -> String {
                 centre(i, slot),
                 y_of(*v, line_max),
                 colour(1),
-                escape(&format!("{} {}: {}", chart.line.name, category(chart.categories.get(i)), short(*v)))
+                escape(&format!(
+                    "{} {}: {}",
+                    chart.line.name,
+                    category(chart.categories.get(i)),
+                    short(*v)
+                ))
             );
         }
     }
-    legend(&mut out, &[chart.bars.name.as_str(), chart.line.name.as_str()]);
+    legend(
+        &mut out,
+        &[chart.bars.name.as_str(), chart.line.name.as_str()],
+    );
     out.push_str("</svg>");
     out
 }
@@ -345,7 +362,11 @@ fn nice_max(max: f64) -> f64 {
 }
 
 fn y_of(v: f64, max: f64) -> f64 {
-    let fraction = if max > 0.0 { (v / max).clamp(0.0, 1.0) } else { 0.0 };
+    let fraction = if max > 0.0 {
+        (v / max).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
     BOTTOM - (BOTTOM - TOP) * fraction
 }
 

@@ -8,8 +8,8 @@ use rusqlite::{OptionalExtension, Transaction, params};
 
 use std::collections::BTreeMap;
 
-use super::windows::Sums;
 use super::sli::{CounterKey, Counters, MinuteChange, MinuteCounts, SliPage};
+use super::windows::Sums;
 use crate::pipeline::CursorUpdate;
 use crate::store::{Store, StoreError};
 

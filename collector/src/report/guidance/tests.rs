@@ -91,12 +91,18 @@ fn every_finding_names_its_hand_computed_figure() {
             FindingKind::CostPerActiveUser
         ]
     );
-    assert!(found[0]
-        .text
-        .starts_with("412 server-hours (38 %) ran with no activity for over an hour"));
+    assert!(
+        found[0]
+            .text
+            .starts_with("412 server-hours (38 %) ran with no activity for over an hour")
+    );
     assert_eq!(found[0].severity, Severity::Warning);
     assert!((found[0].figure - 412.0 / 1084.0).abs() < 1e-12);
-    assert!(found[1].text.contains("23 % of the CPU"), "{}", found[1].text);
+    assert!(
+        found[1].text.contains("23 % of the CPU"),
+        "{}",
+        found[1].text
+    );
     assert!(
         found[2].text.contains("from 10.0 to 12.5 GiB (+25 %)"),
         "{}",

@@ -8,7 +8,7 @@ use hubwatch_shared::config::StorageConfig;
 
 use super::*;
 use crate::alerts::engine::AlertEngine;
-use crate::alerts::state_store::{AlertStateStore, SqliteAlertStateStore, INCIDENT_RETENTION_MS};
+use crate::alerts::state_store::{AlertStateStore, INCIDENT_RETENTION_MS, SqliteAlertStateStore};
 use crate::alerts::{AlertSource, AlertSpec, EvaluateError};
 use crate::clock::ManualClock;
 use crate::store::Store;
@@ -92,7 +92,13 @@ fn a_fired_and_resolved_alert_is_one_incident_that_outlives_retention_and_restar
     drop(engine);
     let _restarted = open_engine()?;
 
-    let lines = incidents(states.as_ref(), T0 - MINUTE, T0 + 60 * MINUTE, Some("leap"), T0 + 32 * MINUTE)?;
+    let lines = incidents(
+        states.as_ref(),
+        T0 - MINUTE,
+        T0 + 60 * MINUTE,
+        Some("leap"),
+        T0 + 32 * MINUTE,
+    )?;
     assert_eq!(lines.len(), 1, "{lines:?}");
     let line = &lines[0];
     assert_eq!(line.incident.alertname, "HubDown");
@@ -104,15 +110,39 @@ fn a_fired_and_resolved_alert_is_one_incident_that_outlives_retention_and_restar
     assert_eq!(line.duration_ms, 12 * MINUTE);
 
     // Clipped to a period starting mid-incident.
-    let clipped = incidents(states.as_ref(), T0 + 10 * MINUTE, T0 + 60 * MINUTE, Some("leap"), T0)?;
+    let clipped = incidents(
+        states.as_ref(),
+        T0 + 10 * MINUTE,
+        T0 + 60 * MINUTE,
+        Some("leap"),
+        T0,
+    )?;
     assert_eq!(clipped[0].in_period_ms, 2 * MINUTE);
     // A period after the resolution holds none of it.
-    assert!(incidents(states.as_ref(), T0 + 12 * MINUTE, T0 + 60 * MINUTE, Some("leap"), T0)?.is_empty());
+    assert!(
+        incidents(
+            states.as_ref(),
+            T0 + 12 * MINUTE,
+            T0 + 60 * MINUTE,
+            Some("leap"),
+            T0
+        )?
+        .is_empty()
+    );
 
     // Every member: the other member's incident is open and counts to now.
-    let all = incidents(states.as_ref(), T0, T0 + 60 * MINUTE, None, T0 + 40 * MINUTE)?;
+    let all = incidents(
+        states.as_ref(),
+        T0,
+        T0 + 60 * MINUTE,
+        None,
+        T0 + 40 * MINUTE,
+    )?;
     assert_eq!(all.len(), 2);
-    let open = all.iter().find(|l| l.incident.member == "other").ok_or_else(|| anyhow::anyhow!("other"))?;
+    let open = all
+        .iter()
+        .find(|l| l.incident.member == "other")
+        .ok_or_else(|| anyhow::anyhow!("other"))?;
     assert_eq!(open.incident.resolved_at_ms, None);
     assert_eq!(open.duration_ms, 40 * MINUTE);
     Ok(())
@@ -144,7 +174,11 @@ fn incidents_resolved_over_400_days_ago_are_dropped() -> anyhow::Result<()> {
     states.save(&[record("Old", T0, Some(T0 + MINUTE))], &[])?;
     let later = T0 + MINUTE + INCIDENT_RETENTION_MS;
     states.save(&[record("Kept", later, None)], &[])?;
-    assert_eq!(states.incidents(0, i64::MAX, None)?.len(), 2, "exactly 400 days: kept");
+    assert_eq!(
+        states.incidents(0, i64::MAX, None)?.len(),
+        2,
+        "exactly 400 days: kept"
+    );
     states.save(&[record("Newer", later + 1, None)], &[])?;
     let names: Vec<_> = states
         .incidents(0, i64::MAX, None)?

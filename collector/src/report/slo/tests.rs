@@ -97,14 +97,20 @@ fn a_month_of_known_minutes_gives_the_hand_computed_attainment() -> anyhow::Resu
     let hubs = SloSettings::from_config(&cfg)?.hubs;
     let rows = attainment(&sli, &hubs, Some("leap"), T0, T0 + 1000 * MIN)?;
     assert_eq!(rows.len(), 3, "three objectives of leap's one hub");
-    let by = |kind| rows.iter().find(|r| r.slo == kind).ok_or_else(|| anyhow::anyhow!("{kind:?}"));
+    let by = |kind| {
+        rows.iter()
+            .find(|r| r.slo == kind)
+            .ok_or_else(|| anyhow::anyhow!("{kind:?}"))
+    };
 
     let availability = by(SloKind::Availability)?;
     assert_eq!((availability.good, availability.total), (900, 1000));
     assert_eq!(availability.attainment, Some(0.9));
     let target = availability.target;
     assert_eq!(target, hubs[0].tier.availability_target);
-    let spent = availability.budget_spent.ok_or_else(|| anyhow::anyhow!("no budget"))?;
+    let spent = availability
+        .budget_spent
+        .ok_or_else(|| anyhow::anyhow!("no budget"))?;
     assert!((spent - 0.1 / (1.0 - target)).abs() < 1e-9, "{spent}");
     assert_eq!(availability.met(), Some(false));
 

@@ -67,10 +67,7 @@ fn elements(xml: &str) -> Result<Vec<String>, String> {
         } else {
             let self_closing = tag.ends_with('/');
             let body = tag.trim_end_matches('/');
-            let name: String = body
-                .chars()
-                .take_while(|c| !c.is_whitespace())
-                .collect();
+            let name: String = body.chars().take_while(|c| !c.is_whitespace()).collect();
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == ':') {
                 return Err(format!("bad name {name:?}"));
             }
@@ -78,7 +75,10 @@ fn elements(xml: &str) -> Result<Vec<String>, String> {
             let mut rest = body[name.len()..].trim_start();
             while !rest.is_empty() {
                 let eq = rest.find('=').ok_or("attribute without =")?;
-                let q = rest[eq + 1..].chars().next().ok_or("attribute without value")?;
+                let q = rest[eq + 1..]
+                    .chars()
+                    .next()
+                    .ok_or("attribute without value")?;
                 if q != '"' {
                     return Err("unquoted attribute".into());
                 }
@@ -170,7 +170,15 @@ fn bars_and_line_are_well_formed_with_both_axes() {
 #[test]
 fn nothing_external_is_referenced() {
     for svg in [stacked_bars(&days()), bars_and_line(&fleet())] {
-        for forbidden in ["<script", "<style", "href", "@import", "url(", "<image", "<foreignObject"] {
+        for forbidden in [
+            "<script",
+            "<style",
+            "href",
+            "@import",
+            "url(",
+            "<image",
+            "<foreignObject",
+        ] {
             assert!(!svg.contains(forbidden), "{forbidden} in the chart");
         }
         // The only URL is the SVG namespace.
