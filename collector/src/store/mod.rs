@@ -20,7 +20,7 @@
 //!   its `BatchLog` seam (implemented for `Store` in `pipeline/sqlite.rs`);
 //!   each feature's own tables sit behind that feature's store trait.
 
-mod schema;
+pub(crate) mod schema;
 mod tokens;
 mod writer;
 

@@ -310,6 +310,7 @@ fn an_empty_file_is_migrated() -> anyhow::Result<()> {
         tables,
         [
             "agents",
+            "alert_incidents",
             "alert_state",
             "batches",
             "derive_cursors",

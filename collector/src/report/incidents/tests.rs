@@ -188,3 +188,41 @@ fn incidents_resolved_over_400_days_ago_are_dropped() -> anyhow::Result<()> {
     assert_eq!(names, ["Kept", "Newer"]);
     Ok(())
 }
+
+#[test]
+fn alerts_held_before_the_migration_become_incidents() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::create_dir_all(dir.path())?;
+    {
+        // A store at the schema before the incident history, holding one
+        // resolved alert.
+        let conn = rusqlite::Connection::open(dir.path().join(crate::store::DB_FILE_NAME))?;
+        let before = crate::store::schema::MIGRATIONS
+            .iter()
+            .position(|m| m.contains("CREATE TABLE alert_incidents"))
+            .ok_or_else(|| anyhow::anyhow!("no incident migration"))?;
+        for migration in &crate::store::schema::MIGRATIONS[..before] {
+            conn.execute_batch(migration)?;
+        }
+        conn.pragma_update(None, "user_version", before as i64)?;
+        conn.execute(
+            "INSERT INTO alert_state VALUES ('f1', 'fleet', ?1, '{}', ?2, ?3, NULL)",
+            rusqlite::params![
+                r#"{"alertname":"HubDown","member":"leap","hub":"prod","severity":"page"}"#,
+                T0,
+                T0 + MINUTE
+            ],
+        )?;
+    }
+    let store = Store::open(&StorageConfig {
+        path: dir.path().to_path_buf(),
+        ..StorageConfig::default()
+    })?;
+    let found = SqliteAlertStateStore::new(store).incidents(T0, T0 + MINUTE, Some("leap"))?;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].alertname, "HubDown");
+    assert_eq!(found[0].hub, "prod");
+    assert_eq!(found[0].slo, "");
+    assert_eq!(found[0].resolved_at_ms, Some(T0 + MINUTE));
+    Ok(())
+}
