@@ -230,7 +230,9 @@ pub struct PeriodFigures {
 
 /// Whether anything was measured or billed in a period.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "state")]
+// Externally tagged: an internally tagged enum buffers its content, and
+// serde_json cannot read a u128 (the basis, member totals) from that buffer.
+#[serde(rename_all = "snake_case")]
 pub enum PeriodData {
     /// No ledger row, no observed hub time and no bill: a report says "no
     /// data" instead of printing zeros.
