@@ -164,8 +164,8 @@ pub enum CliError {
     Import {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: crate::cost::import::ImportError,
+        /// Why (boxed: a store error is large, and every command returns this enum).
+        source: Box<crate::cost::import::ImportError>,
     },
 }
 
@@ -280,7 +280,7 @@ pub fn import_costs(
     )
     .map_err(|source| CliError::Import {
         path: file.to_path_buf(),
-        source,
+        source: Box::new(source),
     })
 }
 
