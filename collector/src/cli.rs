@@ -1,11 +1,12 @@
 //! The `hubwatch-collector` command line: `serve`, `check-config`,
-//! `token create` and `token revoke` (see INTERFACES.md). `main.rs` only calls
+//! `token create`, `token revoke`, `replay` and `costs import` (see
+//! INTERFACES.md). `main.rs` only calls
 //! [`main`]; everything here is a library so tests can drive it.
 //!
 //! Exit codes: 0 success, 1 an operation failed (e.g. no live token to
 //! revoke, the store cannot be opened), 2 the configuration is unusable (the
-//! message names the key). Logs go to stderr; only `token create` writes to
-//! stdout, and only the token.
+//! message names the key). Logs go to stderr; `token create` writes only the
+//! token to stdout, `costs import` what it imported.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -58,6 +59,25 @@ pub enum Command {
     /// Feed recorded batches (or the scenario library) through the SLO
     /// engine on a simulated clock and print the alert transitions.
     Replay(crate::slo::replay::ReplayArgs),
+    /// Cost recovery: import a FOCUS bill.
+    #[command(subcommand)]
+    Costs(CostsCommand),
+}
+
+/// `costs import`.
+#[derive(Debug, Subcommand)]
+pub enum CostsCommand {
+    /// Import a FOCUS 1.x cost and usage CSV: one bill per cluster and month
+    /// (docs/costs.md). Refused whole, with the line number, on bad input;
+    /// importing the same file again changes nothing.
+    Import {
+        /// The collector's TOML config file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The FOCUS CSV file.
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 /// `--config FILE`.
@@ -131,6 +151,22 @@ pub enum CliError {
     /// `replay` failed.
     #[error("replay: {0}")]
     Replay(#[from] crate::slo::replay::ReplayError),
+    /// The bill file could not be read.
+    #[error("cannot read bill file {}: {source}", path.display())]
+    ReadBill {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// `costs import` refused the file or could not store it.
+    #[error("costs import {}: {source}", path.display())]
+    Import {
+        /// The file.
+        path: PathBuf,
+        /// Why (boxed: a store error is large, and every command returns this enum).
+        source: Box<crate::cost::import::ImportError>,
+    },
 }
 
 impl CliError {
@@ -208,7 +244,44 @@ pub fn run(command: Command) -> Result<(), CliError> {
             let cfg = load_config(&args.config)?;
             Ok(crate::slo::replay::run_cli(&cfg, &args)?)
         }
+        Command::Costs(CostsCommand::Import { config, file }) => {
+            let cfg = load_config(&config)?;
+            let report = import_costs(&cfg, &file)?;
+            print!("{report}");
+            Ok(())
+        }
     }
+}
+
+/// `costs import`: parses the FOCUS file against the config's cost model
+/// and stores its bills (nothing when refused).
+pub fn import_costs(
+    cfg: &CollectorConfig,
+    file: &Path,
+) -> Result<crate::cost::import::ImportReport, CliError> {
+    let model = crate::cost::CostModel::from_config(cfg).map_err(|e| match e {
+        crate::cost::ModelError::Config(c) => CliError::Config(c),
+    })?;
+    let data = std::fs::read(file).map_err(|source| CliError::ReadBill {
+        path: file.to_path_buf(),
+        source,
+    })?;
+    let store = Store::open(&cfg.storage)?;
+    let cost = crate::cost::store::SqliteCost::new(store);
+    let now_ms = crate::clock::system_now_ms();
+    let name = file.display().to_string();
+    crate::cost::import::import_file(
+        &cost,
+        &model,
+        &crate::cost::import::account_map(cfg),
+        &name,
+        &data,
+        now_ms,
+    )
+    .map_err(|source| CliError::Import {
+        path: file.to_path_buf(),
+        source: Box::new(source),
+    })
 }
 
 /// Reads the file and the process environment and loads the config.

@@ -109,3 +109,66 @@ fn token_create_then_revoke_and_revoke_without_a_live_token_fails() {
     assert_eq!(err.exit_code(), 1);
     assert!(err.to_string().contains("a1"));
 }
+
+#[test]
+fn costs_import_stores_a_focus_bill_once_and_refuses_bad_files_with_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[[clusters]]\nid = \"leap-aws\"\nkind = \"dedicated\"\nmember = \"leap\"\nbilling_account = \"1234\"\n",
+    );
+    let cli = Cli::try_parse_from([
+        "hubwatch-collector",
+        "costs",
+        "import",
+        "--config",
+        config.to_str().unwrap(),
+        "--file",
+        "bill.csv",
+    ])
+    .unwrap();
+    assert!(matches!(
+        cli.command,
+        Command::Costs(CostsCommand::Import { .. })
+    ));
+    let cfg = load_config(&config).unwrap();
+    let bill = dir.path().join("bill.csv");
+    std::fs::write(
+        &bill,
+        "SubAccountId,BillingPeriodStart,BilledCost,BillingCurrency\n\
+         1234,2026-11-01T00:00:00Z,10.25,USD\n1234,2026-11-01T00:00:00Z,0.75,USD\n",
+    )
+    .unwrap();
+    let report = import_costs(&cfg, &bill).unwrap();
+    let text = report.to_string();
+    assert!(text.contains("rows: 2, bills: 1 (1 new"), "{text}");
+    assert!(
+        text.contains("leap-aws 2026-11: 11.000000 USD (2 rows)"),
+        "{text}"
+    );
+    let again = import_costs(&cfg, &bill).unwrap().to_string();
+    assert!(again.contains("already imported"), "{again}");
+
+    std::fs::write(
+        &bill,
+        "SubAccountId,BillingPeriodStart,BilledCost,BillingCurrency\n\
+         1234,2026-12-01T00:00:00Z,1,USD\n9999,2026-12-01T00:00:00Z,1,USD\n",
+    )
+    .unwrap();
+    let e = import_costs(&cfg, &bill).unwrap_err();
+    assert_eq!(e.exit_code(), 1);
+    let message = e.to_string();
+    assert!(
+        message.contains("line 3: SubAccountId \"9999\""),
+        "{message}"
+    );
+    let store = Store::open(&cfg.storage).unwrap();
+    let dec = hubwatch_shared::config::Period::parse("2026-12").unwrap();
+    use crate::cost::store::CostStore;
+    assert!(
+        crate::cost::store::SqliteCost::new(store)
+            .bills(dec)
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -236,6 +236,49 @@ pub const MIGRATIONS: &[&str] = &[
                labels
         FROM alert_state WHERE json_valid(labels);
     ",
+    // 7: cost recovery (issue 8): imported FOCUS bills and closed months.
+    "
+    -- Every FOCUS file imported, keyed by its SHA-256 (a re-import is a no-op).
+    CREATE TABLE cost_imports (
+        sha256      TEXT    PRIMARY KEY,
+        imported_at INTEGER NOT NULL,
+        file_name   TEXT    NOT NULL,
+        rows        INTEGER NOT NULL
+    );
+    -- The bill in force per cluster and month (micro-units), from the last
+    -- import that named it.
+    CREATE TABLE cost_bills (
+        cluster       TEXT    NOT NULL,
+        period        TEXT    NOT NULL,
+        amount_micros INTEGER NOT NULL,
+        currency      TEXT    NOT NULL,
+        rows          INTEGER NOT NULL,
+        sha256        TEXT    NOT NULL,
+        imported_at   INTEGER NOT NULL,
+        PRIMARY KEY (cluster, period)
+    ) WITHOUT ROWID;
+    -- Every bill an import replaced, with what replaced it.
+    CREATE TABLE cost_bill_changes (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        cluster       TEXT    NOT NULL,
+        period        TEXT    NOT NULL,
+        old_micros    INTEGER NOT NULL,
+        old_sha256    TEXT    NOT NULL,
+        new_micros    INTEGER NOT NULL,
+        new_sha256    TEXT    NOT NULL,
+        changed_at    INTEGER NOT NULL
+    );
+    -- A closed month: frozen once, never rewritten.
+    CREATE TABLE cost_closed_periods (
+        period      TEXT    PRIMARY KEY,
+        closed_at   INTEGER NOT NULL,
+        model_hash  TEXT    NOT NULL,
+        model_text  TEXT    NOT NULL,
+        snapshot    TEXT    NOT NULL
+    );
+    CREATE TRIGGER cost_closed_periods_frozen BEFORE UPDATE ON cost_closed_periods
+    BEGIN SELECT RAISE(ABORT, 'a closed cost period is never rewritten'); END;
+    ",
 ];
 
 /// The schema version this build writes.

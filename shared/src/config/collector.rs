@@ -29,6 +29,8 @@ pub struct CollectorConfig {
     pub costs: Vec<CostConfig>,
     /// Costs not tied to a cluster, split every month (`[[cost_pools]]`).
     pub cost_pools: Vec<CostPoolConfig>,
+    /// When a month's costs are closed (`[cost]`).
+    pub cost: CostSettings,
 }
 
 impl Default for CollectorConfig {
@@ -44,6 +46,7 @@ impl Default for CollectorConfig {
             clusters: Vec::new(),
             costs: Vec::new(),
             cost_pools: Vec::new(),
+            cost: CostSettings::default(),
         }
     }
 }
@@ -385,6 +388,7 @@ impl Validate for CollectorConfig {
             }
         }
         super::cost::validate_cost_model(self)?;
+        check_positive("cost.close_grace", self.cost.close_grace)?;
         Ok(())
     }
 }

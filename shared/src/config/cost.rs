@@ -56,6 +56,10 @@ pub struct ClusterConfig {
     /// The hubs running on it, as `"member/hub"`; a hub runs on at most one cluster.
     #[serde(default)]
     pub hubs: Vec<String>,
+    /// The FOCUS `SubAccountId` whose rows `costs import` charges to this
+    /// cluster; unset: the cluster's `id` is matched instead.
+    #[serde(default)]
+    pub billing_account: Option<String>,
     /// Relative share of a shared cluster's bill that pays for CPU.
     #[serde(default = "one")]
     pub cpu_weight: u32,
@@ -65,6 +69,24 @@ pub struct ClusterConfig {
     /// Relative share of a shared cluster's bill that pays for storage.
     #[serde(default = "one")]
     pub storage_weight: u32,
+}
+
+/// `[cost]`: when a month's costs are closed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CostSettings {
+    /// A month is closed (its allocation frozen) this long after it ends,
+    /// so late usage data and the cloud bill can still arrive.
+    #[serde(with = "humantime_serde")]
+    pub close_grace: Duration,
+}
+
+impl Default for CostSettings {
+    fn default() -> Self {
+        Self {
+            close_grace: Duration::from_secs(48 * 3600),
+        }
+    }
 }
 
 /// `[[costs]]`: one cluster's bill for one calendar month.
@@ -342,6 +364,8 @@ pub(super) fn validate_cost_model(cfg: &CollectorConfig) -> Result<(), ConfigErr
     };
 
     let mut clusters = HashSet::new();
+    // FOCUS SubAccountId -> the cluster it maps to (`costs import`).
+    let mut accounts: HashMap<&str, &str> = HashMap::new();
     // hub ("member/hub") -> the cluster it was first assigned to
     let mut hub_cluster: HashMap<&str, &str> = HashMap::new();
     for (i, c) in cfg.clusters.iter().enumerate() {
@@ -351,6 +375,22 @@ pub(super) fn validate_cost_model(cfg: &CollectorConfig) -> Result<(), ConfigErr
             return Err(ConfigError::invalid(
                 key("id"),
                 format!("cluster {:?} is listed twice", c.id),
+            ));
+        }
+        let account = c.billing_account.as_deref().unwrap_or(&c.id);
+        if account.is_empty() {
+            return Err(ConfigError::invalid(
+                key("billing_account"),
+                "must not be empty",
+            ));
+        }
+        if let Some(other) = accounts.insert(account, c.id.as_str()) {
+            return Err(ConfigError::invalid(
+                key("billing_account"),
+                format!(
+                    "billing account {account:?} already maps to cluster {other:?}; \
+                     each FOCUS SubAccountId names one cluster"
+                ),
             ));
         }
         match (c.kind, &c.member) {

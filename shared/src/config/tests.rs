@@ -627,3 +627,23 @@ fn period_bounds_are_utc_months() {
     }
     assert_eq!(Period::containing(-1), None);
 }
+
+#[test]
+fn cost_close_grace_and_billing_accounts_are_checked_by_key() {
+    let cfg = cost_cfg(GOOD_MODEL).expect("valid model");
+    assert_eq!(cfg.cost.close_grace, Duration::from_secs(48 * 3600));
+    let cfg = cost_cfg("[cost]\nclose_grace = \"72h\"\n").expect("valid");
+    assert_eq!(cfg.cost.close_grace, Duration::from_secs(72 * 3600));
+    let (key, reason) = cost_error("[cost]\nclose_grace = \"0s\"\n");
+    assert_eq!(
+        (key.as_str(), reason.as_str()),
+        ("cost.close_grace", "must be greater than zero")
+    );
+    // One SubAccountId names one cluster; an unset billing_account is the id.
+    let (key, reason) = cost_error(
+        "[[clusters]]\nid = \"a\"\nkind = \"shared\"\nbilling_account = \"b\"\n\
+         [[clusters]]\nid = \"b\"\nkind = \"shared\"\n",
+    );
+    assert_eq!(key, "clusters[1].billing_account");
+    assert!(reason.contains("already maps to cluster \"a\""), "{reason}");
+}
