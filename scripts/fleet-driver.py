@@ -10,8 +10,8 @@ and usage and SLO data accumulate in the collector while `run.sh` runs.
 `NAME:RUN:EVERY` (seconds): NAME's server runs for the first RUN seconds of
 every EVERY seconds, counted from the driver's start. While a server runs the
 driver reports activity for it every --activity seconds. Standard library
-only (it runs with the hub's venv Python). SIGTERM or SIGINT ends it; it
-leaves the servers to the hub, which stops them when it stops.
+only (it runs with the hub's venv Python). SIGTERM or SIGINT ends it: it
+stops its users' servers first and waits until the hub lists none.
 """
 
 import argparse
@@ -139,8 +139,40 @@ def main():
         deadline = time.monotonic() + args.tick
         while not stopping and time.monotonic() < deadline:
             time.sleep(0.2)
+    stop_servers(hub, [name for name, _, _ in args.schedule])
     log("driver stopped")
     return 0
+
+
+def stop_servers(hub, names, timeout=30.0):
+    """Stops the users' servers and waits until the hub lists none of them.
+
+    So the agent, still running, sees each stop: otherwise a server running
+    when everything stops would only be seen gone at the next run's first
+    observation, and its time would run on through the downtime.
+    """
+    deadline = time.monotonic() + timeout
+    waiting = list(names)
+    while waiting and time.monotonic() < deadline:
+        still = []
+        for name in waiting:
+            try:
+                status, user = hub.call("GET", f"/hub/api/users/{name}")
+                if status != 200 or not isinstance(user, dict):
+                    continue  # no such user (never created): nothing to stop
+                if (user.get("servers") or {}).get("") is None:
+                    continue
+                if not user.get("pending"):
+                    status, _ = hub.call("DELETE", f"/hub/api/users/{name}/server")
+                    log(f"stop {name}'s server (driver stopping): HTTP {status}")
+                still.append(name)
+            except OSError as e:
+                log(f"{name}: {e}")
+        waiting = still
+        if waiting:
+            time.sleep(0.5)
+    if waiting:
+        log(f"servers still running after {timeout:.0f} s: {', '.join(waiting)}")
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@
 # faster, runs slower).
 #
 # Every process runs in its own session, so Ctrl-C reaches only this script,
-# which then stops them in order: the driver, the agent (it flushes its spool
-# to the collector), the hub (it stops its servers and proxy), Alertmanager,
+# which then stops them in order: the driver (it stops its users' servers
+# first, and the agent gets an interval to see that), the agent (it flushes
+# its spool to the collector), the hub (it stops its servers and proxy), Alertmanager,
 # and the collector last; whatever outlives its grace is killed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -390,7 +391,11 @@ stop() {
   trap - EXIT
   echo
   echo "== stopping"
-  stop_process "fleet driver" "$driver_pid" 5
+  # The driver stops its users' servers before it exits; the agent then gets
+  # one more interval to see them gone, so no server's time runs on in the
+  # ledger while everything is down.
+  stop_process "fleet driver (stopping its users' servers)" "$driver_pid" 40
+  if [ -n "$driver_pid" ] && alive "$agent_pid"; then sleep 6; fi
   stop_process "agent" "$agent_pid" 15
   stop_process "JupyterHub" "$hub_pid" 30
   if [ -n "$hub_pid" ]; then
