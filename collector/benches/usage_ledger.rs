@@ -174,7 +174,7 @@ fn batch(i: usize, hub: &mut Hub, ts: i64, churn: u64, first: bool) -> Batch {
     for user in &hub.running {
         let name = pseudonym(i, *user);
         let r = mix(*user ^ ts as u64);
-        if r % 20 == 0 {
+        if r.is_multiple_of(20) {
             records.push(event(&hub.name, &name, UsageKind::Activity, ts - 3_000));
         }
         records.push(event(
@@ -214,7 +214,9 @@ fn main() -> Result<()> {
     // 2026-01-05 00:55 UTC by default: the run crosses an hour boundary.
     let start_ms = env_or("BENCH_START_MS", 1_767_574_500_000)? as i64;
     if hubs == 0 || servers == 0 || intervals <= warmup || interval_s == 0 {
-        bail!("BENCH_HUBS, BENCH_SERVERS and BENCH_INTERVAL_SECONDS must be > 0 and BENCH_INTERVALS > BENCH_WARMUP_INTERVALS");
+        bail!(
+            "BENCH_HUBS, BENCH_SERVERS and BENCH_INTERVAL_SECONDS must be > 0 and BENCH_INTERVALS > BENCH_WARMUP_INTERVALS"
+        );
     }
     let interval_ms = (interval_s * 1000) as i64;
 
@@ -303,7 +305,7 @@ fn main() -> Result<()> {
             ingest_wall += ingested;
             measured_snapshots += snapshots;
         }
-        if n < warmup || n % 10 == 0 || n + 1 == intervals {
+        if n < warmup || n.is_multiple_of(10) || n + 1 == intervals {
             println!(
                 "  interval {n:3}: ingest {ingested:6.2} s wall; derive {:6.2} s CPU ({:6.2} s wall)",
                 ns as f64 / 1e9,
