@@ -26,7 +26,9 @@
 //! scaled linearly to 1,000 hubs when fewer were simulated (target < 10 %).
 //! Then the size of each usage table on disk (SQLite `dbstat`: pages of the
 //! table and its indexes), bytes per row, and a year of the full fleet
-//! extrapolated from it (target: the ledger under 2 GiB).
+//! extrapolated from it (target: the ledger under 2 GiB). A diagnostic prints how
+//! often the stage's statement shapes are re-prepared when re-run with new
+//! parameters (`SQLITE_STMTSTATUS_REPREPARE`; see BENCHMARKS.md for why).
 //!
 //! Knobs: `BENCH_HUBS`, `BENCH_SERVERS`, `BENCH_INTERVALS` (40: ten simulated
 //! minutes), `BENCH_INTERVAL_SECONDS`, `BENCH_CHURN`, `BENCH_WARMUP_INTERVALS`,
@@ -369,6 +371,60 @@ fn main() -> Result<()> {
         }
         Ok(out)
     })?;
+    // Diagnostic: how often each of the stage's statement shapes is compiled
+    // again when re-run with new parameters (SQLITE_STMTSTATUS_REPREPARE).
+    const KEY: &str = "member = ?1 AND hub = ?2 AND user = ?3 AND server = ?4";
+    let shapes = [
+        format!("SELECT max(ts) FROM usage_points WHERE {KEY} AND ts < ?5"),
+        format!("SELECT max(ts) FROM usage_points WHERE {KEY} AND kind = 3 AND ts < ?5"),
+        format!(
+            "SELECT kind FROM usage_points WHERE {KEY} AND kind IN (0, 1) AND ts < ?5 \
+             ORDER BY ts DESC, kind DESC LIMIT 1"
+        ),
+        format!(
+            "SELECT ts, kind FROM usage_points WHERE {KEY} AND ts >= ?5 AND ts <= ?5 + 3600000 \
+             ORDER BY ts, kind"
+        ),
+        format!("DELETE FROM usage_server_hours WHERE {KEY} AND hour >= ?5 AND hour < ?5 + 1"),
+    ];
+    let reprepared = store.write_with("counting re-preparations", |tx| {
+        let mut out = Vec::new();
+        for sql in &shapes {
+            let mut statement = tx.prepare(sql)?;
+            for n in 0..50i64 {
+                let user = pseudonym(0, n as u64);
+                let mut rows = statement.query(rusqlite::params![
+                    "member-000",
+                    "hub-0000",
+                    user,
+                    "",
+                    start_ms + n
+                ])?;
+                while rows.next()?.is_some() {}
+            }
+            out.push(statement.get_status(rusqlite::StatementStatus::RePrepare));
+        }
+        Ok(out)
+    })?;
+    println!("  statements re-prepared in 50 runs with new parameters: {reprepared:?}");
+    let pages = store.read_with("counting re-preparations", |conn| {
+        let mut out = Vec::new();
+        for sql in [
+            "SELECT id, agent, member, seq, received_ms, records, frame
+             FROM batches WHERE id > ?1 ORDER BY id LIMIT ?2",
+            "SELECT id, agent, member, seq, received_ms, records, frame
+             FROM batches WHERE id BETWEEN ?1 AND ?1 + 10 ORDER BY id LIMIT ?2",
+        ] {
+            let mut statement = conn.prepare(sql)?;
+            for n in 0..50i64 {
+                let mut rows = statement.query(rusqlite::params![n, 256])?;
+                while rows.next()?.is_some() {}
+            }
+            out.push(statement.get_status(rusqlite::StatementStatus::RePrepare));
+        }
+        Ok(out)
+    })?;
+    println!("  page reads re-prepared in 50 runs: {pages:?}");
     println!("size on disk (dbstat: table + its indexes):");
     let fleet_servers = fleet_hubs as f64 * servers as f64;
     let intervals_per_year = 3_600.0 / interval_s as f64 * YEAR_HOURS;
