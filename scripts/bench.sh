@@ -6,6 +6,9 @@
 #   scripts/bench.sh backlog           ingest latency while every derivation stage catches up on a
 #                                      48 h backlog, against the same load once caught up (issue 7;
 #                                      cargo bench --bench ingest_load with BENCH_MODE=backlog)
+#   scripts/bench.sh usage             usage ledger (issue 8): CPU of the usage.ledger stage deriving
+#                                      1,000 hubs x 500 servers every 15 s, and the ledger's size on
+#                                      disk per row and per year (cargo bench --bench usage_ledger)
 #   scripts/bench.sh agent [SECONDS]   agent footprint: RSS and CPU of a release agent streaming the
 #                                      host source every 15 s to a release collector (default 120 s)
 #   scripts/bench.sh fuzz [SECONDS]    every fuzz target for SECONDS each (scripts/fuzz.sh)
@@ -15,6 +18,7 @@
 # BENCH_AGENTS, BENCH_BATCH, BENCH_RATE, ... (see collector/benches/ingest_load.rs); set any of
 # them and `ingest` runs one configuration with them instead of its three. `backlog` takes the same
 # load knobs and BENCH_BACKLOG_HOURS, BENCH_BACKLOG_AGENTS, BENCH_BACKLOG_INTERVAL_SECONDS, ...
+# `usage` takes BENCH_HUBS, BENCH_SERVERS, BENCH_INTERVALS, BENCH_CHURN (collector/benches/usage_ledger.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -62,6 +66,16 @@ bench_backlog() {
   echo "   10 agents every 15 s, then $seconds s once caught up"
   BENCH_MODE=backlog BENCH_RATE="$rate" BENCH_SECONDS="$seconds" \
     cargo bench -p hubwatch-collector --bench ingest_load
+}
+
+bench_usage() {
+  # One simulated hour of 4 hubs by default (about 4 minutes here): the cost per snapshot grows
+  # through the hour, so a short run of the whole fleet understates it; the figure is scaled to
+  # 1,000 hubs (each hub's work is its own). BENCH_HUBS=1000 BENCH_INTERVALS=3 is the full width.
+  local hubs="${BENCH_HUBS:-4}" intervals="${BENCH_INTERVALS:-250}"
+  echo "== usage_ledger: the usage.ledger stage alone, $hubs hubs x ${BENCH_SERVERS:-500} servers, $intervals intervals"
+  BENCH_HUBS="$hubs" BENCH_INTERVALS="$intervals" \
+    cargo bench -p hubwatch-collector --bench usage_ledger
 }
 
 bench_agent() {
@@ -188,6 +202,7 @@ shift || true
 case "$cmd" in
   ingest) bench_ingest ;;
   backlog) bench_backlog ;;
+  usage) bench_usage ;;
   agent) bench_agent "$@" ;;
   fuzz) exec scripts/fuzz.sh "$@" ;;
   all)
@@ -195,7 +210,7 @@ case "$cmd" in
     bench_agent "$@"
     ;;
   *)
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac
