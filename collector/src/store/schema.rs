@@ -205,6 +205,12 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (member, hub, hour)
     ) WITHOUT ROWID;
     ",
+    // issue 8 (usage ledger): a server-hour whose end was inferred after an
+    // agent restart (kind 4 in usage_points: stop inferred) is bounded, not
+    // observed.
+    "
+    ALTER TABLE usage_server_hours ADD COLUMN bounded INTEGER NOT NULL DEFAULT 0;
+    ",
 ];
 
 /// The schema version this build writes.

@@ -114,8 +114,9 @@ async fn usage_response(
     let read = tokio::task::spawn_blocking(move || {
         let filter = query.filter();
         let servers = store.server_hours(&filter)?;
+        let bounded = store.bounded_server_hours(&filter)?;
         let hubs = store.hub_hours(&filter)?;
-        Ok::<_, crate::store::StoreError>(api::rows_json(&query, &servers, &hubs))
+        Ok::<_, crate::store::StoreError>(api::rows_json(&query, &servers, &bounded, &hubs))
     })
     .await;
     match read {

@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::ledger::{
-    HOUR_MS, Levels, Point, PointKind, Quantities, ServerHistory, ServerKey, UsagePage, hour_of,
-    integrate_observed, integrate_server,
+    HOUR_MS, Levels, Point, PointKind, Quantities, ServerHistory, ServerKey, UsagePage,
+    bounded_hours, hour_of, integrate_observed, integrate_server,
 };
 use crate::pipeline::CursorUpdate;
 use crate::store::{Store, StoreError};
@@ -86,6 +86,14 @@ pub trait UsageStore: Send + Sync {
 
     /// Hub-hour observed time matching `filter`.
     fn hub_hours(&self, filter: &HourFilter) -> Result<Vec<HubHour>, StoreError>;
+
+    /// The server-hours matching `filter` whose server time is bounded, not
+    /// observed (an inferred stop ended them; see [`bounded_hours`]), as
+    /// `(server, hour)`.
+    fn bounded_server_hours(
+        &self,
+        filter: &HourFilter,
+    ) -> Result<std::collections::BTreeSet<(ServerKey, i64)>, StoreError>;
 }
 
 /// [`UsageStore`] on the embedded SQLite store.
@@ -149,6 +157,34 @@ impl UsageStore for SqliteUsage {
                             storage_byte_seconds: from_sql(row.get(10)?),
                         },
                     })
+                },
+            )?;
+            rows.collect()
+        })
+    }
+
+    fn bounded_server_hours(
+        &self,
+        filter: &HourFilter,
+    ) -> Result<std::collections::BTreeSet<(ServerKey, i64)>, StoreError> {
+        self.store.read_with("reading bounded usage hours", |conn| {
+            let mut statement = conn.prepare(
+                "SELECT member, hub, user, server, hour FROM usage_server_hours
+                 WHERE bounded = 1 AND hour >= ?1 AND hour < ?2
+                   AND (?3 IS NULL OR member = ?3) AND (?4 IS NULL OR hub = ?4)",
+            )?;
+            let rows = statement.query_map(
+                params![filter.from_ms, filter.to_ms, filter.member, filter.hub],
+                |row| {
+                    Ok((
+                        ServerKey {
+                            member: row.get(0)?,
+                            hub: row.get(1)?,
+                            user: row.get(2)?,
+                            server: row.get(3)?,
+                        },
+                        row.get::<_, i64>(4)?,
+                    ))
                 },
             )?;
             rows.collect()
@@ -270,6 +306,7 @@ pub fn write_page(
 }
 
 const KEY: &str = "member = ?1 AND hub = ?2 AND user = ?3 AND server = ?4";
+const LIFECYCLE: &str = PointKind::LIFECYCLE_CODES;
 
 fn one_i64(
     tx: &Transaction<'_>,
@@ -297,7 +334,7 @@ fn lifecycle_before(
     let code = one_i64(
         tx,
         &format!(
-            "SELECT kind FROM usage_points WHERE {KEY} AND kind IN (0, 1) AND ts < ?5
+            "SELECT kind FROM usage_points WHERE {KEY} AND kind IN ({LIFECYCLE}) AND ts < ?5
              ORDER BY ts DESC, kind DESC LIMIT 1"
         ),
         key,
@@ -362,7 +399,9 @@ fn recompute_server(
     if let Some(lifecycle_max) = t.lifecycle_max {
         let next_lifecycle = one_i64(
             tx,
-            &format!("SELECT min(ts) FROM usage_points WHERE {KEY} AND kind IN (0, 1) AND ts > ?5"),
+            &format!(
+                "SELECT min(ts) FROM usage_points WHERE {KEY} AND kind IN ({LIFECYCLE}) AND ts > ?5"
+            ),
             key,
             lifecycle_max,
         )?;
@@ -416,15 +455,13 @@ fn recompute_server(
         }
         points
     };
-    let hours = integrate_server(
-        &ServerHistory {
-            points: &points,
-            running_before,
-            open_until: open.then_some(last),
-        },
-        (w0, w1),
-        max_gap_ms,
-    );
+    let history = ServerHistory {
+        points: &points,
+        running_before,
+        open_until: open.then_some(last),
+    };
+    let hours = integrate_server(&history, (w0, w1), max_gap_ms);
+    let bounded = bounded_hours(&history, (w0, w1));
     tx.prepare_cached(&format!(
         "DELETE FROM usage_server_hours WHERE {KEY} AND hour >= ?5 AND hour < ?6"
     ))?
@@ -432,8 +469,9 @@ fn recompute_server(
     let mut insert = tx.prepare_cached(
         "INSERT INTO usage_server_hours (member, hub, user, server, hour, server_ms,
              cpu_request_millicore_seconds, memory_request_byte_seconds,
-             cpu_usage_millicore_seconds, memory_usage_byte_seconds, storage_byte_seconds)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+             cpu_usage_millicore_seconds, memory_usage_byte_seconds, storage_byte_seconds,
+             bounded)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?;
     for (hour, q) in &hours {
         insert.execute(params![
@@ -448,6 +486,7 @@ fn recompute_server(
             to_sql(q.cpu_usage_millicore_seconds),
             to_sql(q.memory_usage_byte_seconds),
             to_sql(q.storage_byte_seconds),
+            bounded.contains(hour),
         ])?;
     }
     Ok(hours.len() as u64)

@@ -543,6 +543,168 @@ fn the_stage_counts_each_batch_once_and_a_late_backlog_too() {
     );
 }
 
+#[test]
+fn an_inferred_stop_ends_the_server_and_bounds_the_hours_since_its_last_observation() {
+    let inferred = |user: &str, ts| event(user, UsageKind::ServerStopInferred, ts);
+    // The agent observed the hub for 20 minutes, was down, and came back at
+    // T0 + 90 min; its first listing found ada and carol gone.
+    let mut records: Vec<Record> = (0..=80).map(|i| hub_health(T0 + i * 15 * SEC)).collect();
+    records.extend((0..=40).map(|i| hub_health(T0 + 90 * MIN + i * 15 * SEC)));
+    records.extend([
+        start("ada", T0 + 10 * MIN),
+        activity("ada", T0 + 20 * MIN),
+        inferred("ada", T0 + 90 * MIN),
+        // carol's last observation is in the second hour: only it is bounded.
+        start("carol", T0),
+        activity("carol", T0 + 70 * MIN),
+        inferred("carol", T0 + 90 * MIN),
+        // bob's stop was observed: nothing bounded.
+        start("bob", T0),
+        stop("bob", T0 + 15 * MIN),
+    ]);
+    let all = HourFilter {
+        member: None,
+        hub: None,
+        from_ms: i64::MIN,
+        to_ms: i64::MAX,
+    };
+    let mut results = Vec::new();
+    for order in [records.clone(), records.iter().rev().cloned().collect()] {
+        let (_dir, store) = temp_store();
+        let usage = SqliteUsage::new(store);
+        // One record per page: the hardest order for the recomputation windows.
+        let pages: Vec<Vec<Record>> = order.into_iter().map(|r| vec![r]).collect();
+        commit_pages(&usage, &pages);
+        let (rows, hubs) = ledger(&usage);
+        assert_eq!(
+            server_ms(&rows, "ada"),
+            BTreeMap::from([(T0, (50 * MIN) as u64), (T0 + HOUR_MS, (30 * MIN) as u64)]),
+            "counted once, to the inferred stop"
+        );
+        assert_eq!(
+            server_ms(&rows, "carol"),
+            BTreeMap::from([(T0, HOUR_MS as u64), (T0 + HOUR_MS, (30 * MIN) as u64)])
+        );
+        // The gap shows in coverage: 20 minutes, then 10.
+        assert_eq!(hubs[&("leap".into(), T0)], (20 * MIN) as u64);
+        assert_eq!(hubs[&("leap".into(), T0 + HOUR_MS)], (10 * MIN) as u64);
+        let bounded: Vec<(String, i64)> = usage
+            .bounded_server_hours(&all)
+            .expect("bounded")
+            .into_iter()
+            .map(|(key, hour)| (key.user, hour))
+            .collect();
+        assert_eq!(
+            bounded,
+            [
+                ("ada".to_string(), T0),
+                ("ada".to_string(), T0 + HOUR_MS),
+                ("carol".to_string(), T0 + HOUR_MS),
+            ]
+        );
+        results.push((rows, hubs, bounded));
+    }
+    assert_eq!(
+        results[0], results[1],
+        "the order of arrival changes nothing"
+    );
+}
+
+#[test]
+fn usage_rows_say_bounded_and_count_active_users_per_day_week_and_month() {
+    use super::api::{UsageQuery, rows_json};
+    use super::ledger::ServerKey;
+    use super::store::ServerHour;
+    // 2026-01-05 (NOW) is a Monday.
+    const DAY: i64 = 24 * HOUR_MS;
+    let hour = |user: &str, at: i64| ServerHour {
+        key: ServerKey {
+            member: "leap".into(),
+            hub: "prod".into(),
+            user: user.into(),
+            server: String::new(),
+        },
+        hour: at,
+        quantities: Quantities {
+            server_ms: 600_000,
+            ..Quantities::default()
+        },
+    };
+    let servers = vec![
+        hour("ada", NOW - DAY),                  // Sunday 4 Jan: the week of 29 Dec
+        hour("ada", NOW + 3 * HOUR_MS),          // Monday 5 Jan
+        hour("bob", NOW + 2 * DAY),              // Wednesday 7 Jan
+        hour("carol", NOW + 26 * DAY),           // Saturday 31 Jan
+        hour("carol", NOW + 27 * DAY),           // Sunday 1 Feb, same ISO week
+        hour("carol", NOW + 27 * DAY + HOUR_MS), // and again
+    ];
+    let bounded = std::collections::BTreeSet::from([(servers[2].key.clone(), servers[2].hour)]);
+    let rows_of = |query: &str| -> Vec<serde_json::Value> {
+        let query = UsageQuery::parse(Some(query), NOW).expect("query");
+        rows_json(&query, &servers, &bounded, &[])["rows"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let range = "from=2025-12-29T00:00:00Z&to=2026-03-01T00:00:00Z";
+    let summary = |rows: &[serde_json::Value]| -> Vec<(String, String, u64, u64)> {
+        rows.iter()
+            .map(|r| {
+                (
+                    r["period_start"].as_str().unwrap_or_default().to_string(),
+                    r["period_end"].as_str().unwrap_or_default().to_string(),
+                    r["active_users"].as_u64().unwrap_or(99),
+                    r["bounded_rows"].as_u64().unwrap_or(99),
+                )
+            })
+            .collect()
+    };
+    let s =
+        |a: &str, b: &str, users: u64, bounded: u64| (a.to_string(), b.to_string(), users, bounded);
+    assert_eq!(
+        summary(&rows_of(&format!("group_by=week&{range}"))),
+        [
+            s("2025-12-29T00:00:00Z", "2026-01-05T00:00:00Z", 1, 0),
+            s("2026-01-05T00:00:00Z", "2026-01-12T00:00:00Z", 2, 1),
+            s("2026-01-26T00:00:00Z", "2026-02-02T00:00:00Z", 1, 0),
+        ]
+    );
+    assert_eq!(
+        summary(&rows_of(&format!("group_by=month&{range}"))),
+        [
+            s("2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z", 3, 1),
+            s("2026-02-01T00:00:00Z", "2026-03-01T00:00:00Z", 1, 0),
+        ]
+    );
+    let days = rows_of(&format!("group_by=day&{range}"));
+    assert_eq!(days.len(), 5, "{days:?}");
+    assert_eq!(days[1]["active_users"], 1);
+    // Per user: the bounded hour says so, the others say not.
+    let users = rows_of(&format!("group_by=user&{range}"));
+    let flagged: Vec<(&str, bool)> = users
+        .iter()
+        .map(|r| (r["user"].as_str().unwrap_or_default(), r["bounded"] == true))
+        .collect();
+    assert_eq!(
+        flagged,
+        [
+            ("ada", false),
+            ("ada", false),
+            ("bob", true),
+            ("carol", false),
+            ("carol", false),
+            ("carol", false),
+        ]
+    );
+    // A month's `from` is aligned to the 1st.
+    let mid = UsageQuery::parse(
+        Some("group_by=month&from=2026-01-17T12:00:00Z&to=2026-02-03T00:00:00Z"),
+        NOW,
+    )
+    .expect("query");
+    assert_eq!(crate::clock::rfc3339(mid.from_ms), "2026-01-01T00:00:00Z");
+}
+
 // ---------- GET /api/v1/usage ----------
 
 async fn get(
@@ -648,7 +810,7 @@ async fn the_api_serves_rows_a_member_reads_only_its_own_and_bad_parameters_are_
 
     // Bad parameters: 400 naming the parameter.
     for (query, parameter) in [
-        ("group_by=month", "group_by"),
+        ("group_by=year", "group_by"),
         ("from=yesterday", "from"),
         ("to=2026-13-01T00:00:00Z", "to"),
         (&*format!("from={to}&to={from}"), "from"),
