@@ -412,7 +412,33 @@ fn recompute_server(
             .min(prev_snapshot.unwrap_or(t.min))
             .min(t.min),
     );
-    let w1 = hour_of(hi).saturating_add(HOUR_MS);
+    let mut w1 = hour_of(hi).saturating_add(HOUR_MS);
+    // An inferred stop at or after the window whose span (from the server's
+    // last observation before it) reaches back into the window decides
+    // which of the window's hours are bounded: recompute up to it.
+    let next_lifecycle = tx
+        .prepare_cached(&format!(
+            "SELECT ts, kind FROM usage_points WHERE {KEY} AND kind IN ({LIFECYCLE}) AND ts >= ?5
+             ORDER BY ts, kind LIMIT 1"
+        ))?
+        .query_row(
+            params![key.member, key.hub, key.user, key.server, w1],
+            |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)),
+        )
+        .optional()?;
+    if let Some((stop, code)) = next_lifecycle
+        && PointKind::from_code(code) == Some(PointKind::StopInferred)
+    {
+        let before = one_i64(
+            tx,
+            &format!("SELECT max(ts) FROM usage_points WHERE {KEY} AND ts < ?5"),
+            key,
+            stop,
+        )?;
+        if before.is_none_or(|at| at < w1) {
+            w1 = hour_of(stop).saturating_add(HOUR_MS);
+        }
+    }
     let running_before = lifecycle_before(tx, key, w0)? == Some(PointKind::Started);
     // Timestamps are bounded well below i64::MAX at derive time, so this is
     // the latest lifecycle event overall.

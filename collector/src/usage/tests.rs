@@ -373,7 +373,7 @@ fn the_arithmetic_saturates_and_clamps_absurd_input() {
 // ---------- order and replay ----------
 
 /// The oracle: every observation integrated at once over the whole range.
-fn oracle(records: &[Record]) -> Ledger {
+fn oracle(records: &[Record]) -> (Ledger, Bounded) {
     let mut page = UsagePage::default();
     page.add_batch("leap", &batch("leap", 0, records.to_vec()), NOW);
     let mut by_server: BTreeMap<_, Vec<super::ledger::Point>> = BTreeMap::new();
@@ -388,27 +388,49 @@ fn oracle(records: &[Record]) -> Ledger {
             });
     }
     let mut out = Ledger::new();
+    let mut bounded_out = Bounded::new();
     for (key, mut points) in by_server {
         points.sort_by_key(|p| (p.ts, p.kind));
         let last = points.iter().map(|p| p.ts).max().unwrap_or(0);
         let latest_lifecycle = points.iter().rfind(|p| p.kind.is_lifecycle());
         let open = latest_lifecycle.is_some_and(|p| p.kind == PointKind::Started);
-        let hours = integrate_server(
-            &ServerHistory {
-                points: &points,
-                running_before: false,
-                open_until: open.then_some(last),
-            },
-            (T0 - HOUR_MS, NOW + HOUR_MS),
-            DEFAULT_MAX_GAP_MS,
-        );
+        let history = ServerHistory {
+            points: &points,
+            running_before: false,
+            open_until: open.then_some(last),
+        };
+        let window = (T0 - HOUR_MS, NOW + HOUR_MS);
+        let hours = integrate_server(&history, window, DEFAULT_MAX_GAP_MS);
+        for hour in super::ledger::bounded_hours(&history, window) {
+            if hours.contains_key(&hour) {
+                bounded_out.insert((key.user.clone(), hour));
+            }
+        }
         for (hour, q) in hours {
             out.entry((key.member.clone(), key.user.clone(), hour))
                 .or_default()
                 .add(&q);
         }
     }
-    out
+    (out, bounded_out)
+}
+
+/// `(user, hour)` of the bounded server-hours.
+type Bounded = std::collections::BTreeSet<(String, i64)>;
+
+fn bounded(store: &dyn UsageStore) -> Bounded {
+    let all = HourFilter {
+        member: None,
+        hub: None,
+        from_ms: i64::MIN,
+        to_ms: i64::MAX,
+    };
+    store
+        .bounded_server_hours(&all)
+        .expect("bounded")
+        .into_iter()
+        .map(|(key, hour)| (key.user, hour))
+        .collect()
 }
 
 fn record() -> impl Strategy<Value = Record> {
@@ -424,6 +446,8 @@ fn record() -> impl Strategy<Value = Record> {
         2 => (user.clone(), ts.clone()).prop_map(|(u, t)| start(u, t)),
         2 => (user.clone(), ts.clone()).prop_map(|(u, t)| stop(u, t)),
         1 => (user.clone(), ts.clone()).prop_map(|(u, t)| activity(u, t)),
+        1 => (user.clone(), ts.clone())
+            .prop_map(|(u, t)| event(u, UsageKind::ServerStopInferred, t)),
         4 => (user, ts.clone(), 0u64..4000).prop_map(|(u, t, c)| snapshot(u, t, c, c * 1000)),
         2 => ts.prop_map(hub_health),
     ]
@@ -459,7 +483,12 @@ proptest! {
         let a = ledger(&in_order);
         prop_assert_eq!(&a, &ledger(&shuffled));
         prop_assert_eq!(&a, &ledger(&at_once));
-        prop_assert_eq!(a.0, oracle(&pages.concat()));
+        let (rows, bounded_hours) = oracle(&pages.concat());
+        prop_assert_eq!(a.0, rows);
+        let b = bounded(&in_order);
+        prop_assert_eq!(&b, &bounded(&shuffled));
+        prop_assert_eq!(&b, &bounded(&at_once));
+        prop_assert_eq!(b, bounded_hours);
     }
 }
 
