@@ -33,9 +33,9 @@ use hubwatch_shared::wire::{Batch, Record, ResourceSnapshot, UsageKind};
 /// One hour, in ms: the ledger's row period.
 pub const HOUR_MS: i64 = 3_600_000;
 
-/// The longest gap between two observations that is still integrated:
-/// two intervals of the agent's default `interval` (15 s). A constant rather
-/// than learnt from the spacing, so that the result for an hour never depends
+/// The default longest gap between two observations that is still
+/// integrated (`usage.max_gap`): two intervals of the agent's default
+/// `interval` (15 s). Configured rather than learnt from the spacing, so that the result for an hour never depends
 /// on which other hours' observations have arrived yet.
 pub const DEFAULT_MAX_GAP_MS: i64 = 2 * 15_000;
 

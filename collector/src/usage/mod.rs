@@ -67,7 +67,9 @@ impl Component for UsageComponent {
                 let (store, clock) = (Arc::clone(&route_store), clock.clone());
                 async move { usage_response(&state, &peer, &request, store, clock).await }
             });
-            let stage = LedgerStage::new(Arc::clone(&store)).with_metrics(ctx.metrics.clone());
+            let stage = LedgerStage::new(Arc::clone(&store))
+                .with_max_gap(ctx.config.usage.max_gap)
+                .with_metrics(ctx.metrics.clone());
             Ok(Built {
                 routes: vec![route],
                 stages: vec![Box::new(stage)],

@@ -57,6 +57,12 @@ impl LedgerStage {
         }
     }
 
+    /// Bridges gaps up to `max_gap` (`usage.max_gap`) instead of the default.
+    pub fn with_max_gap(mut self, max_gap: std::time::Duration) -> Self {
+        self.max_gap_ms = i64::try_from(max_gap.as_millis()).unwrap_or(DEFAULT_MAX_GAP_MS);
+        self
+    }
+
     /// Counts skipped records into `hubwatch_usage_skipped_records_total`.
     pub fn with_metrics(mut self, metrics: CollectorMetrics) -> Self {
         self.metrics = Some(metrics);

@@ -627,3 +627,27 @@ fn period_bounds_are_utc_months() {
     }
     assert_eq!(Period::containing(-1), None);
 }
+
+#[test]
+fn usage_keys_are_validated_naming_the_key() {
+    let parse = |toml: &str| -> Result<CollectorConfig, String> {
+        load::<CollectorConfig>(toml, &HashMap::new()).map_err(|e| e.to_string())
+    };
+    let ok = parse("[usage]\nmax_gap = \"2s\"\npoints_retention = \"3days\"\n").expect("valid");
+    assert_eq!(ok.usage.max_gap, Duration::from_secs(2));
+    assert_eq!(
+        CollectorConfig::default().usage.max_gap,
+        Duration::from_secs(30)
+    );
+    for (toml, key) in [
+        ("[usage]\nmax_gap = \"0s\"\n", "usage.max_gap"),
+        ("[usage]\nmax_gap = \"2h\"\n", "usage.max_gap"),
+        (
+            "[usage]\npoints_retention = \"48h\"\n",
+            "usage.points_retention",
+        ),
+    ] {
+        let err = parse(toml).expect_err(toml);
+        assert!(err.contains(key), "{toml}: {err}");
+    }
+}
