@@ -369,6 +369,11 @@ pub struct UsagePage {
     pub seen: BTreeMap<(String, String), BTreeSet<i64>>,
     /// Records skipped for a timestamp out of range.
     pub skipped: u64,
+    /// Observations older than this (ms before `now_ms`) are skipped;
+    /// `None` is [`MAX_AGE_MS`]. The stage sets it below `usage.points_retention`
+    /// so a late observation never recomputes hours whose observations were
+    /// pruned.
+    pub max_age_ms: Option<i64>,
 }
 
 impl UsagePage {
@@ -376,8 +381,9 @@ impl UsagePage {
     /// `member`, per the credential), skipping timestamps older than
     /// [`MAX_AGE_MS`] or more than [`MAX_FUTURE_MS`] ahead of `now_ms`.
     pub fn add_batch(&mut self, member: &str, batch: &Batch, now_ms: i64) {
+        let max_age = self.max_age_ms.unwrap_or(MAX_AGE_MS).min(MAX_AGE_MS);
         let in_range = |ts: i64| {
-            ts >= now_ms.saturating_sub(MAX_AGE_MS) && ts <= now_ms.saturating_add(MAX_FUTURE_MS)
+            ts >= now_ms.saturating_sub(max_age) && ts <= now_ms.saturating_add(MAX_FUTURE_MS)
         };
         for record in &batch.records {
             match record {

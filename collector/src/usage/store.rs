@@ -87,6 +87,13 @@ pub trait UsageStore: Send + Sync {
     /// Hub-hour observed time matching `filter`.
     fn hub_hours(&self, filter: &HourFilter) -> Result<Vec<HubHour>, StoreError>;
 
+    /// Deletes up to `limit` observations (`usage_points`, then
+    /// `usage_seen`) older than `before_ms`, keeping each server's latest
+    /// lifecycle event before it (it decides whether the server still runs).
+    /// The hourly rows are kept. Returns how many were deleted; fewer than
+    /// `limit` means nothing older is left.
+    fn prune_points(&self, before_ms: i64, limit: u64) -> Result<u64, StoreError>;
+
     /// The server-hours matching `filter` whose server time is bounded, not
     /// observed (an inferred stop ended them; see [`bounded_hours`]), as
     /// `(server, hour)`.
@@ -160,6 +167,35 @@ impl UsageStore for SqliteUsage {
                 },
             )?;
             rows.collect()
+        })
+    }
+
+    fn prune_points(&self, before_ms: i64, limit: u64) -> Result<u64, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.store.write_with("pruning usage observations", |tx| {
+            let points = tx.execute(
+                &format!(
+                    "DELETE FROM usage_points WHERE (member, hub, user, server, ts, kind) IN (
+                         SELECT member, hub, user, server, ts, kind FROM usage_points AS p
+                         WHERE ts < ?1 AND NOT (kind IN ({LIFECYCLE}) AND ts = (
+                             SELECT max(q.ts) FROM usage_points AS q
+                             WHERE q.member = p.member AND q.hub = p.hub AND q.user = p.user
+                               AND q.server = p.server AND q.kind IN ({LIFECYCLE}) AND q.ts < ?1))
+                         LIMIT ?2)"
+                ),
+                params![before_ms, limit],
+            )?;
+            let left = limit.saturating_sub(i64::try_from(points).unwrap_or(i64::MAX));
+            let seen = if left > 0 {
+                tx.execute(
+                    "DELETE FROM usage_seen WHERE (member, hub, ts) IN (
+                         SELECT member, hub, ts FROM usage_seen WHERE ts < ?1 LIMIT ?2)",
+                    params![before_ms, left],
+                )?
+            } else {
+                0
+            };
+            Ok((points + seen) as u64)
         })
     }
 

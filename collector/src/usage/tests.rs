@@ -890,3 +890,71 @@ fn the_gauges_show_the_last_complete_hour_per_hub_and_a_gap_as_coverage_zero() {
     );
     assert!(!text.contains("hubwatch_usage_server_seconds{"), "{text}");
 }
+
+// ---------- retention of observations ----------
+
+#[test]
+fn pruning_deletes_old_observations_in_chunks_and_keeps_the_hours_and_the_running_state() {
+    let (_dir, store) = temp_store();
+    let usage = SqliteUsage::new(store.clone());
+    // ada started at T0 and still runs; bob ran 20 minutes; snapshots and
+    // hub checks every 15 s for two hours.
+    let mut records = vec![
+        start("ada", T0),
+        start("bob", T0),
+        stop("bob", T0 + 20 * MIN),
+    ];
+    records.extend((0..=480).map(|i| hub_health(T0 + i * 15 * SEC)));
+    records.extend((0..=480).map(|i| snapshot("ada", T0 + i * 15 * SEC, 100, 1000)));
+    commit_pages(&usage, &[records]);
+    let before = ledger(&usage);
+    let count = |table: &str| -> i64 {
+        store
+            .read_with("count", |c| {
+                c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            })
+            .expect("count")
+    };
+    assert!(count("usage_points") > 480);
+
+    // Everything before T0 + 2h is older than the retention.
+    let now = T0 + 2 * HOUR_MS + 35 * 24 * HOUR_MS;
+    let deleted =
+        super::prune_usage_points(&usage, now, std::time::Duration::from_secs(35 * 24 * 3600))
+            .expect("prune");
+    assert!(deleted > super::PRUNE_CHUNK / 100, "{deleted}");
+    assert_eq!(ledger(&usage), before, "the hours stay");
+    assert_eq!(
+        count("usage_seen"),
+        1,
+        "only the check at T0 + 2h is not older"
+    );
+    // Left: ada's start (she still runs), bob's stop, and the snapshot at T0 + 2h.
+    let kinds: Vec<(i64, i64)> = store
+        .read_with("points", |c| {
+            let mut st = c.prepare("SELECT kind, ts FROM usage_points ORDER BY user, ts, kind")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? - T0)))?;
+            rows.collect()
+        })
+        .expect("points");
+    assert_eq!(kinds, [(0, 0), (3, 2 * HOUR_MS), (1, 20 * MIN)]);
+
+    // Chunks: a limit of 1 deletes one at a time.
+    let (_d2, s2) = temp_store();
+    let small = SqliteUsage::new(s2);
+    commit_pages(
+        &small,
+        &[(0..3).map(|i| hub_health(T0 + i * SEC)).collect()],
+    );
+    assert_eq!(small.prune_points(NOW, 1).expect("prune"), 1);
+    assert_eq!(small.prune_points(NOW, 10).expect("prune"), 2);
+    assert_eq!(small.prune_points(NOW, 10).expect("prune"), 0);
+
+    // A later observation still sees ada running: her next hour is counted.
+    commit_pages(
+        &usage,
+        &[vec![snapshot("ada", T0 + 3 * HOUR_MS, 100, 1000)]],
+    );
+    let (rows, _) = ledger(&usage);
+    assert_eq!(server_ms(&rows, "ada")[&(T0 + 2 * HOUR_MS)], HOUR_MS as u64);
+}
