@@ -6,7 +6,7 @@
 //! a hostile frame cannot make the collector allocate more than that, and it
 //! never panics on any input (a fuzz target in `fuzz/` checks it).
 
-use crate::wire::{Batch, PROTOCOL_VERSION, SUPPORTED_VERSIONS};
+use crate::wire::{Batch, PROTOCOL_VERSION, Record, SUPPORTED_VERSIONS, UsageEvent, UsageKind};
 
 /// First bytes of every frame: "HWB" and a format generation.
 pub const MAGIC: [u8; 4] = *b"HWB1";
@@ -86,14 +86,46 @@ pub fn encode_version(batch: &Batch, version: u16) -> Result<Vec<u8>, CodecError
     let mut out = Vec::with_capacity(HEADER_LEN + 64 + batch.records.len() * 48);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&version.to_le_bytes());
-    // Every version so far shares one body layout; a version that changes
-    // it gets its own arm here and in `decode`.
-    bincode::serde::encode_into_std_write(batch, &mut out, config())
+    // Version 2 only appended a variant to the version-1 layout, so both
+    // share one body layout; version 1 cannot say "inferred", only "stopped".
+    let downgraded;
+    let body = if version < 2 && has_inferred_stop(batch) {
+        downgraded = to_version_1(batch);
+        &downgraded
+    } else {
+        batch
+    };
+    bincode::serde::encode_into_std_write(body, &mut out, config())
         .map_err(|e| CodecError::Encode(e.to_string()))?;
     if out.len() > MAX_FRAME_BYTES {
         return Err(CodecError::TooLarge(out.len()));
     }
     Ok(out)
+}
+
+fn has_inferred_stop(batch: &Batch) -> bool {
+    batch.records.iter().any(|r| {
+        matches!(
+            r,
+            Record::Usage(UsageEvent {
+                kind: UsageKind::ServerStopInferred,
+                ..
+            })
+        )
+    })
+}
+
+/// `batch` as version 1 can carry it: an inferred stop becomes a stop.
+fn to_version_1(batch: &Batch) -> Batch {
+    let mut out = batch.clone();
+    for record in &mut out.records {
+        if let Record::Usage(event) = record
+            && event.kind == UsageKind::ServerStopInferred
+        {
+            event.kind = UsageKind::ServerStopped;
+        }
+    }
+    out
 }
 
 /// Reads and checks a frame's header, returning its protocol version.

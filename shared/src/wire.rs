@@ -9,10 +9,15 @@
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build writes.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// - 1: the first layout.
+/// - 2: the same layout plus [`UsageKind::ServerStopInferred`] (appended, so
+///   every version-1 frame is also a valid version-2 body). Written as
+///   version 1, that variant becomes [`UsageKind::ServerStopped`].
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Every protocol version this build can read and write, ascending.
-pub const SUPPORTED_VERSIONS: &[u16] = &[1];
+pub const SUPPORTED_VERSIONS: &[u16] = &[1, 2];
 
 /// Response header on every `POST /api/v1/ingest` answer: the protocol
 /// versions the collector accepts, comma-separated (`1` or `1, 2`). An agent
@@ -277,6 +282,12 @@ pub enum UsageKind {
     Activity,
     /// The resources the server had at `timestamp_ms`.
     Resources(ResourceSnapshot),
+    /// The server was running at the agent's last listing before a restart
+    /// and gone at the first one after it: it stopped at some instant in
+    /// between, `timestamp_ms` (the first time it was seen gone) being the
+    /// latest. Protocol version 2; a version-1 frame carries it as
+    /// [`UsageKind::ServerStopped`].
+    ServerStopInferred,
 }
 
 /// Requests and usage of one server at one instant. Absent means unknown.

@@ -225,7 +225,11 @@ fn oversized_malformed_and_unknown_version_bodies_are_refused_with_reasons() {
     // Machine-readable, so an agent keeps such a batch instead of dropping it.
     let body: serde_json::Value = serde_json::from_str(&reply.body).expect("a JSON body");
     assert_eq!(body["code"], "unsupported_version", "{body}");
-    assert_eq!(body["accepted_versions"], serde_json::json!([1]), "{body}");
+    assert_eq!(
+        body["accepted_versions"],
+        serde_json::json!([1, 2]),
+        "{body}"
+    );
 
     // None of these were stored; the good one was.
     let row = collector.agent("sloppy").expect("row");

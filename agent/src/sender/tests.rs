@@ -424,8 +424,14 @@ async fn a_collector_refusing_the_version_holds_everything_until_it_accepts_it()
     let rig = Rig::start(&collector.url());
     rig.store(2);
     rig.store(3);
+    // Refused in the version it writes by default, the newest it speaks.
+    let written = hubwatch_shared::wire::PROTOCOL_VERSION.to_string();
     rig.wait("two refusals", Duration::from_secs(10), |r| {
-        r.metrics.version_refusals.with_label_values(&["1"]).get() >= 2
+        r.metrics
+            .version_refusals
+            .with_label_values(&[&written])
+            .get()
+            >= 2
     })
     .await;
     assert_eq!(rig.pending(), 2, "nothing dropped");
@@ -440,7 +446,10 @@ async fn a_collector_refusing_the_version_holds_everything_until_it_accepts_it()
     );
     let mismatch = rig.terms.mismatch().expect("mismatch reported");
     assert!(
-        mismatch.contains("speaks 1") && mismatch.contains("accepts 99"),
+        mismatch.contains(&format!(
+            "speaks {}",
+            hubwatch_shared::wire::format_versions(hubwatch_shared::wire::SUPPORTED_VERSIONS)
+        )) && mismatch.contains("accepts 99"),
         "{mismatch}"
     );
 

@@ -141,6 +141,18 @@ impl UsageStore for Ledger {
             .cloned()
             .collect())
     }
+
+    // The late-data tests never prune or infer stops.
+    fn prune_points(&self, _before_ms: i64, _limit: u64) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
+    fn bounded_server_hours(
+        &self,
+        _f: &HourFilter,
+    ) -> Result<std::collections::BTreeSet<(ServerKey, i64)>, StoreError> {
+        Ok(std::collections::BTreeSet::new())
+    }
 }
 
 const HEADER: &str = "BillingAccountId,SubAccountId,BillingPeriodStart,BillingPeriodEnd,ChargeCategory,BilledCost,EffectiveCost,BillingCurrency,ServiceName\n";

@@ -91,7 +91,9 @@ pub fn idle_server_ms(points: &[Point], from: i64, to: i64) -> u64 {
                 running = true;
                 since = ts;
             }
-            PointKind::Stopped => running = false,
+            // An inferred stop ends the server like a stop; the time before
+            // it is bounded, not observed, and counted idle only up to here.
+            PointKind::Stopped | PointKind::StopInferred => running = false,
             PointKind::Activity => since = ts,
             PointKind::Started | PointKind::Resources => {}
         }

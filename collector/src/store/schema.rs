@@ -279,6 +279,12 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER cost_closed_periods_frozen BEFORE UPDATE ON cost_closed_periods
     BEGIN SELECT RAISE(ABORT, 'a closed cost period is never rewritten'); END;
     ",
+    // 8: issue 8 (usage ledger): a server-hour whose end was inferred after an
+    // agent restart (kind 4 in usage_points: stop inferred) is bounded, not
+    // observed.
+    "
+    ALTER TABLE usage_server_hours ADD COLUMN bounded INTEGER NOT NULL DEFAULT 0;
+    ",
 ];
 
 /// The schema version this build writes.

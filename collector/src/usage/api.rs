@@ -1,10 +1,15 @@
-//! `GET /api/v1/usage?member=&hub=&from=&to=&group_by=hub|user|day`: the
+//! `GET /api/v1/usage?member=&hub=&from=&to=&group_by=hub|user|day|week|month`: the
 //! query's parameters ([`UsageQuery::parse`], every error names its
 //! parameter) and the `{"rows":[...]}` body ([`rows_json`]).
 //!
 //! Rows are per member, hub and hour (`group_by=hub`, the default), per
 //! member, hub, user pseudonym and hour (`group_by=user`), or per member, hub
-//! and UTC day (`group_by=day`). `period_start`/`period_end` are RFC 3339 UTC,
+//! and UTC day, ISO week (from Monday 00:00 UTC) or calendar month (UTC)
+//! (`group_by=day|week|month`). `active_users` is the number of distinct
+//! pseudonyms with server time in the period. `bounded` says a row holds
+//! server time whose end was inferred after an agent restart (it lies
+//! between the last observation before the outage and the stop), and
+//! `bounded_rows` how many such server-hours it holds. `period_start`/`period_end` are RFC 3339 UTC,
 //! end exclusive. Quantities are integers: core-seconds and server seconds
 //! are truncated from the exact millicore-seconds and ms, which are given too
 //! (`cpu_*_millicore_seconds`). `coverage` is the time the agent observed the
@@ -14,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
+use super::ledger::ServerKey;
 use super::ledger::{HOUR_MS, Quantities};
 use super::store::{HourFilter, HubHour, ServerHour};
 use crate::clock::rfc3339;
@@ -34,6 +40,10 @@ pub enum GroupBy {
     User,
     /// Per member, hub and UTC day.
     Day,
+    /// Per member, hub and ISO week (Monday 00:00 UTC to the next).
+    Week,
+    /// Per member, hub and calendar month (UTC).
+    Month,
 }
 
 /// A bad query parameter: the 400's message names it.
@@ -128,10 +138,12 @@ impl UsageQuery {
             None | Some("hub") => GroupBy::Hub,
             Some("user") => GroupBy::User,
             Some("day") => GroupBy::Day,
+            Some("week") => GroupBy::Week,
+            Some("month") => GroupBy::Month,
             Some(other) => {
                 return Err(invalid(
                     "group_by",
-                    format!("{other:?} is not one of hub, user, day"),
+                    format!("{other:?} is not one of hub, user, day, week, month"),
                 ));
             }
         };
@@ -149,11 +161,10 @@ impl UsageQuery {
         if to_ms.saturating_sub(from_ms) > MAX_RANGE_MS {
             return Err(invalid("from", "the range is longer than 400 days"));
         }
-        let period = period_ms(group_by);
         Ok(Self {
             member: non_empty("member", member)?,
             hub: non_empty("hub", hub)?,
-            from_ms: from_ms.saturating_sub(from_ms.rem_euclid(period)),
+            from_ms: period_start(group_by, from_ms),
             to_ms,
             group_by,
         })
@@ -170,10 +181,60 @@ impl UsageQuery {
     }
 }
 
-fn period_ms(group_by: GroupBy) -> i64 {
+/// 1970-01-01 was a Thursday: the first Monday is four days later.
+const FIRST_MONDAY_MS: i64 = 4 * DAY_MS;
+
+/// The start of the period of `group_by` holding `ts`.
+pub fn period_start(group_by: GroupBy, ts: i64) -> i64 {
+    let align =
+        |unit: i64, origin: i64| ts.saturating_sub(ts.saturating_sub(origin).rem_euclid(unit));
     match group_by {
-        GroupBy::Hub | GroupBy::User => HOUR_MS,
-        GroupBy::Day => DAY_MS,
+        GroupBy::Hub | GroupBy::User => align(HOUR_MS, 0),
+        GroupBy::Day => align(DAY_MS, 0),
+        GroupBy::Week => align(7 * DAY_MS, FIRST_MONDAY_MS),
+        GroupBy::Month => month_bounds(ts).0,
+    }
+}
+
+/// The end (exclusive) of the period of `group_by` starting at `start`.
+pub fn period_end(group_by: GroupBy, start: i64) -> i64 {
+    match group_by {
+        GroupBy::Hub | GroupBy::User => start.saturating_add(HOUR_MS),
+        GroupBy::Day => start.saturating_add(DAY_MS),
+        GroupBy::Week => start.saturating_add(7 * DAY_MS),
+        GroupBy::Month => month_bounds(start).1,
+    }
+}
+
+/// The calendar month (UTC) holding `ts`: `[first ms, first ms of the next)`.
+/// Out of the calendar's range (never from the ledger, whose timestamps are
+/// bounded), a 31-day period from `ts`'s day.
+fn month_bounds(ts: i64) -> (i64, i64) {
+    let fallback = {
+        let day = ts.saturating_sub(ts.rem_euclid(DAY_MS));
+        (day, day.saturating_add(31 * DAY_MS))
+    };
+    let Ok(at) = time::OffsetDateTime::from_unix_timestamp(ts.div_euclid(1000)) else {
+        return fallback;
+    };
+    let first = |year: i32, month: time::Month| {
+        time::Date::from_calendar_date(year, month, 1)
+            .ok()
+            .map(|d| {
+                d.midnight()
+                    .assume_utc()
+                    .unix_timestamp()
+                    .saturating_mul(1000)
+            })
+    };
+    let (year, month) = (at.year(), at.month());
+    let (next_year, next_month) = match month {
+        time::Month::December => (year.saturating_add(1), time::Month::January),
+        m => (year, m.next()),
+    };
+    match (first(year, month), first(next_year, next_month)) {
+        (Some(a), Some(b)) => (a, b),
+        _ => fallback,
     }
 }
 
@@ -182,12 +243,19 @@ struct Row {
     quantities: Quantities,
     users: BTreeSet<String>,
     observed_ms: u64,
+    bounded_rows: u64,
 }
 
-/// `{"rows":[...]}` from the server-hours and hub-hours of the query's range.
-pub fn rows_json(query: &UsageQuery, servers: &[ServerHour], hubs: &[HubHour]) -> Value {
-    let period = period_ms(query.group_by);
-    let start = |hour: i64| hour.saturating_sub(hour.rem_euclid(period));
+/// `{"rows":[...]}` from the server-hours, the bounded ones among them
+/// (`(server, hour)`) and the hub-hours of the query's range.
+pub fn rows_json(
+    query: &UsageQuery,
+    servers: &[ServerHour],
+    bounded: &BTreeSet<(ServerKey, i64)>,
+    hubs: &[HubHour],
+) -> Value {
+    let group_by = query.group_by;
+    let start = |hour: i64| period_start(group_by, hour);
     // (member, hub, period start, user when grouped by user)
     let mut rows: BTreeMap<(&str, &str, i64, Option<&str>), Row> = BTreeMap::new();
     let mut observed: BTreeMap<(&str, &str, i64), u64> = BTreeMap::new();
@@ -207,11 +275,15 @@ pub fn rows_json(query: &UsageQuery, servers: &[ServerHour], hubs: &[HubHour]) -
             .entry((&s.key.member, &s.key.hub, start(s.hour), user))
             .or_default();
         row.quantities.add(&s.quantities);
+        // `bounded` is small (a few rows per agent restart); the key is
+        // cloned only to look it up.
+        if bounded.contains(&(s.key.clone(), s.hour)) {
+            row.bounded_rows = row.bounded_rows.saturating_add(1);
+        }
         if s.quantities.server_ms > 0 {
             row.users.insert(s.key.user.clone());
         }
     }
-    let period_u = u64::try_from(period).unwrap_or(u64::MAX);
     let rows: Vec<Value> = rows
         .into_iter()
         .map(|((member, hub, period_start, user), mut row)| {
@@ -220,13 +292,17 @@ pub fn rows_json(query: &UsageQuery, servers: &[ServerHour], hubs: &[HubHour]) -
                 .copied()
                 .unwrap_or(0);
             let q = &row.quantities;
+            let period_end = period_end(group_by, period_start);
+            let period_u = u64::try_from(period_end.saturating_sub(period_start))
+                .unwrap_or(u64::MAX)
+                .max(1);
             // Observed time cannot exceed the period; clamp rather than trust it.
             let coverage = row.observed_ms.min(period_u) as f64 / period_u as f64;
             let mut value = json!({
                 "member": member,
                 "hub": hub,
                 "period_start": rfc3339(period_start),
-                "period_end": rfc3339(period_start.saturating_add(period)),
+                "period_end": rfc3339(period_end),
                 "server_seconds": q.server_ms / 1000,
                 "active_users": row.users.len(),
                 "cpu_request_core_seconds": q.cpu_request_millicore_seconds / 1000,
@@ -237,6 +313,8 @@ pub fn rows_json(query: &UsageQuery, servers: &[ServerHour], hubs: &[HubHour]) -
                 "memory_usage_byte_seconds": q.memory_usage_byte_seconds,
                 "storage_byte_seconds": q.storage_byte_seconds,
                 "coverage": coverage,
+                "bounded": row.bounded_rows > 0,
+                "bounded_rows": row.bounded_rows,
             });
             if let (Some(user), Some(map)) = (user, value.as_object_mut()) {
                 map.insert("user".into(), Value::String(user.to_string()));

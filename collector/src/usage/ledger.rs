@@ -12,6 +12,11 @@
 //!   nothing (no double count); a stop without a start neither. A server
 //!   whose latest lifecycle event overall is a start is *open*: it is counted
 //!   up to its last observation only, never guessed beyond it.
+//! - **Inferred stops**: a stop the agent inferred after a restart (the
+//!   server ran at its last listing before the outage and was gone at the
+//!   first one after) ends the server there like any stop, but its true end
+//!   lies anywhere between the server's last observation before it and the
+//!   stop: the hours of that span are *bounded* ([`bounded_hours`]).
 //! - **Resources**: between two consecutive snapshots of a server no more
 //!   than `max_gap_ms` apart, the earlier snapshot's level holds (a step
 //!   function); a longer gap is not bridged, it stays a gap.
@@ -28,9 +33,9 @@ use hubwatch_shared::wire::{Batch, Record, ResourceSnapshot, UsageKind};
 /// One hour, in ms: the ledger's row period.
 pub const HOUR_MS: i64 = 3_600_000;
 
-/// The longest gap between two observations that is still integrated:
-/// two intervals of the agent's default `interval` (15 s). A constant rather
-/// than learnt from the spacing, so that the result for an hour never depends
+/// The default longest gap between two observations that is still
+/// integrated (`usage.max_gap`): two intervals of the agent's default
+/// `interval` (15 s). Configured rather than learnt from the spacing, so that the result for an hour never depends
 /// on which other hours' observations have arrived yet.
 pub const DEFAULT_MAX_GAP_MS: i64 = 2 * 15_000;
 
@@ -65,6 +70,9 @@ pub enum PointKind {
     Activity,
     /// Its resources (the levels of the point).
     Resources,
+    /// The server was gone at the agent's first listing after a restart:
+    /// a stop, at some instant since its previous observation.
+    StopInferred,
 }
 
 impl PointKind {
@@ -75,6 +83,7 @@ impl PointKind {
             Self::Stopped => 1,
             Self::Activity => 2,
             Self::Resources => 3,
+            Self::StopInferred => 4,
         }
     }
 
@@ -85,14 +94,18 @@ impl PointKind {
             1 => Some(Self::Stopped),
             2 => Some(Self::Activity),
             3 => Some(Self::Resources),
+            4 => Some(Self::StopInferred),
             _ => None,
         }
     }
 
-    /// Whether it is a start or a stop.
+    /// Whether it is a start or a stop (observed or inferred).
     pub fn is_lifecycle(self) -> bool {
-        matches!(self, Self::Started | Self::Stopped)
+        matches!(self, Self::Started | Self::Stopped | Self::StopInferred)
     }
+
+    /// The stored codes of the lifecycle kinds, for SQL `kind IN (...)`.
+    pub const LIFECYCLE_CODES: &'static str = "0, 1, 4";
 }
 
 /// The resource levels of a snapshot; `None` is unknown (not integrated).
@@ -298,6 +311,32 @@ pub fn integrate_server(
     hours
 }
 
+/// The hours of `window` in which the server's time is bounded rather than
+/// observed: for each inferred stop that ends a run, the hours from the
+/// server's previous observation (clamped to the window) to the stop. The
+/// store marks only those of them that hold a row.
+pub fn bounded_hours(history: &ServerHistory<'_>, window: (i64, i64)) -> BTreeSet<i64> {
+    let (w0, w1) = window;
+    let mut out = BTreeSet::new();
+    let mut running = history.running_before;
+    let mut previous: Option<i64> = None;
+    for p in history.points.iter().filter(|p| p.ts < w1) {
+        if p.kind == PointKind::StopInferred && running && p.ts >= w0 {
+            let from = previous.unwrap_or(w0).max(w0);
+            if from < p.ts {
+                split_hours(from, p.ts, |hour, _| {
+                    out.insert(hour);
+                });
+            }
+        }
+        if p.kind.is_lifecycle() && p.ts >= w0 {
+            running = p.kind == PointKind::Started;
+        }
+        previous = Some(p.ts);
+    }
+    out
+}
+
 /// Observed ms of one hub for each hour of `window`, from its observation
 /// instants (sorted, distinct, covering `[window.0 - max_gap, window.1 +
 /// max_gap]`).
@@ -330,6 +369,11 @@ pub struct UsagePage {
     pub seen: BTreeMap<(String, String), BTreeSet<i64>>,
     /// Records skipped for a timestamp out of range.
     pub skipped: u64,
+    /// Observations older than this (ms before `now_ms`) are skipped;
+    /// `None` is [`MAX_AGE_MS`]. The stage sets it below `usage.points_retention`
+    /// so a late observation never recomputes hours whose observations were
+    /// pruned.
+    pub max_age_ms: Option<i64>,
 }
 
 impl UsagePage {
@@ -337,8 +381,9 @@ impl UsagePage {
     /// `member`, per the credential), skipping timestamps older than
     /// [`MAX_AGE_MS`] or more than [`MAX_FUTURE_MS`] ahead of `now_ms`.
     pub fn add_batch(&mut self, member: &str, batch: &Batch, now_ms: i64) {
+        let max_age = self.max_age_ms.unwrap_or(MAX_AGE_MS).min(MAX_AGE_MS);
         let in_range = |ts: i64| {
-            ts >= now_ms.saturating_sub(MAX_AGE_MS) && ts <= now_ms.saturating_add(MAX_FUTURE_MS)
+            ts >= now_ms.saturating_sub(max_age) && ts <= now_ms.saturating_add(MAX_FUTURE_MS)
         };
         for record in &batch.records {
             match record {
@@ -352,6 +397,9 @@ impl UsagePage {
                         UsageKind::ServerStopped => (PointKind::Stopped, Levels::default()),
                         UsageKind::Activity => (PointKind::Activity, Levels::default()),
                         UsageKind::Resources(s) => (PointKind::Resources, Levels::from_snapshot(s)),
+                        UsageKind::ServerStopInferred => {
+                            (PointKind::StopInferred, Levels::default())
+                        }
                     };
                     let key = ServerKey {
                         member: member.to_string(),

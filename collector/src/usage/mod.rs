@@ -67,14 +67,28 @@ impl Component for UsageComponent {
                 let (store, clock) = (Arc::clone(&route_store), clock.clone());
                 async move { usage_response(&state, &peer, &request, store, clock).await }
             });
-            let stage = LedgerStage::new(Arc::clone(&store)).with_metrics(ctx.metrics.clone());
+            let stage = LedgerStage::new(Arc::clone(&store))
+                .with_max_gap(ctx.config.usage.max_gap)
+                .with_points_retention(ctx.config.usage.points_retention)
+                .with_metrics(ctx.metrics.clone());
             Ok(Built {
                 routes: vec![route],
                 stages: vec![Box::new(stage)],
-                tasks: vec![Task::new(
-                    "usage.gauges",
-                    run_gauges(store, ctx.clock, ctx.metrics, ctx.shutdown),
-                )],
+                tasks: vec![
+                    Task::new(
+                        "usage.retention",
+                        run_retention(
+                            Arc::clone(&store),
+                            ctx.clock.clone(),
+                            ctx.config.usage.points_retention,
+                            ctx.shutdown.clone(),
+                        ),
+                    ),
+                    Task::new(
+                        "usage.gauges",
+                        run_gauges(store, ctx.clock, ctx.metrics, ctx.shutdown),
+                    ),
+                ],
                 ..Built::default()
             })
         })
@@ -114,8 +128,9 @@ async fn usage_response(
     let read = tokio::task::spawn_blocking(move || {
         let filter = query.filter();
         let servers = store.server_hours(&filter)?;
+        let bounded = store.bounded_server_hours(&filter)?;
         let hubs = store.hub_hours(&filter)?;
-        Ok::<_, crate::store::StoreError>(api::rows_json(&query, &servers, &hubs))
+        Ok::<_, crate::store::StoreError>(api::rows_json(&query, &servers, &bounded, &hubs))
     })
     .await;
     match read {
@@ -125,6 +140,50 @@ async fn usage_response(
             server::unavailable(format!("store unavailable: {e}"))
         }
         Err(e) => server::unavailable(format!("reading usage failed: {e}")),
+    }
+}
+
+/// Observations deleted per transaction by [`prune_usage_points`].
+pub const PRUNE_CHUNK: u64 = 10_000;
+
+/// Every [`TICK`] until `shutdown`: [`prune_usage_points`] on a blocking
+/// thread.
+async fn run_retention(
+    store: Arc<dyn UsageStore>,
+    clock: SharedClock,
+    retention: Duration,
+    shutdown: Shutdown,
+) {
+    let mut ticks = shutdown.every(TICK);
+    while ticks.next().await {
+        let (store, now) = (Arc::clone(&store), clock.now_ms());
+        let round =
+            tokio::task::spawn_blocking(move || prune_usage_points(&*store, now, retention)).await;
+        match round {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "pruning usage observations failed; retrying"),
+            Err(e) => tracing::error!(error = %e, "pruning usage observations failed; retrying"),
+        }
+    }
+}
+
+/// Deletes the usage observations older than `retention` before `now_ms`
+/// in chunks of [`PRUNE_CHUNK`] (one short write transaction each, so the
+/// ledger stage is never held up long); the hourly rows stay. Returns how
+/// many were deleted.
+pub fn prune_usage_points(
+    store: &dyn UsageStore,
+    now_ms: i64,
+    retention: Duration,
+) -> Result<u64, StoreError> {
+    let before = now_ms.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+    let mut total = 0u64;
+    loop {
+        let deleted = store.prune_points(before, PRUNE_CHUNK)?;
+        total = total.saturating_add(deleted);
+        if deleted < PRUNE_CHUNK {
+            return Ok(total);
+        }
     }
 }
 

@@ -33,6 +33,7 @@ pub struct LedgerStage {
     store: Arc<dyn UsageStore>,
     page: UsagePage,
     max_gap_ms: i64,
+    max_age_ms: Option<i64>,
     totals: Arc<Mutex<LedgerTotals>>,
     metrics: Option<CollectorMetrics>,
 }
@@ -52,9 +53,24 @@ impl LedgerStage {
             store,
             page: UsagePage::default(),
             max_gap_ms: DEFAULT_MAX_GAP_MS,
+            max_age_ms: None,
             totals: Arc::default(),
             metrics: None,
         }
+    }
+
+    /// Bridges gaps up to `max_gap` (`usage.max_gap`) instead of the default.
+    pub fn with_max_gap(mut self, max_gap: std::time::Duration) -> Self {
+        self.max_gap_ms = i64::try_from(max_gap.as_millis()).unwrap_or(DEFAULT_MAX_GAP_MS);
+        self
+    }
+
+    /// Skips observations older than `retention` (`usage.points_retention`)
+    /// less one day: their neighbours may already be pruned.
+    pub fn with_points_retention(mut self, retention: std::time::Duration) -> Self {
+        let ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        self.max_age_ms = Some(ms.saturating_sub(24 * 3_600_000).max(0));
+        self
     }
 
     /// Counts skipped records into `hubwatch_usage_skipped_records_total`.
@@ -80,6 +96,7 @@ impl Stage for LedgerStage {
         batch: &Batch,
         now_ms: i64,
     ) -> Result<(), StageFailure> {
+        self.page.max_age_ms = self.max_age_ms;
         self.page.add_batch(&stored.member, batch, now_ms);
         Ok(())
     }

@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::ledger::{
-    HOUR_MS, Levels, Point, PointKind, Quantities, ServerHistory, ServerKey, UsagePage, hour_of,
-    integrate_observed, integrate_server,
+    HOUR_MS, Levels, Point, PointKind, Quantities, ServerHistory, ServerKey, UsagePage,
+    bounded_hours, hour_of, integrate_observed, integrate_server,
 };
 use crate::pipeline::CursorUpdate;
 use crate::store::{Store, StoreError};
@@ -86,6 +86,21 @@ pub trait UsageStore: Send + Sync {
 
     /// Hub-hour observed time matching `filter`.
     fn hub_hours(&self, filter: &HourFilter) -> Result<Vec<HubHour>, StoreError>;
+
+    /// Deletes up to `limit` observations (`usage_points`, then
+    /// `usage_seen`) older than `before_ms`, keeping each server's latest
+    /// lifecycle event before it (it decides whether the server still runs).
+    /// The hourly rows are kept. Returns how many were deleted; fewer than
+    /// `limit` means nothing older is left.
+    fn prune_points(&self, before_ms: i64, limit: u64) -> Result<u64, StoreError>;
+
+    /// The server-hours matching `filter` whose server time is bounded, not
+    /// observed (an inferred stop ended them; see [`bounded_hours`]), as
+    /// `(server, hour)`.
+    fn bounded_server_hours(
+        &self,
+        filter: &HourFilter,
+    ) -> Result<std::collections::BTreeSet<(ServerKey, i64)>, StoreError>;
 }
 
 /// [`UsageStore`] on the embedded SQLite store.
@@ -149,6 +164,63 @@ impl UsageStore for SqliteUsage {
                             storage_byte_seconds: from_sql(row.get(10)?),
                         },
                     })
+                },
+            )?;
+            rows.collect()
+        })
+    }
+
+    fn prune_points(&self, before_ms: i64, limit: u64) -> Result<u64, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.store.write_with("pruning usage observations", |tx| {
+            let points = tx.execute(
+                &format!(
+                    "DELETE FROM usage_points WHERE (member, hub, user, server, ts, kind) IN (
+                         SELECT member, hub, user, server, ts, kind FROM usage_points AS p
+                         WHERE ts < ?1 AND NOT (kind IN ({LIFECYCLE}) AND ts = (
+                             SELECT max(q.ts) FROM usage_points AS q
+                             WHERE q.member = p.member AND q.hub = p.hub AND q.user = p.user
+                               AND q.server = p.server AND q.kind IN ({LIFECYCLE}) AND q.ts < ?1))
+                         LIMIT ?2)"
+                ),
+                params![before_ms, limit],
+            )?;
+            let left = limit.saturating_sub(i64::try_from(points).unwrap_or(i64::MAX));
+            let seen = if left > 0 {
+                tx.execute(
+                    "DELETE FROM usage_seen WHERE (member, hub, ts) IN (
+                         SELECT member, hub, ts FROM usage_seen WHERE ts < ?1 LIMIT ?2)",
+                    params![before_ms, left],
+                )?
+            } else {
+                0
+            };
+            Ok((points + seen) as u64)
+        })
+    }
+
+    fn bounded_server_hours(
+        &self,
+        filter: &HourFilter,
+    ) -> Result<std::collections::BTreeSet<(ServerKey, i64)>, StoreError> {
+        self.store.read_with("reading bounded usage hours", |conn| {
+            let mut statement = conn.prepare(
+                "SELECT member, hub, user, server, hour FROM usage_server_hours
+                 WHERE bounded = 1 AND hour >= ?1 AND hour < ?2
+                   AND (?3 IS NULL OR member = ?3) AND (?4 IS NULL OR hub = ?4)",
+            )?;
+            let rows = statement.query_map(
+                params![filter.from_ms, filter.to_ms, filter.member, filter.hub],
+                |row| {
+                    Ok((
+                        ServerKey {
+                            member: row.get(0)?,
+                            hub: row.get(1)?,
+                            user: row.get(2)?,
+                            server: row.get(3)?,
+                        },
+                        row.get::<_, i64>(4)?,
+                    ))
                 },
             )?;
             rows.collect()
@@ -270,6 +342,7 @@ pub fn write_page(
 }
 
 const KEY: &str = "member = ?1 AND hub = ?2 AND user = ?3 AND server = ?4";
+const LIFECYCLE: &str = PointKind::LIFECYCLE_CODES;
 
 fn one_i64(
     tx: &Transaction<'_>,
@@ -297,7 +370,7 @@ fn lifecycle_before(
     let code = one_i64(
         tx,
         &format!(
-            "SELECT kind FROM usage_points WHERE {KEY} AND kind IN (0, 1) AND ts < ?5
+            "SELECT kind FROM usage_points WHERE {KEY} AND kind IN ({LIFECYCLE}) AND ts < ?5
              ORDER BY ts DESC, kind DESC LIMIT 1"
         ),
         key,
@@ -362,7 +435,9 @@ fn recompute_server(
     if let Some(lifecycle_max) = t.lifecycle_max {
         let next_lifecycle = one_i64(
             tx,
-            &format!("SELECT min(ts) FROM usage_points WHERE {KEY} AND kind IN (0, 1) AND ts > ?5"),
+            &format!(
+                "SELECT min(ts) FROM usage_points WHERE {KEY} AND kind IN ({LIFECYCLE}) AND ts > ?5"
+            ),
             key,
             lifecycle_max,
         )?;
@@ -373,7 +448,33 @@ fn recompute_server(
             .min(prev_snapshot.unwrap_or(t.min))
             .min(t.min),
     );
-    let w1 = hour_of(hi).saturating_add(HOUR_MS);
+    let mut w1 = hour_of(hi).saturating_add(HOUR_MS);
+    // An inferred stop at or after the window whose span (from the server's
+    // last observation before it) reaches back into the window decides
+    // which of the window's hours are bounded: recompute up to it.
+    let next_lifecycle = tx
+        .prepare_cached(&format!(
+            "SELECT ts, kind FROM usage_points WHERE {KEY} AND kind IN ({LIFECYCLE}) AND ts >= ?5
+             ORDER BY ts, kind LIMIT 1"
+        ))?
+        .query_row(
+            params![key.member, key.hub, key.user, key.server, w1],
+            |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)),
+        )
+        .optional()?;
+    if let Some((stop, code)) = next_lifecycle
+        && PointKind::from_code(code) == Some(PointKind::StopInferred)
+    {
+        let before = one_i64(
+            tx,
+            &format!("SELECT max(ts) FROM usage_points WHERE {KEY} AND ts < ?5"),
+            key,
+            stop,
+        )?;
+        if before.is_none_or(|at| at < w1) {
+            w1 = hour_of(stop).saturating_add(HOUR_MS);
+        }
+    }
     let running_before = lifecycle_before(tx, key, w0)? == Some(PointKind::Started);
     // Timestamps are bounded well below i64::MAX at derive time, so this is
     // the latest lifecycle event overall.
@@ -416,15 +517,13 @@ fn recompute_server(
         }
         points
     };
-    let hours = integrate_server(
-        &ServerHistory {
-            points: &points,
-            running_before,
-            open_until: open.then_some(last),
-        },
-        (w0, w1),
-        max_gap_ms,
-    );
+    let history = ServerHistory {
+        points: &points,
+        running_before,
+        open_until: open.then_some(last),
+    };
+    let hours = integrate_server(&history, (w0, w1), max_gap_ms);
+    let bounded = bounded_hours(&history, (w0, w1));
     tx.prepare_cached(&format!(
         "DELETE FROM usage_server_hours WHERE {KEY} AND hour >= ?5 AND hour < ?6"
     ))?
@@ -432,8 +531,9 @@ fn recompute_server(
     let mut insert = tx.prepare_cached(
         "INSERT INTO usage_server_hours (member, hub, user, server, hour, server_ms,
              cpu_request_millicore_seconds, memory_request_byte_seconds,
-             cpu_usage_millicore_seconds, memory_usage_byte_seconds, storage_byte_seconds)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+             cpu_usage_millicore_seconds, memory_usage_byte_seconds, storage_byte_seconds,
+             bounded)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?;
     for (hour, q) in &hours {
         insert.execute(params![
@@ -448,6 +548,7 @@ fn recompute_server(
             to_sql(q.cpu_usage_millicore_seconds),
             to_sql(q.memory_usage_byte_seconds),
             to_sql(q.storage_byte_seconds),
+            bounded.contains(hour),
         ])?;
     }
     Ok(hours.len() as u64)

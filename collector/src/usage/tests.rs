@@ -373,7 +373,7 @@ fn the_arithmetic_saturates_and_clamps_absurd_input() {
 // ---------- order and replay ----------
 
 /// The oracle: every observation integrated at once over the whole range.
-fn oracle(records: &[Record]) -> Ledger {
+fn oracle(records: &[Record]) -> (Ledger, Bounded) {
     let mut page = UsagePage::default();
     page.add_batch("leap", &batch("leap", 0, records.to_vec()), NOW);
     let mut by_server: BTreeMap<_, Vec<super::ledger::Point>> = BTreeMap::new();
@@ -388,27 +388,49 @@ fn oracle(records: &[Record]) -> Ledger {
             });
     }
     let mut out = Ledger::new();
+    let mut bounded_out = Bounded::new();
     for (key, mut points) in by_server {
         points.sort_by_key(|p| (p.ts, p.kind));
         let last = points.iter().map(|p| p.ts).max().unwrap_or(0);
         let latest_lifecycle = points.iter().rfind(|p| p.kind.is_lifecycle());
         let open = latest_lifecycle.is_some_and(|p| p.kind == PointKind::Started);
-        let hours = integrate_server(
-            &ServerHistory {
-                points: &points,
-                running_before: false,
-                open_until: open.then_some(last),
-            },
-            (T0 - HOUR_MS, NOW + HOUR_MS),
-            DEFAULT_MAX_GAP_MS,
-        );
+        let history = ServerHistory {
+            points: &points,
+            running_before: false,
+            open_until: open.then_some(last),
+        };
+        let window = (T0 - HOUR_MS, NOW + HOUR_MS);
+        let hours = integrate_server(&history, window, DEFAULT_MAX_GAP_MS);
+        for hour in super::ledger::bounded_hours(&history, window) {
+            if hours.contains_key(&hour) {
+                bounded_out.insert((key.user.clone(), hour));
+            }
+        }
         for (hour, q) in hours {
             out.entry((key.member.clone(), key.user.clone(), hour))
                 .or_default()
                 .add(&q);
         }
     }
-    out
+    (out, bounded_out)
+}
+
+/// `(user, hour)` of the bounded server-hours.
+type Bounded = std::collections::BTreeSet<(String, i64)>;
+
+fn bounded(store: &dyn UsageStore) -> Bounded {
+    let all = HourFilter {
+        member: None,
+        hub: None,
+        from_ms: i64::MIN,
+        to_ms: i64::MAX,
+    };
+    store
+        .bounded_server_hours(&all)
+        .expect("bounded")
+        .into_iter()
+        .map(|(key, hour)| (key.user, hour))
+        .collect()
 }
 
 fn record() -> impl Strategy<Value = Record> {
@@ -424,6 +446,8 @@ fn record() -> impl Strategy<Value = Record> {
         2 => (user.clone(), ts.clone()).prop_map(|(u, t)| start(u, t)),
         2 => (user.clone(), ts.clone()).prop_map(|(u, t)| stop(u, t)),
         1 => (user.clone(), ts.clone()).prop_map(|(u, t)| activity(u, t)),
+        1 => (user.clone(), ts.clone())
+            .prop_map(|(u, t)| event(u, UsageKind::ServerStopInferred, t)),
         4 => (user, ts.clone(), 0u64..4000).prop_map(|(u, t, c)| snapshot(u, t, c, c * 1000)),
         2 => ts.prop_map(hub_health),
     ]
@@ -459,7 +483,12 @@ proptest! {
         let a = ledger(&in_order);
         prop_assert_eq!(&a, &ledger(&shuffled));
         prop_assert_eq!(&a, &ledger(&at_once));
-        prop_assert_eq!(a.0, oracle(&pages.concat()));
+        let (rows, bounded_hours) = oracle(&pages.concat());
+        prop_assert_eq!(a.0, rows);
+        let b = bounded(&in_order);
+        prop_assert_eq!(&b, &bounded(&shuffled));
+        prop_assert_eq!(&b, &bounded(&at_once));
+        prop_assert_eq!(b, bounded_hours);
     }
 }
 
@@ -541,6 +570,168 @@ fn the_stage_counts_each_batch_once_and_a_late_backlog_too() {
         rows[&("leap".into(), "ada".into(), T0)].server_ms,
         (20 * MIN) as u64
     );
+}
+
+#[test]
+fn an_inferred_stop_ends_the_server_and_bounds_the_hours_since_its_last_observation() {
+    let inferred = |user: &str, ts| event(user, UsageKind::ServerStopInferred, ts);
+    // The agent observed the hub for 20 minutes, was down, and came back at
+    // T0 + 90 min; its first listing found ada and carol gone.
+    let mut records: Vec<Record> = (0..=80).map(|i| hub_health(T0 + i * 15 * SEC)).collect();
+    records.extend((0..=40).map(|i| hub_health(T0 + 90 * MIN + i * 15 * SEC)));
+    records.extend([
+        start("ada", T0 + 10 * MIN),
+        activity("ada", T0 + 20 * MIN),
+        inferred("ada", T0 + 90 * MIN),
+        // carol's last observation is in the second hour: only it is bounded.
+        start("carol", T0),
+        activity("carol", T0 + 70 * MIN),
+        inferred("carol", T0 + 90 * MIN),
+        // bob's stop was observed: nothing bounded.
+        start("bob", T0),
+        stop("bob", T0 + 15 * MIN),
+    ]);
+    let all = HourFilter {
+        member: None,
+        hub: None,
+        from_ms: i64::MIN,
+        to_ms: i64::MAX,
+    };
+    let mut results = Vec::new();
+    for order in [records.clone(), records.iter().rev().cloned().collect()] {
+        let (_dir, store) = temp_store();
+        let usage = SqliteUsage::new(store);
+        // One record per page: the hardest order for the recomputation windows.
+        let pages: Vec<Vec<Record>> = order.into_iter().map(|r| vec![r]).collect();
+        commit_pages(&usage, &pages);
+        let (rows, hubs) = ledger(&usage);
+        assert_eq!(
+            server_ms(&rows, "ada"),
+            BTreeMap::from([(T0, (50 * MIN) as u64), (T0 + HOUR_MS, (30 * MIN) as u64)]),
+            "counted once, to the inferred stop"
+        );
+        assert_eq!(
+            server_ms(&rows, "carol"),
+            BTreeMap::from([(T0, HOUR_MS as u64), (T0 + HOUR_MS, (30 * MIN) as u64)])
+        );
+        // The gap shows in coverage: 20 minutes, then 10.
+        assert_eq!(hubs[&("leap".into(), T0)], (20 * MIN) as u64);
+        assert_eq!(hubs[&("leap".into(), T0 + HOUR_MS)], (10 * MIN) as u64);
+        let bounded: Vec<(String, i64)> = usage
+            .bounded_server_hours(&all)
+            .expect("bounded")
+            .into_iter()
+            .map(|(key, hour)| (key.user, hour))
+            .collect();
+        assert_eq!(
+            bounded,
+            [
+                ("ada".to_string(), T0),
+                ("ada".to_string(), T0 + HOUR_MS),
+                ("carol".to_string(), T0 + HOUR_MS),
+            ]
+        );
+        results.push((rows, hubs, bounded));
+    }
+    assert_eq!(
+        results[0], results[1],
+        "the order of arrival changes nothing"
+    );
+}
+
+#[test]
+fn usage_rows_say_bounded_and_count_active_users_per_day_week_and_month() {
+    use super::api::{UsageQuery, rows_json};
+    use super::ledger::ServerKey;
+    use super::store::ServerHour;
+    // 2026-01-05 (NOW) is a Monday.
+    const DAY: i64 = 24 * HOUR_MS;
+    let hour = |user: &str, at: i64| ServerHour {
+        key: ServerKey {
+            member: "leap".into(),
+            hub: "prod".into(),
+            user: user.into(),
+            server: String::new(),
+        },
+        hour: at,
+        quantities: Quantities {
+            server_ms: 600_000,
+            ..Quantities::default()
+        },
+    };
+    let servers = vec![
+        hour("ada", NOW - DAY),                  // Sunday 4 Jan: the week of 29 Dec
+        hour("ada", NOW + 3 * HOUR_MS),          // Monday 5 Jan
+        hour("bob", NOW + 2 * DAY),              // Wednesday 7 Jan
+        hour("carol", NOW + 26 * DAY),           // Saturday 31 Jan
+        hour("carol", NOW + 27 * DAY),           // Sunday 1 Feb, same ISO week
+        hour("carol", NOW + 27 * DAY + HOUR_MS), // and again
+    ];
+    let bounded = std::collections::BTreeSet::from([(servers[2].key.clone(), servers[2].hour)]);
+    let rows_of = |query: &str| -> Vec<serde_json::Value> {
+        let query = UsageQuery::parse(Some(query), NOW).expect("query");
+        rows_json(&query, &servers, &bounded, &[])["rows"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let range = "from=2025-12-29T00:00:00Z&to=2026-03-01T00:00:00Z";
+    let summary = |rows: &[serde_json::Value]| -> Vec<(String, String, u64, u64)> {
+        rows.iter()
+            .map(|r| {
+                (
+                    r["period_start"].as_str().unwrap_or_default().to_string(),
+                    r["period_end"].as_str().unwrap_or_default().to_string(),
+                    r["active_users"].as_u64().unwrap_or(99),
+                    r["bounded_rows"].as_u64().unwrap_or(99),
+                )
+            })
+            .collect()
+    };
+    let s =
+        |a: &str, b: &str, users: u64, bounded: u64| (a.to_string(), b.to_string(), users, bounded);
+    assert_eq!(
+        summary(&rows_of(&format!("group_by=week&{range}"))),
+        [
+            s("2025-12-29T00:00:00Z", "2026-01-05T00:00:00Z", 1, 0),
+            s("2026-01-05T00:00:00Z", "2026-01-12T00:00:00Z", 2, 1),
+            s("2026-01-26T00:00:00Z", "2026-02-02T00:00:00Z", 1, 0),
+        ]
+    );
+    assert_eq!(
+        summary(&rows_of(&format!("group_by=month&{range}"))),
+        [
+            s("2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z", 3, 1),
+            s("2026-02-01T00:00:00Z", "2026-03-01T00:00:00Z", 1, 0),
+        ]
+    );
+    let days = rows_of(&format!("group_by=day&{range}"));
+    assert_eq!(days.len(), 5, "{days:?}");
+    assert_eq!(days[1]["active_users"], 1);
+    // Per user: the bounded hour says so, the others say not.
+    let users = rows_of(&format!("group_by=user&{range}"));
+    let flagged: Vec<(&str, bool)> = users
+        .iter()
+        .map(|r| (r["user"].as_str().unwrap_or_default(), r["bounded"] == true))
+        .collect();
+    assert_eq!(
+        flagged,
+        [
+            ("ada", false),
+            ("ada", false),
+            ("bob", true),
+            ("carol", false),
+            ("carol", false),
+            ("carol", false),
+        ]
+    );
+    // A month's `from` is aligned to the 1st.
+    let mid = UsageQuery::parse(
+        Some("group_by=month&from=2026-01-17T12:00:00Z&to=2026-02-03T00:00:00Z"),
+        NOW,
+    )
+    .expect("query");
+    assert_eq!(crate::clock::rfc3339(mid.from_ms), "2026-01-01T00:00:00Z");
 }
 
 // ---------- GET /api/v1/usage ----------
@@ -648,7 +839,7 @@ async fn the_api_serves_rows_a_member_reads_only_its_own_and_bad_parameters_are_
 
     // Bad parameters: 400 naming the parameter.
     for (query, parameter) in [
-        ("group_by=month", "group_by"),
+        ("group_by=year", "group_by"),
         ("from=yesterday", "from"),
         ("to=2026-13-01T00:00:00Z", "to"),
         (&*format!("from={to}&to={from}"), "from"),
@@ -698,4 +889,72 @@ fn the_gauges_show_the_last_complete_hour_per_hub_and_a_gap_as_coverage_zero() {
         "{text}"
     );
     assert!(!text.contains("hubwatch_usage_server_seconds{"), "{text}");
+}
+
+// ---------- retention of observations ----------
+
+#[test]
+fn pruning_deletes_old_observations_in_chunks_and_keeps_the_hours_and_the_running_state() {
+    let (_dir, store) = temp_store();
+    let usage = SqliteUsage::new(store.clone());
+    // ada started at T0 and still runs; bob ran 20 minutes; snapshots and
+    // hub checks every 15 s for two hours.
+    let mut records = vec![
+        start("ada", T0),
+        start("bob", T0),
+        stop("bob", T0 + 20 * MIN),
+    ];
+    records.extend((0..=480).map(|i| hub_health(T0 + i * 15 * SEC)));
+    records.extend((0..=480).map(|i| snapshot("ada", T0 + i * 15 * SEC, 100, 1000)));
+    commit_pages(&usage, &[records]);
+    let before = ledger(&usage);
+    let count = |table: &str| -> i64 {
+        store
+            .read_with("count", |c| {
+                c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            })
+            .expect("count")
+    };
+    assert!(count("usage_points") > 480);
+
+    // Everything before T0 + 2h is older than the retention.
+    let now = T0 + 2 * HOUR_MS + 35 * 24 * HOUR_MS;
+    let deleted =
+        super::prune_usage_points(&usage, now, std::time::Duration::from_secs(35 * 24 * 3600))
+            .expect("prune");
+    assert!(deleted > super::PRUNE_CHUNK / 100, "{deleted}");
+    assert_eq!(ledger(&usage), before, "the hours stay");
+    assert_eq!(
+        count("usage_seen"),
+        1,
+        "only the check at T0 + 2h is not older"
+    );
+    // Left: ada's start (she still runs), bob's stop, and the snapshot at T0 + 2h.
+    let kinds: Vec<(i64, i64)> = store
+        .read_with("points", |c| {
+            let mut st = c.prepare("SELECT kind, ts FROM usage_points ORDER BY user, ts, kind")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? - T0)))?;
+            rows.collect()
+        })
+        .expect("points");
+    assert_eq!(kinds, [(0, 0), (3, 2 * HOUR_MS), (1, 20 * MIN)]);
+
+    // Chunks: a limit of 1 deletes one at a time.
+    let (_d2, s2) = temp_store();
+    let small = SqliteUsage::new(s2);
+    commit_pages(
+        &small,
+        &[(0..3).map(|i| hub_health(T0 + i * SEC)).collect()],
+    );
+    assert_eq!(small.prune_points(NOW, 1).expect("prune"), 1);
+    assert_eq!(small.prune_points(NOW, 10).expect("prune"), 2);
+    assert_eq!(small.prune_points(NOW, 10).expect("prune"), 0);
+
+    // A later observation still sees ada running: her next hour is counted.
+    commit_pages(
+        &usage,
+        &[vec![snapshot("ada", T0 + 3 * HOUR_MS, 100, 1000)]],
+    );
+    let (rows, _) = ledger(&usage);
+    assert_eq!(server_ms(&rows, "ada")[&(T0 + 2 * HOUR_MS)], HOUR_MS as u64);
 }

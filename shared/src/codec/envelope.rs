@@ -161,4 +161,5 @@ enum UsageKindRef<'a> {
     ServerStopped,
     Activity,
     Resources(ResourceSnapshot),
+    ServerStopInferred,
 }

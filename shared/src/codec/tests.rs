@@ -288,3 +288,32 @@ fn the_ack_body_is_the_collectors_json() {
     assert!(serde_json::from_str::<IngestAck>(r#"{"status":"ok","seq":42}"#).is_err());
     assert!(serde_json::from_str::<IngestAck>(r#"{"status":"stored"}"#).is_err());
 }
+
+#[test]
+fn an_inferred_stop_survives_version_2_and_is_a_stop_in_version_1() {
+    let event = |kind| {
+        Record::Usage(UsageEvent {
+            hub: "h".into(),
+            user: "u-1".into(),
+            server: String::new(),
+            kind,
+            timestamp_ms: 5,
+        })
+    };
+    let b = Batch {
+        agent_id: "a".into(),
+        member: String::new(),
+        seq: 7,
+        created_ms: 0,
+        dropped_records: 0,
+        agent_version: "0".into(),
+        records: vec![event(UsageKind::ServerStopInferred)],
+    };
+    let v2 = encode_version(&b, 2).expect("encodes");
+    assert_eq!(decode(&v2).expect("decodes"), b);
+    assert_eq!(decode_envelope(&v2).expect("envelope").records, 1);
+    let v1 = encode_version(&b, 1).expect("encodes");
+    assert_eq!(peek_version(&v1).expect("header"), 1);
+    let old = decode(&v1).expect("decodes");
+    assert_eq!(old.records, vec![event(UsageKind::ServerStopped)]);
+}

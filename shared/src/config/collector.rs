@@ -31,6 +31,8 @@ pub struct CollectorConfig {
     pub cost_pools: Vec<CostPoolConfig>,
     /// When a month's costs are closed (`[cost]`).
     pub cost: CostSettings,
+    /// The usage ledger (`[usage]`).
+    pub usage: UsageConfig,
 }
 
 impl Default for CollectorConfig {
@@ -47,7 +49,56 @@ impl Default for CollectorConfig {
             costs: Vec::new(),
             cost_pools: Vec::new(),
             cost: CostSettings::default(),
+            usage: UsageConfig::default(),
         }
+    }
+}
+
+/// `[usage]`: the usage ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UsageConfig {
+    /// The longest gap between two observations that is still integrated
+    /// (observed time, resource levels); a longer one is a gap in coverage.
+    /// Set it to 2 x the agents' `interval` (default 30s for the default 15s).
+    #[serde(with = "humantime_serde")]
+    pub max_gap: Duration,
+    /// How long raw usage observations (`usage_points`) are kept: while
+    /// late data may still change an hour. The hourly rows are kept.
+    /// Must exceed the reports' 48h close grace.
+    #[serde(with = "humantime_serde")]
+    pub points_retention: Duration,
+}
+
+/// The reports' grace before a period closes: usage observations must be
+/// kept longer than this.
+pub const USAGE_CLOSE_GRACE: Duration = Duration::from_secs(48 * 3600);
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        Self {
+            max_gap: Duration::from_secs(30),
+            points_retention: Duration::from_secs(35 * 24 * 3600),
+        }
+    }
+}
+
+impl UsageConfig {
+    /// Checks the keys, naming the one that is wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_gap.is_zero() || self.max_gap > Duration::from_secs(3600) {
+            return Err(ConfigError::invalid(
+                "usage.max_gap",
+                "must be more than 0 and at most 1h (set it to 2 x the agents' interval)",
+            ));
+        }
+        if self.points_retention <= USAGE_CLOSE_GRACE {
+            return Err(ConfigError::invalid(
+                "usage.points_retention",
+                "must be longer than 48h, the reports' close grace: late data may still change an hour until then",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -332,6 +383,7 @@ impl Validate for CollectorConfig {
             ));
         }
         self.alerting.validate()?;
+        self.usage.validate()?;
         validate_tiers(&self.tiers)?;
         if let Some(tier) = self
             .resolved_tiers()

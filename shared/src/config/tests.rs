@@ -647,3 +647,27 @@ fn cost_close_grace_and_billing_accounts_are_checked_by_key() {
     assert_eq!(key, "clusters[1].billing_account");
     assert!(reason.contains("already maps to cluster \"a\""), "{reason}");
 }
+
+#[test]
+fn usage_keys_are_validated_naming_the_key() {
+    let parse = |toml: &str| -> Result<CollectorConfig, String> {
+        load::<CollectorConfig>(toml, &HashMap::new()).map_err(|e| e.to_string())
+    };
+    let ok = parse("[usage]\nmax_gap = \"2s\"\npoints_retention = \"3days\"\n").expect("valid");
+    assert_eq!(ok.usage.max_gap, Duration::from_secs(2));
+    assert_eq!(
+        CollectorConfig::default().usage.max_gap,
+        Duration::from_secs(30)
+    );
+    for (toml, key) in [
+        ("[usage]\nmax_gap = \"0s\"\n", "usage.max_gap"),
+        ("[usage]\nmax_gap = \"2h\"\n", "usage.max_gap"),
+        (
+            "[usage]\npoints_retention = \"48h\"\n",
+            "usage.points_retention",
+        ),
+    ] {
+        let err = parse(toml).expect_err(toml);
+        assert!(err.contains(key), "{toml}: {err}");
+    }
+}

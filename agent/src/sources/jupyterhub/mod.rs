@@ -36,10 +36,11 @@ use crate::privacy::Pseudonymiser;
 pub mod client;
 pub mod exposition;
 pub mod metrics;
+pub mod servers_file;
 pub mod users;
 
 use self::client::{FetchError, Fetched, HubHttpClient};
-use self::users::{ListingTotals, SeenServer, UsageTracker};
+use self::users::{ListingTotals, RunningServer, SeenServer, UsageTracker};
 
 /// Prefix of each hub source's name (`jupyterhub:<hub>`).
 pub const SOURCE_PREFIX: &str = "jupyterhub:";
@@ -72,7 +73,7 @@ pub fn sources(
         .iter()
         .map(|hub| {
             JupyterHubSource::new(hub, privacy.clone(), lines_skipped, deadline_cap)
-                .map(|s| Arc::new(s) as Arc<dyn Source>)
+                .map(|s| Arc::new(s.with_state_dir(&cfg.agent.spool_dir)) as Arc<dyn Source>)
         })
         .collect()
 }
@@ -90,6 +91,8 @@ pub struct JupyterHubSource {
     client: HubHttpClient,
     privacy: Pseudonymiser,
     lines_skipped: IntCounter,
+    /// Where the running servers are persisted (`servers_file.rs`).
+    servers_file: Option<PathBuf>,
     state: tokio::sync::Mutex<HubState>,
 }
 
@@ -106,6 +109,8 @@ impl std::fmt::Debug for JupyterHubSource {
 #[derive(Debug, Default)]
 struct HubState {
     tracker: UsageTracker,
+    /// What the servers file holds (written only when this changes).
+    persisted: Vec<RunningServer>,
     /// The failure reason of each part that failed last time, so a failure
     /// is logged when it starts or changes, not every interval.
     failing: HashMap<&'static str, String>,
@@ -140,8 +145,56 @@ impl JupyterHubSource {
             timeout: hub.timeout.min(deadline_cap),
             page_size: hub.page_size.clamp(1, 200),
             privacy,
+            servers_file: None,
             state: tokio::sync::Mutex::new(HubState::default()),
         })
+    }
+
+    /// Persists the running servers in `dir` (the spool directory) and
+    /// restores those a previous run left there, so the first listing after
+    /// a restart emits an inferred stop for a server gone meanwhile. A file
+    /// that cannot be read is logged and ignored.
+    pub fn with_state_dir(mut self, dir: &std::path::Path) -> Self {
+        let path = servers_file::path_for(dir, &self.hub);
+        match servers_file::load(&path, &self.hub) {
+            Ok(Some(servers)) => {
+                let state = self.state.get_mut();
+                state.persisted = servers.clone();
+                state.tracker.restore(servers);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                hub = %self.hub,
+                error = %e,
+                "ignoring the servers file of a previous run; a server that stopped while the agent was down will stay open"
+            ),
+        }
+        self.servers_file = Some(path);
+        self
+    }
+
+    /// Writes the tracker's running servers when they changed since the
+    /// last write; a failure is logged and retried at the next collection.
+    async fn persist(&self, state: &mut HubState) {
+        let Some(path) = &self.servers_file else {
+            return;
+        };
+        let running = state.tracker.running();
+        if running == state.persisted {
+            return;
+        }
+        let (path, hub, servers) = (path.clone(), self.hub.clone(), running.clone());
+        let written =
+            tokio::task::spawn_blocking(move || servers_file::store(&path, &hub, &servers)).await;
+        match written {
+            Ok(Ok(())) => state.persisted = running,
+            Ok(Err(e)) => {
+                tracing::warn!(hub = %self.hub, error = %e, "writing the servers file failed; retrying next collection")
+            }
+            Err(e) => {
+                tracing::warn!(hub = %self.hub, error = %e, "writing the servers file failed; retrying next collection")
+            }
+        }
     }
 
     /// Collects once (see the module docs).
@@ -205,6 +258,7 @@ impl JupyterHubSource {
                     None => state.tracker.update(&self.hub, &listing.servers, now),
                     Some(_) => Vec::new(),
                 };
+                self.persist(state).await;
                 let health = match listing.warning {
                     None => Ok((StatusCode::OK, listing.latency)),
                     Some(reason) => Err(Failure {

@@ -245,13 +245,32 @@ impl ListingTotals {
 struct Known {
     started_ms: i64,
     last_activity_ms: Option<i64>,
+    /// Loaded from the file of a previous run, not seen in this one yet.
+    restored: bool,
+}
+
+/// One running server as the agent persists it between runs
+/// ([`UsageTracker::running`], [`UsageTracker::restore`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct RunningServer {
+    /// The user's pseudonym.
+    pub user: String,
+    /// The server's (pseudonymised) name.
+    pub server: String,
+    /// Its start, Unix ms (the hub's `started`, or when it was first seen).
+    pub started_ms: i64,
 }
 
 /// Remembers the servers of the previous complete listing and says what
-/// changed. Kept in memory only: after an agent restart the first listing
-/// reports every running server as started again, with the hub's own
-/// `started` time, so the events repeat exactly and the collector drops the
-/// repeats (it dedupes on hub, user, server, kind and time).
+/// changed. The set of running servers is also persisted by the source
+/// (`servers_file.rs`) and [`restore`](Self::restore)d on start, so the
+/// first listing after an agent restart still knows which servers ran
+/// before it: one that is gone gets a [`UsageKind::ServerStopInferred`] at
+/// that first listing (it stopped while the agent was down); one still
+/// running is reported as started again with the hub's own `started` time,
+/// so the events repeat exactly and the collector drops the repeats (it
+/// dedupes on hub, user, server, kind and time), which also covers events
+/// lost with a crash before they were spooled.
 #[derive(Debug, Default)]
 pub struct UsageTracker {
     known: HashMap<(String, String), Known>,
@@ -268,6 +287,38 @@ impl UsageTracker {
         self.known.is_empty()
     }
 
+    /// The servers known to run, sorted (what the source persists).
+    pub fn running(&self) -> Vec<RunningServer> {
+        let mut out: Vec<RunningServer> = self
+            .known
+            .iter()
+            .map(|((user, server), known)| RunningServer {
+                user: user.clone(),
+                server: server.clone(),
+                started_ms: known.started_ms,
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (&a.user, &a.server, a.started_ms).cmp(&(&b.user, &b.server, b.started_ms))
+        });
+        out
+    }
+
+    /// Takes `servers` (persisted by a previous run) as known but not yet
+    /// seen by this one. Only before the first [`update`](Self::update).
+    pub fn restore(&mut self, servers: Vec<RunningServer>) {
+        for s in servers {
+            self.known.insert(
+                (s.user, s.server),
+                Known {
+                    started_ms: s.started_ms,
+                    last_activity_ms: None,
+                    restored: true,
+                },
+            );
+        }
+    }
+
     /// Compares a complete listing taken at `now_ms` with the previous one:
     /// - a server not seen before: `ServerStarted` at the hub's `started`
     ///   (or `now_ms` if the hub gives none), with its profile, then
@@ -277,7 +328,8 @@ impl UsageTracker {
     ///   it can have stopped) and `ServerStarted`;
     /// - `last_activity` moved forward: `Activity` at the new time;
     /// - a known server missing: `ServerStopped` at `now_ms` (the first
-    ///   listing where it is gone).
+    ///   listing where it is gone), or `ServerStopInferred` when it was
+    ///   known only from a previous run ([`restore`](Self::restore)).
     ///
     /// Only a complete listing may be passed: a partial one would stop every
     /// server on the pages that were not read.
@@ -295,7 +347,10 @@ impl UsageTracker {
             let key = (seen.user.clone(), seen.server.clone());
             let started_ms = seen.started_ms.unwrap_or(now_ms);
             match self.known.get_mut(&key) {
-                Some(known) if seen.started_ms.is_none() || known.started_ms == started_ms => {
+                Some(known)
+                    if !known.restored
+                        && (seen.started_ms.is_none() || known.started_ms == started_ms) =>
+                {
                     if let Some(activity) = seen.last_activity_ms
                         && known.last_activity_ms.is_none_or(|prev| activity > prev)
                     {
@@ -309,11 +364,25 @@ impl UsageTracker {
                     }
                 }
                 previous => {
-                    if previous.is_some() {
+                    // A restored server still running with the same start is
+                    // reported as started again (repeats are dropped); with
+                    // another start it stopped while the agent was down.
+                    let stop = match previous {
+                        Some(k)
+                            if k.restored
+                                && (seen.started_ms.is_none() || k.started_ms == started_ms) =>
+                        {
+                            None
+                        }
+                        Some(k) if k.restored => Some(UsageKind::ServerStopInferred),
+                        Some(_) => Some(UsageKind::ServerStopped),
+                        None => None,
+                    };
+                    if let Some(kind) = stop {
                         events.push(event(
                             &seen.user,
                             &seen.server,
-                            UsageKind::ServerStopped,
+                            kind,
                             started_ms.min(now_ms),
                         ));
                     }
@@ -338,6 +407,7 @@ impl UsageTracker {
                         Known {
                             started_ms,
                             last_activity_ms: seen.last_activity_ms,
+                            restored: false,
                         },
                     );
                 }
@@ -352,8 +422,13 @@ impl UsageTracker {
             .collect();
         gone.sort();
         for key in gone {
-            self.known.remove(&key);
-            events.push(event(&key.0, &key.1, UsageKind::ServerStopped, now_ms));
+            // Gone since a previous run's listing: the stop happened while
+            // the agent was down, somewhere before this first listing.
+            let kind = match self.known.remove(&key) {
+                Some(known) if known.restored => UsageKind::ServerStopInferred,
+                _ => UsageKind::ServerStopped,
+            };
+            events.push(event(&key.0, &key.1, kind, now_ms));
         }
         events
     }

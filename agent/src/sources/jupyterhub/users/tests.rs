@@ -353,3 +353,71 @@ fn totals_count_users_and_server_states() {
         }
     );
 }
+
+#[test]
+fn after_a_restart_a_server_gone_meanwhile_gets_an_inferred_stop_at_the_first_listing() {
+    // The previous run saw three servers running.
+    let mut before = UsageTracker::default();
+    before.update(
+        "prod",
+        &[
+            seen("u-a", "", 1_000, None),
+            seen("u-b", "", 2_000, None),
+            seen("u-c", "", 3_000, None),
+        ],
+        10_000,
+    );
+    let persisted = before.running();
+    assert_eq!(persisted.len(), 3);
+
+    let mut after = UsageTracker::default();
+    after.restore(persisted);
+    // u-a still runs (same start), u-b is gone, u-c was restarted meanwhile.
+    let first = after.update(
+        "prod",
+        &[seen("u-a", "", 1_000, None), seen("u-c", "", 50_000, None)],
+        60_000,
+    );
+    assert_eq!(
+        kinds(&first),
+        [
+            // Repeated exactly: the collector drops the repeat.
+            ("u-a".into(), "".into(), started("small"), 1_000),
+            (
+                "u-c".into(),
+                "".into(),
+                UsageKind::ServerStopInferred,
+                50_000
+            ),
+            ("u-c".into(), "".into(), started("small"), 50_000),
+            (
+                "u-b".into(),
+                "".into(),
+                UsageKind::ServerStopInferred,
+                60_000
+            ),
+        ]
+    );
+    // From then on it is an ordinary tracker: a stop seen by this run is
+    // an observed stop, and nothing repeats.
+    let second = after.update("prod", &[seen("u-a", "", 1_000, None)], 75_000);
+    assert_eq!(
+        kinds(&second),
+        [("u-c".into(), "".into(), UsageKind::ServerStopped, 75_000)]
+    );
+    assert_eq!(
+        after.update("prod", &[seen("u-a", "", 1_000, None)], 90_000),
+        []
+    );
+}
+
+#[test]
+fn without_a_restored_set_a_restart_infers_nothing() {
+    let mut fresh = UsageTracker::default();
+    let first = fresh.update("prod", &[seen("u-a", "", 1_000, None)], 60_000);
+    assert!(
+        first
+            .iter()
+            .all(|e| e.kind != UsageKind::ServerStopInferred && e.kind != UsageKind::ServerStopped)
+    );
+}
