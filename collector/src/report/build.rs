@@ -95,7 +95,8 @@ impl ReportContext {
     pub fn open(config: &CollectorConfig, store: &Store) -> Result<Self, ReportError> {
         let model =
             CostModel::from_config(config).map_err(|e| ReportError::Config(e.to_string()))?;
-        let slo = SloSettings::from_config(config).map_err(|e| ReportError::Config(e.to_string()))?;
+        let slo =
+            SloSettings::from_config(config).map_err(|e| ReportError::Config(e.to_string()))?;
         Ok(Self {
             config: Arc::new(config.clone()),
             model: Arc::new(model),
@@ -201,10 +202,7 @@ impl MemberUsage {
 }
 
 /// Per member, the ledger's rows of `[from, to)` grouped.
-fn usage_by_member(
-    servers: &[ServerHour],
-    hubs: &[HubHour],
-) -> BTreeMap<String, MemberUsage> {
+fn usage_by_member(servers: &[ServerHour], hubs: &[HubHour]) -> BTreeMap<String, MemberUsage> {
     let mut out: BTreeMap<String, MemberUsage> = BTreeMap::new();
     for s in servers {
         let m = out.entry(s.key.member.clone()).or_default();
@@ -266,9 +264,9 @@ fn period_ms(period: Period) -> u64 {
 fn member_total(view: &PeriodView, member: &str) -> Option<u64> {
     match &view.data {
         PeriodData::NoData => None,
-        PeriodData::Measured(f) => Some(saturate(
-            f.member_totals.get(member).copied().unwrap_or(0),
-        )),
+        PeriodData::Measured(f) => {
+            Some(saturate(f.member_totals.get(member).copied().unwrap_or(0)))
+        }
     }
 }
 
@@ -279,13 +277,15 @@ fn frozen<T: serde::de::DeserializeOwned>(
 ) -> Result<Option<T>, ReportError> {
     match ctx.snapshots.get(period, key)? {
         None => Ok(None),
-        Some(body) => serde_json::from_str(&body)
-            .map(Some)
-            .map_err(|source| ReportError::Snapshot {
-                period,
-                member: key.to_string(),
-                source,
-            }),
+        Some(body) => {
+            serde_json::from_str(&body)
+                .map(Some)
+                .map_err(|source| ReportError::Snapshot {
+                    period,
+                    member: key.to_string(),
+                    source,
+                })
+        }
     }
 }
 
@@ -375,21 +375,20 @@ fn live_member(
             budget_spent: a.budget_spent,
         })
         .collect();
-    let incidents =
-        super::incidents::incidents(&*ctx.incidents, from, to, Some(&info.id), now_ms)?
-            .into_iter()
-            .map(|l| IncidentRow {
-                alertname: l.incident.alertname,
-                severity: l.incident.severity,
-                hub: l.incident.hub,
-                slo: l.incident.slo,
-                start: rfc3339(l.incident.starts_at_ms),
-                end: l.incident.resolved_at_ms.map(rfc3339),
-                open: l.incident.resolved_at_ms.is_none(),
-                duration_seconds: l.duration_ms / 1000,
-                in_period_seconds: l.in_period_ms / 1000,
-            })
-            .collect();
+    let incidents = super::incidents::incidents(&*ctx.incidents, from, to, Some(&info.id), now_ms)?
+        .into_iter()
+        .map(|l| IncidentRow {
+            alertname: l.incident.alertname,
+            severity: l.incident.severity,
+            hub: l.incident.hub,
+            slo: l.incident.slo,
+            start: rfc3339(l.incident.starts_at_ms),
+            end: l.incident.resolved_at_ms.map(rfc3339),
+            open: l.incident.resolved_at_ms.is_none(),
+            duration_seconds: l.duration_ms / 1000,
+            in_period_seconds: l.in_period_ms / 1000,
+        })
+        .collect();
 
     let mut cost = CostSection::default();
     if let PeriodData::Measured(f) = &view.data {
@@ -409,8 +408,8 @@ fn live_member(
             .iter()
             .fold(0u64, |a, l| a.saturating_add(l.share_micros));
     }
-    cost.cost_per_active_user_micros = (active_users > 0 && !no_data)
-        .then(|| cost.total_micros / active_users.max(1));
+    cost.cost_per_active_user_micros =
+        (active_users > 0 && !no_data).then(|| cost.total_micros / active_users.max(1));
     cost.corrections = view
         .corrections
         .iter()
@@ -588,9 +587,7 @@ fn live_fleet(
                 tier: cfg.map(|m| m.tier.clone()).unwrap_or_default(),
                 server_seconds: usage.server_ms() / 1000,
                 active_users: usage.users.len() as u64,
-                cost_micros: totals
-                    .and_then(|t| t.get(id))
-                    .map_or(0, |v| saturate(*v)),
+                cost_micros: totals.and_then(|t| t.get(id)).map_or(0, |v| saturate(*v)),
                 operations_micros: lines
                     .iter()
                     .filter(|l| l.kind == LineKind::Pool)
@@ -611,21 +608,26 @@ fn live_fleet(
             unallocated_micros: l.unallocated_micros,
         })
         .collect();
-    let fold = |f: fn(&FleetLine) -> u64| {
-        fleet_lines
-            .iter()
-            .fold(0u64, |a, l| a.saturating_add(f(l)))
-    };
+    let fold =
+        |f: fn(&FleetLine) -> u64| fleet_lines.iter().fold(0u64, |a, l| a.saturating_add(f(l)));
     let mut history = Vec::new();
     for p in ctx.cost.closed_periods()? {
         if p > period {
             break;
         }
-        if let Some(closed) = ctx.cost.closed(p)? {
+        if let Some(closed) = ctx
+            .cost
+            .closed(p)?
+            .filter(|c| !matches!(c.data, PeriodData::NoData))
+        {
             history.push(history_row(p, "closed", &closed.data));
         }
     }
-    if !matches!(view.status, PeriodStatus::Closed { .. }) {
+    // A month without data has no members or operations to show: it is
+    // left out of the history rather than drawn as zeros.
+    if !matches!(view.status, PeriodStatus::Closed { .. })
+        && !matches!(view.data, PeriodData::NoData)
+    {
         history.push(history_row(period, "provisional", &view.data));
     }
     Ok(FleetReport {
@@ -688,7 +690,10 @@ pub fn freeze(ctx: &ReportContext, now_ms: i64) -> Result<Vec<Period>, ReportErr
         for m in &ctx.config.members {
             let info = member_info(ctx, &m.id)?;
             let report = live_member(ctx, &view, &all, info, now_ms)?;
-            bodies.push((m.id.clone(), to_json(&m.id, serde_json::to_string(&report))?));
+            bodies.push((
+                m.id.clone(),
+                to_json(&m.id, serde_json::to_string(&report))?,
+            ));
         }
         ctx.snapshots.put(period, &bodies)?;
         tracing::info!(%period, reports = bodies.len(), "reports of a closed month frozen");

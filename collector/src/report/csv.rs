@@ -158,7 +158,9 @@ pub fn render(members: &[MemberReport], fleet: Option<&FleetReport>) -> Result<S
 
 /// The written bytes as a string.
 pub(super) fn finish(w: csv::Writer<Vec<u8>>) -> Result<String, csv::Error> {
-    let bytes = w.into_inner().map_err(|e| csv::Error::from(e.into_error()))?;
+    let bytes = w
+        .into_inner()
+        .map_err(|e| csv::Error::from(e.into_error()))?;
     // Every cell written was a Rust string, so the bytes are UTF-8.
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }

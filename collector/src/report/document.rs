@@ -267,7 +267,11 @@ pub fn member(r: &MemberReport) -> Vec<Block> {
                 "Server hours".into(),
                 opt(ch.previous_server_seconds, hours),
                 opt(ch.server_seconds_delta, |d| {
-                    format!("{}{}", if d < 0 { "-" } else { "+" }, hours(d.unsigned_abs()))
+                    format!(
+                        "{}{}",
+                        if d < 0 { "-" } else { "+" },
+                        hours(d.unsigned_abs())
+                    )
                 }),
             ],
             vec![
@@ -397,9 +401,16 @@ pub fn fleet(r: &FleetReport) -> Vec<Block> {
             amount(r.unallocated_micros, c),
         ]);
         out.push(Block::Table(
-            ["Line", "Kind", "Basis", "Amount", "Allocated", "Unallocated"]
-                .map(String::from)
-                .to_vec(),
+            [
+                "Line",
+                "Kind",
+                "Basis",
+                "Amount",
+                "Allocated",
+                "Unallocated",
+            ]
+            .map(String::from)
+            .to_vec(),
             rows,
         ));
         if !r.corrections.is_empty() {

@@ -166,7 +166,10 @@ pub fn render(members: &[MemberReport], fleet: Option<&FleetReport>) -> Result<S
                 .line(&line.kind, &line.name)
                 .set(
                     "ChargeDescription",
-                    format!("{} share of {} {} ({})", id, line.kind, line.name, line.basis),
+                    format!(
+                        "{} share of {} {} ({})",
+                        id, line.kind, line.name, line.basis
+                    ),
                 )
                 .set("ResourceId", resource.clone())
                 .set("ResourceName", resource)
@@ -188,7 +191,10 @@ pub fn render(members: &[MemberReport], fleet: Option<&FleetReport>) -> Result<S
                 .line(&line.kind, &line.name)
                 .set(
                     "ChargeDescription",
-                    format!("unallocated part of {} {} ({})", line.kind, line.name, line.basis),
+                    format!(
+                        "unallocated part of {} {} ({})",
+                        line.kind, line.name, line.basis
+                    ),
                 )
                 .set("x_Basis", &line.basis);
             w.write_record(&row.0)?;
@@ -220,7 +226,10 @@ fn correction(h: &Header, id: &str, name: &str, c: &super::model::CorrectionRow)
         .set("ChargePeriodEnd", end)
         .set(
             "ChargeDescription",
-            format!("correction of {} {} for {}", c.kind, c.name, c.corrected_period),
+            format!(
+                "correction of {} {} for {}",
+                c.kind, c.name, c.corrected_period
+            ),
         )
         .set("x_CorrectedPeriod", &c.corrected_period);
     row

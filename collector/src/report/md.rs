@@ -27,7 +27,11 @@ pub fn render(blocks: &[Block]) -> String {
                 let line = |cells: &[String]| {
                     format!(
                         "| {} |\n",
-                        cells.iter().map(|c| cell(c)).collect::<Vec<_>>().join(" | ")
+                        cells
+                            .iter()
+                            .map(|c| cell(c))
+                            .collect::<Vec<_>>()
+                            .join(" | ")
                     )
                 };
                 out.push_str(&line(headers));

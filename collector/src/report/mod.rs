@@ -11,8 +11,10 @@
 //!   [`md`], [`html`]; [`render`] picks one by [`Format`].
 //! - [`ReportsComponent`]: the API route and the `report.freeze` task.
 
+pub mod api;
 pub mod build;
 pub mod csv;
+pub mod document;
 pub mod focus;
 pub mod guidance;
 pub mod html;
@@ -23,9 +25,9 @@ pub mod model;
 pub mod slo;
 pub mod store;
 pub mod svg;
-pub mod api;
-pub mod document;
 
+#[cfg(test)]
+mod fixture_month;
 #[cfg(test)]
 mod tests;
 
