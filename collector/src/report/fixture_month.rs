@@ -132,9 +132,12 @@ split = "even"
 
 const GIB: u64 = 1 << 30;
 
-/// `(member, hub, user, start day, start hour, hours, CPU millicores,
-/// memory bytes)` of every server run.
-pub const RUNS: [(&str, &str, &str, i64, i64, i64, u64, u64); 5] = [
+/// One server run: `(member, hub, user, start day, start hour, hours, CPU
+/// millicores, memory bytes)`.
+pub type Run = (&'static str, &'static str, &'static str, i64, i64, i64, u64, u64);
+
+/// Every server run of the month.
+pub const RUNS: [Run; 5] = [
     ("leap", "prod", "ada", 1, 10, 4, 1000, 2 * GIB),
     ("leap", "prod", "bob", 2, 9, 2, 500, GIB),
     ("cryo", "staging", "cid", 1, 12, 6, 2000, GIB),
