@@ -134,7 +134,16 @@ const GIB: u64 = 1 << 30;
 
 /// One server run: `(member, hub, user, start day, start hour, hours, CPU
 /// millicores, memory bytes)`.
-pub type Run = (&'static str, &'static str, &'static str, i64, i64, i64, u64, u64);
+pub type Run = (
+    &'static str,
+    &'static str,
+    &'static str,
+    i64,
+    i64,
+    i64,
+    u64,
+    u64,
+);
 
 /// Every server run of the month.
 pub const RUNS: [Run; 5] = [
