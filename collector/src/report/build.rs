@@ -289,6 +289,46 @@ fn frozen<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// What every report of a month reads: the cost view and the ledger's
+/// usage of every member (the network's cost per active user needs all).
+struct Month {
+    view: PeriodView,
+    usage: BTreeMap<String, MemberUsage>,
+}
+
+fn month(ctx: &ReportContext, period: Period, now_ms: i64) -> Result<Month, ReportError> {
+    Ok(Month {
+        view: period_view(&*ctx.cost, &*ctx.usage, &ctx.model, period, now_ms)?,
+        usage: read_usage(ctx, period, None)?,
+    })
+}
+
+/// What only member reports read, of one member or of all: SLO
+/// attainment, incidents, and the previous month. Read once for every
+/// member of a full report (SLI minutes are the biggest table).
+struct MemberParts {
+    slo: Vec<super::slo::Attainment>,
+    incidents: Vec<super::incidents::IncidentLine>,
+    prev_view: PeriodView,
+    prev_usage: BTreeMap<String, MemberUsage>,
+}
+
+fn member_parts(
+    ctx: &ReportContext,
+    period: Period,
+    member: Option<&str>,
+    now_ms: i64,
+) -> Result<MemberParts, ReportError> {
+    let (from, to) = (period.start_ms(), period.end_ms());
+    let prev = period.prev();
+    Ok(MemberParts {
+        slo: super::slo::attainment(&*ctx.sli, &ctx.objectives, member, from, to)?,
+        incidents: super::incidents::incidents(&*ctx.incidents, from, to, member, now_ms)?,
+        prev_view: period_view(&*ctx.cost, &*ctx.usage, &ctx.model, prev, now_ms)?,
+        prev_usage: read_usage(ctx, prev, member)?,
+    })
+}
+
 /// `member`'s report of `period` at `now_ms`: the frozen one when the month
 /// is closed and frozen, else built now. An id not under `[[members]]` is
 /// [`ReportError::UnknownMember`].
@@ -302,20 +342,20 @@ pub fn build_member(
     if let Some(report) = frozen(ctx, period, member)? {
         return Ok(report);
     }
-    let view = period_view(&*ctx.cost, &*ctx.usage, &ctx.model, period, now_ms)?;
-    let all = read_usage(ctx, period, None)?;
-    live_member(ctx, &view, &all, info, now_ms)
+    let month = month(ctx, period, now_ms)?;
+    let parts = member_parts(ctx, period, Some(member), now_ms)?;
+    Ok(live_member(ctx, &month, &parts, info, now_ms))
 }
 
 fn live_member(
     ctx: &ReportContext,
-    view: &PeriodView,
-    all: &BTreeMap<String, MemberUsage>,
+    month: &Month,
+    parts: &MemberParts,
     info: MemberInfo,
     now_ms: i64,
-) -> Result<MemberReport, ReportError> {
+) -> MemberReport {
+    let (view, all) = (&month.view, &month.usage);
     let period = view.period;
-    let (from, to) = (period.start_ms(), period.end_ms());
     let empty = MemberUsage::default();
     let usage = all.get(&info.id).unwrap_or(&empty);
     let no_data = matches!(view.data, PeriodData::NoData) || !usage.has_data();
@@ -363,10 +403,12 @@ fn live_member(
     let server_hours_per_active_user =
         (active_users > 0).then(|| server_seconds as f64 / 3600.0 / active_users as f64);
 
-    let slo = super::slo::attainment(&*ctx.sli, &ctx.objectives, Some(&info.id), from, to)?
-        .into_iter()
+    let slo = parts
+        .slo
+        .iter()
+        .filter(|a| a.member == info.id)
         .map(|a| SloLine {
-            hub: a.hub,
+            hub: a.hub.clone(),
             slo: a.slo.as_str().to_string(),
             target: a.target,
             good: a.good,
@@ -375,13 +417,15 @@ fn live_member(
             budget_spent: a.budget_spent,
         })
         .collect();
-    let incidents = super::incidents::incidents(&*ctx.incidents, from, to, Some(&info.id), now_ms)?
-        .into_iter()
+    let incidents = parts
+        .incidents
+        .iter()
+        .filter(|l| l.incident.member == info.id)
         .map(|l| IncidentRow {
-            alertname: l.incident.alertname,
-            severity: l.incident.severity,
-            hub: l.incident.hub,
-            slo: l.incident.slo,
+            alertname: l.incident.alertname.clone(),
+            severity: l.incident.severity.clone(),
+            hub: l.incident.hub.clone(),
+            slo: l.incident.slo.clone(),
             start: rfc3339(l.incident.starts_at_ms),
             end: l.incident.resolved_at_ms.map(rfc3339),
             open: l.incident.resolved_at_ms.is_none(),
@@ -419,15 +463,14 @@ fn live_member(
 
     // The previous month, as its own report would show it.
     let prev = period.prev();
-    let prev_view = period_view(&*ctx.cost, &*ctx.usage, &ctx.model, prev, now_ms)?;
-    let prev_usage = read_usage(ctx, prev, Some(&info.id))?;
+    let (prev_view, prev_usage) = (&parts.prev_view, &parts.prev_usage);
     let prev_has = prev_usage.get(&info.id).is_some_and(MemberUsage::has_data)
         && !matches!(prev_view.data, PeriodData::NoData);
     let (ps, pu, pc) = match prev_usage.get(&info.id).filter(|_| prev_has) {
         Some(u) => (
             Some(u.server_ms() / 1000),
             Some(u.users.len() as u64),
-            member_total(&prev_view, &info.id),
+            member_total(prev_view, &info.id),
         ),
         None => (None, None, None),
     };
@@ -497,7 +540,7 @@ fn live_member(
         .collect()
     };
 
-    Ok(MemberReport {
+    MemberReport {
         header: header(view, now_ms),
         member: info,
         no_data,
@@ -511,7 +554,7 @@ fn live_member(
         cost,
         change,
         guidance,
-    })
+    }
 }
 
 /// The fleet's report of `period` at `now_ms` (frozen when closed and
@@ -524,9 +567,8 @@ pub fn build_fleet(
     if let Some(report) = frozen(ctx, period, FLEET)? {
         return Ok(report);
     }
-    let view = period_view(&*ctx.cost, &*ctx.usage, &ctx.model, period, now_ms)?;
-    let all = read_usage(ctx, period, None)?;
-    live_fleet(ctx, &view, &all, now_ms)
+    let month = month(ctx, period, now_ms)?;
+    live_fleet(ctx, &month, now_ms)
 }
 
 fn pool_members_and_amount(data: &PeriodData) -> (u64, u64) {
@@ -555,12 +597,8 @@ fn history_row(period: Period, status: &str, data: &PeriodData) -> HistoryRow {
     }
 }
 
-fn live_fleet(
-    ctx: &ReportContext,
-    view: &PeriodView,
-    all: &BTreeMap<String, MemberUsage>,
-    now_ms: i64,
-) -> Result<FleetReport, ReportError> {
+fn live_fleet(ctx: &ReportContext, month: &Month, now_ms: i64) -> Result<FleetReport, ReportError> {
+    let (view, all) = (&month.view, &month.usage);
     let period = view.period;
     let pms = period_ms(period);
     let mut ids: BTreeSet<String> = ctx.config.members.iter().map(|m| m.id.clone()).collect();
@@ -649,14 +687,42 @@ pub fn build_full(
     period: Period,
     now_ms: i64,
 ) -> Result<FullReport, ReportError> {
-    let fleet = build_fleet(ctx, period, now_ms)?;
-    let members = ctx
-        .config
-        .members
-        .iter()
-        .map(|m| build_member(ctx, period, &m.id, now_ms))
-        .collect::<Result<_, _>>()?;
+    // The month and the member parts are read once, and only when some
+    // report is not frozen.
+    let mut slot: Option<(Month, MemberParts)> = None;
+    let fleet = match frozen(ctx, period, FLEET)? {
+        Some(fleet) => fleet,
+        None => live_fleet(ctx, &shared(&mut slot, ctx, period, now_ms)?.0, now_ms)?,
+    };
+    let mut members = Vec::with_capacity(ctx.config.members.len());
+    for m in &ctx.config.members {
+        let info = member_info(ctx, &m.id)?;
+        members.push(match frozen(ctx, period, &m.id)? {
+            Some(report) => report,
+            None => {
+                let (month, parts) = shared(&mut slot, ctx, period, now_ms)?;
+                live_member(ctx, month, parts, info, now_ms)
+            }
+        });
+    }
     Ok(FullReport { fleet, members })
+}
+
+/// The month and every member's parts, read into `slot` the first time.
+fn shared<'a>(
+    slot: &'a mut Option<(Month, MemberParts)>,
+    ctx: &ReportContext,
+    period: Period,
+    now_ms: i64,
+) -> Result<&'a (Month, MemberParts), ReportError> {
+    let value = match slot.take() {
+        Some(value) => value,
+        None => (
+            month(ctx, period, now_ms)?,
+            member_parts(ctx, period, None, now_ms)?,
+        ),
+    };
+    Ok(slot.insert(value))
 }
 
 /// Freezes every closed month up to `now_ms` that has no frozen reports yet
@@ -670,11 +736,11 @@ pub fn freeze(ctx: &ReportContext, now_ms: i64) -> Result<Vec<Period>, ReportErr
         if ctx.snapshots.frozen(period)? {
             continue;
         }
-        let view = period_view(&*ctx.cost, &*ctx.usage, &ctx.model, period, now_ms)?;
-        if !matches!(view.status, PeriodStatus::Closed { .. }) {
+        let month = month(ctx, period, now_ms)?;
+        if !matches!(month.view.status, PeriodStatus::Closed { .. }) {
             continue;
         }
-        let all = read_usage(ctx, period, None)?;
+        let parts = member_parts(ctx, period, None, now_ms)?;
         let to_json = |member: &str, value: Result<String, serde_json::Error>| {
             value.map_err(|source| ReportError::Snapshot {
                 period,
@@ -682,14 +748,14 @@ pub fn freeze(ctx: &ReportContext, now_ms: i64) -> Result<Vec<Period>, ReportErr
                 source,
             })
         };
-        let fleet = live_fleet(ctx, &view, &all, now_ms)?;
+        let fleet = live_fleet(ctx, &month, now_ms)?;
         let mut bodies = vec![(
             FLEET.to_string(),
             to_json(FLEET, serde_json::to_string(&fleet))?,
         )];
         for m in &ctx.config.members {
             let info = member_info(ctx, &m.id)?;
-            let report = live_member(ctx, &view, &all, info, now_ms)?;
+            let report = live_member(ctx, &month, &parts, info, now_ms);
             bodies.push((
                 m.id.clone(),
                 to_json(&m.id, serde_json::to_string(&report))?,
