@@ -3,8 +3,11 @@
 //!
 //! A real store (temporary directory) holds a month of usage for 100
 //! members with one hub each: 3 users a day starting and stopping a server
-//! (1-3 h) every day of October, written through the ledger's own seam; a
-//! cost model with one shared cluster for every hub, a bill and an even
+//! (1-3 h) every day of October, written through the ledger's own seam;
+//! with `BENCH_SLI=1`, every minute of October in `sli_minutes` for every
+//! hub (probes, a spawn every 10 minutes) through the SLI store, so the
+//! attainment read is a full month's (4.5 million rows for 100 hubs; the
+//! seeding takes many minutes, hence opt-in); a cost model with one shared cluster for every hub, a bill and an even
 //! operations pool; October closed. Measured with criterion:
 //! - `build_and_render_<format>`: what `report --format <format>` without
 //!   `--member` does after opening the store: every member's report and the
@@ -23,6 +26,8 @@ use hubwatch_collector::cost::close::close_due;
 use hubwatch_collector::cost::store::SqliteCost;
 use hubwatch_collector::report::store::SnapshotStore;
 use hubwatch_collector::report::{Format, ReportContext, build, render};
+use hubwatch_collector::slo::sli::{MinuteCounts, SliPage};
+use hubwatch_collector::slo::store::{SliStore, SqliteSli};
 use hubwatch_collector::store::{Store, StoreError};
 use hubwatch_collector::usage::ledger::{DEFAULT_MAX_GAP_MS, UsagePage};
 use hubwatch_collector::usage::{SqliteUsage, UsageStore};
@@ -122,6 +127,33 @@ fn main() {
             .commit(&page, None, DEFAULT_MAX_GAP_MS)
             .expect("commit");
     }
+    let sli = SqliteSli::new(store.clone());
+    let first = OCTOBER.start_ms() / 60_000;
+    let minutes = (OCTOBER.end_ms() - OCTOBER.start_ms()) / 60_000;
+    let with_sli = std::env::var("BENCH_SLI").is_ok_and(|v| v == "1");
+    for m in (0..members).filter(|_| with_sli) {
+        let member = format!("m{m:03}");
+        let page = SliPage {
+            minutes: (0..minutes)
+                .map(|i| {
+                    let spawn = u64::from(i % 10 == 0);
+                    (
+                        (member.clone(), "hub".to_string(), first + i),
+                        MinuteCounts {
+                            probes_ok: 4,
+                            probes_failed: u64::from(i % 997 == 0),
+                            spawn_ok: spawn,
+                            spawn_fast: spawn,
+                            spawn_timed: spawn,
+                            ..MinuteCounts::default()
+                        },
+                    )
+                })
+                .collect(),
+            ..SliPage::default()
+        };
+        sli.commit(&page, None).expect("sli");
+    }
     let model = CostModel::from_config(&cfg).expect("model");
     close_due(
         &SqliteCost::new(store.clone()),
@@ -132,7 +164,7 @@ fn main() {
     )
     .expect("close");
     println!(
-        "seeded {members} members' October in {:?}",
+        "seeded {members} members' October (SLI minutes: {with_sli}) in {:?}",
         seeding.elapsed()
     );
     let ctx = ReportContext {
