@@ -7,17 +7,18 @@
 //! `sli_minutes`, incidents from the incident history. A month in which the
 //! member has no ledger row and no observed hub time is `no_data`, and so is
 //! a fleet month with nothing measured or billed: renderers say so instead of
-//! printing zeros. Idle server time needs each server's ledger points, which
-//! the usage seam does not read yet, so the idle finding is not computed
-//! (the guidance says nothing rather than "no idle time"); storage growth
-//! likewise needs levels at the month's edges and is left out.
+//! printing zeros. Idle server time comes from each server's lifecycle and
+//! activity observations ([`UsageStore::server_points`]); an open server's
+//! idle time counts to its last such event, so it is under-, never
+//! over-counted. Storage growth needs stored levels at the month's edges and
+//! is left out (no finding rather than a false one).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use hubwatch_shared::config::{CollectorConfig, Period};
 
-use super::guidance::{FindingKind, MemberMonth, Severity, findings};
+use super::guidance::{FindingKind, MemberMonth, Severity, findings, idle_server_ms};
 use super::model::{
     Change, CorrectionRow, CostSection, DayLine, FleetLine, FleetMember, FleetReport, FullReport,
     Header, HistoryRow, HubLine, IncidentRow, MemberCostLine, MemberInfo, MemberReport, SloLine,
@@ -311,6 +312,33 @@ struct MemberParts {
     incidents: Vec<super::incidents::IncidentLine>,
     prev_view: PeriodView,
     prev_usage: BTreeMap<String, MemberUsage>,
+    /// Idle ms per (member, hub).
+    idle: BTreeMap<(String, String), u64>,
+}
+
+/// Idle ms per (member, hub) over `period`, from every server's points
+/// (read from an hour before, so an activity just before counts).
+fn idle_by_hub(
+    ctx: &ReportContext,
+    period: Period,
+    member: Option<&str>,
+) -> Result<BTreeMap<(String, String), u64>, StoreError> {
+    let (from, to) = (period.start_ms(), period.end_ms());
+    let mut servers: BTreeMap<crate::usage::ledger::ServerKey, Vec<crate::usage::ledger::Point>> =
+        BTreeMap::new();
+    for (key, point) in ctx.usage.server_points(
+        member,
+        from.saturating_sub(crate::usage::ledger::HOUR_MS),
+        to,
+    )? {
+        servers.entry(key).or_default().push(point);
+    }
+    let mut out: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for (key, points) in servers {
+        let slot = out.entry((key.member, key.hub)).or_default();
+        *slot = slot.saturating_add(idle_server_ms(&points, from, to));
+    }
+    Ok(out)
 }
 
 fn member_parts(
@@ -326,6 +354,7 @@ fn member_parts(
         incidents: super::incidents::incidents(&*ctx.incidents, from, to, member, now_ms)?,
         prev_view: period_view(&*ctx.cost, &*ctx.usage, &ctx.model, prev, now_ms)?,
         prev_usage: read_usage(ctx, prev, member)?,
+        idle: idle_by_hub(ctx, period, member)?,
     })
 }
 
@@ -379,6 +408,12 @@ fn live_member(
                 cluster: ctx.model.cluster_of(&info.id, name).map(str::to_string),
                 server_seconds: q.server_ms / 1000,
                 active_users: acc.map_or(0, |a| a.users.len() as u64),
+                idle_server_seconds: parts
+                    .idle
+                    .get(&(info.id.clone(), name.clone()))
+                    .copied()
+                    .unwrap_or(0)
+                    / 1000,
                 cpu_request_millicore_seconds: q.cpu_request_millicore_seconds,
                 cpu_usage_millicore_seconds: q.cpu_usage_millicore_seconds,
                 memory_request_byte_seconds: q.memory_request_byte_seconds,
@@ -504,7 +539,10 @@ fn live_member(
     } else {
         findings(&MemberMonth {
             server_ms: usage.server_ms(),
-            idle_server_ms: 0,
+            idle_server_ms: hubs
+                .iter()
+                .fold(0u64, |a, h| a.saturating_add(h.idle_server_seconds))
+                .saturating_mul(1000),
             cpu_request_millicore_seconds: sum(|h| h.cpu_request_millicore_seconds),
             cpu_usage_millicore_seconds: sum(|h| h.cpu_usage_millicore_seconds),
             memory_request_byte_seconds: sum(|h| h.memory_request_byte_seconds),
@@ -517,9 +555,6 @@ fn live_member(
             coverage: usage.coverage(pms).unwrap_or(0.0),
         })
         .into_iter()
-        // Idle time is not measured here (see the module docs): a finding
-        // resting on a zero we did not measure would be false.
-        .filter(|f| f.kind != FindingKind::IdleServers)
         .map(|f| super::model::FindingRow {
             kind: match f.kind {
                 FindingKind::IdleServers => "idle_servers",

@@ -22,6 +22,13 @@
 //! | mesa   | dan  | Oct 3 00:00      | Oct 3 03:00      | 3     | 250 m   | 512 MiB    |
 //! | mesa   | eve  | Oct 3 01:00      | Oct 3 02:00      | 1     | 250 m   | 512 MiB    |
 //!
+//! One `Activity` event: ada at Oct 1 12:00.
+//!
+//! Idle (running with no activity in the hour before): ada idle 11:00-12:00
+//! and 13:00-14:00 = 2 h, bob 10:00-11:00 = 1 h: leap 3 h = 10,800 s
+//! (`3.00`); cid 13:00-18:00 = 5 h = 18,000 s; dan 01:00-03:00 = 2 h, eve
+//! none: mesa 7,200 s.
+//!
 //! Usage per hub:
 //! - leap/prod: server 4 h + 2 h = 6 h = 21,600 s; active users 2 (ada, bob);
 //!   CPU 1000 × 14,400 + 500 × 7,200 = 18,000,000 millicore-s;

@@ -54,6 +54,9 @@ pub struct HubLine {
     pub server_seconds: u64,
     /// Distinct users with server time in the month.
     pub active_users: u64,
+    /// Server time with no `Activity` event in the hour before it, whole
+    /// seconds (`guidance::idle_server_ms` over the hub's servers).
+    pub idle_server_seconds: u64,
     /// CPU requested, millicore-seconds.
     pub cpu_request_millicore_seconds: u64,
     /// CPU used, millicore-seconds.

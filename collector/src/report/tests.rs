@@ -117,6 +117,9 @@ fn month_store(dir: &std::path::Path) -> (CollectorConfig, Store, ReportContext)
             ));
             ts += 15_000;
         }
+        if *user == "ada" {
+            records.push(event(hub, user, UsageKind::Activity, at(1, 12)));
+        }
         records.push(event(hub, user, UsageKind::ServerStopped, stop));
         ingest(&store, member, (seq as u64 + 1) * 1024, records);
     }
@@ -236,6 +239,7 @@ fn the_hand_computed_month_in_every_format() {
     assert_eq!(hub["cluster"], "shared-gke");
     assert_eq!(hub["server_seconds"], 21_600);
     assert_eq!(hub["active_users"], 2);
+    assert_eq!(hub["idle_server_seconds"], 10_800);
     assert_eq!(hub["cpu_request_millicore_seconds"], 18_000_000u64);
     assert_eq!(hub["memory_request_byte_seconds"], 38_654_705_664_000u64);
     assert_eq!(hub["storage_byte_seconds"], 0);
@@ -328,6 +332,13 @@ fn the_hand_computed_month_in_every_format() {
         .unwrap_or_default();
     assert_eq!(mesa["hubs"][0]["server_seconds"], 14_400);
     assert_eq!(mesa["hubs"][0]["active_users"], 2);
+    assert_eq!(mesa["hubs"][0]["idle_server_seconds"], 7_200);
+    let cryo = full["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["member"]["id"] == "cryo"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(cryo["hubs"][0]["idle_server_seconds"], 18_000);
     assert_eq!(mesa["hubs"][0]["cpu_request_millicore_seconds"], 3_600_000);
     assert_eq!(
         mesa["hubs"][0]["memory_request_byte_seconds"],
@@ -411,7 +422,7 @@ fn the_hand_computed_month_in_every_format() {
     // ---- md ----
     let md = text(&ctx, Some("leap"), Format::Md);
     for figure in [
-        "| prod | shared-gke | 6.00 | 2 | 5.00 | 0.00 | 10.00 | 0.00 | 0.00 | 0.8% |",
+        "| prod | shared-gke | 6.00 | 2 | 3.00 | 5.00 | 0.00 | 10.00 | 0.00 | 0.00 | 0.8% |",
         "| 2026-10-01 | prod | 4.00 | 1 |",
         "| 2026-10-02 | prod | 2.00 | 1 |",
         "Active users this month: 2. Server hours: 6.00. Server hours per active user: 3.00.",
