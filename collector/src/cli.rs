@@ -1,12 +1,13 @@
 //! The `hubwatch-collector` command line: `serve`, `check-config`,
-//! `token create`, `token revoke`, `replay` and `costs import` (see
+//! `token create`, `token revoke`, `replay`, `costs import` and `report` (see
 //! INTERFACES.md). `main.rs` only calls
 //! [`main`]; everything here is a library so tests can drive it.
 //!
 //! Exit codes: 0 success, 1 an operation failed (e.g. no live token to
 //! revoke, the store cannot be opened), 2 the configuration is unusable (the
 //! message names the key). Logs go to stderr; `token create` writes only the
-//! token to stdout, `costs import` what it imported.
+//! token to stdout, `costs import` what it imported, `report` the report.
+//! A bad `--period`, `--member` or `--format` of `report` exits 2.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -62,6 +63,26 @@ pub enum Command {
     /// Cost recovery: import a FOCUS bill.
     #[command(subcommand)]
     Costs(CostsCommand),
+    /// Print a month's report: one member's (`--member`), else the fleet's
+    /// (md, html) or every member's rows (csv, json, focus). See docs/reports.md.
+    Report(ReportArgs),
+}
+
+/// `report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The collector's TOML config file.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// The month, `YYYY-MM` (UTC).
+    #[arg(long, value_name = "YYYY-MM")]
+    pub period: String,
+    /// One member's report (an id under `[[members]]`).
+    #[arg(long, value_name = "ID")]
+    pub member: Option<String>,
+    /// csv, json, focus, md or html.
+    #[arg(long, value_name = "FORMAT")]
+    pub format: String,
 }
 
 /// `costs import`.
@@ -159,6 +180,15 @@ pub enum CliError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A `report` argument that cannot be used (names the flag).
+    #[error("{0}")]
+    BadArgument(String),
+    /// The report could not be built.
+    #[error("report: {0}")]
+    Report(#[from] crate::report::ReportError),
+    /// The report could not be rendered.
+    #[error("report: {0}")]
+    Render(#[from] crate::report::RenderError),
     /// `costs import` refused the file or could not store it.
     #[error("costs import {}: {source}", path.display())]
     Import {
@@ -173,7 +203,9 @@ impl CliError {
     /// The process exit code for this error: 2 for configuration, else 1.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::ReadConfig { .. } | Self::Config(_) => 2,
+            Self::ReadConfig { .. } | Self::Config(_) | Self::BadArgument(_) => 2,
+            Self::Report(crate::report::ReportError::UnknownMember(_))
+            | Self::Report(crate::report::ReportError::Config(_)) => 2,
             Self::Server(ServerError::Bind { .. } | ServerError::Tls { .. }) => 2,
             Self::Server(ServerError::Component(e)) if e.is_config() => 2,
             _ => 1,
@@ -250,7 +282,39 @@ pub fn run(command: Command) -> Result<(), CliError> {
             print!("{report}");
             Ok(())
         }
+        Command::Report(args) => {
+            let cfg = load_config(&args.config)?;
+            let text = report(&cfg, &args, crate::clock::system_now_ms())?;
+            print!("{text}");
+            Ok(())
+        }
     }
+}
+
+/// `report`: checks the arguments, opens the store (a running collector may
+/// hold it; every connection waits on a busy file), freezes any closed month
+/// not frozen yet, then builds and renders the report.
+pub fn report(cfg: &CollectorConfig, args: &ReportArgs, now_ms: i64) -> Result<String, CliError> {
+    let period = config::Period::parse(&args.period)
+        .map_err(|e| CliError::BadArgument(format!("--period {:?}: {e}", args.period)))?;
+    let format = crate::report::Format::parse(&args.format).ok_or_else(|| {
+        CliError::BadArgument(format!(
+            "--format {:?}: not one of csv, json, focus, md, html",
+            args.format
+        ))
+    })?;
+    if let Some(member) = &args.member
+        && cfg.member(member).is_none()
+    {
+        return Err(CliError::BadArgument(format!(
+            "--member {member:?}: not listed under [[members]]"
+        )));
+    }
+    let store = Store::open(&cfg.storage)?;
+    let ctx = crate::report::ReportContext::open(cfg, &store)?;
+    crate::report::freeze(&ctx, now_ms)?;
+    let report = crate::report::build(&ctx, period, args.member.as_deref(), now_ms)?;
+    Ok(crate::report::render(&report, format)?)
 }
 
 /// `costs import`: parses the FOCUS file against the config's cost model

@@ -119,3 +119,158 @@ fn assert_png(path: &Path) -> anyhow::Result<()> {
     assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
     Ok(())
 }
+
+/// A month of usage for one member with two hubs, written through the
+/// collector's own ledger seam into a real store, October closed.
+fn seeded_store(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    use hubwatch_collector::cost::CostModel;
+    use hubwatch_collector::cost::close::close_due;
+    use hubwatch_collector::cost::store::SqliteCost;
+    use hubwatch_collector::store::Store;
+    use hubwatch_collector::usage::ledger::{DEFAULT_MAX_GAP_MS, UsagePage};
+    use hubwatch_collector::usage::{SqliteUsage, UsageStore};
+    use hubwatch_shared::config::{CollectorConfig, Period};
+    use hubwatch_shared::wire::{Batch, Record, ResourceSnapshot, UsageEvent, UsageKind};
+
+    let config = dir.join("collector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "currency = \"EUR\"\n[storage]\npath = {:?}\n\
+             [[members]]\nid = \"leap\"\nname = \"LEAP <Climate>\"\ntier = \"premier\"\n\
+             [[members.hubs]]\nname = \"prod\"\n[[members.hubs]]\nname = \"staging\"\n\
+             [[clusters]]\nid = \"gke\"\nkind = \"dedicated\"\nmember = \"leap\"\n\
+             hubs = [\"leap/prod\", \"leap/staging\"]\n\
+             [[costs]]\ncluster = \"gke\"\nperiod = \"2026-10\"\namount = \"120.50\"\n\
+             [[cost_pools]]\nname = \"operations\"\namount = \"30\"\nsplit = \"even\"\n",
+            dir.join("data")
+        ),
+    )?;
+    let cfg: CollectorConfig = hubwatch_shared::config::load(
+        &std::fs::read_to_string(&config)?,
+        &std::collections::HashMap::new(),
+    )?;
+    let october = Period {
+        year: 2026,
+        month: 10,
+    };
+    let now = october.next().start_ms() + 4 * 86_400_000;
+    let store = Store::open(&cfg.storage)?;
+    let usage = SqliteUsage::new(store.clone());
+    let mut records = Vec::new();
+    for day in 0..20i64 {
+        for (hub, hours) in [("prod", 1 + day % 5), ("staging", 1 + day % 2)] {
+            let start = october.start_ms() + day * 86_400_000 + 9 * 3_600_000;
+            let stop = start + hours * 3_600_000;
+            let event = |kind, ts| {
+                Record::Usage(UsageEvent {
+                    hub: hub.into(),
+                    user: format!("user{}", day % 3),
+                    server: String::new(),
+                    kind,
+                    timestamp_ms: ts,
+                })
+            };
+            records.push(event(UsageKind::ServerStarted { profile: None }, start));
+            let mut ts = start;
+            while ts <= stop {
+                records.push(event(
+                    UsageKind::Resources(ResourceSnapshot {
+                        cpu_request_millicores: Some(1000),
+                        memory_request_bytes: Some(1 << 30),
+                        cpu_usage_millicores: Some(200),
+                        memory_usage_bytes: Some(1 << 28),
+                        storage_bytes: None,
+                    }),
+                    ts,
+                ));
+                ts += 15_000;
+            }
+            records.push(event(UsageKind::ServerStopped, stop));
+        }
+    }
+    let mut page = UsagePage::default();
+    page.add_batch(
+        "leap",
+        &Batch {
+            agent_id: "leap-agent".into(),
+            member: "leap".into(),
+            seq: 1024,
+            created_ms: now,
+            dropped_records: 0,
+            agent_version: "test".into(),
+            records,
+        },
+        now,
+    );
+    usage.commit(&page, None, DEFAULT_MAX_GAP_MS)?;
+    let model = CostModel::from_config(&cfg)?;
+    let closed = close_due(
+        &SqliteCost::new(store.clone()),
+        &usage,
+        &model,
+        48 * 3_600_000,
+        now,
+    )?;
+    assert_eq!(closed, [october]);
+    Ok(config)
+}
+
+const PAGE_PROBE: &str = "(() => { const svgs = [...document.querySelectorAll('svg')]; \
+     return { svgs: svgs.length, rects: svgs.map(s => s.querySelectorAll('rect').length), \
+     widths: svgs.map(s => Math.round(s.getBoundingClientRect().width)), \
+     tables: document.querySelectorAll('table').length }; })()";
+
+#[test]
+fn the_report_command_writes_an_html_page_that_loads_alone_with_its_charts() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = seeded_store(dir.path())?;
+    for (member, name) in [
+        (Some("leap"), "report_html_member.png"),
+        (None, "report_html_fleet.png"),
+    ] {
+        let mut command = std::process::Command::new(hubwatch_tests::binary("hubwatch-collector"));
+        command
+            .args(["report", "--config"])
+            .arg(&config)
+            .args(["--period", "2026-10", "--format", "html"]);
+        if let Some(member) = member {
+            command.args(["--member", member]);
+        }
+        let output = command.output()?;
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let html = String::from_utf8(output.stdout)?;
+        assert!(html.starts_with("<!DOCTYPE html>"), "{html}");
+        let page = dir
+            .path()
+            .join(format!("{}.html", member.unwrap_or("fleet")));
+        std::fs::write(&page, &html)?;
+        let shot = artifact(name)?;
+        let _ = std::fs::remove_file(&shot);
+        let report = Chromium::open(&page, PAGE_PROBE, &shot, Duration::from_millis(300))?;
+        let page_url = format!("file://{}", page.canonicalize()?.display());
+        assert_eq!(report.requests, [page_url], "only the page itself");
+        assert!(
+            report.console_errors.is_empty(),
+            "{:?}",
+            report.console_errors
+        );
+        let probe = &report.probe;
+        assert_eq!(probe["svgs"], 1, "{probe}");
+        // A chart with bars: more than its background and legend keys.
+        assert!(probe["rects"][0].as_u64().unwrap_or(0) > 3, "{probe}");
+        assert!(probe["widths"][0].as_u64().unwrap_or(0) > 100, "{probe}");
+        assert!(probe["tables"].as_u64().unwrap_or(0) >= 2, "{probe}");
+        if member.is_some() {
+            assert!(report.dom.contains("LEAP &lt;Climate&gt;"), "escaped name");
+            // 20 days × 2 hubs of bars, the background and 2 legend keys.
+            assert_eq!(probe["rects"][0], 43, "{probe}");
+        }
+        assert_png(&shot)?;
+    }
+    Ok(())
+}

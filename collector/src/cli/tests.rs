@@ -172,3 +172,71 @@ fn costs_import_stores_a_focus_bill_once_and_refuses_bad_files_with_the_line() {
             .is_empty()
     );
 }
+
+#[test]
+fn report_prints_the_report_and_bad_arguments_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[[members.hubs]]\nname = \"prod\"\n[[cost_pools]]\nname = \"operations\"\namount = \"90\"\nsplit = \"even\"\n",
+    );
+    let cli = Cli::try_parse_from([
+        "hubwatch-collector",
+        "report",
+        "--config",
+        config.to_str().unwrap(),
+        "--period",
+        "2026-10",
+        "--member",
+        "leap",
+        "--format",
+        "md",
+    ])
+    .unwrap();
+    let Command::Report(args) = cli.command else {
+        panic!("not the report command");
+    };
+    let cfg = load_config(&config).unwrap();
+    let now = hubwatch_shared::config::Period::parse("2026-10")
+        .unwrap()
+        .start_ms()
+        + 86_400_000;
+    // Nothing was measured or billed (a pool alone is not data): the report
+    // says so rather than printing zeros.
+    let md = report(&cfg, &args, now).unwrap();
+    assert!(
+        md.starts_with("# Monthly report: LEAP (leap), 2026-10"),
+        "{md}"
+    );
+    assert!(md.contains("No data was recorded for this period"), "{md}");
+    let fleet = report(
+        &cfg,
+        &ReportArgs {
+            member: None,
+            format: "json".into(),
+            ..args
+        },
+        now,
+    )
+    .unwrap();
+    let fleet: serde_json::Value = serde_json::from_str(&fleet).unwrap();
+    assert_eq!(fleet["fleet"]["no_data"], true);
+    assert_eq!(fleet["members"][0]["no_data"], true);
+
+    for (period, member, format, needle) in [
+        ("2026-13", Some("leap"), "md", "--period"),
+        ("october", None, "md", "--period"),
+        ("2026-10", Some("nobody"), "md", "--member"),
+        ("2026-10", None, "pdf", "--format"),
+    ] {
+        let bad = ReportArgs {
+            config: config.clone(),
+            period: period.into(),
+            member: member.map(str::to_string),
+            format: format.into(),
+        };
+        let e = report(&cfg, &bad, now).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{e}");
+        assert!(e.to_string().contains(needle), "{e}");
+    }
+}

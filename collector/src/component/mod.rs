@@ -195,8 +195,13 @@ pub type Handler = Arc<
 pub struct Route {
     /// The method served.
     pub method: Method,
-    /// The exact path (no patterns, no trailing-slash folding).
+    /// The exact path (no patterns, no trailing-slash folding); with
+    /// `prefix`, the path up to and including its last `/`.
     pub path: &'static str,
+    /// Serve every path made of `path` and one more non-empty segment (no
+    /// further `/`), e.g. `/api/v1/reports/2026-11` under `/api/v1/reports/`;
+    /// an exact path always wins.
+    pub prefix: bool,
     /// Answers the request.
     pub handler: Handler,
     /// When set, every response on this path (also the router's 405) is
@@ -216,6 +221,21 @@ impl Route {
             path,
             handler: Arc::new(move |state, peer, request| Box::pin(handler(state, peer, request))),
             responses: None,
+            prefix: false,
+        }
+    }
+
+    /// `method` on every `prefix` + one segment (see [`Route::prefix`]),
+    /// answered by `handler`, which reads the segment from the request's
+    /// path. `prefix` must end with `/`.
+    pub fn under<F, Fut>(method: Method, prefix: &'static str, handler: F) -> Self
+    where
+        F: Fn(Arc<AppState>, Arc<PeerIdentity>, Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HttpResponse> + Send + 'static,
+    {
+        Self {
+            prefix: true,
+            ..Self::new(method, prefix, handler)
         }
     }
 

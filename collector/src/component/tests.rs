@@ -318,6 +318,7 @@ async fn every_feature_of_serve_is_routed_and_drains_well_within_the_grace() {
         "slo.gauges",
         "usage.gauges",
         "cost.close",
+        "report.freeze",
         "alerts.evaluate",
         "alerts.sender[0]",
         "alerts.outside_probe",
@@ -333,6 +334,7 @@ async fn every_feature_of_serve_is_routed_and_drains_well_within_the_grace() {
         "/api/v1/slo",
         "/api/v1/usage",
         "/api/v1/alerts",
+        "/api/v1/reports/2026-10",
     ] {
         let (status, _, body) = request(running.local_addr, "GET", path).await;
         assert_eq!(status, 200, "{path}: {body}");

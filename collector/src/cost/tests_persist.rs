@@ -153,6 +153,16 @@ impl UsageStore for Ledger {
     ) -> Result<std::collections::BTreeSet<(ServerKey, i64)>, StoreError> {
         Ok(std::collections::BTreeSet::new())
     }
+
+    fn server_points(
+        &self,
+        _member: Option<&str>,
+        _from_ms: i64,
+        _to_ms: i64,
+    ) -> Result<Vec<(ServerKey, crate::usage::ledger::Point)>, StoreError> {
+        // The close reads hours only.
+        Ok(Vec::new())
+    }
 }
 
 const HEADER: &str = "BillingAccountId,SubAccountId,BillingPeriodStart,BillingPeriodEnd,ChargeCategory,BilledCost,EffectiveCost,BillingCurrency,ServiceName\n";

@@ -141,6 +141,7 @@ pub fn all_components() -> Vec<Box<dyn Component>> {
     components.push(Box::new(crate::slo::SloComponent));
     components.push(Box::new(crate::usage::UsageComponent));
     components.push(Box::new(crate::cost::CostComponent));
+    components.push(Box::new(crate::report::ReportsComponent));
     components.push(Box::new(crate::alerts::AlertsComponent));
     components
 }

@@ -2,7 +2,7 @@
 //! `/metrics`, `/api/v1/agents`. Every error is a JSON `{"error": "..."}`.
 //!
 //! The [`Router`] is built from every component's routes: an exact-path
-//! lookup, then the method; a known path with another method gets 405 with
+//! lookup (else a prefix route's `prefix` + one segment), then the method; a known path with another method gets 405 with
 //! `Allow`, anything else 404 `no such endpoint`.
 
 use std::collections::HashMap;
@@ -35,6 +35,8 @@ struct PathRoutes {
     /// `Allow`: the methods served, in registration order.
     allow: HeaderValue,
     responses: Option<IntCounterVec>,
+    /// Serves `path` + one segment, not `path` itself.
+    prefix: bool,
 }
 
 impl Router {
@@ -68,6 +70,7 @@ impl Router {
                 let allow =
                     HeaderValue::from_str(&allow).unwrap_or_else(|_| HeaderValue::from_static(""));
                 let responses = routes.iter().find_map(|r| r.responses.clone());
+                let prefix = routes.iter().any(|r| r.prefix);
                 let methods = routes.into_iter().map(|r| (r.method, r.handler)).collect();
                 (
                     path,
@@ -75,11 +78,27 @@ impl Router {
                         methods,
                         allow,
                         responses,
+                        prefix,
                     },
                 )
             })
             .collect();
         Ok(Self { paths })
+    }
+
+    /// The routes of `path`: an exact (non-prefix) match, else a prefix
+    /// route whose prefix is followed by exactly one non-empty segment.
+    fn lookup(&self, path: &str) -> Option<&PathRoutes> {
+        if let Some(routes) = self.paths.get(path).filter(|r| !r.prefix) {
+            return Some(routes);
+        }
+        let (head, segment) = path.rsplit_once('/')?;
+        if segment.is_empty() {
+            return None;
+        }
+        // The prefix is the path through its last '/'.
+        let prefix = &path[..head.len() + 1];
+        self.paths.get(prefix).filter(|r| r.prefix)
     }
 
     /// Routes one request: its handler, else 405 with `Allow` on a known
@@ -91,7 +110,7 @@ impl Router {
         request: Request<Incoming>,
     ) -> HttpResponse {
         let path = request.uri().path();
-        let Some(routes) = self.paths.get(path) else {
+        let Some(routes) = self.lookup(path) else {
             return error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"));
         };
         let handler = routes

@@ -285,6 +285,18 @@ pub const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE usage_server_hours ADD COLUMN bounded INTEGER NOT NULL DEFAULT 0;
     ",
+    // 9: report snapshots: each closed month's member and fleet reports frozen
+    // as JSON after the close (member '' is the fleet), never rewritten.
+    "
+    CREATE TABLE report_snapshots (
+        period  TEXT NOT NULL,
+        member  TEXT NOT NULL,
+        body    TEXT NOT NULL,
+        PRIMARY KEY (period, member)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER report_snapshots_frozen BEFORE UPDATE ON report_snapshots
+    BEGIN SELECT RAISE(ABORT, 'a frozen report is never rewritten'); END;
+    ",
 ];
 
 /// The schema version this build writes.

@@ -101,7 +101,24 @@ pub trait UsageStore: Send + Sync {
         &self,
         filter: &HourFilter,
     ) -> Result<std::collections::BTreeSet<(ServerKey, i64)>, StoreError>;
+
+    /// What a report's idle time needs of each server of `member` (every
+    /// member when `None`): its lifecycle and `Activity` observations in
+    /// `[from_ms, to_ms)`, and its latest lifecycle observation in the
+    /// [`POINTS_LOOKBACK_MS`] before `from_ms` (so a server running across
+    /// `from_ms` is known to run). Resource snapshots are not read.
+    fn server_points(
+        &self,
+        member: Option<&str>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(ServerKey, Point)>, StoreError>;
 }
+
+/// How far before a range [`UsageStore::server_points`] looks for a server's
+/// last lifecycle event: a server started longer ago and still running is
+/// not seen (bounding the scan to a month of one member's observations).
+pub const POINTS_LOOKBACK_MS: i64 = 31 * 24 * HOUR_MS;
 
 /// [`UsageStore`] on the embedded SQLite store.
 #[derive(Debug, Clone)]
@@ -247,6 +264,62 @@ impl UsageStore for SqliteUsage {
                 },
             )?;
             rows.collect()
+        })
+    }
+
+    fn server_points(
+        &self,
+        member: Option<&str>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(ServerKey, Point)>, StoreError> {
+        self.store.read_with("reading usage points", |conn| {
+            // The latest lifecycle event before the range (bare columns of
+            // a max() row are that row's in SQLite), then the range's
+            // lifecycle and activity events.
+            let mut statement = conn.prepare(
+                "SELECT member, hub, user, server, max(ts), kind FROM usage_points
+                 WHERE (?1 IS NULL OR member = ?1) AND ts >= ?2 AND ts < ?3 AND kind IN (0, 1)
+                 GROUP BY member, hub, user, server
+                 UNION ALL
+                 SELECT member, hub, user, server, ts, kind FROM usage_points
+                 WHERE (?1 IS NULL OR member = ?1) AND ts >= ?3 AND ts < ?4 AND kind IN (0, 1, 2)",
+            )?;
+            let rows = statement.query_map(
+                params![
+                    member,
+                    from_ms.saturating_sub(POINTS_LOOKBACK_MS),
+                    from_ms,
+                    to_ms
+                ],
+                |row| {
+                    Ok((
+                        ServerKey {
+                            member: row.get(0)?,
+                            hub: row.get(1)?,
+                            user: row.get(2)?,
+                            server: row.get(3)?,
+                        },
+                        row.get::<_, i64>(4)?,
+                        row.get::<_, i64>(5)?,
+                    ))
+                },
+            )?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (key, ts, code) = row?;
+                if let Some(kind) = PointKind::from_code(code) {
+                    out.push((
+                        key,
+                        Point {
+                            ts,
+                            kind,
+                            levels: Levels::default(),
+                        },
+                    ));
+                }
+            }
+            Ok(out)
         })
     }
 }
