@@ -760,3 +760,25 @@ fn prune_deletes_sli_minutes_past_their_retention() -> anyhow::Result<()> {
     assert_eq!(left, vec![minutes[2], minutes[3]]);
     Ok(())
 }
+
+/// A cached statement with `column = ?` and `LIMIT ?` terms, run again with
+/// new values, is not compiled again: without the query planner stability
+/// guarantee, SQLite expires such statements whenever rusqlite's cache
+/// clears their bindings, and each use paid a full re-preparation.
+#[test]
+fn cached_statements_are_not_prepared_again_on_reuse() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(&config(dir.path()))?;
+    let sql = "SELECT last_id FROM derive_cursors WHERE name = ?1 AND last_id = ?2 LIMIT ?3";
+    let reprepared = store.read_with("test: re-using a cached statement", |conn| {
+        for n in 0..20i64 {
+            let mut statement = conn.prepare_cached(sql)?;
+            let mut rows = statement.query(params![format!("stage-{n}"), n, n % 3])?;
+            while rows.next()?.is_some() {}
+        }
+        let statement = conn.prepare_cached(sql)?;
+        Ok(statement.get_status(rusqlite::StatementStatus::RePrepare))
+    })?;
+    assert_eq!(reprepared, 0, "re-preparations of a cached statement");
+    Ok(())
+}
