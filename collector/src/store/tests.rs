@@ -326,7 +326,8 @@ fn an_empty_file_is_migrated() -> anyhow::Result<()> {
             "usage_hub_hours",
             "usage_points",
             "usage_seen",
-            "usage_server_hours"
+            "usage_server_hours",
+            "usage_servers"
         ]
     );
     assert_eq!(store.derive_cursor("sli")?, 0);
