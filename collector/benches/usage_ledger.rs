@@ -434,6 +434,10 @@ fn main() -> Result<()> {
         let per_row = bytes as f64 / (rows.max(1)) as f64;
         let year_rows = match table {
             "usage_server_hours" => fleet_servers * YEAR_HOURS,
+            // One row per server ever seen: how many distinct users a year
+            // brings is not something this simulation knows (its churn makes
+            // every started server a new user), so no year is extrapolated.
+            "usage_servers" => rows as f64,
             "usage_hub_hours" => fleet_hubs as f64 * YEAR_HOURS,
             // Observations: as many per hub and interval as this run stored
             // (snapshots, events and the distinct instants they carry).
