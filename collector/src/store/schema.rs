@@ -297,6 +297,62 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER report_snapshots_frozen BEFORE UPDATE ON report_snapshots
     BEGIN SELECT RAISE(ABORT, 'a frozen report is never rewritten'); END;
     ",
+    // 10: issue 8 (usage ledger cost and size): servers are interned once in
+    // `usage_servers`; observations and server-hours are keyed by its integer
+    // id instead of four text columns (a 66-byte pseudonym among them), so
+    // every look-up compares one integer and a row no longer repeats the key.
+    "
+    CREATE TABLE usage_servers (
+        id     INTEGER PRIMARY KEY,
+        member TEXT NOT NULL,
+        hub    TEXT NOT NULL,
+        user   TEXT NOT NULL,
+        server TEXT NOT NULL,
+        UNIQUE (member, hub, user, server)
+    );
+    INSERT INTO usage_servers (member, hub, user, server)
+        SELECT member, hub, user, server FROM usage_points
+        UNION SELECT member, hub, user, server FROM usage_server_hours;
+    CREATE TABLE usage_points_by_id (
+        server_id  INTEGER NOT NULL,
+        ts         INTEGER NOT NULL,
+        kind       INTEGER NOT NULL,
+        cpu_request_millicores INTEGER,
+        memory_request_bytes   INTEGER,
+        cpu_usage_millicores   INTEGER,
+        memory_usage_bytes     INTEGER,
+        storage_bytes          INTEGER,
+        PRIMARY KEY (server_id, ts, kind)
+    ) WITHOUT ROWID;
+    INSERT INTO usage_points_by_id
+        SELECT s.id, p.ts, p.kind, p.cpu_request_millicores, p.memory_request_bytes,
+               p.cpu_usage_millicores, p.memory_usage_bytes, p.storage_bytes
+        FROM usage_points AS p JOIN usage_servers AS s
+            ON s.member = p.member AND s.hub = p.hub AND s.user = p.user AND s.server = p.server;
+    DROP TABLE usage_points;
+    ALTER TABLE usage_points_by_id RENAME TO usage_points;
+    CREATE TABLE usage_server_hours_by_id (
+        server_id INTEGER NOT NULL,
+        hour      INTEGER NOT NULL,
+        server_ms                     INTEGER NOT NULL,
+        cpu_request_millicore_seconds INTEGER NOT NULL,
+        memory_request_byte_seconds   INTEGER NOT NULL,
+        cpu_usage_millicore_seconds   INTEGER NOT NULL,
+        memory_usage_byte_seconds     INTEGER NOT NULL,
+        storage_byte_seconds          INTEGER NOT NULL,
+        bounded                       INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (server_id, hour)
+    ) WITHOUT ROWID;
+    INSERT INTO usage_server_hours_by_id
+        SELECT s.id, h.hour, h.server_ms, h.cpu_request_millicore_seconds,
+               h.memory_request_byte_seconds, h.cpu_usage_millicore_seconds,
+               h.memory_usage_byte_seconds, h.storage_byte_seconds, h.bounded
+        FROM usage_server_hours AS h JOIN usage_servers AS s
+            ON s.member = h.member AND s.hub = h.hub AND s.user = h.user AND s.server = h.server;
+    DROP TABLE usage_server_hours;
+    ALTER TABLE usage_server_hours_by_id RENAME TO usage_server_hours;
+    CREATE INDEX usage_server_hours_by_hour ON usage_server_hours (hour);
+    ",
 ];
 
 /// The schema version this build writes.

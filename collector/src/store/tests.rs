@@ -327,7 +327,8 @@ fn an_empty_file_is_migrated() -> anyhow::Result<()> {
             "usage_hub_hours",
             "usage_points",
             "usage_seen",
-            "usage_server_hours"
+            "usage_server_hours",
+            "usage_servers"
         ]
     );
     assert_eq!(store.derive_cursor("sli")?, 0);
@@ -759,5 +760,27 @@ fn prune_deletes_sli_minutes_past_their_retention() -> anyhow::Result<()> {
         rows.collect()
     })?;
     assert_eq!(left, vec![minutes[2], minutes[3]]);
+    Ok(())
+}
+
+/// A cached statement with `column = ?` and `LIMIT ?` terms, run again with
+/// new values, is not compiled again: without the query planner stability
+/// guarantee, SQLite expires such statements whenever rusqlite's cache
+/// clears their bindings, and each use paid a full re-preparation.
+#[test]
+fn cached_statements_are_not_prepared_again_on_reuse() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(&config(dir.path()))?;
+    let sql = "SELECT last_id FROM derive_cursors WHERE name = ?1 AND last_id = ?2 LIMIT ?3";
+    let reprepared = store.read_with("test: re-using a cached statement", |conn| {
+        for n in 0..20i64 {
+            let mut statement = conn.prepare_cached(sql)?;
+            let mut rows = statement.query(params![format!("stage-{n}"), n, n % 3])?;
+            while rows.next()?.is_some() {}
+        }
+        let statement = conn.prepare_cached(sql)?;
+        Ok(statement.get_status(rusqlite::StatementStatus::RePrepare))
+    })?;
+    assert_eq!(reprepared, 0, "re-preparations of a cached statement");
     Ok(())
 }

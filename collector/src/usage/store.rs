@@ -1,8 +1,13 @@
 //! The usage ledger's persistence seam: [`UsageStore`] (what the ledger stage
 //! and `GET /api/v1/usage` need, in domain types) and [`SqliteUsage`], its
-//! implementation on the embedded store (tables `usage_points`, `usage_seen`,
-//! `usage_server_hours`, `usage_hub_hours`; schema in `store/schema.rs`).
-//! Nothing else in `usage/` issues SQL.
+//! implementation on the embedded store (tables `usage_servers`,
+//! `usage_points`, `usage_seen`, `usage_server_hours`, `usage_hub_hours`;
+//! schema in `store/schema.rs`). Nothing else in `usage/` issues SQL.
+//!
+//! A server's four-part key (member, hub, user pseudonym, server) is interned
+//! once in `usage_servers`; observations and server-hours are keyed by its
+//! integer id, so look-ups compare one integer and rows stay small. The
+//! trait speaks [`ServerKey`]s: the ids never leave this module.
 //!
 //! A commit stores the page's observations (merged with any already stored at
 //! the same instant, so a replay changes nothing), then recomputes, from the
@@ -152,14 +157,14 @@ impl UsageStore for SqliteUsage {
     fn server_hours(&self, filter: &HourFilter) -> Result<Vec<ServerHour>, StoreError> {
         self.store.read_with("reading usage hours", |conn| {
             let mut statement = conn.prepare(
-                "SELECT member, hub, user, server, hour, server_ms,
-                        cpu_request_millicore_seconds, memory_request_byte_seconds,
-                        cpu_usage_millicore_seconds, memory_usage_byte_seconds,
-                        storage_byte_seconds
-                 FROM usage_server_hours
-                 WHERE hour >= ?1 AND hour < ?2
-                   AND (?3 IS NULL OR member = ?3) AND (?4 IS NULL OR hub = ?4)
-                 ORDER BY member, hub, user, server, hour",
+                "SELECT s.member, s.hub, s.user, s.server, h.hour, h.server_ms,
+                        h.cpu_request_millicore_seconds, h.memory_request_byte_seconds,
+                        h.cpu_usage_millicore_seconds, h.memory_usage_byte_seconds,
+                        h.storage_byte_seconds
+                 FROM usage_server_hours AS h JOIN usage_servers AS s ON s.id = h.server_id
+                 WHERE h.hour >= ?1 AND h.hour < ?2
+                   AND (?3 IS NULL OR s.member = ?3) AND (?4 IS NULL OR s.hub = ?4)
+                 ORDER BY s.member, s.hub, s.user, s.server, h.hour",
             )?;
             let rows = statement.query_map(
                 params![filter.from_ms, filter.to_ms, filter.member, filter.hub],
@@ -192,12 +197,12 @@ impl UsageStore for SqliteUsage {
         self.store.write_with("pruning usage observations", |tx| {
             let points = tx.execute(
                 &format!(
-                    "DELETE FROM usage_points WHERE (member, hub, user, server, ts, kind) IN (
-                         SELECT member, hub, user, server, ts, kind FROM usage_points AS p
+                    "DELETE FROM usage_points WHERE (server_id, ts, kind) IN (
+                         SELECT server_id, ts, kind FROM usage_points AS p
                          WHERE ts < ?1 AND NOT (kind IN ({LIFECYCLE}) AND ts = (
                              SELECT max(q.ts) FROM usage_points AS q
-                             WHERE q.member = p.member AND q.hub = p.hub AND q.user = p.user
-                               AND q.server = p.server AND q.kind IN ({LIFECYCLE}) AND q.ts < ?1))
+                             WHERE q.server_id = p.server_id
+                               AND q.kind IN ({LIFECYCLE}) AND q.ts < ?1))
                          LIMIT ?2)"
                 ),
                 params![before_ms, limit],
@@ -222,9 +227,10 @@ impl UsageStore for SqliteUsage {
     ) -> Result<std::collections::BTreeSet<(ServerKey, i64)>, StoreError> {
         self.store.read_with("reading bounded usage hours", |conn| {
             let mut statement = conn.prepare(
-                "SELECT member, hub, user, server, hour FROM usage_server_hours
-                 WHERE bounded = 1 AND hour >= ?1 AND hour < ?2
-                   AND (?3 IS NULL OR member = ?3) AND (?4 IS NULL OR hub = ?4)",
+                "SELECT s.member, s.hub, s.user, s.server, h.hour
+                 FROM usage_server_hours AS h JOIN usage_servers AS s ON s.id = h.server_id
+                 WHERE h.bounded = 1 AND h.hour >= ?1 AND h.hour < ?2
+                   AND (?3 IS NULL OR s.member = ?3) AND (?4 IS NULL OR s.hub = ?4)",
             )?;
             let rows = statement.query_map(
                 params![filter.from_ms, filter.to_ms, filter.member, filter.hub],
@@ -278,12 +284,16 @@ impl UsageStore for SqliteUsage {
             // a max() row are that row's in SQLite), then the range's
             // lifecycle and activity events.
             let mut statement = conn.prepare(
-                "SELECT member, hub, user, server, max(ts), kind FROM usage_points
-                 WHERE (?1 IS NULL OR member = ?1) AND ts >= ?2 AND ts < ?3 AND kind IN (0, 1)
-                 GROUP BY member, hub, user, server
+                "SELECT s.member, s.hub, s.user, s.server, max(p.ts), p.kind
+                 FROM usage_points p JOIN usage_servers s ON s.id = p.server_id
+                 WHERE (?1 IS NULL OR s.member = ?1) AND p.ts >= ?2 AND p.ts < ?3
+                   AND p.kind IN (0, 1, 4)
+                 GROUP BY p.server_id
                  UNION ALL
-                 SELECT member, hub, user, server, ts, kind FROM usage_points
-                 WHERE (?1 IS NULL OR member = ?1) AND ts >= ?3 AND ts < ?4 AND kind IN (0, 1, 2)",
+                 SELECT s.member, s.hub, s.user, s.server, p.ts, p.kind
+                 FROM usage_points p JOIN usage_servers s ON s.id = p.server_id
+                 WHERE (?1 IS NULL OR s.member = ?1) AND p.ts >= ?3 AND p.ts < ?4
+                   AND p.kind IN (0, 1, 2, 4)",
             )?;
             let rows = statement.query_map(
                 params![
@@ -344,6 +354,8 @@ fn level_from_sql(level: Option<i64>) -> Option<u64> {
 /// and its latest lifecycle event.
 #[derive(Debug, Clone, Copy)]
 struct Touched {
+    /// The server's interned id.
+    id: i64,
     min: i64,
     max: i64,
     lifecycle_max: Option<i64>,
@@ -358,11 +370,11 @@ pub fn write_page(
     let mut summary = CommitSummary::default();
     // Same instant, same kind: keep the larger level of each (commutative).
     let mut upsert = tx.prepare_cached(
-        "INSERT INTO usage_points (member, hub, user, server, ts, kind,
+        "INSERT INTO usage_points (server_id, ts, kind,
              cpu_request_millicores, memory_request_bytes, cpu_usage_millicores,
              memory_usage_bytes, storage_bytes)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-         ON CONFLICT (member, hub, user, server, ts, kind) DO UPDATE SET
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (server_id, ts, kind) DO UPDATE SET
              cpu_request_millicores = max(coalesce(cpu_request_millicores, excluded.cpu_request_millicores), coalesce(excluded.cpu_request_millicores, cpu_request_millicores)),
              memory_request_bytes = max(coalesce(memory_request_bytes, excluded.memory_request_bytes), coalesce(excluded.memory_request_bytes, memory_request_bytes)),
              cpu_usage_millicores = max(coalesce(cpu_usage_millicores, excluded.cpu_usage_millicores), coalesce(excluded.cpu_usage_millicores, cpu_usage_millicores)),
@@ -370,12 +382,19 @@ pub fn write_page(
              storage_bytes = max(coalesce(storage_bytes, excluded.storage_bytes), coalesce(excluded.storage_bytes, storage_bytes))",
     )?;
     let mut touched: BTreeMap<&ServerKey, Touched> = BTreeMap::new();
+    // The page's points are sorted by server: intern each server once.
+    let mut current: Option<(&ServerKey, i64)> = None;
     for ((key, ts, kind), levels) in &page.points {
+        let id = match current {
+            Some((k, id)) if k == key => id,
+            _ => {
+                let id = server_id(tx, key)?;
+                current = Some((key, id));
+                id
+            }
+        };
         upsert.execute(params![
-            key.member,
-            key.hub,
-            key.user,
-            key.server,
+            id,
             ts,
             kind.code(),
             level_to_sql(levels.cpu_request_millicores),
@@ -393,13 +412,14 @@ pub fn write_page(
                 t.lifecycle_max = t.lifecycle_max.max(lifecycle);
             })
             .or_insert(Touched {
+                id,
                 min: *ts,
                 max: *ts,
                 lifecycle_max: lifecycle,
             });
     }
-    for (key, t) in touched {
-        summary.server_hours += recompute_server(tx, key, t, max_gap_ms)?;
+    for t in touched.into_values() {
+        summary.server_hours += recompute_server(tx, t, max_gap_ms)?;
     }
     let mut seen = tx
         .prepare_cached("INSERT OR IGNORE INTO usage_seen (member, hub, ts) VALUES (?1, ?2, ?3)")?;
@@ -414,20 +434,34 @@ pub fn write_page(
     Ok(summary)
 }
 
-const KEY: &str = "member = ?1 AND hub = ?2 AND user = ?3 AND server = ?4";
+const KEY: &str = "server_id = ?1";
+
+/// The interned id of `key`, created on first use (inside the page's
+/// transaction, so a rolled-back page leaves no id behind).
+fn server_id(tx: &Transaction<'_>, key: &ServerKey) -> rusqlite::Result<i64> {
+    let params = params![key.member, key.hub, key.user, key.server];
+    let found = tx
+        .prepare_cached(
+            "SELECT id FROM usage_servers
+             WHERE member = ?1 AND hub = ?2 AND user = ?3 AND server = ?4",
+        )?
+        .query_row(params, |row| row.get(0))
+        .optional()?;
+    match found {
+        Some(id) => Ok(id),
+        None => tx
+            .prepare_cached(
+                "INSERT INTO usage_servers (member, hub, user, server) VALUES (?1, ?2, ?3, ?4)
+                 RETURNING id",
+            )?
+            .query_row(params, |row| row.get(0)),
+    }
+}
 const LIFECYCLE: &str = PointKind::LIFECYCLE_CODES;
 
-fn one_i64(
-    tx: &Transaction<'_>,
-    sql: &str,
-    key: &ServerKey,
-    at: i64,
-) -> rusqlite::Result<Option<i64>> {
+fn one_i64(tx: &Transaction<'_>, sql: &str, id: i64, at: i64) -> rusqlite::Result<Option<i64>> {
     tx.prepare_cached(sql)?
-        .query_row(
-            params![key.member, key.hub, key.user, key.server, at],
-            |row| row.get::<_, Option<i64>>(0),
-        )
+        .query_row(params![id, at], |row| row.get::<_, Option<i64>>(0))
         .optional()
         .map(Option::flatten)
 }
@@ -435,7 +469,7 @@ fn one_i64(
 /// The latest lifecycle event strictly before `before`: its kind.
 fn lifecycle_before(
     tx: &Transaction<'_>,
-    key: &ServerKey,
+    id: i64,
     before: i64,
 ) -> rusqlite::Result<Option<PointKind>> {
     // At one instant the stop sorts after the start (the integration applies
@@ -443,10 +477,10 @@ fn lifecycle_before(
     let code = one_i64(
         tx,
         &format!(
-            "SELECT kind FROM usage_points WHERE {KEY} AND kind IN ({LIFECYCLE}) AND ts < ?5
+            "SELECT kind FROM usage_points WHERE {KEY} AND kind IN ({LIFECYCLE}) AND ts < ?2
              ORDER BY ts DESC, kind DESC LIMIT 1"
         ),
-        key,
+        id,
         before,
     )?;
     Ok(code.and_then(PointKind::from_code))
@@ -459,28 +493,24 @@ fn lifecycle_before(
 /// the page holds a lifecycle event, to the next lifecycle event after it (or
 /// the last observation): the span whose running state it decides. The
 /// neighbouring snapshots within the gap limit widen it too.
-fn recompute_server(
-    tx: &Transaction<'_>,
-    key: &ServerKey,
-    t: Touched,
-    max_gap_ms: i64,
-) -> rusqlite::Result<u64> {
+fn recompute_server(tx: &Transaction<'_>, t: Touched, max_gap_ms: i64) -> rusqlite::Result<u64> {
+    let id = t.id;
     let prev = one_i64(
         tx,
-        &format!("SELECT max(ts) FROM usage_points WHERE {KEY} AND ts < ?5"),
-        key,
+        &format!("SELECT max(ts) FROM usage_points WHERE {KEY} AND ts < ?2"),
+        id,
         t.min,
     )?;
     let next = one_i64(
         tx,
-        &format!("SELECT min(ts) FROM usage_points WHERE {KEY} AND ts > ?5"),
-        key,
+        &format!("SELECT min(ts) FROM usage_points WHERE {KEY} AND ts > ?2"),
+        id,
         t.max,
     )?;
     let last = one_i64(
         tx,
-        &format!("SELECT max(ts) FROM usage_points WHERE {KEY} AND ts >= ?5"),
-        key,
+        &format!("SELECT max(ts) FROM usage_points WHERE {KEY} AND ts >= ?2"),
+        id,
         i64::MIN,
     )?
     .unwrap_or(t.max);
@@ -489,15 +519,15 @@ fn recompute_server(
     // when it is close enough to be bridged.
     let prev_snapshot = one_i64(
         tx,
-        &format!("SELECT max(ts) FROM usage_points WHERE {KEY} AND kind = 3 AND ts < ?5"),
-        key,
+        &format!("SELECT max(ts) FROM usage_points WHERE {KEY} AND kind = 3 AND ts < ?2"),
+        id,
         t.min,
     )?
     .filter(|at| t.min.saturating_sub(*at) <= max_gap_ms);
     let next_snapshot = one_i64(
         tx,
-        &format!("SELECT min(ts) FROM usage_points WHERE {KEY} AND kind = 3 AND ts > ?5"),
-        key,
+        &format!("SELECT min(ts) FROM usage_points WHERE {KEY} AND kind = 3 AND ts > ?2"),
+        id,
         t.max,
     )?
     .filter(|at| at.saturating_sub(t.max) <= max_gap_ms);
@@ -509,9 +539,9 @@ fn recompute_server(
         let next_lifecycle = one_i64(
             tx,
             &format!(
-                "SELECT min(ts) FROM usage_points WHERE {KEY} AND kind IN ({LIFECYCLE}) AND ts > ?5"
+                "SELECT min(ts) FROM usage_points WHERE {KEY} AND kind IN ({LIFECYCLE}) AND ts > ?2"
             ),
-            key,
+            id,
             lifecycle_max,
         )?;
         hi = hi.max(next_lifecycle.unwrap_or(last));
@@ -527,43 +557,39 @@ fn recompute_server(
     // which of the window's hours are bounded: recompute up to it.
     let next_lifecycle = tx
         .prepare_cached(&format!(
-            "SELECT ts, kind FROM usage_points WHERE {KEY} AND kind IN ({LIFECYCLE}) AND ts >= ?5
+            "SELECT ts, kind FROM usage_points WHERE {KEY} AND kind IN ({LIFECYCLE}) AND ts >= ?2
              ORDER BY ts, kind LIMIT 1"
         ))?
-        .query_row(
-            params![key.member, key.hub, key.user, key.server, w1],
-            |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)),
-        )
+        .query_row(params![id, w1], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+        })
         .optional()?;
     if let Some((stop, code)) = next_lifecycle
         && PointKind::from_code(code) == Some(PointKind::StopInferred)
     {
         let before = one_i64(
             tx,
-            &format!("SELECT max(ts) FROM usage_points WHERE {KEY} AND ts < ?5"),
-            key,
+            &format!("SELECT max(ts) FROM usage_points WHERE {KEY} AND ts < ?2"),
+            id,
             stop,
         )?;
         if before.is_none_or(|at| at < w1) {
             w1 = hour_of(stop).saturating_add(HOUR_MS);
         }
     }
-    let running_before = lifecycle_before(tx, key, w0)? == Some(PointKind::Started);
+    let running_before = lifecycle_before(tx, id, w0)? == Some(PointKind::Started);
     // Timestamps are bounded well below i64::MAX at derive time, so this is
     // the latest lifecycle event overall.
-    let open = lifecycle_before(tx, key, i64::MAX)? == Some(PointKind::Started);
+    let open = lifecycle_before(tx, id, i64::MAX)? == Some(PointKind::Started);
     let points = {
         let mut statement = tx.prepare_cached(&format!(
             "SELECT ts, kind, cpu_request_millicores, memory_request_bytes,
                     cpu_usage_millicores, memory_usage_bytes, storage_bytes
-             FROM usage_points WHERE {KEY} AND ts >= ?5 AND ts <= ?6 ORDER BY ts, kind"
+             FROM usage_points WHERE {KEY} AND ts >= ?2 AND ts <= ?3 ORDER BY ts, kind"
         ))?;
         let rows = statement.query_map(
             params![
-                key.member,
-                key.hub,
-                key.user,
-                key.server,
+                id,
                 w0.saturating_sub(max_gap_ms),
                 w1.saturating_add(max_gap_ms)
             ],
@@ -598,22 +624,19 @@ fn recompute_server(
     let hours = integrate_server(&history, (w0, w1), max_gap_ms);
     let bounded = bounded_hours(&history, (w0, w1));
     tx.prepare_cached(&format!(
-        "DELETE FROM usage_server_hours WHERE {KEY} AND hour >= ?5 AND hour < ?6"
+        "DELETE FROM usage_server_hours WHERE {KEY} AND hour >= ?2 AND hour < ?3"
     ))?
-    .execute(params![key.member, key.hub, key.user, key.server, w0, w1])?;
+    .execute(params![id, w0, w1])?;
     let mut insert = tx.prepare_cached(
-        "INSERT INTO usage_server_hours (member, hub, user, server, hour, server_ms,
+        "INSERT INTO usage_server_hours (server_id, hour, server_ms,
              cpu_request_millicore_seconds, memory_request_byte_seconds,
              cpu_usage_millicore_seconds, memory_usage_byte_seconds, storage_byte_seconds,
              bounded)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
     for (hour, q) in &hours {
         insert.execute(params![
-            key.member,
-            key.hub,
-            key.user,
-            key.server,
+            id,
             hour,
             to_sql(q.server_ms),
             to_sql(q.cpu_request_millicore_seconds),

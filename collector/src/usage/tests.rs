@@ -932,7 +932,10 @@ fn pruning_deletes_old_observations_in_chunks_and_keeps_the_hours_and_the_runnin
     // Left: ada's start (she still runs), bob's stop, and the snapshot at T0 + 2h.
     let kinds: Vec<(i64, i64)> = store
         .read_with("points", |c| {
-            let mut st = c.prepare("SELECT kind, ts FROM usage_points ORDER BY user, ts, kind")?;
+            let mut st = c.prepare(
+                "SELECT p.kind, p.ts FROM usage_points AS p
+                 JOIN usage_servers AS s ON s.id = p.server_id ORDER BY s.user, p.ts, p.kind",
+            )?;
             let rows = st.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? - T0)))?;
             rows.collect()
         })
@@ -957,4 +960,66 @@ fn pruning_deletes_old_observations_in_chunks_and_keeps_the_hours_and_the_runnin
     );
     let (rows, _) = ledger(&usage);
     assert_eq!(server_ms(&rows, "ada")[&(T0 + 2 * HOUR_MS)], HOUR_MS as u64);
+}
+
+/// A ledger written before servers were interned is carried over: its hour
+/// rows read back under the same key, and its observations still decide
+/// the server's state (a stop after the migration ends the migrated start).
+#[test]
+fn a_ledger_from_before_interning_is_migrated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = CollectorConfig::default();
+    cfg.storage.path = dir.path().to_path_buf();
+    std::fs::create_dir_all(&cfg.storage.path).expect("dir");
+    let interning = crate::store::MIGRATIONS
+        .iter()
+        .position(|m| m.contains("CREATE TABLE usage_servers"))
+        .expect("the interning migration");
+    {
+        let conn = rusqlite::Connection::open(cfg.storage.path.join(crate::store::DB_FILE_NAME))
+            .expect("open");
+        for migration in &crate::store::MIGRATIONS[..interning] {
+            conn.execute_batch(migration).expect("old migration");
+        }
+        conn.pragma_update(None, "user_version", interning as i64)
+            .expect("version");
+        conn.execute(
+            "INSERT INTO usage_points (member, hub, user, server, ts, kind) VALUES
+                 ('leap', 'prod', 'ada', '', ?1, 0)",
+            [T0],
+        )
+        .expect("point");
+        conn.execute(
+            "INSERT INTO usage_server_hours (member, hub, user, server, hour, server_ms,
+                 cpu_request_millicore_seconds, memory_request_byte_seconds,
+                 cpu_usage_millicore_seconds, memory_usage_byte_seconds, storage_byte_seconds,
+                 bounded)
+             VALUES ('leap', 'prod', 'bob', '', ?1, 600000, 1, 2, 3, 4, 5, 1)",
+            [T0 - HOUR_MS],
+        )
+        .expect("hour");
+    }
+    let usage = SqliteUsage::new(Store::open(&cfg.storage).expect("migrated store"));
+    let (rows, _) = ledger(&usage);
+    assert_eq!(
+        rows.get(&("leap".to_string(), "bob".to_string(), T0 - HOUR_MS)),
+        Some(&Quantities {
+            server_ms: 600_000,
+            cpu_request_millicore_seconds: 1,
+            memory_request_byte_seconds: 2,
+            cpu_usage_millicore_seconds: 3,
+            memory_usage_byte_seconds: 4,
+            storage_byte_seconds: 5,
+        })
+    );
+    assert_eq!(
+        bounded(&usage),
+        Bounded::from([("bob".to_string(), T0 - HOUR_MS)])
+    );
+    commit_pages(&usage, &[vec![stop("ada", T0 + 30 * MIN)]]);
+    let (rows, _) = ledger(&usage);
+    assert_eq!(
+        server_ms(&rows, "ada"),
+        BTreeMap::from([(T0, (30 * MIN) as u64)])
+    );
 }
