@@ -5,13 +5,16 @@
 //! log (cursor `alerts.hub_status`), folds what concerns a configured hub into
 //! that hub's [`HubStatus`]: the latest inside check per kind (`HubHealth`,
 //! `Probe`, by the record's own timestamp, so a late backlog never overwrites
-//! newer news), which agent reports the hub, certificate expiry and volume
-//! free space. It writes the changed statuses and its cursor in one
+//! newer news), which agent reports the hub, certificate expiry, volume
+//! free space and the hub's own figures ([`figures`]: users, servers, spawns,
+//! logins, the agent's spool size). It writes the changed statuses and its cursor in one
 //! transaction through [`store::HubStatusStore`] (table `hub_status`), then
 //! shows them to the [`FleetSource`], so a restart resumes where it was and
 //! re-reads nothing. Results of the collector's own outside probes go
 //! straight into the shared board ([`FleetSource::record_outside_probe`]) and
-//! are saved at the next evaluation.
+//! are saved at the next evaluation. The board is also what `/metrics`
+//! writes the hub-level series from ([`exposition`]) and what
+//! `GET /api/v1/hubs` lists ([`api`]).
 //!
 //! **Rules** (thresholds in the constants below; `docs/runbooks.md` explains
 //! each alert):

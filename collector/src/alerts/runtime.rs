@@ -1,5 +1,6 @@
-//! Alerting as a component ([`AlertsComponent`]): `GET /api/v1/alerts` and
-//! the tasks `serve` runs: the evaluation loop (every
+//! Alerting as a component ([`AlertsComponent`]): `GET /api/v1/alerts`,
+//! `GET /api/v1/hubs` and the hub-level series of `/metrics` (both from the
+//! fleet checks' board), and the tasks `serve` runs: the evaluation loop (every
 //! `alerting.evaluation_interval`), one sender task per Alertmanager, and the
 //! outside prober. They share the engine (behind a mutex, touched only on
 //! blocking threads) and a `watch` channel carrying the latest snapshot.
