@@ -9,6 +9,8 @@
 #   scripts/bench.sh usage             usage ledger (issue 8): CPU of the usage.ledger stage deriving
 #                                      1,000 hubs x 500 servers every 15 s, and the ledger's size on
 #                                      disk per row and per year (cargo bench --bench usage_ledger)
+#   scripts/bench.sh metrics           hub-level series (issue 9): time and memory of one /metrics
+#                                      render for 1,000 hubs of ~50 series (cargo bench --bench hub_metrics)
 #   scripts/bench.sh agent [SECONDS]   agent footprint: RSS and CPU of a release agent streaming the
 #                                      host source every 15 s to a release collector (default 120 s)
 #   scripts/bench.sh fuzz [SECONDS]    every fuzz target for SECONDS each (scripts/fuzz.sh)
@@ -19,6 +21,7 @@
 # them and `ingest` runs one configuration with them instead of its three. `backlog` takes the same
 # load knobs and BENCH_BACKLOG_HOURS, BENCH_BACKLOG_AGENTS, BENCH_BACKLOG_INTERVAL_SECONDS, ...
 # `usage` takes BENCH_HUBS, BENCH_SERVERS, BENCH_INTERVALS, BENCH_CHURN (collector/benches/usage_ledger.rs).
+# `metrics` takes BENCH_HUBS, BENCH_RUNS (collector/benches/hub_metrics.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -66,6 +69,11 @@ bench_backlog() {
   echo "   10 agents every 15 s, then $seconds s once caught up"
   BENCH_MODE=backlog BENCH_RATE="$rate" BENCH_SECONDS="$seconds" \
     cargo bench -p hubwatch-collector --bench ingest_load
+}
+
+bench_metrics() {
+  echo "== hub_metrics: /metrics for ${BENCH_HUBS:-1000} hubs"
+  cargo bench -p hubwatch-collector --bench hub_metrics
 }
 
 bench_usage() {
@@ -203,6 +211,7 @@ case "$cmd" in
   ingest) bench_ingest ;;
   backlog) bench_backlog ;;
   usage) bench_usage ;;
+  metrics) bench_metrics ;;
   agent) bench_agent "$@" ;;
   fuzz) exec scripts/fuzz.sh "$@" ;;
   all)
@@ -210,7 +219,7 @@ case "$cmd" in
     bench_agent "$@"
     ;;
   *)
-    sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

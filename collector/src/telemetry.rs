@@ -7,6 +7,8 @@
 //! per-agent freshness and loss, live tokens) are refreshed when `/metrics` is
 //! scraped.
 
+use std::sync::{Arc, Mutex};
+
 use hubwatch_shared::metrics;
 use prometheus::{
     Encoder, GaugeVec, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
@@ -16,11 +18,24 @@ use prometheus::{
 #[cfg(test)]
 mod tests;
 
+/// Series written as text at scrape time, after the registry's, by a
+/// component that keeps their state itself (the fleet's hub-level series).
+/// Their names must come from [`hubwatch_shared::metrics`] and not be in the
+/// registry.
+pub trait TextSource: Send + Sync {
+    /// Appends complete families (`# HELP`, `# TYPE`, samples) to `out`.
+    fn render_into(&self, out: &mut String);
+}
+
 /// Every metric the collector exports, registered in [`CollectorMetrics::registry`].
 #[derive(Clone)]
 pub struct CollectorMetrics {
     /// The registry `/metrics` renders.
     pub registry: Registry,
+    /// Text sources rendered after the registry (shared by every clone).
+    text_sources: Arc<Mutex<Vec<Arc<dyn TextSource>>>>,
+    /// `hubwatch_collector_agent_info{member,agent,version}`, refreshed at scrape time.
+    pub agent_info: IntGaugeVec,
     /// `hubwatch_collector_build_info{version}`, always 1.
     pub build_info: IntGaugeVec,
     /// Ingest requests by HTTP status returned.
@@ -107,6 +122,8 @@ impl CollectorMetrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         Self {
+            text_sources: Arc::default(),
+            agent_info: metrics::COLLECTOR_AGENT_INFO.int_gauge_vec(r),
             build_info,
             ingest_requests: metrics::COLLECTOR_INGEST_REQUESTS.counter_vec(r),
             batches_stored: metrics::COLLECTOR_BATCHES_STORED.counter_vec(r),
@@ -156,7 +173,25 @@ impl CollectorMetrics {
             tracing::error!(error = %e, "encoding metrics failed");
             return String::new();
         }
-        String::from_utf8_lossy(&out).into_owned()
+        let mut text = String::from_utf8_lossy(&out).into_owned();
+        drop(out);
+        let sources: Vec<Arc<dyn TextSource>> = self
+            .text_sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for source in sources {
+            source.render_into(&mut text);
+        }
+        text
+    }
+
+    /// Adds series rendered after the registry's on every scrape.
+    pub fn add_text_source(&self, source: Arc<dyn TextSource>) {
+        self.text_sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(source);
     }
 
     /// The content type of [`CollectorMetrics::render`]'s output.

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hubwatch_shared::config::AgentConfig;
-use hubwatch_shared::wire::{CheckKind, FailureKind, HealthCheck, Record};
+use hubwatch_shared::wire::{CheckKind, FailureKind, HealthCheck, Record, Sample};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
@@ -423,6 +423,14 @@ impl CollectionLoop {
                 .with_label_values(&[AGENT_SOURCE_NAME])
                 .inc();
         }
+        // The spool's size travels as a plain sample (no `hub` label), so
+        // the collector can show each agent's backlog without a wire change;
+        // an older collector stores it like any other sample.
+        records.push(spool_bytes_sample(self.metrics.spool_bytes.get()));
+        self.metrics
+            .records_produced
+            .with_label_values(&[AGENT_SOURCE_NAME])
+            .inc();
         let chunks = split_records(records, MAX_RECORDS_PER_BATCH);
         self.store(chunks).await
     }
@@ -518,6 +526,17 @@ fn agent_health_of(target: &str, ok: bool, error: String) -> Record {
         failure: (!ok).then_some(FailureKind::Other),
         error: (!ok).then_some(error),
         cert_expiry_days: None,
+        timestamp_ms: now_ms(),
+    })
+}
+
+/// The agent's spool size as of the last spool write, as a sample named
+/// after the agent's own `hubwatch_agent_spool_bytes` gauge.
+fn spool_bytes_sample(bytes: i64) -> Record {
+    Record::Sample(Sample {
+        name: hubwatch_shared::metrics::AGENT_SPOOL_BYTES.name.to_string(),
+        labels: Vec::new(),
+        value: bytes.max(0) as f64,
         timestamp_ms: now_ms(),
     })
 }

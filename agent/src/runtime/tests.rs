@@ -220,7 +220,27 @@ async fn an_unwritable_spool_is_reported_in_the_next_batch_and_its_recovery_too(
     let recovered = agent_health_records(&last.frame);
     assert_eq!(recovered.len(), 1, "{recovered:?}");
     assert!(recovered[0].ok);
-    assert_eq!(looper.records_produced.load(Ordering::Relaxed), 3);
+    // Three health records and, in each of the four batches, the spool size.
+    assert_eq!(looper.records_produced.load(Ordering::Relaxed), 3 + 4);
+    let sizes: Vec<f64> = held
+        .iter()
+        .chain(&spooled)
+        .map(|p| spool_size(&p.frame).expect("every batch carries the spool size"))
+        .collect();
+    assert_eq!(sizes.len(), 4);
+    // Written after the spool took the earlier batches: its size then.
+    assert!(sizes[3] > 0.0, "{sizes:?}");
+}
+
+/// The value of the batch's `hubwatch_agent_spool_bytes` sample.
+fn spool_size(frame: &[u8]) -> Option<f64> {
+    let batch = hubwatch_shared::codec::decode(frame).expect("decode");
+    batch.records.into_iter().find_map(|r| match r {
+        Record::Sample(s) if s.name == "hubwatch_agent_spool_bytes" && s.labels.is_empty() => {
+            Some(s.value)
+        }
+        _ => None,
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

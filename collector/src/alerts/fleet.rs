@@ -5,13 +5,16 @@
 //! log (cursor `alerts.hub_status`), folds what concerns a configured hub into
 //! that hub's [`HubStatus`]: the latest inside check per kind (`HubHealth`,
 //! `Probe`, by the record's own timestamp, so a late backlog never overwrites
-//! newer news), which agent reports the hub, certificate expiry and volume
-//! free space. It writes the changed statuses and its cursor in one
+//! newer news), which agent reports the hub, certificate expiry, volume
+//! free space and the hub's own figures ([`figures`]: users, servers, spawns,
+//! logins, the agent's spool size). It writes the changed statuses and its cursor in one
 //! transaction through [`store::HubStatusStore`] (table `hub_status`), then
 //! shows them to the [`FleetSource`], so a restart resumes where it was and
 //! re-reads nothing. Results of the collector's own outside probes go
 //! straight into the shared board ([`FleetSource::record_outside_probe`]) and
-//! are saved at the next evaluation.
+//! are saved at the next evaluation. The board is also what `/metrics`
+//! writes the hub-level series from ([`exposition`]) and what
+//! `GET /api/v1/hubs` lists ([`api`]).
 //!
 //! **Rules** (thresholds in the constants below; `docs/runbooks.md` explains
 //! each alert):
@@ -38,6 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hubwatch_shared::config::CollectorConfig;
+use hubwatch_shared::metrics::AGENT_SPOOL_BYTES as AGENT_SPOOL_BYTES_DEF;
 use hubwatch_shared::wire::{Batch, CheckKind, Record};
 use serde::{Deserialize, Serialize};
 
@@ -46,11 +50,15 @@ use crate::clock::{SharedClock, duration_ms, rfc3339};
 use crate::pipeline::{CursorUpdate, Stage, StageFailure, lock};
 use crate::store::{Store, StoreError, StoredBatch};
 
+pub mod api;
+pub mod exposition;
+pub mod figures;
 pub mod store;
 
 #[cfg(test)]
 mod tests;
 
+use figures::{HubFigures, PageFigures, Reading};
 use store::{HubKey, HubStatusStore, SqliteHubStatus};
 
 /// The fleet source's name.
@@ -89,6 +97,10 @@ const VOLUME_HISTORY_SPAN_MS: i64 = 6 * 3600 * 1000;
 const VOLUME_TREND_MIN_SPAN_MS: i64 = 30 * 60 * 1000;
 
 const DAY_MS: f64 = 86_400_000.0;
+
+/// Sample without a `hub` label: the agent's spool size, which the agent
+/// adds to every batch under its own metric's name.
+pub const AGENT_SPOOL_BYTES: &str = AGENT_SPOOL_BYTES_DEF.name;
 
 /// Alert names this source produces.
 pub mod names {
@@ -154,6 +166,13 @@ pub struct VolumeView {
     pub at_ms: i64,
     /// `(at_ms, ratio)`, one point per 5 minutes over the last 6 hours.
     pub history: Vec<(i64, f64)>,
+    /// Latest bytes available, where the source reports bytes (home
+    /// filesystems; shared volumes report a ratio only).
+    #[serde(default)]
+    pub avail_bytes: Option<f64>,
+    /// Latest size in bytes, with [`VolumeView::avail_bytes`].
+    #[serde(default)]
+    pub size_bytes: Option<f64>,
 }
 
 impl VolumeView {
@@ -204,6 +223,10 @@ pub struct HubStatus {
     pub cert_outside: Option<(i64, i64)>,
     /// Free space per volume (`pvc:<claim>` or `home:<path>`).
     pub volumes: BTreeMap<String, VolumeView>,
+    /// What the hub itself reports (users, servers, spawns, logins) and the
+    /// reporting agent's spool size.
+    #[serde(default)]
+    pub figures: HubFigures,
 }
 
 /// One outside probe's result, as [`super::outside_probe`] reports it.
@@ -370,6 +393,18 @@ impl FleetSource {
             status.cert_outside = Some((not_after, result.at_ms));
         }
         board.dirty.insert(key);
+    }
+
+    /// The hub-level series of `/metrics`, written from this source's board
+    /// at scrape time (see [`exposition`]).
+    pub fn series(&self, clock: SharedClock) -> exposition::HubSeries {
+        exposition::HubSeries {
+            board: Arc::clone(&self.board),
+            hubs: self.hubs.clone().into(),
+            clock,
+            inside_fresh_ms: duration_ms(self.settings.agent_silent_after),
+            outside_fresh_ms: duration_ms(self.settings.outside_fresh_for),
+        }
     }
 
     /// A copy of one hub's status (tests, diagnostics).
@@ -739,6 +774,10 @@ fn absorb(
     // (hub, path) → (size, avail, at) for the host's home filesystem.
     let mut homes: BTreeMap<(String, String), HomeReading> = BTreeMap::new();
     let mut touched = BTreeSet::new();
+    // (hub, timestamp) → one scrape's figures, folded in time order below.
+    let mut scrapes: BTreeMap<(String, i64), PageFigures> = BTreeMap::new();
+    // The agent's own spool size, latest in the batch.
+    let mut spool: Option<Reading> = None;
     for record in records {
         match record {
             Record::Health(check) => {
@@ -786,12 +825,28 @@ fn absorb(
             Record::Sample(sample) => {
                 let label = |name: &str| sample.label(name);
                 let Some(hub) = label("hub") else {
+                    if sample.name == AGENT_SPOOL_BYTES && sample.value.is_finite() {
+                        Reading::update(
+                            &mut spool,
+                            Reading {
+                                value: sample.value,
+                                at_ms: sample.timestamp_ms,
+                            },
+                        );
+                    }
                     continue;
                 };
                 if !is_configured(hub) {
                     continue;
                 }
                 touched.insert(hub.to_string());
+                if figures::is_figure(&sample.name) {
+                    scrapes
+                        .entry((hub.to_string(), sample.timestamp_ms))
+                        .or_default()
+                        .add(sample);
+                    continue;
+                }
                 match sample.name.as_str() {
                     VOLUME_AVAILABLE_RATIO => {
                         let claim = label("persistentvolumeclaim").unwrap_or("unnamed");
@@ -829,17 +884,29 @@ fn absorb(
         if let (Some(size), Some(avail)) = (size, avail)
             && size > 0.0
         {
-            page.status(member, &hub)
-                .volumes
-                .entry(format!("home:{path}"))
-                .or_default()
-                .observe(at, avail / size);
+            let volumes = &mut page.status(member, &hub).volumes;
+            let bounded = volumes.len() < figures::MAX_KEYS;
+            let name = format!("home:{path}");
+            if bounded || volumes.contains_key(&name) {
+                let volume = volumes.entry(name).or_default();
+                if at >= volume.at_ms {
+                    volume.avail_bytes = Some(avail);
+                    volume.size_bytes = Some(size);
+                }
+                volume.observe(at, avail / size);
+            }
         }
+    }
+    for ((hub, at_ms), scrape) in scrapes {
+        scrape.fold_into(at_ms, &mut page.status(member, &hub).figures);
     }
     for hub in touched {
         let status = page.status(member, &hub);
         status.agent = Some(agent.to_string());
         status.last_batch_ms = status.last_batch_ms.max(Some(received_ms));
+        if let Some(reading) = spool {
+            Reading::update(&mut status.figures.agent_spool_bytes, reading);
+        }
     }
 }
 

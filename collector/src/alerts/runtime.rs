@@ -1,5 +1,6 @@
-//! Alerting as a component ([`AlertsComponent`]): `GET /api/v1/alerts` and
-//! the tasks `serve` runs: the evaluation loop (every
+//! Alerting as a component ([`AlertsComponent`]): `GET /api/v1/alerts`,
+//! `GET /api/v1/hubs` and the hub-level series of `/metrics` (both from the
+//! fleet checks' board), and the tasks `serve` runs: the evaluation loop (every
 //! `alerting.evaluation_interval`), one sender task per Alertmanager, and the
 //! outside prober. They share the engine (behind a mutex, touched only on
 //! blocking threads) and a `watch` channel carrying the latest snapshot.
@@ -147,6 +148,14 @@ async fn build_alerting(ctx: BuildContext) -> Result<Built, AlertingSetupError> 
         .await
         .map_err(|e| AlertingSetupError::Task(e.to_string()))??
     };
+    metrics.add_text_source(Arc::new(fleet.series(clock.clone())));
+    let hubs_route = {
+        let (fleet, clock) = (fleet.clone(), clock.clone());
+        Route::new(Method::GET, "/api/v1/hubs", move |state, peer, request| {
+            let (fleet, clock) = (fleet.clone(), clock.clone());
+            async move { hubs_response(&state, &peer, &request, &fleet, &clock) }
+        })
+    };
     let engine = Arc::new(Mutex::new(engine));
     let (snapshot_tx, snapshots) = watch::channel(Arc::new(AlertSnapshot::default()));
     let stage = fleet.stage();
@@ -198,7 +207,7 @@ async fn build_alerting(ctx: BuildContext) -> Result<Built, AlertingSetupError> 
         |state, peer, request| async move { alerts_response(&state, &peer, &request).await },
     );
     Ok(Built {
-        routes: vec![route],
+        routes: vec![route, hubs_route],
         tasks,
         stages: vec![Box::new(stage)],
         ..Built::default()
@@ -225,6 +234,25 @@ async fn alerts_response(
         }
         Err(e) => server::unavailable(format!("store unavailable: {e}")),
     }
+}
+
+/// `{"hubs":[...]}` (see [`FleetSource::hubs_page`]), with the same reader
+/// rules as `/api/v1/alerts`. The board is in memory: no store IO.
+fn hubs_response(
+    state: &AppState,
+    peer: &PeerIdentity,
+    request: &Request<Incoming>,
+    fleet: &FleetSource,
+    clock: &SharedClock,
+) -> HttpResponse {
+    let member = match server::reader_member(state, peer, request, "/api/v1/hubs") {
+        Ok(member) => member,
+        Err(response) => return *response,
+    };
+    server::json(
+        StatusCode::OK,
+        &fleet.hubs_page(member.as_deref(), clock.now_ms()),
+    )
 }
 
 /// `alerting.external_url`, else the listen address, + `/api/v1/alerts`.

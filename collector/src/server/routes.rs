@@ -168,7 +168,12 @@ pub(super) async fn metrics(state: &AppState) -> HttpResponse {
         Ok(Ok((raw_batches, agents))) => {
             m.store_batches
                 .set(i64::try_from(raw_batches).unwrap_or(i64::MAX));
+            // Reset first: an agent's previous version must not linger.
+            m.agent_info.reset();
             for row in agents {
+                m.agent_info
+                    .with_label_values(&[&row.member, &row.agent, &row.version])
+                    .set(1);
                 let labels = [row.member.as_str(), row.agent.as_str()];
                 m.agent_dropped
                     .with_label_values(&labels)

@@ -55,12 +55,26 @@ fn every_collector_metric_is_exported_and_no_other() {
         .with_label_values(&["leap", "prod"])
         .set(1.0);
 
-    let exported: std::collections::BTreeSet<String> = m
+    m.agent_info
+        .with_label_values(&["leap", "a1", "0.1.0"])
+        .set(1);
+
+    // The registry's families plus those the fleet writes as text at scrape
+    // time (that each of those has samples is tested in `alerts::fleet`).
+    let mut exported: std::collections::BTreeSet<String> = m
         .registry
         .gather()
         .iter()
         .map(|f| f.name().to_string())
         .collect();
+    let written = crate::alerts::fleet::exposition::FAMILIES;
+    for def in written {
+        assert!(
+            exported.insert(def.name.to_string()),
+            "{} is both registered and written",
+            def.name
+        );
+    }
     let defined: std::collections::BTreeSet<String> = ALL
         .iter()
         .filter(|d| d.exporter == Exporter::Collector)

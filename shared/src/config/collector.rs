@@ -33,6 +33,8 @@ pub struct CollectorConfig {
     pub cost: CostSettings,
     /// The usage ledger (`[usage]`).
     pub usage: UsageConfig,
+    /// What `/metrics` exports (`[metrics]`).
+    pub metrics: MetricsConfig,
 }
 
 impl Default for CollectorConfig {
@@ -50,8 +52,20 @@ impl Default for CollectorConfig {
             cost_pools: Vec::new(),
             cost: CostSettings::default(),
             usage: UsageConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
+}
+
+/// `[metrics]`: what the collector's `/metrics` exports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Allow series labelled per user (one series per user pseudonym and
+    /// hub). Off by default: the hub-level series are bounded by the number
+    /// of hubs. Reserved: no series is per user yet, so `true` adds nothing
+    /// today (`docs/metrics.md`, Cardinality).
+    pub per_user: bool,
 }
 
 /// `[usage]`: the usage ledger.

@@ -671,3 +671,24 @@ fn usage_keys_are_validated_naming_the_key() {
         assert!(err.contains(key), "{toml}: {err}");
     }
 }
+
+#[test]
+fn metrics_per_user_is_off_by_default_and_validated_naming_the_key() {
+    assert!(!CollectorConfig::default().metrics.per_user);
+    let on =
+        load::<CollectorConfig>("[metrics]\nper_user = true\n", &HashMap::new()).expect("valid");
+    assert!(on.metrics.per_user);
+    let env = HashMap::from([("HUBWATCH_METRICS__PER_USER".to_string(), "true".to_string())]);
+    assert!(
+        load::<CollectorConfig>("", &env)
+            .expect("valid")
+            .metrics
+            .per_user
+    );
+    // A misspelt key is refused naming it (values go through the config
+    // crate's usual boolean coercion, as every other boolean key).
+    let err = load::<CollectorConfig>("[metrics]\nper_users = true\n", &HashMap::new())
+        .expect_err("unknown key")
+        .to_string();
+    assert!(err.contains("per_users"), "{err}");
+}

@@ -614,3 +614,268 @@ fn every_alert_has_a_runbook_entry() {
         assert!(text.contains(sample), "{path} does not name {sample}");
     }
 }
+
+/// One `/hub/metrics` scrape of `hub` at `at`, as the agent forwards it:
+/// active users, running servers, spawn histogram (success with two buckets
+/// and +Inf, plus failures) and login request totals.
+fn scrape(hub: &str, at: i64, running: f64, spawns_ok: f64, login: (f64, f64)) -> Vec<Record> {
+    let spawn = |suffix: &str, extra: &[(&str, &str)], value: f64| {
+        let mut labels = vec![("hub", hub), ("reason", ""), ("status", "success")];
+        labels.extend_from_slice(extra);
+        sample(
+            &format!("jupyterhub_server_spawn_duration_seconds{suffix}"),
+            &labels,
+            value,
+            at,
+        )
+    };
+    let request = |suffix: &str, handler: &str, value: f64| {
+        sample(
+            &format!("jupyterhub_request_duration_seconds{suffix}"),
+            &[
+                ("code", "200"),
+                ("handler", handler),
+                ("hub", hub),
+                ("method", "POST"),
+            ],
+            value,
+            at,
+        )
+    };
+    vec![
+        sample(
+            "jupyterhub_active_users",
+            &[("hub", hub), ("period", "24h")],
+            running + 1.0,
+            at,
+        ),
+        sample(
+            "jupyterhub_active_users",
+            &[("hub", hub), ("period", "7d")],
+            running + 3.0,
+            at,
+        ),
+        sample("jupyterhub_running_servers", &[("hub", hub)], running, at),
+        spawn("_bucket", &[("le", "0.5")], 0.0),
+        spawn("_bucket", &[("le", "10.0")], spawns_ok),
+        spawn("_bucket", &[("le", "+Inf")], spawns_ok),
+        spawn("_count", &[], spawns_ok),
+        spawn("_sum", &[], spawns_ok * 2.0),
+        sample(
+            "jupyterhub_server_spawn_duration_seconds_count",
+            &[("hub", hub), ("reason", "throttled"), ("status", "failure")],
+            1.0,
+            at,
+        ),
+        sample(
+            "jupyterhub_server_spawn_duration_seconds_count",
+            &[("hub", hub), ("reason", ""), ("status", "failure")],
+            2.0,
+            at,
+        ),
+        request("_sum", "jupyterhub.handlers.login.LoginHandler", login.0),
+        request("_count", "jupyterhub.handlers.login.LoginHandler", login.1),
+        // Not a login: must not count.
+        request("_sum", "jupyterhub.apihandlers.users.UserAPIHandler", 100.0),
+        request("_count", "jupyterhub.apihandlers.users.UserAPIHandler", 1.0),
+    ]
+}
+
+#[tokio::test]
+async fn hub_figures_are_latest_by_sample_time_and_survive_a_restart() {
+    let mut f = fixture();
+    {
+        let fleet = f.fleet();
+        f.batch("leap", scrape("vm", T0 + 20 * SECOND, 4.0, 3.0, (2.0, 4.0)))
+            .await;
+        // A late backlog with older, different figures.
+        f.batch("leap", scrape("vm", T0, 9.0, 1.0, (1.0, 1.0)))
+            .await;
+        fleet.evaluate(T0 + 21 * SECOND).unwrap();
+        let figures = fleet.hub_status("leap", "vm").unwrap().figures;
+        let at = T0 + 20 * SECOND;
+        assert_eq!(
+            figures.running_servers,
+            Some(figures::Reading {
+                value: 4.0,
+                at_ms: at
+            })
+        );
+        assert_eq!(figures.active_users["24h"].value, 5.0);
+        assert_eq!(figures.active_users["7d"].value, 7.0);
+        assert_eq!(figures.spawns["success"].value, 3.0);
+        // Failures summed over their reasons.
+        assert_eq!(figures.spawns["failure"].value, 3.0);
+        let h = figures.spawn_histogram.unwrap();
+        assert_eq!(h.at_ms, at);
+        assert_eq!(h.buckets, vec![(0.5, 0.0), (10.0, 3.0)]);
+        assert_eq!((h.sum, h.count), (6.0, 3.0));
+        let login = figures.login.unwrap();
+        assert_eq!((login.sum, login.count, login.at_ms), (2.0, 4.0, at));
+    }
+    let fleet = f.fleet();
+    let figures = fleet.hub_status("leap", "vm").unwrap().figures;
+    assert_eq!(figures.running_servers.unwrap().value, 4.0);
+    assert_eq!(figures.spawn_histogram.unwrap().count, 3.0);
+}
+
+#[tokio::test]
+async fn login_mean_is_per_interval_and_a_counter_reset_starts_over() {
+    let mut f = fixture();
+    let fleet = f.fleet();
+    let at = |s: i64| T0 + s * SECOND;
+    f.batch("leap", scrape("vm", at(0), 1.0, 5.0, (2.0, 4.0)))
+        .await;
+    fleet.evaluate(at(0)).unwrap();
+    let figures = fleet.hub_status("leap", "vm").unwrap().figures;
+    // The first reading has no interval before it.
+    assert_eq!(figures.login.unwrap().mean_seconds, None);
+
+    f.batch("leap", scrape("vm", at(15), 1.0, 6.0, (5.0, 6.0)))
+        .await;
+    fleet.evaluate(at(15)).unwrap();
+    let figures = fleet.hub_status("leap", "vm").unwrap().figures;
+    assert_eq!(figures.login.unwrap().mean_seconds, Some(1.5));
+
+    // The hub restarted: totals dropped; what it counted since is the delta.
+    f.batch("leap", scrape("vm", at(30), 1.0, 1.0, (0.9, 1.0)))
+        .await;
+    fleet.evaluate(at(30)).unwrap();
+    let figures = fleet.hub_status("leap", "vm").unwrap().figures;
+    assert_eq!(figures.login.unwrap().mean_seconds, Some(0.9));
+    // Counters are re-exposed as reported: the lower value after the reset.
+    assert_eq!(figures.spawns["success"].value, 1.0);
+    assert_eq!(figures.spawn_histogram.unwrap().count, 1.0);
+
+    // No login since: the mean is absent.
+    f.batch("leap", scrape("vm", at(45), 1.0, 1.0, (0.9, 1.0)))
+        .await;
+    fleet.evaluate(at(45)).unwrap();
+    let figures = fleet.hub_status("leap", "vm").unwrap().figures;
+    assert_eq!(figures.login.unwrap().mean_seconds, None);
+}
+
+/// The collector's `/metrics` text for this fleet at the clock's time.
+fn exposition(fleet: &Fleet, clock: &Arc<ManualClock>) -> String {
+    let mut out = String::new();
+    crate::telemetry::TextSource::render_into(&fleet.series(clock.clone()), &mut out);
+    out
+}
+
+#[tokio::test]
+async fn metrics_carry_the_hub_figures_with_member_hub_and_tier_and_drop_stale_ones() {
+    let mut f = fixture();
+    let fleet = f.fleet();
+    let mut records = scrape("vm", T0, 4.0, 3.0, (2.0, 4.0));
+    records.push(health("vm", CheckKind::HubHealth, true, T0));
+    records.push(sample("hubwatch_agent_spool_bytes", &[], 4096.0, T0));
+    records.push(sample(
+        HOME_FS_SIZE_BYTES,
+        &[("hub", "vm"), ("path", "/home/\"x\"")],
+        1000.0,
+        T0,
+    ));
+    records.push(sample(
+        HOME_FS_AVAIL_BYTES,
+        &[("hub", "vm"), ("path", "/home/\"x\"")],
+        250.0,
+        T0,
+    ));
+    f.batch("leap", records).await;
+    fleet.record_outside_probe(outside("leap", "prod", false, T0));
+    fleet.evaluate(T0).unwrap();
+
+    let text = exposition(&fleet, &f.clock);
+    let vm = r#"member="leap",hub="vm",tier="premier""#;
+    for line in [
+        format!(r#"hubwatch_hub_up{{{vm},vantage="agent"}} 1"#),
+        format!(r#"hubwatch_hub_probe_duration_seconds{{{vm},vantage="agent"}} 0.001"#),
+        r#"hubwatch_hub_up{member="leap",hub="prod",tier="premier",vantage="outside"} 0"#
+            .to_string(),
+        format!(r#"hubwatch_hub_active_users{{{vm},period="24h"}} 5"#),
+        format!(r#"hubwatch_hub_running_servers{{{vm}}} 4"#),
+        format!(r#"hubwatch_hub_spawns_total{{{vm},status="success"}} 3"#),
+        format!(r#"hubwatch_hub_spawns_total{{{vm},status="failure"}} 3"#),
+        format!(r#"hubwatch_hub_spawn_duration_seconds_bucket{{{vm},le="10"}} 3"#),
+        format!(r#"hubwatch_hub_spawn_duration_seconds_bucket{{{vm},le="+Inf"}} 3"#),
+        format!(r#"hubwatch_hub_spawn_duration_seconds_sum{{{vm}}} 6"#),
+        format!(r#"hubwatch_hub_spawn_duration_seconds_count{{{vm}}} 3"#),
+        format!(r#"hubwatch_hub_storage_used_bytes{{{vm},volume="home:/home/\"x\""}} 750"#),
+        format!(r#"hubwatch_hub_storage_free_bytes{{{vm},volume="home:/home/\"x\""}} 250"#),
+        r#"hubwatch_collector_agent_spool_bytes{member="leap",agent="agent-leap"} 4096"#
+            .to_string(),
+        "# TYPE hubwatch_hub_spawn_duration_seconds histogram".to_string(),
+        "# TYPE hubwatch_hub_spawns_total counter".to_string(),
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+    }
+    // Every family once, each with samples (a login since the first
+    // scrape gives the login mean), and no series per user.
+    f.batch("leap", scrape("vm", T0 + 15 * SECOND, 4.0, 3.0, (3.0, 5.0)))
+        .await;
+    f.batch("leap", vec![cert_probe("vm", 30.0, T0 + 15 * SECOND)])
+        .await;
+    f.clock.set(T0 + 15 * SECOND);
+    fleet.evaluate(T0 + 15 * SECOND).unwrap();
+    let text = exposition(&fleet, &f.clock);
+    assert!(
+        text.lines()
+            .any(|l| l == format!(r#"hubwatch_hub_login_duration_seconds{{{vm}}} 1"#)),
+        "{text}"
+    );
+    assert!(text.lines().any(|l| l
+        == format!(r#"hubwatch_hub_certificate_expiry_seconds{{{vm},vantage="agent"}} 2592000"#)));
+    for def in exposition::FAMILIES {
+        assert_eq!(text.matches(&format!("# TYPE {} ", def.name)).count(), 1);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("{}{{", def.name))
+                    || l.starts_with(&format!("{}_bucket{{", def.name))),
+            "no sample of {}",
+            def.name
+        );
+    }
+    assert_eq!(text.matches("# TYPE hubwatch_hub_up ").count(), 1);
+    assert!(!text.contains("user=\""));
+
+    // 20 minutes later without news: figures left out, the agent's view down.
+    f.clock.advance(20 * 60 * SECOND);
+    let text = exposition(&fleet, &f.clock);
+    assert!(!text.contains("hubwatch_hub_running_servers{"), "{text}");
+    assert!(!text.contains("hubwatch_hub_spawn_duration_seconds_bucket{"));
+    assert!(
+        text.lines()
+            .any(|l| l == format!(r#"hubwatch_hub_up{{{vm},vantage="agent"}} 0"#)),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn hubs_page_lists_each_hub_and_a_member_sees_only_its_own() {
+    let mut f = fixture();
+    let fleet = f.fleet();
+    let mut records = scrape("vm", T0, 2.0, 1.0, (0.0, 0.0));
+    records.push(health("vm", CheckKind::HubHealth, true, T0));
+    f.batch("leap", records).await;
+    fleet.evaluate(T0).unwrap();
+
+    let page = fleet.hubs_page(None, T0 + SECOND);
+    let hubs = page["hubs"].as_array().unwrap();
+    assert_eq!(hubs.len(), 3);
+    let vm = hubs.iter().find(|h| h["hub"] == "vm").unwrap();
+    assert_eq!(vm["member"], "leap");
+    assert_eq!(vm["tier"], "premier");
+    assert_eq!(vm["up"], true);
+    assert_eq!(vm["running_servers"], 2.0);
+    assert_eq!(vm["active_users"]["24h"], 3.0);
+    assert_eq!(vm["last_seen"], rfc3339(T0));
+    assert_eq!(vm["agent"], "agent-leap");
+    // Nothing known about tiny/prod: up and figures are null.
+    let tiny = hubs.iter().find(|h| h["member"] == "tiny").unwrap();
+    assert!(tiny["up"].is_null() && tiny["running_servers"].is_null());
+
+    let page = fleet.hubs_page(Some("tiny"), T0 + SECOND);
+    let hubs = page["hubs"].as_array().unwrap();
+    assert_eq!(hubs.len(), 1);
+    assert_eq!(hubs[0]["member"], "tiny");
+}
