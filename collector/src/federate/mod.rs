@@ -71,8 +71,8 @@ impl Component for FederateComponent {
             let lookback_ms = i64::try_from(cfg.lookback.as_millis()).unwrap_or(i64::MAX);
             let state = Arc::new(RwLock::new(SeriesState::new(lookback_ms, cfg.max_series)));
             let since_ms = ctx.clock.now_ms().saturating_sub(lookback_ms);
-            let stage = LatestStage::new(Arc::clone(&state), since_ms)
-                .with_metrics(ctx.metrics.clone());
+            let stage =
+                LatestStage::new(Arc::clone(&state), since_ms).with_metrics(ctx.metrics.clone());
             let (route_state, clock) = (Arc::clone(&state), ctx.clock.clone());
             let route = Route::new(Method::GET, "/federate", move |app, peer, request| {
                 let (state, clock) = (Arc::clone(&route_state), clock.clone());
@@ -188,5 +188,6 @@ pub(crate) fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 
 /// Writes `lock`, taking the data of a poisoned one.
 pub(crate) fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

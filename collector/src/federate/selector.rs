@@ -93,7 +93,9 @@ pub fn match_params(query: Option<&str>) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = decode(raw_name).ok_or_else(|| format!("query parameter {raw_name:?} is not valid percent-encoded UTF-8"))?;
+        let name = decode(raw_name).ok_or_else(|| {
+            format!("query parameter {raw_name:?} is not valid percent-encoded UTF-8")
+        })?;
         if name == "match[]" {
             out.push(decode(raw_value).ok_or_else(|| {
                 format!("match[] {raw_value:?} is not valid percent-encoded UTF-8")

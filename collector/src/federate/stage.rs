@@ -13,7 +13,9 @@ use std::sync::{Arc, RwLock};
 
 use hubwatch_shared::wire::{Batch, Label, Record};
 
-use super::state::{Applied, CREDENTIAL_LABELS, Point, SeriesState, series_labels, valid_metric_name};
+use super::state::{
+    Applied, CREDENTIAL_LABELS, Point, SeriesState, series_labels, valid_metric_name,
+};
 use super::write;
 use crate::pipeline::{CursorUpdate, Stage, StageFailure};
 use crate::store::{StoreError, StoredBatch};
