@@ -9,6 +9,8 @@
 #   scripts/bench.sh usage             usage ledger (issue 8): CPU of the usage.ledger stage deriving
 #                                      1,000 hubs x 500 servers every 15 s, and the ledger's size on
 #                                      disk per row and per year (cargo bench --bench usage_ledger)
+#   scripts/bench.sh federate          GET /federate of 200,000 series in 50 families over loopback
+#                                      (issue 9: < 1 s; cargo bench --bench federate)
 #   scripts/bench.sh agent [SECONDS]   agent footprint: RSS and CPU of a release agent streaming the
 #                                      host source every 15 s to a release collector (default 120 s)
 #   scripts/bench.sh fuzz [SECONDS]    every fuzz target for SECONDS each (scripts/fuzz.sh)
@@ -18,6 +20,7 @@
 # BENCH_AGENTS, BENCH_BATCH, BENCH_RATE, ... (see collector/benches/ingest_load.rs); set any of
 # them and `ingest` runs one configuration with them instead of its three. `backlog` takes the same
 # load knobs and BENCH_BACKLOG_HOURS, BENCH_BACKLOG_AGENTS, BENCH_BACKLOG_INTERVAL_SECONDS, ...
+# `federate` takes BENCH_SERIES, BENCH_FAMILIES, BENCH_AGENTS, BENCH_REQUESTS.
 # `usage` takes BENCH_HUBS, BENCH_SERVERS, BENCH_INTERVALS, BENCH_CHURN (collector/benches/usage_ledger.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -203,6 +206,10 @@ case "$cmd" in
   ingest) bench_ingest ;;
   backlog) bench_backlog ;;
   usage) bench_usage ;;
+  federate)
+    echo "== federate: GET /federate of ${BENCH_SERIES:-200000} series"
+    cargo bench -p hubwatch-collector --bench federate
+    ;;
   agent) bench_agent "$@" ;;
   fuzz) exec scripts/fuzz.sh "$@" ;;
   all)
@@ -210,7 +217,7 @@ case "$cmd" in
     bench_agent "$@"
     ;;
   *)
-    sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac
