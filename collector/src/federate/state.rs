@@ -86,14 +86,16 @@ impl SeriesState {
         if point.timestamp_ms < self.min_timestamp(now_ms) {
             return Applied::Stale;
         }
-        if let Some(family) = self.families.get_mut(name) {
-            if let Some(held) = family.get_mut(&labels) {
-                if point.timestamp_ms < held.timestamp_ms {
-                    return Applied::Older;
-                }
-                *held = point;
-                return Applied::Updated;
+        if let Some(held) = self
+            .families
+            .get_mut(name)
+            .and_then(|family| family.get_mut(&labels))
+        {
+            if point.timestamp_ms < held.timestamp_ms {
+                return Applied::Older;
             }
+            *held = point;
+            return Applied::Updated;
         }
         if self.len >= self.max_series {
             // Expired series make room before a new one is refused.
