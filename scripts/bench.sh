@@ -11,6 +11,8 @@
 #                                      disk per row and per year (cargo bench --bench usage_ledger)
 #   scripts/bench.sh metrics           hub-level series (issue 9): time and memory of one /metrics
 #                                      render for 1,000 hubs of ~50 series (cargo bench --bench hub_metrics)
+#   scripts/bench.sh federate          GET /federate of 200,000 series in 50 families over loopback
+#                                      (issue 9: < 1 s; cargo bench --bench federate)
 #   scripts/bench.sh agent [SECONDS]   agent footprint: RSS and CPU of a release agent streaming the
 #                                      host source every 15 s to a release collector (default 120 s)
 #   scripts/bench.sh fuzz [SECONDS]    every fuzz target for SECONDS each (scripts/fuzz.sh)
@@ -20,6 +22,7 @@
 # BENCH_AGENTS, BENCH_BATCH, BENCH_RATE, ... (see collector/benches/ingest_load.rs); set any of
 # them and `ingest` runs one configuration with them instead of its three. `backlog` takes the same
 # load knobs and BENCH_BACKLOG_HOURS, BENCH_BACKLOG_AGENTS, BENCH_BACKLOG_INTERVAL_SECONDS, ...
+# `federate` takes BENCH_SERIES, BENCH_FAMILIES, BENCH_AGENTS, BENCH_REQUESTS.
 # `usage` takes BENCH_HUBS, BENCH_SERVERS, BENCH_INTERVALS, BENCH_CHURN (collector/benches/usage_ledger.rs).
 # `metrics` takes BENCH_HUBS, BENCH_RUNS (collector/benches/hub_metrics.rs).
 set -euo pipefail
@@ -212,6 +215,10 @@ case "$cmd" in
   backlog) bench_backlog ;;
   usage) bench_usage ;;
   metrics) bench_metrics ;;
+  federate)
+    echo "== federate: GET /federate of ${BENCH_SERIES:-200000} series"
+    cargo bench -p hubwatch-collector --bench federate
+    ;;
   agent) bench_agent "$@" ;;
   fuzz) exec scripts/fuzz.sh "$@" ;;
   all)

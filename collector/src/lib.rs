@@ -13,6 +13,7 @@ pub mod cli;
 pub mod clock;
 pub mod component;
 pub mod cost;
+pub mod federate;
 pub mod pipeline;
 pub mod report;
 pub mod server;

@@ -80,6 +80,12 @@ pub struct CollectorMetrics {
     pub usage_server_seconds: GaugeVec,
     /// Coverage per hub in the last complete hour (`hubwatch_usage_coverage_ratio`).
     pub usage_coverage: GaugeVec,
+    /// Series `/federate` holds (`hubwatch_collector_federate_series`).
+    pub federate_series: IntGauge,
+    /// Samples `/federate` did not keep, by reason (`hubwatch_collector_federate_dropped_total`).
+    pub federate_dropped: IntCounterVec,
+    /// Payload `member`/`agent` labels replaced (`hubwatch_collector_federate_label_overrides_total`).
+    pub federate_label_overrides: IntCounterVec,
     /// Records the usage ledger skipped.
     pub usage_skipped_records: IntCounter,
     /// SLO target per objective (`hubwatch_slo_target_ratio`).
@@ -147,6 +153,9 @@ impl CollectorMetrics {
             outside_probes: metrics::COLLECTOR_OUTSIDE_PROBES.counter_vec(r),
             usage_server_seconds: metrics::USAGE_SERVER_SECONDS.gauge_vec(r),
             usage_coverage: metrics::USAGE_COVERAGE.gauge_vec(r),
+            federate_series: metrics::FEDERATE_SERIES.int_gauge(r),
+            federate_dropped: metrics::FEDERATE_DROPPED.counter_vec(r),
+            federate_label_overrides: metrics::FEDERATE_LABEL_OVERRIDES.counter_vec(r),
             usage_skipped_records: metrics::USAGE_SKIPPED_RECORDS.counter(r),
             slo_target: metrics::SLO_TARGET.gauge_vec(r),
             slo_sli: metrics::SLO_SLI.gauge_vec(r),

@@ -220,6 +220,12 @@ metrics! {
     USAGE_COVERAGE = (Collector, Gauge, "hubwatch_usage_coverage_ratio", ["member", "hub"], "Seconds the agent observed the hub in the last complete UTC hour over 3600 (1 = no gap).");
     /// Records skipped by the usage ledger.
     USAGE_SKIPPED_RECORDS = (Collector, Counter, "hubwatch_usage_skipped_records_total", [], "Usage events and hub health checks the usage ledger ignored for a timestamp over 400 days old or more than an hour ahead of the clock.");
+    /// Series `/federate` holds.
+    FEDERATE_SERIES = (Collector, Gauge, "hubwatch_collector_federate_series", [], "Series the /federate state holds: the latest sample of each forwarded series seen within [federate] lookback.");
+    /// Series and samples `/federate` did not keep.
+    FEDERATE_DROPPED = (Collector, Counter, "hubwatch_collector_federate_dropped_total", ["reason"], "Samples the /federate state did not keep: max_series (a new series past [federate] max_series), invalid_name (a metric or label name the text format cannot carry), stale (older than the lookback when it arrived).");
+    /// Payload labels `/federate` replaced.
+    FEDERATE_LABEL_OVERRIDES = (Collector, Counter, "hubwatch_collector_federate_label_overrides_total", ["label"], "Samples whose payload carried a member or agent label different from the credential's: /federate serves the credential's value.");
 }
 
 impl MetricDef {

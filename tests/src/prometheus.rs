@@ -67,6 +67,13 @@ impl Prometheus {
     /// Prometheus on a free loopback port with its own TSDB directory, and
     /// waits until `/-/ready` answers 200.
     pub fn start(jobs: &[ScrapeJob]) -> Self {
+        Self::start_with(jobs, "")
+    }
+
+    /// [`Prometheus::start`] with `extra_jobs_yaml` appended to
+    /// `scrape_configs` (whole `  - job_name: ...` entries, for settings a
+    /// [`ScrapeJob`] does not carry: `honor_labels`, `params`).
+    pub fn start_with(jobs: &[ScrapeJob], extra_jobs_yaml: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("hubwatch-prometheus-")
             .tempdir()
@@ -84,6 +91,7 @@ impl Prometheus {
                 target = job.target,
             );
         }
+        yaml.push_str(extra_jobs_yaml);
         let config = dir.path().join("prometheus.yml");
         std::fs::write(&config, yaml).expect("write prometheus.yml");
         let args: Vec<std::ffi::OsString> = vec![

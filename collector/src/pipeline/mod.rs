@@ -122,6 +122,16 @@ pub trait Stage: Send {
 
     /// Forgets the pending page (and anything derived from it).
     fn discard(&mut self);
+
+    /// Where the stage starts when the pipeline opens. `None` (every durable
+    /// stage): its saved cursor. `Some(since_ms)`: the stage is *ephemeral*:
+    /// its state lives only in memory, so it starts just before the first
+    /// batch received at or after `since_ms` (see
+    /// [`BatchLog::cursor_received_since`]) and its [`Stage::commit`] writes
+    /// no cursor (nothing of it survives a restart, so nothing is saved).
+    fn ephemeral_since_ms(&self) -> Option<i64> {
+        None
+    }
 }
 
 /// The raw batch log as the pipeline reads it: the seam a second backend
@@ -143,6 +153,10 @@ pub trait BatchLog: Send + Sync {
 
     /// Rows after `watermark`, and when the first of them was received.
     fn backlog(&self, watermark: i64) -> Result<(u64, Option<i64>), StoreError>;
+
+    /// A cursor just before the first row received at or after `since_ms`
+    /// (at the last row when none is): where an ephemeral stage starts.
+    fn cursor_received_since(&self, since_ms: i64) -> Result<StageCursor, StoreError>;
 
     /// Retention must keep the frames of rows above `hold` (the slowest
     /// stage's watermark), up to its hard limit.
@@ -289,7 +303,12 @@ impl Pipeline {
     ) -> Result<Self, StoreError> {
         let mut slots = Vec::with_capacity(stages.len());
         for stage in stages {
-            let cursor = log.load_cursor(stage.name())?;
+            // An ephemeral stage re-derives only its window; reading from 0
+            // would replay the whole raw log and hold retention meanwhile.
+            let cursor = match stage.ephemeral_since_ms() {
+                Some(since_ms) => log.cursor_received_since(since_ms)?,
+                None => log.load_cursor(stage.name())?,
+            };
             slots.push(Slot {
                 health: StageHealth {
                     watermark: cursor.watermark(),

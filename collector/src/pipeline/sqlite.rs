@@ -91,6 +91,22 @@ impl BatchLog for Store {
         })
     }
 
+    fn cursor_received_since(&self, since_ms: i64) -> Result<StageCursor, StoreError> {
+        self.read_with("finding the first batch of a window", |conn| {
+            // `batches_by_received` bounds this to the window's rows.
+            let first: Option<i64> = conn
+                .prepare_cached("SELECT min(id) FROM batches WHERE received_ms >= ?1")?
+                .query_row([since_ms], |row| row.get(0))?;
+            let hi = match first {
+                Some(id) => id.saturating_sub(1),
+                None => conn
+                    .prepare_cached("SELECT coalesce(max(id), 0) FROM batches")?
+                    .query_row([], |row| row.get(0))?,
+            };
+            Ok(StageCursor::at(hi))
+        })
+    }
+
     fn hold_retention(&self, hold: Option<i64>) {
         self.set_retention_hold(hold);
     }

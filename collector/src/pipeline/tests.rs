@@ -73,6 +73,15 @@ impl BatchLog for MemLog {
         Ok((db.rows.range(watermark + 1..).count() as u64, oldest))
     }
 
+    fn cursor_received_since(&self, since_ms: i64) -> Result<StageCursor, StoreError> {
+        let db = lock(&self.db);
+        let first = db.rows.values().find(|r| r.received_ms >= since_ms);
+        Ok(StageCursor::at(match first {
+            Some(row) => row.id - 1,
+            None => db.rows.keys().next_back().copied().unwrap_or(0),
+        }))
+    }
+
     fn hold_retention(&self, hold: Option<i64>) {
         lock(&self.db).hold = hold;
     }

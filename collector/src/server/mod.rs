@@ -140,6 +140,7 @@ pub fn all_components() -> Vec<Box<dyn Component>> {
     let mut components = http_components();
     components.push(Box::new(crate::slo::SloComponent));
     components.push(Box::new(crate::usage::UsageComponent));
+    components.push(Box::new(crate::federate::FederateComponent));
     components.push(Box::new(crate::cost::CostComponent));
     components.push(Box::new(crate::report::ReportsComponent));
     components.push(Box::new(crate::alerts::AlertsComponent));

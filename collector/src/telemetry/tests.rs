@@ -54,6 +54,10 @@ fn every_collector_metric_is_exported_and_no_other() {
     m.usage_coverage
         .with_label_values(&["leap", "prod"])
         .set(1.0);
+    m.federate_dropped.with_label_values(&["max_series"]).inc();
+    m.federate_label_overrides
+        .with_label_values(&["member"])
+        .inc();
 
     m.agent_info
         .with_label_values(&["leap", "a1", "0.1.0"])

@@ -35,6 +35,8 @@ pub struct CollectorConfig {
     pub usage: UsageConfig,
     /// What `/metrics` exports (`[metrics]`).
     pub metrics: MetricsConfig,
+    /// `GET /federate` (`[federate]`).
+    pub federate: FederateConfig,
 }
 
 impl Default for CollectorConfig {
@@ -53,6 +55,7 @@ impl Default for CollectorConfig {
             cost: CostSettings::default(),
             usage: UsageConfig::default(),
             metrics: MetricsConfig::default(),
+            federate: FederateConfig::default(),
         }
     }
 }
@@ -110,6 +113,48 @@ impl UsageConfig {
             return Err(ConfigError::invalid(
                 "usage.points_retention",
                 "must be longer than 48h, the reports' close grace: late data may still change an hour until then",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[federate]`: the latest sample per forwarded series that `GET /federate`
+/// serves, held in memory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FederateConfig {
+    /// A series whose latest sample is older than this is not served and is
+    /// evicted; at start the collector re-derives the batches received
+    /// within it. Prometheus's default lookback is 5m.
+    #[serde(with = "humantime_serde")]
+    pub lookback: Duration,
+    /// Most series held; a new series past it is dropped and counted.
+    pub max_series: usize,
+}
+
+impl Default for FederateConfig {
+    fn default() -> Self {
+        Self {
+            lookback: Duration::from_secs(300),
+            max_series: 1_000_000,
+        }
+    }
+}
+
+impl FederateConfig {
+    /// Checks the keys, naming the one that is wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.lookback.is_zero() || self.lookback > Duration::from_secs(24 * 3600) {
+            return Err(ConfigError::invalid(
+                "federate.lookback",
+                "must be more than 0 and at most 24h (the state is in memory and re-derived at start)",
+            ));
+        }
+        if self.max_series == 0 {
+            return Err(ConfigError::invalid(
+                "federate.max_series",
+                "must be at least 1",
             ));
         }
         Ok(())
@@ -398,6 +443,13 @@ impl Validate for CollectorConfig {
         }
         self.alerting.validate()?;
         self.usage.validate()?;
+        self.federate.validate()?;
+        if self.federate.lookback > self.storage.raw_retention {
+            return Err(ConfigError::invalid(
+                "federate.lookback",
+                "must be at most storage.raw_retention: the state is re-derived from raw batches at start",
+            ));
+        }
         validate_tiers(&self.tiers)?;
         if let Some(tier) = self
             .resolved_tiers()
