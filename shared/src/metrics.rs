@@ -177,6 +177,31 @@ metrics! {
     /// Retention held back for a stage.
     COLLECTOR_RETENTION_HELD = (Collector, Gauge, "hubwatch_collector_retention_held_batches", [], "Raw batches past raw_retention kept because a derivation stage has not consumed them yet (dropped anyway past raw_retention_max).");
 
+    /// Hub up, by vantage point.
+    HUB_UP = (Collector, Gauge, "hubwatch_hub_up", ["member", "hub", "tier", "vantage"], "1 when the hub's last health check from the vantage point (agent: inside the cluster; outside: the collector's probe of public_url) succeeded, else 0.");
+    /// Probe latency, by vantage point.
+    HUB_PROBE_SECONDS = (Collector, Gauge, "hubwatch_hub_probe_duration_seconds", ["member", "hub", "tier", "vantage"], "Duration of the hub's last health check from the vantage point.");
+    /// Active users as the hub reports them.
+    HUB_ACTIVE_USERS = (Collector, Gauge, "hubwatch_hub_active_users", ["member", "hub", "tier", "period"], "Users active in the period (24h, 7d, 30d, and 1h where the hub reports it), as the hub's jupyterhub_active_users reports.");
+    /// Running servers.
+    HUB_RUNNING_SERVERS = (Collector, Gauge, "hubwatch_hub_running_servers", ["member", "hub", "tier"], "Single-user servers running on the hub, as the hub last reported.");
+    /// Spawns by outcome.
+    HUB_SPAWNS = (Collector, Counter, "hubwatch_hub_spawns_total", ["member", "hub", "tier", "status"], "Server spawns the hub counted, by status (success, failure, ...), from jupyterhub_server_spawn_duration_seconds_count; resets when the hub restarts.");
+    /// Spawn latency.
+    HUB_SPAWN_SECONDS = (Collector, Histogram, "hubwatch_hub_spawn_duration_seconds", ["member", "hub", "tier"], "Successful spawn durations as the hub's own histogram counts them (its buckets, re-exposed), resets when the hub restarts.", LATENCY_BUCKETS);
+    /// Login latency.
+    HUB_LOGIN_SECONDS = (Collector, Gauge, "hubwatch_hub_login_duration_seconds", ["member", "hub", "tier"], "Mean duration of the hub's login requests over the last agent interval (from jupyterhub_request_duration_seconds for the login handler); absent without logins.");
+    /// Certificate expiry.
+    HUB_CERT_SECONDS_LEFT = (Collector, Gauge, "hubwatch_hub_certificate_expiry_seconds", ["member", "hub", "tier", "vantage"], "Seconds until the hub's TLS certificate expires, as last seen from the vantage point.");
+    /// Home storage used.
+    HUB_STORAGE_USED_BYTES = (Collector, Gauge, "hubwatch_hub_storage_used_bytes", ["member", "hub", "tier", "volume"], "Bytes used on the hub's volume (home directories), as the agent last reported.");
+    /// Home storage free.
+    HUB_STORAGE_FREE_BYTES = (Collector, Gauge, "hubwatch_hub_storage_free_bytes", ["member", "hub", "tier", "volume"], "Bytes free on the hub's volume, as the agent last reported.");
+    /// Agent version.
+    COLLECTOR_AGENT_INFO = (Collector, Gauge, "hubwatch_collector_agent_info", ["member", "agent", "version"], "1 for each agent with the version its last batch carried.");
+    /// Agent spool.
+    COLLECTOR_AGENT_SPOOL_BYTES = (Collector, Gauge, "hubwatch_collector_agent_spool_bytes", ["member", "agent"], "Bytes in the agent's spool (unsent backlog), as the agent last reported.");
+
     /// SLO target per objective.
     SLO_TARGET = (Collector, Gauge, "hubwatch_slo_target_ratio", ["member", "hub", "tier", "slo"], "The objective's target (e.g. 0.995), from the hub's tier.");
     /// SLI over the tier window.
