@@ -67,14 +67,7 @@ impl Prometheus {
     /// Prometheus on a free loopback port with its own TSDB directory, and
     /// waits until `/-/ready` answers 200.
     pub fn start(jobs: &[ScrapeJob]) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("hubwatch-prometheus-")
-            .tempdir()
-            .expect("temporary directory");
-        let port = free_port();
-        let mut yaml = String::from(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nscrape_configs:\n",
-        );
+        let mut yaml = String::new();
         for job in jobs {
             let _ = write!(
                 yaml,
@@ -84,6 +77,22 @@ impl Prometheus {
                 target = job.target,
             );
         }
+        Self::start_with_scrape_configs(&yaml)
+    }
+
+    /// Like [`Prometheus::start`] with `scrape_configs` given as YAML list
+    /// items (indented two spaces), for jobs that need more than a path, such
+    /// as `/federate` with `honor_labels` and `match[]` params.
+    pub fn start_with_scrape_configs(scrape_configs: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("hubwatch-prometheus-")
+            .tempdir()
+            .expect("temporary directory");
+        let port = free_port();
+        let mut yaml = String::from(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nscrape_configs:\n",
+        );
+        yaml.push_str(scrape_configs);
         let config = dir.path().join("prometheus.yml");
         std::fs::write(&config, yaml).expect("write prometheus.yml");
         let args: Vec<std::ffi::OsString> = vec![
@@ -130,6 +139,47 @@ impl Prometheus {
         let value: serde_json::Value = serde_json::from_str(&body).context("query response")?;
         ensure!(value["status"] == "success", "query failed: {body}");
         Ok(value["data"]["result"].clone())
+    }
+
+    /// A range query's `data.result` (a matrix) from `start` to `end` (Unix
+    /// seconds) every `step` seconds; an error names Prometheus's answer.
+    pub fn query_range(
+        &self,
+        promql: &str,
+        start: f64,
+        end: f64,
+        step: f64,
+    ) -> anyhow::Result<serde_json::Value> {
+        let path = format!(
+            "/api/v1/query_range?query={}&start={start:.3}&end={end:.3}&step={step}",
+            encode(promql)
+        );
+        let reply = self.http.get(&path, None)?;
+        let value: serde_json::Value = serde_json::from_str(&reply.body)
+            .with_context(|| format!("query_range response ({}): {}", reply.status, reply.body))?;
+        ensure!(
+            reply.status == 200 && value["status"] == "success",
+            "query_range failed ({}): {}",
+            reply.status,
+            reply.body
+        );
+        Ok(value["data"]["result"].clone())
+    }
+
+    /// The values of `label` on the series `selector` selects
+    /// (`/api/v1/label/<label>/values?match[]=`), as Grafana's
+    /// `label_values(selector, label)` asks.
+    pub fn label_values(&self, label: &str, selector: &str) -> anyhow::Result<Vec<String>> {
+        let path = format!("/api/v1/label/{label}/values?match[]={}", encode(selector));
+        let body = self.http.get_ok(&path, None)?;
+        let value: serde_json::Value = serde_json::from_str(&body).context("label values")?;
+        ensure!(value["status"] == "success", "label values failed: {body}");
+        Ok(value["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect())
     }
 
     /// Waits until `promql` returns at least `series` series.
