@@ -155,6 +155,8 @@ pub fn lint(file: &str, text: &str) -> Vec<String> {
             };
             check_names(&at, expr, &mut problem);
             check_matchers(&at, expr, &mut problem);
+            let legend = target["legendFormat"].as_str().unwrap_or_default();
+            check_labels(&at, expr, legend, &mut problem);
         }
         for link in panel["fieldConfig"]["defaults"]["links"]
             .as_array()
@@ -194,6 +196,56 @@ fn check_names(at: &str, expr: &str, problem: &mut impl FnMut(String)) {
         if !known_metric(&name) {
             problem(format!(
                 "{at}: unknown metric {name:?} (not in shared::metrics::ALL nor FORWARDED): {expr}"
+            ));
+        }
+    }
+}
+
+/// The labels the series `name` carries, as far as hubwatch knows: its
+/// definition's (and `le` for a histogram's buckets); `None` for a forwarded
+/// series, whose labels are the hub's plus `member`, `hub` and `agent`.
+fn series_labels(name: &str) -> Option<Vec<&'static str>> {
+    for m in ALL {
+        if m.name == name {
+            return Some(m.labels.to_vec());
+        }
+        if m.kind == MetricKind::Histogram && name.strip_suffix("_bucket") == Some(m.name) {
+            return Some(m.labels.iter().copied().chain(["le"]).collect());
+        }
+        if m.kind == MetricKind::Histogram
+            && ["_sum", "_count"]
+                .iter()
+                .any(|s| name.strip_suffix(s) == Some(m.name))
+        {
+            return Some(m.labels.to_vec());
+        }
+    }
+    None
+}
+
+/// Labels grouped by, matched on or shown in the legend exist on a series
+/// the query selects, so a renamed label breaks the lint, not the panel.
+fn check_labels(at: &str, expr: &str, legend: &str, problem: &mut impl FnMut(String)) {
+    let names = promql::metric_names(expr);
+    let mut known: BTreeSet<&str> = BTreeSet::new();
+    for name in &names {
+        match series_labels(name) {
+            Some(labels) => known.extend(labels),
+            // A forwarded series' labels are the hub's own: not checked.
+            None => return,
+        }
+    }
+    let legend_labels = legend
+        .split("{{")
+        .skip(1)
+        .filter_map(|part| part.split_once("}}").map(|(l, _)| l.trim().to_string()));
+    for label in promql::grouping_labels(expr)
+        .into_iter()
+        .chain(legend_labels)
+    {
+        if !known.contains(label.as_str()) {
+            problem(format!(
+                "{at}: label {label:?} is on none of the series {names:?}: {expr}"
             ));
         }
     }

@@ -105,6 +105,48 @@ pub fn metric_names(expr: &str) -> Vec<String> {
     names
 }
 
+/// The label names in the `by`, `without`, `on`, `ignoring`, `group_left`
+/// and `group_right` lists of `expr`, in order of appearance.
+pub fn grouping_labels(expr: &str) -> Vec<String> {
+    let chars: Vec<char> = expr.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            '"' | '\'' | '`' => i = skip_string(&chars, i),
+            '{' => i = skip_block(&chars, i, '{', '}'),
+            '[' => i = skip_block(&chars, i, '[', ']'),
+            c if is_ident_start(c) && (i == 0 || !is_ident(chars[i - 1])) => {
+                let start = i;
+                while i < chars.len() && is_ident(chars[i]) {
+                    i += 1;
+                }
+                let word: String = chars[start..i].iter().collect();
+                if !LABEL_LISTS.contains(&word.as_str()) {
+                    continue;
+                }
+                if let Some(open) = next_non_space(&chars, i).filter(|&j| chars[j] == '(') {
+                    let end = skip_block(&chars, open, '(', ')');
+                    let inner: String = chars[open + 1..end.saturating_sub(1).max(open + 1)]
+                        .iter()
+                        .collect();
+                    out.extend(
+                        inner
+                            .split(',')
+                            .map(str::trim)
+                            .filter(|l| !l.is_empty())
+                            .map(str::to_string),
+                    );
+                    i = end;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    out
+}
+
 /// Every label matcher in every `{...}` block of `expr`.
 pub fn matchers(expr: &str) -> Vec<Matcher> {
     let chars: Vec<char> = expr.chars().collect();

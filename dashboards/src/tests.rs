@@ -268,6 +268,32 @@ fn the_lint_rejects_hard_coded_members_and_hubs() {
 }
 
 #[test]
+fn the_lint_rejects_labels_the_series_do_not_have() {
+    let mut d = sample();
+    d["panels"][0]["targets"][0]["expr"] =
+        json!("sum by (member, cluster) (hubwatch_hub_up{member=~\"$member\"})");
+    assert!(
+        lint_value(&d).contains("label \"cluster\" is on none"),
+        "{}",
+        lint_value(&d)
+    );
+    let mut d = sample();
+    d["panels"][0]["targets"][0]["legendFormat"] = json!("{{member}} {{vantge}}");
+    assert!(
+        lint_value(&d).contains("label \"vantge\""),
+        "{}",
+        lint_value(&d)
+    );
+    // A histogram's buckets carry `le`.
+    let mut d = sample();
+    d["panels"][0]["targets"][0]["expr"] = json!(
+        "histogram_quantile(0.9, sum by (le) (rate(hubwatch_collector_ingest_ack_seconds_bucket[5m])))"
+    );
+    d["panels"][0]["targets"][0]["legendFormat"] = json!("");
+    assert_eq!(lint_value(&d), "");
+}
+
+#[test]
 fn the_lint_rejects_panels_without_units_or_queries() {
     let mut d = sample();
     d["panels"][0]["fieldConfig"]["defaults"]["unit"] = json!("");
