@@ -67,7 +67,21 @@ impl Prometheus {
     /// Prometheus on a free loopback port with its own TSDB directory, and
     /// waits until `/-/ready` answers 200.
     pub fn start(jobs: &[ScrapeJob]) -> Self {
-        let mut yaml = String::new();
+        Self::start_with(jobs, "")
+    }
+
+    /// [`Prometheus::start`] with `extra_jobs_yaml` appended to
+    /// `scrape_configs` (whole `  - job_name: ...` entries, for settings a
+    /// [`ScrapeJob`] does not carry: `honor_labels`, `params`).
+    pub fn start_with(jobs: &[ScrapeJob], extra_jobs_yaml: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("hubwatch-prometheus-")
+            .tempdir()
+            .expect("temporary directory");
+        let port = free_port();
+        let mut yaml = String::from(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nscrape_configs:\n",
+        );
         for job in jobs {
             let _ = write!(
                 yaml,
@@ -77,22 +91,7 @@ impl Prometheus {
                 target = job.target,
             );
         }
-        Self::start_with_scrape_configs(&yaml)
-    }
-
-    /// Like [`Prometheus::start`] with `scrape_configs` given as YAML list
-    /// items (indented two spaces), for jobs that need more than a path, such
-    /// as `/federate` with `honor_labels` and `match[]` params.
-    pub fn start_with_scrape_configs(scrape_configs: &str) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("hubwatch-prometheus-")
-            .tempdir()
-            .expect("temporary directory");
-        let port = free_port();
-        let mut yaml = String::from(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nscrape_configs:\n",
-        );
-        yaml.push_str(scrape_configs);
+        yaml.push_str(extra_jobs_yaml);
         let config = dir.path().join("prometheus.yml");
         std::fs::write(&config, yaml).expect("write prometheus.yml");
         let args: Vec<std::ffi::OsString> = vec![
