@@ -42,6 +42,9 @@ pub struct AgentOptions {
     pub spool_max_bytes: Option<String>,
     /// More TOML appended to the `[agent]` section (`key = value` lines).
     pub extra_agent_toml: String,
+    /// More `key = value` lines for the `[host]` section (which the harness
+    /// writes last, with `enabled = true`), e.g. `home_path` and `hub`.
+    pub extra_host_toml: String,
 }
 
 impl AgentOptions {
@@ -57,6 +60,7 @@ impl AgentOptions {
             spool_dir: None,
             spool_max_bytes: None,
             extra_agent_toml: String::new(),
+            extra_host_toml: String::new(),
         }
     }
 }
@@ -319,6 +323,7 @@ fn config_toml(
         let _ = writeln!(toml, "client_key = {}", toml_path(key));
     }
     let _ = writeln!(toml, "\n[host]\nenabled = true");
+    toml.push_str(&options.extra_host_toml);
     toml
 }
 

@@ -140,6 +140,47 @@ impl Prometheus {
         Ok(value["data"]["result"].clone())
     }
 
+    /// A range query's `data.result` (a matrix) from `start` to `end` (Unix
+    /// seconds) every `step` seconds; an error names Prometheus's answer.
+    pub fn query_range(
+        &self,
+        promql: &str,
+        start: f64,
+        end: f64,
+        step: f64,
+    ) -> anyhow::Result<serde_json::Value> {
+        let path = format!(
+            "/api/v1/query_range?query={}&start={start:.3}&end={end:.3}&step={step}",
+            encode(promql)
+        );
+        let reply = self.http.get(&path, None)?;
+        let value: serde_json::Value = serde_json::from_str(&reply.body)
+            .with_context(|| format!("query_range response ({}): {}", reply.status, reply.body))?;
+        ensure!(
+            reply.status == 200 && value["status"] == "success",
+            "query_range failed ({}): {}",
+            reply.status,
+            reply.body
+        );
+        Ok(value["data"]["result"].clone())
+    }
+
+    /// The values of `label` on the series `selector` selects
+    /// (`/api/v1/label/<label>/values?match[]=`), as Grafana's
+    /// `label_values(selector, label)` asks.
+    pub fn label_values(&self, label: &str, selector: &str) -> anyhow::Result<Vec<String>> {
+        let path = format!("/api/v1/label/{label}/values?match[]={}", encode(selector));
+        let body = self.http.get_ok(&path, None)?;
+        let value: serde_json::Value = serde_json::from_str(&body).context("label values")?;
+        ensure!(value["status"] == "success", "label values failed: {body}");
+        Ok(value["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect())
+    }
+
     /// Waits until `promql` returns at least `series` series.
     pub fn wait_for(&self, promql: &str, series: usize, timeout: Duration) {
         eventually(&format!("{promql} has {series} series"), timeout, || {
