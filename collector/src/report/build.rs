@@ -167,6 +167,9 @@ struct MemberUsage {
     /// Per (day start, hub): server ms and users.
     days: BTreeMap<(i64, String), (u64, BTreeSet<String>)>,
     users: BTreeSet<String>,
+    /// Per (hub, user) home: the mean bytes stored in the first and the last
+    /// hour of the period with a storage figure, `(hour, bytes)` each.
+    homes: BTreeMap<(String, String), ((i64, u64), (i64, u64))>,
 }
 
 #[derive(Debug, Default)]
@@ -202,6 +205,25 @@ impl MemberUsage {
     }
 }
 
+impl MemberUsage {
+    /// Bytes in the member's homes at the period's start and end: per home,
+    /// its first and last hourly mean in the period, summed. Growth of the
+    /// homes that existed, not of new users (a new home's first figure is its
+    /// start). `None` without any storage figure.
+    fn storage_start_end(&self) -> Option<(u64, u64)> {
+        if self.homes.is_empty() {
+            return None;
+        }
+        Some(
+            self.homes
+                .values()
+                .fold((0u64, 0u64), |(a, b), (first, last)| {
+                    (a.saturating_add(first.1), b.saturating_add(last.1))
+                }),
+        )
+    }
+}
+
 /// Per member, the ledger's rows of `[from, to)` grouped.
 fn usage_by_member(servers: &[ServerHour], hubs: &[HubHour]) -> BTreeMap<String, MemberUsage> {
     let mut out: BTreeMap<String, MemberUsage> = BTreeMap::new();
@@ -216,6 +238,23 @@ fn usage_by_member(servers: &[ServerHour], hubs: &[HubHour]) -> BTreeMap<String,
             let slot = m.days.entry((day, s.key.hub.clone())).or_default();
             slot.0 = slot.0.saturating_add(s.quantities.server_ms);
             slot.1.insert(s.key.user.clone());
+        }
+        // The hour's mean home size: byte-seconds over the seconds the
+        // server ran in it (the storage level is only sampled while it runs).
+        let secs = s.quantities.server_ms / 1000;
+        if s.quantities.storage_byte_seconds > 0 && secs > 0 {
+            let mean = (s.hour, s.quantities.storage_byte_seconds / secs);
+            m.homes
+                .entry((s.key.hub.clone(), s.key.user.clone()))
+                .and_modify(|(first, last)| {
+                    if mean.0 < first.0 {
+                        *first = mean;
+                    }
+                    if mean.0 > last.0 {
+                        *last = mean;
+                    }
+                })
+                .or_insert((mean, mean));
         }
     }
     for h in hubs {
@@ -547,8 +586,8 @@ fn live_member(
             cpu_usage_millicore_seconds: sum(|h| h.cpu_usage_millicore_seconds),
             memory_request_byte_seconds: sum(|h| h.memory_request_byte_seconds),
             memory_usage_byte_seconds: sum(|h| h.memory_usage_byte_seconds),
-            storage_bytes_start: None,
-            storage_bytes_end: None,
+            storage_bytes_start: usage.storage_start_end().map(|(a, _)| a),
+            storage_bytes_end: usage.storage_start_end().map(|(_, b)| b),
             cost_per_active_user_micros: cost.cost_per_active_user_micros,
             network_cost_per_active_user_micros: network,
             currency: view.currency.clone(),
@@ -801,4 +840,51 @@ pub fn freeze(ctx: &ReportContext, now_ms: i64) -> Result<Vec<Period>, ReportErr
         done.push(period);
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod storage_tests {
+    use super::*;
+    use crate::usage::ledger::{HOUR_MS, Quantities, ServerKey};
+
+    fn hour(user: &str, hour: i64, server_s: u64, mean_bytes: u64) -> ServerHour {
+        ServerHour {
+            key: ServerKey {
+                member: "leap".into(),
+                hub: "prod".into(),
+                user: user.into(),
+                server: String::new(),
+            },
+            hour,
+            quantities: Quantities {
+                server_ms: server_s * 1000,
+                storage_byte_seconds: mean_bytes * server_s,
+                ..Quantities::default()
+            },
+        }
+    }
+
+    #[test]
+    fn homes_are_measured_at_their_first_and_last_hour() {
+        const GIB: u64 = 1 << 30;
+        let rows = [
+            // ada: 10 GiB in her first hour, 14 GiB in her last, given in
+            // another order; a half-hour run still gives the hour's mean.
+            hour("ada", 5 * HOUR_MS, 1800, 14 * GIB),
+            hour("ada", 0, 3600, 10 * GIB),
+            hour("ada", 2 * HOUR_MS, 3600, 11 * GIB),
+            // bob: one hour only: start and end are the same figure.
+            hour("bob", 3 * HOUR_MS, 600, 2 * GIB),
+            // cy ran without a storage figure: not a home of size 0.
+            hour("cy", HOUR_MS, 3600, 0),
+        ];
+        let usage = usage_by_member(&rows, &[]);
+        let leap = usage.get("leap").expect("leap's usage");
+        assert_eq!(leap.storage_start_end(), Some((12 * GIB, 16 * GIB)));
+        let none = usage_by_member(&[hour("cy", 0, 3600, 0)], &[]);
+        assert_eq!(
+            none.get("leap").and_then(MemberUsage::storage_start_end),
+            None
+        );
+    }
 }
