@@ -169,8 +169,11 @@ struct MemberUsage {
     users: BTreeSet<String>,
     /// Per (hub, user) home: the mean bytes stored in the first and the last
     /// hour of the period with a storage figure, `(hour, bytes)` each.
-    homes: BTreeMap<(String, String), ((i64, u64), (i64, u64))>,
+    homes: BTreeMap<(String, String), (HourMean, HourMean)>,
 }
+
+/// An hour's start and a mean figure in it.
+type HourMean = (i64, u64);
 
 #[derive(Debug, Default)]
 struct HubAcc {
