@@ -97,6 +97,7 @@ impl Stage for LedgerStage {
         now_ms: i64,
     ) -> Result<(), StageFailure> {
         self.page.max_age_ms = self.max_age_ms;
+        self.page.max_gap_ms = Some(self.max_gap_ms);
         self.page.add_batch(&stored.member, batch, now_ms);
         Ok(())
     }
