@@ -6,7 +6,8 @@
 //! hub and interval one batch with one snapshot per running server (as a
 //! protocol-3 agent sends it: `ResourcesSince`, with the previous interval's
 //! time for a server that was running then; `BENCH_PLAIN_SNAPSHOTS=1` sends
-//! an old agent's plain `Resources` instead), the hub's `/hub/health` check, `BENCH_CHURN` (1) server stopped and
+//! an old agent's plain `Resources` instead; the stage flushes every
+//! `BENCH_FLUSH_SECONDS`, default 30 as `usage.flush_interval`), the hub's `/hub/health` check, `BENCH_CHURN` (1) server stopped and
 //! one started in its place (a new user; 500 servers with a mean session of
 //! two hours churn about one per 15 s), and `Activity` events for 5 % of the
 //! servers (what the agent's hub bench sees). Time is simulated: the clock
@@ -241,7 +242,12 @@ fn main() -> Result<()> {
         ..StorageConfig::default()
     };
     let store = Store::open_with(&storage, Durability::Off)?;
-    let stage = LedgerStage::new(Arc::new(SqliteUsage::new(store.clone())));
+    // The stage as `serve` configures it: deferred flush every
+    // `BENCH_FLUSH_SECONDS` (30, the default `usage.flush_interval`) of
+    // simulated time; 0 writes every page.
+    let flush_s = env_or("BENCH_FLUSH_SECONDS", 30)?;
+    let stage = LedgerStage::new(Arc::new(SqliteUsage::new(store.clone())))
+        .with_flush_interval(std::time::Duration::from_secs(flush_s));
     let totals = stage.totals();
     let mut pipeline = Pipeline::open(
         Arc::new(store.clone()),

@@ -488,6 +488,27 @@ impl UsagePage {
             .insert(ts);
     }
 
+    /// Adds `other`'s observations (a later page) to this one: points merge
+    /// per instant and kind, instants unite, additive quantities sum.
+    pub fn merge(&mut self, other: UsagePage) {
+        for (key, levels) in other.points {
+            let slot = self.points.entry(key).or_default();
+            *slot = slot.merge(levels);
+        }
+        for (hub, ticks) in other.seen {
+            self.seen.entry(hub).or_default().extend(ticks);
+        }
+        for (key, q) in other.added {
+            self.added.entry(key).or_default().add(&q);
+        }
+        self.skipped = self.skipped.saturating_add(other.skipped);
+    }
+
+    /// Rows the page would write: points and additive server-hours.
+    pub fn len(&self) -> usize {
+        self.points.len().saturating_add(self.added.len())
+    }
+
     /// Whether the page holds nothing to write.
     pub fn is_empty(&self) -> bool {
         self.points.is_empty() && self.seen.is_empty() && self.added.is_empty()

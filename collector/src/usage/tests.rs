@@ -709,6 +709,83 @@ fn the_stage_counts_each_batch_once_and_a_late_backlog_too() {
     );
 }
 
+/// Deferred flush (`usage.flush_interval`): pages wait in memory and are
+/// written with the cursor together; a crash before the flush re-derives
+/// them from the stored cursor (nothing lost, nothing twice), and a flush
+/// at shutdown writes them.
+#[test]
+fn a_crash_between_flushes_counts_nothing_twice() {
+    let (_dir, store) = temp_store();
+    let open = || {
+        let stage = LedgerStage::new(Arc::new(SqliteUsage::new(store.clone())))
+            .with_flush_interval(std::time::Duration::from_secs(30));
+        Pipeline::open(
+            Arc::new(store.clone()),
+            vec![Box::new(stage)],
+            PipelineSettings::default(),
+        )
+        .expect("pipeline")
+    };
+    let usage = SqliteUsage::new(store.clone());
+    let cpu = || {
+        ledger(&usage)
+            .0
+            .get(&("leap".into(), "ada".into(), T0))
+            .map_or(0, |q| q.cpu_request_millicore_seconds)
+    };
+    let at = |s: i64| T0 + s * SEC;
+    ingest(
+        &store,
+        "leap",
+        1,
+        vec![
+            start("ada", T0),
+            snapshot_since("ada", at(15), Some(T0), 1000),
+        ],
+    );
+    let mut pipeline = open();
+    pipeline.run(NOW).expect("run");
+    assert_eq!(cpu(), 0, "deferred: nothing written yet");
+    ingest(
+        &store,
+        "leap",
+        2,
+        vec![snapshot_since("ada", at(30), Some(at(15)), 1000)],
+    );
+    pipeline.run(NOW + 10 * SEC).expect("run");
+    assert_eq!(cpu(), 0, "still within the flush interval");
+    // A crash: the pending pages are lost with the process, the stored
+    // cursor is where it was.
+    drop(pipeline);
+    let mut pipeline = open();
+    pipeline.run(NOW + 20 * SEC).expect("run");
+    assert_eq!(cpu(), 0);
+    pipeline.run(NOW + 60 * SEC).expect("run");
+    assert_eq!(cpu(), 30_000, "both snapshots, once, after the flush");
+    // A restart after the flush derives nothing again.
+    drop(pipeline);
+    let mut pipeline = open();
+    pipeline.run(NOW + 120 * SEC).expect("run");
+    pipeline.run(NOW + 200 * SEC).expect("run");
+    assert_eq!(cpu(), 30_000);
+    // At shutdown the pending page is written at once.
+    ingest(
+        &store,
+        "leap",
+        3,
+        vec![snapshot_since("ada", at(45), Some(at(30)), 1000)],
+    );
+    pipeline.run(NOW + 210 * SEC).expect("run");
+    assert_eq!(cpu(), 30_000);
+    assert!(pipeline.flush(NOW + 211 * SEC));
+    assert_eq!(cpu(), 45_000);
+    drop(pipeline);
+    let mut pipeline = open();
+    pipeline.run(NOW + 300 * SEC).expect("run");
+    pipeline.run(NOW + 400 * SEC).expect("run");
+    assert_eq!(cpu(), 45_000, "the flushed page is not derived again");
+}
+
 #[test]
 fn an_inferred_stop_ends_the_server_and_bounds_the_hours_since_its_last_observation() {
     let inferred = |user: &str, ts| event(user, UsageKind::ServerStopInferred, ts);
