@@ -313,6 +313,11 @@ fn main() -> Result<()> {
                 break;
             }
         }
+        // The end of the run is a shutdown: what is still pending is
+        // written, and counted.
+        if n + 1 == intervals && !pipeline.flush(ts + 1_000) {
+            bail!("the usage stage could not flush");
+        }
         let (ns, ticks, wall) = (
             thread_cpu_ns() - ns0,
             process_cpu_ticks() - ticks0,
