@@ -3,8 +3,11 @@
 //!
 //! A simulated fleet of `BENCH_HUBS` hubs (1,000) with `BENCH_SERVERS` (500)
 //! running servers each, observed every `BENCH_INTERVAL_SECONDS` (15): per
-//! hub and interval one batch with one `Resources` snapshot per running
-//! server, the hub's `/hub/health` check, `BENCH_CHURN` (1) server stopped and
+//! hub and interval one batch with one snapshot per running server (as a
+//! protocol-3 agent sends it: `ResourcesSince`, with the previous interval's
+//! time for a server that was running then; `BENCH_PLAIN_SNAPSHOTS=1` sends
+//! an old agent's plain `Resources` instead; the stage flushes every
+//! `BENCH_FLUSH_SECONDS`, default 30 as `usage.flush_interval`), the hub's `/hub/health` check, `BENCH_CHURN` (1) server stopped and
 //! one started in its place (a new user; 500 servers with a mean session of
 //! two hours churn about one per 15 s), and `Activity` events for 5 % of the
 //! servers (what the agent's hub bench sees). Time is simulated: the clock
@@ -92,6 +95,8 @@ struct Hub {
     member: String,
     agent: String,
     running: std::collections::VecDeque<u64>,
+    /// The users snapshotted in the previous interval, and when.
+    snapshotted: (std::collections::HashSet<u64>, i64),
     next_user: u64,
     seq: u64,
 }
@@ -126,7 +131,7 @@ fn event(hub: &str, user: &str, kind: UsageKind, ts: i64) -> Record {
 }
 
 /// The batch hub `i` sends at `ts`, after applying this interval's churn.
-fn batch(i: usize, hub: &mut Hub, ts: i64, churn: u64, first: bool) -> Batch {
+fn batch(i: usize, hub: &mut Hub, ts: i64, churn: u64, first: bool, plain: bool) -> Batch {
     let mut records = Vec::with_capacity(hub.running.len() + 64);
     records.push(Record::Health(HealthCheck {
         target: format!("https://{}/hub/health", hub.name),
@@ -173,25 +178,31 @@ fn batch(i: usize, hub: &mut Hub, ts: i64, churn: u64, first: bool) -> Batch {
             ));
         }
     }
+    let (previous, previous_ts) = std::mem::take(&mut hub.snapshotted);
     for user in &hub.running {
         let name = pseudonym(i, *user);
         let r = mix(*user ^ ts as u64);
         if r.is_multiple_of(20) {
             records.push(event(&hub.name, &name, UsageKind::Activity, ts - 3_000));
         }
-        records.push(event(
-            &hub.name,
-            &name,
-            UsageKind::Resources(ResourceSnapshot {
-                cpu_request_millicores: Some(500),
-                memory_request_bytes: Some(2 << 30),
-                cpu_usage_millicores: Some(r % 1_000),
-                memory_usage_bytes: Some((256 << 20) + (r % (1 << 30))),
-                storage_bytes: Some((1 << 30) + (mix(*user) % (4 << 30))),
-            }),
-            ts,
-        ));
+        let snapshot = ResourceSnapshot {
+            cpu_request_millicores: Some(500),
+            memory_request_bytes: Some(2 << 30),
+            cpu_usage_millicores: Some(r % 1_000),
+            memory_usage_bytes: Some((256 << 20) + (r % (1 << 30))),
+            storage_bytes: Some((1 << 30) + (mix(*user) % (4 << 30))),
+        };
+        let kind = if plain {
+            UsageKind::Resources(snapshot)
+        } else {
+            UsageKind::ResourcesSince {
+                snapshot,
+                since_ms: previous.contains(user).then_some(previous_ts),
+            }
+        };
+        records.push(event(&hub.name, &name, kind, ts));
     }
+    hub.snapshotted = (hub.running.iter().copied().collect(), ts);
     hub.seq += 1024;
     Batch {
         agent_id: hub.agent.clone(),
@@ -211,6 +222,7 @@ fn main() -> Result<()> {
     let intervals = env_or("BENCH_INTERVALS", 40)?;
     let interval_s = env_or("BENCH_INTERVAL_SECONDS", 15)?;
     let churn = env_or("BENCH_CHURN", 1)?;
+    let plain = env_or("BENCH_PLAIN_SNAPSHOTS", 0)? != 0;
     let warmup = env_or("BENCH_WARMUP_INTERVALS", 2)?;
     let fleet_hubs = env_or("BENCH_FLEET_HUBS", FLEET_HUBS_DEFAULT)?;
     // 2026-01-05 00:55 UTC by default: the run crosses an hour boundary.
@@ -230,7 +242,12 @@ fn main() -> Result<()> {
         ..StorageConfig::default()
     };
     let store = Store::open_with(&storage, Durability::Off)?;
-    let stage = LedgerStage::new(Arc::new(SqliteUsage::new(store.clone())));
+    // The stage as `serve` configures it: deferred flush every
+    // `BENCH_FLUSH_SECONDS` (30, the default `usage.flush_interval`) of
+    // simulated time; 0 writes every page.
+    let flush_s = env_or("BENCH_FLUSH_SECONDS", 30)?;
+    let stage = LedgerStage::new(Arc::new(SqliteUsage::new(store.clone())))
+        .with_flush_interval(std::time::Duration::from_secs(flush_s));
     let totals = stage.totals();
     let mut pipeline = Pipeline::open(
         Arc::new(store.clone()),
@@ -244,6 +261,7 @@ fn main() -> Result<()> {
             member: format!("member-{:03}", i / 10),
             agent: format!("agent-{i:04}"),
             running: (0..servers).collect(),
+            snapshotted: (std::collections::HashSet::new(), 0),
             next_user: servers,
             seq: 0,
         })
@@ -261,7 +279,7 @@ fn main() -> Result<()> {
         let mut items = Vec::with_capacity(hubs);
         let mut snapshots = 0u64;
         for (i, hub) in fleet.iter_mut().enumerate() {
-            let b = batch(i, hub, ts, churn, n == 0);
+            let b = batch(i, hub, ts, churn, n == 0, plain);
             snapshots += hub.running.len() as u64;
             let frame = codec::encode(&b).context("encoding a batch")?;
             frame_bytes += frame.len() as u64;
@@ -294,6 +312,11 @@ fn main() -> Result<()> {
             if report.caught_up {
                 break;
             }
+        }
+        // The end of the run is a shutdown: what is still pending is
+        // written, and counted.
+        if n + 1 == intervals && !pipeline.flush(ts + 1_000) {
+            bail!("the usage stage could not flush");
         }
         let (ns, ticks, wall) = (
             thread_cpu_ns() - ns0,

@@ -86,11 +86,11 @@ pub fn encode_version(batch: &Batch, version: u16) -> Result<Vec<u8>, CodecError
     let mut out = Vec::with_capacity(HEADER_LEN + 64 + batch.records.len() * 48);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&version.to_le_bytes());
-    // Version 2 only appended a variant to the version-1 layout, so both
-    // share one body layout; version 1 cannot say "inferred", only "stopped".
+    // Versions 2 and 3 only appended variants to the version-1 layout, so
+    // all share one body layout; an older version says what it can.
     let downgraded;
-    let body = if version < 2 && has_inferred_stop(batch) {
-        downgraded = to_version_1(batch);
+    let body = if needs_downgrade(batch, version) {
+        downgraded = downgrade(batch, version);
         &downgraded
     } else {
         batch
@@ -103,26 +103,33 @@ pub fn encode_version(batch: &Batch, version: u16) -> Result<Vec<u8>, CodecError
     Ok(out)
 }
 
-fn has_inferred_stop(batch: &Batch) -> bool {
-    batch.records.iter().any(|r| {
-        matches!(
-            r,
-            Record::Usage(UsageEvent {
-                kind: UsageKind::ServerStopInferred,
-                ..
-            })
-        )
-    })
+/// The version that introduced `kind`.
+fn introduced_in(kind: &UsageKind) -> u16 {
+    match kind {
+        UsageKind::ServerStopInferred => 2,
+        UsageKind::ResourcesSince { .. } => 3,
+        _ => 1,
+    }
 }
 
-/// `batch` as version 1 can carry it: an inferred stop becomes a stop.
-fn to_version_1(batch: &Batch) -> Batch {
+fn needs_downgrade(batch: &Batch, version: u16) -> bool {
+    batch.records.iter().any(
+        |r| matches!(r, Record::Usage(UsageEvent { kind, .. }) if introduced_in(kind) > version),
+    )
+}
+
+/// `batch` as `version` can carry it: an inferred stop becomes a stop
+/// (version 1), a snapshot with `since_ms` a plain snapshot (versions 1, 2).
+fn downgrade(batch: &Batch, version: u16) -> Batch {
     let mut out = batch.clone();
     for record in &mut out.records {
         if let Record::Usage(event) = record
-            && event.kind == UsageKind::ServerStopInferred
+            && introduced_in(&event.kind) > version
         {
-            event.kind = UsageKind::ServerStopped;
+            event.kind = match std::mem::replace(&mut event.kind, UsageKind::ServerStopped) {
+                UsageKind::ResourcesSince { snapshot, .. } => UsageKind::Resources(snapshot),
+                _ => UsageKind::ServerStopped,
+            };
         }
     }
     out

@@ -14,10 +14,13 @@ use serde::{Deserialize, Serialize};
 /// - 2: the same layout plus [`UsageKind::ServerStopInferred`] (appended, so
 ///   every version-1 frame is also a valid version-2 body). Written as
 ///   version 1, that variant becomes [`UsageKind::ServerStopped`].
-pub const PROTOCOL_VERSION: u16 = 2;
+/// - 3: plus [`UsageKind::ResourcesSince`] (appended likewise). Written as
+///   version 1 or 2, that variant becomes [`UsageKind::Resources`] (the
+///   snapshot without `since_ms`).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Every protocol version this build can read and write, ascending.
-pub const SUPPORTED_VERSIONS: &[u16] = &[1, 2];
+pub const SUPPORTED_VERSIONS: &[u16] = &[1, 2, 3];
 
 /// Response header on every `POST /api/v1/ingest` answer: the protocol
 /// versions the collector accepts, comma-separated (`1` or `1, 2`). An agent
@@ -288,6 +291,18 @@ pub enum UsageKind {
     /// latest. Protocol version 2; a version-1 frame carries it as
     /// [`UsageKind::ServerStopped`].
     ServerStopInferred,
+    /// The resources the server had at `timestamp_ms`, held since the
+    /// agent's previous snapshot of it (`since_ms`; `None` for the first
+    /// snapshot after a start or an agent restart): the collector adds the
+    /// levels over `(since_ms, timestamp_ms]` and stores no point. Protocol
+    /// version 3; a version-1 or -2 frame carries it as
+    /// [`UsageKind::Resources`].
+    ResourcesSince {
+        /// The levels.
+        snapshot: ResourceSnapshot,
+        /// The agent's previous snapshot of this server, Unix ms.
+        since_ms: Option<i64>,
+    },
 }
 
 /// Requests and usage of one server at one instant. Absent means unknown.

@@ -150,7 +150,9 @@ fn default_queries_return_the_clusters_figures_per_hub_and_pseudonymised_user() 
         .iter()
         .filter_map(|r| match r {
             Record::Usage(u) => match &u.kind {
-                UsageKind::Resources(s) => Some(((u.hub.clone(), u.user.clone()), s.clone())),
+                UsageKind::ResourcesSince { snapshot, .. } => {
+                    Some(((u.hub.clone(), u.user.clone()), snapshot.clone()))
+                }
                 _ => None,
             },
             _ => None,

@@ -8,7 +8,11 @@
 //! query: the `hub_label` value becomes `hub`, the `user_label` value becomes
 //! `user` as a pseudonym (see [`crate::privacy`]), the other labels stay. The
 //! per-user resource queries are also joined per (hub, user) into
-//! [`UsageKind::Resources`] snapshots.
+//! [`UsageKind::ResourcesSince`] snapshots, each carrying the time of this
+//! source's previous snapshot of that (hub, user) when the previous
+//! collection had one (none after the server was missing from a collection,
+//! or after the agent started), so the collector can add the levels over
+//! that span without storing points.
 //!
 //! Every query yields a [`HealthCheck`] (kind `Source`, target
 //! `prometheus/<query name>`): ok with its latency, or failed with the reason
@@ -113,6 +117,9 @@ pub struct PrometheusSource {
     user_label: String,
     queries: Vec<Arc<QuerySpec>>,
     pseudonymiser: Pseudonymiser,
+    /// The previous collection's snapshot time per (hub, user): the next
+    /// snapshot's `since_ms`.
+    previous: std::sync::Mutex<BTreeMap<(String, String), i64>>,
 }
 
 impl PrometheusSource {
@@ -170,6 +177,7 @@ impl PrometheusSource {
             user_label: cfg.user_label.clone(),
             queries: specs.into_iter().map(Arc::new).collect(),
             pseudonymiser,
+            previous: std::sync::Mutex::default(),
         }))
     }
 
@@ -288,14 +296,31 @@ impl Source for PrometheusSource {
                     }));
                 }
             }
+            // Only the servers in this collection carry over: one missing
+            // from it (stopped, or its series absent) starts afresh.
+            let previous = {
+                let mut guard = self
+                    .previous
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let next = snapshots
+                    .keys()
+                    .map(|k| (k.clone(), timestamp_ms))
+                    .collect();
+                std::mem::replace(&mut *guard, next)
+            };
             records.extend(snapshots.into_iter().map(|((hub, user), snapshot)| {
+                let since_ms = previous
+                    .get(&(hub.clone(), user.clone()))
+                    .copied()
+                    .filter(|since| *since < timestamp_ms);
                 Record::Usage(UsageEvent {
                     hub,
                     user,
                     // Prometheus sees pods, not servers: the snapshot covers
                     // all of the user's servers.
                     server: String::new(),
-                    kind: UsageKind::Resources(snapshot),
+                    kind: UsageKind::ResourcesSince { snapshot, since_ms },
                     timestamp_ms,
                 })
             }));

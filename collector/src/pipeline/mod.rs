@@ -123,6 +123,22 @@ pub trait Stage: Send {
     /// Forgets the pending page (and anything derived from it).
     fn discard(&mut self);
 
+    /// Whether to keep this page pending and write it later together with
+    /// the next ones (a deferred flush), instead of committing now. The
+    /// runner then advances its in-memory cursor but not the stored one:
+    /// the next [`CursorUpdate::previous`] is still the *stored* cursor, and
+    /// after a crash the stage re-derives every deferred page from it, so
+    /// nothing counts twice or is lost. Not asked on a forced flush
+    /// ([`Pipeline::flush`]). Default: never.
+    fn defer(&mut self, update: &CursorUpdate<'_>) -> bool {
+        let _ = update;
+        false
+    }
+
+    /// Forgets the pages deferred by [`Stage::defer`] (a commit failed: the
+    /// runner re-derives them from the stored cursor). Default: nothing.
+    fn discard_deferred(&mut self) {}
+
     /// Where the stage starts when the pipeline opens. `None` (every durable
     /// stage): its saved cursor. `Some(since_ms)`: the stage is *ephemeral*:
     /// its state lives only in memory, so it starts just before the first
@@ -235,6 +251,9 @@ struct Slot {
     /// The cursor as stored (differs from `cursor` when gaps were closed
     /// since the last commit).
     persisted: StageCursor,
+    /// Batches set aside in pages the stage deferred: written with the
+    /// next commit.
+    deferred_quarantined: Vec<Quarantined>,
     health: StageHealth,
 }
 
@@ -316,6 +335,7 @@ impl Pipeline {
                 },
                 stage,
                 persisted: cursor.clone(),
+                deferred_quarantined: Vec::new(),
                 cursor,
             });
         }
@@ -415,7 +435,7 @@ impl Pipeline {
             let mut progressed = false;
             let mut failed = false;
             for index in 0..self.slots.len() {
-                match self.run_slot(index, &mut entries, now_ms) {
+                match self.run_slot(index, &mut entries, now_ms, false) {
                     Ok(consumed) => {
                         progressed |= consumed > 0;
                         report.batches = report.batches.saturating_add(consumed);
@@ -443,7 +463,13 @@ impl Pipeline {
 
     /// Feeds one stage the entries it still wants, commits, and advances its
     /// cursor. `Err(())` when the commit failed (logged, counted).
-    fn run_slot(&mut self, index: usize, entries: &mut [Entry], now_ms: i64) -> Result<u64, ()> {
+    fn run_slot(
+        &mut self,
+        index: usize,
+        entries: &mut [Entry],
+        now_ms: i64,
+        force: bool,
+    ) -> Result<u64, ()> {
         let slot = &mut self.slots[index];
         let name = slot.stage.name();
         let wanted: Vec<usize> = entries
@@ -518,15 +544,28 @@ impl Pipeline {
         for &i in &wanted {
             cursor.consume(entries[i].stored.id, now_ms);
         }
+        let mut all_quarantined = slot.deferred_quarantined.clone();
+        all_quarantined.extend(quarantined.iter().cloned());
         let update = CursorUpdate {
             stage: name,
+            // The stored cursor, also after deferred pages.
             previous: &slot.persisted,
             cursor: &cursor,
-            quarantined: &quarantined,
+            quarantined: &all_quarantined,
             now_ms,
         };
-        if let Err(e) = slot.stage.commit(&update) {
+        let deferred = !force && slot.stage.defer(&update);
+        let committed = if deferred {
+            Ok(())
+        } else {
+            slot.stage.commit(&update)
+        };
+        if let Err(e) = committed {
             slot.stage.discard();
+            slot.stage.discard_deferred();
+            // Deferred pages are derived again from the stored cursor.
+            slot.cursor = slot.persisted.clone();
+            slot.deferred_quarantined.clear();
             slot.health.commit_failures += 1;
             if let Some(m) = &self.metrics {
                 m.stage_commit_failures.with_label_values(&[name]).inc();
@@ -552,7 +591,12 @@ impl Pipeline {
             }
             return Err(());
         }
-        slot.persisted = cursor.clone();
+        if deferred {
+            slot.deferred_quarantined = all_quarantined;
+        } else {
+            slot.persisted = cursor.clone();
+            slot.deferred_quarantined.clear();
+        }
         slot.cursor = cursor;
         let h = &mut slot.health;
         h.processed = h.processed.saturating_add(processed);
@@ -577,6 +621,18 @@ impl Pipeline {
             count("expired", expired);
         }
         Ok(wanted.len() as u64)
+    }
+
+    /// Commits every stage's deferred pages now (at shutdown). `false` when
+    /// a commit failed (logged, counted; the pages are derived again from
+    /// the stored cursor at the next start).
+    pub fn flush(&mut self, now_ms: i64) -> bool {
+        let mut ok = true;
+        for index in 0..self.slots.len() {
+            ok &= self.run_slot(index, &mut [], now_ms, true).is_ok();
+        }
+        self.publish();
+        ok
     }
 
     /// Lag of every stage from the log.
@@ -612,7 +668,13 @@ impl Pipeline {
             stages.insert(slot.stage.name().to_string(), slot.health.clone());
         }
         drop(stages);
-        let min = self.slots.iter().map(|s| s.cursor.watermark()).min();
+        // The stored cursors: a deferred page's batches must outlive a crash
+        // before its flush (they are its replay log).
+        let min = self
+            .slots
+            .iter()
+            .map(|s| s.cursor.watermark().min(s.persisted.watermark()))
+            .min();
         self.log.hold_retention(min);
     }
 }
@@ -641,8 +703,8 @@ pub async fn drive(
     tokio::pin!(shutdown);
     loop {
         let started = tokio::time::Instant::now();
-        let (pipeline, clock) = (Arc::clone(&pipeline), Arc::clone(&clock));
-        let run = tokio::task::spawn_blocking(move || lock(&pipeline).run(clock.now_ms())).await;
+        let (running, run_clock) = (Arc::clone(&pipeline), Arc::clone(&clock));
+        let run = tokio::task::spawn_blocking(move || lock(&running).run(run_clock.now_ms())).await;
         // A failure waits like an idle pipeline: a store that refuses
         // (disk full, locked) is not hammered in a loop.
         let caught_up = match run {
@@ -658,11 +720,11 @@ pub async fn drive(
         };
         if caught_up {
             tokio::select! {
-                () = &mut shutdown => return,
+                () = &mut shutdown => return flush(pipeline, clock).await,
                 () = tokio::time::sleep_until(started + MIN_RUN_INTERVAL) => {}
             }
             tokio::select! {
-                () = &mut shutdown => return,
+                () = &mut shutdown => return flush(pipeline, clock).await,
                 () = store.stored() => {}
                 () = tokio::time::sleep(IDLE_INTERVAL) => {}
             }
@@ -670,10 +732,22 @@ pub async fn drive(
             // A backlog is left: go on, but let shutdown in between rounds.
             tokio::select! {
                 biased;
-                () = &mut shutdown => return,
+                () = &mut shutdown => return flush(pipeline, clock).await,
                 () = tokio::task::yield_now() => {}
             }
         }
+    }
+}
+
+/// Writes the stages' deferred pages at shutdown.
+async fn flush(pipeline: Arc<Mutex<Pipeline>>, clock: crate::clock::SharedClock) {
+    let done = tokio::task::spawn_blocking(move || lock(&pipeline).flush(clock.now_ms())).await;
+    match done {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            "derivation pipeline: the flush at shutdown failed; the pages are derived again at start"
+        ),
+        Err(e) => tracing::error!(error = %e, "derivation pipeline flush task failed"),
     }
 }
 

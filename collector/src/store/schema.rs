@@ -353,6 +353,17 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE usage_server_hours_by_id RENAME TO usage_server_hours;
     CREATE INDEX usage_server_hours_by_hour ON usage_server_hours (hour);
     ",
+    // issue 8 (usage ledger, additive snapshots): the resources of snapshots
+    // that say since when they hold (wire protocol 3) are added to the
+    // server-hour row in columns of their own, which the recomputation from
+    // stored observations never rewrites.
+    "
+    ALTER TABLE usage_server_hours ADD COLUMN added_cpu_request_millicore_seconds INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE usage_server_hours ADD COLUMN added_memory_request_byte_seconds INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE usage_server_hours ADD COLUMN added_cpu_usage_millicore_seconds INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE usage_server_hours ADD COLUMN added_memory_usage_byte_seconds INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE usage_server_hours ADD COLUMN added_storage_byte_seconds INTEGER NOT NULL DEFAULT 0;
+    ",
 ];
 
 /// The schema version this build writes.

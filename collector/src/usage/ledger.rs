@@ -17,9 +17,18 @@
 //!   first one after) ends the server there like any stop, but its true end
 //!   lies anywhere between the server's last observation before it and the
 //!   stop: the hours of that span are *bounded* ([`bounded_hours`]).
-//! - **Resources**: between two consecutive snapshots of a server no more
-//!   than `max_gap_ms` apart, the earlier snapshot's level holds (a step
+//! - **Resources**: a snapshot that says since when it holds
+//!   ([`UsageKind::ResourcesSince`], wire protocol 3: the agent's previous
+//!   snapshot of the server) adds its levels over `(since, ts]` when that is
+//!   no longer than `max_gap_ms` ([`UsagePage::added`]; addition commutes and
+//!   each batch is derived once, so no point is stored for it). An old
+//!   agent's plain snapshots are stored: between two consecutive ones no
+//!   more than `max_gap_ms` apart, the earlier snapshot's level holds (a step
 //!   function); a longer gap is not bridged, it stays a gap.
+//! - **Open servers** count to their hub's last observation (the agent
+//!   lists the hub's servers every interval, so a hub observed with no stop
+//!   means the server still runs): the stored rows count to the server's own
+//!   last observation and the store adds the rest when read.
 //! - **Observed time** of a hub: between two consecutive observations of the
 //!   hub (any usage event or hub health check) no more than `max_gap_ms`
 //!   apart; `coverage` is observed time over the period's length.
@@ -216,7 +225,7 @@ pub fn hour_of(ts: i64) -> i64 {
 
 /// Calls `f(hour, ms)` for each piece of `[from, to)` split at hour
 /// boundaries.
-fn split_hours(from: i64, to: i64, mut f: impl FnMut(i64, u64)) {
+pub fn split_hours(from: i64, to: i64, mut f: impl FnMut(i64, u64)) {
     let mut at = from;
     while at < to {
         let hour = hour_of(at);
@@ -235,6 +244,36 @@ fn level_seconds(level: Option<u64>, ms: u64) -> u64 {
         let product = u128::from(level) * u128::from(ms) / 1000;
         u64::try_from(product).unwrap_or(u64::MAX)
     })
+}
+
+/// `levels` held for `ms`, as quantities (no server time).
+fn held(levels: &Levels, ms: u64) -> Quantities {
+    Quantities {
+        server_ms: 0,
+        cpu_request_millicore_seconds: level_seconds(levels.cpu_request_millicores, ms),
+        memory_request_byte_seconds: level_seconds(levels.memory_request_bytes, ms),
+        cpu_usage_millicore_seconds: level_seconds(levels.cpu_usage_millicores, ms),
+        memory_usage_byte_seconds: level_seconds(levels.memory_usage_bytes, ms),
+        storage_byte_seconds: level_seconds(levels.storage_bytes, ms),
+    }
+}
+
+/// What a snapshot held over `(since, ts]` adds per hour: nothing when
+/// `since` is unknown or the span is empty or longer than `max_gap_ms`.
+pub fn additive_hours(
+    levels: &Levels,
+    since: Option<i64>,
+    ts: i64,
+    max_gap_ms: i64,
+) -> Vec<(i64, Quantities)> {
+    let mut out = Vec::new();
+    if let Some(since) = since {
+        let span = ts.saturating_sub(since);
+        if span > 0 && span <= max_gap_ms {
+            split_hours(since, ts, |hour, ms| out.push((hour, held(levels, ms))));
+        }
+    }
+    out
 }
 
 /// What the integration of one server over a window needs.
@@ -296,15 +335,7 @@ pub fn integrate_server(
             continue;
         }
         split_hours(a.ts.max(w0), b.ts.min(w1), |hour, ms| {
-            let q = hours.entry(hour).or_default();
-            q.add(&Quantities {
-                server_ms: 0,
-                cpu_request_millicore_seconds: level_seconds(a.levels.cpu_request_millicores, ms),
-                memory_request_byte_seconds: level_seconds(a.levels.memory_request_bytes, ms),
-                cpu_usage_millicore_seconds: level_seconds(a.levels.cpu_usage_millicores, ms),
-                memory_usage_byte_seconds: level_seconds(a.levels.memory_usage_bytes, ms),
-                storage_byte_seconds: level_seconds(a.levels.storage_bytes, ms),
-            });
+            hours.entry(hour).or_default().add(&held(&a.levels, ms));
         });
     }
     hours.retain(|_, q| !q.is_zero());
@@ -315,6 +346,11 @@ pub fn integrate_server(
 /// observed: for each inferred stop that ends a run, the hours from the
 /// server's previous observation (clamped to the window) to the stop. The
 /// store marks only those of them that hold a row.
+///
+/// Not from the hub's last observation: `usage_seen` also holds the hub's
+/// own event times (a `last_activity` reported after an outage), which are
+/// no proof the agent saw this server then. Conservative: with additive
+/// snapshots (not stored) the span may be longer than one interval.
 pub fn bounded_hours(history: &ServerHistory<'_>, window: (i64, i64)) -> BTreeSet<i64> {
     let (w0, w1) = window;
     let mut out = BTreeSet::new();
@@ -367,8 +403,14 @@ pub struct UsagePage {
     pub points: BTreeMap<(ServerKey, i64, PointKind), Levels>,
     /// Hub observation instants per `(member, hub)`.
     pub seen: BTreeMap<(String, String), BTreeSet<i64>>,
+    /// What snapshots with `since_ms` add, per `(server, hour)`: summed,
+    /// never stored as points.
+    pub added: BTreeMap<(ServerKey, i64), Quantities>,
     /// Records skipped for a timestamp out of range.
     pub skipped: u64,
+    /// The longest span a snapshot's `since_ms` may bridge; `None` is
+    /// [`DEFAULT_MAX_GAP_MS`]. The stage sets it from `usage.max_gap`.
+    pub max_gap_ms: Option<i64>,
     /// Observations older than this (ms before `now_ms`) are skipped;
     /// `None` is [`MAX_AGE_MS`]. The stage sets it below `usage.points_retention`
     /// so a late observation never recomputes hours whose observations were
@@ -392,7 +434,24 @@ impl UsagePage {
                         self.skipped = self.skipped.saturating_add(1);
                         continue;
                     }
+                    let key = ServerKey {
+                        member: member.to_string(),
+                        hub: event.hub.clone(),
+                        user: event.user.clone(),
+                        server: event.server.clone(),
+                    };
                     let (kind, levels) = match &event.kind {
+                        UsageKind::ResourcesSince { snapshot, since_ms } => {
+                            let max_gap = self.max_gap_ms.unwrap_or(DEFAULT_MAX_GAP_MS);
+                            let levels = Levels::from_snapshot(snapshot);
+                            for (hour, q) in
+                                additive_hours(&levels, *since_ms, event.timestamp_ms, max_gap)
+                            {
+                                self.added.entry((key.clone(), hour)).or_default().add(&q);
+                            }
+                            self.see(member, &event.hub, event.timestamp_ms);
+                            continue;
+                        }
                         UsageKind::ServerStarted { .. } => (PointKind::Started, Levels::default()),
                         UsageKind::ServerStopped => (PointKind::Stopped, Levels::default()),
                         UsageKind::Activity => (PointKind::Activity, Levels::default()),
@@ -400,12 +459,6 @@ impl UsagePage {
                         UsageKind::ServerStopInferred => {
                             (PointKind::StopInferred, Levels::default())
                         }
-                    };
-                    let key = ServerKey {
-                        member: member.to_string(),
-                        hub: event.hub.clone(),
-                        user: event.user.clone(),
-                        server: event.server.clone(),
                     };
                     let slot = self
                         .points
@@ -435,8 +488,29 @@ impl UsagePage {
             .insert(ts);
     }
 
+    /// Adds `other`'s observations (a later page) to this one: points merge
+    /// per instant and kind, instants unite, additive quantities sum.
+    pub fn merge(&mut self, other: UsagePage) {
+        for (key, levels) in other.points {
+            let slot = self.points.entry(key).or_default();
+            *slot = slot.merge(levels);
+        }
+        for (hub, ticks) in other.seen {
+            self.seen.entry(hub).or_default().extend(ticks);
+        }
+        for (key, q) in other.added {
+            self.added.entry(key).or_default().add(&q);
+        }
+        self.skipped = self.skipped.saturating_add(other.skipped);
+    }
+
+    /// Rows the page would write: points and additive server-hours.
+    pub fn len(&self) -> usize {
+        self.points.len().saturating_add(self.added.len())
+    }
+
     /// Whether the page holds nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.points.is_empty() && self.seen.is_empty()
+        self.points.is_empty() && self.seen.is_empty() && self.added.is_empty()
     }
 }

@@ -69,6 +69,7 @@ impl Component for UsageComponent {
             });
             let stage = LedgerStage::new(Arc::clone(&store))
                 .with_max_gap(ctx.config.usage.max_gap)
+                .with_flush_interval(ctx.config.usage.flush_interval)
                 .with_points_retention(ctx.config.usage.points_retention)
                 .with_metrics(ctx.metrics.clone());
             Ok(Built {

@@ -3,6 +3,13 @@
 //! memory ([`UsagePage`]) and writes them with its cursor through
 //! [`UsageStore::commit`], which recomputes the hours they change in the same
 //! transaction.
+//!
+//! Deferred flush (`usage.flush_interval`, default 30 s): the stage keeps
+//! several pages pending in memory ([`Stage::defer`]) and writes them with
+//! the cursor once the oldest has waited that long, when more than
+//! [`MAX_PENDING_ROWS`] rows are pending, or at shutdown. The stored cursor
+//! only moves with the rows, so after a crash the pipeline re-derives the
+//! pending pages from it: nothing counts twice, nothing is lost.
 
 use std::sync::{Arc, Mutex};
 
@@ -13,6 +20,10 @@ use super::store::{CommitSummary, UsageStore};
 use crate::pipeline::{CursorUpdate, Stage, StageFailure, lock};
 use crate::store::{StoreError, StoredBatch};
 use crate::telemetry::CollectorMetrics;
+
+/// Pending rows (points and additive server-hours) above which the stage
+/// writes at once: bounds its memory (~300 B a row).
+pub const MAX_PENDING_ROWS: usize = 250_000;
 
 /// The stage's name: its cursor's key and the `stage` label.
 pub const LEDGER_STAGE: &str = "usage.ledger";
@@ -32,6 +43,11 @@ pub struct LedgerTotals {
 pub struct LedgerStage {
     store: Arc<dyn UsageStore>,
     page: UsagePage,
+    /// Pages deferred, not yet written.
+    pending: UsagePage,
+    /// When the oldest deferred page was deferred (the pipeline's clock).
+    pending_since_ms: Option<i64>,
+    flush_interval_ms: i64,
     max_gap_ms: i64,
     max_age_ms: Option<i64>,
     totals: Arc<Mutex<LedgerTotals>>,
@@ -52,6 +68,9 @@ impl LedgerStage {
         Self {
             store,
             page: UsagePage::default(),
+            pending: UsagePage::default(),
+            pending_since_ms: None,
+            flush_interval_ms: 0,
             max_gap_ms: DEFAULT_MAX_GAP_MS,
             max_age_ms: None,
             totals: Arc::default(),
@@ -62,6 +81,13 @@ impl LedgerStage {
     /// Bridges gaps up to `max_gap` (`usage.max_gap`) instead of the default.
     pub fn with_max_gap(mut self, max_gap: std::time::Duration) -> Self {
         self.max_gap_ms = i64::try_from(max_gap.as_millis()).unwrap_or(DEFAULT_MAX_GAP_MS);
+        self
+    }
+
+    /// Writes pages together every `interval` (`usage.flush_interval`)
+    /// instead of each page at once (zero, the default here).
+    pub fn with_flush_interval(mut self, interval: std::time::Duration) -> Self {
+        self.flush_interval_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
         self
     }
 
@@ -97,15 +123,28 @@ impl Stage for LedgerStage {
         now_ms: i64,
     ) -> Result<(), StageFailure> {
         self.page.max_age_ms = self.max_age_ms;
+        self.page.max_gap_ms = Some(self.max_gap_ms);
         self.page.add_batch(&stored.member, batch, now_ms);
         Ok(())
     }
 
+    fn defer(&mut self, update: &CursorUpdate<'_>) -> bool {
+        if self.flush_interval_ms <= 0 {
+            return false;
+        }
+        let since = *self.pending_since_ms.get_or_insert(update.now_ms);
+        self.pending.merge(std::mem::take(&mut self.page));
+        update.now_ms.saturating_sub(since) < self.flush_interval_ms
+            && self.pending.len() <= MAX_PENDING_ROWS
+    }
+
     fn commit(&mut self, update: &CursorUpdate<'_>) -> Result<(), StoreError> {
+        self.pending.merge(std::mem::take(&mut self.page));
         let summary: CommitSummary =
             self.store
-                .commit(&self.page, Some(update), self.max_gap_ms)?;
-        let page = std::mem::take(&mut self.page);
+                .commit(&self.pending, Some(update), self.max_gap_ms)?;
+        let page = std::mem::take(&mut self.pending);
+        self.pending_since_ms = None;
         if let Some(m) = &self.metrics {
             m.usage_skipped_records.inc_by(page.skipped);
         }
@@ -118,5 +157,10 @@ impl Stage for LedgerStage {
 
     fn discard(&mut self) {
         self.page = UsagePage::default();
+    }
+
+    fn discard_deferred(&mut self) {
+        self.pending = UsagePage::default();
+        self.pending_since_ms = None;
     }
 }

@@ -11,8 +11,13 @@
 //!
 //! A commit stores the page's observations (merged with any already stored at
 //! the same instant, so a replay changes nothing), then recomputes, from the
-//! stored observations, exactly the hours those observations can change, and
-//! saves the stage's cursor: all in one transaction. The per-server state the
+//! stored observations, exactly the hours those observations can change,
+//! adds what the page's additive snapshots ([`UsagePage::added`]) hold to
+//! their server-hours (columns `added_*`, which the recomputation never
+//! rewrites; each batch is derived once, so nothing is added twice), and
+//! saves the stage's cursor: all in one transaction. An open server's time
+//! from its last stored observation to its hub's last observation is added
+//! when read ([`UsageStore::server_hours`]), not rewritten per observation. The per-server state the
 //! integration needs (is it running, since when, its last snapshot) is read
 //! from the stored observations inside that transaction, so a crash, a replay,
 //! batches in another order or a late backlog never count twice or skip.
@@ -23,7 +28,7 @@ use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::ledger::{
     HOUR_MS, Levels, Point, PointKind, Quantities, ServerHistory, ServerKey, UsagePage,
-    bounded_hours, hour_of, integrate_observed, integrate_server,
+    bounded_hours, hour_of, integrate_observed, integrate_server, split_hours,
 };
 use crate::pipeline::CursorUpdate;
 use crate::store::{Store, StoreError};
@@ -86,7 +91,9 @@ pub trait UsageStore: Send + Sync {
         max_gap_ms: i64,
     ) -> Result<CommitSummary, StoreError>;
 
-    /// Server-hour rows matching `filter`.
+    /// Server-hour rows matching `filter`: stored quantities, plus what
+    /// additive snapshots added, plus, for a server still open, its time
+    /// from its last observation to its hub's last observation.
     fn server_hours(&self, filter: &HourFilter) -> Result<Vec<ServerHour>, StoreError>;
 
     /// Hub-hour observed time matching `filter`.
@@ -160,35 +167,93 @@ impl UsageStore for SqliteUsage {
                 "SELECT s.member, s.hub, s.user, s.server, h.hour, h.server_ms,
                         h.cpu_request_millicore_seconds, h.memory_request_byte_seconds,
                         h.cpu_usage_millicore_seconds, h.memory_usage_byte_seconds,
-                        h.storage_byte_seconds
+                        h.storage_byte_seconds,
+                        h.added_cpu_request_millicore_seconds, h.added_memory_request_byte_seconds,
+                        h.added_cpu_usage_millicore_seconds, h.added_memory_usage_byte_seconds,
+                        h.added_storage_byte_seconds
                  FROM usage_server_hours AS h JOIN usage_servers AS s ON s.id = h.server_id
                  WHERE h.hour >= ?1 AND h.hour < ?2
-                   AND (?3 IS NULL OR s.member = ?3) AND (?4 IS NULL OR s.hub = ?4)
-                 ORDER BY s.member, s.hub, s.user, s.server, h.hour",
+                   AND (?3 IS NULL OR s.member = ?3) AND (?4 IS NULL OR s.hub = ?4)",
             )?;
+            let sum = |row: &rusqlite::Row<'_>, a: usize| -> rusqlite::Result<u64> {
+                Ok(from_sql(row.get(a)?).saturating_add(from_sql(row.get(a + 5)?)))
+            };
             let rows = statement.query_map(
                 params![filter.from_ms, filter.to_ms, filter.member, filter.hub],
                 |row| {
-                    Ok(ServerHour {
-                        key: ServerKey {
+                    Ok((
+                        ServerKey {
                             member: row.get(0)?,
                             hub: row.get(1)?,
                             user: row.get(2)?,
                             server: row.get(3)?,
                         },
-                        hour: row.get(4)?,
-                        quantities: Quantities {
+                        row.get::<_, i64>(4)?,
+                        Quantities {
                             server_ms: from_sql(row.get(5)?),
-                            cpu_request_millicore_seconds: from_sql(row.get(6)?),
-                            memory_request_byte_seconds: from_sql(row.get(7)?),
-                            cpu_usage_millicore_seconds: from_sql(row.get(8)?),
-                            memory_usage_byte_seconds: from_sql(row.get(9)?),
-                            storage_byte_seconds: from_sql(row.get(10)?),
+                            cpu_request_millicore_seconds: sum(row, 6)?,
+                            memory_request_byte_seconds: sum(row, 7)?,
+                            cpu_usage_millicore_seconds: sum(row, 8)?,
+                            memory_usage_byte_seconds: sum(row, 9)?,
+                            storage_byte_seconds: sum(row, 10)?,
                         },
-                    })
+                    ))
                 },
             )?;
-            rows.collect()
+            let mut out: BTreeMap<(ServerKey, i64), Quantities> = BTreeMap::new();
+            for row in rows {
+                let (key, hour, q) = row?;
+                out.entry((key, hour)).or_default().add(&q);
+            }
+            // Open servers: from the last stored observation to the hub's
+            // last observation (the agent lists the hub every interval, so
+            // a hub observed with no stop means the server still runs).
+            let mut open = conn.prepare(&format!(
+                "SELECT member, hub, user, server, last, seen FROM (
+                     SELECT s.member, s.hub, s.user, s.server,
+                         (SELECT max(ts) FROM usage_points WHERE server_id = s.id) AS last,
+                         (SELECT kind FROM usage_points
+                          WHERE server_id = s.id AND kind IN ({LIFECYCLE})
+                          ORDER BY ts DESC, kind DESC LIMIT 1) AS latest,
+                         (SELECT max(ts) FROM usage_seen
+                          WHERE member = s.member AND hub = s.hub) AS seen
+                     FROM usage_servers AS s
+                     WHERE (?1 IS NULL OR s.member = ?1) AND (?2 IS NULL OR s.hub = ?2))
+                 WHERE latest = 0 AND seen > last AND seen > ?3 AND last < ?4"
+            ))?;
+            let tails = open.query_map(
+                params![filter.member, filter.hub, filter.from_ms, filter.to_ms],
+                |row| {
+                    Ok((
+                        ServerKey {
+                            member: row.get(0)?,
+                            hub: row.get(1)?,
+                            user: row.get(2)?,
+                            server: row.get(3)?,
+                        },
+                        row.get::<_, i64>(4)?,
+                        row.get::<_, i64>(5)?,
+                    ))
+                },
+            )?;
+            for tail in tails {
+                let (key, last, seen) = tail?;
+                split_hours(last, seen, |hour, ms| {
+                    if hour >= filter.from_ms && hour < filter.to_ms {
+                        let q = out.entry((key.clone(), hour)).or_default();
+                        q.server_ms = q.server_ms.saturating_add(ms);
+                    }
+                });
+            }
+            Ok(out
+                .into_iter()
+                .filter(|(_, q)| !q.is_zero())
+                .map(|((key, hour), quantities)| ServerHour {
+                    key,
+                    hour,
+                    quantities,
+                })
+                .collect())
         })
     }
 
@@ -203,6 +268,10 @@ impl UsageStore for SqliteUsage {
                              SELECT max(q.ts) FROM usage_points AS q
                              WHERE q.server_id = p.server_id
                                AND q.kind IN ({LIFECYCLE}) AND q.ts < ?1))
+                           -- An open server's read-time tail starts at its
+                           -- last observation: keep it.
+                           AND ts < (SELECT max(q.ts) FROM usage_points AS q
+                                     WHERE q.server_id = p.server_id)
                          LIMIT ?2)"
                 ),
                 params![before_ms, limit],
@@ -361,6 +430,14 @@ struct Touched {
     lifecycle_max: Option<i64>,
 }
 
+/// Adds `b` to column `a`, saturating at `i64::MAX` (both are non-negative).
+fn saturating_sql(column: &str) -> String {
+    format!(
+        "{column} = CASE WHEN {column} > 9223372036854775807 - excluded.{column}
+             THEN 9223372036854775807 ELSE {column} + excluded.{column} END"
+    )
+}
+
 /// Stores the page and recomputes the hours it changes, inside `tx`.
 pub fn write_page(
     tx: &Transaction<'_>,
@@ -381,7 +458,7 @@ pub fn write_page(
              memory_usage_bytes = max(coalesce(memory_usage_bytes, excluded.memory_usage_bytes), coalesce(excluded.memory_usage_bytes, memory_usage_bytes)),
              storage_bytes = max(coalesce(storage_bytes, excluded.storage_bytes), coalesce(excluded.storage_bytes, storage_bytes))",
     )?;
-    let mut touched: BTreeMap<&ServerKey, Touched> = BTreeMap::new();
+    let mut touched: BTreeMap<i64, Touched> = BTreeMap::new();
     // The page's points are sorted by server: intern each server once.
     let mut current: Option<(&ServerKey, i64)> = None;
     for ((key, ts, kind), levels) in &page.points {
@@ -404,22 +481,7 @@ pub fn write_page(
             level_to_sql(levels.storage_bytes),
         ])?;
         let lifecycle = kind.is_lifecycle().then_some(*ts);
-        touched
-            .entry(key)
-            .and_modify(|t| {
-                t.min = t.min.min(*ts);
-                t.max = t.max.max(*ts);
-                t.lifecycle_max = t.lifecycle_max.max(lifecycle);
-            })
-            .or_insert(Touched {
-                id,
-                min: *ts,
-                max: *ts,
-                lifecycle_max: lifecycle,
-            });
-    }
-    for t in touched.into_values() {
-        summary.server_hours += recompute_server(tx, t, max_gap_ms)?;
+        touch(&mut touched, id, *ts, lifecycle);
     }
     let mut seen = tx
         .prepare_cached("INSERT OR IGNORE INTO usage_seen (member, hub, ts) VALUES (?1, ?2, ?3)")?;
@@ -427,11 +489,73 @@ pub fn write_page(
         for ts in ticks {
             seen.execute(params![member, hub, ts])?;
         }
+    }
+    for t in touched.into_values() {
+        summary.server_hours += recompute_server(tx, t, max_gap_ms)?;
+    }
+    // Additive snapshots: add to the row, never rewrite it.
+    let mut add = tx.prepare_cached(&format!(
+        "INSERT INTO usage_server_hours (server_id, hour, server_ms,
+             cpu_request_millicore_seconds, memory_request_byte_seconds,
+             cpu_usage_millicore_seconds, memory_usage_byte_seconds, storage_byte_seconds,
+             added_cpu_request_millicore_seconds, added_memory_request_byte_seconds,
+             added_cpu_usage_millicore_seconds, added_memory_usage_byte_seconds,
+             added_storage_byte_seconds)
+         VALUES (?1, ?2, 0, 0, 0, 0, 0, 0, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (server_id, hour) DO UPDATE SET {}, {}, {}, {}, {}",
+        saturating_sql("added_cpu_request_millicore_seconds"),
+        saturating_sql("added_memory_request_byte_seconds"),
+        saturating_sql("added_cpu_usage_millicore_seconds"),
+        saturating_sql("added_memory_usage_byte_seconds"),
+        saturating_sql("added_storage_byte_seconds"),
+    ))?;
+    let mut current: Option<(&ServerKey, i64)> = None;
+    for ((key, hour), q) in &page.added {
+        if q.is_zero() {
+            continue;
+        }
+        let id = match current {
+            Some((k, id)) if k == key => id,
+            _ => {
+                let id = server_id(tx, key)?;
+                current = Some((key, id));
+                id
+            }
+        };
+        add.execute(params![
+            id,
+            hour,
+            to_sql(q.cpu_request_millicore_seconds),
+            to_sql(q.memory_request_byte_seconds),
+            to_sql(q.cpu_usage_millicore_seconds),
+            to_sql(q.memory_usage_byte_seconds),
+            to_sql(q.storage_byte_seconds),
+        ])?;
+        summary.server_hours += 1;
+    }
+    for ((member, hub), ticks) in &page.seen {
         if let (Some(min), Some(max)) = (ticks.first(), ticks.last()) {
             summary.hub_hours += recompute_hub(tx, member, hub, *min, *max, max_gap_ms)?;
         }
     }
     Ok(summary)
+}
+
+/// Widens what is recomputed for server `id` to cover `ts`.
+fn touch(touched: &mut BTreeMap<i64, Touched>, id: i64, ts: i64, lifecycle: Option<i64>) {
+    touched
+        .entry(id)
+        .and_modify(|t| {
+            t.min = t.min.min(ts);
+            t.max = t.max.max(ts);
+            t.lifecycle_max = t.lifecycle_max.max(lifecycle);
+        })
+        .or_insert(Touched {
+            id,
+            min: ts,
+            max: ts,
+            lifecycle_max: lifecycle,
+        });
 }
 
 const KEY: &str = "server_id = ?1";
@@ -623,8 +747,13 @@ fn recompute_server(tx: &Transaction<'_>, t: Touched, max_gap_ms: i64) -> rusqli
     };
     let hours = integrate_server(&history, (w0, w1), max_gap_ms);
     let bounded = bounded_hours(&history, (w0, w1));
+    // Only the recomputed columns are rewritten: what additive snapshots
+    // added (`added_*`) stays; rows left with nothing go.
     tx.prepare_cached(&format!(
-        "DELETE FROM usage_server_hours WHERE {KEY} AND hour >= ?2 AND hour < ?3"
+        "UPDATE usage_server_hours SET server_ms = 0, cpu_request_millicore_seconds = 0,
+             memory_request_byte_seconds = 0, cpu_usage_millicore_seconds = 0,
+             memory_usage_byte_seconds = 0, storage_byte_seconds = 0, bounded = 0
+         WHERE {KEY} AND hour >= ?2 AND hour < ?3"
     ))?
     .execute(params![id, w0, w1])?;
     let mut insert = tx.prepare_cached(
@@ -632,7 +761,14 @@ fn recompute_server(tx: &Transaction<'_>, t: Touched, max_gap_ms: i64) -> rusqli
              cpu_request_millicore_seconds, memory_request_byte_seconds,
              cpu_usage_millicore_seconds, memory_usage_byte_seconds, storage_byte_seconds,
              bounded)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (server_id, hour) DO UPDATE SET server_ms = excluded.server_ms,
+             cpu_request_millicore_seconds = excluded.cpu_request_millicore_seconds,
+             memory_request_byte_seconds = excluded.memory_request_byte_seconds,
+             cpu_usage_millicore_seconds = excluded.cpu_usage_millicore_seconds,
+             memory_usage_byte_seconds = excluded.memory_usage_byte_seconds,
+             storage_byte_seconds = excluded.storage_byte_seconds,
+             bounded = excluded.bounded",
     )?;
     for (hour, q) in &hours {
         insert.execute(params![
@@ -647,6 +783,16 @@ fn recompute_server(tx: &Transaction<'_>, t: Touched, max_gap_ms: i64) -> rusqli
             bounded.contains(hour),
         ])?;
     }
+    tx.prepare_cached(&format!(
+        "DELETE FROM usage_server_hours WHERE {KEY} AND hour >= ?2 AND hour < ?3
+             AND server_ms = 0 AND cpu_request_millicore_seconds = 0
+             AND memory_request_byte_seconds = 0 AND cpu_usage_millicore_seconds = 0
+             AND memory_usage_byte_seconds = 0 AND storage_byte_seconds = 0
+             AND added_cpu_request_millicore_seconds = 0 AND added_memory_request_byte_seconds = 0
+             AND added_cpu_usage_millicore_seconds = 0 AND added_memory_usage_byte_seconds = 0
+             AND added_storage_byte_seconds = 0"
+    ))?
+    .execute(params![id, w0, w1])?;
     Ok(hours.len() as u64)
 }
 

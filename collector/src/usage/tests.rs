@@ -64,6 +64,24 @@ fn snapshot(user: &str, ts: i64, cpu_millicores: u64, memory_bytes: u64) -> Reco
     )
 }
 
+/// A snapshot as a protocol-3 agent sends it: levels held since `since`.
+fn snapshot_since(user: &str, ts: i64, since: Option<i64>, cpu_millicores: u64) -> Record {
+    event(
+        user,
+        UsageKind::ResourcesSince {
+            snapshot: ResourceSnapshot {
+                cpu_request_millicores: Some(cpu_millicores),
+                memory_request_bytes: Some(cpu_millicores * 1000),
+                cpu_usage_millicores: None,
+                memory_usage_bytes: None,
+                storage_bytes: Some(1000),
+            },
+            since_ms: since,
+        },
+        ts,
+    )
+}
+
 fn hub_health(ts: i64) -> Record {
     Record::Health(HealthCheck {
         target: "http://hub/hub/health".into(),
@@ -286,6 +304,87 @@ fn resources_are_integrated_between_snapshots_never_across_a_long_gap() {
 }
 
 #[test]
+fn additive_snapshots_add_their_span_split_at_the_hour_and_store_no_point() {
+    let (_dir, store) = temp_store();
+    let usage = SqliteUsage::new(store.clone());
+    let h = T0 + HOUR_MS;
+    commit_pages(
+        &usage,
+        &[
+            vec![start("ada", h - MIN)],
+            // The first snapshot after a start holds nothing yet.
+            vec![snapshot_since("ada", h - 20 * SEC, None, 1000)],
+            // 20 s, 10 of them before the hour.
+            vec![snapshot_since(
+                "ada",
+                h + 10 * SEC,
+                Some(h - 10 * SEC),
+                1000,
+            )],
+            // 40 s since the previous: a gap, not bridged.
+            vec![snapshot_since(
+                "ada",
+                h + 50 * SEC,
+                Some(h + 10 * SEC),
+                1000,
+            )],
+            vec![snapshot_since(
+                "ada",
+                h + 60 * SEC,
+                Some(h + 50 * SEC),
+                2000,
+            )],
+        ],
+    );
+    let (rows, _) = ledger(&usage);
+    let cpu = |hour| rows[&("leap".into(), "ada".into(), hour)].cpu_request_millicore_seconds;
+    assert_eq!(cpu(T0), 10 * 1000);
+    assert_eq!(cpu(h), 10 * 1000 + 10 * 2000);
+    assert_eq!(
+        rows[&("leap".into(), "ada".into(), h)].memory_request_byte_seconds,
+        (10 * 1000 + 10 * 2000) * 1000
+    );
+    let points: i64 = store
+        .read_with("count", |conn| {
+            conn.query_row("SELECT count(*) FROM usage_points", [], |r| r.get(0))
+        })
+        .expect("count");
+    assert_eq!(points, 1, "only the start is stored");
+}
+
+#[test]
+fn an_open_server_runs_to_its_hubs_last_observation() {
+    let (_dir, store) = temp_store();
+    let usage = SqliteUsage::new(store);
+    commit_pages(
+        &usage,
+        &[
+            vec![start("ada", T0 + MIN)],
+            vec![snapshot_since("ada", T0 + 2 * MIN, None, 100)],
+            vec![hub_health(T0 + HOUR_MS + 5 * MIN)],
+        ],
+    );
+    let (rows, _) = ledger(&usage);
+    assert_eq!(
+        server_ms(&rows, "ada"),
+        BTreeMap::from([(T0, (59 * MIN) as u64), (T0 + HOUR_MS, (5 * MIN) as u64)])
+    );
+    // Once stopped, its time ends at the stop, whatever the hub shows later.
+    commit_pages(
+        &usage,
+        &[vec![
+            stop("ada", T0 + 30 * MIN),
+            hub_health(T0 + 2 * HOUR_MS),
+        ]],
+    );
+    let (rows, _) = ledger(&usage);
+    assert_eq!(
+        server_ms(&rows, "ada"),
+        BTreeMap::from([(T0, (29 * MIN) as u64)])
+    );
+}
+
+#[test]
 fn a_late_snapshot_bridges_back_into_the_previous_hour() {
     let (_dir, store) = temp_store();
     let usage = SqliteUsage::new(store);
@@ -391,13 +490,19 @@ fn oracle(records: &[Record]) -> (Ledger, Bounded) {
     let mut bounded_out = Bounded::new();
     for (key, mut points) in by_server {
         points.sort_by_key(|p| (p.ts, p.kind));
+        let hub_last = page
+            .seen
+            .get(&(key.member.clone(), key.hub.clone()))
+            .and_then(|t| t.last().copied());
         let last = points.iter().map(|p| p.ts).max().unwrap_or(0);
         let latest_lifecycle = points.iter().rfind(|p| p.kind.is_lifecycle());
         let open = latest_lifecycle.is_some_and(|p| p.kind == PointKind::Started);
+        // An open server runs to its hub's last observation.
+        let hub_last = hub_last.unwrap_or(last).max(last);
         let history = ServerHistory {
             points: &points,
             running_before: false,
-            open_until: open.then_some(last),
+            open_until: open.then_some(hub_last),
         };
         let window = (T0 - HOUR_MS, NOW + HOUR_MS);
         let hours = integrate_server(&history, window, DEFAULT_MAX_GAP_MS);
@@ -412,6 +517,13 @@ fn oracle(records: &[Record]) -> (Ledger, Bounded) {
                 .add(&q);
         }
     }
+    // Additive snapshots: what each holds over (since, ts], summed.
+    for ((key, hour), q) in &page.added {
+        out.entry((key.member.clone(), key.user.clone(), *hour))
+            .or_default()
+            .add(q);
+    }
+    out.retain(|_, q| !q.is_zero());
     (out, bounded_out)
 }
 
@@ -448,7 +560,10 @@ fn record() -> impl Strategy<Value = Record> {
         1 => (user.clone(), ts.clone()).prop_map(|(u, t)| activity(u, t)),
         1 => (user.clone(), ts.clone())
             .prop_map(|(u, t)| event(u, UsageKind::ServerStopInferred, t)),
-        4 => (user, ts.clone(), 0u64..4000).prop_map(|(u, t, c)| snapshot(u, t, c, c * 1000)),
+        4 => (user.clone(), ts.clone(), 0u64..4000).prop_map(|(u, t, c)| snapshot(u, t, c, c * 1000)),
+        // Since 0 to 40 s before (over the 30 s gap limit sometimes), or none.
+        4 => (user, ts.clone(), proptest::option::of(0i64..9), 0u64..4000)
+            .prop_map(|(u, t, k, c)| snapshot_since(u, t, k.map(|k| t - k * 5 * SEC), c)),
         2 => ts.prop_map(hub_health),
     ]
 }
@@ -456,9 +571,12 @@ fn record() -> impl Strategy<Value = Record> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
-    /// Pages in order, the same pages shuffled and each committed twice, and
-    /// everything in one page: the same rows, equal to integrating the whole
-    /// history at once.
+    /// Pages in order, the same pages in another order, and everything in
+    /// one page: the same rows, equal to integrating the whole history at
+    /// once. (Each page is derived once, as the pipeline does with its
+    /// cursor and ingest's deduplication: additive snapshots are not
+    /// idempotent per page, only per batch, which
+    /// `the_stage_counts_each_batch_once_and_a_late_backlog_too` covers.)
     #[test]
     fn replay_and_order_change_nothing(
         pages in prop::collection::vec(prop::collection::vec(record(), 0..6), 1..16),
@@ -470,7 +588,7 @@ proptest! {
 
         let (_d2, s2) = temp_store();
         let shuffled = SqliteUsage::new(s2);
-        let mut again: Vec<Vec<Record>> = pages.iter().chain(pages.iter()).cloned().collect();
+        let mut again: Vec<Vec<Record>> = pages.clone();
         let n = again.len();
         again.rotate_left(order.index(n));
         again.reverse();
@@ -531,19 +649,33 @@ fn run_pipeline(store: &Store) {
 fn the_stage_counts_each_batch_once_and_a_late_backlog_too() {
     let (_dir, store) = temp_store();
     ingest(&store, "leap", 1, vec![start("ada", T0), hub_health(T0)]);
-    ingest(&store, "leap", 2, vec![activity("ada", T0 + 30 * MIN)]);
+    ingest(
+        &store,
+        "leap",
+        2,
+        vec![
+            activity("ada", T0 + 30 * MIN),
+            snapshot_since("ada", T0 + 30 * MIN, Some(T0 + 30 * MIN - 15 * SEC), 500),
+        ],
+    );
     run_pipeline(&store);
     let usage = SqliteUsage::new(store.clone());
     assert_eq!(
         server_ms(&ledger(&usage).0, "ada"),
         BTreeMap::from([(T0, (30 * MIN) as u64)])
     );
+    // 500 millicores for 15 s.
+    let cpu = |usage: &SqliteUsage| {
+        ledger(usage).0[&("leap".into(), "ada".into(), T0)].cpu_request_millicore_seconds
+    };
+    assert_eq!(cpu(&usage), 7_500);
     // A new pipeline (a restart) from the stored cursor: nothing counted twice.
     run_pipeline(&store);
     assert_eq!(
         server_ms(&ledger(&usage).0, "ada"),
         BTreeMap::from([(T0, (30 * MIN) as u64)])
     );
+    assert_eq!(cpu(&usage), 7_500, "an additive snapshot is added once");
     // The same batch again is a duplicate at ingest; a late backlog from
     // (the stop, seen earlier) is counted.
     ingest(&store, "leap", 2, vec![activity("ada", T0 + 30 * MIN)]);
@@ -552,6 +684,11 @@ fn the_stage_counts_each_batch_once_and_a_late_backlog_too() {
     assert_eq!(
         server_ms(&ledger(&usage).0, "ada"),
         BTreeMap::from([(T0, (20 * MIN) as u64)])
+    );
+    assert_eq!(
+        cpu(&usage),
+        7_500,
+        "a recomputation of the hour keeps what snapshots added"
     );
     // Rows are the credential's member's, whatever the payload says.
     ingest(
@@ -570,6 +707,83 @@ fn the_stage_counts_each_batch_once_and_a_late_backlog_too() {
         rows[&("leap".into(), "ada".into(), T0)].server_ms,
         (20 * MIN) as u64
     );
+}
+
+/// Deferred flush (`usage.flush_interval`): pages wait in memory and are
+/// written with the cursor together; a crash before the flush re-derives
+/// them from the stored cursor (nothing lost, nothing twice), and a flush
+/// at shutdown writes them.
+#[test]
+fn a_crash_between_flushes_counts_nothing_twice() {
+    let (_dir, store) = temp_store();
+    let open = || {
+        let stage = LedgerStage::new(Arc::new(SqliteUsage::new(store.clone())))
+            .with_flush_interval(std::time::Duration::from_secs(30));
+        Pipeline::open(
+            Arc::new(store.clone()),
+            vec![Box::new(stage)],
+            PipelineSettings::default(),
+        )
+        .expect("pipeline")
+    };
+    let usage = SqliteUsage::new(store.clone());
+    let cpu = || {
+        ledger(&usage)
+            .0
+            .get(&("leap".into(), "ada".into(), T0))
+            .map_or(0, |q| q.cpu_request_millicore_seconds)
+    };
+    let at = |s: i64| T0 + s * SEC;
+    ingest(
+        &store,
+        "leap",
+        1,
+        vec![
+            start("ada", T0),
+            snapshot_since("ada", at(15), Some(T0), 1000),
+        ],
+    );
+    let mut pipeline = open();
+    pipeline.run(NOW).expect("run");
+    assert_eq!(cpu(), 0, "deferred: nothing written yet");
+    ingest(
+        &store,
+        "leap",
+        2,
+        vec![snapshot_since("ada", at(30), Some(at(15)), 1000)],
+    );
+    pipeline.run(NOW + 10 * SEC).expect("run");
+    assert_eq!(cpu(), 0, "still within the flush interval");
+    // A crash: the pending pages are lost with the process, the stored
+    // cursor is where it was.
+    drop(pipeline);
+    let mut pipeline = open();
+    pipeline.run(NOW + 20 * SEC).expect("run");
+    assert_eq!(cpu(), 0);
+    pipeline.run(NOW + 60 * SEC).expect("run");
+    assert_eq!(cpu(), 30_000, "both snapshots, once, after the flush");
+    // A restart after the flush derives nothing again.
+    drop(pipeline);
+    let mut pipeline = open();
+    pipeline.run(NOW + 120 * SEC).expect("run");
+    pipeline.run(NOW + 200 * SEC).expect("run");
+    assert_eq!(cpu(), 30_000);
+    // At shutdown the pending page is written at once.
+    ingest(
+        &store,
+        "leap",
+        3,
+        vec![snapshot_since("ada", at(45), Some(at(30)), 1000)],
+    );
+    pipeline.run(NOW + 210 * SEC).expect("run");
+    assert_eq!(cpu(), 30_000);
+    assert!(pipeline.flush(NOW + 211 * SEC));
+    assert_eq!(cpu(), 45_000);
+    drop(pipeline);
+    let mut pipeline = open();
+    pipeline.run(NOW + 300 * SEC).expect("run");
+    pipeline.run(NOW + 400 * SEC).expect("run");
+    assert_eq!(cpu(), 45_000, "the flushed page is not derived again");
 }
 
 #[test]

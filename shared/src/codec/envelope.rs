@@ -162,4 +162,8 @@ enum UsageKindRef<'a> {
     Activity,
     Resources(ResourceSnapshot),
     ServerStopInferred,
+    ResourcesSince {
+        snapshot: ResourceSnapshot,
+        since_ms: Option<i64>,
+    },
 }

@@ -87,6 +87,17 @@ fn usage() -> impl Strategy<Value = UsageEvent> {
                 memory_usage_bytes: d,
                 storage_bytes: e,
             })),
+        (
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<i64>())
+        )
+            .prop_map(|(a, since_ms)| UsageKind::ResourcesSince {
+                snapshot: ResourceSnapshot {
+                    cpu_request_millicores: a,
+                    ..ResourceSnapshot::default()
+                },
+                since_ms,
+            }),
     ];
     (
         "[a-z]{1,8}",
@@ -316,4 +327,56 @@ fn an_inferred_stop_survives_version_2_and_is_a_stop_in_version_1() {
     assert_eq!(peek_version(&v1).expect("header"), 1);
     let old = decode(&v1).expect("decodes");
     assert_eq!(old.records, vec![event(UsageKind::ServerStopped)]);
+}
+
+#[test]
+fn a_snapshot_with_since_survives_version_3_and_is_a_plain_snapshot_before() {
+    let snapshot = ResourceSnapshot {
+        cpu_request_millicores: Some(500),
+        memory_request_bytes: Some(1 << 30),
+        ..ResourceSnapshot::default()
+    };
+    let event = |kind| {
+        Record::Usage(UsageEvent {
+            hub: "h".into(),
+            user: "u-1".into(),
+            server: String::new(),
+            kind,
+            timestamp_ms: 15_000,
+        })
+    };
+    let b = Batch {
+        agent_id: "a".into(),
+        member: String::new(),
+        seq: 7,
+        created_ms: 0,
+        dropped_records: 0,
+        agent_version: "0".into(),
+        records: vec![
+            event(UsageKind::ResourcesSince {
+                snapshot: snapshot.clone(),
+                since_ms: Some(0),
+            }),
+            event(UsageKind::ServerStopInferred),
+        ],
+    };
+    let v3 = encode_version(&b, 3).expect("encodes");
+    assert_eq!(decode(&v3).expect("decodes"), b);
+    assert_eq!(decode_envelope(&v3).expect("envelope").records, 2);
+    let v2 = decode(&encode_version(&b, 2).expect("encodes")).expect("decodes");
+    assert_eq!(
+        v2.records,
+        vec![
+            event(UsageKind::Resources(snapshot.clone())),
+            event(UsageKind::ServerStopInferred)
+        ]
+    );
+    let v1 = decode(&encode_version(&b, 1).expect("encodes")).expect("decodes");
+    assert_eq!(
+        v1.records,
+        vec![
+            event(UsageKind::Resources(snapshot)),
+            event(UsageKind::ServerStopped)
+        ]
+    );
 }

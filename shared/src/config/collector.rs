@@ -85,6 +85,11 @@ pub struct UsageConfig {
     /// Must exceed the reports' 48h close grace.
     #[serde(with = "humantime_serde")]
     pub points_retention: Duration,
+    /// How long the ledger keeps derived pages in memory before writing
+    /// them together with its cursor (fewer, larger writes; a crash only
+    /// re-derives them). `0s` writes every page at once. At most 5min.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
 }
 
 /// The reports' grace before a period closes: usage observations must be
@@ -96,6 +101,7 @@ impl Default for UsageConfig {
         Self {
             max_gap: Duration::from_secs(30),
             points_retention: Duration::from_secs(35 * 24 * 3600),
+            flush_interval: Duration::from_secs(30),
         }
     }
 }
@@ -107,6 +113,12 @@ impl UsageConfig {
             return Err(ConfigError::invalid(
                 "usage.max_gap",
                 "must be more than 0 and at most 1h (set it to 2 x the agents' interval)",
+            ));
+        }
+        if self.flush_interval > Duration::from_secs(300) {
+            return Err(ConfigError::invalid(
+                "usage.flush_interval",
+                "must be at most 5min: pending usage is only written (and visible) at each flush",
             ));
         }
         if self.points_retention <= USAGE_CLOSE_GRACE {

@@ -661,6 +661,10 @@ fn usage_keys_are_validated_naming_the_key() {
     );
     for (toml, key) in [
         ("[usage]\nmax_gap = \"0s\"\n", "usage.max_gap"),
+        (
+            "[usage]\nflush_interval = \"10min\"\n",
+            "usage.flush_interval",
+        ),
         ("[usage]\nmax_gap = \"2h\"\n", "usage.max_gap"),
         (
             "[usage]\npoints_retention = \"48h\"\n",

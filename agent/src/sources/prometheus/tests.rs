@@ -345,13 +345,19 @@ async fn a_collection_maps_results_reports_each_query_and_survives_a_bad_one() {
         (usage[0].hub.as_str(), usage[0].user.as_str()),
         ("hub1", alice.as_str())
     );
+    let expected = ResourceSnapshot {
+        cpu_request_millicores: Some(250),
+        ..ResourceSnapshot::default()
+    };
     assert_eq!(
         usage[0].kind,
-        UsageKind::Resources(ResourceSnapshot {
-            cpu_request_millicores: Some(250),
-            ..ResourceSnapshot::default()
-        })
+        UsageKind::ResourcesSince {
+            snapshot: expected.clone(),
+            since_ms: None
+        },
+        "the first snapshot after a start has no previous one"
     );
+    let first_ms = usage[0].timestamp_ms;
     assert!(!format!("{records:?}").contains("alice"));
 
     // Every request went to the base path with the bearer token and a time.
@@ -370,6 +376,21 @@ async fn a_collection_maps_results_reports_each_query_and_survives_a_bad_one() {
             Some("Bearer s3cret-token")
         );
     }
+
+    // The next collection's snapshot carries this one's time.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let again = source.collect().await.expect("collects");
+    let since: Vec<_> = again
+        .iter()
+        .filter_map(|r| match r {
+            Record::Usage(UsageEvent {
+                kind: UsageKind::ResourcesSince { snapshot, since_ms },
+                ..
+            }) => Some((snapshot.clone(), *since_ms)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(since, vec![(expected, Some(first_ms))]);
 }
 
 #[tokio::test]
