@@ -160,10 +160,14 @@ deny = ["kube_persistentvolumeclaim_annotations"]
         .find(|u| u["user"] == alice.as_str())
         .unwrap_or_else(|| panic!("alice's resource snapshot:\n{stdout}"));
     assert_eq!(alice_usage["hub"], "hub1");
+    // Protocol 3: a snapshot with the time of the agent's previous one (none
+    // in a single collection).
+    let since = &alice_usage["kind"]["ResourcesSince"];
     assert_eq!(
-        alice_usage["kind"]["Resources"]["memory_request_bytes"],
-        1073741824
+        since["snapshot"]["memory_request_bytes"], 1073741824,
+        "{stdout}"
     );
+    assert_eq!(since["since_ms"], Value::Null, "{stdout}");
 
     // Probes: one up, one refused.
     let ready = health_of("prometheus-ready");
