@@ -182,12 +182,7 @@ impl UsageStore for SqliteUsage {
                 params![filter.from_ms, filter.to_ms, filter.member, filter.hub],
                 |row| {
                     Ok((
-                        ServerKey {
-                            member: row.get(0)?,
-                            hub: row.get(1)?,
-                            user: row.get(2)?,
-                            server: row.get(3)?,
-                        },
+                        server_key(row)?,
                         row.get::<_, i64>(4)?,
                         Quantities {
                             server_ms: from_sql(row.get(5)?),
@@ -225,12 +220,7 @@ impl UsageStore for SqliteUsage {
                 params![filter.member, filter.hub, filter.from_ms, filter.to_ms],
                 |row| {
                     Ok((
-                        ServerKey {
-                            member: row.get(0)?,
-                            hub: row.get(1)?,
-                            user: row.get(2)?,
-                            server: row.get(3)?,
-                        },
+                        server_key(row)?,
                         row.get::<_, i64>(4)?,
                         row.get::<_, i64>(5)?,
                     ))
@@ -303,17 +293,7 @@ impl UsageStore for SqliteUsage {
             )?;
             let rows = statement.query_map(
                 params![filter.from_ms, filter.to_ms, filter.member, filter.hub],
-                |row| {
-                    Ok((
-                        ServerKey {
-                            member: row.get(0)?,
-                            hub: row.get(1)?,
-                            user: row.get(2)?,
-                            server: row.get(3)?,
-                        },
-                        row.get::<_, i64>(4)?,
-                    ))
-                },
+                |row| Ok((server_key(row)?, row.get::<_, i64>(4)?)),
             )?;
             rows.collect()
         })
@@ -373,12 +353,7 @@ impl UsageStore for SqliteUsage {
                 ],
                 |row| {
                     Ok((
-                        ServerKey {
-                            member: row.get(0)?,
-                            hub: row.get(1)?,
-                            user: row.get(2)?,
-                            server: row.get(3)?,
-                        },
+                        server_key(row)?,
                         row.get::<_, i64>(4)?,
                         row.get::<_, i64>(5)?,
                     ))
@@ -850,4 +825,15 @@ fn recompute_hub(
         insert.execute(params![member, hub, hour, to_sql(*observed)])?;
     }
     Ok(hours.len() as u64)
+}
+
+/// The server key in a row's first four columns (member, hub, user, server),
+/// as every read joining `usage_servers` selects them.
+fn server_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<ServerKey> {
+    Ok(ServerKey {
+        member: row.get(0)?,
+        hub: row.get(1)?,
+        user: row.get(2)?,
+        server: row.get(3)?,
+    })
 }
