@@ -190,7 +190,7 @@ metrics! {
     /// Spawn latency.
     HUB_SPAWN_SECONDS = (Collector, Histogram, "hubwatch_hub_spawn_duration_seconds", ["member", "hub", "tier"], "Successful spawn durations as the hub's own histogram counts them (its buckets, re-exposed), resets when the hub restarts.", LATENCY_BUCKETS);
     /// Login latency.
-    HUB_LOGIN_SECONDS = (Collector, Gauge, "hubwatch_hub_login_duration_seconds", ["member", "hub", "tier"], "Mean duration of the hub's login requests over the last agent interval (from jupyterhub_request_duration_seconds for the login handler); absent without logins.");
+    HUB_LOGIN_SECONDS = (Collector, Gauge, "hubwatch_hub_login_duration_seconds", ["member", "hub", "tier"], "Mean duration of the hub's login requests over the last 2.5 to 5 minutes (from jupyterhub_request_duration_seconds for the login handlers); absent without logins in that window.");
     /// Certificate expiry.
     HUB_CERT_SECONDS_LEFT = (Collector, Gauge, "hubwatch_hub_certificate_expiry_seconds", ["member", "hub", "tier", "vantage"], "Seconds until the hub's TLS certificate expires, as last seen from the vantage point.");
     /// Home storage used.

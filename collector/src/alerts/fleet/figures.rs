@@ -10,8 +10,12 @@
 //! logins over `handler`, `method` and `code`), and each group is folded in
 //! timestamp order. Counters are re-exposed as the hub reports them: one that
 //! drops (the hub restarted) simply shows the lower value, which Prometheus
-//! reads as a reset. The login mean is the only delta computed here; after a
-//! reset the new totals are the delta, as Prometheus' `increase` does.
+//! reads as a reset. The login mean is the only delta computed here: over a
+//! window of [`LOGIN_WINDOW_MS`] / 2 to [`LOGIN_WINDOW_MS`] back from the
+//! latest reading (two window starts kept, half a window apart, as a sliding
+//! window of two buckets), so one login stays visible for minutes whatever
+//! the agent's interval and Prometheus' scrape interval; after a reset the new
+//! totals are the delta, as Prometheus' `increase` does.
 //!
 //! Cardinality is bounded: at most [`MAX_KEYS`] periods, statuses or volumes
 //! per hub and [`MAX_BUCKETS`] buckets; further keys a hub invents are ignored.
@@ -87,7 +91,21 @@ pub struct SpawnHistogram {
     pub count: f64,
 }
 
-/// Login requests: the latest totals and the mean over the last interval.
+/// The login mean's window: it covers the last half window to whole window.
+pub const LOGIN_WINDOW_MS: i64 = 5 * 60 * 1000;
+
+/// Login totals as read at one time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoginTotals {
+    /// When the totals were read, Unix ms.
+    pub at_ms: i64,
+    /// Total seconds spent in login handlers.
+    pub sum: f64,
+    /// Total login requests.
+    pub count: f64,
+}
+
+/// Login requests: the latest totals and the mean over the login window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct LoginView {
     /// When the totals were read, Unix ms.
@@ -96,9 +114,54 @@ pub struct LoginView {
     pub sum: f64,
     /// Total login requests.
     pub count: f64,
-    /// Mean seconds per login between the previous reading and this one;
-    /// `None` when there was no login in between.
+    /// Mean seconds per login between `base` and this reading; `None` when
+    /// there was no login in between.
     pub mean_seconds: Option<f64>,
+    /// Where the window starts: the mean is measured from these totals.
+    #[serde(default)]
+    pub base: Option<LoginTotals>,
+    /// The next window start, taken half a window after `base`.
+    #[serde(default)]
+    pub next_base: Option<LoginTotals>,
+}
+
+impl LoginView {
+    /// The view after reading `sum` and `count` at `at_ms`, later than
+    /// `self.at_ms`.
+    fn advance(self, at_ms: i64, sum: f64, count: f64) -> LoginView {
+        let previous = LoginTotals {
+            at_ms: self.at_ms,
+            sum: self.sum,
+            count: self.count,
+        };
+        let (mut base, mut next_base) = if count < self.count {
+            // A total that dropped is a reset: the window restarts from zero.
+            let zero = LoginTotals {
+                at_ms: self.at_ms,
+                sum: 0.0,
+                count: 0.0,
+            };
+            (zero, None)
+        } else {
+            (self.base.unwrap_or(previous), self.next_base)
+        };
+        if at_ms - base.at_ms > LOGIN_WINDOW_MS {
+            base = next_base.unwrap_or(previous);
+            next_base = Some(previous).filter(|p| p.at_ms > base.at_ms);
+        } else if next_base.is_none() && at_ms - base.at_ms >= LOGIN_WINDOW_MS / 2 {
+            next_base = Some(previous).filter(|p| p.at_ms > base.at_ms);
+        }
+        let d_count = count - base.count;
+        let mean_seconds = (d_count > 0.0).then(|| ((sum - base.sum) / d_count).max(0.0));
+        LoginView {
+            at_ms,
+            sum,
+            count,
+            mean_seconds,
+            base: Some(base),
+            next_base,
+        }
+    }
 }
 
 /// What the hub itself reports, latest by sample time.
@@ -236,20 +299,13 @@ impl PageFigures {
                 Some(old) if at_ms == old.at_ms => {
                     figures.login = Some(LoginView { sum, count, ..old });
                 }
-                old => {
-                    // A total that dropped is a reset: the new totals are
-                    // what happened since.
-                    let (d_sum, d_count) = match old {
-                        Some(old) if count >= old.count => (sum - old.sum, count - old.count),
-                        Some(_) => (sum, count),
-                        None => (0.0, 0.0),
-                    };
-                    let mean_seconds = (d_count > 0.0).then(|| (d_sum / d_count).max(0.0));
+                Some(old) => figures.login = Some(old.advance(at_ms, sum, count)),
+                None => {
                     figures.login = Some(LoginView {
                         at_ms,
                         sum,
                         count,
-                        mean_seconds,
+                        ..LoginView::default()
                     });
                 }
             }

@@ -720,7 +720,7 @@ async fn hub_figures_are_latest_by_sample_time_and_survive_a_restart() {
 }
 
 #[tokio::test]
-async fn login_mean_is_per_interval_and_a_counter_reset_starts_over() {
+async fn login_mean_is_over_a_sliding_window_and_a_counter_reset_starts_over() {
     let mut f = fixture();
     let fleet = f.fleet();
     let at = |s: i64| T0 + s * SECOND;
@@ -747,10 +747,33 @@ async fn login_mean_is_per_interval_and_a_counter_reset_starts_over() {
     assert_eq!(figures.spawns["success"].value, 1.0);
     assert_eq!(figures.spawn_histogram.unwrap().count, 1.0);
 
-    // No login since: the mean is absent.
+    // No login since, but the window still holds the one after the reset.
     f.batch("leap", scrape("vm", at(45), 1.0, 1.0, (0.9, 1.0)))
         .await;
     fleet.evaluate(at(45)).unwrap();
+    let figures = fleet.hub_status("leap", "vm").unwrap().figures;
+    assert_eq!(figures.login.unwrap().mean_seconds, Some(0.9));
+
+    // Another login (0.3 s) three minutes on: the mean covers both.
+    f.batch("leap", scrape("vm", at(200), 1.0, 1.0, (1.2, 2.0)))
+        .await;
+    fleet.evaluate(at(200)).unwrap();
+    let login = fleet.hub_status("leap", "vm").unwrap().figures.login.unwrap();
+    assert!((login.mean_seconds.unwrap() - 0.6).abs() < 1e-9, "{login:?}");
+
+    // Past the window, the first login has left it; the second has not.
+    f.batch("leap", scrape("vm", at(330), 1.0, 1.0, (1.2, 2.0)))
+        .await;
+    fleet.evaluate(at(330)).unwrap();
+    let login = fleet.hub_status("leap", "vm").unwrap().figures.login.unwrap();
+    assert!((login.mean_seconds.unwrap() - 0.3).abs() < 1e-9, "{login:?}");
+
+    // No login for a whole window: the mean is absent.
+    for s in [400, 480, 560, 640] {
+        f.batch("leap", scrape("vm", at(s), 1.0, 1.0, (1.2, 2.0)))
+            .await;
+        fleet.evaluate(at(s)).unwrap();
+    }
     let figures = fleet.hub_status("leap", "vm").unwrap().figures;
     assert_eq!(figures.login.unwrap().mean_seconds, None);
 }
