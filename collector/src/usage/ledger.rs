@@ -344,8 +344,11 @@ pub fn integrate_server(
 
 /// The hours of `window` in which the server's time is bounded rather than
 /// observed: for each inferred stop that ends a run, the hours from the
-/// server's previous observation (clamped to the window) to the stop. The
-/// store marks only those of them that hold a row.
+/// server's previous observation to the stop, clamped to the window. A stop
+/// after the window counts too when its span reaches back into it, so the
+/// history must run to the first lifecycle event at or after the window's
+/// end (with every point before it). The store marks only those of the hours
+/// that hold a row.
 ///
 /// Not from the hub's last observation: `usage_seen` also holds the hub's
 /// own event times (a `last_activity` reported after an outage), which are
@@ -356,16 +359,22 @@ pub fn bounded_hours(history: &ServerHistory<'_>, window: (i64, i64)) -> BTreeSe
     let mut out = BTreeSet::new();
     let mut running = history.running_before;
     let mut previous: Option<i64> = None;
-    for p in history.points.iter().filter(|p| p.ts < w1) {
+    for p in history.points {
         if p.kind == PointKind::StopInferred && running && p.ts >= w0 {
             let from = previous.unwrap_or(w0).max(w0);
-            if from < p.ts {
-                split_hours(from, p.ts, |hour, _| {
+            let to = p.ts.min(w1);
+            if from < to {
+                split_hours(from, to, |hour, _| {
                     out.insert(hour);
                 });
             }
         }
         if p.kind.is_lifecycle() && p.ts >= w0 {
+            if p.ts >= w1 {
+                // The first lifecycle event past the window: what follows
+                // cannot reach back into it.
+                break;
+            }
             running = p.kind == PointKind::Started;
         }
         previous = Some(p.ts);

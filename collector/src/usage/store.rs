@@ -650,11 +650,13 @@ fn recompute_server(tx: &Transaction<'_>, t: Touched, max_gap_ms: i64) -> rusqli
             .min(prev_snapshot.unwrap_or(t.min))
             .min(t.min),
     );
-    let mut w1 = hour_of(hi).saturating_add(HOUR_MS);
-    // An inferred stop at or after the window whose span (from the server's
-    // last observation before it) reaches back into the window decides
-    // which of the window's hours are bounded: recompute up to it.
-    let next_lifecycle = tx
+    let w1 = hour_of(hi).saturating_add(HOUR_MS);
+    // An inferred stop at or after the window's end whose span (from the
+    // server's last observation before it) reaches back into the window
+    // decides which of the window's hours are bounded: the points then run
+    // to it (there are none between the window's end and it).
+    let mut points_to = w1.saturating_add(max_gap_ms);
+    let closing = tx
         .prepare_cached(&format!(
             "SELECT ts, kind FROM usage_points WHERE {KEY} AND kind IN ({LIFECYCLE}) AND ts >= ?2
              ORDER BY ts, kind LIMIT 1"
@@ -663,7 +665,7 @@ fn recompute_server(tx: &Transaction<'_>, t: Touched, max_gap_ms: i64) -> rusqli
             Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
         })
         .optional()?;
-    if let Some((stop, code)) = next_lifecycle
+    if let Some((stop, code)) = closing
         && PointKind::from_code(code) == Some(PointKind::StopInferred)
     {
         let before = one_i64(
@@ -673,7 +675,7 @@ fn recompute_server(tx: &Transaction<'_>, t: Touched, max_gap_ms: i64) -> rusqli
             stop,
         )?;
         if before.is_none_or(|at| at < w1) {
-            w1 = hour_of(stop).saturating_add(HOUR_MS);
+            points_to = points_to.max(stop);
         }
     }
     let running_before = lifecycle_before(tx, id, w0)? == Some(PointKind::Started);
@@ -687,11 +689,7 @@ fn recompute_server(tx: &Transaction<'_>, t: Touched, max_gap_ms: i64) -> rusqli
              FROM usage_points WHERE {KEY} AND ts >= ?2 AND ts <= ?3 ORDER BY ts, kind"
         ))?;
         let rows = statement.query_map(
-            params![
-                id,
-                w0.saturating_sub(max_gap_ms),
-                w1.saturating_add(max_gap_ms)
-            ],
+            params![id, w0.saturating_sub(max_gap_ms), points_to],
             |row| {
                 Ok((
                     row.get::<_, i64>(0)?,

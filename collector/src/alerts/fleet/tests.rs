@@ -758,15 +758,31 @@ async fn login_mean_is_over_a_sliding_window_and_a_counter_reset_starts_over() {
     f.batch("leap", scrape("vm", at(200), 1.0, 1.0, (1.2, 2.0)))
         .await;
     fleet.evaluate(at(200)).unwrap();
-    let login = fleet.hub_status("leap", "vm").unwrap().figures.login.unwrap();
-    assert!((login.mean_seconds.unwrap() - 0.6).abs() < 1e-9, "{login:?}");
+    let login = fleet
+        .hub_status("leap", "vm")
+        .unwrap()
+        .figures
+        .login
+        .unwrap();
+    assert!(
+        (login.mean_seconds.unwrap() - 0.6).abs() < 1e-9,
+        "{login:?}"
+    );
 
     // Past the window, the first login has left it; the second has not.
     f.batch("leap", scrape("vm", at(330), 1.0, 1.0, (1.2, 2.0)))
         .await;
     fleet.evaluate(at(330)).unwrap();
-    let login = fleet.hub_status("leap", "vm").unwrap().figures.login.unwrap();
-    assert!((login.mean_seconds.unwrap() - 0.3).abs() < 1e-9, "{login:?}");
+    let login = fleet
+        .hub_status("leap", "vm")
+        .unwrap()
+        .figures
+        .login
+        .unwrap();
+    assert!(
+        (login.mean_seconds.unwrap() - 0.3).abs() < 1e-9,
+        "{login:?}"
+    );
 
     // No login for a whole window: the mean is absent.
     for s in [400, 480, 560, 640] {
