@@ -291,7 +291,6 @@ impl Sender {
                 Step::Progress
             }
             Outcome::Rejected { status, reason } => {
-                self.count_rejection(status, u64::from(pending.records));
                 tracing::error!(
                     seq = pending.seq,
                     records = pending.records,
@@ -300,6 +299,9 @@ impl Sender {
                     "collector refused the batch for good; dropped"
                 );
                 settle(outbox, pending.clone(), Settle::Reject).await;
+                // Counted once the spool has recorded the drop, so a batch
+                // built after the counter moved carries it.
+                self.count_rejection(status, u64::from(pending.records));
                 Step::Progress
             }
             Outcome::TooLarge { reason } => {
