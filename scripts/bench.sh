@@ -9,6 +9,9 @@
 #   scripts/bench.sh usage             usage ledger (issue 8): CPU of the usage.ledger stage deriving
 #                                      1,000 hubs x 500 servers every 15 s, and the ledger's size on
 #                                      disk per row and per year (cargo bench --bench usage_ledger)
+#   scripts/bench.sh report            a month's report for 100 members (issue 8: < 1 s), with every
+#                                      minute of the month's SLIs seeded (BENCH_SLI=1; set BENCH_SLI=0
+#                                      to skip the ~4.5 M-row seeding) (cargo bench --bench report_render)
 #   scripts/bench.sh metrics           hub-level series (issue 9): time and memory of one /metrics
 #                                      render for 1,000 hubs of ~50 series (cargo bench --bench hub_metrics)
 #   scripts/bench.sh federate          GET /federate of 200,000 series in 50 families over loopback
@@ -87,6 +90,11 @@ bench_usage() {
   echo "== usage_ledger: the usage.ledger stage alone, $hubs hubs x ${BENCH_SERVERS:-500} servers, $intervals intervals"
   BENCH_HUBS="$hubs" BENCH_INTERVALS="$intervals" \
     cargo bench -p hubwatch-collector --bench usage_ledger
+}
+
+bench_report() {
+  echo "== report_render: a month's report for ${BENCH_MEMBERS:-100} members, SLI minutes: ${BENCH_SLI:-1}"
+  BENCH_SLI="${BENCH_SLI:-1}" cargo bench -p hubwatch-collector --bench report_render
 }
 
 bench_agent() {
@@ -214,6 +222,7 @@ case "$cmd" in
   ingest) bench_ingest ;;
   backlog) bench_backlog ;;
   usage) bench_usage ;;
+  report) bench_report ;;
   metrics) bench_metrics ;;
   federate)
     echo "== federate: GET /federate of ${BENCH_SERIES:-200000} series"

@@ -14,7 +14,8 @@
 //!   fleet's built from the store (nothing frozen), then rendered;
 //! - `render_only_<format>`: rendering the built full report.
 //!
-//! `BENCH_MEMBERS` changes the member count.
+//! `BENCH_MEMBERS` changes the member count; `BENCH_ONE_RUN=1` stops after
+//! the one timed run (for profiling).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -182,6 +183,9 @@ fn main() {
         html.len()
     );
 
+    if std::env::var("BENCH_ONE_RUN").is_ok_and(|v| v == "1") {
+        return;
+    }
     let mut criterion = Criterion::default()
         .configure_from_args()
         .sample_size(10)

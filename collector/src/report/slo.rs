@@ -60,7 +60,12 @@ pub fn attainment(
 ) -> Result<Vec<Attainment>, StoreError> {
     let from_minute = from_ms.div_euclid(MINUTE_MS) + i64::from(from_ms.rem_euclid(MINUTE_MS) != 0);
     let to_minute = to_ms.div_euclid(MINUTE_MS) + i64::from(to_ms.rem_euclid(MINUTE_MS) != 0);
-    let sums = store.sum_minutes(from_minute, to_minute)?;
+    let keys: Vec<(&str, &str)> = hubs
+        .iter()
+        .filter(|h| member.is_none_or(|m| m == h.member))
+        .map(|h| (h.member.as_str(), h.hub.as_str()))
+        .collect();
+    let sums = store.sum_minutes(&keys, from_minute, to_minute)?;
     let mut out = Vec::new();
     for hub in hubs {
         if member.is_some_and(|m| m != hub.member) {

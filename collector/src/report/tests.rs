@@ -525,6 +525,7 @@ fn a_closed_report_renders_the_same_bytes_after_the_sli_minutes_are_gone() {
     store
         .write_with("pruning in a test", |tx| {
             tx.execute("DELETE FROM sli_minutes", [])?;
+            tx.execute("DELETE FROM sli_hours", [])?;
             tx.execute("DELETE FROM alert_incidents", [])
         })
         .expect("prune");

@@ -107,6 +107,13 @@ impl MinuteCounts {
         self.hub_samples = self.hub_samples.saturating_add(other.hub_samples);
     }
 
+    /// [`MinuteCounts::availability`] over `sli_minutes` columns, for sums
+    /// in SQL: `(bad, good)` as 0/1 expressions. A test keeps the two the same.
+    pub const AVAILABILITY_SQL: (&'static str, &'static str) = (
+        "(probes_failed + outside_failed > 0)",
+        "(probes_failed + outside_failed = 0 AND probes_ok + outside_ok > 0)",
+    );
+
     /// A minute is good when its probes succeed, bad when any failed, and
     /// "no data" without probes.
     pub fn availability(&self) -> MinuteAvailability {

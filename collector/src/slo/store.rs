@@ -8,7 +8,7 @@ use rusqlite::{OptionalExtension, Transaction, params};
 
 use std::collections::BTreeMap;
 
-use super::sli::{CounterKey, Counters, MinuteChange, MinuteCounts, SliPage};
+use super::sli::{CounterKey, Counters, MinuteAvailability, MinuteChange, MinuteCounts, SliPage};
 use super::windows::Sums;
 use crate::pipeline::CursorUpdate;
 use crate::store::{Store, StoreError};
@@ -26,10 +26,12 @@ pub trait SliStore: Send + Sync {
         f: &mut dyn FnMut(&str, &str, i64, &MinuteCounts),
     ) -> Result<u64, StoreError>;
 
-    /// The sums of every hub's minutes in `[from_minute, to_minute)` (Unix
-    /// minutes), by (member, hub); hubs without rows are absent.
+    /// The sums of the minutes of each `(member, hub)` of `hubs` in
+    /// `[from_minute, to_minute)` (Unix minutes), by (member, hub); hubs
+    /// without rows are absent.
     fn sum_minutes(
         &self,
+        hubs: &[(&str, &str)],
         from_minute: i64,
         to_minute: i64,
     ) -> Result<BTreeMap<(String, String), Sums>, StoreError>;
@@ -55,6 +57,42 @@ impl SqliteSli {
     pub fn new(store: Store) -> Self {
         Self { store }
     }
+}
+
+/// One hub's minutes in a range, summed by SQLite on the primary key: the
+/// minutes that count as bad and good for availability
+/// ([`MinuteCounts::AVAILABILITY_SQL`]), then the spawn counts.
+fn sum_minutes_sql() -> String {
+    let (bad, good) = MinuteCounts::AVAILABILITY_SQL;
+    format!(
+        "SELECT count(*), total({bad}), total({good}), total(spawn_ok), total(spawn_failed),
+                total(spawn_fast), total(spawn_timed)
+         FROM sli_minutes WHERE member = ?1 AND hub = ?2 AND minute >= ?3 AND minute < ?4"
+    )
+}
+
+/// The same sums over whole hours of `sli_hours`, `[?3, ?4)` in Unix hours.
+const SUM_HOURS_SQL: &str = "SELECT total(minutes), total(avail_bad), total(avail_good),
+        total(spawn_ok), total(spawn_failed), total(spawn_fast), total(spawn_timed)
+     FROM sli_hours WHERE member = ?1 AND hub = ?2 AND hour >= ?3 AND hour < ?4";
+
+/// Adds the one row of [`sum_minutes_sql`] or [`SUM_HOURS_SQL`] to `sums`;
+/// returns how many minute rows it covered.
+fn add_sums_row(row: &rusqlite::Row<'_>, sums: &mut Sums) -> rusqlite::Result<u64> {
+    // `total()` is a float, exact for counts below 2^53, and never
+    // overflows where `sum()` of i64 would fail.
+    let mut totals = [0u64; 7];
+    for (i, slot) in totals.iter_mut().enumerate() {
+        *slot = row.get::<_, f64>(i)?.max(0.0) as u64;
+    }
+    let [rows, bad, good, ok, failed, fast, timed] = totals;
+    sums.avail_bad = sums.avail_bad.saturating_add(bad);
+    sums.avail_good = sums.avail_good.saturating_add(good);
+    sums.spawn_ok = sums.spawn_ok.saturating_add(ok);
+    sums.spawn_failed = sums.spawn_failed.saturating_add(failed);
+    sums.spawn_fast = sums.spawn_fast.saturating_add(fast);
+    sums.spawn_timed = sums.spawn_timed.saturating_add(timed);
+    Ok(rows)
 }
 
 impl SliStore for SqliteSli {
@@ -88,39 +126,48 @@ impl SliStore for SqliteSli {
 
     fn sum_minutes(
         &self,
+        hubs: &[(&str, &str)],
         from_minute: i64,
         to_minute: i64,
     ) -> Result<BTreeMap<(String, String), Sums>, StoreError> {
         self.store.read_with("summing SLI minutes", |conn| {
-            let mut statement = conn.prepare(
-                "SELECT member, hub, probes_ok, probes_failed, outside_ok, outside_failed,
-                        spawn_ok, spawn_failed, spawn_fast, hub_samples, spawn_timed
-                 FROM sli_minutes WHERE minute >= ?1 AND minute < ?2
-                 ORDER BY member, hub",
-            )?;
-            let mut rows = statement.query(params![from_minute, to_minute])?;
+            // One seek per hub on the whole primary key (member, hub,
+            // minute): exactly the period's rows, in order, whatever else
+            // the table holds (a report of 100 hubs' month read the fleet's
+            // month through the minute index and sorted it: seconds).
+            // Whole hours from `sli_hours`, the minutes before the first and
+            // after the last whole hour from `sli_minutes`, each one seek on
+            // its primary key (a month of 100 hubs through the minute index
+            // and a sort took seconds).
+            let mut minutes = conn.prepare_cached(&sum_minutes_sql())?;
+            let mut hours = conn.prepare_cached(SUM_HOURS_SQL)?;
+            let first_hour =
+                from_minute.div_euclid(60) + i64::from(from_minute.rem_euclid(60) != 0);
+            let end_hour = to_minute.div_euclid(60);
             let mut sums: BTreeMap<(String, String), Sums> = BTreeMap::new();
-            // Rows come grouped by hub: fold into the current hub's sums and
-            // allocate its key once.
-            let mut current: Option<((String, String), Sums)> = None;
-            while let Some(row) = rows.next()? {
-                let member = row.get_ref(0)?.as_str()?;
-                let hub = row.get_ref(1)?.as_str()?;
-                let counts = row_counts_at(row, 2)?;
-                match &mut current {
-                    Some(((m, h), entry)) if m == member && h == hub => entry.add_minute(&counts),
-                    _ => {
-                        if let Some((key, entry)) = current.take() {
-                            sums.insert(key, entry);
+            for (member, hub) in hubs {
+                let mut entry = Sums::default();
+                let mut rows = 0u64;
+                if first_hour < end_hour {
+                    rows += hours.query_row(params![member, hub, first_hour, end_hour], |row| {
+                        add_sums_row(row, &mut entry)
+                    })?;
+                    for (from, to) in [(from_minute, first_hour * 60), (end_hour * 60, to_minute)] {
+                        if from < to {
+                            rows += minutes.query_row(params![member, hub, from, to], |row| {
+                                add_sums_row(row, &mut entry)
+                            })?;
                         }
-                        let mut entry = Sums::default();
-                        entry.add_minute(&counts);
-                        current = Some(((member.to_string(), hub.to_string()), entry));
                     }
+                } else if from_minute < to_minute {
+                    rows += minutes
+                        .query_row(params![member, hub, from_minute, to_minute], |row| {
+                            add_sums_row(row, &mut entry)
+                        })?;
                 }
-            }
-            if let Some((key, entry)) = current {
-                sums.insert(key, entry);
+                if rows > 0 {
+                    sums.insert(((*member).to_string(), (*hub).to_string()), entry);
+                }
             }
             Ok(sums)
         })
@@ -183,11 +230,12 @@ pub fn write_page(tx: &Transaction<'_>, page: &SliPage) -> rusqlite::Result<Vec<
              spawn_fast = excluded.spawn_fast, hub_samples = excluded.hub_samples,
              spawn_timed = excluded.spawn_timed",
     )?;
+    let mut hours: BTreeMap<(&str, &str, i64), HourDelta> = BTreeMap::new();
     for ((member, hub, minute), increment) in &page.minutes {
-        let before = select
+        let stored = select
             .query_row(params![member, hub, minute], row_counts)
-            .optional()?
-            .unwrap_or_default();
+            .optional()?;
+        let before = stored.unwrap_or_default();
         let mut after = before;
         after.add(increment);
         upsert.execute(params![
@@ -204,6 +252,10 @@ pub fn write_page(tx: &Transaction<'_>, page: &SliPage) -> rusqlite::Result<Vec<
             to_sql(after.hub_samples),
             to_sql(after.spawn_timed),
         ])?;
+        hours
+            .entry((member, hub, minute.div_euclid(60)))
+            .or_default()
+            .add(stored.is_none(), &before, &after);
         changes.push(MinuteChange {
             member: member.clone(),
             hub: hub.clone(),
@@ -212,7 +264,66 @@ pub fn write_page(tx: &Transaction<'_>, page: &SliPage) -> rusqlite::Result<Vec<
             after,
         });
     }
+    let mut hour = tx.prepare_cached(
+        "INSERT INTO sli_hours (member, hub, hour, minutes, avail_good, avail_bad, spawn_ok,
+             spawn_failed, spawn_fast, spawn_timed)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (member, hub, hour) DO UPDATE SET
+             minutes = minutes + excluded.minutes,
+             avail_good = avail_good + excluded.avail_good,
+             avail_bad = avail_bad + excluded.avail_bad,
+             spawn_ok = spawn_ok + excluded.spawn_ok,
+             spawn_failed = spawn_failed + excluded.spawn_failed,
+             spawn_fast = spawn_fast + excluded.spawn_fast,
+             spawn_timed = spawn_timed + excluded.spawn_timed",
+    )?;
+    for ((member, hub, h), d) in &hours {
+        hour.execute(params![
+            member,
+            hub,
+            h,
+            d.minutes,
+            d.avail_good,
+            d.avail_bad,
+            d.spawn_ok,
+            d.spawn_failed,
+            d.spawn_fast,
+            d.spawn_timed
+        ])?;
+    }
     Ok(changes)
+}
+
+/// What a page changes in one `sli_hours` row.
+#[derive(Debug, Default)]
+struct HourDelta {
+    minutes: i64,
+    avail_good: i64,
+    avail_bad: i64,
+    spawn_ok: i64,
+    spawn_failed: i64,
+    spawn_fast: i64,
+    spawn_timed: i64,
+}
+
+impl HourDelta {
+    /// Adds one minute's change (`new`: the minute had no row before).
+    fn add(&mut self, new: bool, before: &MinuteCounts, after: &MinuteCounts) {
+        let availability = |c: &MinuteCounts| match c.availability() {
+            MinuteAvailability::NoData => (0, 0),
+            MinuteAvailability::Good => (1, 0),
+            MinuteAvailability::Bad => (0, 1),
+        };
+        let ((good_a, bad_a), (good_b, bad_b)) = (availability(after), availability(before));
+        let delta = |a: u64, b: u64| to_sql(a).saturating_sub(to_sql(b));
+        self.minutes += i64::from(new);
+        self.avail_good += good_a - good_b;
+        self.avail_bad += bad_a - bad_b;
+        self.spawn_ok += delta(after.spawn_ok, before.spawn_ok);
+        self.spawn_failed += delta(after.spawn_failed, before.spawn_failed);
+        self.spawn_fast += delta(after.spawn_fast, before.spawn_fast);
+        self.spawn_timed += delta(after.spawn_timed, before.spawn_timed);
+    }
 }
 
 fn to_sql(count: u64) -> i64 {
@@ -245,4 +356,173 @@ pub(crate) fn row_counts_at(
         hub_samples: from_sql(row.get(first + 7)?),
         spawn_timed: from_sql(row.get(first + 8)?),
     })
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use hubwatch_shared::config::CollectorConfig;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::slo::sli::SliPage;
+
+    fn temp_sli() -> (tempfile::TempDir, Store, SqliteSli) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = CollectorConfig::default();
+        cfg.storage.path = dir.path().to_path_buf();
+        let store = Store::open(&cfg.storage).expect("store");
+        let sli = SqliteSli::new(store.clone());
+        (dir, store, sli)
+    }
+
+    /// A report reads each hub's month on the whole primary keys: no scan
+    /// of the minute index, no sort (with the fleet's months in the table,
+    /// either costs seconds).
+    #[test]
+    fn summing_a_hubs_minutes_seeks_the_primary_keys() {
+        let (_dir, store, _) = temp_sli();
+        for (sql, want) in [
+            (
+                sum_minutes_sql(),
+                "USING PRIMARY KEY (member=? AND hub=? AND minute>? AND minute<?)",
+            ),
+            (
+                SUM_HOURS_SQL.to_string(),
+                "USING PRIMARY KEY (member=? AND hub=? AND hour>? AND hour<?)",
+            ),
+        ] {
+            let plan = store
+                .read_with("plan", |conn| {
+                    let mut statement = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                    let rows = statement
+                        .query_map(params!["m", "h", 0, 1], |row| row.get::<_, String>(3))?;
+                    rows.collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .expect("plan")
+                .join("\n");
+            assert!(plan.contains(want), "{plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+        }
+    }
+
+    /// The migration that added `sli_hours` fills it from the minutes a
+    /// store already had: sums are the same read through hours or minutes.
+    #[test]
+    fn the_migration_fills_the_hours_from_existing_minutes() {
+        let (dir, store, sli) = temp_sli();
+        let mut page = SliPage::default();
+        for minute in [59, 60, 61, 119, 120, 200] {
+            page.minutes.insert(
+                ("m".to_string(), "h".to_string(), minute),
+                MinuteCounts {
+                    probes_ok: 1,
+                    probes_failed: u64::from(minute == 61),
+                    spawn_ok: 2,
+                    spawn_timed: 2,
+                    spawn_fast: 1,
+                    ..MinuteCounts::default()
+                },
+            );
+        }
+        sli.commit(&page, None).expect("commit");
+        let through_hours = sli.sum_minutes(&[("m", "h")], 0, 240).expect("sums");
+        // Back to before the migration: no hours table.
+        let version = crate::store::schema::current_version() - 1;
+        store
+            .write_with("undo", |tx| {
+                tx.execute_batch(&format!(
+                    "DROP TABLE sli_hours; PRAGMA user_version = {version};"
+                ))
+            })
+            .expect("undo");
+        drop((sli, store));
+        let mut cfg = CollectorConfig::default();
+        cfg.storage.path = dir.path().to_path_buf();
+        let store = Store::open(&cfg.storage).expect("reopen and migrate");
+        let sli = SqliteSli::new(store);
+        let migrated = sli.sum_minutes(&[("m", "h")], 0, 240).expect("sums");
+        assert_eq!(migrated, through_hours);
+        let key = ("m".to_string(), "h".to_string());
+        assert_eq!(migrated[&key].avail_bad, 1);
+        assert_eq!(migrated[&key].avail_good, 5);
+        assert_eq!(migrated[&key].spawn_ok, 12);
+    }
+
+    fn counts() -> impl Strategy<Value = MinuteCounts> {
+        (
+            0u64..3,
+            0u64..3,
+            0u64..3,
+            0u64..3,
+            0u64..4,
+            0u64..3,
+            0u64..4,
+        )
+            .prop_map(
+                |(
+                    probes_ok,
+                    probes_failed,
+                    outside_ok,
+                    outside_failed,
+                    spawn_ok,
+                    spawn_failed,
+                    fast,
+                )| {
+                    MinuteCounts {
+                        probes_ok,
+                        probes_failed,
+                        outside_ok,
+                        outside_failed,
+                        spawn_ok,
+                        spawn_failed,
+                        spawn_fast: fast.min(spawn_ok),
+                        spawn_timed: spawn_ok,
+                        ..MinuteCounts::default()
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// The sums SQLite computes (availability through
+        /// `MinuteCounts::AVAILABILITY_SQL`) are the Rust fold of the same
+        /// minutes through `Sums::add_minute`, for the asked hubs and range only.
+        #[test]
+        fn sql_sums_are_the_rust_fold(
+            pages in prop::collection::vec(
+                prop::collection::vec((0usize..3, 0i64..300, counts()), 0..40),
+                1..4,
+            ),
+            from in 0i64..200,
+            len in 0i64..200,
+        ) {
+            let (_dir, _store, sli) = temp_sli();
+            let keys = [("m", "h"), ("m", "g"), ("n", "h")];
+            // Several pages, so minutes change after their hour was written.
+            let mut minutes: BTreeMap<(String, String, i64), MinuteCounts> = BTreeMap::new();
+            for rows in &pages {
+                let mut page = SliPage::default();
+                for (k, minute, c) in rows {
+                    let (member, hub) = keys[*k];
+                    let key = (member.to_string(), hub.to_string(), *minute);
+                    page.minutes.entry(key.clone()).or_default().add(c);
+                    minutes.entry(key).or_default().add(c);
+                }
+                sli.commit(&page, None).expect("commit");
+            }
+            let asked = [keys[0], keys[2], ("x", "y")];
+            let got = sli.sum_minutes(&asked, from, from + len).expect("sums");
+            let mut want: BTreeMap<(String, String), Sums> = BTreeMap::new();
+            for ((member, hub, minute), c) in &minutes {
+                if *minute >= from && *minute < from + len
+                    && asked.contains(&(member.as_str(), hub.as_str()))
+                {
+                    want.entry((member.clone(), hub.clone())).or_default().add_minute(c);
+                }
+            }
+            prop_assert_eq!(got, want);
+        }
+    }
 }

@@ -619,6 +619,14 @@ impl Store {
                  SELECT member, hub, minute FROM sli_minutes WHERE minute < ?1 LIMIT ?2)",
             &[sli_cutoff_minute, chunk],
         )?;
+        // Hours wholly before the cutoff; the hour it falls in keeps its sums
+        // until the next prune after it.
+        self.in_chunks(
+            "deleting old SLI hours",
+            "DELETE FROM sli_hours WHERE (member, hub, hour) IN (
+                 SELECT member, hub, hour FROM sli_hours WHERE hour < ?1 LIMIT ?2)",
+            &[sli_cutoff_minute.div_euclid(60), chunk],
+        )?;
         let report = PruneReport {
             deleted_batches,
             deleted_keys,

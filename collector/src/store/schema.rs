@@ -364,6 +364,31 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE usage_server_hours ADD COLUMN added_memory_usage_byte_seconds INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE usage_server_hours ADD COLUMN added_storage_byte_seconds INTEGER NOT NULL DEFAULT 0;
     ",
+    // issue 8 (report speed): the SLI minutes summed per hub and hour, kept
+    // by the SLI stage in the same transaction as the minutes, so a month's
+    // attainment reads 744 rows a hub instead of 44,640. Availability as
+    // `MinuteCounts::AVAILABILITY_SQL` (a test keeps this copy the same).
+    "
+    CREATE TABLE sli_hours (
+        member       TEXT    NOT NULL,
+        hub          TEXT    NOT NULL,
+        hour         INTEGER NOT NULL,  -- Unix hour: minute / 60
+        minutes      INTEGER NOT NULL DEFAULT 0,  -- minute rows summed
+        avail_good   INTEGER NOT NULL DEFAULT 0,
+        avail_bad    INTEGER NOT NULL DEFAULT 0,
+        spawn_ok     INTEGER NOT NULL DEFAULT 0,
+        spawn_failed INTEGER NOT NULL DEFAULT 0,
+        spawn_fast   INTEGER NOT NULL DEFAULT 0,
+        spawn_timed  INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (member, hub, hour)
+    ) WITHOUT ROWID;
+    INSERT INTO sli_hours
+        SELECT member, hub, minute / 60, count(*),
+               sum(probes_failed + outside_failed = 0 AND probes_ok + outside_ok > 0),
+               sum(probes_failed + outside_failed > 0),
+               sum(spawn_ok), sum(spawn_failed), sum(spawn_fast), sum(spawn_timed)
+        FROM sli_minutes GROUP BY member, hub, minute / 60;
+    ",
 ];
 
 /// The schema version this build writes.

@@ -322,6 +322,7 @@ fn an_empty_file_is_migrated() -> anyhow::Result<()> {
             "quarantine",
             "report_snapshots",
             "sli_counters",
+            "sli_hours",
             "sli_minutes",
             "tokens",
             "usage_hub_hours",
