@@ -716,8 +716,11 @@ fn live_reports(store: &Store, ctx: &ReportContext) -> Vec<String> {
             out.push(render(&november, format).expect("render"));
         }
     }
-    let (model, bills) =
-        crate::cost::close::effective_model(&ctx.model, OCTOBER, &ctx.cost.bills(OCTOBER).expect("bills"));
+    let (model, bills) = crate::cost::close::effective_model(
+        &ctx.model,
+        OCTOBER,
+        &ctx.cost.bills(OCTOBER).expect("bills"),
+    );
     let figures =
         crate::cost::close::compute(&model, OCTOBER, bills, &*ctx.usage).expect("compute");
     out.push(serde_json::to_string(&figures).expect("figures"));

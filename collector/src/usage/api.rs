@@ -18,7 +18,9 @@
 //! A closed month rolled up (`rollup.rs`) keeps hourly figures per hub and
 //! its active users counted per hub and hour, day, week and month: every
 //! grouping but `user` gives the same rows as before the rollup; `user`
-//! over a range reaching such a month is a 400 saying so.
+//! over a range reaching such a month, or a `to` that cuts a day, week or
+//! month reaching one (its distinct users are counted whole), is a 400
+//! saying so.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -276,6 +278,23 @@ pub fn rows_json(
             ),
         ));
     }
+    if group_by != GroupBy::Hub {
+        // Distinct users of a rolled-up month are kept per whole day, week
+        // and month: a period cut short by `to` cannot be counted.
+        let last = period_start(group_by, query.to_ms.saturating_sub(1));
+        let end = period_end(group_by, last);
+        if end > query.to_ms && rolled.reaches(last, end) {
+            return Err(invalid(
+                "to",
+                format!(
+                    "cuts the period from {} that reaches a closed month rolled up, where \
+                     active users are kept per whole day, week and month: end it at {}",
+                    rfc3339(last),
+                    rfc3339(end)
+                ),
+            ));
+        }
+    }
     let start = |hour: i64| period_start(group_by, hour);
     // (member, hub, period start, user when grouped by user)
     let mut rows: BTreeMap<(&str, &str, i64, Option<&str>), Row> = BTreeMap::new();
@@ -325,9 +344,10 @@ pub fn rows_json(
             return None;
         }
         Some(match group_by {
-            GroupBy::Hub | GroupBy::User => {
-                hourly.get(&(member, hub, period_start)).copied().unwrap_or(0)
-            }
+            GroupBy::Hub | GroupBy::User => hourly
+                .get(&(member, hub, period_start))
+                .copied()
+                .unwrap_or(0),
             GroupBy::Day => rolled.users_of(UserUnit::Day, member, hub, period_start),
             GroupBy::Week => rolled.users_of(UserUnit::Week, member, hub, period_start),
             GroupBy::Month => rolled.users_of(UserUnit::Month, member, hub, period_start),
@@ -340,8 +360,7 @@ pub fn rows_json(
                 .get(&(member, hub, period_start))
                 .copied()
                 .unwrap_or(0);
-            let active_users = counted(member, hub, period_start)
-                .unwrap_or(row.users.len() as u64);
+            let active_users = counted(member, hub, period_start).unwrap_or(row.users.len() as u64);
             let q = &row.quantities;
             let period_end = period_end(group_by, period_start);
             let period_u = u64::try_from(period_end.saturating_sub(period_start))

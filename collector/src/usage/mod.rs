@@ -29,6 +29,8 @@ pub mod store;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_rollup;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

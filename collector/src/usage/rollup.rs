@@ -257,7 +257,8 @@ pub fn read(conn: &Connection, filter: &HourFilter) -> rusqlite::Result<RolledUp
     }
     let mut servers = Vec::new();
     {
-        let first_month = Period::containing(filter.from_ms).map_or(filter.from_ms, |p| p.start_ms());
+        let first_month =
+            Period::containing(filter.from_ms).map_or(filter.from_ms, |p| p.start_ms());
         let mut statement = conn.prepare(
             "SELECT s.member, s.hub, s.user, s.server, r.month, r.server_ms,
                     r.cpu_request_millicore_seconds, r.memory_request_byte_seconds,
@@ -563,9 +564,7 @@ fn roll_up_in(tx: &Transaction<'_>, period: Period, now_ms: i64) -> rusqlite::Re
             .iter()
             .map(|(day, u)| (UserUnit::Day, *day, u.len()))
             .chain(weeks.iter().map(|(w, u)| (UserUnit::Week, *w, u.len())))
-            .chain(
-                (!month_users.is_empty()).then_some((UserUnit::Month, m0, month_users.len())),
-            );
+            .chain((!month_users.is_empty()).then_some((UserUnit::Month, m0, month_users.len())));
         for (unit, start, count) in counts {
             insert_users.execute(params![
                 member,
@@ -599,4 +598,3 @@ fn roll_up_in(tx: &Transaction<'_>, period: Period, now_ms: i64) -> rusqlite::Re
     tracing::info!(month = %period, server_hours = deleted, "usage month rolled up");
     Ok(Some(deleted))
 }
-

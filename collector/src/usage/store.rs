@@ -220,8 +220,9 @@ impl UsageStore for SqliteUsage {
     }
 
     fn rolled_up(&self, filter: &HourFilter) -> Result<super::rollup::RolledUp, StoreError> {
-        self.store
-            .read_with("reading rolled-up usage", |conn| super::rollup::read(conn, filter))
+        self.store.read_with("reading rolled-up usage", |conn| {
+            super::rollup::read(conn, filter)
+        })
     }
 
     fn hub_hours(&self, filter: &HourFilter) -> Result<Vec<HubHour>, StoreError> {
