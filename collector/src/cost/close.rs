@@ -370,6 +370,8 @@ pub fn compute(
             .rolled_up(&filter)?
             .hub_hours
             .into_iter()
+            // Hours with observed time only: no server row before either.
+            .filter(|h| !h.quantities.is_zero())
             .map(|h| ServerHour {
                 key: ServerKey {
                     member: h.member,

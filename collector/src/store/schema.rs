@@ -365,8 +365,9 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE usage_server_hours ADD COLUMN added_storage_byte_seconds INTEGER NOT NULL DEFAULT 0;
     ",
     // issue 8 (usage ledger size): a closed month's per-server hours are
-    // rolled up (`usage/rollup.rs`) into per-hub hours, per-server months and
-    // distinct active user counts, then deleted: a year of the fleet's
+    // rolled up (`usage/rollup.rs`) into per-hub hours (with the observed
+    // time of usage_hub_hours), per-server months and distinct active user
+    // counts, then deleted: a year of the fleet's
     // per-server hours (~285 GiB) does not fit the 2 GiB target.
     "
     -- The months rolled up: their usage_server_hours rows are gone.
@@ -376,11 +377,18 @@ pub const MIGRATIONS: &[&str] = &[
         rolled_at_ms INTEGER NOT NULL,
         server_hours INTEGER NOT NULL       -- server-hour rows rolled up
     );
+    -- The hubs of rolled-up hours, interned (a year has 8,760 rows a hub).
+    CREATE TABLE usage_rollup_hubs (
+        id     INTEGER PRIMARY KEY,
+        member TEXT NOT NULL,
+        hub    TEXT NOT NULL,
+        UNIQUE (member, hub)
+    );
     -- Every server's quantities summed per hub and hour, with the distinct
-    -- users that had server time in it and the bounded server-hours.
+    -- users that had server time in it, the bounded server-hours and the
+    -- hub's observed time (moved here from usage_hub_hours).
     CREATE TABLE usage_rollup_hub_hours (
-        member TEXT    NOT NULL,
-        hub    TEXT    NOT NULL,
+        hub_id INTEGER NOT NULL,
         hour   INTEGER NOT NULL,
         server_ms                     INTEGER NOT NULL,
         cpu_request_millicore_seconds INTEGER NOT NULL,
@@ -390,7 +398,8 @@ pub const MIGRATIONS: &[&str] = &[
         storage_byte_seconds          INTEGER NOT NULL,
         active_users                  INTEGER NOT NULL,
         bounded_rows                  INTEGER NOT NULL,
-        PRIMARY KEY (member, hub, hour)
+        observed_ms                   INTEGER NOT NULL,
+        PRIMARY KEY (hub_id, hour)
     ) WITHOUT ROWID;
     -- One server's quantities over one month, and its first and last hour
     -- with a storage figure (the mean bytes then: a report's home growth).

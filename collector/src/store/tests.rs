@@ -327,6 +327,7 @@ fn an_empty_file_is_migrated() -> anyhow::Result<()> {
             "usage_hub_hours",
             "usage_points",
             "usage_rollup_hub_hours",
+            "usage_rollup_hubs",
             "usage_rollup_months",
             "usage_rollup_server_months",
             "usage_rollup_users",

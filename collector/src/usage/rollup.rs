@@ -5,8 +5,10 @@
 //! A year of per-server hours for 1,000 hubs × 500 servers is ~285 GiB. Once
 //! a month is closed, [`roll_up_month`] keeps, in one transaction:
 //! - per (member, hub) and **hour** every quantity summed over the servers,
-//!   the distinct users with server time in it and the bounded server-hours
-//!   (`usage_rollup_hub_hours`): hub-level hourly, daily and monthly figures;
+//!   the distinct users with server time in it, the bounded server-hours and
+//!   the hub's observed time, moved from `usage_hub_hours`
+//!   (`usage_rollup_hub_hours`, hubs interned in `usage_rollup_hubs`):
+//!   hub-level hourly, daily and monthly figures and coverage;
 //! - per server and **month** its quantities, bounded hours and its first and
 //!   last hour with a storage figure (`usage_rollup_server_months`): per-user
 //!   and per-server figures of the month and a report's home growth;
@@ -16,7 +18,7 @@
 //!   are gone; a week crossing into the next month is counted over the whole
 //!   week (its next-month part is still per server and final by then);
 //!
-//! and deletes the month's `usage_server_hours`. The month's observations
+//! and deletes the month's `usage_server_hours` and `usage_hub_hours`. The month's observations
 //! (`usage_points`, `usage_seen`) are already pruned by the `usage.retention`
 //! task by then (see "When" below), which keeps each server's latest
 //! lifecycle event and latest observation, so running state is still known.
@@ -112,6 +114,9 @@ pub struct RolledHubHour {
     pub active_users: u64,
     /// Server-hours in it whose server time was bounded, not observed.
     pub bounded_rows: u64,
+    /// How long the agent observed the hub in it, ms (what
+    /// [`super::store::UsageStore::hub_hours`] returns for it).
+    pub observed_ms: u64,
 }
 
 /// One server's month, rolled up.
@@ -200,13 +205,14 @@ pub fn read(conn: &Connection, filter: &HourFilter) -> rusqlite::Result<RolledUp
     let mut hub_hours = Vec::new();
     {
         let mut statement = conn.prepare(
-            "SELECT member, hub, hour, server_ms, cpu_request_millicore_seconds,
-                    memory_request_byte_seconds, cpu_usage_millicore_seconds,
-                    memory_usage_byte_seconds, storage_byte_seconds, active_users, bounded_rows
-             FROM usage_rollup_hub_hours
-             WHERE hour >= ?1 AND hour < ?2
-               AND (?3 IS NULL OR member = ?3) AND (?4 IS NULL OR hub = ?4)
-             ORDER BY member, hub, hour",
+            "SELECT h.member, h.hub, r.hour, r.server_ms, r.cpu_request_millicore_seconds,
+                    r.memory_request_byte_seconds, r.cpu_usage_millicore_seconds,
+                    r.memory_usage_byte_seconds, r.storage_byte_seconds, r.active_users,
+                    r.bounded_rows, r.observed_ms
+             FROM usage_rollup_hub_hours AS r JOIN usage_rollup_hubs AS h ON h.id = r.hub_id
+             WHERE r.hour >= ?1 AND r.hour < ?2
+               AND (?3 IS NULL OR h.member = ?3) AND (?4 IS NULL OR h.hub = ?4)
+             ORDER BY h.member, h.hub, r.hour",
         )?;
         let rows = statement.query_map(args, |row| {
             Ok(RolledHubHour {
@@ -216,6 +222,7 @@ pub fn read(conn: &Connection, filter: &HourFilter) -> rusqlite::Result<RolledUp
                 quantities: quantities(row, 3)?,
                 active_users: from_sql(row.get(9)?),
                 bounded_rows: from_sql(row.get(10)?),
+                observed_ms: from_sql(row.get(11)?),
             })
         })?;
         for row in rows {
@@ -337,9 +344,9 @@ pub struct RollupRun {
     pub months: Vec<Period>,
     /// Server-hour rows rolled up and deleted.
     pub server_hours: u64,
-    /// Server-hour rows found again in months rolled up before (written by
-    /// the ledger's recomputation; already counted in the rollup) and
-    /// deleted.
+    /// Server-hour (and hub-hour) rows found again in months rolled up
+    /// before (written by the ledger's recomputation; already counted in the
+    /// rollup) and deleted.
     pub stray_rows: u64,
 }
 
@@ -378,8 +385,11 @@ pub fn roll_up_due(
         let mut deleted = 0u64;
         let mut statement =
             tx.prepare_cached("DELETE FROM usage_server_hours WHERE hour >= ?1 AND hour < ?2")?;
+        let mut hub_hours =
+            tx.prepare_cached("DELETE FROM usage_hub_hours WHERE hour >= ?1 AND hour < ?2")?;
         for (from, to) in ranges {
             deleted = deleted.saturating_add(statement.execute(params![from, to])? as u64);
+            deleted = deleted.saturating_add(hub_hours.execute(params![from, to])? as u64);
         }
         Ok(deleted)
     })?;
@@ -407,6 +417,7 @@ struct HourAcc<'a> {
     q: Quantities,
     users: BTreeSet<&'a str>,
     bounded_rows: u64,
+    observed_ms: u64,
 }
 
 /// Rolls `period` up in one transaction (see the module docs). `None` when
@@ -437,10 +448,14 @@ fn roll_up_in(tx: &Transaction<'_>, period: Period, now_ms: i64) -> rusqlite::Re
     // are still per server (and final, see `due`); parts in a month rolled
     // up before were counted with it (and are left out here).
     let (x0, x1) = (period_start(GroupBy::Week, m0), weeks_end(period));
+    // Every hub with a server, and every hub observed in the month.
     let hubs: Vec<(String, String)> = {
-        let mut statement =
-            tx.prepare("SELECT DISTINCT member, hub FROM usage_servers ORDER BY member, hub")?;
-        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        let mut statement = tx.prepare(
+            "SELECT member, hub FROM usage_servers
+             UNION SELECT member, hub FROM usage_hub_hours WHERE hour >= ?1 AND hour < ?2
+             ORDER BY 1, 2",
+        )?;
+        let rows = statement.query_map(params![m0, m1], |row| Ok((row.get(0)?, row.get(1)?)))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
     let mut member_users: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -503,27 +518,42 @@ fn roll_up_in(tx: &Transaction<'_>, period: Period, now_ms: i64) -> rusqlite::Re
                     .insert(user.to_string());
             }
         }
-        let mut insert_hour = tx.prepare_cached(
-            "INSERT INTO usage_rollup_hub_hours (member, hub, hour, server_ms,
-                 cpu_request_millicore_seconds, memory_request_byte_seconds,
-                 cpu_usage_millicore_seconds, memory_usage_byte_seconds, storage_byte_seconds,
-                 active_users, bounded_rows)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        )?;
-        for (hour, h) in &hours {
-            insert_hour.execute(params![
-                member,
-                hub,
-                hour,
-                to_sql(h.q.server_ms),
-                to_sql(h.q.cpu_request_millicore_seconds),
-                to_sql(h.q.memory_request_byte_seconds),
-                to_sql(h.q.cpu_usage_millicore_seconds),
-                to_sql(h.q.memory_usage_byte_seconds),
-                to_sql(h.q.storage_byte_seconds),
-                to_sql(h.users.len() as u64),
-                to_sql(h.bounded_rows),
-            ])?;
+        let observed = super::store::hub_hours_in(tx, &filter(m0, m1))?;
+        for o in &observed {
+            hours.entry(o.hour).or_default().observed_ms = o.observed_ms;
+        }
+        // A hub with nothing in the month has no hub-hours (its users of a
+        // week reaching into the next month are still counted below).
+        if !hours.is_empty() {
+            let hub_id: i64 = tx
+                .prepare_cached(
+                    "INSERT INTO usage_rollup_hubs (member, hub) VALUES (?1, ?2)
+                     ON CONFLICT (member, hub) DO UPDATE SET member = excluded.member
+                     RETURNING id",
+                )?
+                .query_row(params![member, hub], |row| row.get(0))?;
+            let mut insert_hour = tx.prepare_cached(
+                "INSERT INTO usage_rollup_hub_hours (hub_id, hour, server_ms,
+                     cpu_request_millicore_seconds, memory_request_byte_seconds,
+                     cpu_usage_millicore_seconds, memory_usage_byte_seconds, storage_byte_seconds,
+                     active_users, bounded_rows, observed_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?;
+            for (hour, h) in &hours {
+                insert_hour.execute(params![
+                    hub_id,
+                    hour,
+                    to_sql(h.q.server_ms),
+                    to_sql(h.q.cpu_request_millicore_seconds),
+                    to_sql(h.q.memory_request_byte_seconds),
+                    to_sql(h.q.cpu_usage_millicore_seconds),
+                    to_sql(h.q.memory_usage_byte_seconds),
+                    to_sql(h.q.storage_byte_seconds),
+                    to_sql(h.users.len() as u64),
+                    to_sql(h.bounded_rows),
+                    to_sql(h.observed_ms),
+                ])?;
+            }
         }
         let mut insert_server = tx.prepare_cached(
             "INSERT INTO usage_rollup_server_months (server_id, month, server_ms,
@@ -590,6 +620,8 @@ fn roll_up_in(tx: &Transaction<'_>, period: Period, now_ms: i64) -> rusqlite::Re
     let deleted = tx
         .prepare_cached("DELETE FROM usage_server_hours WHERE hour >= ?1 AND hour < ?2")?
         .execute(params![m0, m1])? as u64;
+    tx.prepare_cached("DELETE FROM usage_hub_hours WHERE hour >= ?1 AND hour < ?2")?
+        .execute(params![m0, m1])?;
     tx.prepare_cached(
         "INSERT INTO usage_rollup_months (month, end_ms, rolled_at_ms, server_hours)
          VALUES (?1, ?2, ?3, ?4)",

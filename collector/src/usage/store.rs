@@ -97,7 +97,8 @@ pub trait UsageStore: Send + Sync {
     /// Hours of rolled-up months are not here: see [`UsageStore::rolled_up`].
     fn server_hours(&self, filter: &HourFilter) -> Result<Vec<ServerHour>, StoreError>;
 
-    /// Hub-hour observed time matching `filter`.
+    /// Hub-hour observed time matching `filter` (of rolled-up months too:
+    /// their observed time is kept in the rollup).
     fn hub_hours(&self, filter: &HourFilter) -> Result<Vec<HubHour>, StoreError>;
 
     /// What the rollup keeps of the closed months matching `filter`
@@ -227,24 +228,23 @@ impl UsageStore for SqliteUsage {
 
     fn hub_hours(&self, filter: &HourFilter) -> Result<Vec<HubHour>, StoreError> {
         self.store.read_with("reading usage coverage", |conn| {
-            let mut statement = conn.prepare(
-                "SELECT member, hub, hour, observed_ms FROM usage_hub_hours
-                 WHERE hour >= ?1 AND hour < ?2
-                   AND (?3 IS NULL OR member = ?3) AND (?4 IS NULL OR hub = ?4)
-                 ORDER BY member, hub, hour",
-            )?;
-            let rows = statement.query_map(
-                params![filter.from_ms, filter.to_ms, filter.member, filter.hub],
-                |row| {
-                    Ok(HubHour {
-                        member: row.get(0)?,
-                        hub: row.get(1)?,
-                        hour: row.get(2)?,
-                        observed_ms: from_sql(row.get(3)?),
-                    })
-                },
-            )?;
-            rows.collect()
+            let mut out = hub_hours_in(conn, filter)?;
+            // A rolled-up month's observed time moved to its rollup.
+            let rolled = super::rollup::read(conn, filter)?;
+            out.extend(
+                rolled
+                    .hub_hours
+                    .into_iter()
+                    .filter(|h| h.observed_ms > 0)
+                    .map(|h| HubHour {
+                        member: h.member,
+                        hub: h.hub,
+                        hour: h.hour,
+                        observed_ms: h.observed_ms,
+                    }),
+            );
+            out.sort_by(|x, y| (&x.member, &x.hub, x.hour).cmp(&(&y.member, &y.hub, y.hour)));
+            Ok(out)
         })
     }
 
@@ -557,6 +557,40 @@ pub(super) fn bounded_server_hours_in(
         let (key, hour) = row?;
         if !super::rollup::in_ranges(&rolled, hour) {
             out.insert((key, hour));
+        }
+    }
+    Ok(out)
+}
+
+/// The `usage_hub_hours` rows matching `filter` on `conn`, rolled-up months
+/// left out (their observed time is in the rollup).
+pub(super) fn hub_hours_in(
+    conn: &rusqlite::Connection,
+    filter: &HourFilter,
+) -> rusqlite::Result<Vec<HubHour>> {
+    let mut statement = conn.prepare(
+        "SELECT member, hub, hour, observed_ms FROM usage_hub_hours
+         WHERE hour >= ?1 AND hour < ?2
+           AND (?3 IS NULL OR member = ?3) AND (?4 IS NULL OR hub = ?4)
+         ORDER BY member, hub, hour",
+    )?;
+    let rows = statement.query_map(
+        params![filter.from_ms, filter.to_ms, filter.member, filter.hub],
+        |row| {
+            Ok(HubHour {
+                member: row.get(0)?,
+                hub: row.get(1)?,
+                hour: row.get(2)?,
+                observed_ms: from_sql(row.get(3)?),
+            })
+        },
+    )?;
+    let rolled = super::rollup::rolled_ranges(conn, filter.from_ms, filter.to_ms)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let row = row?;
+        if !super::rollup::in_ranges(&rolled, row.hour) {
+            out.push(row);
         }
     }
     Ok(out)

@@ -152,7 +152,13 @@ fn derive(usage: &SqliteUsage, runs: &[Run]) {
     for run in runs {
         commit(run.member, run.records());
     }
-    for (member, hub) in [("leap", "prod"), ("leap", "lab"), ("cryo", "prod")] {
+    // cryo/lab is observed but never has a server.
+    for (member, hub) in [
+        ("leap", "prod"),
+        ("leap", "lab"),
+        ("cryo", "prod"),
+        ("cryo", "lab"),
+    ] {
         let mut ts = OCT.start_ms();
         let mut records = Vec::new();
         while ts <= LAST_SEEN {
@@ -328,6 +334,16 @@ fn fleet() -> Vec<Run> {
             "",
             at(DEC, 33, 3, 0),
             Some((at(DEC, 33, 5, 0), false)),
+        ),
+        // A hub with nothing in December, active in its last week's
+        // January part.
+        run(
+            "cryo",
+            "lab",
+            "kim",
+            "",
+            at(DEC, 33, 3, 0),
+            Some((at(DEC, 33, 4, 0), false)),
         ),
         // Still running: its time after its start is added at read time.
         run("cryo", "prod", "gus", "", at(NOV, 20, 6, 30), None),
