@@ -14,8 +14,9 @@
 //! pages of each table and its indexes, before and after, bytes per row, and
 //! a year of the fleet (`BENCH_FLEET_HUBS`, 1,000 hubs × the same servers and
 //! users) extrapolated per row: hub-hours 8,760 per hub, server-months 12 per
-//! user, user counts 365 + 52 + 12 per hub, plus `usage_hub_hours` and the
-//! interned `usage_servers` (one per user). The assumption that matters is
+//! user, user counts 365 + 52 + 12 per hub, plus the interned
+//! `usage_servers` (one per user; a rolled-up month's `usage_hub_hours` move
+//! into the hub-hours). The assumption that matters is
 //! the user population: `usage_ledger` churns a new pseudonym per interval,
 //! which no real hub does; here each hub has `BENCH_USERS` users all year.
 
@@ -159,7 +160,8 @@ fn main() -> Result<()> {
     let users_f = users as f64;
     let year_rows = |table: &str| -> f64 {
         match table {
-            "usage_rollup_hub_hours" | "usage_hub_hours" => fleet_hubs * 8_760.0,
+            "usage_rollup_hub_hours" => fleet_hubs * 8_760.0,
+            "usage_rollup_hubs" => fleet_hubs,
             "usage_rollup_server_months" => fleet_hubs * users_f * 12.0,
             // Per hub 365 days, 52 weeks, 12 months; per member 12 months
             // (ten hubs a member).
@@ -174,7 +176,9 @@ fn main() -> Result<()> {
         "usage_rollup_hub_hours",
         "usage_rollup_server_months",
         "usage_rollup_users",
+        "usage_rollup_hubs",
         "usage_rollup_months",
+        // Rolled-up months' rows moved into usage_rollup_hub_hours.
         "usage_hub_hours",
         "usage_servers",
     ] {

@@ -485,7 +485,8 @@ fn roll_up_in(tx: &Transaction<'_>, period: Period, now_ms: i64) -> rusqlite::Re
             if r.hour < m0 || r.hour >= m1 {
                 continue;
             }
-            let is_bounded = bounded.contains(&(r.key.clone(), r.hour));
+            // Bounded hours are rare (agent restarts): skip the key clone.
+            let is_bounded = !bounded.is_empty() && bounded.contains(&(r.key.clone(), r.hour));
             let h = hours.entry(r.hour).or_default();
             h.q.add(q);
             let s = servers.entry(&r.key).or_default();
