@@ -46,9 +46,16 @@
 //! same values) are ignored by every reader and deleted by the next run
 //! ([`RollupRun::stray_rows`], logged).
 //!
-//! One transaction per month: a crash leaves the month wholly rolled up or
-//! not at all; a month already rolled up is skipped, so re-running changes
-//! nothing. Months are rolled up oldest first.
+//! Crash-safe in three steps ([`roll_up_month`]): each hub's rollup rows in
+//! a transaction of its own, which readers ignore until the month is marked
+//! (an interrupted run's rows are replaced by the next); then one short
+//! transaction marks the month, and from it on every reader reads the
+//! rollup and leaves the month's per-server hours out, so the switch is
+//! atomic; then those hours are deleted in chunks of [`DELETE_CHUNK`] (what
+//! a crash leaves is deleted by the next run). No transaction holds the
+//! store's write lock for a whole month of the fleet (372 × 10⁶
+//! server-hours). A month marked is skipped, so re-running changes nothing.
+//! Months are rolled up oldest first.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -226,7 +233,12 @@ pub fn read(conn: &Connection, filter: &HourFilter) -> rusqlite::Result<RolledUp
             })
         })?;
         for row in rows {
-            hub_hours.push(row?);
+            let row = row?;
+            // Rows of a month whose rollup was interrupted before its mark
+            // are not read (the per-server hours still are).
+            if in_ranges(&months, row.hour) {
+                hub_hours.push(row);
+            }
         }
     }
     let mut users = BTreeMap::new();
@@ -257,7 +269,14 @@ pub fn read(conn: &Connection, filter: &HourFilter) -> rusqlite::Result<RolledUp
         )?;
         for row in rows {
             let (unit, member, hub, start, count) = row?;
-            if let Some(unit) = UserUnit::from_code(unit) {
+            let Some(unit) = UserUnit::from_code(unit) else {
+                continue;
+            };
+            let last = match unit {
+                UserUnit::Week => start.saturating_add(WEEK_MS - 1),
+                _ => start,
+            };
+            if in_ranges(&months, start) || in_ranges(&months, last) {
                 users.insert((unit, member, hub, start), count);
             }
         }
@@ -296,7 +315,10 @@ pub fn read(conn: &Connection, filter: &HourFilter) -> rusqlite::Result<RolledUp
             },
         )?;
         for row in rows {
-            servers.push(row?);
+            let row = row?;
+            if in_ranges(&months, row.month) {
+                servers.push(row);
+            }
         }
     }
     Ok(RolledUp {
@@ -380,23 +402,23 @@ pub fn roll_up_due(
             period = period.next();
         }
     }
-    run.stray_rows = store.write_with("deleting rolled-up usage rows", |tx| {
-        let ranges = rolled_ranges(tx, i64::MIN, i64::MAX)?;
-        let mut deleted = 0u64;
-        let mut statement =
-            tx.prepare_cached("DELETE FROM usage_server_hours WHERE hour >= ?1 AND hour < ?2")?;
-        let mut hub_hours =
-            tx.prepare_cached("DELETE FROM usage_hub_hours WHERE hour >= ?1 AND hour < ?2")?;
-        for (from, to) in ranges {
-            deleted = deleted.saturating_add(statement.execute(params![from, to])? as u64);
-            deleted = deleted.saturating_add(hub_hours.execute(params![from, to])? as u64);
-        }
-        Ok(deleted)
+    // Rows left by an interrupted deletion, or written again by the
+    // ledger's recomputation, in months rolled up before.
+    let ranges = store.read_with("listing rolled-up months", |conn| {
+        rolled_ranges(conn, i64::MIN, i64::MAX)
     })?;
+    for (from, to) in ranges {
+        let (server_hours, hub_hours) = delete_rolled(store, from, to)?;
+        run.stray_rows = run
+            .stray_rows
+            .saturating_add(server_hours)
+            .saturating_add(hub_hours);
+    }
     if run.stray_rows > 0 {
         tracing::info!(
             rows = run.stray_rows,
-            "deleted server-hours recomputed in rolled-up months (counted in the rollup already)"
+            "deleted usage rows left in rolled-up months (an interrupted deletion, or hours \
+             the ledger recomputed there; counted in the rollup already)"
         );
     }
     Ok(run)
@@ -420,214 +442,336 @@ struct HourAcc<'a> {
     observed_ms: u64,
 }
 
-/// Rolls `period` up in one transaction (see the module docs). `None` when
-/// it was rolled up before; else the server-hour rows rolled up.
+/// Server-hour rows deleted per transaction once a month is marked rolled
+/// up (short transactions: the ledger stage and ingest are not held up).
+pub const DELETE_CHUNK: u64 = 50_000;
+
+/// Rolls `period` up (see the module docs) in three steps, each crash-safe:
+/// [`prepare_month`] (each hub's rollup rows, a transaction per hub; not
+/// read until the month is marked), [`mark_month`] (one transaction: from it
+/// on, readers read the rollup and leave the month's per-server hours out),
+/// then [`delete_rolled`] (those hours deleted in chunks). `None` when the
+/// month was rolled up before; else the server-hour rows deleted.
 pub fn roll_up_month(
     store: &Store,
     period: Period,
     now_ms: i64,
 ) -> Result<Option<u64>, StoreError> {
-    store.write_with("rolling up a usage month", |tx| {
-        roll_up_in(tx, period, now_ms)
-    })
-}
-
-fn roll_up_in(tx: &Transaction<'_>, period: Period, now_ms: i64) -> rusqlite::Result<Option<u64>> {
-    let (m0, m1) = (period.start_ms(), period.end_ms());
-    let done = tx
-        .query_row(
-            "SELECT 1 FROM usage_rollup_months WHERE month = ?1",
-            params![m0],
-            |_| Ok(()),
-        )
-        .optional()?;
-    if done.is_some() {
+    let Some(prepared) = prepare_month(store, period)? else {
+        return Ok(None);
+    };
+    if !mark_month(store, period, &prepared, now_ms)? {
         return Ok(None);
     }
-    // The weeks touching the month, whole: their parts in the next month
-    // are still per server (and final, see `due`); parts in a month rolled
-    // up before were counted with it (and are left out here).
-    let (x0, x1) = (period_start(GroupBy::Week, m0), weeks_end(period));
-    // Every hub with a server, and every hub observed in the month.
-    let hubs: Vec<(String, String)> = {
-        let mut statement = tx.prepare(
+    let (server_hours, _) = delete_rolled(store, period.start_ms(), period.end_ms())?;
+    tracing::info!(month = %period, server_hours, "usage month rolled up");
+    Ok(Some(server_hours))
+}
+
+/// What [`prepare_month`] found across hubs, for [`mark_month`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Prepared {
+    /// Distinct users with server time per member, across its hubs.
+    pub member_users: BTreeMap<String, u64>,
+    /// Server-hour rows rolled up.
+    pub server_hours: u64,
+}
+
+fn is_rolled(conn: &Connection, month: i64) -> rusqlite::Result<bool> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM usage_rollup_months WHERE month = ?1",
+            params![month],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+/// The first step of [`roll_up_month`]: every hub's rollup rows of `period`,
+/// each hub in a transaction of its own, replacing what an interrupted run
+/// left. Readers ignore them until [`mark_month`]. `None` when the month is
+/// rolled up already.
+pub fn prepare_month(store: &Store, period: Period) -> Result<Option<Prepared>, StoreError> {
+    let (m0, m1) = (period.start_ms(), period.end_ms());
+    let hubs = store.read_with("listing the hubs of a usage month", |conn| {
+        if is_rolled(conn, m0)? {
+            return Ok(None);
+        }
+        // Every hub with a server, and every hub observed in the month.
+        let mut statement = conn.prepare(
             "SELECT member, hub FROM usage_servers
              UNION SELECT member, hub FROM usage_hub_hours WHERE hour >= ?1 AND hour < ?2
              ORDER BY 1, 2",
         )?;
         let rows = statement.query_map(params![m0, m1], |row| Ok((row.get(0)?, row.get(1)?)))?;
-        rows.collect::<rusqlite::Result<_>>()?
+        rows.collect::<rusqlite::Result<Vec<(String, String)>>>()
+            .map(Some)
+    })?;
+    let Some(hubs) = hubs else {
+        return Ok(None);
     };
     let mut member_users: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut server_hours = 0u64;
     for (member, hub) in hubs {
-        let filter = |from_ms, to_ms| HourFilter {
-            member: Some(member.clone()),
-            hub: Some(hub.clone()),
-            from_ms,
-            to_ms,
-        };
-        let rows = server_hours_in(tx, &filter(x0, x1))?;
-        let bounded = bounded_server_hours_in(tx, &filter(m0, m1))?;
-        let mut hours: BTreeMap<i64, HourAcc<'_>> = BTreeMap::new();
-        let mut servers: BTreeMap<&ServerKey, ServerAcc> = BTreeMap::new();
-        let mut days: BTreeMap<i64, BTreeSet<&str>> = BTreeMap::new();
-        let mut weeks: BTreeMap<i64, BTreeSet<&str>> = BTreeMap::new();
-        let mut month_users: BTreeSet<&str> = BTreeSet::new();
-        for r in &rows {
-            let (q, user) = (&r.quantities, r.key.user.as_str());
-            let active = q.server_ms > 0;
-            if active {
-                weeks
-                    .entry(period_start(GroupBy::Week, r.hour))
-                    .or_default()
-                    .insert(user);
+        let (users, rows) = store.write_with("rolling up a usage month's hub", |tx| {
+            roll_up_hub(tx, period, &member, &hub)
+        })?;
+        member_users.entry(member).or_default().extend(users);
+        server_hours = server_hours.saturating_add(rows);
+    }
+    Ok(Some(Prepared {
+        member_users: member_users
+            .into_iter()
+            .filter(|(_, users)| !users.is_empty())
+            .map(|(member, users)| (member, users.len() as u64))
+            .collect(),
+        server_hours,
+    }))
+}
+
+/// One hub's rollup rows of `period` (what an earlier, interrupted run wrote
+/// for it replaced). Returns the hub's users with server time in the month
+/// and the server-hour rows it read.
+fn roll_up_hub(
+    tx: &Transaction<'_>,
+    period: Period,
+    member: &str,
+    hub: &str,
+) -> rusqlite::Result<(BTreeSet<String>, u64)> {
+    let (m0, m1) = (period.start_ms(), period.end_ms());
+    // The weeks touching the month, whole: their parts in the next month
+    // are still per server (and final, see `due`); parts in a month rolled
+    // up before were counted with it (and are left out here).
+    let (x0, x1) = (period_start(GroupBy::Week, m0), weeks_end(period));
+    tx.prepare_cached(
+        "DELETE FROM usage_rollup_hub_hours WHERE hour >= ?3 AND hour < ?4
+             AND hub_id = (SELECT id FROM usage_rollup_hubs WHERE member = ?1 AND hub = ?2)",
+    )?
+    .execute(params![member, hub, m0, m1])?;
+    tx.prepare_cached(
+        "DELETE FROM usage_rollup_server_months WHERE month = ?3 AND server_id IN
+             (SELECT id FROM usage_servers WHERE member = ?1 AND hub = ?2)",
+    )?
+    .execute(params![member, hub, m0])?;
+    // A week from before the month was counted with the month before.
+    tx.prepare_cached(
+        "DELETE FROM usage_rollup_users
+         WHERE member = ?1 AND hub = ?2 AND unit IN (0, 1, 2) AND start >= ?3 AND start < ?4",
+    )?
+    .execute(params![member, hub, m0, m1])?;
+    let mut member_users: BTreeSet<String> = BTreeSet::new();
+    let mut rolled_rows = 0u64;
+    let filter = |from_ms, to_ms| HourFilter {
+        member: Some(member.to_string()),
+        hub: Some(hub.to_string()),
+        from_ms,
+        to_ms,
+    };
+    let rows = server_hours_in(tx, &filter(x0, x1))?;
+    let bounded = bounded_server_hours_in(tx, &filter(m0, m1))?;
+    let mut hours: BTreeMap<i64, HourAcc<'_>> = BTreeMap::new();
+    let mut servers: BTreeMap<&ServerKey, ServerAcc> = BTreeMap::new();
+    let mut days: BTreeMap<i64, BTreeSet<&str>> = BTreeMap::new();
+    let mut weeks: BTreeMap<i64, BTreeSet<&str>> = BTreeMap::new();
+    let mut month_users: BTreeSet<&str> = BTreeSet::new();
+    for r in &rows {
+        let (q, user) = (&r.quantities, r.key.user.as_str());
+        let active = q.server_ms > 0;
+        if active {
+            weeks
+                .entry(period_start(GroupBy::Week, r.hour))
+                .or_default()
+                .insert(user);
+        }
+        if r.hour < m0 || r.hour >= m1 {
+            continue;
+        }
+        rolled_rows = rolled_rows.saturating_add(1);
+        // Bounded hours are rare (agent restarts): skip the key clone.
+        let is_bounded = !bounded.is_empty() && bounded.contains(&(r.key.clone(), r.hour));
+        let h = hours.entry(r.hour).or_default();
+        h.q.add(q);
+        let s = servers.entry(&r.key).or_default();
+        s.q.add(q);
+        if is_bounded {
+            h.bounded_rows = h.bounded_rows.saturating_add(1);
+            s.bounded_rows = s.bounded_rows.saturating_add(1);
+        }
+        // A home's mean size in the hour, as the monthly report reads
+        // it: byte-seconds over the seconds the server ran.
+        let secs = q.server_ms / 1000;
+        if q.storage_byte_seconds > 0 && secs > 0 {
+            let mean = (r.hour, q.storage_byte_seconds / secs);
+            if s.first.is_none_or(|f| mean.0 < f.0) {
+                s.first = Some(mean);
             }
-            if r.hour < m0 || r.hour >= m1 {
-                continue;
-            }
-            // Bounded hours are rare (agent restarts): skip the key clone.
-            let is_bounded = !bounded.is_empty() && bounded.contains(&(r.key.clone(), r.hour));
-            let h = hours.entry(r.hour).or_default();
-            h.q.add(q);
-            let s = servers.entry(&r.key).or_default();
-            s.q.add(q);
-            if is_bounded {
-                h.bounded_rows = h.bounded_rows.saturating_add(1);
-                s.bounded_rows = s.bounded_rows.saturating_add(1);
-            }
-            // A home's mean size in the hour, as the monthly report reads
-            // it: byte-seconds over the seconds the server ran.
-            let secs = q.server_ms / 1000;
-            if q.storage_byte_seconds > 0 && secs > 0 {
-                let mean = (r.hour, q.storage_byte_seconds / secs);
-                if s.first.is_none_or(|f| mean.0 < f.0) {
-                    s.first = Some(mean);
-                }
-                if s.last.is_none_or(|l| mean.0 > l.0) {
-                    s.last = Some(mean);
-                }
-            }
-            if active {
-                h.users.insert(user);
-                days.entry(r.hour - r.hour.rem_euclid(DAY_MS))
-                    .or_default()
-                    .insert(user);
-                month_users.insert(user);
-                member_users
-                    .entry(member.clone())
-                    .or_default()
-                    .insert(user.to_string());
+            if s.last.is_none_or(|l| mean.0 > l.0) {
+                s.last = Some(mean);
             }
         }
-        let observed = super::store::hub_hours_in(tx, &filter(m0, m1))?;
-        for o in &observed {
-            hours.entry(o.hour).or_default().observed_ms = o.observed_ms;
+        if active {
+            h.users.insert(user);
+            days.entry(r.hour - r.hour.rem_euclid(DAY_MS))
+                .or_default()
+                .insert(user);
+            month_users.insert(user);
+            member_users.insert(user.to_string());
         }
-        // A hub with nothing in the month has no hub-hours (its users of a
-        // week reaching into the next month are still counted below).
-        if !hours.is_empty() {
-            let hub_id: i64 = tx
-                .prepare_cached(
-                    "INSERT INTO usage_rollup_hubs (member, hub) VALUES (?1, ?2)
-                     ON CONFLICT (member, hub) DO UPDATE SET member = excluded.member
-                     RETURNING id",
-                )?
-                .query_row(params![member, hub], |row| row.get(0))?;
-            let mut insert_hour = tx.prepare_cached(
-                "INSERT INTO usage_rollup_hub_hours (hub_id, hour, server_ms,
-                     cpu_request_millicore_seconds, memory_request_byte_seconds,
-                     cpu_usage_millicore_seconds, memory_usage_byte_seconds, storage_byte_seconds,
-                     active_users, bounded_rows, observed_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?;
-            for (hour, h) in &hours {
-                insert_hour.execute(params![
-                    hub_id,
-                    hour,
-                    to_sql(h.q.server_ms),
-                    to_sql(h.q.cpu_request_millicore_seconds),
-                    to_sql(h.q.memory_request_byte_seconds),
-                    to_sql(h.q.cpu_usage_millicore_seconds),
-                    to_sql(h.q.memory_usage_byte_seconds),
-                    to_sql(h.q.storage_byte_seconds),
-                    to_sql(h.users.len() as u64),
-                    to_sql(h.bounded_rows),
-                    to_sql(h.observed_ms),
-                ])?;
-            }
-        }
-        let mut insert_server = tx.prepare_cached(
-            "INSERT INTO usage_rollup_server_months (server_id, month, server_ms,
+    }
+    let observed = super::store::hub_hours_in(tx, &filter(m0, m1))?;
+    for o in &observed {
+        hours.entry(o.hour).or_default().observed_ms = o.observed_ms;
+    }
+    // A hub with nothing in the month has no hub-hours (its users of a
+    // week reaching into the next month are still counted below).
+    if !hours.is_empty() {
+        let hub_id: i64 = tx
+            .prepare_cached(
+                "INSERT INTO usage_rollup_hubs (member, hub) VALUES (?1, ?2)
+                 ON CONFLICT (member, hub) DO UPDATE SET member = excluded.member
+                 RETURNING id",
+            )?
+            .query_row(params![member, hub], |row| row.get(0))?;
+        let mut insert_hour = tx.prepare_cached(
+            "INSERT INTO usage_rollup_hub_hours (hub_id, hour, server_ms,
                  cpu_request_millicore_seconds, memory_request_byte_seconds,
                  cpu_usage_millicore_seconds, memory_usage_byte_seconds, storage_byte_seconds,
-                 bounded_rows, storage_first_hour, storage_first_bytes,
-                 storage_last_hour, storage_last_bytes)
-             SELECT id, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16
-             FROM usage_servers WHERE member = ?1 AND hub = ?2 AND user = ?3 AND server = ?4",
+                 active_users, bounded_rows, observed_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )?;
-        for (key, s) in &servers {
-            insert_server.execute(params![
-                key.member,
-                key.hub,
-                key.user,
-                key.server,
-                m0,
-                to_sql(s.q.server_ms),
-                to_sql(s.q.cpu_request_millicore_seconds),
-                to_sql(s.q.memory_request_byte_seconds),
-                to_sql(s.q.cpu_usage_millicore_seconds),
-                to_sql(s.q.memory_usage_byte_seconds),
-                to_sql(s.q.storage_byte_seconds),
-                to_sql(s.bounded_rows),
-                s.first.map(|f| f.0),
-                s.first.map(|f| to_sql(f.1)),
-                s.last.map(|l| l.0),
-                s.last.map(|l| to_sql(l.1)),
-            ])?;
-        }
-        // A week already counted with the month before keeps that count:
-        // its part there is gone from the per-server hours.
-        let mut insert_users = tx.prepare_cached(
-            "INSERT OR IGNORE INTO usage_rollup_users (member, hub, unit, start, users)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        let counts = days
-            .iter()
-            .map(|(day, u)| (UserUnit::Day, *day, u.len()))
-            .chain(weeks.iter().map(|(w, u)| (UserUnit::Week, *w, u.len())))
-            .chain((!month_users.is_empty()).then_some((UserUnit::Month, m0, month_users.len())));
-        for (unit, start, count) in counts {
-            insert_users.execute(params![
-                member,
-                hub,
-                unit.code(),
-                start,
-                to_sql(count as u64)
+        for (hour, h) in &hours {
+            insert_hour.execute(params![
+                hub_id,
+                hour,
+                to_sql(h.q.server_ms),
+                to_sql(h.q.cpu_request_millicore_seconds),
+                to_sql(h.q.memory_request_byte_seconds),
+                to_sql(h.q.cpu_usage_millicore_seconds),
+                to_sql(h.q.memory_usage_byte_seconds),
+                to_sql(h.q.storage_byte_seconds),
+                to_sql(h.users.len() as u64),
+                to_sql(h.bounded_rows),
+                to_sql(h.observed_ms),
             ])?;
         }
     }
-    let mut insert_users = tx.prepare_cached(
-        "INSERT OR IGNORE INTO usage_rollup_users (member, hub, unit, start, users)
-         VALUES (?1, '', ?2, ?3, ?4)",
+    let mut insert_server = tx.prepare_cached(
+        "INSERT INTO usage_rollup_server_months (server_id, month, server_ms,
+             cpu_request_millicore_seconds, memory_request_byte_seconds,
+             cpu_usage_millicore_seconds, memory_usage_byte_seconds, storage_byte_seconds,
+             bounded_rows, storage_first_hour, storage_first_bytes,
+             storage_last_hour, storage_last_bytes)
+         SELECT id, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16
+         FROM usage_servers WHERE member = ?1 AND hub = ?2 AND user = ?3 AND server = ?4",
     )?;
-    for (member, users) in &member_users {
-        insert_users.execute(params![
-            member,
-            UserUnit::MemberMonth.code(),
+    for (key, s) in &servers {
+        insert_server.execute(params![
+            key.member,
+            key.hub,
+            key.user,
+            key.server,
             m0,
-            to_sql(users.len() as u64)
+            to_sql(s.q.server_ms),
+            to_sql(s.q.cpu_request_millicore_seconds),
+            to_sql(s.q.memory_request_byte_seconds),
+            to_sql(s.q.cpu_usage_millicore_seconds),
+            to_sql(s.q.memory_usage_byte_seconds),
+            to_sql(s.q.storage_byte_seconds),
+            to_sql(s.bounded_rows),
+            s.first.map(|f| f.0),
+            s.first.map(|f| to_sql(f.1)),
+            s.last.map(|l| l.0),
+            s.last.map(|l| to_sql(l.1)),
         ])?;
     }
-    let deleted = tx
-        .prepare_cached("DELETE FROM usage_server_hours WHERE hour >= ?1 AND hour < ?2")?
-        .execute(params![m0, m1])? as u64;
-    tx.prepare_cached("DELETE FROM usage_hub_hours WHERE hour >= ?1 AND hour < ?2")?
-        .execute(params![m0, m1])?;
-    tx.prepare_cached(
-        "INSERT INTO usage_rollup_months (month, end_ms, rolled_at_ms, server_hours)
-         VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![m0, m1, now_ms, to_sql(deleted)])?;
-    tracing::info!(month = %period, server_hours = deleted, "usage month rolled up");
-    Ok(Some(deleted))
+    // A week already counted with the month before keeps that count:
+    // its part there is gone from the per-server hours.
+    let mut insert_users = tx.prepare_cached(
+        "INSERT OR IGNORE INTO usage_rollup_users (member, hub, unit, start, users)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let counts = days
+        .iter()
+        .map(|(day, u)| (UserUnit::Day, *day, u.len()))
+        .chain(weeks.iter().map(|(w, u)| (UserUnit::Week, *w, u.len())))
+        .chain((!month_users.is_empty()).then_some((UserUnit::Month, m0, month_users.len())));
+    for (unit, start, count) in counts {
+        insert_users.execute(params![
+            member,
+            hub,
+            unit.code(),
+            start,
+            to_sql(count as u64)
+        ])?;
+    }
+    Ok((member_users, rolled_rows))
+}
+
+/// The second step of [`roll_up_month`]: in one transaction, the per-member
+/// user counts and the month's mark. From it on every reader reads the
+/// month's rollup and leaves its per-server hours out. `false` when the
+/// month was marked before.
+pub fn mark_month(
+    store: &Store,
+    period: Period,
+    prepared: &Prepared,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let (m0, m1) = (period.start_ms(), period.end_ms());
+    store.write_with("marking a usage month rolled up", |tx| {
+        if is_rolled(tx, m0)? {
+            return Ok(false);
+        }
+        let mut insert_users = tx.prepare_cached(
+            "INSERT OR REPLACE INTO usage_rollup_users (member, hub, unit, start, users)
+             VALUES (?1, '', ?2, ?3, ?4)",
+        )?;
+        for (member, users) in &prepared.member_users {
+            insert_users.execute(params![
+                member,
+                UserUnit::MemberMonth.code(),
+                m0,
+                to_sql(*users)
+            ])?;
+        }
+        tx.prepare_cached(
+            "INSERT INTO usage_rollup_months (month, end_ms, rolled_at_ms, server_hours)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![m0, m1, now_ms, to_sql(prepared.server_hours)])?;
+        Ok(true)
+    })
+}
+
+/// The last step of [`roll_up_month`] (and the sweep of [`roll_up_due`]):
+/// deletes the `usage_server_hours` and `usage_hub_hours` rows of
+/// `[from, to)`, [`DELETE_CHUNK`] rows a transaction. Only for a marked
+/// month: readers already leave them out. Returns the rows deleted of each.
+pub fn delete_rolled(store: &Store, from: i64, to: i64) -> Result<(u64, u64), StoreError> {
+    let chunk = i64::try_from(DELETE_CHUNK).unwrap_or(i64::MAX);
+    let mut deleted = (0u64, 0u64);
+    for (table, key, slot) in [
+        ("usage_server_hours", "server_id, hour", 0),
+        ("usage_hub_hours", "member, hub, hour", 1),
+    ] {
+        loop {
+            let n = store.write_with("deleting rolled-up usage rows", |tx| {
+                tx.prepare_cached(&format!(
+                    "DELETE FROM {table} WHERE ({key}) IN (
+                         SELECT {key} FROM {table} WHERE hour >= ?1 AND hour < ?2 LIMIT ?3)"
+                ))?
+                .execute(params![from, to, chunk])
+            })? as u64;
+            if slot == 0 {
+                deleted.0 = deleted.0.saturating_add(n);
+            } else {
+                deleted.1 = deleted.1.saturating_add(n);
+            }
+            if n < DELETE_CHUNK {
+                break;
+            }
+        }
+    }
+    Ok(deleted)
 }

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::api::{UsageQuery, rows_json};
 use super::ledger::{DEFAULT_MAX_GAP_MS, HOUR_MS, UsagePage};
-use super::rollup::{RollupRun, roll_up_due};
+use super::rollup::{RollupRun, delete_rolled, mark_month, prepare_month, roll_up_due};
 use super::store::{SqliteUsage, UsageStore};
 use crate::store::Store;
 
@@ -588,4 +588,38 @@ proptest! {
         let after = all_views(&usage);
         prop_assert_eq!(before, after);
     }
+}
+
+#[test]
+fn an_interrupted_rollup_changes_no_view_and_the_next_run_completes_it() {
+    let (_dir, store) = temp_store();
+    let usage = SqliteUsage::new(store.clone());
+    derive(&usage, &fleet());
+    let views = all_views(&usage);
+    let rows = server_hour_rows(&store);
+    // A crash after the hubs' rollup rows, before the mark: nothing read
+    // changes, nothing is deleted.
+    prepare_month(&store, OCT)
+        .expect("prepare")
+        .expect("not rolled");
+    assert_same(&views, &all_views(&usage));
+    assert_eq!(server_hour_rows(&store), rows);
+    // Run again (the rows replaced), then a crash after the mark, before
+    // the deletion: readers switch to the rollup, with the same figures.
+    let prepared = prepare_month(&store, OCT)
+        .expect("prepare")
+        .expect("not rolled");
+    assert!(mark_month(&store, OCT, &prepared, ROLLUP_AT).expect("mark"));
+    assert!(!mark_month(&store, OCT, &prepared, ROLLUP_AT).expect("marked once"));
+    assert_eq!(prepare_month(&store, OCT).expect("prepare"), None);
+    assert_same(&views, &all_views(&usage));
+    assert_eq!(server_hour_rows(&store), rows, "nothing deleted yet");
+    // The next run rolls up November and December and deletes October's
+    // leftovers.
+    let run = roll_up_due(&store, &[OCT, NOV, DEC], ROLLUP_AT, RETENTION).expect("rollup");
+    assert_eq!(run.months, vec![NOV, DEC]);
+    assert!(run.stray_rows > 0, "{run:?}");
+    assert_same(&views, &all_views(&usage));
+    let left = delete_rolled(&store, OCT.start_ms(), DEC.end_ms()).expect("delete");
+    assert_eq!(left, (0, 0));
 }
