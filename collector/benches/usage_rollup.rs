@@ -9,8 +9,9 @@
 //! month), is written straight into `usage_server_hours` (one row per server
 //! and hour with realistic magnitudes: the ledger's own write path is
 //! measured by `usage_ledger`; this bench sizes what the rollup keeps), with
-//! the hub's observed time in `usage_hub_hours`. Then the real
-//! `rollup::roll_up_month` rolls the month up, timed. Sizes: SQLite `dbstat`
+//! the hub's observed time in `usage_hub_hours`. Then the real rollup rolls
+//! the month up, its three steps (`prepare_month`, `mark_month`,
+//! `delete_rolled`, as `roll_up_month` runs them) timed apart. Sizes: SQLite `dbstat`
 //! pages of each table and its indexes, before and after, bytes per row, and
 //! a year of the fleet (`BENCH_FLEET_HUBS`, 1,000 hubs × the same servers and
 //! users) extrapolated per row: hub-hours 8,760 per hub, server-months 12 per
@@ -24,7 +25,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use hubwatch_collector::store::{Durability, Store};
-use hubwatch_collector::usage::rollup::roll_up_month;
+use hubwatch_collector::usage::rollup::{DELETE_CHUNK, delete_rolled, mark_month, prepare_month};
 use hubwatch_shared::config::{Period, StorageConfig};
 use rusqlite::params;
 
@@ -150,11 +151,23 @@ fn main() -> Result<()> {
         println!("  {table:<28} {rows:>10} rows {bytes:>12} B  {per_row:>7.1} B/row");
     }
 
+    // The three steps of `roll_up_month`, timed apart.
     let started = Instant::now();
-    let rolled = roll_up_month(&store, month, month.end_ms() + 60 * 24 * HOUR_MS)?
-        .context("the month was rolled up already")?;
-    let rollup_s = started.elapsed().as_secs_f64();
-    println!("rolled up {rolled} server-hours in {rollup_s:.1} s; after:");
+    let prepared = prepare_month(&store, month)?.context("the month was rolled up already")?;
+    let prepare_s = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    mark_month(&store, month, &prepared, month.end_ms() + 60 * 24 * HOUR_MS)?;
+    let mark_s = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let (rolled, _) = delete_rolled(&store, month.start_ms(), month.end_ms())?;
+    let delete_s = started.elapsed().as_secs_f64();
+    println!(
+        "rolled up {rolled} server-hours: each hub's rows {prepare_s:.1} s ({:.1} s a hub: read \
+         on a read connection, then written in a short transaction), the mark {mark_s:.3} s, the \
+         deletion {delete_s:.1} s (chunks of {}); after:",
+        prepare_s / hubs.max(1) as f64,
+        DELETE_CHUNK
+    );
 
     let servers_f = servers as f64;
     let users_f = users as f64;

@@ -3,7 +3,7 @@
 //! rollup").
 //!
 //! A year of per-server hours for 1,000 hubs × 500 servers is ~285 GiB. Once
-//! a month is closed, [`roll_up_month`] keeps, in one transaction:
+//! a month is closed, [`roll_up_month`] keeps:
 //! - per (member, hub) and **hour** every quantity summed over the servers,
 //!   the distinct users with server time in it, the bounded server-hours and
 //!   the hub's observed time, moved from `usage_hub_hours`
@@ -425,7 +425,7 @@ pub fn roll_up_due(
 }
 
 /// Per-server accumulation of one month.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct ServerAcc {
     q: Quantities,
     bounded_rows: u64,
@@ -489,8 +489,8 @@ fn is_rolled(conn: &Connection, month: i64) -> rusqlite::Result<bool> {
 }
 
 /// The first step of [`roll_up_month`]: every hub's rollup rows of `period`,
-/// each hub in a transaction of its own, replacing what an interrupted run
-/// left. Readers ignore them until [`mark_month`]. `None` when the month is
+/// each hub read on a read connection and written in a short transaction of
+/// its own, replacing what an interrupted run left. Readers ignore them until [`mark_month`]. `None` when the month is
 /// rolled up already.
 pub fn prepare_month(store: &Store, period: Period) -> Result<Option<Prepared>, StoreError> {
     let (m0, m1) = (period.start_ms(), period.end_ms());
@@ -514,11 +514,17 @@ pub fn prepare_month(store: &Store, period: Period) -> Result<Option<Prepared>, 
     let mut member_users: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut server_hours = 0u64;
     for (member, hub) in hubs {
-        let (users, rows) = store.write_with("rolling up a usage month's hub", |tx| {
-            roll_up_hub(tx, period, &member, &hub)
+        let rollup = store.read_with("reading a usage month's hub", |conn| {
+            compute_hub(conn, period, &member, &hub)
         })?;
-        member_users.entry(member).or_default().extend(users);
-        server_hours = server_hours.saturating_add(rows);
+        store.write_with("rolling up a usage month's hub", |tx| {
+            write_hub(tx, period, &member, &hub, &rollup)
+        })?;
+        member_users
+            .entry(member)
+            .or_default()
+            .extend(rollup.member_users);
+        server_hours = server_hours.saturating_add(rollup.rows);
     }
     Ok(Some(Prepared {
         member_users: member_users
@@ -530,36 +536,35 @@ pub fn prepare_month(store: &Store, period: Period) -> Result<Option<Prepared>, 
     }))
 }
 
-/// One hub's rollup rows of `period` (what an earlier, interrupted run wrote
-/// for it replaced). Returns the hub's users with server time in the month
-/// and the server-hour rows it read.
-fn roll_up_hub(
-    tx: &Transaction<'_>,
+/// One hub's rollup of a month, computed ([`compute_hub`]) before it is
+/// written ([`write_hub`]).
+#[derive(Debug, Default)]
+struct HubRollup {
+    /// Per hour: quantities, distinct users, bounded rows, observed ms.
+    hours: Vec<(i64, Quantities, u64, u64, u64)>,
+    servers: Vec<(ServerKey, ServerAcc)>,
+    /// Distinct users per (unit, period start).
+    users: Vec<(UserUnit, i64, u64)>,
+    /// The hub's users with server time in the month.
+    member_users: BTreeSet<String>,
+    /// Server-hour rows of the month read.
+    rows: u64,
+}
+
+/// Reads what one hub's rollup of `period` holds. On a read connection: a
+/// month beyond `due` no longer changes (rows the recomputation writes there
+/// again have the same values), so the write transaction stays short.
+fn compute_hub(
+    conn: &Connection,
     period: Period,
     member: &str,
     hub: &str,
-) -> rusqlite::Result<(BTreeSet<String>, u64)> {
+) -> rusqlite::Result<HubRollup> {
     let (m0, m1) = (period.start_ms(), period.end_ms());
     // The weeks touching the month, whole: their parts in the next month
     // are still per server (and final, see `due`); parts in a month rolled
     // up before were counted with it (and are left out here).
     let (x0, x1) = (period_start(GroupBy::Week, m0), weeks_end(period));
-    tx.prepare_cached(
-        "DELETE FROM usage_rollup_hub_hours WHERE hour >= ?3 AND hour < ?4
-             AND hub_id = (SELECT id FROM usage_rollup_hubs WHERE member = ?1 AND hub = ?2)",
-    )?
-    .execute(params![member, hub, m0, m1])?;
-    tx.prepare_cached(
-        "DELETE FROM usage_rollup_server_months WHERE month = ?3 AND server_id IN
-             (SELECT id FROM usage_servers WHERE member = ?1 AND hub = ?2)",
-    )?
-    .execute(params![member, hub, m0])?;
-    // A week from before the month was counted with the month before.
-    tx.prepare_cached(
-        "DELETE FROM usage_rollup_users
-         WHERE member = ?1 AND hub = ?2 AND unit IN (0, 1, 2) AND start >= ?3 AND start < ?4",
-    )?
-    .execute(params![member, hub, m0, m1])?;
     let mut member_users: BTreeSet<String> = BTreeSet::new();
     let mut rolled_rows = 0u64;
     let filter = |from_ms, to_ms| HourFilter {
@@ -568,8 +573,8 @@ fn roll_up_hub(
         from_ms,
         to_ms,
     };
-    let rows = server_hours_in(tx, &filter(x0, x1))?;
-    let bounded = bounded_server_hours_in(tx, &filter(m0, m1))?;
+    let rows = server_hours_in(conn, &filter(x0, x1))?;
+    let bounded = bounded_server_hours_in(conn, &filter(m0, m1))?;
     let mut hours: BTreeMap<i64, HourAcc<'_>> = BTreeMap::new();
     let mut servers: BTreeMap<&ServerKey, ServerAcc> = BTreeMap::new();
     let mut days: BTreeMap<i64, BTreeSet<&str>> = BTreeMap::new();
@@ -619,13 +624,73 @@ fn roll_up_hub(
             member_users.insert(user.to_string());
         }
     }
-    let observed = super::store::hub_hours_in(tx, &filter(m0, m1))?;
+    let observed = super::store::hub_hours_in(conn, &filter(m0, m1))?;
     for o in &observed {
         hours.entry(o.hour).or_default().observed_ms = o.observed_ms;
     }
+    let users = days
+        .iter()
+        .map(|(day, u)| (UserUnit::Day, *day, u.len() as u64))
+        .chain(
+            weeks
+                .iter()
+                .map(|(w, u)| (UserUnit::Week, *w, u.len() as u64)),
+        )
+        .chain((!month_users.is_empty()).then_some((UserUnit::Month, m0, month_users.len() as u64)))
+        .collect();
+    Ok(HubRollup {
+        hours: hours
+            .into_iter()
+            .map(|(hour, h)| {
+                (
+                    hour,
+                    h.q,
+                    h.users.len() as u64,
+                    h.bounded_rows,
+                    h.observed_ms,
+                )
+            })
+            .collect(),
+        servers: servers
+            .into_iter()
+            .map(|(key, acc)| (key.clone(), acc))
+            .collect(),
+        users,
+        member_users,
+        rows: rolled_rows,
+    })
+}
+
+/// Writes one hub's rollup of `period`, replacing what an earlier,
+/// interrupted run wrote for it.
+fn write_hub(
+    tx: &Transaction<'_>,
+    period: Period,
+    member: &str,
+    hub: &str,
+    r: &HubRollup,
+) -> rusqlite::Result<()> {
+    let m0 = period.start_ms();
+    let m1 = period.end_ms();
+    tx.prepare_cached(
+        "DELETE FROM usage_rollup_hub_hours WHERE hour >= ?3 AND hour < ?4
+             AND hub_id = (SELECT id FROM usage_rollup_hubs WHERE member = ?1 AND hub = ?2)",
+    )?
+    .execute(params![member, hub, m0, m1])?;
+    tx.prepare_cached(
+        "DELETE FROM usage_rollup_server_months WHERE month = ?3 AND server_id IN
+             (SELECT id FROM usage_servers WHERE member = ?1 AND hub = ?2)",
+    )?
+    .execute(params![member, hub, m0])?;
+    // A week from before the month was counted with the month before.
+    tx.prepare_cached(
+        "DELETE FROM usage_rollup_users
+         WHERE member = ?1 AND hub = ?2 AND unit IN (0, 1, 2) AND start >= ?3 AND start < ?4",
+    )?
+    .execute(params![member, hub, m0, m1])?;
     // A hub with nothing in the month has no hub-hours (its users of a
     // week reaching into the next month are still counted below).
-    if !hours.is_empty() {
+    if !r.hours.is_empty() {
         let hub_id: i64 = tx
             .prepare_cached(
                 "INSERT INTO usage_rollup_hubs (member, hub) VALUES (?1, ?2)
@@ -640,19 +705,19 @@ fn roll_up_hub(
                  active_users, bounded_rows, observed_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )?;
-        for (hour, h) in &hours {
+        for (hour, q, users, bounded_rows, observed_ms) in &r.hours {
             insert_hour.execute(params![
                 hub_id,
                 hour,
-                to_sql(h.q.server_ms),
-                to_sql(h.q.cpu_request_millicore_seconds),
-                to_sql(h.q.memory_request_byte_seconds),
-                to_sql(h.q.cpu_usage_millicore_seconds),
-                to_sql(h.q.memory_usage_byte_seconds),
-                to_sql(h.q.storage_byte_seconds),
-                to_sql(h.users.len() as u64),
-                to_sql(h.bounded_rows),
-                to_sql(h.observed_ms),
+                to_sql(q.server_ms),
+                to_sql(q.cpu_request_millicore_seconds),
+                to_sql(q.memory_request_byte_seconds),
+                to_sql(q.cpu_usage_millicore_seconds),
+                to_sql(q.memory_usage_byte_seconds),
+                to_sql(q.storage_byte_seconds),
+                to_sql(*users),
+                to_sql(*bounded_rows),
+                to_sql(*observed_ms),
             ])?;
         }
     }
@@ -665,7 +730,7 @@ fn roll_up_hub(
          SELECT id, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16
          FROM usage_servers WHERE member = ?1 AND hub = ?2 AND user = ?3 AND server = ?4",
     )?;
-    for (key, s) in &servers {
+    for (key, s) in &r.servers {
         insert_server.execute(params![
             key.member,
             key.hub,
@@ -685,27 +750,16 @@ fn roll_up_hub(
             s.last.map(|l| to_sql(l.1)),
         ])?;
     }
-    // A week already counted with the month before keeps that count:
-    // its part there is gone from the per-server hours.
+    // A week already counted with the month before keeps that count: its
+    // part there is gone from the per-server hours.
     let mut insert_users = tx.prepare_cached(
         "INSERT OR IGNORE INTO usage_rollup_users (member, hub, unit, start, users)
          VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
-    let counts = days
-        .iter()
-        .map(|(day, u)| (UserUnit::Day, *day, u.len()))
-        .chain(weeks.iter().map(|(w, u)| (UserUnit::Week, *w, u.len())))
-        .chain((!month_users.is_empty()).then_some((UserUnit::Month, m0, month_users.len())));
-    for (unit, start, count) in counts {
-        insert_users.execute(params![
-            member,
-            hub,
-            unit.code(),
-            start,
-            to_sql(count as u64)
-        ])?;
+    for (unit, start, count) in &r.users {
+        insert_users.execute(params![member, hub, unit.code(), start, to_sql(*count)])?;
     }
-    Ok((member_users, rolled_rows))
+    Ok(())
 }
 
 /// The second step of [`roll_up_month`]: in one transaction, the per-member
