@@ -18,9 +18,9 @@
 //!   are gone; a week crossing into the next month is counted over the whole
 //!   week (its next-month part is still per server and final by then);
 //!
-//! and deletes the month's `usage_server_hours` and `usage_hub_hours`. The month's observations
-//! (`usage_points`, `usage_seen`) are already pruned by the `usage.retention`
-//! task by then (see "When" below), which keeps each server's latest
+//! and deletes the month's `usage_server_hours` and `usage_hub_hours`. The
+//! month's observations (`usage_points`, `usage_seen`) are already pruned by
+//! the `usage.retention` task by then (see "When" below), which keeps each server's latest
 //! lifecycle event and latest observation, so running state is still known.
 //!
 //! Reads: [`super::store::UsageStore::server_hours`] and
@@ -28,8 +28,9 @@
 //! [`super::store::UsageStore::rolled_up`] returns what is kept of them
 //! ([`RolledUp`]); each reader adds the two. Every figure a reader gave for
 //! the month before the rollup it gives after, exactly (`usage/tests_rollup.rs`).
-//! What the rollup cannot answer (per-user figures per hour or day of a
-//! rolled-up month) is refused with a message naming the kept granularity.
+//! What the rollup cannot answer (per-user hours of a rolled-up month, or
+//! the distinct users of a day, week or month cut short by `to`) is refused
+//! with a message naming the kept granularity.
 //!
 //! **When** ([`due`]): a month is rolled up once (1) the cost model closed
 //! it (`cost_closed_periods`; months before the first closed one, which are
