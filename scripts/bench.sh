@@ -12,6 +12,8 @@
 #   scripts/bench.sh report            a month's report for 100 members (issue 8: < 1 s), with every
 #                                      minute of the month's SLIs seeded (BENCH_SLI=1; set BENCH_SLI=0
 #                                      to skip the ~4.5 M-row seeding) (cargo bench --bench report_render)
+#   scripts/bench.sh rollup            usage ledger size after the rollup of closed months (issue 8):
+#                                      bytes per row and a year of the fleet (cargo bench --bench usage_rollup)
 #   scripts/bench.sh metrics           hub-level series (issue 9): time and memory of one /metrics
 #                                      render for 1,000 hubs of ~50 series (cargo bench --bench hub_metrics)
 #   scripts/bench.sh federate          GET /federate of 200,000 series in 50 families over loopback
@@ -27,6 +29,7 @@
 # load knobs and BENCH_BACKLOG_HOURS, BENCH_BACKLOG_AGENTS, BENCH_BACKLOG_INTERVAL_SECONDS, ...
 # `federate` takes BENCH_SERIES, BENCH_FAMILIES, BENCH_AGENTS, BENCH_REQUESTS.
 # `usage` takes BENCH_HUBS, BENCH_SERVERS, BENCH_INTERVALS, BENCH_CHURN (collector/benches/usage_ledger.rs).
+# `rollup` takes BENCH_HUBS, BENCH_SERVERS, BENCH_USERS, BENCH_DAYS (collector/benches/usage_rollup.rs).
 # `metrics` takes BENCH_HUBS, BENCH_RUNS (collector/benches/hub_metrics.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -223,6 +226,10 @@ case "$cmd" in
   backlog) bench_backlog ;;
   usage) bench_usage ;;
   report) bench_report ;;
+  rollup)
+    echo "== usage_rollup: one month of ${BENCH_HUBS:-4} hubs x ${BENCH_SERVERS:-500} servers rolled up"
+    cargo bench -p hubwatch-collector --bench usage_rollup
+    ;;
   metrics) bench_metrics ;;
   federate)
     echo "== federate: GET /federate of ${BENCH_SERIES:-200000} series"
@@ -235,7 +242,7 @@ case "$cmd" in
     bench_agent "$@"
     ;;
   *)
-    sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -317,6 +317,7 @@ async fn every_feature_of_serve_is_routed_and_drains_well_within_the_grace() {
         "retention.prune",
         "slo.gauges",
         "usage.gauges",
+        "usage.rollup",
         "cost.close",
         "report.freeze",
         "alerts.evaluate",

@@ -34,7 +34,8 @@ use super::model::CostModel;
 use super::store::{CostStore, StoredBill};
 use super::usage::cluster_usage;
 use crate::store::StoreError;
-use crate::usage::store::{HourFilter, UsageStore};
+use crate::usage::ledger::ServerKey;
+use crate::usage::store::{HourFilter, ServerHour, UsageStore};
 
 /// Closing or viewing a period failed.
 #[derive(Debug, thiserror::Error)]
@@ -360,7 +361,28 @@ pub fn compute(
         from_ms: period.start_ms(),
         to_ms: period.end_ms(),
     };
-    let hours = usage.server_hours(&filter)?;
+    let mut hours = usage.server_hours(&filter)?;
+    // A rolled-up month keeps its quantities per hub and hour; the sums
+    // here are per member and hub (and the hub's cluster), so a hub-hour
+    // stands for its servers with no user or server named.
+    hours.extend(
+        usage
+            .rolled_up(&filter)?
+            .hub_hours
+            .into_iter()
+            // Hours with observed time only: no server row before either.
+            .filter(|h| !h.quantities.is_zero())
+            .map(|h| ServerHour {
+                key: ServerKey {
+                    member: h.member,
+                    hub: h.hub,
+                    user: String::new(),
+                    server: String::new(),
+                },
+                hour: h.hour,
+                quantities: h.quantities,
+            }),
+    );
     let observed = usage.hub_hours(&filter)?;
     if hours.is_empty() && observed.is_empty() && bills.is_empty() {
         return Ok(PeriodData::NoData);

@@ -30,10 +30,13 @@ pub fn cluster_usage(model: &CostModel, hours: &[ServerHour]) -> SummedUsage {
         let k = &h.key;
         let q = &h.quantities;
         let Some(cluster) = model.cluster_of(&k.member, &k.hub) else {
+            // Summed in ms and truncated once at the end, so the figure
+            // does not depend on how the hours are split into rows (a
+            // rolled-up month has one row per hub and hour).
             let s = unassigned
                 .entry((k.member.clone(), k.hub.clone()))
                 .or_default();
-            *s = s.saturating_add(q.server_ms / 1000);
+            *s = s.saturating_add(q.server_ms);
             continue;
         };
         let row = sums
@@ -58,6 +61,9 @@ pub fn cluster_usage(model: &CostModel, hours: &[ServerHour]) -> SummedUsage {
         row.storage_byte_seconds = row
             .storage_byte_seconds
             .saturating_add(q.storage_byte_seconds);
+    }
+    for ms in unassigned.values_mut() {
+        *ms /= 1000;
     }
     SummedUsage {
         clusters: sums.into_values().collect(),

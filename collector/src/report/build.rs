@@ -35,6 +35,7 @@ use crate::slo::objectives::{HubObjectives, SloSettings};
 use crate::slo::store::{SliStore, SqliteSli};
 use crate::store::{Store, StoreError};
 use crate::usage::api::DAY_MS;
+use crate::usage::rollup::{RolledUp, UserUnit};
 use crate::usage::store::{HourFilter, HubHour, ServerHour, SqliteUsage, UsageStore};
 
 /// Why a report could not be built.
@@ -165,8 +166,8 @@ struct MemberUsage {
     /// Per hub: quantities summed, users, observed ms.
     hubs: BTreeMap<String, HubAcc>,
     /// Per (day start, hub): server ms and users.
-    days: BTreeMap<(i64, String), (u64, BTreeSet<String>)>,
-    users: BTreeSet<String>,
+    days: BTreeMap<(i64, String), (u64, Users)>,
+    users: Users,
     /// Per (hub, user) home: the mean bytes stored in the first and the last
     /// hour of the period with a storage figure, `(hour, bytes)` each.
     homes: BTreeMap<(String, String), (HourMean, HourMean)>,
@@ -178,8 +179,28 @@ type HourMean = (i64, u64);
 #[derive(Debug, Default)]
 struct HubAcc {
     q: crate::usage::ledger::Quantities,
-    users: BTreeSet<String>,
+    users: Users,
     observed_ms: u64,
+}
+
+/// Distinct users: named from per-server hours, or counted by the rollup
+/// for a rolled-up month (a month is one or the other, never both).
+#[derive(Debug, Default)]
+struct Users {
+    names: BTreeSet<String>,
+    counted: u64,
+}
+
+impl Users {
+    fn insert(&mut self, user: String) {
+        self.names.insert(user);
+    }
+
+    fn len(&self) -> usize {
+        self.names
+            .len()
+            .saturating_add(usize::try_from(self.counted).unwrap_or(usize::MAX))
+    }
 }
 
 impl MemberUsage {
@@ -281,7 +302,68 @@ fn read_usage(
     };
     let servers = ctx.usage.server_hours(&filter)?;
     let hubs = ctx.usage.hub_hours(&filter)?;
-    Ok(usage_by_member(&servers, &hubs))
+    let mut out = usage_by_member(&servers, &hubs);
+    add_rolled_up(&mut out, &ctx.usage.rolled_up(&filter)?);
+    Ok(out)
+}
+
+/// Adds what the rollup keeps of a rolled-up month to `out`, exactly as
+/// [`usage_by_member`] would have from its per-server hours: quantities per
+/// hub from the hub-hours, distinct users from the counts taken at roll-up,
+/// homes from each server's first and last hour with a storage figure
+/// (merged in server order, as the hours were).
+fn add_rolled_up(out: &mut BTreeMap<String, MemberUsage>, rolled: &RolledUp) {
+    if rolled.months.is_empty() {
+        return;
+    }
+    for h in &rolled.hub_hours {
+        let m = out.entry(h.member.clone()).or_default();
+        let hub = m.hubs.entry(h.hub.clone()).or_default();
+        hub.q.add(&h.quantities);
+        if h.quantities.server_ms > 0 {
+            let day = h.hour.saturating_sub(h.hour.rem_euclid(DAY_MS));
+            let slot = m.days.entry((day, h.hub.clone())).or_default();
+            slot.0 = slot.0.saturating_add(h.quantities.server_ms);
+        }
+    }
+    for ((unit, member, hub, start), count) in &rolled.users {
+        let Some(m) = out.get_mut(member) else {
+            continue;
+        };
+        match unit {
+            UserUnit::Day => {
+                if let Some(slot) = m.days.get_mut(&(*start, hub.clone())) {
+                    slot.1.counted = slot.1.counted.saturating_add(*count);
+                }
+            }
+            UserUnit::Month => {
+                if let Some(acc) = m.hubs.get_mut(hub) {
+                    acc.users.counted = acc.users.counted.saturating_add(*count);
+                }
+            }
+            UserUnit::MemberMonth => m.users.counted = m.users.counted.saturating_add(*count),
+            UserUnit::Week => {}
+        }
+    }
+    for s in &rolled.servers {
+        let Some(m) = out.get_mut(&s.key.member) else {
+            continue;
+        };
+        let (Some(first), Some(last)) = (s.storage_first, s.storage_last) else {
+            continue;
+        };
+        m.homes
+            .entry((s.key.hub.clone(), s.key.user.clone()))
+            .and_modify(|(f, l)| {
+                if first.0 < f.0 {
+                    *f = first;
+                }
+                if last.0 > l.0 {
+                    *l = last;
+                }
+            })
+            .or_insert((first, last));
+    }
 }
 
 fn member_info(ctx: &ReportContext, member: &str) -> Result<MemberInfo, ReportError> {

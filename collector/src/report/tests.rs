@@ -691,3 +691,72 @@ fn the_api_serves_the_cli_bytes_with_the_token_rules() -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+/// Every report of the hand-computed month, built live from the ledger (the
+/// frozen snapshots removed): October's member and fleet reports in every
+/// format, and November's (it carries October's corrections, computed from
+/// the ledger against the frozen close), plus October's cost figures
+/// computed from the ledger now.
+fn live_reports(store: &Store, ctx: &ReportContext) -> Vec<String> {
+    store
+        .write_with("removing frozen reports", |tx| {
+            tx.execute("DELETE FROM report_snapshots", [])
+        })
+        .expect("delete snapshots");
+    let mut out = Vec::new();
+    for member in [None, Some("leap"), Some("cryo"), Some("mesa")] {
+        for format in [
+            Format::Csv,
+            Format::Json,
+            Format::Focus,
+            Format::Md,
+            Format::Html,
+        ] {
+            out.push(text(ctx, member, format));
+            let november = build(ctx, OCTOBER.next(), member, now() + DAY).expect("build");
+            out.push(render(&november, format).expect("render"));
+        }
+    }
+    let (model, bills) = crate::cost::close::effective_model(
+        &ctx.model,
+        OCTOBER,
+        &ctx.cost.bills(OCTOBER).expect("bills"),
+    );
+    let figures =
+        crate::cost::close::compute(&model, OCTOBER, bills, &*ctx.usage).expect("compute");
+    out.push(serde_json::to_string(&figures).expect("figures"));
+    out
+}
+
+#[test]
+fn a_rolled_up_month_reports_the_same_bytes() {
+    use crate::usage::rollup::roll_up_due;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_cfg, store, ctx) = month_store(dir.path());
+    let before = live_reports(&store, &ctx);
+    let rows = |store: &Store| -> i64 {
+        store
+            .read_with("counting", |c| {
+                c.query_row(
+                    "SELECT count(*) FROM usage_server_hours WHERE hour >= ?1 AND hour < ?2",
+                    [OCTOBER.start_ms(), OCTOBER.end_ms()],
+                    |r| r.get(0),
+                )
+            })
+            .expect("count")
+    };
+    assert!(rows(&store) > 0);
+    // The last week touching October ends on Monday, Nov 2; with 35 days of
+    // retention the month is due from Dec 7.
+    let retention = 35 * DAY;
+    let early = roll_up_due(&store, &[OCTOBER], at(1, 0) + 67 * DAY - 1, retention).expect("early");
+    assert!(early.months.is_empty(), "{early:?}");
+    let run = roll_up_due(&store, &[OCTOBER], at(1, 0) + 67 * DAY, retention).expect("rollup");
+    assert_eq!(run.months, vec![OCTOBER]);
+    assert_eq!(rows(&store), 0, "October's server-hours are deleted");
+    let after = live_reports(&store, &ctx);
+    assert_eq!(before.len(), after.len());
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(b, a);
+    }
+}

@@ -409,7 +409,7 @@ mod plan_tests {
     /// store already had: sums are the same read through hours or minutes.
     #[test]
     fn the_migration_fills_the_hours_from_existing_minutes() {
-        let (dir, store, sli) = temp_sli();
+        let (_dir, store, sli) = temp_sli();
         let mut page = SliPage::default();
         for minute in [59, 60, 61, 119, 120, 200] {
             page.minutes.insert(
@@ -426,20 +426,17 @@ mod plan_tests {
         }
         sli.commit(&page, None).expect("commit");
         let through_hours = sli.sum_minutes(&[("m", "h")], 0, 240).expect("sums");
-        // Back to before the migration: no hours table.
-        let version = crate::store::schema::current_version() - 1;
+        // The migration again, on a store whose minutes predate it.
+        let migration = crate::store::schema::MIGRATIONS
+            .iter()
+            .find(|m| m.contains("CREATE TABLE sli_hours"))
+            .expect("the sli_hours migration");
         store
-            .write_with("undo", |tx| {
-                tx.execute_batch(&format!(
-                    "DROP TABLE sli_hours; PRAGMA user_version = {version};"
-                ))
+            .write_with("migrate again", |tx| {
+                tx.execute_batch("DROP TABLE sli_hours")?;
+                tx.execute_batch(migration)
             })
-            .expect("undo");
-        drop((sli, store));
-        let mut cfg = CollectorConfig::default();
-        cfg.storage.path = dir.path().to_path_buf();
-        let store = Store::open(&cfg.storage).expect("reopen and migrate");
-        let sli = SqliteSli::new(store);
+            .expect("migration");
         let migrated = sli.sum_minutes(&[("m", "h")], 0, 240).expect("sums");
         assert_eq!(migrated, through_hours);
         let key = ("m".to_string(), "h".to_string());

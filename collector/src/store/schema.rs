@@ -389,6 +389,73 @@ pub const MIGRATIONS: &[&str] = &[
                sum(spawn_ok), sum(spawn_failed), sum(spawn_fast), sum(spawn_timed)
         FROM sli_minutes GROUP BY member, hub, minute / 60;
     ",
+    // issue 8 (usage ledger size): a closed month's per-server hours are
+    // rolled up (`usage/rollup.rs`) into per-hub hours (with the observed
+    // time of usage_hub_hours), per-server months and distinct active user
+    // counts, then deleted: a year of the fleet's
+    // per-server hours (~285 GiB) does not fit the 2 GiB target.
+    "
+    -- The months rolled up: their usage_server_hours rows are gone.
+    CREATE TABLE usage_rollup_months (
+        month        INTEGER PRIMARY KEY,   -- the month's first ms (UTC)
+        end_ms       INTEGER NOT NULL,      -- the next month's first ms
+        rolled_at_ms INTEGER NOT NULL,
+        server_hours INTEGER NOT NULL       -- server-hour rows rolled up
+    );
+    -- The hubs of rolled-up hours, interned (a year has 8,760 rows a hub).
+    CREATE TABLE usage_rollup_hubs (
+        id     INTEGER PRIMARY KEY,
+        member TEXT NOT NULL,
+        hub    TEXT NOT NULL,
+        UNIQUE (member, hub)
+    );
+    -- Every server's quantities summed per hub and hour, with the distinct
+    -- users that had server time in it, the bounded server-hours and the
+    -- hub's observed time (moved here from usage_hub_hours).
+    CREATE TABLE usage_rollup_hub_hours (
+        hub_id INTEGER NOT NULL,
+        hour   INTEGER NOT NULL,
+        server_ms                     INTEGER NOT NULL,
+        cpu_request_millicore_seconds INTEGER NOT NULL,
+        memory_request_byte_seconds   INTEGER NOT NULL,
+        cpu_usage_millicore_seconds   INTEGER NOT NULL,
+        memory_usage_byte_seconds     INTEGER NOT NULL,
+        storage_byte_seconds          INTEGER NOT NULL,
+        active_users                  INTEGER NOT NULL,
+        bounded_rows                  INTEGER NOT NULL,
+        observed_ms                   INTEGER NOT NULL,
+        PRIMARY KEY (hub_id, hour)
+    ) WITHOUT ROWID;
+    -- One server's quantities over one month, and its first and last hour
+    -- with a storage figure (the mean bytes then: a report's home growth).
+    CREATE TABLE usage_rollup_server_months (
+        server_id INTEGER NOT NULL,
+        month     INTEGER NOT NULL,
+        server_ms                     INTEGER NOT NULL,
+        cpu_request_millicore_seconds INTEGER NOT NULL,
+        memory_request_byte_seconds   INTEGER NOT NULL,
+        cpu_usage_millicore_seconds   INTEGER NOT NULL,
+        memory_usage_byte_seconds     INTEGER NOT NULL,
+        storage_byte_seconds          INTEGER NOT NULL,
+        bounded_rows                  INTEGER NOT NULL,
+        storage_first_hour  INTEGER,
+        storage_first_bytes INTEGER,
+        storage_last_hour   INTEGER,
+        storage_last_bytes  INTEGER,
+        PRIMARY KEY (server_id, month)
+    ) WITHOUT ROWID;
+    -- Distinct users with server time per hub and UTC day, ISO week or
+    -- month (unit 0, 1, 2), and per member and month across its hubs
+    -- (unit 3, hub ''): counted at roll-up, as they cannot be recounted.
+    CREATE TABLE usage_rollup_users (
+        member TEXT    NOT NULL,
+        hub    TEXT    NOT NULL,
+        unit   INTEGER NOT NULL,
+        start  INTEGER NOT NULL,
+        users  INTEGER NOT NULL,
+        PRIMARY KEY (member, hub, unit, start)
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The schema version this build writes.

@@ -327,6 +327,11 @@ fn an_empty_file_is_migrated() -> anyhow::Result<()> {
             "tokens",
             "usage_hub_hours",
             "usage_points",
+            "usage_rollup_hub_hours",
+            "usage_rollup_hubs",
+            "usage_rollup_months",
+            "usage_rollup_server_months",
+            "usage_rollup_users",
             "usage_seen",
             "usage_server_hours",
             "usage_servers"

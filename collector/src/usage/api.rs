@@ -14,6 +14,13 @@
 //! are truncated from the exact millicore-seconds and ms, which are given too
 //! (`cpu_*_millicore_seconds`). `coverage` is the time the agent observed the
 //! hub over the period's length.
+//!
+//! A closed month rolled up (`rollup.rs`) keeps hourly figures per hub and
+//! its active users counted per hub and hour, day, week and month: every
+//! grouping but `user` gives the same rows as before the rollup; `user`
+//! over a range reaching such a month, or a `to` that cuts a day, week or
+//! month reaching one (its distinct users are counted whole), is a 400
+//! saying so.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -21,6 +28,7 @@ use serde_json::{Value, json};
 
 use super::ledger::ServerKey;
 use super::ledger::{HOUR_MS, Quantities};
+use super::rollup::{RolledUp, UserUnit};
 use super::store::{HourFilter, HubHour, ServerHour};
 use crate::clock::rfc3339;
 
@@ -247,14 +255,46 @@ struct Row {
 }
 
 /// `{"rows":[...]}` from the server-hours, the bounded ones among them
-/// (`(server, hour)`) and the hub-hours of the query's range.
+/// (`(server, hour)`), the hub-hours of the query's range and what the
+/// rollup keeps of the rolled-up months it reaches. A rolled-up month keeps
+/// no per-user hours: `group_by=user` reaching one is refused, naming it.
 pub fn rows_json(
     query: &UsageQuery,
     servers: &[ServerHour],
     bounded: &BTreeSet<(ServerKey, i64)>,
     hubs: &[HubHour],
-) -> Value {
+    rolled: &RolledUp,
+) -> Result<Value, QueryError> {
     let group_by = query.group_by;
+    if group_by == GroupBy::User
+        && let Some(month) = rolled.first_month()
+    {
+        return Err(invalid(
+            "group_by",
+            format!(
+                "user: the range reaches {month}, a closed month rolled up: per-user figures \
+                 are kept per server and month there, hourly figures per hub \
+                 (group_by=hub, day, week or month); ask for a range after it"
+            ),
+        ));
+    }
+    if group_by != GroupBy::Hub {
+        // Distinct users of a rolled-up month are kept per whole day, week
+        // and month: a period cut short by `to` cannot be counted.
+        let last = period_start(group_by, query.to_ms.saturating_sub(1));
+        let end = period_end(group_by, last);
+        if end > query.to_ms && rolled.reaches(last, end) {
+            return Err(invalid(
+                "to",
+                format!(
+                    "cuts the period from {} that reaches a closed month rolled up, where \
+                     active users are kept per whole day, week and month: end it at {}",
+                    rfc3339(last),
+                    rfc3339(end)
+                ),
+            ));
+        }
+    }
     let start = |hour: i64| period_start(group_by, hour);
     // (member, hub, period start, user when grouped by user)
     let mut rows: BTreeMap<(&str, &str, i64, Option<&str>), Row> = BTreeMap::new();
@@ -284,6 +324,35 @@ pub fn rows_json(
             row.users.insert(s.key.user.clone());
         }
     }
+    for h in &rolled.hub_hours {
+        let row = rows
+            .entry((&h.member, &h.hub, start(h.hour), None))
+            .or_default();
+        row.quantities.add(&h.quantities);
+        row.bounded_rows = row.bounded_rows.saturating_add(h.bounded_rows);
+    }
+    // A period reaching a rolled-up month counts its users from the
+    // rollup (counted over the whole period when it was rolled up).
+    let hourly: BTreeMap<(&str, &str, i64), u64> = rolled
+        .hub_hours
+        .iter()
+        .map(|h| ((h.member.as_str(), h.hub.as_str(), h.hour), h.active_users))
+        .collect();
+    let counted = |member: &str, hub: &str, period_start: i64| -> Option<u64> {
+        let end = period_end(group_by, period_start);
+        if !rolled.reaches(period_start, end) {
+            return None;
+        }
+        Some(match group_by {
+            GroupBy::Hub | GroupBy::User => hourly
+                .get(&(member, hub, period_start))
+                .copied()
+                .unwrap_or(0),
+            GroupBy::Day => rolled.users_of(UserUnit::Day, member, hub, period_start),
+            GroupBy::Week => rolled.users_of(UserUnit::Week, member, hub, period_start),
+            GroupBy::Month => rolled.users_of(UserUnit::Month, member, hub, period_start),
+        })
+    };
     let rows: Vec<Value> = rows
         .into_iter()
         .map(|((member, hub, period_start, user), mut row)| {
@@ -291,6 +360,7 @@ pub fn rows_json(
                 .get(&(member, hub, period_start))
                 .copied()
                 .unwrap_or(0);
+            let active_users = counted(member, hub, period_start).unwrap_or(row.users.len() as u64);
             let q = &row.quantities;
             let period_end = period_end(group_by, period_start);
             let period_u = u64::try_from(period_end.saturating_sub(period_start))
@@ -304,7 +374,7 @@ pub fn rows_json(
                 "period_start": rfc3339(period_start),
                 "period_end": rfc3339(period_end),
                 "server_seconds": q.server_ms / 1000,
-                "active_users": row.users.len(),
+                "active_users": active_users,
                 "cpu_request_core_seconds": q.cpu_request_millicore_seconds / 1000,
                 "cpu_request_millicore_seconds": q.cpu_request_millicore_seconds,
                 "memory_request_byte_seconds": q.memory_request_byte_seconds,
@@ -322,5 +392,5 @@ pub fn rows_json(
             value
         })
         .collect();
-    json!({ "rows": rows })
+    Ok(json!({ "rows": rows }))
 }

@@ -9,21 +9,28 @@
 //!   transaction).
 //! - [`store`]: the feature's persistence seam ([`store::UsageStore`]) and its
 //!   SQLite implementation.
+//! - [`rollup`]: a closed month's per-server hours rolled up into per-hub
+//!   hours, per-server months and active-user counts, then deleted (the
+//!   `usage.rollup` task).
 //! - [`api`]: `GET /api/v1/usage`.
 //!
 //! In `serve`, the [`UsageComponent`] contributes the stage to the derivation
 //! pipeline, serves `GET /api/v1/usage` (on a loopback listener without a
 //! credential every member's rows, otherwise only the credential's member's)
 //! and refreshes the `hubwatch_usage_*` gauges (per member and hub, never per
-//! user) every [`TICK`].
+//! user) every [`TICK`]; the `usage.rollup` task rolls up each closed month
+//! ([`rollup`]) once the ledger no longer accepts observations for it.
 
 pub mod api;
 pub mod ledger;
+pub mod rollup;
 pub mod stage;
 pub mod store;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_rollup;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -86,6 +93,15 @@ impl Component for UsageComponent {
                         ),
                     ),
                     Task::new(
+                        "usage.rollup",
+                        run_rollup(
+                            ctx.store.clone(),
+                            ctx.clock.clone(),
+                            ctx.config.usage.points_retention,
+                            ctx.shutdown.clone(),
+                        ),
+                    ),
+                    Task::new(
                         "usage.gauges",
                         run_gauges(store, ctx.clock, ctx.metrics, ctx.shutdown),
                     ),
@@ -131,11 +147,15 @@ async fn usage_response(
         let servers = store.server_hours(&filter)?;
         let bounded = store.bounded_server_hours(&filter)?;
         let hubs = store.hub_hours(&filter)?;
-        Ok::<_, crate::store::StoreError>(api::rows_json(&query, &servers, &bounded, &hubs))
+        let rolled = store.rolled_up(&filter)?;
+        Ok::<_, crate::store::StoreError>(api::rows_json(
+            &query, &servers, &bounded, &hubs, &rolled,
+        ))
     })
     .await;
     match read {
-        Ok(Ok(body)) => server::json(StatusCode::OK, &body),
+        Ok(Ok(Ok(body))) => server::json(StatusCode::OK, &body),
+        Ok(Ok(Err(e))) => server::error(StatusCode::BAD_REQUEST, e),
         Ok(Err(e)) => {
             tracing::error!(error = %e, "reading usage failed");
             server::unavailable(format!("store unavailable: {e}"))
@@ -184,6 +204,32 @@ pub fn prune_usage_points(
         total = total.saturating_add(deleted);
         if deleted < PRUNE_CHUNK {
             return Ok(total);
+        }
+    }
+}
+
+/// Every [`TICK`] until `shutdown`: [`rollup::roll_up_due`] on a blocking
+/// thread, with the months the cost model closed.
+async fn run_rollup(
+    store: crate::store::Store,
+    clock: SharedClock,
+    retention: Duration,
+    shutdown: Shutdown,
+) {
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    let mut ticks = shutdown.every(TICK);
+    while ticks.next().await {
+        let (store, now) = (store.clone(), clock.now_ms());
+        let round = tokio::task::spawn_blocking(move || {
+            use crate::cost::store::CostStore;
+            let closed = crate::cost::store::SqliteCost::new(store.clone()).closed_periods()?;
+            rollup::roll_up_due(&store, &closed, now, retention_ms)
+        })
+        .await;
+        match round {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "rolling up usage months failed; retrying"),
+            Err(e) => tracing::error!(error = %e, "rolling up usage months failed; retrying"),
         }
     }
 }

@@ -94,10 +94,22 @@ pub trait UsageStore: Send + Sync {
     /// Server-hour rows matching `filter`: stored quantities, plus what
     /// additive snapshots added, plus, for a server still open, its time
     /// from its last observation to its hub's last observation.
+    /// Hours of rolled-up months are not here: see [`UsageStore::rolled_up`].
     fn server_hours(&self, filter: &HourFilter) -> Result<Vec<ServerHour>, StoreError>;
 
-    /// Hub-hour observed time matching `filter`.
+    /// Hub-hour observed time matching `filter` (of rolled-up months too:
+    /// their observed time is kept in the rollup).
     fn hub_hours(&self, filter: &HourFilter) -> Result<Vec<HubHour>, StoreError>;
+
+    /// What the rollup keeps of the closed months matching `filter`
+    /// (`usage/rollup.rs`): [`UsageStore::server_hours`] and
+    /// [`UsageStore::bounded_server_hours`] leave those months out, so a
+    /// reader adds this to them. The default (a store that never rolls up)
+    /// has nothing.
+    fn rolled_up(&self, filter: &HourFilter) -> Result<super::rollup::RolledUp, StoreError> {
+        let _ = filter;
+        Ok(super::rollup::RolledUp::default())
+    }
 
     /// Deletes up to `limit` observations (`usage_points`, then
     /// `usage_seen`) older than `before_ms`, keeping each server's latest
@@ -162,89 +174,8 @@ impl UsageStore for SqliteUsage {
     }
 
     fn server_hours(&self, filter: &HourFilter) -> Result<Vec<ServerHour>, StoreError> {
-        self.store.read_with("reading usage hours", |conn| {
-            let mut statement = conn.prepare(
-                "SELECT s.member, s.hub, s.user, s.server, h.hour, h.server_ms,
-                        h.cpu_request_millicore_seconds, h.memory_request_byte_seconds,
-                        h.cpu_usage_millicore_seconds, h.memory_usage_byte_seconds,
-                        h.storage_byte_seconds,
-                        h.added_cpu_request_millicore_seconds, h.added_memory_request_byte_seconds,
-                        h.added_cpu_usage_millicore_seconds, h.added_memory_usage_byte_seconds,
-                        h.added_storage_byte_seconds
-                 FROM usage_server_hours AS h JOIN usage_servers AS s ON s.id = h.server_id
-                 WHERE h.hour >= ?1 AND h.hour < ?2
-                   AND (?3 IS NULL OR s.member = ?3) AND (?4 IS NULL OR s.hub = ?4)",
-            )?;
-            let sum = |row: &rusqlite::Row<'_>, a: usize| -> rusqlite::Result<u64> {
-                Ok(from_sql(row.get(a)?).saturating_add(from_sql(row.get(a + 5)?)))
-            };
-            let rows = statement.query_map(
-                params![filter.from_ms, filter.to_ms, filter.member, filter.hub],
-                |row| {
-                    Ok((
-                        server_key(row)?,
-                        row.get::<_, i64>(4)?,
-                        Quantities {
-                            server_ms: from_sql(row.get(5)?),
-                            cpu_request_millicore_seconds: sum(row, 6)?,
-                            memory_request_byte_seconds: sum(row, 7)?,
-                            cpu_usage_millicore_seconds: sum(row, 8)?,
-                            memory_usage_byte_seconds: sum(row, 9)?,
-                            storage_byte_seconds: sum(row, 10)?,
-                        },
-                    ))
-                },
-            )?;
-            let mut out: BTreeMap<(ServerKey, i64), Quantities> = BTreeMap::new();
-            for row in rows {
-                let (key, hour, q) = row?;
-                out.entry((key, hour)).or_default().add(&q);
-            }
-            // Open servers: from the last stored observation to the hub's
-            // last observation (the agent lists the hub every interval, so
-            // a hub observed with no stop means the server still runs).
-            let mut open = conn.prepare(&format!(
-                "SELECT member, hub, user, server, last, seen FROM (
-                     SELECT s.member, s.hub, s.user, s.server,
-                         (SELECT max(ts) FROM usage_points WHERE server_id = s.id) AS last,
-                         (SELECT kind FROM usage_points
-                          WHERE server_id = s.id AND kind IN ({LIFECYCLE})
-                          ORDER BY ts DESC, kind DESC LIMIT 1) AS latest,
-                         (SELECT max(ts) FROM usage_seen
-                          WHERE member = s.member AND hub = s.hub) AS seen
-                     FROM usage_servers AS s
-                     WHERE (?1 IS NULL OR s.member = ?1) AND (?2 IS NULL OR s.hub = ?2))
-                 WHERE latest = 0 AND seen > last AND seen > ?3 AND last < ?4"
-            ))?;
-            let tails = open.query_map(
-                params![filter.member, filter.hub, filter.from_ms, filter.to_ms],
-                |row| {
-                    Ok((
-                        server_key(row)?,
-                        row.get::<_, i64>(4)?,
-                        row.get::<_, i64>(5)?,
-                    ))
-                },
-            )?;
-            for tail in tails {
-                let (key, last, seen) = tail?;
-                split_hours(last, seen, |hour, ms| {
-                    if hour >= filter.from_ms && hour < filter.to_ms {
-                        let q = out.entry((key.clone(), hour)).or_default();
-                        q.server_ms = q.server_ms.saturating_add(ms);
-                    }
-                });
-            }
-            Ok(out
-                .into_iter()
-                .filter(|(_, q)| !q.is_zero())
-                .map(|((key, hour), quantities)| ServerHour {
-                    key,
-                    hour,
-                    quantities,
-                })
-                .collect())
-        })
+        self.store
+            .read_with("reading usage hours", |conn| server_hours_in(conn, filter))
     }
 
     fn prune_points(&self, before_ms: i64, limit: u64) -> Result<u64, StoreError> {
@@ -285,40 +216,35 @@ impl UsageStore for SqliteUsage {
         filter: &HourFilter,
     ) -> Result<std::collections::BTreeSet<(ServerKey, i64)>, StoreError> {
         self.store.read_with("reading bounded usage hours", |conn| {
-            let mut statement = conn.prepare(
-                "SELECT s.member, s.hub, s.user, s.server, h.hour
-                 FROM usage_server_hours AS h JOIN usage_servers AS s ON s.id = h.server_id
-                 WHERE h.bounded = 1 AND h.hour >= ?1 AND h.hour < ?2
-                   AND (?3 IS NULL OR s.member = ?3) AND (?4 IS NULL OR s.hub = ?4)",
-            )?;
-            let rows = statement.query_map(
-                params![filter.from_ms, filter.to_ms, filter.member, filter.hub],
-                |row| Ok((server_key(row)?, row.get::<_, i64>(4)?)),
-            )?;
-            rows.collect()
+            bounded_server_hours_in(conn, filter)
+        })
+    }
+
+    fn rolled_up(&self, filter: &HourFilter) -> Result<super::rollup::RolledUp, StoreError> {
+        self.store.read_with("reading rolled-up usage", |conn| {
+            super::rollup::read(conn, filter)
         })
     }
 
     fn hub_hours(&self, filter: &HourFilter) -> Result<Vec<HubHour>, StoreError> {
         self.store.read_with("reading usage coverage", |conn| {
-            let mut statement = conn.prepare(
-                "SELECT member, hub, hour, observed_ms FROM usage_hub_hours
-                 WHERE hour >= ?1 AND hour < ?2
-                   AND (?3 IS NULL OR member = ?3) AND (?4 IS NULL OR hub = ?4)
-                 ORDER BY member, hub, hour",
-            )?;
-            let rows = statement.query_map(
-                params![filter.from_ms, filter.to_ms, filter.member, filter.hub],
-                |row| {
-                    Ok(HubHour {
-                        member: row.get(0)?,
-                        hub: row.get(1)?,
-                        hour: row.get(2)?,
-                        observed_ms: from_sql(row.get(3)?),
-                    })
-                },
-            )?;
-            rows.collect()
+            let mut out = hub_hours_in(conn, filter)?;
+            // A rolled-up month's observed time moved to its rollup.
+            let rolled = super::rollup::read(conn, filter)?;
+            out.extend(
+                rolled
+                    .hub_hours
+                    .into_iter()
+                    .filter(|h| h.observed_ms > 0)
+                    .map(|h| HubHour {
+                        member: h.member,
+                        hub: h.hub,
+                        hour: h.hour,
+                        observed_ms: h.observed_ms,
+                    }),
+            );
+            out.sort_by(|x, y| (&x.member, &x.hub, x.hour).cmp(&(&y.member, &y.hub, y.hour)));
+            Ok(out)
         })
     }
 
@@ -378,11 +304,11 @@ impl UsageStore for SqliteUsage {
     }
 }
 
-fn to_sql(value: u64) -> i64 {
+pub(super) fn to_sql(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-fn from_sql(value: i64) -> u64 {
+pub(super) fn from_sql(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
@@ -514,6 +440,160 @@ pub fn write_page(
         }
     }
     Ok(summary)
+}
+
+/// [`UsageStore::server_hours`] on `conn` (a transaction too, so the rollup
+/// reads what it deletes in the same transaction). Hours of rolled-up
+/// months (`usage/rollup.rs`) are left out.
+pub(super) fn server_hours_in(
+    conn: &rusqlite::Connection,
+    filter: &HourFilter,
+) -> rusqlite::Result<Vec<ServerHour>> {
+    let mut statement = conn.prepare(
+        "SELECT s.member, s.hub, s.user, s.server, h.hour, h.server_ms,
+                h.cpu_request_millicore_seconds, h.memory_request_byte_seconds,
+                h.cpu_usage_millicore_seconds, h.memory_usage_byte_seconds,
+                h.storage_byte_seconds,
+                h.added_cpu_request_millicore_seconds, h.added_memory_request_byte_seconds,
+                h.added_cpu_usage_millicore_seconds, h.added_memory_usage_byte_seconds,
+                h.added_storage_byte_seconds
+         FROM usage_server_hours AS h JOIN usage_servers AS s ON s.id = h.server_id
+         WHERE h.hour >= ?1 AND h.hour < ?2
+           AND (?3 IS NULL OR s.member = ?3) AND (?4 IS NULL OR s.hub = ?4)",
+    )?;
+    let sum = |row: &rusqlite::Row<'_>, a: usize| -> rusqlite::Result<u64> {
+        Ok(from_sql(row.get(a)?).saturating_add(from_sql(row.get(a + 5)?)))
+    };
+    let rows = statement.query_map(
+        params![filter.from_ms, filter.to_ms, filter.member, filter.hub],
+        |row| {
+            Ok((
+                server_key(row)?,
+                row.get::<_, i64>(4)?,
+                Quantities {
+                    server_ms: from_sql(row.get(5)?),
+                    cpu_request_millicore_seconds: sum(row, 6)?,
+                    memory_request_byte_seconds: sum(row, 7)?,
+                    cpu_usage_millicore_seconds: sum(row, 8)?,
+                    memory_usage_byte_seconds: sum(row, 9)?,
+                    storage_byte_seconds: sum(row, 10)?,
+                },
+            ))
+        },
+    )?;
+    let mut out: BTreeMap<(ServerKey, i64), Quantities> = BTreeMap::new();
+    for row in rows {
+        let (key, hour, q) = row?;
+        out.entry((key, hour)).or_default().add(&q);
+    }
+    // Open servers: from the last stored observation to the hub's
+    // last observation (the agent lists the hub every interval, so
+    // a hub observed with no stop means the server still runs).
+    let mut open = conn.prepare(&format!(
+        "SELECT member, hub, user, server, last, seen FROM (
+             SELECT s.member, s.hub, s.user, s.server,
+                 (SELECT max(ts) FROM usage_points WHERE server_id = s.id) AS last,
+                 (SELECT kind FROM usage_points
+                  WHERE server_id = s.id AND kind IN ({LIFECYCLE})
+                  ORDER BY ts DESC, kind DESC LIMIT 1) AS latest,
+                 (SELECT max(ts) FROM usage_seen
+                  WHERE member = s.member AND hub = s.hub) AS seen
+             FROM usage_servers AS s
+             WHERE (?1 IS NULL OR s.member = ?1) AND (?2 IS NULL OR s.hub = ?2))
+         WHERE latest = 0 AND seen > last AND seen > ?3 AND last < ?4"
+    ))?;
+    let tails = open.query_map(
+        params![filter.member, filter.hub, filter.from_ms, filter.to_ms],
+        |row| {
+            Ok((
+                server_key(row)?,
+                row.get::<_, i64>(4)?,
+                row.get::<_, i64>(5)?,
+            ))
+        },
+    )?;
+    for tail in tails {
+        let (key, last, seen) = tail?;
+        split_hours(last, seen, |hour, ms| {
+            if hour >= filter.from_ms && hour < filter.to_ms {
+                let q = out.entry((key.clone(), hour)).or_default();
+                q.server_ms = q.server_ms.saturating_add(ms);
+            }
+        });
+    }
+    // Hours of rolled-up months are answered from the rollup only: rows the
+    // recomputation wrote there again (or an open server's tail reaching
+    // into them) were counted in the rollup already.
+    let rolled = super::rollup::rolled_ranges(conn, filter.from_ms, filter.to_ms)?;
+    Ok(out
+        .into_iter()
+        .filter(|((_, hour), q)| !q.is_zero() && !super::rollup::in_ranges(&rolled, *hour))
+        .map(|((key, hour), quantities)| ServerHour {
+            key,
+            hour,
+            quantities,
+        })
+        .collect())
+}
+
+/// [`UsageStore::bounded_server_hours`] on `conn`, rolled-up months left out.
+pub(super) fn bounded_server_hours_in(
+    conn: &rusqlite::Connection,
+    filter: &HourFilter,
+) -> rusqlite::Result<std::collections::BTreeSet<(ServerKey, i64)>> {
+    let mut statement = conn.prepare(
+        "SELECT s.member, s.hub, s.user, s.server, h.hour
+         FROM usage_server_hours AS h JOIN usage_servers AS s ON s.id = h.server_id
+         WHERE h.bounded = 1 AND h.hour >= ?1 AND h.hour < ?2
+           AND (?3 IS NULL OR s.member = ?3) AND (?4 IS NULL OR s.hub = ?4)",
+    )?;
+    let rows = statement.query_map(
+        params![filter.from_ms, filter.to_ms, filter.member, filter.hub],
+        |row| Ok((server_key(row)?, row.get::<_, i64>(4)?)),
+    )?;
+    let rolled = super::rollup::rolled_ranges(conn, filter.from_ms, filter.to_ms)?;
+    let mut out = std::collections::BTreeSet::new();
+    for row in rows {
+        let (key, hour) = row?;
+        if !super::rollup::in_ranges(&rolled, hour) {
+            out.insert((key, hour));
+        }
+    }
+    Ok(out)
+}
+
+/// The `usage_hub_hours` rows matching `filter` on `conn`, rolled-up months
+/// left out (their observed time is in the rollup).
+pub(super) fn hub_hours_in(
+    conn: &rusqlite::Connection,
+    filter: &HourFilter,
+) -> rusqlite::Result<Vec<HubHour>> {
+    let mut statement = conn.prepare(
+        "SELECT member, hub, hour, observed_ms FROM usage_hub_hours
+         WHERE hour >= ?1 AND hour < ?2
+           AND (?3 IS NULL OR member = ?3) AND (?4 IS NULL OR hub = ?4)
+         ORDER BY member, hub, hour",
+    )?;
+    let rows = statement.query_map(
+        params![filter.from_ms, filter.to_ms, filter.member, filter.hub],
+        |row| {
+            Ok(HubHour {
+                member: row.get(0)?,
+                hub: row.get(1)?,
+                hour: row.get(2)?,
+                observed_ms: from_sql(row.get(3)?),
+            })
+        },
+    )?;
+    let rolled = super::rollup::rolled_ranges(conn, filter.from_ms, filter.to_ms)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let row = row?;
+        if !super::rollup::in_ranges(&rolled, row.hour) {
+            out.push(row);
+        }
+    }
+    Ok(out)
 }
 
 /// Widens what is recomputed for server `id` to cover `ts`.
@@ -827,7 +907,7 @@ fn recompute_hub(
 
 /// The server key in a row's first four columns (member, hub, user, server),
 /// as every read joining `usage_servers` selects them.
-fn server_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<ServerKey> {
+pub(super) fn server_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<ServerKey> {
     Ok(ServerKey {
         member: row.get(0)?,
         hub: row.get(1)?,

@@ -884,7 +884,7 @@ fn usage_rows_say_bounded_and_count_active_users_per_day_week_and_month() {
     let bounded = std::collections::BTreeSet::from([(servers[2].key.clone(), servers[2].hour)]);
     let rows_of = |query: &str| -> Vec<serde_json::Value> {
         let query = UsageQuery::parse(Some(query), NOW).expect("query");
-        rows_json(&query, &servers, &bounded, &[])["rows"]
+        rows_json(&query, &servers, &bounded, &[], &Default::default()).expect("rows")["rows"]
             .as_array()
             .cloned()
             .unwrap_or_default()
