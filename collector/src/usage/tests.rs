@@ -12,8 +12,8 @@ use hubwatch_shared::wire::{
 use proptest::prelude::*;
 
 use super::ledger::{
-    DEFAULT_MAX_GAP_MS, HOUR_MS, PointKind, Quantities, ServerHistory, UsagePage, hour_of,
-    integrate_observed, integrate_server,
+    DEFAULT_MAX_GAP_MS, HOUR_MS, PointKind, Quantities, ServerHistory, ServerIds, UsagePage,
+    hour_of, integrate_observed, integrate_server,
 };
 use super::store::{HourFilter, SqliteUsage, UsageStore};
 use super::{LEDGER_STAGE, LedgerStage, UsageComponent};
@@ -144,12 +144,20 @@ fn ledger(store: &dyn UsageStore) -> (Ledger, BTreeMap<(String, i64), u64>) {
 
 /// Commits each group of records as one page (no cursor), in order.
 fn commit_pages(store: &dyn UsageStore, pages: &[Vec<Record>]) {
+    let mut ids = ServerIds::default();
     for (i, records) in pages.iter().enumerate() {
         let mut page = UsagePage::default();
-        page.add_batch("leap", &batch("leap", i as u64, records.clone()), NOW);
-        store
+        page.add_batch(
+            &mut ids,
+            "leap",
+            &batch("leap", i as u64, records.clone()),
+            NOW,
+        );
+        let summary = store
             .commit(&page, None, DEFAULT_MAX_GAP_MS)
             .expect("commit");
+        // As the stage does: later pages use the store's ids.
+        ids.confirm(&summary.interned);
     }
 }
 
@@ -457,6 +465,7 @@ fn the_arithmetic_saturates_and_clamps_absurd_input() {
     // Out-of-range timestamps are skipped, not stored.
     let mut page = UsagePage::default();
     page.add_batch(
+        &mut ServerIds::default(),
         "leap",
         &batch(
             "leap",
@@ -474,11 +483,18 @@ fn the_arithmetic_saturates_and_clamps_absurd_input() {
 /// The oracle: every observation integrated at once over the whole range.
 fn oracle(records: &[Record]) -> (Ledger, Bounded) {
     let mut page = UsagePage::default();
-    page.add_batch("leap", &batch("leap", 0, records.to_vec()), NOW);
+    page.add_batch(
+        &mut ServerIds::default(),
+        "leap",
+        &batch("leap", 0, records.to_vec()),
+        NOW,
+    );
+    // A fresh `ServerIds`: every id is provisional, with its key in the page.
+    let key_of = |id: &i64| page.new_servers.get(id).cloned().expect("key");
     let mut by_server: BTreeMap<_, Vec<super::ledger::Point>> = BTreeMap::new();
-    for ((key, ts, kind), levels) in &page.points {
+    for ((id, ts, kind), levels) in &page.points {
         by_server
-            .entry(key.clone())
+            .entry(key_of(id))
             .or_default()
             .push(super::ledger::Point {
                 ts: *ts,
@@ -492,8 +508,9 @@ fn oracle(records: &[Record]) -> (Ledger, Bounded) {
         points.sort_by_key(|p| (p.ts, p.kind));
         let hub_last = page
             .seen
-            .get(&(key.member.clone(), key.hub.clone()))
-            .and_then(|t| t.last().copied());
+            .values()
+            .find(|h| h.member == key.member && h.hub == key.hub)
+            .and_then(|h| h.ticks.last().copied());
         let last = points.iter().map(|p| p.ts).max().unwrap_or(0);
         let latest_lifecycle = points.iter().rfind(|p| p.kind.is_lifecycle());
         let open = latest_lifecycle.is_some_and(|p| p.kind == PointKind::Started);
@@ -518,10 +535,9 @@ fn oracle(records: &[Record]) -> (Ledger, Bounded) {
         }
     }
     // Additive snapshots: what each holds over (since, ts], summed.
-    for ((key, hour), q) in &page.added {
-        out.entry((key.member.clone(), key.user.clone(), *hour))
-            .or_default()
-            .add(q);
+    for ((id, hour), q) in &page.added {
+        let key = key_of(id);
+        out.entry((key.member, key.user, *hour)).or_default().add(q);
     }
     out.retain(|_, q| !q.is_zero());
     (out, bounded_out)
@@ -992,7 +1008,12 @@ async fn the_api_serves_rows_a_member_reads_only_its_own_and_bad_parameters_are_
             stop("bob", T0 + 15 * MIN),
         ];
         records.extend((0..=240).map(|i| hub_health(T0 + i * 15 * SEC)));
-        page.add_batch(member, &batch(member, 0, records), NOW);
+        page.add_batch(
+            &mut ServerIds::default(),
+            member,
+            &batch(member, 0, records),
+            NOW,
+        );
         usage.commit(&page, None, DEFAULT_MAX_GAP_MS)?;
     }
     let clock: SharedClock = Arc::new(ManualClock::new(NOW));
