@@ -444,13 +444,50 @@ pub struct ServerIds {
     len: usize,
 }
 
-/// One hub's servers: pseudonym → (server name, id) for each of the user's
-/// servers (most users have one, the default `""`).
+/// One hub's servers: pseudonym → the user's servers.
 #[derive(Debug)]
 struct HubIds {
     member: String,
     hub: String,
-    users: std::collections::HashMap<Box<str>, Vec<(Box<str>, ServerId)>>,
+    users: std::collections::HashMap<Box<str>, UserServers>,
+}
+
+/// One user's servers: the default one (`""`, what most users run) held in
+/// the map's slot itself, so its look-up follows no further pointer.
+#[derive(Debug, Default)]
+struct UserServers {
+    default: Option<ServerId>,
+    named: Vec<(Box<str>, ServerId)>,
+}
+
+impl UserServers {
+    fn get(&self, server: &str) -> Option<ServerId> {
+        if server.is_empty() {
+            return self.default;
+        }
+        self.named
+            .iter()
+            .find(|(name, _)| &**name == server)
+            .map(|(_, id)| *id)
+    }
+
+    fn slot(&mut self, server: &str) -> Option<&mut ServerId> {
+        if server.is_empty() {
+            return self.default.as_mut();
+        }
+        self.named
+            .iter_mut()
+            .find(|(name, _)| &**name == server)
+            .map(|(_, id)| id)
+    }
+
+    fn insert(&mut self, server: &str, id: ServerId) {
+        if server.is_empty() {
+            self.default = Some(id);
+        } else {
+            self.named.push((server.into(), id));
+        }
+    }
 }
 
 impl ServerIds {
@@ -506,18 +543,17 @@ impl ServerIds {
             self.last_provisional = self.last_provisional.saturating_sub(1);
             return self.last_provisional;
         };
-        if let Some(servers) = table.users.get_mut(user) {
-            if let Some((_, id)) = servers.iter().find(|(name, _)| &**name == server) {
-                return *id;
+        let servers = match table.users.get_mut(user) {
+            Some(servers) => {
+                if let Some(id) = servers.get(server) {
+                    return id;
+                }
+                servers
             }
-            self.last_provisional = self.last_provisional.saturating_sub(1);
-            servers.push((server.into(), self.last_provisional));
-        } else {
-            self.last_provisional = self.last_provisional.saturating_sub(1);
-            table
-                .users
-                .insert(user.into(), vec![(server.into(), self.last_provisional)]);
-        }
+            None => table.users.entry(user.into()).or_default(),
+        };
+        self.last_provisional = self.last_provisional.saturating_sub(1);
+        servers.insert(server, self.last_provisional);
         self.len = self.len.saturating_add(1);
         self.provisional
             .insert(self.last_provisional, (hub, user.into(), server.into()));
@@ -535,8 +571,8 @@ impl ServerIds {
                 .hubs
                 .get_mut(hub as usize)
                 .and_then(|h| h.users.get_mut(&user))
-                .and_then(|servers| servers.iter_mut().find(|(name, _)| *name == server));
-            if let Some((_, slot)) = slot {
+                .and_then(|servers| servers.slot(&server));
+            if let Some(slot) = slot {
                 *slot = *id;
             }
         }

@@ -27,8 +27,11 @@ use crate::store::{StoreError, StoredBatch};
 use crate::telemetry::CollectorMetrics;
 
 /// Pending rows (points and additive server-hours) above which the stage
-/// writes at once: bounds its memory (~300 B a row).
-pub const MAX_PENDING_ROWS: usize = 250_000;
+/// writes at once: bounds its memory (~120 B a row with interned keys, so
+/// ~90 MiB). Above one row per running server of the fleet (1,000 hubs ×
+/// 500), so that a deferred flush still writes each server-hour once per
+/// `usage.flush_interval` at that width instead of once per page pair.
+pub const MAX_PENDING_ROWS: usize = 750_000;
 
 /// The stage's name: its cursor's key and the `stage` label.
 pub const LEDGER_STAGE: &str = "usage.ledger";

@@ -413,11 +413,12 @@ struct Touched {
     lifecycle_max: Option<i64>,
 }
 
-/// Adds `b` to column `a`, saturating at `i64::MAX` (both are non-negative).
-fn saturating_sql(column: &str) -> String {
+/// Adds parameter `?param` to `column`, saturating at `i64::MAX` (both are
+/// non-negative).
+fn saturating_add_sql(column: &str, param: usize) -> String {
     format!(
-        "{column} = CASE WHEN {column} > 9223372036854775807 - excluded.{column}
-             THEN 9223372036854775807 ELSE {column} + excluded.{column} END"
+        "{column} = CASE WHEN {column} > 9223372036854775807 - ?{param}
+             THEN 9223372036854775807 ELSE {column} + ?{param} END"
     )
 }
 
@@ -492,27 +493,32 @@ pub fn write_page(
     for t in touched.into_values() {
         summary.server_hours += recompute_server(tx, t, max_gap_ms)?;
     }
-    // Additive snapshots: add to the row, never rewrite it.
+    // Additive snapshots: add to the row, never rewrite it. Most rows exist
+    // already (a server's hour is added to at every flush): an UPDATE alone
+    // then, and an INSERT only for a new hour (cheaper than an upsert, which
+    // tries the insert first).
     let mut add = tx.prepare_cached(&format!(
+        "UPDATE usage_server_hours SET {}, {}, {}, {}, {} WHERE server_id = ?1 AND hour = ?2",
+        saturating_add_sql("added_cpu_request_millicore_seconds", 3),
+        saturating_add_sql("added_memory_request_byte_seconds", 4),
+        saturating_add_sql("added_cpu_usage_millicore_seconds", 5),
+        saturating_add_sql("added_memory_usage_byte_seconds", 6),
+        saturating_add_sql("added_storage_byte_seconds", 7),
+    ))?;
+    let mut insert = tx.prepare_cached(
         "INSERT INTO usage_server_hours (server_id, hour, server_ms,
              cpu_request_millicore_seconds, memory_request_byte_seconds,
              cpu_usage_millicore_seconds, memory_usage_byte_seconds, storage_byte_seconds,
              added_cpu_request_millicore_seconds, added_memory_request_byte_seconds,
              added_cpu_usage_millicore_seconds, added_memory_usage_byte_seconds,
              added_storage_byte_seconds)
-         VALUES (?1, ?2, 0, 0, 0, 0, 0, 0, ?3, ?4, ?5, ?6, ?7)
-         ON CONFLICT (server_id, hour) DO UPDATE SET {}, {}, {}, {}, {}",
-        saturating_sql("added_cpu_request_millicore_seconds"),
-        saturating_sql("added_memory_request_byte_seconds"),
-        saturating_sql("added_cpu_usage_millicore_seconds"),
-        saturating_sql("added_memory_usage_byte_seconds"),
-        saturating_sql("added_storage_byte_seconds"),
-    ))?;
+         VALUES (?1, ?2, 0, 0, 0, 0, 0, 0, ?3, ?4, ?5, ?6, ?7)",
+    )?;
     for ((id, hour), q) in &page.added {
         if q.is_zero() {
             continue;
         }
-        add.execute(params![
+        let values = params![
             id_of(*id)?,
             hour,
             to_sql(q.cpu_request_millicore_seconds),
@@ -520,7 +526,10 @@ pub fn write_page(
             to_sql(q.cpu_usage_millicore_seconds),
             to_sql(q.memory_usage_byte_seconds),
             to_sql(q.storage_byte_seconds),
-        ])?;
+        ];
+        if add.execute(values)? == 0 {
+            insert.execute(values)?;
+        }
         summary.server_hours += 1;
     }
     for hub in page.seen.values() {
