@@ -442,6 +442,8 @@ pub struct ServerIds {
     last_provisional: ServerId,
     /// Servers held (confirmed or provisional).
     len: usize,
+    /// Servers held before all are forgotten; `None` is [`MAX_SERVER_IDS`].
+    limit: Option<usize>,
 }
 
 /// One hub's servers: pseudonym → the user's servers.
@@ -491,6 +493,14 @@ impl UserServers {
 }
 
 impl ServerIds {
+    /// Holding at most `limit` servers instead of [`MAX_SERVER_IDS`].
+    pub fn with_limit(limit: usize) -> Self {
+        Self {
+            limit: Some(limit),
+            ..Self::default()
+        }
+    }
+
     /// The index of `(member, hub)` (stable for the life of `self`).
     pub fn hub(&mut self, member: &str, hub: &str) -> u32 {
         if let Some(last) = self.last_hub
@@ -535,7 +545,7 @@ impl ServerIds {
     /// The id of `user`'s server `server` on hub `hub` (from [`Self::hub`]):
     /// its interned id, or a provisional (negative) one, new if needed.
     pub fn server(&mut self, hub: u32, user: &str, server: &str) -> ServerId {
-        if self.len >= MAX_SERVER_IDS {
+        if self.len >= self.limit.unwrap_or(MAX_SERVER_IDS) {
             self.forget();
         }
         let Some(table) = self.hubs.get_mut(hub as usize) else {
