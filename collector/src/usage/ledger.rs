@@ -1,5 +1,6 @@
 //! The usage ledger's arithmetic, with no IO: which observations a batch
-//! holds ([`UsagePage`]) and how one server's observations integrate into
+//! holds ([`UsagePage`], keyed by the servers' interned ids, which
+//! [`ServerIds`] keeps in memory) and how one server's observations integrate into
 //! per-hour integer quantities ([`integrate_server`]) and one hub's into
 //! observed time ([`integrate_observed`]).
 //!
