@@ -27,8 +27,8 @@ use crate::store::{StoreError, StoredBatch};
 use crate::telemetry::CollectorMetrics;
 
 /// Pending rows (points and additive server-hours) above which the stage
-/// writes at once: bounds its memory (~120 B a row with interned keys, so
-/// ~90 MiB). Above one row per running server of the fleet (1,000 hubs ×
+/// writes at once: bounds its memory (an estimated ~120 B a row with
+/// interned keys, so ~90 MB). Above one row per running server of the fleet (1,000 hubs ×
 /// 500), so that a deferred flush still writes each server-hour once per
 /// `usage.flush_interval` at that width instead of once per page pair.
 pub const MAX_PENDING_ROWS: usize = 750_000;
