@@ -29,7 +29,7 @@ use hubwatch_collector::report::{Format, ReportContext, build, render};
 use hubwatch_collector::slo::sli::{MinuteCounts, SliPage};
 use hubwatch_collector::slo::store::{SliStore, SqliteSli};
 use hubwatch_collector::store::{Store, StoreError};
-use hubwatch_collector::usage::ledger::{DEFAULT_MAX_GAP_MS, ServerIds, UsagePage};
+use hubwatch_collector::usage::ledger::{DEFAULT_MAX_GAP_MS, UsagePage};
 use hubwatch_collector::usage::{SqliteUsage, UsageStore};
 use hubwatch_shared::config::{CollectorConfig, Period};
 use hubwatch_shared::wire::{Batch, Record, UsageEvent, UsageKind};
@@ -111,7 +111,6 @@ fn main() {
         }
         let mut page = UsagePage::default();
         page.add_batch(
-            &mut ServerIds::default(),
             &member,
             &Batch {
                 agent_id: format!("{member}-agent"),

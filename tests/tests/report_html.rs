@@ -127,7 +127,7 @@ fn seeded_store(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
     use hubwatch_collector::cost::close::close_due;
     use hubwatch_collector::cost::store::SqliteCost;
     use hubwatch_collector::store::Store;
-    use hubwatch_collector::usage::ledger::{DEFAULT_MAX_GAP_MS, ServerIds, UsagePage};
+    use hubwatch_collector::usage::ledger::{DEFAULT_MAX_GAP_MS, UsagePage};
     use hubwatch_collector::usage::{SqliteUsage, UsageStore};
     use hubwatch_shared::config::{CollectorConfig, Period};
     use hubwatch_shared::wire::{Batch, Record, ResourceSnapshot, UsageEvent, UsageKind};
@@ -191,7 +191,6 @@ fn seeded_store(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
     }
     let mut page = UsagePage::default();
     page.add_batch(
-        &mut ServerIds::default(),
         "leap",
         &Batch {
             agent_id: "leap-agent".into(),

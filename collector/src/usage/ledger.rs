@@ -430,7 +430,7 @@ pub type ServerId = i64;
 /// page derived again still carries its key and nothing here names an id the
 /// store does not have. Provisional ids are never reused, also when the
 /// table is forgotten past [`MAX_SERVER_IDS`].
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ServerIds {
     /// member → hub → index in `hubs`.
     index: std::collections::HashMap<String, std::collections::HashMap<String, u32>>,
@@ -448,7 +448,7 @@ pub struct ServerIds {
 }
 
 /// One hub's servers: pseudonym → the user's servers.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct HubIds {
     member: String,
     hub: String,
@@ -457,7 +457,7 @@ struct HubIds {
 
 /// One user's servers: the default one (`""`, what most users run) held in
 /// the map's slot itself, so its look-up follows no further pointer.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 struct UserServers {
     default: Option<ServerId>,
     named: Vec<(Box<str>, ServerId)>,
@@ -645,14 +645,33 @@ pub struct UsagePage {
     /// so a late observation never recomputes hours whose observations were
     /// pruned.
     pub max_age_ms: Option<i64>,
+    /// The ids [`UsagePage::add_batch`] interns in (a page committed alone).
+    own_ids: ServerIds,
 }
 
 impl UsagePage {
+    /// [`Self::add_batch_with`] on the page's own [`ServerIds`], so every
+    /// server is provisional and resolved at commit: for a page committed
+    /// alone (tests, tools). Pages merged together must come from one
+    /// `ServerIds`, which the stage keeps across pages
+    /// ([`Self::add_batch_with`]).
+    pub fn add_batch(&mut self, member: &str, batch: &Batch, now_ms: i64) {
+        let mut ids = std::mem::take(&mut self.own_ids);
+        self.add_batch_with(&mut ids, member, batch, now_ms);
+        self.own_ids = ids;
+    }
+
     /// Adds the usage events and hub health checks of `batch` (from
     /// `member`, per the credential), skipping timestamps older than
     /// [`MAX_AGE_MS`] or more than [`MAX_FUTURE_MS`] ahead of `now_ms`.
     /// Servers and hubs are interned in `ids`.
-    pub fn add_batch(&mut self, ids: &mut ServerIds, member: &str, batch: &Batch, now_ms: i64) {
+    pub fn add_batch_with(
+        &mut self,
+        ids: &mut ServerIds,
+        member: &str,
+        batch: &Batch,
+        now_ms: i64,
+    ) {
         let max_age = self.max_age_ms.unwrap_or(MAX_AGE_MS).min(MAX_AGE_MS);
         let in_range = |ts: i64| {
             ts >= now_ms.saturating_sub(max_age) && ts <= now_ms.saturating_add(MAX_FUTURE_MS)

@@ -136,7 +136,7 @@ impl Stage for LedgerStage {
         self.page.max_age_ms = self.max_age_ms;
         self.page.max_gap_ms = Some(self.max_gap_ms);
         self.page
-            .add_batch(&mut self.ids, &stored.member, batch, now_ms);
+            .add_batch_with(&mut self.ids, &stored.member, batch, now_ms);
         Ok(())
     }
 

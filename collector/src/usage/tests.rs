@@ -147,7 +147,7 @@ fn commit_pages(store: &dyn UsageStore, pages: &[Vec<Record>]) {
     let mut ids = ServerIds::default();
     for (i, records) in pages.iter().enumerate() {
         let mut page = UsagePage::default();
-        page.add_batch(
+        page.add_batch_with(
             &mut ids,
             "leap",
             &batch("leap", i as u64, records.clone()),
@@ -465,7 +465,6 @@ fn the_arithmetic_saturates_and_clamps_absurd_input() {
     // Out-of-range timestamps are skipped, not stored.
     let mut page = UsagePage::default();
     page.add_batch(
-        &mut ServerIds::default(),
         "leap",
         &batch(
             "leap",
@@ -483,13 +482,8 @@ fn the_arithmetic_saturates_and_clamps_absurd_input() {
 /// The oracle: every observation integrated at once over the whole range.
 fn oracle(records: &[Record]) -> (Ledger, Bounded) {
     let mut page = UsagePage::default();
-    page.add_batch(
-        &mut ServerIds::default(),
-        "leap",
-        &batch("leap", 0, records.to_vec()),
-        NOW,
-    );
-    // A fresh `ServerIds`: every id is provisional, with its key in the page.
+    page.add_batch("leap", &batch("leap", 0, records.to_vec()), NOW);
+    // The page's own `ServerIds`: every id is provisional, with its key in the page.
     let key_of = |id: &i64| page.new_servers.get(id).cloned().expect("key");
     let mut by_server: BTreeMap<_, Vec<super::ledger::Point>> = BTreeMap::new();
     for ((id, ts, kind), levels) in &page.points {
@@ -1164,12 +1158,7 @@ async fn the_api_serves_rows_a_member_reads_only_its_own_and_bad_parameters_are_
             stop("bob", T0 + 15 * MIN),
         ];
         records.extend((0..=240).map(|i| hub_health(T0 + i * 15 * SEC)));
-        page.add_batch(
-            &mut ServerIds::default(),
-            member,
-            &batch(member, 0, records),
-            NOW,
-        );
+        page.add_batch(member, &batch(member, 0, records), NOW);
         usage.commit(&page, None, DEFAULT_MAX_GAP_MS)?;
     }
     let clock: SharedClock = Arc::new(ManualClock::new(NOW));
