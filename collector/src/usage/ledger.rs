@@ -1,5 +1,6 @@
 //! The usage ledger's arithmetic, with no IO: which observations a batch
-//! holds ([`UsagePage`]) and how one server's observations integrate into
+//! holds ([`UsagePage`], keyed by the servers' interned ids, which
+//! [`ServerIds`] keeps in memory) and how one server's observations integrate into
 //! per-hour integer quantities ([`integrate_server`]) and one hub's into
 //! observed time ([`integrate_observed`]).
 //!
@@ -258,22 +259,22 @@ fn held(levels: &Levels, ms: u64) -> Quantities {
     }
 }
 
-/// What a snapshot held over `(since, ts]` adds per hour: nothing when
-/// `since` is unknown or the span is empty or longer than `max_gap_ms`.
+/// Calls `f(hour, quantities)` for what a snapshot held over `(since, ts]`
+/// adds per hour: nothing when `since` is unknown or the span is empty or
+/// longer than `max_gap_ms`.
 pub fn additive_hours(
     levels: &Levels,
     since: Option<i64>,
     ts: i64,
     max_gap_ms: i64,
-) -> Vec<(i64, Quantities)> {
-    let mut out = Vec::new();
+    mut f: impl FnMut(i64, Quantities),
+) {
     if let Some(since) = since {
         let span = ts.saturating_sub(since);
         if span > 0 && span <= max_gap_ms {
-            split_hours(since, ts, |hour, ms| out.push((hour, held(levels, ms))));
+            split_hours(since, ts, |hour, ms| f(hour, held(levels, ms)));
         }
     }
-    out
 }
 
 /// What the integration of one server over a window needs.
@@ -405,16 +406,235 @@ pub fn integrate_observed(
     hours
 }
 
+/// Interned servers held in memory by [`ServerIds`] before the oldest are
+/// forgotten: about 200 B each, so at most ~200 MiB (a fleet of 1,000 hubs ×
+/// 500 running servers holds 500,000). Forgetting is safe: a server not in
+/// memory is looked up in the store again at the next commit.
+pub const MAX_SERVER_IDS: usize = 1 << 20;
+
+/// A server's id as a page holds it: the interned `usage_servers` id when
+/// positive; when negative, a *provisional* id for a server not yet known to
+/// be in the store, which the page maps to its key
+/// ([`UsagePage::new_servers`]) and the commit resolves.
+pub type ServerId = i64;
+
+/// The `usage_servers` ids of servers in memory, so that deriving a snapshot
+/// costs one look-up of its pseudonym in its hub's table (the member and hub
+/// are found once per run of records of the same hub), not an allocation and
+/// a comparison of the whole four-part key.
+///
+/// Consistency with the store: an id is only ever *confirmed* here
+/// ([`ServerIds::confirm`]) after the commit that found or created it in
+/// `usage_servers` has committed. A server seen before that gets a
+/// provisional (negative) id; a failed commit leaves it provisional, so the
+/// page derived again still carries its key and nothing here names an id the
+/// store does not have. Provisional ids are never reused, also when the
+/// table is forgotten past [`MAX_SERVER_IDS`].
+#[derive(Debug, Clone, Default)]
+pub struct ServerIds {
+    /// member → hub → index in `hubs`.
+    index: std::collections::HashMap<String, std::collections::HashMap<String, u32>>,
+    hubs: Vec<HubIds>,
+    /// The hub of the previous look-up: consecutive records of a batch share it.
+    last_hub: Option<u32>,
+    /// Where each provisional id sits, to confirm it.
+    provisional: std::collections::HashMap<ServerId, (u32, Box<str>, Box<str>)>,
+    /// The last provisional id handed out (0 before the first).
+    last_provisional: ServerId,
+    /// Servers held (confirmed or provisional).
+    len: usize,
+    /// Servers held before all are forgotten; `None` is [`MAX_SERVER_IDS`].
+    limit: Option<usize>,
+}
+
+/// One hub's servers: pseudonym → the user's servers.
+#[derive(Debug, Clone)]
+struct HubIds {
+    member: String,
+    hub: String,
+    users: std::collections::HashMap<Box<str>, UserServers>,
+}
+
+/// One user's servers: the default one (`""`, what most users run) held in
+/// the map's slot itself, so its look-up follows no further pointer.
+#[derive(Debug, Clone, Default)]
+struct UserServers {
+    default: Option<ServerId>,
+    named: Vec<(Box<str>, ServerId)>,
+}
+
+impl UserServers {
+    fn get(&self, server: &str) -> Option<ServerId> {
+        if server.is_empty() {
+            return self.default;
+        }
+        self.named
+            .iter()
+            .find(|(name, _)| &**name == server)
+            .map(|(_, id)| *id)
+    }
+
+    fn slot(&mut self, server: &str) -> Option<&mut ServerId> {
+        if server.is_empty() {
+            return self.default.as_mut();
+        }
+        self.named
+            .iter_mut()
+            .find(|(name, _)| &**name == server)
+            .map(|(_, id)| id)
+    }
+
+    fn insert(&mut self, server: &str, id: ServerId) {
+        if server.is_empty() {
+            self.default = Some(id);
+        } else {
+            self.named.push((server.into(), id));
+        }
+    }
+}
+
+impl ServerIds {
+    /// Holding at most `limit` servers instead of [`MAX_SERVER_IDS`].
+    pub fn with_limit(limit: usize) -> Self {
+        Self {
+            limit: Some(limit),
+            ..Self::default()
+        }
+    }
+
+    /// The index of `(member, hub)` (stable for the life of `self`).
+    pub fn hub(&mut self, member: &str, hub: &str) -> u32 {
+        if let Some(last) = self.last_hub
+            && let Some(h) = self.hubs.get(last as usize)
+            && h.hub == hub
+            && h.member == member
+        {
+            return last;
+        }
+        let found = self
+            .index
+            .get(member)
+            .and_then(|hubs| hubs.get(hub))
+            .copied();
+        let index = match found {
+            Some(index) => index,
+            None => {
+                let index = u32::try_from(self.hubs.len()).unwrap_or(u32::MAX);
+                self.hubs.push(HubIds {
+                    member: member.to_string(),
+                    hub: hub.to_string(),
+                    users: Default::default(),
+                });
+                self.index
+                    .entry(member.to_string())
+                    .or_default()
+                    .insert(hub.to_string(), index);
+                index
+            }
+        };
+        self.last_hub = Some(index);
+        index
+    }
+
+    /// The member and hub of hub `index`.
+    pub fn hub_names(&self, index: u32) -> Option<(&str, &str)> {
+        self.hubs
+            .get(index as usize)
+            .map(|h| (h.member.as_str(), h.hub.as_str()))
+    }
+
+    /// The id of `user`'s server `server` on hub `hub` (from [`Self::hub`]):
+    /// its interned id, or a provisional (negative) one, new if needed.
+    pub fn server(&mut self, hub: u32, user: &str, server: &str) -> ServerId {
+        if self.len >= self.limit.unwrap_or(MAX_SERVER_IDS) {
+            self.forget();
+        }
+        let Some(table) = self.hubs.get_mut(hub as usize) else {
+            // Not an index `hub()` gave: a fresh provisional id is still right.
+            self.last_provisional = self.last_provisional.saturating_sub(1);
+            return self.last_provisional;
+        };
+        let servers = match table.users.get_mut(user) {
+            Some(servers) => {
+                if let Some(id) = servers.get(server) {
+                    return id;
+                }
+                servers
+            }
+            None => table.users.entry(user.into()).or_default(),
+        };
+        self.last_provisional = self.last_provisional.saturating_sub(1);
+        servers.insert(server, self.last_provisional);
+        self.len = self.len.saturating_add(1);
+        self.provisional
+            .insert(self.last_provisional, (hub, user.into(), server.into()));
+        self.last_provisional
+    }
+
+    /// Records that provisional ids are now interned in the store as the
+    /// given ids: call only once the commit that created them committed.
+    pub fn confirm(&mut self, interned: &[(ServerId, ServerId)]) {
+        for (provisional, id) in interned {
+            let Some((hub, user, server)) = self.provisional.remove(provisional) else {
+                continue;
+            };
+            let slot = self
+                .hubs
+                .get_mut(hub as usize)
+                .and_then(|h| h.users.get_mut(&user))
+                .and_then(|servers| servers.slot(&server));
+            if let Some(slot) = slot {
+                *slot = *id;
+            }
+        }
+    }
+
+    /// Servers held in memory.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no server is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets every server (not the hubs: pages index them): each is found
+    /// in the store again at its next commit.
+    fn forget(&mut self) {
+        for hub in &mut self.hubs {
+            hub.users = Default::default();
+        }
+        self.provisional = Default::default();
+        self.len = 0;
+    }
+}
+
+/// One hub's observation instants in a page.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SeenHub {
+    /// Member.
+    pub member: String,
+    /// Hub.
+    pub hub: String,
+    /// Instants, Unix ms.
+    pub ticks: BTreeSet<i64>,
+}
+
 /// The observations one page of batches holds, before they are stored.
+/// Servers are keyed by [`ServerId`] and hubs by their [`ServerIds::hub`]
+/// index, so pages merged together must come from the same [`ServerIds`].
 #[derive(Debug, Clone, Default)]
 pub struct UsagePage {
     /// Server observations, merged per `(server, ts, kind)`.
-    pub points: BTreeMap<(ServerKey, i64, PointKind), Levels>,
-    /// Hub observation instants per `(member, hub)`.
-    pub seen: BTreeMap<(String, String), BTreeSet<i64>>,
+    pub points: BTreeMap<(ServerId, i64, PointKind), Levels>,
+    /// Hub observation instants per hub index.
+    pub seen: BTreeMap<u32, SeenHub>,
     /// What snapshots with `since_ms` add, per `(server, hour)`: summed,
     /// never stored as points.
-    pub added: BTreeMap<(ServerKey, i64), Quantities>,
+    pub added: BTreeMap<(ServerId, i64), Quantities>,
+    /// The key of every provisional (negative) id the page uses.
+    pub new_servers: BTreeMap<ServerId, ServerKey>,
     /// Records skipped for a timestamp out of range.
     pub skipped: u64,
     /// The longest span a snapshot's `since_ms` may bridge; `None` is
@@ -425,13 +645,33 @@ pub struct UsagePage {
     /// so a late observation never recomputes hours whose observations were
     /// pruned.
     pub max_age_ms: Option<i64>,
+    /// The ids [`UsagePage::add_batch`] interns in (a page committed alone).
+    own_ids: ServerIds,
 }
 
 impl UsagePage {
+    /// [`Self::add_batch_with`] on the page's own [`ServerIds`], so every
+    /// server is provisional and resolved at commit: for a page committed
+    /// alone (tests, tools). Pages merged together must come from one
+    /// `ServerIds`, which the stage keeps across pages
+    /// ([`Self::add_batch_with`]).
+    pub fn add_batch(&mut self, member: &str, batch: &Batch, now_ms: i64) {
+        let mut ids = std::mem::take(&mut self.own_ids);
+        self.add_batch_with(&mut ids, member, batch, now_ms);
+        self.own_ids = ids;
+    }
+
     /// Adds the usage events and hub health checks of `batch` (from
     /// `member`, per the credential), skipping timestamps older than
     /// [`MAX_AGE_MS`] or more than [`MAX_FUTURE_MS`] ahead of `now_ms`.
-    pub fn add_batch(&mut self, member: &str, batch: &Batch, now_ms: i64) {
+    /// Servers and hubs are interned in `ids`.
+    pub fn add_batch_with(
+        &mut self,
+        ids: &mut ServerIds,
+        member: &str,
+        batch: &Batch,
+        now_ms: i64,
+    ) {
         let max_age = self.max_age_ms.unwrap_or(MAX_AGE_MS).min(MAX_AGE_MS);
         let in_range = |ts: i64| {
             ts >= now_ms.saturating_sub(max_age) && ts <= now_ms.saturating_add(MAX_FUTURE_MS)
@@ -443,22 +683,29 @@ impl UsagePage {
                         self.skipped = self.skipped.saturating_add(1);
                         continue;
                     }
-                    let key = ServerKey {
-                        member: member.to_string(),
-                        hub: event.hub.clone(),
-                        user: event.user.clone(),
-                        server: event.server.clone(),
-                    };
+                    let hub = ids.hub(member, &event.hub);
+                    let id = ids.server(hub, &event.user, &event.server);
+                    if id < 0 {
+                        self.new_servers.entry(id).or_insert_with(|| ServerKey {
+                            member: member.to_string(),
+                            hub: event.hub.clone(),
+                            user: event.user.clone(),
+                            server: event.server.clone(),
+                        });
+                    }
+                    self.see(hub, member, &event.hub, event.timestamp_ms);
                     let (kind, levels) = match &event.kind {
                         UsageKind::ResourcesSince { snapshot, since_ms } => {
                             let max_gap = self.max_gap_ms.unwrap_or(DEFAULT_MAX_GAP_MS);
                             let levels = Levels::from_snapshot(snapshot);
-                            for (hour, q) in
-                                additive_hours(&levels, *since_ms, event.timestamp_ms, max_gap)
-                            {
-                                self.added.entry((key.clone(), hour)).or_default().add(&q);
-                            }
-                            self.see(member, &event.hub, event.timestamp_ms);
+                            let added = &mut self.added;
+                            additive_hours(
+                                &levels,
+                                *since_ms,
+                                event.timestamp_ms,
+                                max_gap,
+                                |hour, q| added.entry((id, hour)).or_default().add(&q),
+                            );
                             continue;
                         }
                         UsageKind::ServerStarted { .. } => (PointKind::Started, Levels::default()),
@@ -471,15 +718,15 @@ impl UsagePage {
                     };
                     let slot = self
                         .points
-                        .entry((key, event.timestamp_ms, kind))
+                        .entry((id, event.timestamp_ms, kind))
                         .or_default();
                     *slot = slot.merge(levels);
-                    self.see(member, &event.hub, event.timestamp_ms);
                 }
                 Record::Health(check) => {
-                    if let Some(hub) = &check.hub {
+                    if let Some(name) = &check.hub {
                         if in_range(check.timestamp_ms) {
-                            self.see(member, hub, check.timestamp_ms);
+                            let hub = ids.hub(member, name);
+                            self.see(hub, member, name, check.timestamp_ms);
                         } else {
                             self.skipped = self.skipped.saturating_add(1);
                         }
@@ -490,26 +737,48 @@ impl UsagePage {
         }
     }
 
-    fn see(&mut self, member: &str, hub: &str, ts: i64) {
+    fn see(&mut self, index: u32, member: &str, hub: &str, ts: i64) {
         self.seen
-            .entry((member.to_string(), hub.to_string()))
-            .or_default()
+            .entry(index)
+            .or_insert_with(|| SeenHub {
+                member: member.to_string(),
+                hub: hub.to_string(),
+                ticks: BTreeSet::new(),
+            })
+            .ticks
             .insert(ts);
     }
 
-    /// Adds `other`'s observations (a later page) to this one: points merge
-    /// per instant and kind, instants unite, additive quantities sum.
+    /// Adds `other`'s observations (a later page, from the same
+    /// [`ServerIds`]) to this one: points merge per instant and kind,
+    /// instants unite, additive quantities sum.
     pub fn merge(&mut self, other: UsagePage) {
+        if self.is_empty() && self.new_servers.is_empty() && self.skipped == 0 {
+            // The common case of a deferred flush's first page: no re-insert.
+            let (max_gap_ms, max_age_ms) = (self.max_gap_ms, self.max_age_ms);
+            *self = other;
+            self.max_gap_ms = max_gap_ms;
+            self.max_age_ms = max_age_ms;
+            return;
+        }
         for (key, levels) in other.points {
             let slot = self.points.entry(key).or_default();
             *slot = slot.merge(levels);
         }
-        for (hub, ticks) in other.seen {
-            self.seen.entry(hub).or_default().extend(ticks);
+        for (index, hub) in other.seen {
+            match self.seen.entry(index) {
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(hub);
+                }
+                std::collections::btree_map::Entry::Occupied(mut slot) => {
+                    slot.get_mut().ticks.extend(hub.ticks);
+                }
+            }
         }
         for (key, q) in other.added {
             self.added.entry(key).or_default().add(&q);
         }
+        self.new_servers.extend(other.new_servers);
         self.skipped = self.skipped.saturating_add(other.skipped);
     }
 

@@ -10,20 +10,28 @@
 //! [`MAX_PENDING_ROWS`] rows are pending, or at shutdown. The stored cursor
 //! only moves with the rows, so after a crash the pipeline re-derives the
 //! pending pages from it: nothing counts twice, nothing is lost.
+//!
+//! The stage keeps the servers' interned ids in memory ([`ServerIds`]), so
+//! a page is keyed by integers: a server first seen gets a provisional id
+//! that the commit resolves in `usage_servers`, and the stage learns the
+//! store's id only once that commit has committed.
 
 use std::sync::{Arc, Mutex};
 
 use hubwatch_shared::wire::Batch;
 
-use super::ledger::{DEFAULT_MAX_GAP_MS, UsagePage};
+use super::ledger::{DEFAULT_MAX_GAP_MS, ServerIds, UsagePage};
 use super::store::{CommitSummary, UsageStore};
 use crate::pipeline::{CursorUpdate, Stage, StageFailure, lock};
 use crate::store::{StoreError, StoredBatch};
 use crate::telemetry::CollectorMetrics;
 
 /// Pending rows (points and additive server-hours) above which the stage
-/// writes at once: bounds its memory (~300 B a row).
-pub const MAX_PENDING_ROWS: usize = 250_000;
+/// writes at once: bounds its memory (an estimated ~120 B a row with
+/// interned keys, so ~90 MB). Above one row per running server of the fleet (1,000 hubs ×
+/// 500), so that a deferred flush still writes each server-hour once per
+/// `usage.flush_interval` at that width instead of once per page pair.
+pub const MAX_PENDING_ROWS: usize = 750_000;
 
 /// The stage's name: its cursor's key and the `stage` label.
 pub const LEDGER_STAGE: &str = "usage.ledger";
@@ -42,6 +50,8 @@ pub struct LedgerTotals {
 /// See the module docs.
 pub struct LedgerStage {
     store: Arc<dyn UsageStore>,
+    /// The interned server ids, kept across pages (see [`ServerIds`]).
+    ids: ServerIds,
     page: UsagePage,
     /// Pages deferred, not yet written.
     pending: UsagePage,
@@ -67,6 +77,7 @@ impl LedgerStage {
     pub fn new(store: Arc<dyn UsageStore>) -> Self {
         Self {
             store,
+            ids: ServerIds::default(),
             page: UsagePage::default(),
             pending: UsagePage::default(),
             pending_since_ms: None,
@@ -124,7 +135,8 @@ impl Stage for LedgerStage {
     ) -> Result<(), StageFailure> {
         self.page.max_age_ms = self.max_age_ms;
         self.page.max_gap_ms = Some(self.max_gap_ms);
-        self.page.add_batch(&stored.member, batch, now_ms);
+        self.page
+            .add_batch_with(&mut self.ids, &stored.member, batch, now_ms);
         Ok(())
     }
 
@@ -145,6 +157,8 @@ impl Stage for LedgerStage {
                 .commit(&self.pending, Some(update), self.max_gap_ms)?;
         let page = std::mem::take(&mut self.pending);
         self.pending_since_ms = None;
+        // Committed: the ids the commit created or found are the store's.
+        self.ids.confirm(&summary.interned);
         if let Some(m) = &self.metrics {
             m.usage_skipped_records.inc_by(page.skipped);
         }

@@ -6,8 +6,12 @@
 //!
 //! A server's four-part key (member, hub, user pseudonym, server) is interned
 //! once in `usage_servers`; observations and server-hours are keyed by its
-//! integer id, so look-ups compare one integer and rows stay small. The
-//! trait speaks [`ServerKey`]s: the ids never leave this module.
+//! integer id, so look-ups compare one integer and rows stay small. Reads
+//! speak [`ServerKey`]s; a page to commit holds ids, which the ledger stage
+//! keeps in memory ([`super::ledger::ServerIds`]): positive ones are ids the
+//! store has, provisional (negative) ones come with their key and are found
+//! or created in the commit's transaction, which returns them
+//! ([`CommitSummary::interned`]).
 //!
 //! A commit stores the page's observations (merged with any already stored at
 //! the same instant, so a replay changes nothing), then recomputes, from the
@@ -27,7 +31,7 @@ use std::collections::BTreeMap;
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::ledger::{
-    HOUR_MS, Levels, Point, PointKind, Quantities, ServerHistory, ServerKey, UsagePage,
+    HOUR_MS, Levels, Point, PointKind, Quantities, ServerHistory, ServerId, ServerKey, UsagePage,
     bounded_hours, hour_of, integrate_observed, integrate_server, split_hours,
 };
 use crate::pipeline::CursorUpdate;
@@ -72,8 +76,12 @@ pub struct HubHour {
 }
 
 /// What a commit recomputed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CommitSummary {
+    /// The page's provisional server ids ([`UsagePage::new_servers`]) and
+    /// the `usage_servers` ids they were resolved to, valid once the
+    /// transaction has committed ([`super::ledger::ServerIds::confirm`]).
+    pub interned: Vec<(ServerId, ServerId)>,
     /// Server-hour rows written.
     pub server_hours: u64,
     /// Hub-hour rows written.
@@ -331,15 +339,25 @@ struct Touched {
     lifecycle_max: Option<i64>,
 }
 
-/// Adds `b` to column `a`, saturating at `i64::MAX` (both are non-negative).
-fn saturating_sql(column: &str) -> String {
+/// Adds parameter `?param` to `column`, saturating at `i64::MAX` (both are
+/// non-negative).
+fn saturating_add_sql(column: &str, param: usize) -> String {
     format!(
-        "{column} = CASE WHEN {column} > 9223372036854775807 - excluded.{column}
-             THEN 9223372036854775807 ELSE {column} + excluded.{column} END"
+        "{column} = CASE WHEN {column} > 9223372036854775807 - ?{param}
+             THEN 9223372036854775807 ELSE {column} + ?{param} END"
     )
 }
 
-/// Stores the page and recomputes the hours it changes, inside `tx`.
+/// A page named a provisional server id without its key (pages merged from
+/// two [`super::ledger::ServerIds`]): nothing is written.
+#[derive(Debug, thiserror::Error)]
+#[error("usage page: provisional server id {0} has no key in the page")]
+struct Unresolved(ServerId);
+
+/// Stores the page and recomputes the hours it changes, inside `tx`. The
+/// page's positive server ids are interned ids the store has; its
+/// provisional ones are resolved from [`UsagePage::new_servers`] (found or
+/// created) and returned in [`CommitSummary::interned`].
 pub fn write_page(
     tx: &Transaction<'_>,
     page: &UsagePage,
@@ -359,18 +377,25 @@ pub fn write_page(
              memory_usage_bytes = max(coalesce(memory_usage_bytes, excluded.memory_usage_bytes), coalesce(excluded.memory_usage_bytes, memory_usage_bytes)),
              storage_bytes = max(coalesce(storage_bytes, excluded.storage_bytes), coalesce(excluded.storage_bytes, storage_bytes))",
     )?;
+    // Provisional ids: found or created in `usage_servers` here, inside the
+    // transaction (a rolled-back page leaves no id behind, and the stage
+    // learns them only after the commit).
+    let mut resolved: BTreeMap<ServerId, ServerId> = BTreeMap::new();
+    for (provisional, key) in &page.new_servers {
+        resolved.insert(*provisional, server_id(tx, key)?);
+    }
+    let id_of = |id: ServerId| -> rusqlite::Result<ServerId> {
+        if id >= 0 {
+            return Ok(id);
+        }
+        resolved
+            .get(&id)
+            .copied()
+            .ok_or_else(|| rusqlite::Error::ToSqlConversionFailure(Box::new(Unresolved(id))))
+    };
     let mut touched: BTreeMap<i64, Touched> = BTreeMap::new();
-    // The page's points are sorted by server: intern each server once.
-    let mut current: Option<(&ServerKey, i64)> = None;
-    for ((key, ts, kind), levels) in &page.points {
-        let id = match current {
-            Some((k, id)) if k == key => id,
-            _ => {
-                let id = server_id(tx, key)?;
-                current = Some((key, id));
-                id
-            }
-        };
+    for ((id, ts, kind), levels) in &page.points {
+        let id = id_of(*id)?;
         upsert.execute(params![
             id,
             ts,
@@ -386,59 +411,59 @@ pub fn write_page(
     }
     let mut seen = tx
         .prepare_cached("INSERT OR IGNORE INTO usage_seen (member, hub, ts) VALUES (?1, ?2, ?3)")?;
-    for ((member, hub), ticks) in &page.seen {
-        for ts in ticks {
-            seen.execute(params![member, hub, ts])?;
+    for hub in page.seen.values() {
+        for ts in &hub.ticks {
+            seen.execute(params![hub.member, hub.hub, ts])?;
         }
     }
     for t in touched.into_values() {
         summary.server_hours += recompute_server(tx, t, max_gap_ms)?;
     }
-    // Additive snapshots: add to the row, never rewrite it.
+    // Additive snapshots: add to the row, never rewrite it. Most rows exist
+    // already (a server's hour is added to at every flush): an UPDATE alone
+    // then, and an INSERT only for a new hour (cheaper than an upsert, which
+    // tries the insert first).
     let mut add = tx.prepare_cached(&format!(
+        "UPDATE usage_server_hours SET {}, {}, {}, {}, {} WHERE server_id = ?1 AND hour = ?2",
+        saturating_add_sql("added_cpu_request_millicore_seconds", 3),
+        saturating_add_sql("added_memory_request_byte_seconds", 4),
+        saturating_add_sql("added_cpu_usage_millicore_seconds", 5),
+        saturating_add_sql("added_memory_usage_byte_seconds", 6),
+        saturating_add_sql("added_storage_byte_seconds", 7),
+    ))?;
+    let mut insert = tx.prepare_cached(
         "INSERT INTO usage_server_hours (server_id, hour, server_ms,
              cpu_request_millicore_seconds, memory_request_byte_seconds,
              cpu_usage_millicore_seconds, memory_usage_byte_seconds, storage_byte_seconds,
              added_cpu_request_millicore_seconds, added_memory_request_byte_seconds,
              added_cpu_usage_millicore_seconds, added_memory_usage_byte_seconds,
              added_storage_byte_seconds)
-         VALUES (?1, ?2, 0, 0, 0, 0, 0, 0, ?3, ?4, ?5, ?6, ?7)
-         ON CONFLICT (server_id, hour) DO UPDATE SET {}, {}, {}, {}, {}",
-        saturating_sql("added_cpu_request_millicore_seconds"),
-        saturating_sql("added_memory_request_byte_seconds"),
-        saturating_sql("added_cpu_usage_millicore_seconds"),
-        saturating_sql("added_memory_usage_byte_seconds"),
-        saturating_sql("added_storage_byte_seconds"),
-    ))?;
-    let mut current: Option<(&ServerKey, i64)> = None;
-    for ((key, hour), q) in &page.added {
+         VALUES (?1, ?2, 0, 0, 0, 0, 0, 0, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for ((id, hour), q) in &page.added {
         if q.is_zero() {
             continue;
         }
-        let id = match current {
-            Some((k, id)) if k == key => id,
-            _ => {
-                let id = server_id(tx, key)?;
-                current = Some((key, id));
-                id
-            }
-        };
-        add.execute(params![
-            id,
+        let values = params![
+            id_of(*id)?,
             hour,
             to_sql(q.cpu_request_millicore_seconds),
             to_sql(q.memory_request_byte_seconds),
             to_sql(q.cpu_usage_millicore_seconds),
             to_sql(q.memory_usage_byte_seconds),
             to_sql(q.storage_byte_seconds),
-        ])?;
+        ];
+        if add.execute(values)? == 0 {
+            insert.execute(values)?;
+        }
         summary.server_hours += 1;
     }
-    for ((member, hub), ticks) in &page.seen {
-        if let (Some(min), Some(max)) = (ticks.first(), ticks.last()) {
-            summary.hub_hours += recompute_hub(tx, member, hub, *min, *max, max_gap_ms)?;
+    for hub in page.seen.values() {
+        if let (Some(min), Some(max)) = (hub.ticks.first(), hub.ticks.last()) {
+            summary.hub_hours += recompute_hub(tx, &hub.member, &hub.hub, *min, *max, max_gap_ms)?;
         }
     }
+    summary.interned = resolved.into_iter().collect();
     Ok(summary)
 }
 

@@ -12,8 +12,8 @@ use hubwatch_shared::wire::{
 use proptest::prelude::*;
 
 use super::ledger::{
-    DEFAULT_MAX_GAP_MS, HOUR_MS, PointKind, Quantities, ServerHistory, UsagePage, hour_of,
-    integrate_observed, integrate_server,
+    DEFAULT_MAX_GAP_MS, HOUR_MS, PointKind, Quantities, ServerHistory, ServerIds, UsagePage,
+    hour_of, integrate_observed, integrate_server,
 };
 use super::store::{HourFilter, SqliteUsage, UsageStore};
 use super::{LEDGER_STAGE, LedgerStage, UsageComponent};
@@ -144,12 +144,20 @@ fn ledger(store: &dyn UsageStore) -> (Ledger, BTreeMap<(String, i64), u64>) {
 
 /// Commits each group of records as one page (no cursor), in order.
 fn commit_pages(store: &dyn UsageStore, pages: &[Vec<Record>]) {
+    let mut ids = ServerIds::default();
     for (i, records) in pages.iter().enumerate() {
         let mut page = UsagePage::default();
-        page.add_batch("leap", &batch("leap", i as u64, records.clone()), NOW);
-        store
+        page.add_batch_with(
+            &mut ids,
+            "leap",
+            &batch("leap", i as u64, records.clone()),
+            NOW,
+        );
+        let summary = store
             .commit(&page, None, DEFAULT_MAX_GAP_MS)
             .expect("commit");
+        // As the stage does: later pages use the store's ids.
+        ids.confirm(&summary.interned);
     }
 }
 
@@ -475,10 +483,12 @@ fn the_arithmetic_saturates_and_clamps_absurd_input() {
 fn oracle(records: &[Record]) -> (Ledger, Bounded) {
     let mut page = UsagePage::default();
     page.add_batch("leap", &batch("leap", 0, records.to_vec()), NOW);
+    // The page's own `ServerIds`: every id is provisional, with its key in the page.
+    let key_of = |id: &i64| page.new_servers.get(id).cloned().expect("key");
     let mut by_server: BTreeMap<_, Vec<super::ledger::Point>> = BTreeMap::new();
-    for ((key, ts, kind), levels) in &page.points {
+    for ((id, ts, kind), levels) in &page.points {
         by_server
-            .entry(key.clone())
+            .entry(key_of(id))
             .or_default()
             .push(super::ledger::Point {
                 ts: *ts,
@@ -492,8 +502,9 @@ fn oracle(records: &[Record]) -> (Ledger, Bounded) {
         points.sort_by_key(|p| (p.ts, p.kind));
         let hub_last = page
             .seen
-            .get(&(key.member.clone(), key.hub.clone()))
-            .and_then(|t| t.last().copied());
+            .values()
+            .find(|h| h.member == key.member && h.hub == key.hub)
+            .and_then(|h| h.ticks.last().copied());
         let last = points.iter().map(|p| p.ts).max().unwrap_or(0);
         let latest_lifecycle = points.iter().rfind(|p| p.kind.is_lifecycle());
         let open = latest_lifecycle.is_some_and(|p| p.kind == PointKind::Started);
@@ -518,10 +529,9 @@ fn oracle(records: &[Record]) -> (Ledger, Bounded) {
         }
     }
     // Additive snapshots: what each holds over (since, ts], summed.
-    for ((key, hour), q) in &page.added {
-        out.entry((key.member.clone(), key.user.clone(), *hour))
-            .or_default()
-            .add(q);
+    for ((id, hour), q) in &page.added {
+        let key = key_of(id);
+        out.entry((key.member, key.user, *hour)).or_default().add(q);
     }
     out.retain(|_, q| !q.is_zero());
     (out, bounded_out)
@@ -784,6 +794,162 @@ fn a_crash_between_flushes_counts_nothing_twice() {
     pipeline.run(NOW + 300 * SEC).expect("run");
     pipeline.run(NOW + 400 * SEC).expect("run");
     assert_eq!(cpu(), 45_000, "the flushed page is not derived again");
+}
+
+#[test]
+fn server_ids_are_provisional_until_confirmed_and_never_reused() {
+    let mut ids = ServerIds::with_limit(4);
+    let leap = ids.hub("leap", "hub");
+    let other_hub = ids.hub("leap", "hub-2");
+    let other_member = ids.hub("other", "hub");
+    assert_eq!(ids.hub("leap", "hub"), leap, "a hub keeps its index");
+    assert_ne!(leap, other_hub);
+    assert_ne!(leap, other_member);
+    assert_eq!(ids.hub_names(other_member), Some(("other", "hub")));
+    let ada = ids.server(leap, "ada", "");
+    assert!(ada < 0, "not in the store yet: provisional");
+    assert_eq!(
+        ids.server(leap, "ada", ""),
+        ada,
+        "the same server, the same id"
+    );
+    let ada_lab = ids.server(leap, "ada", "lab");
+    let ada_elsewhere = ids.server(other_hub, "ada", "");
+    assert_eq!(
+        std::collections::BTreeSet::from([ada, ada_lab, ada_elsewhere]).len(),
+        3,
+        "a server is its member, hub, user and name"
+    );
+    // Confirmed after a commit: the store's id from then on.
+    ids.confirm(&[(ada, 7), (ada_lab, 8)]);
+    assert_eq!(ids.server(leap, "ada", ""), 7);
+    assert_eq!(ids.server(leap, "ada", "lab"), 8);
+    assert_eq!(ids.server(other_hub, "ada", ""), ada_elsewhere);
+    // Past the limit everything is forgotten, and a new provisional id is
+    // never one a pending page may still hold.
+    let bob = ids.server(leap, "bob", "");
+    assert_eq!(ids.len(), 4);
+    let ada_again = ids.server(leap, "ada", "");
+    assert_eq!(ids.len(), 1, "forgotten, then ada again");
+    assert!(ada_again < 0);
+    assert!(![ada, ada_lab, ada_elsewhere, bob].contains(&ada_again));
+}
+
+/// The SQLite ledger, except that while `fail` is set a commit writes the
+/// page and then fails inside its transaction (rolled back, as on a full
+/// disk).
+struct FailingCommits {
+    store: Store,
+    inner: SqliteUsage,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl UsageStore for FailingCommits {
+    fn commit(
+        &self,
+        page: &UsagePage,
+        cursor: Option<&crate::pipeline::CursorUpdate<'_>>,
+        max_gap_ms: i64,
+    ) -> Result<super::store::CommitSummary, crate::store::StoreError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return self.store.write_with("failing on purpose", |tx| {
+                super::store::write_page(tx, page, max_gap_ms)?;
+                Err(rusqlite::Error::InvalidQuery)
+            });
+        }
+        self.inner.commit(page, cursor, max_gap_ms)
+    }
+
+    fn server_hours(
+        &self,
+        filter: &HourFilter,
+    ) -> Result<Vec<super::store::ServerHour>, crate::store::StoreError> {
+        self.inner.server_hours(filter)
+    }
+
+    fn hub_hours(
+        &self,
+        filter: &HourFilter,
+    ) -> Result<Vec<super::store::HubHour>, crate::store::StoreError> {
+        self.inner.hub_hours(filter)
+    }
+
+    fn prune_points(&self, before_ms: i64, limit: u64) -> Result<u64, crate::store::StoreError> {
+        self.inner.prune_points(before_ms, limit)
+    }
+
+    fn bounded_server_hours(
+        &self,
+        filter: &HourFilter,
+    ) -> Result<std::collections::BTreeSet<(super::ledger::ServerKey, i64)>, crate::store::StoreError>
+    {
+        self.inner.bounded_server_hours(filter)
+    }
+
+    fn server_points(
+        &self,
+        member: Option<&str>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(super::ledger::ServerKey, super::ledger::Point)>, crate::store::StoreError>
+    {
+        self.inner.server_points(member, from_ms, to_ms)
+    }
+}
+
+#[test]
+fn a_failed_commit_leaves_the_stage_no_server_id_the_store_does_not_have() {
+    let (_dir, store) = temp_store();
+    let failing = Arc::new(FailingCommits {
+        store: store.clone(),
+        inner: SqliteUsage::new(store.clone()),
+        fail: std::sync::atomic::AtomicBool::new(true),
+    });
+    // One stage for the whole test: its ids live as long as it does.
+    let mut pipeline = Pipeline::open(
+        Arc::new(store.clone()),
+        vec![Box::new(LedgerStage::new(
+            Arc::clone(&failing) as Arc<dyn UsageStore>
+        ))],
+        PipelineSettings::default(),
+    )
+    .expect("pipeline");
+    ingest(
+        &store,
+        "leap",
+        1,
+        vec![start("ada", T0), stop("ada", T0 + 10 * MIN)],
+    );
+    // The commit creates ada's id in its transaction, then fails: rolled back.
+    assert!(pipeline.run(NOW).expect("run").commit_failed);
+    failing
+        .fail
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(pipeline.run(NOW).expect("run").caught_up);
+    // A server created after it takes the next free id: had the stage kept
+    // the rolled-back id for ada, ada's rows would now be cyd's.
+    ingest(
+        &store,
+        "leap",
+        2,
+        vec![start("cyd", T0), stop("cyd", T0 + 5 * MIN)],
+    );
+    ingest(
+        &store,
+        "leap",
+        3,
+        vec![start("ada", T0 + 20 * MIN), stop("ada", T0 + 21 * MIN)],
+    );
+    assert!(pipeline.run(NOW).expect("run").caught_up);
+    let rows = ledger(failing.as_ref()).0;
+    assert_eq!(
+        server_ms(&rows, "ada"),
+        BTreeMap::from([(T0, (11 * MIN) as u64)])
+    );
+    assert_eq!(
+        server_ms(&rows, "cyd"),
+        BTreeMap::from([(T0, (5 * MIN) as u64)])
+    );
 }
 
 #[test]
