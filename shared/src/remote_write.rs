@@ -157,8 +157,8 @@ pub fn decompress(body: &[u8], max_decoded_bytes: usize) -> Result<Vec<u8>, Remo
     if body.is_empty() {
         return Err(RemoteWriteError::Empty);
     }
-    let decoded = snap::raw::decompress_len(body)
-        .map_err(|e| RemoteWriteError::Snappy(e.to_string()))?;
+    let decoded =
+        snap::raw::decompress_len(body).map_err(|e| RemoteWriteError::Snappy(e.to_string()))?;
     if decoded > max_decoded_bytes {
         return Err(RemoteWriteError::TooLarge {
             decoded,

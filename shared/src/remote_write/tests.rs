@@ -64,7 +64,11 @@ fn a_request_round_trips_into_samples() {
 fn a_member_label_is_removed_and_counted() {
     let request = WriteRequest {
         timeseries: vec![series(
-            &[("__name__", "up"), ("hub", "lab"), ("member", "someone-else")],
+            &[
+                ("__name__", "up"),
+                ("hub", "lab"),
+                ("member", "someone-else"),
+            ],
             &[(1.0, 1_000)],
         )],
     };
@@ -100,7 +104,10 @@ fn bad_bodies_are_refused_with_their_reason() {
     };
     let plain = prost::Message::encode_to_vec(&request);
     assert_eq!(decode_all(&plain).unwrap_err().reason(), "not_snappy");
-    assert_eq!(decode_all(b"not snappy at all").unwrap_err().reason(), "not_snappy");
+    assert_eq!(
+        decode_all(b"not snappy at all").unwrap_err().reason(),
+        "not_snappy"
+    );
 
     // Snappy of something that is not a WriteRequest.
     let garbage = snap::raw::Encoder::new()
@@ -116,13 +123,22 @@ fn bad_bodies_are_refused_with_their_reason() {
         )],
     };
     let e = decode_all(&encode(&big)).unwrap_err();
-    assert!(matches!(e, RemoteWriteError::TooLarge { limit: LIMIT, .. }), "{e}");
+    assert!(
+        matches!(e, RemoteWriteError::TooLarge { limit: LIMIT, .. }),
+        "{e}"
+    );
 
     for (labels, want) in [
         (vec![("hub", "lab")], "no __name__"),
         (vec![("__name__", "")], "no __name__"),
-        (vec![("__name__", "up"), ("job", "a"), ("hub", "b")], "not sorted"),
-        (vec![("__name__", "up"), ("job", "a"), ("job", "b")], "repeated"),
+        (
+            vec![("__name__", "up"), ("job", "a"), ("hub", "b")],
+            "not sorted",
+        ),
+        (
+            vec![("__name__", "up"), ("job", "a"), ("job", "b")],
+            "repeated",
+        ),
         (vec![("", "x"), ("__name__", "up")], "empty name"),
     ] {
         let request = WriteRequest {
