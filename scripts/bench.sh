@@ -9,6 +9,9 @@
 #   scripts/bench.sh usage             usage ledger (issue 8): CPU of the usage.ledger stage deriving
 #                                      1,000 hubs x 500 servers every 15 s, and the ledger's size on
 #                                      disk per row and per year (cargo bench --bench usage_ledger)
+#   scripts/bench.sh remote-write-in   remote write in (issue 10): samples/s of POST /api/v1/write
+#                                      against Prometheus' own receiver on the same payloads
+#                                      (cargo bench --bench remote_write_in; BENCH_SERIES, BENCH_ROUNDS)
 #   scripts/bench.sh metrics           hub-level series (issue 9): time and memory of one /metrics
 #                                      render for 1,000 hubs of ~50 series (cargo bench --bench hub_metrics)
 #   scripts/bench.sh federate          GET /federate of 200,000 series in 50 families over loopback
@@ -214,6 +217,10 @@ case "$cmd" in
   ingest) bench_ingest ;;
   backlog) bench_backlog ;;
   usage) bench_usage ;;
+  remote-write-in)
+    echo "== remote_write_in: ${BENCH_SERIES:-100000} series, side by side with Prometheus"
+    cargo bench -p hubwatch-collector --bench remote_write_in
+    ;;
   metrics) bench_metrics ;;
   federate)
     echo "== federate: GET /federate of ${BENCH_SERIES:-200000} series"
