@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
-use http::{Request, StatusCode};
+use http::Request;
 use http_body_util::{BodyExt, Full};
 use hubwatch_collector::Collector;
 use hubwatch_collector::server;
@@ -115,7 +115,10 @@ async fn send_all(
                 let Some(body) = bodies.get(i) else {
                     return anyhow::Ok(());
                 };
-                let mut request = Request::post(format!("http://{addr}/api/v1/write"))
+                // Origin-form with a Host header: Go's server (Prometheus)
+                // refuses HTTP/1.1 requests without one.
+                let mut request = Request::post("/api/v1/write")
+                    .header("host", addr.to_string())
                     .header("content-encoding", "snappy")
                     .header("content-type", "application/x-protobuf")
                     .header(remote_write::VERSION_HEADER, remote_write::VERSION);
@@ -229,7 +232,6 @@ fn main() -> Result<()> {
         "the collector stored {stored} batches for {} requests",
         bodies.len()
     );
-    let _ = StatusCode::OK;
 
     let rate = |took: Duration| samples as f64 / took.as_secs_f64();
     let (prom_rate, ours_rate) = (rate(prom_took), rate(ours_took));
