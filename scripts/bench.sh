@@ -14,6 +14,9 @@
 #                                      to skip the ~4.5 M-row seeding) (cargo bench --bench report_render)
 #   scripts/bench.sh rollup            usage ledger size after the rollup of closed months (issue 8):
 #                                      bytes per row and a year of the fleet (cargo bench --bench usage_rollup)
+#   scripts/bench.sh remote-write-in   remote write in (issue 10): samples/s of POST /api/v1/write
+#                                      against Prometheus' own receiver on the same payloads
+#                                      (cargo bench --bench remote_write_in; BENCH_SERIES, BENCH_ROUNDS)
 #   scripts/bench.sh metrics           hub-level series (issue 9): time and memory of one /metrics
 #                                      render for 1,000 hubs of ~50 series (cargo bench --bench hub_metrics)
 #   scripts/bench.sh federate          GET /federate of 200,000 series in 50 families over loopback
@@ -229,6 +232,10 @@ case "$cmd" in
   rollup)
     echo "== usage_rollup: one month of ${BENCH_HUBS:-4} hubs x ${BENCH_SERVERS:-500} servers rolled up"
     cargo bench -p hubwatch-collector --bench usage_rollup
+    ;;
+  remote-write-in)
+    echo "== remote_write_in: ${BENCH_SERIES:-100000} series, side by side with Prometheus"
+    cargo bench -p hubwatch-collector --bench remote_write_in
     ;;
   metrics) bench_metrics ;;
   federate)

@@ -24,6 +24,10 @@ command -v prometheus >/dev/null || need_apt+=(prometheus)
 # (--cluster.listen-address=) and a temporary storage path.
 command -v prometheus-alertmanager >/dev/null || need_apt+=(prometheus-alertmanager)
 command -v amtool >/dev/null || need_apt+=(prometheus-alertmanager)
+# VictoriaMetrics (Debian's `victoria-metrics`: the single-node server and
+# `vmagent`): the remote write tests send to it and receive from vmagent,
+# each started by the test on a free loopback port with its own data path.
+command -v vmagent >/dev/null || need_apt+=(victoria-metrics)
 # A headless Chromium: the report tests open the html report in it and read
 # its network requests, console errors, DOM and a screenshot over the
 # DevTools protocol (tests/src/chromium.rs). Debian's small

@@ -48,6 +48,16 @@ pub struct CollectorMetrics {
     pub duplicates: IntCounterVec,
     /// Ingest requests refused, by reason.
     pub ingest_rejected: IntCounterVec,
+    /// Remote write requests by HTTP status returned.
+    pub remote_write_in_requests: IntCounterVec,
+    /// Remote-written samples stored, by member.
+    pub remote_write_in_samples: IntCounterVec,
+    /// Remote write bytes accepted, by member.
+    pub remote_write_in_bytes: IntCounterVec,
+    /// Remote write requests refused, by reason.
+    pub remote_write_in_rejected: IntCounterVec,
+    /// Remote-written series whose `member` label was removed, by member.
+    pub remote_write_in_member_labels: IntCounterVec,
     /// Requests refused for their credential, by reason.
     pub auth_failures: IntCounterVec,
     /// Time from a batch fully read to its acknowledgement.
@@ -136,6 +146,12 @@ impl CollectorMetrics {
             records_stored: metrics::COLLECTOR_RECORDS_STORED.counter_vec(r),
             duplicates: metrics::COLLECTOR_DUPLICATES.counter_vec(r),
             ingest_rejected: metrics::COLLECTOR_INGEST_REJECTED.counter_vec(r),
+            remote_write_in_requests: metrics::COLLECTOR_REMOTE_WRITE_IN_REQUESTS.counter_vec(r),
+            remote_write_in_samples: metrics::COLLECTOR_REMOTE_WRITE_IN_SAMPLES.counter_vec(r),
+            remote_write_in_bytes: metrics::COLLECTOR_REMOTE_WRITE_IN_BYTES.counter_vec(r),
+            remote_write_in_rejected: metrics::COLLECTOR_REMOTE_WRITE_IN_REJECTED.counter_vec(r),
+            remote_write_in_member_labels: metrics::COLLECTOR_REMOTE_WRITE_IN_MEMBER_LABELS
+                .counter_vec(r),
             auth_failures: metrics::COLLECTOR_AUTH_FAILURES.counter_vec(r),
             ack_seconds: metrics::COLLECTOR_ACK_SECONDS.histogram(r),
             commit_seconds: metrics::COLLECTOR_COMMIT_SECONDS.histogram(r),

@@ -10,5 +10,6 @@
 pub mod codec;
 pub mod config;
 pub mod metrics;
+pub mod remote_write;
 pub mod url;
 pub mod wire;

@@ -138,6 +138,16 @@ metrics! {
     COLLECTOR_DUPLICATES = (Collector, Counter, "hubwatch_collector_duplicate_batches_total", ["member"], "Batches received again (retries, replays) and acknowledged without storing twice.");
     /// Refused requests.
     COLLECTOR_INGEST_REJECTED = (Collector, Counter, "hubwatch_collector_ingest_rejected_total", ["reason"], "Ingest requests refused: malformed, too_large, version, timeout, member_mismatch, agent_mismatch.");
+    /// Remote write in: requests by outcome.
+    COLLECTOR_REMOTE_WRITE_IN_REQUESTS = (Collector, Counter, "hubwatch_collector_remote_write_in_requests_total", ["code"], "POST /api/v1/write requests (Prometheus remote write 1.0 from a member's Prometheus, vmagent or Alloy) by HTTP status returned.");
+    /// Remote write in: samples stored.
+    COLLECTOR_REMOTE_WRITE_IN_SAMPLES = (Collector, Counter, "hubwatch_collector_remote_write_in_samples_total", ["member"], "Samples received by remote write and stored durably (first delivery only).");
+    /// Remote write in: bytes received.
+    COLLECTOR_REMOTE_WRITE_IN_BYTES = (Collector, Counter, "hubwatch_collector_remote_write_in_bytes_total", ["member"], "Compressed bytes of remote write bodies accepted.");
+    /// Remote write in: refused bodies.
+    COLLECTOR_REMOTE_WRITE_IN_REJECTED = (Collector, Counter, "hubwatch_collector_remote_write_in_rejected_total", ["reason"], "Remote write requests refused: empty, not_snappy, not_protobuf, bad_labels, too_large, unsupported (encoding or version), timeout, malformed.");
+    /// Remote write in: `member` labels removed.
+    COLLECTOR_REMOTE_WRITE_IN_MEMBER_LABELS = (Collector, Counter, "hubwatch_collector_remote_write_in_member_labels_total", ["member"], "Remote-written series that carried a member label: removed, the member is the credential's.");
     /// Authentication failures.
     COLLECTOR_AUTH_FAILURES = (Collector, Counter, "hubwatch_collector_auth_failures_total", ["reason"], "Requests refused for their credential: missing, unknown, revoked, certificate.");
     /// Ingest latency.

@@ -22,6 +22,7 @@ pub mod prom;
 pub mod prometheus;
 pub mod spool;
 pub mod tmpfs;
+pub mod victoria;
 pub mod wait;
 
 pub use agent::{Agent, AgentOptions, Summary};
@@ -36,6 +37,7 @@ pub use prom::PromText;
 pub use prometheus::{AuthProxy, ExpositionServer, Prometheus, ScrapeJob};
 pub use spool::{SpoolCursor, append_torn_record, spooled_records};
 pub use tmpfs::Tmpfs;
+pub use victoria::VmAgent;
 pub use wait::{eventually, free_port, patience, scaled, try_eventually};
 
 /// Encodes a batch of `samples` metric samples for `agent_id`/`member`, the way

@@ -74,11 +74,6 @@ impl Prometheus {
     /// `scrape_configs` (whole `  - job_name: ...` entries, for settings a
     /// [`ScrapeJob`] does not carry: `honor_labels`, `params`).
     pub fn start_with(jobs: &[ScrapeJob], extra_jobs_yaml: &str) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("hubwatch-prometheus-")
-            .tempdir()
-            .expect("temporary directory");
-        let port = free_port();
         let mut yaml = String::from(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nscrape_configs:\n",
         );
@@ -92,6 +87,19 @@ impl Prometheus {
             );
         }
         yaml.push_str(extra_jobs_yaml);
+        Self::start_yaml(&yaml)
+    }
+
+    /// Starts Prometheus with `yaml` as its whole `prometheus.yml` (for
+    /// `global.external_labels`, `remote_write` and the like), on a free
+    /// loopback port with its own TSDB directory, and waits until
+    /// `/-/ready` answers 200.
+    pub fn start_yaml(yaml: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("hubwatch-prometheus-")
+            .tempdir()
+            .expect("temporary directory");
+        let port = free_port();
         let config = dir.path().join("prometheus.yml");
         std::fs::write(&config, yaml).expect("write prometheus.yml");
         let args: Vec<std::ffi::OsString> = vec![

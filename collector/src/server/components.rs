@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use http::Method;
 
-use super::{ingest, routes};
+use super::{ingest, remote_write, routes};
 use crate::clock::SharedClock;
 use crate::component::{BuildContext, Built, Component, ComponentError, Route, Shutdown, Task};
 use crate::store::Store;
@@ -48,8 +48,10 @@ impl Component for Core {
 }
 
 /// `POST /api/v1/ingest` (every response counted by status in
-/// `hubwatch_collector_ingest_requests_total`) and the task that re-reads
-/// the token table every `server.token_refresh`.
+/// `hubwatch_collector_ingest_requests_total`), `POST /api/v1/write`
+/// (Prometheus remote write in, the same tokens; counted in
+/// `hubwatch_collector_remote_write_in_requests_total`) and the task that
+/// re-reads the token table every `server.token_refresh`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Ingest;
 
@@ -69,6 +71,15 @@ impl Component for Ingest {
                 |state, peer, request| async move { ingest::handle(&state, &peer, request).await },
             )
             .count_responses(ctx.metrics.ingest_requests.clone());
+            let write =
+                Route::new(
+                    Method::POST,
+                    remote_write::PATH,
+                    |state, peer, request| async move {
+                        remote_write::handle(&state, &peer, request).await
+                    },
+                )
+                .count_responses(ctx.metrics.remote_write_in_requests.clone());
             let (tokens, store, every, shutdown) = (
                 ctx.tokens.clone(),
                 ctx.store.clone(),
@@ -79,7 +90,7 @@ impl Component for Ingest {
                 tokens.refresh_until(store, every, shutdown).await;
             });
             Ok(Built {
-                routes: vec![route],
+                routes: vec![route, write],
                 tasks: vec![refresh],
                 ..Built::default()
             })

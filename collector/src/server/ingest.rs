@@ -23,12 +23,16 @@ use hubwatch_shared::wire::{
     format_versions,
 };
 use hyper::body::Incoming;
+use prometheus::IntCounterVec;
 
 use super::AppState;
 use super::routes::{HttpResponse, auth_failure, error, json, log_auth_failure, unavailable};
 use crate::auth::{self, AuthError, Credential, PeerIdentity};
 use crate::clock::system_now_ms;
 use crate::store::{IngestItem, IngestOutcome};
+
+/// The path, as logged with a refused credential.
+const PATH: &str = "/api/v1/ingest";
 
 /// Handles one ingest request; the caller counts the status. Every answer
 /// carries [`ACCEPT_VERSIONS_HEADER`] and [`MAX_BODY_BYTES_HEADER`], so an
@@ -56,62 +60,15 @@ async fn handle_request(
     peer: &PeerIdentity,
     request: Request<Incoming>,
 ) -> HttpResponse {
-    let credential = match authenticate(state, peer, &request) {
+    let credential = match authenticate(state, peer, &request, PATH, &state.metrics.ingest_rejected)
+    {
         Ok(credential) => credential,
         Err(response) => return *response,
     };
-    let max_body = state.server.max_body_bytes.as_u64();
-    if let Some(declared) = declared_length(&request)
-        && declared > max_body
-    {
-        return reject(
-            state,
-            "too_large",
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("body of {declared} bytes exceeds the limit of {max_body} bytes"),
-        );
-    }
-
-    let limited = Limited::new(
-        request.into_body(),
-        usize::try_from(max_body).unwrap_or(usize::MAX),
-    );
-    let frame: Bytes =
-        match tokio::time::timeout(state.server.body_read_timeout, limited.collect()).await {
-            Ok(Ok(collected)) => collected.to_bytes(),
-            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                return reject(
-                    state,
-                    "too_large",
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("body exceeds the limit of {max_body} bytes"),
-                );
-            }
-            Ok(Err(e)) => {
-                return reject(
-                    state,
-                    "malformed",
-                    StatusCode::BAD_REQUEST,
-                    format!("could not read the body: {e}"),
-                );
-            }
-            Err(_) => {
-                let mut response = reject(
-                    state,
-                    "timeout",
-                    StatusCode::REQUEST_TIMEOUT,
-                    format!(
-                        "body not received within {}",
-                        humantime::format_duration(state.server.body_read_timeout)
-                    ),
-                );
-                // The rest of the body may still arrive; this connection is done.
-                response
-                    .headers_mut()
-                    .insert(CONNECTION, HeaderValue::from_static("close"));
-                return response;
-            }
-        };
+    let frame = match read_body(state, request, &state.metrics.ingest_rejected).await {
+        Ok(frame) => frame,
+        Err(response) => return *response,
+    };
     let read_at = Instant::now();
     let received_ms = system_now_ms();
 
@@ -205,16 +162,20 @@ async fn handle_request(
     )
 }
 
-/// The credential, or the 401/403 response (counted and logged).
-fn authenticate(
+/// The credential, or the 401/403 response (counted and logged; a token
+/// that belongs to another agent than its certificate is also counted in
+/// `rejected`).
+pub(super) fn authenticate(
     state: &AppState,
     peer: &PeerIdentity,
     request: &Request<Incoming>,
+    path: &'static str,
+    rejected: &IntCounterVec,
 ) -> Result<Credential, Box<HttpResponse>> {
     let bearer = match auth::bearer_token(request.headers()) {
         Ok(bearer) => bearer,
         Err(e) => {
-            log_auth_failure(&AuthError::Unknown, None, "/api/v1/ingest");
+            log_auth_failure(&AuthError::Unknown, None, path);
             return Err(Box::new(auth_failure(
                 state,
                 &AuthError::Unknown,
@@ -223,16 +184,67 @@ fn authenticate(
         }
     };
     state.tokens.authenticate(bearer, peer).map_err(|e| {
-        log_auth_failure(&e, bearer, "/api/v1/ingest");
+        log_auth_failure(&e, bearer, path);
         if let AuthError::AgentMismatch { .. } = e {
-            state
-                .metrics
-                .ingest_rejected
-                .with_label_values(&["agent_mismatch"])
-                .inc();
+            rejected.with_label_values(&["agent_mismatch"]).inc();
         }
         Box::new(auth_failure(state, &e, None))
     })
+}
+
+/// The whole body, under `server.max_body_bytes` (413, before reading when
+/// `Content-Length` declares more) and `server.body_read_timeout` (408, the
+/// connection closed); refusals counted in `rejected` by reason.
+pub(super) async fn read_body(
+    state: &AppState,
+    request: Request<Incoming>,
+    rejected: &IntCounterVec,
+) -> Result<Bytes, Box<HttpResponse>> {
+    let max_body = state.server.max_body_bytes.as_u64();
+    let no = |reason: &'static str, status: StatusCode, message: String| {
+        Box::new(refuse(rejected, reason, status, message))
+    };
+    if let Some(declared) = declared_length(&request)
+        && declared > max_body
+    {
+        return Err(no(
+            "too_large",
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body of {declared} bytes exceeds the limit of {max_body} bytes"),
+        ));
+    }
+    let limited = Limited::new(
+        request.into_body(),
+        usize::try_from(max_body).unwrap_or(usize::MAX),
+    );
+    match tokio::time::timeout(state.server.body_read_timeout, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(no(
+            "too_large",
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body exceeds the limit of {max_body} bytes"),
+        )),
+        Ok(Err(e)) => Err(no(
+            "malformed",
+            StatusCode::BAD_REQUEST,
+            format!("could not read the body: {e}"),
+        )),
+        Err(_) => {
+            let mut response = no(
+                "timeout",
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "body not received within {}",
+                    humantime::format_duration(state.server.body_read_timeout)
+                ),
+            );
+            // The rest of the body may still arrive; this connection is done.
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            Err(response)
+        }
+    }
 }
 
 /// What the ingest path needs of a batch: its envelope and record count.
@@ -290,19 +302,25 @@ fn check_claims(
     Ok(())
 }
 
-/// Counts a refused request by reason and builds its JSON error.
+/// Counts a refused ingest request by reason and builds its JSON error.
 fn reject(
     state: &AppState,
     reason: &'static str,
     status: StatusCode,
     message: impl std::fmt::Display,
 ) -> HttpResponse {
-    state
-        .metrics
-        .ingest_rejected
-        .with_label_values(&[reason])
-        .inc();
-    tracing::debug!(reason, status = status.as_u16(), error = %message, "ingest refused");
+    refuse(&state.metrics.ingest_rejected, reason, status, message)
+}
+
+/// Counts a refused request in `rejected` by reason and builds its JSON error.
+pub(super) fn refuse(
+    rejected: &IntCounterVec,
+    reason: &'static str,
+    status: StatusCode,
+    message: impl std::fmt::Display,
+) -> HttpResponse {
+    rejected.with_label_values(&[reason]).inc();
+    tracing::debug!(reason, status = status.as_u16(), error = %message, "request refused");
     error(status, message)
 }
 

@@ -54,6 +54,7 @@ pub(crate) use routes::{error, json, reader_member, unavailable};
 
 pub mod components;
 mod ingest;
+mod remote_write;
 mod routes;
 mod tls;
 

@@ -1040,3 +1040,5 @@ async fn shutdown_finishes_an_in_flight_request_then_stops_listening() {
         .unwrap();
     assert_eq!(server.store.raw_batch_count().unwrap(), 1);
 }
+
+mod remote_write;
