@@ -10,6 +10,15 @@ fn every_collector_metric_is_exported_and_no_other() {
     m.records_stored.with_label_values(&["leap"]).inc();
     m.duplicates.with_label_values(&["leap"]).inc();
     m.ingest_rejected.with_label_values(&["malformed"]).inc();
+    m.remote_write_in_requests.with_label_values(&["204"]).inc();
+    m.remote_write_in_samples.with_label_values(&["leap"]).inc();
+    m.remote_write_in_bytes.with_label_values(&["leap"]).inc();
+    m.remote_write_in_rejected
+        .with_label_values(&["not_snappy"])
+        .inc();
+    m.remote_write_in_member_labels
+        .with_label_values(&["leap"])
+        .inc();
     m.auth_failures.with_label_values(&["missing"]).inc();
     m.agent_dropped.with_label_values(&["leap", "a1"]).set(3);
     m.agent_last_seen
