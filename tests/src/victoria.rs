@@ -159,10 +159,7 @@ impl VictoriaMetrics {
 
     /// An instant query's `data.result`; an error names the answer.
     pub fn query(&self, promql: &str) -> anyhow::Result<serde_json::Value> {
-        let path = format!(
-            "/api/v1/query?query={}",
-            crate::prometheus::encode(promql)
-        );
+        let path = format!("/api/v1/query?query={}", crate::prometheus::encode(promql));
         let body = self.http.get_ok(&path, None)?;
         let value: serde_json::Value = serde_json::from_str(&body)?;
         anyhow::ensure!(value["status"] == "success", "query failed: {body}");

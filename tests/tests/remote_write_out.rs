@@ -105,9 +105,13 @@ fn stored(query: impl Fn(&str) -> anyhow::Result<Value>) -> anyhow::Result<Expec
             let seconds = point[0].as_f64().context("timestamp")?;
             let ts = (seconds * 1000.0).round() as i64;
             let value: f64 = point[1].as_str().context("value")?.parse()?;
-            if let Some(previous) = out.insert((member.clone(), agent.clone(), hub.clone(), ts), value)
+            if let Some(previous) =
+                out.insert((member.clone(), agent.clone(), hub.clone(), ts), value)
             {
-                ensure!(previous == value, "two values at {ts}: {previous} and {value}");
+                ensure!(
+                    previous == value,
+                    "two values at {ts}: {previous} and {value}"
+                );
             }
         }
     }
@@ -125,7 +129,11 @@ fn same(want: &Expected, got: &Expected) -> anyhow::Result<()> {
         &missing[..missing.len().min(3)]
     );
     for (key, value) in want {
-        ensure!(got[key] == *value, "{key:?}: {} instead of {value}", got[key]);
+        ensure!(
+            got[key] == *value,
+            "{key:?}: {} instead of {value}",
+            got[key]
+        );
     }
     ensure!(
         got.len() == want.len(),
@@ -170,14 +178,13 @@ fn samples_reach_prometheus_and_victoriametrics_exactly_and_survive_an_outage() 
         AgentOptions::new("lab-agent", "alpha", &agent_token, "1s"),
         collector.url(),
     );
-    let mut posters = [("alpha", "alpha-poster"), ("beta", "beta-poster")].map(|(member, agent)| {
-        Poster {
+    let mut posters =
+        [("alpha", "alpha-poster"), ("beta", "beta-poster")].map(|(member, agent)| Poster {
             member,
             agent,
             token: collector.create_token(member, agent),
             next_seq: 0,
-        }
-    });
+        });
 
     // Recent enough for Prometheus's head block, in the past, one batch a
     // few seconds after the other.
@@ -203,14 +210,22 @@ fn samples_reach_prometheus_and_victoriametrics_exactly_and_survive_an_outage() 
     );
     // The agent's own host figures, under its member and agent.
     let host = "host_cpu_count{member=\"alpha\",agent=\"lab-agent\"}";
-    eventually("the agent's series in Prometheus", Duration::from_secs(60), || {
-        ensure!(series_count(prometheus.query(host))? == 1, "not yet");
-        Ok(())
-    });
-    eventually("the agent's series in VictoriaMetrics", Duration::from_secs(60), || {
-        ensure!(series_count(victoria.query(host))? == 1, "not yet");
-        Ok(())
-    });
+    eventually(
+        "the agent's series in Prometheus",
+        Duration::from_secs(60),
+        || {
+            ensure!(series_count(prometheus.query(host))? == 1, "not yet");
+            Ok(())
+        },
+    );
+    eventually(
+        "the agent's series in VictoriaMetrics",
+        Duration::from_secs(60),
+        || {
+            ensure!(series_count(victoria.query(host))? == 1, "not yet");
+            Ok(())
+        },
+    );
 
     // The tenant header: on every request, naming the member of every series in it.
     let forwarded = proxy.forwarded();
@@ -239,14 +254,20 @@ fn samples_reach_prometheus_and_victoriametrics_exactly_and_survive_an_outage() 
             &[("destination", "prometheus"), ("code", "error")],
         )
         .unwrap_or(0.0);
-    assert!(failed >= 1.0, "the sends to the stopped Prometheus failed and were counted");
+    assert!(
+        failed >= 1.0,
+        "the sends to the stopped Prometheus failed and were counted"
+    );
     let lag = metrics
         .value(
             "hubwatch_collector_stage_lag_batches",
             &[("stage", "remote_write.prometheus")],
         )
         .unwrap_or(0.0);
-    assert!(lag >= 1.0, "the destination's stage shows its backlog: {lag}");
+    assert!(
+        lag >= 1.0,
+        "the destination's stage shows its backlog: {lag}"
+    );
     assert!(
         metrics
             .value(
@@ -264,20 +285,24 @@ fn samples_reach_prometheus_and_victoriametrics_exactly_and_survive_an_outage() 
         Duration::from_secs(60),
         || same(&expected, &stored(|q| prometheus.query(q))?),
     );
-    eventually("the destinations caught up", Duration::from_secs(30), || {
-        let metrics = collector.metrics()?;
-        for d in ["prometheus", "victoria"] {
-            let lag = metrics
-                .value(
-                    "hubwatch_collector_remote_write_out_lag_seconds",
-                    &[("destination", d)],
-                )
-                .unwrap_or(f64::NAN);
-            // The agent streams every second: "caught up" is a second or two.
-            ensure!(lag < 5.0, "{d} lag {lag}");
-        }
-        Ok(())
-    });
+    eventually(
+        "the destinations caught up",
+        Duration::from_secs(30),
+        || {
+            let metrics = collector.metrics()?;
+            for d in ["prometheus", "victoria"] {
+                let lag = metrics
+                    .value(
+                        "hubwatch_collector_remote_write_out_lag_seconds",
+                        &[("destination", d)],
+                    )
+                    .unwrap_or(f64::NAN);
+                // The agent streams every second: "caught up" is a second or two.
+                ensure!(lag < 5.0, "{d} lag {lag}");
+            }
+            Ok(())
+        },
+    );
     ensure_ok(check_tenants(&proxy.forwarded()));
 }
 

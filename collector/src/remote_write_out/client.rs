@@ -233,12 +233,11 @@ impl Endpoint {
         }
         for (name, value) in &cfg.headers {
             let k = format!("headers.{name}");
-            let header = HeaderName::from_bytes(name.as_bytes()).map_err(|e| {
-                DestinationError::Header {
+            let header =
+                HeaderName::from_bytes(name.as_bytes()).map_err(|e| DestinationError::Header {
                     key: key(&k),
                     reason: e.to_string(),
-                }
-            })?;
+                })?;
             let value = HeaderValue::from_str(value).map_err(|e| DestinationError::Header {
                 key: key(&k),
                 reason: e.to_string(),

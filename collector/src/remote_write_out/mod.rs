@@ -56,6 +56,18 @@ pub fn stage_name(name: &str) -> String {
     format!("remote_write.{name}")
 }
 
+/// Reads every file the `[[remote_write]]` entries name and sets their TLS
+/// up, as `serve` would (for `check-config`); the error names the key.
+/// Blocking.
+pub fn check_files(
+    cfg: &hubwatch_shared::config::CollectorConfig,
+) -> Result<(), client::DestinationError> {
+    for (index, rw) in cfg.remote_write.iter().enumerate() {
+        Endpoint::from_config(rw, index)?;
+    }
+    Ok(())
+}
+
 /// The remote write out feature of `serve`: one stage and one task per
 /// `[[remote_write]]` entry; nothing without one.
 #[derive(Debug, Clone, Copy, Default)]
@@ -143,7 +155,13 @@ impl Component for RemoteWriteOutComponent {
                 };
                 tasks.push(Task::new(
                     name.to_string(),
-                    drive(pipeline, retry, watch, ctx.clock.clone(), ctx.shutdown.clone()),
+                    drive(
+                        pipeline,
+                        retry,
+                        watch,
+                        ctx.clock.clone(),
+                        ctx.shutdown.clone(),
+                    ),
                 ));
             }
             Ok(Built {
@@ -217,8 +235,8 @@ impl Watch {
             .remote_write_out_cursor
             .with_label_values(&d)
             .set(health.watermark);
-        let at_risk = health.lag_batches > 0
-            && health.lag_seconds >= self.at_risk_after.as_secs_f64();
+        let at_risk =
+            health.lag_batches > 0 && health.lag_seconds >= self.at_risk_after.as_secs_f64();
         self.metrics
             .remote_write_out_at_risk
             .with_label_values(&d)
@@ -243,9 +261,7 @@ async fn drive(
         let run = tokio::task::spawn_blocking(move || lock(&running).run(run_clock.now_ms())).await;
         watch.publish();
         let wait = match run {
-            Ok(Ok(report)) if report.commit_failed => {
-                retry.take_wait().unwrap_or(POLL_INTERVAL)
-            }
+            Ok(Ok(report)) if report.commit_failed => retry.take_wait().unwrap_or(POLL_INTERVAL),
             Ok(Ok(report)) if !report.caught_up => Duration::ZERO,
             Ok(Ok(_)) => POLL_INTERVAL,
             Ok(Err(e)) => {

@@ -192,7 +192,10 @@ impl DestinationStage {
 
     /// Sends every prepared shard; `Ok(rejected samples)` when every request
     /// was answered for good, else the first retryable failure.
-    async fn send_all(&self, shards: Vec<Vec<Prepared>>) -> Result<u64, (String, Option<Duration>)> {
+    async fn send_all(
+        &self,
+        shards: Vec<Vec<Prepared>>,
+    ) -> Result<u64, (String, Option<Duration>)> {
         let sends = shards.into_iter().map(|requests| self.send_shard(requests));
         let results = futures_util::future::join_all(sends).await;
         let mut rejected = 0u64;

@@ -24,8 +24,7 @@ use hyper_util::rt::TokioIo;
 use super::client::{Backoff, Endpoint, Outcome, classify, parse_retry_after};
 use super::relabel::Relabel;
 use super::stage::{
-    CursorStore, DestinationStage, RetryState, SendSettings, StageParts, prepare_for_test,
-    shard_of,
+    CursorStore, DestinationStage, RetryState, SendSettings, StageParts, prepare_for_test, shard_of,
 };
 use crate::component::ShutdownTrigger;
 use crate::pipeline::{BatchLog, Pipeline, PipelineSettings, RunReport};
@@ -63,7 +62,10 @@ fn retry_after_parses_seconds_and_dates_and_refuses_garbage() {
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_780_000_000);
     assert_eq!(parse_retry_after("12", now), Some(Duration::from_secs(12)));
     let later = httpdate::fmt_http_date(now + Duration::from_secs(90));
-    assert_eq!(parse_retry_after(&later, now), Some(Duration::from_secs(90)));
+    assert_eq!(
+        parse_retry_after(&later, now),
+        Some(Duration::from_secs(90))
+    );
     let past = httpdate::fmt_http_date(now - Duration::from_secs(90));
     assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
     assert_eq!(parse_retry_after("soon", now), None);
@@ -199,7 +201,11 @@ fn with_a_tenant_header_each_request_holds_one_member() {
         let decoded = remote_write::decode_protobuf(&raw).expect("protobuf");
         assert_eq!(decoded.timeseries.len(), 2);
         for ts in decoded.timeseries {
-            assert!(ts.labels.iter().any(|l| l.name == "member" && l.value == member));
+            assert!(
+                ts.labels
+                    .iter()
+                    .any(|l| l.name == "member" && l.value == member)
+            );
         }
     }
 }
@@ -238,15 +244,18 @@ struct Received {
     request: proto::WriteRequest,
 }
 
+/// A scripted answer: status and `Retry-After`.
+type Answer = (u16, Option<&'static str>);
+
 /// A remote write receiver answering from a script (then 204).
 #[derive(Clone, Default)]
 struct Receiver {
-    script: Arc<Mutex<VecDeque<(u16, Option<&'static str>)>>>,
+    script: Arc<Mutex<VecDeque<Answer>>>,
     received: Arc<Mutex<Vec<Received>>>,
 }
 
 impl Receiver {
-    async fn start(script: Vec<(u16, Option<&'static str>)>) -> (Self, SocketAddr) {
+    async fn start(script: Vec<Answer>) -> (Self, SocketAddr) {
         let receiver = Self {
             script: Arc::new(Mutex::new(script.into())),
             ..Self::default()
@@ -391,8 +400,8 @@ async fn rig(addr: SocketAddr, edit: impl FnOnce(&mut RemoteWriteConfig)) -> Rig
         Relabel::new(&cfg.write_relabel).expect("relabel"),
     );
     let log: Arc<dyn BatchLog> = Arc::new(store.clone());
-    let pipeline = Pipeline::open(log, vec![Box::new(stage)], PipelineSettings::default())
-        .expect("pipeline");
+    let pipeline =
+        Pipeline::open(log, vec![Box::new(stage)], PipelineSettings::default()).expect("pipeline");
     Rig {
         _dir: dir,
         store,
@@ -451,7 +460,12 @@ async fn a_page_is_sent_with_credential_labels_and_the_cursor_moves_after_the_2x
         1024,
         vec![
             // A payload `member` is replaced by the credential's.
-            sample("jupyterhub_running_servers", &[("hub", "prod"), ("member", "evil")], 3.0, NOW),
+            sample(
+                "jupyterhub_running_servers",
+                &[("hub", "prod"), ("member", "evil")],
+                3.0,
+                NOW,
+            ),
             sample("host_cpu_count", &[], 8.0, NOW),
         ],
     )
@@ -461,7 +475,12 @@ async fn a_page_is_sent_with_credential_labels_and_the_cursor_moves_after_the_2x
         "leap",
         "leap-agent",
         2048,
-        vec![sample("jupyterhub_running_servers", &[("hub", "prod")], 4.0, NOW + 15_000)],
+        vec![sample(
+            "jupyterhub_running_servers",
+            &[("hub", "prod")],
+            4.0,
+            NOW + 15_000,
+        )],
     )
     .await;
     let report = rig.run().await;
@@ -484,7 +503,10 @@ async fn a_page_is_sent_with_credential_labels_and_the_cursor_moves_after_the_2x
     );
     assert_eq!(series.len(), 2);
     assert_eq!(rig.cursor(), 2, "the cursor is saved after the 2xx");
-    assert_eq!(rig.counter(&rig.metrics.remote_write_out_samples, &["test"]), 3);
+    assert_eq!(
+        rig.counter(&rig.metrics.remote_write_out_samples, &["test"]),
+        3
+    );
     // Nothing new: nothing sent again.
     rig.run().await;
     assert_eq!(receiver.received().len(), received.len());
@@ -494,12 +516,26 @@ async fn a_page_is_sent_with_credential_labels_and_the_cursor_moves_after_the_2x
 async fn a_503_keeps_the_cursor_waits_the_retry_after_and_sends_the_page_again() {
     let (receiver, addr) = Receiver::start(vec![(503, Some("2"))]).await;
     let rig = rig(addr, |c| c.shards = 1).await;
-    ingest(&rig.store, "leap", "a", 1024, vec![sample("m", &[], 1.0, NOW)]).await;
+    ingest(
+        &rig.store,
+        "leap",
+        "a",
+        1024,
+        vec![sample("m", &[], 1.0, NOW)],
+    )
+    .await;
     let report = rig.run().await;
     assert!(report.commit_failed, "{report:?}");
     assert_eq!(rig.cursor(), 0, "no 2xx, no cursor");
-    assert_eq!(rig.retry.take_wait(), Some(Duration::from_secs(2)), "Retry-After honoured");
-    assert_eq!(rig.counter(&rig.metrics.remote_write_out_requests, &["test", "503"]), 1);
+    assert_eq!(
+        rig.retry.take_wait(),
+        Some(Duration::from_secs(2)),
+        "Retry-After honoured"
+    );
+    assert_eq!(
+        rig.counter(&rig.metrics.remote_write_out_requests, &["test", "503"]),
+        1
+    );
     let report = rig.run().await;
     assert!(!report.commit_failed, "{report:?}");
     assert_eq!(rig.cursor(), 1);
@@ -517,7 +553,14 @@ async fn a_dead_destination_is_retried_with_backoff_and_nothing_moves() {
         l.local_addr().expect("addr")
     };
     let rig = rig(addr, |c| c.timeout = Duration::from_secs(2)).await;
-    ingest(&rig.store, "leap", "a", 1024, vec![sample("m", &[], 1.0, NOW)]).await;
+    ingest(
+        &rig.store,
+        "leap",
+        "a",
+        1024,
+        vec![sample("m", &[], 1.0, NOW)],
+    )
+    .await;
     let mut waits = Vec::new();
     for _ in 0..3 {
         assert!(rig.run().await.commit_failed);
@@ -529,7 +572,10 @@ async fn a_dead_destination_is_retried_with_backoff_and_nothing_moves() {
         "capped exponential backoff from min_backoff"
     );
     assert_eq!(rig.cursor(), 0);
-    assert_eq!(rig.counter(&rig.metrics.remote_write_out_requests, &["test", "error"]), 3);
+    assert_eq!(
+        rig.counter(&rig.metrics.remote_write_out_requests, &["test", "error"]),
+        3
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -552,8 +598,14 @@ async fn a_400_drops_the_request_counts_its_samples_and_moves_on() {
         rig.counter(&rig.metrics.remote_write_out_dropped, &["test", "rejected"]),
         2
     );
-    assert_eq!(rig.counter(&rig.metrics.remote_write_out_requests, &["test", "400"]), 1);
-    assert_eq!(rig.counter(&rig.metrics.remote_write_out_samples, &["test"]), 0);
+    assert_eq!(
+        rig.counter(&rig.metrics.remote_write_out_requests, &["test", "400"]),
+        1
+    );
+    assert_eq!(
+        rig.counter(&rig.metrics.remote_write_out_samples, &["test"]),
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -570,13 +622,23 @@ async fn tenant_header_auth_headers_relabel_and_tenant_label() {
         c.write_relabel.drop_names = vec!["secret_.*".into()];
     })
     .await;
-    ingest(&rig.store, "leap", "a", 1024, vec![sample("m", &[], 1.0, NOW)]).await;
+    ingest(
+        &rig.store,
+        "leap",
+        "a",
+        1024,
+        vec![sample("m", &[], 1.0, NOW)],
+    )
+    .await;
     ingest(
         &rig.store,
         "2i2c",
         "b",
         1024,
-        vec![sample("m", &[], 2.0, NOW), sample("secret_x", &[], 1.0, NOW)],
+        vec![
+            sample("m", &[], 2.0, NOW),
+            sample("secret_x", &[], 1.0, NOW),
+        ],
     )
     .await;
     assert!(!rig.run().await.commit_failed);
@@ -585,9 +647,17 @@ async fn tenant_header_auth_headers_relabel_and_tenant_label() {
     for r in &received {
         assert_eq!(r.headers["authorization"], "Bearer s3cret");
         assert_eq!(r.headers["x-extra"], "yes");
-        let tenant = r.headers["x-scope-orgid"].to_str().expect("ascii").to_string();
+        let tenant = r.headers["x-scope-orgid"]
+            .to_str()
+            .expect("ascii")
+            .to_string();
         for ts in &r.request.timeseries {
-            let label = |n: &str| ts.labels.iter().find(|l| l.name == n).map(|l| l.value.clone());
+            let label = |n: &str| {
+                ts.labels
+                    .iter()
+                    .find(|l| l.name == n)
+                    .map(|l| l.value.clone())
+            };
             assert_eq!(label("member").as_deref(), Some(tenant.as_str()));
             assert_eq!(label("tenant").as_deref(), Some(tenant.as_str()));
             assert_ne!(label("__name__").as_deref(), Some("secret_x"));

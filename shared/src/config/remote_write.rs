@@ -173,7 +173,10 @@ pub(crate) fn validate_remote_write(entries: &[RemoteWriteConfig]) -> Result<(),
         if !(rw.url.starts_with("http://") || rw.url.starts_with("https://")) {
             return Err(ConfigError::invalid(
                 key("url"),
-                format!("{:?}: not http(s): must start with http:// or https://", rw.url),
+                format!(
+                    "{:?}: not http(s): must start with http:// or https://",
+                    rw.url
+                ),
             ));
         }
         let host = rw
@@ -184,7 +187,10 @@ pub(crate) fn validate_remote_write(entries: &[RemoteWriteConfig]) -> Result<(),
             .next()
             .unwrap_or("");
         if host.is_empty() {
-            return Err(ConfigError::invalid(key("url"), format!("{:?} has no host", rw.url)));
+            return Err(ConfigError::invalid(
+                key("url"),
+                format!("{:?} has no host", rw.url),
+            ));
         }
         let name = rw.resolved_name();
         check_name(&key("name"), &name)?;
@@ -206,7 +212,10 @@ pub(crate) fn validate_remote_write(entries: &[RemoteWriteConfig]) -> Result<(),
         if let Some(basic) = &rw.basic_auth
             && basic.username.is_empty()
         {
-            return Err(ConfigError::invalid(key("basic_auth.username"), "must not be empty"));
+            return Err(ConfigError::invalid(
+                key("basic_auth.username"),
+                "must not be empty",
+            ));
         }
         if rw.tls_cert_file.is_some() != rw.tls_key_file.is_some() {
             return Err(ConfigError::invalid(
@@ -222,7 +231,10 @@ pub(crate) fn validate_remote_write(entries: &[RemoteWriteConfig]) -> Result<(),
                     "the value is not a valid HTTP header value",
                 ));
             }
-            if RESERVED_HEADERS.iter().any(|r| r.eq_ignore_ascii_case(header)) {
+            if RESERVED_HEADERS
+                .iter()
+                .any(|r| r.eq_ignore_ascii_case(header))
+            {
                 return Err(ConfigError::invalid(
                     key(&format!("headers.{header}")),
                     "is set by the remote write protocol or by the auth keys; it cannot be overridden",

@@ -714,7 +714,10 @@ fn remote_write_entries_default_and_name_themselves() {
     assert_eq!(rw.min_backoff, Duration::from_millis(100));
     assert_eq!(rw.max_backoff, Duration::from_secs(30));
     assert_eq!(cfg.remote_write[1].resolved_name(), "vm");
-    assert_eq!(cfg.remote_write[1].write_relabel.keep_names, ["jupyterhub_.*"]);
+    assert_eq!(
+        cfg.remote_write[1].write_relabel.keep_names,
+        ["jupyterhub_.*"]
+    );
 }
 
 #[test]
