@@ -782,3 +782,24 @@ fn remote_write_checks_name_their_key_and_why() {
         .expect_err("url is required");
     assert!(missing.to_string().contains("url"), "{missing}");
 }
+
+#[test]
+fn remote_write_examples_are_valid() {
+    let dir = format!("{}/../deploy/remote-write", env!("CARGO_MANIFEST_DIR"));
+    let mut files = 0;
+    for entry in std::fs::read_dir(&dir).expect("deploy/remote-write") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read");
+        let cfg: CollectorConfig =
+            load(&text, &HashMap::new()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(!cfg.remote_write.is_empty(), "{}", path.display());
+        files += 1;
+    }
+    assert_eq!(
+        files, 4,
+        "mimir, thanos, victoriametrics single and cluster"
+    );
+}
