@@ -13,6 +13,10 @@
 #                                      render for 1,000 hubs of ~50 series (cargo bench --bench hub_metrics)
 #   scripts/bench.sh federate          GET /federate of 200,000 series in 50 families over loopback
 #                                      (issue 9: < 1 s; cargo bench --bench federate)
+#   scripts/bench.sh remote-write-out  remote write out (issue 10: 500k samples/s): 2M samples over 10k
+#                                      series drained by the real stage to a real single-node
+#                                      VictoriaMetrics, then to an in-process blackhole (cargo bench
+#                                      --bench remote_write_out; BENCH_SAMPLES, BENCH_SERIES, BENCH_SHARDS)
 #   scripts/bench.sh agent [SECONDS]   agent footprint: RSS and CPU of a release agent streaming the
 #                                      host source every 15 s to a release collector (default 120 s)
 #   scripts/bench.sh fuzz [SECONDS]    every fuzz target for SECONDS each (scripts/fuzz.sh)
@@ -208,6 +212,33 @@ if not agents or agents[0]["batches"] == 0:
 EOF
 }
 
+bench_remote_write_out() {
+  local vm port data pid
+  vm=$(command -v victoria-metrics || true)
+  if [[ -z "$vm" ]]; then
+    echo "!! no victoria-metrics on PATH (scripts/install-test-deps.sh); only the blackhole runs"
+  else
+    port=$(free_port)
+    data=$(mktemp -d)
+    "$vm" -storageDataPath="$data" -httpListenAddr="127.0.0.1:$port" -loggerLevel=ERROR \
+      >"$data.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 50); do
+      curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
+      sleep 0.2
+    done
+    echo "== remote_write_out: to a real VictoriaMetrics single node (pid $pid, port $port)"
+    BENCH_RECEIVER="http://127.0.0.1:$port/api/v1/write" \
+      cargo bench -p hubwatch-collector --bench remote_write_out || true
+    echo "  VictoriaMetrics CPU for the run: $(( $(cpu_ticks "$pid") / $(getconf CLK_TCK) )) s"
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+    rm -rf "$data" "$data.log"
+  fi
+  echo "== remote_write_out: to an in-process blackhole (the collector's own ceiling)"
+  cargo bench -p hubwatch-collector --bench remote_write_out
+}
+
 cmd="${1:-}"
 shift || true
 case "$cmd" in
@@ -219,6 +250,7 @@ case "$cmd" in
     echo "== federate: GET /federate of ${BENCH_SERIES:-200000} series"
     cargo bench -p hubwatch-collector --bench federate
     ;;
+  remote-write-out) bench_remote_write_out ;;
   agent) bench_agent "$@" ;;
   fuzz) exec scripts/fuzz.sh "$@" ;;
   all)
@@ -226,7 +258,7 @@ case "$cmd" in
     bench_agent "$@"
     ;;
   *)
-    sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -671,3 +671,142 @@ async fn tenant_header_auth_headers_relabel_and_tenant_label() {
         1
     );
 }
+
+// ---------- the component: its own task, the shared status, DerivationBehind ----------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_destination_runs_in_its_own_task_holds_retention_and_raises_derivation_behind() {
+    use crate::alerts::AlertSource;
+    use crate::component::{BuildContext, Component};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let mut cfg = CollectorConfig::default();
+    cfg.storage.path = dir.path().join("data");
+    let mut rw = RemoteWriteConfig::new(format!("http://{dead}/api/v1/write"));
+    rw.name = Some("dead".into());
+    rw.timeout = Duration::from_secs(1);
+    rw.max_backoff = Duration::from_millis(200);
+    cfg.remote_write.push(rw);
+    let store = Store::open(&cfg.storage).expect("store");
+    // Received 20 minutes before "now": past derivation_behind_after (10 min).
+    let received = NOW - 20 * 60_000;
+    let batch = Batch {
+        agent_id: "a".into(),
+        member: "leap".into(),
+        seq: 1024,
+        created_ms: received,
+        dropped_records: 0,
+        agent_version: "test".into(),
+        records: vec![sample("m", &[], 1.0, received)],
+    };
+    store
+        .ingest(IngestItem {
+            member: "leap".into(),
+            agent: "a".into(),
+            seq: 1024,
+            created_ms: received,
+            dropped_records: 0,
+            agent_version: "test".into(),
+            records: 1,
+            frame: hubwatch_shared::codec::encode(&batch)
+                .expect("encode")
+                .into(),
+            received_ms: received,
+        })
+        .await
+        .expect("ingest");
+    let status = Arc::new(crate::pipeline::PipelineStatus::default());
+    let (trigger, shutdown) = ShutdownTrigger::new();
+    let metrics = CollectorMetrics::new();
+    let clock: crate::clock::SharedClock = Arc::new(crate::clock::ManualClock::new(NOW));
+    let ctx = BuildContext {
+        config: Arc::new(cfg.clone()),
+        store: store.clone(),
+        clock,
+        metrics: metrics.clone(),
+        tokens: crate::auth::TokenTable::new(),
+        shutdown,
+        alert_sources: Vec::new(),
+        probe_observers: Vec::new(),
+        pipeline_status: Arc::clone(&status),
+    };
+    let built = Box::new(super::RemoteWriteOutComponent)
+        .build(ctx)
+        .await
+        .expect("build");
+    assert!(
+        built.stages.is_empty(),
+        "not in the main pipeline: its own task"
+    );
+    assert_eq!(built.tasks.len(), 1);
+    let tasks: Vec<_> = built
+        .tasks
+        .into_iter()
+        .map(|t| tokio::spawn(t.future))
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let failures = metrics
+            .remote_write_out_requests
+            .with_label_values(&["dead", "error"])
+            .get();
+        if failures >= 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no retries seen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let health = status.stages()["remote_write.dead"].clone();
+    assert_eq!(health.lag_batches, 1, "{health:?}");
+    assert!(health.lag_seconds >= 1199.0, "{health:?}");
+    assert_eq!(store.retention_hold(), Some(0), "the unsent batch is held");
+    assert!(
+        metrics
+            .remote_write_out_lag_seconds
+            .with_label_values(&["dead"])
+            .get()
+            >= 1199.0
+    );
+    let alerts = crate::pipeline::alerts::DerivationAlerts::new(
+        Arc::clone(&status),
+        cfg.alerting.derivation_behind_after,
+        "rb",
+    )
+    .evaluate(NOW)
+    .expect("evaluate");
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].labels["stage"], "remote_write.dead");
+    // Shutdown ends the task promptly, even mid-retry.
+    trigger.trigger();
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the task ends at shutdown")
+            .expect("no panic");
+    }
+}
+
+#[test]
+fn retention_keeps_frames_for_the_slowest_of_every_pipeline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = CollectorConfig::default();
+    cfg.storage.path = dir.path().join("data");
+    let store = Store::open(&cfg.storage).expect("store");
+    assert_eq!(store.retention_hold(), None);
+    store.set_retention_hold(Some(10));
+    store.set_retention_hold_for("remote_write.a", Some(4));
+    assert_eq!(
+        store.retention_hold(),
+        Some(4),
+        "a destination behind holds more"
+    );
+    // The main pipeline's next publish does not replace the destination's.
+    store.set_retention_hold(Some(12));
+    assert_eq!(store.retention_hold(), Some(4));
+    store.set_retention_hold_for("remote_write.a", None);
+    assert_eq!(store.retention_hold(), Some(12));
+}
