@@ -13,10 +13,15 @@
 //!   counts; another 4xx drops the request's samples (counted, never
 //!   retried, per the spec); a 5xx, 429 or no answer stops that shard and
 //!   fails the commit: nothing is written, the pipeline derives the page
-//!   again after the backoff, and the destination gets it again (whole:
-//!   re-sent identical samples are accepted as duplicates by Prometheus,
-//!   Mimir and VictoriaMetrics). Only when every request was answered for
-//!   good is the cursor saved, so a restart or an outage resumes exactly.
+//!   again after the backoff, and the destination gets what it has not
+//!   acknowledged yet: the stage remembers, per series (a hash of its
+//!   labels), the newest timestamp acknowledged since the stored cursor, and
+//!   leaves out samples at or before it. (Re-sending them would not be
+//!   harmless: Prometheus refuses a request whose first sample is older than
+//!   the series' newest with a 400 and rolls the whole request back.) Only
+//!   when every request was answered for good is the cursor saved, so a
+//!   restart or an outage resumes exactly; after a restart in the middle of a
+//!   half-sent page that page is sent whole again.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -101,6 +106,8 @@ impl RetryState {
 /// One series of the pending page.
 #[derive(Debug)]
 struct Series {
+    /// [`series_hash`] of `labels`: its shard and its acknowledged mark.
+    hash: u64,
     member: String,
     /// Sorted, with `__name__`.
     labels: Vec<proto::Label>,
@@ -124,6 +131,8 @@ pub struct Prepared {
     pub member: Option<String>,
     /// Samples in it.
     pub samples: u64,
+    /// Per series in it: its hash and the newest timestamp it carries.
+    pub marks: Vec<(u64, i64)>,
     /// The encoded, compressed body.
     pub body: Bytes,
 }
@@ -141,6 +150,10 @@ pub struct DestinationStage {
     retry: Arc<RetryState>,
     metrics: CollectorMetrics,
     pending: Pending,
+    /// Per series hash, the newest timestamp the destination acknowledged
+    /// since the stored cursor (set by a page that failed half way, cleared
+    /// when a page commits).
+    acked: Mutex<HashMap<u64, i64>>,
 }
 
 impl std::fmt::Debug for DestinationStage {
@@ -187,6 +200,7 @@ impl DestinationStage {
             retry: parts.retry,
             metrics: parts.metrics,
             pending: Pending::default(),
+            acked: Mutex::new(HashMap::new()),
         }
     }
 
@@ -224,6 +238,12 @@ impl DestinationStage {
                 .await;
             match outcome {
                 Outcome::Acked => {
+                    let mut acked = lock(&self.acked);
+                    for &(hash, ts) in &request.marks {
+                        let mark = acked.entry(hash).or_insert(ts);
+                        *mark = (*mark).max(ts);
+                    }
+                    drop(acked);
                     self.metrics
                         .remote_write_out_requests
                         .with_label_values(&[d, "2xx"])
@@ -278,7 +298,7 @@ fn prepare(mut series: Vec<Series>, settings: &SendSettings) -> Vec<Vec<Prepared
     let mut by_shard: Vec<Vec<Series>> = (0..shards).map(|_| Vec::new()).collect();
     for mut s in series.drain(..) {
         s.samples.sort_by_key(|p| p.timestamp);
-        let shard = shard_of(&s.labels, shards);
+        let shard = (s.hash % shards as u64) as usize;
         by_shard[shard].push(s);
     }
     by_shard
@@ -293,30 +313,37 @@ fn prepare(mut series: Vec<Series>, settings: &SendSettings) -> Vec<Vec<Prepared
             let mut current = proto::WriteRequest::default();
             let mut count = 0usize;
             let mut member: Option<String> = None;
+            let mut marks: Vec<(u64, i64)> = Vec::new();
             let flush = |current: &mut proto::WriteRequest,
                          count: &mut usize,
                          member: &Option<String>,
+                         marks: &mut Vec<(u64, i64)>,
                          requests: &mut Vec<Prepared>| {
                 if *count > 0 {
                     let body = remote_write::encode(current);
                     requests.push(Prepared {
                         member: member.clone(),
                         samples: *count as u64,
+                        marks: std::mem::take(marks),
                         body: Bytes::from(body),
                     });
                 }
                 *current = proto::WriteRequest::default();
                 *count = 0;
+                marks.clear();
             };
             for s in list {
                 if settings.per_member_requests && member.as_deref() != Some(&s.member) {
-                    flush(&mut current, &mut count, &member, &mut requests);
+                    flush(&mut current, &mut count, &member, &mut marks, &mut requests);
                     member = Some(s.member.clone());
                 }
                 let mut rest = s.samples.as_slice();
                 while !rest.is_empty() {
                     let room = max - count;
                     let (now, later) = rest.split_at(room.min(rest.len()));
+                    if let Some(last) = now.last() {
+                        marks.push((s.hash, last.timestamp));
+                    }
                     current.timeseries.push(proto::TimeSeries {
                         labels: s.labels.clone(),
                         samples: now.to_vec(),
@@ -324,25 +351,31 @@ fn prepare(mut series: Vec<Series>, settings: &SendSettings) -> Vec<Vec<Prepared
                     count += now.len();
                     rest = later;
                     if count >= max {
-                        flush(&mut current, &mut count, &member, &mut requests);
+                        flush(&mut current, &mut count, &member, &mut marks, &mut requests);
                     }
                 }
             }
-            flush(&mut current, &mut count, &member, &mut requests);
+            flush(&mut current, &mut count, &member, &mut marks, &mut requests);
             requests
         })
         .filter(|requests| !requests.is_empty())
         .collect()
 }
 
-/// The shard a series goes through: a hash of its labels.
-pub fn shard_of(labels: &[proto::Label], shards: usize) -> usize {
+/// A series' identity for sharding and acknowledged marks: a hash of its
+/// sorted labels (SipHash with fixed keys: the same in every run).
+pub fn series_hash(labels: &[proto::Label]) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     for l in labels {
         l.name.hash(&mut hasher);
         l.value.hash(&mut hasher);
     }
-    (hasher.finish() % shards.max(1) as u64) as usize
+    hasher.finish()
+}
+
+/// The shard a series goes through, of `shards`.
+pub fn shard_of(labels: &[proto::Label], shards: usize) -> usize {
+    (series_hash(labels) % shards.max(1) as u64) as usize
 }
 
 impl Stage for DestinationStage {
@@ -401,6 +434,7 @@ impl Stage for DestinationStage {
                     });
                     proto_labels.sort_by(|a, b| a.name.cmp(&b.name));
                     pending.series.push(Series {
+                        hash: series_hash(&proto_labels),
                         member: stored.member.clone(),
                         labels: proto_labels,
                         samples: Vec::new(),
@@ -422,7 +456,21 @@ impl Stage for DestinationStage {
     fn commit(&mut self, update: &CursorUpdate<'_>) -> Result<(), StoreError> {
         let pending = std::mem::take(&mut self.pending);
         let (relabelled, invalid) = (pending.relabelled, pending.invalid);
-        let shards = prepare(pending.series, &self.settings);
+        let mut series = pending.series;
+        {
+            // What the destination acknowledged of this page before a
+            // failure is not sent again.
+            let acked = lock(&self.acked);
+            if !acked.is_empty() {
+                for s in &mut series {
+                    if let Some(&mark) = acked.get(&s.hash) {
+                        s.samples.retain(|p| p.timestamp > mark);
+                    }
+                }
+                series.retain(|s| !s.samples.is_empty());
+            }
+        }
+        let shards = prepare(series, &self.settings);
         let rejected = if shards.is_empty() {
             0
         } else {
@@ -459,6 +507,7 @@ impl Stage for DestinationStage {
             return Err(e);
         }
         self.retry.succeeded();
+        lock(&self.acked).clear();
         let d = self.destination.as_str();
         for (reason, n) in [
             ("rejected", rejected),
@@ -489,6 +538,7 @@ pub(crate) fn prepare_for_test(
         series
             .into_iter()
             .map(|(member, labels, samples)| Series {
+                hash: series_hash(&labels),
                 member,
                 labels,
                 samples,

@@ -810,3 +810,45 @@ fn retention_keeps_frames_for_the_slowest_of_every_pipeline() {
     store.set_retention_hold_for("remote_write.a", None);
     assert_eq!(store.retention_hold(), Some(12));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_half_sent_page_only_what_was_not_acknowledged_is_sent_again() {
+    // Request 1 is taken, request 2 gets a 503.
+    let (receiver, addr) = Receiver::start(vec![(204, None), (503, None)]).await;
+    let rig = rig(addr, |c| {
+        c.shards = 1;
+        c.max_samples_per_send = 2;
+    })
+    .await;
+    let points: Vec<Record> = (0..4)
+        .map(|i| sample("m", &[], i as f64, NOW + i * 1000))
+        .collect();
+    ingest(&rig.store, "leap", "a", 1024, points).await;
+    assert!(rig.run().await.commit_failed);
+    assert_eq!(rig.cursor(), 0);
+    // A newer batch arrives before the retry: the page read again is larger.
+    ingest(
+        &rig.store,
+        "leap",
+        "a",
+        2048,
+        vec![sample("m", &[], 4.0, NOW + 4000)],
+    )
+    .await;
+    assert!(!rig.run().await.commit_failed);
+    assert_eq!(rig.cursor(), 2);
+    let received = receiver.received();
+    let taken: Vec<i64> = received
+        .iter()
+        .enumerate()
+        // The 503'd request (the second) did not count.
+        .filter(|(i, _)| *i != 1)
+        .flat_map(|(_, r)| r.request.timeseries.iter())
+        .flat_map(|ts| ts.samples.iter().map(|s| s.timestamp - NOW))
+        .collect();
+    assert_eq!(
+        taken,
+        [0, 1000, 2000, 3000, 4000],
+        "every sample taken once, in order: the acknowledged ones were not re-sent"
+    );
+}
