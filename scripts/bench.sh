@@ -247,27 +247,11 @@ bench_remote_write_backlog() {
 }
 
 bench_remote_write_out() {
-  local vm port data pid
-  vm=$(command -v victoria-metrics || true)
-  if [[ -z "$vm" ]]; then
-    echo "!! no victoria-metrics on PATH (scripts/install-test-deps.sh); only the blackhole runs"
-  else
-    port=$(free_port)
-    data=$(mktemp -d)
-    "$vm" -storageDataPath="$data" -httpListenAddr="127.0.0.1:$port" -loggerLevel=ERROR \
-      >"$data.log" 2>&1 &
-    pid=$!
-    for _ in $(seq 50); do
-      curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
-      sleep 0.2
-    done
-    echo "== remote_write_out: to a real VictoriaMetrics single node (pid $pid, port $port)"
-    BENCH_RECEIVER="http://127.0.0.1:$port/api/v1/write" \
-      cargo bench -p hubwatch-collector --bench remote_write_out || true
-    echo "  VictoriaMetrics CPU for the run: $(( $(cpu_ticks "$pid") / $(getconf CLK_TCK) )) s"
-    kill "$pid"
-    wait "$pid" 2>/dev/null || true
-    rm -rf "$data" "$data.log"
+  if start_victoria; then
+    echo "== remote_write_out: to a real VictoriaMetrics single node (pid $vm_pid, $vm_url)"
+    BENCH_RECEIVER="$vm_url" cargo bench -p hubwatch-collector --bench remote_write_out || true
+    echo "  VictoriaMetrics CPU for the run: $(( $(cpu_ticks "$vm_pid") / $(getconf CLK_TCK) )) s"
+    stop_victoria
   fi
   echo "== remote_write_out: to an in-process blackhole (the collector's own ceiling)"
   cargo bench -p hubwatch-collector --bench remote_write_out
