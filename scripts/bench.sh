@@ -21,6 +21,13 @@
 #                                      render for 1,000 hubs of ~50 series (cargo bench --bench hub_metrics)
 #   scripts/bench.sh federate          GET /federate of 200,000 series in 50 families over loopback
 #                                      (issue 9: < 1 s; cargo bench --bench federate)
+#   scripts/bench.sh remote-write-out  remote write out (issue 10: 500k samples/s): 2M samples over 10k
+#                                      series drained by the real stage to a real single-node
+#                                      VictoriaMetrics, then to an in-process blackhole (cargo bench
+#                                      --bench remote_write_out; BENCH_SAMPLES, BENCH_SERIES, BENCH_SHARDS)
+#   scripts/bench.sh remote-write-backlog  ingest p99 while a remote write destination (a real
+#                                      VictoriaMetrics) and every stage catch up on the 48 h backlog
+#                                      (issue 10: <= 2x; `backlog` with BENCH_REMOTE_WRITE)
 #   scripts/bench.sh agent [SECONDS]   agent footprint: RSS and CPU of a release agent streaming the
 #                                      host source every 15 s to a release collector (default 120 s)
 #   scripts/bench.sh fuzz [SECONDS]    every fuzz target for SECONDS each (scripts/fuzz.sh)
@@ -222,6 +229,48 @@ if not agents or agents[0]["batches"] == 0:
 EOF
 }
 
+# Starts a single-node VictoriaMetrics on a free port; sets vm_pid, vm_data, vm_url.
+start_victoria() {
+  local vm port
+  vm=$(command -v victoria-metrics || true)
+  [[ -n "$vm" ]] || { echo "!! no victoria-metrics on PATH (scripts/install-test-deps.sh)"; return 1; }
+  port=$(free_port)
+  vm_data=$(mktemp -d)
+  "$vm" -storageDataPath="$vm_data" -httpListenAddr="127.0.0.1:$port" -loggerLevel=ERROR \
+    >"$vm_data.log" 2>&1 &
+  vm_pid=$!
+  for _ in $(seq 50); do
+    curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  vm_url="http://127.0.0.1:$port/api/v1/write"
+}
+
+stop_victoria() {
+  kill "$vm_pid"
+  wait "$vm_pid" 2>/dev/null || true
+  rm -rf "$vm_data" "$vm_data.log"
+}
+
+bench_remote_write_backlog() {
+  start_victoria
+  echo "== backlog mode with a remote write destination ($vm_url) catching up too"
+  BENCH_REMOTE_WRITE="$vm_url" bench_backlog || true
+  echo "  VictoriaMetrics CPU for the run: $(( $(cpu_ticks "$vm_pid") / $(getconf CLK_TCK) )) s"
+  stop_victoria
+}
+
+bench_remote_write_out() {
+  if start_victoria; then
+    echo "== remote_write_out: to a real VictoriaMetrics single node (pid $vm_pid, $vm_url)"
+    BENCH_RECEIVER="$vm_url" cargo bench -p hubwatch-collector --bench remote_write_out || true
+    echo "  VictoriaMetrics CPU for the run: $(( $(cpu_ticks "$vm_pid") / $(getconf CLK_TCK) )) s"
+    stop_victoria
+  fi
+  echo "== remote_write_out: to an in-process blackhole (the collector's own ceiling)"
+  cargo bench -p hubwatch-collector --bench remote_write_out
+}
+
 cmd="${1:-}"
 shift || true
 case "$cmd" in
@@ -242,6 +291,8 @@ case "$cmd" in
     echo "== federate: GET /federate of ${BENCH_SERIES:-200000} series"
     cargo bench -p hubwatch-collector --bench federate
     ;;
+  remote-write-out) bench_remote_write_out ;;
+  remote-write-backlog) bench_remote_write_backlog ;;
   agent) bench_agent "$@" ;;
   fuzz) exec scripts/fuzz.sh "$@" ;;
   all)
@@ -249,7 +300,7 @@ case "$cmd" in
     bench_agent "$@"
     ;;
   *)
-    sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -155,6 +155,10 @@ pub enum CliError {
     /// The server could not start.
     #[error("{0}")]
     Server(#[from] ServerError),
+    /// A `[[remote_write]]` file (token, password, CA, client certificate)
+    /// cannot be used; the message names the key.
+    #[error("{0}")]
+    RemoteWrite(#[from] crate::remote_write_out::client::DestinationError),
     /// `token revoke` for an agent without a live token.
     #[error("agent {0:?} has no live token to revoke")]
     NoLiveToken(String),
@@ -203,7 +207,10 @@ impl CliError {
     /// The process exit code for this error: 2 for configuration, else 1.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::ReadConfig { .. } | Self::Config(_) | Self::BadArgument(_) => 2,
+            Self::ReadConfig { .. }
+            | Self::Config(_)
+            | Self::BadArgument(_)
+            | Self::RemoteWrite(_) => 2,
             Self::Report(crate::report::ReportError::UnknownMember(_))
             | Self::Report(crate::report::ReportError::Config(_)) => 2,
             Self::Server(ServerError::Bind { .. } | ServerError::Tls { .. }) => 2,
@@ -254,6 +261,8 @@ pub fn run(command: Command) -> Result<(), CliError> {
         Command::Serve(arg) => serve(&load_config(&arg.config)?),
         Command::CheckConfig(arg) => {
             let cfg = load_config(&arg.config)?;
+            // Files named by [[remote_write]] keys are read as serve would.
+            crate::remote_write_out::check_files(&cfg)?;
             println!("config ok");
             println!("{}", summary(&cfg));
             Ok(())

@@ -58,6 +58,20 @@ pub struct CollectorMetrics {
     pub remote_write_in_rejected: IntCounterVec,
     /// Remote-written series whose `member` label was removed, by member.
     pub remote_write_in_member_labels: IntCounterVec,
+    /// Remote write out: samples acknowledged, by destination.
+    pub remote_write_out_samples: IntCounterVec,
+    /// Remote write out: request bytes acknowledged, by destination.
+    pub remote_write_out_bytes: IntCounterVec,
+    /// Remote write out: requests by destination and status code.
+    pub remote_write_out_requests: IntCounterVec,
+    /// Remote write out: samples not delivered, by destination and reason.
+    pub remote_write_out_dropped: IntCounterVec,
+    /// Remote write out: age of the oldest unsent batch, by destination.
+    pub remote_write_out_lag_seconds: GaugeVec,
+    /// Remote write out: the destination's cursor (batch id).
+    pub remote_write_out_cursor: IntGaugeVec,
+    /// Remote write out: 1 while retention may soon delete unsent batches.
+    pub remote_write_out_at_risk: IntGaugeVec,
     /// Requests refused for their credential, by reason.
     pub auth_failures: IntCounterVec,
     /// Time from a batch fully read to its acknowledgement.
@@ -152,6 +166,14 @@ impl CollectorMetrics {
             remote_write_in_rejected: metrics::COLLECTOR_REMOTE_WRITE_IN_REJECTED.counter_vec(r),
             remote_write_in_member_labels: metrics::COLLECTOR_REMOTE_WRITE_IN_MEMBER_LABELS
                 .counter_vec(r),
+            remote_write_out_samples: metrics::COLLECTOR_REMOTE_WRITE_OUT_SAMPLES.counter_vec(r),
+            remote_write_out_bytes: metrics::COLLECTOR_REMOTE_WRITE_OUT_BYTES.counter_vec(r),
+            remote_write_out_requests: metrics::COLLECTOR_REMOTE_WRITE_OUT_REQUESTS.counter_vec(r),
+            remote_write_out_dropped: metrics::COLLECTOR_REMOTE_WRITE_OUT_DROPPED.counter_vec(r),
+            remote_write_out_lag_seconds: metrics::COLLECTOR_REMOTE_WRITE_OUT_LAG_SECONDS
+                .gauge_vec(r),
+            remote_write_out_cursor: metrics::COLLECTOR_REMOTE_WRITE_OUT_CURSOR.int_gauge_vec(r),
+            remote_write_out_at_risk: metrics::COLLECTOR_REMOTE_WRITE_OUT_AT_RISK.int_gauge_vec(r),
             auth_failures: metrics::COLLECTOR_AUTH_FAILURES.counter_vec(r),
             ack_seconds: metrics::COLLECTOR_ACK_SECONDS.histogram(r),
             commit_seconds: metrics::COLLECTOR_COMMIT_SECONDS.histogram(r),

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 mod agent;
 mod collector;
 mod cost;
+mod remote_write;
 mod sources;
 #[cfg(test)]
 mod tests;
@@ -23,6 +24,7 @@ mod tests;
 pub use agent::*;
 pub use collector::*;
 pub use cost::*;
+pub use remote_write::*;
 pub use sources::*;
 
 /// Prefix of environment overrides.

@@ -148,6 +148,20 @@ metrics! {
     COLLECTOR_REMOTE_WRITE_IN_REJECTED = (Collector, Counter, "hubwatch_collector_remote_write_in_rejected_total", ["reason"], "Remote write requests refused: empty, not_snappy, not_protobuf, bad_labels, too_large, unsupported (encoding or version), timeout, malformed.");
     /// Remote write in: `member` labels removed.
     COLLECTOR_REMOTE_WRITE_IN_MEMBER_LABELS = (Collector, Counter, "hubwatch_collector_remote_write_in_member_labels_total", ["member"], "Remote-written series that carried a member label: removed, the member is the credential's.");
+    /// Remote write out: samples acknowledged.
+    COLLECTOR_REMOTE_WRITE_OUT_SAMPLES = (Collector, Counter, "hubwatch_collector_remote_write_out_samples_total", ["destination"], "Samples a [[remote_write]] destination acknowledged (2xx).");
+    /// Remote write out: bytes acknowledged.
+    COLLECTOR_REMOTE_WRITE_OUT_BYTES = (Collector, Counter, "hubwatch_collector_remote_write_out_bytes_total", ["destination"], "Compressed request bytes a [[remote_write]] destination acknowledged (2xx).");
+    /// Remote write out: requests by outcome.
+    COLLECTOR_REMOTE_WRITE_OUT_REQUESTS = (Collector, Counter, "hubwatch_collector_remote_write_out_requests_total", ["destination", "code"], "Remote write requests sent, by the HTTP status the destination answered (or error: no answer: connect, TLS, timeout).");
+    /// Remote write out: samples not sent.
+    COLLECTOR_REMOTE_WRITE_OUT_DROPPED = (Collector, Counter, "hubwatch_collector_remote_write_out_samples_dropped_total", ["destination", "reason"], "Samples not delivered to a destination: rejected (it answered a 4xx other than 429: never retried, per the spec), relabel (write_relabel), invalid (a metric or label name Prometheus refuses).");
+    /// Remote write out: lag.
+    COLLECTOR_REMOTE_WRITE_OUT_LAG_SECONDS = (Collector, Gauge, "hubwatch_collector_remote_write_out_lag_seconds", ["destination"], "Age of the oldest raw batch not yet acknowledged by the destination, seconds (0 when caught up).");
+    /// Remote write out: cursor.
+    COLLECTOR_REMOTE_WRITE_OUT_CURSOR = (Collector, Gauge, "hubwatch_collector_remote_write_out_cursor", ["destination"], "The destination's cursor: every raw batch id at or below this was acknowledged (or dropped and counted).");
+    /// Remote write out: data at risk.
+    COLLECTOR_REMOTE_WRITE_OUT_AT_RISK = (Collector, Gauge, "hubwatch_collector_remote_write_out_data_at_risk", ["destination"], "1 while the destination's lag is within 1h of storage.raw_retention_max (retention will soon delete batches it has not received), else 0.");
     /// Authentication failures.
     COLLECTOR_AUTH_FAILURES = (Collector, Counter, "hubwatch_collector_auth_failures_total", ["reason"], "Requests refused for their credential: missing, unknown, revoked, certificate.");
     /// Ingest latency.

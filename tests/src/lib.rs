@@ -37,7 +37,7 @@ pub use prom::PromText;
 pub use prometheus::{AuthProxy, ExpositionServer, Prometheus, ScrapeJob};
 pub use spool::{SpoolCursor, append_torn_record, spooled_records};
 pub use tmpfs::Tmpfs;
-pub use victoria::VmAgent;
+pub use victoria::{Forwarded, RecordingProxy, VictoriaMetrics, VmAgent};
 pub use wait::{eventually, free_port, patience, scaled, try_eventually};
 
 /// Encodes a batch of `samples` metric samples for `agent_id`/`member`, the way

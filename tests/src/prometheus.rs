@@ -95,6 +95,13 @@ impl Prometheus {
     /// loopback port with its own TSDB directory, and waits until
     /// `/-/ready` answers 200.
     pub fn start_yaml(yaml: &str) -> Self {
+        Self::start_yaml_with(yaml, &[])
+    }
+
+    /// [`Prometheus::start_yaml`] with more command-line flags, e.g.
+    /// `--web.enable-remote-write-receiver` (its receiver is then at
+    /// `/api/v1/write`).
+    pub fn start_yaml_with(yaml: &str, flags: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("hubwatch-prometheus-")
             .tempdir()
@@ -108,6 +115,10 @@ impl Prometheus {
             format!("--web.listen-address=127.0.0.1:{port}").into(),
             "--log.level=warn".into(),
         ];
+        let args: Vec<std::ffi::OsString> = args
+            .into_iter()
+            .chain(flags.iter().map(|f| (*f).into()))
+            .collect();
         let process = Process::start("prometheus", &prometheus_binary(), &args, &[], dir.path());
         let mut prometheus = Self {
             dir: Some(dir),
@@ -132,6 +143,19 @@ impl Prometheus {
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops Prometheus with SIGTERM (it closes its TSDB head cleanly); the
+    /// port and the data directory stay for [`Prometheus::restart`].
+    pub fn stop(&mut self) {
+        self.process.sigterm(Duration::from_secs(30));
+    }
+
+    /// Starts the stopped Prometheus again with the same flags, port and
+    /// data directory, and waits until it is ready.
+    pub fn restart(&mut self) {
+        self.process.restart();
+        self.wait_ready();
     }
 
     /// Its port.
@@ -316,14 +340,18 @@ impl AuthProxy {
 }
 
 /// What the small servers read of a request.
-struct Request {
-    path: String,
-    authorization: Option<String>,
+pub(crate) struct Request {
+    pub(crate) path: String,
+    pub(crate) authorization: Option<String>,
+    /// Every header, names lowercased, in order.
+    pub(crate) headers: Vec<(String, String)>,
+    /// The body (up to 16 MiB).
+    pub(crate) body: Vec<u8>,
 }
 
 type Responder = dyn Fn(&Request) -> (u16, String, Vec<u8>) + Send + Sync;
 
-fn serve(
+pub(crate) fn serve(
     respond: impl Fn(&Request) -> (u16, String, Vec<u8>) + Send + Sync + 'static,
 ) -> ExpositionServer {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
@@ -363,24 +391,29 @@ fn answer(mut stream: TcpStream, respond: &Responder) -> anyhow::Result<()> {
         .to_string();
     let mut authorization = None;
     let mut content_length = 0usize;
+    let mut headers = Vec::new();
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
             break;
         }
         if let Some((name, value)) = header.split_once(':') {
-            match name.trim().to_ascii_lowercase().as_str() {
+            let name = name.trim().to_ascii_lowercase();
+            match name.as_str() {
                 "authorization" => authorization = Some(value.trim().to_string()),
                 "content-length" => content_length = value.trim().parse().unwrap_or(0),
                 _ => {}
             }
+            headers.push((name, value.trim().to_string()));
         }
     }
-    let mut body = vec![0; content_length.min(1024 * 1024)];
+    let mut body = vec![0; content_length.min(16 * 1024 * 1024)];
     reader.read_exact(&mut body)?;
     let (status, content_type, body) = respond(&Request {
         path,
         authorization,
+        headers,
+        body,
     });
     let head = format!(
         "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

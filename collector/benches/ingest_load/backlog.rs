@@ -33,6 +33,11 @@
 //!    due) against `BENCH_TARGET_RATIO` (1.5), and the store must hold exactly
 //!    the pre-filled batches plus every acknowledged one (else exit non-zero).
 //!
+//! With `BENCH_REMOTE_WRITE=<url>` the collector also has a `[[remote_write]]`
+//! destination `bench` (its own pipeline task) that must catch up on the
+//! backlog too: issue 10's "ingest p99 while a destination catches up"
+//! (`scripts/bench.sh remote-write-backlog` starts a VictoriaMetrics for it).
+//!
 //! Other knobs: `BENCH_CATCHUP_TIMEOUT_SECONDS` (900): if the stages have not
 //! caught up by then (they cannot follow the live load), stop, report the
 //! latency while they fell behind, skip the idle phase and say NOT MET.
@@ -68,7 +73,23 @@ use tokio::net::TcpStream;
 use super::{AgentPlan, Settings, cpu_by_thread_group, env_or, ms, plan_agent};
 
 /// The stages `serve` runs today; the bench waits for every one of them.
-const STAGES: [&str; 2] = [sli::DERIVE_CURSOR, fleet::DERIVE_CURSOR];
+/// The stages whose catch-up is waited for: the SLI and hub-status stages,
+/// and with `BENCH_REMOTE_WRITE` (a remote write URL, e.g. a VictoriaMetrics'
+/// `/api/v1/write`) the `remote_write.bench` destination too (issue 10:
+/// ingest p99 while a destination catches up).
+fn stages() -> Vec<&'static str> {
+    let mut stages = vec![sli::DERIVE_CURSOR, fleet::DERIVE_CURSOR];
+    if remote_write_url().is_some() {
+        stages.push("remote_write.bench");
+    }
+    stages
+}
+
+fn remote_write_url() -> Option<String> {
+    std::env::var("BENCH_REMOTE_WRITE")
+        .ok()
+        .filter(|url| !url.is_empty())
+}
 
 /// Batches in flight while pre-filling (the writer groups up to 512).
 const PREFILL_IN_FLIGHT: usize = 1024;
@@ -548,7 +569,7 @@ struct StageView {
 impl StageView {
     fn read(metrics: &CollectorMetrics) -> Self {
         let mut view = Self::default();
-        for stage in STAGES {
+        for stage in stages() {
             view.lag_batches.insert(
                 stage,
                 metrics.stage_lag_batches.with_label_values(&[stage]).get(),
@@ -577,14 +598,14 @@ impl StageView {
     /// batches of lag). The first condition guards against the gauges'
     /// initial 0 (they are set after the pipeline's first round).
     fn caught_up(&self, backlog: u64) -> bool {
-        STAGES.iter().all(|stage| {
+        stages().iter().all(|stage| {
             self.consumed.get(stage).copied().unwrap_or(0) >= backlog
                 && self.lag_seconds.get(stage).copied().unwrap_or(f64::MAX) < 1.0
         })
     }
 
     fn describe(&self) -> String {
-        STAGES
+        stages()
             .iter()
             .map(|stage| {
                 format!(
@@ -722,6 +743,11 @@ pub fn run(settings: &Settings) -> Result<()> {
                 .collect(),
         })
         .collect();
+    if let Some(url) = remote_write_url() {
+        let mut rw = hubwatch_shared::config::RemoteWriteConfig::new(url);
+        rw.name = Some("bench".to_string());
+        cfg.remote_write.push(rw);
+    }
     cfg.validate().context("the bench's collector config")?;
     let store = Store::open(&cfg.storage).context("opening the store")?;
 
@@ -740,7 +766,7 @@ pub fn run(settings: &Settings) -> Result<()> {
         settings.agents,
         settings.batch_samples,
         settings.rate,
-        STAGES.join(", ")
+        stages().join(", ")
     );
     println!("  store: {}", store.path().display());
 
@@ -902,7 +928,7 @@ pub fn run(settings: &Settings) -> Result<()> {
     println!();
     println!("results:");
     if caught_up {
-        let stage_rates: Vec<String> = STAGES
+        let stage_rates: Vec<String> = stages()
             .iter()
             .map(|stage| {
                 let consumed = consumed_in_catch_up

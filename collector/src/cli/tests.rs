@@ -240,3 +240,27 @@ fn report_prints_the_report_and_bad_arguments_exit_2() {
         assert!(e.to_string().contains(needle), "{e}");
     }
 }
+
+#[test]
+fn check_config_names_a_remote_write_key_whose_file_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("password");
+    std::fs::write(&good, "pw\n").unwrap();
+    let extra = format!(
+        "\n[[remote_write]]\nurl = \"http://127.0.0.1:9/a\"\nbasic_auth = {{ username = \"u\", password_file = {good:?} }}\n\
+         [[remote_write]]\nurl = \"http://127.0.0.1:10/b\"\nbasic_auth = {{ username = \"u\", password_file = {:?} }}\n",
+        dir.path().join("missing")
+    );
+    let path = write_config(dir.path(), &extra);
+    let err = run(Command::CheckConfig(ConfigArg { config: path })).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("remote_write[1].basic_auth.password_file"),
+        "{err}"
+    );
+    assert_eq!(err.exit_code(), 2);
+    // With the file there, the config is fine.
+    std::fs::write(dir.path().join("missing"), "pw").unwrap();
+    let path = write_config(dir.path(), &extra);
+    run(Command::CheckConfig(ConfigArg { config: path })).unwrap();
+}

@@ -126,6 +126,10 @@ pub struct BuildContext {
     pub alert_sources: Vec<Arc<dyn AlertSource>>,
     /// Outside-probe observers offered by the components built before this one.
     pub probe_observers: Vec<OutsideProbeObserver>,
+    /// Every derivation stage's health (lag, expired batches): a component
+    /// that runs a pipeline of its own publishes here, so the
+    /// `DerivationBehind` alert covers its stages too.
+    pub pipeline_status: Arc<crate::pipeline::PipelineStatus>,
 }
 
 impl fmt::Debug for BuildContext {

@@ -144,6 +144,7 @@ pub fn all_components() -> Vec<Box<dyn Component>> {
     components.push(Box::new(crate::federate::FederateComponent));
     components.push(Box::new(crate::cost::CostComponent));
     components.push(Box::new(crate::report::ReportsComponent));
+    components.push(Box::new(crate::remote_write_out::RemoteWriteOutComponent));
     components.push(Box::new(crate::alerts::AlertsComponent));
     components
 }
@@ -242,6 +243,7 @@ impl Collector {
             shutdown: shutdown.clone(),
             alert_sources: vec![derivation_alerts],
             probe_observers: Vec::new(),
+            pipeline_status: Arc::clone(&pipeline_status),
         };
         let mut routes = Vec::new();
         let mut tasks = Vec::new();

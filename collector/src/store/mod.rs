@@ -114,6 +114,16 @@ pub enum StoreError {
         /// The database file.
         path: PathBuf,
     },
+    /// What a stage writes to outside the store (a remote-write
+    /// destination) did not acknowledge a page: nothing was written, the
+    /// page is derived and sent again.
+    #[error("{target}: {detail}")]
+    NotAcknowledged {
+        /// The destination.
+        target: String,
+        /// What happened.
+        detail: String,
+    },
     /// The writer thread could not be started.
     #[error("store {path}: starting the writer thread: {source}")]
     SpawnWriter {
@@ -323,7 +333,8 @@ struct Inner {
     raw_retention: Duration,
     raw_retention_max: Duration,
     sli_retention: Duration,
-    retention_hold: Mutex<Option<i64>>,
+    /// Per holder (the main pipeline, each remote-write destination's).
+    retention_hold: Mutex<std::collections::BTreeMap<String, Option<i64>>>,
     sender: Option<mpsc::Sender<WriterCommand>>,
     writer: Option<JoinHandle<()>>,
     idle: Mutex<Vec<Connection>>,
@@ -432,7 +443,7 @@ impl Store {
                 durability,
                 raw_retention: cfg.raw_retention,
                 raw_retention_max: cfg.raw_retention_max,
-                retention_hold: Mutex::new(None),
+                retention_hold: Mutex::new(std::collections::BTreeMap::new()),
                 sli_retention: cfg.sli_retention,
                 sender: Some(sender),
                 writer: Some(writer),
@@ -464,12 +475,24 @@ impl Store {
     /// `raw_retention_max`): the pipeline sets the slowest stage's watermark
     /// here. `None` holds nothing.
     pub fn set_retention_hold(&self, hold: Option<i64>) {
-        *lock(&self.inner.retention_hold) = hold;
+        self.set_retention_hold_for("pipeline", hold);
     }
 
-    /// The id retention keeps frames above; see [`Store::set_retention_hold`].
+    /// [`Store::set_retention_hold`] for one of several pipelines (each
+    /// remote-write destination runs its own): retention keeps frames above
+    /// the lowest hold of them all.
+    pub fn set_retention_hold_for(&self, holder: &str, hold: Option<i64>) {
+        lock(&self.inner.retention_hold).insert(holder.to_string(), hold);
+    }
+
+    /// The id retention keeps frames above (the lowest of every holder's);
+    /// see [`Store::set_retention_hold`].
     pub fn retention_hold(&self) -> Option<i64> {
-        *lock(&self.inner.retention_hold)
+        lock(&self.inner.retention_hold)
+            .values()
+            .flatten()
+            .copied()
+            .min()
     }
 
     /// Resolves after the next commit that stored a batch (at once if one

@@ -10,15 +10,6 @@ fn every_collector_metric_is_exported_and_no_other() {
     m.records_stored.with_label_values(&["leap"]).inc();
     m.duplicates.with_label_values(&["leap"]).inc();
     m.ingest_rejected.with_label_values(&["malformed"]).inc();
-    m.remote_write_in_requests.with_label_values(&["204"]).inc();
-    m.remote_write_in_samples.with_label_values(&["leap"]).inc();
-    m.remote_write_in_bytes.with_label_values(&["leap"]).inc();
-    m.remote_write_in_rejected
-        .with_label_values(&["not_snappy"])
-        .inc();
-    m.remote_write_in_member_labels
-        .with_label_values(&["leap"])
-        .inc();
     m.auth_failures.with_label_values(&["missing"]).inc();
     m.agent_dropped.with_label_values(&["leap", "a1"]).set(3);
     m.agent_last_seen
@@ -71,6 +62,29 @@ fn every_collector_metric_is_exported_and_no_other() {
     m.agent_info
         .with_label_values(&["leap", "a1", "0.1.0"])
         .set(1);
+    m.remote_write_in_requests.with_label_values(&["204"]).inc();
+    m.remote_write_in_samples.with_label_values(&["leap"]).inc();
+    m.remote_write_in_bytes.with_label_values(&["leap"]).inc();
+    m.remote_write_in_rejected
+        .with_label_values(&["empty"])
+        .inc();
+    m.remote_write_in_member_labels
+        .with_label_values(&["leap"])
+        .inc();
+    let d = ["mimir"];
+    m.remote_write_out_samples.with_label_values(&d).inc();
+    m.remote_write_out_bytes.with_label_values(&d).inc();
+    m.remote_write_out_requests
+        .with_label_values(&["mimir", "2xx"])
+        .inc();
+    m.remote_write_out_dropped
+        .with_label_values(&["mimir", "rejected"])
+        .inc();
+    m.remote_write_out_lag_seconds
+        .with_label_values(&d)
+        .set(0.0);
+    m.remote_write_out_cursor.with_label_values(&d).set(1);
+    m.remote_write_out_at_risk.with_label_values(&d).set(0);
 
     // The registry's families plus those the fleet writes as text at scrape
     // time (that each of those has samples is tested in `alerts::fleet`).

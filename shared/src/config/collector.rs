@@ -15,6 +15,8 @@ pub struct CollectorConfig {
     pub storage: StorageConfig,
     /// Alertmanagers that get every alert.
     pub alertmanagers: Vec<AlertmanagerConfig>,
+    /// Prometheus remote write 1.0 destinations (`[[remote_write]]`).
+    pub remote_write: Vec<RemoteWriteConfig>,
     /// Member communities, each in a tier, each with hubs.
     pub members: Vec<MemberConfig>,
     /// The alert engine, the Alertmanager sender and the outside probes.
@@ -45,6 +47,7 @@ impl Default for CollectorConfig {
             server: ServerConfig::default(),
             storage: StorageConfig::default(),
             alertmanagers: Vec::new(),
+            remote_write: Vec::new(),
             members: Vec::new(),
             alerting: AlertingConfig::default(),
             tiers: Vec::new(),
@@ -482,6 +485,7 @@ impl Validate for CollectorConfig {
         for (i, am) in self.alertmanagers.iter().enumerate() {
             check_http_url(&format!("alertmanagers[{i}].url"), &am.url)?;
         }
+        super::remote_write::validate_remote_write(&self.remote_write)?;
         let mut seen = std::collections::HashSet::new();
         for (i, m) in self.members.iter().enumerate() {
             check_name(&format!("members[{i}].id"), &m.id)?;

@@ -696,3 +696,110 @@ fn metrics_per_user_is_off_by_default_and_validated_naming_the_key() {
         .to_string();
     assert!(err.contains("per_users"), "{err}");
 }
+
+#[test]
+fn remote_write_entries_default_and_name_themselves() {
+    let cfg: CollectorConfig = load(
+        "[[remote_write]]\nurl = \"https://mimir.example.org:8080/api/v1/push\"\n\
+         [[remote_write]]\nurl = \"http://vm:8428/api/v1/write\"\nname = \"vm\"\n\
+         tenant_header = \"X-Scope-OrgID\"\nbasic_auth = { username = \"u\", password_file = \"p\" }\n\
+         headers = { X-Extra = \"1\" }\nwrite_relabel = { keep_names = [\"jupyterhub_.*\"] }",
+        &HashMap::new(),
+    )
+    .expect("valid");
+    let rw = &cfg.remote_write[0];
+    assert_eq!(rw.resolved_name(), "mimir.example.org_8080");
+    assert_eq!(rw.max_samples_per_send, 2000);
+    assert_eq!(rw.shards, 4);
+    assert_eq!(rw.min_backoff, Duration::from_millis(100));
+    assert_eq!(rw.max_backoff, Duration::from_secs(30));
+    assert_eq!(cfg.remote_write[1].resolved_name(), "vm");
+    assert_eq!(
+        cfg.remote_write[1].write_relabel.keep_names,
+        ["jupyterhub_.*"]
+    );
+}
+
+#[test]
+fn remote_write_checks_name_their_key_and_why() {
+    let rw = |rest: &str| format!("[[remote_write]]\nurl = \"http://a:1/w\"\n{rest}");
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            "[[remote_write]]\nurl = \"http://a:1/w\"\n[[remote_write]]\nurl = \"ftp://b/w\"".into(),
+            "remote_write[1].url",
+            "not http(s)",
+        ),
+        (
+            "[[remote_write]]\nurl = \"http://a:1/w\"\n[[remote_write]]\nurl = \"http://a:1/other\"".into(),
+            "remote_write[1].name",
+            "set a distinct name",
+        ),
+        (rw("shards = 0"), "remote_write[0].shards", "between 1"),
+        (
+            rw("max_samples_per_send = 0"),
+            "remote_write[0].max_samples_per_send",
+            "between 1",
+        ),
+        (
+            rw("tls_cert_file = \"c.pem\""),
+            "remote_write[0].tls_key_file",
+            "together",
+        ),
+        (
+            rw("bearer_token_file = \"t\"\nbasic_auth = { username = \"u\", password_file = \"p\" }"),
+            "remote_write[0].basic_auth",
+            "both",
+        ),
+        (
+            rw("write_relabel = { drop_names = [\"ok\", \"(unclosed\"] }"),
+            "remote_write[0].write_relabel.drop_names[1]",
+            "not a valid regular expression",
+        ),
+        (
+            rw("tenant_label = \"bad-label\""),
+            "remote_write[0].tenant_label",
+            "label name",
+        ),
+        (
+            rw("headers = { Content-Type = \"text/plain\" }"),
+            "remote_write[0].headers.Content-Type",
+            "cannot be overridden",
+        ),
+        (
+            rw("min_backoff = \"1s\"\nmax_backoff = \"100ms\""),
+            "remote_write[0].max_backoff",
+            "at least min_backoff",
+        ),
+        (rw("timeout = \"0s\""), "remote_write[0].timeout", "greater than zero"),
+    ];
+    for (text, key, why) in cases {
+        let err = load::<CollectorConfig>(&text, &HashMap::new()).expect_err(&text);
+        let err = err.to_string();
+        assert!(err.contains(key), "{text:?}: {err}");
+        assert!(err.contains(why), "{text:?}: {err}");
+    }
+    let missing = load::<CollectorConfig>("[[remote_write]]\nname = \"x\"", &HashMap::new())
+        .expect_err("url is required");
+    assert!(missing.to_string().contains("url"), "{missing}");
+}
+
+#[test]
+fn remote_write_examples_are_valid() {
+    let dir = format!("{}/../deploy/remote-write", env!("CARGO_MANIFEST_DIR"));
+    let mut files = 0;
+    for entry in std::fs::read_dir(&dir).expect("deploy/remote-write") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read");
+        let cfg: CollectorConfig =
+            load(&text, &HashMap::new()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(!cfg.remote_write.is_empty(), "{}", path.display());
+        files += 1;
+    }
+    assert_eq!(
+        files, 4,
+        "mimir, thanos, victoriametrics single and cluster"
+    );
+}

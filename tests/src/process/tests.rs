@@ -14,7 +14,8 @@ fn shell(script: &str, dir: &Path) -> Process {
 fn sigterm_stops_and_restart_keeps_one_log_history() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut process = shell(
-        "echo \"run $HUBWATCH_TEST_MARK\" >&2; trap 'exit 0' TERM; while true; do sleep 0.05; done",
+        // The trap first: a SIGTERM right after the line is logged must find it set.
+        "trap 'exit 0' TERM; echo \"run $HUBWATCH_TEST_MARK\" >&2; while true; do sleep 0.05; done",
         dir.path(),
     );
     crate::wait::eventually("first line logged", Duration::from_secs(5), || {
