@@ -704,6 +704,12 @@ impl Stage for HubStatusStage {
         batch: &Batch,
         _now_ms: i64,
     ) -> Result<(), StageFailure> {
+        // The collector's own derived series (`hubwatch_hub_*` among them,
+        // with configured `hub` labels) would otherwise mark the hub as
+        // heard from and hide a silent agent.
+        if stored.agent == crate::store::DERIVED_AGENT {
+            return Ok(());
+        }
         let board = lock(&self.board);
         let mut page = Page {
             board: &board.hubs,

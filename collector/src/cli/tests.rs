@@ -102,6 +102,11 @@ fn token_create_then_revoke_and_revoke_without_a_live_token_fails() {
         create_token(&cfg, "leap", "bad name"),
         Err(CliError::InvalidName { what: "agent", .. })
     ));
+    // Nobody can send as the collector's own derived series.
+    assert!(matches!(
+        create_token(&cfg, "leap", crate::store::DERIVED_AGENT),
+        Err(CliError::InvalidName { what: "agent", .. })
+    ));
 
     revoke_token(&cfg, "a1").unwrap();
     let err = revoke_token(&cfg, "a1").unwrap_err();

@@ -136,6 +136,11 @@ impl Stage for LatestStage {
         batch: &Batch,
         _now_ms: i64,
     ) -> Result<(), StageFailure> {
+        // The collector's own derived series are on its `/metrics` already;
+        // serving them here too would give a central Prometheus two copies.
+        if stored.agent == crate::store::DERIVED_AGENT {
+            return Ok(());
+        }
         for record in &batch.records {
             let Record::Sample(sample) = record else {
                 continue;

@@ -606,3 +606,32 @@ async fn the_endpoint_serves_each_member_its_own_series_and_refuses_bad_selector
     running.shutdown().await;
     Ok(())
 }
+
+#[test]
+fn the_collectors_own_derived_batches_are_not_served() {
+    // They are on the collector's `/metrics` already.
+    let agent = crate::store::DERIVED_AGENT;
+    let state = Arc::new(RwLock::new(SeriesState::new(LOOKBACK, 100)));
+    let mut stage = LatestStage::new(Arc::clone(&state), NOW - LOOKBACK);
+    let records = vec![sample(
+        "hubwatch_slo_target_ratio",
+        &[("hub", "prod")],
+        0.995,
+        NOW,
+    )];
+    stage
+        .derive(
+            &stored(agent, "leap"),
+            &batch(agent, "leap", 0, records.clone()),
+            NOW,
+        )
+        .expect("derive");
+    stage.commit_at(NOW);
+    assert!(read(&state).is_empty());
+    // The same batch from an agent is served: the skip is by agent alone.
+    stage
+        .derive(&stored("a1", "leap"), &batch("a1", "leap", 0, records), NOW)
+        .expect("derive");
+    stage.commit_at(NOW);
+    assert_eq!(read(&state).len(), 1);
+}

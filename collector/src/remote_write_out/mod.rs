@@ -21,8 +21,13 @@
 //!   answer is classified, and the capped backoff.
 //! - [`stage`]: derive → requests (sharded by series) → send → cursor.
 //! - [`relabel`]: `write_relabel` keep/drop by metric name.
+//! - [`derived`]: the collector's own derived series (`hubwatch_slo_*`,
+//!   `hubwatch_usage_*`, `hubwatch_hub_*`), stored every 15 s as one batch per
+//!   member under the reserved agent `hubwatch:collector`, so every
+//!   destination forwards them like agent samples.
 
 pub mod client;
+pub mod derived;
 pub mod relabel;
 pub mod stage;
 
@@ -69,7 +74,8 @@ pub fn check_files(
 }
 
 /// The remote write out feature of `serve`: one stage and one task per
-/// `[[remote_write]]` entry; nothing without one.
+/// `[[remote_write]]` entry, plus the [`derived`] gather task when there is
+/// at least one; nothing without one.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RemoteWriteOutComponent;
 
@@ -159,6 +165,17 @@ impl Component for RemoteWriteOutComponent {
                         pipeline,
                         retry,
                         watch,
+                        ctx.clock.clone(),
+                        ctx.shutdown.clone(),
+                    ),
+                ));
+            }
+            if !ctx.config.remote_write.is_empty() {
+                tasks.push(Task::new(
+                    derived::TASK,
+                    derived::run(
+                        ctx.store.clone(),
+                        ctx.metrics.clone(),
                         ctx.clock.clone(),
                         ctx.shutdown.clone(),
                     ),

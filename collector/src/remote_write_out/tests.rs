@@ -852,3 +852,196 @@ async fn after_a_half_sent_page_only_what_was_not_acknowledged_is_sent_again() {
         "every sample taken once, in order: the acknowledged ones were not re-sent"
     );
 }
+
+// ---------- the collector's derived series ----------
+
+/// Writes text after the registry, as the fleet's hub-level series do: a
+/// derived family (with an escaped label value and a histogram) and the
+/// collector's own `hubwatch_collector_agent_spool_bytes`, which must stay out.
+struct HubText;
+
+impl crate::telemetry::TextSource for HubText {
+    fn render_into(&self, out: &mut String) {
+        out.push_str(
+            "# HELP hubwatch_hub_up up\n# TYPE hubwatch_hub_up gauge\n\
+             hubwatch_hub_up{member=\"alpha\",hub=\"a\\\"b\",tier=\"member\",vantage=\"agent\"} 1\n\
+             # TYPE hubwatch_hub_spawn_duration_seconds histogram\n\
+             hubwatch_hub_spawn_duration_seconds_bucket{member=\"beta\",hub=\"h\",tier=\"t\",le=\"+Inf\"} 3\n\
+             hubwatch_hub_spawn_duration_seconds_sum{member=\"beta\",hub=\"h\",tier=\"t\"} 4.5\n\
+             hubwatch_hub_spawn_duration_seconds_count{member=\"beta\",hub=\"h\",tier=\"t\"} 3\n\
+             # TYPE hubwatch_collector_agent_spool_bytes gauge\n\
+             hubwatch_collector_agent_spool_bytes{member=\"alpha\",agent=\"a1\"} 512\n",
+        );
+    }
+}
+
+/// Metrics with derived series for `alpha` and `beta` and, beside them, the
+/// collector's own metrics (some with a `member` label) that must stay out.
+fn derived_metrics() -> CollectorMetrics {
+    let m = CollectorMetrics::new();
+    m.slo_target
+        .with_label_values(&["alpha", "prod", "member", "availability"])
+        .set(0.995);
+    m.slo_burn_rate
+        .with_label_values(&["alpha", "prod", "member", "availability", "1h"])
+        .set(0.1 + 0.2); // 0.30000000000000004: exact or not at all
+    m.usage_server_seconds
+        .with_label_values(&["beta", "lab"])
+        .set(3599.5);
+    // Not derived: process, ingest, agent and skipped-record metrics.
+    m.batches_stored.with_label_values(&["alpha"]).inc();
+    m.agent_dropped.with_label_values(&["alpha", "a1"]).set(7);
+    m.slo_skipped_records.with_label_values(&["future"]).inc();
+    m.usage_skipped_records.inc();
+    m.slo_evaluation_seconds.observe(0.2);
+    m.add_text_source(Arc::new(HubText));
+    m
+}
+
+/// `name{labels sorted} value` per sample, to compare as a set.
+fn sample_lines(samples: &[Sample]) -> Vec<String> {
+    let mut lines: Vec<String> = samples
+        .iter()
+        .map(|s| {
+            let mut labels: Vec<String> = s
+                .labels
+                .iter()
+                .map(|l| format!("{}={}", l.name, l.value))
+                .collect();
+            labels.sort();
+            format!("{}{{{}}} {}", s.name, labels.join(","), s.value)
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn the_derived_gather_holds_exactly_the_derived_families_split_per_member() {
+    use super::derived::parse_derived;
+    let text = derived_metrics().render();
+    let gathered = parse_derived(&text, NOW);
+    assert_eq!(
+        gathered.keys().collect::<Vec<_>>(),
+        ["alpha", "beta"],
+        "{text}"
+    );
+    assert!(
+        gathered
+            .values()
+            .flatten()
+            .all(|s| s.timestamp_ms == NOW && !s.labels.iter().any(|l| l.name == "member"))
+    );
+    assert_eq!(
+        sample_lines(&gathered["alpha"]),
+        [
+            "hubwatch_hub_up{hub=a\"b,tier=member,vantage=agent} 1",
+            "hubwatch_slo_burn_rate{hub=prod,slo=availability,tier=member,window=1h} 0.30000000000000004",
+            "hubwatch_slo_target_ratio{hub=prod,slo=availability,tier=member} 0.995",
+        ]
+    );
+    assert_eq!(
+        sample_lines(&gathered["beta"]),
+        [
+            "hubwatch_hub_spawn_duration_seconds_bucket{hub=h,le=+Inf,tier=t} 3",
+            "hubwatch_hub_spawn_duration_seconds_count{hub=h,tier=t} 3",
+            "hubwatch_hub_spawn_duration_seconds_sum{hub=h,tier=t} 4.5",
+            "hubwatch_usage_server_seconds{hub=lab} 3599.5",
+        ]
+    );
+    // The same values bit for bit as the registry holds.
+    let burn = gathered["alpha"]
+        .iter()
+        .find(|s| s.name == "hubwatch_slo_burn_rate")
+        .map(|s| s.value);
+    assert_eq!(burn.map(f64::to_bits), Some((0.1f64 + 0.2).to_bits()));
+}
+
+#[test]
+fn derived_families_are_the_members_slo_usage_and_hub_series_only() {
+    use hubwatch_shared::metrics as m;
+    let names: Vec<&str> = super::derived::derived_families()
+        .iter()
+        .map(|d| d.name)
+        .collect();
+    for def in [
+        &m::SLO_TARGET,
+        &m::SLO_BURN_RATE,
+        &m::USAGE_SERVER_SECONDS,
+        &m::HUB_UP,
+    ] {
+        assert!(names.contains(&def.name), "{} is derived", def.name);
+    }
+    for def in [
+        &m::SLO_EVALUATION_SECONDS,
+        &m::SLO_SKIPPED_RECORDS,
+        &m::USAGE_SKIPPED_RECORDS,
+        &m::COLLECTOR_AGENT_SPOOL_BYTES,
+        &m::COLLECTOR_AGENT_DROPPED,
+    ] {
+        assert!(!names.contains(&def.name), "{} is not derived", def.name);
+    }
+}
+
+#[test]
+fn derived_sequence_numbers_only_grow_even_when_the_clock_stands_still_or_steps_back() {
+    let mut seqs = super::derived::SeqClock::default();
+    let first = seqs.next(NOW);
+    assert_eq!(first, (NOW as u64) * 65_536);
+    let same_ms = seqs.next(NOW);
+    let back = seqs.next(NOW - 1000);
+    let later = seqs.next(NOW + 1);
+    assert!(first < same_ms && same_ms < back && back < later);
+    // A restart a millisecond later starts above every number used before
+    // (up to 65,536 batches per millisecond).
+    assert!(super::derived::SeqClock::default().next(NOW + 2) > later);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn derived_series_are_stored_per_member_and_forwarded_like_agent_samples() {
+    use super::derived::{DERIVED_AGENT, SeqClock, gather_once};
+    let (receiver, addr) = Receiver::start(vec![]).await;
+    let rig = rig(addr, |_| {}).await;
+    let metrics = derived_metrics();
+    let mut seqs = SeqClock::default();
+    assert_eq!(gather_once(&rig.store, &metrics, &mut seqs, NOW).await, 2);
+    metrics
+        .slo_target
+        .with_label_values(&["alpha", "prod", "member", "availability"])
+        .set(0.999);
+    assert_eq!(
+        gather_once(&rig.store, &metrics, &mut seqs, NOW + 15_000).await,
+        2
+    );
+
+    // In the raw log: one batch per member and gather, under the reserved
+    // agent, and no agents row for it.
+    let rows = rig
+        .store
+        .read_page(0, &[], 100, 1 << 20)
+        .expect("read the raw log");
+    assert_eq!(rows.len(), 4);
+    let members: Vec<&str> = rows.iter().map(|r| r.member.as_str()).collect();
+    assert_eq!(members, ["alpha", "beta", "alpha", "beta"]);
+    assert!(rows.iter().all(|r| r.agent == DERIVED_AGENT));
+    assert!(rows.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert!(
+        rig.store.agents(None).expect("agents").is_empty(),
+        "the collector is not listed as an agent"
+    );
+
+    // Forwarded with the member and the reserved agent as labels, both
+    // gathers' values at their own times.
+    let report = rig.run().await;
+    assert!(report.caught_up && !report.commit_failed, "{report:?}");
+    let series = series_of(&receiver.received());
+    assert_eq!(
+        series["__name__=hubwatch_slo_target_ratio,agent=hubwatch:collector,hub=prod,member=alpha,slo=availability,tier=member"],
+        vec![(NOW, 0.995), (NOW + 15_000, 0.999)]
+    );
+    assert_eq!(
+        series["__name__=hubwatch_usage_server_seconds,agent=hubwatch:collector,hub=lab,member=beta"],
+        vec![(NOW, 3599.5), (NOW + 15_000, 3599.5)]
+    );
+    assert_eq!(series.len(), 7, "{:?}", series.keys().collect::<Vec<_>>());
+}

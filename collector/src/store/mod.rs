@@ -200,6 +200,16 @@ impl Durability {
     }
 }
 
+/// The agent name of the batches the collector stores itself: its derived
+/// series (`hubwatch_slo_*`, `hubwatch_usage_*`, `hubwatch_hub_*`), one batch
+/// per member, so remote write out forwards them from the raw log
+/// (`remote_write_out::derived`). The `:` makes it a name `token create`
+/// refuses, so no credential can ever send as it. Its batches get no
+/// `agents` row (not in `GET /api/v1/agents`, the per-agent gauges or the
+/// fleet's agent-silent check) and the hub-status and `/federate` stages
+/// skip them.
+pub const DERIVED_AGENT: &str = "hubwatch:collector";
+
 /// One authenticated, decoded batch to store.
 #[derive(Debug, Clone)]
 pub struct IngestItem {

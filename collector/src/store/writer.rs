@@ -207,6 +207,16 @@ fn store_one(tx: &Transaction<'_>, item: &IngestItem) -> rusqlite::Result<Ingest
             records,
             &item.frame[..],
         ])?;
+    if item.agent == super::DERIVED_AGENT {
+        // The collector's own derived series are not an agent: no counters,
+        // so nothing that reads `agents` (the agents API, the per-agent
+        // gauges, the fleet's agent-silent check) mistakes them for one.
+        return Ok(if inserted == 1 {
+            IngestOutcome::Stored
+        } else {
+            IngestOutcome::Duplicate
+        });
+    }
     if inserted == 1 {
         // dropped_by_agent is cumulative on the agent side, so the largest
         // value reported is the current one even when batches arrive out of

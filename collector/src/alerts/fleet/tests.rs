@@ -918,3 +918,62 @@ async fn hubs_page_lists_each_hub_and_a_member_sees_only_its_own() {
     assert_eq!(hubs.len(), 1);
     assert_eq!(hubs[0]["member"], "tiny");
 }
+
+#[tokio::test]
+async fn the_collectors_own_derived_batches_do_not_keep_a_silent_agent_alive() {
+    let mut f = fixture();
+    let fleet = f.fleet();
+    f.batch(
+        "leap",
+        vec![
+            health("prod", CheckKind::HubHealth, true, T0),
+            health("vm", CheckKind::HubHealth, true, T0),
+        ],
+    )
+    .await;
+    // Later, only the collector's derived series name leap's hubs.
+    let t = T0 + 51 * SECOND;
+    f.clock.set(t);
+    let agent = crate::store::DERIVED_AGENT;
+    let batch = Batch {
+        agent_id: agent.into(),
+        member: "leap".into(),
+        seq: 1,
+        created_ms: t,
+        dropped_records: 0,
+        agent_version: "test".into(),
+        records: ["prod", "vm"]
+            .map(|hub| {
+                sample(
+                    "hubwatch_hub_up",
+                    &[("hub", hub), ("tier", "premier"), ("vantage", "agent")],
+                    1.0,
+                    t,
+                )
+            })
+            .to_vec(),
+    };
+    f.store
+        .ingest(IngestItem {
+            member: "leap".into(),
+            agent: agent.into(),
+            seq: 1,
+            created_ms: t,
+            dropped_records: 0,
+            agent_version: "test".into(),
+            records: 2,
+            frame: hubwatch_shared::codec::encode(&batch).unwrap().into(),
+            received_ms: t,
+        })
+        .await
+        .unwrap();
+    fleet.record_outside_probe(outside("leap", "prod", true, t));
+    let fired = fired(&fleet, t);
+    assert!(
+        fired.contains(&alert("AgentSilent", "leap", "prod", "ticket"))
+            && fired.contains(&alert("AgentSilent", "leap", "vm", "ticket")),
+        "{fired:?}"
+    );
+    let status = fleet.hub_status("leap", "prod").unwrap();
+    assert_eq!(status.agent.as_deref(), Some("agent-leap"));
+}
