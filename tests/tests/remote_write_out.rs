@@ -15,7 +15,11 @@
 //!   counted), batches are posted meanwhile and reach VictoriaMetrics at
 //!   once (one dead destination does not hold up another); Prometheus is
 //!   restarted on the same port and data directory and then holds every
-//!   expected sample: nothing is missing.
+//!   expected sample: nothing is missing;
+//! - the collector's own derived series go out too: member `alpha`'s SLO
+//!   target for its configured hub `lab` is in Prometheus with `member`,
+//!   `hub`, `tier`, `slo` and the reserved `agent="hubwatch:collector"`, at
+//!   the value the collector's `/metrics` shows.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -161,15 +165,16 @@ fn samples_reach_prometheus_and_victoriametrics_exactly_and_survive_an_outage() 
         "\n[[remote_write]]\nurl = \"{}/api/v1/write\"\nname = \"prometheus\"\n\
          min_backoff = \"100ms\"\nmax_backoff = \"1s\"\ntimeout = \"5s\"\n\
          \n[[remote_write]]\nurl = \"{}/api/v1/write\"\nname = \"victoria\"\n\
-         tenant_header = \"X-Scope-OrgID\"\nmin_backoff = \"100ms\"\nmax_backoff = \"1s\"\n",
+         tenant_header = \"X-Scope-OrgID\"\nmin_backoff = \"100ms\"\nmax_backoff = \"1s\"\n\
+         \n[[members]]\nid = \"alpha\"\ntier = \"member\"\n[[members.hubs]]\nname = \"lab\"\n\
+         \n[[members]]\nid = \"beta\"\ntier = \"member\"\n",
         prometheus.url(),
         proxy.url()
     );
+    // The members are in `destinations`: alpha has a hub, so the collector
+    // derives SLO series for it.
     let collector = Collector::start(CollectorOptions {
-        members: vec![
-            ("alpha".into(), "member".into()),
-            ("beta".into(), "member".into()),
-        ],
+        members: vec![],
         extra_server_toml: destinations,
         ..CollectorOptions::default()
     });
@@ -300,6 +305,41 @@ fn samples_reach_prometheus_and_victoriametrics_exactly_and_survive_an_outage() 
                 // The agent streams every second: "caught up" is a second or two.
                 ensure!(lag < 5.0, "{d} lag {lag}");
             }
+            Ok(())
+        },
+    );
+
+    // The collector's derived series went out too (gathered every 15 s; the
+    // test has run longer than that by now).
+    let target = [
+        ("member", "alpha"),
+        ("hub", "lab"),
+        ("slo", "availability"),
+    ];
+    let want = collector
+        .metrics()
+        .expect("metrics")
+        .value("hubwatch_slo_target_ratio", &target)
+        .expect("the collector exports alpha's availability target");
+    eventually(
+        "alpha's derived SLO target in Prometheus",
+        Duration::from_secs(40),
+        || {
+            let result = prometheus.query(
+                "hubwatch_slo_target_ratio{member=\"alpha\",hub=\"lab\",slo=\"availability\"}",
+            )?;
+            let series = result.as_array().cloned().unwrap_or_default();
+            ensure!(series.len() == 1, "series: {result}");
+            let metric = &series[0]["metric"];
+            ensure!(
+                metric["agent"] == "hubwatch:collector" && metric["tier"] == "member",
+                "labels: {metric}"
+            );
+            let value: f64 = series[0]["value"][1]
+                .as_str()
+                .context("value")?
+                .parse()?;
+            ensure!(value == want, "{value} instead of {want}");
             Ok(())
         },
     );
