@@ -311,11 +311,7 @@ fn samples_reach_prometheus_and_victoriametrics_exactly_and_survive_an_outage() 
 
     // The collector's derived series went out too (gathered every 15 s; the
     // test has run longer than that by now).
-    let target = [
-        ("member", "alpha"),
-        ("hub", "lab"),
-        ("slo", "availability"),
-    ];
+    let target = [("member", "alpha"), ("hub", "lab"), ("slo", "availability")];
     let want = collector
         .metrics()
         .expect("metrics")
@@ -335,10 +331,7 @@ fn samples_reach_prometheus_and_victoriametrics_exactly_and_survive_an_outage() 
                 metric["agent"] == "hubwatch:collector" && metric["tier"] == "member",
                 "labels: {metric}"
             );
-            let value: f64 = series[0]["value"][1]
-                .as_str()
-                .context("value")?
-                .parse()?;
+            let value: f64 = series[0]["value"][1].as_str().context("value")?.parse()?;
             ensure!(value == want, "{value} instead of {want}");
             Ok(())
         },
