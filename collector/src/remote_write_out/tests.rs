@@ -742,7 +742,12 @@ async fn a_dead_destination_runs_in_its_own_task_holds_retention_and_raises_deri
         built.stages.is_empty(),
         "not in the main pipeline: its own task"
     );
-    assert_eq!(built.tasks.len(), 1);
+    let names: Vec<&str> = built.tasks.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["remote_write.dead", super::derived::TASK],
+        "one task per destination, and the derived series' gather"
+    );
     let tasks: Vec<_> = built
         .tasks
         .into_iter()
@@ -1044,4 +1049,30 @@ async fn derived_series_are_stored_per_member_and_forwarded_like_agent_samples()
         vec![(NOW, 3599.5), (NOW + 15_000, 3599.5)]
     );
     assert_eq!(series.len(), 7, "{:?}", series.keys().collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_destination_nothing_is_gathered() {
+    use crate::component::{BuildContext, Component};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = CollectorConfig::default();
+    cfg.storage.path = dir.path().join("data");
+    let store = Store::open(&cfg.storage).expect("store");
+    let (_trigger, shutdown) = ShutdownTrigger::new();
+    let ctx = BuildContext {
+        config: Arc::new(cfg),
+        store,
+        clock: Arc::new(crate::clock::ManualClock::new(NOW)),
+        metrics: derived_metrics(),
+        tokens: crate::auth::TokenTable::new(),
+        shutdown,
+        alert_sources: Vec::new(),
+        probe_observers: Vec::new(),
+        pipeline_status: Arc::new(crate::pipeline::PipelineStatus::default()),
+    };
+    let built = Box::new(super::RemoteWriteOutComponent)
+        .build(ctx)
+        .await
+        .expect("build");
+    assert!(built.tasks.is_empty() && built.stages.is_empty());
 }
