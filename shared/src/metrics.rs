@@ -145,7 +145,7 @@ metrics! {
     /// Remote write in: bytes received.
     COLLECTOR_REMOTE_WRITE_IN_BYTES = (Collector, Counter, "hubwatch_collector_remote_write_in_bytes_total", ["member"], "Compressed bytes of remote write bodies accepted.");
     /// Remote write in: refused bodies.
-    COLLECTOR_REMOTE_WRITE_IN_REJECTED = (Collector, Counter, "hubwatch_collector_remote_write_in_rejected_total", ["reason"], "Remote write requests refused: empty, not_snappy, not_protobuf, bad_labels, too_large, unsupported (encoding or version), timeout, malformed.");
+    COLLECTOR_REMOTE_WRITE_IN_REJECTED = (Collector, Counter, "hubwatch_collector_remote_write_in_rejected_total", ["reason"], "Remote write requests refused: empty, not_snappy, not_protobuf, bad_labels, too_large, unsupported (encoding or version), timeout, malformed, behind (429: the store's writer queue is full).");
     /// Remote write in: `member` labels removed.
     COLLECTOR_REMOTE_WRITE_IN_MEMBER_LABELS = (Collector, Counter, "hubwatch_collector_remote_write_in_member_labels_total", ["member"], "Remote-written series that carried a member label: removed, the member is the credential's.");
     /// Remote write out: samples acknowledged.

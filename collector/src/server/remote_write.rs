@@ -15,10 +15,11 @@
 //! series with unsorted, repeated or missing labels (a sender does not retry
 //! a 4xx), 401 for a missing or unknown token, 413 over `server.max_body_bytes`
 //! (or over [`MAX_DECODED_FACTOR`] times that once decompressed), 415 for
-//! another encoding or a remote write 2.0 body, 503 with `Retry-After` when
-//! the store cannot take it (retried by every sender).
+//! another encoding or a remote write 2.0 body, 429 with `Retry-After: 1`
+//! when the store's writer queue is full (the writer is behind), 503 with
+//! `Retry-After` when the store cannot take it (retried by every sender).
 
-use http::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, USER_AGENT};
+use http::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, RETRY_AFTER, USER_AGENT};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hubwatch_shared::codec;
@@ -76,6 +77,20 @@ pub(super) async fn handle(
         Ok(body) => body,
         Err(response) => return *response,
     };
+    if state.store.writer_behind() {
+        // The store's writer has a full queue: the spec's 429, so the
+        // writer backs off instead of holding a connection here.
+        let mut response = refuse(
+            rejected,
+            "behind",
+            StatusCode::TOO_MANY_REQUESTS,
+            "the collector's store is behind; retry after the Retry-After delay",
+        );
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    }
     let received_ms = system_now_ms();
     let body_len = body.len() as u64;
     let max_decoded = usize::try_from(state.server.max_body_bytes.as_u64())

@@ -59,7 +59,7 @@ pub const MIN_DEDUPE_HORIZON: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const PRUNE_CHUNK_ROWS: usize = 500;
 /// Ingests that may wait for the writer thread before `ingest` callers wait
 /// for room (backpressure instead of unbounded memory).
-const WRITER_QUEUE_CAPACITY: usize = 1024;
+pub const WRITER_QUEUE_CAPACITY: usize = 1024;
 /// Idle pooled connections kept for reads, tokens and retention.
 const MAX_IDLE_CONNECTIONS: usize = 4;
 /// Page cache of the writer connection (negative = KiB): a group of large
@@ -528,6 +528,16 @@ impl Store {
             .await
             .map_err(|_| closed())?;
         answer.await.map_err(|_| closed())?
+    }
+
+    /// Whether the writer thread's queue is full: an [`Store::ingest`] now
+    /// would wait for a commit to make room. Remote write answers 429 then
+    /// instead of holding the request (a sender backs off and retries).
+    pub fn writer_behind(&self) -> bool {
+        self.inner
+            .sender
+            .as_ref()
+            .is_some_and(|sender| sender.capacity() == 0)
     }
 
     /// Agents with their counters, ordered by member then agent; only

@@ -276,3 +276,79 @@ async fn wrong_tokens_and_bad_bodies_are_refused_and_store_nothing() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_writer_queue_is_a_429_with_retry_after_and_then_it_goes_through() {
+    let server = TestServer::start(&[("leap", "prom-leap"), ("leap", "a1")], |_, _| {}).await;
+    let token = server.token("prom-leap");
+    let body = remote_write::encode(&proto::WriteRequest {
+        timeseries: vec![series(&[("__name__", "up")], &[(1.0, 1)])],
+    });
+
+    // Hold the store's write gate (as a long stage commit would): the writer
+    // thread blocks on its next commit, and agent batches fill its queue.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let (holding, is_held) = std::sync::mpsc::channel::<()>();
+    let store = server.store.clone();
+    let holder = std::thread::spawn(move || {
+        store
+            .write_with("test: hold the gate", |_| {
+                let _ = holding.send(());
+                let _ = held.recv();
+                Ok(())
+            })
+            .expect("hold");
+    });
+    is_held.recv().expect("gate held");
+    let mut waiting = Vec::new();
+    let queued = crate::store::WRITER_QUEUE_CAPACITY + crate::store::MAX_GROUP_BATCHES + 8;
+    for seq in 0..queued as u64 {
+        let store = server.store.clone();
+        let frame = frame("a1", "leap", seq + 1, 1);
+        waiting.push(tokio::spawn(async move {
+            store
+                .ingest(crate::store::IngestItem {
+                    member: "leap".into(),
+                    agent: "a1".into(),
+                    seq: seq + 1,
+                    created_ms: 1,
+                    dropped_records: 0,
+                    agent_version: "t".into(),
+                    records: 1,
+                    frame: frame.into(),
+                    received_ms: 1,
+                })
+                .await
+        }));
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while !server.store.writer_behind() {
+        assert!(Instant::now() < deadline, "the writer queue never filled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let reply = send(&server, Some(&token), body.clone()).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{reply:?}");
+    assert_eq!(
+        reply
+            .headers
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
+
+    // The writer catches up: the retry is stored.
+    release.send(()).expect("release");
+    holder.join().expect("holder");
+    for task in waiting {
+        task.await.expect("task").expect("stored");
+    }
+    let reply = send(&server, Some(&token), body).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{reply:?}");
+    assert_eq!(
+        counter(
+            &server.metrics_text(),
+            r#"hubwatch_collector_remote_write_in_rejected_total{reason="behind"}"#
+        ),
+        1.0
+    );
+}
