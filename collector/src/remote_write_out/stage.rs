@@ -408,6 +408,10 @@ impl Stage for DestinationStage {
                 pending.invalid += 1;
                 continue;
             };
+            if !self.relabel.keeps_labels(&labels) {
+                pending.relabelled += 1;
+                continue;
+            }
             if let Some(tenant) = &self.settings.tenant_label {
                 labels.retain(|l| &l.name != tenant);
                 labels.push(Label::new(tenant.clone(), stored.member.clone()));

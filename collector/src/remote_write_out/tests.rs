@@ -103,6 +103,7 @@ fn relabel_keeps_and_drops_by_whole_name() {
     let r = Relabel::new(&WriteRelabelConfig {
         keep_names: vec!["jupyterhub_.*".into(), "host_cpu_count".into()],
         drop_names: vec![".*_bucket".into()],
+        ..WriteRelabelConfig::default()
     })
     .expect("valid");
     assert!(r.keeps("jupyterhub_running_servers"));
@@ -111,6 +112,34 @@ fn relabel_keeps_and_drops_by_whole_name() {
     assert!(!r.keeps("jupyterhub_spawn_seconds_bucket"));
     assert!(!r.keeps("node_load1"));
     assert!(Relabel::default().keeps("anything"));
+}
+
+#[test]
+fn relabel_keeps_and_drops_by_label() {
+    let r = Relabel::new(&WriteRelabelConfig {
+        keep_labels: [("member".to_string(), "leap|uni".to_string())].into(),
+        drop_labels: [("hub".to_string(), "test-.*".to_string())].into(),
+        ..WriteRelabelConfig::default()
+    })
+    .expect("valid");
+    let labels = |pairs: &[(&str, &str)]| -> Vec<Label> {
+        pairs.iter().map(|(n, v)| Label::new(*n, *v)).collect()
+    };
+    assert!(r.keeps_labels(&labels(&[("hub", "prod"), ("member", "leap")])));
+    assert!(
+        r.keeps_labels(&labels(&[("member", "uni")])),
+        "no hub: the empty value"
+    );
+    assert!(
+        !r.keeps_labels(&labels(&[("hub", "prod"), ("member", "leapfrog")])),
+        "anchored"
+    );
+    assert!(!r.keeps_labels(&labels(&[("hub", "test-1"), ("member", "leap")])));
+    assert!(
+        !r.keeps_labels(&labels(&[("hub", "prod")])),
+        "no member: not kept"
+    );
+    assert!(Relabel::default().keeps_labels(&labels(&[("member", "x")])));
 }
 
 fn plabels(pairs: &[(&str, &str)]) -> Vec<proto::Label> {

@@ -86,10 +86,14 @@ pub struct BasicAuthConfig {
     pub password_file: PathBuf,
 }
 
-/// `write_relabel = { keep_names = [...], drop_names = [...] }`: regular
-/// expressions matched against the whole metric name (anchored, as
-/// Prometheus's relabelling does). With `keep_names`, only matching series
-/// are sent; `drop_names` then removes matching ones.
+/// `write_relabel = { keep_names = [...], drop_names = [...], keep_labels =
+/// { label = "regex" }, drop_labels = { label = "regex" } }`: regular
+/// expressions matched against the whole metric name or label value
+/// (anchored, as Prometheus's relabelling does; a missing label is the empty
+/// value). A series is sent when its name matches a `keep_names` pattern (or
+/// there are none) and every `keep_labels` label matches, and neither its
+/// name matches a `drop_names` pattern nor any `drop_labels` label matches.
+/// Labels are the ones sent: `member`, `hub`, `agent` included.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WriteRelabelConfig {
@@ -97,6 +101,10 @@ pub struct WriteRelabelConfig {
     pub keep_names: Vec<String>,
     /// Never send names matching one of these.
     pub drop_names: Vec<String>,
+    /// Send only series whose every listed label matches its pattern.
+    pub keep_labels: std::collections::BTreeMap<String, String>,
+    /// Never send a series with a listed label matching its pattern.
+    pub drop_labels: std::collections::BTreeMap<String, String>,
 }
 
 fn default_max_samples_per_send() -> usize {
@@ -271,6 +279,29 @@ pub(crate) fn validate_remote_write(entries: &[RemoteWriteConfig]) -> Result<(),
                 key("max_backoff"),
                 "must be at least min_backoff",
             ));
+        }
+        for (list, patterns) in [
+            ("keep_labels", &rw.write_relabel.keep_labels),
+            ("drop_labels", &rw.write_relabel.drop_labels),
+        ] {
+            for (label, pattern) in patterns {
+                let at = key(&format!("write_relabel.{list}.{label}"));
+                if label.is_empty()
+                    || !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    || label.starts_with(|c: char| c.is_ascii_digit())
+                {
+                    return Err(ConfigError::invalid(
+                        at,
+                        format!("{label:?} is not a valid label name"),
+                    ));
+                }
+                if let Err(e) = anchored_regex(pattern) {
+                    return Err(ConfigError::invalid(
+                        at,
+                        format!("{pattern:?} is not a valid regular expression: {e}"),
+                    ));
+                }
+            }
         }
         for (list, patterns) in [
             ("keep_names", &rw.write_relabel.keep_names),

@@ -756,6 +756,16 @@ fn remote_write_checks_name_their_key_and_why() {
             "not a valid regular expression",
         ),
         (
+            rw("write_relabel = { keep_labels = { member = \"(unclosed\" } }"),
+            "remote_write[0].write_relabel.keep_labels.member",
+            "not a valid regular expression",
+        ),
+        (
+            rw("write_relabel = { drop_labels = { \"bad-label\" = \"x\" } }"),
+            "remote_write[0].write_relabel.drop_labels.bad-label",
+            "not a valid label name",
+        ),
+        (
             rw("tenant_label = \"bad-label\""),
             "remote_write[0].tenant_label",
             "label name",
