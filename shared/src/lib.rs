@@ -11,5 +11,6 @@ pub mod codec;
 pub mod config;
 pub mod metrics;
 pub mod remote_write;
+pub mod retry;
 pub mod url;
 pub mod wire;

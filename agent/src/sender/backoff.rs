@@ -94,18 +94,7 @@ impl Backoff {
 /// (zero); anything longer than [`MAX_RETRY_AFTER`] is cut to it; a value that
 /// is neither form gives `None`.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if value.is_empty() {
-        return None;
-    }
-    let wait = if value.bytes().all(|b| b.is_ascii_digit()) {
-        // Very long digit strings overflow u64: they are "a very long time".
-        Duration::from_secs(value.parse::<u64>().unwrap_or(u64::MAX))
-    } else {
-        let at = httpdate::parse_http_date(value).ok()?;
-        at.duration_since(now).unwrap_or(Duration::ZERO)
-    };
-    Some(wait.min(MAX_RETRY_AFTER))
+    hubwatch_shared::retry::parse_retry_after(value, now, MAX_RETRY_AFTER)
 }
 
 #[cfg(test)]

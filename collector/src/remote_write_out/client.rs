@@ -112,17 +112,7 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// Parses a `Retry-After` value: delta-seconds or an HTTP-date relative to
 /// `now` (a past date is zero); `None` for anything else.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if value.is_empty() {
-        return None;
-    }
-    let wait = if value.bytes().all(|b| b.is_ascii_digit()) {
-        Duration::from_secs(value.parse::<u64>().unwrap_or(u64::MAX))
-    } else {
-        let at = httpdate::parse_http_date(value).ok()?;
-        at.duration_since(now).unwrap_or(Duration::ZERO)
-    };
-    Some(wait.min(MAX_RETRY_AFTER))
+    hubwatch_shared::retry::parse_retry_after(value, now, MAX_RETRY_AFTER)
 }
 
 /// Capped exponential backoff: `min`, then doubling up to `max`; a
