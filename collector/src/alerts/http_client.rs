@@ -89,14 +89,7 @@ pub fn tls_config(
                 path: path.display().to_string(),
                 reason,
             };
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| err(e.to_string()))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| err(e.to_string()))?;
-            if certs.is_empty() {
-                return Err(err("no PEM certificate in the file".to_string()));
-            }
-            for cert in certs {
+            for cert in read_pem_certs(path).map_err(err)? {
                 roots.add(cert).map_err(|e| err(e.to_string()))?;
             }
         }
@@ -110,6 +103,18 @@ pub fn tls_config(
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The PEM certificates in `path` (at least one), or why not.
+pub(crate) fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| e.to_string())?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("no PEM certificate in the file".to_string());
+    }
+    Ok(certs)
 }
 
 /// A request to send.

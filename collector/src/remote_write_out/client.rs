@@ -408,17 +408,9 @@ fn tls_config(
 }
 
 fn read_certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, DestinationError> {
-    let err = |reason: String| DestinationError::File {
+    crate::alerts::http_client::read_pem_certs(path).map_err(|reason| DestinationError::File {
         key: key.to_string(),
         path: path.display().to_string(),
         reason,
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| err(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(err("no PEM certificate in the file".to_string()));
-    }
-    Ok(certs)
+    })
 }
