@@ -466,6 +466,22 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         log_in(hub.url(), "dora").expect("dora logs in");
         std::thread::sleep(Duration::from_millis(1200));
     }
+    // The spawn histogram's series exist from the hub's start (at 0): wait
+    // until Prometheus holds them, so the spawn below is an increase over the
+    // range and not a series that appears already counted.
+    eventually(
+        "Prometheus has the hub's spawn histogram before the spawn",
+        Duration::from_secs(60),
+        || {
+            let found = prometheus
+                .query("hubwatch_hub_spawn_duration_seconds_count{member=\"alpha\",hub=\"lab\"}")?;
+            ensure!(
+                found.as_array().is_some_and(|a| !a.is_empty()),
+                "not yet: {found}"
+            );
+            Ok(())
+        },
+    );
     hub.start_server("dora", json!({}));
     std::thread::sleep(Duration::from_secs(3));
     hub.stop_server("dora");
