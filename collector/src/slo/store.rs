@@ -8,8 +8,8 @@ use rusqlite::{OptionalExtension, Transaction, params};
 
 use std::collections::BTreeMap;
 
-use super::sli::{CounterKey, Counters, MinuteAvailability, MinuteChange, MinuteCounts, SliPage};
-use super::windows::Sums;
+use super::sli::{CounterKey, Counters, MinuteChange, MinuteCounts, SliPage};
+use super::windows::{Contribution, Sums};
 use crate::pipeline::CursorUpdate;
 use crate::store::{Store, StoreError};
 
@@ -283,46 +283,30 @@ pub fn write_page(tx: &Transaction<'_>, page: &SliPage) -> rusqlite::Result<Vec<
             hub,
             h,
             d.minutes,
-            d.avail_good,
-            d.avail_bad,
-            d.spawn_ok,
-            d.spawn_failed,
-            d.spawn_fast,
-            d.spawn_timed
+            d.change.avail_good,
+            d.change.avail_bad,
+            d.change.spawn_ok,
+            d.change.spawn_failed,
+            d.change.spawn_fast,
+            d.change.spawn_timed
         ])?;
     }
     Ok(changes)
 }
 
-/// What a page changes in one `sli_hours` row.
+/// What a page changes in one `sli_hours` row: new minute rows, and the
+/// minutes' contributions as the rolling windows count them.
 #[derive(Debug, Default)]
 struct HourDelta {
     minutes: i64,
-    avail_good: i64,
-    avail_bad: i64,
-    spawn_ok: i64,
-    spawn_failed: i64,
-    spawn_fast: i64,
-    spawn_timed: i64,
+    change: Contribution,
 }
 
 impl HourDelta {
     /// Adds one minute's change (`new`: the minute had no row before).
     fn add(&mut self, new: bool, before: &MinuteCounts, after: &MinuteCounts) {
-        let availability = |c: &MinuteCounts| match c.availability() {
-            MinuteAvailability::NoData => (0, 0),
-            MinuteAvailability::Good => (1, 0),
-            MinuteAvailability::Bad => (0, 1),
-        };
-        let ((good_a, bad_a), (good_b, bad_b)) = (availability(after), availability(before));
-        let delta = |a: u64, b: u64| to_sql(a).saturating_sub(to_sql(b));
         self.minutes += i64::from(new);
-        self.avail_good += good_a - good_b;
-        self.avail_bad += bad_a - bad_b;
-        self.spawn_ok += delta(after.spawn_ok, before.spawn_ok);
-        self.spawn_failed += delta(after.spawn_failed, before.spawn_failed);
-        self.spawn_fast += delta(after.spawn_fast, before.spawn_fast);
-        self.spawn_timed += delta(after.spawn_timed, before.spawn_timed);
+        self.change.add(&Contribution::between(before, after));
     }
 }
 

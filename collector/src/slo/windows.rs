@@ -83,12 +83,12 @@ impl Sums {
 /// Signed change of one minute's contribution.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Contribution {
-    avail_good: i64,
-    avail_bad: i64,
-    spawn_ok: i64,
-    spawn_failed: i64,
-    spawn_fast: i64,
-    spawn_timed: i64,
+    pub(crate) avail_good: i64,
+    pub(crate) avail_bad: i64,
+    pub(crate) spawn_ok: i64,
+    pub(crate) spawn_failed: i64,
+    pub(crate) spawn_fast: i64,
+    pub(crate) spawn_timed: i64,
 }
 
 impl Contribution {
@@ -120,6 +120,16 @@ impl Contribution {
             spawn_fast: a.spawn_fast.saturating_sub(b.spawn_fast),
             spawn_timed: a.spawn_timed.saturating_sub(b.spawn_timed),
         }
+    }
+
+    /// Adds `other` (saturating).
+    pub(crate) fn add(&mut self, other: &Self) {
+        self.avail_good = self.avail_good.saturating_add(other.avail_good);
+        self.avail_bad = self.avail_bad.saturating_add(other.avail_bad);
+        self.spawn_ok = self.spawn_ok.saturating_add(other.spawn_ok);
+        self.spawn_failed = self.spawn_failed.saturating_add(other.spawn_failed);
+        self.spawn_fast = self.spawn_fast.saturating_add(other.spawn_fast);
+        self.spawn_timed = self.spawn_timed.saturating_add(other.spawn_timed);
     }
 
     fn is_zero(&self) -> bool {
