@@ -747,51 +747,34 @@ async fn login_mean_is_over_a_sliding_window_and_a_counter_reset_starts_over() {
     assert_eq!(figures.spawns["success"].value, 1.0);
     assert_eq!(figures.spawn_histogram.unwrap().count, 1.0);
 
-    // No login since, but the window still holds the one after the reset.
-    f.batch("leap", scrape("vm", at(45), 1.0, 1.0, (0.9, 1.0)))
-        .await;
-    fleet.evaluate(at(45)).unwrap();
-    let figures = fleet.hub_status("leap", "vm").unwrap().figures;
-    assert_eq!(figures.login.unwrap().mean_seconds, Some(0.9));
-
-    // Another login (0.3 s) three minutes on: the mean covers both.
-    f.batch("leap", scrape("vm", at(200), 1.0, 1.0, (1.2, 2.0)))
-        .await;
-    fleet.evaluate(at(200)).unwrap();
-    let login = fleet
-        .hub_status("leap", "vm")
-        .unwrap()
-        .figures
-        .login
-        .unwrap();
-    assert!(
-        (login.mean_seconds.unwrap() - 0.6).abs() < 1e-9,
-        "{login:?}"
-    );
-
-    // Past the window, the first login has left it; the second has not.
-    f.batch("leap", scrape("vm", at(330), 1.0, 1.0, (1.2, 2.0)))
-        .await;
-    fleet.evaluate(at(330)).unwrap();
-    let login = fleet
-        .hub_status("leap", "vm")
-        .unwrap()
-        .figures
-        .login
-        .unwrap();
-    assert!(
-        (login.mean_seconds.unwrap() - 0.3).abs() < 1e-9,
-        "{login:?}"
-    );
-
-    // No login for a whole window: the mean is absent.
-    for s in [400, 480, 560, 640] {
-        f.batch("leap", scrape("vm", at(s), 1.0, 1.0, (1.2, 2.0)))
-            .await;
-        fleet.evaluate(at(s)).unwrap();
+    // One hub scrape with these login totals at `s` seconds; the mean then.
+    async fn mean_after(f: &mut Fixture, fleet: &Fleet, s: i64, login: (f64, f64)) -> Option<f64> {
+        let at = T0 + s * SECOND;
+        f.batch("leap", scrape("vm", at, 1.0, 1.0, login)).await;
+        fleet.evaluate(at).unwrap();
+        fleet
+            .hub_status("leap", "vm")
+            .unwrap()
+            .figures
+            .login
+            .unwrap()
+            .mean_seconds
     }
-    let figures = fleet.hub_status("leap", "vm").unwrap().figures;
-    assert_eq!(figures.login.unwrap().mean_seconds, None);
+    let close = |got: Option<f64>, want: f64| got.is_some_and(|m| (m - want).abs() < 1e-9);
+
+    // No login since, but the window still holds the one after the reset.
+    assert_eq!(mean_after(&mut f, &fleet, 45, (0.9, 1.0)).await, Some(0.9));
+    // Another login (0.3 s) three minutes on: the mean covers both.
+    let got = mean_after(&mut f, &fleet, 200, (1.2, 2.0)).await;
+    assert!(close(got, 0.6), "{got:?}");
+    // Past the window, the first login has left it; the second has not.
+    let got = mean_after(&mut f, &fleet, 330, (1.2, 2.0)).await;
+    assert!(close(got, 0.3), "{got:?}");
+    // No login for a whole window: the mean is absent.
+    for s in [400, 480, 560] {
+        mean_after(&mut f, &fleet, s, (1.2, 2.0)).await;
+    }
+    assert_eq!(mean_after(&mut f, &fleet, 640, (1.2, 2.0)).await, None);
 }
 
 /// The collector's `/metrics` text for this fleet at the clock's time.
