@@ -112,16 +112,29 @@ fn introduced_in(kind: &UsageKind) -> u16 {
     }
 }
 
+/// The version that introduced the record's kind.
+fn record_introduced_in(record: &Record) -> u16 {
+    match record {
+        Record::Usage(UsageEvent { kind, .. }) => introduced_in(kind),
+        Record::Journey(_) => 4,
+        Record::Sample(_) | Record::Health(_) => 1,
+    }
+}
+
 fn needs_downgrade(batch: &Batch, version: u16) -> bool {
-    batch.records.iter().any(
-        |r| matches!(r, Record::Usage(UsageEvent { kind, .. }) if introduced_in(kind) > version),
-    )
+    batch
+        .records
+        .iter()
+        .any(|r| record_introduced_in(r) > version)
 }
 
 /// `batch` as `version` can carry it: an inferred stop becomes a stop
-/// (version 1), a snapshot with `since_ms` a plain snapshot (versions 1, 2).
+/// (version 1), a snapshot with `since_ms` a plain snapshot (versions 1, 2),
+/// and a journey is left out (versions 1 to 3).
 fn downgrade(batch: &Batch, version: u16) -> Batch {
     let mut out = batch.clone();
+    out.records
+        .retain(|r| !matches!(r, Record::Journey(_)) || version >= 4);
     for record in &mut out.records {
         if let Record::Usage(event) = record
             && introduced_in(&event.kind) > version

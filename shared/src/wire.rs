@@ -17,10 +17,13 @@ use serde::{Deserialize, Serialize};
 /// - 3: plus [`UsageKind::ResourcesSince`] (appended likewise). Written as
 ///   version 1 or 2, that variant becomes [`UsageKind::Resources`] (the
 ///   snapshot without `since_ms`).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// - 4: plus [`Record::Journey`] (appended likewise). Written as version 1,
+///   2 or 3, a journey record is left out: a collector that predates
+///   journeys has nothing to do with one.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Every protocol version this build can read and write, ascending.
-pub const SUPPORTED_VERSIONS: &[u16] = &[1, 2, 3];
+pub const SUPPORTED_VERSIONS: &[u16] = &[1, 2, 3, 4];
 
 /// Response header on every `POST /api/v1/ingest` answer: the protocol
 /// versions the collector accepts, comma-separated (`1` or `1, 2`). An agent
@@ -122,6 +125,8 @@ pub enum Record {
     Health(HealthCheck),
     /// A change in a user's server, for exact usage integration.
     Usage(UsageEvent),
+    /// The outcome of one synthetic user journey. Protocol version 4.
+    Journey(JourneyResult),
 }
 
 /// A label pair. Names follow Prometheus rules; the agent sorts labels by name.
@@ -318,4 +323,101 @@ pub struct ResourceSnapshot {
     pub memory_usage_bytes: Option<u64>,
     /// Bytes stored in the user's home.
     pub storage_bytes: Option<u64>,
+}
+
+/// The outcome of one synthetic user journey on a hub (`[hubs.journey]`): a
+/// dedicated test identity logs in, gets a server, starts a kernel, runs
+/// code that must print a fresh nonce, and stops it all again. Protocol
+/// version 4.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JourneyResult {
+    /// The hub's configured name.
+    pub hub: String,
+    /// The test identity: a pseudonym, like every other user name.
+    pub user: String,
+    /// The server the journey used: `hubwatch-journey` where the hub allows
+    /// named servers, `""` (the default server) where it does not.
+    pub server: String,
+    /// When the journey started (its first phase), Unix ms.
+    pub started_ms: i64,
+    /// Whether every phase succeeded.
+    pub ok: bool,
+    /// The phases that ran, in order, each timed. A failed journey ends with
+    /// the failed phase (and the `Stop` phase of its cleanup, when one ran).
+    pub phases: Vec<JourneyPhaseResult>,
+    /// Which phase failed and why, when the journey failed.
+    pub failure: Option<JourneyFailure>,
+}
+
+/// One step of a journey, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum JourneyPhase {
+    /// A server left behind by an earlier run (a crash, a timeout) is
+    /// stopped before the journey starts; one stuck pending is reported.
+    Cleanup,
+    /// The test identity's token is accepted and its user model reads back.
+    Login,
+    /// The server is requested and its `/progress` stream followed to ready.
+    Spawn,
+    /// A kernel is started through the single-user server's REST API.
+    Kernel,
+    /// Code printing a fresh nonce runs over the kernel's websocket and the
+    /// nonce comes back on stdout (and the configured snippet, if any).
+    Execute,
+    /// The kernel is deleted, the server stopped and seen gone.
+    Stop,
+}
+
+impl JourneyPhase {
+    /// Every phase, in order.
+    pub const ALL: [JourneyPhase; 6] = [
+        JourneyPhase::Cleanup,
+        JourneyPhase::Login,
+        JourneyPhase::Spawn,
+        JourneyPhase::Kernel,
+        JourneyPhase::Execute,
+        JourneyPhase::Stop,
+    ];
+
+    /// The phase's name in labels, logs and runbook anchors.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JourneyPhase::Cleanup => "cleanup",
+            JourneyPhase::Login => "login",
+            JourneyPhase::Spawn => "spawn",
+            JourneyPhase::Kernel => "kernel",
+            JourneyPhase::Execute => "execute",
+            JourneyPhase::Stop => "stop",
+        }
+    }
+}
+
+impl std::fmt::Display for JourneyPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One timed phase of a journey.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JourneyPhaseResult {
+    /// Which phase.
+    pub phase: JourneyPhase,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// How long it took (until it failed or timed out, when it did), in
+    /// microseconds.
+    pub duration_us: u64,
+}
+
+/// Why a journey failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JourneyFailure {
+    /// The phase that failed.
+    pub phase: JourneyPhase,
+    /// The step that failed (`Timeout` for a phase past its timeout).
+    pub kind: FailureKind,
+    /// What happened, for people: `timeout after 300 s at progress 50
+    /// "pulling image"`, `nonce not in stdout: got "…"`.
+    pub reason: String,
 }

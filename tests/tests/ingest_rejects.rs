@@ -227,7 +227,7 @@ fn oversized_malformed_and_unknown_version_bodies_are_refused_with_reasons() {
     assert_eq!(body["code"], "unsupported_version", "{body}");
     assert_eq!(
         body["accepted_versions"],
-        serde_json::json!([1, 2, 3]),
+        serde_json::json!([1, 2, 3, 4]),
         "{body}"
     );
 

@@ -884,6 +884,8 @@ fn absorb(
                     touched.insert(event.hub.clone());
                 }
             }
+            // Journeys feed their own SLI and alert, not the hub's status.
+            Record::Journey(_) => {}
         }
     }
     for ((hub, path), (size, avail, at)) in homes {

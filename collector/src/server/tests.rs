@@ -689,7 +689,7 @@ async fn malformed_truncated_and_future_version_frames_get_400_with_a_reason() {
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     let message = reply.error_message();
     assert!(
-        message.contains("99") && message.contains("speaks 1, 2, 3"),
+        message.contains("99") && message.contains("speaks 1, 2, 3, 4"),
         "{message}"
     );
     // Machine-readable, so an agent keeps the batch rather than drop it.
@@ -697,7 +697,7 @@ async fn malformed_truncated_and_future_version_frames_get_400_with_a_reason() {
     assert_eq!(body["code"], "unsupported_version", "{body}");
     assert_eq!(
         body["accepted_versions"],
-        serde_json::json!([1, 2, 3]),
+        serde_json::json!([1, 2, 3, 4]),
         "{body}"
     );
     assert_eq!(
@@ -705,7 +705,7 @@ async fn malformed_truncated_and_future_version_frames_get_400_with_a_reason() {
             .headers
             .get("hubwatch-accept-versions")
             .and_then(|v| v.to_str().ok()),
-        Some("1, 2, 3")
+        Some("1, 2, 3, 4")
     );
 
     let text = server.metrics_text();
@@ -760,7 +760,7 @@ async fn every_ingest_answer_names_the_accepted_versions_and_the_body_limit() {
     for reply in [&stored, &too_large, &malformed, &unauthorized] {
         assert_eq!(
             header(reply, "hubwatch-accept-versions").as_deref(),
-            Some("1, 2, 3"),
+            Some("1, 2, 3, 4"),
             "{reply:?}"
         );
         assert_eq!(

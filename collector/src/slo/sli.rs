@@ -330,7 +330,7 @@ impl SliPage {
                         now_ms,
                     );
                 }
-                Record::Usage(_) => {}
+                Record::Usage(_) | Record::Journey(_) => {}
             }
         }
         self.stats.batches_ok += 1;

@@ -732,7 +732,9 @@ impl UsagePage {
                         }
                     }
                 }
-                Record::Sample(_) => {}
+                // The journey's test identity is left out of usage by the
+                // agent; its result says nothing about coverage.
+                Record::Sample(_) | Record::Journey(_) => {}
             }
         }
     }

@@ -11,7 +11,7 @@ use std::marker::PhantomData;
 
 use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
 
-use crate::wire::{CheckKind, FailureKind, ResourceSnapshot};
+use crate::wire::{CheckKind, FailureKind, JourneyPhase, JourneyPhaseResult, ResourceSnapshot};
 
 /// The envelope of a frame, borrowed from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +97,32 @@ enum RecordRef<'a> {
     Sample(#[serde(borrow)] SampleRef<'a>),
     Health(#[serde(borrow)] HealthRef<'a>),
     Usage(#[serde(borrow)] UsageRef<'a>),
+    Journey(#[serde(borrow)] JourneyRef<'a>),
+}
+
+#[allow(dead_code)]
+#[derive(serde::Deserialize)]
+struct JourneyRef<'a> {
+    #[serde(borrow)]
+    hub: &'a str,
+    #[serde(borrow)]
+    user: &'a str,
+    #[serde(borrow)]
+    server: &'a str,
+    started_ms: i64,
+    ok: bool,
+    phases: Counted<JourneyPhaseResult>,
+    #[serde(borrow)]
+    failure: Option<JourneyFailureRef<'a>>,
+}
+
+#[allow(dead_code)]
+#[derive(serde::Deserialize)]
+struct JourneyFailureRef<'a> {
+    phase: JourneyPhase,
+    kind: FailureKind,
+    #[serde(borrow)]
+    reason: &'a str,
 }
 
 #[allow(dead_code)]

@@ -115,11 +115,54 @@ fn usage() -> impl Strategy<Value = UsageEvent> {
         })
 }
 
+fn journey() -> impl Strategy<Value = JourneyResult> {
+    let phase = proptest::sample::select(JourneyPhase::ALL.to_vec());
+    let phases = proptest::collection::vec(
+        (phase.clone(), any::<bool>(), any::<u64>()).prop_map(|(phase, ok, duration_us)| {
+            JourneyPhaseResult {
+                phase,
+                ok,
+                duration_us,
+            }
+        }),
+        0..7,
+    );
+    let failure =
+        proptest::option::of(
+            (phase, ".{0,40}").prop_map(|(phase, reason)| JourneyFailure {
+                phase,
+                kind: FailureKind::Timeout,
+                reason,
+            }),
+        );
+    (
+        "[a-z]{1,8}",
+        "[0-9a-f]{0,32}",
+        "[a-z-]{0,16}",
+        any::<i64>(),
+        any::<bool>(),
+        phases,
+        failure,
+    )
+        .prop_map(
+            |(hub, user, server, started_ms, ok, phases, failure)| JourneyResult {
+                hub,
+                user,
+                server,
+                started_ms,
+                ok,
+                phases,
+                failure,
+            },
+        )
+}
+
 pub(crate) fn batch() -> impl Strategy<Value = Batch> {
     let record = prop_oneof![
         sample().prop_map(Record::Sample),
         health().prop_map(Record::Health),
         usage().prop_map(Record::Usage),
+        journey().prop_map(Record::Journey),
     ];
     (
         "[a-z0-9-]{1,20}",
@@ -379,4 +422,55 @@ fn a_snapshot_with_since_survives_version_3_and_is_a_plain_snapshot_before() {
             event(UsageKind::ServerStopped)
         ]
     );
+}
+
+#[test]
+fn a_journey_survives_version_4_and_is_left_out_before() {
+    let journey = Record::Journey(JourneyResult {
+        hub: "h".into(),
+        user: "u-1".into(),
+        server: "hubwatch-journey".into(),
+        started_ms: 1_000,
+        ok: false,
+        phases: vec![
+            JourneyPhaseResult {
+                phase: JourneyPhase::Login,
+                ok: true,
+                duration_us: 20_000,
+            },
+            JourneyPhaseResult {
+                phase: JourneyPhase::Spawn,
+                ok: false,
+                duration_us: 300_000_000,
+            },
+        ],
+        failure: Some(JourneyFailure {
+            phase: JourneyPhase::Spawn,
+            kind: FailureKind::Timeout,
+            reason: "timeout after 300 s at progress 50 \"pulling image\"".into(),
+        }),
+    });
+    let stop = Record::Usage(UsageEvent {
+        hub: "h".into(),
+        user: "u-2".into(),
+        server: String::new(),
+        kind: UsageKind::ServerStopped,
+        timestamp_ms: 5,
+    });
+    let b = Batch {
+        agent_id: "a".into(),
+        member: String::new(),
+        seq: 7,
+        created_ms: 0,
+        dropped_records: 0,
+        agent_version: "0".into(),
+        records: vec![journey, stop.clone()],
+    };
+    let v4 = encode_version(&b, 4).expect("encodes");
+    assert_eq!(decode(&v4).expect("decodes"), b);
+    for version in 1..=3 {
+        let old = encode_version(&b, version).expect("encodes");
+        assert_eq!(decode_envelope(&old).expect("envelope").records, 1);
+        assert_eq!(decode(&old).expect("decodes").records, vec![stop.clone()]);
+    }
 }
