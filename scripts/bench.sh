@@ -39,7 +39,7 @@
 # load knobs and BENCH_BACKLOG_HOURS, BENCH_BACKLOG_AGENTS, BENCH_BACKLOG_INTERVAL_SECONDS, ...
 # `federate` takes BENCH_SERIES, BENCH_FAMILIES, BENCH_AGENTS, BENCH_REQUESTS.
 # `usage` takes BENCH_HUBS, BENCH_SERVERS, BENCH_INTERVALS, BENCH_CHURN (collector/benches/usage_ledger.rs).
-# `rollup` takes BENCH_HUBS, BENCH_SERVERS, BENCH_USERS, BENCH_DAYS (collector/benches/usage_rollup.rs).
+# `rollup` takes BENCH_HUBS, BENCH_SERVERS, BENCH_USERS, BENCH_DAYS, BENCH_HORIZON_HOURS (collector/benches/usage_rollup.rs).
 # `metrics` takes BENCH_HUBS, BENCH_RUNS (collector/benches/hub_metrics.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -20,6 +20,14 @@
 //! into the hub-hours). The assumption that matters is
 //! the user population: `usage_ledger` churns a new pseudonym per interval,
 //! which no real hub does; here each hub has `BENCH_USERS` users all year.
+//!
+//! Last, the **whole** ledger at steady state (what is rolled up plus the
+//! per-server hours still inside the recompute horizon) for today's month
+//! rollup and for a continuous fold at the horizons the configuration
+//! allows (and `BENCH_HORIZON_HOURS`, if set), the longest horizon that
+//! fits 2 GiB, and the CPU a daily fold would take at this build's rollup
+//! rate. These are the measured bytes per row scaled, not a run of a
+//! continuous fold (none exists).
 
 use std::time::Instant;
 
@@ -219,5 +227,93 @@ fn main() -> Result<()> {
         live_month / GIB,
         2.2 * live_month / GIB
     );
+    steady_state(&SteadyState {
+        rolled_year: year_bytes,
+        per_server_hour,
+        fleet_hubs,
+        servers: servers_f,
+        fold_s_per_hub_month: (prepare_s + delete_s) / hubs.max(1) as f64,
+        days: days as f64,
+        extra_horizon_h: env_or("BENCH_HORIZON_HOURS", 0)? as f64,
+    });
     Ok(())
+}
+
+/// What [`steady_state`] scales from: this run's measured figures.
+struct SteadyState {
+    /// A year of closed months rolled up, bytes (measured per row, scaled).
+    rolled_year: f64,
+    /// Bytes per per-server hour (`usage_server_hours`, table + index).
+    per_server_hour: f64,
+    fleet_hubs: f64,
+    /// Servers running every hour, per hub.
+    servers: f64,
+    /// Seconds (this build) to roll up and delete one hub's month.
+    fold_s_per_hub_month: f64,
+    /// Days in the month rolled up here.
+    days: f64,
+    /// One more horizon to print (`BENCH_HORIZON_HOURS`), 0 for none.
+    extra_horizon_h: f64,
+}
+
+/// The whole ledger at steady state (a year of the fleet: what is folded
+/// plus the per-server hours still inside the *recompute horizon*, the time
+/// in which late data may still change a server's hour), for the horizons
+/// that matter, and what folding continuously would cost in CPU.
+///
+/// Not a measurement of a continuous fold (none is implemented): the same
+/// measured bytes per row, scaled. A folded hour keeps what a rolled-up
+/// month keeps (hub-hour, server-month, user counts), so the folded part is
+/// the year of closed months above whatever the horizon; only the
+/// per-server part depends on the horizon.
+fn steady_state(s: &SteadyState) {
+    let hour_bytes = s.fleet_hubs * s.servers * s.per_server_hour;
+    // A year's budget is 2 GiB.
+    let budget = 2.0 * GIB;
+    println!(
+        "steady state, the whole ledger for a year of {} hubs x {} servers \
+         (folded {:.2} GiB + per-server hours of the horizon at {:.1} B each, {:.3} GiB an hour):",
+        s.fleet_hubs,
+        s.servers,
+        s.rolled_year / GIB,
+        s.per_server_hour,
+        hour_bytes / GIB
+    );
+    let mut horizons = vec![
+        (
+            "today: month rollup, ~2.2 months per server (35-day retention)",
+            2.2 * 744.0,
+        ),
+        (
+            "continuous fold, horizon = default acceptance (35 d retention - 1 d)",
+            34.0 * 24.0,
+        ),
+        (
+            "continuous fold, horizon = smallest allowed (retention just over 48 h, less 1 d, + 1 h)",
+            26.0,
+        ),
+    ];
+    if s.extra_horizon_h > 0.0 {
+        horizons.push(("continuous fold, BENCH_HORIZON_HOURS", s.extra_horizon_h));
+    }
+    for (what, hours) in horizons {
+        let total = s.rolled_year + hours * hour_bytes;
+        println!(
+            "  {what:<92} {hours:>6.0} h: {:>7.2} GiB{}",
+            total / GIB,
+            if total < budget { "" } else { "  (over 2 GiB)" }
+        );
+    }
+    let left = budget - s.rolled_year;
+    println!(
+        "  the longest horizon under 2 GiB: {:.1} h ({:.3} GiB left after the folded year)",
+        (left / hour_bytes).max(0.0),
+        left / GIB
+    );
+    // Folding a day at a time does a month's work in 31 pieces.
+    let per_day = s.fold_s_per_hub_month * s.fleet_hubs / s.days;
+    println!(
+        "  folding CPU (this build's rollup rate): {per_day:.0} s a day for the fleet = {:.2} % of one core",
+        per_day / 86_400.0 * 100.0
+    );
 }
