@@ -11,6 +11,9 @@
 //! users, start and stop servers, post activity, read `/hub/metrics`).
 //! Stopping the hub (SIGTERM) makes it stop the proxy and the servers itself;
 //! on drop, whatever it started and left behind is killed by pid.
+//!
+//! `JupyterHub::start_with` picks another release (4.1, 5.x) and the
+//! synthetic journey's failure modes: see `options.rs`.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
