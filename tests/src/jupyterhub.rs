@@ -11,6 +11,9 @@
 //! users, start and stop servers, post activity, read `/hub/metrics`).
 //! Stopping the hub (SIGTERM) makes it stop the proxy and the servers itself;
 //! on drop, whatever it started and left behind is killed by pid.
+//!
+//! `JupyterHub::start_with` picks another release (4.1, 5.x) and the
+//! synthetic journey's failure modes: see `options.rs`.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -63,13 +66,21 @@ pub struct JupyterHub {
     /// Every process the hub started (proxy, single-user servers), seen
     /// while it ran, so they can be killed if the hub leaves them behind.
     descendants: Vec<u32>,
+    /// The venv the hub runs from (its Python runs the websocket client).
+    venv: PathBuf,
 }
 
 impl JupyterHub {
     /// Writes the config into a new temporary directory, starts the hub and
     /// waits until `/hub/health` answers 200 through the proxy.
     pub fn start() -> Self {
-        let venv = venv();
+        Self::start_with(HubOptions::default())
+    }
+
+    /// Like [`JupyterHub::start`], with the venv and failure-mode knobs of
+    /// `options` (see [`HubOptions`]).
+    pub fn start_with(options: HubOptions) -> Self {
+        let venv = options.venv.clone();
         let program = venv.join("bin/jupyterhub");
         assert!(
             program.is_file() && venv.join("bin/jupyterhub-singleuser").is_file(),
@@ -82,8 +93,13 @@ impl JupyterHub {
             .expect("temporary directory");
         let (public, hub, proxy_api) = (free_port(), free_port(), free_port());
         let config = dir.path().join("jupyterhub_config.py");
-        std::fs::write(&config, config_py(dir.path(), public, hub, proxy_api))
-            .expect("write jupyterhub_config.py");
+        let mut text = config_py(dir.path(), public, hub, proxy_api);
+        text.push_str(
+            &options
+                .config_py(dir.path())
+                .expect("write the knobs' files"),
+        );
+        std::fs::write(&config, text).expect("write jupyterhub_config.py");
         let args: Vec<OsString> = vec!["-f".into(), config.into()];
         // The hub finds configurable-http-proxy on PATH (npm's global bin).
         let process = Process::start("jupyterhub", &program, &args, &[], dir.path());
@@ -99,6 +115,7 @@ impl JupyterHub {
             process,
             agent,
             descendants: Vec::new(),
+            venv,
         };
         hub.wait_up();
         hub
@@ -469,6 +486,7 @@ fn config_py(dir: &Path, public: u16, hub: u16, proxy_api: u16) -> String {
     format!(
         r#"# Written by hubwatch-tests: a JupyterHub on loopback for the agent's tests.
 import os, sys
+import jupyterhub
 c = get_config()  # noqa: F821
 here = {dir:?}
 venv_bin = os.path.dirname(sys.executable)
@@ -482,7 +500,10 @@ c.JupyterHub.cookie_secret_file = os.path.join(here, "jupyterhub_cookie_secret")
 c.JupyterHub.pid_file = os.path.join(here, "jupyterhub.pid")
 
 c.JupyterHub.authenticator_class = "dummy"
-c.Authenticator.allow_all = True
+# 5.0 made an empty allow list mean "nobody"; 4.1 has no allow_all (its
+# empty allow list already means everyone), and would warn about the key.
+if jupyterhub.version_info >= (5,):
+    c.Authenticator.allow_all = True
 c.Authenticator.admin_users = {{"admin"}}
 
 c.JupyterHub.spawner_class = "simple"
@@ -510,6 +531,12 @@ c.PeriodicMetricsCollector.active_users_update_interval = 5
         dir = dir.display().to_string(),
     )
 }
+
+mod options;
+pub use options::{
+    BROKEN_KERNEL, HubOptions, HubRelease, SPAWN_FAILURE_MESSAGE, SpawnerBehaviour,
+    TAMPERED_KERNEL, TAMPERED_TEXT, USER_TOKEN_SCOPES, hub_version,
+};
 
 #[cfg(test)]
 mod tests;
