@@ -557,3 +557,24 @@ fn the_measured_time_leaves_out_cleanup_and_reasons_are_bounded() {
     assert_eq!(cut.chars().count(), MAX_REASON_CHARS + 1);
     assert_eq!(bounded_reason("short"), "short");
 }
+
+#[test]
+fn every_phase_has_a_runbook_entry_where_runbook_url_points() {
+    let path = format!("{}/../docs/runbooks.md", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).expect("docs/runbooks.md");
+    assert!(text.lines().any(|l| l == "## JourneyFailing"), "{path}");
+    let phases = JourneyPhase::ALL.map(JourneyPhase::as_str);
+    for phase in phases.iter().copied().chain([UNKNOWN_PHASE]) {
+        // `### JourneyFailing: spawn` is the anchor `#journeyfailing-spawn`.
+        let heading = format!("### JourneyFailing: {phase}");
+        assert!(
+            text.lines().any(|l| l == heading),
+            "{path} has no `{heading}`"
+        );
+        let url = format!(
+            "{}-{phase}",
+            crate::alerts::runbook_url("docs/runbooks.md", ALERTNAME)
+        );
+        assert_eq!(url, format!("docs/runbooks.md#journeyfailing-{phase}"));
+    }
+}
