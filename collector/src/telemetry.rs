@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use hubwatch_shared::metrics;
 use prometheus::{
-    Encoder, GaugeVec, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Registry, TextEncoder,
 };
 
 #[cfg(test)]
@@ -134,6 +134,14 @@ pub struct CollectorMetrics {
     pub retention_held: IntGauge,
     /// Records the SLI derivation ignored, by reason.
     pub slo_skipped_records: IntCounterVec,
+    /// Synthetic journey phase durations (`hubwatch_journey_phase_duration_seconds`).
+    pub journey_phase_seconds: HistogramVec,
+    /// Synthetic journeys by result (`hubwatch_journey_runs_total`).
+    pub journey_runs: IntCounterVec,
+    /// Start of each hub's latest journey, Unix seconds.
+    pub journey_last_run: GaugeVec,
+    /// Whether each hub's latest journey passed.
+    pub journey_up: GaugeVec,
 }
 
 impl Default for CollectorMetrics {
@@ -206,6 +214,10 @@ impl CollectorMetrics {
             stage_commit_failures: metrics::COLLECTOR_STAGE_COMMIT_FAILURES.counter_vec(r),
             retention_held: metrics::COLLECTOR_RETENTION_HELD.int_gauge(r),
             slo_skipped_records: metrics::SLO_SKIPPED_RECORDS.counter_vec(r),
+            journey_phase_seconds: metrics::JOURNEY_PHASE_SECONDS.histogram_vec(r),
+            journey_runs: metrics::JOURNEY_RUNS.counter_vec(r),
+            journey_last_run: metrics::JOURNEY_LAST_RUN.gauge_vec(r),
+            journey_up: metrics::JOURNEY_UP.gauge_vec(r),
             registry,
         }
     }

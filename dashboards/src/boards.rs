@@ -427,6 +427,34 @@ fn slos() -> Dashboard {
                 "{{hub}} {{slo}} {{window}}",
             )),
             Panel::new(
+                Kind::Stat,
+                "Synthetic journey: latest run",
+                "1 when the hub's latest synthetic journey (log in, spawn, kernel, execute, stop) passed every phase, 0 when it failed; no data for hubs without [hubs.journey].",
+                "none",
+            )
+            .size(8, 8)
+            .thresholds("red", &[("green", 1.0)])
+            .target(q(
+                format!("{}{{{MEMBER_HUB}}}", m::JOURNEY_UP.name),
+                "{{hub}}",
+            )),
+            Panel::new(
+                Kind::TimeSeries,
+                "Synthetic journey: mean phase duration",
+                "Mean duration of each journey phase since the collector started (sum over count of the phase histogram); a spawn that grows towards the tier's journey_max_duration shows here before the journey fails.",
+                "s",
+            )
+            .size(16, 8)
+            .range(Some(0.0), None)
+            .target(q(
+                format!(
+                    "sum by (member, hub, phase) ({}_sum{{{MEMBER_HUB}}}) / sum by (member, hub, phase) ({}_count{{{MEMBER_HUB}}})",
+                    m::JOURNEY_PHASE_SECONDS.name,
+                    m::JOURNEY_PHASE_SECONDS.name
+                ),
+                "{{hub}} {{phase}}",
+            )),
+            Panel::new(
                 Kind::Table,
                 "Burn rates now",
                 "The latest burn rate of every objective and window.",

@@ -63,6 +63,12 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Buckets for journey phases in seconds, 0.1 s to 10 min: a login takes
+/// well under a second, a spawn that pulls an image minutes.
+pub const JOURNEY_PHASE_BUCKETS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 180.0, 300.0, 450.0, 600.0,
+];
+
 macro_rules! metrics {
     ($( $(#[$doc:meta])* $ident:ident = ($exp:ident, $kind:ident, $name:literal, [$($l:literal),*], $help:literal $(, $buckets:expr)?); )*) => {
         $( $(#[$doc])* pub const $ident: MetricDef = MetricDef {
@@ -238,6 +244,14 @@ metrics! {
     SLO_EVALUATION_SECONDS = (Collector, Histogram, "hubwatch_slo_evaluation_duration_seconds", [], "Time one evaluation of every objective took.", LATENCY_BUCKETS);
     /// Records skipped by SLI derivation.
     SLO_SKIPPED_RECORDS = (Collector, Counter, "hubwatch_slo_skipped_records_total", ["reason"], "Records the SLI derivation ignored: future (timestamp more than 10 minutes ahead of the clock), out_of_order (a counter sample older than the last one), invalid_time.");
+    /// Phase durations of synthetic journeys.
+    JOURNEY_PHASE_SECONDS = (Collector, Histogram, "hubwatch_journey_phase_duration_seconds", ["member", "hub", "tier", "phase"], "Duration of each phase (cleanup, login, spawn, kernel, execute, stop) of the synthetic journeys agents ran, until it succeeded or failed.", JOURNEY_PHASE_BUCKETS);
+    /// Synthetic journeys by outcome.
+    JOURNEY_RUNS = (Collector, Counter, "hubwatch_journey_runs_total", ["member", "hub", "tier", "result"], "Synthetic journeys received: result ok (every phase passed, within the tier's journey_max_duration), slow (passed, over the bound) or failed.");
+    /// When the latest journey started.
+    JOURNEY_LAST_RUN = (Collector, Gauge, "hubwatch_journey_last_run_timestamp_seconds", ["member", "hub", "tier"], "Start of the latest synthetic journey of the hub, Unix seconds.");
+    /// Whether the latest journey passed.
+    JOURNEY_UP = (Collector, Gauge, "hubwatch_journey_up", ["member", "hub", "tier"], "1 when the hub's latest synthetic journey passed every phase, 0 when it failed.");
     /// Server time of the last complete hour, from the usage ledger.
     USAGE_SERVER_SECONDS = (Collector, Gauge, "hubwatch_usage_server_seconds", ["member", "hub"], "Seconds users' servers ran on the hub in the last complete UTC hour, from the usage ledger (never per user); absent when the ledger has no row for the hub in that hour.");
     /// Coverage of the last complete hour.

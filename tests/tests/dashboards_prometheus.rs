@@ -16,7 +16,8 @@
 //! metric is a `hubwatch_usage_*` series absent from `/metrics` altogether
 //! are skipped, with a line saying so. The usage gauges describe the last
 //! complete UTC hour, so the test posts one batch of that hour's hub checks
-//! and one server's run (as an agent backfilling would) for them to show.
+//! and one server's run (as an agent backfilling would) for them to show,
+//! with one synthetic journey for the SLO dashboard's journey panels.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -196,7 +197,8 @@ fn log_in(hub_url: &str, user: &str) -> anyhow::Result<()> {
 /// ledger's arithmetic on a live hub is `usage_jupyterhub.rs`'s.
 fn previous_hour_batch(agent: &str, member: &str) -> Vec<u8> {
     use hubwatch_shared::wire::{
-        Batch, CheckKind, HealthCheck, PROTOCOL_VERSION, Record, UsageEvent, UsageKind,
+        Batch, CheckKind, HealthCheck, JourneyPhase, JourneyPhaseResult, JourneyResult,
+        PROTOCOL_VERSION, Record, UsageEvent, UsageKind,
     };
     let now_ms = (unix_now() * 1000.0) as i64;
     let hour_ms = 3_600_000;
@@ -229,6 +231,23 @@ fn previous_hour_batch(agent: &str, member: &str) -> Vec<u8> {
     records.push(event(UsageKind::ServerStarted { profile: None }, t0));
     records.push(event(UsageKind::Activity, t0 + 15_000));
     records.push(event(UsageKind::ServerStopped, t0 + 30_000));
+    // One synthetic journey, for the journey panels of the SLO dashboard.
+    records.push(Record::Journey(JourneyResult {
+        hub: "lab".into(),
+        user: "backfill-journey".into(),
+        server: String::new(),
+        started_ms: t0,
+        ok: true,
+        phases: JourneyPhase::ALL
+            .into_iter()
+            .map(|phase| JourneyPhaseResult {
+                phase,
+                ok: true,
+                duration_us: 1_500_000,
+            })
+            .collect(),
+        failure: None,
+    }));
     let batch = Batch {
         agent_id: agent.to_string(),
         member: member.to_string(),

@@ -48,7 +48,8 @@ impl Attainment {
 }
 
 /// Attainment of every objective of `hubs` (for `member` only, when given)
-/// over `[from_ms, to_ms)`, in the order of `hubs` then [`SloKind::ALL`].
+/// over `[from_ms, to_ms)`, in the order of `hubs` then [`SloKind::ALL`]
+/// (the journey objective only for hubs that ran journeys in the period).
 /// A minute counts when it starts in the range (a partial first minute is
 /// left out, so adjacent periods never count a minute twice).
 pub fn attainment(
@@ -78,6 +79,11 @@ pub fn attainment(
         for kind in SloKind::ALL {
             let target = hub.tier.target(kind);
             let (good, total) = good_total(kind, &hub_sums);
+            if kind == SloKind::Journey && total == 0 {
+                // A hub without journeys in the period has no journey
+                // objective (not an unmeasured one).
+                continue;
+            }
             let attainment = (total > 0).then(|| good as f64 / total as f64);
             let budget_spent = attainment
                 .filter(|_| target < 1.0)

@@ -1,12 +1,13 @@
-//! The SLO engine's outside: the `GET /api/v1/slo` body and the
-//! `hubwatch_slo_*` gauges on `/metrics`.
+//! The SLO engine's outside: the `GET /api/v1/slo` body, the
+//! `hubwatch_slo_*` gauges and the `hubwatch_journey_*` series on `/metrics`.
 //!
 //! Values that do not exist (no data in a window) are `null` in JSON and
 //! absent from `/metrics` (the series is removed), never 0.
 
 use serde_json::{Map, Value, json};
 
-use super::engine::{ObjectiveStatus, window_text};
+use super::engine::{ObjectiveStatus, SloEngine, window_text};
+use super::journey::JourneyRun;
 use super::sli::DeriveStats;
 use super::windows::WINDOW_NAMES;
 use crate::telemetry::CollectorMetrics;
@@ -102,4 +103,42 @@ pub fn count_skipped(metrics: &CollectorMetrics, stats: &DeriveStats) {
     skipped
         .with_label_values(&["invalid_time"])
         .inc_by(stats.skipped_invalid_time);
+}
+
+/// Counts committed journeys into `hubwatch_journey_runs_total` and
+/// `hubwatch_journey_phase_duration_seconds` (hubs that are not configured
+/// have no tier and are left out, as from the objectives).
+pub fn count_journeys(metrics: &CollectorMetrics, engine: &SloEngine, runs: &[JourneyRun]) {
+    for run in runs {
+        let Some(tier) = engine.tier_name(&run.member, &run.hub) else {
+            continue;
+        };
+        metrics
+            .journey_runs
+            .with_label_values(&[&run.member, &run.hub, &tier, run.result.as_str()])
+            .inc();
+        for (phase, seconds) in &run.phases {
+            metrics
+                .journey_phase_seconds
+                .with_label_values(&[&run.member, &run.hub, &tier, phase.as_str()])
+                .observe(*seconds);
+        }
+    }
+}
+
+/// Sets `hubwatch_journey_up` and `hubwatch_journey_last_run_timestamp_seconds`
+/// from each hub's latest journey (held by the engine, so they survive a
+/// restart).
+pub fn update_journey_metrics(metrics: &CollectorMetrics, engine: &SloEngine) {
+    for (member, hub, tier, latest) in engine.latest_journeys() {
+        let labels = [member.as_str(), hub.as_str(), tier.as_str()];
+        metrics
+            .journey_up
+            .with_label_values(&labels)
+            .set(if latest.ok { 1.0 } else { 0.0 });
+        metrics
+            .journey_last_run
+            .with_label_values(&labels)
+            .set(latest.started_ms as f64 / 1000.0);
+    }
 }

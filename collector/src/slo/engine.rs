@@ -24,6 +24,14 @@
 //! this memory is not persisted, so a restart in that tail may show the
 //! ticket.
 //!
+//! **Journeys.** The `journey` objective counts synthetic journeys (runs,
+//! not minutes) and exists only for hubs that sent one within the loaded
+//! window; it has no `SLODataAbsent` (a run every ~30 min leaves most
+//! 15-minute spans empty) and only the slow (ticket) burn pairs: at two
+//! runs an hour the page pairs' short windows hold one run or none, and the
+//! acute case is `JourneyFailing` with its own page rules. `JourneyFailing` comes from here too (see
+//! [`super::journey`]).
+//!
 //! **No data.** `SLODataAbsent` (ticket) when a hub that has had data stops
 //! sending it for [`DATA_ABSENT_AFTER_MS`]: for availability, no probe
 //! results; for the spawn objectives, no hub metrics while the hub is seen
@@ -46,6 +54,7 @@ use hubwatch_shared::config::{
     BURN_RATE_PAIRS, BurnRatePair, BurnSeverity, ReportPeriod, SloKind, TierSpec,
 };
 
+use super::journey::{self, JourneyLatest, LatestJourneys};
 use super::objectives::SloSettings;
 use super::sli::{MINUTE_MS, MinuteChange, MinuteCounts};
 use super::windows::{HubSli, MINUTE_WINDOWS, Sums, WINDOW_SECS, WindowSums};
@@ -103,6 +112,16 @@ struct HubEntry {
     hub: String,
     tier: TierSpec,
     sli: HubSli,
+    /// The latest synthetic journey, if the hub ever sent one.
+    journey: Option<JourneyLatest>,
+}
+
+impl HubEntry {
+    /// Whether `kind` is tracked for this hub: the journey objective only
+    /// for hubs that sent journeys within the loaded window.
+    fn tracks(&self, kind: SloKind) -> bool {
+        kind != SloKind::Journey || self.sli.last_journey_minute().is_some()
+    }
 }
 
 #[derive(Default)]
@@ -141,6 +160,11 @@ pub fn good_total(kind: SloKind, sums: &Sums) -> (u64, u64) {
         // Both from the success histogram's buckets (le ≤ 120 and +Inf);
         // never more fast spawns than timed ones.
         SloKind::SpawnLatency => (sums.spawn_fast.min(sums.spawn_timed), sums.spawn_timed),
+        // Runs, not minutes: a minute without a journey is no data.
+        SloKind::Journey => (
+            sums.journey_good,
+            sums.journey_good.saturating_add(sums.journey_bad),
+        ),
     }
 }
 
@@ -200,6 +224,7 @@ impl SloEngine {
                 member: hub.member,
                 hub: hub.hub,
                 tier: hub.tier,
+                journey: None,
             });
         }
         Self {
@@ -236,6 +261,43 @@ impl SloEngine {
             .map(|h| h.tier.window)
             .max()
             .unwrap_or(Duration::ZERO)
+    }
+
+    /// The `journey_max_duration` of a configured hub's tier.
+    pub fn journey_bound(&self, member: &str, hub: &str) -> Option<Duration> {
+        let state = self.lock();
+        let index = *state.index.get(&(member.to_string(), hub.to_string()))?;
+        Some(state.hubs[index].tier.journey_max_duration)
+    }
+
+    /// The tier name of a configured hub.
+    pub fn tier_name(&self, member: &str, hub: &str) -> Option<String> {
+        let state = self.lock();
+        let index = *state.index.get(&(member.to_string(), hub.to_string()))?;
+        Some(state.hubs[index].tier.name.clone())
+    }
+
+    /// Sets the latest journey of each configured hub in `journeys` (rows
+    /// committed to `journey_latest`).
+    pub fn apply_journeys(&self, journeys: &LatestJourneys) {
+        let mut state = self.lock();
+        for (key, latest) in journeys {
+            if let Some(&index) = state.index.get(key) {
+                state.hubs[index].journey = Some(latest.clone());
+            }
+        }
+    }
+
+    /// Every configured hub's latest journey: `(member, hub, tier, latest)`.
+    pub fn latest_journeys(&self) -> Vec<(String, String, String, JourneyLatest)> {
+        self.lock()
+            .hubs
+            .iter()
+            .filter_map(|h| {
+                let latest = h.journey.clone()?;
+                Some((h.member.clone(), h.hub.clone(), h.tier.name.clone(), latest))
+            })
+            .collect()
     }
 
     /// Applies committed minute-row changes. Hubs that are not configured
@@ -277,8 +339,8 @@ impl SloEngine {
         }
     }
 
-    /// Loads the minute rows of the last tier window (plus an hour) ending at
-    /// `now_ms` from `sli_minutes`, so a restart neither resets budgets nor
+    /// Loads each hub's latest journey and the minute rows of the last tier
+    /// window (plus an hour) ending at `now_ms` from `sli_minutes`, so a restart neither resets budgets nor
     /// changes burn rates. Call once, on an empty engine, before applying
     /// new changes. Returns the rows read.
     pub fn load(
@@ -291,6 +353,8 @@ impl SloEngine {
             .saturating_sub(window_ms)
             .saturating_sub(3600 * 1000)
             .div_euclid(MINUTE_MS);
+        let journeys = store.load_journeys()?;
+        self.apply_journeys(&journeys);
         let mut state = self.lock();
         let mut key = (String::new(), String::new());
         store.for_each_minute(from_minute, &mut |member, hub, minute, counts| {
@@ -362,7 +426,7 @@ impl SloEngine {
         let mut out = Vec::with_capacity(state.hubs.len() * SloKind::ALL.len());
         for entry in &state.hubs {
             let sums = entry.sli.sums(now_ms);
-            for kind in SloKind::ALL {
+            for kind in SloKind::ALL.into_iter().filter(|k| entry.tracks(*k)) {
                 out.push(Self::status(entry, kind, &sums));
             }
         }
@@ -386,7 +450,20 @@ impl SloEngine {
             let metrics_absent =
                 silent_for(last_metrics).is_some_and(|s| s >= DATA_ABSENT_AFTER_MS);
             let recent = entry.sli.recent(now_ms, 15);
-            for kind in SloKind::ALL {
+            let journey_recent = entry.sli.recent(now_ms, journey::REAL_SPAWN_WINDOW_MINUTES);
+            let view = journey::HubView {
+                member: &entry.member,
+                hub: &entry.hub,
+                tier: &entry.tier,
+                latest: entry.journey.as_ref(),
+                recent: &journey_recent,
+            };
+            out.extend(journey::failing_alert(
+                &view,
+                now_ms,
+                &self.runbook_base_url,
+            ));
+            for kind in SloKind::ALL.into_iter().filter(|k| entry.tracks(*k)) {
                 let status = Self::status(entry, kind, &sums);
                 let target = entry.tier.target(kind);
                 // Spawn objectives: a short window without spawns takes the
@@ -400,9 +477,11 @@ impl SloEngine {
                         })
                         .and_then(|s| burn_rate(kind, &s, target)),
                 };
+                // The journey's acute case is `JourneyFailing` (its own page
+                // rules); two runs an hour make a fast burn a coin toss.
                 let firing_page = BURN_RATE_PAIRS
                     .iter()
-                    .filter(|p| p.severity == BurnSeverity::Page)
+                    .filter(|p| p.severity == BurnSeverity::Page && kind != SloKind::Journey)
                     .find(|p| pair_holds(p, &status.burn_rates, latest_evidence));
                 let firing_ticket = BURN_RATE_PAIRS
                     .iter()
@@ -436,6 +515,8 @@ impl SloEngine {
                 }
                 let absent = match kind {
                     SloKind::Availability => probes_absent,
+                    // Journeys run every ~30 min: 15 min without one is normal.
+                    SloKind::Journey => false,
                     _ => metrics_absent && !probes_absent && recent.avail_good > 0,
                 };
                 if absent {

@@ -7,10 +7,12 @@
 //!   exactly once (minutes, counters and cursor in one transaction).
 //! - [`store`]: the feature's persistence seam ([`store::SliStore`]) and its
 //!   SQLite implementation.
-//! - [`windows`]: the in-memory rolling sums per hub (bounded, ~41 KiB per hub
+//! - [`windows`]: the in-memory rolling sums per hub (bounded, ~59 KiB per hub
 //!   for a 30-day window).
 //! - [`engine`]: burn rates, error budgets and the SLO alerts; implements
 //!   [`crate::alerts::AlertSource`].
+//! - [`journey`]: synthetic journeys: the `journey` SLI's events, each
+//!   hub's latest journey and the `JourneyFailing` alert.
 //! - [`api`]: `GET /api/v1/slo` and the `hubwatch_slo_*` gauges.
 //! - [`replay`] and [`scenario`]: recorded batches and the incident scenario
 //!   library through the same derivation and evaluation on a `ManualClock`.
@@ -25,6 +27,7 @@
 
 pub mod api;
 pub mod engine;
+pub mod journey;
 pub mod objectives;
 pub mod replay;
 pub mod scenario;
@@ -367,4 +370,5 @@ fn tick(engine: &SloEngine, now_ms: i64, metrics: &CollectorMetrics) {
         .slo_evaluation_seconds
         .observe(started.elapsed().as_secs_f64());
     api::update_metrics(metrics, &objectives);
+    api::update_journey_metrics(metrics, engine);
 }

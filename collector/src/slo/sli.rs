@@ -37,7 +37,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use hubwatch_shared::config::SPAWN_LATENCY_THRESHOLD_SECONDS;
-use hubwatch_shared::wire::{Batch, CheckKind, Label, Record, Sample, label};
+use hubwatch_shared::wire::{Batch, CheckKind, JourneyPhase, Label, Record, Sample, label};
+
+use super::journey::{self, JourneyLatest, JourneyRun, LatestJourneys, RunResult};
 
 #[cfg(test)]
 mod tests;
@@ -80,6 +82,15 @@ pub struct MinuteCounts {
     pub spawn_timed: u64,
     /// `jupyterhub_*` samples seen: the hub's metrics were scraped.
     pub hub_samples: u64,
+    /// Synthetic journeys started in this minute that passed every phase
+    /// within the tier's `journey_max_duration`.
+    pub journey_good: u64,
+    /// Synthetic journeys started in this minute that failed or were slow.
+    pub journey_bad: u64,
+    /// Journeys whose spawn phase failed, in the minute the spawn ended:
+    /// the hub counts these in `spawn_failed` too, and `JourneyFailing`
+    /// takes them out to see whether real users' spawns fail.
+    pub journey_spawn_failed: u64,
 }
 
 /// How a minute counts for availability.
@@ -105,6 +116,11 @@ impl MinuteCounts {
         self.spawn_fast = self.spawn_fast.saturating_add(other.spawn_fast);
         self.spawn_timed = self.spawn_timed.saturating_add(other.spawn_timed);
         self.hub_samples = self.hub_samples.saturating_add(other.hub_samples);
+        self.journey_good = self.journey_good.saturating_add(other.journey_good);
+        self.journey_bad = self.journey_bad.saturating_add(other.journey_bad);
+        self.journey_spawn_failed = self
+            .journey_spawn_failed
+            .saturating_add(other.journey_spawn_failed);
     }
 
     /// [`MinuteCounts::availability`] over `sli_minutes` columns, for sums
@@ -131,6 +147,11 @@ impl MinuteCounts {
     /// Whether the hub's metrics were scraped in this minute.
     pub fn has_metrics(&self) -> bool {
         self.hub_samples > 0
+    }
+
+    /// Whether a synthetic journey started in this minute.
+    pub fn has_journey(&self) -> bool {
+        self.journey_good > 0 || self.journey_bad > 0
     }
 }
 
@@ -232,6 +253,10 @@ pub struct SliPage {
     pub minutes: BTreeMap<(String, String, i64), MinuteCounts>,
     /// Counter series updated by this page (the latest value of each).
     pub counters: Counters,
+    /// Hubs whose latest journey this page changed, with the new latest.
+    pub journeys: LatestJourneys,
+    /// Every journey this page counted, for metrics after the commit.
+    pub journey_runs: Vec<JourneyRun>,
     /// What was counted and skipped.
     pub stats: DeriveStats,
 }
@@ -239,7 +264,7 @@ pub struct SliPage {
 impl SliPage {
     /// Whether nothing would be written.
     pub fn is_empty(&self) -> bool {
-        self.minutes.is_empty() && self.counters.is_empty()
+        self.minutes.is_empty() && self.counters.is_empty() && self.journeys.is_empty()
     }
 
     /// Counts a batch that could not be used (undecodable or expired).
@@ -334,6 +359,92 @@ impl SliPage {
             }
         }
         self.stats.batches_ok += 1;
+    }
+
+    /// Adds the synthetic journeys of one batch of `member` (see
+    /// [`super::journey`]). `committed` holds each hub's latest journey as
+    /// stored (this page's own updates take precedence); `bound` gives a
+    /// hub's `journey_max_duration` (`None` for a hub that is not
+    /// configured: a passing run then counts as good).
+    pub fn add_journeys(
+        &mut self,
+        committed: &LatestJourneys,
+        member: &str,
+        batch: &Batch,
+        now_ms: i64,
+        bound: &dyn Fn(&str) -> Option<std::time::Duration>,
+    ) {
+        for record in &batch.records {
+            let Record::Journey(journey) = record else {
+                continue;
+            };
+            let Some(minute) = self.minute_of(journey.started_ms, now_ms) else {
+                continue;
+            };
+            let key = (member.to_string(), journey.hub.clone());
+            let previous = self
+                .journeys
+                .get(&key)
+                .or_else(|| committed.get(&key))
+                .map(|p| (p.started_ms, p.consecutive_failures));
+            if previous.is_some_and(|(started_ms, _)| started_ms == journey.started_ms) {
+                // The latest run again (a resent copy): counted once already.
+                continue;
+            }
+            let newest = previous.is_none_or(|(started_ms, _)| journey.started_ms > started_ms);
+            let failed = journey::failed_phase(journey);
+            let within = bound(&journey.hub).is_none_or(|b| {
+                u128::from(journey::measured_duration_us(journey)) <= b.as_micros()
+            });
+            let result = match (journey.ok, within) {
+                (true, true) => RunResult::Ok,
+                (true, false) => RunResult::Slow,
+                (false, _) => RunResult::Failed,
+            };
+            self.bump(member, &journey.hub, minute, |c| {
+                if result == RunResult::Ok {
+                    c.journey_good = c.journey_good.saturating_add(1);
+                } else {
+                    c.journey_bad = c.journey_bad.saturating_add(1);
+                }
+            });
+            if failed == Some(JourneyPhase::Spawn)
+                && let Some(spawn_minute) = self.minute_of(journey::spawn_end_ms(journey), now_ms)
+            {
+                self.bump(member, &journey.hub, spawn_minute, |c| {
+                    c.journey_spawn_failed = c.journey_spawn_failed.saturating_add(1);
+                });
+            }
+            if newest {
+                let consecutive_failures = match (journey.ok, previous) {
+                    (true, _) => 0,
+                    (false, Some((_, failures))) => failures.saturating_add(1),
+                    (false, None) => 1,
+                };
+                let latest = JourneyLatest {
+                    started_ms: journey.started_ms,
+                    ok: journey.ok,
+                    phase: failed.map(|p| p.as_str().to_string()).unwrap_or_default(),
+                    reason: journey
+                        .failure
+                        .as_ref()
+                        .map(|f| journey::bounded_reason(&f.reason))
+                        .unwrap_or_default(),
+                    consecutive_failures,
+                };
+                self.journeys.insert(key, latest);
+            }
+            self.journey_runs.push(JourneyRun {
+                member: member.to_string(),
+                hub: journey.hub.clone(),
+                result,
+                phases: journey
+                    .phases
+                    .iter()
+                    .map(|p| (p.phase, p.duration_us as f64 / 1e6))
+                    .collect(),
+            });
+        }
     }
 
     fn add_sample(

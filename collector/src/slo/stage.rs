@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use hubwatch_shared::wire::Batch;
 
 use super::engine::SloEngine;
+use super::journey::LatestJourneys;
 use super::sli::{Counters, DERIVE_CURSOR, DeriveStats, SliPage};
 use super::store::SliStore;
 use crate::pipeline::{CursorUpdate, Stage, StageFailure, lock};
@@ -20,6 +21,8 @@ pub struct SliStage {
     engine: Arc<SloEngine>,
     /// Counter values as stored.
     committed: Counters,
+    /// Each hub's latest journey as stored.
+    journeys: LatestJourneys,
     page: SliPage,
     totals: Arc<Mutex<DeriveStats>>,
     metrics: Option<CollectorMetrics>,
@@ -36,6 +39,7 @@ impl SliStage {
     pub fn open(store: Arc<dyn SliStore>, engine: Arc<SloEngine>) -> Result<Self, StoreError> {
         Ok(Self {
             committed: store.load_counters()?,
+            journeys: store.load_journeys()?,
             store,
             engine,
             page: SliPage::default(),
@@ -70,16 +74,25 @@ impl Stage for SliStage {
     ) -> Result<(), StageFailure> {
         self.page
             .add_batch(&self.committed, &stored.member, batch, now_ms);
+        let engine = &self.engine;
+        let member = stored.member.as_str();
+        self.page
+            .add_journeys(&self.journeys, member, batch, now_ms, &|hub| {
+                engine.journey_bound(member, hub)
+            });
         Ok(())
     }
 
     fn commit(&mut self, update: &CursorUpdate<'_>) -> Result<(), StoreError> {
         let changes = self.store.commit(&self.page, Some(update))?;
         self.engine.apply(&changes);
+        self.engine.apply_journeys(&self.page.journeys);
         let page = std::mem::take(&mut self.page);
         self.committed.extend(page.counters);
+        self.journeys.extend(page.journeys);
         if let Some(m) = &self.metrics {
             super::api::count_skipped(m, &page.stats);
+            super::api::count_journeys(m, &self.engine, &page.journey_runs);
         }
         lock(&self.totals).add(&page.stats);
         Ok(())

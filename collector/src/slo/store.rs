@@ -1,13 +1,14 @@
 //! The SLO feature's persistence seam: [`SliStore`] (what the SLI stage and
 //! the engine need from a store, in domain types) and [`SqliteSli`], its
 //! implementation on the embedded store (tables `sli_minutes`,
-//! `sli_counters`; schema in `store/schema.rs`). A second backend implements
+//! `sli_hours`, `sli_counters`, `journey_latest`; schema in `store/schema.rs`). A second backend implements
 //! [`SliStore`]; nothing else in `slo/` issues SQL.
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use std::collections::BTreeMap;
 
+use super::journey::{JourneyKey, JourneyLatest, LatestJourneys};
 use super::sli::{CounterKey, Counters, MinuteChange, MinuteCounts, SliPage};
 use super::windows::{Contribution, Sums};
 use crate::pipeline::CursorUpdate;
@@ -17,6 +18,9 @@ use crate::store::{Store, StoreError};
 pub trait SliStore: Send + Sync {
     /// Every counter series' last value (for deltas across restarts).
     fn load_counters(&self) -> Result<Counters, StoreError>;
+
+    /// Every hub's latest synthetic journey (table `journey_latest`).
+    fn load_journeys(&self) -> Result<LatestJourneys, StoreError>;
 
     /// Calls `f` for every minute row at or after `from_minute`; returns the
     /// rows read.
@@ -66,14 +70,16 @@ fn sum_minutes_sql() -> String {
     let (bad, good) = MinuteCounts::AVAILABILITY_SQL;
     format!(
         "SELECT count(*), total({bad}), total({good}), total(spawn_ok), total(spawn_failed),
-                total(spawn_fast), total(spawn_timed)
+                total(spawn_fast), total(spawn_timed), total(journey_good), total(journey_bad),
+                total(journey_spawn_failed)
          FROM sli_minutes WHERE member = ?1 AND hub = ?2 AND minute >= ?3 AND minute < ?4"
     )
 }
 
 /// The same sums over whole hours of `sli_hours`, `[?3, ?4)` in Unix hours.
 const SUM_HOURS_SQL: &str = "SELECT total(minutes), total(avail_bad), total(avail_good),
-        total(spawn_ok), total(spawn_failed), total(spawn_fast), total(spawn_timed)
+        total(spawn_ok), total(spawn_failed), total(spawn_fast), total(spawn_timed),
+        total(journey_good), total(journey_bad), total(journey_spawn_failed)
      FROM sli_hours WHERE member = ?1 AND hub = ?2 AND hour >= ?3 AND hour < ?4";
 
 /// Adds the one row of [`sum_minutes_sql`] or [`SUM_HOURS_SQL`] to `sums`;
@@ -81,23 +87,44 @@ const SUM_HOURS_SQL: &str = "SELECT total(minutes), total(avail_bad), total(avai
 fn add_sums_row(row: &rusqlite::Row<'_>, sums: &mut Sums) -> rusqlite::Result<u64> {
     // `total()` is a float, exact for counts below 2^53, and never
     // overflows where `sum()` of i64 would fail.
-    let mut totals = [0u64; 7];
+    let mut totals = [0u64; 10];
     for (i, slot) in totals.iter_mut().enumerate() {
         *slot = row.get::<_, f64>(i)?.max(0.0) as u64;
     }
-    let [rows, bad, good, ok, failed, fast, timed] = totals;
+    let [
+        rows,
+        bad,
+        good,
+        ok,
+        failed,
+        fast,
+        timed,
+        journey_good,
+        journey_bad,
+        journey_spawn_failed,
+    ] = totals;
     sums.avail_bad = sums.avail_bad.saturating_add(bad);
     sums.avail_good = sums.avail_good.saturating_add(good);
     sums.spawn_ok = sums.spawn_ok.saturating_add(ok);
     sums.spawn_failed = sums.spawn_failed.saturating_add(failed);
     sums.spawn_fast = sums.spawn_fast.saturating_add(fast);
     sums.spawn_timed = sums.spawn_timed.saturating_add(timed);
+    sums.journey_good = sums.journey_good.saturating_add(journey_good);
+    sums.journey_bad = sums.journey_bad.saturating_add(journey_bad);
+    sums.journey_spawn_failed = sums
+        .journey_spawn_failed
+        .saturating_add(journey_spawn_failed);
     Ok(rows)
 }
 
 impl SliStore for SqliteSli {
     fn load_counters(&self) -> Result<Counters, StoreError> {
         self.store.read_with("loading SLI counters", load_counters)
+    }
+
+    fn load_journeys(&self) -> Result<LatestJourneys, StoreError> {
+        self.store
+            .read_with("loading latest journeys", load_journeys)
     }
 
     fn for_each_minute(
@@ -108,7 +135,8 @@ impl SliStore for SqliteSli {
         self.store.read_with("loading SLI minutes", |conn| {
             let mut statement = conn.prepare(
                 "SELECT member, hub, minute, probes_ok, probes_failed, outside_ok, outside_failed,
-                        spawn_ok, spawn_failed, spawn_fast, hub_samples, spawn_timed
+                        spawn_ok, spawn_failed, spawn_fast, hub_samples, spawn_timed,
+                        journey_good, journey_bad, journey_spawn_failed
                  FROM sli_minutes WHERE minute >= ?1",
             )?;
             let mut rows = statement.query(params![from_minute])?;
@@ -199,6 +227,28 @@ pub fn load_counters(conn: &rusqlite::Connection) -> rusqlite::Result<Counters> 
     rows.collect()
 }
 
+/// Every row of `journey_latest`.
+pub fn load_journeys(conn: &rusqlite::Connection) -> rusqlite::Result<LatestJourneys> {
+    let mut statement = conn.prepare(
+        "SELECT member, hub, started_ms, ok, phase, reason, consecutive_failures
+         FROM journey_latest",
+    )?;
+    let rows = statement.query_map([], |row| {
+        let key: JourneyKey = (row.get(0)?, row.get(1)?);
+        Ok((
+            key,
+            JourneyLatest {
+                started_ms: row.get(2)?,
+                ok: row.get::<_, i64>(3)? != 0,
+                phase: row.get(4)?,
+                reason: row.get(5)?,
+                consecutive_failures: u32::try_from(row.get::<_, i64>(6)?).unwrap_or(u32::MAX),
+            },
+        ))
+    })?;
+    rows.collect()
+}
+
 /// Adds `page` to `sli_minutes` and `sli_counters` inside `tx`: one read and
 /// one upsert per changed minute and counter series, so the transaction is
 /// short however many records the page held.
@@ -212,23 +262,45 @@ pub fn write_page(tx: &Transaction<'_>, page: &SliPage) -> rusqlite::Result<Vec<
     for ((member, hub, series), (value, at)) in &page.counters {
         counter.execute(params![member, hub, series, value, at])?;
     }
+    let mut journey = tx.prepare_cached(
+        "INSERT INTO journey_latest (member, hub, started_ms, ok, phase, reason,
+             consecutive_failures)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (member, hub) DO UPDATE SET
+             started_ms = excluded.started_ms, ok = excluded.ok, phase = excluded.phase,
+             reason = excluded.reason, consecutive_failures = excluded.consecutive_failures",
+    )?;
+    for ((member, hub), latest) in &page.journeys {
+        journey.execute(params![
+            member,
+            hub,
+            latest.started_ms,
+            latest.ok,
+            latest.phase,
+            latest.reason,
+            latest.consecutive_failures
+        ])?;
+    }
     let mut changes = Vec::with_capacity(page.minutes.len());
     let mut select = tx.prepare_cached(
         "SELECT probes_ok, probes_failed, outside_ok, outside_failed,
-                spawn_ok, spawn_failed, spawn_fast, hub_samples, spawn_timed
+                spawn_ok, spawn_failed, spawn_fast, hub_samples, spawn_timed,
+                journey_good, journey_bad, journey_spawn_failed
          FROM sli_minutes WHERE member = ?1 AND hub = ?2 AND minute = ?3",
     )?;
     let mut upsert = tx.prepare_cached(
         "INSERT INTO sli_minutes (member, hub, minute, probes_ok, probes_failed,
              outside_ok, outside_failed, spawn_ok, spawn_failed, spawn_fast, hub_samples,
-             spawn_timed)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+             spawn_timed, journey_good, journey_bad, journey_spawn_failed)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
          ON CONFLICT (member, hub, minute) DO UPDATE SET
              probes_ok = excluded.probes_ok, probes_failed = excluded.probes_failed,
              outside_ok = excluded.outside_ok, outside_failed = excluded.outside_failed,
              spawn_ok = excluded.spawn_ok, spawn_failed = excluded.spawn_failed,
              spawn_fast = excluded.spawn_fast, hub_samples = excluded.hub_samples,
-             spawn_timed = excluded.spawn_timed",
+             spawn_timed = excluded.spawn_timed, journey_good = excluded.journey_good,
+             journey_bad = excluded.journey_bad,
+             journey_spawn_failed = excluded.journey_spawn_failed",
     )?;
     let mut hours: BTreeMap<(&str, &str, i64), HourDelta> = BTreeMap::new();
     for ((member, hub, minute), increment) in &page.minutes {
@@ -251,6 +323,9 @@ pub fn write_page(tx: &Transaction<'_>, page: &SliPage) -> rusqlite::Result<Vec<
             to_sql(after.spawn_fast),
             to_sql(after.hub_samples),
             to_sql(after.spawn_timed),
+            to_sql(after.journey_good),
+            to_sql(after.journey_bad),
+            to_sql(after.journey_spawn_failed),
         ])?;
         hours
             .entry((member, hub, minute.div_euclid(60)))
@@ -266,8 +341,9 @@ pub fn write_page(tx: &Transaction<'_>, page: &SliPage) -> rusqlite::Result<Vec<
     }
     let mut hour = tx.prepare_cached(
         "INSERT INTO sli_hours (member, hub, hour, minutes, avail_good, avail_bad, spawn_ok,
-             spawn_failed, spawn_fast, spawn_timed)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             spawn_failed, spawn_fast, spawn_timed, journey_good, journey_bad,
+             journey_spawn_failed)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
          ON CONFLICT (member, hub, hour) DO UPDATE SET
              minutes = minutes + excluded.minutes,
              avail_good = avail_good + excluded.avail_good,
@@ -275,7 +351,10 @@ pub fn write_page(tx: &Transaction<'_>, page: &SliPage) -> rusqlite::Result<Vec<
              spawn_ok = spawn_ok + excluded.spawn_ok,
              spawn_failed = spawn_failed + excluded.spawn_failed,
              spawn_fast = spawn_fast + excluded.spawn_fast,
-             spawn_timed = spawn_timed + excluded.spawn_timed",
+             spawn_timed = spawn_timed + excluded.spawn_timed,
+             journey_good = journey_good + excluded.journey_good,
+             journey_bad = journey_bad + excluded.journey_bad,
+             journey_spawn_failed = journey_spawn_failed + excluded.journey_spawn_failed",
     )?;
     for ((member, hub, h), d) in &hours {
         hour.execute(params![
@@ -288,7 +367,10 @@ pub fn write_page(tx: &Transaction<'_>, page: &SliPage) -> rusqlite::Result<Vec<
             d.change.spawn_ok,
             d.change.spawn_failed,
             d.change.spawn_fast,
-            d.change.spawn_timed
+            d.change.spawn_timed,
+            d.change.journey_good,
+            d.change.journey_bad,
+            d.change.journey_spawn_failed
         ])?;
     }
     Ok(changes)
@@ -318,13 +400,14 @@ fn from_sql(count: i64) -> u64 {
     u64::try_from(count).unwrap_or(0)
 }
 
-/// Reads the nine count columns (`probes_ok` … `hub_samples`, `spawn_timed`)
+/// Reads the twelve count columns (`probes_ok` … `hub_samples`,
+/// `spawn_timed`, `journey_good`, `journey_bad`, `journey_spawn_failed`)
 /// starting at column 0.
 pub(crate) fn row_counts(row: &rusqlite::Row<'_>) -> rusqlite::Result<MinuteCounts> {
     row_counts_at(row, 0)
 }
 
-/// Reads the nine count columns starting at column `first`.
+/// Reads the twelve count columns starting at column `first`.
 pub(crate) fn row_counts_at(
     row: &rusqlite::Row<'_>,
     first: usize,
@@ -339,6 +422,9 @@ pub(crate) fn row_counts_at(
         spawn_fast: from_sql(row.get(first + 6)?),
         hub_samples: from_sql(row.get(first + 7)?),
         spawn_timed: from_sql(row.get(first + 8)?),
+        journey_good: from_sql(row.get(first + 9)?),
+        journey_bad: from_sql(row.get(first + 10)?),
+        journey_spawn_failed: from_sql(row.get(first + 11)?),
     })
 }
 
@@ -418,7 +504,15 @@ mod plan_tests {
         store
             .write_with("migrate again", |tx| {
                 tx.execute_batch("DROP TABLE sli_hours")?;
-                tx.execute_batch(migration)
+                tx.execute_batch(migration)?;
+                // And the journey columns a later migration adds to it.
+                for alter in journey_migration()
+                    .lines()
+                    .filter(|l| l.contains("ALTER TABLE sli_hours"))
+                {
+                    tx.execute_batch(alter)?;
+                }
+                Ok(())
             })
             .expect("migration");
         let migrated = sli.sum_minutes(&[("m", "h")], 0, 240).expect("sums");
@@ -427,6 +521,13 @@ mod plan_tests {
         assert_eq!(migrated[&key].avail_bad, 1);
         assert_eq!(migrated[&key].avail_good, 5);
         assert_eq!(migrated[&key].spawn_ok, 12);
+    }
+
+    fn journey_migration() -> &'static str {
+        crate::store::schema::MIGRATIONS
+            .iter()
+            .find(|m| m.contains("CREATE TABLE journey_latest"))
+            .expect("the journey migration")
     }
 
     fn counts() -> impl Strategy<Value = MinuteCounts> {

@@ -14,8 +14,8 @@
 //! A window ending at `now` covers the slots whose start lies in
 //! `[now − window, now)`, found from the slot holding `now − 1 ms` backwards;
 //! the 1d and 3d windows are thus exact to 10 minutes at their far edge and
-//! the budget window to one hour. Each bucket is 28 bytes, so a hub with a
-//! 30-day window holds (360 + 432 + 720) × 28 ≈ 41 KiB, and evaluating it
+//! the budget window to one hour. Each bucket is 40 bytes, so a hub with a
+//! 30-day window holds (360 + 432 + 720) × 40 ≈ 59 KiB, and evaluating it
 //! reads ~1,500 buckets (nested windows are summed in one pass).
 //!
 //! Values are applied as signed contributions (after − before of a minute
@@ -53,6 +53,12 @@ pub struct Sums {
     pub spawn_fast: u64,
     /// Successful spawns in the histogram (`le="+Inf"`).
     pub spawn_timed: u64,
+    /// Journeys that passed within the tier's bound.
+    pub journey_good: u64,
+    /// Journeys that failed or were slow.
+    pub journey_bad: u64,
+    /// Journeys whose spawn phase failed (also in `spawn_failed`).
+    pub journey_spawn_failed: u64,
 }
 
 impl Sums {
@@ -68,6 +74,11 @@ impl Sums {
         self.spawn_failed = self.spawn_failed.saturating_add(counts.spawn_failed);
         self.spawn_fast = self.spawn_fast.saturating_add(counts.spawn_fast);
         self.spawn_timed = self.spawn_timed.saturating_add(counts.spawn_timed);
+        self.journey_good = self.journey_good.saturating_add(counts.journey_good);
+        self.journey_bad = self.journey_bad.saturating_add(counts.journey_bad);
+        self.journey_spawn_failed = self
+            .journey_spawn_failed
+            .saturating_add(counts.journey_spawn_failed);
     }
 
     fn add_bucket(&mut self, b: &Bucket) {
@@ -77,6 +88,9 @@ impl Sums {
         self.spawn_failed += u64::from(b.spawn_failed);
         self.spawn_fast += u64::from(b.spawn_fast);
         self.spawn_timed += u64::from(b.spawn_timed);
+        self.journey_good += u64::from(b.journey_good);
+        self.journey_bad += u64::from(b.journey_bad);
+        self.journey_spawn_failed += u64::from(b.journey_spawn_failed);
     }
 }
 
@@ -89,6 +103,9 @@ pub struct Contribution {
     pub(crate) spawn_failed: i64,
     pub(crate) spawn_fast: i64,
     pub(crate) spawn_timed: i64,
+    pub(crate) journey_good: i64,
+    pub(crate) journey_bad: i64,
+    pub(crate) journey_spawn_failed: i64,
 }
 
 impl Contribution {
@@ -106,6 +123,9 @@ impl Contribution {
             spawn_failed: signed(counts.spawn_failed),
             spawn_fast: signed(counts.spawn_fast),
             spawn_timed: signed(counts.spawn_timed),
+            journey_good: signed(counts.journey_good),
+            journey_bad: signed(counts.journey_bad),
+            journey_spawn_failed: signed(counts.journey_spawn_failed),
         }
     }
 
@@ -119,6 +139,11 @@ impl Contribution {
             spawn_failed: a.spawn_failed.saturating_sub(b.spawn_failed),
             spawn_fast: a.spawn_fast.saturating_sub(b.spawn_fast),
             spawn_timed: a.spawn_timed.saturating_sub(b.spawn_timed),
+            journey_good: a.journey_good.saturating_sub(b.journey_good),
+            journey_bad: a.journey_bad.saturating_sub(b.journey_bad),
+            journey_spawn_failed: a
+                .journey_spawn_failed
+                .saturating_sub(b.journey_spawn_failed),
         }
     }
 
@@ -130,6 +155,11 @@ impl Contribution {
         self.spawn_failed = self.spawn_failed.saturating_add(other.spawn_failed);
         self.spawn_fast = self.spawn_fast.saturating_add(other.spawn_fast);
         self.spawn_timed = self.spawn_timed.saturating_add(other.spawn_timed);
+        self.journey_good = self.journey_good.saturating_add(other.journey_good);
+        self.journey_bad = self.journey_bad.saturating_add(other.journey_bad);
+        self.journey_spawn_failed = self
+            .journey_spawn_failed
+            .saturating_add(other.journey_spawn_failed);
     }
 
     fn is_zero(&self) -> bool {
@@ -147,6 +177,9 @@ struct Bucket {
     spawn_failed: u32,
     spawn_fast: u32,
     spawn_timed: u32,
+    journey_good: u32,
+    journey_bad: u32,
+    journey_spawn_failed: u32,
 }
 
 fn apply_signed(value: &mut u32, delta: i64) {
@@ -208,6 +241,9 @@ impl Ring {
         apply_signed(&mut bucket.spawn_failed, c.spawn_failed);
         apply_signed(&mut bucket.spawn_fast, c.spawn_fast);
         apply_signed(&mut bucket.spawn_timed, c.spawn_timed);
+        apply_signed(&mut bucket.journey_good, c.journey_good);
+        apply_signed(&mut bucket.journey_bad, c.journey_bad);
+        apply_signed(&mut bucket.journey_spawn_failed, c.journey_spawn_failed);
     }
 
     /// Sums of the last `lengths[i]` slots ending with the slot holding
@@ -266,6 +302,7 @@ pub struct HubSli {
     budget_hours: usize,
     last_probe_minute: Option<i64>,
     last_metrics_minute: Option<i64>,
+    last_journey_minute: Option<i64>,
 }
 
 impl HubSli {
@@ -281,6 +318,7 @@ impl HubSli {
             budget_hours,
             last_probe_minute: None,
             last_metrics_minute: None,
+            last_journey_minute: None,
         }
     }
 
@@ -292,6 +330,10 @@ impl HubSli {
         if after.has_metrics() {
             self.last_metrics_minute =
                 Some(self.last_metrics_minute.map_or(minute, |m| m.max(minute)));
+        }
+        if after.has_journey() {
+            self.last_journey_minute =
+                Some(self.last_journey_minute.map_or(minute, |m| m.max(minute)));
         }
         let c = Contribution::between(before, after);
         if c.is_zero() {
@@ -355,6 +397,13 @@ impl HubSli {
     /// The latest minute in which the hub's metrics were scraped, if any.
     pub fn last_metrics_minute(&self) -> Option<i64> {
         self.last_metrics_minute
+    }
+
+    /// The latest minute in which a synthetic journey started, if any (in
+    /// the rows loaded at start or applied since): a hub without one has no
+    /// journey objective.
+    pub fn last_journey_minute(&self) -> Option<i64> {
+        self.last_journey_minute
     }
 
     /// Heap bytes held.

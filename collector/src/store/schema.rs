@@ -456,6 +456,28 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (member, hub, unit, start)
     ) WITHOUT ROWID;
     ",
+    // issue 11 (synthetic journeys): journeys counted per minute (good,
+    // bad, and those whose spawn failed, which the hub counts as a failed
+    // spawn too) in the SLI minutes and hours, and each hub's latest
+    // journey with its run of consecutive failures for `JourneyFailing`.
+    "
+    ALTER TABLE sli_minutes ADD COLUMN journey_good INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sli_minutes ADD COLUMN journey_bad INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sli_minutes ADD COLUMN journey_spawn_failed INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sli_hours ADD COLUMN journey_good INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sli_hours ADD COLUMN journey_bad INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sli_hours ADD COLUMN journey_spawn_failed INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE journey_latest (
+        member               TEXT    NOT NULL,
+        hub                  TEXT    NOT NULL,
+        started_ms           INTEGER NOT NULL,
+        ok                   INTEGER NOT NULL,  -- 0/1: every phase passed
+        phase                TEXT    NOT NULL,  -- the failed phase ('' when ok)
+        reason               TEXT    NOT NULL,  -- why it failed ('' when ok)
+        consecutive_failures INTEGER NOT NULL,  -- failed runs in a row ending here
+        PRIMARY KEY (member, hub)
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// The schema version this build writes.

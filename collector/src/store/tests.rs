@@ -319,6 +319,7 @@ fn an_empty_file_is_migrated() -> anyhow::Result<()> {
             "cost_imports",
             "derive_cursors",
             "hub_status",
+            "journey_latest",
             "quarantine",
             "report_snapshots",
             "sli_counters",

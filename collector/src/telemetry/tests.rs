@@ -48,6 +48,18 @@ fn every_collector_metric_is_exported_and_no_other() {
         .with_label_values(&["slo.sli"])
         .inc();
     m.slo_skipped_records.with_label_values(&["future"]).inc();
+    m.journey_phase_seconds
+        .with_label_values(&["leap", "prod", "premier", "spawn"])
+        .observe(42.0);
+    m.journey_runs
+        .with_label_values(&["leap", "prod", "premier", "ok"])
+        .inc();
+    m.journey_last_run
+        .with_label_values(&["leap", "prod", "premier"])
+        .set(1.0);
+    m.journey_up
+        .with_label_values(&["leap", "prod", "premier"])
+        .set(1.0);
     m.usage_server_seconds
         .with_label_values(&["leap", "prod"])
         .set(0.0);

@@ -598,6 +598,10 @@ pub const BURN_RATE_PAIRS: [BurnRatePair; 4] = [
 /// The longest alert window (3 days): a tier window must be at least this long.
 pub const LONGEST_ALERT_WINDOW: Duration = Duration::from_secs(3 * 24 * 3600);
 
+/// The longest `journey_max_duration` accepted: a journey's phases are
+/// bounded by their own timeouts, far below this.
+pub const MAX_JOURNEY_DURATION: Duration = Duration::from_secs(6 * 3600);
+
 /// The longest tier window accepted (SLI state in memory grows with it).
 pub const MAX_TIER_WINDOW: Duration = Duration::from_secs(400 * 24 * 3600);
 
@@ -612,11 +616,20 @@ pub enum SloKind {
     /// Share of successful spawns that took at most
     /// [`SPAWN_LATENCY_THRESHOLD_SECONDS`].
     SpawnLatency,
+    /// Share of synthetic journeys (`Record::Journey`) that succeeded
+    /// within the tier's `journey_max_duration`. Only hubs that send
+    /// journeys have this objective.
+    Journey,
 }
 
 impl SloKind {
     /// Every objective.
-    pub const ALL: [SloKind; 3] = [Self::Availability, Self::SpawnSuccess, Self::SpawnLatency];
+    pub const ALL: [SloKind; 4] = [
+        Self::Availability,
+        Self::SpawnSuccess,
+        Self::SpawnLatency,
+        Self::Journey,
+    ];
 
     /// The `slo` label value.
     pub fn as_str(self) -> &'static str {
@@ -624,6 +637,7 @@ impl SloKind {
             Self::Availability => "availability",
             Self::SpawnSuccess => "spawn_success",
             Self::SpawnLatency => "spawn_latency",
+            Self::Journey => "journey",
         }
     }
 
@@ -633,6 +647,7 @@ impl SloKind {
             Self::Availability => "availability_target",
             Self::SpawnSuccess => "spawn_success_target",
             Self::SpawnLatency => "spawn_latency_target",
+            Self::Journey => "journey_target",
         }
     }
 }
@@ -683,6 +698,18 @@ pub struct TierConfig {
     /// Whether fast burns page (`severity=page`); otherwise every alert is a ticket.
     #[serde(default)]
     pub page_on_fast_burn: Option<bool>,
+    /// Journey target: share of synthetic journeys that succeed within
+    /// `journey_max_duration`, in (0, 1).
+    #[serde(default)]
+    pub journey_target: Option<f64>,
+    /// The longest a successful journey may take (its phases after cleanup)
+    /// and still count as good; between 1 s and [`MAX_JOURNEY_DURATION`].
+    #[serde(default, with = "humantime_serde")]
+    pub journey_max_duration: Option<Duration>,
+    /// How many consecutive failed journeys page (`JourneyFailing` with
+    /// `severity=page`); 0: consecutive failures alone never page.
+    #[serde(default)]
+    pub journey_page_after_failures: Option<u32>,
 }
 
 /// A tier as the SLO engine uses it: built-in defaults with overrides applied.
@@ -702,6 +729,12 @@ pub struct TierSpec {
     pub report_period: ReportPeriod,
     /// Whether fast burns page.
     pub page_on_fast_burn: bool,
+    /// Journey target, in (0, 1).
+    pub journey_target: f64,
+    /// The longest a good journey may take (phases after cleanup).
+    pub journey_max_duration: Duration,
+    /// Consecutive failed journeys that page; 0 = never on that ground alone.
+    pub journey_page_after_failures: u32,
 }
 
 impl TierSpec {
@@ -711,6 +744,7 @@ impl TierSpec {
             SloKind::Availability => self.availability_target,
             SloKind::SpawnSuccess => self.spawn_success_target,
             SloKind::SpawnLatency => self.spawn_latency_target,
+            SloKind::Journey => self.journey_target,
         }
     }
 
@@ -723,7 +757,18 @@ impl TierSpec {
             window: Duration::from_secs(30 * 24 * 3600),
             report_period: ReportPeriod::CalendarMonth,
             page_on_fast_burn,
+            journey_target: 0.95,
+            journey_max_duration: Duration::from_secs(6 * 60),
+            journey_page_after_failures: 0,
         }
+    }
+
+    /// Sets the journey objective (see `docs/slo.md` for why these defaults).
+    fn with_journey(mut self, target: f64, max_minutes: u64, page_after_failures: u32) -> Self {
+        self.journey_target = target;
+        self.journey_max_duration = Duration::from_secs(max_minutes * 60);
+        self.journey_page_after_failures = page_after_failures;
+        self
     }
 
     fn with(&self, cfg: &TierConfig) -> Self {
@@ -739,6 +784,13 @@ impl TierSpec {
             window: cfg.window.unwrap_or(self.window),
             report_period: cfg.report_period.unwrap_or(self.report_period),
             page_on_fast_burn: cfg.page_on_fast_burn.unwrap_or(self.page_on_fast_burn),
+            journey_target: cfg.journey_target.unwrap_or(self.journey_target),
+            journey_max_duration: cfg
+                .journey_max_duration
+                .unwrap_or(self.journey_max_duration),
+            journey_page_after_failures: cfg
+                .journey_page_after_failures
+                .unwrap_or(self.journey_page_after_failures),
         }
     }
 }
@@ -746,9 +798,12 @@ impl TierSpec {
 /// The built-in tiers ([`BUILTIN_TIERS`]) with their default objectives.
 pub fn builtin_tiers() -> Vec<TierSpec> {
     vec![
-        TierSpec::builtin("starter", [0.99, 0.95, 0.90], false),
-        TierSpec::builtin("member", [0.995, 0.98, 0.95], true),
-        TierSpec::builtin("premier", [0.999, 0.99, 0.99], true),
+        // Journeys run every 30 min (~1,440 a 30-day window) and each pays a
+        // real spawn (an image pull on a busy cluster): premier's 0.98
+        // allows ~29 bad runs a month, starter's 0.90 ~144.
+        TierSpec::builtin("starter", [0.99, 0.95, 0.90], false).with_journey(0.90, 10, 0),
+        TierSpec::builtin("member", [0.995, 0.98, 0.95], true).with_journey(0.95, 6, 0),
+        TierSpec::builtin("premier", [0.999, 0.99, 0.99], true).with_journey(0.98, 4, 2),
     ]
 }
 
@@ -833,6 +888,19 @@ fn validate_tiers(tiers: &[TierConfig]) -> Result<(), ConfigError> {
                 ),
             ));
         }
+        if resolved.journey_max_duration < Duration::from_secs(1)
+            || resolved.journey_max_duration > MAX_JOURNEY_DURATION
+        {
+            return Err(ConfigError::invalid(
+                key("journey_max_duration"),
+                format!(
+                    "journey_max_duration {} of tier {:?} must be between 1s and {}",
+                    humantime::format_duration(resolved.journey_max_duration),
+                    cfg.name,
+                    humantime::format_duration(MAX_JOURNEY_DURATION),
+                ),
+            ));
+        }
         if resolved.page_on_fast_burn {
             for kind in SloKind::ALL {
                 let target = resolved.target(kind);
@@ -847,6 +915,7 @@ fn validate_tiers(tiers: &[TierConfig]) -> Result<(), ConfigError> {
                             SloKind::Availability => cfg.availability_target.is_some(),
                             SloKind::SpawnSuccess => cfg.spawn_success_target.is_some(),
                             SloKind::SpawnLatency => cfg.spawn_latency_target.is_some(),
+                            SloKind::Journey => cfg.journey_target.is_some(),
                         } {
                             kind.target_key()
                         } else {

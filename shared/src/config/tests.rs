@@ -262,6 +262,51 @@ fn targets_outside_zero_one_are_refused() {
 }
 
 #[test]
+fn builtin_tiers_have_the_documented_journey_objectives() {
+    let cfg = CollectorConfig::default();
+    let get = |name: &str| {
+        let t = cfg.tier(name).expect("built-in tier");
+        (
+            t.journey_target,
+            t.journey_max_duration,
+            t.journey_page_after_failures,
+        )
+    };
+    let minutes = |m: u64| Duration::from_secs(m * 60);
+    assert_eq!(get("starter"), (0.90, minutes(10), 0));
+    assert_eq!(get("member"), (0.95, minutes(6), 0));
+    assert_eq!(get("premier"), (0.98, minutes(4), 2));
+    assert_eq!(SloKind::Journey.as_str(), "journey");
+}
+
+#[test]
+fn journey_keys_override_a_tier_and_bad_values_name_the_key() {
+    let cfg: CollectorConfig = load(
+        "[[tiers]]\nname = \"member\"\njourney_target = 0.97\njourney_max_duration = \"8m\"\n\
+         journey_page_after_failures = 3",
+        &HashMap::new(),
+    )
+    .expect("valid");
+    let member = cfg.tier("member").expect("member");
+    assert_eq!(member.journey_target, 0.97);
+    assert_eq!(member.journey_max_duration, Duration::from_secs(480));
+    assert_eq!(member.journey_page_after_failures, 3);
+    let (key, reason) = tier_error("[[tiers]]\nname = \"member\"\njourney_target = 1.5");
+    assert_eq!(key, "tiers[0].journey_target");
+    assert!(reason.contains("between 0 and 1"), "{reason}");
+    for bad in ["0s", "7h"] {
+        let (key, _) = tier_error(&format!(
+            "[[tiers]]\nname = \"premier\"\njourney_max_duration = \"{bad}\""
+        ));
+        assert_eq!(key, "tiers[0].journey_max_duration", "{bad}");
+    }
+    // 14.4 x (1 - 0.9) >= 1: a paging tier's journey page could never fire.
+    let (key, reason) = tier_error("[[tiers]]\nname = \"gold\"\njourney_target = 0.9");
+    assert_eq!(key, "tiers[0].journey_target");
+    assert!(reason.contains("journey"), "{reason}");
+}
+
+#[test]
 fn windows_shorter_than_the_longest_alert_window_are_refused() {
     let (key, reason) = tier_error("[[tiers]]\nname = \"premier\"\nwindow = \"2days\"");
     assert_eq!(key, "tiers[0].window");

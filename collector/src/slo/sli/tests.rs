@@ -102,7 +102,8 @@ fn write(conn: &mut Connection, page: &SliPage) -> (Vec<MinuteChange>, DeriveSta
 fn minute_row(conn: &Connection, hub: &str, minute_ms: i64) -> MinuteCounts {
     conn.query_row(
         "SELECT probes_ok, probes_failed, outside_ok, outside_failed, spawn_ok, spawn_failed,
-                spawn_fast, hub_samples, spawn_timed
+                spawn_fast, hub_samples, spawn_timed, journey_good, journey_bad,
+                journey_spawn_failed
          FROM sli_minutes WHERE member = 'm' AND hub = ?1 AND minute = ?2",
         rusqlite::params![hub, minute_ms / MIN],
         crate::slo::store::row_counts,
