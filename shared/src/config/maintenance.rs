@@ -64,7 +64,7 @@ pub enum WindowTimeError {
     #[error("unknown time zone {0:?} (use an IANA name such as \"Europe/Berlin\" or \"UTC\")")]
     UnknownTimezone(String),
     /// `start` or `end` is not a local date-time.
-    #[error("{field}: {value:?} is not a local date-time YYYY-MM-DDTHH:MM[:SS] ({reason})")]
+    #[error("{value:?} is not a local date-time YYYY-MM-DDTHH:MM[:SS] ({reason})")]
     BadDateTime {
         /// `start` or `end`.
         field: &'static str,
