@@ -105,22 +105,30 @@ pub fn routes(
 ) -> Vec<Route> {
     let list = {
         let store = Arc::clone(&store);
-        Route::new(Method::GET, "/api/v1/maintenance", move |state, peer, request| {
-            let store = Arc::clone(&store);
-            async move { list_response(&state, &peer, &request, store).await }
-        })
+        Route::new(
+            Method::GET,
+            "/api/v1/maintenance",
+            move |state, peer, request| {
+                let store = Arc::clone(&store);
+                async move { list_response(&state, &peer, &request, store).await }
+            },
+        )
     };
     let add = {
         let (store, calendar, clock) = (Arc::clone(&store), Arc::clone(&calendar), clock.clone());
-        Route::new(Method::POST, "/api/v1/maintenance", move |state, peer, request| {
-            let (cfg, store, calendar, clock) = (
-                Arc::clone(&cfg),
-                Arc::clone(&store),
-                Arc::clone(&calendar),
-                clock.clone(),
-            );
-            async move { add_response(&state, &peer, request, cfg, store, calendar, clock).await }
-        })
+        Route::new(
+            Method::POST,
+            "/api/v1/maintenance",
+            move |state, peer, request| {
+                let (cfg, store, calendar, clock) = (
+                    Arc::clone(&cfg),
+                    Arc::clone(&store),
+                    Arc::clone(&calendar),
+                    clock.clone(),
+                );
+                async move { add_response(&state, &peer, request, cfg, store, calendar, clock).await }
+            },
+        )
     };
     let remove = Route::under(
         Method::DELETE,

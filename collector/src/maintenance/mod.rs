@@ -347,7 +347,12 @@ impl crate::component::Component for MaintenanceComponent {
                     calendar.reload(&*store)
                 })
                 .await
-                .map_err(|e| crate::component::ComponentError::failed("maintenance", api::TaskError(e.to_string())))?
+                .map_err(|e| {
+                    crate::component::ComponentError::failed(
+                        "maintenance",
+                        api::TaskError(e.to_string()),
+                    )
+                })?
                 .map_err(|e| crate::component::ComponentError::failed("maintenance", e))?;
             }
             Ok(crate::component::Built {

@@ -201,31 +201,32 @@ impl MaintenanceStore for SqliteMaintenance {
     }
 
     fn remove(&self, id: i64, now_ms: i64) -> Result<Removal, StoreError> {
-        self.store.write_with("removing a maintenance window", |tx| {
-            let found: Option<(i64, i64)> = tx
-                .query_row(
-                    "SELECT start_ms, end_ms FROM maintenance_windows WHERE id = ?1",
-                    [id],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
-                .optional()?;
-            let Some((start_ms, end_ms)) = found else {
-                return Ok(Removal::NotFound);
-            };
-            if start_ms > now_ms {
-                tx.execute("DELETE FROM maintenance_windows WHERE id = ?1", [id])?;
-                return Ok(Removal::Removed);
-            }
-            if end_ms <= now_ms {
-                return Ok(Removal::Past);
-            }
-            let cut = ceil_minute(now_ms).min(end_ms);
-            tx.execute(
-                "UPDATE maintenance_windows SET end_ms = ?2 WHERE id = ?1",
-                params![id, cut],
-            )?;
-            Ok(Removal::CutShort(cut))
-        })
+        self.store
+            .write_with("removing a maintenance window", |tx| {
+                let found: Option<(i64, i64)> = tx
+                    .query_row(
+                        "SELECT start_ms, end_ms FROM maintenance_windows WHERE id = ?1",
+                        [id],
+                        |row| Ok((row.get(0)?, row.get(1)?)),
+                    )
+                    .optional()?;
+                let Some((start_ms, end_ms)) = found else {
+                    return Ok(Removal::NotFound);
+                };
+                if start_ms > now_ms {
+                    tx.execute("DELETE FROM maintenance_windows WHERE id = ?1", [id])?;
+                    return Ok(Removal::Removed);
+                }
+                if end_ms <= now_ms {
+                    return Ok(Removal::Past);
+                }
+                let cut = ceil_minute(now_ms).min(end_ms);
+                tx.execute(
+                    "UPDATE maintenance_windows SET end_ms = ?2 WHERE id = ?1",
+                    params![id, cut],
+                )?;
+                Ok(Removal::CutShort(cut))
+            })
     }
 
     fn all(&self) -> Result<Vec<MaintenanceWindow>, StoreError> {

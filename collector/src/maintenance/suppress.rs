@@ -41,7 +41,10 @@ impl MaintenanceLabels {
 
 /// Adds the label to `spec` when `calendar` says its hub is in a window at `now_ms`.
 pub fn label(spec: &mut AlertSpec, calendar: &Calendar, now_ms: i64) {
-    let name = spec.labels.get(labels::ALERTNAME).map_or("", String::as_str);
+    let name = spec
+        .labels
+        .get(labels::ALERTNAME)
+        .map_or("", String::as_str);
     if NEVER_SUPPRESSED.contains(&name) {
         return;
     }

@@ -1,0 +1,499 @@
+//! Maintenance windows: the store seam, the calendar, alert labels and the
+//! SLO engine's exclusion, on a real (temporary) store.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hubwatch_shared::config::{
+    CollectorConfig, HubRef, MaintenanceConfig, MaintenancePolicy, MemberConfig, SloKind,
+    builtin_tiers,
+};
+
+use super::*;
+use crate::alerts::{AlertSource, AlertSpec, EvaluateError};
+use crate::slo::engine::SloEngine;
+use crate::slo::objectives::{HubObjectives, SloSettings};
+use crate::slo::sli::MinuteCounts;
+use crate::store::Store;
+
+const MIN: i64 = 60_000;
+const HOUR: i64 = 60 * MIN;
+/// 2026-01-05T00:00:00Z.
+const T0: i64 = 1_767_571_200_000;
+
+fn config() -> CollectorConfig {
+    let mut cfg = CollectorConfig::default();
+    cfg.members.push(MemberConfig {
+        id: "leap".into(),
+        name: String::new(),
+        tier: "premier".into(),
+        hubs: vec![
+            HubRef {
+                name: "prod".into(),
+                public_url: None,
+            },
+            HubRef {
+                name: "staging".into(),
+                public_url: None,
+            },
+        ],
+    });
+    cfg
+}
+
+fn temp_store() -> (tempfile::TempDir, SqliteMaintenance) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = CollectorConfig::default();
+    cfg.storage.path = dir.path().to_path_buf();
+    let store = Store::open(&cfg.storage).expect("store");
+    (dir, SqliteMaintenance::new(store))
+}
+
+/// A UTC window of `hubs` of leap over [start, end) Unix ms.
+fn utc_window(hubs: &[&str], start_ms: i64, end_ms: i64) -> NewWindow {
+    let local = |ms: i64| crate::clock::rfc3339(ms).trim_end_matches('Z').to_string();
+    NewWindow::parse(
+        &config(),
+        "leap",
+        hubs.iter().map(|h| (*h).to_string()).collect(),
+        &local(start_ms),
+        &local(end_ms),
+        "UTC",
+        "upgrade",
+    )
+    .expect("valid window")
+}
+
+#[test]
+fn parse_converts_the_time_zone_and_names_the_bad_field() {
+    let cfg = config();
+    let w = NewWindow::parse(
+        &cfg,
+        "leap",
+        vec!["prod".into()],
+        "2026-01-05T01:00",
+        "2026-01-05T02:00",
+        "Europe/Berlin",
+        "",
+    )
+    .expect("valid");
+    assert_eq!(w.start_ms, T0); // 01:00 CET = 00:00Z
+    assert_eq!(w.end_ms, T0 + HOUR);
+    let err = |member: &str, hubs: Vec<String>, start: &str, end: &str, tz: &str| {
+        NewWindow::parse(&cfg, member, hubs, start, end, tz, "")
+            .expect_err("refused")
+            .field()
+    };
+    assert_eq!(
+        err(
+            "nope",
+            vec![],
+            "2026-01-05T01:00",
+            "2026-01-05T02:00",
+            "UTC"
+        ),
+        "member"
+    );
+    assert_eq!(
+        err(
+            "leap",
+            vec!["gone".into()],
+            "2026-01-05T01:00",
+            "2026-01-05T02:00",
+            "UTC"
+        ),
+        "hubs"
+    );
+    assert_eq!(
+        err(
+            "leap",
+            vec![],
+            "2026-01-05T01:00",
+            "2026-01-05T02:00",
+            "Nowhere/Land"
+        ),
+        "timezone"
+    );
+    assert_eq!(
+        err(
+            "leap",
+            vec![],
+            "2026-01-05T03:00",
+            "2026-01-05T02:00",
+            "UTC"
+        ),
+        "end"
+    );
+    assert_eq!(
+        err("leap", vec![], "5 Jan", "2026-01-05T02:00", "UTC"),
+        "start"
+    );
+}
+
+#[test]
+fn the_store_keeps_windows_and_answers_the_status_page_questions() {
+    let (_dir, store) = temp_store();
+    let now = T0;
+    let running = store
+        .add(&utc_window(&["prod"], T0 - HOUR, T0 + HOUR), now)
+        .expect("add");
+    let later = store
+        .add(&utc_window(&[], T0 + 5 * HOUR, T0 + 6 * HOUR), now)
+        .expect("add");
+    assert!(later.id > running.id);
+    assert_eq!(store.all().expect("all").len(), 2);
+    // active: by hub and instant.
+    let active = store.active("leap", "prod", now).expect("active");
+    assert_eq!(
+        active.iter().map(|w| w.id).collect::<Vec<_>>(),
+        [running.id]
+    );
+    assert!(
+        store
+            .active("leap", "staging", now)
+            .expect("active")
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .active("leap", "staging", T0 + 5 * HOUR)
+            .expect("active")
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .active("other", "prod", now)
+            .expect("active")
+            .is_empty()
+    );
+    // upcoming: not started yet.
+    let upcoming = store.upcoming(Some("leap"), now).expect("upcoming");
+    assert_eq!(
+        upcoming.iter().map(|w| w.id).collect::<Vec<_>>(),
+        [later.id]
+    );
+    assert!(
+        store
+            .upcoming(Some("other"), now)
+            .expect("upcoming")
+            .is_empty()
+    );
+    // windows: overlapping a range.
+    assert_eq!(
+        store
+            .windows(Some("leap"), T0 + HOUR, T0 + 5 * HOUR)
+            .expect("w")
+            .len(),
+        0
+    );
+    assert_eq!(store.windows(None, T0, T0 + 10 * HOUR).expect("w").len(), 2);
+    let stored = &store.all().expect("all")[0];
+    assert_eq!(stored, &running, "read back exactly as added");
+}
+
+#[test]
+fn removing_deletes_a_future_window_ends_a_running_one_and_keeps_a_finished_one() {
+    let (_dir, store) = temp_store();
+    let future = store
+        .add(&utc_window(&["prod"], T0 + HOUR, T0 + 2 * HOUR), T0)
+        .expect("add");
+    let running = store
+        .add(&utc_window(&["prod"], T0 - HOUR, T0 + HOUR), T0)
+        .expect("add");
+    let over = store
+        .add(&utc_window(&["prod"], T0 - 3 * HOUR, T0 - 2 * HOUR), T0)
+        .expect("add");
+    let now = T0 + 30 * 1000; // mid-minute
+    assert_eq!(store.remove(future.id, now).expect("rm"), Removal::Removed);
+    // Ends at the next minute boundary: the minute in progress stays excluded.
+    assert_eq!(
+        store.remove(running.id, now).expect("rm"),
+        Removal::CutShort(T0 + MIN)
+    );
+    assert_eq!(store.remove(over.id, now).expect("rm"), Removal::Past);
+    assert_eq!(store.remove(9999, now).expect("rm"), Removal::NotFound);
+    let left: Vec<(i64, i64)> = store
+        .all()
+        .expect("all")
+        .iter()
+        .map(|w| (w.id, w.end_ms))
+        .collect();
+    assert_eq!(left, [(over.id, T0 - 2 * HOUR), (running.id, T0 + MIN)]);
+}
+
+#[test]
+fn config_windows_keep_the_time_they_were_first_known() {
+    let (_dir, store) = temp_store();
+    let mut cfg = config();
+    cfg.maintenance.push(MaintenanceConfig {
+        member: "leap".into(),
+        hubs: vec!["prod".into()],
+        start: "2026-01-06T00:00".into(),
+        end: "2026-01-06T02:00".into(),
+        timezone: "UTC".into(),
+        note: "db".into(),
+    });
+    let windows = NewWindow::from_config(&cfg).expect("valid");
+    store.sync_config(&windows, T0).expect("sync");
+    // A restart a day later changes nothing: still announced a day ahead.
+    store.sync_config(&windows, T0 + 20 * HOUR).expect("sync");
+    let all = store.all().expect("all");
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].created_ms, T0);
+    assert_eq!(all[0].origin, Origin::Config);
+    assert!(all[0].announced(Duration::from_secs(24 * 3600)));
+    // Removed from the config before it started: gone.
+    store.sync_config(&[], T0 + 21 * HOUR).expect("sync");
+    assert!(store.all().expect("all").is_empty());
+}
+
+#[test]
+fn overlapping_windows_each_count_and_announcement_is_per_window() {
+    let calendar = Calendar::new();
+    let notice = Duration::from_secs(3600);
+    let announced = MaintenanceWindow {
+        id: 1,
+        member: "leap".into(),
+        hubs: vec!["prod".into()],
+        start_ms: T0,
+        end_ms: T0 + 2 * HOUR,
+        start_local: String::new(),
+        end_local: String::new(),
+        timezone: "UTC".into(),
+        note: String::new(),
+        origin: Origin::Api,
+        created_ms: T0 - 2 * HOUR,
+    };
+    // Overlaps the first and runs on; created too late to be announced.
+    let late = MaintenanceWindow {
+        id: 2,
+        hubs: Vec::new(),
+        start_ms: T0 + HOUR,
+        end_ms: T0 + 3 * HOUR,
+        created_ms: T0 + HOUR,
+        ..announced.clone()
+    };
+    calendar.set(vec![announced, late]);
+    let ex = |hub: &str, at: i64| {
+        calendar.excludes_minute("leap", hub, at, MaintenancePolicy::Exclude, notice)
+    };
+    assert!(ex("prod", T0));
+    assert!(
+        ex("prod", T0 + 90 * MIN),
+        "inside both: the announced one excludes"
+    );
+    assert!(
+        !ex("prod", T0 + 2 * HOUR),
+        "only the late one: not excluded"
+    );
+    assert!(
+        !ex("staging", T0 + 90 * MIN),
+        "the late one alone covers staging"
+    );
+    assert!(!ex("prod", T0 - MIN));
+    assert!(!calendar.excludes_minute("leap", "prod", T0, MaintenancePolicy::Count, notice));
+    // Alerts do not care about announcement: both windows suppress.
+    assert!(calendar.in_maintenance("leap", Some("staging"), T0 + 2 * HOUR));
+    assert!(
+        calendar.in_maintenance("leap", None, T0 + 2 * HOUR),
+        "a window over every hub"
+    );
+    assert!(
+        !calendar.in_maintenance("leap", None, T0 + 30 * MIN),
+        "prod only is not the member"
+    );
+    assert!(
+        !calendar.in_maintenance("leap", Some("prod"), T0 + 3 * HOUR),
+        "end is exclusive"
+    );
+}
+
+struct Fixed(Vec<AlertSpec>);
+
+impl AlertSource for Fixed {
+    fn name(&self) -> &str {
+        "fixed"
+    }
+    fn evaluate(&self, _now_ms: i64) -> Result<Vec<AlertSpec>, EvaluateError> {
+        Ok(self.0.clone())
+    }
+}
+
+fn alert(name: &str, member: &str, hub: Option<&str>) -> AlertSpec {
+    let mut labels = BTreeMap::new();
+    labels.insert("alertname".to_string(), name.to_string());
+    labels.insert("member".to_string(), member.to_string());
+    if let Some(hub) = hub {
+        labels.insert("hub".to_string(), hub.to_string());
+    }
+    AlertSpec {
+        labels,
+        annotations: BTreeMap::new(),
+    }
+}
+
+#[test]
+fn alerts_of_a_hub_in_a_window_carry_the_label_but_watchdog_and_derivation_never() {
+    let (_dir, store) = temp_store();
+    store
+        .add(&utc_window(&["prod"], T0, T0 + HOUR), T0 - HOUR)
+        .expect("add");
+    let calendar = Calendar::new();
+    calendar.reload(&store).expect("reload");
+    let source = MaintenanceLabels::wrap(
+        Arc::new(Fixed(vec![
+            alert("HubDown", "leap", Some("prod")),
+            alert("HubDown", "leap", Some("staging")),
+            alert("AgentSilent", "leap", None),
+            alert("SLOBurnRateFast", "other", Some("prod")),
+            alert("Watchdog", "fleet", None),
+            // Were these ever given a member and hub, they still stay loud.
+            alert("Watchdog", "leap", Some("prod")),
+            alert("DerivationBehind", "leap", Some("prod")),
+        ])),
+        Arc::clone(&calendar),
+    );
+    assert_eq!(
+        source.name(),
+        "fixed",
+        "the engine keys alerts by the inner name"
+    );
+    let labelled = |at: i64| -> Vec<bool> {
+        source
+            .evaluate(at)
+            .expect("evaluate")
+            .iter()
+            .map(|a| a.labels.get(LABEL).map(String::as_str) == Some("true"))
+            .collect()
+    };
+    assert_eq!(
+        labelled(T0 + MIN),
+        [true, false, false, false, false, false, false]
+    );
+    assert_eq!(labelled(T0 - MIN), [false; 7], "before the window");
+    assert_eq!(labelled(T0 + HOUR), [false; 7], "after the window");
+}
+
+fn engine(tier_policy: MaintenancePolicy, calendar: Arc<Calendar>) -> SloEngine {
+    let mut tier = builtin_tiers()
+        .into_iter()
+        .find(|t| t.name == "premier")
+        .expect("premier");
+    tier.maintenance = tier_policy;
+    tier.maintenance_notice = Duration::from_secs(3600);
+    let engine = SloEngine::new(SloSettings {
+        hubs: ["prod", "staging"]
+            .into_iter()
+            .map(|hub| HubObjectives {
+                member: "leap".into(),
+                hub: hub.into(),
+                tier: tier.clone(),
+            })
+            .collect(),
+        runbook_base_url: String::new(),
+    });
+    engine.set_maintenance(calendar);
+    engine
+}
+
+fn probe(ok: bool) -> MinuteCounts {
+    MinuteCounts {
+        probes_ok: u64::from(ok),
+        probes_failed: u64::from(!ok),
+        hub_samples: 1,
+        ..MinuteCounts::default()
+    }
+}
+
+/// Availability (good, events) of `hub` at `now`.
+fn availability(engine: &SloEngine, hub: &str, now: i64) -> (Option<f64>, u64) {
+    let o = engine
+        .objectives(now)
+        .into_iter()
+        .find(|o| o.hub == hub && o.slo == SloKind::Availability)
+        .expect("objective");
+    (o.sli, o.events)
+}
+
+/// A day of good minutes for both hubs, then an outage of both hubs over
+/// the hour [T0, T0 + 1h) that the window (announced 2 h ahead) covers for
+/// prod only.
+fn run_day(engine: &SloEngine) {
+    for minute in (T0 - 23 * HOUR) / MIN..(T0 + 2 * HOUR) / MIN {
+        let down = (T0 / MIN..(T0 + HOUR) / MIN).contains(&minute);
+        for hub in ["prod", "staging"] {
+            engine.apply_row("leap", hub, minute, &probe(!down));
+        }
+    }
+}
+
+fn announced_calendar() -> Arc<Calendar> {
+    let calendar = Calendar::new();
+    calendar.set(vec![MaintenanceWindow {
+        id: 1,
+        member: "leap".into(),
+        hubs: vec!["prod".into()],
+        start_ms: T0,
+        end_ms: T0 + HOUR,
+        start_local: String::new(),
+        end_local: String::new(),
+        timezone: "UTC".into(),
+        note: String::new(),
+        origin: Origin::Api,
+        created_ms: T0 - 2 * HOUR,
+    }]);
+    calendar
+}
+
+#[test]
+fn minutes_inside_an_announced_window_leave_the_sli_when_the_tier_excludes() {
+    let now = T0 + 2 * HOUR;
+    let excluding = engine(MaintenancePolicy::Exclude, announced_calendar());
+    run_day(&excluding);
+    // prod: the 60 outage minutes are gone, neither good nor bad.
+    assert_eq!(
+        availability(&excluding, "prod", now),
+        (Some(1.0), 25 * 60 - 60)
+    );
+    // staging, outside the window: exactly the figures without maintenance.
+    let plain = engine(MaintenancePolicy::Exclude, Calendar::new());
+    run_day(&plain);
+    assert_eq!(
+        availability(&excluding, "staging", now),
+        availability(&plain, "staging", now)
+    );
+    assert_eq!(
+        availability(&plain, "prod", now),
+        availability(&plain, "staging", now)
+    );
+    let (sli, events) = availability(&plain, "prod", now);
+    assert_eq!(events, 25 * 60);
+    assert!((sli.expect("sli") - 24.0 / 25.0).abs() < 1e-12);
+    // No burn alert for prod from the window's minutes; staging's outage burns.
+    let fired: Vec<String> = excluding
+        .alerts(now)
+        .iter()
+        .filter(|a| a.labels["alertname"].starts_with("SLOBurnRate"))
+        .map(|a| a.labels["hub"].clone())
+        .collect();
+    assert!(fired.iter().all(|h| h == "staging"), "{fired:?}");
+    assert!(!fired.is_empty(), "staging's hour down burns the budget");
+}
+
+#[test]
+fn a_counting_tier_or_an_unannounced_window_keeps_every_minute() {
+    let now = T0 + 2 * HOUR;
+    let counting = engine(MaintenancePolicy::Count, announced_calendar());
+    run_day(&counting);
+    assert_eq!(availability(&counting, "prod", now).1, 25 * 60);
+    // Created 30 min before it started; the tier wants an hour's notice.
+    let calendar = announced_calendar();
+    let mut windows = calendar.read().clone();
+    windows[0].created_ms = T0 - 30 * MIN;
+    calendar.set(windows);
+    let late = engine(MaintenancePolicy::Exclude, calendar);
+    run_day(&late);
+    assert_eq!(availability(&late, "prod", now).1, 25 * 60);
+}

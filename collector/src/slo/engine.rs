@@ -345,7 +345,9 @@ impl SloEngine {
             if excluded(calendar, entry, change.minute) {
                 continue;
             }
-            entry.sli.apply(change.minute, &change.before, &change.after);
+            entry
+                .sli
+                .apply(change.minute, &change.before, &change.after);
         }
     }
 

@@ -330,10 +330,10 @@ impl Component for SloComponent {
                 Some(Arc::clone(&ctx.maintenance)),
             )
             .await
-                .map_err(|e| match e {
-                    SloError::UnknownTier { .. } => ComponentError::config("slo", e),
-                    _ => ComponentError::failed("slo", e),
-                })?;
+            .map_err(|e| match e {
+                SloError::UnknownTier { .. } => ComponentError::config("slo", e),
+                _ => ComponentError::failed("slo", e),
+            })?;
             let view = handle.view();
             let route = Route::new(Method::GET, "/api/v1/slo", move |state, peer, request| {
                 let view = view.clone();

@@ -114,7 +114,10 @@ pub fn local_to_utc_ms(
         value: local.to_string(),
         reason,
     };
-    let civil: jiff::civil::DateTime = local.trim().parse().map_err(|e: jiff::Error| bad(e.to_string()))?;
+    let civil: jiff::civil::DateTime = local
+        .trim()
+        .parse()
+        .map_err(|e: jiff::Error| bad(e.to_string()))?;
     let zoned = tz
         .to_ambiguous_zoned(civil)
         .compatible()

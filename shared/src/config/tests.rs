@@ -905,7 +905,8 @@ fn a_window_across_fall_back_is_one_hour_longer_and_a_fold_takes_summer_time() {
     let fold = local_to_utc_ms("end", "2026-10-25T02:30", "Europe/Berlin").expect("valid");
     assert_eq!(fold, span.start_ms + 90 * 60 * 1000);
     // New York (other rules, other date): 2026-03-08 02:00 EST → 03:00 EDT.
-    let ny = window_span("2026-03-08T00:00", "2026-03-08T06:00", "America/New_York").expect("valid");
+    let ny =
+        window_span("2026-03-08T00:00", "2026-03-08T06:00", "America/New_York").expect("valid");
     assert_eq!(ny.end_ms - ny.start_ms, 5 * 3600 * 1000);
 }
 
