@@ -66,6 +66,9 @@ pub enum Command {
     /// Print a month's report: one member's (`--member`), else the fleet's
     /// (md, html) or every member's rows (csv, json, focus). See docs/reports.md.
     Report(ReportArgs),
+    /// Maintenance windows: add, list, remove (docs/maintenance.md).
+    #[command(subcommand)]
+    Maintenance(crate::maintenance::cli::MaintenanceCommand),
 }
 
 /// `report`.
@@ -193,6 +196,9 @@ pub enum CliError {
     /// The report could not be rendered.
     #[error("report: {0}")]
     Render(#[from] crate::report::RenderError),
+    /// A `maintenance` command failed.
+    #[error("maintenance: {0}")]
+    Maintenance(#[from] crate::maintenance::cli::MaintenanceCliError),
     /// `costs import` refused the file or could not store it.
     #[error("costs import {}: {source}", path.display())]
     Import {
@@ -214,6 +220,7 @@ impl CliError {
             Self::Report(crate::report::ReportError::UnknownMember(_))
             | Self::Report(crate::report::ReportError::Config(_)) => 2,
             Self::Server(ServerError::Bind { .. } | ServerError::Tls { .. }) => 2,
+            Self::Maintenance(crate::maintenance::cli::MaintenanceCliError::Window(_)) => 2,
             Self::Server(ServerError::Component(e)) if e.is_config() => 2,
             _ => 1,
         }
@@ -294,6 +301,12 @@ pub fn run(command: Command) -> Result<(), CliError> {
         Command::Report(args) => {
             let cfg = load_config(&args.config)?;
             let text = report(&cfg, &args, crate::clock::system_now_ms())?;
+            print!("{text}");
+            Ok(())
+        }
+        Command::Maintenance(command) => {
+            let cfg = load_config(command.config())?;
+            let text = crate::maintenance::cli::run(&cfg, command, crate::clock::system_now_ms())?;
             print!("{text}");
             Ok(())
         }

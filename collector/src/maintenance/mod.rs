@@ -31,6 +31,7 @@ use std::time::Duration;
 use hubwatch_shared::config::{CollectorConfig, MaintenancePolicy, WindowTimeError, window_span};
 
 pub mod api;
+pub mod cli;
 pub mod store;
 pub mod suppress;
 
@@ -44,6 +45,10 @@ pub use suppress::MaintenanceLabels;
 pub const LABEL: &str = "maintenance";
 
 const MINUTE_MS: i64 = 60_000;
+
+/// How often a running collector re-reads the windows (so those written by
+/// the CLI into the same store take effect).
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Where a window was declared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -355,10 +360,39 @@ impl crate::component::Component for MaintenanceComponent {
                 })?
                 .map_err(|e| crate::component::ComponentError::failed("maintenance", e))?;
             }
+            let refresh = crate::component::Task::new(
+                "maintenance.refresh",
+                refresh(
+                    Arc::clone(&store),
+                    Arc::clone(&calendar),
+                    ctx.shutdown.clone(),
+                ),
+            );
             Ok(crate::component::Built {
                 routes: api::routes(ctx.config.clone(), store, calendar, ctx.clock.clone()),
+                tasks: vec![refresh],
                 ..Default::default()
             })
         })
+    }
+}
+
+/// Re-reads the windows every [`REFRESH_INTERVAL`] until shutdown; a failed
+/// read keeps the windows known (logged).
+async fn refresh(
+    store: Arc<dyn MaintenanceStore>,
+    calendar: Arc<Calendar>,
+    shutdown: crate::component::Shutdown,
+) {
+    let mut ticks = shutdown.every(REFRESH_INTERVAL);
+    while ticks.next().await {
+        let (store, calendar) = (Arc::clone(&store), Arc::clone(&calendar));
+        match tokio::task::spawn_blocking(move || calendar.reload(&*store)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "maintenance windows: reload failed; keeping the known ones")
+            }
+            Err(e) => tracing::warn!(error = %e, "maintenance windows: reload task failed"),
+        }
     }
 }
