@@ -497,3 +497,121 @@ fn a_counting_tier_or_an_unannounced_window_keeps_every_minute() {
     run_day(&late);
     assert_eq!(availability(&late, "prod", now).1, 25 * 60);
 }
+
+/// One HTTP/1.1 request; `(status, body)`.
+async fn request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status: u16 = response
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .parse()?;
+    let (_, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    Ok((
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    ))
+}
+
+#[test]
+fn the_api_adds_lists_and_removes_windows_for_operators_only() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut cfg = config();
+    cfg.members.push(MemberConfig {
+        id: "other".into(),
+        name: String::new(),
+        tier: "member".into(),
+        hubs: Vec::new(),
+    });
+    cfg.server.listen = "127.0.0.1:0".parse()?;
+    cfg.storage.path = dir.path().to_path_buf();
+    let store = Store::open(&cfg.storage)?;
+    let token = store.create_token("leap", "leap-agent")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let clock: crate::clock::SharedClock = Arc::new(crate::clock::ManualClock::new(T0));
+        let mut components = crate::server::http_components();
+        components.push(Box::new(MaintenanceComponent));
+        let running = crate::Collector::new(cfg, store)
+            .clock(clock)
+            .components(components)
+            .start()
+            .await?;
+        let addr = running.local_addr;
+        let path = "/api/v1/maintenance";
+        let good = r#"{"member":"leap","hubs":["prod"],"start":"2026-01-05T02:00","end":"2026-01-05T03:30","timezone":"Europe/Berlin","note":"db upgrade"}"#;
+
+        // A member's token cannot write (it would silence its own pages).
+        let (status, _) = request(addr, "POST", path, Some(&token), good).await?;
+        assert_eq!(status, 403);
+        // Bad input is 400 naming the field.
+        for (body, field) in [
+            (good.replace("Europe/Berlin", "Atlantis/City"), "timezone"),
+            (good.replace("03:30", "01:30"), "end"),
+            (good.replace("\"leap\"", "\"nobody\""), "member"),
+            (good.replace("\"prod\"", "\"gone\""), "hubs"),
+            (good.replace("2026-01-05T02:00", "soon"), "start"),
+            // Over already (the clock is at T0 = 2026-01-05T00:00Z).
+            (good.replace("2026-01-05T02:00", "2026-01-04T02:00").replace("2026-01-05T03:30", "2026-01-04T03:30"), "end"),
+        ] {
+            let (status, reply) = request(addr, "POST", path, None, &body).await?;
+            assert_eq!((status, reply["field"].as_str()), (400, Some(field)), "{body}: {reply}");
+        }
+        let (status, reply) = request(addr, "POST", path, None, "{not json").await?;
+        assert_eq!(status, 400, "{reply}");
+
+        // An operator (loopback, no credential) adds it.
+        let (status, added) = request(addr, "POST", path, None, good).await?;
+        assert_eq!(status, 201, "{added}");
+        assert_eq!(added["start"], "2026-01-05T01:00:00Z");
+        assert_eq!(added["end"], "2026-01-05T02:30:00Z");
+        assert_eq!(added["origin"], "api");
+        assert_eq!(added["created_at"], "2026-01-05T00:00:00Z");
+        let id = added["id"].as_i64().expect("id");
+
+        // Reads: everything for the operator, the member's own with its token.
+        let (status, all) = request(addr, "GET", path, None, "").await?;
+        assert_eq!((status, all["windows"].as_array().map(Vec::len)), (200, Some(1)));
+        let (status, own) = request(addr, "GET", &format!("{path}?member=leap"), Some(&token), "").await?;
+        assert_eq!((status, own["windows"][0]["note"].as_str()), (200, Some("db upgrade")));
+        let (status, _) = request(addr, "GET", &format!("{path}?member=other"), Some(&token), "").await?;
+        assert_eq!(status, 403);
+        let (status, none) = request(addr, "GET", &format!("{path}?member=other"), None, "").await?;
+        assert_eq!((status, none["windows"].as_array().map(Vec::len)), (200, Some(0)));
+
+        // Removal: operators only; a future window is gone.
+        let one = format!("{path}/{id}");
+        let (status, _) = request(addr, "DELETE", &one, Some(&token), "").await?;
+        assert_eq!(status, 403);
+        let (status, reply) = request(addr, "DELETE", &one, None, "").await?;
+        assert_eq!((status, reply["result"].as_str()), (200, Some("removed")));
+        let (status, _) = request(addr, "DELETE", &one, None, "").await?;
+        assert_eq!(status, 404);
+        let (status, _) = request(addr, "DELETE", &format!("{path}/abc"), None, "").await?;
+        assert_eq!(status, 400);
+        let (_, all) = request(addr, "GET", path, None, "").await?;
+        assert_eq!(all["windows"].as_array().map(Vec::len), Some(0));
+        running.shutdown().await;
+        Ok::<_, anyhow::Error>(())
+    })
+}
