@@ -225,15 +225,18 @@ async fn add_response(
     calendar: Arc<Calendar>,
     clock: SharedClock,
 ) -> HttpResponse {
-    if let Some(refused) = operator_only(state, peer, &request) {
-        return refused;
-    }
+    let refused = operator_only(state, peer, &request);
+    // The body is read (bounded) even when refusing, so a client's
+    // keep-alive connection stays usable after the 403.
     let body = Limited::new(request.into_body(), MAX_BODY_BYTES);
     let bytes = match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
         Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "reading the body timed out"),
     };
+    if let Some(refused) = refused {
+        return refused;
+    }
     let parsed: AddRequest = match serde_json::from_slice(&bytes) {
         Ok(parsed) => parsed,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),

@@ -177,16 +177,16 @@ impl NewWindow {
             .collect()
     }
 
-    /// The text that identifies a config window across restarts.
+    /// The text that identifies a config window across restarts: where and
+    /// when, not the note (editing the note keeps the announcement).
     pub(crate) fn config_key(&self) -> String {
         format!(
-            "{}|{}|{}|{}|{}|{}",
+            "{}|{}|{}|{}|{}",
             self.member,
             self.hubs.join(","),
             self.start_local,
             self.end_local,
             self.timezone,
-            self.note
         )
     }
 }

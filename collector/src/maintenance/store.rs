@@ -192,7 +192,12 @@ impl MaintenanceStore for SqliteMaintenance {
                     }
                 }
                 for (window, key) in windows.iter().zip(&keys) {
-                    if !stored.iter().any(|(_, k, _)| k == key) {
+                    if stored.iter().any(|(_, k, _)| k == key) {
+                        tx.prepare_cached(
+                            "UPDATE maintenance_windows SET note = ?2 WHERE config_key = ?1",
+                        )?
+                        .execute(params![key, window.note])?;
+                    } else {
                         insert(tx, window, Origin::Config, Some(key), now_ms)?;
                     }
                 }

@@ -237,11 +237,15 @@ fn config_windows_keep_the_time_they_were_first_known() {
     });
     let windows = NewWindow::from_config(&cfg).expect("valid");
     store.sync_config(&windows, T0).expect("sync");
-    // A restart a day later changes nothing: still announced a day ahead.
+    // A restart later, with the note edited, keeps the window: still
+    // announced a day ahead.
+    cfg.maintenance[0].note = "db, second attempt".into();
+    let windows = NewWindow::from_config(&cfg).expect("valid");
     store.sync_config(&windows, T0 + 20 * HOUR).expect("sync");
     let all = store.all().expect("all");
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].created_ms, T0);
+    assert_eq!(all[0].note, "db, second attempt");
     assert_eq!(all[0].origin, Origin::Config);
     assert!(all[0].announced(Duration::from_secs(24 * 3600)));
     // Removed from the config before it started: gone.
