@@ -252,6 +252,47 @@ impl MaintenanceWindow {
     }
 }
 
+/// The SLI minutes (Unix minutes, `[from, to)` ranges, sorted and merged,
+/// clipped to `[from_minute, to_minute)`) of `member`/`hub` that `windows`
+/// exclude under the hub's tier `policy` and `notice`: exactly the minutes
+/// the SLO engine skips. For readers of stored minutes (the monthly report,
+/// the status pages' bars), with [`crate::slo::excluded::sum_minutes_outside`].
+pub fn excluded_minutes(
+    windows: &[MaintenanceWindow],
+    member: &str,
+    hub: &str,
+    policy: MaintenancePolicy,
+    notice: Duration,
+    from_minute: i64,
+    to_minute: i64,
+) -> Vec<(i64, i64)> {
+    if policy != MaintenancePolicy::Exclude {
+        return Vec::new();
+    }
+    // Minute m is excluded when start <= m * 60 s < end.
+    let first_minute = |ms: i64| ceil_minute(ms) / MINUTE_MS;
+    let mut ranges: Vec<(i64, i64)> = windows
+        .iter()
+        .filter(|w| w.member == member && w.covers(hub) && w.announced(notice))
+        .map(|w| {
+            (
+                first_minute(w.start_ms).max(from_minute),
+                first_minute(w.end_ms).min(to_minute),
+            )
+        })
+        .filter(|(a, b)| a < b)
+        .collect();
+    ranges.sort_unstable();
+    let mut merged: Vec<(i64, i64)> = Vec::with_capacity(ranges.len());
+    for (a, b) in ranges {
+        match merged.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    merged
+}
+
 /// Rounds `ms` up to a minute boundary (where a cut-short window ends, so
 /// the minute in progress keeps its exclusion).
 pub(crate) fn ceil_minute(ms: i64) -> i64 {

@@ -619,3 +619,129 @@ fn the_api_adds_lists_and_removes_windows_for_operators_only() -> anyhow::Result
         Ok::<_, anyhow::Error>(())
     })
 }
+
+/// An [`crate::slo::store::SliStore`] holding one hub's minutes in memory:
+/// only `sum_minutes` is used here.
+struct Minutes(BTreeMap<i64, MinuteCounts>);
+
+impl crate::slo::store::SliStore for Minutes {
+    fn load_counters(&self) -> Result<crate::slo::sli::Counters, crate::store::StoreError> {
+        Ok(Default::default())
+    }
+    fn load_journeys(
+        &self,
+    ) -> Result<crate::slo::journey::LatestJourneys, crate::store::StoreError> {
+        Ok(Default::default())
+    }
+    fn for_each_minute(
+        &self,
+        _from_minute: i64,
+        _f: &mut dyn FnMut(&str, &str, i64, &MinuteCounts),
+    ) -> Result<u64, crate::store::StoreError> {
+        Ok(0)
+    }
+    fn sum_minutes(
+        &self,
+        hubs: &[(&str, &str)],
+        from_minute: i64,
+        to_minute: i64,
+    ) -> Result<BTreeMap<(String, String), crate::slo::windows::Sums>, crate::store::StoreError>
+    {
+        let mut sums = crate::slo::windows::Sums::default();
+        for counts in self.0.range(from_minute..to_minute).map(|(_, c)| c) {
+            sums.add_minute(counts);
+        }
+        Ok(hubs
+            .iter()
+            .map(|(m, h)| ((m.to_string(), h.to_string()), sums))
+            .collect())
+    }
+    fn commit(
+        &self,
+        _page: &crate::slo::sli::SliPage,
+        _cursor: Option<&crate::pipeline::CursorUpdate<'_>>,
+    ) -> Result<Vec<crate::slo::sli::MinuteChange>, crate::store::StoreError> {
+        Ok(Vec::new())
+    }
+}
+
+#[test]
+fn readers_of_stored_minutes_get_the_engines_figures_without_the_excluded_minutes() {
+    let calendar = announced_calendar();
+    // A second, overlapping announced window over every hub, and one not
+    // announced (ignored).
+    let mut windows = calendar.read().clone();
+    windows.push(MaintenanceWindow {
+        id: 2,
+        hubs: Vec::new(),
+        start_ms: T0 + 30 * MIN + 20_000, // mid-minute: from the next minute on
+        end_ms: T0 + 90 * MIN,
+        ..windows[0].clone()
+    });
+    windows.push(MaintenanceWindow {
+        id: 3,
+        start_ms: T0 + 3 * HOUR,
+        end_ms: T0 + 4 * HOUR,
+        created_ms: T0 + 3 * HOUR,
+        ..windows[0].clone()
+    });
+    calendar.set(windows.clone());
+    let notice = Duration::from_secs(3600);
+    let (from, to) = ((T0 - 23 * HOUR) / MIN, (T0 + 2 * HOUR) / MIN);
+    let ranges = excluded_minutes(
+        &windows,
+        "leap",
+        "prod",
+        MaintenancePolicy::Exclude,
+        notice,
+        from,
+        to,
+    );
+    assert_eq!(ranges, [(T0 / MIN, (T0 + 90 * MIN) / MIN)], "merged");
+    assert_eq!(
+        excluded_minutes(
+            &windows,
+            "leap",
+            "staging",
+            MaintenancePolicy::Exclude,
+            notice,
+            from,
+            to
+        ),
+        [((T0 + 31 * MIN) / MIN, (T0 + 90 * MIN) / MIN)]
+    );
+    assert!(
+        excluded_minutes(
+            &windows,
+            "leap",
+            "prod",
+            MaintenancePolicy::Count,
+            notice,
+            from,
+            to
+        )
+        .is_empty()
+    );
+    // Same minutes through the engine and through the stored-minute reader.
+    let engine = engine(MaintenancePolicy::Exclude, Arc::clone(&calendar));
+    let mut stored = BTreeMap::new();
+    for minute in from..to {
+        let down = (T0 / MIN..(T0 + HOUR) / MIN).contains(&minute);
+        stored.insert(minute, probe(!down));
+        engine.apply_row("leap", "prod", minute, &probe(!down));
+    }
+    let sums = crate::slo::excluded::sum_minutes_outside(
+        &Minutes(stored),
+        "leap",
+        "prod",
+        from,
+        to,
+        &ranges,
+    )
+    .expect("sums");
+    let (good, total) = crate::slo::engine::good_total(SloKind::Availability, &sums);
+    let (sli, events) = availability(&engine, "prod", T0 + 2 * HOUR);
+    assert_eq!(total, events);
+    assert_eq!(total, 25 * 60 - 90);
+    assert_eq!(Some(good as f64 / total as f64), sli);
+}

@@ -27,6 +27,7 @@
 
 pub mod api;
 pub mod engine;
+pub mod excluded;
 pub mod journey;
 pub mod objectives;
 pub mod replay;
