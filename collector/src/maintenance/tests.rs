@@ -745,3 +745,46 @@ fn readers_of_stored_minutes_get_the_engines_figures_without_the_excluded_minute
     assert_eq!(total, 25 * 60 - 90);
     assert_eq!(Some(good as f64 / total as f64), sli);
 }
+
+#[test]
+fn the_monthly_report_leaves_out_the_excluded_minutes() {
+    let calendar = announced_calendar();
+    let windows = calendar.read().clone();
+    let mut stored = BTreeMap::new();
+    for minute in (T0 - 23 * HOUR) / MIN..(T0 + 2 * HOUR) / MIN {
+        let down = (T0 / MIN..(T0 + HOUR) / MIN).contains(&minute);
+        stored.insert(minute, probe(!down));
+    }
+    let mut tier = builtin_tiers()
+        .into_iter()
+        .find(|t| t.name == "premier")
+        .expect("premier");
+    tier.maintenance_notice = Duration::from_secs(3600);
+    let hubs = vec![HubObjectives {
+        member: "leap".into(),
+        hub: "prod".into(),
+        tier: tier.clone(),
+    }];
+    let (from, to) = (T0 - 23 * HOUR, T0 + 2 * HOUR);
+    let availability = |rows: Vec<crate::report::slo::Attainment>| {
+        rows.into_iter()
+            .find(|a| a.slo == SloKind::Availability)
+            .map(|a| (a.good, a.total))
+            .expect("availability row")
+    };
+    let store = Minutes(stored);
+    let with =
+        crate::report::slo::attainment_with_maintenance(&store, &hubs, None, from, to, &windows)
+            .expect("report");
+    assert_eq!(
+        availability(with),
+        (24 * 60, 24 * 60),
+        "the window's hour is gone"
+    );
+    let without = crate::report::slo::attainment(&store, &hubs, None, from, to).expect("report");
+    assert_eq!(
+        availability(without),
+        (24 * 60, 25 * 60),
+        "no windows: every minute"
+    );
+}

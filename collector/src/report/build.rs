@@ -84,6 +84,8 @@ pub struct ReportContext {
     pub incidents: Arc<dyn IncidentStore>,
     /// Frozen reports.
     pub snapshots: Arc<dyn SnapshotStore>,
+    /// Maintenance windows (their excluded minutes leave the SLO rows).
+    pub maintenance: Arc<dyn crate::maintenance::MaintenanceStore>,
 }
 
 impl std::fmt::Debug for ReportContext {
@@ -108,6 +110,7 @@ impl ReportContext {
             sli: Arc::new(SqliteSli::new(store.clone())),
             incidents: Arc::new(SqliteAlertStateStore::new(store.clone())),
             snapshots: Arc::new(SqliteSnapshots::new(store.clone())),
+            maintenance: Arc::new(crate::maintenance::SqliteMaintenance::new(store.clone())),
         })
     }
 }
@@ -474,7 +477,14 @@ fn member_parts(
     let (from, to) = (period.start_ms(), period.end_ms());
     let prev = period.prev();
     Ok(MemberParts {
-        slo: super::slo::attainment(&*ctx.sli, &ctx.objectives, member, from, to)?,
+        slo: super::slo::attainment_with_maintenance(
+            &*ctx.sli,
+            &ctx.objectives,
+            member,
+            from,
+            to,
+            &ctx.maintenance.windows(member, from, to)?,
+        )?,
         incidents: super::incidents::incidents(&*ctx.incidents, from, to, member, now_ms)?,
         prev_view: period_view(&*ctx.cost, &*ctx.usage, &ctx.model, prev, now_ms)?,
         prev_usage: read_usage(ctx, prev, member)?,
