@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use hubwatch_shared::wire::{FailureKind, HealthCheck, Record};
 
 pub mod fetch;
+pub mod journey;
 pub mod host;
 pub mod jupyterhub;
 pub mod probe;

@@ -1,0 +1,1 @@
+//! Unit tests of the journey pieces that need no hub.
