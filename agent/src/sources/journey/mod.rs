@@ -762,6 +762,41 @@ impl Source for JourneySource {
     }
 }
 
+/// The phase table `hubwatch-agent journey` prints: phase, ok, seconds,
+/// then the outcome and the failure (`spawn: timeout after 300 s …`).
+pub fn table(result: &JourneyResult) -> String {
+    let mut out = format!("{:<8} {:<4} {:>9}\n", "phase", "ok", "seconds");
+    let mut total = 0u64;
+    for p in &result.phases {
+        total = total.saturating_add(p.duration_us);
+        out.push_str(&format!(
+            "{:<8} {:<4} {:>9.3}\n",
+            p.phase.as_str(),
+            if p.ok { "ok" } else { "FAIL" },
+            p.duration_us as f64 / 1e6
+        ));
+    }
+    out.push_str(&format!(
+        "{:<8} {:<4} {:>9.3}\n",
+        "total",
+        if result.ok { "ok" } else { "FAIL" },
+        total as f64 / 1e6
+    ));
+    let server = if result.server.is_empty() {
+        "default server".to_string()
+    } else {
+        format!("named server {:?}", result.server)
+    };
+    out.push_str(&format!(
+        "hub {:?}, user {}, {server}\n",
+        result.hub, result.user
+    ));
+    if let Some(f) = &result.failure {
+        out.push_str(&format!("failed: {}: {}\n", f.phase, f.reason));
+    }
+    out
+}
+
 /// `interval` ± 10 %, at random.
 pub fn jittered(interval: Duration) -> Duration {
     interval.mul_f64(rand::random_range(0.9..=1.1))
