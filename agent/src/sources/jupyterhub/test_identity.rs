@@ -117,3 +117,56 @@ pub fn period_ms(text: &str) -> Option<i64> {
     };
     number.checked_mul(unit_ms)
 }
+
+#[cfg(test)]
+mod tests {
+    use hubwatch_shared::wire::Label;
+
+    use super::*;
+
+    fn server(user: &str) -> SeenServer {
+        SeenServer {
+            user: user.into(),
+            server: String::new(),
+            ready: true,
+            started_ms: None,
+            last_activity_ms: None,
+            profile: None,
+        }
+    }
+
+    #[test]
+    fn the_test_identity_leaves_the_listing_and_its_count() {
+        let mut servers = vec![server("u-a"), server("u-test"), server("u-b")];
+        assert_eq!(exclude(3, &mut servers, "u-test"), 2);
+        assert_eq!(servers, vec![server("u-a"), server("u-b")]);
+        assert_eq!(exclude(2, &mut servers, "u-test"), 2, "absent: unchanged");
+    }
+
+    #[test]
+    fn active_users_lose_the_test_user_only_in_periods_holding_its_activity() {
+        let now = 100 * 86_400_000;
+        let gauge = |period: &str, value: f64| Sample {
+            name: "jupyterhub_active_users".into(),
+            labels: vec![Label::new("period", period)],
+            value,
+            timestamp_ms: now,
+        };
+        let mut samples = vec![gauge("24h", 3.0), gauge("7d", 5.0), gauge("30d", 0.0)];
+        // Active two days ago: not in the last 24h, in the last 7 days.
+        adjust_active_users(&mut samples, Some(now - 2 * 86_400_000), now);
+        let values: Vec<f64> = samples.iter().map(|s| s.value).collect();
+        assert_eq!(values, vec![3.0, 4.0, 0.0], "never below zero");
+        adjust_active_users(&mut samples, None, now);
+        assert_eq!(samples[1].value, 4.0, "no activity known: unchanged");
+    }
+
+    #[test]
+    fn periods_parse() {
+        assert_eq!(period_ms("24h"), Some(86_400_000));
+        assert_eq!(period_ms("7d"), Some(7 * 86_400_000));
+        assert_eq!(period_ms("90m"), Some(90 * 60_000));
+        assert_eq!(period_ms("h"), None);
+        assert_eq!(period_ms("3w"), None);
+    }
+}
