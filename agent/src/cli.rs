@@ -312,8 +312,7 @@ fn journey_blocking(cfg: &AgentConfig, hub: &str, json: bool) -> ExitCode {
 /// The pseudonymiser of `once` and `journey` (see [`collect_once`]).
 fn once_pseudonymiser(cfg: &AgentConfig) -> Result<Pseudonymiser, runtime::AgentError> {
     let generated = cfg.agent.spool_dir.join(privacy::GENERATED_SECRET_FILE);
-    if cfg.privacy.pseudonymise_users && cfg.privacy.secret_file.is_none() && !generated.exists()
-    {
+    if cfg.privacy.pseudonymise_users && cfg.privacy.secret_file.is_none() && !generated.exists() {
         tracing::warn!(
             path = %generated.display(),
             "no privacy.secret_file and no generated secret yet: pseudonyms in this output use \

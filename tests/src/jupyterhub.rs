@@ -266,7 +266,10 @@ impl JupyterHub {
             ADMIN_TOKEN,
             Some(body),
         )?;
-        ensure!(status == 201 || status == 200, "token for {name}: {status} {text}");
+        ensure!(
+            status == 201 || status == 200,
+            "token for {name}: {status} {text}"
+        );
         let value: serde_json::Value = serde_json::from_str(&text)?;
         value
             .get("token")

@@ -18,9 +18,12 @@ const SECRET: &[u8] = b"member-secret-for-the-journey-test";
 /// The test identity.
 const TEST_USER: &str = "hubwatch-journey-test";
 
-/// The least scopes the journey works with: its own user model and
-/// servers, and access to its own server (kernel and websocket).
-const LEAST_SCOPES: &[&str] = &["read:users!user", "servers!user", "access:servers!user"];
+/// The least scopes the journey works with, found against JupyterHub 6.1:
+/// its own servers (`servers!user`: start, stop, read, and with them its
+/// own user model) and access to them (`access:servers!user`: the kernel
+/// and its websocket). Without `access:servers` the kernel phase gets a 403;
+/// with `read:servers` instead of `servers` the spawn does.
+const LEAST_SCOPES: &[&str] = &["servers!user", "access:servers!user"];
 
 /// Writes an agent config watching `hub` with a journey as `token`;
 /// `journey_extra` is more `[hubs.journey]` TOML.
@@ -56,7 +59,14 @@ fn config(dir: &Path, hub: &JupyterHub, token: &str, journey_extra: &str) -> std
 fn journey_command(config: &Path, json: bool) -> Output {
     let mut command = Command::new(binary("hubwatch-agent"));
     command
-        .args(["--log-format", "json", "journey", "--hub", "lab", "--config"])
+        .args([
+            "--log-format",
+            "json",
+            "journey",
+            "--hub",
+            "lab",
+            "--config",
+        ])
         .arg(config)
         .env_remove("RUST_LOG");
     if json {
@@ -72,7 +82,10 @@ fn journey_json(config: &Path) -> (JourneyResult, i32, f64) {
     let wall = started.elapsed().as_secs_f64();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let line = stdout.lines().next().unwrap_or_else(|| panic!("no output; stderr: {stderr}"));
+    let line = stdout
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("no output; stderr: {stderr}"));
     let result: JourneyResult = serde_json::from_str(line)
         .unwrap_or_else(|e| panic!("not a JourneyResult ({e}): {line}; stderr: {stderr}"));
     (result, output.status.code().unwrap_or(-1), wall)
@@ -106,15 +119,29 @@ fn assert_happy(result: &JourneyResult, code: i32, wall: f64, server: &str) {
     assert_eq!(code, 0, "exit code of a successful journey");
     assert_eq!(phases(result), ALL_OK.to_vec());
     assert_eq!(result.server, server);
-    assert_eq!(result.user, pseudonym(SECRET, TEST_USER), "the user is pseudonymised");
+    assert_eq!(
+        result.user,
+        pseudonym(SECRET, TEST_USER),
+        "the user is pseudonymised"
+    );
     assert!(result.failure.is_none());
     for p in &result.phases {
         assert!(p.duration_us > 0, "{:?} took no time", p.phase);
     }
     // The phases run one after the other inside the command's run.
-    let sum: f64 = result.phases.iter().map(|p| p.duration_us as f64 / 1e6).sum();
-    assert!(sum <= wall, "phases add up to {sum} s, more than the {wall} s the command ran");
-    assert!(sum >= wall * 0.5, "phases add up to {sum} s of a {wall} s run: time unaccounted for");
+    let sum: f64 = result
+        .phases
+        .iter()
+        .map(|p| p.duration_us as f64 / 1e6)
+        .sum();
+    assert!(
+        sum <= wall,
+        "phases add up to {sum} s, more than the {wall} s the command ran"
+    );
+    assert!(
+        sum >= wall * 0.5,
+        "phases add up to {sum} s of a {wall} s run: time unaccounted for"
+    );
 }
 
 #[test]
@@ -129,19 +156,30 @@ fn a_journey_on_a_named_server_passes_every_phase_and_leaves_nothing_running() {
 
     let (result, code, wall) = journey_json(&config);
     assert_happy(&result, code, wall, "hubwatch-journey");
-    assert!(active_servers(&hub).is_empty(), "left running: {:?}", active_servers(&hub));
+    assert!(
+        active_servers(&hub).is_empty(),
+        "left running: {:?}",
+        active_servers(&hub)
+    );
 
     // The table: one row per phase, exit 0.
     let output = journey_command(&config, false);
     let table = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "{table}");
-    for phase in ["login", "cleanup", "spawn", "kernel", "execute", "stop", "total"] {
+    for phase in [
+        "login", "cleanup", "spawn", "kernel", "execute", "stop", "total",
+    ] {
         assert!(
-            table.lines().any(|l| l.starts_with(phase) && l.contains(" ok ")),
+            table
+                .lines()
+                .any(|l| l.starts_with(phase) && l.contains(" ok ")),
             "no ok row for {phase}:\n{table}"
         );
     }
-    assert!(!table.contains(TEST_USER), "the raw name is in the table:\n{table}");
+    assert!(
+        !table.contains(TEST_USER),
+        "the raw name is in the table:\n{table}"
+    );
     hub.stop();
 }
 
@@ -198,7 +236,10 @@ fn a_kernel_that_does_not_print_the_nonce_fails_the_execute_phase_and_still_stop
     let failure = result.failure.expect("a failure");
     assert_eq!(failure.phase, JourneyPhase::Execute);
     assert!(failure.reason.contains("nonce"), "{}", failure.reason);
-    assert!(active_servers(&hub).is_empty(), "the failed journey left its server");
+    assert!(
+        active_servers(&hub).is_empty(),
+        "the failed journey left its server"
+    );
 
     // The table names the failed phase.
     let output = journey_command(&config, false);
@@ -250,7 +291,11 @@ fn the_journey_command_exits_2_for_an_unknown_hub_and_1_for_a_refused_token() {
     assert_eq!(code, 1);
     assert_eq!(phases(&result), vec![(JourneyPhase::Login, false)]);
     let failure = result.failure.expect("a failure");
-    assert!(failure.reason.contains("403") || failure.reason.contains("401"), "{}", failure.reason);
+    assert!(
+        failure.reason.contains("403") || failure.reason.contains("401"),
+        "{}",
+        failure.reason
+    );
     hub.stop();
 }
 
@@ -272,7 +317,11 @@ fn the_test_identity_is_left_out_of_usage_events_and_user_counts() {
         .output()
         .expect("run once");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let records: Vec<Record> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
@@ -286,7 +335,10 @@ fn the_test_identity_is_left_out_of_usage_events_and_user_counts() {
         .collect();
     let alice = pseudonym(SECRET, "alice");
     let test_user = pseudonym(SECRET, TEST_USER);
-    assert!(usage.iter().any(|u| u.user == alice), "alice's server is reported: {usage:?}");
+    assert!(
+        usage.iter().any(|u| u.user == alice),
+        "alice's server is reported: {usage:?}"
+    );
     assert!(
         usage.iter().all(|u| u.user != test_user),
         "the test identity is in the usage events: {usage:?}"
@@ -302,8 +354,96 @@ fn the_test_identity_is_left_out_of_usage_events_and_user_counts() {
     };
     assert_eq!(gauge("hub_api_users_with_servers"), 1.0);
     assert_eq!(gauge("hub_api_running_servers"), 1.0);
-    assert!(!stdout.contains(TEST_USER), "the raw test name left the agent");
+    assert!(
+        !stdout.contains(TEST_USER),
+        "the raw test name left the agent"
+    );
     hub.stop_server(TEST_USER);
     hub.stop_server("alice");
+    hub.stop();
+}
+
+#[test]
+fn a_running_agent_sends_journey_records_and_no_usage_of_the_test_identity() {
+    let mut hub = JupyterHub::start();
+    hub.create_user(TEST_USER).expect("create the test user");
+    let token = hub
+        .create_token(TEST_USER, Some(LEAST_SCOPES))
+        .expect("token");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config(
+        dir.path(),
+        &hub,
+        &token,
+        "enabled = true\ninterval = \"3s\"",
+    );
+    // Collect every second (the journey's server is up for seconds), and
+    // keep every batch in the spool: no collector listens on port 1.
+    let text = std::fs::read_to_string(&config).expect("read config");
+    let text = text
+        .replacen(
+            "[agent]\n",
+            "[agent]\ninterval = \"1s\"\nlisten = \"127.0.0.1:0\"\n",
+            1,
+        )
+        .replacen(
+            "[collector]\n",
+            "[collector]\nurl = \"http://127.0.0.1:1\"\n",
+            1,
+        );
+    std::fs::write(&config, text).expect("write config");
+    std::fs::write(dir.path().join("collector-token"), "unused").expect("token");
+    let mut agent = hubwatch_tests::process::Process::start(
+        "agent",
+        &binary("hubwatch-agent"),
+        &["run".into(), "--config".into(), config.clone().into()],
+        &[],
+        dir.path(),
+    );
+    let spool = dir.path().join("spool");
+    let journeys = hubwatch_tests::eventually(
+        "two journey records in the spool",
+        std::time::Duration::from_secs(120),
+        || {
+            let batches = hubwatch_tests::jupyterhub::spooled_batches(&spool)?;
+            let journeys: Vec<JourneyResult> = batches
+                .iter()
+                .flat_map(|b| b.records.iter())
+                .filter_map(|r| match r {
+                    Record::Journey(j) => Some(j.clone()),
+                    _ => None,
+                })
+                .collect();
+            anyhow::ensure!(journeys.len() >= 2, "{} so far", journeys.len());
+            Ok(journeys)
+        },
+    );
+    agent.sigterm(std::time::Duration::from_secs(10));
+    for journey in &journeys {
+        assert!(journey.ok, "{journey:?}");
+        assert_eq!(journey.hub, "lab");
+        assert_eq!(journey.user, pseudonym(SECRET, TEST_USER));
+    }
+    // Runs never overlap: each starts after the previous one's phases ended.
+    for pair in journeys.windows(2) {
+        let took_ms: u64 = pair[0].phases.iter().map(|p| p.duration_us / 1000).sum();
+        assert!(pair[1].started_ms >= pair[0].started_ms + took_ms as i64);
+    }
+    let batches = hubwatch_tests::jupyterhub::spooled_batches(&spool).expect("spool");
+    let test_user = pseudonym(SECRET, TEST_USER);
+    let usage_of_test_user = batches
+        .iter()
+        .flat_map(|b| b.records.iter())
+        .filter(|r| matches!(r, Record::Usage(u) if u.user == test_user))
+        .count();
+    assert_eq!(
+        usage_of_test_user, 0,
+        "the journey's server is in the usage events"
+    );
+    // The agent may have been stopped mid-journey (runs are 3 s apart),
+    // leaving a server: the next run cleans it up first and passes.
+    let (result, code, wall) = journey_json(&config);
+    assert_happy(&result, code, wall, "");
+    assert!(active_servers(&hub).is_empty());
     hub.stop();
 }

@@ -141,12 +141,10 @@ pub async fn run(
     let mut sources = build_sources(&cfg, &metrics, &privacy)?;
     // Journeys run as their own tasks (they last minutes); their results
     // reach the batches through a source each.
-    let (journey_sources, journey_tasks) =
-        crate::sources::journey::start(&cfg, &privacy, &metrics).map_err(|e| {
-            AgentError::Source {
-                name: "journey",
-                source: SourceError::Read(e.to_string()),
-            }
+    let (journey_sources, journey_tasks) = crate::sources::journey::start(&cfg, &privacy, &metrics)
+        .map_err(|e| AgentError::Source {
+            name: "journey",
+            source: SourceError::Read(e.to_string()),
         })?;
     sources.extend(journey_sources);
 

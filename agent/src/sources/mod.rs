@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use hubwatch_shared::wire::{FailureKind, HealthCheck, Record};
 
 pub mod fetch;
-pub mod journey;
 pub mod host;
+pub mod journey;
 pub mod jupyterhub;
 pub mod probe;
 pub mod prometheus;

@@ -178,7 +178,13 @@ fn the_journey_is_off_by_default_with_the_documented_defaults() {
     assert_eq!(j.server_name, "hubwatch-journey");
     assert_eq!(j.named_server, NamedServer::Auto);
     assert_eq!(
-        [j.login_timeout, j.spawn_timeout, j.kernel_timeout, j.execute_timeout, j.stop_timeout],
+        [
+            j.login_timeout,
+            j.spawn_timeout,
+            j.kernel_timeout,
+            j.execute_timeout,
+            j.stop_timeout
+        ],
         [30, 300, 60, 60, 120].map(Duration::from_secs)
     );
 }
@@ -241,7 +247,10 @@ fn the_commented_journey_example_is_the_defaults() {
         ..JourneyConfig::default()
     };
     want.enabled = false;
-    assert_eq!(cfg.hubs[0].journey, want, "the [hubs.journey] example drifted");
+    assert_eq!(
+        cfg.hubs[0].journey, want,
+        "the [hubs.journey] example drifted"
+    );
 }
 
 // ---- [[tiers]] ----

@@ -78,7 +78,9 @@ impl KernelChannels {
         request.headers_mut().insert(header::AUTHORIZATION, auth);
         let tcp = TcpStream::connect((host.as_str(), port))
             .await
-            .map_err(|e| PhaseError::new(FailureKind::Connect, format!("websocket connect: {e}")))?;
+            .map_err(|e| {
+                PhaseError::new(FailureKind::Connect, format!("websocket connect: {e}"))
+            })?;
         let socket: Box<dyn Socket> = if tls {
             let config = crate::sources::jupyterhub::client::tls_config(url)
                 .map_err(|e| PhaseError::new(FailureKind::Tls, e))?;
@@ -101,7 +103,11 @@ impl KernelChannels {
     /// Runs `code` and waits for its `execute_reply` and, when `want` is
     /// given, for `want` on stdout (or the kernel going idle without it).
     /// An error reply fails with its `ename: evalue`.
-    pub async fn execute(&mut self, code: &str, want: Option<&str>) -> Result<Executed, PhaseError> {
+    pub async fn execute(
+        &mut self,
+        code: &str,
+        want: Option<&str>,
+    ) -> Result<Executed, PhaseError> {
         let msg_id = random_hex();
         let request = execute_request(&msg_id, &self.session, code);
         self.socket
@@ -138,18 +144,16 @@ impl KernelChannels {
                 continue;
             };
             match read_message(&value, &msg_id) {
-                Some(Reply::Stdout(text)) => {
-                    // Bounded: only as much as could still hold the nonce matters.
-                    if executed.stdout.len() < 64 * 1024 {
-                        executed.stdout.push_str(&text);
-                    }
+                // Bounded: only as much as could still hold the nonce matters.
+                Some(Reply::Stdout(text)) if executed.stdout.len() < 64 * 1024 => {
+                    executed.stdout.push_str(&text);
                 }
                 Some(Reply::Idle) => idle = true,
                 Some(Reply::Done) => replied = true,
                 Some(Reply::Failed(reason)) => {
                     return Err(PhaseError::other(reason));
                 }
-                None => {}
+                Some(Reply::Stdout(_)) | None => {}
             }
         }
     }
@@ -172,7 +176,10 @@ where
         .map_err(|e| match e {
             tokio_tungstenite::tungstenite::Error::Http(response) => PhaseError::new(
                 FailureKind::Http,
-                format!("websocket upgrade refused: HTTP {}", response.status().as_u16()),
+                format!(
+                    "websocket upgrade refused: HTTP {}",
+                    response.status().as_u16()
+                ),
             ),
             other => PhaseError::other(format!("websocket handshake: {other}")),
         })?;

@@ -279,7 +279,11 @@ impl Journey {
         let token = match read_token(self.cfg.token_file.as_ref()).await {
             Ok(token) => token,
             Err(reason) => {
-                run.finish::<()>(JourneyPhase::Login, login_started, Err(PhaseError::other(reason)));
+                run.finish::<()>(
+                    JourneyPhase::Login,
+                    login_started,
+                    Err(PhaseError::other(reason)),
+                );
                 return;
             }
         };
@@ -311,15 +315,19 @@ impl Journey {
         let spawn_started = Instant::now();
         let mut last = ProgressEvent::default();
         let mut server = self.server_for_spawn();
+        // Set once the hub accepted the spawn request. A spawn cut by its
+        // timeout before the answer came is treated as requested too.
+        let mut requested = false;
         let spawned = tokio::time::timeout(
             cfg.spawn_timeout,
-            self.spawn(&token, &user.name, &mut server, &mut last),
+            self.spawn(&token, &user.name, &mut server, &mut requested, &mut last),
         )
         .await;
         result.server = server.clone().unwrap_or_default();
         let spawned = match spawned {
             Ok(outcome) => outcome,
             Err(_) => {
+                requested = true;
                 let mut e = PhaseError::timeout(cfg.spawn_timeout);
                 e.reason
                     .push_str(&format!(" at {}", http_calls::describe(&last)));
@@ -349,8 +357,8 @@ impl Journey {
         }
 
         // Stop what was started (a failed or timed-out spawn may still have
-        // left a server pending).
-        if let Some(server) = server {
+        // left a server pending); a spawn the hub refused started nothing.
+        if let Some(server) = server.filter(|_| requested) {
             timed(
                 run,
                 JourneyPhase::Stop,
@@ -380,7 +388,10 @@ impl Journey {
         let user: UserModel = serde_json::from_slice(&answer.body).map_err(|e| {
             PhaseError::new(
                 FailureKind::Parse,
-                format!("GET /hub/api/user: not a user model ({})", e.classify_name()),
+                format!(
+                    "GET /hub/api/user: not a user model ({})",
+                    e.classify_name()
+                ),
             )
         })?;
         if user.kind.as_deref().is_some_and(|k| k != "user") {
@@ -418,17 +429,36 @@ impl Journey {
     }
 
     async fn cleanup(&self, token: &str, user: &UserModel) -> Result<(), PhaseError> {
-        let servers = user.servers.clone().unwrap_or_default();
+        let mut servers = user.servers.clone().unwrap_or_default();
         for server in self.own_servers() {
-            let Some(model) = servers.get(&server) else {
+            let Some(mut model) = servers.get(&server).cloned() else {
                 continue;
             };
             let label = server_label(&server);
             if model.pending.as_deref() == Some("spawn") {
-                return Err(PhaseError::other(format!(
-                    "{label} is stuck pending spawn from an earlier run; left alone \
-                     (stop it on the hub)"
-                )));
+                // A run cut short seconds ago (an agent restart) leaves a
+                // spawn that is still going: give it half the phase's time
+                // to finish before calling it stuck. It is never fought.
+                let patience = self.cfg.stop_timeout / 2;
+                let until = Instant::now() + patience;
+                while model.pending.as_deref() == Some("spawn") && Instant::now() < until {
+                    tokio::time::sleep(GONE_POLL).await;
+                    servers = self.user(token).await?.servers.unwrap_or_default();
+                    match servers.get(&server) {
+                        Some(m) => model = m.clone(),
+                        None => break,
+                    }
+                }
+                if !servers.contains_key(&server) {
+                    continue;
+                }
+                if model.pending.as_deref() == Some("spawn") {
+                    return Err(PhaseError::other(format!(
+                        "{label} is stuck pending spawn (still pending after {} s); left alone \
+                         (stop it on the hub)",
+                        patience.as_secs_f64()
+                    )));
+                }
             }
             tracing::info!(hub = %self.hub, server = %label, ready = model.ready, "journey cleanup: stopping a leftover server");
             if model.pending.as_deref() != Some("stop") {
@@ -460,6 +490,7 @@ impl Journey {
         token: &str,
         name: &str,
         server: &mut Option<String>,
+        requested: &mut bool,
         last: &mut ProgressEvent,
     ) -> Result<String, PhaseError> {
         let options = serde_json::Value::Object(self.cfg.user_options.clone());
@@ -499,6 +530,7 @@ impl Journey {
         if !answer.status.is_success() {
             return Err(answer.error("spawn request"));
         }
+        *requested = true;
         let progress = format!("{}/progress", self.server_path(name, &chosen));
         let url = match http_calls::follow_progress(&self.client, &progress, token, last).await? {
             Some(url) if !url.is_empty() => url,
@@ -546,15 +578,17 @@ impl Journey {
             serde_json::json!({ "name": self.cfg.kernel })
         };
         let uri = format!("{server_url}api/kernels");
-        let answer =
-            http_calls::call(&self.client, Method::POST, &uri, token, Some(&body)).await?;
+        let answer = http_calls::call(&self.client, Method::POST, &uri, token, Some(&body)).await?;
         if !answer.status.is_success() {
             return Err(answer.error("POST api/kernels"));
         }
         let model: KernelModel = serde_json::from_slice(&answer.body).map_err(|e| {
             PhaseError::new(
                 FailureKind::Parse,
-                format!("POST api/kernels: not a kernel model ({})", e.classify_name()),
+                format!(
+                    "POST api/kernels: not a kernel model ({})",
+                    e.classify_name()
+                ),
             )
         })?;
         if model.id.is_empty()
@@ -571,7 +605,12 @@ impl Journey {
         Ok(model.id)
     }
 
-    async fn execute(&self, token: &str, server_url: &str, kernel_id: &str) -> Result<(), PhaseError> {
+    async fn execute(
+        &self,
+        token: &str,
+        server_url: &str,
+        kernel_id: &str,
+    ) -> Result<(), PhaseError> {
         let url = kernel::channels_url(server_url, kernel_id);
         let mut channels = KernelChannels::connect(&url, token).await?;
         let nonce = format!("hubwatch-{}", kernel::random_hex());
@@ -605,9 +644,14 @@ impl Journey {
             // Best effort: stopping the server ends the kernel anyway.
             let uri = format!("{server_url}api/kernels/{id}");
             match http_calls::call(&self.client, Method::DELETE, &uri, token, None).await {
-                Ok(answer) if answer.status.is_success() || answer.status == StatusCode::NOT_FOUND => {}
-                Ok(answer) => tracing::warn!(hub = %self.hub, status = answer.status.as_u16(), "journey: deleting the kernel failed; stopping the server anyway"),
-                Err(e) => tracing::warn!(hub = %self.hub, reason = %e.reason, "journey: deleting the kernel failed; stopping the server anyway"),
+                Ok(answer)
+                    if answer.status.is_success() || answer.status == StatusCode::NOT_FOUND => {}
+                Ok(answer) => {
+                    tracing::warn!(hub = %self.hub, status = answer.status.as_u16(), "journey: deleting the kernel failed; stopping the server anyway")
+                }
+                Err(e) => {
+                    tracing::warn!(hub = %self.hub, reason = %e.reason, "journey: deleting the kernel failed; stopping the server anyway")
+                }
             }
         }
         self.delete_server(token, name, server).await?;
@@ -811,6 +855,9 @@ pub fn result_label(result: &JourneyResult) -> &'static str {
     }
 }
 
+/// What [`start`] gives: the sources, and the tasks to abort at shutdown.
+pub type Started = (Vec<Arc<dyn Source>>, Vec<tokio::task::JoinHandle<()>>);
+
 /// Starts one task per hub whose journey is enabled; returns the sources
 /// that hand their results to the collection loop, and the tasks (abort
 /// them at shutdown: the next run's cleanup stops a server left by one cut
@@ -819,7 +866,7 @@ pub fn start(
     cfg: &AgentConfig,
     privacy: &Pseudonymiser,
     metrics: &AgentMetrics,
-) -> Result<(Vec<Arc<dyn Source>>, Vec<tokio::task::JoinHandle<()>>), JourneyError> {
+) -> Result<Started, JourneyError> {
     let mut sources: Vec<Arc<dyn Source>> = Vec::new();
     let mut tasks = Vec::new();
     for hub in cfg.hubs.iter().filter(|h| h.journey.enabled) {
@@ -829,6 +876,11 @@ pub fn start(
         let running = metrics.journey_running.with_label_values(&[&hub.name]);
         running.set(0);
         let runs = metrics.journey_runs.clone();
+        // Every result at zero from the start, so a first failure is an
+        // increase a rate can see.
+        for label in std::iter::once("ok").chain(JourneyPhase::ALL.iter().map(|p| p.as_str())) {
+            runs.with_label_values(&[hub.name.as_str(), label]);
+        }
         let interval = hub.journey.interval;
         tasks.push(tokio::spawn(async move {
             // The first run comes within a tenth of the interval, so agents

@@ -45,7 +45,10 @@ fn progress_is_described_for_a_timeout() {
     assert_eq!(describe(&ProgressEvent::default()), "progress none");
     let mut e = PhaseError::timeout(Duration::from_secs(300));
     e.reason.push_str(&format!(" at {}", describe(&event)));
-    assert_eq!(e.reason, "timeout after 300 s at progress 50 \"pulling image\"");
+    assert_eq!(
+        e.reason,
+        "timeout after 300 s at progress 50 \"pulling image\""
+    );
     assert_eq!(e.kind, FailureKind::Timeout);
 }
 
@@ -74,10 +77,27 @@ fn kernel_messages_are_matched_to_their_request() {
         json!({"channel": channel, "header": {"msg_type": msg_type},
                "parent_header": {"msg_id": parent}, "content": content})
     };
-    let stdout = msg("iopub", "stream", "m1", json!({"name": "stdout", "text": "hi\n"}));
-    assert_eq!(read_message(&stdout, "m1"), Some(Reply::Stdout("hi\n".into())));
-    assert_eq!(read_message(&stdout, "other"), None, "another request's output");
-    let stderr = msg("iopub", "stream", "m1", json!({"name": "stderr", "text": "hi"}));
+    let stdout = msg(
+        "iopub",
+        "stream",
+        "m1",
+        json!({"name": "stdout", "text": "hi\n"}),
+    );
+    assert_eq!(
+        read_message(&stdout, "m1"),
+        Some(Reply::Stdout("hi\n".into()))
+    );
+    assert_eq!(
+        read_message(&stdout, "other"),
+        None,
+        "another request's output"
+    );
+    let stderr = msg(
+        "iopub",
+        "stream",
+        "m1",
+        json!({"name": "stderr", "text": "hi"}),
+    );
     assert_eq!(read_message(&stderr, "m1"), None, "stderr is not stdout");
     let echo = msg("iopub", "execute_input", "m1", json!({"code": "print(1)"}));
     assert_eq!(read_message(&echo, "m1"), None);
@@ -146,7 +166,10 @@ fn the_first_failure_is_the_journeys_and_later_phases_are_kept() {
     assert_eq!(failure.phase, JourneyPhase::Execute);
     assert_eq!(failure.reason, "first");
     assert_eq!(
-        run.phases.iter().map(|p| (p.phase, p.ok)).collect::<Vec<_>>(),
+        run.phases
+            .iter()
+            .map(|p| (p.phase, p.ok))
+            .collect::<Vec<_>>(),
         vec![
             (JourneyPhase::Login, true),
             (JourneyPhase::Execute, false),
@@ -161,10 +184,15 @@ async fn a_phase_past_its_timeout_fails_as_a_timeout() {
         phases: Vec::new(),
         failure: None,
     };
-    let got = timed(&mut run, JourneyPhase::Kernel, Duration::from_millis(50), async {
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-        Ok::<_, PhaseError>(())
-    })
+    let got = timed(
+        &mut run,
+        JourneyPhase::Kernel,
+        Duration::from_millis(50),
+        async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<_, PhaseError>(())
+        },
+    )
     .await;
     assert_eq!(got, None);
     let failure = run.failure.expect("failure");
@@ -233,7 +261,10 @@ fn the_queue_hands_results_over_once_and_stays_bounded() {
 fn jitter_stays_within_ten_percent() {
     for _ in 0..1000 {
         let d = jittered(Duration::from_secs(1800));
-        assert!(d >= Duration::from_secs(1620) && d <= Duration::from_secs(1980), "{d:?}");
+        assert!(
+            d >= Duration::from_secs(1620) && d <= Duration::from_secs(1980),
+            "{d:?}"
+        );
     }
 }
 

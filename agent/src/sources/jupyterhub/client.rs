@@ -29,9 +29,7 @@ pub fn build_client(url: &str) -> Result<HubHttpClient, String> {
 
 /// [`build_client`] for requests with a body of type `B` (the journey's
 /// POSTs and DELETEs).
-pub fn build_client_with<B>(
-    url: &str,
-) -> Result<Client<HttpsConnector<HttpConnector>, B>, String>
+pub fn build_client_with<B>(url: &str) -> Result<Client<HttpsConnector<HttpConnector>, B>, String>
 where
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,

@@ -55,9 +55,16 @@ pub async fn read(
             token_file.display()
         ));
     }
-    let fetched = client::get(http, uri, "application/json", Some(token), 1024 * 1024, deadline)
-        .await
-        .map_err(|e| format!("reading the journey's user: {}", e.reason))?;
+    let fetched = client::get(
+        http,
+        uri,
+        "application/json",
+        Some(token),
+        1024 * 1024,
+        deadline,
+    )
+    .await
+    .map_err(|e| format!("reading the journey's user: {}", e.reason))?;
     if !fetched.status.is_success() {
         return Err(format!(
             "reading the journey's user: HTTP {}",
