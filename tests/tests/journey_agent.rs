@@ -299,20 +299,11 @@ fn the_journey_command_exits_2_for_an_unknown_hub_and_1_for_a_refused_token() {
     hub.stop();
 }
 
-#[test]
-fn the_test_identity_is_left_out_of_usage_events_and_user_counts() {
-    let mut hub = JupyterHub::start();
-    hub.create_user(TEST_USER).expect("create the test user");
-    hub.create_user("alice").expect("create alice");
-    let token = hub.create_token(TEST_USER, None).expect("token");
-    hub.start_server(TEST_USER, json!({}));
-    hub.start_server("alice", json!({}));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = config(dir.path(), &hub, &token, "");
-
+/// Runs `once` with `config`: the records.
+fn once(config: &Path) -> Vec<Record> {
     let output = Command::new(binary("hubwatch-agent"))
         .args(["--log-format", "json", "once", "--config"])
-        .arg(&config)
+        .arg(config)
         .env_remove("RUST_LOG")
         .output()
         .expect("run once");
@@ -322,10 +313,46 @@ fn the_test_identity_is_left_out_of_usage_events_and_user_counts() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let records: Vec<Record> = stdout
+    assert!(
+        !stdout.contains(TEST_USER),
+        "the raw test name left the agent"
+    );
+    stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
+        .collect()
+}
+
+fn sample(records: &[Record], name: &str, period: Option<&str>) -> Option<f64> {
+    records.iter().find_map(|r| match r {
+        Record::Sample(s)
+            if s.name == name
+                && period.is_none_or(|p| {
+                    hubwatch_shared::wire::label(&s.labels, "period") == Some(p)
+                }) =>
+        {
+            Some(s.value)
+        }
+        _ => None,
+    })
+}
+
+#[test]
+fn the_test_identity_is_left_out_of_usage_events_user_counts_and_active_users() {
+    let mut hub = JupyterHub::start();
+    hub.create_user(TEST_USER).expect("create the test user");
+    hub.create_user("alice").expect("create alice");
+    // The least scopes: its model has no last_activity, which the hub
+    // source then reads with its own token.
+    let token = hub
+        .create_token(TEST_USER, Some(LEAST_SCOPES))
+        .expect("token");
+    hub.start_server(TEST_USER, json!({}));
+    hub.start_server("alice", json!({}));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config(dir.path(), &hub, &token, "");
+
+    let records = once(&config);
     let usage: Vec<&UsageEvent> = records
         .iter()
         .filter_map(|r| match r {
@@ -343,20 +370,36 @@ fn the_test_identity_is_left_out_of_usage_events_and_user_counts() {
         usage.iter().all(|u| u.user != test_user),
         "the test identity is in the usage events: {usage:?}"
     );
-    let gauge = |name: &str| {
-        records
-            .iter()
-            .find_map(|r| match r {
-                Record::Sample(s) if s.name == name => Some(s.value),
-                _ => None,
-            })
-            .unwrap_or_else(|| panic!("no {name}"))
-    };
-    assert_eq!(gauge("hub_api_users_with_servers"), 1.0);
-    assert_eq!(gauge("hub_api_running_servers"), 1.0);
-    assert!(
-        !stdout.contains(TEST_USER),
-        "the raw test name left the agent"
+    assert_eq!(
+        sample(&records, "hub_api_users_with_servers", None),
+        Some(1.0)
+    );
+    assert_eq!(sample(&records, "hub_api_running_servers", None), Some(1.0));
+
+    // The hub counts both users active in the last 24 h (it refreshes the
+    // gauge every 5 s); the agent reports one less.
+    hubwatch_tests::eventually(
+        "the agent's active users are the hub's less the test user",
+        std::time::Duration::from_secs(60),
+        || {
+            let hub_before = hub
+                .metrics()?
+                .value("jupyterhub_active_users", &[("period", "24h")]);
+            let records = once(&config);
+            let hub_after = hub
+                .metrics()?
+                .value("jupyterhub_active_users", &[("period", "24h")]);
+            let ours = sample(&records, "jupyterhub_active_users", Some("24h"));
+            anyhow::ensure!(
+                hub_before == hub_after && hub_before.is_some_and(|h| h >= 2.0),
+                "hub {hub_before:?} then {hub_after:?}"
+            );
+            anyhow::ensure!(
+                ours == hub_before.map(|h| h - 1.0),
+                "agent {ours:?}, hub {hub_before:?}"
+            );
+            Ok(())
+        },
     );
     hub.stop_server(TEST_USER);
     hub.stop_server("alice");

@@ -231,7 +231,9 @@ impl JupyterHubSource {
                         test_identity::read(
                             &self.client,
                             &self.user_uri,
+                            &self.users_url,
                             path,
+                            token_ref,
                             &self.privacy,
                             deadline,
                         )

@@ -6,7 +6,8 @@
 //! events and user counts are made, and the hub's own
 //! `jupyterhub_active_users{period}` gauges, which count every user whose
 //! `last_activity` falls inside the period, are lowered by one when the test
-//! user's `last_activity` does. The name is pseudonymised at once, like any
+//! user's `last_activity` does (read with the hub source's own token when
+//! the journey's least-scope token cannot see it). The name is pseudonymised at once, like any
 //! other, and never logged.
 
 use std::path::Path;
@@ -36,12 +37,17 @@ struct Model {
     last_activity: Option<String>,
 }
 
-/// Reads the test identity with the journey's token. The error says what
-/// failed, never the body.
+/// Reads the test identity with the journey's token. Its `last_activity`
+/// comes from that model when the token may read it, else from
+/// `GET /hub/api/users/{name}` with the hub source's own token
+/// (`read:users`): the journey's least scopes do not include it. The error
+/// says what failed, never the body.
 pub async fn read(
     http: &HubHttpClient,
-    uri: &Uri,
+    user_uri: &Uri,
+    users_url: &str,
     token_file: &Path,
+    hub_token: Option<&str>,
     privacy: &Pseudonymiser,
     deadline: Instant,
 ) -> Result<TestIdentity, String> {
@@ -55,6 +61,41 @@ pub async fn read(
             token_file.display()
         ));
     }
+    let model = read_model(http, user_uri, token, deadline).await?;
+    let mut last_activity_ms = model.last_activity.as_deref().and_then(parse_time_ms);
+    if last_activity_ms.is_none()
+        && let Some(hub_token) = hub_token
+    {
+        let escaped: String = model
+            .name
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    char::from(b).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        if let Ok(uri) = format!("{users_url}/{escaped}").parse::<Uri>() {
+            // Without it only the active-users correction is lost.
+            if let Ok(full) = read_model(http, &uri, hub_token, deadline).await {
+                last_activity_ms = full.last_activity.as_deref().and_then(parse_time_ms);
+            }
+        }
+    }
+    Ok(TestIdentity {
+        pseudonym: privacy.user(&model.name),
+        last_activity_ms,
+    })
+}
+
+async fn read_model(
+    http: &HubHttpClient,
+    uri: &Uri,
+    token: &str,
+    deadline: Instant,
+) -> Result<Model, String> {
     let fetched = client::get(
         http,
         uri,
@@ -71,12 +112,8 @@ pub async fn read(
             fetched.status.as_u16()
         ));
     }
-    let model: Model = serde_json::from_slice(&fetched.body)
-        .map_err(|_| "reading the journey's user: not a user model".to_string())?;
-    Ok(TestIdentity {
-        pseudonym: privacy.user(&model.name),
-        last_activity_ms: model.last_activity.as_deref().and_then(parse_time_ms),
-    })
+    serde_json::from_slice(&fetched.body)
+        .map_err(|_| "reading the journey's user: not a user model".to_string())
 }
 
 /// Removes the test identity's servers from a listing of `users` users;
