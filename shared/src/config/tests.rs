@@ -153,6 +153,106 @@ fn agent_example_matches_defaults() {
     assert_eq!(cfg, want, "deploy/agent.example.toml drifted");
 }
 
+// ---- [hubs.journey] ----
+
+fn with_hub(journey: &str) -> String {
+    format!(
+        "{AGENT_MIN}\n[[hubs]]\nname = \"lab\"\nurl = \"http://127.0.0.1:8000\"\n\n[hubs.journey]\n{journey}\n"
+    )
+}
+
+fn agent_error(toml: &str) -> (String, String) {
+    match load::<AgentConfig>(toml, &HashMap::new()) {
+        Err(ConfigError::Invalid { key, reason }) => (key, reason),
+        other => panic!("expected an invalid-key error, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_journey_is_off_by_default_with_the_documented_defaults() {
+    let cfg: AgentConfig = load(&with_hub(""), &HashMap::new()).expect("valid");
+    let j = &cfg.hubs[0].journey;
+    assert_eq!(j, &JourneyConfig::default());
+    assert!(!j.enabled);
+    assert_eq!(j.interval, Duration::from_secs(1800));
+    assert_eq!(j.server_name, "hubwatch-journey");
+    assert_eq!(j.named_server, NamedServer::Auto);
+    assert_eq!(
+        [
+            j.login_timeout,
+            j.spawn_timeout,
+            j.kernel_timeout,
+            j.execute_timeout,
+            j.stop_timeout
+        ],
+        [30, 300, 60, 60, 120].map(Duration::from_secs)
+    );
+}
+
+#[test]
+fn journey_keys_parse_and_errors_name_the_key() {
+    let cfg: AgentConfig = load(
+        &with_hub(
+            "enabled = true\ntoken_file = \"/t\"\nnamed_server = \"never\"\n\
+             user_options = { profile = \"small\", gpu = 1 }\nkernel = \"python3\"\n\
+             code = \"import numpy\"\nspawn_timeout = \"10m\"",
+        ),
+        &HashMap::new(),
+    )
+    .expect("valid");
+    let j = &cfg.hubs[0].journey;
+    assert_eq!(j.named_server, NamedServer::Never);
+    assert_eq!(
+        serde_json::Value::Object(j.user_options.clone()),
+        serde_json::json!({"profile": "small", "gpu": 1})
+    );
+    assert_eq!(j.spawn_timeout, Duration::from_secs(600));
+    assert_eq!(j.code.as_deref(), Some("import numpy"));
+
+    assert_eq!(
+        agent_error(&with_hub("enabled = true")).0,
+        "hubs[0].journey.token_file"
+    );
+    assert_eq!(
+        agent_error(&with_hub("server_name = \"a/b\"")).0,
+        "hubs[0].journey.server_name"
+    );
+    assert_eq!(
+        agent_error(&with_hub("kernel = \"py 3\"")).0,
+        "hubs[0].journey.kernel"
+    );
+    assert_eq!(
+        agent_error(&with_hub("stop_timeout = \"0s\"")).0,
+        "hubs[0].journey.stop_timeout"
+    );
+    assert!(load::<AgentConfig>(&with_hub("colour = 1"), &HashMap::new()).is_err());
+    assert!(load::<AgentConfig>(&with_hub("named_server = \"maybe\""), &HashMap::new()).is_err());
+}
+
+#[test]
+fn the_commented_journey_example_is_the_defaults() {
+    let text = example("agent.example.toml");
+    let block: Vec<&str> = text
+        .lines()
+        .skip_while(|l| *l != "# [hubs.journey]")
+        .skip(1)
+        .take_while(|l| l.starts_with("# ") && !l.starts_with("# ["))
+        .map(|l| l.trim_start_matches("# "))
+        .collect();
+    assert!(block.len() > 10, "no [hubs.journey] block in the example");
+    let cfg: AgentConfig = load(&with_hub(&block.join("\n")), &HashMap::new()).expect("valid");
+    let mut want = JourneyConfig {
+        token_file: Some("/etc/hubwatch/journey-token".into()),
+        code: Some("import numpy".into()),
+        ..JourneyConfig::default()
+    };
+    want.enabled = false;
+    assert_eq!(
+        cfg.hubs[0].journey, want,
+        "the [hubs.journey] example drifted"
+    );
+}
+
 // ---- [[tiers]] ----
 
 fn tier_error(toml: &str) -> (String, String) {
