@@ -369,6 +369,31 @@ pub struct MemberConfig {
     /// The member's hubs.
     #[serde(default)]
     pub hubs: Vec<HubRef>,
+    /// `status_page`: `public` (default) or `private`. A private member's
+    /// status page and JSON need its read token or a signed link; the
+    /// network page lists it without detail.
+    #[serde(default = "default_status_page")]
+    pub status_page: String,
+}
+
+/// `members[].status_page` values.
+pub mod status_page {
+    /// Anyone may read the page.
+    pub const PUBLIC: &str = "public";
+    /// Only the member's token or a signed link.
+    pub const PRIVATE: &str = "private";
+}
+
+fn default_status_page() -> String {
+    status_page::PUBLIC.to_string()
+}
+
+impl MemberConfig {
+    /// Whether this member's status page is private (`status_page =
+    /// "private"`; validation refuses any value but the two).
+    pub fn status_page_private(&self) -> bool {
+        self.status_page == status_page::PRIVATE
+    }
 }
 
 /// `[[members.hubs]]`
@@ -503,6 +528,17 @@ impl Validate for CollectorConfig {
                         m.tier,
                         m.id,
                         self.tier_names().join(", ")
+                    ),
+                ));
+            }
+            if ![status_page::PUBLIC, status_page::PRIVATE].contains(&m.status_page.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("members[{i}].status_page"),
+                    format!(
+                        "{:?} is neither {:?} nor {:?}",
+                        m.status_page,
+                        status_page::PUBLIC,
+                        status_page::PRIVATE
                     ),
                 ));
             }
