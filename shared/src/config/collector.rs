@@ -39,6 +39,8 @@ pub struct CollectorConfig {
     pub metrics: MetricsConfig,
     /// `GET /federate` (`[federate]`).
     pub federate: FederateConfig,
+    /// The status pages (`[status]`).
+    pub status: StatusConfig,
 }
 
 impl Default for CollectorConfig {
@@ -59,6 +61,27 @@ impl Default for CollectorConfig {
             usage: UsageConfig::default(),
             metrics: MetricsConfig::default(),
             federate: FederateConfig::default(),
+            status: StatusConfig::default(),
+        }
+    }
+}
+
+/// `[status]`: the member-facing status pages (`/status`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatusConfig {
+    /// How often the pages' daily figures are re-read from the SLI minutes
+    /// (today's every time, the older days every tenth time); a page is
+    /// rendered from memory, so its bars and percentages are at most this
+    /// late. The current state is live.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        Self {
+            refresh_interval: Duration::from_secs(30),
         }
     }
 }
@@ -484,6 +507,12 @@ impl Validate for CollectorConfig {
         self.alerting.validate()?;
         self.usage.validate()?;
         self.federate.validate()?;
+        if self.status.refresh_interval < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "status.refresh_interval",
+                "must be at least 1s (each refresh reads the SLI minutes of every hub)",
+            ));
+        }
         if self.federate.lookback > self.storage.raw_retention {
             return Err(ConfigError::invalid(
                 "federate.lookback",

@@ -341,9 +341,7 @@ fn sli_retention_must_cover_every_tier_window() {
 
 #[test]
 fn a_status_page_is_public_unless_made_private_and_a_bad_value_names_its_key() {
-    let member = |extra: &str| {
-        format!("[[members]]\nid = \"leap\"\ntier = \"premier\"\n{extra}")
-    };
+    let member = |extra: &str| format!("[[members]]\nid = \"leap\"\ntier = \"premier\"\n{extra}");
     let cfg: CollectorConfig = load(&member(""), &HashMap::new()).expect("valid");
     assert!(!cfg.members[0].status_page_private());
     let cfg: CollectorConfig =

@@ -33,7 +33,7 @@ fn fixture() -> Fixture {
     let cfg = CollectorConfig {
         members: vec![
             MemberConfig {
- status_page: hubwatch_shared::config::status_page::PUBLIC.into(),
+                status_page: hubwatch_shared::config::status_page::PUBLIC.into(),
                 id: "leap".into(),
                 name: String::new(),
                 tier: "premier".into(),
@@ -43,7 +43,7 @@ fn fixture() -> Fixture {
                 ],
             },
             MemberConfig {
- status_page: hubwatch_shared::config::status_page::PUBLIC.into(),
+                status_page: hubwatch_shared::config::status_page::PUBLIC.into(),
                 id: "tiny".into(),
                 name: String::new(),
                 tier: "starter".into(),
