@@ -252,13 +252,36 @@ impl Pages {
         )
     }
 
-    /// `GET /status`: private members without detail, whoever asks.
-    pub fn network_page(&self) -> HttpResponse {
-        let view = self.view(None, &|_| false);
+    /// The network page's HTML: private members without detail, whoever asks.
+    pub fn network_html(&self) -> String {
+        html::network_page(&self.view(None, &|_| false))
+    }
+
+    /// `member`'s page with every detail (the caller checked access);
+    /// `None` for an unknown member.
+    pub fn member_html(&self, member: &str) -> Option<String> {
+        let view = self.view(Some(member), &|_| true);
+        view.members
+            .first()
+            .map(|member| html::member_page(&view, member))
+    }
+
+    /// The JSON of `GET /api/v1/status`: every member (private ones without
+    /// detail), or only `member` with every detail (the caller checked access).
+    pub fn json(&self, member: Option<&str>) -> String {
+        let view = self.view(member, &|_| member.is_some());
+        serde_json::to_string(&view).unwrap_or_else(|e| {
+            // Serializing plain data cannot fail; say so if it ever does.
+            format!("{{\"error\":\"serializing the status: {e}\"}}")
+        })
+    }
+
+    /// `GET /status`.
+    fn network_page(&self) -> HttpResponse {
         page(
             StatusCode::OK,
             "text/html; charset=utf-8",
-            html::network_page(&view),
+            self.network_html(),
             false,
         )
     }
@@ -340,12 +363,12 @@ impl Pages {
             }
             private = is_private;
         }
-        let view = self.view(member, &|_| member.is_some());
-        let body = serde_json::to_string(&view).unwrap_or_else(|e| {
-            // Serializing plain data cannot fail; say so if it ever does.
-            format!("{{\"error\":\"serializing the status: {e}\"}}")
-        });
-        page(StatusCode::OK, "application/json", body, private)
+        page(
+            StatusCode::OK,
+            "application/json",
+            self.json(member),
+            private,
+        )
     }
 
     /// `Some(private)` for a configured member.
