@@ -471,7 +471,7 @@ async fn refresh_loop(
     ticks.next().await;
     while ticks.next().await {
         round = round.wrapping_add(1);
-        let previous = (round % FULL_REFRESH_EVERY != 0).then(|| pages.ledger());
+        let previous = (!round.is_multiple_of(FULL_REFRESH_EVERY)).then(|| pages.ledger());
         let (store, hubs, now_ms) = (store.clone(), hubs.clone(), pages.clock.now_ms());
         let read = tokio::task::spawn_blocking(move || {
             DayLedger::read(&SqliteSli::new(store), &hubs, now_ms, previous.as_deref())
