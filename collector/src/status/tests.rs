@@ -490,10 +490,15 @@ async fn private_pages_need_their_members_token_or_a_signed_link() -> anyhow::Re
         "/status/nobody",
         "/status/cryo/main",
         "/status/cryo/nope/badge.svg",
+        "/status/cryo//badge.svg",
+        "/status/",
     ] {
         let (status, body) = get(addr, path, None).await?;
         assert_eq!(status, 404, "{path}: {body}");
     }
+    // The tree route serves deeper paths; the router still refuses an empty segment.
+    let (_, body) = get(addr, "/status/cryo//badge.svg", None).await?;
+    assert!(body.contains("no such endpoint"), "{body}");
 
     // Badges: text values, privacy as the page.
     let (status, body) = get(addr, "/status/cryo/main/badge.svg?kind=uptime30", None).await?;
