@@ -66,6 +66,23 @@ pub enum Command {
     /// Print a month's report: one member's (`--member`), else the fleet's
     /// (md, html) or every member's rows (csv, json, focus). See docs/reports.md.
     Report(ReportArgs),
+    /// Print a signed link to a member's status page (for a private page:
+    /// anyone holding it reads the page until it expires). See docs/status.md.
+    StatusLink(StatusLinkArgs),
+}
+
+/// `status-link`.
+#[derive(Debug, Args)]
+pub struct StatusLinkArgs {
+    /// The collector's TOML config file.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// The member (an id under `[[members]]`).
+    #[arg(long, value_name = "ID")]
+    pub member: String,
+    /// How long the link is valid, e.g. `7d`, `12h`.
+    #[arg(long, value_name = "DURATION", default_value = "7d")]
+    pub ttl: String,
 }
 
 /// `report`.
@@ -297,7 +314,55 @@ pub fn run(command: Command) -> Result<(), CliError> {
             print!("{text}");
             Ok(())
         }
+        Command::StatusLink(args) => {
+            let cfg = load_config(&args.config)?;
+            println!(
+                "{}",
+                status_link(&cfg, &args, crate::clock::system_now_ms())?
+            );
+            Ok(())
+        }
     }
+}
+
+/// `status-link`: the member's page URL (under `alerting.external_url`
+/// when set, else the path alone) with `exp` and `sig`, signed with the
+/// store's link key (made on first use).
+pub fn status_link(
+    cfg: &CollectorConfig,
+    args: &StatusLinkArgs,
+    now_ms: i64,
+) -> Result<String, CliError> {
+    if cfg.member(&args.member).is_none() {
+        return Err(CliError::BadArgument(format!(
+            "--member {:?}: not listed under [[members]]",
+            args.member
+        )));
+    }
+    let ttl = humantime::parse_duration(&args.ttl)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            CliError::BadArgument(format!(
+                "--ttl {:?}: not a duration such as 7d or 12h",
+                args.ttl
+            ))
+        })?;
+    let store = Store::open(&cfg.storage)?;
+    let key = crate::status::link::LinkKey::load_or_create(&store)?;
+    let expires_s =
+        (now_ms / 1000).saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
+    let base = cfg
+        .alerting
+        .external_url
+        .as_deref()
+        .map(|u| u.trim_end_matches('/'))
+        .unwrap_or_default();
+    Ok(format!(
+        "{base}/status/{}?{}",
+        args.member,
+        key.query(&args.member, expires_s)
+    ))
 }
 
 /// `report`: checks the arguments, opens the store (a running collector may

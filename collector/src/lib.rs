@@ -19,6 +19,7 @@ pub mod remote_write_out;
 pub mod report;
 pub mod server;
 pub mod slo;
+pub mod status;
 pub mod store;
 pub mod sync;
 pub mod telemetry;

@@ -761,6 +761,7 @@ async fn a_dead_destination_runs_in_its_own_task_holds_retention_and_raises_deri
         shutdown,
         alert_sources: Vec::new(),
         probe_observers: Vec::new(),
+        fleet: None,
         pipeline_status: Arc::clone(&status),
     };
     let built = Box::new(super::RemoteWriteOutComponent)
@@ -1097,6 +1098,7 @@ async fn without_a_destination_nothing_is_gathered() {
         shutdown,
         alert_sources: Vec::new(),
         probe_observers: Vec::new(),
+        fleet: None,
         pipeline_status: Arc::new(crate::pipeline::PipelineStatus::default()),
     };
     let built = Box::new(super::RemoteWriteOutComponent)

@@ -336,6 +336,7 @@ impl Component for SloComponent {
                     "slo.gauges",
                     handle.run_gauges(ctx.metrics, ctx.shutdown),
                 )],
+                ..Built::default()
             })
         })
     }

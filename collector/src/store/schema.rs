@@ -478,6 +478,14 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (member, hub)
     ) WITHOUT ROWID;
     ",
+    // Status pages: the collector's secret that signs private pages' links
+    // (HMAC-SHA256), created once on first use (`status::link`).
+    "
+    CREATE TABLE status_link_key (
+        id  INTEGER PRIMARY KEY CHECK (id = 1),
+        key BLOB    NOT NULL
+    );
+    ",
 ];
 
 /// The schema version this build writes.

@@ -325,6 +325,7 @@ fn an_empty_file_is_migrated() -> anyhow::Result<()> {
             "sli_counters",
             "sli_hours",
             "sli_minutes",
+            "status_link_key",
             "tokens",
             "usage_hub_hours",
             "usage_points",

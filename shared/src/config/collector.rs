@@ -39,6 +39,8 @@ pub struct CollectorConfig {
     pub metrics: MetricsConfig,
     /// `GET /federate` (`[federate]`).
     pub federate: FederateConfig,
+    /// The status pages (`[status]`).
+    pub status: StatusConfig,
 }
 
 impl Default for CollectorConfig {
@@ -59,6 +61,27 @@ impl Default for CollectorConfig {
             usage: UsageConfig::default(),
             metrics: MetricsConfig::default(),
             federate: FederateConfig::default(),
+            status: StatusConfig::default(),
+        }
+    }
+}
+
+/// `[status]`: the member-facing status pages (`/status`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatusConfig {
+    /// How often the pages' daily figures are re-read from the SLI minutes
+    /// (today's every time, the older days every tenth time); a page is
+    /// rendered from memory, so its bars and percentages are at most this
+    /// late. The current state is live.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        Self {
+            refresh_interval: Duration::from_secs(30),
         }
     }
 }
@@ -369,6 +392,31 @@ pub struct MemberConfig {
     /// The member's hubs.
     #[serde(default)]
     pub hubs: Vec<HubRef>,
+    /// `status_page`: `public` (default) or `private`. A private member's
+    /// status page and JSON need its read token or a signed link; the
+    /// network page lists it without detail.
+    #[serde(default = "default_status_page")]
+    pub status_page: String,
+}
+
+/// `members[].status_page` values.
+pub mod status_page {
+    /// Anyone may read the page.
+    pub const PUBLIC: &str = "public";
+    /// Only the member's token or a signed link.
+    pub const PRIVATE: &str = "private";
+}
+
+fn default_status_page() -> String {
+    status_page::PUBLIC.to_string()
+}
+
+impl MemberConfig {
+    /// Whether this member's status page is private (`status_page =
+    /// "private"`; validation refuses any value but the two).
+    pub fn status_page_private(&self) -> bool {
+        self.status_page == status_page::PRIVATE
+    }
 }
 
 /// `[[members.hubs]]`
@@ -459,6 +507,12 @@ impl Validate for CollectorConfig {
         self.alerting.validate()?;
         self.usage.validate()?;
         self.federate.validate()?;
+        if self.status.refresh_interval < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "status.refresh_interval",
+                "must be at least 1s (each refresh reads the SLI minutes of every hub)",
+            ));
+        }
         if self.federate.lookback > self.storage.raw_retention {
             return Err(ConfigError::invalid(
                 "federate.lookback",
@@ -503,6 +557,17 @@ impl Validate for CollectorConfig {
                         m.tier,
                         m.id,
                         self.tier_names().join(", ")
+                    ),
+                ));
+            }
+            if ![status_page::PUBLIC, status_page::PRIVATE].contains(&m.status_page.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("members[{i}].status_page"),
+                    format!(
+                        "{:?} is neither {:?} nor {:?}",
+                        m.status_page,
+                        status_page::PUBLIC,
+                        status_page::PRIVATE
                     ),
                 ));
             }

@@ -484,6 +484,19 @@ fn sli_retention_must_cover_every_tier_window() {
     assert!(err.to_string().contains("storage.sli_retention"), "{err}");
 }
 
+#[test]
+fn a_status_page_is_public_unless_made_private_and_a_bad_value_names_its_key() {
+    let member = |extra: &str| format!("[[members]]\nid = \"leap\"\ntier = \"premier\"\n{extra}");
+    let cfg: CollectorConfig = load(&member(""), &HashMap::new()).expect("valid");
+    assert!(!cfg.members[0].status_page_private());
+    let cfg: CollectorConfig =
+        load(&member("status_page = \"private\"\n"), &HashMap::new()).expect("valid");
+    assert!(cfg.members[0].status_page_private());
+    let err = load::<CollectorConfig>(&member("status_page = \"secret\"\n"), &HashMap::new())
+        .expect_err("only public or private");
+    assert!(err.to_string().contains("members[0].status_page"), "{err}");
+}
+
 // ---- cost model: [[clusters]], [[costs]], [[cost_pools]] ----
 
 const COST_MEMBERS: &str = r#"
