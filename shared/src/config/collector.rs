@@ -39,6 +39,8 @@ pub struct CollectorConfig {
     pub metrics: MetricsConfig,
     /// `GET /federate` (`[federate]`).
     pub federate: FederateConfig,
+    /// The member-facing status layer (`[status]`).
+    pub status: StatusConfig,
 }
 
 impl Default for CollectorConfig {
@@ -59,7 +61,40 @@ impl Default for CollectorConfig {
             usage: UsageConfig::default(),
             metrics: MetricsConfig::default(),
             federate: FederateConfig::default(),
+            status: StatusConfig::default(),
         }
+    }
+}
+
+/// `[status]`: the member-facing status layer (status incidents).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatusConfig {
+    /// Flaps of one hub are one status incident: an alert that fires within
+    /// this time of the previous incident's last alert resolving reopens
+    /// (extends) that incident instead of opening a new one.
+    #[serde(with = "humantime_serde")]
+    pub incident_merge_window: Duration,
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        Self {
+            incident_merge_window: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+impl StatusConfig {
+    /// Checks the keys, naming the one that is wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.incident_merge_window > Duration::from_secs(7 * 24 * 3600) {
+            return Err(ConfigError::invalid(
+                "status.incident_merge_window",
+                "must be at most 7days (0s: every firing after a resolution is a new incident)",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -459,6 +494,7 @@ impl Validate for CollectorConfig {
         self.alerting.validate()?;
         self.usage.validate()?;
         self.federate.validate()?;
+        self.status.validate()?;
         if self.federate.lookback > self.storage.raw_retention {
             return Err(ConfigError::invalid(
                 "federate.lookback",
