@@ -2,7 +2,8 @@
 //! `/metrics`, `/api/v1/agents`. Every error is a JSON `{"error": "..."}`.
 //!
 //! The [`Router`] is built from every component's routes: an exact-path
-//! lookup (else a prefix route's `prefix` + one segment), then the method; a known path with another method gets 405 with
+//! lookup (else a prefix route's `prefix` + one segment, else a path with one `*` segment
+//! standing for any one non-empty segment), then the method; a known path with another method gets 405 with
 //! `Allow`, anything else 404 `no such endpoint`.
 
 use std::collections::HashMap;
@@ -98,7 +99,21 @@ impl Router {
         }
         // The prefix is the path through its last '/'.
         let prefix = &path[..head.len() + 1];
-        self.paths.get(prefix).filter(|r| r.prefix)
+        if let Some(routes) = self.paths.get(prefix).filter(|r| r.prefix) {
+            return Some(routes);
+        }
+        // A path with one `*` segment (`/api/v1/incidents/*/updates`): tried
+        // only when nothing else matched, so exact paths are not slowed.
+        let segments: Vec<&str> = path.split('/').collect();
+        (1..segments.len())
+            .filter(|&i| !segments[i].is_empty())
+            .find_map(|i| {
+                let mut pattern = segments.clone();
+                pattern[i] = "*";
+                self.paths
+                    .get(pattern.join("/").as_str())
+                    .filter(|r| !r.prefix)
+            })
     }
 
     /// Routes one request: its handler, else 405 with `Allow` on a known

@@ -875,7 +875,10 @@ fn status_merge_window_is_validated_naming_the_key() {
         "5m".to_string(),
     )]);
     let from_env: CollectorConfig = load("", &env).expect("valid");
-    assert_eq!(from_env.status.incident_merge_window, Duration::from_secs(300));
+    assert_eq!(
+        from_env.status.incident_merge_window,
+        Duration::from_secs(300)
+    );
     let err = parse("[status]\nincident_merge_window = \"8days\"\n").expect_err("too long");
     assert!(err.contains("status.incident_merge_window"), "{err}");
 }
