@@ -137,7 +137,7 @@ pub struct StatusIncident {
     pub hub: String,
     /// One line for people.
     pub title: String,
-    /// The latest update's state.
+    /// The state of its latest update by time.
     pub state: IncidentState,
     /// When it started (its first alert's start, or the operator's time), Unix ms.
     pub started_at_ms: i64,
@@ -152,7 +152,7 @@ pub struct StatusIncident {
 /// One update of an incident.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IncidentUpdate {
-    /// Its id: updates of an incident are in id order.
+    /// Its id: updates of one time are in id order.
     pub id: i64,
     /// The incident.
     pub incident_id: i64,
@@ -236,14 +236,16 @@ pub trait StatusIncidentStore: Send + Sync + fmt::Debug {
     /// One incident, `None` when the id is unknown.
     fn incident(&self, id: i64) -> Result<Option<StatusIncident>, StoreError>;
 
-    /// An incident's updates, oldest first (empty when the id is unknown).
+    /// An incident's updates by time, then as written (empty when the id
+    /// is unknown).
     fn updates(&self, id: i64) -> Result<Vec<IncidentUpdate>, StoreError>;
 
     /// Opens an incident with its first update; returns it.
     fn open(&self, new: &NewIncident) -> Result<StatusIncident, StoreError>;
 
-    /// Adds an update to incident `id` (moving it to the update's state);
-    /// `None` when the id is unknown.
+    /// Adds an update to incident `id`; the incident takes the state of its
+    /// latest update by time (an update may be back-dated). `None` when the
+    /// id is unknown.
     fn add_update(&self, id: i64, update: &NewUpdate)
     -> Result<Option<StatusIncident>, StoreError>;
 }

@@ -142,7 +142,7 @@ impl StatusIncidentStore for SqliteStatusIncidents {
             .read_with("reading status incident updates", |conn| {
                 let mut statement = conn.prepare_cached(
                     "SELECT id, incident_id, at_ms, state, message, author
-                 FROM status_incident_updates WHERE incident_id = ?1 ORDER BY id",
+                 FROM status_incident_updates WHERE incident_id = ?1 ORDER BY at_ms, id",
                 )?;
                 statement
                     .query_map([id], |row| {
@@ -239,8 +239,9 @@ fn insert_incident(
     Ok(tx.last_insert_rowid())
 }
 
-/// Writes `update` and moves the incident to its state: resolved sets
-/// `ended_at_ms` to the update's time, any other state clears it (reopens).
+/// Writes `update` and moves the incident to the state of its latest update
+/// by time: resolved sets `ended_at_ms` to that update's time, any other
+/// state clears it (reopens).
 fn apply_update(tx: &Transaction<'_>, id: i64, update: &NewUpdate) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO status_incident_updates (incident_id, at_ms, state, message, author)
@@ -253,9 +254,17 @@ fn apply_update(tx: &Transaction<'_>, id: i64, update: &NewUpdate) -> rusqlite::
         update.message,
         update.author
     ])?;
-    let ended = (update.state == IncidentState::Resolved).then_some(update.at_ms);
+    // The latest update by time decides (an update may be back-dated with
+    // `at`): its state, and its time as the end when that is resolved.
+    let (state, at_ms): (String, i64) = tx
+        .prepare_cached(
+            "SELECT state, at_ms FROM status_incident_updates WHERE incident_id = ?1
+             ORDER BY at_ms DESC, id DESC LIMIT 1",
+        )?
+        .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    let ended = (state == IncidentState::Resolved.as_str()).then_some(at_ms);
     tx.prepare_cached("UPDATE status_incidents SET state = ?2, ended_at_ms = ?3 WHERE id = ?1")?
-        .execute(params![id, update.state.as_str(), ended])?;
+        .execute(params![id, state, ended])?;
     Ok(())
 }
 

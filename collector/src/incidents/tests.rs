@@ -727,3 +727,28 @@ fn the_cli_opens_updates_resolves_shows_and_lists() -> anyhow::Result<()> {
     assert!(e.to_string().contains("--hub"), "{e}");
     Ok(())
 }
+
+#[test]
+fn a_back_dated_update_takes_its_place_in_time() {
+    let mut f = fixture();
+    f.round(0, &[DOWN]);
+    f.round(30, &[]);
+    let store = f.incidents();
+    // Written after the automatic resolution, but dated before it.
+    let incident = store
+        .add_update(
+            1,
+            &NewUpdate {
+                state: IncidentState::Identified,
+                message: "A full disk.".to_string(),
+                at_ms: T0 + 10 * MINUTE,
+                author: "ana".to_string(),
+            },
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(incident.state, IncidentState::Resolved);
+    assert_eq!(incident.ended_at_ms, Some(T0 + 30 * MINUTE));
+    let minutes: Vec<i64> = f.states(1).into_iter().map(|(m, _, _)| m).collect();
+    assert_eq!(minutes, [0, 10, 30]);
+}
