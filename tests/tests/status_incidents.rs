@@ -38,7 +38,7 @@ fn a_stopped_hub_opens_an_incident_operators_update_and_it_resolves() {
          outside_probe_interval = \"1s\"\noutside_probe_timeout = \"2s\"\n\
          agent_silent_after = \"15s\"\n\
          \n[status]\nincident_merge_window = \"0s\"\n\
-         \n[[members]]\nid = \"leap\"\ntier = \"premier\"\n\
+         \n[[members]]\nid = \"leap\"\ntier = \"starter\"\n\
          [[members.hubs]]\nname = \"lab\"\npublic_url = {:?}\n\
          \n[[members]]\nid = \"cryo\"\ntier = \"member\"\n\
          [[members.hubs]]\nname = \"main\"\n",
@@ -71,16 +71,27 @@ fn a_stopped_hub_opens_an_incident_operators_update_and_it_resolves() {
 
     // Stop the hub: HubDown fires and an incident opens.
     hub.stop();
-    let opened = eventually("an open incident", Duration::from_secs(60), || {
-        let all = incidents(&collector, None)?;
-        ensure!(all.len() == 1, "{all:?}");
-        Ok(all[0].clone())
-    });
+    // A starter member: its SLO burn alerts are tickets, so only HubDown
+    // (which opens an incident at any severity) and the hub's return decide.
+    let opened = eventually(
+        "an open incident with HubDown",
+        Duration::from_secs(60),
+        || {
+            let all = incidents(&collector, None)?;
+            ensure!(all.len() == 1, "{all:?}");
+            let has_hub_down = all[0]["alerts"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|n| n == "HubDown"));
+            ensure!(has_hub_down, "{}", all[0]);
+            Ok(all[0].clone())
+        },
+    );
     assert_eq!(opened["member"], "leap");
     assert_eq!(opened["hub"], "lab");
     assert_eq!(opened["state"], "investigating");
-    assert_eq!(opened["alerts"], serde_json::json!(["HubDown"]));
     assert_eq!(opened["ended_at"], serde_json::Value::Null);
+    assert_eq!(opened["title"], "lab is down");
+    assert_eq!(opened["alerts"], serde_json::json!(["HubDown"]));
     let id = opened["id"].as_i64().expect("id").to_string();
 
     // The operator's update, from the command line while the collector runs.
@@ -124,6 +135,7 @@ fn a_stopped_hub_opens_an_incident_operators_update_and_it_resolves() {
     assert_eq!(refused.status, 403, "{}", refused.body);
 
     // A restart while it fires opens no second incident.
+    collector.sigterm();
     collector.restart();
     std::thread::sleep(Duration::from_secs(3));
     let after = incidents(&collector, None).expect("incidents");
