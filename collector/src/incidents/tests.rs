@@ -330,11 +330,7 @@ fn operator_updates_keep_their_order_and_an_operator_resolution_stands() {
     );
     // The alert resolves after the operator did: no automatic update.
     f.round(6, &[]);
-    let states: Vec<_> = f
-        .states(id)
-        .into_iter()
-        .map(|(m, s, a)| (m, s, a))
-        .collect();
+    let states = f.states(id);
     assert_eq!(
         states,
         [
