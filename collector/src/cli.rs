@@ -1,5 +1,6 @@
 //! The `hubwatch-collector` command line: `serve`, `check-config`,
-//! `token create`, `token revoke`, `replay`, `costs import` and `report` (see
+//! `token create`, `token revoke`, `replay`, `costs import`, `report` and
+//! `incident` (see
 //! INTERFACES.md). `main.rs` only calls
 //! [`main`]; everything here is a library so tests can drive it.
 //!
@@ -69,6 +70,9 @@ pub enum Command {
     /// Print a signed link to a member's status page (for a private page:
     /// anyone holding it reads the page until it expires). See docs/status.md.
     StatusLink(StatusLinkArgs),
+    /// Status incidents: list, show, open, update, resolve (docs/incidents.md).
+    #[command(subcommand)]
+    Incident(crate::incidents::cli::IncidentCommand),
 }
 
 /// `status-link`.
@@ -210,6 +214,9 @@ pub enum CliError {
     /// The report could not be rendered.
     #[error("report: {0}")]
     Render(#[from] crate::report::RenderError),
+    /// `incident show|update|resolve` of an id that does not exist.
+    #[error("no incident {0}")]
+    NoIncident(i64),
     /// `costs import` refused the file or could not store it.
     #[error("costs import {}: {source}", path.display())]
     Import {
@@ -308,6 +315,12 @@ pub fn run(command: Command) -> Result<(), CliError> {
             print!("{report}");
             Ok(())
         }
+        Command::Incident(command) => crate::incidents::cli::run(
+            command,
+            load_config,
+            crate::clock::system_now_ms(),
+            &mut std::io::stdout().lock(),
+        ),
         Command::Report(args) => {
             let cfg = load_config(&args.config)?;
             let text = report(&cfg, &args, crate::clock::system_now_ms())?;

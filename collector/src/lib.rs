@@ -14,6 +14,7 @@ pub mod clock;
 pub mod component;
 pub mod cost;
 pub mod federate;
+pub mod incidents;
 pub mod pipeline;
 pub mod remote_write_out;
 pub mod report;

@@ -205,8 +205,11 @@ pub type Handler = Arc<
 pub struct Route {
     /// The method served.
     pub method: Method,
-    /// The exact path (no patterns, no trailing-slash folding); with
-    /// `prefix`, the path up to and including its last `/`.
+    /// The exact path (no trailing-slash folding); with `prefix`, the path
+    /// up to and including its last `/`. One segment may be `*`, matching
+    /// any one non-empty segment when no exact or prefix route does
+    /// (`/api/v1/incidents/*/updates`); the handler reads it from the
+    /// request's path.
     pub path: &'static str,
     /// Serve every path made of `path` and one more non-empty segment (no
     /// further `/`), e.g. `/api/v1/reports/2026-11` under `/api/v1/reports/`;

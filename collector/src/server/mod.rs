@@ -144,6 +144,7 @@ pub fn all_components() -> Vec<Box<dyn Component>> {
     components.push(Box::new(crate::federate::FederateComponent));
     components.push(Box::new(crate::cost::CostComponent));
     components.push(Box::new(crate::report::ReportsComponent));
+    components.push(Box::new(crate::incidents::IncidentsComponent));
     components.push(Box::new(crate::remote_write_out::RemoteWriteOutComponent));
     components.push(Box::new(crate::alerts::AlertsComponent));
     components.push(Box::new(crate::status::StatusComponent));

@@ -3,8 +3,9 @@
 //!
 //! The [`Router`] is built from every component's routes: an exact-path
 //! lookup (else a prefix route's `prefix` + one segment, else a tree route's
-//! `prefix` + several segments), then the method; a known path with another method gets 405 with
-//! `Allow`, anything else 404 `no such endpoint`.
+//! `prefix` + several segments, else a path with one `*` segment standing for
+//! any one non-empty segment), then the method; a known path with another
+//! method gets 405 with `Allow`, anything else 404 `no such endpoint`.
 
 use std::collections::HashMap;
 use std::fmt::Display;
@@ -119,7 +120,18 @@ impl Router {
             }
             end = slash;
         }
-        None
+        // A path with one `*` segment (`/api/v1/incidents/*/updates`): tried
+        // only when nothing else matched, so exact paths are not slowed.
+        let segments: Vec<&str> = path.split('/').collect();
+        (1..segments.len())
+            .filter(|&i| !segments[i].is_empty())
+            .find_map(|i| {
+                let mut pattern = segments.clone();
+                pattern[i] = "*";
+                self.paths
+                    .get(pattern.join("/").as_str())
+                    .filter(|r| !r.prefix && !r.tree)
+            })
     }
 
     /// Routes one request: its handler, else 405 with `Allow` on a known

@@ -66,7 +66,8 @@ impl Default for CollectorConfig {
     }
 }
 
-/// `[status]`: the member-facing status pages (`/status`).
+/// `[status]`: the member-facing status pages (`/status`) and status
+/// incidents.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StatusConfig {
@@ -76,13 +77,38 @@ pub struct StatusConfig {
     /// late. The current state is live.
     #[serde(with = "humantime_serde")]
     pub refresh_interval: Duration,
+    /// Flaps of one hub are one status incident: an alert that fires within
+    /// this time of the previous incident's last alert resolving reopens
+    /// (extends) that incident instead of opening a new one.
+    #[serde(with = "humantime_serde")]
+    pub incident_merge_window: Duration,
 }
 
 impl Default for StatusConfig {
     fn default() -> Self {
         Self {
             refresh_interval: Duration::from_secs(30),
+            incident_merge_window: Duration::from_secs(30 * 60),
         }
+    }
+}
+
+impl StatusConfig {
+    /// Checks the keys, naming the one that is wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.refresh_interval < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "status.refresh_interval",
+                "must be at least 1s (each refresh reads the SLI minutes of every hub)",
+            ));
+        }
+        if self.incident_merge_window > Duration::from_secs(7 * 24 * 3600) {
+            return Err(ConfigError::invalid(
+                "status.incident_merge_window",
+                "must be at most 7days (0s: every firing after a resolution is a new incident)",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -507,12 +533,7 @@ impl Validate for CollectorConfig {
         self.alerting.validate()?;
         self.usage.validate()?;
         self.federate.validate()?;
-        if self.status.refresh_interval < Duration::from_secs(1) {
-            return Err(ConfigError::invalid(
-                "status.refresh_interval",
-                "must be at least 1s (each refresh reads the SLI minutes of every hub)",
-            ));
-        }
+        self.status.validate()?;
         if self.federate.lookback > self.storage.raw_retention {
             return Err(ConfigError::invalid(
                 "federate.lookback",

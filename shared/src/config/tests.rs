@@ -971,3 +971,27 @@ fn remote_write_examples_are_valid() {
         "mimir, thanos, victoriametrics single and cluster"
     );
 }
+
+#[test]
+fn status_merge_window_is_validated_naming_the_key() {
+    let parse = |toml: &str| -> Result<CollectorConfig, String> {
+        load::<CollectorConfig>(toml, &HashMap::new()).map_err(|e| e.to_string())
+    };
+    assert_eq!(
+        CollectorConfig::default().status.incident_merge_window,
+        Duration::from_secs(1800)
+    );
+    let ok = parse("[status]\nincident_merge_window = \"0s\"\n").expect("valid");
+    assert_eq!(ok.status.incident_merge_window, Duration::ZERO);
+    let env = HashMap::from([(
+        "HUBWATCH_STATUS__INCIDENT_MERGE_WINDOW".to_string(),
+        "5m".to_string(),
+    )]);
+    let from_env: CollectorConfig = load("", &env).expect("valid");
+    assert_eq!(
+        from_env.status.incident_merge_window,
+        Duration::from_secs(300)
+    );
+    let err = parse("[status]\nincident_merge_window = \"8days\"\n").expect_err("too long");
+    assert!(err.contains("status.incident_merge_window"), "{err}");
+}
