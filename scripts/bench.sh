@@ -28,6 +28,9 @@
 #   scripts/bench.sh remote-write-backlog  ingest p99 while a remote write destination (a real
 #                                      VictoriaMetrics) and every stage catch up on the 48 h backlog
 #                                      (issue 10: <= 2x; `backlog` with BENCH_REMOTE_WRITE)
+#   scripts/bench.sh status            the network status page for 100 members x 3 hubs x 90 days
+#                                      from state in memory (issue 12: < 50 ms, < 200 KB), the member
+#                                      page and the JSON (cargo bench --bench status_render; BENCH_MEMBERS)
 #   scripts/bench.sh agent [SECONDS]   agent footprint: RSS and CPU of a release agent streaming the
 #                                      host source every 15 s to a release collector (default 120 s)
 #   scripts/bench.sh fuzz [SECONDS]    every fuzz target for SECONDS each (scripts/fuzz.sh)
@@ -287,6 +290,10 @@ case "$cmd" in
     cargo bench -p hubwatch-collector --bench remote_write_in
     ;;
   metrics) bench_metrics ;;
+  status)
+    echo "== status_render: GET /status for ${BENCH_MEMBERS:-100} members x 3 hubs x 90 days"
+    cargo bench -p hubwatch-collector --bench status_render
+    ;;
   federate)
     echo "== federate: GET /federate of ${BENCH_SERIES:-200000} series"
     cargo bench -p hubwatch-collector --bench federate

@@ -67,6 +67,18 @@ if command -v rustup >/dev/null; then
   cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 fi
 
+# axe-core, the accessibility checker the status page test injects into
+# headless Chromium (tests/tests/status_pages.rs), at a fixed version and
+# path (HUBWATCH_AXE overrides the path); skipped when already there.
+axe_version=4.10.3
+axe_prefix=/opt/hubwatch-test
+if ! grep -qs "\"version\": \"$axe_version\"" "$axe_prefix/node_modules/axe-core/package.json"; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo mkdir -p "$axe_prefix"
+  $sudo npm install --no-audit --no-fund --prefix "$axe_prefix" "axe-core@$axe_version"
+fi
+
 # JupyterHub, for the JupyterHub source's end-to-end tests (and for
 # scripts/run.sh): a real hub with configurable-http-proxy and real
 # single-user servers, in a venv at a fixed path the test harness looks in

@@ -294,6 +294,7 @@ fn cpu_bench(url: &str) {
         timeout: Duration::from_secs(10),
         probe: false,
         page_size: PAGE as u32,
+        journey: Default::default(),
     };
     let registry = prometheus::Registry::new();
     let skipped = hubwatch_shared::metrics::AGENT_METRICS_LINES_SKIPPED.counter_vec(&registry);

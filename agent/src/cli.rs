@@ -1,4 +1,4 @@
-//! The command line: `hubwatch-agent run|once|check-config --config FILE`,
+//! The command line: `hubwatch-agent run|once|journey|check-config --config FILE`,
 //! with global `--log-format` and `--log-level`. `main.rs` only calls
 //! [`main`].
 //!
@@ -59,6 +59,20 @@ pub enum Command {
         /// The agent's TOML config.
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Run one synthetic user journey on a hub now (even with
+    /// `journey.enabled = false`) and print its phases; exit 0 when it
+    /// succeeded, 1 when it failed, 2 for a config error. Sends nothing.
+    Journey {
+        /// The agent's TOML config.
+        #[arg(long)]
+        config: PathBuf,
+        /// The hub (`[[hubs]] name`).
+        #[arg(long)]
+        hub: String,
+        /// Print the result as one JSON line instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Check the config and print a summary; exit 2 naming the key if it is wrong.
     CheckConfig {
@@ -138,6 +152,16 @@ pub fn main() -> ExitCode {
             };
             once_blocking(&cfg)
         }
+        Command::Journey { config, hub, json } => {
+            let cfg = match load_config(&config) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            journey_blocking(&cfg, &hub, json)
+        }
         Command::Run { config } => {
             let cfg = match load_config(&config) {
                 Ok(cfg) => cfg,
@@ -216,6 +240,94 @@ fn once_blocking(cfg: &AgentConfig) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `journey`: one journey on `hub`, printed as a table or one JSON line.
+fn journey_blocking(cfg: &AgentConfig, hub: &str, json: bool) -> ExitCode {
+    let Some(hub_cfg) = cfg.hubs.iter().find(|h| h.name == hub) else {
+        eprintln!(
+            "error: no [[hubs]] entry named {hub:?} (configured: {})",
+            cfg.hubs
+                .iter()
+                .map(|h| h.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    if hub_cfg.journey.token_file.is_none() {
+        let i = cfg.hubs.iter().position(|h| h.name == hub).unwrap_or(0);
+        eprintln!(
+            "error: config key `hubs[{i}].journey.token_file`: required to run a journey \
+             (the test user's own API token)"
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let pseudonymiser = match once_pseudonymiser(cfg) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let journey = match crate::sources::journey::Journey::new(hub_cfg, pseudonymiser) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let result = rt.block_on(journey.run());
+    let text = if json {
+        match serde_json::to_string(&result) {
+            Ok(line) => format!("{line}\n"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        }
+    } else {
+        crate::sources::journey::table(&result)
+    };
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        eprintln!("error: writing stdout: {e}");
+        return ExitCode::from(EXIT_RUNTIME);
+    }
+    if result.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_RUNTIME)
+    }
+}
+
+/// The pseudonymiser of `once` and `journey` (see [`collect_once`]).
+fn once_pseudonymiser(cfg: &AgentConfig) -> Result<Pseudonymiser, runtime::AgentError> {
+    let generated = cfg.agent.spool_dir.join(privacy::GENERATED_SECRET_FILE);
+    if cfg.privacy.pseudonymise_users && cfg.privacy.secret_file.is_none() && !generated.exists() {
+        tracing::warn!(
+            path = %generated.display(),
+            "no privacy.secret_file and no generated secret yet: pseudonyms in this output use \
+             a throwaway secret and will differ from the ones `run` sends"
+        );
+        return Ok(Pseudonymiser::with_secret(&rand::random::<[u8; 32]>()));
+    }
+    Pseudonymiser::from_config(&cfg.privacy, &cfg.agent.spool_dir).map_err(|e| {
+        runtime::AgentError::Source {
+            name: "privacy",
+            source: crate::sources::SourceError::Read(e.to_string()),
+        }
+    })
+}
+
 /// One collection of every configured source, as `run` would make it, but
 /// without the spool, the sender or the listener. The pseudonymiser reads
 /// the configured `secret_file`, or the secret a running agent generated in
@@ -223,25 +335,7 @@ fn once_blocking(cfg: &AgentConfig) -> ExitCode {
 /// (so nothing is written) and says so: the pseudonyms then differ from the
 /// ones `run` will send, though their shape is the same.
 pub async fn collect_once(cfg: &AgentConfig) -> Result<Vec<Record>, runtime::AgentError> {
-    let generated = cfg.agent.spool_dir.join(privacy::GENERATED_SECRET_FILE);
-    let pseudonymiser = if cfg.privacy.pseudonymise_users
-        && cfg.privacy.secret_file.is_none()
-        && !generated.exists()
-    {
-        tracing::warn!(
-            path = %generated.display(),
-            "no privacy.secret_file and no generated secret yet: pseudonyms in this output use \
-             a throwaway secret and will differ from the ones `run` sends"
-        );
-        Pseudonymiser::with_secret(&rand::random::<[u8; 32]>())
-    } else {
-        Pseudonymiser::from_config(&cfg.privacy, &cfg.agent.spool_dir).map_err(|e| {
-            runtime::AgentError::Source {
-                name: "privacy",
-                source: crate::sources::SourceError::Read(e.to_string()),
-            }
-        })?
-    };
+    let pseudonymiser = once_pseudonymiser(cfg)?;
     let metrics = AgentMetrics::new();
     let sources = runtime::build_sources(cfg, &metrics, &pseudonymiser)?;
     let outcomes = collect_all(&sources, runtime::source_timeout(cfg.agent.interval)).await;

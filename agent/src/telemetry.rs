@@ -97,6 +97,10 @@ pub struct AgentMetrics {
     pub max_batch_bytes: IntGauge,
     /// `hubwatch_agent_spool_slow_writes_total`.
     pub spool_slow_writes: IntCounter,
+    /// `hubwatch_agent_journey_runs_total{hub,result}`.
+    pub journey_runs: IntCounterVec,
+    /// `hubwatch_agent_journey_running{hub}`.
+    pub journey_running: IntGaugeVec,
 }
 
 impl Default for AgentMetrics {
@@ -132,6 +136,8 @@ impl AgentMetrics {
             batch_splits: defs::AGENT_BATCH_SPLITS.counter(&r),
             max_batch_bytes: defs::AGENT_MAX_BATCH_BYTES.int_gauge(&r),
             spool_slow_writes: defs::AGENT_SPOOL_SLOW_WRITES.counter(&r),
+            journey_runs: defs::AGENT_JOURNEY_RUNS.counter_vec(&r),
+            journey_running: defs::AGENT_JOURNEY_RUNNING.int_gauge_vec(&r),
             registry: r,
         };
         m.build_info

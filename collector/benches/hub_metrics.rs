@@ -200,6 +200,7 @@ fn main() -> Result<()> {
     let cfg = CollectorConfig {
         members: (0..hubs.div_ceil(HUBS_PER_MEMBER))
             .map(|m| MemberConfig {
+                status_page: hubwatch_shared::config::status_page::PUBLIC.into(),
                 id: format!("member-{m:03}"),
                 name: String::new(),
                 tier: "premier".into(),

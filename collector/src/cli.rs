@@ -1,5 +1,6 @@
 //! The `hubwatch-collector` command line: `serve`, `check-config`,
-//! `token create`, `token revoke`, `replay`, `costs import` and `report` (see
+//! `token create`, `token revoke`, `replay`, `costs import`, `report` and
+//! `incident` (see
 //! INTERFACES.md). `main.rs` only calls
 //! [`main`]; everything here is a library so tests can drive it.
 //!
@@ -69,6 +70,26 @@ pub enum Command {
     /// Maintenance windows: add, list, remove (docs/maintenance.md).
     #[command(subcommand)]
     Maintenance(crate::maintenance::cli::MaintenanceCommand),
+    /// Print a signed link to a member's status page (for a private page:
+    /// anyone holding it reads the page until it expires). See docs/status.md.
+    StatusLink(StatusLinkArgs),
+    /// Status incidents: list, show, open, update, resolve (docs/incidents.md).
+    #[command(subcommand)]
+    Incident(crate::incidents::cli::IncidentCommand),
+}
+
+/// `status-link`.
+#[derive(Debug, Args)]
+pub struct StatusLinkArgs {
+    /// The collector's TOML config file.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// The member (an id under `[[members]]`).
+    #[arg(long, value_name = "ID")]
+    pub member: String,
+    /// How long the link is valid, e.g. `7d`, `12h`.
+    #[arg(long, value_name = "DURATION", default_value = "7d")]
+    pub ttl: String,
 }
 
 /// `report`.
@@ -199,6 +220,9 @@ pub enum CliError {
     /// A `maintenance` command failed.
     #[error("maintenance: {0}")]
     Maintenance(#[from] crate::maintenance::cli::MaintenanceCliError),
+    /// `incident show|update|resolve` of an id that does not exist.
+    #[error("no incident {0}")]
+    NoIncident(i64),
     /// `costs import` refused the file or could not store it.
     #[error("costs import {}: {source}", path.display())]
     Import {
@@ -298,6 +322,12 @@ pub fn run(command: Command) -> Result<(), CliError> {
             print!("{report}");
             Ok(())
         }
+        Command::Incident(command) => crate::incidents::cli::run(
+            command,
+            load_config,
+            crate::clock::system_now_ms(),
+            &mut std::io::stdout().lock(),
+        ),
         Command::Report(args) => {
             let cfg = load_config(&args.config)?;
             let text = report(&cfg, &args, crate::clock::system_now_ms())?;
@@ -310,7 +340,55 @@ pub fn run(command: Command) -> Result<(), CliError> {
             print!("{text}");
             Ok(())
         }
+        Command::StatusLink(args) => {
+            let cfg = load_config(&args.config)?;
+            println!(
+                "{}",
+                status_link(&cfg, &args, crate::clock::system_now_ms())?
+            );
+            Ok(())
+        }
     }
+}
+
+/// `status-link`: the member's page URL (under `alerting.external_url`
+/// when set, else the path alone) with `exp` and `sig`, signed with the
+/// store's link key (made on first use).
+pub fn status_link(
+    cfg: &CollectorConfig,
+    args: &StatusLinkArgs,
+    now_ms: i64,
+) -> Result<String, CliError> {
+    if cfg.member(&args.member).is_none() {
+        return Err(CliError::BadArgument(format!(
+            "--member {:?}: not listed under [[members]]",
+            args.member
+        )));
+    }
+    let ttl = humantime::parse_duration(&args.ttl)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            CliError::BadArgument(format!(
+                "--ttl {:?}: not a duration such as 7d or 12h",
+                args.ttl
+            ))
+        })?;
+    let store = Store::open(&cfg.storage)?;
+    let key = crate::status::link::LinkKey::load_or_create(&store)?;
+    let expires_s =
+        (now_ms / 1000).saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
+    let base = cfg
+        .alerting
+        .external_url
+        .as_deref()
+        .map(|u| u.trim_end_matches('/'))
+        .unwrap_or_default();
+    Ok(format!(
+        "{base}/status/{}?{}",
+        args.member,
+        key.query(&args.member, expires_s)
+    ))
 }
 
 /// `report`: checks the arguments, opens the store (a running collector may

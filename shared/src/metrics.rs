@@ -131,6 +131,10 @@ metrics! {
     AGENT_SPOOL_SLOW_WRITES = (Agent, Counter, "hubwatch_agent_spool_slow_writes_total", [], "Spool writes still running after agent.spool_write_timeout; the collection loop went on and newer batches were held in memory.");
     /// Unparseable exposition lines.
     AGENT_METRICS_LINES_SKIPPED = (Agent, Counter, "hubwatch_agent_metrics_lines_skipped_total", ["source"], "Lines of a scraped metrics page that could not be parsed: skipped, the rest of the page kept.");
+    /// Synthetic journeys run.
+    AGENT_JOURNEY_RUNS = (Agent, Counter, "hubwatch_agent_journey_runs_total", ["hub", "result"], "Synthetic user journeys run, by result: ok, or the phase that failed (login, cleanup, spawn, kernel, execute, stop).");
+    /// A journey in progress.
+    AGENT_JOURNEY_RUNNING = (Agent, Gauge, "hubwatch_agent_journey_running", ["hub"], "1 while a synthetic user journey runs on the hub, else 0.");
 
     /// Collector build.
     COLLECTOR_BUILD_INFO = (Collector, Gauge, "hubwatch_collector_build_info", ["version"], "Always 1; the collector's version in a label.");

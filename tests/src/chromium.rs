@@ -1,4 +1,5 @@
-//! A headless Chromium for the report tests: opens a local file and reports
+//! A headless Chromium for the report and status page tests: opens a local
+//! file or a URL and reports
 //! every network request the page made, its console errors (console API
 //! errors, error log entries such as failed loads, uncaught exceptions), the
 //! DOM after load, and a PNG screenshot.
@@ -32,6 +33,22 @@ pub struct PageReport {
     pub dom: String,
     /// Evaluated `probe` expression (see [`Chromium::open`]), as JSON.
     pub probe: Value,
+}
+
+/// How [`Chromium::open_url`] loads a page.
+#[derive(Debug, Clone)]
+pub struct PageOptions<'a> {
+    /// Scripts evaluated in the page, in order, after it loaded and settled.
+    pub inject: &'a [String],
+    /// A JavaScript expression evaluated last (a promise is awaited); its
+    /// value is [`PageReport::probe`].
+    pub probe: &'a str,
+    /// Where the PNG screenshot of the viewport is written.
+    pub screenshot: &'a Path,
+    /// How long to wait after the load event for late requests.
+    pub settle: Duration,
+    /// The viewport's width in CSS pixels (the window's 1280 when `None`).
+    pub width: Option<u32>,
 }
 
 /// The browser binary: `HUBWATCH_CHROMIUM`, else the first of
@@ -72,8 +89,26 @@ impl Chromium {
         screenshot: &Path,
         settle: Duration,
     ) -> anyhow::Result<PageReport> {
+        let url = format!("file://{}", page.canonicalize()?.display());
+        Self::open_url(
+            &url,
+            &PageOptions {
+                inject: &[],
+                probe,
+                screenshot,
+                settle,
+                width: None,
+            },
+        )
+    }
+
+    /// Like [`Chromium::open`] for any URL (e.g. a page the collector
+    /// serves), with [`PageOptions`]: scripts evaluated in the page after
+    /// load (e.g. axe-core), a probe whose promise is awaited, and a
+    /// viewport width (640 CSS pixels is a 1280-pixel window at 200 % zoom).
+    pub fn open_url(url: &str, options: &PageOptions<'_>) -> anyhow::Result<PageReport> {
         let mut browser = Self::start()?;
-        let report = browser.load(page, probe, screenshot, settle);
+        let report = browser.load(url, options);
         browser.close();
         report
     }
@@ -130,13 +165,14 @@ impl Chromium {
         })
     }
 
-    fn load(
-        &mut self,
-        page: &Path,
-        probe: &str,
-        screenshot: &Path,
-        settle: Duration,
-    ) -> anyhow::Result<PageReport> {
+    fn load(&mut self, url: &str, options: &PageOptions<'_>) -> anyhow::Result<PageReport> {
+        let PageOptions {
+            inject,
+            probe,
+            screenshot,
+            settle,
+            width,
+        } = *options;
         let target = self.call(None, "Target.createTarget", json!({"url": "about:blank"}))?;
         let target_id = target["targetId"].as_str().context("targetId")?.to_string();
         let attached = self.call(
@@ -152,8 +188,14 @@ impl Chromium {
         for domain in ["Network", "Runtime", "Log", "Page"] {
             self.call(s, &format!("{domain}.enable"), json!({}))?;
         }
+        if let Some(width) = width {
+            self.call(
+                s,
+                "Emulation.setDeviceMetricsOverride",
+                json!({"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": false}),
+            )?;
+        }
         self.events.clear();
-        let url = format!("file://{}", page.canonicalize()?.display());
         self.call(s, "Page.navigate", json!({"url": url}))?;
         let deadline = Instant::now() + scaled(Duration::from_secs(30));
         while !self
@@ -170,6 +212,16 @@ impl Chromium {
         while Instant::now() < settle_until {
             self.pump(Duration::from_millis(100))?;
         }
+        for script in inject {
+            let done = self.call(
+                s,
+                "Runtime.evaluate",
+                json!({"expression": script, "returnByValue": true}),
+            )?;
+            if let Some(details) = done.get("exceptionDetails") {
+                bail!("an injected script failed: {details}");
+            }
+        }
         let dom = self.call(
             s,
             "Runtime.evaluate",
@@ -178,8 +230,11 @@ impl Chromium {
         let probe = self.call(
             s,
             "Runtime.evaluate",
-            json!({"expression": probe, "returnByValue": true}),
+            json!({"expression": probe, "returnByValue": true, "awaitPromise": true}),
         )?;
+        if let Some(details) = probe.get("exceptionDetails") {
+            bail!("the probe failed: {details}");
+        }
         let shot = self.call(s, "Page.captureScreenshot", json!({"format": "png"}))?;
         let png = base64::engine::general_purpose::STANDARD
             .decode(shot["data"].as_str().context("screenshot data")?)

@@ -264,6 +264,64 @@ impl JupyterHub {
         );
     }
 
+    /// A new API token of user `name`, made with the admin's `tokens`
+    /// scope; `scopes` limits it (`None`: the user's own permissions).
+    pub fn create_token(&self, name: &str, scopes: Option<&[&str]>) -> anyhow::Result<String> {
+        let mut body = serde_json::json!({"note": "hubwatch journey test", "expires_in": 3600});
+        if let Some(scopes) = scopes {
+            body["scopes"] = serde_json::json!(scopes);
+        }
+        let (status, text) = self.request(
+            "POST",
+            &format!("/hub/api/users/{name}/tokens"),
+            ADMIN_TOKEN,
+            Some(body),
+        )?;
+        ensure!(
+            status == 201 || status == 200,
+            "token for {name}: {status} {text}"
+        );
+        let value: serde_json::Value = serde_json::from_str(&text)?;
+        value
+            .get("token")
+            .and_then(|t| t.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("no token in {text}"))
+    }
+
+    /// Writes a kernelspec `name` into user `user`'s home (where the
+    /// single-user server looks), running this venv's ipykernel with
+    /// `exec_lines` run at start (e.g. to patch `print`).
+    pub fn add_user_kernelspec(
+        &self,
+        user: &str,
+        name: &str,
+        exec_lines: &[&str],
+    ) -> anyhow::Result<()> {
+        let dir = self
+            .dir()
+            .join("home")
+            .join(user)
+            .join(".local/share/jupyter/kernels")
+            .join(name);
+        std::fs::create_dir_all(&dir)?;
+        let mut argv = vec![
+            venv().join("bin/python").display().to_string(),
+            "-m".to_string(),
+            "ipykernel_launcher".to_string(),
+            "-f".to_string(),
+            "{connection_file}".to_string(),
+        ];
+        argv.extend(
+            exec_lines
+                .iter()
+                .map(|l| format!("--IPKernelApp.exec_lines={l}")),
+        );
+        let spec = serde_json::json!({"argv": argv, "display_name": name, "language": "python"});
+        std::fs::write(dir.join("kernel.json"), spec.to_string())?;
+        Ok(())
+    }
+
     /// The user model as the admin sees it.
     pub fn user(&self, name: &str) -> anyhow::Result<serde_json::Value> {
         let (status, body) = self.get(&format!("/hub/api/users/{name}"), ADMIN_TOKEN)?;

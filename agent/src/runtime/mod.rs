@@ -138,7 +138,15 @@ pub async fn run(
             });
         }
     };
-    let sources = build_sources(&cfg, &metrics, &privacy)?;
+    let mut sources = build_sources(&cfg, &metrics, &privacy)?;
+    // Journeys run as their own tasks (they last minutes); their results
+    // reach the batches through a source each.
+    let (journey_sources, journey_tasks) = crate::sources::journey::start(&cfg, &privacy, &metrics)
+        .map_err(|e| AgentError::Source {
+            name: "journey",
+            source: SourceError::Read(e.to_string()),
+        })?;
+    sources.extend(journey_sources);
 
     let (drain_tx, drain_rx) = watch::channel(None);
     let (telemetry_stop_tx, telemetry_stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -181,6 +189,10 @@ pub async fn run(
     }
 
     tracing::info!("shutting down: collection stopped, delivering what is pending");
+    // A journey cut short leaves its server to the next run's cleanup.
+    for task in journey_tasks {
+        task.abort();
+    }
     // One last chance for memory-held batches to reach the disk.
     if outbox.memory_held().0 > 0 {
         collector.store(Vec::new()).await?;

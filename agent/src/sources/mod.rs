@@ -15,6 +15,7 @@ use hubwatch_shared::wire::{FailureKind, HealthCheck, Record};
 
 pub mod fetch;
 pub mod host;
+pub mod journey;
 pub mod jupyterhub;
 pub mod probe;
 pub mod prometheus;

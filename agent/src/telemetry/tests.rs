@@ -18,6 +18,8 @@ fn every_agent_metric_is_registered_and_build_info_is_one() {
     m.version_refusals.with_label_values(&["1"]);
     m.metrics_lines_skipped
         .with_label_values(&["jupyterhub:prod"]);
+    m.journey_runs.with_label_values(&["prod", "ok"]);
+    m.journey_running.with_label_values(&["prod"]);
     let text = m.render();
     for def in ALL.iter().filter(|d| d.exporter == Exporter::Agent) {
         assert!(

@@ -731,6 +731,7 @@ pub fn run(settings: &Settings) -> Result<()> {
     };
     cfg.members = (0..b.members)
         .map(|m| MemberConfig {
+            status_page: hubwatch_shared::config::status_page::PUBLIC.into(),
             id: format!("campus-{m}"),
             name: format!("Campus {m}"),
             tier: "member".to_string(),

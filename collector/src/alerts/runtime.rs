@@ -195,7 +195,7 @@ async fn build_alerting(ctx: BuildContext) -> Result<Built, AlertingSetupError> 
             probe_loop(
                 prober,
                 a.outside_probe_interval,
-                fleet,
+                fleet.clone(),
                 observers,
                 clock,
                 metrics,
@@ -217,6 +217,7 @@ async fn build_alerting(ctx: BuildContext) -> Result<Built, AlertingSetupError> 
         routes: vec![route, hubs_route],
         tasks,
         stages: vec![Box::new(stage)],
+        fleet: Some(fleet),
         ..Built::default()
     })
 }

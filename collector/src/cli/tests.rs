@@ -42,12 +42,59 @@ fn parses_every_subcommand_as_documented() {
         &["serve", "--config", "c.toml"][..],
         &["check-config", "--config", "c.toml", "--log-level", "debug"],
         &["token", "revoke", "--config", "c.toml", "--agent", "a1"],
+        &["incident", "list", "--config", "c.toml", "--member", "leap"],
+        &["incident", "show", "--config", "c.toml", "--id", "3"],
+        &[
+            "incident",
+            "open",
+            "--config",
+            "c.toml",
+            "--member",
+            "leap",
+            "--hub",
+            "prod",
+            "--title",
+            "Down",
+            "--message",
+            "Looking",
+        ],
+        &[
+            "incident",
+            "update",
+            "--config",
+            "c.toml",
+            "--id",
+            "3",
+            "--state",
+            "identified",
+            "--message",
+            "Disk",
+        ],
+        &["incident", "resolve", "--config", "c.toml", "--id", "3"],
     ] {
         let mut argv = vec!["hubwatch-collector"];
         argv.extend_from_slice(args);
         Cli::try_parse_from(argv).unwrap();
     }
     assert!(Cli::try_parse_from(["hubwatch-collector", "serve"]).is_err());
+    // An id is a number; an update needs its state and message.
+    for args in [
+        &["incident", "show", "--config", "c.toml", "--id", "x"][..],
+        &[
+            "incident",
+            "update",
+            "--config",
+            "c.toml",
+            "--id",
+            "3",
+            "--message",
+            "m",
+        ],
+    ] {
+        let mut argv = vec!["hubwatch-collector"];
+        argv.extend_from_slice(args);
+        assert!(Cli::try_parse_from(argv).is_err(), "{args:?}");
+    }
 }
 
 #[test]

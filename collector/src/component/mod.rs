@@ -126,6 +126,9 @@ pub struct BuildContext {
     pub alert_sources: Vec<Arc<dyn AlertSource>>,
     /// Outside-probe observers offered by the components built before this one.
     pub probe_observers: Vec<OutsideProbeObserver>,
+    /// The fleet board (hub status from every vantage point), once the
+    /// alerts component (which keeps it) has been built.
+    pub fleet: Option<Arc<crate::alerts::FleetSource>>,
     /// Every derivation stage's health (lag, expired batches): a component
     /// that runs a pipeline of its own publishes here, so the
     /// `DerivationBehind` alert covers its stages too.
@@ -170,6 +173,9 @@ pub struct Built {
     pub alert_sources: Vec<Arc<dyn AlertSource>>,
     /// Observers of the collector's outside probes, for components built after it.
     pub probe_observers: Vec<OutsideProbeObserver>,
+    /// The fleet board, offered to components built after it (the alerts
+    /// component offers it; the status pages read it).
+    pub fleet: Option<Arc<crate::alerts::FleetSource>>,
     /// Derivation stages over the raw batch log; the collector runs every
     /// component's stages in one pipeline (`crate::pipeline`).
     pub stages: Vec<Box<dyn crate::pipeline::Stage>>,
@@ -203,13 +209,20 @@ pub type Handler = Arc<
 pub struct Route {
     /// The method served.
     pub method: Method,
-    /// The exact path (no patterns, no trailing-slash folding); with
-    /// `prefix`, the path up to and including its last `/`.
+    /// The exact path (no trailing-slash folding); with `prefix`, the path
+    /// up to and including its last `/`. One segment may be `*`, matching
+    /// any one non-empty segment when no exact or prefix route does
+    /// (`/api/v1/incidents/*/updates`); the handler reads it from the
+    /// request's path.
     pub path: &'static str,
     /// Serve every path made of `path` and one more non-empty segment (no
     /// further `/`), e.g. `/api/v1/reports/2026-11` under `/api/v1/reports/`;
     /// an exact path always wins.
     pub prefix: bool,
+    /// With `prefix`: serve `path` followed by one *or more* non-empty
+    /// segments (`/status/leap`, `/status/leap/prod/badge.svg` under
+    /// `/status/`); a one-segment prefix route of a longer prefix wins.
+    pub tree: bool,
     /// Answers the request.
     pub handler: Handler,
     /// When set, every response on this path (also the router's 405) is
@@ -230,6 +243,7 @@ impl Route {
             handler: Arc::new(move |state, peer, request| Box::pin(handler(state, peer, request))),
             responses: None,
             prefix: false,
+            tree: false,
         }
     }
 
@@ -244,6 +258,20 @@ impl Route {
         Self {
             prefix: true,
             ..Self::new(method, prefix, handler)
+        }
+    }
+
+    /// `method` on every `prefix` + one or more segments (see
+    /// [`Route::tree`]), answered by `handler`, which reads the segments
+    /// from the request's path. `prefix` must end with `/`.
+    pub fn tree<F, Fut>(method: Method, prefix: &'static str, handler: F) -> Self
+    where
+        F: Fn(Arc<AppState>, Arc<PeerIdentity>, Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HttpResponse> + Send + 'static,
+    {
+        Self {
+            tree: true,
+            ..Self::under(method, prefix, handler)
         }
     }
 

@@ -301,6 +301,7 @@ async fn every_feature_of_serve_is_routed_and_drains_well_within_the_grace() {
         url: nowhere.clone(),
     }];
     cfg.members = vec![MemberConfig {
+        status_page: hubwatch_shared::config::status_page::PUBLIC.into(),
         id: "leap".into(),
         name: "LEAP".into(),
         tier: "premier".into(),

@@ -28,6 +28,7 @@ fn config() -> CollectorConfig {
         id: "leap".into(),
         name: String::new(),
         tier: "premier".into(),
+        status_page: "public".into(),
         hubs: vec![
             HubRef {
                 name: "prod".into(),
@@ -542,6 +543,7 @@ fn the_api_adds_lists_and_removes_windows_for_operators_only() -> anyhow::Result
         id: "other".into(),
         name: String::new(),
         tier: "member".into(),
+        status_page: "public".into(),
         hubs: Vec::new(),
     });
     cfg.server.listen = "127.0.0.1:0".parse()?;

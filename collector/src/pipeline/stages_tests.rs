@@ -129,6 +129,7 @@ fn config(dir: &std::path::Path) -> CollectorConfig {
             ..StorageConfig::default()
         },
         members: vec![MemberConfig {
+            status_page: hubwatch_shared::config::status_page::PUBLIC.into(),
             id: "leap".into(),
             name: String::new(),
             tier: "premier".into(),

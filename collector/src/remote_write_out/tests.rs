@@ -761,6 +761,7 @@ async fn a_dead_destination_runs_in_its_own_task_holds_retention_and_raises_deri
         shutdown,
         alert_sources: Vec::new(),
         probe_observers: Vec::new(),
+        fleet: None,
         pipeline_status: Arc::clone(&status),
         maintenance: crate::maintenance::Calendar::new(),
     };
@@ -1098,6 +1099,7 @@ async fn without_a_destination_nothing_is_gathered() {
         shutdown,
         alert_sources: Vec::new(),
         probe_observers: Vec::new(),
+        fleet: None,
         pipeline_status: Arc::new(crate::pipeline::PipelineStatus::default()),
         maintenance: crate::maintenance::Calendar::new(),
     };

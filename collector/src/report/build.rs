@@ -82,6 +82,8 @@ pub struct ReportContext {
     pub sli: Arc<dyn SliStore>,
     /// Incident history.
     pub incidents: Arc<dyn IncidentStore>,
+    /// Status incidents and their updates.
+    pub status_incidents: Arc<dyn crate::incidents::StatusIncidentStore>,
     /// Frozen reports.
     pub snapshots: Arc<dyn SnapshotStore>,
     /// Maintenance windows (their excluded minutes leave the SLO rows).
@@ -109,6 +111,7 @@ impl ReportContext {
             usage: Arc::new(SqliteUsage::new(store.clone())),
             sli: Arc::new(SqliteSli::new(store.clone())),
             incidents: Arc::new(SqliteAlertStateStore::new(store.clone())),
+            status_incidents: Arc::new(crate::incidents::SqliteStatusIncidents::new(store.clone())),
             snapshots: Arc::new(SqliteSnapshots::new(store.clone())),
             maintenance: Arc::new(crate::maintenance::SqliteMaintenance::new(store.clone())),
         })
@@ -437,6 +440,9 @@ fn month(ctx: &ReportContext, period: Period, now_ms: i64) -> Result<Month, Repo
 struct MemberParts {
     slo: Vec<super::slo::Attainment>,
     incidents: Vec<super::incidents::IncidentLine>,
+    status_incidents: Vec<super::model::StatusIncidentRow>,
+    /// The member of each of `status_incidents`.
+    status_members: Vec<String>,
     prev_view: PeriodView,
     prev_usage: BTreeMap<String, MemberUsage>,
     /// Idle ms per (member, hub).
@@ -476,6 +482,10 @@ fn member_parts(
 ) -> Result<MemberParts, ReportError> {
     let (from, to) = (period.start_ms(), period.end_ms());
     let prev = period.prev();
+    let (status_members, status_incidents) =
+        super::incidents::status_incidents(&*ctx.status_incidents, from, to, member)?
+            .into_iter()
+            .unzip();
     Ok(MemberParts {
         slo: super::slo::attainment_with_maintenance(
             &*ctx.sli,
@@ -486,6 +496,8 @@ fn member_parts(
             &ctx.maintenance.windows(member, from, to)?,
         )?,
         incidents: super::incidents::incidents(&*ctx.incidents, from, to, member, now_ms)?,
+        status_incidents,
+        status_members,
         prev_view: period_view(&*ctx.cost, &*ctx.usage, &ctx.model, prev, now_ms)?,
         prev_usage: read_usage(ctx, prev, member)?,
         idle: idle_by_hub(ctx, period, member)?,
@@ -601,6 +613,13 @@ fn live_member(
             duration_seconds: l.duration_ms / 1000,
             in_period_seconds: l.in_period_ms / 1000,
         })
+        .collect();
+    let status_incidents = parts
+        .status_members
+        .iter()
+        .zip(&parts.status_incidents)
+        .filter(|(m, _)| **m == info.id)
+        .map(|(_, row)| row.clone())
         .collect();
 
     let mut cost = CostSection::default();
@@ -720,6 +739,7 @@ fn live_member(
         server_hours_per_active_user,
         slo,
         incidents,
+        status_incidents,
         cost,
         change,
         guidance,

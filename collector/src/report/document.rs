@@ -204,6 +204,54 @@ pub fn member(r: &MemberReport) -> Vec<Block> {
                 .collect(),
         ));
     }
+    out.push(Block::Heading(2, "Status incidents".into()));
+    if r.status_incidents.is_empty() {
+        out.push(Block::Para("No status incident this month.".into()));
+    } else {
+        out.push(Block::Table(
+            ["#", "Hub", "Title", "State", "Start", "End", "Alerts"]
+                .map(String::from)
+                .to_vec(),
+            r.status_incidents
+                .iter()
+                .map(|i| {
+                    vec![
+                        i.id.to_string(),
+                        i.hub.clone(),
+                        i.title.clone(),
+                        i.state.clone(),
+                        i.start.clone(),
+                        i.end.clone().unwrap_or_else(|| "open".into()),
+                        if i.alerts.is_empty() {
+                            format!("opened by {}", i.opened_by)
+                        } else {
+                            i.alerts.join(", ")
+                        },
+                    ]
+                })
+                .collect(),
+        ));
+        out.push(Block::Heading(3, "Updates".into()));
+        out.push(Block::Table(
+            ["#", "Time", "State", "Message", "Author"]
+                .map(String::from)
+                .to_vec(),
+            r.status_incidents
+                .iter()
+                .flat_map(|i| {
+                    i.updates.iter().map(|u| {
+                        vec![
+                            i.id.to_string(),
+                            u.at.clone(),
+                            u.state.clone(),
+                            u.message.clone(),
+                            u.author.clone(),
+                        ]
+                    })
+                })
+                .collect(),
+        ));
+    }
     out.push(Block::Heading(2, "Cost".into()));
     let mut rows: Vec<Vec<String>> = r
         .cost

@@ -126,6 +126,43 @@ pub struct IncidentRow {
     pub in_period_seconds: i64,
 }
 
+/// One status incident of the month (the member-facing layer over the
+/// alerts: `crate::incidents`), with every update.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusIncidentRow {
+    /// Its id.
+    pub id: i64,
+    /// The hub.
+    pub hub: String,
+    /// One line for people.
+    pub title: String,
+    /// Its state when the report was built.
+    pub state: String,
+    /// Start, RFC 3339.
+    pub start: String,
+    /// Resolution, RFC 3339; `None` while not resolved.
+    pub end: Option<String>,
+    /// `alert` or `operator`.
+    pub opened_by: String,
+    /// The alerts folded into it.
+    pub alerts: Vec<String>,
+    /// Every update, oldest first.
+    pub updates: Vec<StatusUpdateRow>,
+}
+
+/// One update of a status incident.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusUpdateRow {
+    /// When, RFC 3339.
+    pub at: String,
+    /// The state it moved the incident to.
+    pub state: String,
+    /// What people were told.
+    pub message: String,
+    /// Who wrote it (`hubwatch` for automatic updates).
+    pub author: String,
+}
+
 /// One cost line the member shares.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberCostLine {
@@ -228,6 +265,10 @@ pub struct MemberReport {
     pub slo: Vec<SloLine>,
     /// Alerts that fired, by start.
     pub incidents: Vec<IncidentRow>,
+    /// Status incidents overlapping the month, by start (absent from
+    /// reports frozen before they existed: read as none).
+    #[serde(default)]
+    pub status_incidents: Vec<StatusIncidentRow>,
     /// The member's cost.
     pub cost: CostSection,
     /// Against the previous month.

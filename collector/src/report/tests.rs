@@ -183,6 +183,22 @@ fn month_store(dir: &std::path::Path) -> (CollectorConfig, Store, ReportContext)
             &[],
         )
         .expect("incident");
+    // The status incident the firing opens, and an operator's update.
+    let status = crate::incidents::SqliteStatusIncidents::new(store.clone());
+    use crate::incidents::StatusIncidentStore;
+    status.fold_alerts(30 * 60_000, now()).expect("fold");
+    status
+        .add_update(
+            1,
+            &crate::incidents::NewUpdate {
+                state: crate::incidents::IncidentState::Identified,
+                message: "A full disk.".into(),
+                at_ms: at(5, 10) + 10 * 60_000,
+                author: "ana".into(),
+            },
+        )
+        .expect("update")
+        .expect("incident 1");
 
     let ctx = ReportContext::open(&cfg, &store).expect("context");
     let closed = close_due(&*ctx.cost, &*ctx.usage, &ctx.model, 48 * HOUR, now()).expect("close");
@@ -266,6 +282,32 @@ fn the_hand_computed_month_in_every_format() {
     assert_eq!(leap["incidents"][0]["end"], "2026-10-05T10:30:00Z");
     assert_eq!(leap["incidents"][0]["duration_seconds"], 1800);
     assert_eq!(leap["incidents"][0]["in_period_seconds"], 1800);
+    let status = &leap["status_incidents"][0];
+    assert_eq!(status["title"], "prod is down");
+    assert_eq!(status["state"], "resolved");
+    assert_eq!(status["start"], "2026-10-05T10:00:00Z");
+    assert_eq!(status["end"], "2026-10-05T10:30:00Z");
+    let updates: Vec<(&str, &str)> = status["updates"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|u| {
+                    (
+                        u["at"].as_str().unwrap_or(""),
+                        u["state"].as_str().unwrap_or(""),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        updates,
+        [
+            ("2026-10-05T10:00:00Z", "investigating"),
+            ("2026-10-05T10:10:00Z", "identified"),
+            ("2026-10-05T10:30:00Z", "resolved"),
+        ]
+    );
     let lines: Vec<(String, u64, u64)> = leap["cost"]["lines"]
         .as_array()
         .map(|a| {
@@ -428,6 +470,8 @@ fn the_hand_computed_month_in_every_format() {
         "Active users this month: 2. Server hours: 6.00. Server hours per active user: 3.00.",
         "| prod | availability | 99.900% | 99.000% | 1000.0% | 990 / 1000 |",
         "| HubDown | page | prod |  | 2026-10-05T10:00:00Z | 2026-10-05T10:30:00Z | 30.0 | 30.0 |",
+        "| 1 | prod | prod is down | resolved | 2026-10-05T10:00:00Z | 2026-10-05T10:30:00Z | HubDown |",
+        "| 1 | 2026-10-05T10:10:00Z | identified | A full disk. | ana |",
         "| shared-gke | cluster | by_use | 1000.000000 EUR | 459.558824 EUR |",
         "| operations | pool | even | 300.000000 EUR | 100.000000 EUR |",
         "| Total |  |  |  | 559.558824 EUR |",

@@ -50,7 +50,7 @@ use crate::telemetry::CollectorMetrics;
 pub use components::RETENTION_INTERVAL;
 pub use routes::HttpResponse;
 use routes::Router;
-pub(crate) use routes::{error, json, reader_member, unavailable};
+pub(crate) use routes::{auth_failure, error, json, log_auth_failure, reader_member, unavailable};
 
 pub mod components;
 mod ingest;
@@ -146,8 +146,10 @@ pub fn all_components() -> Vec<Box<dyn Component>> {
     components.push(Box::new(crate::federate::FederateComponent));
     components.push(Box::new(crate::cost::CostComponent));
     components.push(Box::new(crate::report::ReportsComponent));
+    components.push(Box::new(crate::incidents::IncidentsComponent));
     components.push(Box::new(crate::remote_write_out::RemoteWriteOutComponent));
     components.push(Box::new(crate::alerts::AlertsComponent));
+    components.push(Box::new(crate::status::StatusComponent));
     components
 }
 
@@ -245,6 +247,7 @@ impl Collector {
             shutdown: shutdown.clone(),
             alert_sources: vec![derivation_alerts],
             probe_observers: Vec::new(),
+            fleet: None,
             pipeline_status: Arc::clone(&pipeline_status),
             maintenance: crate::maintenance::Calendar::new(),
         };
@@ -260,6 +263,9 @@ impl Collector {
             stages.extend(built.stages);
             ctx.alert_sources.extend(built.alert_sources);
             ctx.probe_observers.extend(built.probe_observers);
+            if built.fleet.is_some() {
+                ctx.fleet = built.fleet;
+            }
         }
         let router = Arc::new(Router::new(routes)?);
         if !stages.is_empty() {

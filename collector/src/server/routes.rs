@@ -2,8 +2,10 @@
 //! `/metrics`, `/api/v1/agents`. Every error is a JSON `{"error": "..."}`.
 //!
 //! The [`Router`] is built from every component's routes: an exact-path
-//! lookup (else a prefix route's `prefix` + one segment), then the method; a known path with another method gets 405 with
-//! `Allow`, anything else 404 `no such endpoint`.
+//! lookup (else a prefix route's `prefix` + one segment, else a tree route's
+//! `prefix` + several segments, else a path with one `*` segment standing for
+//! any one non-empty segment), then the method; a known path with another
+//! method gets 405 with `Allow`, anything else 404 `no such endpoint`.
 
 use std::collections::HashMap;
 use std::fmt::Display;
@@ -37,6 +39,8 @@ struct PathRoutes {
     responses: Option<IntCounterVec>,
     /// Serves `path` + one segment, not `path` itself.
     prefix: bool,
+    /// With `prefix`: also `path` + more segments.
+    tree: bool,
 }
 
 impl Router {
@@ -71,6 +75,7 @@ impl Router {
                     HeaderValue::from_str(&allow).unwrap_or_else(|_| HeaderValue::from_static(""));
                 let responses = routes.iter().find_map(|r| r.responses.clone());
                 let prefix = routes.iter().any(|r| r.prefix);
+                let tree = routes.iter().any(|r| r.tree);
                 let methods = routes.into_iter().map(|r| (r.method, r.handler)).collect();
                 (
                     path,
@@ -79,6 +84,7 @@ impl Router {
                         allow,
                         responses,
                         prefix,
+                        tree,
                     },
                 )
             })
@@ -98,7 +104,34 @@ impl Router {
         }
         // The prefix is the path through its last '/'.
         let prefix = &path[..head.len() + 1];
-        self.paths.get(prefix).filter(|r| r.prefix)
+        if let Some(routes) = self.paths.get(prefix).filter(|r| r.prefix) {
+            return Some(routes);
+        }
+        // A tree route: the longest registered prefix whose rest is made
+        // of non-empty segments.
+        let mut end = head.len();
+        while let Some(slash) = path[..end].rfind('/') {
+            let prefix = &path[..slash + 1];
+            let rest = &path[slash + 1..];
+            if let Some(routes) = self.paths.get(prefix).filter(|r| r.tree)
+                && !rest.split('/').any(str::is_empty)
+            {
+                return Some(routes);
+            }
+            end = slash;
+        }
+        // A path with one `*` segment (`/api/v1/incidents/*/updates`): tried
+        // only when nothing else matched, so exact paths are not slowed.
+        let segments: Vec<&str> = path.split('/').collect();
+        (1..segments.len())
+            .filter(|&i| !segments[i].is_empty())
+            .find_map(|i| {
+                let mut pattern = segments.clone();
+                pattern[i] = "*";
+                self.paths
+                    .get(pattern.join("/").as_str())
+                    .filter(|r| !r.prefix && !r.tree)
+            })
     }
 
     /// Routes one request: its handler, else 405 with `Allow` on a known
@@ -266,7 +299,7 @@ pub(crate) fn reader_member(
 
 /// Logs a refused credential: the reason and at most four hex characters of
 /// the token's hash, never the token.
-pub(super) fn log_auth_failure(error: &AuthError, bearer: Option<&str>, path: &str) {
+pub(crate) fn log_auth_failure(error: &AuthError, bearer: Option<&str>, path: &str) {
     let token_hash_prefix = bearer.map(auth::token_fingerprint);
     tracing::warn!(
         path,
@@ -279,7 +312,7 @@ pub(super) fn log_auth_failure(error: &AuthError, bearer: Option<&str>, path: &s
 
 /// The response to a refused credential: 401 with `WWW-Authenticate: Bearer`
 /// (counted by reason), or 403 when a certificate and a token disagree.
-pub(super) fn auth_failure(state: &AppState, e: &AuthError, detail: Option<&str>) -> HttpResponse {
+pub(crate) fn auth_failure(state: &AppState, e: &AuthError, detail: Option<&str>) -> HttpResponse {
     let message = detail.map_or_else(|| e.to_string(), str::to_string);
     match e.failure_reason() {
         Some(reason) => {

@@ -356,6 +356,7 @@ impl Component for SloComponent {
                     "slo.gauges",
                     handle.run_gauges(ctx.metrics, ctx.shutdown),
                 )],
+                ..Built::default()
             })
         })
     }

@@ -262,6 +262,7 @@ impl Scenario {
     pub fn config(&self, base: &CollectorConfig) -> CollectorConfig {
         let mut cfg = base.clone();
         cfg.members = vec![MemberConfig {
+            status_page: hubwatch_shared::config::status_page::PUBLIC.into(),
             id: SCENARIO_MEMBER.into(),
             name: self.name.clone(),
             tier: self.tier.clone(),

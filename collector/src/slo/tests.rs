@@ -26,6 +26,7 @@ fn config(dir: &Path) -> CollectorConfig {
     };
     cfg.members = vec![
         MemberConfig {
+            status_page: hubwatch_shared::config::status_page::PUBLIC.into(),
             id: "leap".into(),
             name: "LEAP".into(),
             tier: "premier".into(),
@@ -35,6 +36,7 @@ fn config(dir: &Path) -> CollectorConfig {
             }],
         },
         MemberConfig {
+            status_page: hubwatch_shared::config::status_page::PUBLIC.into(),
             id: "small".into(),
             name: "Small".into(),
             tier: "starter".into(),

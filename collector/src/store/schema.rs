@@ -478,6 +478,55 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (member, hub)
     ) WITHOUT ROWID;
     ",
+    // Status pages: the collector's secret that signs private pages' links
+    // (HMAC-SHA256), created once on first use (`status::link`).
+    "
+    CREATE TABLE status_link_key (
+        id  INTEGER PRIMARY KEY CHECK (id = 1),
+        key BLOB    NOT NULL
+    );
+    ",
+    // status incidents (issue 12): the member-facing incidents opened from
+    // alerts or by operators, their updates, and which alert firings each holds.
+    "
+    -- One status incident per hub outage (flaps within [status]
+    -- incident_merge_window folded in). state is the latest update's state;
+    -- ended_at_ms is set while it is resolved.
+    CREATE TABLE status_incidents (
+        id                     INTEGER PRIMARY KEY AUTOINCREMENT,
+        member                 TEXT    NOT NULL,
+        hub                    TEXT    NOT NULL,
+        title                  TEXT    NOT NULL,
+        state                  TEXT    NOT NULL,
+        started_at_ms          INTEGER NOT NULL,
+        ended_at_ms            INTEGER,
+        last_alert_resolved_ms INTEGER,  -- the newest resolution of its alerts, for the merge window
+        opened_by              TEXT    NOT NULL  -- 'alert' or 'operator'
+    );
+    CREATE INDEX status_incidents_by_hub ON status_incidents (member, hub, started_at_ms);
+    CREATE INDEX status_incidents_by_start ON status_incidents (started_at_ms);
+    -- Every update, automatic or by an operator, in the order written.
+    CREATE TABLE status_incident_updates (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        incident_id INTEGER NOT NULL,
+        at_ms       INTEGER NOT NULL,
+        state       TEXT    NOT NULL,
+        message     TEXT    NOT NULL,
+        author      TEXT    NOT NULL  -- 'hubwatch' for automatic updates
+    );
+    CREATE INDEX status_incident_updates_by_incident ON status_incident_updates (incident_id, id);
+    -- Each alert firing (an alert_incidents key) folded into an incident,
+    -- once: the key is what makes the fold idempotent across restarts.
+    CREATE TABLE status_incident_alerts (
+        fingerprint    TEXT    NOT NULL,
+        starts_at_ms   INTEGER NOT NULL,
+        incident_id    INTEGER NOT NULL,
+        alertname      TEXT    NOT NULL,
+        resolved_at_ms INTEGER,
+        PRIMARY KEY (fingerprint, starts_at_ms)
+    ) WITHOUT ROWID;
+    CREATE INDEX status_incident_alerts_by_incident ON status_incident_alerts (incident_id);
+    ",
     // n: maintenance windows (collector/src/maintenance/), from the config and the API.
     "
     CREATE TABLE maintenance_windows (

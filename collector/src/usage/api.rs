@@ -87,7 +87,7 @@ pub struct UsageQuery {
 }
 
 /// `%XX` and `+` decoding of one query component.
-fn decode(parameter: &str, raw: &str) -> Result<String, QueryError> {
+pub(crate) fn decode(parameter: &str, raw: &str) -> Result<String, QueryError> {
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -110,7 +110,7 @@ fn decode(parameter: &str, raw: &str) -> Result<String, QueryError> {
     String::from_utf8(out).map_err(|_| invalid(parameter, "not UTF-8"))
 }
 
-fn parse_time(parameter: &str, value: &str) -> Result<i64, QueryError> {
+pub(crate) fn parse_time(parameter: &str, value: &str) -> Result<i64, QueryError> {
     let at = time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
         .map_err(|e| invalid(parameter, format!("not an RFC 3339 time ({e})")))?;
     i64::try_from(at.unix_timestamp_nanos() / 1_000_000)

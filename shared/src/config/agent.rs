@@ -128,6 +128,82 @@ pub struct HubConfig {
     /// Users per page of `/hub/api/users` (JupyterHub caps it at 200).
     #[serde(default = "default_page_size")]
     pub page_size: u32,
+    /// `[hubs.journey]`: the synthetic user journey (off by default).
+    #[serde(default)]
+    pub journey: JourneyConfig,
+}
+
+/// `[hubs.journey]`: a dedicated test user logs in, spawns a server, runs
+/// code in a kernel and stops it again, every phase timed (`docs/journey.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JourneyConfig {
+    /// Run the journey every `interval`.
+    pub enabled: bool,
+    /// File holding the test user's own API token; required when enabled.
+    pub token_file: Option<PathBuf>,
+    /// Time between journeys (each wait jittered by ±10 %).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// The named server the journey uses, where named servers are used.
+    pub server_name: String,
+    /// Whether to use the named server `server_name` or the default server.
+    pub named_server: NamedServer,
+    /// Sent as the spawn request's body (a profile choice, say).
+    pub user_options: serde_json::Map<String, serde_json::Value>,
+    /// The kernelspec to start; empty: the server's default.
+    pub kernel: String,
+    /// Extra code that must run without error (`import numpy`, say).
+    pub code: Option<String>,
+    /// Bound of the login phase.
+    #[serde(with = "humantime_serde")]
+    pub login_timeout: Duration,
+    /// Bound of the spawn phase (request to ready).
+    #[serde(with = "humantime_serde")]
+    pub spawn_timeout: Duration,
+    /// Bound of the kernel phase.
+    #[serde(with = "humantime_serde")]
+    pub kernel_timeout: Duration,
+    /// Bound of the execute phase.
+    #[serde(with = "humantime_serde")]
+    pub execute_timeout: Duration,
+    /// Bound of the stop phase, and of stopping a leftover server in cleanup.
+    #[serde(with = "humantime_serde")]
+    pub stop_timeout: Duration,
+}
+
+impl Default for JourneyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            token_file: None,
+            interval: Duration::from_secs(30 * 60),
+            server_name: "hubwatch-journey".to_string(),
+            named_server: NamedServer::Auto,
+            user_options: serde_json::Map::new(),
+            kernel: String::new(),
+            code: None,
+            login_timeout: Duration::from_secs(30),
+            spawn_timeout: Duration::from_secs(300),
+            kernel_timeout: Duration::from_secs(60),
+            execute_timeout: Duration::from_secs(60),
+            stop_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// `hubs[].journey.named_server`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NamedServer {
+    /// The named server where the hub allows named servers (it answers 400
+    /// to a named spawn when it does not), else the default server.
+    #[default]
+    Auto,
+    /// Always the named server.
+    Always,
+    /// Always the default server.
+    Never,
 }
 
 fn default_hub_timeout() -> Duration {
@@ -268,8 +344,64 @@ impl Validate for AgentConfig {
                     "must be between 1 and 200",
                 ));
             }
+            validate_journey(&format!("hubs[{i}].journey"), &h.journey)?;
         }
         validate_sources(self)?;
         Ok(())
     }
+}
+
+/// `[hubs.journey]` checks; `key` is `hubs[i].journey`.
+fn validate_journey(key: &str, j: &JourneyConfig) -> Result<(), ConfigError> {
+    if j.enabled && j.token_file.is_none() {
+        return Err(ConfigError::invalid(
+            format!("{key}.token_file"),
+            "required when the journey is enabled (the test user's own API token)",
+        ));
+    }
+    if j.interval < Duration::from_secs(1) {
+        return Err(ConfigError::invalid(
+            format!("{key}.interval"),
+            "must be at least 1s",
+        ));
+    }
+    // The name goes into a URL path: keep to what JupyterHub accepts there.
+    if j.server_name.is_empty()
+        || j.server_name.len() > 255
+        || !j
+            .server_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(ConfigError::invalid(
+            format!("{key}.server_name"),
+            "must be 1-255 characters of letters, digits, '-', '_' or '.'",
+        ));
+    }
+    if !j
+        .kernel
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(ConfigError::invalid(
+            format!("{key}.kernel"),
+            "must be a kernelspec name (letters, digits, '-', '_' or '.')",
+        ));
+    }
+    if j.code.as_deref().is_some_and(|c| c.trim().is_empty()) {
+        return Err(ConfigError::invalid(
+            format!("{key}.code"),
+            "must not be empty (leave it out instead)",
+        ));
+    }
+    for (name, value) in [
+        ("login_timeout", j.login_timeout),
+        ("spawn_timeout", j.spawn_timeout),
+        ("kernel_timeout", j.kernel_timeout),
+        ("execute_timeout", j.execute_timeout),
+        ("stop_timeout", j.stop_timeout),
+    ] {
+        check_positive(&format!("{key}.{name}"), value)?;
+    }
+    Ok(())
 }

@@ -39,6 +39,8 @@ pub struct CollectorConfig {
     pub metrics: MetricsConfig,
     /// `GET /federate` (`[federate]`).
     pub federate: FederateConfig,
+    /// The status pages (`[status]`).
+    pub status: StatusConfig,
     /// Planned maintenance windows (`[[maintenance]]`).
     pub maintenance: Vec<MaintenanceConfig>,
 }
@@ -61,8 +63,55 @@ impl Default for CollectorConfig {
             usage: UsageConfig::default(),
             metrics: MetricsConfig::default(),
             federate: FederateConfig::default(),
+            status: StatusConfig::default(),
             maintenance: Vec::new(),
         }
+    }
+}
+
+/// `[status]`: the member-facing status pages (`/status`) and status
+/// incidents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatusConfig {
+    /// How often the pages' daily figures are re-read from the SLI minutes
+    /// (today's every time, the older days every tenth time); a page is
+    /// rendered from memory, so its bars and percentages are at most this
+    /// late. The current state is live.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// Flaps of one hub are one status incident: an alert that fires within
+    /// this time of the previous incident's last alert resolving reopens
+    /// (extends) that incident instead of opening a new one.
+    #[serde(with = "humantime_serde")]
+    pub incident_merge_window: Duration,
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        Self {
+            refresh_interval: Duration::from_secs(30),
+            incident_merge_window: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+impl StatusConfig {
+    /// Checks the keys, naming the one that is wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.refresh_interval < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "status.refresh_interval",
+                "must be at least 1s (each refresh reads the SLI minutes of every hub)",
+            ));
+        }
+        if self.incident_merge_window > Duration::from_secs(7 * 24 * 3600) {
+            return Err(ConfigError::invalid(
+                "status.incident_merge_window",
+                "must be at most 7days (0s: every firing after a resolution is a new incident)",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -372,6 +421,31 @@ pub struct MemberConfig {
     /// The member's hubs.
     #[serde(default)]
     pub hubs: Vec<HubRef>,
+    /// `status_page`: `public` (default) or `private`. A private member's
+    /// status page and JSON need its read token or a signed link; the
+    /// network page lists it without detail.
+    #[serde(default = "default_status_page")]
+    pub status_page: String,
+}
+
+/// `members[].status_page` values.
+pub mod status_page {
+    /// Anyone may read the page.
+    pub const PUBLIC: &str = "public";
+    /// Only the member's token or a signed link.
+    pub const PRIVATE: &str = "private";
+}
+
+fn default_status_page() -> String {
+    status_page::PUBLIC.to_string()
+}
+
+impl MemberConfig {
+    /// Whether this member's status page is private (`status_page =
+    /// "private"`; validation refuses any value but the two).
+    pub fn status_page_private(&self) -> bool {
+        self.status_page == status_page::PRIVATE
+    }
 }
 
 /// `[[members.hubs]]`
@@ -462,6 +536,7 @@ impl Validate for CollectorConfig {
         self.alerting.validate()?;
         self.usage.validate()?;
         self.federate.validate()?;
+        self.status.validate()?;
         if self.federate.lookback > self.storage.raw_retention {
             return Err(ConfigError::invalid(
                 "federate.lookback",
@@ -506,6 +581,17 @@ impl Validate for CollectorConfig {
                         m.tier,
                         m.id,
                         self.tier_names().join(", ")
+                    ),
+                ));
+            }
+            if ![status_page::PUBLIC, status_page::PRIVATE].contains(&m.status_page.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("members[{i}].status_page"),
+                    format!(
+                        "{:?} is neither {:?} nor {:?}",
+                        m.status_page,
+                        status_page::PUBLIC,
+                        status_page::PRIVATE
                     ),
                 ));
             }

@@ -153,6 +153,106 @@ fn agent_example_matches_defaults() {
     assert_eq!(cfg, want, "deploy/agent.example.toml drifted");
 }
 
+// ---- [hubs.journey] ----
+
+fn with_hub(journey: &str) -> String {
+    format!(
+        "{AGENT_MIN}\n[[hubs]]\nname = \"lab\"\nurl = \"http://127.0.0.1:8000\"\n\n[hubs.journey]\n{journey}\n"
+    )
+}
+
+fn agent_error(toml: &str) -> (String, String) {
+    match load::<AgentConfig>(toml, &HashMap::new()) {
+        Err(ConfigError::Invalid { key, reason }) => (key, reason),
+        other => panic!("expected an invalid-key error, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_journey_is_off_by_default_with_the_documented_defaults() {
+    let cfg: AgentConfig = load(&with_hub(""), &HashMap::new()).expect("valid");
+    let j = &cfg.hubs[0].journey;
+    assert_eq!(j, &JourneyConfig::default());
+    assert!(!j.enabled);
+    assert_eq!(j.interval, Duration::from_secs(1800));
+    assert_eq!(j.server_name, "hubwatch-journey");
+    assert_eq!(j.named_server, NamedServer::Auto);
+    assert_eq!(
+        [
+            j.login_timeout,
+            j.spawn_timeout,
+            j.kernel_timeout,
+            j.execute_timeout,
+            j.stop_timeout
+        ],
+        [30, 300, 60, 60, 120].map(Duration::from_secs)
+    );
+}
+
+#[test]
+fn journey_keys_parse_and_errors_name_the_key() {
+    let cfg: AgentConfig = load(
+        &with_hub(
+            "enabled = true\ntoken_file = \"/t\"\nnamed_server = \"never\"\n\
+             user_options = { profile = \"small\", gpu = 1 }\nkernel = \"python3\"\n\
+             code = \"import numpy\"\nspawn_timeout = \"10m\"",
+        ),
+        &HashMap::new(),
+    )
+    .expect("valid");
+    let j = &cfg.hubs[0].journey;
+    assert_eq!(j.named_server, NamedServer::Never);
+    assert_eq!(
+        serde_json::Value::Object(j.user_options.clone()),
+        serde_json::json!({"profile": "small", "gpu": 1})
+    );
+    assert_eq!(j.spawn_timeout, Duration::from_secs(600));
+    assert_eq!(j.code.as_deref(), Some("import numpy"));
+
+    assert_eq!(
+        agent_error(&with_hub("enabled = true")).0,
+        "hubs[0].journey.token_file"
+    );
+    assert_eq!(
+        agent_error(&with_hub("server_name = \"a/b\"")).0,
+        "hubs[0].journey.server_name"
+    );
+    assert_eq!(
+        agent_error(&with_hub("kernel = \"py 3\"")).0,
+        "hubs[0].journey.kernel"
+    );
+    assert_eq!(
+        agent_error(&with_hub("stop_timeout = \"0s\"")).0,
+        "hubs[0].journey.stop_timeout"
+    );
+    assert!(load::<AgentConfig>(&with_hub("colour = 1"), &HashMap::new()).is_err());
+    assert!(load::<AgentConfig>(&with_hub("named_server = \"maybe\""), &HashMap::new()).is_err());
+}
+
+#[test]
+fn the_commented_journey_example_is_the_defaults() {
+    let text = example("agent.example.toml");
+    let block: Vec<&str> = text
+        .lines()
+        .skip_while(|l| *l != "# [hubs.journey]")
+        .skip(1)
+        .take_while(|l| l.starts_with("# ") && !l.starts_with("# ["))
+        .map(|l| l.trim_start_matches("# "))
+        .collect();
+    assert!(block.len() > 10, "no [hubs.journey] block in the example");
+    let cfg: AgentConfig = load(&with_hub(&block.join("\n")), &HashMap::new()).expect("valid");
+    let mut want = JourneyConfig {
+        token_file: Some("/etc/hubwatch/journey-token".into()),
+        code: Some("import numpy".into()),
+        ..JourneyConfig::default()
+    };
+    want.enabled = false;
+    assert_eq!(
+        cfg.hubs[0].journey, want,
+        "the [hubs.journey] example drifted"
+    );
+}
+
 // ---- [[tiers]] ----
 
 fn tier_error(toml: &str) -> (String, String) {
@@ -382,6 +482,19 @@ fn sli_retention_must_cover_every_tier_window() {
     let err = load::<CollectorConfig>("[storage]\nsli_retention = \"10days\"", &HashMap::new())
         .expect_err("10 days is shorter than the 30-day tier windows");
     assert!(err.to_string().contains("storage.sli_retention"), "{err}");
+}
+
+#[test]
+fn a_status_page_is_public_unless_made_private_and_a_bad_value_names_its_key() {
+    let member = |extra: &str| format!("[[members]]\nid = \"leap\"\ntier = \"premier\"\n{extra}");
+    let cfg: CollectorConfig = load(&member(""), &HashMap::new()).expect("valid");
+    assert!(!cfg.members[0].status_page_private());
+    let cfg: CollectorConfig =
+        load(&member("status_page = \"private\"\n"), &HashMap::new()).expect("valid");
+    assert!(cfg.members[0].status_page_private());
+    let err = load::<CollectorConfig>(&member("status_page = \"secret\"\n"), &HashMap::new())
+        .expect_err("only public or private");
+    assert!(err.to_string().contains("members[0].status_page"), "{err}");
 }
 
 // ---- cost model: [[clusters]], [[costs]], [[cost_pools]] ----
@@ -857,6 +970,30 @@ fn remote_write_examples_are_valid() {
         files, 4,
         "mimir, thanos, victoriametrics single and cluster"
     );
+}
+
+#[test]
+fn status_merge_window_is_validated_naming_the_key() {
+    let parse = |toml: &str| -> Result<CollectorConfig, String> {
+        load::<CollectorConfig>(toml, &HashMap::new()).map_err(|e| e.to_string())
+    };
+    assert_eq!(
+        CollectorConfig::default().status.incident_merge_window,
+        Duration::from_secs(1800)
+    );
+    let ok = parse("[status]\nincident_merge_window = \"0s\"\n").expect("valid");
+    assert_eq!(ok.status.incident_merge_window, Duration::ZERO);
+    let env = HashMap::from([(
+        "HUBWATCH_STATUS__INCIDENT_MERGE_WINDOW".to_string(),
+        "5m".to_string(),
+    )]);
+    let from_env: CollectorConfig = load("", &env).expect("valid");
+    assert_eq!(
+        from_env.status.incident_merge_window,
+        Duration::from_secs(300)
+    );
+    let err = parse("[status]\nincident_merge_window = \"8days\"\n").expect_err("too long");
+    assert!(err.contains("status.incident_merge_window"), "{err}");
 }
 
 // ---- [[maintenance]] ----

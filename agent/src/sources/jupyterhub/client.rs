@@ -24,16 +24,17 @@ pub type HubHttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 /// Builds a pooled client for `url`'s scheme: the webpki roots for
 /// `https://`, none for plain HTTP (they cost memory and are not needed).
 pub fn build_client(url: &str) -> Result<HubHttpClient, String> {
-    let mut roots = RootCertStore::empty();
-    if url.starts_with("https://") {
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    build_client_with(url)
+}
+
+/// [`build_client`] for requests with a body of type `B` (the journey's
+/// POSTs and DELETEs).
+pub fn build_client_with<B>(url: &str) -> Result<Client<HttpsConnector<HttpConnector>, B>, String>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+{
+    let tls = tls_config(url)?;
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
@@ -45,6 +46,21 @@ pub fn build_client(url: &str) -> Result<HubHttpClient, String> {
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(2)
         .build(connector))
+}
+
+/// The TLS setup of the hub clients: the webpki roots for `https://` (and
+/// `wss://`), none for plain HTTP (they cost memory and are not needed).
+pub fn tls_config(url: &str) -> Result<rustls::ClientConfig, String> {
+    let mut roots = RootCertStore::empty();
+    if url.starts_with("https://") || url.starts_with("wss://") {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// A response read whole.
@@ -156,7 +172,7 @@ pub async fn get(
 }
 
 /// Sorts a client error into the step that failed, by walking its causes.
-fn classify(error: &hyper_util::client::legacy::Error) -> (FailureKind, String) {
+pub(crate) fn classify(error: &hyper_util::client::legacy::Error) -> (FailureKind, String) {
     let mut chain = Vec::new();
     let mut kind = None;
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);

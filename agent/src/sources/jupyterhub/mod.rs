@@ -37,6 +37,7 @@ pub mod client;
 pub mod exposition;
 pub mod metrics;
 pub mod servers_file;
+pub mod test_identity;
 pub mod users;
 
 use self::client::{FetchError, Fetched, HubHttpClient};
@@ -86,6 +87,9 @@ pub struct JupyterHubSource {
     metrics_uri: Uri,
     users_url: String,
     token_file: Option<PathBuf>,
+    /// The journey's token: it names the test identity left out of usage.
+    journey_token_file: Option<PathBuf>,
+    user_uri: Uri,
     timeout: Duration,
     page_size: u32,
     client: HubHttpClient,
@@ -114,6 +118,8 @@ struct HubState {
     /// The failure reason of each part that failed last time, so a failure
     /// is logged when it starts or changes, not every interval.
     failing: HashMap<&'static str, String>,
+    /// The journey's test identity, once read (it does not change name).
+    test_user: Option<String>,
 }
 
 impl JupyterHubSource {
@@ -142,6 +148,8 @@ impl JupyterHubSource {
             source_name,
             hub: hub.name.clone(),
             token_file: hub.api_token_file.clone(),
+            journey_token_file: hub.journey.token_file.clone(),
+            user_uri: uri("/hub/api/user")?,
             timeout: hub.timeout.min(deadline_cap),
             page_size: hub.page_size.clamp(1, 200),
             privacy,
@@ -203,7 +211,7 @@ impl JupyterHubSource {
         let deadline = Instant::now() + self.timeout;
         let token = self.read_token().await;
         let token_ref = token.as_ref().ok().and_then(Option::as_deref);
-        let (health, metrics, users) = tokio::join!(
+        let (health, metrics, users, test_user) = tokio::join!(
             self.check_health(now, deadline),
             async {
                 match &token {
@@ -217,7 +225,36 @@ impl JupyterHubSource {
                     Err(reason) => Err(token_failure(reason)),
                 }
             },
+            async {
+                match &self.journey_token_file {
+                    Some(path) => Some(
+                        test_identity::read(
+                            &self.client,
+                            &self.user_uri,
+                            &self.users_url,
+                            path,
+                            token_ref,
+                            &self.privacy,
+                            deadline,
+                        )
+                        .await,
+                    ),
+                    None => None,
+                }
+            },
         );
+        // The test identity: read now, or as last read (its name does not
+        // change; only the active-users correction needs a fresh read).
+        let mut last_activity = None;
+        match test_user {
+            Some(Ok(identity)) => {
+                self.note("journey user", None, state);
+                last_activity = identity.last_activity_ms;
+                state.test_user = Some(identity.pseudonym);
+            }
+            Some(Err(reason)) => self.note("journey user", Some(&reason), state),
+            None => {}
+        }
 
         let mut records = Vec::new();
         let (health_check, version) = health;
@@ -229,7 +266,8 @@ impl JupyterHubSource {
 
         let metrics_target = self.metrics_uri.to_string();
         match metrics {
-            Ok((samples, answered)) => {
+            Ok((mut samples, answered)) => {
+                test_identity::adjust_active_users(&mut samples, last_activity, now);
                 self.note("metrics", None, state);
                 records.push(self.source_health(&metrics_target, Ok(answered), now));
                 records.extend(samples.into_iter().map(Record::Sample));
@@ -241,8 +279,12 @@ impl JupyterHubSource {
         }
 
         match users {
-            Ok(listing) => {
+            Ok(mut listing) => {
                 self.note("users", listing.warning.as_deref(), state);
+                if let Some(pseudonym) = &state.test_user {
+                    listing.users =
+                        test_identity::exclude(listing.users, &mut listing.servers, pseudonym);
+                }
                 let totals = ListingTotals::of(listing.users, &listing.servers);
                 for (name, value) in [
                     ("hub_api_users_listed", totals.users),

@@ -211,6 +211,7 @@ fn source(url: &str, page_size: u32, timeout: Duration) -> Setup {
         timeout,
         probe: false,
         page_size,
+        journey: Default::default(),
     };
     let registry = prometheus::Registry::new();
     let vec = hubwatch_shared::metrics::AGENT_METRICS_LINES_SKIPPED.counter_vec(&registry);

@@ -147,6 +147,7 @@ async fn hubs_are_probed_at_hub_health_unless_turned_off() {
         timeout: Duration::from_secs(30),
         probe,
         page_size: 200,
+        journey: Default::default(),
     };
     cfg.hubs.push(hub("prod", true));
     cfg.hubs.push(hub("staging", false));

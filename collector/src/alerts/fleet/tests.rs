@@ -33,6 +33,7 @@ fn fixture() -> Fixture {
     let cfg = CollectorConfig {
         members: vec![
             MemberConfig {
+                status_page: hubwatch_shared::config::status_page::PUBLIC.into(),
                 id: "leap".into(),
                 name: String::new(),
                 tier: "premier".into(),
@@ -42,6 +43,7 @@ fn fixture() -> Fixture {
                 ],
             },
             MemberConfig {
+                status_page: hubwatch_shared::config::status_page::PUBLIC.into(),
                 id: "tiny".into(),
                 name: String::new(),
                 tier: "starter".into(),

@@ -23,6 +23,7 @@ fn config(dir: &std::path::Path) -> CollectorConfig {
     };
     for (id, tier, hub) in [("leap", "premier", "prod"), ("small", "starter", "hub")] {
         cfg.members.push(MemberConfig {
+            status_page: hubwatch_shared::config::status_page::PUBLIC.into(),
             id: id.into(),
             name: id.into(),
             tier: tier.into(),

@@ -35,6 +35,7 @@ fn config(dir: &Path) -> CollectorConfig {
             name: hub.into(),
             public_url: None,
         }],
+        status_page: hubwatch_shared::config::status_page::PUBLIC.into(),
     };
     CollectorConfig {
         storage: StorageConfig {

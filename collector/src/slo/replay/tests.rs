@@ -15,6 +15,7 @@ fn config(storage_path: &Path) -> CollectorConfig {
     let mut cfg = CollectorConfig::default();
     cfg.storage.path = storage_path.to_path_buf();
     cfg.members = vec![MemberConfig {
+        status_page: hubwatch_shared::config::status_page::PUBLIC.into(),
         id: "leap".into(),
         name: "LEAP".into(),
         tier: "premier".into(),

@@ -1,0 +1,488 @@
+//! Member-facing status pages (issue 12, first increment), served by the
+//! collector from the numbers the SLO engine already keeps:
+//!
+//! - `GET /status`: every configured member, its hubs' current state and
+//!   30/90-day uptime; a private member is listed without detail.
+//! - `GET /status/{member}`: each hub as a component: current state
+//!   (operational, degraded, outage, or no data) with the evidence from each
+//!   vantage point (the member's agent, the collector's outside probe: up or
+//!   down since when), uptime over 7/30/90 days, the tier's availability
+//!   objective, the current month's attainment, and a 90-day daily bar.
+//! - `GET /status/{member}/{hub}/badge.svg?kind=status|uptime30`: badges.
+//! - `GET /api/v1/status[?member=]`: the same numbers as JSON.
+//!
+//! Figures follow one rule ([`accounting`]): the availability SLI minutes,
+//! summed by the monthly report's own function; a minute without data is
+//! never up. They come from a [`accounting::DayLedger`] in memory, re-read by
+//! the `status.refresh` task every `status.refresh_interval`, so a render
+//! never reads the store; the current state is read live from the fleet
+//! board (the alerts component's [`crate::alerts::FleetSource`]).
+//!
+//! Privacy: a member with `status_page = "private"` needs its own read
+//! token (`Authorization: Bearer`; another member's token is 403) or a
+//! signed link ([`link`]: `?exp=&sig=`) for its page, badges and
+//! `?member=` JSON. Unlike the operator read endpoints, the loopback
+//! listener grants nothing here: status pages are usually published
+//! through a reverse proxy on loopback, which would otherwise open every
+//! private page.
+//!
+//! Later increments (incidents, maintenance, feeds) add sections to
+//! [`view::HubView`] and the pages; nothing is shown for them yet.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue, WWW_AUTHENTICATE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hubwatch_shared::config::CollectorConfig;
+use hyper::body::Incoming;
+
+use crate::alerts::FleetSource;
+use crate::auth::{self, PeerIdentity};
+use crate::clock::SharedClock;
+use crate::component::{BuildContext, Built, Component, ComponentError, Route, Shutdown, Task};
+use crate::server::{self, AppState, HttpResponse};
+use crate::slo::objectives::{HubObjectives, SloSettings};
+use crate::slo::store::SqliteSli;
+use crate::store::Store;
+
+pub mod accounting;
+pub mod badge;
+pub mod html;
+pub mod link;
+pub mod view;
+
+#[cfg(test)]
+mod tests;
+
+use accounting::DayLedger;
+use badge::BadgeKind;
+use link::LinkKey;
+use view::{Freshness, NetworkView};
+
+/// Every tenth refresh re-reads all 90 days (late data for closed days);
+/// the others only today and yesterday.
+const FULL_REFRESH_EVERY: u32 = 10;
+
+/// Content-Security-Policy of every page: nothing may be loaded from
+/// anywhere, the inline style and script excepted.
+const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; \
+                   img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// The status pages feature of `serve`; built after the alerts component,
+/// whose fleet board it reads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StatusComponent;
+
+impl Component for StatusComponent {
+    fn name(&self) -> &'static str {
+        "status"
+    }
+
+    fn build(
+        self: Box<Self>,
+        ctx: BuildContext,
+    ) -> BoxFuture<'static, Result<Built, ComponentError>> {
+        Box::pin(async move {
+            let hubs = SloSettings::from_config(&ctx.config)
+                .map_err(|e| ComponentError::config("status", e))?
+                .hubs;
+            let (store, clock, read_hubs) = (ctx.store.clone(), ctx.clock.clone(), hubs.clone());
+            let (ledger, key) = tokio::task::spawn_blocking(move || {
+                let ledger = DayLedger::read(
+                    &SqliteSli::new(store.clone()),
+                    &read_hubs,
+                    clock.now_ms(),
+                    None,
+                )?;
+                Ok::<_, crate::store::StoreError>((ledger, LinkKey::load_or_create(&store)?))
+            })
+            .await
+            .map_err(|e| ComponentError::failed("status", TaskError(e.to_string())))?
+            .map_err(|e| ComponentError::failed("status", e))?;
+            let pages = Arc::new(Pages {
+                freshness: Freshness::from_config(&ctx.config),
+                config: ctx.config.clone(),
+                ledger: RwLock::new(Arc::new(ledger)),
+                fleet: ctx.fleet.clone(),
+                key,
+                clock: ctx.clock.clone(),
+            });
+            let routes = vec![
+                {
+                    let pages = pages.clone();
+                    Route::new(Method::GET, "/status", move |_state, _peer, _request| {
+                        let pages = pages.clone();
+                        async move { pages.network_page() }
+                    })
+                },
+                {
+                    let pages = pages.clone();
+                    Route::tree(Method::GET, "/status/", move |state, peer, request| {
+                        let pages = pages.clone();
+                        async move { pages.under_status(&state, &peer, &request) }
+                    })
+                },
+                {
+                    let pages = pages.clone();
+                    Route::new(
+                        Method::GET,
+                        "/api/v1/status",
+                        move |state, peer, request| {
+                            let pages = pages.clone();
+                            async move { pages.api(&state, &peer, &request) }
+                        },
+                    )
+                },
+            ];
+            let task = Task::new(
+                "status.refresh",
+                refresh_loop(
+                    pages,
+                    ctx.store.clone(),
+                    hubs,
+                    ctx.config.status.refresh_interval,
+                    ctx.shutdown.clone(),
+                ),
+            );
+            Ok(Built {
+                routes,
+                tasks: vec![task],
+                ..Built::default()
+            })
+        })
+    }
+}
+
+/// A blocking task that did not finish.
+#[derive(Debug, thiserror::Error)]
+#[error("status setup task failed: {0}")]
+struct TaskError(String);
+
+/// What the routes share.
+pub struct Pages {
+    config: Arc<CollectorConfig>,
+    ledger: RwLock<Arc<DayLedger>>,
+    fleet: Option<Arc<FleetSource>>,
+    freshness: Freshness,
+    key: LinkKey,
+    clock: SharedClock,
+}
+
+impl std::fmt::Debug for Pages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pages").finish_non_exhaustive()
+    }
+}
+
+/// The query parameters the pages read (others are ignored, so tracking
+/// parameters a link picked up do not break it).
+#[derive(Debug, Default)]
+struct Query<'a>(HashMap<&'a str, &'a str>);
+
+impl<'a> Query<'a> {
+    fn parse(query: Option<&'a str>) -> Self {
+        Self(
+            query
+                .unwrap_or("")
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| p.split_once('=').unwrap_or((p, "")))
+                .collect(),
+        )
+    }
+
+    fn get(&self, name: &str) -> Option<&'a str> {
+        self.0.get(name).copied()
+    }
+}
+
+impl Pages {
+    /// The pages' shared state, for tests and benches: `ledger` as the
+    /// figures, `fleet` as the board.
+    pub fn new(
+        config: Arc<CollectorConfig>,
+        ledger: DayLedger,
+        fleet: Option<Arc<FleetSource>>,
+        key: LinkKey,
+        clock: SharedClock,
+    ) -> Self {
+        Self {
+            freshness: Freshness::from_config(&config),
+            config,
+            ledger: RwLock::new(Arc::new(ledger)),
+            fleet,
+            key,
+            clock,
+        }
+    }
+
+    fn ledger(&self) -> Arc<DayLedger> {
+        self.ledger
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_ledger(&self, ledger: DayLedger) {
+        *self.ledger.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ledger);
+    }
+
+    /// The view of every member (only `only`, when given), a private
+    /// member's detail only when `visible` says so.
+    pub fn view(&self, only: Option<&str>, visible: &dyn Fn(&str) -> bool) -> NetworkView {
+        let ledger = self.ledger();
+        let board = |member: &str, hub: &str| {
+            self.fleet
+                .as_ref()
+                .and_then(|fleet| fleet.hub_status(member, hub))
+        };
+        view::network_view(
+            &self.config,
+            &ledger,
+            &board,
+            self.freshness,
+            self.clock.now_ms(),
+            only,
+            visible,
+        )
+    }
+
+    /// The network page's HTML: private members without detail, whoever asks.
+    pub fn network_html(&self) -> String {
+        html::network_page(&self.view(None, &|_| false))
+    }
+
+    /// `member`'s page with every detail (the caller checked access);
+    /// `None` for an unknown member.
+    pub fn member_html(&self, member: &str) -> Option<String> {
+        let view = self.view(Some(member), &|_| true);
+        view.members
+            .first()
+            .map(|member| html::member_page(&view, member))
+    }
+
+    /// The JSON of `GET /api/v1/status`: every member (private ones without
+    /// detail), or only `member` with every detail (the caller checked access).
+    pub fn json(&self, member: Option<&str>) -> String {
+        let view = self.view(member, &|_| member.is_some());
+        serde_json::to_string(&view).unwrap_or_else(|e| {
+            // Serializing plain data cannot fail; say so if it ever does.
+            format!("{{\"error\":\"serializing the status: {e}\"}}")
+        })
+    }
+
+    /// `GET /status`.
+    fn network_page(&self) -> HttpResponse {
+        page(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            self.network_html(),
+            false,
+        )
+    }
+
+    fn under_status(
+        &self,
+        state: &AppState,
+        peer: &PeerIdentity,
+        request: &Request<Incoming>,
+    ) -> HttpResponse {
+        let path = request.uri().path();
+        let rest = path.strip_prefix("/status/").unwrap_or_default();
+        let segments: Vec<&str> = rest.split('/').collect();
+        let query = Query::parse(request.uri().query());
+        let (member, hub) = match segments.as_slice() {
+            [member] => (*member, None),
+            [member, hub, "badge.svg"] => (*member, Some(*hub)),
+            _ => return server::error(StatusCode::NOT_FOUND, format!("no such page: {path}")),
+        };
+        let Some(private) = self.member_private(member) else {
+            return server::error(StatusCode::NOT_FOUND, format!("no such member: {member:?}"));
+        };
+        if private && let Err(response) = self.allow(state, peer, request, &query, member) {
+            return *response;
+        }
+        let view = self.view(Some(member), &|_| true);
+        let Some(member_view) = view.members.first() else {
+            return server::error(StatusCode::NOT_FOUND, format!("no such member: {member:?}"));
+        };
+        match hub {
+            None => page(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                html::member_page(&view, member_view),
+                private,
+            ),
+            Some(hub) => {
+                let Some(kind) = BadgeKind::parse(query.get("kind")) else {
+                    return server::error(
+                        StatusCode::BAD_REQUEST,
+                        "query parameter \"kind\": not one of status, uptime30",
+                    );
+                };
+                let Some(hub_view) = member_view
+                    .hubs
+                    .as_deref()
+                    .unwrap_or_default()
+                    .iter()
+                    .find(|h| h.hub == hub)
+                else {
+                    return server::error(StatusCode::NOT_FOUND, format!("no such hub: {hub:?}"));
+                };
+                page(
+                    StatusCode::OK,
+                    "image/svg+xml",
+                    badge::badge(hub_view, kind),
+                    private,
+                )
+            }
+        }
+    }
+
+    /// `GET /api/v1/status[?member=]`.
+    fn api(
+        &self,
+        state: &AppState,
+        peer: &PeerIdentity,
+        request: &Request<Incoming>,
+    ) -> HttpResponse {
+        let query = Query::parse(request.uri().query());
+        let member = query.get("member");
+        let mut private = false;
+        if let Some(member) = member {
+            let Some(is_private) = self.member_private(member) else {
+                return server::error(StatusCode::NOT_FOUND, format!("no such member: {member:?}"));
+            };
+            if is_private && let Err(response) = self.allow(state, peer, request, &query, member) {
+                return *response;
+            }
+            private = is_private;
+        }
+        page(
+            StatusCode::OK,
+            "application/json",
+            self.json(member),
+            private,
+        )
+    }
+
+    /// `Some(private)` for a configured member.
+    fn member_private(&self, member: &str) -> Option<bool> {
+        self.config
+            .members
+            .iter()
+            .find(|m| m.id == member)
+            .map(|m| m.status_page_private())
+    }
+
+    /// Whether the request may read private `member`'s page: a valid signed
+    /// link for it, or its own read token.
+    fn allow(
+        &self,
+        state: &AppState,
+        peer: &PeerIdentity,
+        request: &Request<Incoming>,
+        query: &Query<'_>,
+        member: &str,
+    ) -> Result<(), Box<HttpResponse>> {
+        if query.get("sig").is_some() || query.get("exp").is_some() {
+            return self
+                .key
+                .verify(
+                    member,
+                    query.get("exp"),
+                    query.get("sig"),
+                    self.clock.now_ms(),
+                )
+                .map_err(|e| Box::new(server::error(StatusCode::FORBIDDEN, e)));
+        }
+        let bearer = auth::bearer_token(request.headers())
+            .map_err(|e| Box::new(server::error(StatusCode::UNAUTHORIZED, e)))?;
+        let Some(token) = bearer else {
+            let mut response = server::error(
+                StatusCode::UNAUTHORIZED,
+                format!(
+                    "{member}'s status page is private: send its read token or use a signed link"
+                ),
+            );
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return Err(Box::new(response));
+        };
+        match state.tokens.authenticate(Some(token), peer) {
+            Ok(credential) if credential.member == member => Ok(()),
+            Ok(_) => Err(Box::new(server::error(
+                StatusCode::FORBIDDEN,
+                format!("this token is not {member}'s: its status page is private"),
+            ))),
+            Err(e) => {
+                server::log_auth_failure(&e, Some(token), request.uri().path());
+                Err(Box::new(server::auth_failure(state, &e, None)))
+            }
+        }
+    }
+}
+
+/// A page response; a private one is never stored by shared caches.
+fn page(
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+    private: bool,
+) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(
+        HeaderName::from_static("content-security-policy"),
+        HeaderValue::from_static(CSP),
+    );
+    headers.insert(
+        CACHE_CONTROL,
+        HeaderValue::from_static(if private {
+            "private, no-store"
+        } else {
+            "no-cache"
+        }),
+    );
+    response
+}
+
+/// Re-reads the ledger every `interval` (today and yesterday; every
+/// [`FULL_REFRESH_EVERY`]th round all days); a failed read keeps the last.
+async fn refresh_loop(
+    pages: Arc<Pages>,
+    store: Store,
+    hubs: Vec<HubObjectives>,
+    interval: Duration,
+    shutdown: Shutdown,
+) {
+    let hubs = Arc::new(hubs);
+    let mut ticks = shutdown.every(interval);
+    let mut round: u32 = 0;
+    // The first tick is immediate; the build has just read the ledger.
+    ticks.next().await;
+    while ticks.next().await {
+        round = round.wrapping_add(1);
+        let previous = (!round.is_multiple_of(FULL_REFRESH_EVERY)).then(|| pages.ledger());
+        let (store, hubs, now_ms) = (store.clone(), hubs.clone(), pages.clock.now_ms());
+        let read = tokio::task::spawn_blocking(move || {
+            DayLedger::read(&SqliteSli::new(store), &hubs, now_ms, previous.as_deref())
+        })
+        .await;
+        match read {
+            Ok(Ok(ledger)) => pages.set_ledger(ledger),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "status: reading the SLI minutes failed; the pages keep the last figures")
+            }
+            Err(e) => tracing::warn!(error = %e, "status: the refresh task failed"),
+        }
+    }
+}

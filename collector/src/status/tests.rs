@@ -1,0 +1,562 @@
+//! The status pages: the accounting rule against the report's own figure
+//! on known minutes in a real store, the current state from the board, the
+//! HTML's accessible strip, and the privacy rules over HTTP.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use hubwatch_shared::config::{CollectorConfig, HubRef, MemberConfig, SloKind, StorageConfig};
+
+use super::accounting::{DAY_MS, DAYS, DayLedger, Minutes, percent};
+use super::link::{LinkError, LinkKey};
+use super::view::{self, Freshness, HubState};
+use crate::alerts::fleet::{CheckView, HubStatus};
+use crate::clock::{ManualClock, SharedClock};
+use crate::report::slo::attainment;
+use crate::slo::objectives::SloSettings;
+use crate::slo::sli::{MinuteCounts, SliPage};
+use crate::slo::store::{SliStore, SqliteSli};
+use crate::store::Store;
+
+const MIN: i64 = 60_000;
+/// 2026-11-30T00:00:00Z.
+const MIDNIGHT: i64 = 1_795_996_800_000;
+/// Today, 10:30 UTC.
+const NOW: i64 = MIDNIGHT + 10 * 60 * MIN + 30 * MIN;
+
+fn config(dir: &std::path::Path) -> CollectorConfig {
+    let mut cfg = CollectorConfig {
+        storage: StorageConfig {
+            path: dir.join("store"),
+            ..StorageConfig::default()
+        },
+        ..CollectorConfig::default()
+    };
+    for (id, hub, page) in [("leap", "prod", "private"), ("cryo", "main", "public")] {
+        cfg.members.push(MemberConfig {
+            id: id.into(),
+            name: format!("{} <Lab>", id.to_uppercase()),
+            tier: "premier".into(),
+            hubs: vec![HubRef {
+                name: hub.into(),
+                public_url: None,
+            }],
+            status_page: page.into(),
+        });
+    }
+    cfg
+}
+
+fn good() -> MinuteCounts {
+    MinuteCounts {
+        probes_ok: 2,
+        ..MinuteCounts::default()
+    }
+}
+
+fn bad() -> MinuteCounts {
+    MinuteCounts {
+        probes_ok: 1,
+        outside_failed: 1,
+        ..MinuteCounts::default()
+    }
+}
+
+/// Known minutes of both hubs: yesterday 1000 good and 20 bad (420 without
+/// data), today 300 good then 5 bad; 40 days ago 10 bad; a minute with only
+/// spawn counts (no probe: no data) today.
+fn seed(store: &Store) -> anyhow::Result<()> {
+    let mut minutes = BTreeMap::new();
+    let yesterday = (MIDNIGHT - DAY_MS) / MIN;
+    let today = MIDNIGHT / MIN;
+    for (member, hub) in [("leap", "prod"), ("cryo", "main")] {
+        let key = |m: i64| (member.to_string(), hub.to_string(), m);
+        for m in 0..1000 {
+            minutes.insert(key(yesterday + m), good());
+        }
+        for m in 1000..1020 {
+            minutes.insert(key(yesterday + m), bad());
+        }
+        for m in 0..300 {
+            minutes.insert(key(today + m), good());
+        }
+        for m in 300..305 {
+            minutes.insert(key(today + m), bad());
+        }
+        for m in 0..10 {
+            minutes.insert(key(today - 40 * 1440 + m), bad());
+        }
+        minutes.insert(
+            key(today + 400),
+            MinuteCounts {
+                spawn_ok: 3,
+                ..MinuteCounts::default()
+            },
+        );
+    }
+    SqliteSli::new(store.clone()).commit(
+        &SliPage {
+            minutes,
+            ..SliPage::default()
+        },
+        None,
+    )?;
+    Ok(())
+}
+
+#[test]
+fn percentages_round_down_and_no_data_is_none() {
+    assert_eq!(percent(1, 1).as_deref(), Some("100.00"));
+    assert_eq!(
+        percent(99_999, 100_000).as_deref(),
+        Some("99.99"),
+        "never 100.00 with a down minute"
+    );
+    assert_eq!(percent(1000, 1020).as_deref(), Some("98.03"));
+    assert_eq!(percent(0, 5).as_deref(), Some("0.00"));
+    assert_eq!(percent(0, 0), None, "no measured minute: no percentage");
+    assert_eq!(Minutes { good: 3, total: 5 }.bad(), 2);
+}
+
+#[test]
+fn days_count_no_data_as_no_data_and_windows_equal_the_reports_figure() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cfg = config(dir.path());
+    let store = Store::open(&cfg.storage)?;
+    seed(&store)?;
+    let sli = SqliteSli::new(store.clone());
+    let hubs = SloSettings::from_config(&cfg)?.hubs;
+    let ledger = DayLedger::read(&sli, &hubs, NOW, None)?;
+    assert_eq!(ledger.first_day_ms, MIDNIGHT - 89 * DAY_MS);
+    let leap = &ledger.hubs[0];
+    assert_eq!((leap.member.as_str(), leap.hub.as_str()), ("leap", "prod"));
+
+    let hub = view::hub_view(&ledger, leap, HubState::Operational, Vec::new());
+    assert_eq!(hub.days.len(), DAYS);
+    let yesterday = &hub.days[DAYS - 2];
+    assert_eq!(yesterday.date, "2026-11-29");
+    assert_eq!(
+        (
+            yesterday.up_minutes,
+            yesterday.down_minutes,
+            yesterday.no_data_minutes
+        ),
+        (1000, 20, 420),
+        "the 420 minutes without a check are no data, not up"
+    );
+    assert_eq!(yesterday.percent.as_deref(), Some("98.03"));
+    assert_eq!(yesterday.class(), "partial");
+    assert_eq!(
+        yesterday.label(),
+        "2026-11-29: 98.03 % up, 20 min down, 420 min no data"
+    );
+    // Today is partial: 630 minutes so far, 305 measured (the spawn-only
+    // minute has no probe: no data).
+    let today = &hub.days[DAYS - 1];
+    assert_eq!(
+        (today.up_minutes, today.down_minutes, today.no_data_minutes),
+        (300, 5, 630 - 305)
+    );
+    // A day without any minute is no data, drawn as such.
+    let empty = &hub.days[0];
+    assert_eq!((empty.percent.as_deref(), empty.class()), (None, "nodata"));
+    assert_eq!(empty.no_data_minutes, 1440);
+    assert!(empty.label().ends_with(": no data"));
+
+    // Every window equals the report's attainment over the same range, to
+    // the minute and so to the digit shown.
+    for (key, from) in [
+        ("7d", ledger.window_start_ms(7)),
+        ("30d", ledger.window_start_ms(30)),
+        ("90d", ledger.window_start_ms(90)),
+    ] {
+        let rows = attainment(&sli, &hubs, Some("leap"), from, NOW)?;
+        let report = rows
+            .iter()
+            .find(|r| r.slo == SloKind::Availability)
+            .ok_or_else(|| anyhow::anyhow!("no availability row"))?;
+        let figure = &hub.uptime[key];
+        assert_eq!(
+            (figure.up_minutes, figure.up_minutes + figure.down_minutes),
+            (report.good, report.total),
+            "{key}"
+        );
+        assert_eq!(figure.percent, percent(report.good, report.total), "{key}");
+    }
+    assert_eq!(hub.uptime["30d"].percent.as_deref(), Some("98.11"));
+    assert_eq!(
+        (hub.uptime["90d"].up_minutes, hub.uptime["90d"].down_minutes),
+        (1300, 35),
+        "the bad minutes 40 days ago count in 90 days only"
+    );
+    assert_eq!(hub.uptime["30d"].down_minutes, 25);
+    // The month so far (November): the same arithmetic, met or not against
+    // the tier's objective.
+    let rows = attainment(&sli, &hubs, Some("leap"), ledger.month_start_ms(), NOW)?;
+    let report = rows
+        .iter()
+        .find(|r| r.slo == SloKind::Availability)
+        .ok_or_else(|| anyhow::anyhow!("no availability row"))?;
+    assert_eq!(hub.month.month, "2026-11");
+    assert_eq!(hub.month.figure.percent, percent(report.good, report.total));
+    assert_eq!(hub.month.met, report.met());
+    assert_eq!(hub.objective, "99.9");
+    Ok(())
+}
+
+#[test]
+fn a_refresh_that_reuses_closed_days_equals_a_full_read() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cfg = config(dir.path());
+    let store = Store::open(&cfg.storage)?;
+    seed(&store)?;
+    let sli = SqliteSli::new(store.clone());
+    let hubs = SloSettings::from_config(&cfg)?.hubs;
+    // Read yesterday, then a day later reusing it: the same as reading whole.
+    let earlier = DayLedger::read(&sli, &hubs, NOW - DAY_MS, None)?;
+    let reused = DayLedger::read(&sli, &hubs, NOW, Some(&earlier))?;
+    let full = DayLedger::read(&sli, &hubs, NOW, None)?;
+    assert_eq!(reused, full);
+    // The reuse is real: a late minute of a closed day shows only in a full read.
+    let late = (MIDNIGHT - 10 * DAY_MS) / MIN;
+    sli.commit(
+        &SliPage {
+            minutes: [(("leap".to_string(), "prod".to_string(), late), bad())].into(),
+            ..SliPage::default()
+        },
+        None,
+    )?;
+    let reused = DayLedger::read(&sli, &hubs, NOW, Some(&full))?;
+    assert_eq!(reused.hubs[0].days[DAYS - 11].bad(), 0);
+    let full = DayLedger::read(&sli, &hubs, NOW, None)?;
+    assert_eq!(full.hubs[0].days[DAYS - 11].bad(), 1);
+    Ok(())
+}
+
+fn check(ok: bool, at_ms: i64, since: Option<i64>) -> CheckView {
+    CheckView {
+        ok,
+        at_ms,
+        failing_since_ms: since,
+        status: None,
+        error: (!ok).then(|| "connection refused".to_string()),
+        latency_us: 1000,
+    }
+}
+
+#[test]
+fn the_state_comes_from_the_fresh_vantage_points_with_evidence() {
+    let fresh = Freshness {
+        agent_ms: 60_000,
+        outside_ms: 60_000,
+    };
+    let status = |agent: Option<CheckView>, outside: Option<CheckView>| HubStatus {
+        inside: agent.into_iter().map(|c| ("hub".to_string(), c)).collect(),
+        outside,
+        ..HubStatus::default()
+    };
+    let (state, evidence) = view::current_state(None, fresh, NOW);
+    assert_eq!((state, evidence.len()), (HubState::NoData, 0));
+    let both_up = status(
+        Some(check(true, NOW - 1000, None)),
+        Some(check(true, NOW, None)),
+    );
+    assert_eq!(
+        view::current_state(Some(&both_up), fresh, NOW).0,
+        HubState::Operational
+    );
+    let outside_down = status(
+        Some(check(true, NOW - 1000, None)),
+        Some(check(false, NOW, Some(NOW - 5 * MIN))),
+    );
+    let (state, evidence) = view::current_state(Some(&outside_down), fresh, NOW);
+    assert_eq!(state, HubState::Degraded);
+    let outside = evidence
+        .iter()
+        .find(|e| e.vantage == "outside")
+        .expect("outside evidence");
+    assert_eq!(
+        outside.down_since.as_deref(),
+        Some(crate::clock::rfc3339(NOW - 5 * MIN).as_str())
+    );
+    assert_eq!(outside.error.as_deref(), Some("connection refused"));
+    let both_down = status(
+        Some(check(false, NOW - 1000, Some(NOW - MIN))),
+        Some(check(false, NOW, Some(NOW - 5 * MIN))),
+    );
+    assert_eq!(
+        view::current_state(Some(&both_down), fresh, NOW).0,
+        HubState::Outage
+    );
+    // Old news counts for nothing: a stale failure is no data, not an outage.
+    let stale = status(
+        Some(check(false, NOW - 10 * MIN, Some(NOW - 11 * MIN))),
+        None,
+    );
+    let (state, evidence) = view::current_state(Some(&stale), fresh, NOW);
+    assert_eq!(state, HubState::NoData);
+    assert!(!evidence[0].fresh);
+}
+
+#[test]
+fn signed_links_are_bound_to_member_and_expiry() {
+    let key = LinkKey::from_bytes([7; 32]);
+    let exp = NOW / 1000 + 3600;
+    let query = key.query("leap", exp);
+    let sig = query
+        .split_once("&sig=")
+        .map(|(_, s)| s.to_string())
+        .unwrap_or_default();
+    let exp_text = exp.to_string();
+    assert_eq!(key.verify("leap", Some(&exp_text), Some(&sig), NOW), Ok(()));
+    assert_eq!(
+        key.verify("cryo", Some(&exp_text), Some(&sig), NOW),
+        Err(LinkError::BadSignature),
+        "another member's link"
+    );
+    let later = (exp + 1).to_string();
+    assert_eq!(
+        key.verify("leap", Some(&later), Some(&sig), NOW),
+        Err(LinkError::BadSignature),
+        "an extended expiry"
+    );
+    assert_eq!(
+        key.verify("leap", Some(&exp_text), Some(&sig), exp * 1000),
+        Err(LinkError::Expired)
+    );
+    let other_key = LinkKey::from_bytes([8; 32]);
+    assert_eq!(
+        other_key.verify("leap", Some(&exp_text), Some(&sig), NOW),
+        Err(LinkError::BadSignature)
+    );
+    assert!(matches!(
+        key.verify("leap", Some("soon"), Some(&sig), NOW),
+        Err(LinkError::Malformed(_))
+    ));
+    assert!(matches!(
+        key.verify("leap", Some(&exp_text), None, NOW),
+        Err(LinkError::Malformed(_))
+    ));
+}
+
+#[test]
+fn the_link_key_is_made_once_and_kept() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cfg = config(dir.path());
+    let store = Store::open(&cfg.storage)?;
+    let first = LinkKey::load_or_create(&store)?;
+    let again = LinkKey::load_or_create(&store)?;
+    assert_eq!(first.query("leap", 1), again.query("leap", 1));
+    Ok(())
+}
+
+#[test]
+fn the_member_page_has_one_tab_stop_per_strip_and_a_named_day_each() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cfg = config(dir.path());
+    let store = Store::open(&cfg.storage)?;
+    seed(&store)?;
+    let hubs = SloSettings::from_config(&cfg)?.hubs;
+    let ledger = DayLedger::read(&SqliteSli::new(store), &hubs, NOW, None)?;
+    let view = view::network_view(
+        &cfg,
+        &ledger,
+        &|_, _| None,
+        Freshness::from_config(&cfg),
+        NOW,
+        Some("cryo"),
+        &|_| true,
+    );
+    let html = super::html::member_page(&view, &view.members[0]);
+    assert_eq!(html.matches("<ol class=\"strip\"").count(), 1);
+    assert_eq!(
+        html.matches("tabindex=\"0\"").count(),
+        1,
+        "one tab stop per strip"
+    );
+    assert_eq!(html.matches("tabindex=\"-1\"").count(), DAYS - 1);
+    assert!(html.contains(
+        "title=\"2026-11-29: 98.03 % up, 20 min down, 420 min no data\"><span class=\"vh\">2026-11-29: 98.03 % up, 20 min down, 420 min no data</span>"
+    ));
+    assert!(html.contains("CRYO &lt;Lab&gt; status"), "escaped");
+    assert!(html.contains("No data</span>"), "the state is a word");
+    assert!(
+        html.contains("How uptime is counted"),
+        "the rule is published"
+    );
+    assert!(html.contains("data-window=\"30d\">98.11 %</dd>"));
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no external reference"
+    );
+    Ok(())
+}
+
+// ---------- over HTTP ----------
+
+async fn get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status: u16 = response
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .parse()?;
+    Ok((status, response))
+}
+
+#[tokio::test]
+async fn private_pages_need_their_members_token_or_a_signed_link() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut cfg = config(dir.path());
+    cfg.server.listen = "127.0.0.1:0".parse()?;
+    let store = Store::open(&cfg.storage)?;
+    seed(&store)?;
+    let leap_token = store.create_token("leap", "leap-agent")?;
+    let cryo_token = store.create_token("cryo", "cryo-agent")?;
+    let key = LinkKey::load_or_create(&store)?;
+    let clock: SharedClock = Arc::new(ManualClock::new(NOW));
+    let mut components = crate::server::http_components();
+    components.push(Box::new(super::StatusComponent));
+    let running = crate::Collector::new(cfg, store)
+        .clock(clock)
+        .components(components)
+        .start()
+        .await?;
+    let addr = running.local_addr;
+
+    // The network page: the private member listed without detail.
+    let (status, body) = get(addr, "/status", None).await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("content-security-policy: default-src 'none'"),
+        "{body}"
+    );
+    assert!(body.contains("<a href=\"/status/leap\">LEAP &lt;Lab&gt;</a>"));
+    assert!(body.contains("Private page"));
+    assert!(
+        body.contains(">main</td>") && !body.contains(">prod</td>"),
+        "{body}"
+    );
+
+    // A private page: refused without a credential (even on loopback), to
+    // another member's token and a bad token; served to its own token.
+    for (token, code) in [
+        (None, 401),
+        (Some(cryo_token.as_str()), 403),
+        (Some("hwt_wrong"), 401),
+        (Some(leap_token.as_str()), 200),
+    ] {
+        let (status, body) = get(addr, "/status/leap", token).await?;
+        assert_eq!(status, code, "{token:?}: {body}");
+        assert_eq!(
+            body.contains("<h2 id=\"hub-prod\">prod</h2>"),
+            code == 200,
+            "{body}"
+        );
+    }
+    let (_, body) = get(addr, "/status/leap", Some(&leap_token)).await?;
+    assert!(body.contains("cache-control: private, no-store"), "{body}");
+    // Signed links: valid, tampered, expired, another member's.
+    let exp = NOW / 1000 + 3600;
+    let link = key.query("leap", exp);
+    let (status, _) = get(addr, &format!("/status/leap?{link}"), None).await?;
+    assert_eq!(status, 200);
+    let tampered = link.replace(&format!("exp={exp}"), &format!("exp={}", exp + 86_400));
+    let (status, body) = get(addr, &format!("/status/leap?{tampered}"), None).await?;
+    assert_eq!(status, 403, "{body}");
+    let expired = key.query("leap", NOW / 1000 - 1);
+    let (status, body) = get(addr, &format!("/status/leap?{expired}"), None).await?;
+    assert_eq!(status, 403);
+    assert!(body.contains("expired"), "{body}");
+    let cryos = key.query("cryo", exp);
+    let (status, _) = get(addr, &format!("/status/leap?{cryos}"), None).await?;
+    assert_eq!(status, 403);
+    // A public page needs nothing; an unknown member or path is 404.
+    let (status, _) = get(addr, "/status/cryo", None).await?;
+    assert_eq!(status, 200);
+    for path in [
+        "/status/nobody",
+        "/status/cryo/main",
+        "/status/cryo/nope/badge.svg",
+        "/status/cryo//badge.svg",
+        "/status/",
+    ] {
+        let (status, body) = get(addr, path, None).await?;
+        assert_eq!(status, 404, "{path}: {body}");
+    }
+    // The tree route serves deeper paths; the router still refuses an empty segment.
+    let (_, body) = get(addr, "/status/cryo//badge.svg", None).await?;
+    assert!(body.contains("no such endpoint"), "{body}");
+
+    // Badges: text values, privacy as the page.
+    let (status, body) = get(addr, "/status/cryo/main/badge.svg?kind=uptime30", None).await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("content-type: image/svg+xml"));
+    assert!(body.contains("aria-label=\"main 30d: 98.11 %\""), "{body}");
+    let (_, body) = get(addr, "/status/cryo/main/badge.svg", None).await?;
+    assert!(body.contains("<title>main: no data</title>"), "{body}");
+    let (status, _) = get(addr, "/status/cryo/main/badge.svg?kind=colour", None).await?;
+    assert_eq!(status, 400);
+    let (status, _) = get(addr, "/status/leap/prod/badge.svg", None).await?;
+    assert_eq!(status, 401);
+    let (status, _) = get(
+        addr,
+        &format!("/status/leap/prod/badge.svg?kind=status&{link}"),
+        None,
+    )
+    .await?;
+    assert_eq!(status, 200);
+
+    // JSON: the private member without hubs; with ?member= its token.
+    let (status, body) = get(addr, "/api/v1/status", None).await?;
+    assert_eq!(status, 200);
+    let json = json_body(&body)?;
+    assert_eq!(json["members"][0]["member"], "leap");
+    assert_eq!(json["members"][0]["private"], true);
+    assert!(json["members"][0].get("hubs").is_none(), "{json}");
+    let cryo = &json["members"][1]["hubs"][0];
+    assert_eq!(cryo["uptime"]["30d"]["percent"], "98.11");
+    assert_eq!(cryo["uptime"]["30d"]["up_minutes"], 1300);
+    assert_eq!(cryo["uptime"]["30d"]["down_minutes"], 25);
+    assert_eq!(cryo["days"].as_array().map(Vec::len), Some(DAYS));
+    assert_eq!(cryo["days"][DAYS - 2]["no_data_minutes"], 420);
+    assert_eq!(cryo["state"], "no_data");
+    assert_eq!(cryo["objective"], "99.9");
+    assert!(
+        json["rule"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no data")
+    );
+    let (status, _) = get(addr, "/api/v1/status?member=leap", None).await?;
+    assert_eq!(status, 401);
+    let (status, _) = get(addr, "/api/v1/status?member=leap", Some(&cryo_token)).await?;
+    assert_eq!(status, 403);
+    let (status, body) = get(addr, "/api/v1/status?member=leap", Some(&leap_token)).await?;
+    assert_eq!(status, 200);
+    let json = json_body(&body)?;
+    assert_eq!(json["members"].as_array().map(Vec::len), Some(1));
+    assert_eq!(json["members"][0]["hubs"][0]["hub"], "prod");
+    let (status, _) = get(addr, "/api/v1/status?member=nobody", None).await?;
+    assert_eq!(status, 404);
+    running.shutdown().await;
+    Ok(())
+}
+
+fn json_body(response: &str) -> anyhow::Result<serde_json::Value> {
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let json = &body[body.find('{').unwrap_or(0)..=body.rfind('}').unwrap_or(0)];
+    Ok(serde_json::from_str(json)?)
+}
