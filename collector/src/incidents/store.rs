@@ -314,6 +314,9 @@ fn fold(tx: &Transaction<'_>, merge_window_ms: i64, now_ms: i64) -> rusqlite::Re
              WHERE a.member != '' AND a.hub != ''
                AND (a.alertname = ?1 OR (a.severity = ?2 AND a.alertname IN (?3, ?4, ?5)))
                AND (a.resolved_at_ms IS NULL OR a.resolved_at_ms >= ?6)
+               -- A firing inside a maintenance window is the maintenance the
+               -- page announces, not an incident (maintenance/: the label).
+               AND COALESCE(json_extract(a.labels, '$.maintenance'), '') != 'true'
                AND NOT EXISTS (SELECT 1 FROM status_incident_alerts l
                                WHERE l.fingerprint = a.fingerprint
                                  AND l.starts_at_ms = a.starts_at_ms)

@@ -23,17 +23,26 @@ struct Scripted(Mutex<Vec<AlertSpec>>);
 
 impl Scripted {
     fn set(&self, alerts: &[(&str, &str, &str)]) {
+        self.set_labelled(alerts, &[]);
+    }
+
+    /// [`Scripted::set`] with `extra` labels on every alert.
+    fn set_labelled(&self, alerts: &[(&str, &str, &str)], extra: &[(&str, &str)]) {
         *self.0.lock().unwrap() = alerts
             .iter()
-            .map(|(alertname, hub, severity)| AlertSpec {
-                labels: BTreeMap::from([
+            .map(|(alertname, hub, severity)| {
+                let mut labels = BTreeMap::from([
                     ("alertname".to_string(), alertname.to_string()),
                     ("member".to_string(), "leap".to_string()),
                     ("hub".to_string(), hub.to_string()),
                     ("tier".to_string(), "premier".to_string()),
                     ("severity".to_string(), severity.to_string()),
-                ]),
-                annotations: BTreeMap::new(),
+                ]);
+                labels.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+                AlertSpec {
+                    labels,
+                    annotations: BTreeMap::new(),
+                }
             })
             .collect();
     }
@@ -747,4 +756,22 @@ fn a_back_dated_update_takes_its_place_in_time() {
     assert_eq!(incident.ended_at_ms, Some(T0 + 30 * MINUTE));
     let minutes: Vec<i64> = f.states(1).into_iter().map(|(m, _, _)| m).collect();
     assert_eq!(minutes, [0, 10, 30]);
+}
+
+#[test]
+fn a_firing_inside_a_maintenance_window_opens_no_incident() {
+    let mut f = fixture();
+    // The maintenance component labels the hub's alerts during its window.
+    f.clock.set(T0 + MINUTE);
+    f.source
+        .set_labelled(&[DOWN], &[(crate::maintenance::LABEL, "true")]);
+    f.engine.evaluate().unwrap();
+    let outcome = f.incidents().fold_alerts(WINDOW, f.clock.now_ms()).unwrap();
+    assert_eq!(outcome, FoldOutcome::default());
+    assert!(f.all().is_empty(), "{:?}", f.all());
+    // The same outage still down after the window is an incident.
+    f.round(5, &[DOWN]);
+    let all = f.all();
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0].started_at_ms, T0 + 5 * MINUTE);
 }
