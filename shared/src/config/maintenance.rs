@@ -159,3 +159,18 @@ pub(crate) fn validate_maintenance(cfg: &CollectorConfig) -> Result<(), ConfigEr
     }
     Ok(())
 }
+
+/// `utc_ms` as a local date-time in `timezone`, `YYYY-MM-DD HH:MM` followed by
+/// the zone's abbreviation at that instant (`2026-12-05 22:00 EST`): how a
+/// status page shows a window's times to the people in its time zone. The
+/// inverse of [`local_to_utc_ms`] (same bundled database).
+pub fn utc_ms_to_local(utc_ms: i64, timezone: &str) -> Result<String, WindowTimeError> {
+    let tz = jiff::tz::TimeZone::get(timezone)
+        .map_err(|_| WindowTimeError::UnknownTimezone(timezone.to_string()))?;
+    let at = jiff::Timestamp::from_millisecond(utc_ms).map_err(|e| WindowTimeError::BadDateTime {
+        field: "end",
+        value: utc_ms.to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(at.to_zoned(tz).strftime("%Y-%m-%d %H:%M %Z").to_string())
+}

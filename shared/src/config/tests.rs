@@ -1048,6 +1048,31 @@ fn a_window_across_fall_back_is_one_hour_longer_and_a_fold_takes_summer_time() {
 }
 
 #[test]
+fn utc_times_show_in_the_windows_zone_with_its_abbreviation() {
+    // 2026-01-10T08:00:00Z is 09:00 in Berlin (CET), 03:00 in New York (EST).
+    let at = 1_768_032_000_000;
+    assert_eq!(
+        utc_ms_to_local(at, "Europe/Berlin").as_deref(),
+        Ok("2026-01-10 09:00 CET")
+    );
+    assert_eq!(
+        utc_ms_to_local(at, "America/New_York").as_deref(),
+        Ok("2026-01-10 03:00 EST")
+    );
+    assert_eq!(utc_ms_to_local(at, "UTC").as_deref(), Ok("2026-01-10 08:00 UTC"));
+    // The round trip through local_to_utc_ms, in summer time.
+    let summer = local_to_utc_ms("start", "2026-07-01T22:15", "Europe/Berlin").expect("valid");
+    assert_eq!(
+        utc_ms_to_local(summer, "Europe/Berlin").as_deref(),
+        Ok("2026-07-01 22:15 CEST")
+    );
+    assert!(matches!(
+        utc_ms_to_local(at, "Mars/Olympus"),
+        Err(WindowTimeError::UnknownTimezone(_))
+    ));
+}
+
+#[test]
 fn bad_maintenance_windows_name_their_key() {
     let (key, reason) = maintenance_error(
         "member = \"nope\"\nstart = \"2026-01-10T09:00\"\nend = \"2026-01-10T10:00\"",
