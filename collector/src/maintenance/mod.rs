@@ -326,6 +326,11 @@ impl Calendar {
         *self.windows.write().unwrap_or_else(|p| p.into_inner()) = windows;
     }
 
+    /// A copy of every window (the status pages render from it).
+    pub fn windows(&self) -> Vec<MaintenanceWindow> {
+        self.read().clone()
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<MaintenanceWindow>> {
         self.windows.read().unwrap_or_else(|p| p.into_inner())
     }

@@ -1,10 +1,15 @@
 //! The status pages' one accounting rule: every percentage, every daily
 //! bar and every badge is the availability SLI of the SLO engine, counted by
-//! [`crate::report::slo::attainment`] (the monthly report's own arithmetic,
-//! `good_total` over `sli_minutes`/`sli_hours` through the
+//! [`crate::report::slo::attainment_with_maintenance`] (the monthly report's
+//! own arithmetic, `good_total` over `sli_minutes`/`sli_hours` through the
 //! [`SliStore`] seam): a minute is good when every probe in it succeeded,
 //! bad when one failed, and a minute without a probe is *no data*: neither
-//! up nor down, left out of the percentage and shown as such.
+//! up nor down, left out of the percentage and shown as such. A minute that
+//! an announced maintenance window excludes under the hub's tier
+//! (`maintenance = "exclude"`) is neither up nor down either, exactly as the
+//! SLO engine and the report leave it out
+//! ([`crate::maintenance::excluded_minutes`]); each day counts those minutes
+//! so the bar can say so.
 //!
 //! [`DayLedger`] keeps the last [`DAYS`] UTC days of every configured hub in
 //! memory (good and measured minutes per day); windows (7, 30, 90 days, the
@@ -13,7 +18,8 @@
 
 use hubwatch_shared::config::SloKind;
 
-use crate::report::slo::attainment;
+use crate::maintenance::{MaintenanceWindow, excluded_minutes};
+use crate::report::slo::attainment_with_maintenance;
 use crate::slo::objectives::HubObjectives;
 use crate::slo::sli::MINUTE_MS;
 use crate::slo::store::SliStore;
@@ -33,7 +39,12 @@ pub const RULE: &str = "Every percentage, daily bar and badge here comes from th
     down when any failed. A minute with no check at all is \"no data\": it is never counted \
     as up, and it is left out of the percentage (up minutes / measured minutes). \
     Percentages are rounded down to two decimals, so 100.00 % means no down minute. Days are \
-    UTC days.";
+    UTC days. Maintenance follows the member's tier, as in the SLO report: under a tier that \
+    excludes maintenance, the minutes of a maintenance window announced ahead (at least the \
+    tier's notice before it started) are neither up nor down; they are left out of the \
+    percentage and a day's bar says how many there were (\"120 min maintenance\"). Under a \
+    tier that counts maintenance, and for a window announced late, they count like any other \
+    minute.";
 
 /// Availability minutes over some period: `good` up minutes of `total`
 /// measured (good + bad); no-data minutes are in neither.
@@ -93,6 +104,20 @@ pub struct HubDays {
     pub target: f64,
     /// [`DAYS`] days, oldest first; the last is today up to `as_of`.
     pub days: Vec<Minutes>,
+    /// Per day (same indices as `days`), the minutes maintenance excluded
+    /// under the tier's policy: in neither `good` nor `total`.
+    pub maintenance: Vec<u64>,
+}
+
+impl HubDays {
+    /// Excluded maintenance minutes of the days from index `first` on.
+    pub fn maintenance_from(&self, first: usize) -> u64 {
+        self.maintenance
+            .get(first.min(self.maintenance.len())..)
+            .unwrap_or_default()
+            .iter()
+            .sum()
+    }
 }
 
 /// The last [`DAYS`] UTC days of every configured hub, as of one instant.
@@ -120,20 +145,37 @@ impl DayLedger {
                     tier: h.tier.name.clone(),
                     target: h.tier.target(SloKind::Availability),
                     days: vec![Minutes::default(); DAYS],
+                    maintenance: vec![0; DAYS],
                 })
                 .collect(),
         }
     }
 
-    /// Reads the ledger at `now_ms` from the SLI minutes, one
-    /// [`attainment`] call per day. Days before yesterday are taken from
-    /// `previous` when it is given and covers them (closed days change only
-    /// with late data, which a periodic full read picks up).
+    /// Reads the ledger at `now_ms` from the SLI minutes, as if no
+    /// maintenance window existed (see [`DayLedger::read_with_maintenance`]).
     pub fn read(
         store: &dyn SliStore,
         hubs: &[HubObjectives],
         now_ms: i64,
         previous: Option<&DayLedger>,
+    ) -> Result<Self, StoreError> {
+        Self::read_with_maintenance(store, hubs, now_ms, previous, &[])
+    }
+
+    /// Reads the ledger at `now_ms` from the SLI minutes, one
+    /// [`attainment_with_maintenance`] call per day, so the minutes
+    /// `windows` exclude under each hub's tier are left out as the report
+    /// leaves them out (and counted per day in [`HubDays::maintenance`]).
+    /// Days before yesterday are taken from `previous` when it is given and
+    /// covers them (closed days change only with late data, which a
+    /// periodic full read picks up; a closed day's exclusions never change,
+    /// see `docs/maintenance.md`).
+    pub fn read_with_maintenance(
+        store: &dyn SliStore,
+        hubs: &[HubObjectives],
+        now_ms: i64,
+        previous: Option<&DayLedger>,
+        windows: &[MaintenanceWindow],
     ) -> Result<Self, StoreError> {
         let mut ledger = Self::empty(hubs, now_ms);
         let reuse = previous.filter(|p| {
@@ -156,6 +198,8 @@ impl DayLedger {
                 {
                     for (hub, old) in ledger.hubs.iter_mut().zip(&previous.hubs) {
                         hub.days[day] = old.days[shift as usize];
+                        hub.maintenance[day] =
+                            old.maintenance.get(shift as usize).copied().unwrap_or(0);
                     }
                     continue;
                 }
@@ -164,7 +208,7 @@ impl DayLedger {
                 continue;
             }
             // `attainment` answers in the order of `hubs`, one row per objective.
-            let rows = attainment(store, hubs, None, from, to)?;
+            let rows = attainment_with_maintenance(store, hubs, None, from, to, windows)?;
             let availability = rows.iter().filter(|r| r.slo == SloKind::Availability);
             for (row, days) in availability.zip(ledger.hubs.iter_mut()) {
                 debug_assert!(row.member == days.member && row.hub == days.hub);
@@ -172,6 +216,25 @@ impl DayLedger {
                     good: row.good,
                     total: row.total,
                 };
+            }
+            if !windows.is_empty() {
+                // The same minutes `attainment_with_maintenance` left out:
+                // the range rounded as it rounds it, one rule.
+                let (from_minute, to_minute) = (ceil_minute(from), ceil_minute(to));
+                for (objectives, days) in hubs.iter().zip(ledger.hubs.iter_mut()) {
+                    days.maintenance[day] = excluded_minutes(
+                        windows,
+                        &objectives.member,
+                        &objectives.hub,
+                        objectives.tier.maintenance,
+                        objectives.tier.maintenance_notice,
+                        from_minute,
+                        to_minute,
+                    )
+                    .iter()
+                    .map(|(a, b)| (b - a).max(0) as u64)
+                    .sum();
+                }
             }
         }
         Ok(ledger)
@@ -212,6 +275,12 @@ impl DayLedger {
         let first = ((self.month_start_ms() - self.first_day_ms).div_euclid(DAY_MS)).max(0);
         sum(&hub.days[(first as usize).min(DAYS)..])
     }
+}
+
+/// The first Unix minute starting at or after `ms` (as the report rounds a
+/// range's ends).
+fn ceil_minute(ms: i64) -> i64 {
+    ms.div_euclid(MINUTE_MS) + i64::from(ms.rem_euclid(MINUTE_MS) != 0)
 }
 
 fn sum(days: &[Minutes]) -> Minutes {

@@ -42,6 +42,7 @@ pub fn badge(hub: &HubView, kind: BadgeKind) -> String {
                 HubState::Degraded => "#8a4b00",
                 HubState::Outage => "#a4001b",
                 HubState::NoData => "#57606a",
+                HubState::Maintenance => "#0b57a4",
             },
         ),
         BadgeKind::Uptime30 => {

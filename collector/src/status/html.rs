@@ -5,10 +5,12 @@
 //! (`2026-11-22: 99.31 % up, 10 min down, 0 min no data`, as visually
 //! hidden text and `title`), and each bar is one tab stop whose arrow keys
 //! move between days (without the script, every day is still read out).
+//! Maintenance is a state like the others (word and symbol); a member's
+//! page lists its scheduled windows in UTC and in each window's own zone.
 
 use std::fmt::Write as _;
 
-use super::view::{Figure, HubView, MemberView, NetworkView};
+use super::view::{Figure, HubView, MemberView, NetworkView, UPCOMING_DAYS, WindowView};
 use crate::report::svg::escape;
 
 const STYLE: &str = "
@@ -20,7 +22,7 @@ h2{font-size:1.3rem;margin:1.5rem 0 .5rem}
 h3{font-size:1.1rem;margin:0}
 a{color:#0b57a4}
 .state{display:inline-block;font-weight:600;padding:0 .4rem;border-radius:.25rem;border:1px solid currentColor}
-.operational{color:#0a6b2a}.degraded{color:#8a4b00}.outage{color:#a4001b}.no_data{color:#4b5563}
+.operational{color:#0a6b2a}.degraded{color:#8a4b00}.outage{color:#a4001b}.no_data{color:#4b5563}.maintenance{color:#0b57a4}
 table{border-collapse:collapse;width:100%}
 th,td{text-align:left;padding:.35rem .5rem;border-bottom:1px solid #d0d7de;vertical-align:top}
 .hub{border:1px solid #d0d7de;border-radius:.5rem;padding:.75rem 1rem;margin:1rem 0}
@@ -35,6 +37,7 @@ ol.strip li:focus{outline:2px solid #1b1f24;outline-offset:1px;z-index:1}
 ol.strip li.up{background:#1a7f37}
 ol.strip li.partial{background:#bf8700;height:65%}
 ol.strip li.down{background:#cf222e;height:35%}
+ol.strip li.maintenance{background:repeating-linear-gradient(-45deg,#dbe9f7,#dbe9f7 2px,#0b57a4 2px,#0b57a4 3px);height:100%;border:1px solid #0b57a4}
 ol.strip li.nodata{background:repeating-linear-gradient(45deg,#fff,#fff 2px,#8c959f 2px,#8c959f 3px);height:100%;border:1px solid #8c959f}
 .strip-scale{display:flex;justify-content:space-between;font-size:.85rem;color:#4b5563}
 .day-now{font-size:.9rem;min-height:1.5em}
@@ -132,11 +135,17 @@ pub fn network_page(view: &NetworkView) -> String {
 }
 
 fn member_rows(body: &mut String, member: &MemberView) {
-    let link = format!(
+    let mut link = format!(
         "<a href=\"/status/{}\">{}</a>",
         escape(&member.member),
         escape(&member.name)
     );
+    // Only set for a member whose detail may be shown (never a private one here).
+    if member.in_maintenance == Some(true) {
+        link.push_str(
+            "<br><span class=\"state maintenance\"><span aria-hidden=\"true\">⚒ </span>Maintenance in progress</span>",
+        );
+    }
     let Some(hubs) = member.hubs.as_ref().filter(|h| !h.is_empty()) else {
         let what = if member.private {
             "Private page: its status is shown to the member only"
@@ -178,6 +187,7 @@ pub fn member_page(view: &NetworkView, member: &MemberView) -> String {
         "<p><a href=\"/status\">All members</a></p><h1>{} status</h1>",
         escape(&member.name)
     );
+    scheduled(&mut body, member.maintenance.as_deref().unwrap_or_default());
     for hub in member.hubs.as_deref().unwrap_or_default() {
         hub_section(&mut body, member, hub);
     }
@@ -186,11 +196,66 @@ pub fn member_page(view: &NetworkView, member: &MemberView) -> String {
          <li><span class=\"key\" style=\"background:#1a7f37\"></span>full bar: up all measured minutes</li>\
          <li><span class=\"key\" style=\"background:#bf8700\"></span>two-thirds bar: some minutes down</li>\
          <li><span class=\"key\" style=\"background:#cf222e\"></span>one-third bar: down all measured minutes</li>\
-         <li><span class=\"key\" style=\"background:repeating-linear-gradient(45deg,#fff,#fff 2px,#8c959f 2px,#8c959f 3px);border:1px solid #8c959f\"></span>hatched: no data</li></ul>",
+         <li><span class=\"key\" style=\"background:repeating-linear-gradient(45deg,#fff,#fff 2px,#8c959f 2px,#8c959f 3px);border:1px solid #8c959f\"></span>grey hatched: no data</li>\
+         <li><span class=\"key\" style=\"background:repeating-linear-gradient(-45deg,#dbe9f7,#dbe9f7 2px,#0b57a4 2px,#0b57a4 3px);border:1px solid #0b57a4\"></span>blue hatched: maintenance only (minutes left out)</li></ul>",
     );
     rule(&mut body, view);
     footer(&mut body, view);
     document(&format!("{} status", member.name), &body, true)
+}
+
+/// `hubs` of a window as text.
+fn window_hubs(window: &WindowView) -> String {
+    if window.hubs.is_empty() {
+        "All hubs".to_string()
+    } else {
+        escape(&window.hubs.join(", "))
+    }
+}
+
+/// The "Scheduled maintenance" section: windows running or starting within
+/// [`UPCOMING_DAYS`] days, in UTC and in the window's time zone.
+fn scheduled(body: &mut String, windows: &[WindowView]) {
+    let _ = write!(
+        body,
+        "<section aria-labelledby=\"maintenance\"><h2 id=\"maintenance\">Scheduled maintenance</h2>"
+    );
+    if windows.is_empty() {
+        let _ = write!(
+            body,
+            "<p>No maintenance scheduled in the next {UPCOMING_DAYS} days.</p></section>"
+        );
+        return;
+    }
+    body.push_str(
+        "<table><caption class=\"vh\">Maintenance windows running now or in the next days</caption>\
+         <thead><tr><th scope=\"col\">Hubs</th><th scope=\"col\">When (UTC)</th>\
+         <th scope=\"col\">When (local)</th><th scope=\"col\">Note</th></tr></thead><tbody>",
+    );
+    for w in windows {
+        let now = if w.in_progress {
+            " <strong>(in progress)</strong>"
+        } else {
+            ""
+        };
+        let counted = if w.excluded {
+            "Not counted against uptime."
+        } else {
+            "Counted in uptime like any other time."
+        };
+        let _ = write!(
+            body,
+            "<tr><td>{}{now}</td><td>{} – {}</td><td>{} – {} ({})</td><td>{} {counted}</td></tr>",
+            window_hubs(w),
+            escape(&w.start),
+            escape(&w.end),
+            escape(&w.start_local),
+            escape(&w.end_local),
+            escape(&w.timezone),
+            escape(&w.note),
+        );
+    }
+    body.push_str("</tbody></table></section>");
 }
 
 fn hub_section(body: &mut String, member: &MemberView, hub: &HubView) {
@@ -202,6 +267,19 @@ fn hub_section(body: &mut String, member: &MemberView, hub: &HubView) {
     );
     state_badge(body, hub);
     body.push_str("</header>");
+    if let Some(w) = &hub.maintenance {
+        let note = if w.note.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", escape(&w.note))
+        };
+        let _ = write!(
+            body,
+            "<p>In maintenance until {} ({}){note}</p>",
+            escape(&w.end),
+            escape(&w.end_local),
+        );
+    }
     if !hub.evidence.is_empty() {
         body.push_str("<ul>");
         for e in &hub.evidence {

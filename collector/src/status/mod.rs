@@ -4,7 +4,7 @@
 //! - `GET /status`: every configured member, its hubs' current state and
 //!   30/90-day uptime; a private member is listed without detail.
 //! - `GET /status/{member}`: each hub as a component: current state
-//!   (operational, degraded, outage, or no data) with the evidence from each
+//!   (operational, degraded, outage, maintenance, or no data) with the evidence from each
 //!   vantage point (the member's agent, the collector's outside probe: up or
 //!   down since when), uptime over 7/30/90 days, the tier's availability
 //!   objective, the current month's attainment, and a 90-day daily bar.
@@ -26,8 +26,15 @@
 //! through a reverse proxy on loopback, which would otherwise open every
 //! private page.
 //!
-//! Later increments (incidents, maintenance, feeds) add sections to
-//! [`view::HubView`] and the pages; nothing is shown for them yet.
+//! Maintenance: a hub covered by a window of the collector's
+//! [`Calendar`] (the one the SLO and alert engines read) is shown in state
+//! *Maintenance* with the window's note and end; a member's page lists its
+//! windows of the next 14 days ("Scheduled maintenance"); and the ledger
+//! leaves out the minutes the tier excludes, through the report's
+//! [`crate::report::slo::attainment_with_maintenance`].
+//!
+//! Later increments (incidents, feeds) add sections to
+//! [`view::HubView`] and the pages.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -45,6 +52,7 @@ use crate::alerts::FleetSource;
 use crate::auth::{self, PeerIdentity};
 use crate::clock::SharedClock;
 use crate::component::{BuildContext, Built, Component, ComponentError, Route, Shutdown, Task};
+use crate::maintenance::Calendar;
 use crate::server::{self, AppState, HttpResponse};
 use crate::slo::objectives::{HubObjectives, SloSettings};
 use crate::slo::store::SqliteSli;
@@ -92,12 +100,15 @@ impl Component for StatusComponent {
                 .map_err(|e| ComponentError::config("status", e))?
                 .hubs;
             let (store, clock, read_hubs) = (ctx.store.clone(), ctx.clock.clone(), hubs.clone());
+            // The maintenance component (built before this one) has filled it.
+            let windows = ctx.maintenance.windows();
             let (ledger, key) = tokio::task::spawn_blocking(move || {
-                let ledger = DayLedger::read(
+                let ledger = DayLedger::read_with_maintenance(
                     &SqliteSli::new(store.clone()),
                     &read_hubs,
                     clock.now_ms(),
                     None,
+                    &windows,
                 )?;
                 Ok::<_, crate::store::StoreError>((ledger, LinkKey::load_or_create(&store)?))
             })
@@ -111,6 +122,7 @@ impl Component for StatusComponent {
                 fleet: ctx.fleet.clone(),
                 key,
                 clock: ctx.clock.clone(),
+                maintenance: ctx.maintenance.clone(),
             });
             let routes = vec![
                 {
@@ -171,6 +183,7 @@ pub struct Pages {
     freshness: Freshness,
     key: LinkKey,
     clock: SharedClock,
+    maintenance: Arc<Calendar>,
 }
 
 impl std::fmt::Debug for Pages {
@@ -218,7 +231,15 @@ impl Pages {
             fleet,
             key,
             clock,
+            maintenance: Calendar::new(),
         }
+    }
+
+    /// Reads maintenance windows from `calendar` (tests; `serve` passes the
+    /// collector's own). Without it no hub is ever in maintenance.
+    pub fn with_maintenance(mut self, calendar: Arc<Calendar>) -> Self {
+        self.maintenance = calendar;
+        self
     }
 
     fn ledger(&self) -> Arc<DayLedger> {
@@ -249,6 +270,7 @@ impl Pages {
             self.clock.now_ms(),
             only,
             visible,
+            &self.maintenance.windows(),
         )
     }
 
@@ -473,8 +495,15 @@ async fn refresh_loop(
         round = round.wrapping_add(1);
         let previous = (!round.is_multiple_of(FULL_REFRESH_EVERY)).then(|| pages.ledger());
         let (store, hubs, now_ms) = (store.clone(), hubs.clone(), pages.clock.now_ms());
+        let windows = pages.maintenance.windows();
         let read = tokio::task::spawn_blocking(move || {
-            DayLedger::read(&SqliteSli::new(store), &hubs, now_ms, previous.as_deref())
+            DayLedger::read_with_maintenance(
+                &SqliteSli::new(store),
+                &hubs,
+                now_ms,
+                previous.as_deref(),
+                &windows,
+            )
         })
         .await;
         match read {

@@ -5,14 +5,17 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use hubwatch_shared::config::{CollectorConfig, HubRef, MemberConfig, SloKind, StorageConfig};
+use hubwatch_shared::config::{
+    CollectorConfig, HubRef, MaintenancePolicy, MemberConfig, SloKind, StorageConfig,
+};
 
 use super::accounting::{DAY_MS, DAYS, DayLedger, Minutes, percent};
 use super::link::{LinkError, LinkKey};
 use super::view::{self, Freshness, HubState};
 use crate::alerts::fleet::{CheckView, HubStatus};
 use crate::clock::{ManualClock, SharedClock};
-use crate::report::slo::attainment;
+use crate::maintenance::{MaintenanceWindow, Origin};
+use crate::report::slo::{attainment, attainment_with_maintenance};
 use crate::slo::objectives::SloSettings;
 use crate::slo::sli::{MinuteCounts, SliPage};
 use crate::slo::store::{SliStore, SqliteSli};
@@ -366,6 +369,7 @@ fn the_member_page_has_one_tab_stop_per_strip_and_a_named_day_each() -> anyhow::
         NOW,
         Some("cryo"),
         &|_| true,
+        &[],
     );
     let html = super::html::member_page(&view, &view.members[0]);
     assert_eq!(html.matches("<ol class=\"strip\"").count(), 1);
@@ -559,4 +563,306 @@ fn json_body(response: &str) -> anyhow::Result<serde_json::Value> {
     let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     let json = &body[body.find('{').unwrap_or(0)..=body.rfind('}').unwrap_or(0)];
     Ok(serde_json::from_str(json)?)
+}
+
+// ---------- maintenance ----------
+
+fn window(
+    id: i64,
+    member: &str,
+    hubs: &[&str],
+    (start_ms, end_ms): (i64, i64),
+    created_ms: i64,
+    timezone: &str,
+    note: &str,
+) -> MaintenanceWindow {
+    MaintenanceWindow {
+        id,
+        member: member.into(),
+        hubs: hubs.iter().map(|h| h.to_string()).collect(),
+        start_ms,
+        end_ms,
+        start_local: String::new(),
+        end_local: String::new(),
+        timezone: timezone.into(),
+        note: note.into(),
+        origin: Origin::Api,
+        created_ms,
+    }
+}
+
+/// The availability row of `member` from the report's own function.
+fn report_row(
+    sli: &SqliteSli,
+    hubs: &[crate::slo::objectives::HubObjectives],
+    member: &str,
+    from_ms: i64,
+    windows: &[MaintenanceWindow],
+) -> anyhow::Result<crate::report::slo::Attainment> {
+    attainment_with_maintenance(sli, hubs, Some(member), from_ms, NOW, windows)?
+        .into_iter()
+        .find(|r| r.slo == SloKind::Availability)
+        .ok_or_else(|| anyhow::anyhow!("no availability row"))
+}
+
+#[test]
+fn excluded_maintenance_minutes_leave_the_bars_and_equal_the_reports_figure() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let cfg = config(dir.path());
+    let store = Store::open(&cfg.storage)?;
+    seed(&store)?;
+    let sli = SqliteSli::new(store.clone());
+    let mut hubs = SloSettings::from_config(&cfg)?.hubs;
+    // Yesterday 990..1110: 10 good, all 20 bad and 90 no-data minutes,
+    // announced two days ahead (premier excludes announced maintenance).
+    let yesterday = MIDNIGHT - DAY_MS;
+    let span = (yesterday + 990 * MIN, yesterday + 1110 * MIN);
+    let windows = [window(
+        1,
+        "leap",
+        &["prod"],
+        span,
+        span.0 - 2 * DAY_MS,
+        "UTC",
+        "db upgrade",
+    )];
+    let plain = DayLedger::read(&sli, &hubs, NOW, None)?;
+    let ledger = DayLedger::read_with_maintenance(&sli, &hubs, NOW, None, &windows)?;
+    let hub = view::hub_view(&ledger, &ledger.hubs[0], HubState::Operational, Vec::new());
+    let day = &hub.days[DAYS - 2];
+    assert_eq!(
+        (
+            day.up_minutes,
+            day.down_minutes,
+            day.no_data_minutes,
+            day.maintenance_minutes
+        ),
+        (990, 0, 330, 120),
+        "the window's minutes are neither up, down nor no data"
+    );
+    assert_eq!(
+        day.label(),
+        "2026-11-29: 100.00 % up, 0 min down, 330 min no data, 120 min maintenance"
+    );
+    // The page's 30-day and month figures are the report's, window included.
+    let report = report_row(&sli, &hubs, "leap", ledger.window_start_ms(30), &windows)?;
+    let thirty = hub.uptime30().ok_or_else(|| anyhow::anyhow!("30d"))?;
+    assert_eq!(
+        (thirty.up_minutes, thirty.down_minutes),
+        (report.good, report.total - report.good)
+    );
+    assert_eq!(thirty.percent, percent(report.good, report.total));
+    assert_eq!(thirty.percent.as_deref(), Some("99.61"), "1290 of 1295");
+    assert_eq!(thirty.maintenance_minutes, 120);
+    let without = report_row(&sli, &hubs, "leap", ledger.window_start_ms(30), &[])?;
+    assert_ne!(
+        (without.good, without.total),
+        (report.good, report.total),
+        "the window changes the figure"
+    );
+    let month = report_row(&sli, &hubs, "leap", ledger.month_start_ms(), &windows)?;
+    assert_eq!(hub.month.figure.percent, percent(month.good, month.total));
+    // Another member's hub is untouched.
+    assert_eq!(ledger.hubs[1], plain.hubs[1]);
+    // A refresh that reuses closed days keeps their maintenance minutes.
+    let later = NOW + 2 * DAY_MS;
+    let reused = DayLedger::read_with_maintenance(&sli, &hubs, later, Some(&ledger), &windows)?;
+    let full = DayLedger::read_with_maintenance(&sli, &hubs, later, None, &windows)?;
+    assert_eq!(reused, full);
+    assert_eq!(full.hubs[0].maintenance[DAYS - 4], 120);
+
+    // Announced late (created after it started): counted like any minute.
+    let late = [window(1, "leap", &["prod"], span, span.0 + MIN, "UTC", "")];
+    let ledger = DayLedger::read_with_maintenance(&sli, &hubs, NOW, None, &late)?;
+    assert_eq!(ledger.hubs[0].days, plain.hubs[0].days);
+    assert_eq!(ledger.hubs[0].maintenance[DAYS - 2], 0);
+    // A tier that counts maintenance: the same, as the report says.
+    hubs[0].tier.maintenance = MaintenancePolicy::Count;
+    let ledger = DayLedger::read_with_maintenance(&sli, &hubs, NOW, None, &windows)?;
+    assert_eq!(ledger.hubs[0].days, plain.hubs[0].days);
+    let report = report_row(&sli, &hubs, "leap", ledger.window_start_ms(30), &windows)?;
+    assert_eq!((report.good, report.total), (without.good, without.total));
+    Ok(())
+}
+
+#[test]
+fn a_hub_in_a_window_shows_maintenance_and_the_member_page_lists_whats_scheduled()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cfg = config(dir.path());
+    let store = Store::open(&cfg.storage)?;
+    let hubs = SloSettings::from_config(&cfg)?.hubs;
+    let ledger = DayLedger::read(&SqliteSli::new(store), &hubs, NOW, None)?;
+    let windows = [
+        // Running now over leap's hub (private member), ends 12:00Z.
+        window(
+            7,
+            "leap",
+            &["prod"],
+            (NOW - 30 * MIN, NOW + 90 * MIN),
+            NOW - 2 * DAY_MS,
+            "America/New_York",
+            "Kubernetes upgrade",
+        ),
+        // cryo: every hub, in three days; and one beyond the 14 days.
+        window(
+            8,
+            "cryo",
+            &[],
+            (NOW + 3 * DAY_MS, NOW + 3 * DAY_MS + 60 * MIN),
+            NOW,
+            "Europe/Berlin",
+            "Storage move",
+        ),
+        window(
+            9,
+            "cryo",
+            &[],
+            (NOW + 20 * DAY_MS, NOW + 20 * DAY_MS + 60 * MIN),
+            NOW,
+            "UTC",
+            "Far away",
+        ),
+    ];
+    // Every vantage point sees both hubs up.
+    let board = |_: &str, _: &str| {
+        Some(HubStatus {
+            outside: Some(check(true, NOW - 1000, None)),
+            ..HubStatus::default()
+        })
+    };
+    let fresh = Freshness::from_config(&cfg);
+    let all = view::network_view(&cfg, &ledger, &board, fresh, NOW, None, &|_| true, &windows);
+    let leap = &all.members[0];
+    let prod = &leap.hubs.as_deref().unwrap_or_default()[0];
+    assert_eq!(prod.state, HubState::Maintenance, "a window wins over up");
+    assert_eq!(prod.evidence.len(), 1, "the checks stay as evidence");
+    let active = prod
+        .maintenance
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no window"))?;
+    assert_eq!(active.note, "Kubernetes upgrade");
+    assert_eq!(active.end, "2026-11-30T12:00:00Z");
+    assert_eq!(active.end_local, "2026-11-30 07:00 EST");
+    assert!(active.in_progress && active.excluded);
+    assert_eq!(leap.in_maintenance, Some(true));
+    let cryo = &all.members[1];
+    assert_eq!(cryo.in_maintenance, Some(false));
+    let main = &cryo.hubs.as_deref().unwrap_or_default()[0];
+    assert_eq!(main.state, HubState::Operational);
+    assert!(main.maintenance.is_none());
+    let scheduled = cryo.maintenance.as_deref().unwrap_or_default();
+    assert_eq!(scheduled.len(), 1, "only the next 14 days");
+    assert_eq!(scheduled[0].start_local, "2026-12-03 11:30 CET");
+    assert!(!scheduled[0].in_progress);
+    assert!(scheduled[0].excluded, "announced three days ahead");
+
+    // The JSON and the badge say so too.
+    let json = serde_json::to_value(&all)?;
+    assert_eq!(json["members"][0]["hubs"][0]["state"], "maintenance");
+    assert_eq!(
+        json["members"][0]["hubs"][0]["maintenance"]["note"],
+        "Kubernetes upgrade"
+    );
+    assert_eq!(json["members"][1]["maintenance"][0]["note"], "Storage move");
+    assert!(json["members"][1]["hubs"][0].get("maintenance").is_none());
+    let badge = super::badge::badge(prod, super::badge::BadgeKind::Status);
+    assert!(
+        badge.contains("<title>prod: maintenance</title>"),
+        "{badge}"
+    );
+
+    // The member page: word and symbol, the window's end and note, the schedule.
+    let html = super::html::member_page(&all, leap);
+    assert!(html.contains("⚒ </span>Maintenance</span>"), "{html}");
+    assert!(html.contains(
+        "In maintenance until 2026-11-30T12:00:00Z (2026-11-30 07:00 EST): Kubernetes upgrade"
+    ));
+    assert!(html.contains("<h2 id=\"maintenance\">Scheduled maintenance</h2>"));
+    assert!(html.contains("(America/New_York)"));
+    let html = super::html::member_page(&all, cryo);
+    assert!(html.contains("All hubs</td>"), "{html}");
+    assert!(html.contains("2026-12-03 11:30 CET"));
+    assert!(!html.contains("Far away"));
+    // The network page marks the member; a private one without detail.
+    assert!(super::html::network_page(&all).contains("Maintenance in progress"));
+    let public = view::network_view(
+        &cfg,
+        &ledger,
+        &board,
+        fresh,
+        NOW,
+        None,
+        &|_| false,
+        &windows,
+    );
+    assert_eq!(public.members[0].in_maintenance, None);
+    assert!(public.members[0].maintenance.is_none());
+    let page = super::html::network_page(&public);
+    assert!(!page.contains("Maintenance in progress") && !page.contains("Kubernetes"));
+    let json = serde_json::to_string(&public)?;
+    assert!(!json.contains("Kubernetes"), "{json}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_window_added_through_the_api_shows_on_the_pages() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir()?;
+    let mut cfg = config(dir.path());
+    cfg.server.listen = "127.0.0.1:0".parse()?;
+    let store = Store::open(&cfg.storage)?;
+    seed(&store)?;
+    let clock: SharedClock = Arc::new(ManualClock::new(NOW));
+    let mut components = crate::server::http_components();
+    components.push(Box::new(crate::maintenance::MaintenanceComponent));
+    components.push(Box::new(super::StatusComponent));
+    let running = crate::Collector::new(cfg, store)
+        .clock(clock)
+        .components(components)
+        .start()
+        .await?;
+    let addr = running.local_addr;
+    let (_, body) = get(addr, "/status/cryo", None).await?;
+    assert!(!body.contains("Maintenance</span>"), "{body}");
+    assert!(body.contains("No maintenance scheduled in the next 14 days."));
+
+    // An operator on loopback adds a window running now (10:00–12:00 UTC).
+    let window = r#"{"member":"cryo","start":"2026-11-30T11:00","end":"2026-11-30T13:00","timezone":"Europe/Berlin","note":"Node pool swap"}"#;
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!(
+                "POST /api/v1/maintenance HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{window}",
+                window.len()
+            )
+            .as_bytes(),
+        )
+        .await?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).await?;
+    assert!(reply.starts_with("HTTP/1.1 201"), "{reply}");
+
+    let (status, body) = get(addr, "/status/cryo", None).await?;
+    assert_eq!(status, 200);
+    assert!(body.contains("⚒ </span>Maintenance</span>"), "{body}");
+    assert!(body.contains(
+        "In maintenance until 2026-11-30T12:00:00Z (2026-11-30 13:00 CET): Node pool swap"
+    ));
+    assert!(body.contains("<strong>(in progress)</strong>"));
+    let (_, body) = get(addr, "/status/cryo/main/badge.svg", None).await?;
+    assert!(body.contains("<title>main: maintenance</title>"), "{body}");
+    let (_, body) = get(addr, "/api/v1/status", None).await?;
+    let json = json_body(&body)?;
+    assert_eq!(json["members"][1]["hubs"][0]["state"], "maintenance");
+    assert_eq!(json["members"][1]["in_maintenance"], true);
+    assert!(
+        json["members"][0].get("in_maintenance").is_none(),
+        "private"
+    );
+    let (_, body) = get(addr, "/status", None).await?;
+    assert!(body.contains("Maintenance in progress"), "{body}");
+    running.shutdown().await;
+    Ok(())
 }

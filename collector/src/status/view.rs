@@ -2,16 +2,23 @@
 //! its [`MemberView`]s, built from the [`DayLedger`] (figures) and the
 //! fleet board (current state), with private members' detail left out
 //! unless the reader may see it. The JSON API is this, serialized; the
-//! HTML pages and badges render it.
+//! HTML pages and badges render it. Maintenance windows (the collector's
+//! [`crate::maintenance::Calendar`]) make a hub's state
+//! [`HubState::Maintenance`] while one covers it, and a member's windows of
+//! the next [`UPCOMING_DAYS`] days are listed on its page.
 
 use std::collections::BTreeMap;
 
-use hubwatch_shared::config::CollectorConfig;
+use hubwatch_shared::config::{CollectorConfig, utc_ms_to_local};
 use serde::Serialize;
 
 use super::accounting::{self, DAYS, DayLedger, HubDays, Minutes, RULE, WINDOWS};
 use crate::alerts::fleet::{CheckView, FleetSettings, HubStatus};
 use crate::clock::{duration_ms, rfc3339};
+use crate::maintenance::MaintenanceWindow;
+
+/// How far ahead a member's page lists scheduled maintenance.
+pub const UPCOMING_DAYS: i64 = 14;
 
 /// A hub's current state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -25,6 +32,9 @@ pub enum HubState {
     Degraded,
     /// Every fresh check fails.
     Outage,
+    /// A maintenance window covers the hub now (whatever the checks say:
+    /// they are still shown as evidence).
+    Maintenance,
 }
 
 impl HubState {
@@ -35,6 +45,7 @@ impl HubState {
             Self::NoData => "No data",
             Self::Degraded => "Degraded",
             Self::Outage => "Outage",
+            Self::Maintenance => "Maintenance",
         }
     }
 
@@ -45,6 +56,7 @@ impl HubState {
             Self::NoData => "?",
             Self::Degraded => "!",
             Self::Outage => "✕",
+            Self::Maintenance => "⚒",
         }
     }
 
@@ -55,6 +67,7 @@ impl HubState {
             Self::NoData => "no_data",
             Self::Degraded => "degraded",
             Self::Outage => "outage",
+            Self::Maintenance => "maintenance",
         }
     }
 }
@@ -87,8 +100,10 @@ pub struct Figure {
     pub up_minutes: u64,
     /// Down minutes.
     pub down_minutes: u64,
-    /// Minutes without a check.
+    /// Minutes without a check (maintenance minutes not included).
     pub no_data_minutes: u64,
+    /// Minutes maintenance excluded under the tier's policy (neither up nor down).
+    pub maintenance_minutes: u64,
     /// Up / measured, rounded down to two decimals; null without data.
     pub percent: Option<String>,
 }
@@ -102,16 +117,25 @@ pub struct Day {
     pub up_minutes: u64,
     /// Down minutes.
     pub down_minutes: u64,
-    /// Minutes without a check (today: so far).
+    /// Minutes without a check (today: so far; maintenance minutes not included).
     pub no_data_minutes: u64,
+    /// Minutes maintenance excluded under the tier's policy (omitted when 0).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub maintenance_minutes: u64,
     /// Up / measured; null without data.
     pub percent: Option<String>,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 impl Day {
-    /// The class of its bar: `up`, `partial`, `down` or `nodata`.
+    /// The class of its bar: `up`, `partial`, `down`, `nodata`, or
+    /// `maintenance` (no measured minute, some excluded by maintenance).
     pub fn class(&self) -> &'static str {
         match (self.up_minutes, self.down_minutes) {
+            (0, 0) if self.maintenance_minutes > 0 => "maintenance",
             (0, 0) => "nodata",
             (_, 0) => "up",
             (0, _) => "down",
@@ -119,14 +143,20 @@ impl Day {
         }
     }
 
-    /// Its accessible name: `2026-11-22: 99.31 % up, 10 min down, 0 min no data`.
+    /// Its accessible name: `2026-11-22: 99.31 % up, 10 min down, 0 min no
+    /// data`, with `, 120 min maintenance` when maintenance excluded minutes.
     pub fn label(&self) -> String {
+        let maintenance = if self.maintenance_minutes > 0 {
+            format!(", {} min maintenance", self.maintenance_minutes)
+        } else {
+            String::new()
+        };
         match &self.percent {
             Some(p) => format!(
-                "{}: {p} % up, {} min down, {} min no data",
+                "{}: {p} % up, {} min down, {} min no data{maintenance}",
                 self.date, self.down_minutes, self.no_data_minutes
             ),
-            None => format!("{}: no data", self.date),
+            None => format!("{}: no data{maintenance}", self.date),
         }
     }
 }
@@ -141,6 +171,56 @@ pub struct MonthFigure {
     pub figure: Figure,
     /// Whether the objective is met so far; null without data.
     pub met: Option<bool>,
+}
+
+/// A maintenance window as a status page shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WindowView {
+    /// Its id.
+    pub id: i64,
+    /// Hubs covered; empty = every hub of the member.
+    pub hubs: Vec<String>,
+    /// Start (RFC 3339, UTC).
+    pub start: String,
+    /// End (RFC 3339, UTC; exclusive; earlier than declared when cut short).
+    pub end: String,
+    /// Start in the window's time zone (`2026-12-05 22:00 EST`).
+    pub start_local: String,
+    /// End in the window's time zone.
+    pub end_local: String,
+    /// The window's IANA time zone.
+    pub timezone: String,
+    /// What members are told.
+    pub note: String,
+    /// Whether it is running now.
+    pub in_progress: bool,
+    /// Whether its minutes leave the uptime figures (the tier excludes
+    /// maintenance and the window was announced in time), per the rule.
+    pub excluded: bool,
+}
+
+impl WindowView {
+    /// The view of `window` at `now_ms`; `excluded` as the tier says.
+    pub fn new(window: &MaintenanceWindow, now_ms: i64, excluded: bool) -> Self {
+        let local = |ms: i64, declared: &str| {
+            // The zone was checked when the window was stored; should the
+            // database ever lack it, show the time as declared.
+            utc_ms_to_local(ms, &window.timezone)
+                .unwrap_or_else(|_| format!("{declared} {}", window.timezone))
+        };
+        Self {
+            id: window.id,
+            hubs: window.hubs.clone(),
+            start: rfc3339(window.start_ms),
+            end: rfc3339(window.end_ms),
+            start_local: local(window.start_ms, &window.start_local),
+            end_local: local(window.end_ms, &window.end_local),
+            timezone: window.timezone.clone(),
+            note: window.note.clone(),
+            in_progress: window.active_at(now_ms),
+            excluded,
+        }
+    }
 }
 
 /// One hub as a component of its member's page.
@@ -160,6 +240,9 @@ pub struct HubView {
     pub month: MonthFigure,
     /// The last 90 days, oldest first.
     pub days: Vec<Day>,
+    /// The maintenance window covering it now (absent when none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<WindowView>,
 }
 
 impl HubView {
@@ -183,6 +266,15 @@ pub struct MemberView {
     /// Its hubs; absent when private and the reader may not see it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hubs: Option<Vec<HubView>>,
+    /// Whether a maintenance window covers one of its hubs now; absent
+    /// when private and the reader may not see it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_maintenance: Option<bool>,
+    /// Its maintenance windows running now or starting within
+    /// [`UPCOMING_DAYS`] days, by start; absent when private and the reader
+    /// may not see it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Vec<WindowView>>,
 }
 
 /// Every member.
@@ -264,13 +356,22 @@ fn evidence_of(vantage: &'static str, view: &CheckView, fresh: bool) -> Evidence
     }
 }
 
-fn figure(ledger: &DayLedger, from_ms: i64, minutes: Minutes, span_minutes: u64) -> Figure {
+fn figure(
+    ledger: &DayLedger,
+    from_ms: i64,
+    minutes: Minutes,
+    span_minutes: u64,
+    maintenance_minutes: u64,
+) -> Figure {
     Figure {
         from: rfc3339(from_ms),
         to: rfc3339(ledger.as_of_ms),
         up_minutes: minutes.good,
         down_minutes: minutes.bad(),
-        no_data_minutes: span_minutes.saturating_sub(minutes.total),
+        no_data_minutes: span_minutes
+            .saturating_sub(minutes.total)
+            .saturating_sub(maintenance_minutes),
+        maintenance_minutes,
         percent: minutes.percent(),
     }
 }
@@ -294,6 +395,7 @@ pub fn hub_view(
                     ledger.window_start_ms(n),
                     ledger.window(days, n),
                     span(first),
+                    days.maintenance_from(first),
                 ),
             )
         })
@@ -308,6 +410,7 @@ pub fn hub_view(
             month_start,
             month_minutes,
             span(month_first as usize),
+            days.maintenance_from(month_first as usize),
         ),
         met: month_minutes.ratio().map(|r| r >= days.target),
     };
@@ -315,12 +418,19 @@ pub fn hub_view(
         .days
         .iter()
         .enumerate()
-        .map(|(i, m)| Day {
-            date: accounting::date(ledger.day_start_ms(i)),
-            up_minutes: m.good,
-            down_minutes: m.bad(),
-            no_data_minutes: ledger.day_minutes(i).saturating_sub(m.total),
-            percent: m.percent(),
+        .map(|(i, m)| {
+            let maintenance_minutes = days.maintenance.get(i).copied().unwrap_or(0);
+            Day {
+                date: accounting::date(ledger.day_start_ms(i)),
+                up_minutes: m.good,
+                down_minutes: m.bad(),
+                no_data_minutes: ledger
+                    .day_minutes(i)
+                    .saturating_sub(m.total)
+                    .saturating_sub(maintenance_minutes),
+                maintenance_minutes,
+                percent: m.percent(),
+            }
         })
         .collect();
     HubView {
@@ -331,6 +441,7 @@ pub fn hub_view(
         uptime,
         month,
         days: day_views,
+        maintenance: None,
     }
 }
 
@@ -342,6 +453,9 @@ pub fn objective_percent(target: f64) -> String {
 
 /// Builds the view of every member of `cfg`; `visible(member)` says whether
 /// a private member's detail may be shown; `only` restricts to one member.
+/// A hub that one of `windows` covers at `now_ms` is in
+/// [`HubState::Maintenance`], with that window as its `maintenance`.
+#[allow(clippy::too_many_arguments)] // each is one independent input of the page
 pub fn network_view(
     cfg: &CollectorConfig,
     ledger: &DayLedger,
@@ -350,6 +464,7 @@ pub fn network_view(
     now_ms: i64,
     only: Option<&str>,
     visible: &dyn Fn(&str) -> bool,
+    windows: &[MaintenanceWindow],
 ) -> NetworkView {
     let members = cfg
         .members
@@ -357,15 +472,51 @@ pub fn network_view(
         .filter(|m| only.is_none_or(|o| o == m.id))
         .map(|m| {
             let private = m.status_page_private();
-            let hubs = (!private || visible(&m.id)).then(|| {
+            let shown = !private || visible(&m.id);
+            let mut own: Vec<&MaintenanceWindow> = if shown {
+                windows
+                    .iter()
+                    .filter(|w| {
+                        w.member == m.id
+                            && w.end_ms > now_ms
+                            && w.start_ms
+                                < now_ms.saturating_add(UPCOMING_DAYS * accounting::DAY_MS)
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            own.sort_by_key(|w| (w.start_ms, w.id));
+            // Whether the tier leaves a window's minutes out, as the SLO
+            // engine decides it (`MaintenanceWindow::excludes_minute`).
+            let tier = (!own.is_empty()).then(|| cfg.tier(&m.tier)).flatten();
+            let window_view = |w: &MaintenanceWindow| {
+                let excluded = tier.as_ref().is_some_and(|t| {
+                    t.maintenance == hubwatch_shared::config::MaintenancePolicy::Exclude
+                        && w.announced(t.maintenance_notice)
+                });
+                WindowView::new(w, now_ms, excluded)
+            };
+            let hubs = shown.then(|| {
                 ledger
                     .hubs
                     .iter()
                     .filter(|h| h.member == m.id)
                     .map(|h| {
                         let status = board(&h.member, &h.hub);
-                        let (state, evidence) = current_state(status.as_ref(), freshness, now_ms);
-                        hub_view(ledger, h, state, evidence)
+                        let (mut state, evidence) =
+                            current_state(status.as_ref(), freshness, now_ms);
+                        let active = own
+                            .iter()
+                            .find(|w| w.active_at(now_ms) && w.covers(&h.hub))
+                            .map(|w| window_view(w));
+                        if active.is_some() {
+                            state = HubState::Maintenance;
+                        }
+                        HubView {
+                            maintenance: active,
+                            ..hub_view(ledger, h, state, evidence)
+                        }
                     })
                     .collect()
             });
@@ -379,6 +530,8 @@ pub fn network_view(
                 tier: m.tier.clone(),
                 private,
                 hubs,
+                in_maintenance: shown.then(|| own.iter().any(|w| w.active_at(now_ms))),
+                maintenance: shown.then(|| own.iter().map(|w| window_view(w)).collect()),
             }
         })
         .collect();

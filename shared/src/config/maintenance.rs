@@ -167,10 +167,11 @@ pub(crate) fn validate_maintenance(cfg: &CollectorConfig) -> Result<(), ConfigEr
 pub fn utc_ms_to_local(utc_ms: i64, timezone: &str) -> Result<String, WindowTimeError> {
     let tz = jiff::tz::TimeZone::get(timezone)
         .map_err(|_| WindowTimeError::UnknownTimezone(timezone.to_string()))?;
-    let at = jiff::Timestamp::from_millisecond(utc_ms).map_err(|e| WindowTimeError::BadDateTime {
-        field: "end",
-        value: utc_ms.to_string(),
-        reason: e.to_string(),
-    })?;
+    let at =
+        jiff::Timestamp::from_millisecond(utc_ms).map_err(|e| WindowTimeError::BadDateTime {
+            field: "end",
+            value: utc_ms.to_string(),
+            reason: e.to_string(),
+        })?;
     Ok(at.to_zoned(tz).strftime("%Y-%m-%d %H:%M %Z").to_string())
 }

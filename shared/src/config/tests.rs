@@ -1059,7 +1059,10 @@ fn utc_times_show_in_the_windows_zone_with_its_abbreviation() {
         utc_ms_to_local(at, "America/New_York").as_deref(),
         Ok("2026-01-10 03:00 EST")
     );
-    assert_eq!(utc_ms_to_local(at, "UTC").as_deref(), Ok("2026-01-10 08:00 UTC"));
+    assert_eq!(
+        utc_ms_to_local(at, "UTC").as_deref(),
+        Ok("2026-01-10 08:00 UTC")
+    );
     // The round trip through local_to_utc_ms, in summer time.
     let summer = local_to_utc_ms("start", "2026-07-01T22:15", "Europe/Berlin").expect("valid");
     assert_eq!(
