@@ -9,7 +9,9 @@
 //! DevTools) finding no serious or critical violation; screenshots are kept
 //! under `target/test-artifacts/`. A private member's page opens through a
 //! signed link made by `hubwatch-collector status-link`, and refuses
-//! another member's token.
+//! another member's token. A maintenance window added with
+//! `hubwatch-collector maintenance add` puts its hub in state Maintenance on
+//! the member page, which still passes axe.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -441,4 +443,67 @@ fn status_pages_show_the_posted_minutes_in_a_real_browser() {
         .get(forged.trim_start_matches(&base), None)
         .expect("get");
     assert_eq!(reply.status, 403, "{}", reply.body);
+
+    // A maintenance window over staging, from the command line (the
+    // running collector re-reads the windows every 5 s).
+    let utc = |ms: i64| {
+        let format = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]");
+        time::OffsetDateTime::from_unix_timestamp(ms / 1000)
+            .expect("timestamp")
+            .format(&format)
+            .expect("format")
+    };
+    let now = now_ms();
+    let (ok, _, stderr) = collector.run_cli(&[
+        "maintenance",
+        "add",
+        "--member",
+        "alpha",
+        "--hub",
+        "staging",
+        "--start",
+        &utc(now - MIN),
+        "--end",
+        &utc(now + 61 * MIN),
+        "--note",
+        "Database upgrade",
+    ]);
+    assert!(ok, "maintenance add: {stderr}");
+    let status: Value = eventually(
+        "staging in maintenance in /api/v1/status",
+        Duration::from_secs(30),
+        || {
+            let status: Value =
+                serde_json::from_str(&collector.http().get_ok("/api/v1/status", None)?)?;
+            let staging =
+                hub(&status, "alpha", "staging").ok_or_else(|| anyhow::anyhow!("no staging"))?;
+            anyhow::ensure!(
+                staging["state"] == "maintenance",
+                "not yet: {}",
+                staging["state"]
+            );
+            Ok(status)
+        },
+    );
+    let staging = hub(&status, "alpha", "staging").expect("staging");
+    assert_eq!(staging["maintenance"]["note"], "Database upgrade");
+    assert_eq!(
+        hub(&status, "alpha", "lab").expect("lab")["state"],
+        "outage",
+        "a window over one hub only"
+    );
+    let page = collector
+        .http()
+        .get_ok("/status/alpha", None)
+        .expect("member page");
+    assert!(page.contains("Maintenance</span>"), "{page}");
+    assert!(page.contains("Scheduled maintenance") && page.contains("Database upgrade"));
+    assert_accessible(
+        "member page in maintenance",
+        &member,
+        &base,
+        &axe,
+        "status_member_maintenance.png",
+        None,
+    );
 }

@@ -245,7 +245,7 @@ fn scheduled(body: &mut String, windows: &[WindowView]) {
         };
         let _ = write!(
             body,
-            "<tr><td>{}{now}</td><td>{} – {}</td><td>{} – {} ({})</td><td>{} {counted}</td></tr>",
+            "<tr><td>{}{now}</td><td>{} – {}</td><td>{} – {} ({})</td><td>{}<br>{counted}</td></tr>",
             window_hubs(w),
             escape(&w.start),
             escape(&w.end),
