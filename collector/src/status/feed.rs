@@ -73,7 +73,7 @@ fn document(
     mut entries: Vec<(&MemberView, &IncidentView)>,
 ) -> String {
     // Newest change first.
-    entries.sort_by(|a, b| (b.1.updated_ms, b.1.id).cmp(&(a.1.updated_ms, a.1.id)));
+    entries.sort_by_key(|(_, i)| std::cmp::Reverse((i.updated_ms, i.id)));
     // A feed without entries changed last when it was generated.
     let feed_updated = entries
         .first()

@@ -434,6 +434,10 @@ pub fn objective_percent(target: f64) -> String {
 
 /// Builds the view of every member of `cfg`; `visible(member)` says whether
 /// a private member's detail may be shown; `only` restricts to one member.
+// Each argument is one independent input the pages assemble (figures,
+// incidents, board, freshness, time, selection, access); a struct holding
+// them would only be built here to be taken apart again.
+#[allow(clippy::too_many_arguments)]
 pub fn network_view(
     cfg: &CollectorConfig,
     ledger: &DayLedger,
