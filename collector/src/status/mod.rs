@@ -67,6 +67,7 @@ pub mod history;
 pub mod html;
 pub mod link;
 pub mod view;
+pub mod webhooks;
 
 #[cfg(test)]
 mod tests;

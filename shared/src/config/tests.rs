@@ -995,3 +995,30 @@ fn status_merge_window_is_validated_naming_the_key() {
     let err = parse("[status]\nincident_merge_window = \"8days\"\n").expect_err("too long");
     assert!(err.contains("status.incident_merge_window"), "{err}");
 }
+
+#[test]
+fn status_webhooks_parse_and_bad_ones_name_their_key() {
+    let parse = |toml: &str| -> Result<CollectorConfig, String> {
+        load::<CollectorConfig>(toml, &HashMap::new()).map_err(|e| e.to_string())
+    };
+    assert!(CollectorConfig::default().status.webhooks.is_empty());
+    let ok = parse(
+        "[[status.webhooks]]\nurl = \"https://hooks.example.org/x\"\nmembers = [\"leap\"]\nsecret_file = \"/k\"\n\
+         [[status.webhooks]]\nurl = \"http://127.0.0.1:9000/\"\nsecret_file = \"/k2\"\n",
+    )
+    .expect("valid");
+    assert_eq!(ok.status.webhooks.len(), 2);
+    assert_eq!(ok.status.webhooks[0].members, ["leap"]);
+    assert!(ok.status.webhooks[1].members.is_empty(), "absent: every member");
+    let err = parse(
+        "[[status.webhooks]]\nurl = \"http://a/\"\nsecret_file = \"/k\"\n\
+         [[status.webhooks]]\nurl = \"ftp://nope\"\nsecret_file = \"/k\"\n",
+    )
+    .expect_err("not http");
+    assert!(err.contains("status.webhooks[1].url"), "{err}");
+    let err = parse("[[status.webhooks]]\nurl = \"http://a/\"\nsecret_file = \"\"\n")
+        .expect_err("no secret");
+    assert!(err.contains("status.webhooks[0].secret_file"), "{err}");
+    let err = parse("[[status.webhooks]]\nurl = \"http://a/\"\n").expect_err("secret required");
+    assert!(err.contains("secret_file"), "{err}");
+}
