@@ -9,7 +9,9 @@
 //! DevTools) finding no serious or critical violation; screenshots are kept
 //! under `target/test-artifacts/`. A private member's page opens through a
 //! signed link made by `hubwatch-collector status-link`, and refuses
-//! another member's token.
+//! another member's token. An incident opened with `hubwatch-collector
+//! incident open` shows at the top of the member page (which still passes
+//! axe and makes no outside request) and is carried by the Atom feeds.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -333,7 +335,36 @@ fn status_pages_show_the_posted_minutes_in_a_real_browser() {
         "operational"
     );
 
-    // The pages in a real browser.
+    // An incident opened from the command line (another process, on the
+    // store): the pages show it within a refresh.
+    let (ok, stdout, stderr) = collector.run_cli(&[
+        "incident",
+        "open",
+        "--member",
+        "alpha",
+        "--hub",
+        "lab",
+        "--title",
+        "Lab logins fail",
+        "--message",
+        "We are looking into failed logins on lab.",
+    ]);
+    assert!(ok, "incident open: {stdout} {stderr}");
+    let open = eventually(
+        "the incident in /api/v1/status",
+        Duration::from_secs(30),
+        || {
+            let status: Value =
+                serde_json::from_str(&collector.http().get_ok("/api/v1/status", None)?)?;
+            let open = status["members"][0]["open_incidents"][0].clone();
+            anyhow::ensure!(open["title"] == "Lab logins fail", "not yet: {status}");
+            Ok(open)
+        },
+    );
+    let incident_id = open["id"].as_i64().expect("incident id");
+    assert_eq!(open["state"], "investigating");
+
+    // The pages in a real browser (the member page with the incident open).
     let network = format!("{base}/status");
     assert_accessible(
         "network page",
@@ -387,6 +418,44 @@ fn status_pages_show_the_posted_minutes_in_a_real_browser() {
         "{keys}"
     );
     assert!(report.dom.contains("Outage</span>"), "the state as a word");
+    assert!(
+        report
+            .dom
+            .contains("<h2 id=\"open-incidents\">Open incidents</h2>")
+            && report.dom.contains("Lab logins fail")
+            && report
+                .dom
+                .contains("We are looking into failed logins on lab."),
+        "the open incident with its latest update"
+    );
+    assert!(
+        report.dom.contains("application/atom+xml"),
+        "the feed is linked"
+    );
+    // The Atom feed carries it: valid XML, the entry with its id and update.
+    for path in ["/status/alpha/feed.atom", "/status/feed.atom"] {
+        let feed = collector.http().get_ok(path, None).expect("feed");
+        let doc = roxmltree::Document::parse(&feed).expect("the feed is XML");
+        let atom = "http://www.w3.org/2005/Atom";
+        assert!(doc.root_element().has_tag_name((atom, "feed")), "{feed}");
+        let entries: Vec<_> = doc
+            .root_element()
+            .children()
+            .filter(|n| n.has_tag_name((atom, "entry")))
+            .collect();
+        assert_eq!(entries.len(), 1, "{path}: {feed}");
+        let text = |name: &str| {
+            entries[0]
+                .children()
+                .find(|n| n.has_tag_name((atom, name)))
+                .and_then(|n| n.text())
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert_eq!(text("id"), format!("urn:hubwatch:incident:{incident_id}"));
+        assert!(text("title").starts_with("Lab logins fail"), "{feed}");
+        assert!(text("content").contains("We are looking into failed logins on lab."));
+    }
     assert!(
         report.dom.contains("The member's agent sees it down since"),
         "the evidence"

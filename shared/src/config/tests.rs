@@ -1009,7 +1009,10 @@ fn status_webhooks_parse_and_bad_ones_name_their_key() {
     .expect("valid");
     assert_eq!(ok.status.webhooks.len(), 2);
     assert_eq!(ok.status.webhooks[0].members, ["leap"]);
-    assert!(ok.status.webhooks[1].members.is_empty(), "absent: every member");
+    assert!(
+        ok.status.webhooks[1].members.is_empty(),
+        "absent: every member"
+    );
     let err = parse(
         "[[status.webhooks]]\nurl = \"http://a/\"\nsecret_file = \"/k\"\n\
          [[status.webhooks]]\nurl = \"ftp://nope\"\nsecret_file = \"/k\"\n",
