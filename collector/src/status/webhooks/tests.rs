@@ -290,8 +290,8 @@ async fn a_restart_mid_retry_still_delivers_and_events_follow_the_incident() -> 
         1,
         "the delivery survived the restart"
     );
-    // Due now (a restart does not wait out the old backoff only if due;
-    // here it is made due so the test need not wait an hour).
+    // The kept row still waits out its hour of backoff; make it due now so
+    // the test need not wait (the restart itself keeps the row as it was).
     store.write_with("test: due now", |tx| {
         tx.execute("UPDATE status_webhook_outbox SET next_attempt_ms = 0", [])
     })?;
@@ -327,5 +327,57 @@ async fn a_restart_mid_retry_still_delivers_and_events_follow_the_incident() -> 
     assert_eq!(outbox::pending(&store)?, 0);
     trigger.trigger();
     task.await?;
+    Ok(())
+}
+
+#[test]
+fn config_errors_name_the_key_and_the_secret_is_never_printed() -> anyhow::Result<()> {
+    use hubwatch_shared::config::{CollectorConfig, MemberConfig, WebhookConfig};
+    let dir = tempfile::tempdir()?;
+    let key = dir.path().join("key");
+    std::fs::write(&key, "  topsecret-value\n")?;
+    let mut cfg = CollectorConfig::default();
+    cfg.members.push(MemberConfig {
+        id: "cryo".into(),
+        name: String::new(),
+        tier: "member".into(),
+        hubs: Vec::new(),
+        status_page: "public".into(),
+    });
+    let hook = |members: &[&str], secret_file: std::path::PathBuf| WebhookConfig {
+        url: "https://hooks.example.org/x?token=abc".into(),
+        members: members.iter().map(|m| m.to_string()).collect(),
+        secret_file,
+    };
+    let ok = Subscriber::from_config(&cfg, 0, &hook(&["cryo"], key.clone()))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(
+        ok.secret, b"topsecret-value",
+        "surrounding whitespace ignored"
+    );
+    let shown = format!("{ok:?}");
+    assert!(
+        !shown.contains("topsecret") && !shown.contains("token=abc"),
+        "{shown}"
+    );
+    let err = Subscriber::from_config(&cfg, 2, &hook(&["nobody"], key.clone()))
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    assert!(
+        matches!(&err, Err(e) if e.contains("status.webhooks[2].members")),
+        "{err:?}"
+    );
+    let err = Subscriber::from_config(&cfg, 1, &hook(&[], dir.path().join("missing")))
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    assert!(
+        matches!(&err, Err(e) if e.contains("status.webhooks[1].secret_file")),
+        "{err:?}"
+    );
+    std::fs::write(&key, " \n")?;
+    let err = Subscriber::from_config(&cfg, 0, &hook(&[], key))
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    assert!(matches!(&err, Err(e) if e.contains("empty")), "{err:?}");
     Ok(())
 }
