@@ -82,6 +82,20 @@ fn event_body(
 /// for every subscriber in `routes` that wants their member, and moves the
 /// cursor past them; one transaction. Returns the rows added.
 pub fn enqueue(store: &Store, routes: &[Route], now_ms: i64) -> Result<usize, StoreError> {
+    // Most rounds find nothing new: check with a read first, so they do
+    // not take the store's write lock every second.
+    let new = store.read_with("checking for status webhook events", |conn| {
+        conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM status_incident_updates
+                            WHERE id > COALESCE((SELECT last_update_id FROM status_webhook_cursor
+                                                 WHERE id = 1), 0))",
+            [],
+            |r| r.get::<_, bool>(0),
+        )
+    })?;
+    if !new {
+        return Ok(0);
+    }
     store.write_with("queueing status webhook events", |tx| {
         let cursor: i64 = tx
             .query_row(
