@@ -197,6 +197,12 @@ fn member_rows(body: &mut String, member: &MemberView) {
 /// One member's page: each hub's state with its evidence, figures and
 /// 90-day bar.
 pub fn member_page(view: &NetworkView, member: &MemberView) -> String {
+    member_page_with(view, member, "")
+}
+
+/// [`member_page`] whose feed link ends in `feed_query` (`?exp=…&sig=…`
+/// when the page was opened by a signed link, so the feed opens too).
+pub fn member_page_with(view: &NetworkView, member: &MemberView, feed_query: &str) -> String {
     let mut body = String::with_capacity(64 * 1024);
     let _ = write!(
         body,
@@ -229,7 +235,7 @@ pub fn member_page(view: &NetworkView, member: &MemberView) -> String {
         &format!("{} status", member.name),
         &body,
         true,
-        &format!("/status/{}/{}", member.member, feed::FILE),
+        &format!("/status/{}/{}{feed_query}", member.member, feed::FILE),
     )
 }
 

@@ -376,12 +376,19 @@ impl Pages {
                 feed::member_feed(&view, member_view),
                 private,
             ),
-            None => page(
-                StatusCode::OK,
-                "text/html; charset=utf-8",
-                html::member_page(&view, member_view),
-                private,
-            ),
+            None => {
+                // A page opened by a signed link links its feed with the same link.
+                let feed_query = match (query.get("exp"), query.get("sig")) {
+                    (Some(exp), Some(sig)) if private => format!("?exp={exp}&sig={sig}"),
+                    _ => String::new(),
+                };
+                page(
+                    StatusCode::OK,
+                    "text/html; charset=utf-8",
+                    html::member_page_with(&view, member_view, &feed_query),
+                    private,
+                )
+            }
             Some(hub) => {
                 let Some(kind) = BadgeKind::parse(query.get("kind")) else {
                     return server::error(

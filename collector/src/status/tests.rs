@@ -480,8 +480,13 @@ async fn private_pages_need_their_members_token_or_a_signed_link() -> anyhow::Re
     // Signed links: valid, tampered, expired, another member's.
     let exp = NOW / 1000 + 3600;
     let link = key.query("leap", exp);
-    let (status, _) = get(addr, &format!("/status/leap?{link}"), None).await?;
+    let (status, body) = get(addr, &format!("/status/leap?{link}"), None).await?;
     assert_eq!(status, 200);
+    let feed_link = format!("/status/leap/feed.atom?{}", link.replace('&', "&amp;"));
+    assert!(
+        body.contains(&format!("href=\"{feed_link}\"")),
+        "the feed link carries the signed link: {body}"
+    );
     let tampered = link.replace(&format!("exp={exp}"), &format!("exp={}", exp + 86_400));
     let (status, body) = get(addr, &format!("/status/leap?{tampered}"), None).await?;
     assert_eq!(status, 403, "{body}");
