@@ -94,6 +94,10 @@ pub struct CollectorMetrics {
     pub alert_evaluation_failures: IntCounterVec,
     /// Alert evaluation rounds whose state could not be saved (not sent).
     pub alert_state_save_failures: IntCounter,
+    /// Status webhook POSTs by outcome.
+    pub status_webhook_deliveries: IntCounterVec,
+    /// Status webhook deliveries waiting in the outbox.
+    pub status_webhook_outbox: IntGauge,
     /// Alert POSTs an Alertmanager accepted, by Alertmanager URL.
     pub alertmanager_sends: IntCounterVec,
     /// Alert POSTs that failed, by Alertmanager URL.
@@ -193,6 +197,8 @@ impl CollectorMetrics {
             alerts: metrics::COLLECTOR_ALERTS.int_gauge_vec(r),
             alert_evaluation_failures: metrics::COLLECTOR_ALERT_EVALUATION_FAILURES.counter_vec(r),
             alert_state_save_failures: metrics::COLLECTOR_ALERT_STATE_SAVE_FAILURES.counter(r),
+            status_webhook_deliveries: metrics::COLLECTOR_STATUS_WEBHOOK_DELIVERIES.counter_vec(r),
+            status_webhook_outbox: metrics::COLLECTOR_STATUS_WEBHOOK_OUTBOX.int_gauge(r),
             alertmanager_sends: metrics::COLLECTOR_ALERTMANAGER_SENDS.counter_vec(r),
             alertmanager_send_failures: metrics::COLLECTOR_ALERTMANAGER_SEND_FAILURES
                 .counter_vec(r),

@@ -166,6 +166,10 @@ metrics! {
     COLLECTOR_REMOTE_WRITE_OUT_REQUESTS = (Collector, Counter, "hubwatch_collector_remote_write_out_requests_total", ["destination", "code"], "Remote write requests sent, by the HTTP status the destination answered (or error: no answer: connect, TLS, timeout).");
     /// Remote write out: samples not sent.
     COLLECTOR_REMOTE_WRITE_OUT_DROPPED = (Collector, Counter, "hubwatch_collector_remote_write_out_samples_dropped_total", ["destination", "reason"], "Samples not delivered to a destination: rejected (it answered a 4xx other than 429: never retried, per the spec), relabel (write_relabel), invalid (a metric or label name Prometheus refuses).");
+    /// Status webhooks: delivery attempts by outcome.
+    COLLECTOR_STATUS_WEBHOOK_DELIVERIES = (Collector, Counter, "hubwatch_collector_status_webhook_deliveries_total", ["outcome"], "Status incident webhook POSTs by outcome: delivered (2xx), retried (5xx, 408, 429 or no answer: tried again later with backoff), dropped (still failing after the last attempt), rejected (another 4xx: never retried), unsubscribed (its [[status.webhooks]] entry was removed).");
+    /// Status webhooks: deliveries waiting.
+    COLLECTOR_STATUS_WEBHOOK_OUTBOX = (Collector, Gauge, "hubwatch_collector_status_webhook_outbox", [], "Status incident webhook deliveries waiting in the outbox (durable across restarts).");
     /// Remote write out: lag.
     COLLECTOR_REMOTE_WRITE_OUT_LAG_SECONDS = (Collector, Gauge, "hubwatch_collector_remote_write_out_lag_seconds", ["destination"], "Age of the oldest raw batch not yet acknowledged by the destination, seconds (0 when caught up).");
     /// Remote write out: cursor.

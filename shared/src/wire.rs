@@ -349,7 +349,8 @@ pub struct JourneyResult {
     pub failure: Option<JourneyFailure>,
 }
 
-/// One step of a journey, in the order they run.
+/// One step of a journey. They run login, cleanup, spawn, kernel, execute,
+/// stop: cleanup needs the user's name and servers that login reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum JourneyPhase {
     /// A server left behind by an earlier run (a crash, a timeout) is
@@ -369,7 +370,7 @@ pub enum JourneyPhase {
 }
 
 impl JourneyPhase {
-    /// Every phase, in order.
+    /// Every phase (in declaration order, not run order).
     pub const ALL: [JourneyPhase; 6] = [
         JourneyPhase::Cleanup,
         JourneyPhase::Login,

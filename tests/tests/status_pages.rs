@@ -9,9 +9,12 @@
 //! DevTools) finding no serious or critical violation; screenshots are kept
 //! under `target/test-artifacts/`. A private member's page opens through a
 //! signed link made by `hubwatch-collector status-link`, and refuses
-//! another member's token. A maintenance window added with
-//! `hubwatch-collector maintenance add` puts its hub in state Maintenance on
-//! the member page, which still passes axe.
+//! another member's token. An incident opened with `hubwatch-collector
+//! incident open` shows at the top of the member page (which still passes
+//! axe and makes no outside request), is carried by the Atom feeds, and
+//! reaches a `[[status.webhooks]]` subscriber signed with its secret. A
+//! maintenance window added with `hubwatch-collector maintenance add` puts
+//! its hub in state Maintenance on the member page, which still passes axe.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -173,18 +176,67 @@ fn assert_accessible(what: &str, url: &str, base: &str, axe: &str, shot: &str, w
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
 }
 
+/// What the webhook receiver got: (header lines, body).
+type Hooks = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A minimal HTTP/1.1 receiver on loopback that answers 200 and keeps each request.
+fn webhook_receiver() -> (std::net::SocketAddr, Hooks) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let hooks: Hooks = Hooks::default();
+    let got = hooks.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut headers = String::new();
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((n, v)) = line.split_once(':')
+                    && n.eq_ignore_ascii_case("content-length")
+                {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                headers.push_str(&line);
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            if let Ok(mut got) = got.lock() {
+                got.push((headers, body));
+            }
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (addr, hooks)
+}
+
 #[test]
 fn status_pages_show_the_posted_minutes_in_a_real_browser() {
     let axe = std::fs::read_to_string(axe_path())
         .expect("axe-core is installed: run scripts/install-test-deps.sh");
+    // A webhook subscriber: a real HTTP receiver in this process.
+    let secret_dir = tempfile::tempdir().expect("tempdir");
+    let secret_file = secret_dir.path().join("webhook.key");
+    std::fs::write(&secret_file, "e2e-webhook-secret\n").expect("secret file");
+    let (hook_addr, hooks) = webhook_receiver();
     let collector = Collector::start(CollectorOptions {
         members: Vec::new(),
-        extra_server_toml: "\n[status]\nrefresh_interval = \"1s\"\n\
-             \n[[members]]\nid = \"alpha\"\nname = \"Alpha Climate <Lab>\"\ntier = \"premier\"\n\
+        extra_server_toml: format!(
+            "\n[status]\nrefresh_interval = \"1s\"\n\
+             [[status.webhooks]]\nurl = \"http://{hook_addr}/hook\"\nmembers = [\"alpha\"]\nsecret_file = {:?}\n",
+            secret_file.display().to_string()
+        ) + "\n[[members]]\nid = \"alpha\"\nname = \"Alpha Climate <Lab>\"\ntier = \"premier\"\n\
              [[members.hubs]]\nname = \"lab\"\n[[members.hubs]]\nname = \"staging\"\n\
              \n[[members]]\nid = \"beta\"\ntier = \"member\"\nstatus_page = \"private\"\n\
-             [[members.hubs]]\nname = \"prod\"\n"
-            .to_string(),
+             [[members.hubs]]\nname = \"prod\"\n",
         ..CollectorOptions::default()
     });
     let base = collector.url().trim_end_matches('/').to_string();
@@ -335,7 +387,70 @@ fn status_pages_show_the_posted_minutes_in_a_real_browser() {
         "operational"
     );
 
-    // The pages in a real browser.
+    // An incident opened from the command line (another process, on the
+    // store): the pages show it within a refresh.
+    let (ok, stdout, stderr) = collector.run_cli(&[
+        "incident",
+        "open",
+        "--member",
+        "alpha",
+        "--hub",
+        "lab",
+        "--title",
+        "Lab logins fail",
+        "--message",
+        "We are looking into failed logins on lab.",
+    ]);
+    assert!(ok, "incident open: {stdout} {stderr}");
+    let open = eventually(
+        "the incident in /api/v1/status",
+        Duration::from_secs(30),
+        || {
+            let status: Value =
+                serde_json::from_str(&collector.http().get_ok("/api/v1/status", None)?)?;
+            let open = status["members"][0]["open_incidents"][0].clone();
+            anyhow::ensure!(open["title"] == "Lab logins fail", "not yet: {status}");
+            Ok(open)
+        },
+    );
+    let incident_id = open["id"].as_i64().expect("incident id");
+    assert_eq!(open["state"], "investigating");
+    // The subscriber got the event, signed with its secret.
+    let (headers, body) = eventually("the webhook event", Duration::from_secs(30), || {
+        let got = hooks.lock().map_err(|e| anyhow::anyhow!("{e}"))?;
+        got.first()
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no webhook yet"))
+    });
+    let header = |name: &str| {
+        headers
+            .lines()
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            })
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let event: Value = serde_json::from_slice(&body).expect("event JSON");
+    assert_eq!(event["event"], "incident.opened");
+    assert_eq!(event["incident"]["id"], incident_id);
+    let verify = |body: &[u8]| {
+        hubwatch_collector::status::webhooks::signature::verify(
+            b"e2e-webhook-secret",
+            &header("x-hubwatch-timestamp"),
+            &header("x-hubwatch-signature"),
+            body,
+            now_ms() / 1000,
+            300,
+        )
+    };
+    assert_eq!(verify(&body), Ok(()));
+    let mut forged = body.clone();
+    forged.extend_from_slice(b" ");
+    assert!(verify(&forged).is_err(), "an altered body is detected");
+
+    // The pages in a real browser (the member page with the incident open).
     let network = format!("{base}/status");
     assert_accessible(
         "network page",
@@ -389,6 +504,44 @@ fn status_pages_show_the_posted_minutes_in_a_real_browser() {
         "{keys}"
     );
     assert!(report.dom.contains("Outage</span>"), "the state as a word");
+    assert!(
+        report
+            .dom
+            .contains("<h2 id=\"open-incidents\">Open incidents</h2>")
+            && report.dom.contains("Lab logins fail")
+            && report
+                .dom
+                .contains("We are looking into failed logins on lab."),
+        "the open incident with its latest update"
+    );
+    assert!(
+        report.dom.contains("application/atom+xml"),
+        "the feed is linked"
+    );
+    // The Atom feed carries it: valid XML, the entry with its id and update.
+    for path in ["/status/alpha/feed.atom", "/status/feed.atom"] {
+        let feed = collector.http().get_ok(path, None).expect("feed");
+        let doc = roxmltree::Document::parse(&feed).expect("the feed is XML");
+        let atom = "http://www.w3.org/2005/Atom";
+        assert!(doc.root_element().has_tag_name((atom, "feed")), "{feed}");
+        let entries: Vec<_> = doc
+            .root_element()
+            .children()
+            .filter(|n| n.has_tag_name((atom, "entry")))
+            .collect();
+        assert_eq!(entries.len(), 1, "{path}: {feed}");
+        let text = |name: &str| {
+            entries[0]
+                .children()
+                .find(|n| n.has_tag_name((atom, name)))
+                .and_then(|n| n.text())
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert_eq!(text("id"), format!("urn:hubwatch:incident:{incident_id}"));
+        assert!(text("title").starts_with("Lab logins fail"), "{feed}");
+        assert!(text("content").contains("We are looking into failed logins on lab."));
+    }
     assert!(
         report.dom.contains("The member's agent sees it down since"),
         "the evidence"

@@ -59,6 +59,8 @@ pub struct Response {
     pub latency: Duration,
     /// The server certificate's notAfter, Unix ms (`https://` only).
     pub cert_not_after_ms: Option<i64>,
+    /// The `Retry-After` header, when sent.
+    pub retry_after: Option<String>,
 }
 
 /// A request that got no complete response.
@@ -126,6 +128,8 @@ pub struct Request<'a> {
     pub endpoint: &'a Endpoint,
     /// `(content type, body)` for a POST.
     pub body: Option<(&'static str, Bytes)>,
+    /// Further request headers (the status webhooks' signature).
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Time allowed from DNS to the last byte.
     pub timeout: Duration,
     /// TLS for `https://`.
@@ -214,9 +218,10 @@ pub async fn send(request: Request<'_>) -> Result<Response, RequestError> {
     match exchanged {
         Err(_) => Err(timed_out("the HTTP exchange", cert_not_after_ms)),
         Ok(Err((kind, message))) => Err(fail(kind, message, cert_not_after_ms)),
-        Ok(Ok((status, body))) => Ok(Response {
+        Ok(Ok((status, body, retry_after))) => Ok(Response {
             status,
             body,
+            retry_after,
             latency: started.elapsed(),
             cert_not_after_ms,
         }),
@@ -227,7 +232,7 @@ pub async fn send(request: Request<'_>) -> Result<Response, RequestError> {
 async fn exchange<S>(
     stream: S,
     request: &Request<'_>,
-) -> Result<(u16, Bytes), (FailureKind, String)>
+) -> Result<(u16, Bytes, Option<String>), (FailureKind, String)>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -256,6 +261,9 @@ where
         }
         None => Bytes::new(),
     };
+    for (name, value) in &request.headers {
+        builder = builder.header(name, value);
+    }
     let http_request = builder
         .body(Full::new(body))
         .map_err(|e| (FailureKind::Other, format!("building the request: {e}")))?;
@@ -264,12 +272,17 @@ where
         .await
         .map_err(|e| (FailureKind::Other, format!("HTTP request: {e}")))?;
     let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
         .collect()
         .await
         .map_err(|e| (FailureKind::Parse, format!("reading the body: {e}")))?
         .to_bytes();
-    Ok((status, body))
+    Ok((status, body, retry_after))
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -120,6 +120,7 @@ impl OutsideProber {
             body: None,
             timeout: self.timeout,
             tls: &self.tls,
+            headers: Vec::new(),
         })
         .await;
         let (ok, status, latency, error, cert) = match result {

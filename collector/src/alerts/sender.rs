@@ -207,6 +207,7 @@ impl AlertmanagerTarget {
             body: Some(("application/json", body)),
             timeout: self.settings.send_timeout,
             tls: &self.tls,
+            headers: Vec::new(),
         })
         .await;
         match result {

@@ -150,6 +150,7 @@ pub fn all_components() -> Vec<Box<dyn Component>> {
     components.push(Box::new(crate::remote_write_out::RemoteWriteOutComponent));
     components.push(Box::new(crate::alerts::AlertsComponent));
     components.push(Box::new(crate::status::StatusComponent));
+    components.push(Box::new(crate::status::webhooks::WebhooksComponent));
     components
 }
 

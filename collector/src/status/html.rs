@@ -10,7 +10,10 @@
 
 use std::fmt::Write as _;
 
-use super::view::{Figure, HubView, MemberView, NetworkView, UPCOMING_DAYS, WindowView};
+use super::feed;
+use super::view::{
+    Figure, HubView, IncidentView, MemberView, NetworkView, UPCOMING_DAYS, WindowView,
+};
 use crate::report::svg::escape;
 
 const STYLE: &str = "
@@ -44,6 +47,11 @@ ol.strip li.nodata{background:repeating-linear-gradient(45deg,#fff,#fff 2px,#8c9
 .vh{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);clip-path:inset(50%);white-space:nowrap}
 .legend{display:flex;flex-wrap:wrap;gap:.25rem 1rem;font-size:.9rem;padding:0;list-style:none}
 .legend span.key{display:inline-block;width:.8rem;height:.8rem;margin-right:.3rem;vertical-align:middle}
+.incident{border:2px solid #a4001b;border-radius:.5rem;padding:.5rem 1rem;margin:1rem 0}
+.incident h3 .state{margin-left:.5rem}
+.incident-mark{display:block;font-weight:400;font-size:.9rem}
+.history li{margin:.25rem 0}
+.history ol{font-size:.9rem}
 .rule{background:#f6f8fa;border-left:4px solid #8c959f;padding:.5rem 1rem;margin:1.5rem 0}
 footer{font-size:.85rem;color:#4b5563;margin-top:2rem}
 ";
@@ -63,14 +71,17 @@ document.querySelectorAll('ol.strip').forEach(function(strip){
 });
 ";
 
-fn document(title: &str, body: &str, script: bool) -> String {
+fn document(title: &str, body: &str, script: bool, feed_href: &str) -> String {
     let mut out = String::with_capacity(body.len() + STYLE.len() + 512);
     out.push_str("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">");
     out.push_str("<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">");
     let _ = write!(
         out,
-        "<title>{}</title><style>{STYLE}</style></head><body><main>",
-        escape(title)
+        "<title>{}</title><link rel=\"alternate\" type=\"application/atom+xml\" title=\"{} (incidents, Atom)\" href=\"{}\">\
+         <style>{STYLE}</style></head><body><main>",
+        escape(title),
+        escape(title),
+        escape(feed_href)
     );
     out.push_str(body);
     out.push_str("</main>");
@@ -131,7 +142,12 @@ pub fn network_page(view: &NetworkView) -> String {
     body.push_str("</tbody></table>");
     rule(&mut body, view);
     footer(&mut body, view);
-    document("Service status", &body, false)
+    document(
+        "Service status",
+        &body,
+        false,
+        &format!("/status/{}", feed::FILE),
+    )
 }
 
 fn member_rows(body: &mut String, member: &MemberView) {
@@ -140,7 +156,18 @@ fn member_rows(body: &mut String, member: &MemberView) {
         escape(&member.member),
         escape(&member.name)
     );
-    // Only set for a member whose detail may be shown (never a private one here).
+    // Only members shown in detail carry their open incidents and
+    // maintenance here (never a private one on this page).
+    for incident in member.open_incidents.iter().flatten() {
+        let _ = write!(
+            link,
+            "<a class=\"incident-mark\" href=\"/status/{}#incident-{}\"><span aria-hidden=\"true\">⚠ </span>Incident ({}): {}</a>",
+            escape(&member.member),
+            incident.id,
+            escape(incident.state),
+            escape(&incident.title)
+        );
+    }
     if member.in_maintenance == Some(true) {
         link.push_str(
             "<br><span class=\"state maintenance\"><span aria-hidden=\"true\">⚒ </span>Maintenance in progress</span>",
@@ -181,12 +208,28 @@ fn member_rows(body: &mut String, member: &MemberView) {
 /// One member's page: each hub's state with its evidence, figures and
 /// 90-day bar.
 pub fn member_page(view: &NetworkView, member: &MemberView) -> String {
+    member_page_with(view, member, "")
+}
+
+/// [`member_page`] whose feed link ends in `feed_query` (`?exp=…&sig=…`
+/// when the page was opened by a signed link, so the feed opens too).
+pub fn member_page_with(view: &NetworkView, member: &MemberView, feed_query: &str) -> String {
     let mut body = String::with_capacity(64 * 1024);
     let _ = write!(
         body,
         "<p><a href=\"/status\">All members</a></p><h1>{} status</h1>",
         escape(&member.name)
     );
+    let open = member.open_incidents.as_deref().unwrap_or_default();
+    if !open.is_empty() {
+        body.push_str(
+            "<section aria-labelledby=\"open-incidents\"><h2 id=\"open-incidents\">Open incidents</h2>",
+        );
+        for incident in open {
+            open_incident(&mut body, incident);
+        }
+        body.push_str("</section>");
+    }
     scheduled(&mut body, member.maintenance.as_deref().unwrap_or_default());
     for hub in member.hubs.as_deref().unwrap_or_default() {
         hub_section(&mut body, member, hub);
@@ -201,7 +244,12 @@ pub fn member_page(view: &NetworkView, member: &MemberView) -> String {
     );
     rule(&mut body, view);
     footer(&mut body, view);
-    document(&format!("{} status", member.name), &body, true)
+    document(
+        &format!("{} status", member.name),
+        &body,
+        true,
+        &format!("/status/{}/{}{feed_query}", member.member, feed::FILE),
+    )
 }
 
 /// `hubs` of a window as text.
@@ -353,10 +401,94 @@ fn hub_section(body: &mut String, member: &MemberView, hub: &HubView) {
     let _ = write!(
         body,
         "</ol><div class=\"strip-scale\" aria-hidden=\"true\"><span>{first}</span><span>today</span></div>\
-         <p class=\"day-now\" id=\"{out_id}\" aria-live=\"polite\">{}</p></section>",
+         <p class=\"day-now\" id=\"{out_id}\" aria-live=\"polite\">{}</p>",
         hub.days
             .last()
             .map(|d| escape(&d.label()))
             .unwrap_or_default()
     );
+    history(body, hub);
+    body.push_str("</section>");
+}
+
+fn incident_state(out: &mut String, state: &str) {
+    // Open incidents in the outage colour, resolved ones in the operational
+    // one; the word is always there.
+    let (class, symbol) = if state == "resolved" {
+        ("operational", "✓")
+    } else {
+        ("outage", "!")
+    };
+    let _ = write!(
+        out,
+        "<span class=\"state {class}\"><span aria-hidden=\"true\">{symbol} </span>{}</span>",
+        escape(state)
+    );
+}
+
+/// An open incident at the top of the member page: title, state, since
+/// when and its latest update.
+fn open_incident(body: &mut String, incident: &IncidentView) {
+    let _ = write!(
+        body,
+        "<article class=\"incident\" aria-labelledby=\"open-{id}\"><h3 id=\"open-{id}\"><a href=\"#incident-{id}\">{}</a>",
+        escape(&incident.title),
+        id = incident.id
+    );
+    incident_state(body, incident.state);
+    let _ = write!(
+        body,
+        "</h3><p>{}: since {}.</p>",
+        escape(&incident.hub),
+        escape(&incident.started_at)
+    );
+    if let Some(latest) = incident.latest() {
+        let _ = write!(
+            body,
+            "<p>Latest update ({}, {}): {}</p>",
+            escape(latest.state),
+            escape(&latest.at),
+            escape(&latest.message)
+        );
+    }
+    body.push_str("</article>");
+}
+
+/// A hub's incidents of the last 90 days with their updates.
+fn history(body: &mut String, hub: &HubView) {
+    let id = format!("history-{}", escape(&hub.hub));
+    let _ = write!(
+        body,
+        "<section class=\"history\" aria-labelledby=\"{id}\"><h3 id=\"{id}\">Incidents, last 90 days</h3>"
+    );
+    if hub.incidents.is_empty() {
+        body.push_str("<p>No incidents.</p></section>");
+        return;
+    }
+    body.push_str("<ul>");
+    for incident in &hub.incidents {
+        let _ = write!(
+            body,
+            "<li id=\"incident-{}\"><strong>{}</strong> ",
+            incident.id,
+            escape(&incident.title)
+        );
+        incident_state(body, incident.state);
+        let _ = write!(body, " from {}", escape(&incident.started_at));
+        if let Some(end) = &incident.ended_at {
+            let _ = write!(body, " to {}", escape(end));
+        }
+        body.push_str("<ol>");
+        for update in &incident.updates {
+            let _ = write!(
+                body,
+                "<li>{} ({}): {}</li>",
+                escape(update.state),
+                escape(&update.at),
+                escape(&update.message)
+            );
+        }
+        body.push_str("</ol></li>");
+    }
+    body.push_str("</ul></section>");
 }

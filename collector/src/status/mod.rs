@@ -26,15 +26,22 @@
 //! through a reverse proxy on loopback, which would otherwise open every
 //! private page.
 //!
+//! Status incidents ([`history`], read with the figures by the refresh
+//! task): a member page opens with the incidents still open and lists each
+//! hub's incidents of the last 90 days with their updates; each day of a
+//! bar counts the incidents overlapping it; the network page marks public
+//! members with an open incident (a private member's, like its state, is
+//! not shown there). Atom feeds ([`feed`]): `GET /status/feed.atom`
+//! (public members' incidents) and `GET /status/{member}/feed.atom`
+//! (privacy as the member's page).
+//!
 //! Maintenance: a hub covered by a window of the collector's
 //! [`Calendar`] (the one the SLO and alert engines read) is shown in state
 //! *Maintenance* with the window's note and end; a member's page lists its
 //! windows of the next 14 days ("Scheduled maintenance"); and the ledger
 //! leaves out the minutes the tier excludes, through the report's
-//! [`crate::report::slo::attainment_with_maintenance`].
-//!
-//! Later increments (incidents, feeds) add sections to
-//! [`view::HubView`] and the pages.
+//! [`crate::report::slo::attainment_with_maintenance`]. (The feeds do not
+//! carry maintenance windows yet.)
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -52,6 +59,7 @@ use crate::alerts::FleetSource;
 use crate::auth::{self, PeerIdentity};
 use crate::clock::SharedClock;
 use crate::component::{BuildContext, Built, Component, ComponentError, Route, Shutdown, Task};
+use crate::incidents::SqliteStatusIncidents;
 use crate::maintenance::Calendar;
 use crate::server::{self, AppState, HttpResponse};
 use crate::slo::objectives::{HubObjectives, SloSettings};
@@ -60,15 +68,19 @@ use crate::store::Store;
 
 pub mod accounting;
 pub mod badge;
+pub mod feed;
+pub mod history;
 pub mod html;
 pub mod link;
 pub mod view;
+pub mod webhooks;
 
 #[cfg(test)]
 mod tests;
 
 use accounting::DayLedger;
 use badge::BadgeKind;
+use history::IncidentHistory;
 use link::LinkKey;
 use view::{Freshness, NetworkView};
 
@@ -102,15 +114,22 @@ impl Component for StatusComponent {
             let (store, clock, read_hubs) = (ctx.store.clone(), ctx.clock.clone(), hubs.clone());
             // The maintenance component (built before this one) has filled it.
             let windows = ctx.maintenance.windows();
-            let (ledger, key) = tokio::task::spawn_blocking(move || {
+            let (ledger, incidents, key) = tokio::task::spawn_blocking(move || {
+                let now_ms = clock.now_ms();
                 let ledger = DayLedger::read_with_maintenance(
                     &SqliteSli::new(store.clone()),
                     &read_hubs,
-                    clock.now_ms(),
+                    now_ms,
                     None,
                     &windows,
                 )?;
-                Ok::<_, crate::store::StoreError>((ledger, LinkKey::load_or_create(&store)?))
+                let incidents =
+                    IncidentHistory::read(&SqliteStatusIncidents::new(store.clone()), now_ms)?;
+                Ok::<_, crate::store::StoreError>((
+                    ledger,
+                    incidents,
+                    LinkKey::load_or_create(&store)?,
+                ))
             })
             .await
             .map_err(|e| ComponentError::failed("status", TaskError(e.to_string())))?
@@ -119,6 +138,7 @@ impl Component for StatusComponent {
                 freshness: Freshness::from_config(&ctx.config),
                 config: ctx.config.clone(),
                 ledger: RwLock::new(Arc::new(ledger)),
+                incidents: RwLock::new(Arc::new(incidents)),
                 fleet: ctx.fleet.clone(),
                 key,
                 clock: ctx.clock.clone(),
@@ -179,6 +199,7 @@ struct TaskError(String);
 pub struct Pages {
     config: Arc<CollectorConfig>,
     ledger: RwLock<Arc<DayLedger>>,
+    incidents: RwLock<Arc<IncidentHistory>>,
     fleet: Option<Arc<FleetSource>>,
     freshness: Freshness,
     key: LinkKey,
@@ -228,6 +249,7 @@ impl Pages {
             freshness: Freshness::from_config(&config),
             config,
             ledger: RwLock::new(Arc::new(ledger)),
+            incidents: RwLock::new(Arc::new(IncidentHistory::default())),
             fleet,
             key,
             clock,
@@ -253,10 +275,24 @@ impl Pages {
         *self.ledger.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ledger);
     }
 
+    fn incidents(&self) -> Arc<IncidentHistory> {
+        self.incidents
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the incidents shown (the refresh task does this every
+    /// `status.refresh_interval`; [`Pages::new`] starts with none).
+    pub fn set_incidents(&self, incidents: IncidentHistory) {
+        *self.incidents.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(incidents);
+    }
+
     /// The view of every member (only `only`, when given), a private
     /// member's detail only when `visible` says so.
     pub fn view(&self, only: Option<&str>, visible: &dyn Fn(&str) -> bool) -> NetworkView {
         let ledger = self.ledger();
+        let incidents = self.incidents();
         let board = |member: &str, hub: &str| {
             self.fleet
                 .as_ref()
@@ -265,6 +301,7 @@ impl Pages {
         view::network_view(
             &self.config,
             &ledger,
+            &incidents,
             &board,
             self.freshness,
             self.clock.now_ms(),
@@ -286,6 +323,20 @@ impl Pages {
         view.members
             .first()
             .map(|member| html::member_page(&view, member))
+    }
+
+    /// The network-wide Atom feed: public members' incidents only.
+    pub fn network_feed(&self) -> String {
+        feed::network_feed(&self.view(None, &|_| false))
+    }
+
+    /// `member`'s Atom feed with every detail (the caller checked access);
+    /// `None` for an unknown member.
+    pub fn member_feed(&self, member: &str) -> Option<String> {
+        let view = self.view(Some(member), &|_| true);
+        view.members
+            .first()
+            .map(|member| feed::member_feed(&view, member))
     }
 
     /// The JSON of `GET /api/v1/status`: every member (private ones without
@@ -318,9 +369,18 @@ impl Pages {
         let rest = path.strip_prefix("/status/").unwrap_or_default();
         let segments: Vec<&str> = rest.split('/').collect();
         let query = Query::parse(request.uri().query());
-        let (member, hub) = match segments.as_slice() {
-            [member] => (*member, None),
-            [member, hub, "badge.svg"] => (*member, Some(*hub)),
+        if segments.as_slice() == [feed::FILE] {
+            return page(
+                StatusCode::OK,
+                feed::CONTENT_TYPE,
+                self.network_feed(),
+                false,
+            );
+        }
+        let (member, hub, is_feed) = match segments.as_slice() {
+            [member] => (*member, None, false),
+            [member, feed::FILE] => (*member, None, true),
+            [member, hub, "badge.svg"] => (*member, Some(*hub), false),
             _ => return server::error(StatusCode::NOT_FOUND, format!("no such page: {path}")),
         };
         let Some(private) = self.member_private(member) else {
@@ -334,12 +394,25 @@ impl Pages {
             return server::error(StatusCode::NOT_FOUND, format!("no such member: {member:?}"));
         };
         match hub {
-            None => page(
+            None if is_feed => page(
                 StatusCode::OK,
-                "text/html; charset=utf-8",
-                html::member_page(&view, member_view),
+                feed::CONTENT_TYPE,
+                feed::member_feed(&view, member_view),
                 private,
             ),
+            None => {
+                // A page opened by a signed link links its feed with the same link.
+                let feed_query = match (query.get("exp"), query.get("sig")) {
+                    (Some(exp), Some(sig)) if private => format!("?exp={exp}&sig={sig}"),
+                    _ => String::new(),
+                };
+                page(
+                    StatusCode::OK,
+                    "text/html; charset=utf-8",
+                    html::member_page_with(&view, member_view, &feed_query),
+                    private,
+                )
+            }
             Some(hub) => {
                 let Some(kind) = BadgeKind::parse(query.get("kind")) else {
                     return server::error(
@@ -494,11 +567,11 @@ async fn refresh_loop(
     while ticks.next().await {
         round = round.wrapping_add(1);
         let previous = (!round.is_multiple_of(FULL_REFRESH_EVERY)).then(|| pages.ledger());
-        let (store, hubs, now_ms) = (store.clone(), hubs.clone(), pages.clock.now_ms());
+        let (sli, hubs, now_ms) = (store.clone(), hubs.clone(), pages.clock.now_ms());
         let windows = pages.maintenance.windows();
         let read = tokio::task::spawn_blocking(move || {
             DayLedger::read_with_maintenance(
-                &SqliteSli::new(store),
+                &SqliteSli::new(sli),
                 &hubs,
                 now_ms,
                 previous.as_deref(),
@@ -512,6 +585,18 @@ async fn refresh_loop(
                 tracing::warn!(error = %e, "status: reading the SLI minutes failed; the pages keep the last figures")
             }
             Err(e) => tracing::warn!(error = %e, "status: the refresh task failed"),
+        }
+        let store = store.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            IncidentHistory::read(&SqliteStatusIncidents::new(store), now_ms)
+        })
+        .await;
+        match read {
+            Ok(Ok(incidents)) => pages.set_incidents(incidents),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "status: reading the incidents failed; the pages keep the last ones")
+            }
+            Err(e) => tracing::warn!(error = %e, "status: the incidents refresh task failed"),
         }
     }
 }

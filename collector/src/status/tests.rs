@@ -10,6 +10,7 @@ use hubwatch_shared::config::{
 };
 
 use super::accounting::{DAY_MS, DAYS, DayLedger, Minutes, percent};
+use super::history::IncidentHistory;
 use super::link::{LinkError, LinkKey};
 use super::view::{self, Freshness, HubState};
 use crate::alerts::fleet::{CheckView, HubStatus};
@@ -134,7 +135,13 @@ fn days_count_no_data_as_no_data_and_windows_equal_the_reports_figure() -> anyho
     let leap = &ledger.hubs[0];
     assert_eq!((leap.member.as_str(), leap.hub.as_str()), ("leap", "prod"));
 
-    let hub = view::hub_view(&ledger, leap, HubState::Operational, Vec::new());
+    let hub = view::hub_view(
+        &ledger,
+        leap,
+        HubState::Operational,
+        Vec::new(),
+        &IncidentHistory::default(),
+    );
     assert_eq!(hub.days.len(), DAYS);
     let yesterday = &hub.days[DAYS - 2];
     assert_eq!(yesterday.date, "2026-11-29");
@@ -364,6 +371,7 @@ fn the_member_page_has_one_tab_stop_per_strip_and_a_named_day_each() -> anyhow::
     let view = view::network_view(
         &cfg,
         &ledger,
+        &IncidentHistory::default(),
         &|_, _| None,
         Freshness::from_config(&cfg),
         NOW,
@@ -429,6 +437,7 @@ async fn private_pages_need_their_members_token_or_a_signed_link() -> anyhow::Re
     seed(&store)?;
     let leap_token = store.create_token("leap", "leap-agent")?;
     let cryo_token = store.create_token("cryo", "cryo-agent")?;
+    let [_, open, _] = seed_incidents(&store)?;
     let key = LinkKey::load_or_create(&store)?;
     let clock: SharedClock = Arc::new(ManualClock::new(NOW));
     let mut components = crate::server::http_components();
@@ -475,8 +484,13 @@ async fn private_pages_need_their_members_token_or_a_signed_link() -> anyhow::Re
     // Signed links: valid, tampered, expired, another member's.
     let exp = NOW / 1000 + 3600;
     let link = key.query("leap", exp);
-    let (status, _) = get(addr, &format!("/status/leap?{link}"), None).await?;
+    let (status, body) = get(addr, &format!("/status/leap?{link}"), None).await?;
     assert_eq!(status, 200);
+    let feed_link = format!("/status/leap/feed.atom?{}", link.replace('&', "&amp;"));
+    assert!(
+        body.contains(&format!("href=\"{feed_link}\"")),
+        "the feed link carries the signed link: {body}"
+    );
     let tampered = link.replace(&format!("exp={exp}"), &format!("exp={}", exp + 86_400));
     let (status, body) = get(addr, &format!("/status/leap?{tampered}"), None).await?;
     assert_eq!(status, 403, "{body}");
@@ -500,6 +514,43 @@ async fn private_pages_need_their_members_token_or_a_signed_link() -> anyhow::Re
         let (status, body) = get(addr, path, None).await?;
         assert_eq!(status, 404, "{path}: {body}");
     }
+    // Feeds: the network one without the private member's incident; a
+    // private member's as its page.
+    let (status, body) = get(addr, "/status/feed.atom", None).await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("content-type: application/atom+xml"),
+        "{body}"
+    );
+    assert!(body.contains(&format!("urn:hubwatch:incident:{open}")));
+    assert!(!body.contains("Secret leap outage"));
+    for (token, code) in [
+        (None, 401),
+        (Some(cryo_token.as_str()), 403),
+        (Some(leap_token.as_str()), 200),
+    ] {
+        let (status, body) = get(addr, "/status/leap/feed.atom", token).await?;
+        assert_eq!(status, code, "{token:?}: {body}");
+        assert_eq!(body.contains("Secret leap outage"), code == 200);
+    }
+    let (status, body) = get(
+        addr,
+        &format!(
+            "/status/leap/feed.atom?{}",
+            key.query("leap", NOW / 1000 + 60)
+        ),
+        None,
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = get(addr, "/status/nobody/feed.atom", None).await?;
+    assert_eq!(status, 404);
+    let (_, body) = get(addr, "/status/cryo", None).await?;
+    assert!(
+        body.contains("Spawns are slow"),
+        "the component reads the incidents"
+    );
+
     // The tree route serves deeper paths; the router still refuses an empty segment.
     let (_, body) = get(addr, "/status/cryo//badge.svg", None).await?;
     assert!(body.contains("no such endpoint"), "{body}");
@@ -629,7 +680,13 @@ fn excluded_maintenance_minutes_leave_the_bars_and_equal_the_reports_figure() ->
     )];
     let plain = DayLedger::read(&sli, &hubs, NOW, None)?;
     let ledger = DayLedger::read_with_maintenance(&sli, &hubs, NOW, None, &windows)?;
-    let hub = view::hub_view(&ledger, &ledger.hubs[0], HubState::Operational, Vec::new());
+    let hub = view::hub_view(
+        &ledger,
+        &ledger.hubs[0],
+        HubState::Operational,
+        Vec::new(),
+        &IncidentHistory::default(),
+    );
     let day = &hub.days[DAYS - 2];
     assert_eq!(
         (
@@ -733,7 +790,18 @@ fn a_hub_in_a_window_shows_maintenance_and_the_member_page_lists_whats_scheduled
         })
     };
     let fresh = Freshness::from_config(&cfg);
-    let all = view::network_view(&cfg, &ledger, &board, fresh, NOW, None, &|_| true, &windows);
+    let none = IncidentHistory::default();
+    let all = view::network_view(
+        &cfg,
+        &ledger,
+        &none,
+        &board,
+        fresh,
+        NOW,
+        None,
+        &|_| true,
+        &windows,
+    );
     let leap = &all.members[0];
     let prod = &leap.hubs.as_deref().unwrap_or_default()[0];
     assert_eq!(prod.state, HubState::Maintenance, "a window wins over up");
@@ -790,6 +858,7 @@ fn a_hub_in_a_window_shows_maintenance_and_the_member_page_lists_whats_scheduled
     let public = view::network_view(
         &cfg,
         &ledger,
+        &none,
         &board,
         fresh,
         NOW,
@@ -864,5 +933,279 @@ async fn a_window_added_through_the_api_shows_on_the_pages() -> anyhow::Result<(
     let (_, body) = get(addr, "/status", None).await?;
     assert!(body.contains("Maintenance in progress"), "{body}");
     running.shutdown().await;
+    Ok(())
+}
+
+// ---------- incidents and feeds ----------
+
+fn incident(
+    store: &Store,
+    member: &str,
+    hub: &str,
+    title: &str,
+    at_ms: i64,
+    resolved_at_ms: Option<i64>,
+) -> anyhow::Result<i64> {
+    use crate::incidents::{
+        IncidentState, NewIncident, NewUpdate, SqliteStatusIncidents, StatusIncidentStore,
+    };
+    let incidents = SqliteStatusIncidents::new(store.clone());
+    let opened = incidents.open(&NewIncident {
+        member: member.into(),
+        hub: hub.into(),
+        title: title.into(),
+        update: NewUpdate {
+            state: IncidentState::Investigating,
+            message: format!("Looking into {title} <now>"),
+            at_ms,
+            author: "ops-alice".into(),
+        },
+    })?;
+    if let Some(at_ms) = resolved_at_ms {
+        incidents.add_update(
+            opened.id,
+            &NewUpdate {
+                state: IncidentState::Resolved,
+                message: format!("{title}: fixed"),
+                at_ms,
+                author: "ops-alice".into(),
+            },
+        )?;
+    }
+    Ok(opened.id)
+}
+
+/// Yesterday 08:00–09:00 a resolved incident of cryo/main; an open one
+/// since today 09:00; an open one of private leap/prod.
+fn seed_incidents(store: &Store) -> anyhow::Result<[i64; 3]> {
+    let yesterday = MIDNIGHT - DAY_MS;
+    Ok([
+        incident(
+            store,
+            "cryo",
+            "main",
+            "Logins fail",
+            yesterday + 8 * 60 * MIN,
+            Some(yesterday + 9 * 60 * MIN),
+        )?,
+        incident(
+            store,
+            "cryo",
+            "main",
+            "Spawns are slow",
+            MIDNIGHT + 9 * 60 * MIN,
+            None,
+        )?,
+        incident(
+            store,
+            "leap",
+            "prod",
+            "Secret leap outage",
+            MIDNIGHT + 9 * 60 * MIN,
+            None,
+        )?,
+    ])
+}
+
+fn pages_with_incidents(
+    cfg: &CollectorConfig,
+    store: &Store,
+) -> anyhow::Result<(super::Pages, [i64; 3])> {
+    seed(store)?;
+    let ids = seed_incidents(store)?;
+    let hubs = SloSettings::from_config(cfg)?.hubs;
+    let ledger = DayLedger::read(&SqliteSli::new(store.clone()), &hubs, NOW, None)?;
+    let clock: SharedClock = Arc::new(ManualClock::new(NOW));
+    let pages = super::Pages::new(
+        Arc::new(cfg.clone()),
+        ledger,
+        None,
+        LinkKey::from_bytes([7; 32]),
+        clock,
+    );
+    let history = IncidentHistory::read(
+        &crate::incidents::SqliteStatusIncidents::new(store.clone()),
+        NOW,
+    )?;
+    assert_eq!(history.entries.len(), 3);
+    pages.set_incidents(history);
+    Ok((pages, ids))
+}
+
+#[test]
+fn incidents_show_on_the_member_page_its_days_and_the_network_page() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cfg = config(dir.path());
+    let store = Store::open(&cfg.storage)?;
+    let (pages, [resolved, open, secret]) = pages_with_incidents(&cfg, &store)?;
+
+    let html = pages.member_html("cryo").unwrap_or_default();
+    // The open incident at the top, before the first hub, with its latest update.
+    let top = html.find("<h2 id=\"open-incidents\">Open incidents</h2>");
+    let first_hub = html.find("<h2 id=\"hub-main\">");
+    assert!(top.is_some() && top < first_hub, "{html}");
+    assert!(html.contains(&format!(
+        "<h3 id=\"open-{open}\"><a href=\"#incident-{open}\">Spawns are slow</a>"
+    )));
+    assert!(html.contains(
+        "Latest update (investigating, 2026-11-30T09:00:00Z): Looking into Spawns are slow &lt;now&gt;"
+    ));
+    assert!(
+        !html.contains(&format!("id=\"open-{resolved}\"")),
+        "resolved is not open"
+    );
+    // The history lists both with their updates; no operator name is published.
+    assert!(html.contains(&format!(
+        "<li id=\"incident-{resolved}\"><strong>Logins fail</strong>"
+    )));
+    assert!(html.contains(&format!(
+        "<li id=\"incident-{open}\"><strong>Spawns are slow</strong>"
+    )));
+    assert!(html.contains("resolved (2026-11-29T09:00:00Z): Logins fail: fixed"));
+    assert!(!html.contains("ops-alice"));
+    // The days count the incidents overlapping them.
+    assert!(
+        html.contains("title=\"2026-11-29: 98.03 % up, 20 min down, 420 min no data, 1 incident\""),
+        "{html}"
+    );
+    assert!(html.contains("2026-11-30: ") && html.contains("no data, 1 incident\"><span"));
+    assert!(
+        html.contains("title=\"2026-11-28: no data\""),
+        "no incident, no count"
+    );
+    // The feed is linked; no outside reference.
+    assert!(html.contains(
+        "<link rel=\"alternate\" type=\"application/atom+xml\" title=\"CRYO &lt;Lab&gt; status (incidents, Atom)\" href=\"/status/cryo/feed.atom\">"
+    ));
+    assert!(!html.contains("http://") && !html.contains("https://"));
+
+    // The private member's own page has its incident.
+    let leap = pages.member_html("leap").unwrap_or_default();
+    assert!(leap.contains(&format!("id=\"open-{secret}\"")));
+
+    // The network page marks cryo, not private leap.
+    let network = pages.network_html();
+    assert!(network.contains(&format!(
+        "<a class=\"incident-mark\" href=\"/status/cryo#incident-{open}\"><span aria-hidden=\"true\">⚠ </span>Incident (investigating): Spawns are slow</a>"
+    )));
+    assert!(!network.contains("Secret leap outage") && !network.contains("incident-{secret}"));
+    assert!(network.contains("href=\"/status/feed.atom\""));
+
+    // JSON: the same, private detail left out.
+    let json: serde_json::Value = serde_json::from_str(&pages.json(None))?;
+    assert!(json["members"][0].get("open_incidents").is_none(), "{json}");
+    let cryo = &json["members"][1];
+    assert_eq!(cryo["open_incidents"][0]["id"], open);
+    assert_eq!(cryo["open_incidents"][0]["state"], "investigating");
+    let history = &cryo["hubs"][0]["incidents"];
+    assert_eq!(history[0]["id"], open, "newest first");
+    assert_eq!(history[1]["id"], resolved);
+    assert_eq!(history[1]["ended_at"], "2026-11-29T09:00:00Z");
+    assert_eq!(history[1]["updates"][0]["state"], "resolved");
+    assert!(history[1]["updates"][0].get("author").is_none());
+    assert_eq!(cryo["hubs"][0]["days"][DAYS - 2]["incidents"], 1);
+    assert_eq!(cryo["hubs"][0]["days"][DAYS - 3]["incidents"], 0);
+    let own: serde_json::Value = serde_json::from_str(&pages.json(Some("leap")))?;
+    assert_eq!(
+        own["members"][0]["open_incidents"][0]["title"],
+        "Secret leap outage"
+    );
+    Ok(())
+}
+
+/// The entries of an Atom feed, parsed as XML: (id, title, updated, link, content).
+fn atom_entries(xml: &str) -> anyhow::Result<Vec<[String; 5]>> {
+    const ATOM: &str = "http://www.w3.org/2005/Atom";
+    let doc = roxmltree::Document::parse(xml)?;
+    let feed = doc.root_element();
+    anyhow::ensure!(
+        feed.has_tag_name((ATOM, "feed")),
+        "root is not an Atom feed"
+    );
+    let child = |node: roxmltree::Node<'_, '_>, name: &str| -> anyhow::Result<String> {
+        let found = node
+            .children()
+            .find(|c| c.has_tag_name((ATOM, name)))
+            .ok_or_else(|| anyhow::anyhow!("no <{name}>"))?;
+        Ok(if name == "link" {
+            found.attribute("href").unwrap_or_default().to_string()
+        } else {
+            found.text().unwrap_or_default().to_string()
+        })
+    };
+    // The feed's required elements (RFC 4287 §4.1.1).
+    for name in ["id", "title", "updated"] {
+        anyhow::ensure!(!child(feed, name)?.is_empty(), "feed without {name}");
+    }
+    time::OffsetDateTime::parse(
+        &child(feed, "updated")?,
+        &time::format_description::well_known::Rfc3339,
+    )?;
+    feed.children()
+        .filter(|c| c.has_tag_name((ATOM, "entry")))
+        .map(|e| {
+            Ok([
+                child(e, "id")?,
+                child(e, "title")?,
+                child(e, "updated")?,
+                child(e, "link")?,
+                child(e, "content")?,
+            ])
+        })
+        .collect()
+}
+
+#[test]
+fn the_atom_feeds_carry_the_incidents_and_leave_private_members_out() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cfg = config(dir.path());
+    let store = Store::open(&cfg.storage)?;
+    let (pages, [resolved, open, secret]) = pages_with_incidents(&cfg, &store)?;
+
+    let network = pages.network_feed();
+    let entries = atom_entries(&network)?;
+    let ids: Vec<&str> = entries.iter().map(|e| e[0].as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            format!("urn:hubwatch:incident:{open}"),
+            format!("urn:hubwatch:incident:{resolved}")
+        ],
+        "newest change first, private leap's left out"
+    );
+    assert!(!network.contains("Secret leap outage"));
+    assert!(
+        network.contains("<updated>2026-11-30T09:00:00Z</updated>"),
+        "the feed's updated is its newest entry's"
+    );
+    let [_, title, updated, link, content] = &entries[1];
+    assert_eq!(title, "Logins fail (CRYO <Lab>): resolved");
+    assert_eq!(updated, "2026-11-29T09:00:00Z");
+    assert_eq!(link, &format!("/status/cryo#incident-{resolved}"));
+    // type="html": the content's text is HTML, escaped once more inside.
+    assert!(
+        content.contains(
+            "<li><strong>resolved</strong> (2026-11-29T09:00:00Z): Logins fail: fixed</li>"
+        ),
+        "{content}"
+    );
+    assert!(
+        content.contains("Looking into Logins fail &lt;now&gt;"),
+        "{content}"
+    );
+
+    let leap = atom_entries(&pages.member_feed("leap").unwrap_or_default())?;
+    assert_eq!(leap.len(), 1);
+    assert_eq!(leap[0][0], format!("urn:hubwatch:incident:{secret}"));
+    assert_eq!(leap[0][1], "Secret leap outage (LEAP <Lab>): investigating");
+    assert_eq!(
+        atom_entries(&pages.member_feed("cryo").unwrap_or_default())?.len(),
+        2
+    );
+    assert!(pages.member_feed("nobody").is_none());
+
+    // With no incident at all, still a valid feed.
+    pages.set_incidents(IncidentHistory::default());
+    assert!(atom_entries(&pages.network_feed())?.is_empty());
     Ok(())
 }

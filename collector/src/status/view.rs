@@ -13,6 +13,7 @@ use hubwatch_shared::config::{CollectorConfig, utc_ms_to_local};
 use serde::Serialize;
 
 use super::accounting::{self, DAYS, DayLedger, HubDays, Minutes, RULE, WINDOWS};
+use super::history::{IncidentEntry, IncidentHistory};
 use crate::alerts::fleet::{CheckView, FleetSettings, HubStatus};
 use crate::clock::{duration_ms, rfc3339};
 use crate::maintenance::MaintenanceWindow;
@@ -124,6 +125,8 @@ pub struct Day {
     pub maintenance_minutes: u64,
     /// Up / measured; null without data.
     pub percent: Option<String>,
+    /// Status incidents of the hub that overlap the day.
+    pub incidents: u32,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -144,20 +147,89 @@ impl Day {
     }
 
     /// Its accessible name: `2026-11-22: 99.31 % up, 10 min down, 0 min no
-    /// data`, with `, 120 min maintenance` when maintenance excluded minutes.
+    /// data, 1 incident` (the incidents only when there were any), with
+    /// `, 120 min maintenance` when maintenance excluded minutes.
     pub fn label(&self) -> String {
-        let maintenance = if self.maintenance_minutes > 0 {
-            format!(", {} min maintenance", self.maintenance_minutes)
-        } else {
-            String::new()
+        let mut extra = match self.incidents {
+            0 => String::new(),
+            1 => ", 1 incident".to_string(),
+            n => format!(", {n} incidents"),
         };
+        if self.maintenance_minutes > 0 {
+            extra.push_str(&format!(", {} min maintenance", self.maintenance_minutes));
+        }
         match &self.percent {
             Some(p) => format!(
-                "{}: {p} % up, {} min down, {} min no data{maintenance}",
+                "{}: {p} % up, {} min down, {} min no data{extra}",
                 self.date, self.down_minutes, self.no_data_minutes
             ),
-            None => format!("{}: no data{maintenance}", self.date),
+            None => format!("{}: no data{extra}", self.date),
         }
+    }
+}
+
+/// One update of a status incident, as shown (without its author: an
+/// operator's name is not published).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UpdateView {
+    /// When (RFC 3339).
+    pub at: String,
+    /// The state it moved the incident to.
+    pub state: &'static str,
+    /// What people are told.
+    pub message: String,
+}
+
+/// One status incident, as shown.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IncidentView {
+    /// Its id.
+    pub id: i64,
+    /// The hub.
+    pub hub: String,
+    /// One line for people.
+    pub title: String,
+    /// `investigating`, `identified`, `monitoring` or `resolved`.
+    pub state: &'static str,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// When it was resolved (RFC 3339); null while open.
+    pub ended_at: Option<String>,
+    /// Its updates, newest first.
+    pub updates: Vec<UpdateView>,
+    /// When it last changed, Unix ms (orders the feeds; not serialized).
+    #[serde(skip)]
+    pub updated_ms: i64,
+}
+
+impl IncidentView {
+    /// The view of `entry`.
+    pub fn of(entry: &IncidentEntry) -> Self {
+        let i = &entry.incident;
+        Self {
+            id: i.id,
+            hub: i.hub.clone(),
+            title: i.title.clone(),
+            state: i.state.as_str(),
+            started_at: rfc3339(i.started_at_ms),
+            ended_at: i.ended_at_ms.map(rfc3339),
+            updates: entry
+                .updates
+                .iter()
+                .rev()
+                .map(|u| UpdateView {
+                    at: rfc3339(u.at_ms),
+                    state: u.state.as_str(),
+                    message: u.message.clone(),
+                })
+                .collect(),
+            updated_ms: entry.updated_ms(),
+        }
+    }
+
+    /// Its latest update.
+    pub fn latest(&self) -> Option<&UpdateView> {
+        self.updates.first()
     }
 }
 
@@ -240,6 +312,9 @@ pub struct HubView {
     pub month: MonthFigure,
     /// The last 90 days, oldest first.
     pub days: Vec<Day>,
+    /// Its status incidents of the last 90 days (and any still open),
+    /// newest first, with their updates.
+    pub incidents: Vec<IncidentView>,
     /// The maintenance window covering it now (absent when none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<WindowView>,
@@ -266,6 +341,10 @@ pub struct MemberView {
     /// Its hubs; absent when private and the reader may not see it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hubs: Option<Vec<HubView>>,
+    /// Its incidents not resolved yet, oldest first; absent (like `hubs`)
+    /// when private and the reader may not see it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_incidents: Option<Vec<IncidentView>>,
     /// Whether a maintenance window covers one of its hubs now; absent
     /// when private and the reader may not see it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -376,13 +455,15 @@ fn figure(
     }
 }
 
-/// A hub's view from its days and its current state.
+/// A hub's view from its days, its current state and the incidents shown.
 pub fn hub_view(
     ledger: &DayLedger,
     days: &HubDays,
     state: HubState,
     evidence: Vec<Evidence>,
+    incidents: &IncidentHistory,
 ) -> HubView {
+    let own: Vec<&IncidentEntry> = incidents.of(&days.member, Some(&days.hub)).collect();
     let span = |first: usize| -> u64 { (first..DAYS).map(|d| ledger.day_minutes(d)).sum() };
     let uptime = WINDOWS
         .iter()
@@ -419,9 +500,14 @@ pub fn hub_view(
         .iter()
         .enumerate()
         .map(|(i, m)| {
+            let start = ledger.day_start_ms(i);
+            let overlapping = own
+                .iter()
+                .filter(|e| e.overlaps(start, start + accounting::DAY_MS))
+                .count();
             let maintenance_minutes = days.maintenance.get(i).copied().unwrap_or(0);
             Day {
-                date: accounting::date(ledger.day_start_ms(i)),
+                date: accounting::date(start),
                 up_minutes: m.good,
                 down_minutes: m.bad(),
                 no_data_minutes: ledger
@@ -430,6 +516,7 @@ pub fn hub_view(
                     .saturating_sub(maintenance_minutes),
                 maintenance_minutes,
                 percent: m.percent(),
+                incidents: u32::try_from(overlapping).unwrap_or(u32::MAX),
             }
         })
         .collect();
@@ -441,6 +528,7 @@ pub fn hub_view(
         uptime,
         month,
         days: day_views,
+        incidents: own.iter().rev().map(|e| IncidentView::of(e)).collect(),
         maintenance: None,
     }
 }
@@ -455,10 +543,14 @@ pub fn objective_percent(target: f64) -> String {
 /// a private member's detail may be shown; `only` restricts to one member.
 /// A hub that one of `windows` covers at `now_ms` is in
 /// [`HubState::Maintenance`], with that window as its `maintenance`.
-#[allow(clippy::too_many_arguments)] // each is one independent input of the page
+// Each argument is one independent input the pages assemble (figures,
+// incidents, board, freshness, time, selection, access, maintenance); a
+// struct holding them would only be built here to be taken apart again.
+#[allow(clippy::too_many_arguments)]
 pub fn network_view(
     cfg: &CollectorConfig,
     ledger: &DayLedger,
+    incidents: &IncidentHistory,
     board: &dyn Fn(&str, &str) -> Option<HubStatus>,
     freshness: Freshness,
     now_ms: i64,
@@ -515,9 +607,16 @@ pub fn network_view(
                         }
                         HubView {
                             maintenance: active,
-                            ..hub_view(ledger, h, state, evidence)
+                            ..hub_view(ledger, h, state, evidence, incidents)
                         }
                     })
+                    .collect()
+            });
+            let open_incidents = shown.then(|| {
+                incidents
+                    .of(&m.id, None)
+                    .filter(|e| e.is_open())
+                    .map(IncidentView::of)
                     .collect()
             });
             MemberView {
@@ -530,6 +629,7 @@ pub fn network_view(
                 tier: m.tier.clone(),
                 private,
                 hubs,
+                open_incidents,
                 in_maintenance: shown.then(|| own.iter().any(|w| w.active_at(now_ms))),
                 maintenance: shown.then(|| own.iter().map(|w| window_view(w)).collect()),
             }

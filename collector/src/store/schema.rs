@@ -545,6 +545,30 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX maintenance_windows_by_member ON maintenance_windows (member, start_ms);
     ",
+    // Status webhooks (issue 12): how far the incident updates have been
+    // turned into events, and each delivery still owed to a subscriber, so
+    // a restart loses none. The cursor starts at the updates already
+    // written: history is not replayed to subscribers.
+    "
+    CREATE TABLE status_webhook_cursor (
+        id             INTEGER PRIMARY KEY CHECK (id = 1),
+        last_update_id INTEGER NOT NULL
+    );
+    INSERT INTO status_webhook_cursor (id, last_update_id)
+        SELECT 1, COALESCE(MAX(id), 0) FROM status_incident_updates;
+    -- One row per (event, subscriber) until it is delivered or given up.
+    CREATE TABLE status_webhook_outbox (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        url             TEXT    NOT NULL,  -- the subscriber ([[status.webhooks]] url)
+        event           TEXT    NOT NULL,  -- incident.opened | incident.updated | incident.resolved
+        body            TEXT    NOT NULL,  -- the JSON POSTed, signed at each attempt
+        created_ms      INTEGER NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_ms INTEGER NOT NULL,
+        last_error      TEXT
+    );
+    CREATE INDEX status_webhook_outbox_by_url ON status_webhook_outbox (url, id);
+    ",
 ];
 
 /// The schema version this build writes.

@@ -330,6 +330,8 @@ fn an_empty_file_is_migrated() -> anyhow::Result<()> {
             "status_incident_updates",
             "status_incidents",
             "status_link_key",
+            "status_webhook_cursor",
+            "status_webhook_outbox",
             "tokens",
             "usage_hub_hours",
             "usage_points",

@@ -92,6 +92,10 @@ fn every_collector_metric_is_exported_and_no_other() {
     m.remote_write_out_dropped
         .with_label_values(&["mimir", "rejected"])
         .inc();
+    m.status_webhook_deliveries
+        .with_label_values(&["delivered"])
+        .inc();
+    m.status_webhook_outbox.set(1);
     m.remote_write_out_lag_seconds
         .with_label_values(&d)
         .set(0.0);

@@ -85,6 +85,9 @@ pub struct StatusConfig {
     /// (extends) that incident instead of opening a new one.
     #[serde(with = "humantime_serde")]
     pub incident_merge_window: Duration,
+    /// `[[status.webhooks]]`: subscribers POSTed a signed JSON event when an
+    /// incident is opened, updated or resolved (`docs/status.md`, Webhooks).
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 impl Default for StatusConfig {
@@ -92,8 +95,25 @@ impl Default for StatusConfig {
         Self {
             refresh_interval: Duration::from_secs(30),
             incident_merge_window: Duration::from_secs(30 * 60),
+            webhooks: Vec::new(),
         }
     }
+}
+
+/// `[[status.webhooks]]`: one subscriber to status incident events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Where events are POSTed (`http://` or `https://`); also the
+    /// subscriber's identity in the delivery outbox.
+    pub url: String,
+    /// Only these members' incidents; empty: every member's, private ones
+    /// included (the operator chose the subscriber).
+    #[serde(default)]
+    pub members: Vec<String>,
+    /// File holding the HMAC-SHA256 key the events are signed with
+    /// (surrounding whitespace ignored; never logged).
+    pub secret_file: PathBuf,
 }
 
 impl StatusConfig {
@@ -104,6 +124,20 @@ impl StatusConfig {
                 "status.refresh_interval",
                 "must be at least 1s (each refresh reads the SLI minutes of every hub)",
             ));
+        }
+        for (i, hook) in self.webhooks.iter().enumerate() {
+            if let Err(reason) = crate::url::HttpTarget::parse(&hook.url) {
+                return Err(ConfigError::invalid(
+                    format!("status.webhooks[{i}].url"),
+                    reason,
+                ));
+            }
+            if hook.secret_file.as_os_str().is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("status.webhooks[{i}].secret_file"),
+                    "must name the file holding the signing key",
+                ));
+            }
         }
         if self.incident_merge_window > Duration::from_secs(7 * 24 * 3600) {
             return Err(ConfigError::invalid(

@@ -1123,3 +1123,33 @@ fn a_good_maintenance_window_loads_and_tiers_exclude_after_a_day_of_notice_by_de
     let (key, _) = tier_error("[[tiers]]\nname = \"member\"\nmaintenance_notice = \"90days\"");
     assert_eq!(key, "tiers[0].maintenance_notice");
 }
+
+#[test]
+fn status_webhooks_parse_and_bad_ones_name_their_key() {
+    let parse = |toml: &str| -> Result<CollectorConfig, String> {
+        load::<CollectorConfig>(toml, &HashMap::new()).map_err(|e| e.to_string())
+    };
+    assert!(CollectorConfig::default().status.webhooks.is_empty());
+    let ok = parse(
+        "[[status.webhooks]]\nurl = \"https://hooks.example.org/x\"\nmembers = [\"leap\"]\nsecret_file = \"/k\"\n\
+         [[status.webhooks]]\nurl = \"http://127.0.0.1:9000/\"\nsecret_file = \"/k2\"\n",
+    )
+    .expect("valid");
+    assert_eq!(ok.status.webhooks.len(), 2);
+    assert_eq!(ok.status.webhooks[0].members, ["leap"]);
+    assert!(
+        ok.status.webhooks[1].members.is_empty(),
+        "absent: every member"
+    );
+    let err = parse(
+        "[[status.webhooks]]\nurl = \"http://a/\"\nsecret_file = \"/k\"\n\
+         [[status.webhooks]]\nurl = \"ftp://nope\"\nsecret_file = \"/k\"\n",
+    )
+    .expect_err("not http");
+    assert!(err.contains("status.webhooks[1].url"), "{err}");
+    let err = parse("[[status.webhooks]]\nurl = \"http://a/\"\nsecret_file = \"\"\n")
+        .expect_err("no secret");
+    assert!(err.contains("status.webhooks[0].secret_file"), "{err}");
+    let err = parse("[[status.webhooks]]\nurl = \"http://a/\"\n").expect_err("secret required");
+    assert!(err.contains("secret_file"), "{err}");
+}
