@@ -20,7 +20,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure};
-use hubwatch_tests::alertmanager::collector_alerting_toml;
+use hubwatch_tests::alertmanager::{collector_alerting_toml, collector_alerts};
 use hubwatch_tests::jupyterhub::{AGENT_TOKEN, HubOptions, SpawnerBehaviour, pseudonym};
 use hubwatch_tests::{
     Agent, AgentOptions, Alertmanager, Collector, CollectorOptions, JupyterHub, MemberSpec,
@@ -44,14 +44,15 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
     path.display().to_string()
 }
 
-/// `[[hubs]]` for `hub` named `name`, its journey run as `token` every 20 s
-/// with short timeouts (a failure is known in seconds, not minutes).
-fn hub_toml(dir: &Path, name: &str, hub: &JupyterHub, token: &str) -> String {
+/// `[[hubs]]` for `hub` named `name`, its journey run as `token` every
+/// `interval` with short timeouts (a failure is known in seconds, not
+/// minutes).
+fn hub_toml(dir: &Path, name: &str, hub: &JupyterHub, token: &str, interval: &str) -> String {
     let hub_token = write(dir, &format!("{name}-hub-token"), AGENT_TOKEN.as_bytes());
     let journey_token = write(dir, &format!("{name}-journey-token"), token.as_bytes());
     format!(
         "\n[[hubs]]\nname = {name:?}\nurl = {:?}\napi_token_file = {hub_token:?}\nprobe = false\n\n\
-         [hubs.journey]\nenabled = true\ntoken_file = {journey_token:?}\ninterval = \"20s\"\n\
+         [hubs.journey]\nenabled = true\ntoken_file = {journey_token:?}\ninterval = {interval:?}\n\
          login_timeout = \"10s\"\nspawn_timeout = \"60s\"\nkernel_timeout = \"30s\"\n\
          execute_timeout = \"30s\"\nstop_timeout = \"30s\"\n",
         hub.url()
@@ -172,8 +173,10 @@ fn real_journeys_reach_the_collector_stay_out_of_usage_and_ticket_then_page() {
     let mut options = AgentOptions::new("leap-agent", "leap", &token, "1s");
     options.extra_agent_toml = format!(
         "{}{}\n[privacy]\nsecret_file = {secret:?}\n",
-        hub_toml(files.path(), "lab", &lab, &tokens[0]),
-        hub_toml(files.path(), "broken", &broken, &tokens[1]),
+        hub_toml(files.path(), "lab", &lab, &tokens[0], "20s"),
+        // broken's journeys take a second or two (the spawn fails at once):
+        // every 5 s, so several runs can be watched for a page.
+        hub_toml(files.path(), "broken", &broken, &tokens[1], "5s"),
     );
     let agent = Agent::start(options, collector.url());
     let test_user = pseudonym(SECRET, TEST_USER);
@@ -247,12 +250,45 @@ fn real_journeys_reach_the_collector_stay_out_of_usage_and_ticket_then_page() {
         ticket["annotations"]["runbook_url"],
         "docs/runbooks.md#journeyfailing-spawn"
     );
-    let pages = am
-        .alerts_matching(&[("alertname", "JourneyFailing"), ("severity", "page")])
-        .expect("alerts");
+    // More failed runs, each a failed spawn the hub counts too: still no
+    // page, not even for a moment (the collector lists resolved alerts).
+    let failed_runs = |collector: &Collector| -> anyhow::Result<f64> {
+        collector
+            .metrics()?
+            .value(
+                "hubwatch_journey_runs_total",
+                &[("hub", "broken"), ("result", "failed")],
+            )
+            .ok_or_else(|| anyhow!("no failed runs of broken"))
+    };
+    let seen = failed_runs(&collector).expect("failed runs");
+    eventually(
+        "three more failed journeys of broken",
+        Duration::from_secs(60),
+        || {
+            let now = failed_runs(&collector)?;
+            ensure!(now >= seen + 3.0, "{now} failed runs, from {seen}");
+            Ok(())
+        },
+    );
+    let pages: Vec<Value> = collector_alerts(collector.http())
+        .expect("/api/v1/alerts")
+        .into_iter()
+        .filter(|a| {
+            a["labels"]["alertname"] == "JourneyFailing" && a["labels"]["severity"] == "page"
+        })
+        .collect();
     assert!(
         pages.is_empty(),
         "a page before any real spawn failed: {pages:?}"
+    );
+    assert!(
+        !webhook
+            .of("JourneyFailing", "firing")
+            .iter()
+            .flat_map(|n| n.alerts())
+            .any(|a| a["labels"]["severity"] == "page"),
+        "a page notified before any real spawn failed"
     );
 
     // A real user's spawn fails on broken too: the journey's failure pages.
