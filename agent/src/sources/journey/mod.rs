@@ -750,30 +750,95 @@ impl ClassifyName for serde_json::Error {
     }
 }
 
-/// The results waiting for the next collection.
+/// The results waiting for the next collection, and whether a run is under
+/// way (one lock for both, so [`JourneyQueue::holds_failed_spawns`] never
+/// sees a result that is neither running nor waiting).
 #[derive(Debug, Default)]
 pub struct JourneyQueue {
-    results: Mutex<VecDeque<JourneyResult>>,
+    state: Mutex<QueueState>,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    results: VecDeque<JourneyResult>,
+    running: bool,
+}
+
+/// The journey queue of each hub whose journey is enabled, by hub name:
+/// made before the sources, as the hub source reads it too.
+pub type JourneyQueues = HashMap<String, Arc<JourneyQueue>>;
+
+/// A queue for each hub of `cfg` whose journey is enabled.
+pub fn queues(cfg: &AgentConfig) -> JourneyQueues {
+    cfg.hubs
+        .iter()
+        .filter(|h| h.journey.enabled)
+        .map(|h| (h.name.clone(), Arc::new(JourneyQueue::default())))
+        .collect()
 }
 
 impl JourneyQueue {
-    /// Adds a result, dropping the oldest past [`QUEUE_MAX`].
+    /// A run starts: until its result is pushed, the hub may count a failed
+    /// spawn that is the journey's own. The run ends with [`Self::push`], or
+    /// when the guard is dropped (a run cut short by an abort or a panic
+    /// must not hold the hub's counters back for good).
+    pub fn begin(&self) -> RunGuard<'_> {
+        self.set_running(true);
+        RunGuard { queue: self }
+    }
+
+    fn set_running(&self, running: bool) {
+        if let Ok(mut q) = self.state.lock() {
+            q.running = running;
+        }
+    }
+
+    /// Adds a result (the run is over), dropping the oldest past
+    /// [`QUEUE_MAX`].
     pub fn push(&self, result: JourneyResult) {
-        if let Ok(mut q) = self.results.lock() {
-            if q.len() >= QUEUE_MAX {
-                q.pop_front();
+        if let Ok(mut q) = self.state.lock() {
+            q.running = false;
+            if q.results.len() >= QUEUE_MAX {
+                q.results.pop_front();
                 tracing::warn!("journey results not collected; dropped the oldest");
             }
-            q.push_back(result);
+            q.results.push_back(result);
         }
     }
 
     /// Takes every waiting result.
     pub fn take(&self) -> Vec<JourneyResult> {
-        self.results
+        self.state
             .lock()
-            .map(|mut q| q.drain(..).collect())
+            .map(|mut q| q.results.drain(..).collect())
             .unwrap_or_default()
+    }
+
+    /// Whether the hub source should hold back the hub's failed-spawn
+    /// counters this collection: a run is under way, or its result has not
+    /// been taken yet. The hub counts the journey's own failed spawn the
+    /// moment it fails, while the journey's record leaves only after its
+    /// stop phase; a counter sent first would make the collector take the
+    /// journey's failure for a real user's (and page) until the record
+    /// arrives. The counters are cumulative, so holding them loses nothing:
+    /// the next collection after the record left sends them.
+    pub fn holds_failed_spawns(&self) -> bool {
+        self.state
+            .lock()
+            .map(|q| q.running || !q.results.is_empty())
+            .unwrap_or(false)
+    }
+}
+
+/// A run under way ([`JourneyQueue::begin`]); dropping it ends the run.
+#[derive(Debug)]
+pub struct RunGuard<'a> {
+    queue: &'a JourneyQueue,
+}
+
+impl Drop for RunGuard<'_> {
+    fn drop(&mut self) {
+        self.queue.set_running(false);
     }
 }
 
@@ -866,12 +931,16 @@ pub fn start(
     cfg: &AgentConfig,
     privacy: &Pseudonymiser,
     metrics: &AgentMetrics,
+    queues: &JourneyQueues,
 ) -> Result<Started, JourneyError> {
     let mut sources: Vec<Arc<dyn Source>> = Vec::new();
     let mut tasks = Vec::new();
     for hub in cfg.hubs.iter().filter(|h| h.journey.enabled) {
         let journey = Journey::new(hub, privacy.clone())?;
-        let queue = Arc::new(JourneyQueue::default());
+        let queue = queues
+            .get(&hub.name)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(JourneyQueue::default()));
         sources.push(Arc::new(JourneySource::new(&hub.name, Arc::clone(&queue))));
         let running = metrics.journey_running.with_label_values(&[&hub.name]);
         running.set(0);
@@ -892,6 +961,7 @@ pub fn start(
                 tokio::time::sleep_until(next).await;
                 let started = tokio::time::Instant::now();
                 running.set(1);
+                let run = queue.begin();
                 let result = journey.run().await;
                 running.set(0);
                 let label = result_label(&result);
@@ -901,6 +971,7 @@ pub fn start(
                     Some(f) => tracing::warn!(hub = %journey.hub(), phase = %f.phase, reason = %f.reason, "journey failed"),
                 }
                 queue.push(result);
+                drop(run);
                 // Runs never overlap: the next is due an interval after this
                 // one started, and never before it ended.
                 next = (started + jittered(interval)).max(tokio::time::Instant::now());

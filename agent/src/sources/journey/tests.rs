@@ -274,3 +274,42 @@ fn path_segments_are_escaped() {
     assert_eq!(path_segment("a b/c"), "a%20b%2Fc");
     assert_eq!(path_segment("x@y.org"), "x@y.org");
 }
+
+fn some_result() -> JourneyResult {
+    JourneyResult {
+        hub: "lab".into(),
+        user: "p".into(),
+        server: String::new(),
+        started_ms: 1,
+        ok: false,
+        phases: Vec::new(),
+        failure: None,
+    }
+}
+
+#[test]
+fn failed_spawns_are_held_from_a_run_start_until_its_result_is_taken() {
+    let queue = JourneyQueue::default();
+    assert!(!queue.holds_failed_spawns(), "nothing runs");
+    let run = queue.begin();
+    assert!(queue.holds_failed_spawns(), "a run is under way");
+    queue.push(some_result());
+    drop(run);
+    assert!(queue.holds_failed_spawns(), "its result has not left yet");
+    assert_eq!(queue.take().len(), 1);
+    assert!(
+        !queue.holds_failed_spawns(),
+        "the result left: the counters may follow"
+    );
+}
+
+#[test]
+fn a_run_cut_short_stops_holding_failed_spawns() {
+    let queue = JourneyQueue::default();
+    {
+        let _run = queue.begin();
+        assert!(queue.holds_failed_spawns());
+        // Dropped without a result, as when the task is aborted or panics.
+    }
+    assert!(!queue.holds_failed_spawns());
+}
