@@ -6,7 +6,10 @@
 //! - `GET /hub/metrics` (with the API token when one is configured) → the
 //!   `jupyterhub_*` series as samples labelled `hub` ([`metrics`]); lines
 //!   that cannot be parsed are skipped and counted in
-//!   `hubwatch_agent_metrics_lines_skipped_total{source}`;
+//!   `hubwatch_agent_metrics_lines_skipped_total{source}`; while the hub's
+//!   journey runs or its result waits, the spawn histogram's failed series
+//!   are held back (the journey's own failure must not reach the collector
+//!   before its record; [`metrics::hold_failed_spawns`]);
 //! - `GET /hub/api/users?state=active`, every page → usage events
 //!   ([`users::UsageTracker`]) and the gauges `hub_api_users_listed`,
 //!   `hub_api_users_with_servers`, `hub_api_running_servers` and
