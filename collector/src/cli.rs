@@ -67,6 +67,9 @@ pub enum Command {
     /// Print a month's report: one member's (`--member`), else the fleet's
     /// (md, html) or every member's rows (csv, json, focus). See docs/reports.md.
     Report(ReportArgs),
+    /// Maintenance windows: add, list, remove (docs/maintenance.md).
+    #[command(subcommand)]
+    Maintenance(crate::maintenance::cli::MaintenanceCommand),
     /// Print a signed link to a member's status page (for a private page:
     /// anyone holding it reads the page until it expires). See docs/status.md.
     StatusLink(StatusLinkArgs),
@@ -214,6 +217,9 @@ pub enum CliError {
     /// The report could not be rendered.
     #[error("report: {0}")]
     Render(#[from] crate::report::RenderError),
+    /// A `maintenance` command failed.
+    #[error("maintenance: {0}")]
+    Maintenance(#[from] crate::maintenance::cli::MaintenanceCliError),
     /// `incident show|update|resolve` of an id that does not exist.
     #[error("no incident {0}")]
     NoIncident(i64),
@@ -238,6 +244,7 @@ impl CliError {
             Self::Report(crate::report::ReportError::UnknownMember(_))
             | Self::Report(crate::report::ReportError::Config(_)) => 2,
             Self::Server(ServerError::Bind { .. } | ServerError::Tls { .. }) => 2,
+            Self::Maintenance(crate::maintenance::cli::MaintenanceCliError::Window(_)) => 2,
             Self::Server(ServerError::Component(e)) if e.is_config() => 2,
             _ => 1,
         }
@@ -324,6 +331,12 @@ pub fn run(command: Command) -> Result<(), CliError> {
         Command::Report(args) => {
             let cfg = load_config(&args.config)?;
             let text = report(&cfg, &args, crate::clock::system_now_ms())?;
+            print!("{text}");
+            Ok(())
+        }
+        Command::Maintenance(command) => {
+            let cfg = load_config(command.config())?;
+            let text = crate::maintenance::cli::run(&cfg, command, crate::clock::system_now_ms())?;
             print!("{text}");
             Ok(())
         }

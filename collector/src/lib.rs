@@ -15,6 +15,7 @@ pub mod component;
 pub mod cost;
 pub mod federate;
 pub mod incidents;
+pub mod maintenance;
 pub mod pipeline;
 pub mod remote_write_out;
 pub mod report;

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 mod agent;
 mod collector;
 mod cost;
+mod maintenance;
 mod remote_write;
 mod sources;
 #[cfg(test)]
@@ -24,6 +25,7 @@ mod tests;
 pub use agent::*;
 pub use collector::*;
 pub use cost::*;
+pub use maintenance::*;
 pub use remote_write::*;
 pub use sources::*;
 

@@ -183,6 +183,13 @@ impl Alertmanager {
     /// Writes `alertmanager.yml` routing everything to `webhook`, starts
     /// Alertmanager on a free port and waits until `/-/ready` answers 200.
     pub fn start(webhook: &Webhook) -> Self {
+        Self::start_with_config(&config_yaml(webhook.url()))
+    }
+
+    /// Starts Alertmanager with `yaml` as its `alertmanager.yml` (e.g. the
+    /// shipped `deploy/alertmanager/alertmanager.yml` with its URLs pointed
+    /// at a [`Webhook`]) and waits until `/-/ready` answers 200.
+    pub fn start_with_config(yaml: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("hubwatch-alertmanager-")
             .tempdir()
@@ -190,7 +197,7 @@ impl Alertmanager {
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
         let config = dir.path().join("alertmanager.yml");
-        std::fs::write(&config, config_yaml(webhook.url())).expect("write alertmanager.yml");
+        std::fs::write(&config, yaml).expect("write alertmanager.yml");
         let args: Vec<OsString> = vec![
             format!("--config.file={}", config.display()).into(),
             format!("--storage.path={}", dir.path().join("data").display()).into(),

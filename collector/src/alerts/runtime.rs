@@ -104,6 +104,7 @@ async fn build_alerting(ctx: BuildContext) -> Result<Built, AlertingSetupError> 
         shutdown,
         alert_sources: extra_sources,
         probe_observers: observers,
+        maintenance,
         ..
     } = ctx;
     let a = &cfg.alerting;
@@ -137,6 +138,12 @@ async fn build_alerting(ctx: BuildContext) -> Result<Built, AlertingSetupError> 
                 Arc::new(WatchdogSource::new(&cfg.alerting.runbook_base_url)),
             ];
             sources.extend(extra_sources);
+            // Every source's hub alerts get `maintenance="true"` during a
+            // window (Watchdog and DerivationBehind never do).
+            let sources = sources
+                .into_iter()
+                .map(|s| crate::maintenance::MaintenanceLabels::wrap(s, Arc::clone(&maintenance)))
+                .collect();
             let engine = AlertEngine::open(
                 Arc::new(SqliteAlertStateStore::new(store)),
                 clock,

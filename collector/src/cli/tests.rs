@@ -316,3 +316,99 @@ fn check_config_names_a_remote_write_key_whose_file_is_missing() {
     let path = write_config(dir.path(), &extra);
     run(Command::CheckConfig(ConfigArg { config: path })).unwrap();
 }
+
+#[test]
+fn maintenance_add_list_remove_through_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[[members.hubs]]\nname = \"prod\"\n");
+    let parse = |args: &[&str]| -> Command {
+        let mut argv = vec!["hubwatch-collector", "maintenance"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).expect("parses").command
+    };
+    let path = config.to_str().unwrap();
+    // A bad hub names the flag and is a configuration error (exit 2).
+    let err = run(parse(&[
+        "add",
+        "--config",
+        path,
+        "--member",
+        "leap",
+        "--hub",
+        "nope",
+        "--start",
+        "2099-01-01T10:00",
+        "--end",
+        "2099-01-01T12:00",
+    ]))
+    .expect_err("unknown hub");
+    assert_eq!(err.exit_code(), 2);
+    assert!(err.to_string().contains("--hub"), "{err}");
+    let err = run(parse(&[
+        "add",
+        "--config",
+        path,
+        "--member",
+        "leap",
+        "--start",
+        "2099-01-01T10:00",
+        "--end",
+        "2099-01-01T12:00",
+        "--timezone",
+        "Moon/Base",
+    ]))
+    .expect_err("unknown zone");
+    assert!(err.to_string().contains("--timezone"), "{err}");
+
+    let cfg = load_config(&config).unwrap();
+    let now = crate::clock::system_now_ms();
+    let added = crate::maintenance::cli::run(
+        &cfg,
+        crate::maintenance::cli::MaintenanceCommand::Add {
+            config: config.clone(),
+            member: "leap".into(),
+            hubs: vec!["prod".into()],
+            start: "2099-01-01T10:00".into(),
+            end: "2099-01-01T12:00".into(),
+            timezone: "Europe/Berlin".into(),
+            note: "upgrade".into(),
+        },
+        now,
+    )
+    .unwrap();
+    let added: serde_json::Value = serde_json::from_str(added.trim()).unwrap();
+    assert_eq!(
+        added["start"], "2099-01-01T09:00:00Z",
+        "Berlin is UTC+1 in winter"
+    );
+    assert_eq!(added["hubs"], serde_json::json!(["prod"]));
+    let id = added["id"].as_i64().unwrap();
+    let listed = crate::maintenance::cli::run(
+        &cfg,
+        crate::maintenance::cli::MaintenanceCommand::List {
+            config: config.clone(),
+            member: Some("leap".into()),
+        },
+        now,
+    )
+    .unwrap();
+    assert_eq!(listed.lines().count(), 1);
+    assert!(listed.contains("\"note\":\"upgrade\""), "{listed}");
+    run(parse(&[
+        "remove",
+        "--config",
+        path,
+        "--id",
+        &id.to_string(),
+    ]))
+    .unwrap();
+    let err = run(parse(&[
+        "remove",
+        "--config",
+        path,
+        "--id",
+        &id.to_string(),
+    ]))
+    .expect_err("gone");
+    assert!(err.to_string().contains("no maintenance window"), "{err}");
+}

@@ -133,6 +133,10 @@ pub struct BuildContext {
     /// that runs a pipeline of its own publishes here, so the
     /// `DerivationBehind` alert covers its stages too.
     pub pipeline_status: Arc<crate::pipeline::PipelineStatus>,
+    /// The maintenance windows in memory: filled by
+    /// [`crate::maintenance::MaintenanceComponent`], read by the SLO engine
+    /// (excluded minutes) and the alert engine (the `maintenance` label).
+    pub maintenance: Arc<crate::maintenance::Calendar>,
 }
 
 impl fmt::Debug for BuildContext {

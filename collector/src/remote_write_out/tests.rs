@@ -763,6 +763,7 @@ async fn a_dead_destination_runs_in_its_own_task_holds_retention_and_raises_deri
         probe_observers: Vec::new(),
         fleet: None,
         pipeline_status: Arc::clone(&status),
+        maintenance: crate::maintenance::Calendar::new(),
     };
     let built = Box::new(super::RemoteWriteOutComponent)
         .build(ctx)
@@ -1100,6 +1101,7 @@ async fn without_a_destination_nothing_is_gathered() {
         probe_observers: Vec::new(),
         fleet: None,
         pipeline_status: Arc::new(crate::pipeline::PipelineStatus::default()),
+        maintenance: crate::maintenance::Calendar::new(),
     };
     let built = Box::new(super::RemoteWriteOutComponent)
         .build(ctx)

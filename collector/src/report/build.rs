@@ -86,6 +86,8 @@ pub struct ReportContext {
     pub status_incidents: Arc<dyn crate::incidents::StatusIncidentStore>,
     /// Frozen reports.
     pub snapshots: Arc<dyn SnapshotStore>,
+    /// Maintenance windows (their excluded minutes leave the SLO rows).
+    pub maintenance: Arc<dyn crate::maintenance::MaintenanceStore>,
 }
 
 impl std::fmt::Debug for ReportContext {
@@ -111,6 +113,7 @@ impl ReportContext {
             incidents: Arc::new(SqliteAlertStateStore::new(store.clone())),
             status_incidents: Arc::new(crate::incidents::SqliteStatusIncidents::new(store.clone())),
             snapshots: Arc::new(SqliteSnapshots::new(store.clone())),
+            maintenance: Arc::new(crate::maintenance::SqliteMaintenance::new(store.clone())),
         })
     }
 }
@@ -484,7 +487,14 @@ fn member_parts(
             .into_iter()
             .unzip();
     Ok(MemberParts {
-        slo: super::slo::attainment(&*ctx.sli, &ctx.objectives, member, from, to)?,
+        slo: super::slo::attainment_with_maintenance(
+            &*ctx.sli,
+            &ctx.objectives,
+            member,
+            from,
+            to,
+            &ctx.maintenance.windows(member, from, to)?,
+        )?,
         incidents: super::incidents::incidents(&*ctx.incidents, from, to, member, now_ms)?,
         status_incidents,
         status_members,

@@ -59,6 +59,20 @@ pub fn attainment(
     from_ms: i64,
     to_ms: i64,
 ) -> Result<Vec<Attainment>, StoreError> {
+    attainment_with_maintenance(store, hubs, member, from_ms, to_ms, &[])
+}
+
+/// [`attainment`] without the minutes that maintenance `windows` exclude
+/// under each hub's tier (as the SLO engine leaves them out,
+/// [`crate::maintenance::excluded_minutes`]).
+pub fn attainment_with_maintenance(
+    store: &dyn SliStore,
+    hubs: &[HubObjectives],
+    member: Option<&str>,
+    from_ms: i64,
+    to_ms: i64,
+    windows: &[crate::maintenance::MaintenanceWindow],
+) -> Result<Vec<Attainment>, StoreError> {
     let from_minute = from_ms.div_euclid(MINUTE_MS) + i64::from(from_ms.rem_euclid(MINUTE_MS) != 0);
     let to_minute = to_ms.div_euclid(MINUTE_MS) + i64::from(to_ms.rem_euclid(MINUTE_MS) != 0);
     let keys: Vec<(&str, &str)> = hubs
@@ -72,10 +86,29 @@ pub fn attainment(
         if member.is_some_and(|m| m != hub.member) {
             continue;
         }
-        let hub_sums = sums
-            .get(&(hub.member.clone(), hub.hub.clone()))
-            .copied()
-            .unwrap_or_default();
+        let excluded = crate::maintenance::excluded_minutes(
+            windows,
+            &hub.member,
+            &hub.hub,
+            hub.tier.maintenance,
+            hub.tier.maintenance_notice,
+            from_minute,
+            to_minute,
+        );
+        let hub_sums = if excluded.is_empty() {
+            sums.get(&(hub.member.clone(), hub.hub.clone()))
+                .copied()
+                .unwrap_or_default()
+        } else {
+            crate::slo::excluded::sum_minutes_outside(
+                store,
+                &hub.member,
+                &hub.hub,
+                from_minute,
+                to_minute,
+                &excluded,
+            )?
+        };
         for kind in SloKind::ALL {
             let target = hub.tier.target(kind);
             let (good, total) = good_total(kind, &hub_sums);

@@ -139,6 +139,8 @@ impl std::fmt::Debug for Collector {
 /// because it takes the alert sources and probe observers the others offer.
 pub fn all_components() -> Vec<Box<dyn Component>> {
     let mut components = http_components();
+    // Before the SLO and alert components: both read its calendar.
+    components.push(Box::new(crate::maintenance::MaintenanceComponent));
     components.push(Box::new(crate::slo::SloComponent));
     components.push(Box::new(crate::usage::UsageComponent));
     components.push(Box::new(crate::federate::FederateComponent));
@@ -247,6 +249,7 @@ impl Collector {
             probe_observers: Vec::new(),
             fleet: None,
             pipeline_status: Arc::clone(&pipeline_status),
+            maintenance: crate::maintenance::Calendar::new(),
         };
         let mut routes = Vec::new();
         let mut tasks = Vec::new();

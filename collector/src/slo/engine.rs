@@ -47,7 +47,7 @@
 //! new time (the rings ignore slots that do not match), nothing panics.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hubwatch_shared::config::{
@@ -59,6 +59,7 @@ use super::objectives::SloSettings;
 use super::sli::{MINUTE_MS, MinuteChange, MinuteCounts};
 use super::windows::{HubSli, MINUTE_WINDOWS, Sums, WINDOW_SECS, WindowSums};
 use crate::alerts::{AlertSource, AlertSpec, EvaluateError};
+use crate::maintenance::Calendar;
 
 #[cfg(test)]
 mod tests;
@@ -131,6 +132,23 @@ struct State {
     last_now_ms: Option<i64>,
     /// (hub index, objective) whose page fired and whose slow pairs still hold.
     paged: HashSet<(usize, SloKind)>,
+    /// Maintenance windows: minutes they exclude (per the hub's tier) are
+    /// never applied (see [`SloEngine::set_maintenance`]).
+    maintenance: Option<Arc<Calendar>>,
+}
+
+/// Whether `minute` (a minute index) of `entry` is excluded by an announced
+/// maintenance window under its tier's policy.
+fn excluded(calendar: Option<&Calendar>, entry: &HubEntry, minute: i64) -> bool {
+    calendar.is_some_and(|c| {
+        c.excludes_minute(
+            &entry.member,
+            &entry.hub,
+            minute.saturating_mul(MINUTE_MS),
+            entry.tier.maintenance,
+            entry.tier.maintenance_notice,
+        )
+    })
 }
 
 /// The SLO engine. Cheap to share (`Arc`); every method takes `&self`.
@@ -233,6 +251,16 @@ impl SloEngine {
         }
     }
 
+    /// Excludes the minutes of announced maintenance windows (per each
+    /// hub's tier) from every SLI from now on: they are neither good nor
+    /// bad, so budgets and burn rates never see them. Call before
+    /// [`SloEngine::load`]. A minute's exclusion never changes once it was
+    /// applied (the calendar's rules, `crate::maintenance`), so the rolling
+    /// sums stay consistent.
+    pub fn set_maintenance(&self, calendar: Arc<Calendar>) {
+        self.lock().maintenance = Some(calendar);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         crate::sync::lock(&self.state)
     }
@@ -304,6 +332,8 @@ impl SloEngine {
     /// are ignored (their rows stay in the store).
     pub fn apply(&self, changes: &[MinuteChange]) {
         let mut state = self.lock();
+        let state = &mut *state;
+        let calendar = state.maintenance.as_deref();
         let mut key = (String::new(), String::new());
         for change in changes {
             key.0.clone_from(&change.member);
@@ -311,7 +341,11 @@ impl SloEngine {
             let Some(&index) = state.index.get(&key) else {
                 continue;
             };
-            state.hubs[index]
+            let entry = &mut state.hubs[index];
+            if excluded(calendar, entry, change.minute) {
+                continue;
+            }
+            entry
                 .sli
                 .apply(change.minute, &change.before, &change.after);
         }
@@ -320,10 +354,13 @@ impl SloEngine {
     /// Applies one minute row of one hub as if it went from nothing to `counts`.
     pub fn apply_row(&self, member: &str, hub: &str, minute: i64, counts: &MinuteCounts) {
         let mut state = self.lock();
+        let state = &mut *state;
+        let calendar = state.maintenance.as_deref();
         if let Some(&index) = state.index.get(&(member.to_string(), hub.to_string())) {
-            state.hubs[index]
-                .sli
-                .apply(minute, &MinuteCounts::default(), counts);
+            let entry = &mut state.hubs[index];
+            if !excluded(calendar, entry, minute) {
+                entry.sli.apply(minute, &MinuteCounts::default(), counts);
+            }
         }
     }
 
@@ -331,10 +368,14 @@ impl SloEngine {
     /// to its counts (one lock, one lookup).
     pub fn apply_rows(&self, member: &str, hub: &str, rows: &[(i64, MinuteCounts)]) {
         let mut state = self.lock();
+        let state = &mut *state;
+        let calendar = state.maintenance.as_deref();
         if let Some(&index) = state.index.get(&(member.to_string(), hub.to_string())) {
-            let sli = &mut state.hubs[index].sli;
+            let entry = &mut state.hubs[index];
             for (minute, counts) in rows {
-                sli.apply(*minute, &MinuteCounts::default(), counts);
+                if !excluded(calendar, entry, *minute) {
+                    entry.sli.apply(*minute, &MinuteCounts::default(), counts);
+                }
             }
         }
     }
@@ -356,6 +397,8 @@ impl SloEngine {
         let journeys = store.load_journeys()?;
         self.apply_journeys(&journeys);
         let mut state = self.lock();
+        let state = &mut *state;
+        let calendar = state.maintenance.as_deref();
         let mut key = (String::new(), String::new());
         store.for_each_minute(from_minute, &mut |member, hub, minute, counts| {
             key.0.clear();
@@ -363,9 +406,10 @@ impl SloEngine {
             key.1.clear();
             key.1.push_str(hub);
             if let Some(&index) = state.index.get(&key) {
-                state.hubs[index]
-                    .sli
-                    .apply(minute, &MinuteCounts::default(), counts);
+                let entry = &mut state.hubs[index];
+                if !excluded(calendar, entry, minute) {
+                    entry.sli.apply(minute, &MinuteCounts::default(), counts);
+                }
             }
         })
     }

@@ -27,6 +27,7 @@
 
 pub mod api;
 pub mod engine;
+pub mod excluded;
 pub mod journey;
 pub mod objectives;
 pub mod replay;
@@ -266,7 +267,21 @@ pub async fn open(
     store: Store,
     clock: SharedClock,
 ) -> Result<SloHandle, SloError> {
+    open_with_maintenance(cfg, store, clock, None).await
+}
+
+/// [`open`], with the minutes of `maintenance`'s announced windows excluded
+/// per tier (see [`SloEngine::set_maintenance`]).
+pub async fn open_with_maintenance(
+    cfg: &CollectorConfig,
+    store: Store,
+    clock: SharedClock,
+    maintenance: Option<Arc<crate::maintenance::Calendar>>,
+) -> Result<SloHandle, SloError> {
     let engine = Arc::new(SloEngine::new(SloSettings::from_config(cfg)?));
+    if let Some(calendar) = maintenance {
+        engine.set_maintenance(calendar);
+    }
     let store: Arc<dyn SliStore> = Arc::new(store::SqliteSli::new(store));
     {
         let (engine, store, clock) = (Arc::clone(&engine), Arc::clone(&store), Arc::clone(&clock));
@@ -309,12 +324,17 @@ impl Component for SloComponent {
         ctx: BuildContext,
     ) -> BoxFuture<'static, Result<Built, ComponentError>> {
         Box::pin(async move {
-            let handle = open(&ctx.config, ctx.store.clone(), ctx.clock.clone())
-                .await
-                .map_err(|e| match e {
-                    SloError::UnknownTier { .. } => ComponentError::config("slo", e),
-                    _ => ComponentError::failed("slo", e),
-                })?;
+            let handle = open_with_maintenance(
+                &ctx.config,
+                ctx.store.clone(),
+                ctx.clock.clone(),
+                Some(Arc::clone(&ctx.maintenance)),
+            )
+            .await
+            .map_err(|e| match e {
+                SloError::UnknownTier { .. } => ComponentError::config("slo", e),
+                _ => ComponentError::failed("slo", e),
+            })?;
             let view = handle.view();
             let route = Route::new(Method::GET, "/api/v1/slo", move |state, peer, request| {
                 let view = view.clone();

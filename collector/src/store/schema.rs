@@ -527,6 +527,24 @@ pub const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX status_incident_alerts_by_incident ON status_incident_alerts (incident_id);
     ",
+    // n: maintenance windows (collector/src/maintenance/), from the config and the API.
+    "
+    CREATE TABLE maintenance_windows (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        member      TEXT    NOT NULL,
+        hubs        TEXT    NOT NULL,  -- JSON list of hub names; [] = every hub of the member
+        start_ms    INTEGER NOT NULL,  -- UTC, first instant inside
+        end_ms      INTEGER NOT NULL,  -- UTC, first instant after (earlier once cut short)
+        start_local TEXT    NOT NULL,  -- as declared, in `timezone`
+        end_local   TEXT    NOT NULL,
+        timezone    TEXT    NOT NULL,  -- IANA name
+        note        TEXT    NOT NULL,
+        origin      TEXT    NOT NULL,  -- 'config' | 'api'
+        config_key  TEXT UNIQUE,       -- a config window's identity across restarts
+        created_ms  INTEGER NOT NULL   -- first known: decides whether it was announced
+    );
+    CREATE INDEX maintenance_windows_by_member ON maintenance_windows (member, start_ms);
+    ",
 ];
 
 /// The schema version this build writes.

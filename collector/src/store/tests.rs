@@ -320,6 +320,7 @@ fn an_empty_file_is_migrated() -> anyhow::Result<()> {
             "derive_cursors",
             "hub_status",
             "journey_latest",
+            "maintenance_windows",
             "quarantine",
             "report_snapshots",
             "sli_counters",

@@ -41,6 +41,8 @@ pub struct CollectorConfig {
     pub federate: FederateConfig,
     /// The status pages (`[status]`).
     pub status: StatusConfig,
+    /// Planned maintenance windows (`[[maintenance]]`).
+    pub maintenance: Vec<MaintenanceConfig>,
 }
 
 impl Default for CollectorConfig {
@@ -62,6 +64,7 @@ impl Default for CollectorConfig {
             metrics: MetricsConfig::default(),
             federate: FederateConfig::default(),
             status: StatusConfig::default(),
+            maintenance: Vec::new(),
         }
     }
 }
@@ -608,6 +611,7 @@ impl Validate for CollectorConfig {
             }
         }
         super::cost::validate_cost_model(self)?;
+        super::maintenance::validate_maintenance(self)?;
         check_positive("cost.close_grace", self.cost.close_grace)?;
         Ok(())
     }
@@ -796,6 +800,13 @@ pub struct TierConfig {
     /// `severity=page`); 0: consecutive failures alone never page.
     #[serde(default)]
     pub journey_page_after_failures: Option<u32>,
+    /// What announced maintenance does to the SLIs: `exclude` (default) or `count`.
+    #[serde(default)]
+    pub maintenance: Option<MaintenancePolicy>,
+    /// How long before its start a window must be known to be excluded
+    /// (default [`DEFAULT_MAINTENANCE_NOTICE`]); at most the tier window.
+    #[serde(default, with = "humantime_serde")]
+    pub maintenance_notice: Option<Duration>,
 }
 
 /// A tier as the SLO engine uses it: built-in defaults with overrides applied.
@@ -821,6 +832,10 @@ pub struct TierSpec {
     pub journey_max_duration: Duration,
     /// Consecutive failed journeys that page; 0 = never on that ground alone.
     pub journey_page_after_failures: u32,
+    /// What announced maintenance windows do to the SLIs.
+    pub maintenance: MaintenancePolicy,
+    /// How long before its start a window must be known to be excluded.
+    pub maintenance_notice: Duration,
 }
 
 impl TierSpec {
@@ -846,6 +861,8 @@ impl TierSpec {
             journey_target: 0.95,
             journey_max_duration: Duration::from_secs(6 * 60),
             journey_page_after_failures: 0,
+            maintenance: MaintenancePolicy::Exclude,
+            maintenance_notice: DEFAULT_MAINTENANCE_NOTICE,
         }
     }
 
@@ -877,6 +894,8 @@ impl TierSpec {
             journey_page_after_failures: cfg
                 .journey_page_after_failures
                 .unwrap_or(self.journey_page_after_failures),
+            maintenance: cfg.maintenance.unwrap_or(self.maintenance),
+            maintenance_notice: cfg.maintenance_notice.unwrap_or(self.maintenance_notice),
         }
     }
 }
@@ -984,6 +1003,17 @@ fn validate_tiers(tiers: &[TierConfig]) -> Result<(), ConfigError> {
                     humantime::format_duration(resolved.journey_max_duration),
                     cfg.name,
                     humantime::format_duration(MAX_JOURNEY_DURATION),
+                ),
+            ));
+        }
+        if resolved.maintenance_notice > resolved.window {
+            return Err(ConfigError::invalid(
+                key("maintenance_notice"),
+                format!(
+                    "maintenance_notice {} of tier {:?} must be at most its window ({})",
+                    humantime::format_duration(resolved.maintenance_notice),
+                    cfg.name,
+                    humantime::format_duration(resolved.window),
                 ),
             ));
         }

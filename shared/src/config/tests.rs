@@ -995,3 +995,103 @@ fn status_merge_window_is_validated_naming_the_key() {
     let err = parse("[status]\nincident_merge_window = \"8days\"\n").expect_err("too long");
     assert!(err.contains("status.incident_merge_window"), "{err}");
 }
+
+// ---- [[maintenance]] ----
+
+const MEMBERS: &str = r#"
+[[members]]
+id = "leap"
+tier = "premier"
+[[members.hubs]]
+name = "prod"
+[[members.hubs]]
+name = "staging"
+"#;
+
+fn maintenance_error(window: &str) -> (String, String) {
+    tier_error(&format!("{MEMBERS}\n[[maintenance]]\n{window}"))
+}
+
+#[test]
+fn a_maintenance_window_converts_local_time_to_utc() {
+    // Berlin is UTC+1 in January.
+    let span = window_span("2026-01-10T09:00", "2026-01-10T11:30", "Europe/Berlin").expect("valid");
+    assert_eq!(span.start_ms, 1_768_032_000_000); // 2026-01-10T08:00:00Z
+    assert_eq!(span.end_ms - span.start_ms, 150 * 60 * 1000);
+    let utc = window_span("2026-01-10T08:00:00", "2026-01-10T09:00:00", "UTC").expect("valid");
+    assert_eq!(utc.start_ms, span.start_ms);
+}
+
+#[test]
+fn a_window_across_spring_forward_is_one_hour_shorter() {
+    // 2026-03-29 in Berlin: 02:00 CET jumps to 03:00 CEST.
+    let span = window_span("2026-03-29T01:00", "2026-03-29T04:00", "Europe/Berlin").expect("valid");
+    assert_eq!(span.start_ms, 1_774_742_400_000); // 00:00Z
+    assert_eq!(span.end_ms - span.start_ms, 2 * 3600 * 1000);
+    // A time in the gap moves forward by the gap: 02:30 local is 01:30Z.
+    let gap = local_to_utc_ms("start", "2026-03-29T02:30", "Europe/Berlin").expect("valid");
+    assert_eq!(gap, 1_774_742_400_000 + 90 * 60 * 1000);
+}
+
+#[test]
+fn a_window_across_fall_back_is_one_hour_longer_and_a_fold_takes_summer_time() {
+    // 2026-10-25 in Berlin: 03:00 CEST falls back to 02:00 CET.
+    let span = window_span("2026-10-25T01:00", "2026-10-25T04:00", "Europe/Berlin").expect("valid");
+    assert_eq!(span.end_ms - span.start_ms, 4 * 3600 * 1000);
+    // 02:30 happens twice; the first (CEST, 00:30Z) is taken.
+    let fold = local_to_utc_ms("end", "2026-10-25T02:30", "Europe/Berlin").expect("valid");
+    assert_eq!(fold, span.start_ms + 90 * 60 * 1000);
+    // New York (other rules, other date): 2026-03-08 02:00 EST → 03:00 EDT.
+    let ny =
+        window_span("2026-03-08T00:00", "2026-03-08T06:00", "America/New_York").expect("valid");
+    assert_eq!(ny.end_ms - ny.start_ms, 5 * 3600 * 1000);
+}
+
+#[test]
+fn bad_maintenance_windows_name_their_key() {
+    let (key, reason) = maintenance_error(
+        "member = \"nope\"\nstart = \"2026-01-10T09:00\"\nend = \"2026-01-10T10:00\"",
+    );
+    assert_eq!(key, "maintenance[0].member");
+    assert!(reason.contains("nope"), "{reason}");
+    let (key, _) = maintenance_error(
+        "member = \"leap\"\nhubs = [\"prod\", \"gone\"]\nstart = \"2026-01-10T09:00\"\nend = \"2026-01-10T10:00\"",
+    );
+    assert_eq!(key, "maintenance[0].hubs[1]");
+    let (key, reason) = maintenance_error(
+        "member = \"leap\"\nstart = \"2026-01-10T09:00\"\nend = \"2026-01-10T10:00\"\ntimezone = \"Mars/Olympus\"",
+    );
+    assert_eq!(key, "maintenance[0].timezone");
+    assert!(reason.contains("Mars/Olympus"), "{reason}");
+    let (key, _) = maintenance_error(
+        "member = \"leap\"\nstart = \"2026-01-10T11:00\"\nend = \"2026-01-10T10:00\"",
+    );
+    assert_eq!(key, "maintenance[0].end");
+    let (key, _) =
+        maintenance_error("member = \"leap\"\nstart = \"tomorrow\"\nend = \"2026-01-10T10:00\"");
+    assert_eq!(key, "maintenance[0].start");
+}
+
+#[test]
+fn a_good_maintenance_window_loads_and_tiers_exclude_after_a_day_of_notice_by_default() {
+    let cfg: CollectorConfig = load(
+        &format!(
+            "{MEMBERS}\n[[maintenance]]\nmember = \"leap\"\nhubs = [\"prod\"]\n\
+             start = \"2026-01-10T09:00\"\nend = \"2026-01-10T10:00\"\n\
+             timezone = \"Europe/Berlin\"\nnote = \"upgrade\"\n\
+             [[tiers]]\nname = \"starter\"\nmaintenance = \"count\"\nmaintenance_notice = \"1h\""
+        ),
+        &HashMap::new(),
+    )
+    .expect("valid");
+    assert_eq!(cfg.maintenance.len(), 1);
+    assert_eq!(cfg.maintenance[0].note, "upgrade");
+    let premier = cfg.tier("premier").expect("premier");
+    assert_eq!(premier.maintenance, MaintenancePolicy::Exclude);
+    assert_eq!(premier.maintenance_notice, DEFAULT_MAINTENANCE_NOTICE);
+    let starter = cfg.tier("starter").expect("starter");
+    assert_eq!(starter.maintenance, MaintenancePolicy::Count);
+    assert_eq!(starter.maintenance_notice, Duration::from_secs(3600));
+    let (key, _) = tier_error("[[tiers]]\nname = \"member\"\nmaintenance_notice = \"90days\"");
+    assert_eq!(key, "tiers[0].maintenance_notice");
+}

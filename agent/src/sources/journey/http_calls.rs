@@ -207,6 +207,18 @@ pub async fn follow_progress(
     Ok(None)
 }
 
+/// The message of a `failed` progress event (`Spawn failed: …`), at most
+/// 200 characters; `None` for any other event.
+pub fn failure_message(event: &ProgressEvent) -> Option<String> {
+    if !event.failed {
+        return None;
+    }
+    event
+        .message
+        .as_ref()
+        .map(|m| m.chars().take(200).collect())
+}
+
 /// `progress 50 "pulling image"`: where a spawn stood.
 pub fn describe(event: &ProgressEvent) -> String {
     let progress = event

@@ -58,6 +58,9 @@ pub const SOURCE_PREFIX: &str = "journey:";
 /// many journeys) drop the oldest.
 const QUEUE_MAX: usize = 16;
 
+/// How long a refused spawn's progress stream is read for the hub's reason.
+const FAILED_SPAWN_PATIENCE: Duration = Duration::from_secs(5);
+
 /// How often the stop and cleanup phases look whether the server is gone.
 const GONE_POLL: Duration = Duration::from_millis(500);
 
@@ -435,13 +438,15 @@ impl Journey {
                 continue;
             };
             let label = server_label(&server);
-            if model.pending.as_deref() == Some("spawn") {
+            if let Some(pending) = model.pending.clone() {
                 // A run cut short seconds ago (an agent restart) leaves a
-                // spawn that is still going: give it half the phase's time
-                // to finish before calling it stuck. It is never fought.
+                // spawn that is still going, a stop phase that timed out
+                // leaves a stop still going: give it half the phase's time
+                // to finish before calling it stuck. It is never fought (no
+                // second stop request over a pending one).
                 let patience = self.cfg.stop_timeout / 2;
                 let until = Instant::now() + patience;
-                while model.pending.as_deref() == Some("spawn") && Instant::now() < until {
+                while model.pending.as_deref() == Some(pending.as_str()) && Instant::now() < until {
                     tokio::time::sleep(GONE_POLL).await;
                     servers = self.user(token).await?.servers.unwrap_or_default();
                     match servers.get(&server) {
@@ -452,12 +457,8 @@ impl Journey {
                 if !servers.contains_key(&server) {
                     continue;
                 }
-                if model.pending.as_deref() == Some("spawn") {
-                    return Err(PhaseError::other(format!(
-                        "{label} is stuck pending spawn (still pending after {} s); left alone \
-                         (stop it on the hub)",
-                        patience.as_secs_f64()
-                    )));
+                if model.pending.as_deref() == Some(pending.as_str()) {
+                    return Err(PhaseError::other(stuck_reason(&label, &pending, patience)));
                 }
             }
             tracing::info!(hub = %self.hub, server = %label, ready = model.ready, "journey cleanup: stopping a leftover server");
@@ -528,7 +529,13 @@ impl Journey {
         }
         *server = Some(chosen.clone());
         if !answer.status.is_success() {
-            return Err(answer.error("spawn request"));
+            let mut e = answer.error("spawn request");
+            if answer.status.is_server_error()
+                && let Some(reason) = self.failed_spawn_reason(token, name, &chosen).await
+            {
+                e.reason.push_str(&format!("; the hub says {reason:?}"));
+            }
+            return Err(e);
         }
         *requested = true;
         let progress = format!("{}/progress", self.server_path(name, &chosen));
@@ -559,6 +566,23 @@ impl Journey {
             format!("{url}/")
         };
         Ok(format!("{}{path}", self.origin))
+    }
+
+    /// The spawner's own reason for a spawn that failed: JupyterHub answers
+    /// a spawn that fails within its slow-spawn bound with a bare 500
+    /// (`Internal Server Error`) and keeps the reason for the progress
+    /// stream's `failed` event. `None` when the stream does not say.
+    async fn failed_spawn_reason(&self, token: &str, name: &str, server: &str) -> Option<String> {
+        let progress = format!("{}/progress", self.server_path(name, server));
+        let mut last = ProgressEvent::default();
+        // The stream of a spawn that is over answers at once; the bound
+        // only keeps a stalled hub from eating the rest of the phase.
+        let _ = tokio::time::timeout(
+            FAILED_SPAWN_PATIENCE,
+            http_calls::follow_progress(&self.client, &progress, token, &mut last),
+        )
+        .await;
+        http_calls::failure_message(&last)
     }
 
     fn learn(&self, named: bool) {
@@ -697,6 +721,20 @@ fn server_label(server: &str) -> String {
     } else {
         format!("named server {server:?}")
     }
+}
+
+/// Why cleanup leaves `label` alone: still `pending` (`spawn`, `stop`)
+/// after `patience`.
+fn stuck_reason(label: &str, pending: &str, patience: Duration) -> String {
+    let advice = if pending == "stop" {
+        "the hub is still stopping it"
+    } else {
+        "stop it on the hub"
+    };
+    format!(
+        "{label} is stuck pending {pending} (still pending after {} s); left alone ({advice})",
+        patience.as_secs_f64()
+    )
 }
 
 /// Percent-encodes what a URL path segment cannot hold as is.

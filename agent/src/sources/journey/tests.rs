@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use hubwatch_shared::wire::{FailureKind, JourneyPhase, JourneyResult};
 use serde_json::json;
 
-use super::http_calls::{ProgressEvent, SseLines, describe, error_message};
+use super::http_calls::{ProgressEvent, SseLines, describe, error_message, failure_message};
 use super::kernel::{Reply, channels_url, execute_request, nonce_code, read_message};
 use super::*;
 
@@ -273,6 +273,38 @@ fn path_segments_are_escaped() {
     assert_eq!(path_segment("alice"), "alice");
     assert_eq!(path_segment("a b/c"), "a%20b%2Fc");
     assert_eq!(path_segment("x@y.org"), "x@y.org");
+}
+
+#[test]
+fn a_failed_event_gives_the_hubs_reason_and_no_other_does() {
+    let failed: ProgressEvent = serde_json::from_str(
+        r#"{"progress": 100, "failed": true, "message": "Spawn failed: no quota"}"#,
+    )
+    .expect("event");
+    assert_eq!(
+        failure_message(&failed),
+        Some("Spawn failed: no quota".to_string())
+    );
+    let pending: ProgressEvent =
+        serde_json::from_str(r#"{"progress": 50, "message": "Spawn failed: not really"}"#)
+            .expect("event");
+    assert_eq!(failure_message(&pending), None);
+    assert_eq!(failure_message(&ProgressEvent::default()), None);
+}
+
+#[test]
+fn a_stuck_server_is_reported_with_its_pending_state() {
+    let patience = Duration::from_secs(60);
+    assert_eq!(
+        stuck_reason("named server \"hubwatch-journey\"", "spawn", patience),
+        "named server \"hubwatch-journey\" is stuck pending spawn (still pending after 60 s); \
+         left alone (stop it on the hub)"
+    );
+    assert_eq!(
+        stuck_reason("default server", "stop", patience),
+        "default server is stuck pending stop (still pending after 60 s); \
+         left alone (the hub is still stopping it)"
+    );
 }
 
 fn some_result() -> JourneyResult {
