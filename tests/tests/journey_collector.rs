@@ -152,6 +152,17 @@ fn real_journeys_reach_the_collector_stay_out_of_usage_and_ticket_then_page() {
             Ok(())
         },
     );
+    // And the count settled (the baseline must hold all of carol's).
+    let mut last = hub_failed_spawns(&broken).expect("failed spawns");
+    eventually("the failed count settled", Duration::from_secs(30), || {
+        std::thread::sleep(Duration::from_secs(2));
+        let now = hub_failed_spawns(&broken)?;
+        let settled = now == last;
+        last = now;
+        ensure!(settled, "still moving: {now}");
+        Ok(())
+    });
+    eprintln!("broken counts {last} failed spawn(s) before the agent starts");
 
     let members = [MemberSpec {
         id: "leap".into(),
@@ -242,6 +253,14 @@ fn real_journeys_reach_the_collector_stay_out_of_usage_and_ticket_then_page() {
                 ("hub", "broken"),
                 ("severity", "ticket"),
             ])
+            .map_err(|e| {
+                let ours = collector_alerts(collector.http()).unwrap_or_default();
+                let journey: Vec<&Value> = ours
+                    .iter()
+                    .filter(|a| a["labels"]["alertname"] == "JourneyFailing")
+                    .collect();
+                anyhow!("{e}; the collector's JourneyFailing alerts: {journey:?}")
+            })
         },
     );
     assert_eq!(labels(&ticket), want("ticket"));
