@@ -794,6 +794,10 @@ impl ClassifyName for serde_json::Error {
 #[derive(Debug, Default)]
 pub struct JourneyQueue {
     state: Mutex<QueueState>,
+    /// Whether the hub source has read the hub's metrics once with nothing
+    /// held back ([`JourneyQueue::baseline_sent`]).
+    baseline: std::sync::atomic::AtomicBool,
+    baseline_notify: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -841,6 +845,34 @@ impl JourneyQueue {
                 tracing::warn!("journey results not collected; dropped the oldest");
             }
             q.results.push_back(result);
+        }
+    }
+
+    /// The hub source read the hub's metrics with nothing held back: the
+    /// collector has the hub's failed-spawn counters as they were before any
+    /// journey, so a journey's own failure is an increase it can tell apart.
+    pub fn baseline_sent(&self) {
+        use std::sync::atomic::Ordering;
+        if !self.baseline.swap(true, Ordering::SeqCst) {
+            self.baseline_notify.notify_waiters();
+        }
+    }
+
+    /// Waits until [`Self::baseline_sent`] (at once if it was). A first
+    /// journey that ran before the hub's counters were ever sent would have
+    /// them held back, and they would then first reach the collector with
+    /// the journey's failure and any earlier ones inside, which it would
+    /// count as new real failures.
+    pub async fn wait_baseline(&self) {
+        use std::sync::atomic::Ordering;
+        loop {
+            let notified = self.baseline_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.baseline.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -989,7 +1021,16 @@ pub fn start(
             runs.with_label_values(&[hub.name.as_str(), label]);
         }
         let interval = hub.journey.interval;
+        // A hub that does not answer never gives a baseline; its journey
+        // still runs (and reports the failed login) after this long.
+        let baseline_wait = cfg.agent.interval.saturating_mul(3);
         tasks.push(tokio::spawn(async move {
+            if tokio::time::timeout(baseline_wait, queue.wait_baseline())
+                .await
+                .is_err()
+            {
+                tracing::debug!(hub = %journey.hub(), "no metrics from the hub yet; first journey runs anyway");
+            }
             // The first run comes within a tenth of the interval, so agents
             // started together do not spawn together, and a restart loop
             // does not spawn on every start.

@@ -345,3 +345,23 @@ fn a_run_cut_short_stops_holding_failed_spawns() {
     }
     assert!(!queue.holds_failed_spawns());
 }
+
+#[tokio::test]
+async fn the_first_journey_waits_for_the_hubs_counters_to_be_sent_once() {
+    let queue = Arc::new(JourneyQueue::default());
+    let waiter = {
+        let queue = Arc::clone(&queue);
+        tokio::spawn(async move { queue.wait_baseline().await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiter.is_finished(), "no baseline yet: the journey waits");
+    queue.baseline_sent();
+    tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("woken by the baseline")
+        .expect("task");
+    // Once sent, later waits return at once.
+    tokio::time::timeout(Duration::from_millis(100), queue.wait_baseline())
+        .await
+        .expect("no wait after the baseline");
+}

@@ -417,12 +417,12 @@ impl JupyterHubSource {
             );
         }
         let mut samples = metrics::hub_samples(&page, &self.hub, now);
-        if self
-            .journey
-            .as_ref()
-            .is_some_and(|j| j.holds_failed_spawns())
-        {
-            metrics::hold_failed_spawns(&mut samples);
+        if let Some(journey) = &self.journey {
+            if journey.holds_failed_spawns() {
+                metrics::hold_failed_spawns(&mut samples);
+            } else if !samples.is_empty() {
+                journey.baseline_sent();
+            }
         }
         if samples.is_empty() {
             let why = if page.samples.is_empty() && skipped > 0 {
