@@ -337,7 +337,8 @@ fn once_pseudonymiser(cfg: &AgentConfig) -> Result<Pseudonymiser, runtime::Agent
 pub async fn collect_once(cfg: &AgentConfig) -> Result<Vec<Record>, runtime::AgentError> {
     let pseudonymiser = once_pseudonymiser(cfg)?;
     let metrics = AgentMetrics::new();
-    let sources = runtime::build_sources(cfg, &metrics, &pseudonymiser)?;
+    // `once` runs no journey: nothing to hold back.
+    let sources = runtime::build_sources(cfg, &metrics, &pseudonymiser, &Default::default())?;
     let outcomes = collect_all(&sources, runtime::source_timeout(cfg.agent.interval)).await;
     Ok(outcomes.into_iter().flat_map(|o| o.records).collect())
 }

@@ -138,13 +138,18 @@ pub async fn run(
             });
         }
     };
-    let mut sources = build_sources(&cfg, &metrics, &privacy)?;
+    // The journey queues first: each hub source reads its hub's, to hold
+    // back failed-spawn counters while a journey's result is on its way.
+    let journey_queues = crate::sources::journey::queues(&cfg);
+    let mut sources = build_sources(&cfg, &metrics, &privacy, &journey_queues)?;
     // Journeys run as their own tasks (they last minutes); their results
     // reach the batches through a source each.
-    let (journey_sources, journey_tasks) = crate::sources::journey::start(&cfg, &privacy, &metrics)
-        .map_err(|e| AgentError::Source {
-            name: "journey",
-            source: SourceError::Read(e.to_string()),
+    let (journey_sources, journey_tasks) =
+        crate::sources::journey::start(&cfg, &privacy, &metrics, &journey_queues).map_err(|e| {
+            AgentError::Source {
+                name: "journey",
+                source: SourceError::Read(e.to_string()),
+            }
         })?;
     sources.extend(journey_sources);
 
@@ -306,6 +311,7 @@ pub fn build_sources(
     cfg: &AgentConfig,
     metrics: &AgentMetrics,
     privacy: &Pseudonymiser,
+    journey_queues: &crate::sources::journey::JourneyQueues,
 ) -> Result<Vec<Arc<dyn Source>>, AgentError> {
     let mut sources: Vec<Arc<dyn Source>> = Vec::new();
     if cfg.host.enabled {
@@ -346,12 +352,17 @@ pub fn build_sources(
         sources.push(Arc::new(scrape));
     }
     sources.extend(
-        crate::sources::jupyterhub::sources(cfg, privacy, &lines_skipped, request_budget).map_err(
-            |source| AgentError::Source {
-                name: "jupyterhub",
-                source,
-            },
-        )?,
+        crate::sources::jupyterhub::sources(
+            cfg,
+            privacy,
+            &lines_skipped,
+            request_budget,
+            journey_queues,
+        )
+        .map_err(|source| AgentError::Source {
+            name: "jupyterhub",
+            source,
+        })?,
     );
     Ok(sources)
 }

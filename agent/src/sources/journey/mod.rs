@@ -788,30 +788,127 @@ impl ClassifyName for serde_json::Error {
     }
 }
 
-/// The results waiting for the next collection.
+/// The results waiting for the next collection, and whether a run is under
+/// way (one lock for both, so [`JourneyQueue::holds_failed_spawns`] never
+/// sees a result that is neither running nor waiting).
 #[derive(Debug, Default)]
 pub struct JourneyQueue {
-    results: Mutex<VecDeque<JourneyResult>>,
+    state: Mutex<QueueState>,
+    /// Whether the hub source has read the hub's metrics once with nothing
+    /// held back ([`JourneyQueue::baseline_sent`]).
+    baseline: std::sync::atomic::AtomicBool,
+    baseline_notify: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    results: VecDeque<JourneyResult>,
+    running: bool,
+}
+
+/// The journey queue of each hub whose journey is enabled, by hub name:
+/// made before the sources, as the hub source reads it too.
+pub type JourneyQueues = HashMap<String, Arc<JourneyQueue>>;
+
+/// A queue for each hub of `cfg` whose journey is enabled.
+pub fn queues(cfg: &AgentConfig) -> JourneyQueues {
+    cfg.hubs
+        .iter()
+        .filter(|h| h.journey.enabled)
+        .map(|h| (h.name.clone(), Arc::new(JourneyQueue::default())))
+        .collect()
 }
 
 impl JourneyQueue {
-    /// Adds a result, dropping the oldest past [`QUEUE_MAX`].
+    /// A run starts: until its result is pushed, the hub may count a failed
+    /// spawn that is the journey's own. The run ends with [`Self::push`], or
+    /// when the guard is dropped (a run cut short by an abort or a panic
+    /// must not hold the hub's counters back for good).
+    pub fn begin(&self) -> RunGuard<'_> {
+        self.set_running(true);
+        RunGuard { queue: self }
+    }
+
+    fn set_running(&self, running: bool) {
+        if let Ok(mut q) = self.state.lock() {
+            q.running = running;
+        }
+    }
+
+    /// Adds a result (the run is over), dropping the oldest past
+    /// [`QUEUE_MAX`].
     pub fn push(&self, result: JourneyResult) {
-        if let Ok(mut q) = self.results.lock() {
-            if q.len() >= QUEUE_MAX {
-                q.pop_front();
+        if let Ok(mut q) = self.state.lock() {
+            q.running = false;
+            if q.results.len() >= QUEUE_MAX {
+                q.results.pop_front();
                 tracing::warn!("journey results not collected; dropped the oldest");
             }
-            q.push_back(result);
+            q.results.push_back(result);
+        }
+    }
+
+    /// The hub source read the hub's metrics with nothing held back: the
+    /// collector has the hub's failed-spawn counters as they were before any
+    /// journey, so a journey's own failure is an increase it can tell apart.
+    pub fn baseline_sent(&self) {
+        use std::sync::atomic::Ordering;
+        if !self.baseline.swap(true, Ordering::SeqCst) {
+            self.baseline_notify.notify_waiters();
+        }
+    }
+
+    /// Waits until [`Self::baseline_sent`] (at once if it was). A first
+    /// journey that ran before the hub's counters were ever sent would have
+    /// them held back, and they would then first reach the collector with
+    /// the journey's failure and any earlier ones inside, which it would
+    /// count as new real failures.
+    pub async fn wait_baseline(&self) {
+        use std::sync::atomic::Ordering;
+        loop {
+            let notified = self.baseline_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.baseline.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
         }
     }
 
     /// Takes every waiting result.
     pub fn take(&self) -> Vec<JourneyResult> {
-        self.results
+        self.state
             .lock()
-            .map(|mut q| q.drain(..).collect())
+            .map(|mut q| q.results.drain(..).collect())
             .unwrap_or_default()
+    }
+
+    /// Whether the hub source should hold back the hub's failed-spawn
+    /// counters this collection: a run is under way, or its result has not
+    /// been taken yet. The hub counts the journey's own failed spawn the
+    /// moment it fails, while the journey's record leaves only after its
+    /// stop phase; a counter sent first would make the collector take the
+    /// journey's failure for a real user's (and page) until the record
+    /// arrives. The counters are cumulative, so holding them loses nothing:
+    /// the next collection after the record left sends them.
+    pub fn holds_failed_spawns(&self) -> bool {
+        self.state
+            .lock()
+            .map(|q| q.running || !q.results.is_empty())
+            .unwrap_or(false)
+    }
+}
+
+/// A run under way ([`JourneyQueue::begin`]); dropping it ends the run.
+#[derive(Debug)]
+pub struct RunGuard<'a> {
+    queue: &'a JourneyQueue,
+}
+
+impl Drop for RunGuard<'_> {
+    fn drop(&mut self) {
+        self.queue.set_running(false);
     }
 }
 
@@ -904,12 +1001,16 @@ pub fn start(
     cfg: &AgentConfig,
     privacy: &Pseudonymiser,
     metrics: &AgentMetrics,
+    queues: &JourneyQueues,
 ) -> Result<Started, JourneyError> {
     let mut sources: Vec<Arc<dyn Source>> = Vec::new();
     let mut tasks = Vec::new();
     for hub in cfg.hubs.iter().filter(|h| h.journey.enabled) {
         let journey = Journey::new(hub, privacy.clone())?;
-        let queue = Arc::new(JourneyQueue::default());
+        let queue = queues
+            .get(&hub.name)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(JourneyQueue::default()));
         sources.push(Arc::new(JourneySource::new(&hub.name, Arc::clone(&queue))));
         let running = metrics.journey_running.with_label_values(&[&hub.name]);
         running.set(0);
@@ -920,7 +1021,16 @@ pub fn start(
             runs.with_label_values(&[hub.name.as_str(), label]);
         }
         let interval = hub.journey.interval;
+        // A hub that does not answer never gives a baseline; its journey
+        // still runs (and reports the failed login) after this long.
+        let baseline_wait = cfg.agent.interval.saturating_mul(3);
         tasks.push(tokio::spawn(async move {
+            if tokio::time::timeout(baseline_wait, queue.wait_baseline())
+                .await
+                .is_err()
+            {
+                tracing::debug!(hub = %journey.hub(), "no metrics from the hub yet; first journey runs anyway");
+            }
             // The first run comes within a tenth of the interval, so agents
             // started together do not spawn together, and a restart loop
             // does not spawn on every start.
@@ -930,6 +1040,7 @@ pub fn start(
                 tokio::time::sleep_until(next).await;
                 let started = tokio::time::Instant::now();
                 running.set(1);
+                let run = queue.begin();
                 let result = journey.run().await;
                 running.set(0);
                 let label = result_label(&result);
@@ -939,6 +1050,7 @@ pub fn start(
                     Some(f) => tracing::warn!(hub = %journey.hub(), phase = %f.phase, reason = %f.reason, "journey failed"),
                 }
                 queue.push(result);
+                drop(run);
                 // Runs never overlap: the next is due an interval after this
                 // one started, and never before it ended.
                 next = (started + jittered(interval)).max(tokio::time::Instant::now());

@@ -306,3 +306,62 @@ fn a_stuck_server_is_reported_with_its_pending_state() {
          left alone (the hub is still stopping it)"
     );
 }
+
+fn some_result() -> JourneyResult {
+    JourneyResult {
+        hub: "lab".into(),
+        user: "p".into(),
+        server: String::new(),
+        started_ms: 1,
+        ok: false,
+        phases: Vec::new(),
+        failure: None,
+    }
+}
+
+#[test]
+fn failed_spawns_are_held_from_a_run_start_until_its_result_is_taken() {
+    let queue = JourneyQueue::default();
+    assert!(!queue.holds_failed_spawns(), "nothing runs");
+    let run = queue.begin();
+    assert!(queue.holds_failed_spawns(), "a run is under way");
+    queue.push(some_result());
+    drop(run);
+    assert!(queue.holds_failed_spawns(), "its result has not left yet");
+    assert_eq!(queue.take().len(), 1);
+    assert!(
+        !queue.holds_failed_spawns(),
+        "the result left: the counters may follow"
+    );
+}
+
+#[test]
+fn a_run_cut_short_stops_holding_failed_spawns() {
+    let queue = JourneyQueue::default();
+    {
+        let _run = queue.begin();
+        assert!(queue.holds_failed_spawns());
+        // Dropped without a result, as when the task is aborted or panics.
+    }
+    assert!(!queue.holds_failed_spawns());
+}
+
+#[tokio::test]
+async fn the_first_journey_waits_for_the_hubs_counters_to_be_sent_once() {
+    let queue = Arc::new(JourneyQueue::default());
+    let waiter = {
+        let queue = Arc::clone(&queue);
+        tokio::spawn(async move { queue.wait_baseline().await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiter.is_finished(), "no baseline yet: the journey waits");
+    queue.baseline_sent();
+    tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("woken by the baseline")
+        .expect("task");
+    // Once sent, later waits return at once.
+    tokio::time::timeout(Duration::from_millis(100), queue.wait_baseline())
+        .await
+        .expect("no wait after the baseline");
+}

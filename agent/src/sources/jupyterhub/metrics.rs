@@ -72,6 +72,21 @@ pub fn hub_samples(page: &ParsedPage, hub: &str, now_ms: i64) -> Vec<Sample> {
     out
 }
 
+/// Removes the spawn histogram's series of failed spawns (`status` other
+/// than `success`, after [`hub_samples`] made every release look like 6.x)
+/// from `samples`: what the hub source holds back while the hub's journey
+/// has a result on its way (`JourneyQueue::holds_failed_spawns`). Counters
+/// are cumulative, so the next page sent carries what was held.
+pub fn hold_failed_spawns(samples: &mut Vec<Sample>) {
+    samples.retain(|s| {
+        let spawn = s
+            .name
+            .strip_prefix(SPAWN_DURATION)
+            .is_some_and(|suffix| matches!(suffix, "_bucket" | "_sum" | "_count"));
+        !spawn || hubwatch_shared::wire::label(&s.labels, "status") == Some("success")
+    });
+}
+
 /// The name a series' own `hub` label is kept under: `exported_hub`, or, when
 /// the series has that label too, `exported_exported_hub` and so on, as
 /// Prometheus names a clash; so no label name appears twice (found while

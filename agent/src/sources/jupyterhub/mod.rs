@@ -6,7 +6,10 @@
 //! - `GET /hub/metrics` (with the API token when one is configured) → the
 //!   `jupyterhub_*` series as samples labelled `hub` ([`metrics`]); lines
 //!   that cannot be parsed are skipped and counted in
-//!   `hubwatch_agent_metrics_lines_skipped_total{source}`;
+//!   `hubwatch_agent_metrics_lines_skipped_total{source}`; while the hub's
+//!   journey runs or its result waits, the spawn histogram's failed series
+//!   are held back (the journey's own failure must not reach the collector
+//!   before its record; [`metrics::hold_failed_spawns`]);
 //! - `GET /hub/api/users?state=active`, every page → usage events
 //!   ([`users::UsageTracker`]) and the gauges `hub_api_users_listed`,
 //!   `hub_api_users_with_servers`, `hub_api_running_servers` and
@@ -32,6 +35,7 @@ use prometheus::{IntCounter, IntCounterVec};
 
 use super::{CollectFuture, Source, SourceError, now_ms};
 use crate::privacy::Pseudonymiser;
+use crate::sources::journey::{JourneyQueue, JourneyQueues};
 
 pub mod client;
 pub mod exposition;
@@ -69,12 +73,19 @@ pub fn sources(
     privacy: &Pseudonymiser,
     lines_skipped: &IntCounterVec,
     deadline_cap: Duration,
+    journey_queues: &JourneyQueues,
 ) -> Result<Vec<Arc<dyn Source>>, SourceError> {
     cfg.hubs
         .iter()
         .map(|hub| {
-            JupyterHubSource::new(hub, privacy.clone(), lines_skipped, deadline_cap)
-                .map(|s| Arc::new(s.with_state_dir(&cfg.agent.spool_dir)) as Arc<dyn Source>)
+            JupyterHubSource::new(hub, privacy.clone(), lines_skipped, deadline_cap).map(|s| {
+                let s = s.with_state_dir(&cfg.agent.spool_dir);
+                let s = match journey_queues.get(&hub.name) {
+                    Some(queue) => s.with_journey(Arc::clone(queue)),
+                    None => s,
+                };
+                Arc::new(s) as Arc<dyn Source>
+            })
         })
         .collect()
 }
@@ -97,6 +108,10 @@ pub struct JupyterHubSource {
     lines_skipped: IntCounter,
     /// Where the running servers are persisted (`servers_file.rs`).
     servers_file: Option<PathBuf>,
+    /// The hub's journey, when it runs one: while its result is on its way
+    /// the hub's failed-spawn counters are held back
+    /// ([`JourneyQueue::holds_failed_spawns`]).
+    journey: Option<Arc<JourneyQueue>>,
     state: tokio::sync::Mutex<HubState>,
 }
 
@@ -154,8 +169,16 @@ impl JupyterHubSource {
             page_size: hub.page_size.clamp(1, 200),
             privacy,
             servers_file: None,
+            journey: None,
             state: tokio::sync::Mutex::new(HubState::default()),
         })
+    }
+
+    /// Holds back the hub's failed-spawn counters while `queue`'s journey
+    /// runs or its result waits ([`JourneyQueue::holds_failed_spawns`]).
+    pub fn with_journey(mut self, queue: Arc<JourneyQueue>) -> Self {
+        self.journey = Some(queue);
+        self
     }
 
     /// Persists the running servers in `dir` (the spool directory) and
@@ -393,7 +416,14 @@ impl JupyterHubSource {
                 "metrics lines skipped"
             );
         }
-        let samples = metrics::hub_samples(&page, &self.hub, now);
+        let mut samples = metrics::hub_samples(&page, &self.hub, now);
+        if let Some(journey) = &self.journey {
+            if journey.holds_failed_spawns() {
+                metrics::hold_failed_spawns(&mut samples);
+            } else if !samples.is_empty() {
+                journey.baseline_sent();
+            }
+        }
         if samples.is_empty() {
             let why = if page.samples.is_empty() && skipped > 0 {
                 format!(

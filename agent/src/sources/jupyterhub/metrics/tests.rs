@@ -163,3 +163,45 @@ fn a_series_own_hub_label_never_clashes_with_one_it_already_has() {
         ]
     );
 }
+
+#[test]
+fn held_back_failed_spawns_leave_every_other_series_untouched() {
+    let page = parse(JUPYTERHUB_5_SPAWNS);
+    let all = hub_samples(&page, "lab", 1_000);
+    let mut held = all.clone();
+    hold_failed_spawns(&mut held);
+    // Every failed spawn of every kind is gone (5.x rejections were made
+    // 6.x `failure`s first)...
+    assert!(
+        held.iter()
+            .filter(|s| s.name.starts_with(SPAWN_DURATION))
+            .all(|s| hubwatch_shared::wire::label(&s.labels, "status") == Some("success")),
+        "{held:?}"
+    );
+    assert!(
+        find(
+            &all,
+            "jupyterhub_server_spawn_duration_seconds_count",
+            &[("status", "failure")]
+        )
+        .is_some()
+    );
+    // ...and everything else is still there, unchanged.
+    let kept: Vec<&Sample> = all
+        .iter()
+        .filter(|s| {
+            !s.name.starts_with(SPAWN_DURATION)
+                || hubwatch_shared::wire::label(&s.labels, "status") == Some("success")
+        })
+        .collect();
+    assert_eq!(held.iter().collect::<Vec<_>>(), kept);
+    assert!(find(&held, "jupyterhub_running_servers", &[]).is_some());
+    assert!(
+        find(
+            &held,
+            "jupyterhub_server_spawn_duration_seconds_count",
+            &[("status", "success")]
+        )
+        .is_some()
+    );
+}
