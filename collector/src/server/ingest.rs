@@ -164,7 +164,10 @@ async fn handle_request(
 
 /// The credential, or the 401/403 response (counted and logged; a token
 /// that belongs to another agent than its certificate is also counted in
-/// `rejected`).
+/// `rejected`). The refusal comes before the body is read, so it closes the
+/// connection (`Connection: close`): a client must not send its next request
+/// on a connection that still holds this one's unread body, which the server
+/// drops (the client would see it reset).
 pub(super) fn authenticate(
     state: &AppState,
     peer: &PeerIdentity,
@@ -176,11 +179,11 @@ pub(super) fn authenticate(
         Ok(bearer) => bearer,
         Err(e) => {
             log_auth_failure(&AuthError::Unknown, None, path);
-            return Err(Box::new(auth_failure(
+            return Err(Box::new(closing(auth_failure(
                 state,
                 &AuthError::Unknown,
                 Some(&e.to_string()),
-            )));
+            ))));
         }
     };
     state.tokens.authenticate(bearer, peer).map_err(|e| {
@@ -188,8 +191,16 @@ pub(super) fn authenticate(
         if let AuthError::AgentMismatch { .. } = e {
             rejected.with_label_values(&["agent_mismatch"]).inc();
         }
-        Box::new(auth_failure(state, &e, None))
+        Box::new(closing(auth_failure(state, &e, None)))
     })
+}
+
+/// `response` with `Connection: close`.
+fn closing(mut response: HttpResponse) -> HttpResponse {
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// The whole body, under `server.max_body_bytes` (413, before reading when

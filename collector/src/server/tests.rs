@@ -757,6 +757,13 @@ async fn every_ingest_answer_names_the_accepted_versions_and_the_body_limit() {
         "only a version refusal has a code"
     );
     assert_eq!(unauthorized.status, StatusCode::UNAUTHORIZED);
+    // Refused before its body was read: the connection is not reused.
+    assert_eq!(
+        header(&unauthorized, "connection").as_deref(),
+        Some("close"),
+        "{unauthorized:?}"
+    );
+    assert_eq!(header(&stored, "connection"), None, "{stored:?}");
     for reply in [&stored, &too_large, &malformed, &unauthorized] {
         assert_eq!(
             header(reply, "hubwatch-accept-versions").as_deref(),
