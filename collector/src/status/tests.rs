@@ -1075,7 +1075,7 @@ fn incidents_show_on_the_member_page_its_days_and_the_network_page() -> anyhow::
     );
     // The feed is linked; no outside reference.
     assert!(html.contains(
-        "<link rel=\"alternate\" type=\"application/atom+xml\" title=\"CRYO &lt;Lab&gt; status (incidents, Atom)\" href=\"/status/cryo/feed.atom\">"
+        "<link rel=\"alternate\" type=\"application/atom+xml\" title=\"CRYO &lt;Lab&gt; status (incidents and maintenance, Atom)\" href=\"/status/cryo/feed.atom\">"
     ));
     assert!(!html.contains("http://") && !html.contains("https://"));
 
