@@ -77,7 +77,7 @@ fn document(title: &str, body: &str, script: bool, feed_href: &str) -> String {
     out.push_str("<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">");
     let _ = write!(
         out,
-        "<title>{}</title><link rel=\"alternate\" type=\"application/atom+xml\" title=\"{} (incidents, Atom)\" href=\"{}\">\
+        "<title>{}</title><link rel=\"alternate\" type=\"application/atom+xml\" title=\"{} (incidents and maintenance, Atom)\" href=\"{}\">\
          <style>{STYLE}</style></head><body><main>",
         escape(title),
         escape(title),

@@ -32,16 +32,17 @@
 //! bar counts the incidents overlapping it; the network page marks public
 //! members with an open incident (a private member's, like its state, is
 //! not shown there). Atom feeds ([`feed`]): `GET /status/feed.atom`
-//! (public members' incidents) and `GET /status/{member}/feed.atom`
-//! (privacy as the member's page).
+//! (public members' incidents and maintenance windows) and `GET
+//! /status/{member}/feed.atom` (privacy as the member's page).
 //!
 //! Maintenance: a hub covered by a window of the collector's
 //! [`Calendar`] (the one the SLO and alert engines read) is shown in state
 //! *Maintenance* with the window's note and end; a member's page lists its
 //! windows of the next 14 days ("Scheduled maintenance"); and the ledger
 //! leaves out the minutes the tier excludes, through the report's
-//! [`crate::report::slo::attainment_with_maintenance`]. (The feeds do not
-//! carry maintenance windows yet.)
+//! [`crate::report::slo::attainment_with_maintenance`]. The feeds carry
+//! one entry per window, scheduled, running or ended
+//! ([`view::MemberView::feed_windows`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

@@ -1075,7 +1075,7 @@ fn incidents_show_on_the_member_page_its_days_and_the_network_page() -> anyhow::
     );
     // The feed is linked; no outside reference.
     assert!(html.contains(
-        "<link rel=\"alternate\" type=\"application/atom+xml\" title=\"CRYO &lt;Lab&gt; status (incidents, Atom)\" href=\"/status/cryo/feed.atom\">"
+        "<link rel=\"alternate\" type=\"application/atom+xml\" title=\"CRYO &lt;Lab&gt; status (incidents and maintenance, Atom)\" href=\"/status/cryo/feed.atom\">"
     ));
     assert!(!html.contains("http://") && !html.contains("https://"));
 
@@ -1207,5 +1207,147 @@ fn the_atom_feeds_carry_the_incidents_and_leave_private_members_out() -> anyhow:
     // With no incident at all, still a valid feed.
     pages.set_incidents(IncidentHistory::default());
     assert!(atom_entries(&pages.network_feed())?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn the_atom_feeds_carry_maintenance_windows_scheduled_running_and_ended() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cfg = config(dir.path());
+    let store = Store::open(&cfg.storage)?;
+    let (pages, [resolved, open, secret]) = pages_with_incidents(&cfg, &store)?;
+    let yesterday = MIDNIGHT - DAY_MS;
+    let calendar = crate::maintenance::Calendar::new();
+    calendar.set(vec![
+        // Ended yesterday.
+        window(
+            1,
+            "cryo",
+            &[],
+            (yesterday + 2 * 60 * MIN, yesterday + 4 * 60 * MIN),
+            yesterday - 3 * DAY_MS,
+            "UTC",
+            "Database upgrade",
+        ),
+        // Running now (10:00–12:00 UTC, 11:00–13:00 in Berlin).
+        window(
+            2,
+            "cryo",
+            &["main"],
+            (MIDNIGHT + 10 * 60 * MIN, MIDNIGHT + 12 * 60 * MIN),
+            MIDNIGHT - 2 * DAY_MS,
+            "Europe/Berlin",
+            "Node pool <swap>",
+        ),
+        // Scheduled in 30 days (past the page's 14, still in the feed),
+        // announced an hour ago.
+        window(
+            3,
+            "cryo",
+            &["main"],
+            (MIDNIGHT + 30 * DAY_MS, MIDNIGHT + 30 * DAY_MS + 60 * MIN),
+            NOW - 60 * MIN,
+            "UTC",
+            "",
+        ),
+        // Ended 100 days ago: past the 90 days the feeds show.
+        window(
+            4,
+            "cryo",
+            &[],
+            (MIDNIGHT - 100 * DAY_MS, MIDNIGHT - 100 * DAY_MS + 60 * MIN),
+            MIDNIGHT - 101 * DAY_MS,
+            "UTC",
+            "Long ago",
+        ),
+        // Private leap's, running.
+        window(
+            5,
+            "leap",
+            &[],
+            (NOW - 60 * MIN, NOW + 60 * MIN),
+            NOW - 2 * DAY_MS,
+            "UTC",
+            "Secret leap work",
+        ),
+    ]);
+    let pages = pages.with_maintenance(calendar);
+
+    let network = pages.network_feed();
+    let entries = atom_entries(&network)?;
+    let ids: Vec<&str> = entries.iter().map(|e| e[0].as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "urn:hubwatch:maintenance:2".to_string(),
+            "urn:hubwatch:maintenance:3".to_string(),
+            format!("urn:hubwatch:incident:{open}"),
+            format!("urn:hubwatch:incident:{resolved}"),
+            "urn:hubwatch:maintenance:1".to_string(),
+        ],
+        "newest change first (start, announcement, end), old and private windows left out"
+    );
+    assert!(!network.contains("Secret leap work"));
+    assert!(!network.contains("Long ago"));
+    assert!(
+        network.contains("<updated>2026-11-30T10:00:00Z</updated><link rel=\"self\""),
+        "the feed's updated is its newest entry's: {network}"
+    );
+
+    let [_, title, updated, link, content] = &entries[0];
+    assert_eq!(title, "Maintenance in progress (CRYO <Lab>): main");
+    assert_eq!(updated, "2026-11-30T10:00:00Z", "updated when it started");
+    assert_eq!(link, "/status/cryo#maintenance");
+    // Start and end in UTC and in the window's zone, the note escaped once
+    // more inside the type="html" text.
+    assert!(
+        content.contains("From 2026-11-30T10:00:00Z to 2026-11-30T12:00:00Z UTC"),
+        "{content}"
+    );
+    assert!(content.contains("(Europe/Berlin)"), "{content}");
+    assert!(content.contains("11:00"), "{content}");
+    assert!(content.contains("13:00"), "{content}");
+    assert!(
+        content.contains("<p>Node pool &lt;swap&gt;</p>"),
+        "{content}"
+    );
+
+    let [_, title, updated, _, _] = &entries[1];
+    assert_eq!(title, "Scheduled maintenance (CRYO <Lab>): main");
+    assert_eq!(updated, "2026-11-30T09:30:00Z", "updated when announced");
+    let [_, title, updated, _, content] = &entries[4];
+    assert_eq!(title, "Maintenance ended (CRYO <Lab>): all hubs");
+    assert_eq!(updated, "2026-11-29T04:00:00Z", "updated when it ended");
+    assert!(content.contains("Database upgrade"), "{content}");
+
+    // The published element is when the window was first known.
+    let doc = roxmltree::Document::parse(&network)?;
+    let published: Vec<&str> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("published"))
+        .filter_map(|n| n.text())
+        .collect();
+    assert_eq!(published[0], "2026-11-28T00:00:00Z");
+
+    // Private leap's own feed (read with access) carries its window.
+    let leap = atom_entries(&pages.member_feed("leap").unwrap_or_default())?;
+    let ids: Vec<&str> = leap.iter().map(|e| e[0].as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "urn:hubwatch:maintenance:5".to_string(),
+            format!("urn:hubwatch:incident:{secret}")
+        ]
+    );
+    assert!(leap[0][4].contains("Secret leap work"));
+    // The JSON does not change: the page's `maintenance` lists only running
+    // and upcoming windows within 14 days.
+    let json: serde_json::Value = serde_json::from_str(&pages.json(Some("cryo")))?;
+    let listed: Vec<i64> = json["members"][0]["maintenance"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|w| w["id"].as_i64()).collect())
+        .unwrap_or_default();
+    assert_eq!(listed, [2]);
+    assert!(json["members"][0].get("feed_windows").is_none());
     Ok(())
 }

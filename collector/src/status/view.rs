@@ -354,6 +354,81 @@ pub struct MemberView {
     /// may not see it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<Vec<WindowView>>,
+    /// Every window of the member the Atom feeds carry: scheduled (however
+    /// far ahead), running, and ended within the last
+    /// [`super::history::HISTORY_MS`]; by start. Empty when private and
+    /// the reader may not see it. Not part of the JSON (the page's
+    /// `maintenance` is).
+    #[serde(skip)]
+    pub feed_windows: Vec<FeedWindow>,
+}
+
+/// Where a maintenance window stands, as the feeds say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowPhase {
+    /// Not started yet.
+    Scheduled,
+    /// Running now.
+    Running,
+    /// Over.
+    Ended,
+}
+
+impl WindowPhase {
+    /// The phase of `window` at `now_ms`.
+    pub fn of(window: &MaintenanceWindow, now_ms: i64) -> Self {
+        if now_ms < window.start_ms {
+            Self::Scheduled
+        } else if now_ms < window.end_ms {
+            Self::Running
+        } else {
+            Self::Ended
+        }
+    }
+
+    /// Lower-case word (`scheduled`, `running`, `ended`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Scheduled => "scheduled",
+            Self::Running => "running",
+            Self::Ended => "ended",
+        }
+    }
+}
+
+/// A maintenance window as a feed entry: the page's view plus when it was
+/// announced and when it last changed phase.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedWindow {
+    /// The window as the pages show it.
+    pub window: WindowView,
+    /// Its phase when the view was built.
+    pub phase: WindowPhase,
+    /// When it was first known (the entry's `published`).
+    pub created_ms: i64,
+    /// When its phase last changed (creation, start or end; the entry's
+    /// `updated`, so a feed reader shows it again when it starts and ends).
+    pub updated_ms: i64,
+}
+
+impl FeedWindow {
+    /// The feed entry of `window` at `now_ms`.
+    pub fn new(window: &MaintenanceWindow, now_ms: i64, excluded: bool) -> Self {
+        let phase = WindowPhase::of(window, now_ms);
+        let updated_ms = match phase {
+            WindowPhase::Scheduled => window.created_ms,
+            // A window created while running (or after it ended) changed
+            // last when it became known.
+            WindowPhase::Running => window.start_ms.max(window.created_ms),
+            WindowPhase::Ended => window.end_ms.max(window.created_ms),
+        };
+        Self {
+            window: WindowView::new(window, now_ms, excluded),
+            phase,
+            created_ms: window.created_ms,
+            updated_ms,
+        }
+    }
 }
 
 /// Every member.
@@ -579,16 +654,28 @@ pub fn network_view(
                 Vec::new()
             };
             own.sort_by_key(|w| (w.start_ms, w.id));
+            let mut feed: Vec<&MaintenanceWindow> = if shown {
+                windows
+                    .iter()
+                    .filter(|w| {
+                        w.member == m.id
+                            && w.end_ms > now_ms.saturating_sub(super::history::HISTORY_MS)
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            feed.sort_by_key(|w| (w.start_ms, w.id));
             // Whether the tier leaves a window's minutes out, as the SLO
             // engine decides it (`MaintenanceWindow::excludes_minute`).
-            let tier = (!own.is_empty()).then(|| cfg.tier(&m.tier)).flatten();
-            let window_view = |w: &MaintenanceWindow| {
-                let excluded = tier.as_ref().is_some_and(|t| {
+            let tier = (!feed.is_empty()).then(|| cfg.tier(&m.tier)).flatten();
+            let excluded = |w: &MaintenanceWindow| {
+                tier.as_ref().is_some_and(|t| {
                     t.maintenance == hubwatch_shared::config::MaintenancePolicy::Exclude
                         && w.announced(t.maintenance_notice)
-                });
-                WindowView::new(w, now_ms, excluded)
+                })
             };
+            let window_view = |w: &MaintenanceWindow| WindowView::new(w, now_ms, excluded(w));
             let hubs = shown.then(|| {
                 ledger
                     .hubs
@@ -632,6 +719,10 @@ pub fn network_view(
                 open_incidents,
                 in_maintenance: shown.then(|| own.iter().any(|w| w.active_at(now_ms))),
                 maintenance: shown.then(|| own.iter().map(|w| window_view(w)).collect()),
+                feed_windows: feed
+                    .iter()
+                    .map(|w| FeedWindow::new(w, now_ms, excluded(w)))
+                    .collect(),
             }
         })
         .collect();
