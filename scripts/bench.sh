@@ -31,6 +31,9 @@
 #   scripts/bench.sh status            the network status page for 100 members x 3 hubs x 90 days
 #                                      from state in memory (issue 12: < 50 ms, < 200 KB), the member
 #                                      page and the JSON (cargo bench --bench status_render; BENCH_MEMBERS)
+#   scripts/bench.sh journey           the synthetic journey's cost to the agent against a real JupyterHub:
+#                                      peak RSS with and without it, CPU between runs (issue 11: < 2 MiB,
+#                                      nothing between runs; cargo bench --bench journey_memory; BENCH_SECONDS)
 #   scripts/bench.sh agent [SECONDS]   agent footprint: RSS and CPU of a release agent streaming the
 #                                      host source every 15 s to a release collector (default 120 s)
 #   scripts/bench.sh fuzz [SECONDS]    every fuzz target for SECONDS each (scripts/fuzz.sh)
@@ -290,6 +293,11 @@ case "$cmd" in
     cargo bench -p hubwatch-collector --bench remote_write_in
     ;;
   metrics) bench_metrics ;;
+  journey)
+    echo "== journey_memory: the synthetic journey's memory and its CPU between runs (real JupyterHub)"
+    cargo build --release --locked -p hubwatch-agent --bins
+    cargo bench --locked -p hubwatch-tests --bench journey_memory
+    ;;
   status)
     echo "== status_render: GET /status for ${BENCH_MEMBERS:-100} members x 3 hubs x 90 days"
     cargo bench -p hubwatch-collector --bench status_render
