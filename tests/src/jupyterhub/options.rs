@@ -294,21 +294,8 @@ impl JupyterHub {
             .iter()
             .map(|s| format!("{s}!user={name}"))
             .collect();
-        let (status, body) = self.request(
-            "POST",
-            &format!("/hub/api/users/{name}/tokens"),
-            ADMIN_TOKEN,
-            Some(serde_json::json!({"note": "hubwatch-tests", "scopes": scopes})),
-        )?;
-        ensure!(
-            status == 201 || status == 200,
-            "token for {name}: {status} {body}"
-        );
-        let model: serde_json::Value = serde_json::from_str(&body)?;
-        model["token"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| anyhow!("no token in {body}"))
+        let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
+        self.create_token(name, Some(&scopes))
     }
 
     /// Every server of `name`, the default one (key `""`) and named ones,
