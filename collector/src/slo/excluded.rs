@@ -32,7 +32,7 @@ pub fn sum_minutes_outside(
                 .sum_minutes(&[(member, hub)], at, end)?
                 .get(&(member.to_string(), hub.to_string()))
         {
-            add(&mut total, sums);
+            total.add(sums);
         }
         at = at.max(b);
         if at >= to_minute {
@@ -40,30 +40,4 @@ pub fn sum_minutes_outside(
         }
     }
     Ok(total)
-}
-
-/// `total += other`, saturating, field by field.
-fn add(total: &mut Sums, other: &Sums) {
-    let Sums {
-        avail_good,
-        avail_bad,
-        spawn_ok,
-        spawn_failed,
-        spawn_fast,
-        spawn_timed,
-        journey_good,
-        journey_bad,
-        journey_spawn_failed,
-    } = *other;
-    total.avail_good = total.avail_good.saturating_add(avail_good);
-    total.avail_bad = total.avail_bad.saturating_add(avail_bad);
-    total.spawn_ok = total.spawn_ok.saturating_add(spawn_ok);
-    total.spawn_failed = total.spawn_failed.saturating_add(spawn_failed);
-    total.spawn_fast = total.spawn_fast.saturating_add(spawn_fast);
-    total.spawn_timed = total.spawn_timed.saturating_add(spawn_timed);
-    total.journey_good = total.journey_good.saturating_add(journey_good);
-    total.journey_bad = total.journey_bad.saturating_add(journey_bad);
-    total.journey_spawn_failed = total
-        .journey_spawn_failed
-        .saturating_add(journey_spawn_failed);
 }

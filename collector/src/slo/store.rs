@@ -93,27 +93,27 @@ fn add_sums_row(row: &rusqlite::Row<'_>, sums: &mut Sums) -> rusqlite::Result<u6
     }
     let [
         rows,
-        bad,
-        good,
-        ok,
-        failed,
-        fast,
-        timed,
+        avail_bad,
+        avail_good,
+        spawn_ok,
+        spawn_failed,
+        spawn_fast,
+        spawn_timed,
         journey_good,
         journey_bad,
         journey_spawn_failed,
     ] = totals;
-    sums.avail_bad = sums.avail_bad.saturating_add(bad);
-    sums.avail_good = sums.avail_good.saturating_add(good);
-    sums.spawn_ok = sums.spawn_ok.saturating_add(ok);
-    sums.spawn_failed = sums.spawn_failed.saturating_add(failed);
-    sums.spawn_fast = sums.spawn_fast.saturating_add(fast);
-    sums.spawn_timed = sums.spawn_timed.saturating_add(timed);
-    sums.journey_good = sums.journey_good.saturating_add(journey_good);
-    sums.journey_bad = sums.journey_bad.saturating_add(journey_bad);
-    sums.journey_spawn_failed = sums
-        .journey_spawn_failed
-        .saturating_add(journey_spawn_failed);
+    sums.add(&Sums {
+        avail_good,
+        avail_bad,
+        spawn_ok,
+        spawn_failed,
+        spawn_fast,
+        spawn_timed,
+        journey_good,
+        journey_bad,
+        journey_spawn_failed,
+    });
     Ok(rows)
 }
 

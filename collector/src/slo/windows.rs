@@ -81,6 +81,32 @@ impl Sums {
             .saturating_add(counts.journey_spawn_failed);
     }
 
+    /// `self += other`, saturating, field by field.
+    pub fn add(&mut self, other: &Sums) {
+        let Sums {
+            avail_good,
+            avail_bad,
+            spawn_ok,
+            spawn_failed,
+            spawn_fast,
+            spawn_timed,
+            journey_good,
+            journey_bad,
+            journey_spawn_failed,
+        } = *other;
+        self.avail_good = self.avail_good.saturating_add(avail_good);
+        self.avail_bad = self.avail_bad.saturating_add(avail_bad);
+        self.spawn_ok = self.spawn_ok.saturating_add(spawn_ok);
+        self.spawn_failed = self.spawn_failed.saturating_add(spawn_failed);
+        self.spawn_fast = self.spawn_fast.saturating_add(spawn_fast);
+        self.spawn_timed = self.spawn_timed.saturating_add(spawn_timed);
+        self.journey_good = self.journey_good.saturating_add(journey_good);
+        self.journey_bad = self.journey_bad.saturating_add(journey_bad);
+        self.journey_spawn_failed = self
+            .journey_spawn_failed
+            .saturating_add(journey_spawn_failed);
+    }
+
     fn add_bucket(&mut self, b: &Bucket) {
         self.avail_good += u64::from(b.avail_good);
         self.avail_bad += u64::from(b.avail_bad);
