@@ -331,6 +331,15 @@ fn hub_section(body: &mut String, member: &MemberView, hub: &HubView) {
     if !hub.evidence.is_empty() {
         body.push_str("<ul>");
         for e in &hub.evidence {
+            if e.vantage == super::view::INCIDENT_VANTAGE {
+                let _ = write!(
+                    body,
+                    "<li>Open incident since {}: {}</li>",
+                    escape(e.down_since.as_deref().unwrap_or(&e.checked_at)),
+                    escape(e.error.as_deref().unwrap_or_default()),
+                );
+                continue;
+            }
             let who = if e.vantage == "agent" {
                 "The member's agent"
             } else {

@@ -309,6 +309,69 @@ fn the_state_comes_from_the_fresh_vantage_points_with_evidence() {
 }
 
 #[test]
+fn an_open_incident_makes_a_hub_that_checks_up_degraded() {
+    use super::history::IncidentEntry;
+    use crate::incidents::{IncidentState, OpenedBy, StatusIncident};
+    let entry = |id: i64, hub: &str, ended: Option<i64>, state: IncidentState| IncidentEntry {
+        incident: StatusIncident {
+            id,
+            member: "cryo".into(),
+            hub: hub.into(),
+            title: format!("Spawns fail on {hub}"),
+            state,
+            started_at_ms: NOW - 30 * MIN,
+            ended_at_ms: ended,
+            opened_by: OpenedBy::Alert,
+            alertnames: vec!["SpawnErrorBudgetBurn".into()],
+        },
+        updates: Vec::new(),
+    };
+    let history = IncidentHistory {
+        entries: vec![
+            entry(1, "main", None, IncidentState::Investigating),
+            entry(2, "other", None, IncidentState::Investigating),
+            entry(3, "main", Some(NOW - MIN), IncidentState::Resolved),
+        ],
+    };
+    let up = |vantage| view::Evidence {
+        vantage,
+        up: true,
+        fresh: true,
+        checked_at: crate::clock::rfc3339(NOW),
+        down_since: None,
+        error: None,
+    };
+    let (state, evidence) = view::with_open_incidents(
+        HubState::Operational,
+        vec![up("agent"), up("outside")],
+        &history,
+        "cryo",
+        "main",
+    );
+    assert_eq!(state, HubState::Degraded);
+    // The open incident of this hub only: not the other hub's, not the resolved one.
+    let incident: Vec<_> = evidence
+        .iter()
+        .filter(|e| e.vantage == view::INCIDENT_VANTAGE)
+        .collect();
+    assert_eq!(incident.len(), 1, "{evidence:?}");
+    assert_eq!(incident[0].error.as_deref(), Some("Spawns fail on main"));
+    assert_eq!(
+        incident[0].down_since.as_deref(),
+        Some(crate::clock::rfc3339(NOW - 30 * MIN).as_str())
+    );
+    // An outage stays an outage, and no incident changes nothing.
+    assert_eq!(
+        view::with_open_incidents(HubState::Outage, Vec::new(), &history, "cryo", "main").0,
+        HubState::Outage
+    );
+    assert_eq!(
+        view::with_open_incidents(HubState::Operational, Vec::new(), &history, "leap", "main"),
+        (HubState::Operational, Vec::new())
+    );
+}
+
+#[test]
 fn signed_links_are_bound_to_member_and_expiry() {
     let key = LinkKey::from_bytes([7; 32]);
     let exp = NOW / 1000 + 3600;
@@ -1054,6 +1117,12 @@ fn incidents_show_on_the_member_page_its_days_and_the_network_page() -> anyhow::
         !html.contains(&format!("id=\"open-{resolved}\"")),
         "resolved is not open"
     );
+    // The hub's evidence names the open incident, not the resolved one.
+    assert!(
+        html.contains("<li>Open incident since 2026-11-30T09:00:00Z: Spawns are slow</li>"),
+        "{html}"
+    );
+    assert!(!html.contains("Open incident since 2026-11-29"), "{html}");
     // The history lists both with their updates; no operator name is published.
     assert!(html.contains(&format!(
         "<li id=\"incident-{resolved}\"><strong>Logins fail</strong>"

@@ -29,7 +29,8 @@ pub enum HubState {
     Operational,
     /// No fresh check from any vantage point.
     NoData,
-    /// One vantage point sees it down, another up.
+    /// One vantage point sees it down, another up; or every fresh check
+    /// succeeds while an incident on the hub is open.
     Degraded,
     /// Every fresh check fails.
     Outage,
@@ -76,7 +77,9 @@ impl HubState {
 /// What one vantage point last saw.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Evidence {
-    /// `agent` (inside the member's cluster) or `outside` (the collector's probe).
+    /// `agent` (inside the member's cluster), `outside` (the collector's
+    /// probe) or `incident` (an open incident: `down_since` is its start,
+    /// `error` its title).
     pub vantage: &'static str,
     /// Whether its latest check succeeded.
     pub up: bool,
@@ -499,6 +502,42 @@ pub fn current_state(
     (state, evidence)
 }
 
+/// A hub both vantage points see up is still `Degraded` while an incident
+/// on it is open (an SLO burning on spawns, or an operator's incident not
+/// yet resolved): the page must not say "Operational" beside an open
+/// incident. Each open incident becomes one piece of evidence.
+pub fn with_open_incidents(
+    state: HubState,
+    mut evidence: Vec<Evidence>,
+    incidents: &IncidentHistory,
+    member: &str,
+    hub: &str,
+) -> (HubState, Vec<Evidence>) {
+    let open: Vec<&IncidentEntry> = incidents
+        .of(member, Some(hub))
+        .filter(|e| e.is_open())
+        .collect();
+    for entry in &open {
+        evidence.push(Evidence {
+            vantage: INCIDENT_VANTAGE,
+            up: false,
+            fresh: true,
+            checked_at: rfc3339(entry.updated_ms()),
+            down_since: Some(rfc3339(entry.incident.started_at_ms)),
+            error: Some(entry.incident.title.clone()),
+        });
+    }
+    let state = if state == HubState::Operational && !open.is_empty() {
+        HubState::Degraded
+    } else {
+        state
+    };
+    (state, evidence)
+}
+
+/// The `vantage` of evidence that is an open incident, not a check.
+pub const INCIDENT_VANTAGE: &str = "incident";
+
 fn evidence_of(vantage: &'static str, view: &CheckView, fresh: bool) -> Evidence {
     Evidence {
         vantage,
@@ -683,8 +722,9 @@ pub fn network_view(
                     .filter(|h| h.member == m.id)
                     .map(|h| {
                         let status = board(&h.member, &h.hub);
+                        let (state, evidence) = current_state(status.as_ref(), freshness, now_ms);
                         let (mut state, evidence) =
-                            current_state(status.as_ref(), freshness, now_ms);
+                            with_open_incidents(state, evidence, incidents, &h.member, &h.hub);
                         let active = own
                             .iter()
                             .find(|w| w.active_at(now_ms) && w.covers(&h.hub))
