@@ -6,7 +6,11 @@
 //! State in memory as `serve` holds it: a [`DayLedger`] of 90 days per hub
 //! (varied up, down and no-data minutes) and a real fleet board
 //! ([`FleetSource`] on a temporary store) holding an outside probe result
-//! for every hub, a tenth of them failing. Measured with criterion:
+//! for every hub, a tenth of them failing; an incident history (one
+//! resolved incident per hub in the 90 days, with three updates, and every
+//! tenth member with one still open) and maintenance windows (every fifth
+//! member: one running now on one hub, one scheduled next week). Measured
+//! with criterion:
 //! `network_page` (what `GET /status` does: the view from the ledger and
 //! the board, then the HTML), `member_page` (one member's three hubs with
 //! their 90-day bars) and `json` (`GET /api/v1/status`). The one-run line
@@ -22,9 +26,12 @@ use criterion::Criterion;
 use hubwatch_collector::alerts::FleetSource;
 use hubwatch_collector::alerts::fleet::{FleetSettings, OutsideProbeResult};
 use hubwatch_collector::clock::{ManualClock, SharedClock};
+use hubwatch_collector::incidents::{IncidentState, IncidentUpdate, OpenedBy, StatusIncident};
+use hubwatch_collector::maintenance::{Calendar, MaintenanceWindow, Origin};
 use hubwatch_collector::slo::objectives::SloSettings;
 use hubwatch_collector::status::Pages;
 use hubwatch_collector::status::accounting::{DayLedger, Minutes};
+use hubwatch_collector::status::history::{IncidentEntry, IncidentHistory};
 use hubwatch_collector::status::link::LinkKey;
 use hubwatch_collector::store::Store;
 use hubwatch_shared::config::CollectorConfig;
@@ -51,6 +58,94 @@ fn config(members: usize, dir: &std::path::Path) -> CollectorConfig {
         }
     }
     hubwatch_shared::config::load(&text, &HashMap::new()).expect("bench config")
+}
+
+const MIN: i64 = 60_000;
+const DAY: i64 = 1440 * MIN;
+
+/// One resolved incident per hub within the 90 days (three updates each),
+/// and one still open on the first hub of every tenth member.
+fn incidents(hubs: &[hubwatch_collector::slo::objectives::HubObjectives]) -> IncidentHistory {
+    let mut entries = Vec::new();
+    let mut update_id = 0;
+    for (i, hub) in hubs.iter().enumerate() {
+        let open = i % (10 * HUBS_PER_MEMBER) == 0;
+        let started = if open {
+            NOW - 40 * MIN
+        } else {
+            NOW - (1 + (i as i64 * 7) % 88) * DAY
+        };
+        let mut updates = Vec::new();
+        let states = [
+            IncidentState::Investigating,
+            IncidentState::Identified,
+            if open {
+                IncidentState::Monitoring
+            } else {
+                IncidentState::Resolved
+            },
+        ];
+        for (n, state) in states.into_iter().enumerate() {
+            update_id += 1;
+            updates.push(IncidentUpdate {
+                id: update_id,
+                incident_id: i as i64 + 1,
+                at_ms: started + n as i64 * 10 * MIN,
+                state,
+                message: format!(
+                    "Spawns on {} are failing: the image pull from the registry times out ({state:?}).",
+                    hub.hub
+                ),
+                author: "ops".into(),
+            });
+        }
+        entries.push(IncidentEntry {
+            incident: StatusIncident {
+                id: i as i64 + 1,
+                member: hub.member.clone(),
+                hub: hub.hub.clone(),
+                title: format!("{} spawn failures", hub.hub),
+                state: states[2],
+                started_at_ms: started,
+                ended_at_ms: (!open).then_some(started + 20 * MIN),
+                opened_by: OpenedBy::Alert,
+                alertnames: vec!["SpawnErrorBudgetBurn".into()],
+            },
+            updates,
+        });
+    }
+    entries.sort_by_key(|e| (e.incident.started_at_ms, e.incident.id));
+    IncidentHistory { entries }
+}
+
+/// Every fifth member: a window running now on `hub-1`, and one scheduled
+/// next week on all its hubs.
+fn windows(members: usize) -> Vec<MaintenanceWindow> {
+    let mut out = Vec::new();
+    for m in (0..members).step_by(5) {
+        for (k, (start, end, hubs)) in [
+            (NOW - 30 * MIN, NOW + 90 * MIN, vec!["hub-1".to_string()]),
+            (NOW + 7 * DAY, NOW + 7 * DAY + 120 * MIN, Vec::new()),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            out.push(MaintenanceWindow {
+                id: (m * 2 + k) as i64 + 1,
+                member: format!("member-{m:03}"),
+                hubs,
+                start_ms: start,
+                end_ms: end,
+                start_local: "2026-11-30 10:00".into(),
+                end_local: "2026-11-30 12:00".into(),
+                timezone: "Europe/Berlin".into(),
+                note: "Kubernetes node pool upgrade".into(),
+                origin: Origin::Api,
+                created_ms: NOW - 3 * DAY,
+            });
+        }
+    }
+    out
 }
 
 fn main() {
@@ -106,13 +201,23 @@ fn main() {
             cert_not_after_ms: None,
         });
     }
+    let calendar = Calendar::new();
+    calendar.set(windows(members));
     let pages = Pages::new(
         cfg.clone(),
         ledger,
         Some(fleet),
         LinkKey::from_bytes([1; 32]),
         clock,
+    )
+    .with_maintenance(calendar);
+    let history = incidents(&hubs);
+    let (total, open) = (
+        history.entries.len(),
+        history.entries.iter().filter(|e| e.is_open()).count(),
     );
+    pages.set_incidents(history);
+    println!("state: {total} incidents ({open} open), maintenance windows on every fifth member");
 
     let one = Instant::now();
     let network = pages.network_html();
