@@ -190,19 +190,27 @@ fn check_spool_dir(dir: &Path) -> Result<(), String> {
 pub fn certificate_error(error: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut cause = Some(error);
     while let Some(e) = cause {
-        let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
-            // hyper-rustls wraps rustls errors in io::Error, whose source()
-            // skips the wrapped error itself.
-            e.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(tls @ rustls::Error::InvalidCertificate(_)) = tls {
-            return Some(tls.to_string());
+        if let Some(found) = rustls_certificate(e, 0) {
+            return Some(found);
         }
         cause = e.source();
     }
     None
+}
+
+/// `e` itself, or what the io::Errors around it wrap: hyper-rustls wraps
+/// tokio-rustls's io::Error (which wraps the rustls::Error) in another, and
+/// io::Error's `source()` skips what it wraps.
+fn rustls_certificate(e: &(dyn std::error::Error + 'static), depth: u8) -> Option<String> {
+    if let Some(tls @ rustls::Error::InvalidCertificate(_)) = e.downcast_ref::<rustls::Error>() {
+        return Some(tls.to_string());
+    }
+    let inner = e.downcast_ref::<std::io::Error>()?.get_ref()?;
+    // Bounded: wrapping is a few layers deep, never a cycle worth following.
+    if depth >= 8 {
+        return None;
+    }
+    rustls_certificate(inner, depth + 1)
 }
 
 #[cfg(test)]

@@ -111,6 +111,10 @@ fn rustls_certificate_errors_are_recognised_through_io_wrapping() {
     let io = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
     let found = certificate_error(&io).expect("certificate error found");
     assert!(found.contains("UnknownIssuer"), "{found}");
+    // As hyper-rustls hands it on: io::Error::other around tokio-rustls's.
+    let twice = std::io::Error::other(io);
+    let found = certificate_error(&twice).expect("found through two io::Errors");
+    assert!(found.contains("UnknownIssuer"), "{found}");
 
     let other = std::io::Error::new(
         std::io::ErrorKind::InvalidData,
