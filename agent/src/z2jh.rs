@@ -27,7 +27,8 @@ pub const SERVICE: &str = "hubwatch";
 /// What each `[[hubs]]` source reads with its `api_token_file` token:
 /// `/hub/api/users` pages (`list:users`, `read:users`), their servers
 /// (`read:servers`) and `/hub/metrics` (`read:metrics`).
-pub const HUB_SOURCE_SCOPES: &[&str] = &["list:users", "read:users", "read:servers", "read:metrics"];
+pub const HUB_SOURCE_SCOPES: &[&str] =
+    &["list:users", "read:users", "read:servers", "read:metrics"];
 
 /// What the journey's test user needs on its own token (`docs/journey.md`):
 /// JupyterHub's default `user` role grants both through `self`.
@@ -210,7 +211,9 @@ fn z2jh_hub_url(url: &str) -> Result<(), String> {
         )),
         // With z2jh's autohttps, proxy-public is Traefik; proxy-http is the proxy itself.
         "proxy-http" if port == 8000 => Ok(()),
-        "proxy-http" => Err(format!("z2jh's proxy-http service listens on 8000, not {port}")),
+        "proxy-http" => Err(format!(
+            "z2jh's proxy-http service listens on 8000, not {port}"
+        )),
         "hub" if port == 8081 => Ok(()),
         "hub" => Err(format!("z2jh's hub service listens on 8081, not {port}")),
         _ => Err(

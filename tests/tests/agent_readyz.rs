@@ -23,7 +23,11 @@ fn readyz_becomes(agent: &Agent, status: u16, needles: &[&str]) -> String {
             let reply = agent.readyz()?;
             ensure!(reply.status == status, "{}: {}", reply.status, reply.body);
             for needle in needles {
-                ensure!(reply.body.contains(needle), "no {needle:?} in {}", reply.body);
+                ensure!(
+                    reply.body.contains(needle),
+                    "no {needle:?} in {}",
+                    reply.body
+                );
             }
             Ok(reply.body)
         },

@@ -16,7 +16,11 @@ use hubwatch_shared::config::{self, AgentConfig};
 use hubwatch_tests::deploy::{documents, kubernetes_dir, kustomize, of_kind, validate};
 use serde_json::Value;
 
-const OVERLAYS: &[&str] = &["base", "overlays/with-prometheus", "overlays/without-prometheus"];
+const OVERLAYS: &[&str] = &[
+    "base",
+    "overlays/with-prometheus",
+    "overlays/without-prometheus",
+];
 
 fn agent_dir() -> PathBuf {
     kubernetes_dir().join("agent")
@@ -74,7 +78,11 @@ fn volume_for<'a>(deployment: &'a Value, path: &Path) -> (&'a Value, PathBuf) {
 fn secret_behind(deployment: &Value, path: &Path) -> (String, String) {
     let (volume, rest) = volume_for(deployment, path);
     let secret = &volume["secret"];
-    assert!(secret.is_object(), "{} is not from a Secret: {volume}", path.display());
+    assert!(
+        secret.is_object(),
+        "{} is not from a Secret: {volume}",
+        path.display()
+    );
     let item = secret["items"]
         .as_array()
         .expect("items")
@@ -82,7 +90,10 @@ fn secret_behind(deployment: &Value, path: &Path) -> (String, String) {
         .find(|i| Path::new(i["path"].as_str().unwrap_or_default()) == rest)
         .unwrap_or_else(|| panic!("no item for {} in {volume}", path.display()));
     (
-        secret["secretName"].as_str().unwrap_or_default().to_string(),
+        secret["secretName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
         item["key"].as_str().unwrap_or_default().to_string(),
     )
 }
@@ -99,7 +110,10 @@ fn every_variant_renders_validates_and_keeps_its_promises() {
         let pod = &spec["template"]["spec"];
         assert_eq!(pod["automountServiceAccountToken"], false, "{which}");
         assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{which}");
-        assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
         let containers = pod["containers"].as_array().expect("containers");
         assert_eq!(containers.len(), 1, "{which}");
         let c = &containers[0];
@@ -108,9 +122,16 @@ fn every_variant_renders_validates_and_keeps_its_promises() {
         let sc = &c["securityContext"];
         assert_eq!(sc["allowPrivilegeEscalation"], false, "{which}");
         assert_eq!(sc["readOnlyRootFilesystem"], true, "{which}");
-        assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]), "{which}");
+        assert_eq!(
+            sc["capabilities"]["drop"],
+            serde_json::json!(["ALL"]),
+            "{which}"
+        );
         assert!(sc["capabilities"]["add"].is_null(), "{which}");
-        assert!(sc["privileged"].is_null() || sc["privileged"] == false, "{which}");
+        assert!(
+            sc["privileged"].is_null() || sc["privileged"] == false,
+            "{which}"
+        );
         assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
         assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
         for kind in ["requests", "limits"] {
@@ -128,12 +149,20 @@ fn every_variant_renders_validates_and_keeps_its_promises() {
 
         // The config's files are where the Deployment mounts them.
         let (_, cfg) = config_of(&docs);
-        let token = cfg.collector.token_file.clone().expect("collector.token_file");
+        let token = cfg
+            .collector
+            .token_file
+            .clone()
+            .expect("collector.token_file");
         assert_eq!(
             secret_behind(deployment, &token),
             ("hubwatch-agent-collector-token".into(), "token".into())
         );
-        let pseudonym = cfg.privacy.secret_file.clone().expect("privacy.secret_file");
+        let pseudonym = cfg
+            .privacy
+            .secret_file
+            .clone()
+            .expect("privacy.secret_file");
         assert_eq!(
             secret_behind(deployment, &pseudonym),
             ("hubwatch-agent-pseudonym".into(), "secret".into())
@@ -156,7 +185,10 @@ fn every_variant_renders_validates_and_keeps_its_promises() {
             cfg.agent.listen.port(),
             "{which}: probes reach agent.listen"
         );
-        assert!(cfg.agent.listen.ip().is_unspecified(), "{which}: not loopback");
+        assert!(
+            cfg.agent.listen.ip().is_unspecified(),
+            "{which}: not loopback"
+        );
 
         let policy = one(&docs, "NetworkPolicy", "hubwatch-agent");
         let types = &policy["spec"]["policyTypes"];
@@ -168,21 +200,30 @@ fn every_variant_renders_validates_and_keeps_its_promises() {
                     == serde_json::json!(["hub", "proxy"])
         });
         assert!(to_hub, "{which}: egress to the hub: {egress:?}");
-        let dns = egress
-            .iter()
-            .any(|rule| rule["ports"].as_array().is_some_and(|p| p.iter().any(|p| p["port"] == 53)));
+        let dns = egress.iter().any(|rule| {
+            rule["ports"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|p| p["port"] == 53))
+        });
         assert!(dns, "{which}: egress to DNS");
-        let to_prometheus = egress
-            .iter()
-            .any(|rule| rule["ports"][0]["port"] == 9090);
-        let ingress = policy["spec"]["ingress"].as_array().cloned().unwrap_or_default();
+        let to_prometheus = egress.iter().any(|rule| rule["ports"][0]["port"] == 9090);
+        let ingress = policy["spec"]["ingress"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         if *which == "overlays/with-prometheus" {
-            assert!(cfg.prometheus.url.starts_with("http"), "{which}: [prometheus] url");
+            assert!(
+                cfg.prometheus.url.starts_with("http"),
+                "{which}: [prometheus] url"
+            );
             assert!(to_prometheus, "{which}: egress to Prometheus");
             assert_eq!(ingress.len(), 1, "{which}: {ingress:?}");
             assert_eq!(ingress[0]["ports"][0]["port"], cfg.agent.listen.port());
         } else {
-            assert!(cfg.prometheus.url.is_empty(), "{which}: no [prometheus] source");
+            assert!(
+                cfg.prometheus.url.is_empty(),
+                "{which}: no [prometheus] source"
+            );
             assert!(!to_prometheus, "{which}: no egress to Prometheus");
             assert!(ingress.is_empty(), "{which}: no ingress: {ingress:?}");
         }
@@ -205,11 +246,17 @@ fn the_configmaps_config_passes_check_config_with_the_z2jh_values() {
         let root = dir.path().display().to_string();
         let toml = toml
             .replace("\"/etc/hubwatch/", &format!("\"{root}/etc/hubwatch/"))
-            .replace("\"/var/lib/hubwatch/", &format!("\"{root}/var/lib/hubwatch/"));
+            .replace(
+                "\"/var/lib/hubwatch/",
+                &format!("\"{root}/var/lib/hubwatch/"),
+            );
         for (file, content) in [
             ("etc/hubwatch/collector/token", "collector-token"),
             ("etc/hubwatch/hub/token", "hub-token"),
-            ("etc/hubwatch/privacy/secret", "0123456789abcdef0123456789abcdef"),
+            (
+                "etc/hubwatch/privacy/secret",
+                "0123456789abcdef0123456789abcdef",
+            ),
         ] {
             let path = dir.path().join(file);
             std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");

@@ -168,9 +168,14 @@ pub async fn run(
 
     let (drain_tx, drain_rx) = watch::channel(None);
     let (telemetry_stop_tx, telemetry_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let telemetry_task = tokio::spawn(telemetry::serve(listener, Arc::clone(&metrics), readiness, async {
-        let _ = telemetry_stop_rx.await;
-    }));
+    let telemetry_task = tokio::spawn(telemetry::serve(
+        listener,
+        Arc::clone(&metrics),
+        readiness,
+        async {
+            let _ = telemetry_stop_rx.await;
+        },
+    ));
     let mut sender_task = tokio::spawn(sender.run(Arc::clone(&outbox), drain_rx));
 
     tracing::info!(

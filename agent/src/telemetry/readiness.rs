@@ -138,10 +138,7 @@ impl Readiness {
                 tracing::info!(cause = *gone, "readiness cause cleared");
             }
         }
-        *last = causes
-            .iter()
-            .map(|c| (c.cause, c.detail.clone()))
-            .collect();
+        *last = causes.iter().map(|c| (c.cause, c.detail.clone())).collect();
     }
 }
 

@@ -42,7 +42,10 @@ fn an_extra_scope_is_a_warning() {
     let found = check(&cfg(), &values(&text));
     assert!(found.errors.is_empty(), "{found:?}");
     assert_eq!(found.warnings.len(), 1, "{found:?}");
-    assert!(found.warnings[0].contains("`admin:groups` is not needed"), "{found:?}");
+    assert!(
+        found.warnings[0].contains("`admin:groups` is not needed"),
+        "{found:?}"
+    );
 }
 
 #[test]
@@ -61,11 +64,17 @@ fn a_broader_scope_covers_but_is_warned_about() {
 fn a_missing_service_or_role_is_an_error() {
     let found = check(&cfg(), &values("hub:\n  loadRoles: {}\n"));
     assert!(
-        found.errors.iter().any(|e| e.contains("hub.services.hubwatch is missing")),
+        found
+            .errors
+            .iter()
+            .any(|e| e.contains("hub.services.hubwatch is missing")),
         "{found:?}"
     );
     assert!(
-        found.errors.iter().any(|e| e.contains("no role lists `hubwatch`")),
+        found
+            .errors
+            .iter()
+            .any(|e| e.contains("no role lists `hubwatch`")),
         "{found:?}"
     );
 }

@@ -33,7 +33,10 @@ fn a_missing_or_empty_token_file_is_named() {
     let found = r.check();
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].cause, cause::TOKEN_FILE);
-    assert!(found[0].detail.contains("collector.token_file"), "{found:?}");
+    assert!(
+        found[0].detail.contains("collector.token_file"),
+        "{found:?}"
+    );
     assert!(body(&found).contains("token_file: collector.token_file"));
 
     std::fs::write(&path, "").expect("write");
