@@ -40,6 +40,17 @@ if ! command -v chromium-headless-shell >/dev/null && ! command -v chromium >/de
   fi
 fi
 
+# kubectl (with its built-in kustomize): the deployment tests render
+# deploy/kubernetes/ with `kubectl kustomize`. Debian's `kubernetes-client`,
+# else upstream's `kubectl` package where that is what the apt sources have.
+if ! command -v kubectl >/dev/null; then
+  if apt-cache show kubernetes-client >/dev/null 2>&1; then
+    need_apt+=(kubernetes-client)
+  else
+    need_apt+=(kubectl)
+  fi
+fi
+
 # JupyterHub (below) needs Python with venv and Node with npm.
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
@@ -85,3 +96,16 @@ fi
 # (tests/src/jupyterhub.rs; override both with HUBWATCH_JH_VENV). The tests
 # start the hub themselves on free loopback ports.
 "$(dirname "$0")/install-jupyterhub.sh"
+
+# kubernetes-validate (PyPI), which checks the rendered manifests against
+# the Kubernetes OpenAPI schemas of a given release
+# (tests/tests/deploy_kubernetes_agent.rs), in its own venv at a fixed path
+# (HUBWATCH_K8S_VALIDATE overrides the command); skipped when already there.
+k8s_venv=/opt/hubwatch-test/k8s-venv
+if [ ! -x "$k8s_venv/bin/kubernetes-validate" ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo mkdir -p /opt/hubwatch-test
+  $sudo python3 -m venv "$k8s_venv"
+  $sudo "$k8s_venv/bin/pip" install --quiet "kubernetes-validate>=1.30"
+fi

@@ -1,4 +1,5 @@
-//! The command line: `hubwatch-agent run|once|journey|check-config --config FILE`,
+//! The command line: `hubwatch-agent run|once|journey|check-config --config FILE`
+//! (`check-config` also takes `--z2jh-values FILE`, [`crate::z2jh`]),
 //! with global `--log-format` and `--log-level`. `main.rs` only calls
 //! [`main`].
 //!
@@ -79,6 +80,11 @@ pub enum Command {
         /// The agent's TOML config.
         #[arg(long)]
         config: PathBuf,
+        /// Also check zero-to-jupyterhub values (`hub.services.hubwatch`,
+        /// `hub.loadRoles`) against the config: missing scopes are errors,
+        /// extra scopes warnings.
+        #[arg(long)]
+        z2jh_values: Option<PathBuf>,
     },
 }
 
@@ -131,11 +137,17 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log_level);
     match cli.command {
-        Command::CheckConfig { config } => match load_config(&config) {
+        Command::CheckConfig {
+            config,
+            z2jh_values,
+        } => match load_config(&config) {
             Ok(cfg) => {
                 println!("config ok");
                 println!("{}", summary(&cfg));
-                ExitCode::SUCCESS
+                match z2jh_values {
+                    Some(values) => check_z2jh(&cfg, &values),
+                    None => ExitCode::SUCCESS,
+                }
             }
             Err(e) => {
                 eprintln!("error: {e}");
@@ -172,6 +184,30 @@ pub fn main() -> ExitCode {
             };
             run_blocking(cfg)
         }
+    }
+}
+
+/// `check-config --z2jh-values`: prints each warning and error; exit 2 on any
+/// error.
+fn check_z2jh(cfg: &AgentConfig, values: &Path) -> ExitCode {
+    let found = match crate::z2jh::check_file(cfg, values) {
+        Ok(found) => found,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    for warning in &found.warnings {
+        eprintln!("warning: z2jh values {}: {warning}", values.display());
+    }
+    for error in &found.errors {
+        eprintln!("error: z2jh values {}: {error}", values.display());
+    }
+    if found.errors.is_empty() {
+        println!("z2jh values ok: {}", values.display());
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_CONFIG)
     }
 }
 

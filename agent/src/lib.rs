@@ -16,3 +16,4 @@ pub mod sender;
 pub mod sources;
 pub mod spool;
 pub mod telemetry;
+pub mod z2jh;

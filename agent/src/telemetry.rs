@@ -1,6 +1,8 @@
 //! The agent's own telemetry: every `hubwatch_agent_*` metric, registered only
 //! through the definitions in [`hubwatch_shared::metrics`], and a small HTTP
-//! server on `[agent] listen` serving `GET /metrics` and `GET /healthz`.
+//! server on `[agent] listen` serving `GET /metrics`, `GET /healthz`
+//! (liveness: the process serves) and `GET /readyz` (readiness with causes,
+//! [`readiness`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,6 +18,10 @@ use prometheus::{
     Encoder, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
+
+pub mod readiness;
+
+use readiness::Readiness;
 
 /// `reason` label values of [`defs::AGENT_RECORDS_DROPPED`].
 pub mod drop_reason {
@@ -101,6 +107,8 @@ pub struct AgentMetrics {
     pub journey_runs: IntCounterVec,
     /// `hubwatch_agent_journey_running{hub}`.
     pub journey_running: IntGaugeVec,
+    /// `hubwatch_agent_not_ready_total{cause}`.
+    pub not_ready: IntCounterVec,
 }
 
 impl Default for AgentMetrics {
@@ -138,6 +146,7 @@ impl AgentMetrics {
             spool_slow_writes: defs::AGENT_SPOOL_SLOW_WRITES.counter(&r),
             journey_runs: defs::AGENT_JOURNEY_RUNS.counter_vec(&r),
             journey_running: defs::AGENT_JOURNEY_RUNNING.int_gauge_vec(&r),
+            not_ready: defs::AGENT_NOT_READY.counter_vec(&r),
             registry: r,
         };
         m.build_info
@@ -148,6 +157,9 @@ impl AgentMetrics {
         }
         for reason in invalid_ack::ALL {
             m.invalid_acks.with_label_values(&[*reason]);
+        }
+        for cause in readiness::cause::ALL {
+            m.not_ready.with_label_values(&[*cause]);
         }
         m
     }
@@ -162,10 +174,12 @@ impl AgentMetrics {
     }
 }
 
-/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` resolves.
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until
+/// `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<AgentMetrics>,
+    readiness: Arc<Readiness>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
     tokio::pin!(shutdown);
@@ -183,10 +197,26 @@ pub async fn serve(
             },
         };
         let metrics = Arc::clone(&metrics);
+        let readiness = Arc::clone(&readiness);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let metrics = Arc::clone(&metrics);
-                async move { Ok::<_, Infallible>(respond(&req, &metrics)) }
+                let readiness = Arc::clone(&readiness);
+                async move {
+                    if req.method() == Method::GET && req.uri().path() == "/readyz" {
+                        // The spool probe touches the disk: off the runtime.
+                        let causes = tokio::task::spawn_blocking(move || readiness.check())
+                            .await
+                            .unwrap_or_else(|e| {
+                                vec![readiness::NotReady {
+                                    cause: "check",
+                                    detail: format!("the readiness check failed: {e}"),
+                                }]
+                            });
+                        return Ok::<_, Infallible>(readyz(&causes));
+                    }
+                    Ok::<_, Infallible>(respond(&req, &metrics))
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -207,7 +237,7 @@ fn respond(req: &Request<Incoming>, metrics: &AgentMetrics) -> Response<Full<Byt
             Bytes::from(metrics.render()),
         ),
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok")),
-        (_, "/metrics" | "/healthz") => (
+        (_, "/metrics" | "/healthz" | "/readyz") => (
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             Bytes::from_static(b"method not allowed"),
@@ -218,6 +248,20 @@ fn respond(req: &Request<Incoming>, metrics: &AgentMetrics) -> Response<Full<Byt
             Bytes::from_static(b"not found"),
         ),
     };
+    plain(status, content_type, body)
+}
+
+/// `/readyz`: 200 `ready`, or 503 naming every cause.
+fn readyz(causes: &[readiness::NotReady]) -> Response<Full<Bytes>> {
+    let status = if causes.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    plain(status, "text/plain", Bytes::from(readiness::body(causes)))
+}
+
+fn plain(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     response.headers_mut().insert(

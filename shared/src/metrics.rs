@@ -135,6 +135,8 @@ metrics! {
     AGENT_JOURNEY_RUNS = (Agent, Counter, "hubwatch_agent_journey_runs_total", ["hub", "result"], "Synthetic user journeys run, by result: ok, or the phase that failed (login, cleanup, spawn, kernel, execute, stop).");
     /// A journey in progress.
     AGENT_JOURNEY_RUNNING = (Agent, Gauge, "hubwatch_agent_journey_running", ["hub"], "1 while a synthetic user journey runs on the hub, else 0.");
+    /// Readiness causes.
+    AGENT_NOT_READY = (Agent, Counter, "hubwatch_agent_not_ready_total", ["cause"], "Times GET /readyz found a new cause to answer 503 (collector_certificate: the collector's certificate does not verify, token_file: collector.token_file missing or unreadable, spool_dir: agent.spool_dir not writable); counted once per appearance.");
 
     /// Collector build.
     COLLECTOR_BUILD_INFO = (Collector, Gauge, "hubwatch_collector_build_info", ["version"], "Always 1; the collector's version in a label.");

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 
 use crate::collector::{toml_path, toml_str};
-use crate::http::Http;
+use crate::http::{Http, Reply};
 use crate::process::Process;
 use crate::prom::PromText;
 use crate::wait::{eventually, free_port};
@@ -225,6 +225,11 @@ impl Agent {
             .get_ok("/metrics", None)
             .with_context(|| format!("{} /metrics", self.id))?;
         PromText::parse(&page)
+    }
+
+    /// `GET /readyz`: the status and the body naming any cause.
+    pub fn readyz(&self) -> anyhow::Result<Reply> {
+        self.http.get("/readyz", None)
     }
 
     /// Sum of `hubwatch_agent_records_produced_total` over sources.

@@ -14,6 +14,7 @@ pub mod alertmanager;
 pub mod binaries;
 pub mod chromium;
 pub mod collector;
+pub mod deploy;
 pub mod http;
 pub mod jupyterhub;
 pub mod pki;
@@ -36,7 +37,7 @@ pub use process::Process;
 pub use prom::PromText;
 pub use prometheus::{AuthProxy, ExpositionServer, Prometheus, ScrapeJob};
 pub use spool::{SpoolCursor, append_torn_record, spooled_records};
-pub use tmpfs::Tmpfs;
+pub use tmpfs::{ReadOnlyBind, Tmpfs};
 pub use victoria::{Forwarded, RecordingProxy, VictoriaMetrics, VmAgent};
 pub use wait::{eventually, free_port, patience, scaled, try_eventually};
 

@@ -92,5 +92,47 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A directory made read-only in place by a read-only bind mount over
+/// itself (root cannot write through it either, unlike `chmod`); files the
+/// process already holds open stay writable, new ones are refused (EROFS).
+/// Unmounted on drop, or by [`ReadOnlyBind::release`].
+#[derive(Debug)]
+pub struct ReadOnlyBind {
+    path: Option<PathBuf>,
+}
+
+impl ReadOnlyBind {
+    /// Bind-mounts `path` on itself and remounts that read-only.
+    pub fn new(path: &Path) -> anyhow::Result<Self> {
+        rustix::mount::mount_bind(path, path)
+            .with_context(|| format!("bind mount {} (needs root)", path.display()))?;
+        let bind = Self {
+            path: Some(path.to_path_buf()),
+        };
+        rustix::mount::mount_remount(path, MountFlags::BIND | MountFlags::RDONLY, c"")
+            .with_context(|| format!("remount {} read-only", path.display()))?;
+        Ok(bind)
+    }
+
+    /// Unmounts: the directory is writable again.
+    pub fn release(mut self) -> anyhow::Result<()> {
+        match self.path.take() {
+            Some(path) => rustix::mount::unmount(&path, UnmountFlags::DETACH)
+                .with_context(|| format!("unmount {}", path.display())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ReadOnlyBind {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take()
+            && let Err(e) = rustix::mount::unmount(&path, UnmountFlags::DETACH)
+        {
+            eprintln!("unmounting {}: {e}", path.display());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -33,6 +33,7 @@ use crate::sources::probe::{PROBE_SOURCE_NAME, ProbeSource};
 use crate::sources::prometheus::{PROMETHEUS_SOURCE_NAME, PrometheusSource};
 use crate::sources::{Source, SourceError, collect_all, now_ms};
 use crate::spool::{Spool, SpoolError, SpoolOptions};
+use crate::telemetry::readiness::Readiness;
 use crate::telemetry::{self, AgentMetrics};
 
 pub mod outbox;
@@ -114,7 +115,19 @@ pub async fn run(
             .await?
             .with_terms(Arc::clone(&terms)),
     );
-    let sender = Sender::new(&cfg.collector, Arc::clone(&metrics))?.with_terms(Arc::clone(&terms));
+    let readiness = Arc::new(Readiness::new(
+        cfg.agent.spool_dir.clone(),
+        // A token given inline has no file to lose.
+        cfg.collector
+            .token
+            .is_none()
+            .then(|| cfg.collector.token_file.clone())
+            .flatten(),
+        Some(Arc::clone(&metrics)),
+    ));
+    let sender = Sender::new(&cfg.collector, Arc::clone(&metrics))?
+        .with_terms(Arc::clone(&terms))
+        .with_readiness(Arc::clone(&readiness));
     let listener = TcpListener::bind(cfg.agent.listen)
         .await
         .map_err(|source| AgentError::Listen {
@@ -155,9 +168,14 @@ pub async fn run(
 
     let (drain_tx, drain_rx) = watch::channel(None);
     let (telemetry_stop_tx, telemetry_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let telemetry_task = tokio::spawn(telemetry::serve(listener, Arc::clone(&metrics), async {
-        let _ = telemetry_stop_rx.await;
-    }));
+    let telemetry_task = tokio::spawn(telemetry::serve(
+        listener,
+        Arc::clone(&metrics),
+        readiness,
+        async {
+            let _ = telemetry_stop_rx.await;
+        },
+    ));
     let mut sender_task = tokio::spawn(sender.run(Arc::clone(&outbox), drain_rx));
 
     tracing::info!(

@@ -39,6 +39,7 @@ use rand::SeedableRng;
 use tokio::sync::watch;
 
 use crate::runtime::outbox::{Outbox, Pending};
+use crate::telemetry::readiness::{Readiness, certificate_error};
 use crate::telemetry::{AgentMetrics, drop_reason, invalid_ack};
 
 pub mod backoff;
@@ -132,6 +133,7 @@ pub struct Sender {
     metrics: Arc<AgentMetrics>,
     last_auth_log: Option<Instant>,
     terms: Arc<CollectorTerms>,
+    readiness: Option<Arc<Readiness>>,
 }
 
 /// What to do after handling one pending batch.
@@ -171,6 +173,7 @@ impl Sender {
             )),
             metrics,
             last_auth_log: None,
+            readiness: None,
         })
     }
 
@@ -178,6 +181,13 @@ impl Sender {
     /// reaches the batches made next.
     pub fn with_terms(mut self, terms: Arc<CollectorTerms>) -> Self {
         self.terms = terms;
+        self
+    }
+
+    /// Reports certificate verification failures of the collector (and
+    /// their end) to `readiness`, for `/readyz`.
+    pub fn with_readiness(mut self, readiness: Arc<Readiness>) -> Self {
+        self.readiness = Some(readiness);
         self
     }
 
@@ -597,6 +607,9 @@ impl Sender {
                 );
             }
             Ok(Err(e)) => {
+                if let (Some(readiness), Some(cert)) = (&self.readiness, certificate_error(&e)) {
+                    readiness.certificate_failed(cert);
+                }
                 let reason = if e.is_connect() {
                     "connect"
                 } else {
@@ -606,6 +619,10 @@ impl Sender {
             }
             Ok(Ok(exchange)) => exchange,
         };
+        // An answer means the handshake verified (or there is no TLS).
+        if let Some(readiness) = &self.readiness {
+            readiness.certificate_ok();
+        }
         self.terms.learn_from_headers(&parts.headers);
         let status = parts.status;
         if status.is_success() {

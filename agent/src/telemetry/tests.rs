@@ -58,9 +58,20 @@ async fn serves_metrics_and_healthz() {
     let metrics = Arc::new(AgentMetrics::new());
     metrics.batches_acked.inc_by(3);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, Arc::clone(&metrics), async move {
-        let _ = stopped.await;
-    }));
+    let spool = tempfile::tempdir().expect("tempdir");
+    let readiness = Arc::new(Readiness::new(
+        spool.path().to_path_buf(),
+        None,
+        Some(Arc::clone(&metrics)),
+    ));
+    let server = tokio::spawn(serve(
+        listener,
+        Arc::clone(&metrics),
+        Arc::clone(&readiness),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
 
     let health = get(addr, "/healthz").await;
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
@@ -69,6 +80,23 @@ async fn serves_metrics_and_healthz() {
     let exposition = get(addr, "/metrics").await;
     assert!(exposition.starts_with("HTTP/1.1 200"), "{exposition}");
     assert!(exposition.contains("hubwatch_agent_batches_acked_total 3"));
+
+    let ready = get(addr, "/readyz").await;
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    assert!(ready.ends_with("ready"), "{ready}");
+
+    readiness.certificate_failed("invalid peer certificate: UnknownIssuer".to_string());
+    let not_ready = get(addr, "/readyz").await;
+    assert!(not_ready.starts_with("HTTP/1.1 503"), "{not_ready}");
+    assert!(
+        not_ready.contains("collector_certificate: the collector's certificate does not verify"),
+        "{not_ready}"
+    );
+    assert!(
+        get(addr, "/metrics")
+            .await
+            .contains("hubwatch_agent_not_ready_total{cause=\"collector_certificate\"} 1")
+    );
 
     assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
 

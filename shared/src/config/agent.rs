@@ -49,7 +49,7 @@ pub struct AgentSection {
     /// the collection loop goes on, holding newer batches in memory.
     #[serde(with = "humantime_serde")]
     pub spool_write_timeout: Duration,
-    /// The agent's own `/metrics` and `/healthz`.
+    /// The agent's own `/metrics`, `/healthz` and `/readyz`.
     pub listen: SocketAddr,
 }
 
