@@ -16,6 +16,7 @@ pub mod chromium;
 pub mod collector;
 pub mod http;
 pub mod jupyterhub;
+pub mod otlp;
 pub mod pki;
 pub mod process;
 pub mod prom;

@@ -206,7 +206,7 @@ impl AlertmanagerTarget {
             "alerts.send",
             otel.kind = "client",
             hubwatch.alertmanager = %self.url,
-            hubwatch.alerts = snapshot.alerts.len(),
+            hubwatch.alerts = i64::try_from(snapshot.alerts.len()).unwrap_or(i64::MAX),
             http.response.status_code = tracing::field::Empty,
         );
         let result = http_client::send(Request {
@@ -220,7 +220,7 @@ impl AlertmanagerTarget {
         .instrument(span.clone())
         .await;
         if let Ok(response) = &result {
-            span.record("http.response.status_code", response.status);
+            span.record("http.response.status_code", i64::from(response.status));
         }
         match result {
             Ok(response) if (200..300).contains(&response.status) => {

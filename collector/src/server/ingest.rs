@@ -61,7 +61,11 @@ pub(super) async fn handle(
     let mut response = handle_request(state, peer, request)
         .instrument(span.clone())
         .await;
-    span.record("http.response.status_code", response.status().as_u16());
+    // OpenTelemetry has no unsigned integers: u64 values would be strings.
+    span.record(
+        "http.response.status_code",
+        i64::from(response.status().as_u16()),
+    );
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&format_versions(SUPPORTED_VERSIONS)) {
         headers.insert(ACCEPT_VERSIONS_HEADER, value);
@@ -94,7 +98,10 @@ async fn handle_request(
     // envelope is built (the frame is stored as received); the records are
     // checked exactly as a full decode would, without allocating them.
     let decode_input = frame.clone();
-    let decode_span = tracing::info_span!("ingest.decode", hubwatch.frame_bytes = frame.len());
+    let decode_span = tracing::info_span!(
+        "ingest.decode",
+        hubwatch.frame_bytes = i64::try_from(frame.len()).unwrap_or(i64::MAX)
+    );
     let checked = tokio::task::spawn_blocking(move || {
         codec::decode_envelope(&decode_input).map(|e| Envelope {
             agent_id: e.agent_id.to_owned(),
@@ -141,8 +148,11 @@ async fn handle_request(
     let current = tracing::Span::current();
     current.record("hubwatch.member", credential.member.as_str());
     current.record("hubwatch.agent", credential.agent.as_str());
-    current.record("hubwatch.seq", seq);
-    current.record("hubwatch.records", records);
+    current.record("hubwatch.seq", i64::try_from(seq).unwrap_or(i64::MAX));
+    current.record(
+        "hubwatch.records",
+        i64::try_from(records).unwrap_or(i64::MAX),
+    );
     let item = IngestItem {
         member: credential.member.clone(),
         agent: credential.agent.clone(),

@@ -76,7 +76,7 @@ impl Stage for SliStage {
             "sli.derive",
             hubwatch.member = %stored.member,
             hubwatch.batch_id = stored.id,
-            hubwatch.records = batch.records.len()
+            hubwatch.records = i64::try_from(batch.records.len()).unwrap_or(i64::MAX)
         )
         .entered();
         self.page
