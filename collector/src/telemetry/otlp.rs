@@ -377,11 +377,7 @@ impl OtlpHttp {
                 *out.status_mut() = http::StatusCode::from_u16(response.status)
                     .unwrap_or(http::StatusCode::BAD_GATEWAY);
                 if !out.status().is_success() {
-                    self.remember(format!(
-                        "{}: HTTP {}",
-                        endpoint_url(&parts.uri),
-                        response.status
-                    ));
+                    self.remember(format!("{}: HTTP {}", parts.uri, response.status));
                 }
                 return Ok(out);
             }
@@ -398,10 +394,6 @@ impl OtlpHttp {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(error);
     }
-}
-
-fn endpoint_url(uri: &http::Uri) -> String {
-    uri.to_string()
 }
 
 impl HttpClient for OtlpHttp {
