@@ -90,6 +90,24 @@ if ! grep -qs "\"version\": \"$axe_version\"" "$axe_prefix/node_modules/axe-core
   $sudo npm install --no-audit --no-fund --prefix "$axe_prefix" "axe-core@$axe_version"
 fi
 
+# The OTLP test receiver (tests/otlp_receiver.py, used by
+# tests/tests/otlp_telemetry.rs) decodes the collector's spans with the
+# official OpenTelemetry protobuf definitions from PyPI, in their own venv at
+# a fixed path (HUBWATCH_OTLP_VENV overrides it); skipped when already there.
+otel_proto_version=1.45.2
+otel_venv=/opt/hubwatch-test/otel-venv
+if ! "$otel_venv/bin/python" -c "
+import importlib.metadata as m, sys
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+sys.exit(m.version('opentelemetry-proto') != '$otel_proto_version')" 2>/dev/null; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo mkdir -p "$(dirname "$otel_venv")"
+  $sudo python3 -m venv "$otel_venv"
+  $sudo "$otel_venv/bin/pip" install --quiet --disable-pip-version-check \
+    "opentelemetry-proto==$otel_proto_version" protobuf
+fi
+
 # JupyterHub, for the JupyterHub source's end-to-end tests (and for
 # scripts/run.sh): a real hub with configurable-http-proxy and real
 # single-user servers, in a venv at a fixed path the test harness looks in

@@ -194,6 +194,9 @@ pub enum CliError {
         /// The value given.
         value: String,
     },
+    /// Self-telemetry could not be set up (names the key or variable).
+    #[error("{0}")]
+    Telemetry(#[from] crate::telemetry::otlp::TelemetryError),
     /// The async runtime could not start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
@@ -240,7 +243,8 @@ impl CliError {
             Self::ReadConfig { .. }
             | Self::Config(_)
             | Self::BadArgument(_)
-            | Self::RemoteWrite(_) => 2,
+            | Self::RemoteWrite(_)
+            | Self::Telemetry(_) => 2,
             Self::Report(crate::report::ReportError::UnknownMember(_))
             | Self::Report(crate::report::ReportError::Config(_)) => 2,
             Self::Server(ServerError::Bind { .. } | ServerError::Tls { .. }) => 2,
@@ -271,19 +275,29 @@ pub fn main() -> ExitCode {
 }
 
 /// Logs to stderr, as JSON lines or human-readable, filtered by `level`
-/// (falling back to `info` when the filter does not parse).
+/// (falling back to `info` when the filter does not parse). The subscriber
+/// also holds an empty slot for the OTLP span exporter, which `serve` fills
+/// when `[telemetry]` asks for it (`telemetry::otlp::install`).
 pub fn init_logging(format: LogFormat, level: &str) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    // A second initialisation (tests) keeps the first subscriber.
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Pretty => builder.try_init(),
+    let fmt = match format {
+        LogFormat::Json => fmt.json().boxed(),
+        LogFormat::Pretty => fmt.boxed(),
     };
+    // Each layer has its own filter: the log level does not decide which
+    // spans are exported, and the exporter sees only the collector's spans.
+    let subscriber = tracing_subscriber::registry()
+        .with(crate::telemetry::otlp::slot().with_filter(crate::telemetry::otlp::span_filter()))
+        .with(fmt.with_filter(filter));
+    // A second initialisation (tests) keeps the first subscriber.
+    let _ = subscriber.try_init();
 }
 
 /// Runs one command.
@@ -532,14 +546,20 @@ fn serve(cfg: &CollectorConfig) -> Result<(), CliError> {
         .enable_all()
         .build()
         .map_err(CliError::Runtime)?;
-    runtime.block_on(async {
+    let metrics = crate::telemetry::CollectorMetrics::new();
+    let telemetry =
+        crate::telemetry::otlp::install(&cfg.telemetry, &metrics, runtime.handle().clone())?;
+    let served = runtime.block_on(async {
         let store = {
             let storage = cfg.storage.clone();
             tokio::task::spawn_blocking(move || Store::open(&storage))
                 .await
                 .map_err(|e| CliError::Server(ServerError::Task(e.to_string())))??
         };
-        let running = crate::Collector::new(cfg.clone(), store).start().await?;
+        let running = crate::Collector::new(cfg.clone(), store)
+            .metrics(metrics)
+            .start()
+            .await?;
         tracing::info!(
             listen = %running.local_addr,
             tls = on_off(cfg.server.tls_enabled()),
@@ -550,5 +570,11 @@ fn serve(cfg: &CollectorConfig) -> Result<(), CliError> {
         running.wait().await;
         tracing::info!("hubwatch-collector stopped");
         Ok(())
-    })
+    });
+    // Flush queued spans while the runtime (which runs the export's request)
+    // is still alive; this thread is not one of its workers.
+    if let Some(guard) = telemetry {
+        guard.shutdown();
+    }
+    served
 }

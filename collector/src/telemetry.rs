@@ -15,6 +15,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+pub mod otlp;
 #[cfg(test)]
 mod tests;
 
@@ -136,6 +137,10 @@ pub struct CollectorMetrics {
     pub stage_commit_failures: IntCounterVec,
     /// Frames past raw_retention held for a stage.
     pub retention_held: IntGauge,
+    /// Tracing spans the OTLP receiver accepted.
+    pub telemetry_spans_exported: IntCounter,
+    /// Tracing spans dropped because their export failed.
+    pub telemetry_spans_dropped: IntCounter,
     /// Records the SLI derivation ignored, by reason.
     pub slo_skipped_records: IntCounterVec,
     /// Synthetic journey phase durations (`hubwatch_journey_phase_duration_seconds`).
@@ -219,6 +224,8 @@ impl CollectorMetrics {
             stage_lag_seconds: metrics::COLLECTOR_STAGE_LAG_SECONDS.gauge_vec(r),
             stage_commit_failures: metrics::COLLECTOR_STAGE_COMMIT_FAILURES.counter_vec(r),
             retention_held: metrics::COLLECTOR_RETENTION_HELD.int_gauge(r),
+            telemetry_spans_exported: metrics::COLLECTOR_TELEMETRY_SPANS_EXPORTED.counter(r),
+            telemetry_spans_dropped: metrics::COLLECTOR_TELEMETRY_SPANS_DROPPED.counter(r),
             slo_skipped_records: metrics::SLO_SKIPPED_RECORDS.counter_vec(r),
             journey_phase_seconds: metrics::JOURNEY_PHASE_SECONDS.histogram_vec(r),
             journey_runs: metrics::JOURNEY_RUNS.counter_vec(r),

@@ -216,6 +216,10 @@ metrics! {
     COLLECTOR_STAGE_COMMIT_FAILURES = (Collector, Counter, "hubwatch_collector_stage_commit_failures_total", ["stage"], "Stage commits (derived rows and cursor in one transaction) that failed; the page is derived again next round.");
     /// Retention held back for a stage.
     COLLECTOR_RETENTION_HELD = (Collector, Gauge, "hubwatch_collector_retention_held_batches", [], "Raw batches past raw_retention kept because a derivation stage has not consumed them yet (dropped anyway past raw_retention_max).");
+    /// Self-telemetry: spans exported.
+    COLLECTOR_TELEMETRY_SPANS_EXPORTED = (Collector, Counter, "hubwatch_collector_telemetry_spans_exported_total", [], "Tracing spans (sampled) the OTLP receiver accepted ([telemetry] otlp_endpoint).");
+    /// Self-telemetry: spans dropped.
+    COLLECTOR_TELEMETRY_SPANS_DROPPED = (Collector, Counter, "hubwatch_collector_telemetry_spans_dropped_total", [], "Tracing spans (sampled) dropped because their export to the OTLP receiver failed (down, refused, timed out); ingest is unaffected.");
 
     /// Hub up, by vantage point.
     HUB_UP = (Collector, Gauge, "hubwatch_hub_up", ["member", "hub", "tier", "vantage"], "1 when the hub's last health check from the vantage point (agent: inside the cluster; outside: the collector's probe of public_url) succeeded, else 0.");

@@ -17,6 +17,7 @@ pub mod collector;
 pub mod deploy;
 pub mod http;
 pub mod jupyterhub;
+pub mod otlp;
 pub mod pki;
 pub mod process;
 pub mod prom;

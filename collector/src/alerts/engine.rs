@@ -174,6 +174,7 @@ impl AlertEngine {
     /// ([`AlertError::NotSaved`]) the new state is held in memory and saved
     /// with the next round; until then it must not be sent.
     pub fn evaluate(&mut self) -> Result<RoundReport, AlertError> {
+        let _span = tracing::info_span!("alerts.evaluate").entered();
         let now = self.clock.now_ms();
         let mut report = RoundReport::default();
         let registered: HashSet<String> =
@@ -181,7 +182,11 @@ impl AlertEngine {
         let mut changed = false;
         for source in self.sources.clone() {
             let name = source.name().to_string();
-            let specs = match source.evaluate(now) {
+            let evaluated = {
+                let _span = tracing::info_span!("alerts.source", hubwatch.source = %name).entered();
+                source.evaluate(now)
+            };
+            let specs = match evaluated {
                 Ok(specs) => specs,
                 Err(e) => {
                     tracing::warn!(source = %name, error = %e, "alert source failed; its alerts are kept as they were");

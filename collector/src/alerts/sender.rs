@@ -18,6 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use prometheus::IntCounter;
 use serde::Serialize;
+use tracing::Instrument as _;
 
 use super::engine::{AlertRecord, AlertSnapshot};
 use super::http_client::{self, Endpoint, Request};
@@ -201,6 +202,13 @@ impl AlertmanagerTarget {
             Ok(body) => Bytes::from(body),
             Err(e) => return self.failed(now_ms, format!("encoding alerts: {e}")),
         };
+        let span = tracing::info_span!(
+            "alerts.send",
+            otel.kind = "client",
+            hubwatch.alertmanager = %self.url,
+            hubwatch.alerts = i64::try_from(snapshot.alerts.len()).unwrap_or(i64::MAX),
+            http.response.status_code = tracing::field::Empty,
+        );
         let result = http_client::send(Request {
             method: http::Method::POST,
             endpoint: &self.endpoint,
@@ -209,7 +217,11 @@ impl AlertmanagerTarget {
             tls: &self.tls,
             headers: Vec::new(),
         })
+        .instrument(span.clone())
         .await;
+        if let Ok(response) = &result {
+            span.record("http.response.status_code", i64::from(response.status));
+        }
         match result {
             Ok(response) if (200..300).contains(&response.status) => {
                 self.sends.inc();

@@ -920,6 +920,10 @@ fn shared<'a>(
 /// so SLO and incident figures are those of close time. Returns the months
 /// frozen.
 pub fn freeze(ctx: &ReportContext, now_ms: i64) -> Result<Vec<Period>, ReportError> {
+    // The monthly report generation; `hubwatch.period` names the month
+    // frozen (the last, if several), empty when nothing was due.
+    let span = tracing::info_span!("report.freeze", hubwatch.period = tracing::field::Empty);
+    let _entered = span.enter();
     let mut done = Vec::new();
     for period in ctx.cost.closed_periods()? {
         if ctx.snapshots.frozen(period)? {
@@ -952,6 +956,7 @@ pub fn freeze(ctx: &ReportContext, now_ms: i64) -> Result<Vec<Period>, ReportErr
         }
         ctx.snapshots.put(period, &bodies)?;
         tracing::info!(%period, reports = bodies.len(), "reports of a closed month frozen");
+        span.record("hubwatch.period", tracing::field::display(period));
         done.push(period);
     }
     Ok(done)

@@ -104,6 +104,12 @@ pub fn build(
     member: Option<&str>,
     now_ms: i64,
 ) -> Result<Report, ReportError> {
+    let _span = tracing::info_span!(
+        "report.build",
+        hubwatch.period = %period,
+        hubwatch.member = member.unwrap_or("*")
+    )
+    .entered();
     Ok(match member {
         Some(m) => Report::Member(Box::new(build_member(ctx, period, m, now_ms)?)),
         None => Report::Full(Box::new(build_full(ctx, period, now_ms)?)),
@@ -112,6 +118,7 @@ pub fn build(
 
 /// `report` in `format`: the same text the CLI prints and the API serves.
 pub fn render(report: &Report, format: Format) -> Result<String, RenderError> {
+    let _span = tracing::info_span!("report.render", hubwatch.format = ?format).entered();
     Ok(match (report, format) {
         (Report::Member(r), Format::Json) => json::render(r)?,
         (Report::Full(r), Format::Json) => json::render(r)?,

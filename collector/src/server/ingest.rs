@@ -24,6 +24,7 @@ use hubwatch_shared::wire::{
 };
 use hyper::body::Incoming;
 use prometheus::IntCounterVec;
+use tracing::Instrument as _;
 
 use super::AppState;
 use super::routes::{HttpResponse, auth_failure, error, json, log_auth_failure, unavailable};
@@ -43,7 +44,28 @@ pub(super) async fn handle(
     peer: &PeerIdentity,
     request: Request<Incoming>,
 ) -> HttpResponse {
-    let mut response = handle_request(state, peer, request).await;
+    // The trace of one request: `ingest` with children `ingest.decode`,
+    // `ingest.commit` (the wait for the group commit) and `ingest.ack`. Spans
+    // are only recorded here; the OTLP exporter sends them from its own
+    // thread (telemetry/otlp.rs).
+    let span = tracing::info_span!(
+        "ingest",
+        otel.kind = "server",
+        http.route = PATH,
+        hubwatch.member = tracing::field::Empty,
+        hubwatch.agent = tracing::field::Empty,
+        hubwatch.seq = tracing::field::Empty,
+        hubwatch.records = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let mut response = handle_request(state, peer, request)
+        .instrument(span.clone())
+        .await;
+    // OpenTelemetry has no unsigned integers: u64 values would be strings.
+    span.record(
+        "http.response.status_code",
+        i64::from(response.status().as_u16()),
+    );
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&format_versions(SUPPORTED_VERSIONS)) {
         headers.insert(ACCEPT_VERSIONS_HEADER, value);
@@ -76,6 +98,10 @@ async fn handle_request(
     // envelope is built (the frame is stored as received); the records are
     // checked exactly as a full decode would, without allocating them.
     let decode_input = frame.clone();
+    let decode_span = tracing::info_span!(
+        "ingest.decode",
+        hubwatch.frame_bytes = i64::try_from(frame.len()).unwrap_or(i64::MAX)
+    );
     let checked = tokio::task::spawn_blocking(move || {
         codec::decode_envelope(&decode_input).map(|e| Envelope {
             agent_id: e.agent_id.to_owned(),
@@ -87,7 +113,7 @@ async fn handle_request(
             records: e.records,
         })
     });
-    let batch = match checked.await {
+    let batch = match checked.instrument(decode_span).await {
         Ok(Ok(batch)) => batch,
         Ok(Err(e @ CodecError::UnsupportedVersion { .. })) => {
             // Machine-readable, so an agent keeps the batch and re-encodes it
@@ -119,6 +145,14 @@ async fn handle_request(
 
     let seq = batch.seq;
     let records = batch.records as u64;
+    let current = tracing::Span::current();
+    current.record("hubwatch.member", credential.member.as_str());
+    current.record("hubwatch.agent", credential.agent.as_str());
+    current.record("hubwatch.seq", i64::try_from(seq).unwrap_or(i64::MAX));
+    current.record(
+        "hubwatch.records",
+        i64::try_from(records).unwrap_or(i64::MAX),
+    );
     let item = IngestItem {
         member: credential.member.clone(),
         agent: credential.agent.clone(),
@@ -130,7 +164,12 @@ async fn handle_request(
         frame,
         received_ms,
     };
-    let outcome = state.store.ingest(item).await;
+    let outcome = state
+        .store
+        .ingest(item)
+        .instrument(tracing::info_span!("ingest.commit"))
+        .await;
+    let _ack = tracing::info_span!("ingest.ack").entered();
     let m = &state.metrics;
     let member = [credential.member.as_str()];
     let status = match outcome {

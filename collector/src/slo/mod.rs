@@ -385,8 +385,14 @@ async fn objectives_response(
 
 /// One round of `serve`: refresh the gauges.
 fn tick(engine: &SloEngine, now_ms: i64, metrics: &CollectorMetrics) {
+    let span = tracing::info_span!("slo.evaluate", hubwatch.objectives = tracing::field::Empty);
+    let _entered = span.enter();
     let started = Instant::now();
     let objectives = engine.objectives(now_ms);
+    span.record(
+        "hubwatch.objectives",
+        i64::try_from(objectives.len()).unwrap_or(i64::MAX),
+    );
     metrics
         .slo_evaluation_seconds
         .observe(started.elapsed().as_secs_f64());

@@ -72,6 +72,13 @@ impl Stage for SliStage {
         batch: &Batch,
         now_ms: i64,
     ) -> Result<(), StageFailure> {
+        let _span = tracing::info_span!(
+            "sli.derive",
+            hubwatch.member = %stored.member,
+            hubwatch.batch_id = stored.id,
+            hubwatch.records = i64::try_from(batch.records.len()).unwrap_or(i64::MAX)
+        )
+        .entered();
         self.page
             .add_batch(&self.committed, &stored.member, batch, now_ms);
         let engine = &self.engine;
@@ -84,6 +91,7 @@ impl Stage for SliStage {
     }
 
     fn commit(&mut self, update: &CursorUpdate<'_>) -> Result<(), StoreError> {
+        let _span = tracing::info_span!("sli.commit").entered();
         let changes = self.store.commit(&self.page, Some(update))?;
         self.engine.apply(&changes);
         self.engine.apply_journeys(&self.page.journeys);

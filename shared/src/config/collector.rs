@@ -43,6 +43,8 @@ pub struct CollectorConfig {
     pub status: StatusConfig,
     /// Planned maintenance windows (`[[maintenance]]`).
     pub maintenance: Vec<MaintenanceConfig>,
+    /// Self-telemetry: tracing spans exported over OTLP (`[telemetry]`).
+    pub telemetry: TelemetryConfig,
 }
 
 impl Default for CollectorConfig {
@@ -65,6 +67,7 @@ impl Default for CollectorConfig {
             federate: FederateConfig::default(),
             status: StatusConfig::default(),
             maintenance: Vec::new(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -260,6 +263,62 @@ impl FederateConfig {
         }
         Ok(())
     }
+}
+
+/// `[telemetry]`: the collector's own tracing spans (ingest, SLI derivation,
+/// SLO evaluation, alert sends, report generation), exported over OTLP/HTTP
+/// (protobuf) when an endpoint is set here or in `OTEL_EXPORTER_OTLP_ENDPOINT`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Base URL of an OTLP/HTTP receiver, e.g. `http://otel-collector:4318`
+    /// (`/v1/traces` is appended, as for `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    /// Unset: the standard `OTEL_EXPORTER_OTLP_*` variables decide, and
+    /// without them no span is exported.
+    pub otlp_endpoint: Option<String>,
+    /// Fraction of root spans (one ingest request, one derivation round...)
+    /// sampled; children follow their parent. `OTEL_TRACES_SAMPLER` overrides it.
+    pub sample_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            sample_ratio: 0.01,
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// Checks the keys, naming the one that is wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.otlp_endpoint {
+            check_otlp_endpoint("telemetry.otlp_endpoint", url)?;
+        }
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(ConfigError::invalid(
+                "telemetry.sample_ratio",
+                format!("{} must be between 0 and 1", self.sample_ratio),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An OTLP/HTTP base URL: `http(s)://host[:port][/path]`, parsed as a URI
+/// with a host, no query or fragment (the signal path is appended to it).
+fn check_otlp_endpoint(key: &str, url: &str) -> Result<(), ConfigError> {
+    check_http_url(key, url)?;
+    crate::url::HttpTarget::parse(url)
+        .map_err(|e| ConfigError::invalid(key, format!("{url:?}: {e}")))?;
+    if url.contains('?') || url.contains('#') {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{url:?}: a base URL takes no query or fragment (/v1/traces is appended)"),
+        ));
+    }
+    Ok(())
 }
 
 /// `[alerting]`: how often alerts are evaluated and sent, and the
@@ -571,6 +630,7 @@ impl Validate for CollectorConfig {
         self.usage.validate()?;
         self.federate.validate()?;
         self.status.validate()?;
+        self.telemetry.validate()?;
         if self.federate.lookback > self.storage.raw_retention {
             return Err(ConfigError::invalid(
                 "federate.lookback",

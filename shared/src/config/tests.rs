@@ -108,6 +108,37 @@ fn collector_checks_name_their_key() {
 }
 
 #[test]
+fn telemetry_keys_are_checked_by_name() {
+    let bad: &[&str] = &[
+        "[telemetry]\notlp_endpoint = \"localhost:4318\"",
+        "[telemetry]\notlp_endpoint = \"http://\"",
+        "[telemetry]\notlp_endpoint = \"http://exa mple:4318\"",
+        "[telemetry]\notlp_endpoint = \"http://otel:4318/?x=1\"",
+    ];
+    for text in bad {
+        let err = load::<CollectorConfig>(text, &HashMap::new()).expect_err(text);
+        assert!(
+            err.to_string().contains("telemetry.otlp_endpoint"),
+            "{text:?}: {err}"
+        );
+    }
+    let err = load::<CollectorConfig>("[telemetry]\nsample_ratio = 1.5", &HashMap::new())
+        .expect_err("ratio over 1");
+    assert!(err.to_string().contains("telemetry.sample_ratio"), "{err}");
+    // Good values load, from the file and from the environment.
+    let cfg = load::<CollectorConfig>(
+        "[telemetry]\notlp_endpoint = \"https://otel.example.org:4318/base/\"",
+        &env(&[("HUBWATCH_TELEMETRY__SAMPLE_RATIO", "1")]),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        cfg.telemetry.otlp_endpoint.as_deref(),
+        Some("https://otel.example.org:4318/base/")
+    );
+    assert!((cfg.telemetry.sample_ratio - 1.0).abs() < f64::EPSILON);
+}
+
+#[test]
 fn plaintext_non_loopback_allowed_when_asked() {
     let cfg: CollectorConfig = load(
         "[server]\nlisten = \"0.0.0.0:9470\"\ninsecure_plaintext = true",
