@@ -30,6 +30,7 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
+use hubwatch_http::Failure;
 use hubwatch_shared::codec;
 use hubwatch_shared::config::CollectorLink;
 use hubwatch_shared::wire::{
@@ -81,9 +82,10 @@ pub enum SenderError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The TLS configuration is refused by rustls.
-    #[error("tls: {0}")]
-    Tls(String),
+    /// A CA or client-certificate file cannot be used, or rustls refused
+    /// the configuration (names the key).
+    #[error(transparent)]
+    Tls(#[from] hubwatch_http::SetupError),
     /// The token cannot be put in a header (never shows the token).
     #[error("config key `{0}`: the token holds characters not allowed in an HTTP header")]
     TokenCharacters(&'static str),
@@ -132,6 +134,7 @@ pub struct Sender {
     metrics: Arc<AgentMetrics>,
     last_auth_log: Option<Instant>,
     terms: Arc<CollectorTerms>,
+    last_failure: watch::Sender<Option<Failure>>,
 }
 
 /// What to do after handling one pending batch.
@@ -171,7 +174,16 @@ impl Sender {
             )),
             metrics,
             last_auth_log: None,
+            last_failure: watch::Sender::new(None),
         })
+    }
+
+    /// How the last attempt failed, `None` after an acknowledged one (and
+    /// before the first). A readiness check reads it, e.g.
+    /// `*rx.borrow() == Some(Failure::TlsCertificate)`: "the collector's
+    /// certificate does not verify". Take it before [`Sender::run`].
+    pub fn last_failure(&self) -> watch::Receiver<Option<Failure>> {
+        self.last_failure.subscribe()
     }
 
     /// Shares `terms` with the outbox: what the collector's answers say
@@ -588,6 +600,7 @@ impl Sender {
         };
         let (parts, body) = match tokio::time::timeout(self.timeout, exchange).await {
             Err(_) => {
+                self.last_failure.send_replace(Some(Failure::Timeout));
                 return Outcome::retry(
                     "timeout",
                     format!(
@@ -597,6 +610,11 @@ impl Sender {
                 );
             }
             Ok(Err(e)) => {
+                let failure = match Failure::classify_error(&e) {
+                    Failure::Other if e.is_connect() => Failure::Connect,
+                    failure => failure,
+                };
+                self.last_failure.send_replace(Some(failure));
                 let reason = if e.is_connect() {
                     "connect"
                 } else {
@@ -608,6 +626,8 @@ impl Sender {
         };
         self.terms.learn_from_headers(&parts.headers);
         let status = parts.status;
+        self.last_failure
+            .send_replace(Failure::from_status(status.as_u16()));
         if status.is_success() {
             return match check_ack(status, &body, seq) {
                 Ok(()) => Outcome::Acked,

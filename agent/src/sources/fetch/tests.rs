@@ -1,5 +1,7 @@
-//! The fetch client against in-process HTTP and TLS servers, and those
-//! servers themselves, which the probe, Prometheus and scrape tests share.
+//! The fetch adapter against in-process HTTP and TLS servers (what it sends,
+//! the expiry in days; the failure classification is tested once, in
+//! `hubwatch-http`), and those servers themselves, which the probe,
+//! Prometheus and scrape tests share.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,6 +16,9 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use bytes::Bytes;
+use hyper_util::rt::TokioIo;
 
 use super::*;
 
@@ -287,83 +292,6 @@ async fn tls_with_the_right_ca_reads_the_certificate_expiry() {
     );
 }
 
-#[tokio::test]
-async fn an_untrusted_certificate_is_a_tls_failure() {
-    let cert = test_cert(40);
-    let server = TestServer::start(Some(cert.server), |_| TestReply::ok("text/plain", "ok")).await;
-    let target = Target::parse(&server.url("/")).expect("url");
-    let err = get(
-        &target,
-        &HeaderMap::new(),
-        &plain_options(Duration::from_secs(5)),
-    )
-    .await
-    .expect_err("webpki roots do not trust the test CA");
-    assert_eq!(err.kind, FailureKind::Tls, "{err:?}");
-    assert!(err.message.contains("certificate"), "{}", err.message);
-}
-
-#[tokio::test]
-async fn a_refused_connection_is_a_connect_failure() {
-    let target = Target::parse(&format!("http://127.0.0.1:{}/", closed_port())).expect("url");
-    let err = get(
-        &target,
-        &HeaderMap::new(),
-        &plain_options(Duration::from_secs(5)),
-    )
-    .await
-    .expect_err("nothing listens");
-    assert_eq!(err.kind, FailureKind::Connect, "{err:?}");
-}
-
-#[tokio::test]
-async fn an_unresolvable_name_is_a_dns_failure() {
-    let target = Target::parse("http://nonexistent.invalid/").expect("url");
-    let err = get(
-        &target,
-        &HeaderMap::new(),
-        &plain_options(Duration::from_secs(10)),
-    )
-    .await
-    .expect_err("the .invalid TLD never resolves");
-    assert_eq!(err.kind, FailureKind::Dns, "{err:?}");
-}
-
-#[tokio::test]
-async fn a_slow_server_is_a_timeout_within_the_deadline() {
-    let server = TestServer::start(None, |_| TestReply {
-        delay: Duration::from_secs(5),
-        ..TestReply::ok("text/plain", "late")
-    })
-    .await;
-    let target = Target::parse(&server.url("/")).expect("url");
-    let started = std::time::Instant::now();
-    let err = get(
-        &target,
-        &HeaderMap::new(),
-        &plain_options(Duration::from_millis(300)),
-    )
-    .await
-    .expect_err("too slow");
-    assert_eq!(err.kind, FailureKind::Timeout, "{err:?}");
-    assert!(err.message.contains("HTTP exchange"), "{}", err.message);
-    assert!(started.elapsed() < Duration::from_secs(2));
-}
-
-#[tokio::test]
-async fn a_body_over_the_cap_fails() {
-    let server = TestServer::start(None, |_| TestReply::ok("text/plain", "x".repeat(5000))).await;
-    let target = Target::parse(&server.url("/")).expect("url");
-    let options = FetchOptions {
-        max_body_bytes: 1000,
-        ..plain_options(Duration::from_secs(5))
-    };
-    let err = get(&target, &HeaderMap::new(), &options)
-        .await
-        .expect_err("too big");
-    assert_eq!(err.kind, FailureKind::Parse, "{err:?}");
-}
-
 #[test]
 fn targets_parse_and_join() {
     let t = Target::parse("https://[::1]:9443/prom/").expect("url");
@@ -380,18 +308,4 @@ fn targets_parse_and_join() {
     assert!(Target::parse("ftp://x/").is_err());
     assert!(Target::parse("http://user:pw@x/").is_err());
     assert!(Target::parse("not a url").is_err());
-}
-
-#[test]
-fn quoted_bodies_are_cut_and_cleaned() {
-    assert_eq!(quote_body(b"line1\nline2"), "line1 line2");
-    let long = quote_body("a".repeat(500).as_bytes());
-    assert!(long.ends_with('…') && long.chars().count() == QUOTED_BODY_BYTES + 1);
-}
-
-#[test]
-fn a_missing_ca_file_names_its_key() {
-    let err = tls_config(Some(Path::new("/nonexistent/ca.pem")), "prometheus.ca_file")
-        .expect_err("missing file");
-    assert!(err.to_string().contains("prometheus.ca_file"), "{err}");
 }
