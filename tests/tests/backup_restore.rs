@@ -52,7 +52,7 @@ fn options() -> CollectorOptions {
 /// One posted batch: hub `lab`'s health, good unless `seq` is a multiple of
 /// 7 (so the SLI is neither 0 nor 1).
 fn health_frame(seq: u64, at_ms: i64) -> Vec<u8> {
-    let ok = (seq / 1024) % 7 != 0;
+    let ok = !(seq / 1024).is_multiple_of(7);
     let batch = Batch {
         agent_id: POSTER.into(),
         member: MEMBER.into(),
