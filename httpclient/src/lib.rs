@@ -16,6 +16,9 @@ mod failure;
 pub mod request;
 pub mod tls;
 
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
+
 pub use failure::Failure;
 pub use request::{QUOTED_BODY_BYTES, Request, RequestError, Response, quote_body, send};
 pub use tls::SetupError;
