@@ -116,6 +116,21 @@ impl Failure {
     }
 }
 
+/// An error and its causes as one line, `outer: cause: root`, a cause that
+/// only repeats the previous text left out (hyper-util's errors often do).
+pub fn error_chain(error: &(dyn Error + 'static)) -> String {
+    let mut chain: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(current) = next {
+        let text = current.to_string();
+        if chain.last() != Some(&text) {
+            chain.push(text);
+        }
+        next = current.source();
+    }
+    chain.join(": ")
+}
+
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -19,7 +19,7 @@ pub mod tls;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 
-pub use failure::Failure;
+pub use failure::{Failure, error_chain};
 pub use request::{QUOTED_BODY_BYTES, Request, RequestError, Response, quote_body, send};
 pub use tls::SetupError;
 

@@ -252,3 +252,18 @@ fn quoted_bodies_are_cut_and_cleaned() {
     let long = crate::quote_body("a".repeat(500).as_bytes());
     assert!(long.ends_with('…') && long.chars().count() == crate::QUOTED_BODY_BYTES + 1);
 }
+
+#[test]
+fn an_error_chain_is_one_line_without_repeats() {
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+    let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+    assert_eq!(crate::error_chain(&Outer(inner)), "outer: refused");
+    assert_eq!(
+        Failure::classify_error(&Outer(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused
+        ))),
+        Failure::ConnectRefused
+    );
+}

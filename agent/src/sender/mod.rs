@@ -620,7 +620,7 @@ impl Sender {
                 } else {
                     "connection"
                 };
-                return Outcome::retry(reason, error_chain(&e));
+                return Outcome::retry(reason, hubwatch_http::error_chain(&e));
             }
             Ok(Ok(exchange)) => exchange,
         };
@@ -864,17 +864,6 @@ fn bearer(token: &str, key: &'static str) -> Result<HeaderValue, SenderError> {
         .map_err(|_| SenderError::TokenCharacters(key))?;
     value.set_sensitive(true);
     Ok(value)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -90,11 +90,11 @@ pub fn classify(status: u16, retry_after: Option<&str>, body: &[u8]) -> Outcome 
         429 | 500..=599 => Outcome::Retry {
             code: status.to_string(),
             retry_after: retry_after.and_then(|v| parse_retry_after(v, SystemTime::now())),
-            detail: quote(body),
+            detail: hubwatch_http::quote_body(body),
         },
         _ => Outcome::Rejected {
             code: status,
-            detail: quote(body),
+            detail: hubwatch_http::quote_body(body),
         },
     }
 }
@@ -281,7 +281,7 @@ impl Endpoint {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| format!("{e}: {}", source_chain(&e)))?;
+                .map_err(|e| hubwatch_http::error_chain(&e))?;
             let status = response.status().as_u16();
             let retry_after = response
                 .headers()
@@ -314,26 +314,6 @@ impl Endpoint {
             Ok(Ok((status, retry_after, body))) => classify(status, retry_after.as_deref(), &body),
         }
     }
-}
-
-fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = Vec::new();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push(s.to_string());
-        source = s.source();
-    }
-    out.join(": ")
-}
-
-fn quote(body: &[u8]) -> String {
-    let cut = &body[..body.len().min(300)];
-    String::from_utf8_lossy(cut)
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect::<String>()
-        .trim()
-        .to_string()
 }
 
 /// A secret file's content without the trailing newline.

@@ -176,14 +176,5 @@ pub(crate) fn classify(error: &hyper_util::client::legacy::Error) -> (FailureKin
         Failure::Other if error.is_connect() => Failure::Connect,
         failure => failure,
     };
-    let mut chain: Vec<String> = Vec::new();
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = cause {
-        let text = e.to_string();
-        if chain.last() != Some(&text) {
-            chain.push(text);
-        }
-        cause = e.source();
-    }
-    (failure.kind(), chain.join(": "))
+    (failure.kind(), hubwatch_http::error_chain(error))
 }
