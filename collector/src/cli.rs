@@ -76,6 +76,34 @@ pub enum Command {
     /// Status incidents: list, show, open, update, resolve (docs/incidents.md).
     #[command(subcommand)]
     Incident(crate::incidents::cli::IncidentCommand),
+    /// Copy the store to FILE while the collector runs (SQLite online
+    /// backup of one snapshot), check it, print its size and schema version.
+    Backup(BackupArgs),
+    /// Put a backup in place as the store; refused while a collector holds
+    /// it (docs/operations.md).
+    Restore(RestoreArgs),
+}
+
+/// `backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The collector's TOML config file (its `storage.path`).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Where to write the copy; never overwritten.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+/// `restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The collector's TOML config file (its `storage.path`).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// The backup to put in place.
+    #[arg(long, value_name = "FILE")]
+    pub from: PathBuf,
 }
 
 /// `status-link`.
@@ -176,6 +204,9 @@ pub enum CliError {
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// `backup` or `restore` failed.
+    #[error("{0}")]
+    Backup(#[from] crate::store::backup::BackupError),
     /// The server could not start.
     #[error("{0}")]
     Server(#[from] ServerError),
@@ -352,6 +383,22 @@ pub fn run(command: Command) -> Result<(), CliError> {
             let cfg = load_config(command.config())?;
             let text = crate::maintenance::cli::run(&cfg, command, crate::clock::system_now_ms())?;
             print!("{text}");
+            Ok(())
+        }
+        Command::Backup(args) => {
+            let cfg = load_config(&args.config)?;
+            let report = crate::store::backup::backup(&cfg.storage.path, &args.out)?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Restore(args) => {
+            let cfg = load_config(&args.config)?;
+            let report = crate::store::backup::restore(
+                &cfg.storage.path,
+                &args.from,
+                crate::clock::system_now_ms(),
+            )?;
+            println!("restored {report}");
             Ok(())
         }
         Command::StatusLink(args) => {

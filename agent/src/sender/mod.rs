@@ -30,6 +30,7 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
+use hubwatch_http::Failure;
 use hubwatch_shared::codec;
 use hubwatch_shared::config::CollectorLink;
 use hubwatch_shared::wire::{
@@ -82,9 +83,10 @@ pub enum SenderError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The TLS configuration is refused by rustls.
-    #[error("tls: {0}")]
-    Tls(String),
+    /// A CA or client-certificate file cannot be used, or rustls refused
+    /// the configuration (names the key).
+    #[error(transparent)]
+    Tls(#[from] hubwatch_http::SetupError),
     /// The token cannot be put in a header (never shows the token).
     #[error("config key `{0}`: the token holds characters not allowed in an HTTP header")]
     TokenCharacters(&'static str),
@@ -134,6 +136,7 @@ pub struct Sender {
     last_auth_log: Option<Instant>,
     terms: Arc<CollectorTerms>,
     readiness: Option<Arc<Readiness>>,
+    last_failure: watch::Sender<Option<Failure>>,
 }
 
 /// What to do after handling one pending batch.
@@ -174,7 +177,16 @@ impl Sender {
             metrics,
             last_auth_log: None,
             readiness: None,
+            last_failure: watch::Sender::new(None),
         })
+    }
+
+    /// How the last attempt failed, `None` after an acknowledged one (and
+    /// before the first). A readiness check reads it, e.g.
+    /// `*rx.borrow() == Some(Failure::TlsCertificate)`: "the collector's
+    /// certificate does not verify". Take it before [`Sender::run`].
+    pub fn last_failure(&self) -> watch::Receiver<Option<Failure>> {
+        self.last_failure.subscribe()
     }
 
     /// Shares `terms` with the outbox: what the collector's answers say
@@ -598,6 +610,7 @@ impl Sender {
         };
         let (parts, body) = match tokio::time::timeout(self.timeout, exchange).await {
             Err(_) => {
+                self.last_failure.send_replace(Some(Failure::Timeout));
                 return Outcome::retry(
                     "timeout",
                     format!(
@@ -610,12 +623,17 @@ impl Sender {
                 if let (Some(readiness), Some(cert)) = (&self.readiness, certificate_error(&e)) {
                     readiness.certificate_failed(cert);
                 }
+                let failure = match Failure::classify_error(&e) {
+                    Failure::Other if e.is_connect() => Failure::Connect,
+                    failure => failure,
+                };
+                self.last_failure.send_replace(Some(failure));
                 let reason = if e.is_connect() {
                     "connect"
                 } else {
                     "connection"
                 };
-                return Outcome::retry(reason, error_chain(&e));
+                return Outcome::retry(reason, hubwatch_http::error_chain(&e));
             }
             Ok(Ok(exchange)) => exchange,
         };
@@ -625,6 +643,8 @@ impl Sender {
         }
         self.terms.learn_from_headers(&parts.headers);
         let status = parts.status;
+        self.last_failure
+            .send_replace(Failure::from_status(status.as_u16()));
         if status.is_success() {
             return match check_ack(status, &body, seq) {
                 Ok(()) => Outcome::Acked,
@@ -861,17 +881,6 @@ fn bearer(token: &str, key: &'static str) -> Result<HeaderValue, SenderError> {
         .map_err(|_| SenderError::TokenCharacters(key))?;
     value.set_sensitive(true);
     Ok(value)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

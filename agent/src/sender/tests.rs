@@ -645,3 +645,34 @@ async fn a_single_record_over_the_limit_is_dropped_and_counted_as_too_large() {
     );
     rig.stop().await;
 }
+
+/// The readiness check's input: the last attempt's failure, finer than the
+/// retry reason label, naming a collector certificate that does not verify.
+#[tokio::test]
+async fn the_last_failure_names_a_certificate_that_does_not_verify() {
+    use crate::sources::fetch::tests::{TestReply, TestServer, test_cert, write_file};
+    let cert = test_cert(30);
+    let server = TestServer::start(Some(cert.server), |_| TestReply::status(503, "busy")).await;
+    let untrusting = CollectorLink {
+        url: server.url(""),
+        timeout: Duration::from_secs(5),
+        ..CollectorLink::default()
+    };
+    let sender = Sender::new(&untrusting, Arc::new(AgentMetrics::new())).expect("sender");
+    let last = sender.last_failure();
+    assert_eq!(*last.borrow(), None);
+    let outcome = sender.send(Bytes::from_static(b"frame"), SEQ_STRIDE).await;
+    assert!(matches!(outcome, Outcome::Retry { .. }), "{outcome:?}");
+    assert_eq!(*last.borrow(), Some(Failure::TlsCertificate));
+
+    // Trusting the test CA, the handshake passes and the answer is named.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trusting = CollectorLink {
+        ca_file: Some(write_file(dir.path(), "ca.pem", &cert.ca_pem)),
+        ..untrusting
+    };
+    let sender = Sender::new(&trusting, Arc::new(AgentMetrics::new())).expect("sender");
+    let last = sender.last_failure();
+    let _ = sender.send(Bytes::from_static(b"frame"), SEQ_STRIDE).await;
+    assert_eq!(*last.borrow(), Some(Failure::HttpStatus(503)));
+}

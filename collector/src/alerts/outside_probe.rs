@@ -120,6 +120,8 @@ impl OutsideProber {
             body: None,
             timeout: self.timeout,
             tls: &self.tls,
+            max_body_bytes: http_client::MAX_RESPONSE_BYTES,
+            user_agent: http_client::USER_AGENT,
             headers: Vec::new(),
         })
         .await;

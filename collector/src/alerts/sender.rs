@@ -215,6 +215,8 @@ impl AlertmanagerTarget {
             body: Some(("application/json", body)),
             timeout: self.settings.send_timeout,
             tls: &self.tls,
+            max_body_bytes: http_client::MAX_RESPONSE_BYTES,
+            user_agent: http_client::USER_AGENT,
             headers: Vec::new(),
         })
         .instrument(span.clone())

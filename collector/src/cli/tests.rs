@@ -42,6 +42,8 @@ fn parses_every_subcommand_as_documented() {
         &["serve", "--config", "c.toml"][..],
         &["check-config", "--config", "c.toml", "--log-level", "debug"],
         &["token", "revoke", "--config", "c.toml", "--agent", "a1"],
+        &["backup", "--config", "c.toml", "--out", "b.db"],
+        &["restore", "--config", "c.toml", "--from", "b.db"],
         &["incident", "list", "--config", "c.toml", "--member", "leap"],
         &["incident", "show", "--config", "c.toml", "--id", "3"],
         &[

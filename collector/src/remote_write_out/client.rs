@@ -18,9 +18,6 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls::RootCertStore;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Longest error body kept for a log line.
 const MAX_ERROR_BODY: usize = 4096;
@@ -46,14 +43,10 @@ pub enum DestinationError {
         /// Why.
         reason: String,
     },
-    /// rustls refused the configuration.
-    #[error("config key `{key}`: TLS setup: {reason}")]
-    Tls {
-        /// The key.
-        key: String,
-        /// Why.
-        reason: String,
-    },
+    /// A CA or client-certificate file cannot be used, or rustls refused
+    /// the configuration (names the key).
+    #[error(transparent)]
+    Tls(#[from] hubwatch_http::SetupError),
     /// The URL does not parse.
     #[error("config key `{key}`: {reason}")]
     Url {
@@ -97,11 +90,11 @@ pub fn classify(status: u16, retry_after: Option<&str>, body: &[u8]) -> Outcome 
         429 | 500..=599 => Outcome::Retry {
             code: status.to_string(),
             retry_after: retry_after.and_then(|v| parse_retry_after(v, SystemTime::now())),
-            detail: quote(body),
+            detail: hubwatch_http::quote_body(body),
         },
         _ => Outcome::Rejected {
             code: status,
-            detail: quote(body),
+            detail: hubwatch_http::quote_body(body),
         },
     }
 }
@@ -288,7 +281,7 @@ impl Endpoint {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| format!("{e}: {}", source_chain(&e)))?;
+                .map_err(|e| hubwatch_http::error_chain(&e))?;
             let status = response.status().as_u16();
             let retry_after = response
                 .headers()
@@ -323,26 +316,6 @@ impl Endpoint {
     }
 }
 
-fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = Vec::new();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push(s.to_string());
-        source = s.source();
-    }
-    out.join(": ")
-}
-
-fn quote(body: &[u8]) -> String {
-    let cut = &body[..body.len().min(300)];
-    String::from_utf8_lossy(cut)
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect::<String>()
-        .trim()
-        .to_string()
-}
-
 /// A secret file's content without the trailing newline.
 fn read_secret(path: &Path, key: &str) -> Result<String, DestinationError> {
     let text = std::fs::read_to_string(path).map_err(|e| DestinationError::File {
@@ -366,51 +339,29 @@ fn tls_config(
     index: usize,
 ) -> Result<rustls::ClientConfig, DestinationError> {
     let key = |k: &str| format!("remote_write[{index}].{k}");
-    let mut roots = RootCertStore::empty();
-    match &cfg.tls_ca_file {
-        Some(path) => {
-            for cert in read_certs(path, &key("tls_ca_file"))? {
-                roots.add(cert).map_err(|e| DestinationError::File {
-                    key: key("tls_ca_file"),
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })?;
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| DestinationError::Tls {
-            key: key("url"),
-            reason: e.to_string(),
-        })?
-        .with_root_certificates(roots);
-    match (&cfg.tls_cert_file, &cfg.tls_key_file) {
-        (Some(cert), Some(private)) => {
-            let chain = read_certs(cert, &key("tls_cert_file"))?;
-            let private_key =
-                PrivateKeyDer::from_pem_file(private).map_err(|e| DestinationError::File {
-                    key: key("tls_key_file"),
-                    path: private.display().to_string(),
-                    reason: e.to_string(),
-                })?;
-            builder
-                .with_client_auth_cert(chain, private_key)
-                .map_err(|e| DestinationError::Tls {
-                    key: key("tls_cert_file"),
-                    reason: e.to_string(),
-                })
-        }
-        _ => Ok(builder.with_no_client_auth()),
-    }
-}
-
-fn read_certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, DestinationError> {
-    crate::alerts::http_client::read_pem_certs(path).map_err(|reason| DestinationError::File {
-        key: key.to_string(),
-        path: path.display().to_string(),
-        reason,
-    })
+    let (ca_key, cert_key, key_key) = (
+        key("tls_ca_file"),
+        key("tls_cert_file"),
+        key("tls_key_file"),
+    );
+    let roots = hubwatch_http::tls::root_store(
+        cfg.tls_ca_file.as_deref(),
+        &ca_key,
+        hubwatch_http::tls::DefaultRoots::Webpki,
+    )?;
+    let identity = match (&cfg.tls_cert_file, &cfg.tls_key_file) {
+        (Some(cert), Some(private)) => Some(hubwatch_http::tls::ClientIdentity {
+            cert_file: cert,
+            cert_key: &cert_key,
+            key_file: private,
+            key_key: &key_key,
+        }),
+        _ => None,
+    };
+    Ok(hubwatch_http::tls::client_config(
+        roots,
+        identity,
+        hubwatch_http::tls::Alpn::ByConnector,
+        &key("url"),
+    )?)
 }

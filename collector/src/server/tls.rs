@@ -67,17 +67,9 @@ fn read_certificates(
     key: &'static str,
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, ServerError> {
-    let error = |reason: String| ServerError::Tls {
+    hubwatch_http::tls::read_pem_certs(path).map_err(|reason| ServerError::Tls {
         key,
         path: path.to_path_buf(),
         reason,
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| error(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| error(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(error("no PEM certificate found".into()));
-    }
-    Ok(certs)
+    })
 }

@@ -10,6 +10,8 @@
 //!   WAL readers never block the writer. Every connection has a busy timeout,
 //!   so a second process (the `token` CLI) can share the file with a running
 //!   collector.
+//! - **Backup** ([`backup`]): SQLite's online backup of one snapshot while
+//!   the collector runs; restore refuses a store anything holds.
 //! - **Schema** is versioned by `PRAGMA user_version` and migrated on open
 //!   ([`schema`]); a file from a newer build is refused.
 //! - **Retention** ([`Store::prune`]): frames older than `raw_retention` are set
@@ -20,10 +22,13 @@
 //!   its `BatchLog` seam (implemented for `Store` in `pipeline/sqlite.rs`);
 //!   each feature's own tables sit behind that feature's store trait.
 
+pub mod backup;
 pub(crate) mod schema;
 mod tokens;
 mod writer;
 
+#[cfg(test)]
+mod backup_tests;
 #[cfg(test)]
 mod tests;
 

@@ -5,18 +5,18 @@
 //! Errors carry only what the transport says (never a body that could hold a
 //! username, never the token), so they can go into health records and logs.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Empty, Limited};
+use hubwatch_http::Failure;
+use hubwatch_http::tls::{self, Alpn, DefaultRoots};
 use hubwatch_shared::wire::FailureKind;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls::RootCertStore;
 
 /// The client type the hub source uses.
 pub type HubHttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
@@ -51,16 +51,13 @@ where
 /// The TLS setup of the hub clients: the webpki roots for `https://` (and
 /// `wss://`), none for plain HTTP (they cost memory and are not needed).
 pub fn tls_config(url: &str) -> Result<rustls::ClientConfig, String> {
-    let mut roots = RootCertStore::empty();
-    if url.starts_with("https://") || url.starts_with("wss://") {
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    let default = if url.starts_with("https://") || url.starts_with("wss://") {
+        DefaultRoots::Webpki
+    } else {
+        DefaultRoots::Empty
+    };
+    let roots = tls::root_store(None, "hubs.url", default).map_err(|e| e.to_string())?;
+    tls::client_config(roots, None, Alpn::ByConnector, "hubs.url").map_err(|e| e.to_string())
 }
 
 /// A response read whole.
@@ -171,37 +168,13 @@ pub async fn get(
     }
 }
 
-/// Sorts a client error into the step that failed, by walking its causes.
+/// Sorts a client error into the step that failed (the workspace's one
+/// classification, `hubwatch_http::Failure`), with its chain of causes as
+/// the reason.
 pub(crate) fn classify(error: &hyper_util::client::legacy::Error) -> (FailureKind, String) {
-    let mut chain = Vec::new();
-    let mut kind = None;
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = cause {
-        let text = e.to_string();
-        if kind.is_none() {
-            if e.downcast_ref::<rustls::Error>().is_some() {
-                kind = Some(FailureKind::Tls);
-            } else if text.starts_with("dns error") {
-                kind = Some(FailureKind::Dns);
-            } else if let Some(io) = e.downcast_ref::<std::io::Error>() {
-                kind = match io.kind() {
-                    std::io::ErrorKind::TimedOut => Some(FailureKind::Timeout),
-                    std::io::ErrorKind::InvalidData if text.contains("tls") => {
-                        Some(FailureKind::Tls)
-                    }
-                    _ => None,
-                };
-            }
-        }
-        if chain.last() != Some(&text) {
-            chain.push(text);
-        }
-        cause = e.source();
-    }
-    let kind = kind.unwrap_or(if error.is_connect() {
-        FailureKind::Connect
-    } else {
-        FailureKind::Other
-    });
-    (kind, chain.join(": "))
+    let failure = match Failure::classify_error(error) {
+        Failure::Other if error.is_connect() => Failure::Connect,
+        failure => failure,
+    };
+    (failure.kind(), hubwatch_http::error_chain(error))
 }

@@ -231,6 +231,7 @@ fn canned_prometheus(seen: &crate::sources::fetch::tests::SeenRequest) -> TestRe
             content_type: "application/json",
             body: r#"{"status":"error","errorType":"bad_data","error":"1:7: parse error: unclosed left parenthesis"}"#.to_string(),
             delay: Duration::ZERO,
+            retry_after: None,
         };
     }
     if q.contains("kube_pod_container_resource_requests") && q.contains("cpu") {

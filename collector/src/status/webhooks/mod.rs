@@ -299,6 +299,8 @@ impl Deliverer {
             body: Some(("application/json", body)),
             timeout: self.settings.timeout,
             tls: &self.tls,
+            max_body_bytes: http_client::MAX_RESPONSE_BYTES,
+            user_agent: http_client::USER_AGENT,
             headers,
         })
         .await;
