@@ -6,7 +6,8 @@
 # toolchain with rustfmt and clippy, and Debian's Prometheus (the Prometheus
 # source's tests query a real one), Debian's Alertmanager (the alert tests
 # send to a real one), JupyterHub with configurable-http-proxy (below), and a
-# headless Chromium for the html report.
+# headless Chromium for the html report, and for the deploy tests kubectl,
+# systemd-analyze and kubernetes-validate.
 #
 # The end-to-end tests also expect to run as root (or with CAP_SYS_ADMIN):
 # the disk-full test mounts a small tmpfs under the system temp directory.
@@ -39,6 +40,13 @@ if ! command -v chromium-headless-shell >/dev/null && ! command -v chromium >/de
     need_apt+=(chromium)
   fi
 fi
+
+# The deploy tests (tests/tests/deploy_central.rs): `kubectl kustomize` renders
+# the manifests under deploy/kubernetes/ (Debian's kubernetes-client where no
+# kubectl is installed), `systemd-analyze verify` checks the units, `promtool`
+# and `amtool` (above) the central configs.
+command -v kubectl >/dev/null || need_apt+=(kubernetes-client)
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 
 # JupyterHub (below) needs Python with venv and Node with npm.
 command -v python3 >/dev/null || need_apt+=(python3)
@@ -77,6 +85,17 @@ if ! grep -qs "\"version\": \"$axe_version\"" "$axe_prefix/node_modules/axe-core
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo mkdir -p "$axe_prefix"
   $sudo npm install --no-audit --no-fund --prefix "$axe_prefix" "axe-core@$axe_version"
+fi
+
+# kubernetes-validate (PyPI), which validates the rendered manifests against
+# the Kubernetes OpenAPI schemas, in its own venv at a fixed path the deploy
+# tests look in (HUBWATCH_K8S_VENV overrides it); skipped when already there.
+k8s_venv=/opt/hubwatch-test/k8s-venv
+if [ ! -x "$k8s_venv/bin/kubernetes-validate" ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo python3 -m venv "$k8s_venv"
+  $sudo "$k8s_venv/bin/pip" install --quiet kubernetes-validate
 fi
 
 # JupyterHub, for the JupyterHub source's end-to-end tests (and for

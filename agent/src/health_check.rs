@@ -59,7 +59,8 @@ pub fn check(listen: SocketAddr, timeout: Duration) -> Result<String, HealthErro
     let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    let request = format!("GET {HEALTH_PATH} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let request =
+        format!("GET {HEALTH_PATH} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).map_err(io)?;
     let mut answer = Vec::new();
     stream

@@ -70,7 +70,10 @@ pub fn local_url(cfg: &CollectorConfig) -> String {
     } else {
         "http"
     };
-    format!("{scheme}://{}{READY_PATH}", SocketAddr::new(ip, listen.port()))
+    format!(
+        "{scheme}://{}{READY_PATH}",
+        SocketAddr::new(ip, listen.port())
+    )
 }
 
 /// Asks `cfg`'s collector for `/readyz` within `timeout`; `Ok` with the

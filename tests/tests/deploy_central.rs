@@ -102,7 +102,10 @@ fn yaml_documents(text: &str) -> Vec<Value> {
 fn k8s_venv() -> PathBuf {
     std::env::var_os("HUBWATCH_K8S_VENV")
         .filter(|v| !v.is_empty())
-        .map_or_else(|| PathBuf::from("/opt/hubwatch-test/k8s-venv"), PathBuf::from)
+        .map_or_else(
+            || PathBuf::from("/opt/hubwatch-test/k8s-venv"),
+            PathBuf::from,
+        )
 }
 
 fn python() -> PathBuf {
@@ -132,7 +135,12 @@ fn central_prometheus_config_passes_promtool_and_federates_what_the_dashboards_r
     let local = yaml.replace(prefix, &format!("{}/", secrets.display()));
     let config = dir.path().join("prometheus.yml");
     std::fs::write(&config, local).expect("write prometheus.yml");
-    run_ok(Command::new("promtool").arg("check").arg("config").arg(&config));
+    run_ok(
+        Command::new("promtool")
+            .arg("check")
+            .arg("config")
+            .arg(&config),
+    );
 
     let doc = &yaml_documents(&yaml)[0];
     let jobs = doc["scrape_configs"].as_array().expect("scrape_configs");
@@ -289,7 +297,12 @@ fn post_down(collector: &Collector, token: &str, agent: &str, member: &str, hub:
     let frame = hubwatch_shared::codec::encode(&batch).expect("encode");
     eventually("batch accepted", Duration::from_secs(10), || {
         let reply = collector.post_batch(Some(token), &frame)?;
-        ensure!(reply.status == 200, "ingest: {} {}", reply.status, reply.body);
+        ensure!(
+            reply.status == 200,
+            "ingest: {} {}",
+            reply.status,
+            reply.body
+        );
         Ok(())
     });
 }
@@ -371,7 +384,8 @@ fn a_real_collectors_alerts_route_by_tier_and_the_watchdog_to_the_dead_mans_swit
                 ("HubDown", Some("lab")),
                 ("Watchdog", None),
             ] {
-                find(&alerts, name, hub).with_context(|| format!("no {name} {hub:?}: {alerts:?}"))?;
+                find(&alerts, name, hub)
+                    .with_context(|| format!("no {name} {hub:?}: {alerts:?}"))?;
             }
             Ok(())
         },
@@ -419,7 +433,10 @@ fn systemd_units_verify_without_a_warning_and_are_hardened() {
         .parent()
         .expect("binary directory")
         .to_path_buf();
-    assert!(bin_dir.join("hubwatch-agent").is_file(), "cargo build --bins");
+    assert!(
+        bin_dir.join("hubwatch-agent").is_file(),
+        "cargo build --bins"
+    );
     let dir = tempfile::tempdir().expect("temporary directory");
     for unit in ["hubwatch-agent.service", "hubwatch-collector.service"] {
         let path = unit_with_binaries(unit, &bin_dir, dir.path());
@@ -506,7 +523,10 @@ fn collector_kustomization_renders_validates_and_is_restricted() {
     let pod = &set["spec"]["template"]["spec"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(pod["securityContext"]["runAsUser"], 65532);
-    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
     let container = &pod["containers"][0];
     assert_eq!(container["image"], "ghcr.io/hubwatch/hubwatch:0.1.0");
     assert_eq!(container["command"][0], "/usr/local/bin/hubwatch-collector");
@@ -525,12 +545,17 @@ fn collector_kustomization_renders_validates_and_is_restricted() {
             );
         }
     }
-    assert_eq!(set["spec"]["volumeClaimTemplates"][0]["metadata"]["name"], "store");
+    assert_eq!(
+        set["spec"]["volumeClaimTemplates"][0]["metadata"]["name"],
+        "store"
+    );
 
     // The config the pod reads is the file in the base, and it names the
     // mounted TLS files and the volume.
     let maps = kind("ConfigMap");
-    let embedded = maps[0]["data"]["collector.toml"].as_str().expect("collector.toml");
+    let embedded = maps[0]["data"]["collector.toml"]
+        .as_str()
+        .expect("collector.toml");
     assert_eq!(embedded, read("deploy/kubernetes/collector/collector.toml"));
     let mounts = container["volumeMounts"].as_array().expect("mounts");
     let mount_of = |volume: &str| {
@@ -557,6 +582,19 @@ fn collector_kustomization_renders_validates_and_is_restricted() {
             .any(|s| s["spec"]["ports"][0]["port"] == 9470),
         "a Service on 9470"
     );
+    // Every Service selects the pod: each selector label is on the template.
+    let pod_labels = &set["spec"]["template"]["metadata"]["labels"];
+    for service in &services {
+        let selector = service["spec"]["selector"].as_object().expect("a selector");
+        assert!(!selector.is_empty());
+        for (k, v) in selector {
+            assert_eq!(
+                &pod_labels[k], v,
+                "{} selects {k}={v}",
+                service["metadata"]["name"]
+            );
+        }
+    }
 }
 
 #[test]
@@ -615,7 +653,10 @@ fn dockerfile_builds_both_binaries_with_the_toolchain_and_runs_them_non_root_wit
         major_minor(&rustc),
         "the Dockerfile builds with Rust {builder}, CI with {rustc}: update FROM rust:"
     );
-    assert!(dockerfile.contains("cargo build --release --locked -p hubwatch-agent -p hubwatch-collector"));
+    assert!(
+        dockerfile
+            .contains("cargo build --release --locked -p hubwatch-agent -p hubwatch-collector")
+    );
 
     let runtime = dockerfile
         .split(froms[1])
@@ -653,10 +694,15 @@ fn dockerfile_builds_both_binaries_with_the_toolchain_and_runs_them_non_root_wit
     run_ok(Command::new(binary(name)).args(&argv[1..2]).arg("--help"));
 
     let ignore = read(".dockerignore");
-    assert!(ignore.lines().any(|l| l.trim() == "target/"), "no target/ in the context");
+    assert!(
+        ignore.lines().any(|l| l.trim() == "target/"),
+        "no target/ in the context"
+    );
     for member in ["shared", "agent", "collector", "dashboards", "tests"] {
         assert!(
-            !ignore.lines().any(|l| l.trim().trim_end_matches('/') == member),
+            !ignore
+                .lines()
+                .any(|l| l.trim().trim_end_matches('/') == member),
             "workspace member {member} must be in the build context"
         );
     }
@@ -676,7 +722,9 @@ fn the_health_subcommand_asks_the_real_collector_over_pinned_tls() {
     assert!(stdout.contains("ready: https://"), "{stdout}");
 
     // Another certificate than server.tls_cert: not this collector.
-    let other = TestCa::new("another-ca").server_cert().write(dir.path(), "other");
+    let other = TestCa::new("another-ca")
+        .server_cert()
+        .write(dir.path(), "other");
     let config = std::fs::read_to_string(collector.config_path()).expect("collector.toml");
     let cert_line = config
         .lines()

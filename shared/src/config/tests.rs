@@ -167,7 +167,10 @@ fn kubernetes_collector_config_differs_from_the_defaults_only_where_the_manifest
     want.server.tls_cert = Some("/etc/hubwatch/tls/tls.crt".into());
     want.server.tls_key = Some("/etc/hubwatch/tls/tls.key".into());
     want.storage.path = "/var/lib/hubwatch/store".into();
-    assert_eq!(cfg, want, "deploy/kubernetes/collector/collector.toml drifted");
+    assert_eq!(
+        cfg, want,
+        "deploy/kubernetes/collector/collector.toml drifted"
+    );
 }
 
 // ---- [hubs.journey] ----
