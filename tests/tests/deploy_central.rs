@@ -19,7 +19,8 @@
 //!   (one replica, restricted security context, probes, volume, TLS Secret);
 //!   the config it embeds passes `check-config`.
 //! - The `Dockerfile`'s invariants, and the `health` subcommand its
-//!   `HEALTHCHECK` runs, against a real TLS collector.
+//!   `HEALTHCHECK` runs, against a real TLS collector (and the agent's, against
+//!   a real agent).
 //!
 //! Tools come from `scripts/install-test-deps.sh` (kubernetes-validate in
 //! the venv `/opt/hubwatch-test/k8s-venv`, or `HUBWATCH_K8S_VENV`).
@@ -753,4 +754,31 @@ fn the_health_subcommand_asks_the_real_collector_over_pinned_tls() {
     let (ok, stdout, stderr) = collector.run_cli(&["health", "--timeout", "2s"]);
     assert!(!ok, "a killed collector is not healthy: {stdout}");
     assert!(stderr.contains("health"), "{stderr}");
+}
+
+#[test]
+fn the_agents_health_subcommand_asks_the_real_agents_healthz() {
+    let collector = Collector::start(CollectorOptions::default());
+    let token = collector.create_token("leap", "leap-agent");
+    let mut agent = hubwatch_tests::Agent::start(
+        hubwatch_tests::AgentOptions::new("leap-agent", "leap", &token, "1s"),
+        collector.url(),
+    );
+    let config = agent.config_path().to_path_buf();
+    let health = |timeout: &str| {
+        output(
+            Command::new(binary("hubwatch-agent"))
+                .args(["health", "--timeout", timeout, "--config"])
+                .arg(&config),
+        )
+    };
+    let out = health("5s");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("healthy: http://127.0.0.1:"),
+        "{out:?}"
+    );
+    agent.sigkill();
+    let out = health("2s");
+    assert_eq!(out.status.code(), Some(1), "a killed agent: {out:?}");
 }
