@@ -17,7 +17,7 @@
 //! - `kubectl kustomize` of the collector base, validated by
 //!   `kubernetes-validate --strict` for Kubernetes 1.30, and its properties
 //!   (one replica, restricted security context, probes, volume, TLS Secret);
-//!   the config it embeds passes `check-config`.
+//!   the config it embeds and the example configs pass `check-config`.
 //! - The `Dockerfile`'s invariants, and the `health` subcommand its
 //!   `HEALTHCHECK` runs, against a real TLS collector (and the agent's, against
 //!   a real agent).
@@ -599,15 +599,33 @@ fn collector_kustomization_renders_validates_and_is_restricted() {
 }
 
 #[test]
-fn the_config_embedded_in_the_collector_manifests_passes_check_config() {
-    let out = run_ok(
-        Command::new(binary("hubwatch-collector"))
+fn the_shipped_and_embedded_configs_pass_the_binaries_check_config() {
+    // Their drift from the code's defaults is shared/src/config/tests.rs's.
+    for (bin, config) in [
+        (
+            "hubwatch-collector",
+            "deploy/kubernetes/collector/collector.toml",
+        ),
+        ("hubwatch-collector", "deploy/collector.example.toml"),
+        ("hubwatch-agent", "deploy/agent.example.toml"),
+    ] {
+        let mut command = Command::new(binary(bin));
+        command
             .arg("check-config")
             .arg("--config")
-            .arg(root_file("deploy/kubernetes/collector/collector.toml"))
-            .env_remove("HUBWATCH_SERVER__LISTEN"),
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("config ok"));
+            .arg(root_file(config));
+        // Only the file speaks: no HUBWATCH_* override from the caller.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("HUBWATCH_") {
+                command.env_remove(key);
+            }
+        }
+        let out = run_ok(&mut command);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("config ok"),
+            "{config}: {out:?}"
+        );
+    }
 }
 
 // ---- the container image ----
