@@ -6,7 +6,8 @@
 # toolchain with rustfmt and clippy, and Debian's Prometheus (the Prometheus
 # source's tests query a real one), Debian's Alertmanager (the alert tests
 # send to a real one), JupyterHub with configurable-http-proxy (below), and a
-# headless Chromium for the html report.
+# headless Chromium for the html report, and for the deploy tests kubectl,
+# systemd-analyze and kubernetes-validate.
 #
 # The end-to-end tests also expect to run as root (or with CAP_SYS_ADMIN):
 # the disk-full test mounts a small tmpfs under the system temp directory.
@@ -50,6 +51,7 @@ if ! command -v kubectl >/dev/null; then
     need_apt+=(kubectl)
   fi
 fi
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 
 # JupyterHub (below) needs Python with venv and Node with npm.
 command -v python3 >/dev/null || need_apt+=(python3)

@@ -86,6 +86,17 @@ pub enum Command {
         #[arg(long)]
         z2jh_values: Option<PathBuf>,
     },
+    /// Ask the running agent's own `/healthz` on `[agent] listen`; exit 0
+    /// when it answers 200, 1 when not, 2 for a config error. For a
+    /// container HEALTHCHECK (no shell or curl needed).
+    Health {
+        /// The agent's TOML config (the one the agent runs with).
+        #[arg(long)]
+        config: PathBuf,
+        /// Time allowed for each step (connect, write, read), e.g. `5s`.
+        #[arg(long, default_value = "5s")]
+        timeout: String,
+    },
 }
 
 /// How logs are written.
@@ -137,6 +148,32 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log_level);
     match cli.command {
+        Command::Health { config, timeout } => {
+            let cfg = match load_config(&config) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let timeout = match humantime::parse_duration(&timeout) {
+                Ok(timeout) => timeout,
+                Err(e) => {
+                    eprintln!("error: --timeout {timeout:?}: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            match crate::health_check::check(cfg.agent.listen, timeout) {
+                Ok(url) => {
+                    println!("healthy: {url}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: health: {e}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            }
+        }
         Command::CheckConfig {
             config,
             z2jh_values,

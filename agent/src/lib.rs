@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod clock;
+pub mod health_check;
 pub mod privacy;
 pub mod runtime;
 pub mod sender;

@@ -82,6 +82,10 @@ pub enum Command {
     /// Put a backup in place as the store; refused while a collector holds
     /// it (docs/operations.md).
     Restore(RestoreArgs),
+    /// Ask the running collector's own `/readyz` (at `server.listen`, TLS
+    /// pinned to `server.tls_cert`); exit 0 when ready, 1 when not, 2 for a
+    /// config error. For a container HEALTHCHECK (no shell or curl needed).
+    Health(HealthArgs),
 }
 
 /// `backup`.
@@ -104,6 +108,17 @@ pub struct RestoreArgs {
     /// The backup to put in place.
     #[arg(long, value_name = "FILE")]
     pub from: PathBuf,
+}
+
+/// `health`.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// The collector's TOML config file (the one the server runs with).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Time allowed for the whole request, e.g. `5s`.
+    #[arg(long, value_name = "DURATION", default_value = "5s")]
+    pub timeout: String,
 }
 
 /// `status-link`.
@@ -254,6 +269,9 @@ pub enum CliError {
     /// A `maintenance` command failed.
     #[error("maintenance: {0}")]
     Maintenance(#[from] crate::maintenance::cli::MaintenanceCliError),
+    /// `health`: not ready, or could not ask.
+    #[error("health: {0}")]
+    Health(#[from] crate::health_check::HealthError),
     /// `incident show|update|resolve` of an id that does not exist.
     #[error("no incident {0}")]
     NoIncident(i64),
@@ -280,6 +298,7 @@ impl CliError {
             | Self::Report(crate::report::ReportError::Config(_)) => 2,
             Self::Server(ServerError::Bind { .. } | ServerError::Tls { .. }) => 2,
             Self::Maintenance(crate::maintenance::cli::MaintenanceCliError::Window(_)) => 2,
+            Self::Health(crate::health_check::HealthError::Certificate { .. }) => 2,
             Self::Server(ServerError::Component(e)) if e.is_config() => 2,
             _ => 1,
         }
@@ -335,6 +354,14 @@ pub fn init_logging(format: LogFormat, level: &str) {
 pub fn run(command: Command) -> Result<(), CliError> {
     match command {
         Command::Serve(arg) => serve(&load_config(&arg.config)?),
+        Command::Health(args) => {
+            let cfg = load_config(&args.config)?;
+            let timeout = humantime::parse_duration(&args.timeout)
+                .map_err(|e| CliError::BadArgument(format!("--timeout {:?}: {e}", args.timeout)))?;
+            let url = crate::health_check::check(&cfg, timeout)?;
+            println!("ready: {url}");
+            Ok(())
+        }
         Command::CheckConfig(arg) => {
             let cfg = load_config(&arg.config)?;
             // Files named by [[remote_write]] keys are read as serve would.

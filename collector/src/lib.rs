@@ -14,6 +14,7 @@ pub mod clock;
 pub mod component;
 pub mod cost;
 pub mod federate;
+pub mod health_check;
 pub mod incidents;
 pub mod maintenance;
 pub mod pipeline;

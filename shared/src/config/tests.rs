@@ -184,6 +184,26 @@ fn agent_example_matches_defaults() {
     assert_eq!(cfg, want, "deploy/agent.example.toml drifted");
 }
 
+#[test]
+fn kubernetes_collector_config_differs_from_the_defaults_only_where_the_manifests_need() {
+    let cfg: CollectorConfig = load(
+        &example("kubernetes/collector/collector.toml"),
+        &HashMap::new(),
+    )
+    .expect("deploy/kubernetes/collector/collector.toml is valid");
+    // The listener for the Service, the files of the TLS Secret's mount and
+    // the store on the StatefulSet's volume (statefulset.yaml); nothing else.
+    let mut want = CollectorConfig::default();
+    want.server.listen = "0.0.0.0:9470".parse().expect("address");
+    want.server.tls_cert = Some("/etc/hubwatch/tls/tls.crt".into());
+    want.server.tls_key = Some("/etc/hubwatch/tls/tls.key".into());
+    want.storage.path = "/var/lib/hubwatch/store".into();
+    assert_eq!(
+        cfg, want,
+        "deploy/kubernetes/collector/collector.toml drifted"
+    );
+}
+
 // ---- [hubs.journey] ----
 
 fn with_hub(journey: &str) -> String {
