@@ -97,7 +97,9 @@ pub fn check(cfg: &CollectorConfig, timeout: Duration) -> Result<String, HealthE
         body: None,
         headers: Vec::new(),
         timeout,
+        max_body_bytes: http_client::MAX_RESPONSE_BYTES,
         tls: &tls,
+        user_agent: http_client::USER_AGENT,
     }))?;
     if response.status == 200 {
         Ok(url)
@@ -112,11 +114,12 @@ pub fn check(cfg: &CollectorConfig, timeout: Duration) -> Result<String, HealthE
 
 /// A client that accepts exactly the first certificate of `cert_file`.
 fn pinned_tls(cert_file: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, HealthError> {
-    let certs =
-        http_client::read_pem_certs(cert_file).map_err(|reason| HealthError::Certificate {
+    let certs = hubwatch_http::tls::read_pem_certs(cert_file).map_err(|reason| {
+        HealthError::Certificate {
             path: cert_file.display().to_string(),
             reason,
-        })?;
+        }
+    })?;
     let Some(leaf) = certs.into_iter().next() else {
         return Err(HealthError::Certificate {
             path: cert_file.display().to_string(),

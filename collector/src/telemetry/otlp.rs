@@ -366,7 +366,9 @@ impl OtlpHttp {
                     body: Some((content_type, body)),
                     headers,
                     timeout,
+                    max_body_bytes: http_client::MAX_RESPONSE_BYTES,
                     tls: &tls,
+                    user_agent: http_client::USER_AGENT,
                 })
                 .await
             })
