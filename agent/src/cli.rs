@@ -179,6 +179,13 @@ pub fn main() -> ExitCode {
             z2jh_values,
         } => match load_config(&config) {
             Ok(cfg) => {
+                // The collector link's CA and client certificate are read
+                // as `run` would, so a missing or mismatched file fails
+                // here, naming its key.
+                if let Err(e) = crate::sender::build_client(&cfg.collector) {
+                    eprintln!("error: config file {}: {e}", config.display());
+                    return ExitCode::from(EXIT_CONFIG);
+                }
                 println!("config ok");
                 println!("{}", summary(&cfg));
                 match z2jh_values {

@@ -366,6 +366,10 @@ pub fn run(command: Command) -> Result<(), CliError> {
             let cfg = load_config(&arg.config)?;
             // Files named by [[remote_write]] keys are read as serve would.
             crate::remote_write_out::check_files(&cfg)?;
+            // The listener's certificate, key and client CA are read and
+            // matched as serve would, so a missing or mismatched file fails
+            // here, naming its key, not at the next restart.
+            crate::server::server_tls_config(&cfg.server)?;
             println!("config ok");
             println!("{}", summary(&cfg));
             Ok(())

@@ -327,6 +327,74 @@ fn broken_configs_exit_non_zero_naming_the_key() {
     assert!(!ok && out.contains("server.max_body_bytes"), "{out}");
 }
 
+/// TLS files are read and matched by `check-config` as `serve` / `run` would
+/// use them: a missing file or a key that is not the certificate's fails,
+/// naming the key, before anything starts.
+#[test]
+fn check_config_reads_and_matches_the_tls_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = hubwatch_tests::pki::TestCa::new("check-config CA");
+    let (cert, key) = ca.server_cert().write(dir.path(), "server");
+    let (_, other_key) = ca.client_cert("agent-a").write(dir.path(), "client");
+    let ca_file = dir.path().join("ca.pem");
+    ca.write_ca(&ca_file);
+    let collector = |cert: &Path, key: &Path| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:1\"\ntls_cert = {cert:?}\ntls_key = {key:?}\n\
+             [storage]\npath = {:?}\n",
+            dir.path().join("data")
+        )
+    };
+    let agent = |ca: &Path, cert: &Path, key: &Path| {
+        format!(
+            "[agent]\nid = \"agent-a\"\nspool_dir = {:?}\n[collector]\n\
+             url = \"https://collector.example.org:8443\"\nca_file = {ca:?}\n\
+             client_cert = {cert:?}\nclient_key = {key:?}\n",
+            dir.path().join("spool")
+        )
+    };
+    let missing = dir.path().join("missing.pem");
+    let cases = [
+        ("hubwatch-collector", collector(&cert, &key), None),
+        (
+            "hubwatch-collector",
+            collector(&missing, &key),
+            Some("server.tls_cert"),
+        ),
+        (
+            "hubwatch-collector",
+            collector(&cert, &other_key),
+            Some("server.tls_key"),
+        ),
+        ("hubwatch-agent", agent(&ca_file, &cert, &key), None),
+        (
+            "hubwatch-agent",
+            agent(&missing, &cert, &key),
+            Some("collector.ca_file"),
+        ),
+        (
+            "hubwatch-agent",
+            agent(&ca_file, &cert, &other_key),
+            Some("collector.client_cert"),
+        ),
+    ];
+    for (i, (bin, toml, key)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("tls-{i}.toml"));
+        std::fs::write(&path, toml).expect("write");
+        let (ok, out) = run(bin, &["check-config"], &path);
+        match key {
+            None => assert!(ok, "{bin} check-config passes {toml:?}: {out}"),
+            Some(key) => {
+                assert!(!ok, "{bin} check-config must fail on {toml:?}: {out}");
+                assert!(
+                    out.contains(key),
+                    "{bin} check-config must name {key}: {out}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn an_agent_with_a_bad_config_exits_non_zero_naming_the_key() {
     let mut options = AgentOptions::new("bad-agent", "alpha", "some-token", "10ms");

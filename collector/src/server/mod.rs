@@ -51,6 +51,7 @@ pub use components::RETENTION_INTERVAL;
 pub use routes::HttpResponse;
 use routes::Router;
 pub(crate) use routes::{auth_failure, error, json, log_auth_failure, reader_member, unavailable};
+pub use tls::server_tls_config;
 
 pub mod components;
 mod ingest;
