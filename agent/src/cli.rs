@@ -477,7 +477,7 @@ pub fn summary(cfg: &AgentConfig) -> String {
         } else {
             &cfg.agent.member
         },
-        cfg.collector.url,
+        cfg.collector.endpoints().join(", "),
         humantime::format_duration(cfg.agent.interval),
         cfg.agent.spool_dir.display(),
         cfg.agent.spool_max_bytes,

@@ -109,6 +109,10 @@ pub struct AgentMetrics {
     pub journey_running: IntGaugeVec,
     /// `hubwatch_agent_not_ready_total{cause}`.
     pub not_ready: IntCounterVec,
+    /// `hubwatch_agent_collector_active{url}`.
+    pub collector_active: IntGaugeVec,
+    /// `hubwatch_agent_collector_failovers_total`.
+    pub collector_failovers: IntCounter,
 }
 
 impl Default for AgentMetrics {
@@ -147,6 +151,8 @@ impl AgentMetrics {
             journey_runs: defs::AGENT_JOURNEY_RUNS.counter_vec(&r),
             journey_running: defs::AGENT_JOURNEY_RUNNING.int_gauge_vec(&r),
             not_ready: defs::AGENT_NOT_READY.counter_vec(&r),
+            collector_active: defs::AGENT_COLLECTOR_ACTIVE.int_gauge_vec(&r),
+            collector_failovers: defs::AGENT_COLLECTOR_FAILOVERS.counter(&r),
             registry: r,
         };
         m.build_info

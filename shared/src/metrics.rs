@@ -135,6 +135,10 @@ metrics! {
     AGENT_JOURNEY_RUNS = (Agent, Counter, "hubwatch_agent_journey_runs_total", ["hub", "result"], "Synthetic user journeys run, by result: ok, or the phase that failed (login, cleanup, spawn, kernel, execute, stop).");
     /// A journey in progress.
     AGENT_JOURNEY_RUNNING = (Agent, Gauge, "hubwatch_agent_journey_running", ["hub"], "1 while a synthetic user journey runs on the hub, else 0.");
+    /// The collector the sender delivers to.
+    AGENT_COLLECTOR_ACTIVE = (Agent, Gauge, "hubwatch_agent_collector_active", ["url"], "1 for the collector URL the agent sends to, 0 for the other configured collector.urls.");
+    /// Moves to the next collector.
+    AGENT_COLLECTOR_FAILOVERS = (Agent, Counter, "hubwatch_agent_collector_failovers_total", [], "Times the agent moved to the next collector URL after collector.failover_after consecutive failures (connect, TLS, timeout, 5xx, 429) of the active one.");
     /// Readiness causes.
     AGENT_NOT_READY = (Agent, Counter, "hubwatch_agent_not_ready_total", ["cause"], "Times GET /readyz found a new cause to answer 503 (collector_certificate: the collector's certificate does not verify, token_file: collector.token_file missing or unreadable, spool_dir: agent.spool_dir not writable); counted once per appearance.");
 

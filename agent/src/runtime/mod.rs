@@ -180,7 +180,7 @@ pub async fn run(
 
     tracing::info!(
         agent = %cfg.agent.id,
-        collector = %cfg.collector.url,
+        collectors = %cfg.collector.endpoints().join(", "),
         interval = %humantime::format_duration(cfg.agent.interval),
         listen = %listen_addr,
         sources = ?sources.iter().map(|s| s.name().to_string()).collect::<Vec<_>>(),

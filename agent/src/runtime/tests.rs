@@ -14,7 +14,7 @@ fn config(spool_dir: &std::path::Path, collector_url: &str, interval: Duration) 
     cfg.agent.interval = interval;
     cfg.agent.spool_dir = spool_dir.to_path_buf();
     cfg.agent.listen = "127.0.0.1:0".parse().expect("addr");
-    cfg.collector.url = collector_url.to_string();
+    cfg.collector.url = Some(collector_url.to_string());
     cfg.collector.token = Some("tok".into());
     cfg.collector.timeout = Duration::from_secs(2);
     cfg

@@ -21,7 +21,11 @@ pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 pub fn build_client(link: &CollectorLink) -> Result<HttpClient, SenderError> {
     // A plaintext link needs no roots, and skipping them keeps the agent's
     // memory down.
-    let default_roots = if link.url.starts_with("https://") {
+    let default_roots = if link
+        .endpoints()
+        .iter()
+        .any(|url| url.starts_with("https://"))
+    {
         DefaultRoots::Webpki
     } else {
         DefaultRoots::Empty

@@ -21,6 +21,10 @@
 //!
 //! Every answer's headers update the [`terms::CollectorTerms`] (accepted
 //! versions, body limit) the outbox makes new batches by.
+//!
+//! With several `collector.urls` the sender delivers to one at a time and
+//! moves on after consecutive failures, trying the primary again now and then
+//! ([`failover`]); the spool cursor is the same for all of them.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,12 +49,14 @@ use crate::telemetry::{AgentMetrics, drop_reason, invalid_ack};
 
 pub mod backoff;
 mod client;
+pub mod failover;
 pub mod split;
 pub mod terms;
 
 pub use client::{HttpClient, build_client};
 
 use backoff::{Backoff, parse_retry_after};
+use failover::{Failover, Health, Switch};
 use split::{Split, SplitError};
 use terms::CollectorTerms;
 
@@ -70,9 +76,15 @@ const IDLE_RECHECK: Duration = Duration::from_secs(1);
 /// Why the sender cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub enum SenderError {
-    /// `collector.url` does not make a valid ingest URL.
-    #[error("config key `collector.url`: {0}")]
-    Url(String),
+    /// `collector.url` (or an entry of `collector.urls`) does not make a
+    /// valid ingest URL.
+    #[error("config key `{key}`: {reason}")]
+    Url {
+        /// The config key, e.g. `collector.urls[1]`.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A file named in the config cannot be used.
     #[error("config key `{key}`: {path}: {reason}")]
     File {
@@ -125,10 +137,22 @@ enum Outcome {
     },
 }
 
+/// One configured collector.
+struct Target {
+    /// Its base URL, as configured (for logs and the `url` label).
+    url: String,
+    ingest: Uri,
+    /// Its last certificate verification failure, until it answers again.
+    certificate: Option<String>,
+}
+
 /// Delivers batches from an [`Outbox`] to the collector.
 pub struct Sender {
     client: HttpClient,
-    ingest: Uri,
+    targets: Vec<Target>,
+    failover: Failover,
+    /// The last attempt moved to another collector: try it without waiting.
+    switched: bool,
     authorization: Option<HeaderValue>,
     token_file: Option<PathBuf>,
     timeout: Duration,
@@ -151,10 +175,29 @@ impl Sender {
     /// Builds the sender from `[collector]`: reads the token and certificate
     /// files and prepares the TLS client.
     pub fn new(link: &CollectorLink, metrics: Arc<AgentMetrics>) -> Result<Self, SenderError> {
-        let url = format!("{}{INGEST_PATH}", link.url.trim_end_matches('/'));
-        let ingest: Uri = url
-            .parse()
-            .map_err(|e| SenderError::Url(format!("{url:?}: {e}")))?;
+        let targets = link
+            .endpoints()
+            .into_iter()
+            .enumerate()
+            .map(|(i, base)| {
+                let url = format!("{}{INGEST_PATH}", base.trim_end_matches('/'));
+                let ingest: Uri = url.parse().map_err(|e| SenderError::Url {
+                    key: link.endpoint_key(i),
+                    reason: format!("{url:?}: {e}"),
+                })?;
+                Ok(Target {
+                    url: base,
+                    ingest,
+                    certificate: None,
+                })
+            })
+            .collect::<Result<Vec<_>, SenderError>>()?;
+        for (i, target) in targets.iter().enumerate() {
+            metrics
+                .collector_active
+                .with_label_values(&[&target.url])
+                .set(i64::from(i == 0));
+        }
         let authorization = match (&link.token, &link.token_file) {
             (Some(token), _) => Some(bearer(token.trim(), "collector.token")?),
             (None, Some(path)) => Some(bearer(&read_token_file(path)?, "collector.token_file")?),
@@ -162,7 +205,9 @@ impl Sender {
         };
         Ok(Self {
             client: build_client(link)?,
-            ingest,
+            failover: Failover::new(targets.len(), link.failover_after, link.failback_after),
+            targets,
+            switched: false,
             authorization,
             token_file: link
                 .token
@@ -270,6 +315,12 @@ impl Sender {
             };
             match step {
                 Step::Progress => backoff.reset(),
+                Step::Wait(_) if std::mem::take(&mut self.switched) => {
+                    // Another collector now: try it at once. The backoff
+                    // still grows, so with every collector down the agent
+                    // does not spin through them.
+                    let _ = backoff.next_delay(&mut rng);
+                }
                 Step::Wait(retry_after) => {
                     let delay = match retry_after {
                         Some(wait) => backoff.next_delay_after(wait),
@@ -298,7 +349,7 @@ impl Sender {
         split: &mut Option<Split>,
     ) -> Step {
         let frame = self.frame_for_collector(&pending.frame, pending.seq);
-        match self.send(frame, pending.seq).await {
+        match self.attempt(frame, pending.seq).await {
             Outcome::Acked => {
                 self.metrics.batches_acked.inc();
                 self.metrics
@@ -409,7 +460,7 @@ impl Sender {
                 return (Step::Wait(None), false);
             }
         };
-        let step = match self.send(frame, seq).await {
+        let step = match self.attempt(frame, seq).await {
             Outcome::Acked => {
                 self.metrics.batches_acked.inc();
                 self.metrics.records_acked.inc_by(records);
@@ -584,11 +635,114 @@ impl Sender {
         }
     }
 
-    /// One attempt: POSTs `frame` (holding batch `seq`) and classifies the
-    /// answer, learning the collector's terms from its headers.
-    async fn send(&self, frame: Bytes, seq: u64) -> Outcome {
+    /// One attempt at the collector the failover state names, which then
+    /// learns what the outcome says about that collector's health.
+    async fn attempt(&mut self, frame: Bytes, seq: u64) -> Outcome {
+        if let Some(switch) = self.failover.before_attempt(Instant::now()) {
+            self.note_switch(switch, "");
+        }
+        let target = self.failover.current();
+        let outcome = self.send_to(target, frame, seq).await;
+        self.note_certificate();
+        let health = health(&outcome);
+        if let Some(switch) = self.failover.after_attempt(health, Instant::now()) {
+            let detail = match &outcome {
+                Outcome::Retry { detail, .. } => detail.as_str(),
+                _ => "",
+            };
+            self.note_switch(switch, detail);
+        }
+        outcome
+    }
+
+    /// Logs and counts a change of collector; `detail` is the last failure.
+    fn note_switch(&mut self, switch: Switch, detail: &str) {
+        let url = |i: usize| self.targets.get(i).map_or("?", |t| t.url.as_str());
+        match switch {
+            Switch::FailedOver { from, to, failures } => {
+                self.metrics.collector_failovers.inc();
+                self.switched = true;
+                tracing::warn!(
+                    from = url(from),
+                    to = url(to),
+                    failures,
+                    last_error = detail,
+                    "collector failover: {} failed {failures} times in a row ({detail}); \
+                     sending to {} now",
+                    url(from),
+                    url(to)
+                );
+            }
+            Switch::TryingPrimary { from } => tracing::info!(
+                primary = url(0),
+                from = url(from),
+                "collector failback: trying the primary {} again (from {})",
+                url(0),
+                url(from)
+            ),
+            Switch::FailedBack { from } => tracing::warn!(
+                from = url(from),
+                to = url(0),
+                "collector failback: the primary {} answers again; sending to it instead of {}",
+                url(0),
+                url(from)
+            ),
+            Switch::PrimaryStillDown { to } => {
+                self.switched = true;
+                tracing::info!(
+                    primary = url(0),
+                    to = url(to),
+                    last_error = detail,
+                    "collector failback: the primary {} still fails ({detail}); back to {}",
+                    url(0),
+                    url(to)
+                );
+            }
+        }
+        let active = self.failover.active();
+        for (i, target) in self.targets.iter().enumerate() {
+            self.metrics
+                .collector_active
+                .with_label_values(&[&target.url])
+                .set(i64::from(i == active));
+        }
+    }
+
+    /// Tells readiness about certificate failures: only when every
+    /// collector's last attempt failed its certificate is the agent unready,
+    /// so one replica with a bad certificate (or down) while another serves
+    /// does not take the agent out of service.
+    fn note_certificate(&self) {
+        let Some(readiness) = &self.readiness else {
+            return;
+        };
+        let failures: Option<Vec<String>> = self
+            .targets
+            .iter()
+            .map(|t| t.certificate.as_ref().map(|c| format!("{}: {c}", t.url)))
+            .collect();
+        match failures {
+            Some(all) => readiness.certificate_failed(all.join("; ")),
+            None => readiness.certificate_ok(),
+        }
+    }
+
+    /// One attempt at the current collector (see [`Sender::send_to`]).
+    #[cfg(test)]
+    async fn send(&mut self, frame: Bytes, seq: u64) -> Outcome {
+        let target = self.failover.current();
+        self.send_to(target, frame, seq).await
+    }
+
+    /// One attempt: POSTs `frame` (holding batch `seq`) to collector
+    /// `target` and classifies the answer, learning the collector's terms
+    /// from its headers.
+    async fn send_to(&mut self, target: usize, frame: Bytes, seq: u64) -> Outcome {
         self.metrics.batches_sent.inc();
-        let mut request = Request::post(self.ingest.clone())
+        let Some(ingest) = self.targets.get(target).map(|t| t.ingest.clone()) else {
+            return Outcome::retry("request", format!("no collector {target}"));
+        };
+        let mut request = Request::post(ingest)
             .header(CONTENT_TYPE, HeaderValue::from_static(codec::CONTENT_TYPE));
         if let Some(auth) = &self.authorization {
             request = request.header(AUTHORIZATION, auth.clone());
@@ -620,8 +774,9 @@ impl Sender {
                 );
             }
             Ok(Err(e)) => {
-                if let (Some(readiness), Some(cert)) = (&self.readiness, certificate_error(&e)) {
-                    readiness.certificate_failed(cert);
+                if let (Some(cert), Some(t)) = (certificate_error(&e), self.targets.get_mut(target))
+                {
+                    t.certificate = Some(cert);
                 }
                 let failure = match Failure::classify_error(&e) {
                     Failure::Other if e.is_connect() => Failure::Connect,
@@ -638,8 +793,8 @@ impl Sender {
             Ok(Ok(exchange)) => exchange,
         };
         // An answer means the handshake verified (or there is no TLS).
-        if let Some(readiness) = &self.readiness {
-            readiness.certificate_ok();
+        if let Some(t) = self.targets.get_mut(target) {
+            t.certificate = None;
         }
         self.terms.learn_from_headers(&parts.headers);
         let status = parts.status;
@@ -705,6 +860,27 @@ impl Outcome {
             retry_after: None,
             auth: false,
         }
+    }
+}
+
+/// What an attempt's outcome says about the collector's health: failures
+/// that are the collector's (connect, TLS, timeout, 5xx, 408, 429) count
+/// towards a failover; answers about this agent's credential or data do not.
+fn health(outcome: &Outcome) -> Health {
+    match outcome {
+        Outcome::Acked
+        | Outcome::Rejected { .. }
+        | Outcome::TooLarge { .. }
+        | Outcome::VersionRefused { .. } => Health::Up,
+        Outcome::Retry { auth: true, .. } => Health::Up,
+        Outcome::Retry { reason, .. } => match reason.as_str() {
+            "connect" | "connection" | "timeout" => Health::Down,
+            status => match status.parse::<u16>() {
+                Ok(code) if code >= 500 || code == 429 || code == 408 => Health::Down,
+                Ok(_) => Health::Up,
+                Err(_) => Health::Unknown,
+            },
+        },
     }
 }
 

@@ -63,7 +63,7 @@ impl Rig {
                 .with_terms(Arc::clone(&terms)),
         );
         let link = CollectorLink {
-            url: url.to_string(),
+            url: Some(url.to_string()),
             token: Some(" secret-token\n".into()),
             timeout: Duration::from_secs(5),
             ..CollectorLink::default()
@@ -550,7 +550,7 @@ async fn a_redone_split_resends_the_same_pieces_under_the_same_seqs() {
         };
         let outbox = Arc::new(Outbox::new(spool, 1 << 20, identity, Arc::clone(&metrics)));
         let link = CollectorLink {
-            url: collector.url(),
+            url: Some(collector.url()),
             token: Some("t".into()),
             ..CollectorLink::default()
         };
@@ -654,11 +654,11 @@ async fn the_last_failure_names_a_certificate_that_does_not_verify() {
     let cert = test_cert(30);
     let server = TestServer::start(Some(cert.server), |_| TestReply::status(503, "busy")).await;
     let untrusting = CollectorLink {
-        url: server.url(""),
+        url: Some(server.url("")),
         timeout: Duration::from_secs(5),
         ..CollectorLink::default()
     };
-    let sender = Sender::new(&untrusting, Arc::new(AgentMetrics::new())).expect("sender");
+    let mut sender = Sender::new(&untrusting, Arc::new(AgentMetrics::new())).expect("sender");
     let last = sender.last_failure();
     assert_eq!(*last.borrow(), None);
     let outcome = sender.send(Bytes::from_static(b"frame"), SEQ_STRIDE).await;
@@ -671,7 +671,7 @@ async fn the_last_failure_names_a_certificate_that_does_not_verify() {
         ca_file: Some(write_file(dir.path(), "ca.pem", &cert.ca_pem)),
         ..untrusting
     };
-    let sender = Sender::new(&trusting, Arc::new(AgentMetrics::new())).expect("sender");
+    let mut sender = Sender::new(&trusting, Arc::new(AgentMetrics::new())).expect("sender");
     let last = sender.last_failure();
     let _ = sender.send(Bytes::from_static(b"frame"), SEQ_STRIDE).await;
     assert_eq!(*last.borrow(), Some(Failure::HttpStatus(503)));

@@ -69,12 +69,27 @@ impl Default for AgentSection {
     }
 }
 
+/// The collector URL used when neither `collector.url` nor `collector.urls` is set.
+pub const DEFAULT_COLLECTOR_URL: &str = "http://127.0.0.1:9470";
+
 /// `[collector]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CollectorLink {
-    /// Base URL of the collector.
-    pub url: String,
+    /// Base URL of the one collector (the older form of `urls`; setting both
+    /// is an error). Neither set: [`DEFAULT_COLLECTOR_URL`]. Read the URLs
+    /// to send to through [`CollectorLink::endpoints`].
+    pub url: Option<String>,
+    /// Base URLs of collector replicas, the first the primary: the agent
+    /// sends to one at a time and moves to the next after `failover_after`
+    /// consecutive failures.
+    pub urls: Vec<String>,
+    /// Consecutive failures (connect, TLS, timeout, 5xx, 429) of the active
+    /// collector after which the agent moves to the next URL.
+    pub failover_after: u32,
+    /// While away from the primary (the first URL), try it again this often.
+    #[serde(with = "humantime_serde")]
+    pub failback_after: Duration,
     /// File holding the bearer token.
     pub token_file: Option<PathBuf>,
     /// The token itself (prefer `HUBWATCH_COLLECTOR__TOKEN` or `token_file`).
@@ -96,7 +111,10 @@ pub struct CollectorLink {
 impl Default for CollectorLink {
     fn default() -> Self {
         Self {
-            url: "http://127.0.0.1:9470".to_string(),
+            url: None,
+            urls: Vec::new(),
+            failover_after: 3,
+            failback_after: Duration::from_secs(5 * 60),
             token_file: None,
             token: None,
             ca_file: None,
@@ -104,6 +122,30 @@ impl Default for CollectorLink {
             client_key: None,
             insecure_plaintext: false,
             timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl CollectorLink {
+    /// The collector URLs in order, the primary first: `urls`, or `url`, or
+    /// [`DEFAULT_COLLECTOR_URL`]. Never empty.
+    pub fn endpoints(&self) -> Vec<String> {
+        if !self.urls.is_empty() {
+            return self.urls.clone();
+        }
+        vec![
+            self.url
+                .clone()
+                .unwrap_or_else(|| DEFAULT_COLLECTOR_URL.to_string()),
+        ]
+    }
+
+    /// The config key naming URL `index` of [`CollectorLink::endpoints`], for errors.
+    pub fn endpoint_key(&self, index: usize) -> String {
+        if self.urls.is_empty() {
+            "collector.url".to_string()
+        } else {
+            format!("collector.urls[{index}]")
         }
     }
 }
@@ -300,15 +342,42 @@ impl Validate for AgentConfig {
             ));
         }
         let c = &self.collector;
-        check_http_url("collector.url", &c.url)?;
-        if c.url.starts_with("http://") && !c.insecure_plaintext && !url_host_is_loopback(&c.url) {
+        if c.url.is_some() && !c.urls.is_empty() {
             return Err(ConfigError::invalid(
-                "collector.url",
-                format!(
-                    "{:?} is plaintext to a non-loopback host: use https://, \
-                     or insecure_plaintext = true",
-                    c.url
-                ),
+                "collector.urls",
+                "collector.url and collector.urls are both set: keep one (urls for several collectors)",
+            ));
+        }
+        let endpoints = c.endpoints();
+        for (i, url) in endpoints.iter().enumerate() {
+            let key = c.endpoint_key(i);
+            check_http_url(&key, url)?;
+            if url.starts_with("http://") && !c.insecure_plaintext && !url_host_is_loopback(url) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!(
+                        "{url:?} is plaintext to a non-loopback host: use https://, \
+                         or insecure_plaintext = true"
+                    ),
+                ));
+            }
+            if endpoints[..i].contains(url) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("{url:?} is listed twice"),
+                ));
+            }
+        }
+        if c.failover_after == 0 {
+            return Err(ConfigError::invalid(
+                "collector.failover_after",
+                "must be at least 1",
+            ));
+        }
+        if c.failback_after < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "collector.failback_after",
+                "must be at least 1s",
             ));
         }
         if c.token.is_none() && c.token_file.is_none() && c.client_cert.is_none() {
