@@ -39,6 +39,16 @@ impl Rig {
     }
 
     fn start_with(url: &str, max_batch_bytes: u64) -> Self {
+        let link = CollectorLink {
+            url: Some(url.to_string()),
+            token: Some(" secret-token\n".into()),
+            timeout: Duration::from_secs(5),
+            ..CollectorLink::default()
+        };
+        Self::start_link(&link, max_batch_bytes)
+    }
+
+    fn start_link(link: &CollectorLink, max_batch_bytes: u64) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let (spool, _) = Spool::open(
             dir.path(),
@@ -62,13 +72,7 @@ impl Rig {
             Outbox::new(spool, 1024 * 1024, identity, Arc::clone(&metrics))
                 .with_terms(Arc::clone(&terms)),
         );
-        let link = CollectorLink {
-            url: Some(url.to_string()),
-            token: Some(" secret-token\n".into()),
-            timeout: Duration::from_secs(5),
-            ..CollectorLink::default()
-        };
-        let sender = Sender::new(&link, Arc::clone(&metrics))
+        let sender = Sender::new(link, Arc::clone(&metrics))
             .expect("sender")
             .with_terms(Arc::clone(&terms));
         let (drain, drain_rx) = watch::channel(None);
@@ -675,4 +679,260 @@ async fn the_last_failure_names_a_certificate_that_does_not_verify() {
     let last = sender.last_failure();
     let _ = sender.send(Bytes::from_static(b"frame"), SEQ_STRIDE).await;
     assert_eq!(*last.borrow(), Some(Failure::HttpStatus(503)));
+}
+
+/// A loopback URL nothing listens on (the port was free a moment ago).
+fn refusing_url() -> (String, SocketAddr) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    (format!("http://{addr}"), addr)
+}
+
+fn two_collectors(first: &str, second: &str, failback_after: Duration) -> CollectorLink {
+    CollectorLink {
+        urls: vec![first.to_string(), second.to_string()],
+        token: Some("secret-token".into()),
+        timeout: Duration::from_secs(5),
+        failover_after: 2,
+        failback_after,
+        ..CollectorLink::default()
+    }
+}
+
+fn active(rig: &Rig, url: &str) -> i64 {
+    rig.metrics
+        .collector_active
+        .with_label_values(&[url])
+        .get()
+}
+
+/// The first collector refuses connections: after `failover_after` (2)
+/// failures the same batch goes to the second, and so does everything after.
+#[tokio::test]
+async fn batches_go_to_the_second_collector_when_the_first_refuses_connections() {
+    let (first, _) = refusing_url();
+    let second = TestCollector::start("127.0.0.1:0".parse().expect("addr"), vec![]).await;
+    let rig = Rig::start_link(
+        &two_collectors(&first, &second.url(), Duration::from_secs(300)),
+        codec::MAX_FRAME_BYTES as u64,
+    );
+    assert_eq!(active(&rig, &first), 1);
+    assert_eq!(active(&rig, &second.url()), 0);
+    rig.store(3);
+    rig.wait("the ack from the second", Duration::from_secs(10), |r| {
+        r.metrics.batches_acked.get() == 1
+    })
+    .await;
+    assert_eq!(
+        rig.metrics
+            .send_retries
+            .with_label_values(&["connect"])
+            .get(),
+        2,
+        "two failures at the first, then the move"
+    );
+    assert_eq!(rig.metrics.collector_failovers.get(), 1);
+    assert_eq!(active(&rig, &first), 0);
+    assert_eq!(active(&rig, &second.url()), 1);
+    rig.store(2);
+    rig.wait("the second ack", Duration::from_secs(10), |r| {
+        r.metrics.batches_acked.get() == 2
+    })
+    .await;
+    let got = second.received();
+    assert_eq!(got.len(), 2, "each batch once, straight to the second");
+    assert_eq!(
+        got.iter().map(|r| r.batch.records.len()).collect::<Vec<_>>(),
+        vec![3, 2]
+    );
+    assert!(got[0].batch.seq < got[1].batch.seq);
+    assert_eq!(rig.pending(), 0);
+    // Later failures of the second alone never moved the agent again.
+    assert_eq!(rig.metrics.collector_failovers.get(), 1);
+    rig.stop().await;
+}
+
+/// After a failover, once `failback_after` has passed the primary is tried
+/// again; when it is back, batches go to it and no longer to the second.
+#[tokio::test]
+async fn the_agent_fails_back_to_the_primary_once_it_returns() {
+    let (first_url, first_addr) = refusing_url();
+    let second = TestCollector::start("127.0.0.1:0".parse().expect("addr"), vec![]).await;
+    let rig = Rig::start_link(
+        &two_collectors(&first_url, &second.url(), Duration::from_secs(1)),
+        codec::MAX_FRAME_BYTES as u64,
+    );
+    rig.store(1);
+    rig.wait("the ack from the second", Duration::from_secs(10), |r| {
+        r.metrics.batches_acked.get() == 1
+    })
+    .await;
+    assert_eq!(second.received().len(), 1);
+    assert_eq!(active(&rig, &second.url()), 1);
+
+    // The primary returns on its old port.
+    let first = TestCollector::start(first_addr, vec![]).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    rig.store(1);
+    rig.wait("the ack from the primary", Duration::from_secs(10), |r| {
+        r.metrics.batches_acked.get() == 2
+    })
+    .await;
+    assert_eq!(first.received().len(), 1, "the failback attempt delivered");
+    assert_eq!(active(&rig, &first_url), 1);
+    assert_eq!(active(&rig, &second.url()), 0);
+    rig.store(1);
+    rig.wait("the third ack", Duration::from_secs(10), |r| {
+        r.metrics.batches_acked.get() == 3
+    })
+    .await;
+    assert_eq!(first.received().len(), 2, "the primary again");
+    assert_eq!(second.received().len(), 1, "nothing more to the second");
+    // A failback is not a failover.
+    assert_eq!(rig.metrics.collector_failovers.get(), 1);
+    rig.stop().await;
+}
+
+/// While the primary is still down, the failback attempt returns to the
+/// second at once: the batch is delivered without waiting for a backoff.
+#[tokio::test]
+async fn a_failback_attempt_to_a_primary_still_down_returns_to_the_second_at_once() {
+    let (first, _) = refusing_url();
+    let second = TestCollector::start("127.0.0.1:0".parse().expect("addr"), vec![]).await;
+    let rig = Rig::start_link(
+        &two_collectors(&first, &second.url(), Duration::from_secs(1)),
+        codec::MAX_FRAME_BYTES as u64,
+    );
+    rig.store(1);
+    rig.wait("the first ack", Duration::from_secs(10), |r| {
+        r.metrics.batches_acked.get() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let before = Instant::now();
+    rig.store(1);
+    rig.wait("the second ack", Duration::from_secs(10), |r| {
+        r.metrics.batches_acked.get() == 2
+    })
+    .await;
+    assert!(
+        before.elapsed() < Duration::from_millis(900),
+        "waited {:?}: the return to the second should not back off",
+        before.elapsed()
+    );
+    assert_eq!(
+        rig.metrics
+            .send_retries
+            .with_label_values(&["connect"])
+            .get(),
+        3,
+        "two failures before the failover, one failback attempt"
+    );
+    assert_eq!(second.received().len(), 2);
+    assert_eq!(active(&rig, &second.url()), 1);
+    assert_eq!(rig.metrics.collector_failovers.get(), 1);
+    rig.stop().await;
+}
+
+/// A 401 is the credential, not the collector's health: the agent keeps
+/// retrying the first collector and never sends to the second.
+#[tokio::test]
+async fn a_401_from_the_first_collector_does_not_fail_over() {
+    let first = TestCollector::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        vec![Answer::status(StatusCode::UNAUTHORIZED).with_body("unknown token")],
+    )
+    .await;
+    let second = TestCollector::start("127.0.0.1:0".parse().expect("addr"), vec![]).await;
+    let mut link = two_collectors(&first.url(), &second.url(), Duration::from_secs(300));
+    link.failover_after = 1;
+    let rig = Rig::start_link(&link, codec::MAX_FRAME_BYTES as u64);
+    rig.store(1);
+    rig.wait("three refusals", Duration::from_secs(15), |_| {
+        first.received().len() >= 3
+    })
+    .await;
+    assert!(second.received().is_empty(), "never sent to the second");
+    assert_eq!(rig.metrics.collector_failovers.get(), 0);
+    assert_eq!(active(&rig, &first.url()), 1);
+    assert_eq!(rig.pending(), 1, "the batch is kept");
+    rig.stop().await;
+}
+
+/// A 503 (the collector is unwell) does fail over, like a refused connection.
+#[tokio::test]
+async fn a_503_from_the_first_collector_fails_over() {
+    let first = TestCollector::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        vec![Answer::status(StatusCode::SERVICE_UNAVAILABLE)],
+    )
+    .await;
+    let second = TestCollector::start("127.0.0.1:0".parse().expect("addr"), vec![]).await;
+    let mut link = two_collectors(&first.url(), &second.url(), Duration::from_secs(300));
+    link.failover_after = 1;
+    let rig = Rig::start_link(&link, codec::MAX_FRAME_BYTES as u64);
+    rig.store(1);
+    rig.wait("the ack", Duration::from_secs(10), |r| {
+        r.metrics.batches_acked.get() == 1
+    })
+    .await;
+    assert_eq!(first.received().len(), 1);
+    assert_eq!(second.received().len(), 1);
+    assert_eq!(first.received()[0].batch.seq, second.received()[0].batch.seq);
+    assert_eq!(rig.metrics.collector_failovers.get(), 1);
+    rig.stop().await;
+}
+
+/// `/readyz` names a collector certificate that does not verify only when
+/// every configured collector's last attempt failed it: one replica with a
+/// bad certificate while another serves leaves the agent ready.
+#[tokio::test]
+async fn one_collector_with_a_bad_certificate_does_not_make_the_agent_unready() {
+    use crate::sources::fetch::tests::{TestReply, TestServer, test_cert};
+    use crate::telemetry::readiness::{Readiness, cause};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let untrusted = TestServer::start(Some(test_cert(30).server), |_| {
+        TestReply::status(503, "busy")
+    })
+    .await;
+    let also_untrusted = TestServer::start(Some(test_cert(30).server), |_| {
+        TestReply::status(503, "busy")
+    })
+    .await;
+    let plain = TestCollector::start("127.0.0.1:0".parse().expect("addr"), vec![]).await;
+    let causes = |r: &Readiness| r.check().iter().map(|c| c.cause).collect::<Vec<_>>();
+
+    let readiness = Arc::new(Readiness::new(dir.path().to_path_buf(), None, None));
+    let mut link = two_collectors(&untrusted.url(""), &plain.url(), Duration::from_secs(300));
+    link.failover_after = 1;
+    let mut sender = Sender::new(&link, Arc::new(AgentMetrics::new()))
+        .expect("sender")
+        .with_readiness(Arc::clone(&readiness));
+    let outcome = sender.attempt(Bytes::from_static(b"frame"), SEQ_STRIDE).await;
+    assert!(matches!(outcome, Outcome::Retry { .. }), "{outcome:?}");
+    assert_eq!(sender.failover.current(), 1, "moved to the second");
+    assert!(causes(&readiness).is_empty(), "ready: the second may serve");
+
+    // Both collectors fail their certificates: not ready, naming both.
+    let readiness = Arc::new(Readiness::new(dir.path().to_path_buf(), None, None));
+    let mut link = two_collectors(
+        &untrusted.url(""),
+        &also_untrusted.url(""),
+        Duration::from_secs(300),
+    );
+    link.failover_after = 1;
+    let mut sender = Sender::new(&link, Arc::new(AgentMetrics::new()))
+        .expect("sender")
+        .with_readiness(Arc::clone(&readiness));
+    let _ = sender.attempt(Bytes::from_static(b"frame"), SEQ_STRIDE).await;
+    assert!(causes(&readiness).is_empty(), "the second not tried yet");
+    let _ = sender.attempt(Bytes::from_static(b"frame"), SEQ_STRIDE).await;
+    let check = readiness.check();
+    assert_eq!(
+        check.iter().map(|c| c.cause).collect::<Vec<_>>(),
+        vec![cause::COLLECTOR_CERTIFICATE]
+    );
+    assert!(check[0].detail.contains(&untrusted.url("")), "{:?}", check[0]);
+    assert!(check[0].detail.contains(&also_untrusted.url("")), "{:?}", check[0]);
 }
