@@ -1204,3 +1204,59 @@ fn status_webhooks_parse_and_bad_ones_name_their_key() {
     let err = parse("[[status.webhooks]]\nurl = \"http://a/\"\n").expect_err("secret required");
     assert!(err.contains("secret_file"), "{err}");
 }
+
+#[test]
+fn collector_urls_replace_url_and_are_checked_like_it() {
+    let base = "[agent]\nid = \"a\"\n[collector]\ntoken = \"x\"\n";
+    // Neither: the default; url alone: that one; urls: those, in order.
+    let cfg: AgentConfig = load(base, &HashMap::new()).expect("valid");
+    assert_eq!(cfg.collector.endpoints(), vec![DEFAULT_COLLECTOR_URL]);
+    assert_eq!(cfg.collector.failover_after, 3);
+    assert_eq!(cfg.collector.failback_after, Duration::from_secs(300));
+    let cfg: AgentConfig = load(
+        &format!("{base}url = \"https://c.example.org\"\n"),
+        &HashMap::new(),
+    )
+    .expect("valid");
+    assert_eq!(cfg.collector.endpoints(), vec!["https://c.example.org"]);
+    let cfg: AgentConfig = load(
+        &format!(
+            "{base}urls = [\"https://c1.example.org\", \"https://c2.example.org\"]\n\
+             failover_after = 5\nfailback_after = \"1m\"\n"
+        ),
+        &HashMap::new(),
+    )
+    .expect("valid");
+    assert_eq!(
+        cfg.collector.endpoints(),
+        vec!["https://c1.example.org", "https://c2.example.org"]
+    );
+    assert_eq!(cfg.collector.failover_after, 5);
+    assert_eq!(cfg.collector.failback_after, Duration::from_secs(60));
+
+    let cases: &[(&str, &str)] = &[
+        (
+            "url = \"https://c.example.org\"\nurls = [\"https://c2.example.org\"]",
+            "collector.url and collector.urls are both set",
+        ),
+        (
+            "urls = [\"https://c.example.org\", \"http://10.1.2.3:9470\"]",
+            "collector.urls[1]",
+        ),
+        ("urls = [\"https://c.example.org\", \"ftp://x\"]", "collector.urls[1]"),
+        (
+            "urls = [\"https://c.example.org\", \"https://c.example.org\"]",
+            "listed twice",
+        ),
+        ("failover_after = 0", "collector.failover_after"),
+        ("failback_after = \"10ms\"", "collector.failback_after"),
+    ];
+    for (extra, want) in cases {
+        let text = format!("{base}{extra}\n");
+        let err = load::<AgentConfig>(&text, &HashMap::new()).expect_err(&text);
+        assert!(err.to_string().contains(want), "{text:?}: {err}");
+    }
+    // insecure_plaintext allows a plaintext replica off this host.
+    let text = format!("{base}urls = [\"http://10.1.2.3:9470\"]\ninsecure_plaintext = true\n");
+    load::<AgentConfig>(&text, &HashMap::new()).expect("valid with insecure_plaintext");
+}
