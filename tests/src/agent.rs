@@ -45,6 +45,9 @@ pub struct AgentOptions {
     /// More `key = value` lines for the `[host]` section (which the harness
     /// writes last, with `enabled = true`), e.g. `home_path` and `hub`.
     pub extra_host_toml: String,
+    /// More `key = value` lines for the `[collector]` section, e.g.
+    /// `failover_after`.
+    pub extra_collector_toml: String,
 }
 
 impl AgentOptions {
@@ -61,6 +64,7 @@ impl AgentOptions {
             spool_max_bytes: None,
             extra_agent_toml: String::new(),
             extra_host_toml: String::new(),
+            extra_collector_toml: String::new(),
         }
     }
 }
@@ -133,13 +137,24 @@ impl Agent {
     /// Writes a config sending to `collector_url` into a new temporary
     /// directory, starts `run`, and waits until its `/metrics` answers.
     pub fn start(options: AgentOptions, collector_url: &str) -> Self {
-        let mut agent = Self::spawn(options, collector_url);
+        Self::start_with_urls(options, &[collector_url])
+    }
+
+    /// Like [`Agent::start`] with several collectors (`[collector] urls`,
+    /// the first the primary); one URL is written as `url`.
+    pub fn start_with_urls(options: AgentOptions, collector_urls: &[&str]) -> Self {
+        let mut agent = Self::spawn_with_urls(options, collector_urls);
         agent.wait_up();
         agent
     }
 
     /// Like [`Agent::start`] but without waiting (for configs meant to fail).
     pub fn spawn(options: AgentOptions, collector_url: &str) -> Self {
+        Self::spawn_with_urls(options, &[collector_url])
+    }
+
+    /// Like [`Agent::start_with_urls`] but without waiting.
+    pub fn spawn_with_urls(options: AgentOptions, collector_urls: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix(&format!("hubwatch-agent-{}-", options.id))
             .tempdir()
@@ -154,7 +169,7 @@ impl Agent {
         if let Some(token) = &options.token {
             std::fs::write(&token_file, token).expect("write token file");
         }
-        let toml = config_toml(&options, collector_url, port, &spool_dir, &token_file);
+        let toml = config_toml(&options, collector_urls, port, &spool_dir, &token_file);
         std::fs::write(&config_path, toml).expect("write agent.toml");
         let process = Process::start(
             &format!("agent-{}", options.id),
@@ -294,7 +309,7 @@ fn run_args(config: &Path) -> Vec<OsString> {
 
 fn config_toml(
     options: &AgentOptions,
-    collector_url: &str,
+    collector_urls: &[&str],
     port: u16,
     spool_dir: &Path,
     token_file: &Path,
@@ -316,7 +331,19 @@ fn config_toml(
         toml.push('\n');
     }
     let _ = writeln!(toml, "\n[collector]");
-    let _ = writeln!(toml, "url = {}", toml_str(collector_url));
+    match collector_urls {
+        [one] => {
+            let _ = writeln!(toml, "url = {}", toml_str(one));
+        }
+        several => {
+            let list: Vec<String> = several.iter().map(|u| toml_str(u)).collect();
+            let _ = writeln!(toml, "urls = [{}]", list.join(", "));
+        }
+    }
+    toml.push_str(&options.extra_collector_toml);
+    if !options.extra_collector_toml.is_empty() && !options.extra_collector_toml.ends_with('\n') {
+        toml.push('\n');
+    }
     if options.token.is_some() {
         let _ = writeln!(toml, "token_file = {}", toml_path(token_file));
     }

@@ -286,6 +286,53 @@ impl Collector {
         PromText::parse(&self.http.get_ok("/metrics", None)?)
     }
 
+    /// Copies `agent`'s token row from this collector's store into
+    /// `other`'s, so both accept the same token: what replicas on one shared
+    /// database see, for tests whose collectors have stores of their own.
+    pub fn share_token_with(&self, other: &Collector, agent: &str) -> anyhow::Result<()> {
+        let from = self.dir().join("data").join("hubwatch.db");
+        let to = other.dir().join("data").join("hubwatch.db");
+        let db =
+            rusqlite::Connection::open(&to).with_context(|| format!("open {}", to.display()))?;
+        db.busy_timeout(Duration::from_secs(10))?;
+        let from = from
+            .to_str()
+            .ok_or_else(|| anyhow!("store path is not UTF-8"))?;
+        db.execute("ATTACH DATABASE ?1 AS source", [from])?;
+        let copied = db.execute(
+            "INSERT OR REPLACE INTO main.tokens SELECT * FROM source.tokens WHERE agent = ?1",
+            [agent],
+        )?;
+        anyhow::ensure!(copied == 1, "no token row for {agent} to copy");
+        Ok(())
+    }
+
+    /// `(seq, records)` of every batch of `agent` in the collector's SQLite
+    /// store, in seq order, read from the file itself (the HTTP API gives
+    /// only counts). Works whether the collector runs (WAL readers never
+    /// block) or was killed (opening replays its WAL).
+    pub fn stored_batches(&self, agent: &str) -> anyhow::Result<Vec<(u64, u64)>> {
+        let path = self.dir().join("data").join("hubwatch.db");
+        let db = rusqlite::Connection::open(&path)
+            .with_context(|| format!("open {}", path.display()))?;
+        db.busy_timeout(Duration::from_secs(10))?;
+        let mut statement =
+            db.prepare("SELECT seq, records FROM batches WHERE agent = ?1 ORDER BY seq")?;
+        let rows = statement.query_map([agent], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, records) = row?;
+            // The store keeps a u64 seq bit-for-bit in an i64 column.
+            out.push((
+                u64::from_ne_bytes(seq.to_ne_bytes()),
+                u64::try_from(records).context("negative record count")?,
+            ));
+        }
+        Ok(out)
+    }
+
     /// `POST /api/v1/ingest` with raw bytes as a hubwatch batch.
     pub fn post_batch(&self, token: Option<&str>, body: &[u8]) -> anyhow::Result<Reply> {
         self.http.post(
