@@ -85,7 +85,10 @@ fn an_agent_keeps_delivering_through_the_second_collector_when_the_first_is_kill
         Some(0.0)
     );
     let ready = agent.readyz().expect("readyz");
-    assert_eq!(ready.status, 200, "one collector down: still ready: {ready:?}");
+    assert_eq!(
+        ready.status, 200,
+        "one collector down: still ready: {ready:?}"
+    );
 
     eventually(
         "the agent's backlog drained",

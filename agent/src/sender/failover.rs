@@ -234,7 +234,10 @@ mod tests {
         assert_eq!(f.current(), 1);
         assert_eq!(f.before_attempt(t0 + BACK - Duration::from_secs(1)), None);
         let t1 = t0 + BACK;
-        assert_eq!(f.before_attempt(t1), Some(Switch::TryingPrimary { from: 1 }));
+        assert_eq!(
+            f.before_attempt(t1),
+            Some(Switch::TryingPrimary { from: 1 })
+        );
         assert_eq!(f.current(), 0);
         assert_eq!(f.active(), 1);
         // The primary is still down: straight back, without counting failures.
@@ -246,7 +249,10 @@ mod tests {
         // The next try waits another failback_after from the failed one.
         assert_eq!(f.before_attempt(t1 + BACK - Duration::from_secs(1)), None);
         let t2 = t1 + BACK;
-        assert_eq!(f.before_attempt(t2), Some(Switch::TryingPrimary { from: 1 }));
+        assert_eq!(
+            f.before_attempt(t2),
+            Some(Switch::TryingPrimary { from: 1 })
+        );
         assert_eq!(
             f.after_attempt(Health::Up, t2),
             Some(Switch::FailedBack { from: 1 })

@@ -701,10 +701,7 @@ fn two_collectors(first: &str, second: &str, failback_after: Duration) -> Collec
 }
 
 fn active(rig: &Rig, url: &str) -> i64 {
-    rig.metrics
-        .collector_active
-        .with_label_values(&[url])
-        .get()
+    rig.metrics.collector_active.with_label_values(&[url]).get()
 }
 
 /// The first collector refuses connections: after `failover_after` (2)
@@ -743,7 +740,9 @@ async fn batches_go_to_the_second_collector_when_the_first_refuses_connections()
     let got = second.received();
     assert_eq!(got.len(), 2, "each batch once, straight to the second");
     assert_eq!(
-        got.iter().map(|r| r.batch.records.len()).collect::<Vec<_>>(),
+        got.iter()
+            .map(|r| r.batch.records.len())
+            .collect::<Vec<_>>(),
         vec![3, 2]
     );
     assert!(got[0].batch.seq < got[1].batch.seq);
@@ -879,7 +878,10 @@ async fn a_503_from_the_first_collector_fails_over() {
     .await;
     assert_eq!(first.received().len(), 1);
     assert_eq!(second.received().len(), 1);
-    assert_eq!(first.received()[0].batch.seq, second.received()[0].batch.seq);
+    assert_eq!(
+        first.received()[0].batch.seq,
+        second.received()[0].batch.seq
+    );
     assert_eq!(rig.metrics.collector_failovers.get(), 1);
     rig.stop().await;
 }
@@ -909,7 +911,9 @@ async fn one_collector_with_a_bad_certificate_does_not_make_the_agent_unready() 
     let mut sender = Sender::new(&link, Arc::new(AgentMetrics::new()))
         .expect("sender")
         .with_readiness(Arc::clone(&readiness));
-    let outcome = sender.attempt(Bytes::from_static(b"frame"), SEQ_STRIDE).await;
+    let outcome = sender
+        .attempt(Bytes::from_static(b"frame"), SEQ_STRIDE)
+        .await;
     assert!(matches!(outcome, Outcome::Retry { .. }), "{outcome:?}");
     assert_eq!(sender.failover.current(), 1, "moved to the second");
     assert!(causes(&readiness).is_empty(), "ready: the second may serve");
@@ -925,14 +929,26 @@ async fn one_collector_with_a_bad_certificate_does_not_make_the_agent_unready() 
     let mut sender = Sender::new(&link, Arc::new(AgentMetrics::new()))
         .expect("sender")
         .with_readiness(Arc::clone(&readiness));
-    let _ = sender.attempt(Bytes::from_static(b"frame"), SEQ_STRIDE).await;
+    let _ = sender
+        .attempt(Bytes::from_static(b"frame"), SEQ_STRIDE)
+        .await;
     assert!(causes(&readiness).is_empty(), "the second not tried yet");
-    let _ = sender.attempt(Bytes::from_static(b"frame"), SEQ_STRIDE).await;
+    let _ = sender
+        .attempt(Bytes::from_static(b"frame"), SEQ_STRIDE)
+        .await;
     let check = readiness.check();
     assert_eq!(
         check.iter().map(|c| c.cause).collect::<Vec<_>>(),
         vec![cause::COLLECTOR_CERTIFICATE]
     );
-    assert!(check[0].detail.contains(&untrusted.url("")), "{:?}", check[0]);
-    assert!(check[0].detail.contains(&also_untrusted.url("")), "{:?}", check[0]);
+    assert!(
+        check[0].detail.contains(&untrusted.url("")),
+        "{:?}",
+        check[0]
+    );
+    assert!(
+        check[0].detail.contains(&also_untrusted.url("")),
+        "{:?}",
+        check[0]
+    );
 }

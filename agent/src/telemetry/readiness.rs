@@ -4,7 +4,9 @@
 //!
 //! - the collector's certificate does not verify (the sender's last TLS
 //!   failure was a certificate verification error, until the collector
-//!   answers again);
+//!   answers again; with several `collector.urls`, only while that holds for
+//!   every one of them, so one replica down or misconfigured while another
+//!   serves keeps the agent ready);
 //! - `collector.token_file` is missing or unreadable (a stat and an open, no
 //!   read of the secret);
 //! - `agent.spool_dir` cannot be written (a small probe file is created,

@@ -20,6 +20,8 @@ fn every_agent_metric_is_registered_and_build_info_is_one() {
         .with_label_values(&["jupyterhub:prod"]);
     m.journey_runs.with_label_values(&["prod", "ok"]);
     m.journey_running.with_label_values(&["prod"]);
+    m.collector_active
+        .with_label_values(&["https://collector.example.org"]);
     let text = m.render();
     for def in ALL.iter().filter(|d| d.exporter == Exporter::Agent) {
         assert!(

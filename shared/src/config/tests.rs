@@ -1243,7 +1243,10 @@ fn collector_urls_replace_url_and_are_checked_like_it() {
             "urls = [\"https://c.example.org\", \"http://10.1.2.3:9470\"]",
             "collector.urls[1]",
         ),
-        ("urls = [\"https://c.example.org\", \"ftp://x\"]", "collector.urls[1]"),
+        (
+            "urls = [\"https://c.example.org\", \"ftp://x\"]",
+            "collector.urls[1]",
+        ),
         (
             "urls = [\"https://c.example.org\", \"https://c.example.org\"]",
             "listed twice",
