@@ -33,6 +33,9 @@ pub struct Credential {
     pub agent: String,
     /// The member the agent belongs to.
     pub member: String,
+    /// The HA cluster (agent pair) the token binds the agent to, if any: the
+    /// replica identity is the agent, so a batch cannot claim another.
+    pub ha_cluster: Option<String>,
 }
 
 /// What the TLS layer learned about the client, decided once per connection.
@@ -95,13 +98,15 @@ struct TokenEntry {
     agent: String,
     member: String,
     revoked: bool,
+    ha_cluster: Option<String>,
 }
 
 #[derive(Debug, Default)]
 struct Tables {
     by_hash: HashMap<[u8; 32], TokenEntry>,
-    /// Agent → member, for agents with at least one live token (mTLS without a token).
-    live_by_agent: HashMap<String, String>,
+    /// Agent → (member, HA cluster), for agents with at least one live
+    /// token (mTLS without a token; the agents listing).
+    live_by_agent: HashMap<String, (String, Option<String>)>,
 }
 
 /// The in-memory token table. Cheap to clone; clones share the table.
@@ -128,8 +133,10 @@ impl TokenTable {
         let mut next = Tables::default();
         for row in rows {
             if !row.revoked {
-                next.live_by_agent
-                    .insert(row.agent.clone(), row.member.clone());
+                next.live_by_agent.insert(
+                    row.agent.clone(),
+                    (row.member.clone(), row.ha_cluster.clone()),
+                );
             }
             next.by_hash.insert(
                 row.token_sha256,
@@ -137,6 +144,7 @@ impl TokenTable {
                     agent: row.agent,
                     member: row.member,
                     revoked: row.revoked,
+                    ha_cluster: row.ha_cluster,
                 },
             );
         }
@@ -144,6 +152,17 @@ impl TokenTable {
         // map it left is still a whole map, so keep serving.
         let mut guard = self.tables.write().unwrap_or_else(|p| p.into_inner());
         *guard = next;
+    }
+
+    /// The HA cluster of each agent with a live token in one (for
+    /// `/api/v1/agents`).
+    pub fn ha_clusters(&self) -> HashMap<String, String> {
+        let guard = self.tables.read().unwrap_or_else(|p| p.into_inner());
+        guard
+            .live_by_agent
+            .iter()
+            .filter_map(|(agent, (_, cluster))| Some((agent.clone(), cluster.clone()?)))
+            .collect()
     }
 
     /// Number of tokens that are not revoked.
@@ -167,9 +186,10 @@ impl TokenTable {
                     "it has neither a DNS subject alternative name nor a common name".into(),
                 )),
                 PeerIdentity::Agent(agent) => match guard.live_by_agent.get(agent) {
-                    Some(member) => Ok(Credential {
+                    Some((member, ha_cluster)) => Ok(Credential {
                         agent: agent.clone(),
                         member: member.clone(),
+                        ha_cluster: ha_cluster.clone(),
                     }),
                     None => Err(AuthError::Certificate(format!(
                         "agent {agent:?} has no live token, so its member is unknown"
@@ -208,6 +228,7 @@ impl TokenTable {
         Ok(Credential {
             agent: entry.agent.clone(),
             member: entry.member.clone(),
+            ha_cluster: entry.ha_cluster.clone(),
         })
     }
 

@@ -190,6 +190,10 @@ pub enum TokenCommand {
         /// The agent's name (its `[agent] id`).
         #[arg(long, value_name = "NAME")]
         agent: String,
+        /// Makes the agent a replica of this HA agent pair: per member and
+        /// cluster the collector stores the batches of one elected replica.
+        #[arg(long, value_name = "CLUSTER")]
+        ha_cluster: Option<String>,
     },
     /// Revoke an agent's live token; a running collector refuses it within seconds.
     Revoke {
@@ -378,9 +382,10 @@ pub fn run(command: Command) -> Result<(), CliError> {
             config,
             member,
             agent,
+            ha_cluster,
         }) => {
             let cfg = load_config(&config)?;
-            let token = create_token(&cfg, &member, &agent)?;
+            let token = create_token_in_cluster(&cfg, &member, &agent, ha_cluster.as_deref())?;
             println!("{token}");
             Ok(())
         }
@@ -573,8 +578,22 @@ fn on_off(on: bool) -> &'static str {
 /// Creates a token and returns it (the caller prints it once). Warns when the
 /// member is not under `[[members]]`: the config may lag, so it is allowed.
 pub fn create_token(cfg: &CollectorConfig, member: &str, agent: &str) -> Result<String, CliError> {
+    create_token_in_cluster(cfg, member, agent, None)
+}
+
+/// [`create_token`] binding the agent to the HA agent pair `ha_cluster`
+/// (`--ha-cluster`).
+pub fn create_token_in_cluster(
+    cfg: &CollectorConfig,
+    member: &str,
+    agent: &str,
+    ha_cluster: Option<&str>,
+) -> Result<String, CliError> {
     check_name("member", member)?;
     check_name("agent", agent)?;
+    if let Some(cluster) = ha_cluster {
+        check_name("ha-cluster", cluster)?;
+    }
     if cfg.member(member).is_none() {
         tracing::warn!(
             member,
@@ -582,8 +601,8 @@ pub fn create_token(cfg: &CollectorConfig, member: &str, agent: &str) -> Result<
         );
     }
     let store = Store::open(&cfg.storage)?;
-    let token = store.create_token(member, agent)?;
-    tracing::info!(member, agent, store = %cfg.storage.path.display(), "token created; it is shown once, on stdout");
+    let token = store.create_token_in_cluster(member, agent, ha_cluster)?;
+    tracing::info!(member, agent, ha_cluster, store = %cfg.storage.path.display(), "token created; it is shown once, on stdout");
     Ok(token)
 }
 

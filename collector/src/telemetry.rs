@@ -47,6 +47,12 @@ pub struct CollectorMetrics {
     pub records_stored: IntCounterVec,
     /// Batches received again and acknowledged without storing twice, by member.
     pub duplicates: IntCounterVec,
+    /// `hubwatch_collector_ha_dropped_batches_total{member,cluster,replica}`.
+    pub ha_dropped: IntCounterVec,
+    /// `hubwatch_collector_ha_failovers_total{member,cluster}`.
+    pub ha_failovers: IntCounterVec,
+    /// `hubwatch_collector_ha_elected_replica{member,cluster,replica}`.
+    pub ha_elected: IntGaugeVec,
     /// Ingest requests refused, by reason.
     pub ingest_rejected: IntCounterVec,
     /// Remote write requests by HTTP status returned.
@@ -176,6 +182,9 @@ impl CollectorMetrics {
             batches_stored: metrics::COLLECTOR_BATCHES_STORED.counter_vec(r),
             records_stored: metrics::COLLECTOR_RECORDS_STORED.counter_vec(r),
             duplicates: metrics::COLLECTOR_DUPLICATES.counter_vec(r),
+            ha_dropped: metrics::COLLECTOR_HA_DROPPED.counter_vec(r),
+            ha_failovers: metrics::COLLECTOR_HA_FAILOVERS.counter_vec(r),
+            ha_elected: metrics::COLLECTOR_HA_ELECTED.int_gauge_vec(r),
             ingest_rejected: metrics::COLLECTOR_INGEST_REJECTED.counter_vec(r),
             remote_write_in_requests: metrics::COLLECTOR_REMOTE_WRITE_IN_REQUESTS.counter_vec(r),
             remote_write_in_samples: metrics::COLLECTOR_REMOTE_WRITE_IN_SAMPLES.counter_vec(r),

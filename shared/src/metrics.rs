@@ -152,6 +152,12 @@ metrics! {
     COLLECTOR_RECORDS_STORED = (Collector, Counter, "hubwatch_collector_records_stored_total", ["member"], "Records in batches stored durably (first delivery only).");
     /// Duplicates.
     COLLECTOR_DUPLICATES = (Collector, Counter, "hubwatch_collector_duplicate_batches_total", ["member"], "Batches received again (retries, replays) and acknowledged without storing twice.");
+    /// HA pairs: the standby's batches.
+    COLLECTOR_HA_DROPPED = (Collector, Counter, "hubwatch_collector_ha_dropped_batches_total", ["member", "cluster", "replica"], "Batches from the replica of an HA agent pair that is not elected: acknowledged (200) but not stored.");
+    /// HA pairs: elections of the other replica.
+    COLLECTOR_HA_FAILOVERS = (Collector, Counter, "hubwatch_collector_ha_failovers_total", ["member", "cluster"], "Times the other replica of an HA agent pair was elected because the elected one sent nothing for server.ha_failover_timeout.");
+    /// HA pairs: which replica is elected.
+    COLLECTOR_HA_ELECTED = (Collector, Gauge, "hubwatch_collector_ha_elected_replica", ["member", "cluster", "replica"], "1 for the elected replica of an HA agent pair (its batches are stored), 0 for a replica seen but not elected. Kept in memory: rebuilt from the first batches after a restart.");
     /// Refused requests.
     COLLECTOR_INGEST_REJECTED = (Collector, Counter, "hubwatch_collector_ingest_rejected_total", ["reason"], "Ingest requests refused: malformed, too_large, version, timeout, member_mismatch, agent_mismatch.");
     /// Remote write in: requests by outcome.

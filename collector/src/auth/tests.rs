@@ -6,6 +6,7 @@ fn row(token: &str, agent: &str, member: &str, revoked: bool) -> TokenRow {
         member: member.into(),
         token_sha256: hash_token(token),
         revoked,
+        ha_cluster: None,
     }
 }
 
@@ -23,6 +24,7 @@ fn cred(agent: &str, member: &str) -> Credential {
     Credential {
         agent: agent.into(),
         member: member.into(),
+        ha_cluster: None,
     }
 }
 
@@ -144,4 +146,33 @@ fn certificate_agent_is_first_dns_san_else_cn() {
     let cert = params.self_signed(&key).unwrap();
     assert_eq!(agent_from_certificate(cert.der()), None);
     assert_eq!(agent_from_certificate(b"not a certificate"), None);
+}
+
+#[test]
+fn the_ha_cluster_comes_from_the_token_row() {
+    let t = TokenTable::new();
+    t.replace(vec![
+        TokenRow {
+            ha_cluster: Some("leap-prod".into()),
+            ..row("tok-a", "leap-a", "leap", false)
+        },
+        row("tok-c", "leap-c", "leap", false),
+    ]);
+    let anon = PeerIdentity::Anonymous;
+    let got = t.authenticate(Some("tok-a"), &anon).expect("known");
+    assert_eq!(got.ha_cluster.as_deref(), Some("leap-prod"));
+    let got = t
+        .authenticate(None, &PeerIdentity::Agent("leap-a".into()))
+        .expect("known by certificate");
+    assert_eq!(got.ha_cluster.as_deref(), Some("leap-prod"));
+    assert_eq!(
+        t.authenticate(Some("tok-c"), &anon)
+            .expect("known")
+            .ha_cluster,
+        None
+    );
+    assert_eq!(
+        t.ha_clusters(),
+        HashMap::from([("leap-a".to_string(), "leap-prod".to_string())])
+    );
 }

@@ -414,3 +414,32 @@ fn maintenance_add_list_remove_through_the_command_line() {
     .expect_err("gone");
     assert!(err.to_string().contains("no maintenance window"), "{err}");
 }
+
+#[test]
+fn token_create_with_ha_cluster_binds_the_agent_to_its_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = load_config(&write_config(dir.path(), "")).unwrap();
+    create_token_in_cluster(&cfg, "leap", "leap-a", Some("leap-prod")).unwrap();
+    create_token(&cfg, "leap", "leap-solo").unwrap();
+    assert!(matches!(
+        create_token_in_cluster(&cfg, "leap", "leap-b", Some("bad cluster")),
+        Err(CliError::InvalidName {
+            what: "ha-cluster",
+            ..
+        })
+    ));
+    let store = Store::open(&cfg.storage).unwrap();
+    let clusters: Vec<_> = store
+        .tokens()
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.agent, r.ha_cluster))
+        .collect();
+    assert_eq!(
+        clusters,
+        vec![
+            ("leap-a".to_string(), Some("leap-prod".to_string())),
+            ("leap-solo".to_string(), None),
+        ]
+    );
+}

@@ -27,6 +27,7 @@ use prometheus::IntCounterVec;
 use tracing::Instrument as _;
 
 use super::AppState;
+use super::ha::Admission;
 use super::routes::{HttpResponse, auth_failure, error, json, log_auth_failure, unavailable};
 use crate::auth::{self, AuthError, Credential, PeerIdentity};
 use crate::clock::system_now_ms;
@@ -145,6 +146,28 @@ async fn handle_request(
 
     let seq = batch.seq;
     let records = batch.records as u64;
+    if let Some(cluster) = &credential.ha_cluster
+        && let Admission::Standby { elected } =
+            state
+                .ha
+                .admit(&credential.member, cluster, &credential.agent)
+    {
+        // Acknowledged as Mimir does (so the standby's spool moves on) but
+        // not stored: the elected replica's batches carry the pair's data.
+        // "duplicate" is what every agent already takes as "acknowledged,
+        // not stored anew"; `ha` says why.
+        tracing::debug!(member = %credential.member, agent = %credential.agent, %cluster, %elected, seq,
+            "HA standby batch acknowledged, not stored");
+        return json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "status": "duplicate",
+                "seq": seq,
+                "ha": "standby",
+                "elected": elected,
+            }),
+        );
+    }
     let current = tracing::Span::current();
     current.record("hubwatch.member", credential.member.as_str());
     current.record("hubwatch.agent", credential.agent.as_str());

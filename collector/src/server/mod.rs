@@ -54,6 +54,7 @@ pub(crate) use routes::{auth_failure, error, json, log_auth_failure, reader_memb
 pub use tls::server_tls_config;
 
 pub mod components;
+pub mod ha;
 mod ingest;
 mod remote_write;
 mod routes;
@@ -105,6 +106,8 @@ pub struct AppState {
     pub(crate) store: Store,
     pub(crate) tokens: TokenTable,
     pub(crate) metrics: CollectorMetrics,
+    /// The elections of HA agent pairs ([`ha`]).
+    pub(crate) ha: ha::HaTracker,
     /// Reads without a credential are allowed only on a loopback listener.
     pub(crate) loopback_listener: bool,
 }
@@ -240,6 +243,11 @@ impl Collector {
                 config.alerting.derivation_behind_after,
                 &config.alerting.runbook_base_url,
             ));
+        let ha = ha::HaTracker::new(
+            config.server.ha_failover_timeout,
+            clock.clone(),
+            metrics.clone(),
+        );
         let mut ctx = BuildContext {
             config: Arc::new(config),
             store: store.clone(),
@@ -305,6 +313,7 @@ impl Collector {
             store,
             tokens,
             metrics: metrics.clone(),
+            ha,
         });
         let grace = state.server.shutdown_grace;
         let (listener_tx, listener_rx) = watch::channel(false);

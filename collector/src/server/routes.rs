@@ -260,7 +260,28 @@ pub(super) async fn agents(
     };
     let store = state.store.clone();
     match tokio::task::spawn_blocking(move || store.agents(member.as_deref())).await {
-        Ok(Ok(rows)) => json(StatusCode::OK, &serde_json::json!({ "agents": rows })),
+        Ok(Ok(rows)) => {
+            // Each row with its HA pair, if its token binds it to one:
+            // `ha_cluster` and whether it is the elected replica (`null`
+            // until the pair has sent since this collector started).
+            let clusters = state.tokens.ha_clusters();
+            let rows: Vec<serde_json::Value> = rows
+                .into_iter()
+                .map(|row| {
+                    let cluster = clusters.get(&row.agent).cloned();
+                    let elected = cluster
+                        .as_deref()
+                        .and_then(|c| state.ha.is_elected(&row.member, c, &row.agent));
+                    let mut value = serde_json::to_value(&row).unwrap_or_default();
+                    if let Some(object) = value.as_object_mut() {
+                        object.insert("ha_cluster".into(), serde_json::json!(cluster));
+                        object.insert("ha_elected".into(), serde_json::json!(elected));
+                    }
+                    value
+                })
+                .collect();
+            json(StatusCode::OK, &serde_json::json!({ "agents": rows }))
+        }
         Ok(Err(e)) => {
             tracing::error!(error = %e, "listing agents failed");
             unavailable(format!("store unavailable: {e}"))

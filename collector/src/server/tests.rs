@@ -1049,3 +1049,123 @@ async fn shutdown_finishes_an_in_flight_request_then_stops_listening() {
 }
 
 mod remote_write;
+
+/// HA pairs through the real ingest path: the first replica is elected and
+/// stored, the other answered 200 but not stored; after the elected one's
+/// silence for `ha_failover_timeout` (a manual clock) the other is elected.
+/// `/api/v1/agents` and `/metrics` name the elected replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ha_pair_stores_only_the_elected_replicas_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = CollectorConfig::default();
+    cfg.server.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.server.shutdown_grace = Duration::from_secs(5);
+    cfg.server.ha_failover_timeout = Duration::from_secs(30);
+    cfg.storage.path = dir.path().join("data");
+    let store = Store::open(&cfg.storage).unwrap();
+    let token_a = store
+        .create_token_in_cluster("leap", "leap-a", Some("leap-prod"))
+        .unwrap();
+    let token_b = store
+        .create_token_in_cluster("leap", "leap-b", Some("leap-prod"))
+        .unwrap();
+    let clock = Arc::new(crate::clock::ManualClock::new(1_700_000_000_000));
+    let shared: crate::clock::SharedClock = clock.clone();
+    let server = Collector::new(cfg, store.clone())
+        .clock(shared)
+        .start()
+        .await
+        .unwrap();
+    let client = Client {
+        addr: SocketAddr::from(([127, 0, 0, 1], server.local_addr.port())),
+        tls: None,
+        proto: Proto::H1,
+    };
+    let stored = |agent: &str| {
+        store
+            .agents(None)
+            .unwrap()
+            .into_iter()
+            .find(|r| r.agent == agent)
+            .map_or(0, |r| r.batches)
+    };
+
+    let reply = client
+        .ingest(Some(&token_a), frame("leap-a", "leap", 1024, 3))
+        .await;
+    assert_eq!(reply.json()["status"], "stored", "{reply:?}");
+    let reply = client
+        .ingest(Some(&token_b), frame("leap-b", "leap", 1024, 3))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply.json(),
+        serde_json::json!({"status": "duplicate", "seq": 1024, "ha": "standby", "elected": "leap-a"})
+    );
+    assert_eq!((stored("leap-a"), stored("leap-b")), (1, 0));
+    let text = server.metrics.render();
+    let series = |name: &str, replica: &str| {
+        format!("{name}{{cluster=\"leap-prod\",member=\"leap\",replica=\"{replica}\"}}")
+    };
+    assert_eq!(
+        counter(
+            &text,
+            &series("hubwatch_collector_ha_elected_replica", "leap-a")
+        ),
+        1.0
+    );
+    assert_eq!(
+        counter(
+            &text,
+            &series("hubwatch_collector_ha_elected_replica", "leap-b")
+        ),
+        0.0
+    );
+    assert_eq!(
+        counter(
+            &text,
+            &series("hubwatch_collector_ha_dropped_batches_total", "leap-b")
+        ),
+        1.0
+    );
+    let agents = client.get("/api/v1/agents", None).await.json();
+    let row = |agent: &str| {
+        agents["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["agent"] == agent)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(row("leap-a")["ha_cluster"], "leap-prod");
+    assert_eq!(row("leap-a")["ha_elected"], true);
+
+    // leap-a falls silent for the timeout: leap-b's next batch elects it.
+    clock.advance(30_000);
+    let reply = client
+        .ingest(Some(&token_b), frame("leap-b", "leap", 2048, 3))
+        .await;
+    assert_eq!(reply.json()["status"], "stored", "{reply:?}");
+    let reply = client
+        .ingest(Some(&token_a), frame("leap-a", "leap", 2048, 3))
+        .await;
+    assert_eq!(reply.json()["ha"], "standby", "{reply:?}");
+    assert_eq!((stored("leap-a"), stored("leap-b")), (1, 1));
+    let text = server.metrics.render();
+    assert_eq!(
+        counter(
+            &text,
+            "hubwatch_collector_ha_failovers_total{cluster=\"leap-prod\",member=\"leap\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        counter(
+            &text,
+            &series("hubwatch_collector_ha_elected_replica", "leap-b")
+        ),
+        1.0
+    );
+    server.shutdown().await;
+}

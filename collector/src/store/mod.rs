@@ -281,6 +281,8 @@ pub struct TokenRow {
     pub token_sha256: [u8; 32],
     /// Whether the token has been revoked.
     pub revoked: bool,
+    /// The HA cluster (agent pair) the agent is a replica of, if any.
+    pub ha_cluster: Option<String>,
 }
 
 /// One row of the raw batch log, for derivation stages.
@@ -606,7 +608,18 @@ impl Store {
     /// digits. An agent that already has a live token is refused
     /// ([`StoreError::TokenExists`]); one whose token was revoked gets a new one.
     pub fn create_token(&self, member: &str, agent: &str) -> Result<String, StoreError> {
-        self.with_connection(|conn, path| tokens::create(conn, path, member, agent))
+        self.create_token_in_cluster(member, agent, None)
+    }
+
+    /// [`Store::create_token`] binding the agent to the HA cluster
+    /// `ha_cluster` (an agent pair deduplicated at the centre).
+    pub fn create_token_in_cluster(
+        &self,
+        member: &str,
+        agent: &str,
+        ha_cluster: Option<&str>,
+    ) -> Result<String, StoreError> {
+        self.with_connection(|conn, path| tokens::create(conn, path, member, agent, ha_cluster))
     }
 
     /// Revokes `agent`'s live token; `false` if it had none.

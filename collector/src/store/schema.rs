@@ -569,6 +569,12 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX status_webhook_outbox_by_url ON status_webhook_outbox (url, id);
     ",
+    // HA pairs (issue 14): the agent-pair cluster a token binds its agent to
+    // (`token create --ha-cluster`), so a member cannot claim another
+    // replica identity in a batch. NULL: not part of an HA pair.
+    "
+    ALTER TABLE tokens ADD COLUMN ha_cluster TEXT;
+    ",
 ];
 
 /// The schema version this build writes.

@@ -31,14 +31,20 @@ pub fn generate_token() -> Result<String, StoreError> {
     Ok(format!("{TOKEN_PREFIX}{}", hex::encode(secret)))
 }
 
-/// Creates a token for `agent` of `member` in one immediate transaction.
+/// Creates a token for `agent` of `member` (a replica of HA cluster
+/// `ha_cluster`, if given) in one immediate transaction.
 pub fn create(
     conn: &mut Connection,
     path: &std::path::Path,
     member: &str,
     agent: &str,
+    ha_cluster: Option<&str>,
 ) -> Result<String, StoreError> {
-    for (what, value) in [("member", member), ("agent", agent)] {
+    for (what, value) in [
+        ("member", member),
+        ("agent", agent),
+        ("ha_cluster", ha_cluster.unwrap_or("-")),
+    ] {
         if value.trim().is_empty() {
             return Err(StoreError::InvalidName {
                 what,
@@ -69,18 +75,19 @@ pub fn create(
         });
     }
     tx.execute(
-        "INSERT INTO tokens (agent, member, token_sha256, created_ms, revoked_ms)
-         VALUES (?1, ?2, ?3, ?4, NULL)
+        "INSERT INTO tokens (agent, member, token_sha256, created_ms, revoked_ms, ha_cluster)
+         VALUES (?1, ?2, ?3, ?4, NULL, ?5)
          ON CONFLICT (agent) DO UPDATE SET
             member = excluded.member,
             token_sha256 = excluded.token_sha256,
             created_ms = excluded.created_ms,
-            revoked_ms = NULL",
-        params![agent, member, &digest[..], now_ms()],
+            revoked_ms = NULL,
+            ha_cluster = excluded.ha_cluster",
+        params![agent, member, &digest[..], now_ms(), ha_cluster],
     )
     .map_err(sql("storing a token"))?;
     tx.commit().map_err(sql("committing a new token"))?;
-    tracing::info!(member, agent, "token created");
+    tracing::info!(member, agent, ha_cluster, "token created");
     Ok(token)
 }
 
@@ -107,7 +114,7 @@ pub fn list(conn: &Connection, path: &std::path::Path) -> Result<Vec<TokenRow>, 
     let sql = |source| StoreError::sqlite(path, "listing tokens", source);
     let mut statement = conn
         .prepare_cached(
-            "SELECT agent, member, token_sha256, revoked_ms IS NOT NULL
+            "SELECT agent, member, token_sha256, revoked_ms IS NOT NULL, ha_cluster
              FROM tokens ORDER BY agent",
         )
         .map_err(sql)?;
@@ -118,12 +125,13 @@ pub fn list(conn: &Connection, path: &std::path::Path) -> Result<Vec<TokenRow>, 
                 row.get::<_, String>(1)?,
                 row.get::<_, Vec<u8>>(2)?,
                 row.get::<_, bool>(3)?,
+                row.get::<_, Option<String>>(4)?,
             ))
         })
         .map_err(sql)?;
     let mut tokens = Vec::new();
     for row in rows {
-        let (agent, member, digest, revoked) = row.map_err(sql)?;
+        let (agent, member, digest, revoked, ha_cluster) = row.map_err(sql)?;
         let token_sha256: [u8; 32] =
             digest
                 .as_slice()
@@ -140,6 +148,7 @@ pub fn list(conn: &Connection, path: &std::path::Path) -> Result<Vec<TokenRow>, 
             member,
             token_sha256,
             revoked,
+            ha_cluster,
         });
     }
     Ok(tokens)

@@ -9,6 +9,15 @@ fn every_collector_metric_is_exported_and_no_other() {
     m.batches_stored.with_label_values(&["leap"]).inc();
     m.records_stored.with_label_values(&["leap"]).inc();
     m.duplicates.with_label_values(&["leap"]).inc();
+    m.ha_dropped
+        .with_label_values(&["leap", "leap-prod", "leap-b"])
+        .inc();
+    m.ha_failovers
+        .with_label_values(&["leap", "leap-prod"])
+        .inc();
+    m.ha_elected
+        .with_label_values(&["leap", "leap-prod", "leap-a"])
+        .set(1);
     m.ingest_rejected.with_label_values(&["malformed"]).inc();
     m.auth_failures.with_label_values(&["missing"]).inc();
     m.agent_dropped.with_label_values(&["leap", "a1"]).set(3);

@@ -434,6 +434,11 @@ pub struct ServerConfig {
     /// without a restart.
     #[serde(with = "humantime_serde")]
     pub token_refresh: Duration,
+    /// HA pairs (`token create --ha-cluster`): when the elected replica of a
+    /// cluster has sent nothing for this long, the next batch from the other
+    /// replica makes that one the elected replica.
+    #[serde(with = "humantime_serde")]
+    pub ha_failover_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -449,6 +454,7 @@ impl Default for ServerConfig {
             body_read_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(20),
             token_refresh: Duration::from_secs(2),
+            ha_failover_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -596,6 +602,12 @@ impl Validate for CollectorConfig {
         check_positive("server.header_read_timeout", s.header_read_timeout)?;
         check_positive("server.body_read_timeout", s.body_read_timeout)?;
         check_positive("server.token_refresh", s.token_refresh)?;
+        if s.ha_failover_timeout < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "server.ha_failover_timeout",
+                "must be at least 1s",
+            ));
+        }
         if self.storage.path.as_os_str().is_empty() {
             return Err(ConfigError::invalid("storage.path", "must not be empty"));
         }

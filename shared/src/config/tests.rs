@@ -1263,3 +1263,18 @@ fn collector_urls_replace_url_and_are_checked_like_it() {
     let text = format!("{base}urls = [\"http://10.1.2.3:9470\"]\ninsecure_plaintext = true\n");
     load::<AgentConfig>(&text, &HashMap::new()).expect("valid with insecure_plaintext");
 }
+
+#[test]
+fn ha_failover_timeout_defaults_to_30s_and_is_checked() {
+    let cfg: CollectorConfig = load("", &HashMap::new()).expect("valid");
+    assert_eq!(cfg.server.ha_failover_timeout, Duration::from_secs(30));
+    let err = load::<CollectorConfig>(
+        "[server]\nha_failover_timeout = \"100ms\"\n",
+        &HashMap::new(),
+    )
+    .expect_err("too short");
+    assert!(
+        err.to_string().contains("server.ha_failover_timeout"),
+        "{err}"
+    );
+}
