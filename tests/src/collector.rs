@@ -104,6 +104,13 @@ pub struct AgentRow {
     pub duplicates: u64,
     /// Records the agent reports it dropped.
     pub dropped_by_agent: u64,
+    /// The HA agent pair its token binds it to, if any.
+    #[serde(default)]
+    pub ha_cluster: Option<String>,
+    /// Whether it is its pair's elected replica (`None`: no pair, or the
+    /// pair has not sent since the collector started).
+    #[serde(default)]
+    pub ha_elected: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -252,6 +259,23 @@ impl Collector {
             "token create must print only the token, printed {stdout:?}"
         );
         token
+    }
+
+    /// `token create --member M --agent A --ha-cluster C`: a replica of an
+    /// HA agent pair; the token it printed.
+    pub fn create_ha_token(&self, member: &str, agent: &str, cluster: &str) -> String {
+        let (ok, stdout, stderr) = self.run_cli(&[
+            "token",
+            "create",
+            "--member",
+            member,
+            "--agent",
+            agent,
+            "--ha-cluster",
+            cluster,
+        ]);
+        assert!(ok, "token create --ha-cluster failed: {stderr}");
+        stdout.trim().to_string()
     }
 
     /// `token revoke --agent A`.
