@@ -413,6 +413,8 @@ async fn batch_is_stored_once_and_a_retry_is_a_duplicate() {
     assert_eq!(row["duplicates"], 1);
     assert_eq!(row["dropped_by_agent"], 7);
     assert!(row["last_seen"].as_str().is_some_and(|s| s.contains('T')));
+    // Not part of an HA agent pair.
+    assert!(row["ha_cluster"].is_null() && row["ha_elected"].is_null());
     let mut keys: Vec<&str> = row
         .as_object()
         .unwrap()
@@ -427,6 +429,8 @@ async fn batch_is_stored_once_and_a_retry_is_a_duplicate() {
             "batches",
             "dropped_by_agent",
             "duplicates",
+            "ha_cluster",
+            "ha_elected",
             "last_seen",
             "last_seq",
             "member",
