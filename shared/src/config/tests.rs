@@ -110,7 +110,10 @@ fn collector_checks_name_their_key() {
             "storage.url",
         ),
         ("[storage]\npool_size = 0", "storage.pool_size"),
-        ("[storage]\nconnect_timeout = \"0s\"", "storage.connect_timeout"),
+        (
+            "[storage]\nconnect_timeout = \"0s\"",
+            "storage.connect_timeout",
+        ),
         ("[storage]\nbackend = \"mongodb\"", "backend"),
     ];
     for (text, key) in cases {
