@@ -71,7 +71,7 @@ pub(crate) fn connection(cfg: &StorageConfig) -> Result<Connection, StoreError> 
         config.ssl_mode(SslMode::Disable);
         None
     };
-    let name = display_name(&config);
+    let name = name_of(&config);
     Ok(Connection { config, tls, name })
 }
 
@@ -164,8 +164,17 @@ fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, StoreError
         .with_no_client_auth())
 }
 
-/// `postgres://user@host:port/database`, never with the password.
-fn display_name(config: &tokio_postgres::Config) -> String {
+/// How `check-config` and logs name the database `cfg` points at:
+/// `postgres://user@host:port/database` (never the password), or the
+/// config error.
+pub fn display_name(cfg: &StorageConfig) -> String {
+    match connection(cfg) {
+        Ok(connection) => connection.name,
+        Err(e) => e.to_string(),
+    }
+}
+
+fn name_of(config: &tokio_postgres::Config) -> String {
     let user = config.get_user().unwrap_or("");
     let host = match config.get_hosts().first() {
         Some(Host::Tcp(host)) => host.clone(),
