@@ -41,8 +41,67 @@ rm -rf "$dir"
 struct Server {
     /// `postgres://hubwatch@127.0.0.1:PORT` (no database).
     base: String,
-    /// Never dropped: its stdin closes when the process exits.
-    _watcher: Option<Child>,
+    /// The server's directory (`None` for `HUBWATCH_TEST_PG_URL`).
+    dir: Option<std::path::PathBuf>,
+    /// Runs the server's commands as the `postgres` user.
+    as_root: bool,
+    /// The shared server's is never dropped: its stdin closes when the
+    /// process exits.
+    watcher: Option<Child>,
+}
+
+/// A server of its own for a test that stops or restarts it (the shared one
+/// must stay up for the other tests); stopped and deleted on drop.
+pub struct PrivateServer {
+    server: Server,
+}
+
+impl PrivateServer {
+    /// Starts one (a few seconds: initdb).
+    pub fn start() -> PrivateServer {
+        match start_server() {
+            Ok(server) => PrivateServer { server },
+            Err(e) => panic!("a private test PostgreSQL did not start: {e}"),
+        }
+    }
+
+    /// The URL of a new, empty database on it.
+    pub fn database(&self) -> String {
+        create_database(&self.server.base)
+    }
+
+    /// `pg_ctl restart -m fast`: every connection is cut, the server is back
+    /// when this returns.
+    pub fn restart(&self) {
+        let Some(dir) = &self.server.dir else {
+            panic!("no directory to restart");
+        };
+        let data = dir.join("data").display().to_string();
+        let pg_ctl = format!("{PG_BIN}/pg_ctl");
+        let args = [pg_ctl.as_str(), "-D", &data, "-m", "fast", "-w", "restart"];
+        let mut command = if self.server.as_root {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).args(args);
+            command
+        } else {
+            let mut command = Command::new(args[0]);
+            command.args(&args[1..]);
+            command
+        };
+        match command.stdout(Stdio::null()).status() {
+            Ok(status) if status.success() => {}
+            other => panic!("pg_ctl restart: {other:?}"),
+        }
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        if let Some(mut watcher) = self.server.watcher.take() {
+            drop(watcher.stdin.take());
+            let _ = watcher.wait();
+        }
+    }
 }
 
 static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
@@ -53,10 +112,13 @@ static DATABASES: AtomicU64 = AtomicU64::new(0);
 /// needs PostgreSQL must not pass without one.
 pub fn database() -> String {
     let server = SERVER.get_or_init(start);
-    let base = match server {
-        Ok(server) => server.base.clone(),
+    match server {
+        Ok(server) => create_database(&server.base),
         Err(e) => panic!("the test PostgreSQL did not start: {e}"),
-    };
+    }
+}
+
+fn create_database(base: &str) -> String {
     let name = format!(
         "hw_{}_{}",
         std::process::id(),
@@ -91,9 +153,15 @@ fn start() -> Result<Server, String> {
         };
         return Ok(Server {
             base: base.to_owned(),
-            _watcher: None,
+            dir: None,
+            as_root: false,
+            watcher: None,
         });
     }
+    start_server()
+}
+
+fn start_server() -> Result<Server, String> {
     let dir = tempfile::Builder::new()
         .prefix("hwpg")
         .tempdir()
@@ -151,6 +219,8 @@ fn start() -> Result<Server, String> {
     }
     Ok(Server {
         base: format!("postgres://hubwatch@127.0.0.1:{port}"),
-        _watcher: Some(watcher),
+        dir: Some(dir),
+        as_root,
+        watcher: Some(watcher),
     })
 }
