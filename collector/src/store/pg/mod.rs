@@ -334,7 +334,7 @@ impl PgStore {
             let row = client
                 .query_one("SELECT count(*) FROM batches WHERE frame IS NOT NULL", &[])
                 .await?;
-            Ok(count_from_sql(row.get(0)))
+            Ok(count_from_sql(row.try_get(0)?))
         })
     }
 
@@ -351,38 +351,47 @@ impl PgStore {
                     &[&member],
                 )
                 .await?;
-            Ok(rows
-                .iter()
-                .map(|row| AgentRow {
-                    agent: row.get(0),
-                    member: row.get(1),
-                    version: row.get(2),
-                    last_seen: rfc3339(row.get(3)),
-                    last_seq: seq_from_sql(row.get(4)),
-                    batches: count_from_sql(row.get(5)),
-                    records: count_from_sql(row.get(6)),
-                    duplicates: count_from_sql(row.get(7)),
-                    dropped_by_agent: count_from_sql(row.get(8)),
+            rows.iter()
+                .map(|row| {
+                    Ok(AgentRow {
+                        agent: row.try_get(0)?,
+                        member: row.try_get(1)?,
+                        version: row.try_get(2)?,
+                        last_seen: rfc3339(row.try_get(3)?),
+                        last_seq: seq_from_sql(row.try_get(4)?),
+                        batches: count_from_sql(row.try_get(5)?),
+                        records: count_from_sql(row.try_get(6)?),
+                        duplicates: count_from_sql(row.try_get(7)?),
+                        dropped_by_agent: count_from_sql(row.try_get(8)?),
+                    })
                 })
-                .collect())
+                .collect()
         })
     }
 
     /// Every token row (live and revoked), ordered by agent.
     pub fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
         let rows = self.read_with("listing tokens", async |client| {
-            Ok(client
+            let rows = client
                 .query(
                     "SELECT agent, member, token_sha256, revoked_ms IS NOT NULL
                      FROM tokens ORDER BY agent COLLATE \"C\"",
                     &[],
                 )
-                .await?)
+                .await?;
+            let mut tokens = Vec::with_capacity(rows.len());
+            for row in rows {
+                tokens.push((
+                    row.try_get::<_, String>(0)?,
+                    row.try_get::<_, String>(1)?,
+                    row.try_get::<_, Vec<u8>>(2)?,
+                    row.try_get::<_, bool>(3)?,
+                ));
+            }
+            Ok(tokens)
         })?;
-        rows.iter()
-            .map(|row| {
-                let agent: String = row.get(0);
-                let digest: Vec<u8> = row.get(2);
+        rows.into_iter()
+            .map(|(agent, member, digest, revoked)| {
                 let token_sha256: [u8; 32] =
                     digest
                         .as_slice()
@@ -396,9 +405,9 @@ impl PgStore {
                         })?;
                 Ok(TokenRow {
                     agent,
-                    member: row.get(1),
+                    member,
                     token_sha256,
-                    revoked: row.get(3),
+                    revoked,
                 })
             })
             .collect()
@@ -439,7 +448,7 @@ impl PgStore {
             let row = tx
                 .query_one("SELECT member FROM tokens WHERE agent = $1", &[&agent])
                 .await?;
-            Ok(Some(row.get::<_, String>(0)))
+            Ok(Some(row.try_get::<_, String>(0)?))
         })?;
         if let Some(member) = live_member {
             return Err(StoreError::TokenExists {
@@ -497,7 +506,7 @@ impl PgStore {
                     &[&frame_cutoff, &hold],
                 )
                 .await?;
-            Ok(count_from_sql(row.get(0)))
+            Ok(count_from_sql(row.try_get(0)?))
         })?;
         let deleted_keys = self.in_chunks(
             "deleting old batch keys",
@@ -582,7 +591,7 @@ impl BatchLog for PgStore {
                     .query(&in_range, &[&first, &last, &limit(room)])
                     .await?
                 {
-                    let batch = stored_batch(&row);
+                    let batch = stored_batch(&row)?;
                     bytes = bytes.saturating_add(batch.frame.as_ref().map_or(0, Vec::len));
                     page.push(batch);
                     if bytes >= max_bytes {
@@ -600,7 +609,7 @@ impl BatchLog for PgStore {
                 ))
                 .await?;
             for row in client.query(&newer, &[&after, &limit(room)]).await? {
-                let batch = stored_batch(&row);
+                let batch = stored_batch(&row)?;
                 bytes = bytes.saturating_add(batch.frame.as_ref().map_or(0, Vec::len));
                 page.push(batch);
                 if bytes >= max_bytes {
@@ -619,7 +628,10 @@ impl BatchLog for PgStore {
                     &[&stage],
                 )
                 .await?
-                .map(|row| (row.get::<_, i64>(0), row.get::<_, String>(1))))
+                .map(|row| {
+                    Ok::<_, PgFailure>((row.try_get::<_, i64>(0)?, row.try_get::<_, String>(1)?))
+                })
+                .transpose()?)
         })?;
         let Some((hi, gaps)) = row else {
             return Ok(StageCursor::default());
@@ -635,14 +647,15 @@ impl BatchLog for PgStore {
             let count: i64 = client
                 .query_one("SELECT count(*) FROM batches WHERE id > $1", &[&watermark])
                 .await?
-                .get(0);
+                .try_get(0)?;
             let oldest: Option<i64> = client
                 .query_opt(
                     "SELECT received_ms FROM batches WHERE id > $1 ORDER BY id LIMIT 1",
                     &[&watermark],
                 )
                 .await?
-                .map(|row| row.get(0));
+                .map(|row| row.try_get(0))
+                .transpose()?;
             Ok((count_from_sql(count), oldest))
         })
     }
@@ -655,13 +668,13 @@ impl BatchLog for PgStore {
                     &[&since_ms],
                 )
                 .await?
-                .get(0);
+                .try_get(0)?;
             let hi = match first {
                 Some(id) => id.saturating_sub(1),
                 None => client
                     .query_one("SELECT coalesce(max(id), 0) FROM batches", &[])
                     .await?
-                    .get(0),
+                    .try_get(0)?,
             };
             Ok(StageCursor::at(hi))
         })
@@ -729,16 +742,16 @@ pub async fn save_cursor(tx: &Transaction<'_>, update: &CursorUpdate<'_>) -> Res
     Ok(())
 }
 
-fn stored_batch(row: &tokio_postgres::Row) -> StoredBatch {
-    StoredBatch {
-        id: row.get(0),
-        agent: row.get(1),
-        member: row.get(2),
-        seq: seq_from_sql(row.get(3)),
-        received_ms: row.get(4),
-        records: count_from_sql(row.get(5)),
-        frame: row.get(6),
-    }
+fn stored_batch(row: &tokio_postgres::Row) -> Result<StoredBatch, tokio_postgres::Error> {
+    Ok(StoredBatch {
+        id: row.try_get(0)?,
+        agent: row.try_get(1)?,
+        member: row.try_get(2)?,
+        seq: seq_from_sql(row.try_get(3)?),
+        received_ms: row.try_get(4)?,
+        records: count_from_sql(row.try_get(5)?),
+        frame: row.try_get(6)?,
+    })
 }
 
 fn limit(rows: usize) -> i64 {

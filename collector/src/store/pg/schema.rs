@@ -111,7 +111,10 @@ pub(super) async fn migrate(client: &mut Client, name: &str) -> Result<(), Store
         .query_opt("SELECT version FROM hubwatch_schema", &[])
         .await
         .map_err(failed("reading the schema version"))?
-        .map_or(0, |row| row.get(0));
+        .map(|row| row.try_get(0))
+        .transpose()
+        .map_err(failed("reading the schema version"))?
+        .unwrap_or(0);
     let supported = current_version();
     if found > supported {
         return Err(StoreError::FutureSchema {
