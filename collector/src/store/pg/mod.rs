@@ -622,7 +622,7 @@ impl BatchLog for PgStore {
 
     fn load_cursor(&self, stage: &str) -> Result<StageCursor, StoreError> {
         let row = self.read_with("reading a derive cursor", async |client| {
-            Ok(client
+            client
                 .query_opt(
                     "SELECT last_id, gaps FROM derive_cursors WHERE name = $1",
                     &[&stage],
@@ -631,7 +631,7 @@ impl BatchLog for PgStore {
                 .map(|row| {
                     Ok::<_, PgFailure>((row.try_get::<_, i64>(0)?, row.try_get::<_, String>(1)?))
                 })
-                .transpose()?)
+                .transpose()
         })?;
         let Some((hi, gaps)) = row else {
             return Ok(StageCursor::default());
