@@ -5,9 +5,10 @@
 # Today: a C compiler (ring and the bundled SQLite build C), curl, the Rust
 # toolchain with rustfmt and clippy, and Debian's Prometheus (the Prometheus
 # source's tests query a real one), Debian's Alertmanager (the alert tests
-# send to a real one), JupyterHub with configurable-http-proxy (below), and a
-# headless Chromium for the html report, and for the deploy tests kubectl,
-# systemd-analyze and kubernetes-validate.
+# send to a real one), JupyterHub with configurable-http-proxy (below), a
+# headless Chromium for the html report, for the deploy tests kubectl,
+# systemd-analyze and kubernetes-validate, and PostgreSQL 15 (the PostgreSQL
+# store's tests).
 #
 # The end-to-end tests also expect to run as root (or with CAP_SYS_ADMIN):
 # the disk-full test mounts a small tmpfs under the system temp directory.
@@ -53,6 +54,21 @@ if ! command -v kubectl >/dev/null; then
 fi
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 
+# PostgreSQL 15 (Debian's `postgresql-15`): the PostgreSQL store's tests
+# start a private server themselves (initdb + pg_ctl from
+# /usr/lib/postgresql/15/bin, a temporary directory, a free loopback port;
+# collector/src/store/pg/test_server.rs and tests/src/postgres.rs), so the
+# package's own `main` cluster is not wanted: it is not created.
+if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
+  need_apt+=(postgresql-15)
+  if [ ! -e /etc/postgresql-common/createcluster.conf ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo mkdir -p /etc/postgresql-common
+    echo "create_main_cluster = false" | $sudo tee /etc/postgresql-common/createcluster.conf >/dev/null
+  fi
+fi
+
 # JupyterHub (below) needs Python with venv and Node with npm.
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
@@ -63,6 +79,15 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "${need_apt[@]}"
+fi
+
+# initdb refuses to run as root, and the tests run as root: they run the
+# server as the `postgres` system user (the package creates it; made here
+# if missing).
+if ! id -u postgres >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo useradd --system --user-group --home-dir /var/lib/postgresql --shell /bin/sh postgres
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -11,6 +11,12 @@
 //!
 //! Every ack is after durability: WAL with `synchronous=FULL`, in a temporary
 //! directory under the target dir (a real disk, not tmpfs).
+//!
+//! `BENCH_BACKEND=postgres` runs both parts on the PostgreSQL store instead,
+//! in a fresh database on the server at `HUBWATCH_TEST_PG_URL`
+//! (`postgres://user@host:port/db`; the user must be allowed to
+//! `CREATE DATABASE`); every ack is after `COMMIT` with the server's
+//! `synchronous_commit` (default `on`: the WAL flushed).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,22 +24,70 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput};
-use hubwatch_collector::store::{IngestItem, Store};
-use hubwatch_shared::config::StorageConfig;
+use hubwatch_collector::store::pg::PgStore;
+use hubwatch_collector::store::{IngestItem, IngestOutcome, Store, StoreError};
+use hubwatch_shared::config::{StorageBackend, StorageConfig};
 
 const AGENTS: u64 = 100;
 const SAMPLES_PER_BATCH: u64 = 2_000;
 const TARGET_SAMPLES_PER_SECOND: u64 = 500_000;
 const PACED_RUN: Duration = Duration::from_secs(20);
 
-fn open_store() -> (tempfile::TempDir, Store) {
+/// The store under test: SQLite (default) or PostgreSQL (`BENCH_BACKEND`).
+#[derive(Clone)]
+enum AnyStore {
+    Sqlite(Store),
+    Postgres(PgStore),
+}
+
+impl AnyStore {
+    async fn ingest(&self, item: IngestItem) -> Result<IngestOutcome, StoreError> {
+        match self {
+            Self::Sqlite(store) => store.ingest(item).await,
+            Self::Postgres(store) => store.ingest(item).await,
+        }
+    }
+
+    fn group_commits(&self) -> u64 {
+        match self {
+            Self::Sqlite(store) => store.group_commits(),
+            Self::Postgres(store) => store.group_commits(),
+        }
+    }
+}
+
+static DATABASES: AtomicU64 = AtomicU64::new(0);
+
+fn open_store() -> (tempfile::TempDir, AnyStore) {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
     let cfg = StorageConfig {
         path: dir.path().join("store"),
         ..StorageConfig::default()
     };
-    let store = Store::open(&cfg).expect("open store");
-    (dir, store)
+    if std::env::var("BENCH_BACKEND").as_deref() != Ok("postgres") {
+        let store = Store::open(&cfg).expect("open store");
+        return (dir, AnyStore::Sqlite(store));
+    }
+    let url = std::env::var("HUBWATCH_TEST_PG_URL")
+        .expect("BENCH_BACKEND=postgres needs HUBWATCH_TEST_PG_URL=postgres://user@host:port/db");
+    let base = url.rsplit_once('/').map_or(url.as_str(), |(base, _)| base);
+    let name = format!(
+        "bench_{}_{}",
+        std::process::id(),
+        DATABASES.fetch_add(1, Ordering::Relaxed)
+    );
+    let created = std::process::Command::new("/usr/lib/postgresql/15/bin/psql")
+        .args([url.as_str(), "-qc", &format!("CREATE DATABASE {name}")])
+        .status()
+        .expect("psql");
+    assert!(created.success(), "CREATE DATABASE {name}");
+    let cfg = StorageConfig {
+        backend: StorageBackend::Postgres,
+        url: Some(format!("{base}/{name}")),
+        ..cfg
+    };
+    let store = PgStore::open(&cfg).expect("open the postgres store");
+    (dir, AnyStore::Postgres(store))
 }
 
 /// Incompressible-looking bytes of `len` (SQLite stores them as is anyway).

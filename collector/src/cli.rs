@@ -15,9 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use hubwatch_shared::config::{self, CollectorConfig, ConfigError};
+use hubwatch_shared::config::{self, CollectorConfig, ConfigError, StorageBackend, StorageConfig};
 
 use crate::server::ServerError;
+use crate::store::pg::PgStore;
 use crate::store::{Store, StoreError};
 
 #[cfg(test)]
@@ -247,6 +248,15 @@ pub enum CliError {
     /// Self-telemetry could not be set up (names the key or variable).
     #[error("{0}")]
     Telemetry(#[from] crate::telemetry::otlp::TelemetryError),
+    /// `serve` with `storage.backend = "postgres"`: only the raw log,
+    /// tokens and agents are on PostgreSQL so far.
+    #[error(
+        "storage.backend: the postgres backend serves ingest only from issue 14's first \
+         increment; `serve` needs every feature's store on PostgreSQL (SLI, alerts, usage, \
+         ...), which is not done yet: use backend = \"sqlite\" to serve. `token create`, \
+         `token revoke` and `check-config` work with postgres"
+    )]
+    BackendNotServed,
     /// The async runtime could not start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
@@ -297,7 +307,9 @@ impl CliError {
             | Self::Config(_)
             | Self::BadArgument(_)
             | Self::RemoteWrite(_)
-            | Self::Telemetry(_) => 2,
+            | Self::Telemetry(_)
+            | Self::BackendNotServed
+            | Self::Store(StoreError::PostgresConfig { .. }) => 2,
             Self::Report(crate::report::ReportError::UnknownMember(_))
             | Self::Report(crate::report::ReportError::Config(_)) => 2,
             Self::Server(ServerError::Bind { .. } | ServerError::Tls { .. }) => 2,
@@ -374,6 +386,11 @@ pub fn run(command: Command) -> Result<(), CliError> {
             // matched as serve would, so a missing or mismatched file fails
             // here, naming its key, not at the next restart.
             crate::server::server_tls_config(&cfg.server)?;
+            // The PostgreSQL keys as serve would use them: the URL parsed
+            // by the driver, password_file and ca_file read.
+            if cfg.storage.backend == StorageBackend::Postgres {
+                crate::store::pg::connect::check(&cfg.storage)?;
+            }
             println!("config ok");
             println!("{}", summary(&cfg));
             Ok(())
@@ -563,12 +580,23 @@ pub fn summary(cfg: &CollectorConfig) -> String {
         s.listen,
         on_off(s.tls_enabled()),
         on_off(s.client_ca.is_some()),
-        cfg.storage.path.display(),
+        store_summary(&cfg.storage),
         humantime::format_duration(cfg.storage.raw_retention),
         s.max_body_bytes,
         cfg.members.len(),
         cfg.alertmanagers.len(),
     )
+}
+
+/// Where the store is, never with a password.
+fn store_summary(storage: &StorageConfig) -> String {
+    match storage.backend {
+        StorageBackend::Sqlite => storage.path.display().to_string(),
+        StorageBackend::Postgres => match crate::store::pg::connect::check(storage) {
+            Ok(()) => crate::store::pg::connect::display_name(storage),
+            Err(e) => format!("postgres ({e})"),
+        },
+    }
 }
 
 fn on_off(on: bool) -> &'static str {
@@ -600,16 +628,25 @@ pub fn create_token_in_cluster(
             "member is not listed under [[members]] in the config; creating the token anyway"
         );
     }
-    let store = Store::open(&cfg.storage)?;
-    let token = store.create_token_in_cluster(member, agent, ha_cluster)?;
-    tracing::info!(member, agent, ha_cluster, store = %cfg.storage.path.display(), "token created; it is shown once, on stdout");
+    let token = match cfg.storage.backend {
+        StorageBackend::Sqlite => {
+            Store::open(&cfg.storage)?.create_token_in_cluster(member, agent, ha_cluster)?
+        }
+        StorageBackend::Postgres => {
+            PgStore::open(&cfg.storage)?.create_token_in_cluster(member, agent, ha_cluster)?
+        }
+    };
+    tracing::info!(member, agent, ha_cluster, store = %store_summary(&cfg.storage), "token created; it is shown once, on stdout");
     Ok(token)
 }
 
 /// Revokes an agent's live token.
 pub fn revoke_token(cfg: &CollectorConfig, agent: &str) -> Result<(), CliError> {
-    let store = Store::open(&cfg.storage)?;
-    if !store.revoke_token(agent)? {
+    let revoked = match cfg.storage.backend {
+        StorageBackend::Sqlite => Store::open(&cfg.storage)?.revoke_token(agent)?,
+        StorageBackend::Postgres => PgStore::open(&cfg.storage)?.revoke_token(agent)?,
+    };
+    if !revoked {
         return Err(CliError::NoLiveToken(agent.to_string()));
     }
     tracing::info!(
@@ -639,6 +676,9 @@ fn check_name(what: &'static str, value: &str) -> Result<(), CliError> {
 /// runs until SIGTERM/SIGINT, then drains: the listener, then every task;
 /// the store closes last.
 fn serve(cfg: &CollectorConfig) -> Result<(), CliError> {
+    if cfg.storage.backend == StorageBackend::Postgres {
+        return Err(CliError::BackendNotServed);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -19,6 +19,7 @@ pub mod http;
 pub mod jupyterhub;
 pub mod otlp;
 pub mod pki;
+pub mod postgres;
 pub mod process;
 pub mod prom;
 pub mod prometheus;
@@ -34,6 +35,7 @@ pub use collector::{AgentRow, Collector, CollectorOptions, HARNESS_AGENT, Server
 pub use http::{Http, Reply};
 pub use jupyterhub::{JupyterHub, spooled_batches};
 pub use pki::{CertPair, TestCa};
+pub use postgres::Postgres;
 pub use process::Process;
 pub use prom::PromText;
 pub use prometheus::{AuthProxy, ExpositionServer, Prometheus, ScrapeJob};

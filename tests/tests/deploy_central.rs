@@ -600,20 +600,36 @@ fn collector_kustomization_renders_validates_and_is_restricted() {
 
 #[test]
 fn the_shipped_and_embedded_configs_pass_the_binaries_check_config() {
+    // check-config reads the TLS files: the manifests' config names the
+    // Secret's mount, so it runs on a copy pointing at a real key pair, as
+    // the mounted `kubernetes.io/tls` Secret would provide.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = hubwatch_tests::pki::TestCa::new("deploy CA")
+        .server_cert()
+        .write(dir.path(), "tls");
+    let manifest = read("deploy/kubernetes/collector/collector.toml");
+    for mounted in ["/etc/hubwatch/tls/tls.crt", "/etc/hubwatch/tls/tls.key"] {
+        assert!(manifest.contains(mounted), "the config names {mounted}");
+    }
+    let mounted = dir.path().join("collector.toml");
+    std::fs::write(
+        &mounted,
+        manifest
+            .replace("/etc/hubwatch/tls/tls.crt", &cert.display().to_string())
+            .replace("/etc/hubwatch/tls/tls.key", &key.display().to_string()),
+    )
+    .expect("write");
     // Their drift from the code's defaults is shared/src/config/tests.rs's.
     for (bin, config) in [
+        ("hubwatch-collector", mounted.clone()),
         (
             "hubwatch-collector",
-            "deploy/kubernetes/collector/collector.toml",
+            root_file("deploy/collector.example.toml"),
         ),
-        ("hubwatch-collector", "deploy/collector.example.toml"),
-        ("hubwatch-agent", "deploy/agent.example.toml"),
+        ("hubwatch-agent", root_file("deploy/agent.example.toml")),
     ] {
         let mut command = Command::new(binary(bin));
-        command
-            .arg("check-config")
-            .arg("--config")
-            .arg(root_file(config));
+        command.arg("check-config").arg("--config").arg(&config);
         // Only the file speaks: no HUBWATCH_* override from the caller.
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("HUBWATCH_") {
@@ -623,7 +639,8 @@ fn the_shipped_and_embedded_configs_pass_the_binaries_check_config() {
         let out = run_ok(&mut command);
         assert!(
             String::from_utf8_lossy(&out.stdout).contains("config ok"),
-            "{config}: {out:?}"
+            "{}: {out:?}",
+            config.display()
         );
     }
 }

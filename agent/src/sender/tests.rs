@@ -128,7 +128,7 @@ async fn a_503_with_retry_after_is_retried_after_the_wait_and_acked_once() {
     let rig = Rig::start(&collector.url());
     rig.store(3);
     rig.wait("the ack", Duration::from_secs(10), |r| {
-        r.metrics.batches_acked.get() == 1
+        r.metrics.batches_acked.get() == 1 && r.pending() == 0
     })
     .await;
 
@@ -240,8 +240,10 @@ async fn batches_wait_in_the_spool_while_the_collector_is_down_and_arrive_when_i
     );
 
     let collector = TestCollector::start(addr, vec![Answer::ok()]).await;
+    // The ack is counted before the spool records it (on a blocking
+    // thread), so wait for both.
     rig.wait("the backlog", Duration::from_secs(20), |r| {
-        r.metrics.batches_acked.get() == 3
+        r.metrics.batches_acked.get() == 3 && r.pending() == 0
     })
     .await;
     let got = collector.received();
@@ -393,7 +395,7 @@ async fn a_200_that_is_not_the_collectors_ack_keeps_the_batch_and_is_counted() {
     let rig = Rig::start(&collector.url());
     rig.store(3);
     rig.wait("the real ack", Duration::from_secs(20), |r| {
-        r.metrics.batches_acked.get() == 1
+        r.metrics.batches_acked.get() == 1 && r.pending() == 0
     })
     .await;
     let got = collector.received();

@@ -296,6 +296,62 @@ fn report_prints_the_report_and_bad_arguments_exit_2() {
 }
 
 #[test]
+fn check_config_names_the_postgres_key_at_fault_and_serve_refuses_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = "backend = \"postgres\"\nurl = \"postgres://hw:hunter2@db.example:5432/fleet\"\n";
+    let cases = [
+        (
+            format!("{url}ca_file = {:?}\n", dir.path().join("nope.pem")),
+            "storage.ca_file",
+        ),
+        (
+            format!("{url}password_file = {:?}\n", dir.path().join("nope")),
+            "storage.password_file",
+        ),
+        ("backend = \"postgres\"\n".to_string(), "storage.url"),
+    ];
+    for (keys, key) in cases {
+        let path = dir.path().join("pg.toml");
+        std::fs::write(&path, format!("[storage]\n{keys}")).unwrap();
+        let err = run(Command::CheckConfig(ConfigArg { config: path })).unwrap_err();
+        assert!(err.to_string().contains(key), "{keys}: {err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert_eq!(err.exit_code(), 2, "{err}");
+    }
+    let cfg: CollectorConfig = config::load(&format!("[storage]\n{url}"), &HashMap::new()).unwrap();
+    let summary = summary(&cfg);
+    assert!(
+        summary.contains("store: postgres://hw@db.example:5432/fleet"),
+        "{summary}"
+    );
+    assert!(!summary.contains("hunter2"));
+    let err = serve(&cfg).unwrap_err();
+    assert!(err.to_string().contains("first increment"), "{err}");
+    assert_eq!(err.exit_code(), 2);
+}
+
+#[test]
+fn token_commands_work_on_postgres() {
+    let url = crate::store::pg::test_server::database();
+    let cfg: CollectorConfig = config::load(
+        &format!("[storage]\nbackend = \"postgres\"\nurl = {url:?}\n"),
+        &HashMap::new(),
+    )
+    .unwrap();
+    let token = create_token(&cfg, "leap", "leap-agent").unwrap();
+    let store = PgStore::open(&cfg.storage).unwrap();
+    let rows = store.tokens().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].token_sha256, crate::store::hash_token(&token));
+    revoke_token(&cfg, "leap-agent").unwrap();
+    assert!(store.tokens().unwrap()[0].revoked);
+    assert!(matches!(
+        revoke_token(&cfg, "leap-agent"),
+        Err(CliError::NoLiveToken(_))
+    ));
+}
+
+#[test]
 fn check_config_names_a_remote_write_key_whose_file_is_missing() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("password");

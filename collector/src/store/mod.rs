@@ -23,6 +23,7 @@
 //!   each feature's own tables sit behind that feature's store trait.
 
 pub mod backup;
+pub mod pg;
 pub(crate) mod schema;
 mod tokens;
 mod writer;
@@ -155,6 +156,24 @@ pub enum StoreError {
         what: &'static str,
         /// The name given.
         value: String,
+    },
+    /// A PostgreSQL operation failed, or no connection could be had (the
+    /// server down or unreachable): the ingest path answers 503, like any
+    /// store error. Carries neither the URL nor the password.
+    #[error("store (postgres): {operation}: {source}")]
+    Postgres {
+        /// What the store was doing.
+        operation: &'static str,
+        /// Why.
+        source: pg::PgFailure,
+    },
+    /// A `[storage]` key of the PostgreSQL backend cannot be used.
+    #[error("{key}: {detail}")]
+    PostgresConfig {
+        /// The config key.
+        key: &'static str,
+        /// What is wrong with it.
+        detail: String,
     },
     /// The OS random generator failed.
     #[error("reading random bytes for a token from the operating system: {0}")]

@@ -9,6 +9,10 @@ use hubwatch_shared::config::StorageConfig;
 use rusqlite::Connection;
 
 use super::*;
+use crate::pipeline::{CursorUpdate, Quarantined, StageCursor};
+
+mod backends;
+use backends::Backend;
 
 const HOUR_MS: i64 = 3600 * 1000;
 /// A fixed "now" so retention tests do not depend on the clock.
@@ -42,7 +46,7 @@ fn item(agent: &str, seq: u64, records: u64, received_ms: i64) -> IngestItem {
     }
 }
 
-fn agent_map(store: &Store) -> HashMap<String, AgentRow> {
+fn agent_map<B: Backend>(store: &B) -> HashMap<String, AgentRow> {
     store
         .agents(None)
         .expect("agents")
@@ -51,11 +55,10 @@ fn agent_map(store: &Store) -> HashMap<String, AgentRow> {
         .collect()
 }
 
-#[tokio::test]
-async fn ingested_batches_survive_reopen() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let cfg = config(dir.path());
-    let store = Store::open(&cfg)?;
+async fn ingested_batches_survive_reopen<B: Backend>() -> anyhow::Result<()> {
+    let fx = B::fixture();
+    let cfg = fx.cfg.clone();
+    let store = B::open(&cfg)?;
     for seq in 1..=3 {
         assert_eq!(
             store.ingest(item("a1", seq, 10 * seq, NOW_MS)).await?,
@@ -64,7 +67,7 @@ async fn ingested_batches_survive_reopen() -> anyhow::Result<()> {
     }
     drop(store);
 
-    let store = Store::open(&cfg)?;
+    let store = B::open(&cfg)?;
     let batches = store.batches_after(0, 100)?;
     assert_eq!(batches.len(), 3);
     for (batch, seq) in batches.iter().zip(1..) {
@@ -87,18 +90,17 @@ async fn ingested_batches_survive_reopen() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn duplicates_are_recognised_across_reopen() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let cfg = config(dir.path());
-    let store = Store::open(&cfg)?;
+async fn duplicates_are_recognised_across_reopen<B: Backend>() -> anyhow::Result<()> {
+    let fx = B::fixture();
+    let cfg = fx.cfg.clone();
+    let store = B::open(&cfg)?;
     assert_eq!(
         store.ingest(item("a1", 7, 5, NOW_MS)).await?,
         IngestOutcome::Stored
     );
     drop(store);
 
-    let store = Store::open(&cfg)?;
+    let store = B::open(&cfg)?;
     let mut replay = item("a1", 7, 5, NOW_MS + 1000);
     replay.frame = Bytes::from_static(b"different bytes, same key");
     assert_eq!(store.ingest(replay).await?, IngestOutcome::Duplicate);
@@ -122,10 +124,9 @@ async fn duplicates_are_recognised_across_reopen() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_ingests_are_stored_exactly_once() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let store = Store::open(&config(dir.path()))?;
+async fn concurrent_ingests_are_stored_exactly_once<B: Backend>() -> anyhow::Result<()> {
+    let fx = B::fixture();
+    let store = B::open(&fx.cfg.clone())?;
     const TASKS: u64 = 50;
     const PER_TASK: u64 = 20;
     const REPLAYED_PER_TASK: u64 = 5;
@@ -408,11 +409,10 @@ fn an_uncreatable_directory_is_named() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-fn tokens_are_created_listed_revoked_and_stored_hashed() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let cfg = config(dir.path());
-    let store = Store::open(&cfg)?;
+async fn tokens_are_created_listed_revoked_and_stored_hashed<B: Backend>() -> anyhow::Result<()> {
+    let fx = B::fixture();
+    let cfg = fx.cfg.clone();
+    let store = B::open(&cfg)?;
 
     let token = store.create_token("leap", "leap-agent")?;
     assert!(token.starts_with(TOKEN_PREFIX));
@@ -434,6 +434,24 @@ fn tokens_are_created_listed_revoked_and_stored_hashed() -> anyhow::Result<()> {
     assert_eq!(leap.member, "leap");
     assert_eq!(leap.token_sha256, hash_token(&token));
     assert!(!leap.revoked);
+    assert_eq!(leap.ha_cluster, None, "not in an HA pair");
+
+    // An agent of an HA pair keeps its cluster with its token.
+    store.create_token_in_cluster("leap", "leap-b", Some("leap-prod"))?;
+    let pair = store
+        .tokens()?
+        .into_iter()
+        .find(|t| t.agent == "leap-b")
+        .expect("listed");
+    assert_eq!(pair.ha_cluster.as_deref(), Some("leap-prod"));
+    assert!(matches!(
+        store.create_token_in_cluster("leap", "leap-c", Some(" ")),
+        Err(StoreError::InvalidName {
+            what: "ha_cluster",
+            ..
+        })
+    ));
+    assert!(store.revoke_token("leap-b")?);
 
     // A second live token for the same agent is refused, naming it.
     match store.create_token("leap", "leap-agent") {
@@ -468,11 +486,9 @@ fn tokens_are_created_listed_revoked_and_stored_hashed() -> anyhow::Result<()> {
     assert_eq!(leap.token_sha256, hash_token(&renewed));
     assert_ne!(leap.token_sha256, hash_token(&token));
 
-    // No token is anywhere in the files, only hashes.
+    // No token is anywhere in the stored bytes, only hashes.
     let mut bytes = Vec::new();
-    for entry in std::fs::read_dir(&cfg.path)? {
-        bytes.extend(std::fs::read(entry?.path())?);
-    }
+    bytes.extend(store.stored_bytes()?);
     let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
     assert!(
         contains(&hash_token(&renewed)),
@@ -524,10 +540,9 @@ async fn a_second_handle_on_the_same_file_sees_tokens() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn prune_drops_old_frames_but_keeps_dedupe() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let store = Store::open(&config(dir.path()))?;
+async fn prune_drops_old_frames_but_keeps_dedupe<B: Backend>() -> anyhow::Result<()> {
+    let fx = B::fixture();
+    let store = B::open(&fx.cfg.clone())?;
     // More old batches than one prune chunk, to exercise the chunking.
     let old_count = PRUNE_CHUNK_ROWS as u64 + 37;
     for seq in 0..old_count {
@@ -590,10 +605,10 @@ async fn prune_drops_old_frames_but_keeps_dedupe() -> anyhow::Result<()> {
 /// Retention keeps the frames a derivation stage has not consumed (ids above
 /// the hold) past raw_retention, and drops them anyway past
 /// raw_retention_max.
-#[tokio::test]
-async fn prune_keeps_frames_a_stage_has_not_read_until_the_hard_limit() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let store = Store::open(&config(dir.path()))?;
+async fn prune_keeps_frames_a_stage_has_not_read_until_the_hard_limit<B: Backend>()
+-> anyhow::Result<()> {
+    let fx = B::fixture();
+    let store = B::open(&fx.cfg.clone())?;
     for seq in 0..10 {
         store
             .ingest(item("a", seq, 1, NOW_MS - 49 * HOUR_MS))
@@ -628,10 +643,9 @@ fn dedupe_horizon_is_the_longer_of_30_days_and_4_retentions() {
     );
 }
 
-#[tokio::test]
-async fn batches_after_pages_in_id_order() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let store = Store::open(&config(dir.path()))?;
+async fn batches_after_pages_in_id_order<B: Backend>() -> anyhow::Result<()> {
+    let fx = B::fixture();
+    let store = B::open(&fx.cfg.clone())?;
     // Out-of-order and late batches: arrival order is what counts.
     let arrivals: Vec<(&str, u64)> = (0..30u64)
         .map(|i| (if i % 3 == 0 { "a" } else { "b" }, 1000 - i * 7))
@@ -662,10 +676,9 @@ async fn batches_after_pages_in_id_order() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn agents_show_member_version_and_last_seen() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let store = Store::open(&config(dir.path()))?;
+async fn agents_show_member_version_and_last_seen<B: Backend>() -> anyhow::Result<()> {
+    let fx = B::fixture();
+    let store = B::open(&fx.cfg.clone())?;
     let mut newer = item("a1", 20, 4, NOW_MS);
     newer.agent_version = "0.2.0".into();
     newer.dropped_records = 9;
@@ -693,10 +706,9 @@ async fn agents_show_member_version_and_last_seen() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn large_sequence_numbers_round_trip() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let store = Store::open(&config(dir.path()))?;
+async fn large_sequence_numbers_round_trip<B: Backend>() -> anyhow::Result<()> {
+    let fx = B::fixture();
+    let store = B::open(&fx.cfg.clone())?;
     let mut huge = item("a1", u64::MAX, u64::MAX, NOW_MS);
     huge.dropped_records = u64::MAX;
     assert_eq!(store.ingest(huge.clone()).await?, IngestOutcome::Stored);
@@ -798,3 +810,94 @@ fn cached_statements_are_not_prepared_again_on_reuse() -> anyhow::Result<()> {
     assert_eq!(reprepared, 0, "re-preparations of a cached statement");
     Ok(())
 }
+
+/// A stage's cursor is a compare-and-set written with its rows: a commit
+/// from a stale cursor fails and writes nothing; quarantined batches are
+/// recorded with it.
+async fn cursors_compare_and_set_with_quarantine<B: Backend>() -> anyhow::Result<()> {
+    let fx = B::fixture();
+    let store = B::open(&fx.cfg)?;
+    for seq in 0..5 {
+        store.ingest(item("a", seq, 1, NOW_MS)).await?;
+    }
+    let page = store.batches_after(0, 10)?;
+    assert_eq!(store.load_cursor("stage.x")?, StageCursor::default());
+    let start = StageCursor::default();
+    let after = StageCursor::at(page[4].id);
+    let quarantined = [Quarantined {
+        batch_id: page[2].id,
+        agent: "a".into(),
+        member: "member-of-a".into(),
+        seq: 2,
+        reason: "does not decode".into(),
+    }];
+    store.commit_cursor(&CursorUpdate {
+        stage: "stage.x",
+        previous: &start,
+        cursor: &after,
+        quarantined: &quarantined,
+        now_ms: NOW_MS,
+    })?;
+    assert_eq!(store.load_cursor("stage.x")?, after);
+    assert_eq!(store.quarantined("stage.x")?, vec![page[2].id]);
+    // Another process committed meanwhile: a commit from the old cursor fails.
+    let stale = store.commit_cursor(&CursorUpdate {
+        stage: "stage.x",
+        previous: &start,
+        cursor: &StageCursor::at(page[1].id),
+        quarantined: &[],
+        now_ms: NOW_MS,
+    });
+    assert!(stale.is_err(), "a moved cursor must fail the commit");
+    assert!(stale.err().is_some_and(|e| e.to_string().contains("moved")));
+    assert_eq!(store.load_cursor("stage.x")?, after);
+    // The backlog and a window's start cursor read the same log.
+    assert_eq!(store.backlog(page[1].id)?, (3, Some(NOW_MS)));
+    assert_eq!(
+        store.cursor_received_since(NOW_MS)?,
+        StageCursor::at(page[0].id - 1)
+    );
+    assert_eq!(
+        store.cursor_received_since(NOW_MS + 1)?,
+        StageCursor::at(page[4].id)
+    );
+    Ok(())
+}
+
+/// Every test above, once per backend: SQLite in a temporary directory, and
+/// PostgreSQL in a database of its own on the test server (started by
+/// `store::pg::test_server`, or `HUBWATCH_TEST_PG_URL`). Never skipped: a
+/// missing PostgreSQL fails the PostgreSQL half.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name::<crate::store::Store>().await
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    super::$name::<crate::store::pg::PgStore>().await
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    ingested_batches_survive_reopen,
+    duplicates_are_recognised_across_reopen,
+    concurrent_ingests_are_stored_exactly_once,
+    tokens_are_created_listed_revoked_and_stored_hashed,
+    prune_drops_old_frames_but_keeps_dedupe,
+    prune_keeps_frames_a_stage_has_not_read_until_the_hard_limit,
+    batches_after_pages_in_id_order,
+    agents_show_member_version_and_last_seen,
+    large_sequence_numbers_round_trip,
+    cursors_compare_and_set_with_quarantine,
+);

@@ -485,6 +485,45 @@ pub struct StorageConfig {
     /// them anyway (counted as lost by that stage, alerted on).
     #[serde(with = "humantime_serde")]
     pub raw_retention_max: Duration,
+    /// Which database holds the store: the embedded SQLite file in `path`
+    /// (default) or a PostgreSQL server at `url`.
+    pub backend: StorageBackend,
+    /// PostgreSQL only: `postgres://user@host:port/database`. A password may
+    /// be in the URL, but `password_file` keeps it out of the config; it is
+    /// never logged either way.
+    pub url: Option<String>,
+    /// PostgreSQL only: a file whose first line is the password (overrides
+    /// one in `url`).
+    pub password_file: Option<PathBuf>,
+    /// PostgreSQL only: PEM CA bundle to verify the server with; setting it
+    /// requires TLS (`sslmode=require` with verification).
+    pub ca_file: Option<PathBuf>,
+    /// PostgreSQL only: require TLS, verified against the system's web PKI
+    /// roots when `ca_file` is not set.
+    pub tls: bool,
+    /// PostgreSQL only: connections in the pool (ingest, reads, stages).
+    pub pool_size: usize,
+    /// PostgreSQL only: how long opening one connection may take.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+/// `storage.backend`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// The embedded SQLite file in `storage.path`.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL server at `storage.url`.
+    Postgres,
+}
+
+impl StorageConfig {
+    /// Whether the PostgreSQL connection must use TLS.
+    pub fn postgres_tls(&self) -> bool {
+        self.tls || self.ca_file.is_some()
+    }
 }
 
 impl Default for StorageConfig {
@@ -494,6 +533,13 @@ impl Default for StorageConfig {
             raw_retention: Duration::from_secs(48 * 3600),
             sli_retention: Duration::from_secs(65 * 24 * 3600),
             raw_retention_max: Duration::from_secs(7 * 24 * 3600),
+            backend: StorageBackend::Sqlite,
+            url: None,
+            password_file: None,
+            ca_file: None,
+            tls: false,
+            pool_size: 8,
+            connect_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -611,6 +657,7 @@ impl Validate for CollectorConfig {
         if self.storage.path.as_os_str().is_empty() {
             return Err(ConfigError::invalid("storage.path", "must not be empty"));
         }
+        validate_postgres(&self.storage)?;
         if self.storage.raw_retention < Duration::from_secs(3600) {
             return Err(ConfigError::invalid(
                 "storage.raw_retention",
@@ -1050,6 +1097,42 @@ impl CollectorConfig {
 
 /// Checks `[[tiers]]`: names, targets in (0, 1), windows, and page
 /// thresholds that can fire.
+/// The `[storage]` keys of the PostgreSQL backend, as far as they can be
+/// checked without IO (the collector's `check-config` also parses the URL
+/// with the driver and reads `ca_file` and `password_file`).
+fn validate_postgres(storage: &StorageConfig) -> Result<(), ConfigError> {
+    if storage.pool_size == 0 || storage.pool_size > 256 {
+        return Err(ConfigError::invalid(
+            "storage.pool_size",
+            "must be between 1 and 256",
+        ));
+    }
+    check_positive("storage.connect_timeout", storage.connect_timeout)?;
+    if storage.backend != StorageBackend::Postgres {
+        return Ok(());
+    }
+    let Some(url) = storage.url.as_deref() else {
+        return Err(ConfigError::invalid(
+            "storage.url",
+            "must be set when storage.backend = \"postgres\" (postgres://user@host:port/database)",
+        ));
+    };
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"));
+    let host = rest
+        .map(|rest| rest.split(['/', '?']).next().unwrap_or(""))
+        .map(|authority| authority.rsplit('@').next().unwrap_or(""));
+    if host.is_none_or(str::is_empty) {
+        // Never echo the URL: it may hold a password.
+        return Err(ConfigError::invalid(
+            "storage.url",
+            "does not parse: expected postgres://user@host:port/database",
+        ));
+    }
+    Ok(())
+}
+
 fn validate_tiers(tiers: &[TierConfig]) -> Result<(), ConfigError> {
     let builtins = builtin_tiers();
     let base = builtins

@@ -100,6 +100,21 @@ fn collector_checks_name_their_key() {
             "alertmanagers[0].url",
         ),
         ("[storage]\nraw_retention = \"5m\"", "storage.raw_retention"),
+        ("[storage]\nbackend = \"postgres\"", "storage.url"),
+        (
+            "[storage]\nbackend = \"postgres\"\nurl = \"mysql://db/x\"",
+            "storage.url",
+        ),
+        (
+            "[storage]\nbackend = \"postgres\"\nurl = \"postgres:///x\"",
+            "storage.url",
+        ),
+        ("[storage]\npool_size = 0", "storage.pool_size"),
+        (
+            "[storage]\nconnect_timeout = \"0s\"",
+            "storage.connect_timeout",
+        ),
+        ("[storage]\nbackend = \"mongodb\"", "backend"),
     ];
     for (text, key) in cases {
         let err = load::<CollectorConfig>(text, &HashMap::new()).expect_err(text);
@@ -136,6 +151,18 @@ fn telemetry_keys_are_checked_by_name() {
         Some("https://otel.example.org:4318/base/")
     );
     assert!((cfg.telemetry.sample_ratio - 1.0).abs() < f64::EPSILON);
+}
+
+#[test]
+fn a_postgres_url_with_a_password_is_never_echoed() {
+    let text = "[storage]\nbackend = \"postgres\"\nurl = \"pg://u:hunter2@db/x\"";
+    let err = load::<CollectorConfig>(text, &HashMap::new()).expect_err(text);
+    assert!(err.to_string().contains("storage.url"), "{err}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    let ok = "[storage]\nbackend = \"postgres\"\nurl = \"postgres://u@db:5432/x\"";
+    let cfg = load::<CollectorConfig>(ok, &HashMap::new()).expect(ok);
+    assert_eq!(cfg.storage.backend, StorageBackend::Postgres);
+    assert!(!cfg.storage.postgres_tls());
 }
 
 #[test]

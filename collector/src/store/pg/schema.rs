@@ -1,0 +1,161 @@
+//! The PostgreSQL store's schema, as an ordered list of migrations in
+//! PostgreSQL's dialect (`BIGSERIAL`, `BYTEA`, `BIGINT`).
+//!
+//! The version lives in the one-row table `hubwatch_schema`: version `n`
+//! means the first `n` entries of [`MIGRATIONS`] have been applied. On open,
+//! the missing ones run in order in one transaction together with the
+//! version bump, after `pg_advisory_xact_lock(`[`MIGRATION_LOCK`]`)`: two
+//! replicas starting at once queue on the lock, and the second finds the
+//! schema current. A database whose version is newer than this build knows
+//! is refused ([`StoreError::FutureSchema`]), never downgraded.
+//!
+//! Append-only, like SQLite's list; the two lists are numbered separately
+//! (PostgreSQL gets a feature's tables when its store is ported).
+
+use deadpool_postgres::Client;
+
+use super::pg_error;
+use crate::store::StoreError;
+
+/// The advisory lock key every hubwatch migration takes ("hubwatch" in ASCII).
+pub const MIGRATION_LOCK: i64 = 0x6875_6277_6174_6368;
+
+/// Every migration, in order. Entry `i` takes the schema from version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the raw batch log, per-agent counters, tokens, derivation cursors
+    // and quarantine (SQLite's migrations 1 and 4).
+    "
+    -- One row per stored batch. BIGSERIAL ids are never reused; with
+    -- concurrent writers they may commit out of order, which the pipeline's
+    -- cursor gaps handle (pipeline/cursor.rs). `frame` is NULL once older
+    -- than raw_retention; the (agent, seq) key stays for deduplication.
+    CREATE TABLE batches (
+        id          BIGSERIAL PRIMARY KEY,
+        agent       TEXT   NOT NULL,
+        seq         BIGINT NOT NULL,  -- u64 stored bit-for-bit as i64
+        member      TEXT   NOT NULL,
+        received_ms BIGINT NOT NULL,
+        created_ms  BIGINT NOT NULL,
+        records     BIGINT NOT NULL,
+        frame       BYTEA,
+        UNIQUE (agent, seq)
+    );
+    CREATE INDEX batches_by_received ON batches (received_ms);
+    CREATE INDEX batches_with_frame_by_received ON batches (received_ms)
+        WHERE frame IS NOT NULL;
+
+    CREATE TABLE agents (
+        agent            TEXT PRIMARY KEY,
+        member           TEXT   NOT NULL,
+        version          TEXT   NOT NULL,
+        first_seen_ms    BIGINT NOT NULL,
+        last_seen_ms     BIGINT NOT NULL,
+        last_seq         BIGINT NOT NULL,
+        batches          BIGINT NOT NULL,
+        records          BIGINT NOT NULL,
+        duplicates       BIGINT NOT NULL,
+        dropped_by_agent BIGINT NOT NULL
+    );
+
+    CREATE TABLE tokens (
+        agent        TEXT PRIMARY KEY,
+        member       TEXT   NOT NULL,
+        token_sha256 BYTEA  NOT NULL UNIQUE,
+        created_ms   BIGINT NOT NULL,
+        revoked_ms   BIGINT
+    );
+
+    CREATE TABLE derive_cursors (
+        name    TEXT PRIMARY KEY,
+        last_id BIGINT NOT NULL,
+        gaps    TEXT   NOT NULL DEFAULT ''
+    );
+
+    CREATE TABLE quarantine (
+        stage    TEXT   NOT NULL,
+        batch_id BIGINT NOT NULL,
+        agent    TEXT   NOT NULL,
+        member   TEXT   NOT NULL,
+        seq      BIGINT NOT NULL,
+        reason   TEXT   NOT NULL,
+        at_ms    BIGINT NOT NULL,
+        PRIMARY KEY (stage, batch_id)
+    );
+    ",
+    // HA agent pairs: the cluster a token's agent belongs to (as SQLite's
+    // `tokens.ha_cluster`); NULL for an agent that is not in a pair.
+    "ALTER TABLE tokens ADD COLUMN ha_cluster TEXT;",
+];
+
+/// The schema version this build writes.
+pub fn current_version() -> i64 {
+    i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX)
+}
+
+/// Brings the database to [`current_version`] (see the module doc).
+pub(super) async fn migrate(client: &mut Client, name: &str) -> Result<(), StoreError> {
+    let failed = |operation| move |e: tokio_postgres::Error| pg_error(operation, e);
+    let tx = client
+        .transaction()
+        .await
+        .map_err(failed("starting the schema migration"))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(failed("taking the migration lock"))?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS hubwatch_schema (
+             one     BOOLEAN PRIMARY KEY DEFAULT true CHECK (one),
+             version BIGINT NOT NULL
+         )",
+    )
+    .await
+    .map_err(failed("creating the schema version table"))?;
+    let found: i64 = tx
+        .query_opt("SELECT version FROM hubwatch_schema", &[])
+        .await
+        .map_err(failed("reading the schema version"))?
+        .map(|row| row.try_get(0))
+        .transpose()
+        .map_err(failed("reading the schema version"))?
+        .unwrap_or(0);
+    let supported = current_version();
+    if found > supported {
+        return Err(StoreError::FutureSchema {
+            path: name.into(),
+            found,
+            supported,
+        });
+    }
+    if found < 0 {
+        return Err(StoreError::Corrupt {
+            path: name.into(),
+            detail: format!("negative schema version {found}"),
+        });
+    }
+    if found == supported {
+        return Ok(());
+    }
+    let first_missing = usize::try_from(found).unwrap_or(usize::MAX);
+    for migration in MIGRATIONS.iter().skip(first_missing) {
+        tx.batch_execute(migration)
+            .await
+            .map_err(failed("applying a schema migration"))?;
+    }
+    tx.execute(
+        "INSERT INTO hubwatch_schema (one, version) VALUES (true, $1)
+         ON CONFLICT (one) DO UPDATE SET version = excluded.version",
+        &[&supported],
+    )
+    .await
+    .map_err(failed("writing the schema version"))?;
+    tx.commit()
+        .await
+        .map_err(failed("committing the schema migration"))?;
+    tracing::info!(
+        store = name,
+        from = found,
+        to = supported,
+        "store schema migrated"
+    );
+    Ok(())
+}
