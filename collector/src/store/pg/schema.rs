@@ -82,6 +82,74 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (stage, batch_id)
     );
     ",
+    // 2 (issue 14, feature stores): the SLI minutes, their hourly sums, the
+    // spawn counters and each hub's latest journey (SQLite's 2, 5 and the
+    // journey migration), as `slo::store::PgSli` writes them.
+    "
+    -- What was observed of each hub in each minute (Unix minutes); counts
+    -- only, whether a minute is good is decided when it is read.
+    CREATE TABLE sli_minutes (
+        member               TEXT   NOT NULL,
+        hub                  TEXT   NOT NULL,
+        minute               BIGINT NOT NULL,
+        probes_ok            BIGINT NOT NULL DEFAULT 0,
+        probes_failed        BIGINT NOT NULL DEFAULT 0,
+        outside_ok           BIGINT NOT NULL DEFAULT 0,
+        outside_failed       BIGINT NOT NULL DEFAULT 0,
+        spawn_ok             BIGINT NOT NULL DEFAULT 0,
+        spawn_failed         BIGINT NOT NULL DEFAULT 0,
+        spawn_fast           BIGINT NOT NULL DEFAULT 0,
+        spawn_timed          BIGINT NOT NULL DEFAULT 0,
+        hub_samples          BIGINT NOT NULL DEFAULT 0,
+        journey_good         BIGINT NOT NULL DEFAULT 0,
+        journey_bad          BIGINT NOT NULL DEFAULT 0,
+        journey_spawn_failed BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (member, hub, minute)
+    );
+    -- Loading the last window at start; retention past storage.sli_retention.
+    CREATE INDEX sli_minutes_by_minute ON sli_minutes (minute);
+
+    -- The minutes summed per hub and Unix hour, kept in the minutes'
+    -- transaction (availability as MinuteCounts::AVAILABILITY_SQL).
+    CREATE TABLE sli_hours (
+        member               TEXT   NOT NULL,
+        hub                  TEXT   NOT NULL,
+        hour                 BIGINT NOT NULL,
+        minutes              BIGINT NOT NULL DEFAULT 0,
+        avail_good           BIGINT NOT NULL DEFAULT 0,
+        avail_bad            BIGINT NOT NULL DEFAULT 0,
+        spawn_ok             BIGINT NOT NULL DEFAULT 0,
+        spawn_failed         BIGINT NOT NULL DEFAULT 0,
+        spawn_fast           BIGINT NOT NULL DEFAULT 0,
+        spawn_timed          BIGINT NOT NULL DEFAULT 0,
+        journey_good         BIGINT NOT NULL DEFAULT 0,
+        journey_bad          BIGINT NOT NULL DEFAULT 0,
+        journey_spawn_failed BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (member, hub, hour)
+    );
+
+    -- The last value of each spawn counter series per hub (deltas survive
+    -- restarts and leader changes; a lower value is a hub restart).
+    CREATE TABLE sli_counters (
+        member       TEXT             NOT NULL,
+        hub          TEXT             NOT NULL,
+        series       TEXT             NOT NULL,
+        value        DOUBLE PRECISION NOT NULL,
+        timestamp_ms BIGINT           NOT NULL,
+        PRIMARY KEY (member, hub, series)
+    );
+
+    CREATE TABLE journey_latest (
+        member               TEXT    NOT NULL,
+        hub                  TEXT    NOT NULL,
+        started_ms           BIGINT  NOT NULL,
+        ok                   BOOLEAN NOT NULL,
+        phase                TEXT    NOT NULL,
+        reason               TEXT    NOT NULL,
+        consecutive_failures BIGINT  NOT NULL,
+        PRIMARY KEY (member, hub)
+    );
+    ",
 ];
 
 /// The schema version this build writes.
