@@ -84,7 +84,8 @@ pub const MIGRATIONS: &[&str] = &[
     ",
     // 2 (issue 14, feature stores): the SLI minutes, their hourly sums, the
     // spawn counters and each hub's latest journey (SQLite's 2, 5 and the
-    // journey migration), as `slo::store::PgSli` writes them.
+    // journey migration), as `slo::store::PgSli` writes them; the fleet
+    // checks' hub status (`alerts::fleet::store::PgHubStatus`).
     "
     -- What was observed of each hub in each minute (Unix minutes); counts
     -- only, whether a minute is good is decided when it is read.
@@ -147,6 +148,16 @@ pub const MIGRATIONS: &[&str] = &[
         phase                TEXT    NOT NULL,
         reason               TEXT    NOT NULL,
         consecutive_failures BIGINT  NOT NULL,
+        PRIMARY KEY (member, hub)
+    );
+
+    -- The fleet checks' view of each configured hub, as JSON (TEXT, as on
+    -- SQLite: a row that no longer reads is skipped, not refused), written
+    -- with derive_cursors('alerts.hub_status') in one transaction.
+    CREATE TABLE hub_status (
+        member TEXT NOT NULL,
+        hub    TEXT NOT NULL,
+        status TEXT NOT NULL,
         PRIMARY KEY (member, hub)
     );
     ",
