@@ -85,7 +85,8 @@ pub const MIGRATIONS: &[&str] = &[
     // 2 (issue 14, feature stores): the SLI minutes, their hourly sums, the
     // spawn counters and each hub's latest journey (SQLite's 2, 5 and the
     // journey migration), as `slo::store::PgSli` writes them; the fleet
-    // checks' hub status (`alerts::fleet::store::PgHubStatus`).
+    // checks' hub status (`alerts::fleet::store::PgHubStatus`); the alert
+    // state and incident history (`alerts::state_store::PgAlertStateStore`).
     "
     -- What was observed of each hub in each minute (Unix minutes); counts
     -- only, whether a minute is good is decided when it is read.
@@ -160,6 +161,36 @@ pub const MIGRATIONS: &[&str] = &[
         status TEXT NOT NULL,
         PRIMARY KEY (member, hub)
     );
+
+    -- One row per alert the engine holds (firing, or resolved and still
+    -- sent for resolved_retention). The fingerprint is SHA-256 of the sorted
+    -- labels: a new leader loads the same incident with its starts_at (no
+    -- re-page) and the resolutions its predecessor saved.
+    CREATE TABLE alert_state (
+        fingerprint    TEXT   PRIMARY KEY,
+        source         TEXT   NOT NULL,
+        labels         TEXT   NOT NULL,  -- JSON object
+        annotations    TEXT   NOT NULL,  -- JSON object
+        starts_at_ms   BIGINT NOT NULL,
+        resolved_at_ms BIGINT,           -- NULL while firing
+        last_sent_ms   BIGINT            -- last accepted POST to an Alertmanager
+    );
+
+    -- One row per incident (fingerprint + starts_at of one firing), upserted
+    -- in the transaction that saves alert_state, kept 400 days.
+    CREATE TABLE alert_incidents (
+        fingerprint    TEXT   NOT NULL,
+        starts_at_ms   BIGINT NOT NULL,
+        resolved_at_ms BIGINT,
+        alertname      TEXT   NOT NULL,
+        severity       TEXT   NOT NULL,
+        member         TEXT   NOT NULL,
+        hub            TEXT   NOT NULL,
+        slo            TEXT   NOT NULL,
+        labels         TEXT   NOT NULL,
+        PRIMARY KEY (fingerprint, starts_at_ms)
+    );
+    CREATE INDEX alert_incidents_by_start ON alert_incidents (starts_at_ms);
     ",
 ];
 
