@@ -23,8 +23,10 @@
 //! methods block their thread for the length of a query: call them from a
 //! blocking thread. [`PgStore::ingest`] is async and blocks nothing.
 //!
-//! **For the feature stores (next increments).** A feature's PostgreSQL
-//! seam writes its rows and the stage cursor in ONE transaction:
+//! **For the feature stores** (ported so far: `slo::store::PgSli`,
+//! `alerts::fleet::store::PgHubStatus`,
+//! `alerts::state_store::PgAlertStateStore`). A feature's PostgreSQL seam
+//! writes its rows and the stage cursor in ONE transaction:
 //!
 //! ```ignore
 //! store.write_with("committing SLI minutes", async |tx| {
