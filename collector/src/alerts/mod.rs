@@ -32,7 +32,7 @@ pub mod watchdog;
 pub use engine::{AlertEngine, AlertError, AlertRecord, AlertSnapshot, AlertState};
 pub use fleet::FleetSource;
 pub use runtime::{AlertingSetupError, AlertsComponent};
-pub use state_store::{AlertStateStore, SentIncident, SqliteAlertStateStore};
+pub use state_store::{AlertStateStore, PgAlertStateStore, SentIncident, SqliteAlertStateStore};
 pub use watchdog::WatchdogSource;
 
 /// One alert that should be firing now, as its producer sees it. Labels

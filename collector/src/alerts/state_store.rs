@@ -8,9 +8,12 @@
 //! [`INCIDENT_RETENTION_MS`].
 //!
 //! The engine sees only this trait and domain types ([`AlertRecord`],
-//! [`SentIncident`]), so a second backend (PostgreSQL) implements the trait
-//! instead of rewriting the engine. The table itself and its migration stay
-//! with the store's other migrations (`store/schema.rs`).
+//! [`SentIncident`]); the PostgreSQL backend implements both traits in
+//! `pg.rs` ([`PgAlertStateStore`]), so replicas share one alert state and a
+//! new leader loads the same fingerprints and `starts_at` (no re-page) and
+//! the resolutions the old one saved. The tables and their migrations stay
+//! with each store's other migrations (`store/schema.rs`,
+//! `store/pg/schema.rs`). The traits' tests run on both backends (`tests.rs`).
 
 use std::collections::BTreeMap;
 
@@ -19,8 +22,11 @@ use rusqlite::params;
 use super::engine::AlertRecord;
 use crate::store::{Store, StoreError};
 
+mod pg;
 #[cfg(test)]
 mod tests;
+
+pub use pg::PgAlertStateStore;
 
 /// One incident an Alertmanager accepted: the alert's fingerprint and the
 /// `starts_at` of the incident that was sent, so a mark never lands on a
@@ -135,41 +141,7 @@ impl AlertStateStore for SqliteAlertStateStore {
             })?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
         })?;
-        let mut alerts = BTreeMap::new();
-        for (
-            fingerprint,
-            source,
-            labels,
-            annotations,
-            starts_at_ms,
-            resolved_at_ms,
-            last_sent_ms,
-        ) in rows
-        {
-            let parsed = serde_json::from_str(&labels).and_then(|labels| {
-                serde_json::from_str(&annotations).map(|annotations| (labels, annotations))
-            });
-            match parsed {
-                Ok((labels, annotations)) => {
-                    alerts.insert(
-                        fingerprint.clone(),
-                        AlertRecord {
-                            fingerprint,
-                            source,
-                            labels,
-                            annotations,
-                            starts_at_ms,
-                            resolved_at_ms,
-                            last_sent_ms,
-                        },
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(fingerprint, error = %e, "unreadable alert state row skipped")
-                }
-            }
-        }
-        Ok(alerts)
+        Ok(records_from(rows))
     }
 
     fn save(&self, changed: &[AlertRecord], forgotten: &[String]) -> Result<(), StoreError> {
@@ -259,22 +231,72 @@ impl IncidentStore for SqliteAlertStateStore {
             })?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
         })?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (mut incident, labels) in rows {
-            match serde_json::from_str(&labels) {
-                Ok(labels) => {
-                    incident.labels = labels;
-                    out.push(incident);
-                }
-                Err(e) => tracing::warn!(
-                    fingerprint = incident.fingerprint,
-                    error = %e,
-                    "unreadable incident row skipped"
-                ),
+        Ok(incidents_from(rows))
+    }
+}
+
+/// One `alert_state` row as stored: fingerprint, source, labels and
+/// annotations (JSON), starts_at, resolved_at, last_sent.
+type RawRecord = (
+    String,
+    String,
+    String,
+    String,
+    i64,
+    Option<i64>,
+    Option<i64>,
+);
+
+/// Parses stored rows; an unreadable one is logged and skipped.
+fn records_from(rows: Vec<RawRecord>) -> BTreeMap<String, AlertRecord> {
+    let mut alerts = BTreeMap::new();
+    for (fingerprint, source, labels, annotations, starts_at_ms, resolved_at_ms, last_sent_ms) in
+        rows
+    {
+        let parsed = serde_json::from_str(&labels).and_then(|labels| {
+            serde_json::from_str(&annotations).map(|annotations| (labels, annotations))
+        });
+        match parsed {
+            Ok((labels, annotations)) => {
+                alerts.insert(
+                    fingerprint.clone(),
+                    AlertRecord {
+                        fingerprint,
+                        source,
+                        labels,
+                        annotations,
+                        starts_at_ms,
+                        resolved_at_ms,
+                        last_sent_ms,
+                    },
+                );
+            }
+            Err(e) => {
+                tracing::warn!(fingerprint, error = %e, "unreadable alert state row skipped")
             }
         }
-        Ok(out)
     }
+    alerts
+}
+
+/// Attaches each incident's labels (JSON); an unreadable row is logged and
+/// skipped.
+fn incidents_from(rows: Vec<(Incident, String)>) -> Vec<Incident> {
+    let mut out = Vec::with_capacity(rows.len());
+    for (mut incident, labels) in rows {
+        match serde_json::from_str(&labels) {
+            Ok(labels) => {
+                incident.labels = labels;
+                out.push(incident);
+            }
+            Err(e) => tracing::warn!(
+                fingerprint = incident.fingerprint,
+                error = %e,
+                "unreadable incident row skipped"
+            ),
+        }
+    }
+    out
 }
 
 /// Upserts the incident of each changed alert, then drops incidents resolved
@@ -290,28 +312,51 @@ fn save_incidents(tx: &rusqlite::Transaction<'_>, changed: &[AlertRecord]) -> ru
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
          ON CONFLICT (fingerprint, starts_at_ms) DO UPDATE SET resolved_at_ms = ?3",
     )?;
-    let label =
-        |alert: &AlertRecord, name: &str| alert.labels.get(name).cloned().unwrap_or_default();
-    let mut newest = i64::MIN;
     for alert in changed {
+        let [alertname, severity, member, hub, slo] = incident_labels(alert);
         upsert.execute(params![
             alert.fingerprint,
             alert.starts_at_ms,
             alert.resolved_at_ms,
-            label(alert, super::labels::ALERTNAME),
-            label(alert, super::labels::SEVERITY),
-            label(alert, super::labels::MEMBER),
-            label(alert, super::labels::HUB),
-            label(alert, super::labels::SLO),
+            alertname,
+            severity,
+            member,
+            hub,
+            slo,
             to_json(&alert.labels),
         ])?;
-        newest = newest
-            .max(alert.starts_at_ms)
-            .max(alert.resolved_at_ms.unwrap_or(i64::MIN));
     }
     tx.prepare_cached("DELETE FROM alert_incidents WHERE resolved_at_ms < ?1")?
-        .execute([newest.saturating_sub(INCIDENT_RETENTION_MS)])?;
+        .execute([incident_cutoff(changed)])?;
     Ok(())
+}
+
+/// The label values `alert_incidents` keeps as columns: alertname,
+/// severity, member, hub, slo (`""` when absent).
+fn incident_labels(alert: &AlertRecord) -> [String; 5] {
+    [
+        super::labels::ALERTNAME,
+        super::labels::SEVERITY,
+        super::labels::MEMBER,
+        super::labels::HUB,
+        super::labels::SLO,
+    ]
+    .map(|name| alert.labels.get(name).cloned().unwrap_or_default())
+}
+
+/// Incidents resolved before this are dropped: [`INCIDENT_RETENTION_MS`]
+/// before the newest time in `changed` (the store has no clock of its own).
+fn incident_cutoff(changed: &[AlertRecord]) -> i64 {
+    let newest = changed
+        .iter()
+        .map(|alert| {
+            alert
+                .starts_at_ms
+                .max(alert.resolved_at_ms.unwrap_or(i64::MIN))
+        })
+        .max()
+        .unwrap_or(i64::MIN);
+    newest.saturating_sub(INCIDENT_RETENTION_MS)
 }
 
 fn to_json(map: &BTreeMap<String, String>) -> String {

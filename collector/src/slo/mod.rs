@@ -51,7 +51,7 @@ use hyper::body::Incoming;
 pub use engine::{ObjectiveStatus, SloEngine};
 pub use objectives::{HubObjectives, SloSettings};
 pub use sli::{DeriveStats, MinuteChange, MinuteCounts};
-pub use store::{SliStore, SqliteSli};
+pub use store::{PgSli, SliStore, SqliteSli};
 
 use crate::auth::PeerIdentity;
 use crate::clock::SharedClock;

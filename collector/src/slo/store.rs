@@ -1,8 +1,10 @@
 //! The SLO feature's persistence seam: [`SliStore`] (what the SLI stage and
-//! the engine need from a store, in domain types) and [`SqliteSli`], its
-//! implementation on the embedded store (tables `sli_minutes`,
-//! `sli_hours`, `sli_counters`, `journey_latest`; schema in `store/schema.rs`). A second backend implements
-//! [`SliStore`]; nothing else in `slo/` issues SQL.
+//! the engine need from a store, in domain types) and its two
+//! implementations: [`SqliteSli`] on the embedded store (tables `sli_minutes`,
+//! `sli_hours`, `sli_counters`, `journey_latest`; schema in `store/schema.rs`)
+//! and [`PgSli`] on PostgreSQL (`pg.rs`, schema in `store/pg/schema.rs`).
+//! Nothing else in `slo/` issues SQL. The trait's tests run on both
+//! backends (`tests.rs`).
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
@@ -13,6 +15,12 @@ use super::sli::{CounterKey, Counters, MinuteChange, MinuteCounts, SliPage};
 use super::windows::{Contribution, Sums};
 use crate::pipeline::CursorUpdate;
 use crate::store::{Store, StoreError};
+
+mod pg;
+#[cfg(test)]
+mod tests;
+
+pub use pg::PgSli;
 
 /// What the SLO feature stores.
 pub trait SliStore: Send + Sync {
@@ -429,9 +437,10 @@ pub(crate) fn row_counts_at(
 }
 
 #[cfg(test)]
+/// SQLite only: its query plans and its own migrations. The trait's
+/// contract runs on both backends in `tests.rs`.
 mod plan_tests {
     use hubwatch_shared::config::CollectorConfig;
-    use proptest::prelude::*;
 
     use super::*;
     use crate::slo::sli::SliPage;
@@ -528,83 +537,5 @@ mod plan_tests {
             .iter()
             .find(|m| m.contains("CREATE TABLE journey_latest"))
             .expect("the journey migration")
-    }
-
-    fn counts() -> impl Strategy<Value = MinuteCounts> {
-        (
-            0u64..3,
-            0u64..3,
-            0u64..3,
-            0u64..3,
-            0u64..4,
-            0u64..3,
-            0u64..4,
-        )
-            .prop_map(
-                |(
-                    probes_ok,
-                    probes_failed,
-                    outside_ok,
-                    outside_failed,
-                    spawn_ok,
-                    spawn_failed,
-                    fast,
-                )| {
-                    MinuteCounts {
-                        probes_ok,
-                        probes_failed,
-                        outside_ok,
-                        outside_failed,
-                        spawn_ok,
-                        spawn_failed,
-                        spawn_fast: fast.min(spawn_ok),
-                        spawn_timed: spawn_ok,
-                        ..MinuteCounts::default()
-                    }
-                },
-            )
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
-
-        /// The sums SQLite computes (availability through
-        /// `MinuteCounts::AVAILABILITY_SQL`) are the Rust fold of the same
-        /// minutes through `Sums::add_minute`, for the asked hubs and range only.
-        #[test]
-        fn sql_sums_are_the_rust_fold(
-            pages in prop::collection::vec(
-                prop::collection::vec((0usize..3, 0i64..300, counts()), 0..40),
-                1..4,
-            ),
-            from in 0i64..200,
-            len in 0i64..200,
-        ) {
-            let (_dir, _store, sli) = temp_sli();
-            let keys = [("m", "h"), ("m", "g"), ("n", "h")];
-            // Several pages, so minutes change after their hour was written.
-            let mut minutes: BTreeMap<(String, String, i64), MinuteCounts> = BTreeMap::new();
-            for rows in &pages {
-                let mut page = SliPage::default();
-                for (k, minute, c) in rows {
-                    let (member, hub) = keys[*k];
-                    let key = (member.to_string(), hub.to_string(), *minute);
-                    page.minutes.entry(key.clone()).or_default().add(c);
-                    minutes.entry(key).or_default().add(c);
-                }
-                sli.commit(&page, None).expect("commit");
-            }
-            let asked = [keys[0], keys[2], ("x", "y")];
-            let got = sli.sum_minutes(&asked, from, from + len).expect("sums");
-            let mut want: BTreeMap<(String, String), Sums> = BTreeMap::new();
-            for ((member, hub, minute), c) in &minutes {
-                if *minute >= from && *minute < from + len
-                    && asked.contains(&(member.as_str(), hub.as_str()))
-                {
-                    want.entry((member.clone(), hub.clone())).or_default().add_minute(c);
-                }
-            }
-            prop_assert_eq!(got, want);
-        }
     }
 }

@@ -31,7 +31,7 @@ mod writer;
 #[cfg(test)]
 mod backup_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

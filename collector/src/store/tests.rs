@@ -11,7 +11,7 @@ use rusqlite::Connection;
 use super::*;
 use crate::pipeline::{CursorUpdate, Quarantined, StageCursor};
 
-mod backends;
+pub(crate) mod backends;
 use backends::Backend;
 
 const HOUR_MS: i64 = 3600 * 1000;
@@ -756,39 +756,6 @@ async fn the_wal_is_checkpointed_in_the_background() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-fn prune_deletes_sli_minutes_past_their_retention() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut cfg = config(dir.path());
-    cfg.sli_retention = Duration::from_secs(40 * 24 * 3600);
-    let store = Store::open(&cfg)?;
-    let now_minute = NOW_MS / 60_000;
-    let minutes = [
-        now_minute - 41 * 24 * 60, // past retention
-        now_minute - 40 * 24 * 60 - 1,
-        now_minute - 39 * 24 * 60, // kept
-        now_minute,
-    ];
-    store.write_with("test rows", |tx| {
-        for minute in minutes {
-            tx.execute(
-                "INSERT INTO sli_minutes (member, hub, minute, probes_ok) VALUES ('m', 'h', ?1, 1)",
-                [minute],
-            )?;
-        }
-        Ok(())
-    })?;
-    let report = store.prune(NOW_MS)?;
-    assert_eq!(report.deleted_sli_minutes, 2, "{report:?}");
-    let left: Vec<i64> = store.read_with("test read", |conn| {
-        let mut stmt = conn.prepare("SELECT minute FROM sli_minutes ORDER BY minute")?;
-        let rows = stmt.query_map([], |row| row.get(0))?;
-        rows.collect()
-    })?;
-    assert_eq!(left, vec![minutes[2], minutes[3]]);
-    Ok(())
-}
-
 /// A cached statement with `column = ?` and `LIMIT ?` terms, run again with
 /// new values, is not compiled again: without the query planner stability
 /// guarantee, SQLite expires such statements whenever rusqlite's cache
@@ -867,7 +834,9 @@ async fn cursors_compare_and_set_with_quarantine<B: Backend>() -> anyhow::Result
 /// Every test above, once per backend: SQLite in a temporary directory, and
 /// PostgreSQL in a database of its own on the test server (started by
 /// `store::pg::test_server`, or `HUBWATCH_TEST_PG_URL`). Never skipped: a
-/// missing PostgreSQL fails the PostgreSQL half.
+/// missing PostgreSQL fails the PostgreSQL half. The feature stores' tests
+/// use it too (`crate::store::tests::on_both_backends!`), each test an
+/// `async fn name<B: Backend + …>() -> anyhow::Result<()>` beside the call.
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -888,6 +857,8 @@ macro_rules! on_both_backends {
         }
     };
 }
+
+pub(crate) use on_both_backends;
 
 on_both_backends!(
     ingested_batches_survive_reopen,

@@ -23,8 +23,10 @@
 //! methods block their thread for the length of a query: call them from a
 //! blocking thread. [`PgStore::ingest`] is async and blocks nothing.
 //!
-//! **For the feature stores (next increments).** A feature's PostgreSQL
-//! seam writes its rows and the stage cursor in ONE transaction:
+//! **For the feature stores** (ported so far: `slo::store::PgSli`,
+//! `alerts::fleet::store::PgHubStatus`,
+//! `alerts::state_store::PgAlertStateStore`). A feature's PostgreSQL seam
+//! writes its rows and the stage cursor in ONE transaction:
 //!
 //! ```ignore
 //! store.write_with("committing SLI minutes", async |tx| {
@@ -113,6 +115,7 @@ struct Inner {
     pool: Pool,
     raw_retention: Duration,
     raw_retention_max: Duration,
+    sli_retention: Duration,
     retention_hold: Mutex<BTreeMap<String, Option<i64>>>,
     sender: Option<mpsc::Sender<writer::Job>>,
     writer: Option<tokio::task::JoinHandle<()>>,
@@ -200,6 +203,7 @@ impl PgStore {
                 pool,
                 raw_retention: cfg.raw_retention,
                 raw_retention_max: cfg.raw_retention_max,
+                sli_retention: cfg.sli_retention,
                 retention_hold: Mutex::new(BTreeMap::new()),
                 sender: Some(sender),
                 writer: Some(writer),
@@ -498,8 +502,9 @@ impl PgStore {
     /// Applies retention as of `now_ms`, as `Store::prune` does for the raw
     /// log: frames past `raw_retention` nulled (except above the retention
     /// hold, up to `raw_retention_max`), keys deleted past the dedupe
-    /// horizon, in chunks of [`PRUNE_CHUNK_ROWS`]. SLI minutes are not on
-    /// PostgreSQL yet (`deleted_sli_minutes` is 0). Blocking.
+    /// horizon, SLI minutes past `sli_retention` deleted (and their hours
+    /// wholly before the cutoff), in chunks of [`PRUNE_CHUNK_ROWS`].
+    /// Blocking.
     pub fn prune(&self, now_ms: i64) -> Result<PruneReport, StoreError> {
         let frame_cutoff = now_ms.saturating_sub(duration_ms(self.inner.raw_retention));
         let hard_cutoff = now_ms.saturating_sub(duration_ms(self.inner.raw_retention_max));
@@ -533,17 +538,36 @@ impl PgStore {
                  ORDER BY received_ms LIMIT $2)",
             &[key_cutoff, chunk],
         )?;
+        // `minute` is Unix minutes: the minute's start is minute × 60,000 ms.
+        let sli_cutoff_minute = now_ms
+            .saturating_sub(duration_ms(self.inner.sli_retention))
+            .div_euclid(60_000);
+        let deleted_sli_minutes = self.in_chunks(
+            "deleting old SLI minutes",
+            "DELETE FROM sli_minutes WHERE (member, hub, minute) IN (
+                 SELECT member, hub, minute FROM sli_minutes WHERE minute < $1 LIMIT $2)",
+            &[sli_cutoff_minute, chunk],
+        )?;
+        // Hours wholly before the cutoff; the hour it falls in keeps its sums
+        // until the next prune after it.
+        self.in_chunks(
+            "deleting old SLI hours",
+            "DELETE FROM sli_hours WHERE (member, hub, hour) IN (
+                 SELECT member, hub, hour FROM sli_hours WHERE hour < $1 LIMIT $2)",
+            &[sli_cutoff_minute.div_euclid(60), chunk],
+        )?;
         let report = PruneReport {
             deleted_batches,
             deleted_keys,
-            deleted_sli_minutes: 0,
+            deleted_sli_minutes,
             held_batches,
         };
-        if deleted_batches > 0 || deleted_keys > 0 {
+        if deleted_batches > 0 || deleted_keys > 0 || deleted_sli_minutes > 0 {
             tracing::info!(
                 store = %self.inner.name,
                 deleted_batches,
                 deleted_keys,
+                deleted_sli_minutes,
                 held_batches,
                 "retention applied"
             );

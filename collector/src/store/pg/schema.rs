@@ -85,6 +85,116 @@ pub const MIGRATIONS: &[&str] = &[
     // HA agent pairs: the cluster a token's agent belongs to (as SQLite's
     // `tokens.ha_cluster`); NULL for an agent that is not in a pair.
     "ALTER TABLE tokens ADD COLUMN ha_cluster TEXT;",
+    // 3 (issue 14, feature stores): the SLI minutes, their hourly sums, the
+    // spawn counters and each hub's latest journey (SQLite's 2, 5 and the
+    // journey migration), as `slo::store::PgSli` writes them; the fleet
+    // checks' hub status (`alerts::fleet::store::PgHubStatus`); the alert
+    // state and incident history (`alerts::state_store::PgAlertStateStore`).
+    "
+    -- What was observed of each hub in each minute (Unix minutes); counts
+    -- only, whether a minute is good is decided when it is read.
+    CREATE TABLE sli_minutes (
+        member               TEXT   NOT NULL,
+        hub                  TEXT   NOT NULL,
+        minute               BIGINT NOT NULL,
+        probes_ok            BIGINT NOT NULL DEFAULT 0,
+        probes_failed        BIGINT NOT NULL DEFAULT 0,
+        outside_ok           BIGINT NOT NULL DEFAULT 0,
+        outside_failed       BIGINT NOT NULL DEFAULT 0,
+        spawn_ok             BIGINT NOT NULL DEFAULT 0,
+        spawn_failed         BIGINT NOT NULL DEFAULT 0,
+        spawn_fast           BIGINT NOT NULL DEFAULT 0,
+        spawn_timed          BIGINT NOT NULL DEFAULT 0,
+        hub_samples          BIGINT NOT NULL DEFAULT 0,
+        journey_good         BIGINT NOT NULL DEFAULT 0,
+        journey_bad          BIGINT NOT NULL DEFAULT 0,
+        journey_spawn_failed BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (member, hub, minute)
+    );
+    -- Loading the last window at start; retention past storage.sli_retention.
+    CREATE INDEX sli_minutes_by_minute ON sli_minutes (minute);
+
+    -- The minutes summed per hub and Unix hour, kept in the minutes'
+    -- transaction (availability as MinuteCounts::AVAILABILITY_SQL).
+    CREATE TABLE sli_hours (
+        member               TEXT   NOT NULL,
+        hub                  TEXT   NOT NULL,
+        hour                 BIGINT NOT NULL,
+        minutes              BIGINT NOT NULL DEFAULT 0,
+        avail_good           BIGINT NOT NULL DEFAULT 0,
+        avail_bad            BIGINT NOT NULL DEFAULT 0,
+        spawn_ok             BIGINT NOT NULL DEFAULT 0,
+        spawn_failed         BIGINT NOT NULL DEFAULT 0,
+        spawn_fast           BIGINT NOT NULL DEFAULT 0,
+        spawn_timed          BIGINT NOT NULL DEFAULT 0,
+        journey_good         BIGINT NOT NULL DEFAULT 0,
+        journey_bad          BIGINT NOT NULL DEFAULT 0,
+        journey_spawn_failed BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (member, hub, hour)
+    );
+
+    -- The last value of each spawn counter series per hub (deltas survive
+    -- restarts and leader changes; a lower value is a hub restart).
+    CREATE TABLE sli_counters (
+        member       TEXT             NOT NULL,
+        hub          TEXT             NOT NULL,
+        series       TEXT             NOT NULL,
+        value        DOUBLE PRECISION NOT NULL,
+        timestamp_ms BIGINT           NOT NULL,
+        PRIMARY KEY (member, hub, series)
+    );
+
+    CREATE TABLE journey_latest (
+        member               TEXT    NOT NULL,
+        hub                  TEXT    NOT NULL,
+        started_ms           BIGINT  NOT NULL,
+        ok                   BOOLEAN NOT NULL,
+        phase                TEXT    NOT NULL,
+        reason               TEXT    NOT NULL,
+        consecutive_failures BIGINT  NOT NULL,
+        PRIMARY KEY (member, hub)
+    );
+
+    -- The fleet checks' view of each configured hub, as JSON (TEXT, as on
+    -- SQLite: a row that no longer reads is skipped, not refused), written
+    -- with derive_cursors('alerts.hub_status') in one transaction.
+    CREATE TABLE hub_status (
+        member TEXT NOT NULL,
+        hub    TEXT NOT NULL,
+        status TEXT NOT NULL,
+        PRIMARY KEY (member, hub)
+    );
+
+    -- One row per alert the engine holds (firing, or resolved and still
+    -- sent for resolved_retention). The fingerprint is SHA-256 of the sorted
+    -- labels: a new leader loads the same incident with its starts_at (no
+    -- re-page) and the resolutions its predecessor saved.
+    CREATE TABLE alert_state (
+        fingerprint    TEXT   PRIMARY KEY,
+        source         TEXT   NOT NULL,
+        labels         TEXT   NOT NULL,  -- JSON object
+        annotations    TEXT   NOT NULL,  -- JSON object
+        starts_at_ms   BIGINT NOT NULL,
+        resolved_at_ms BIGINT,           -- NULL while firing
+        last_sent_ms   BIGINT            -- last accepted POST to an Alertmanager
+    );
+
+    -- One row per incident (fingerprint + starts_at of one firing), upserted
+    -- in the transaction that saves alert_state, kept 400 days.
+    CREATE TABLE alert_incidents (
+        fingerprint    TEXT   NOT NULL,
+        starts_at_ms   BIGINT NOT NULL,
+        resolved_at_ms BIGINT,
+        alertname      TEXT   NOT NULL,
+        severity       TEXT   NOT NULL,
+        member         TEXT   NOT NULL,
+        hub            TEXT   NOT NULL,
+        slo            TEXT   NOT NULL,
+        labels         TEXT   NOT NULL,
+        PRIMARY KEY (fingerprint, starts_at_ms)
+    );
+    CREATE INDEX alert_incidents_by_start ON alert_incidents (starts_at_ms);
+    ",
 ];
 
 /// The schema version this build writes.

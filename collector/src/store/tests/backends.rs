@@ -66,9 +66,19 @@ pub trait Backend: BatchLog + Clone + Send + Sync + Sized + 'static {
     fn commit_cursor(&self, update: &CursorUpdate<'_>) -> Result<(), StoreError>;
     /// Batch ids quarantined by `stage`, in order.
     fn quarantined(&self, stage: &str) -> Result<Vec<i64>, StoreError>;
+    /// Whether this is the PostgreSQL backend (for a test's SQL in its
+    /// dialect, e.g. a trigger that refuses a row).
+    const POSTGRES: bool;
+    /// Runs `sql` (one or more statements) in one transaction: a test's
+    /// way to break or inspect a table behind the store's back.
+    fn execute(&self, sql: &str) -> Result<(), StoreError>;
 }
 
 impl Backend for Store {
+    const POSTGRES: bool = false;
+    fn execute(&self, sql: &str) -> Result<(), StoreError> {
+        self.write_with("test: executing SQL", |tx| tx.execute_batch(sql))
+    }
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary directory: {e}"));
         let cfg = StorageConfig {
@@ -146,6 +156,13 @@ impl Backend for Store {
 }
 
 impl Backend for PgStore {
+    const POSTGRES: bool = true;
+    fn execute(&self, sql: &str) -> Result<(), StoreError> {
+        self.write_with("test: executing SQL", async |tx| {
+            tx.batch_execute(sql).await?;
+            Ok(())
+        })
+    }
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary directory: {e}"));
         let cfg = StorageConfig {
