@@ -263,3 +263,110 @@ fn a_hub_down_inside_a_window_pages_no_one_and_pages_once_the_window_is_over() {
         end_ms - now_ms()
     );
 }
+
+/// The shipped inhibit rule in a real Alertmanager: while a page fires for a
+/// member's hub and SLO, that SLO's ticket is muted; a ticket for another
+/// SLO of the same hub is not.
+#[test]
+fn a_page_mutes_the_same_slos_ticket_and_only_that_one() {
+    let webhook = Webhook::start();
+    let am = Alertmanager::start_with_config(&shipped_config(&webhook));
+    let http = hubwatch_tests::http::Http::plain(am.url());
+    let alert = |name: &str, severity: &str, slo: &str| {
+        serde_json::json!({
+            "labels": {
+                "alertname": name, "severity": severity, "slo": slo,
+                "member": "inhibit-leap", "hub": "prod", "tier": "premier",
+            },
+            "annotations": {"summary": format!("{name} on {slo}")},
+        })
+    };
+    let alerts = serde_json::json!([
+        alert("SLOBurnRateFast", "page", "spawn"),
+        alert("SLOBurnRateSlow", "ticket", "spawn"),
+        alert("SLOBurnRateSlow", "ticket", "availability"),
+    ]);
+    let reply = http
+        .post(
+            "/api/v2/alerts",
+            None,
+            "application/json",
+            alerts.to_string().as_bytes(),
+        )
+        .expect("post alerts");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    let state = |severity: &str, slo: &str| -> anyhow::Result<(String, usize)> {
+        let a = am.one_alert(&[
+            ("member", "inhibit-leap"),
+            ("severity", severity),
+            ("slo", slo),
+        ])?;
+        Ok((
+            a["status"]["state"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            a["status"]["inhibitedBy"].as_array().map_or(0, Vec::len),
+        ))
+    };
+    eventually(
+        "the spawn ticket inhibited",
+        Duration::from_secs(20),
+        || {
+            let (ticket, inhibitors) = state("ticket", "spawn")?;
+            ensure!(
+                ticket == "suppressed" && inhibitors == 1,
+                "{ticket} {inhibitors}"
+            );
+            Ok(())
+        },
+    );
+    assert_eq!(state("page", "spawn").expect("page").0, "active");
+    assert_eq!(
+        state("ticket", "availability").expect("other ticket"),
+        ("active".to_string(), 0),
+        "another SLO's ticket is not muted"
+    );
+    // The page and the other ticket reach their receivers; the muted ticket
+    // never does (several group intervals later).
+    eventually(
+        "page and other ticket notified",
+        Duration::from_secs(20),
+        || {
+            let sent: Vec<(String, String)> = webhook
+                .notifications()
+                .iter()
+                .flat_map(|n| n.alerts())
+                .filter(|a| a["labels"]["member"] == "inhibit-leap")
+                .map(|a| {
+                    (
+                        a["labels"]["severity"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                        a["labels"]["slo"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect();
+            ensure!(
+                sent.contains(&("page".into(), "spawn".into()))
+                    && sent.contains(&("ticket".into(), "availability".into())),
+                "{sent:?}"
+            );
+            Ok(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let muted = webhook
+        .notifications()
+        .iter()
+        .flat_map(|n| n.alerts())
+        .filter(|a| {
+            a["labels"]["member"] == "inhibit-leap"
+                && a["labels"]["severity"] == "ticket"
+                && a["labels"]["slo"] == "spawn"
+        })
+        .count();
+    assert_eq!(muted, 0, "the inhibited ticket reached a receiver");
+}
