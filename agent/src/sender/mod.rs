@@ -34,7 +34,6 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
-use hubwatch_http::Failure;
 use hubwatch_shared::codec;
 use hubwatch_shared::config::CollectorLink;
 use hubwatch_shared::wire::{
@@ -160,7 +159,6 @@ pub struct Sender {
     last_auth_log: Option<Instant>,
     terms: Arc<CollectorTerms>,
     readiness: Option<Arc<Readiness>>,
-    last_failure: watch::Sender<Option<Failure>>,
 }
 
 /// What to do after handling one pending batch.
@@ -222,16 +220,7 @@ impl Sender {
             metrics,
             last_auth_log: None,
             readiness: None,
-            last_failure: watch::Sender::new(None),
         })
-    }
-
-    /// How the last attempt failed, `None` after an acknowledged one (and
-    /// before the first). A readiness check reads it, e.g.
-    /// `*rx.borrow() == Some(Failure::TlsCertificate)`: "the collector's
-    /// certificate does not verify". Take it before [`Sender::run`].
-    pub fn last_failure(&self) -> watch::Receiver<Option<Failure>> {
-        self.last_failure.subscribe()
     }
 
     /// Shares `terms` with the outbox: what the collector's answers say
@@ -764,7 +753,6 @@ impl Sender {
         };
         let (parts, body) = match tokio::time::timeout(self.timeout, exchange).await {
             Err(_) => {
-                self.last_failure.send_replace(Some(Failure::Timeout));
                 return Outcome::retry(
                     "timeout",
                     format!(
@@ -778,11 +766,6 @@ impl Sender {
                 {
                     t.certificate = Some(cert);
                 }
-                let failure = match Failure::classify_error(&e) {
-                    Failure::Other if e.is_connect() => Failure::Connect,
-                    failure => failure,
-                };
-                self.last_failure.send_replace(Some(failure));
                 let reason = if e.is_connect() {
                     "connect"
                 } else {
@@ -798,8 +781,6 @@ impl Sender {
         }
         self.terms.learn_from_headers(&parts.headers);
         let status = parts.status;
-        self.last_failure
-            .send_replace(Failure::from_status(status.as_u16()));
         if status.is_success() {
             return match check_ack(status, &body, seq) {
                 Ok(()) => Outcome::Acked,

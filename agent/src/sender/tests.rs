@@ -652,11 +652,12 @@ async fn a_single_record_over_the_limit_is_dropped_and_counted_as_too_large() {
     rig.stop().await;
 }
 
-/// The readiness check's input: the last attempt's failure, finer than the
-/// retry reason label, naming a collector certificate that does not verify.
+/// The readiness check's input: a collector certificate that does not
+/// verify makes the agent unready, naming it; a verified handshake clears it.
 #[tokio::test]
-async fn the_last_failure_names_a_certificate_that_does_not_verify() {
+async fn a_certificate_that_does_not_verify_is_reported_to_readiness() {
     use crate::sources::fetch::tests::{TestReply, TestServer, test_cert, write_file};
+    use crate::telemetry::readiness::{Readiness, cause};
     let cert = test_cert(30);
     let server = TestServer::start(Some(cert.server), |_| TestReply::status(503, "busy")).await;
     let untrusting = CollectorLink {
@@ -664,23 +665,39 @@ async fn the_last_failure_names_a_certificate_that_does_not_verify() {
         timeout: Duration::from_secs(5),
         ..CollectorLink::default()
     };
-    let mut sender = Sender::new(&untrusting, Arc::new(AgentMetrics::new())).expect("sender");
-    let last = sender.last_failure();
-    assert_eq!(*last.borrow(), None);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let readiness = Arc::new(Readiness::new(dir.path().to_path_buf(), None, None));
+    let certificate_causes = || {
+        readiness
+            .check()
+            .into_iter()
+            .filter(|c| c.cause == cause::COLLECTOR_CERTIFICATE)
+            .count()
+    };
+    let mut sender = Sender::new(&untrusting, Arc::new(AgentMetrics::new()))
+        .expect("sender")
+        .with_readiness(Arc::clone(&readiness));
     let outcome = sender.send(Bytes::from_static(b"frame"), SEQ_STRIDE).await;
     assert!(matches!(outcome, Outcome::Retry { .. }), "{outcome:?}");
-    assert_eq!(*last.borrow(), Some(Failure::TlsCertificate));
+    sender.note_certificate();
+    assert_eq!(certificate_causes(), 1);
 
-    // Trusting the test CA, the handshake passes and the answer is named.
-    let dir = tempfile::tempdir().expect("tempdir");
+    // Trusting the test CA, the handshake passes: the answer (503) is the
+    // collector's, not its certificate's.
     let trusting = CollectorLink {
         ca_file: Some(write_file(dir.path(), "ca.pem", &cert.ca_pem)),
         ..untrusting
     };
-    let mut sender = Sender::new(&trusting, Arc::new(AgentMetrics::new())).expect("sender");
-    let last = sender.last_failure();
-    let _ = sender.send(Bytes::from_static(b"frame"), SEQ_STRIDE).await;
-    assert_eq!(*last.borrow(), Some(Failure::HttpStatus(503)));
+    let mut sender = Sender::new(&trusting, Arc::new(AgentMetrics::new()))
+        .expect("sender")
+        .with_readiness(Arc::clone(&readiness));
+    let outcome = sender.send(Bytes::from_static(b"frame"), SEQ_STRIDE).await;
+    assert!(
+        matches!(&outcome, Outcome::Retry { reason, .. } if reason == "503"),
+        "{outcome:?}"
+    );
+    sender.note_certificate();
+    assert_eq!(certificate_causes(), 0);
 }
 
 /// A loopback URL nothing listens on (the port was free a moment ago).
