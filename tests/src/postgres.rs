@@ -12,29 +12,16 @@
 //! A watcher shell holds the server: when its stdin closes (the
 //! [`Postgres`] is dropped, or the test process exits however it exits) it
 //! runs `pg_ctl stop -m fast` and deletes the directory, so no server
-//! outlives its tests. The same script as the collector's unit tests
-//! (`collector/src/store/pg/test_server.rs`).
+//! outlives its tests. The server is started by the collector's own test
+//! server (`collector/src/store/pg/test_server.rs`, feature `test-support`),
+//! the one its unit tests use.
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::OnceLock;
 
 use anyhow::{Context, bail};
-
-/// The PostgreSQL 15 binaries of Debian's `postgresql-15`.
-pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
-const WATCHER: &str = r#"set -e
-dir="$1"; port="$2"; bin="$3"
-"$bin/initdb" -D "$dir/data" -U hubwatch -A trust -E UTF8 --no-sync >"$dir/initdb.log" 2>&1
-"$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-  -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300" start >/dev/null
-echo ready
-cat >/dev/null || true
-"$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
-rm -rf "$dir"
-"#;
+pub use hubwatch_collector::store::pg::test_server::PG_BIN;
 
 /// A running private PostgreSQL server; stopped (and its directory
 /// deleted) on drop. The superuser is `hubwatch`, trusted on loopback.
@@ -50,55 +37,12 @@ static SHARED: OnceLock<Postgres> = OnceLock::new();
 impl Postgres {
     /// Starts a server of its own (a few seconds: initdb).
     pub fn start() -> anyhow::Result<Postgres> {
-        let dir = tempfile::Builder::new()
-            .prefix("hwpg")
-            .tempdir()
-            .context("temporary directory for PostgreSQL")?
-            .keep();
-        let port = crate::free_port();
-        let dir_arg = dir.display().to_string();
-        let port_arg = port.to_string();
-        let shell = ["sh", "-c", WATCHER, "sh", &dir_arg, &port_arg, PG_BIN];
-        let mut command = if rustix::process::getuid().is_root() {
-            let chown = Command::new("chown")
-                .args(["-R", "postgres:postgres", &dir_arg])
-                .status()
-                .context("chown")?;
-            if !chown.success() {
-                bail!("chown to the postgres user failed (run scripts/install-test-deps.sh)");
-            }
-            let mut command = Command::new("runuser");
-            command.args(["-u", "postgres", "--"]).args(shell);
-            command
-        } else {
-            let mut command = Command::new(shell[0]);
-            command.args(&shell[1..]);
-            command
-        };
-        let mut watcher = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting PostgreSQL's watcher")?;
-        let mut line = String::new();
-        if let Some(stdout) = watcher.stdout.take() {
-            let _ = BufReader::new(stdout).read_line(&mut line);
-        }
-        if line.trim() != "ready" {
-            let mut log = String::new();
-            for file in ["initdb.log", "server.log"] {
-                if let Ok(mut f) = std::fs::File::open(dir.join(file)) {
-                    let _ = f.read_to_string(&mut log);
-                }
-            }
-            let _ = watcher.kill();
-            bail!("initdb/pg_ctl in {dir_arg} failed:\n{log}");
-        }
+        let spawned = hubwatch_collector::store::pg::test_server::spawn()
+            .map_err(|e| anyhow::anyhow!("a test PostgreSQL did not start: {e}"))?;
         Ok(Postgres {
-            port,
-            dir,
-            watcher: Some(watcher),
+            port: spawned.port,
+            dir: spawned.dir,
+            watcher: Some(spawned.watcher),
         })
     }
 

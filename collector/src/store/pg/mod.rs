@@ -43,8 +43,9 @@ pub mod connect;
 pub mod schema;
 mod writer;
 
-#[cfg(test)]
-pub(crate) mod test_server;
+#[cfg(any(test, feature = "test-support"))]
+#[doc(hidden)]
+pub mod test_server;
 #[cfg(test)]
 mod tests;
 

@@ -161,7 +161,35 @@ fn start() -> Result<Server, String> {
     start_server()
 }
 
+/// A server started by [`spawn`]: the watcher holds it, and closing the
+/// watcher's stdin stops it and deletes `dir`.
+#[derive(Debug)]
+pub struct Spawned {
+    /// Its port on 127.0.0.1 (superuser `hubwatch`, trusted).
+    pub port: u16,
+    /// Its directory (data, logs, socket).
+    pub dir: std::path::PathBuf,
+    /// Whether its commands run as the `postgres` user (we are root).
+    pub as_root: bool,
+    /// The watcher shell.
+    pub watcher: Child,
+}
+
 fn start_server() -> Result<Server, String> {
+    let spawned = spawn()?;
+    Ok(Server {
+        base: format!("postgres://hubwatch@127.0.0.1:{}", spawned.port),
+        dir: Some(spawned.dir),
+        as_root: spawned.as_root,
+        watcher: Some(spawned.watcher),
+    })
+}
+
+/// Starts a private server (initdb into a new temporary directory, pg_ctl on
+/// a free loopback port); the error carries initdb's and the server's logs.
+/// The end-to-end harness (`tests/src/postgres.rs`) starts its servers
+/// with this too.
+pub fn spawn() -> Result<Spawned, String> {
     let dir = tempfile::Builder::new()
         .prefix("hwpg")
         .tempdir()
@@ -217,10 +245,10 @@ fn start_server() -> Result<Server, String> {
         let _ = watcher.kill();
         return Err(format!("initdb/pg_ctl in {dir_arg} failed:\n{log}"));
     }
-    Ok(Server {
-        base: format!("postgres://hubwatch@127.0.0.1:{port}"),
-        dir: Some(dir),
+    Ok(Spawned {
+        port,
+        dir,
         as_root,
-        watcher: Some(watcher),
+        watcher,
     })
 }
