@@ -20,7 +20,7 @@ use http::HeaderMap;
 use x509_parser::extensions::GeneralName;
 
 use crate::component::Shutdown;
-use crate::store::{Store, StoreError, TokenRow, hash_token};
+use crate::store::{Storage, StoreError, TokenRow, hash_token};
 
 #[cfg(test)]
 mod tests;
@@ -122,7 +122,7 @@ impl TokenTable {
     }
 
     /// Reads the table from the store (blocking).
-    pub fn load(store: &Store) -> Result<Self, StoreError> {
+    pub fn load(store: &Storage) -> Result<Self, StoreError> {
         let table = Self::new();
         table.replace(store.tokens()?);
         Ok(table)
@@ -236,7 +236,7 @@ impl TokenTable {
     /// signalled (a read in progress completes first). A failed read keeps
     /// the previous table (logged), so a busy database cannot lock every
     /// agent out.
-    pub async fn refresh_until(&self, store: Store, every: Duration, shutdown: Shutdown) {
+    pub async fn refresh_until(&self, store: Storage, every: Duration, shutdown: Shutdown) {
         let mut ticks = shutdown.every(every);
         ticks.next().await; // the first tick is immediate; the table was just loaded
         while ticks.next().await {

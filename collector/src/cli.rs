@@ -19,7 +19,7 @@ use hubwatch_shared::config::{self, CollectorConfig, ConfigError, StorageBackend
 
 use crate::server::ServerError;
 use crate::store::pg::PgStore;
-use crate::store::{Store, StoreError};
+use crate::store::{Storage, Store, StoreError};
 
 #[cfg(test)]
 mod tests;
@@ -689,10 +689,11 @@ fn serve(cfg: &CollectorConfig) -> Result<(), CliError> {
     let served = runtime.block_on(async {
         let store = {
             let storage = cfg.storage.clone();
-            tokio::task::spawn_blocking(move || Store::open(&storage))
+            tokio::task::spawn_blocking(move || Storage::open(&storage))
                 .await
                 .map_err(|e| CliError::Server(ServerError::Task(e.to_string())))??
         };
+        let store_name = store.describe();
         let running = crate::Collector::new(cfg.clone(), store)
             .metrics(metrics)
             .start()
@@ -701,7 +702,7 @@ fn serve(cfg: &CollectorConfig) -> Result<(), CliError> {
             listen = %running.local_addr,
             tls = on_off(cfg.server.tls_enabled()),
             mtls = on_off(cfg.server.client_ca.is_some()),
-            store = %cfg.storage.path.display(),
+            store = %store_name,
             "hubwatch-collector serving"
         );
         running.wait().await;

@@ -95,6 +95,10 @@ pub struct CollectorMetrics {
     pub agent_last_seen: GaugeVec,
     /// Tokens that are not revoked, refreshed at scrape time.
     pub tokens_active: IntGauge,
+    /// `hubwatch_collector_leader`.
+    pub leader: IntGauge,
+    /// `hubwatch_collector_leader_transitions_total{to}`.
+    pub leader_transitions: IntCounterVec,
     /// Alerts held by the alert engine, by alertname, severity and state.
     pub alerts: IntGaugeVec,
     /// Alert source evaluations that failed, by source.
@@ -208,6 +212,8 @@ impl CollectorMetrics {
             agent_dropped: metrics::COLLECTOR_AGENT_DROPPED.int_gauge_vec(r),
             agent_last_seen: metrics::COLLECTOR_AGENT_LAST_SEEN.gauge_vec(r),
             tokens_active: metrics::COLLECTOR_TOKENS_ACTIVE.int_gauge(r),
+            leader: metrics::COLLECTOR_LEADER.int_gauge(r),
+            leader_transitions: metrics::COLLECTOR_LEADER_CHANGES.counter_vec(r),
             alerts: metrics::COLLECTOR_ALERTS.int_gauge_vec(r),
             alert_evaluation_failures: metrics::COLLECTOR_ALERT_EVALUATION_FAILURES.counter_vec(r),
             alert_state_save_failures: metrics::COLLECTOR_ALERT_STATE_SAVE_FAILURES.counter(r),
@@ -265,6 +271,15 @@ impl CollectorMetrics {
             source.render_into(&mut text);
         }
         text
+    }
+
+    /// Forgets every text source: a collector that stops leading drops the
+    /// views its leader-only features added.
+    pub fn clear_text_sources(&self) {
+        self.text_sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
     }
 
     /// Adds series rendered after the registry's on every scrape.

@@ -156,6 +156,10 @@ metrics! {
     COLLECTOR_HA_DROPPED = (Collector, Counter, "hubwatch_collector_ha_dropped_batches_total", ["member", "cluster", "replica"], "Batches from the replica of an HA agent pair that is not elected: acknowledged (200) but not stored.");
     /// HA pairs: elections of the other replica.
     COLLECTOR_HA_FAILOVERS = (Collector, Counter, "hubwatch_collector_ha_failovers_total", ["member", "cluster"], "Times the other replica of an HA agent pair was elected because the elected one sent nothing for server.ha_failover_timeout.");
+    /// Collector replicas: which one leads.
+    COLLECTOR_LEADER = (Collector, Gauge, "hubwatch_collector_leader", [], "1 while this collector holds the leader lease and runs the work that must happen once (derivation, alerting, retention); 0 on a follower. Always 1 on the embedded SQLite store.");
+    /// Collector replicas: lease changes.
+    COLLECTOR_LEADER_CHANGES = (Collector, Counter, "hubwatch_collector_leader_transitions_total", ["to"], "Times this collector took the leader lease (to=\"leader\") or gave it up (to=\"follower\": lost it, or could not renew it in time).");
     /// HA pairs: which replica is elected.
     COLLECTOR_HA_ELECTED = (Collector, Gauge, "hubwatch_collector_ha_elected_replica", ["member", "cluster", "replica"], "1 for the elected replica of an HA agent pair (its batches are stored), 0 for a replica seen but not elected. Kept in memory: rebuilt from the first batches after a restart.");
     /// Refused requests.

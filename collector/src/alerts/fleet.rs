@@ -48,7 +48,7 @@ use serde::{Deserialize, Serialize};
 use super::{AlertSource, AlertSpec, EvaluateError, annotations, labels, runbook_url, severity};
 use crate::clock::{SharedClock, duration_ms, rfc3339};
 use crate::pipeline::{CursorUpdate, Stage, StageFailure, lock};
-use crate::store::{Store, StoreError, StoredBatch};
+use crate::store::{Storage, StoreError, StoredBatch};
 
 pub mod api;
 pub mod exposition;
@@ -59,7 +59,7 @@ pub mod store;
 mod tests;
 
 use figures::{HubFigures, PageFigures, Reading};
-use store::{HubKey, HubStatusStore, SqliteHubStatus};
+use store::{HubKey, HubStatusStore, PgHubStatus, SqliteHubStatus};
 
 /// The fleet source's name.
 pub const FLEET_SOURCE_NAME: &str = "fleet";
@@ -295,7 +295,7 @@ struct Board {
 
 /// The fleet checks, an [`AlertSource`].
 pub struct FleetSource {
-    store: Store,
+    store: Storage,
     hub_store: Arc<dyn HubStatusStore>,
     settings: FleetSettings,
     hubs: Vec<HubEntry>,
@@ -315,7 +315,7 @@ impl FleetSource {
     /// Loads the persisted hub statuses and cursor. Blocking (store IO).
     /// `clock` gives the start time that bounds `AgentSilent`.
     pub fn open(
-        store: Store,
+        store: impl Into<Storage>,
         cfg: &CollectorConfig,
         settings: FleetSettings,
         clock: &SharedClock,
@@ -334,7 +334,11 @@ impl FleetSource {
                 })
             })
             .collect();
-        let hub_store: Arc<dyn HubStatusStore> = Arc::new(SqliteHubStatus::new(store.clone()));
+        let store = store.into();
+        let hub_store: Arc<dyn HubStatusStore> = match &store {
+            Storage::Sqlite(store) => Arc::new(SqliteHubStatus::new(store.clone())),
+            Storage::Postgres(store) => Arc::new(PgHubStatus::new(store.clone())),
+        };
         let board = Board {
             hubs: hub_store.load()?.into_iter().collect(),
             dirty: BTreeSet::new(),

@@ -19,6 +19,7 @@
 //! tasks).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub mod engine;
 pub mod fleet;
@@ -108,13 +109,21 @@ pub fn runbook_url(base: &str, alertname: &str) -> String {
     format!("{base}#{}", alertname.to_ascii_lowercase())
 }
 
+/// The alert state store on `store`'s backend.
+pub fn state_store_on(store: &crate::store::Storage) -> Arc<dyn AlertStateStore> {
+    match store {
+        crate::store::Storage::Sqlite(store) => Arc::new(SqliteAlertStateStore::new(store.clone())),
+        crate::store::Storage::Postgres(store) => Arc::new(PgAlertStateStore::new(store.clone())),
+    }
+}
+
 /// The body of `GET /api/v1/alerts`: every alert held (firing, or resolved
 /// and still being sent), only `member`'s when given. Blocking (store read).
 pub fn alerts_page(
-    store: &crate::store::Store,
+    store: &crate::store::Storage,
     member: Option<&str>,
 ) -> Result<serde_json::Value, crate::store::StoreError> {
-    let alerts: Vec<serde_json::Value> = SqliteAlertStateStore::new(store.clone())
+    let alerts: Vec<serde_json::Value> = state_store_on(store)
         .load()?
         .into_values()
         .filter(|a| member.is_none_or(|m| a.label(labels::MEMBER) == m))

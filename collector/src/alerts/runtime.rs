@@ -19,7 +19,7 @@ use super::engine::{AlertEngine, AlertError, AlertSnapshot, AlertState};
 use super::fleet::{FleetSettings, FleetSource};
 use super::outside_probe::{self, OutsideProbeObserver, OutsideProber, ProbeSetupError};
 use super::sender::{AlertmanagerTarget, SendOutcome, SenderSettings};
-use super::state_store::{SentIncident, SqliteAlertStateStore};
+use super::state_store::SentIncident;
 use super::watchdog::WatchdogSource;
 use super::{AlertSource, http_client};
 use crate::auth::PeerIdentity;
@@ -145,7 +145,7 @@ async fn build_alerting(ctx: BuildContext) -> Result<Built, AlertingSetupError> 
                 .map(|s| crate::maintenance::MaintenanceLabels::wrap(s, Arc::clone(&maintenance)))
                 .collect();
             let engine = AlertEngine::open(
-                Arc::new(SqliteAlertStateStore::new(store)),
+                super::state_store_on(&store),
                 clock,
                 sources,
                 cfg.alerting.resolved_retention,

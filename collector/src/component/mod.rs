@@ -30,7 +30,7 @@ use crate::alerts::outside_probe::OutsideProbeObserver;
 use crate::auth::{PeerIdentity, TokenTable};
 use crate::clock::SharedClock;
 use crate::server::{AppState, HttpResponse};
-use crate::store::Store;
+use crate::store::Storage;
 use crate::telemetry::CollectorMetrics;
 
 #[cfg(test)]
@@ -112,8 +112,9 @@ impl Shutdown {
 pub struct BuildContext {
     /// The collector's configuration.
     pub config: Arc<CollectorConfig>,
-    /// The store.
-    pub store: Store,
+    /// The store (SQLite or PostgreSQL): a feature picks its store
+    /// trait's implementation with a `match`.
+    pub store: Storage,
     /// Where time comes from.
     pub clock: SharedClock,
     /// The metrics registry (definitions live in `shared::metrics`).

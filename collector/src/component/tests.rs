@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
 use crate::server::{Collector, RunningCollector};
+use crate::store::Store;
 
 const PATIENCE: Duration = Duration::from_secs(10);
 

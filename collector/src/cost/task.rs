@@ -32,6 +32,12 @@ impl Component for CostComponent {
         ctx: BuildContext,
     ) -> BoxFuture<'static, Result<Built, ComponentError>> {
         Box::pin(async move {
+            // No PostgreSQL store for this feature yet: refused there, by name.
+            let sqlite = ctx
+                .store
+                .sqlite_only("cost")
+                .map_err(|e| crate::component::ComponentError::failed("cost", e))?
+                .clone();
             let model =
                 CostModel::from_config(&ctx.config).map_err(|e| ComponentError::Config {
                     component: "cost",
@@ -39,8 +45,8 @@ impl Component for CostComponent {
                 })?;
             let grace_ms =
                 i64::try_from(ctx.config.cost.close_grace.as_millis()).unwrap_or(i64::MAX);
-            let cost: Arc<dyn CostStore> = Arc::new(SqliteCost::new(ctx.store.clone()));
-            let usage: Arc<dyn UsageStore> = Arc::new(SqliteUsage::new(ctx.store.clone()));
+            let cost: Arc<dyn CostStore> = Arc::new(SqliteCost::new(sqlite.clone()));
+            let usage: Arc<dyn UsageStore> = Arc::new(SqliteUsage::new(sqlite.clone()));
             Ok(Built {
                 tasks: vec![Task::new(
                     "cost.close",

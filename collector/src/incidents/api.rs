@@ -67,8 +67,14 @@ impl Component for IncidentsComponent {
         ctx: BuildContext,
     ) -> BoxFuture<'static, Result<Built, ComponentError>> {
         Box::pin(async move {
+            // No PostgreSQL store for this feature yet: refused there, by name.
+            let sqlite = ctx
+                .store
+                .sqlite_only("incidents")
+                .map_err(|e| crate::component::ComponentError::failed("incidents", e))?
+                .clone();
             let store: Arc<dyn StatusIncidentStore> =
-                Arc::new(SqliteStatusIncidents::new(ctx.store.clone()));
+                Arc::new(SqliteStatusIncidents::new(sqlite.clone()));
             let api = Api {
                 store: Arc::clone(&store),
                 config: Arc::clone(&ctx.config),

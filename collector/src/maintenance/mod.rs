@@ -385,10 +385,15 @@ impl crate::component::Component for MaintenanceComponent {
         Result<crate::component::Built, crate::component::ComponentError>,
     > {
         Box::pin(async move {
+            // No PostgreSQL store for this feature yet: refused there, by name.
+            let sqlite = ctx
+                .store
+                .sqlite_only("maintenance")
+                .map_err(|e| crate::component::ComponentError::failed("maintenance", e))?
+                .clone();
             let windows = NewWindow::from_config(&ctx.config)
                 .map_err(|e| crate::component::ComponentError::config("maintenance", e))?;
-            let store: Arc<dyn MaintenanceStore> =
-                Arc::new(SqliteMaintenance::new(ctx.store.clone()));
+            let store: Arc<dyn MaintenanceStore> = Arc::new(SqliteMaintenance::new(sqlite.clone()));
             let calendar = Arc::clone(&ctx.maintenance);
             let now_ms = ctx.clock.now_ms();
             {

@@ -695,7 +695,7 @@ pub const MIN_RUN_INTERVAL: Duration = Duration::from_millis(200);
 /// progress finishes first.
 pub async fn drive(
     pipeline: Pipeline,
-    store: crate::store::Store,
+    store: crate::store::Storage,
     clock: crate::clock::SharedClock,
     shutdown: impl std::future::Future<Output = ()>,
 ) {

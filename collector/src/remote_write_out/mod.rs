@@ -89,6 +89,12 @@ impl Component for RemoteWriteOutComponent {
         ctx: BuildContext,
     ) -> BoxFuture<'static, Result<Built, ComponentError>> {
         Box::pin(async move {
+            // No PostgreSQL store for this feature yet: refused there, by name.
+            let sqlite = ctx
+                .store
+                .sqlite_only("remote_write_out")
+                .map_err(|e| crate::component::ComponentError::failed("remote_write_out", e))?
+                .clone();
             let mut tasks = Vec::new();
             let runtime = tokio::runtime::Handle::current();
             for (index, cfg) in ctx.config.remote_write.iter().enumerate() {
@@ -117,7 +123,7 @@ impl Component for RemoteWriteOutComponent {
                         name,
                         destination: destination.clone(),
                         endpoint,
-                        store: Arc::new(ctx.store.clone()),
+                        store: Arc::new(sqlite.clone()),
                         runtime: runtime.clone(),
                         shutdown: ctx.shutdown.clone(),
                         retry: Arc::clone(&retry),
@@ -132,7 +138,7 @@ impl Component for RemoteWriteOutComponent {
                     relabel,
                 );
                 let log: Arc<dyn BatchLog> = Arc::new(HeldLog {
-                    store: ctx.store.clone(),
+                    store: sqlite.clone(),
                     holder: name,
                 });
                 let (status, metrics) = (Arc::clone(&ctx.pipeline_status), ctx.metrics.clone());
@@ -174,7 +180,7 @@ impl Component for RemoteWriteOutComponent {
                 tasks.push(Task::new(
                     derived::TASK,
                     derived::run(
-                        ctx.store.clone(),
+                        sqlite.clone(),
                         ctx.metrics.clone(),
                         ctx.clock.clone(),
                         ctx.shutdown.clone(),

@@ -754,7 +754,7 @@ async fn a_dead_destination_runs_in_its_own_task_holds_retention_and_raises_deri
     let clock: crate::clock::SharedClock = Arc::new(crate::clock::ManualClock::new(NOW));
     let ctx = BuildContext {
         config: Arc::new(cfg.clone()),
-        store: store.clone(),
+        store: store.clone().into(),
         clock,
         metrics: metrics.clone(),
         tokens: crate::auth::TokenTable::new(),
@@ -1092,7 +1092,7 @@ async fn without_a_destination_nothing_is_gathered() {
     let (_trigger, shutdown) = ShutdownTrigger::new();
     let ctx = BuildContext {
         config: Arc::new(cfg),
-        store,
+        store: store.into(),
         clock: Arc::new(crate::clock::ManualClock::new(NOW)),
         metrics: derived_metrics(),
         tokens: crate::auth::TokenTable::new(),

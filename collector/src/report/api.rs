@@ -47,12 +47,17 @@ impl Component for ReportsComponent {
         ctx: BuildContext,
     ) -> BoxFuture<'static, Result<Built, ComponentError>> {
         Box::pin(async move {
-            let reports = ReportContext::open(&ctx.config, &ctx.store).map_err(|e| {
-                ComponentError::Config {
+            // No PostgreSQL store for this feature yet: refused there, by name.
+            let sqlite = ctx
+                .store
+                .sqlite_only("reports")
+                .map_err(|e| crate::component::ComponentError::failed("reports", e))?
+                .clone();
+            let reports =
+                ReportContext::open(&ctx.config, &sqlite).map_err(|e| ComponentError::Config {
                     component: "reports",
                     source: Box::new(e),
-                }
-            })?;
+                })?;
             let (route_ctx, clock) = (reports.clone(), ctx.clock.clone());
             let route = Route::under(Method::GET, PREFIX, move |state, peer, request| {
                 let (reports, clock) = (route_ctx.clone(), clock.clone());

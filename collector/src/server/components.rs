@@ -11,7 +11,7 @@ use http::Method;
 use super::{ingest, remote_write, routes};
 use crate::clock::SharedClock;
 use crate::component::{BuildContext, Built, Component, ComponentError, Route, Shutdown, Task};
-use crate::store::Store;
+use crate::store::Storage;
 use crate::telemetry::CollectorMetrics;
 
 /// How often raw batches older than `storage.raw_retention` are deleted.
@@ -151,7 +151,7 @@ impl Component for Retention {
 /// Prunes every [`RETENTION_INTERVAL`] until shutdown; a prune in progress
 /// (chunks of rows on a blocking thread) completes first.
 async fn retention_loop(
-    store: Store,
+    store: Storage,
     clock: SharedClock,
     metrics: CollectorMetrics,
     shutdown: Shutdown,

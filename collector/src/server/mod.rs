@@ -44,7 +44,7 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::component::{BuildContext, Component, ComponentError, ShutdownTrigger, Task};
 use crate::pipeline::alerts::DerivationAlerts;
 use crate::pipeline::{Pipeline, PipelineSettings, PipelineStatus};
-use crate::store::{Store, StoreError};
+use crate::store::{Storage, StoreError};
 use crate::telemetry::CollectorMetrics;
 
 pub use components::RETENTION_INTERVAL;
@@ -103,7 +103,7 @@ pub enum ServerError {
 /// feature's own state (the SLO engine, …) is captured by its handlers.
 pub struct AppState {
     pub(crate) server: ServerConfig,
-    pub(crate) store: Store,
+    pub(crate) store: Storage,
     pub(crate) tokens: TokenTable,
     pub(crate) metrics: CollectorMetrics,
     /// The elections of HA agent pairs ([`ha`]).
@@ -124,7 +124,7 @@ impl std::fmt::Debug for AppState {
 /// components to run (by default every feature `serve` runs).
 pub struct Collector {
     config: CollectorConfig,
-    store: Store,
+    store: Storage,
     clock: SharedClock,
     metrics: CollectorMetrics,
     components: Vec<Box<dyn Component>>,
@@ -173,10 +173,10 @@ pub fn http_components() -> Vec<Box<dyn Component>> {
 impl Collector {
     /// Every feature ([`all_components`]) on the wall clock with a new
     /// metrics registry.
-    pub fn new(config: CollectorConfig, store: Store) -> Self {
+    pub fn new(config: CollectorConfig, store: impl Into<Storage>) -> Self {
         Self {
             config,
-            store,
+            store: store.into(),
             clock: Arc::new(SystemClock),
             metrics: CollectorMetrics::new(),
             components: all_components(),
@@ -285,7 +285,7 @@ impl Collector {
                 let (store, metrics) = (store.clone(), metrics.clone());
                 tokio::task::spawn_blocking(move || {
                     Pipeline::open_with_status(
-                        Arc::new(store),
+                        store.batch_log(),
                         stages,
                         PipelineSettings::default(),
                         pipeline_status,

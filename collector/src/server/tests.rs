@@ -21,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::*;
+use crate::store::Store;
 
 const PATIENCE: Duration = Duration::from_secs(10);
 

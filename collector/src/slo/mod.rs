@@ -57,7 +57,7 @@ use crate::auth::PeerIdentity;
 use crate::clock::SharedClock;
 use crate::component::{BuildContext, Built, Component, ComponentError, Route, Shutdown, Task};
 use crate::server::{self, AppState, HttpResponse};
-use crate::store::{Store, StoreError};
+use crate::store::{Storage, Store, StoreError};
 use crate::telemetry::CollectorMetrics;
 
 /// How often `serve` derives new batches and refreshes the SLO gauges.
@@ -261,20 +261,28 @@ pub fn derive_pending(
     Ok(stats)
 }
 
+/// The SLI store on `store`'s backend.
+pub fn sli_store(store: &Storage) -> Arc<dyn SliStore> {
+    match store {
+        Storage::Sqlite(store) => Arc::new(SqliteSli::new(store.clone())),
+        Storage::Postgres(store) => Arc::new(PgSli::new(store.clone())),
+    }
+}
+
 /// Builds the engine for `cfg` and loads the last window from `store`.
 pub async fn open(
     cfg: &CollectorConfig,
-    store: Store,
+    store: impl Into<Storage>,
     clock: SharedClock,
 ) -> Result<SloHandle, SloError> {
-    open_with_maintenance(cfg, store, clock, None).await
+    open_with_maintenance(cfg, store.into(), clock, None).await
 }
 
 /// [`open`], with the minutes of `maintenance`'s announced windows excluded
 /// per tier (see [`SloEngine::set_maintenance`]).
 pub async fn open_with_maintenance(
     cfg: &CollectorConfig,
-    store: Store,
+    store: Storage,
     clock: SharedClock,
     maintenance: Option<Arc<crate::maintenance::Calendar>>,
 ) -> Result<SloHandle, SloError> {
@@ -282,7 +290,7 @@ pub async fn open_with_maintenance(
     if let Some(calendar) = maintenance {
         engine.set_maintenance(calendar);
     }
-    let store: Arc<dyn SliStore> = Arc::new(store::SqliteSli::new(store));
+    let store = sli_store(&store);
     {
         let (engine, store, clock) = (Arc::clone(&engine), Arc::clone(&store), Arc::clone(&clock));
         tokio::task::spawn_blocking(move || {

@@ -109,10 +109,16 @@ impl Component for StatusComponent {
         ctx: BuildContext,
     ) -> BoxFuture<'static, Result<Built, ComponentError>> {
         Box::pin(async move {
+            // No PostgreSQL store for this feature yet: refused there, by name.
+            let sqlite = ctx
+                .store
+                .sqlite_only("status")
+                .map_err(|e| crate::component::ComponentError::failed("status", e))?
+                .clone();
             let hubs = SloSettings::from_config(&ctx.config)
                 .map_err(|e| ComponentError::config("status", e))?
                 .hubs;
-            let (store, clock, read_hubs) = (ctx.store.clone(), ctx.clock.clone(), hubs.clone());
+            let (store, clock, read_hubs) = (sqlite.clone(), ctx.clock.clone(), hubs.clone());
             // The maintenance component (built before this one) has filled it.
             let windows = ctx.maintenance.windows();
             let (ledger, incidents, key) = tokio::task::spawn_blocking(move || {
@@ -176,7 +182,7 @@ impl Component for StatusComponent {
                 "status.refresh",
                 refresh_loop(
                     pages,
-                    ctx.store.clone(),
+                    sqlite.clone(),
                     hubs,
                     ctx.config.status.refresh_interval,
                     ctx.shutdown.clone(),

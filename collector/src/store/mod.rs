@@ -25,6 +25,7 @@
 pub mod backup;
 pub mod pg;
 pub(crate) mod schema;
+mod storage;
 mod tokens;
 mod writer;
 
@@ -49,6 +50,7 @@ use crate::clock::{duration_ms, rfc3339, system_now_ms as now_ms};
 use crate::sync::lock;
 
 pub use schema::{MIGRATIONS, current_version as schema_version};
+pub use storage::Storage;
 pub use tokens::{TOKEN_PREFIX, hash_token};
 pub use writer::{MAX_GROUP_BATCHES, MAX_GROUP_BYTES};
 
@@ -113,6 +115,16 @@ pub enum StoreError {
         path: PathBuf,
         /// What was wrong.
         detail: String,
+    },
+    /// A feature whose store has no PostgreSQL implementation yet was
+    /// asked to run on `backend = "postgres"`.
+    #[error(
+        "storage.backend = \"postgres\": the {feature} feature has no PostgreSQL store yet; \
+         use backend = \"sqlite\""
+    )]
+    NotOnPostgres {
+        /// The feature.
+        feature: &'static str,
     },
     /// The writer thread is gone (the store is shutting down, or the thread died).
     #[error("store {path}: the writer thread has stopped; batches cannot be stored")]

@@ -68,7 +68,13 @@ impl Component for UsageComponent {
         ctx: BuildContext,
     ) -> BoxFuture<'static, Result<Built, ComponentError>> {
         Box::pin(async move {
-            let store: Arc<dyn UsageStore> = Arc::new(SqliteUsage::new(ctx.store.clone()));
+            // No PostgreSQL store for this feature yet: refused there, by name.
+            let sqlite = ctx
+                .store
+                .sqlite_only("usage")
+                .map_err(|e| crate::component::ComponentError::failed("usage", e))?
+                .clone();
+            let store: Arc<dyn UsageStore> = Arc::new(SqliteUsage::new(sqlite.clone()));
             let (route_store, clock) = (Arc::clone(&store), ctx.clock.clone());
             let route = Route::new(Method::GET, "/api/v1/usage", move |state, peer, request| {
                 let (store, clock) = (Arc::clone(&route_store), clock.clone());
@@ -95,7 +101,7 @@ impl Component for UsageComponent {
                     Task::new(
                         "usage.rollup",
                         run_rollup(
-                            ctx.store.clone(),
+                            sqlite.clone(),
                             ctx.clock.clone(),
                             ctx.config.usage.points_retention,
                             ctx.shutdown.clone(),

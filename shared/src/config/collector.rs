@@ -439,6 +439,17 @@ pub struct ServerConfig {
     /// replica makes that one the elected replica.
     #[serde(with = "humantime_serde")]
     pub ha_failover_timeout: Duration,
+    /// Replicas on PostgreSQL: how long the leader's lease lasts without a
+    /// renewal (renewed every third of it). The work that must happen once
+    /// (derivation, alerting, retention) moves to another replica at most
+    /// this long, plus a third of it, after the leader dies.
+    #[serde(with = "humantime_serde")]
+    pub leader_lease: Duration,
+    /// Replicas on PostgreSQL: the URL other replicas redirect reads of
+    /// derived views (SLOs, usage, status pages) to while this replica
+    /// leads, e.g. `https://collector-0.example.org:9470`. Unset: a follower
+    /// answers those reads 503 instead.
+    pub advertise_url: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -455,6 +466,8 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(20),
             token_refresh: Duration::from_secs(2),
             ha_failover_timeout: Duration::from_secs(30),
+            leader_lease: Duration::from_secs(15),
+            advertise_url: None,
         }
     }
 }
@@ -653,6 +666,15 @@ impl Validate for CollectorConfig {
                 "server.ha_failover_timeout",
                 "must be at least 1s",
             ));
+        }
+        if s.leader_lease < Duration::from_secs(3) || s.leader_lease > Duration::from_secs(300) {
+            return Err(ConfigError::invalid(
+                "server.leader_lease",
+                "must be between 3s and 5m (renewed every third of it)",
+            ));
+        }
+        if let Some(url) = &s.advertise_url {
+            check_http_url("server.advertise_url", url)?;
         }
         if self.storage.path.as_os_str().is_empty() {
             return Err(ConfigError::invalid("storage.path", "must not be empty"));

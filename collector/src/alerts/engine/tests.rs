@@ -367,13 +367,13 @@ fn the_api_page_lists_alerts_by_member() {
         .insert("member".to_string(), "other".to_string());
     source.set_specs(vec![spec("HubDown", ""), other]);
     engine.evaluate().unwrap();
-    let page = crate::alerts::alerts_page(&f.store, Some("leap")).unwrap();
+    let page = crate::alerts::alerts_page(&f.store.clone().into(), Some("leap")).unwrap();
     let alerts = page["alerts"].as_array().unwrap();
     assert_eq!(alerts.len(), 1);
     assert_eq!(alerts[0]["labels"]["member"], "leap");
     assert_eq!(alerts[0]["state"], "firing");
     assert_eq!(alerts[0]["starts_at"], crate::clock::rfc3339(T0));
-    let all = crate::alerts::alerts_page(&f.store, None).unwrap();
+    let all = crate::alerts::alerts_page(&f.store.clone().into(), None).unwrap();
     assert_eq!(all["alerts"].as_array().unwrap().len(), 2);
 }
 

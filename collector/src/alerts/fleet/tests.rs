@@ -3,7 +3,7 @@ use hubwatch_shared::wire::{Batch, HealthCheck, Label, Sample};
 
 use super::*;
 use crate::clock::{Clock, ManualClock};
-use crate::store::IngestItem;
+use crate::store::{IngestItem, Store};
 
 const T0: i64 = 1_750_000_000_000;
 const SECOND: i64 = 1000;

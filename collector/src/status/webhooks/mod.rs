@@ -405,6 +405,12 @@ impl Component for WebhooksComponent {
         ctx: BuildContext,
     ) -> BoxFuture<'static, Result<Built, ComponentError>> {
         Box::pin(async move {
+            // No PostgreSQL store for this feature yet: refused there, by name.
+            let sqlite = ctx
+                .store
+                .sqlite_only("status.webhooks")
+                .map_err(|e| crate::component::ComponentError::failed("status.webhooks", e))?
+                .clone();
             let subscribers = ctx
                 .config
                 .status
@@ -417,7 +423,7 @@ impl Component for WebhooksComponent {
             // Without subscribers the task still runs: it moves the cursor,
             // so configuring one later does not replay old updates.
             let deliverer = Deliverer::new(
-                ctx.store.clone(),
+                sqlite.clone(),
                 subscribers,
                 Settings::default(),
                 ctx.clock.clone(),

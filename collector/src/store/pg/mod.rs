@@ -109,6 +109,7 @@ pub(super) struct Shared {
     name: String,
     group_commits: AtomicU64,
     stored: tokio::sync::Notify,
+    commit_seconds: std::sync::OnceLock<prometheus::Histogram>,
 }
 
 struct Inner {
@@ -194,6 +195,7 @@ impl PgStore {
             name: name.clone(),
             group_commits: AtomicU64::new(0),
             stored: tokio::sync::Notify::new(),
+            commit_seconds: std::sync::OnceLock::new(),
         });
         let (sender, queue) = mpsc::channel(WRITER_QUEUE_CAPACITY);
         let writer = runtime.spawn(writer::run(pool.clone(), queue, Arc::clone(&shared)));
@@ -217,6 +219,12 @@ impl PgStore {
     /// `postgres://user@host:port/database` (never the password).
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// Records each group commit's duration in `histogram`
+    /// (`hubwatch_collector_store_commit_seconds`). Only the first call counts.
+    pub fn observe_commits(&self, histogram: prometheus::Histogram) {
+        let _ = self.inner.shared.commit_seconds.set(histogram);
     }
 
     /// Group commits done since open (each is one transaction).

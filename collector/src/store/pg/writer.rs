@@ -55,6 +55,9 @@ async fn commit_group(pool: &Pool, group: &mut Vec<Job>, shared: &Shared) {
         Ok(outcomes) => {
             shared.group_commits.fetch_add(1, Ordering::Relaxed);
             shared.stored.notify_one();
+            if let Some(histogram) = shared.commit_seconds.get() {
+                histogram.observe(started.elapsed().as_secs_f64());
+            }
             tracing::trace!(
                 batches = group.len(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
