@@ -195,6 +195,20 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX alert_incidents_by_start ON alert_incidents (starts_at_ms);
     ",
+    // 4: the leader lease of collector replicas (`store/pg/lease.rs`).
+    "
+    -- One row per lease. `expires_at` is in the database's clock, so
+    -- replicas on machines whose clocks disagree still agree on expiry.
+    -- `epoch` grows each time another replica takes the lease.
+    CREATE TABLE leader_lease (
+        name        TEXT        PRIMARY KEY,
+        holder      TEXT        NOT NULL,
+        url         TEXT,
+        epoch       BIGINT      NOT NULL,
+        acquired_at TIMESTAMPTZ NOT NULL,
+        expires_at  TIMESTAMPTZ NOT NULL
+    );
+    ",
 ];
 
 /// The schema version this build writes.
