@@ -257,6 +257,13 @@ pub enum CliError {
          `token revoke` and `check-config` work with postgres"
     )]
     BackendNotServed,
+    /// A replica on PostgreSQL stopped leading (lost or could not renew
+    /// the lease) and shut down; its supervisor restarts it as a follower.
+    #[error(
+        "stopped leading ({0}); exiting so this collector restarts as a follower of the replica \
+         that leads now"
+    )]
+    LeaderLost(String),
     /// The async runtime could not start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
@@ -705,7 +712,7 @@ fn serve(cfg: &CollectorConfig) -> Result<(), CliError> {
             store = %store_name,
             "hubwatch-collector serving"
         );
-        running.wait().await;
+        running.wait().await.map_err(CliError::LeaderLost)?;
         tracing::info!("hubwatch-collector stopped");
         Ok(())
     });

@@ -154,6 +154,14 @@ pub trait Component: Send {
     /// Short stable name (`core`, `ingest`, `slo`, …), for logs and errors.
     fn name(&self) -> &'static str;
 
+    /// Whether every replica runs this feature (ingest, the agents listing,
+    /// the core endpoints). Otherwise (the default) it is leader-only work:
+    /// with replicas on PostgreSQL it is built on the replica holding the
+    /// leader lease, when it takes the lease (`server/leader.rs`).
+    fn every_replica(&self) -> bool {
+        false
+    }
+
     /// Sets the feature up (loading persisted state, checking its config)
     /// and returns its routes and tasks. Nothing runs until every component
     /// has been built, so a failure here leaves nothing behind.

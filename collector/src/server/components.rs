@@ -26,6 +26,10 @@ impl Component for Core {
         "core"
     }
 
+    fn every_replica(&self) -> bool {
+        true
+    }
+
     fn build(
         self: Box<Self>,
         _ctx: BuildContext,
@@ -58,6 +62,10 @@ pub struct Ingest;
 impl Component for Ingest {
     fn name(&self) -> &'static str {
         "ingest"
+    }
+
+    fn every_replica(&self) -> bool {
+        true
     }
 
     fn build(
@@ -105,6 +113,10 @@ pub struct Agents;
 impl Component for Agents {
     fn name(&self) -> &'static str {
         "agents"
+    }
+
+    fn every_replica(&self) -> bool {
+        true
     }
 
     fn build(

@@ -56,6 +56,7 @@ pub use tls::server_tls_config;
 pub mod components;
 pub mod ha;
 mod ingest;
+mod leader;
 mod remote_write;
 mod routes;
 mod tls;
@@ -234,79 +235,98 @@ impl Collector {
         store.observe_commits(metrics.commit_seconds.clone());
 
         let (trigger, shutdown) = ShutdownTrigger::new();
-        // The pipeline's status exists before its stages do, so the alert
-        // engine (built last) can alert on it.
-        let pipeline_status = Arc::new(PipelineStatus::default());
-        let derivation_alerts: Arc<dyn crate::alerts::AlertSource> =
-            Arc::new(DerivationAlerts::new(
-                Arc::clone(&pipeline_status),
-                config.alerting.derivation_behind_after,
-                &config.alerting.runbook_base_url,
-            ));
         let ha = ha::HaTracker::new(
             config.server.ha_failover_timeout,
             clock.clone(),
             metrics.clone(),
         );
-        let mut ctx = BuildContext {
+        let lease = match &store {
+            Storage::Postgres(pg) => Some(leader::PgLease::new(
+                pg.clone(),
+                config.server.advertise_url.clone(),
+                config.server.leader_lease,
+            )),
+            Storage::Sqlite(_) => None,
+        };
+        let base = BuildContext {
             config: Arc::new(config),
             store: store.clone(),
             clock: clock.clone(),
             metrics: metrics.clone(),
             tokens: tokens.clone(),
             shutdown: shutdown.clone(),
-            alert_sources: vec![derivation_alerts],
+            alert_sources: Vec::new(),
             probe_observers: Vec::new(),
             fleet: None,
-            pipeline_status: Arc::clone(&pipeline_status),
+            pipeline_status: Arc::default(),
             maintenance: crate::maintenance::Calendar::new(),
         };
-        let mut routes = Vec::new();
-        let mut tasks = Vec::new();
-        let mut stages = Vec::new();
-        for component in components {
-            let name = component.name();
-            let built = component.build(ctx.clone()).await?;
-            tracing::debug!(component = name, routes = ?built.routes, tasks = ?built.tasks, "component built");
-            routes.extend(built.routes.into_iter().map(|route| (name, route)));
-            tasks.extend(built.tasks);
-            stages.extend(built.stages);
-            ctx.alert_sources.extend(built.alert_sources);
-            ctx.probe_observers.extend(built.probe_observers);
-            if built.fleet.is_some() {
-                ctx.fleet = built.fleet;
+        let (replica_components, leader_components): (Vec<_>, Vec<_>) =
+            components.into_iter().partition(|c| c.every_replica());
+        let replica = build_set(replica_components, base.clone()).await?;
+        let leadership = Arc::new(leader::Leadership::default());
+        let routing = Arc::new(Routing {
+            replica: replica.router,
+            leader: std::sync::RwLock::new(None),
+            leadership: Arc::clone(&leadership),
+            shared_store: lease.is_some(),
+        });
+        let tasks: RunningTasks = Arc::default();
+        spawn_tasks(&tasks, replica.tasks);
+
+        // One collector on SQLite leads from the start; a replica on
+        // PostgreSQL leads now if it can take the lease, else follows.
+        let mut pending = Some(leader_components);
+        let mut deadline = None;
+        let leads_now = match &lease {
+            None => true,
+            Some(lease) => {
+                let sent = tokio::time::Instant::now();
+                match lease.attempt().await {
+                    leader::Attempt::Held => {
+                        deadline = Some(leader::deadline(sent, lease.ttl));
+                        true
+                    }
+                    leader::Attempt::HeldBy(url) => {
+                        tracing::info!(
+                            leader = url.as_deref().unwrap_or("(no advertise_url)"),
+                            "another replica leads; following"
+                        );
+                        leadership.set_following(&metrics, url);
+                        false
+                    }
+                    leader::Attempt::Failed(e) => {
+                        tracing::warn!(error = %e, "could not try the leader lease; following until it can");
+                        leadership.set_following(&metrics, None);
+                        false
+                    }
+                }
+            }
+        };
+        if leads_now {
+            let set = build_set(pending.take().unwrap_or_default(), base.clone()).await?;
+            routing.install(set.router);
+            spawn_tasks(&tasks, set.tasks);
+            leadership.set_leading(&metrics);
+            if lease.is_some() {
+                tracing::info!("took the leader lease; running derivation, alerting and retention");
             }
         }
-        let router = Arc::new(Router::new(routes)?);
-        if !stages.is_empty() {
-            // Opening publishes the slowest stage's watermark as the
-            // retention hold before any task (retention) runs.
-            let pipeline = {
-                let (store, metrics) = (store.clone(), metrics.clone());
-                tokio::task::spawn_blocking(move || {
-                    Pipeline::open_with_status(
-                        store.batch_log(),
-                        stages,
-                        PipelineSettings::default(),
-                        pipeline_status,
-                    )
-                    .map(|pipeline| pipeline.with_metrics(metrics))
-                })
-                .await
-                .map_err(|e| ServerError::Task(e.to_string()))??
-            };
-            tasks.push(Task::new(
-                "pipeline",
-                crate::pipeline::drive(pipeline, store.clone(), clock, async move {
-                    shutdown.wait().await;
-                }),
-            ));
+        let (lost_tx, lost_rx) = watch::channel(None);
+        if let Some(lease) = lease.clone() {
+            let lease_task = lease_loop(LeaseLoop {
+                lease,
+                pending,
+                deadline,
+                base,
+                routing: Arc::clone(&routing),
+                leadership,
+                tasks: Arc::clone(&tasks),
+                lost: lost_tx,
+            });
+            spawn_tasks(&tasks, vec![Task::new("leader.lease", lease_task)]);
         }
 
-        let tasks = tasks
-            .into_iter()
-            .map(|task| (task.name, tokio::spawn(task.future)))
-            .collect();
         let state = Arc::new(AppState {
             loopback_listener: local_addr.ip().is_loopback(),
             server: server_cfg,
@@ -318,7 +338,7 @@ impl Collector {
         let grace = state.server.shutdown_grace;
         let (listener_tx, listener_rx) = watch::channel(false);
         let acceptor = tls_config.map(TlsAcceptor::from);
-        let serve_task = tokio::spawn(serve(listener, acceptor, state, router, listener_rx));
+        let serve_task = tokio::spawn(serve(listener, acceptor, state, routing, listener_rx));
         Ok(RunningCollector {
             local_addr,
             metrics,
@@ -327,7 +347,223 @@ impl Collector {
             serve_task,
             trigger,
             tasks,
+            lease,
+            lost: lost_rx,
         })
+    }
+}
+
+/// The tasks a collector runs, joined at shutdown; the lease task adds the
+/// leader's when it takes the lease.
+type RunningTasks = Arc<std::sync::Mutex<Vec<(String, JoinHandle<()>)>>>;
+
+fn spawn_tasks(running: &RunningTasks, tasks: Vec<Task>) {
+    let mut running = crate::sync::lock(running);
+    for task in tasks {
+        running.push((task.name, tokio::spawn(task.future)));
+    }
+}
+
+/// What a set of components adds: one router over their routes, their
+/// tasks, and the pipeline over their stages.
+struct BuiltSet {
+    router: Router,
+    tasks: Vec<Task>,
+}
+
+/// Builds `components` in order (nothing runs if one fails): their routes,
+/// their tasks, and one pipeline task over every stage they offer. The
+/// alert engine comes last in a set and gets the sources the others offer,
+/// with `DerivationBehind` over this set's pipeline.
+async fn build_set(
+    components: Vec<Box<dyn Component>>,
+    mut ctx: BuildContext,
+) -> Result<BuiltSet, ServerError> {
+    // The pipeline's status exists before its stages do, so the alert
+    // engine (built last) can alert on it.
+    let pipeline_status = Arc::new(PipelineStatus::default());
+    ctx.pipeline_status = Arc::clone(&pipeline_status);
+    ctx.alert_sources = vec![Arc::new(DerivationAlerts::new(
+        Arc::clone(&pipeline_status),
+        ctx.config.alerting.derivation_behind_after,
+        &ctx.config.alerting.runbook_base_url,
+    ))];
+    let mut routes = Vec::new();
+    let mut tasks = Vec::new();
+    let mut stages = Vec::new();
+    for component in components {
+        let name = component.name();
+        let built = component.build(ctx.clone()).await?;
+        tracing::debug!(component = name, routes = ?built.routes, tasks = ?built.tasks, "component built");
+        routes.extend(built.routes.into_iter().map(|route| (name, route)));
+        tasks.extend(built.tasks);
+        stages.extend(built.stages);
+        ctx.alert_sources.extend(built.alert_sources);
+        ctx.probe_observers.extend(built.probe_observers);
+        if built.fleet.is_some() {
+            ctx.fleet = built.fleet;
+        }
+    }
+    let router = Router::new(routes)?;
+    if !stages.is_empty() {
+        // Opening publishes the slowest stage's watermark as the retention
+        // hold before any task (retention) runs.
+        let pipeline = {
+            let (store, metrics) = (ctx.store.clone(), ctx.metrics.clone());
+            tokio::task::spawn_blocking(move || {
+                Pipeline::open_with_status(
+                    store.batch_log(),
+                    stages,
+                    PipelineSettings::default(),
+                    pipeline_status,
+                )
+                .map(|pipeline| pipeline.with_metrics(metrics))
+            })
+            .await
+            .map_err(|e| ServerError::Task(e.to_string()))??
+        };
+        let shutdown = ctx.shutdown.clone();
+        tasks.push(Task::new(
+            "pipeline",
+            crate::pipeline::drive(pipeline, ctx.store.clone(), ctx.clock.clone(), async move {
+                shutdown.wait().await;
+            }),
+        ));
+    }
+    Ok(BuiltSet { router, tasks })
+}
+
+/// The lease task's state.
+struct LeaseLoop {
+    lease: leader::PgLease,
+    /// The leader-only components, until this replica takes the lease.
+    pending: Option<Vec<Box<dyn Component>>>,
+    /// While leading: stop leading unless a renewal succeeds before this.
+    deadline: Option<tokio::time::Instant>,
+    base: BuildContext,
+    routing: Arc<Routing>,
+    leadership: Arc<leader::Leadership>,
+    tasks: RunningTasks,
+    lost: watch::Sender<Option<String>>,
+}
+
+/// Renews the lease while leading, tries it while following (every third
+/// of the lease), takes over when it gets it, and gives up leading (the
+/// process then exits) when it loses it; see [`leader`].
+async fn lease_loop(mut l: LeaseLoop) {
+    let metrics = l.base.metrics.clone();
+    let mut ticks = l.base.shutdown.every(l.lease.period());
+    // The first tick is immediate; the lease was just tried at start.
+    ticks.next().await;
+    loop {
+        let next = match l.deadline {
+            Some(deadline) => tokio::select! {
+                next = ticks.next() => next,
+                () = tokio::time::sleep_until(deadline) => true,
+            },
+            None => ticks.next().await,
+        };
+        if !next {
+            return;
+        }
+        let sent = tokio::time::Instant::now();
+        let attempt = match l.deadline {
+            Some(deadline) => tokio::select! {
+                attempt = l.lease.attempt() => attempt,
+                () = tokio::time::sleep_until(deadline) => leader::Attempt::Failed(
+                    "the renewal did not finish in time".to_string()
+                ),
+            },
+            None => l.lease.attempt().await,
+        };
+        if l.leadership.is_leading() {
+            if attempt == leader::Attempt::Held {
+                l.deadline = Some(leader::deadline(sent, l.lease.ttl));
+            }
+            let passed = l
+                .deadline
+                .is_none_or(|deadline| tokio::time::Instant::now() >= deadline);
+            if let Some(reason) = leader::lost_reason(&attempt, passed) {
+                tracing::error!(%reason, "stopped leading; this collector exits so its supervisor restarts it as a follower");
+                l.leadership.set_following(&metrics, None);
+                l.lost.send_replace(Some(reason));
+                return;
+            }
+            if let leader::Attempt::Failed(e) = &attempt {
+                tracing::warn!(error = %e, "renewing the leader lease failed; retrying before it expires");
+            }
+            continue;
+        }
+        match attempt {
+            leader::Attempt::Held => {
+                l.deadline = Some(leader::deadline(sent, l.lease.ttl));
+                let components = l.pending.take().unwrap_or_default();
+                match build_set(components, l.base.clone()).await {
+                    Ok(set) => {
+                        l.routing.install(set.router);
+                        spawn_tasks(&l.tasks, set.tasks);
+                        l.leadership.set_leading(&metrics);
+                        tracing::info!(
+                            "took the leader lease; running derivation, alerting and retention"
+                        );
+                    }
+                    Err(e) => {
+                        let reason = format!(
+                            "took the leader lease but could not start the leader's work: {e}"
+                        );
+                        tracing::error!(%reason, "this collector exits");
+                        l.lost.send_replace(Some(reason));
+                        return;
+                    }
+                }
+            }
+            leader::Attempt::HeldBy(url) => l.leadership.set_following(&metrics, url),
+            leader::Attempt::Failed(e) => {
+                tracing::warn!(error = %e, "could not try the leader lease; still following")
+            }
+        }
+    }
+}
+
+/// The routes every replica serves, then the leader's (once this replica
+/// leads); a follower sends what only the leader serves to the leader.
+pub(crate) struct Routing {
+    replica: Router,
+    leader: std::sync::RwLock<Option<Arc<Router>>>,
+    leadership: Arc<leader::Leadership>,
+    /// Replicas on PostgreSQL (a follower exists only there).
+    shared_store: bool,
+}
+
+impl Routing {
+    fn install(&self, router: Router) {
+        *self
+            .leader
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(router));
+    }
+
+    async fn handle(
+        &self,
+        state: Arc<AppState>,
+        peer: Arc<PeerIdentity>,
+        request: hyper::Request<Incoming>,
+    ) -> HttpResponse {
+        if self.replica.serves(request.uri().path()) {
+            return self.replica.handle(state, peer, request).await;
+        }
+        let leader = self
+            .leader
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        match leader {
+            Some(router) if self.leadership.is_leading() || !self.shared_store => {
+                router.handle(state, peer, request).await
+            }
+            _ if self.shared_store => routes::to_leader(&request, self.leadership.leader_url()),
+            _ => self.replica.handle(state, peer, request).await,
+        }
     }
 }
 
@@ -343,12 +579,17 @@ pub struct RunningCollector {
     listener_tx: watch::Sender<bool>,
     serve_task: JoinHandle<()>,
     trigger: ShutdownTrigger,
-    tasks: Vec<(String, JoinHandle<()>)>,
+    tasks: RunningTasks,
+    lease: Option<leader::PgLease>,
+    lost: watch::Receiver<Option<String>>,
 }
 
 impl std::fmt::Debug for RunningCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<_> = self.tasks.iter().map(|(name, _)| name.as_str()).collect();
+        let names: Vec<_> = crate::sync::lock(&self.tasks)
+            .iter()
+            .map(|(name, _)| name.clone())
+            .collect();
         f.debug_struct("RunningCollector")
             .field("local_addr", &self.local_addr)
             .field("tasks", &names)
@@ -359,7 +600,8 @@ impl std::fmt::Debug for RunningCollector {
 impl RunningCollector {
     /// Stops accepting, lets in-flight requests finish for up to
     /// `server.shutdown_grace`, then signals every task and waits up to the
-    /// same grace for them to finish their round and return.
+    /// same grace for them to finish their round and return; a leader on
+    /// PostgreSQL then releases its lease.
     pub async fn shutdown(self) {
         let Self {
             grace,
@@ -367,6 +609,8 @@ impl RunningCollector {
             serve_task,
             trigger,
             tasks,
+            lease,
+            lost,
             ..
         } = self;
         listener_tx.send_replace(true);
@@ -376,6 +620,7 @@ impl RunningCollector {
         trigger.trigger();
         let deadline = tokio::time::Instant::now() + grace;
         let mut late = Vec::new();
+        let tasks = std::mem::take(&mut *crate::sync::lock(&tasks));
         for (name, mut task) in tasks {
             match tokio::time::timeout_at(deadline, &mut task).await {
                 Ok(Ok(())) => tracing::debug!(task = %name, "task stopped"),
@@ -397,14 +642,36 @@ impl RunningCollector {
                 "tasks did not stop within the shutdown grace; cancelled"
             );
         }
+        // After the tasks drained (the pipeline's last flush is written), so
+        // the next leader starts where this one stopped. A lost lease is
+        // not ours to release.
+        if let Some(lease) = lease
+            && lost.borrow().is_none()
+            && let Err(e) = tokio::task::spawn_blocking(move || lease.release()).await
+        {
+            tracing::warn!(error = %e, "releasing the leader lease failed; it expires on its own");
+        }
+    }
+
+    /// Whether this collector leads (holds the lease; always on SQLite).
+    pub fn is_leading(&self) -> bool {
+        self.metrics.leader.get() == 1
     }
 
     /// Serves until SIGTERM or SIGINT, then shuts down as
-    /// [`RunningCollector::shutdown`] does.
-    pub async fn wait(self) {
-        shutdown_signal().await;
-        tracing::info!("shutdown signal received");
+    /// [`RunningCollector::shutdown`] does. `Err` with the reason when it
+    /// stopped because it lost the leader lease (it has shut down too).
+    pub async fn wait(self) -> Result<(), String> {
+        let mut lost = self.lost.clone();
+        let reason = tokio::select! {
+            () = shutdown_signal() => {
+                tracing::info!("shutdown signal received");
+                None
+            }
+            Ok(reason) = async { lost.wait_for(Option::is_some).await.map(|r| r.clone()) } => reason,
+        };
         self.shutdown().await;
+        reason.map_or(Ok(()), Err)
     }
 }
 
@@ -437,7 +704,7 @@ async fn serve(
     listener: TcpListener,
     acceptor: Option<TlsAcceptor>,
     state: Arc<AppState>,
-    router: Arc<Router>,
+    router: Arc<Routing>,
     mut shutdown_rx: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -493,7 +760,7 @@ async fn serve_connection(
     builder: auto::Builder<TokioExecutor>,
     watcher: Watcher,
     state: Arc<AppState>,
-    router: Arc<Router>,
+    router: Arc<Routing>,
 ) {
     // Acks are small and latency matters more than packet count.
     let _ = stream.set_nodelay(true);
@@ -545,7 +812,7 @@ async fn serve_http<I>(
     builder: auto::Builder<TokioExecutor>,
     watcher: Watcher,
     state: Arc<AppState>,
-    router: Arc<Router>,
+    router: Arc<Routing>,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {

@@ -134,6 +134,11 @@ impl Router {
             })
     }
 
+    /// Whether a route of this router matches `path` (any method).
+    pub(crate) fn serves(&self, path: &str) -> bool {
+        self.lookup(path).is_some()
+    }
+
     /// Routes one request: its handler, else 405 with `Allow` on a known
     /// path, else 404.
     pub(crate) async fn handle(
@@ -161,6 +166,45 @@ impl Router {
                 .inc();
         }
         response
+    }
+}
+
+/// A follower's answer for what only the leader serves: 307 to the same
+/// path and query on the leader's `server.advertise_url` (the method and
+/// body are kept), else 503 with `Retry-After` while no leader is known.
+pub(super) fn to_leader(request: &Request<Incoming>, leader_url: Option<String>) -> HttpResponse {
+    let target = request.uri().path_and_query().map_or_else(
+        || request.uri().path().to_string(),
+        |pq| pq.as_str().to_string(),
+    );
+    let location = leader_url
+        .map(|url| format!("{}{target}", url.trim_end_matches('/')))
+        .and_then(|location| HeaderValue::from_str(&location).ok());
+    match location {
+        Some(location) => {
+            let mut response = json(
+                StatusCode::TEMPORARY_REDIRECT,
+                &serde_json::json!({
+                    "error": "this collector is a follower; the leader serves this",
+                    "leader": location.to_str().unwrap_or_default(),
+                }),
+            );
+            response
+                .headers_mut()
+                .insert(http::header::LOCATION, location);
+            response
+        }
+        None => {
+            let mut response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this collector is a follower and knows no leader URL (the leader sets \
+                 server.advertise_url); the leader serves this",
+            );
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+            response
+        }
     }
 }
 

@@ -1053,6 +1053,7 @@ async fn shutdown_finishes_an_in_flight_request_then_stops_listening() {
     assert_eq!(server.store.raw_batch_count().unwrap(), 1);
 }
 
+mod leader;
 mod remote_write;
 
 /// HA pairs through the real ingest path: the first replica is elected and

@@ -40,6 +40,7 @@
 //! Reads use [`PgStore::read_with`].
 
 pub mod connect;
+mod lease;
 pub mod schema;
 mod writer;
 
@@ -69,6 +70,7 @@ use crate::pipeline::sqlite::CursorMoved;
 use crate::pipeline::{BatchLog, CursorUpdate, StageCursor};
 use crate::sync::lock;
 
+pub use lease::LeaseRow;
 pub use schema::current_version as schema_version;
 
 /// Threads of the store's own runtime (connection I/O and the writer task;
