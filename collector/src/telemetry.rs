@@ -213,7 +213,14 @@ impl CollectorMetrics {
             agent_last_seen: metrics::COLLECTOR_AGENT_LAST_SEEN.gauge_vec(r),
             tokens_active: metrics::COLLECTOR_TOKENS_ACTIVE.int_gauge(r),
             leader: metrics::COLLECTOR_LEADER.int_gauge(r),
-            leader_transitions: metrics::COLLECTOR_LEADER_CHANGES.counter_vec(r),
+            leader_transitions: {
+                // Both series from the start, so `increase()` sees the first change.
+                let transitions = metrics::COLLECTOR_LEADER_CHANGES.counter_vec(r);
+                for to in ["leader", "follower"] {
+                    transitions.with_label_values(&[to]);
+                }
+                transitions
+            },
             alerts: metrics::COLLECTOR_ALERTS.int_gauge_vec(r),
             alert_evaluation_failures: metrics::COLLECTOR_ALERT_EVALUATION_FAILURES.counter_vec(r),
             alert_state_save_failures: metrics::COLLECTOR_ALERT_STATE_SAVE_FAILURES.counter(r),

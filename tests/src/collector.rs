@@ -68,6 +68,8 @@ pub struct CollectorOptions {
     pub members: Vec<(String, String)>,
     /// More TOML appended to the `[server]` section (`key = value` lines).
     pub extra_server_toml: String,
+    /// More `[storage]` keys (`backend = "postgres"`, `url = ...`).
+    pub extra_storage_toml: String,
 }
 
 impl Default for CollectorOptions {
@@ -77,6 +79,7 @@ impl Default for CollectorOptions {
             max_body_bytes: None,
             members: vec![("alpha".into(), "member".into())],
             extra_server_toml: String::new(),
+            extra_storage_toml: String::new(),
         }
     }
 }
@@ -439,6 +442,7 @@ fn config_toml(options: &CollectorOptions, port: u16, dir: &Path) -> String {
     }
     let _ = writeln!(toml, "\n[storage]");
     let _ = writeln!(toml, "path = {}", toml_path(&dir.join("data")));
+    let _ = writeln!(toml, "{}", options.extra_storage_toml);
     for (id, tier) in &options.members {
         let _ = writeln!(toml, "\n[[members]]");
         let _ = writeln!(toml, "id = {}", toml_str(id));
