@@ -281,3 +281,103 @@ async fn a_follower_without_a_leader_url_answers_503_with_retry_after() {
     assert_eq!((status, location), (503, None), "{body}");
     assert!(body.contains("advertise_url"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_restarted_under_ingest_loses_no_acknowledged_batch_and_serves_on() {
+    let server = crate::store::pg::test_server::PrivateServer::start();
+    let url = server.database();
+    let mut cfg = CollectorConfig::default();
+    cfg.server.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.server.shutdown_grace = Duration::from_secs(5);
+    cfg.storage.backend = StorageBackend::Postgres;
+    cfg.storage.url = Some(url);
+    cfg.storage.connect_timeout = Duration::from_secs(2);
+    let store = Storage::open(&cfg.storage).unwrap();
+    let Storage::Postgres(pg) = &store else {
+        unreachable!("opened as postgres")
+    };
+    let token = pg.create_token("leap", "pg-agent").unwrap();
+    let running = Collector::new(cfg, store.clone())
+        .components(vec![Box::new(Core), Box::new(Ingest), Box::new(Agents)])
+        .start()
+        .await
+        .unwrap();
+    assert!(running.is_leading());
+    let client = Client {
+        addr: SocketAddr::from(([127, 0, 0, 1], running.local_addr.port())),
+        tls: None,
+        proto: Proto::H1,
+    };
+    // One agent sends batch after batch; each is retried until answered 200,
+    // as the agent's sender does.
+    let sender = {
+        let token = token.clone();
+        tokio::spawn(async move {
+            let (mut acked, mut unavailable, mut seq) = (Vec::new(), 0u32, 0u64);
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(6) {
+                seq += 1024;
+                loop {
+                    let reply = client
+                        .request(
+                            Method::POST,
+                            "/api/v1/ingest",
+                            Some(&token),
+                            frame("pg-agent", "leap", seq, 5),
+                        )
+                        .await;
+                    match reply {
+                        Ok(reply) if reply.status == StatusCode::OK => break,
+                        Ok(reply) => {
+                            assert_eq!(
+                                reply.status,
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "a database outage is 503 (retry), never another error: {}",
+                                String::from_utf8_lossy(&reply.body)
+                            );
+                            unavailable += 1;
+                        }
+                        Err(_) => unavailable += 1,
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                acked.push(seq);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (acked, unavailable)
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let server = tokio::task::spawn_blocking(move || {
+        server.restart();
+        server
+    })
+    .await
+    .unwrap();
+    let (acked, unavailable) = sender.await.unwrap();
+    eprintln!(
+        "{} batches acknowledged, {unavailable} answers 503 around the restart",
+        acked.len()
+    );
+    assert!(
+        acked.len() > 20,
+        "ingest resumed after the restart: {acked:?}"
+    );
+    // Every acknowledged batch is in the database, once.
+    let store_for_count = store.clone();
+    let stored: Vec<u64> =
+        tokio::task::spawn_blocking(move || store_for_count.agents(Some("leap")))
+            .await
+            .unwrap()
+            .unwrap()
+            .iter()
+            .map(|row| row.batches)
+            .collect();
+    assert_eq!(stored, vec![acked.len() as u64]);
+    assert!(
+        running.is_leading(),
+        "a restart shorter than the lease keeps the leader"
+    );
+    running.shutdown().await;
+    drop(server);
+}
