@@ -17,6 +17,11 @@
 //! (`postgres://user@host:port/db`; the user must be allowed to
 //! `CREATE DATABASE`); every ack is after `COMMIT` with the server's
 //! `synchronous_commit` (default `on`: the WAL flushed).
+//!
+//! `BENCH_REPLICAS=N` (PostgreSQL only) opens the store N times on the one
+//! database, as N collector replicas do (each its own pool and group-commit
+//! writer), and spreads the agents over them (agent `i` on replica `i % N`),
+//! to compare N replicas against one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +38,22 @@ const SAMPLES_PER_BATCH: u64 = 2_000;
 const TARGET_SAMPLES_PER_SECOND: u64 = 500_000;
 const PACED_RUN: Duration = Duration::from_secs(20);
 
-/// The store under test: SQLite (default) or PostgreSQL (`BENCH_BACKEND`).
+/// The store under test: SQLite (default) or PostgreSQL (`BENCH_BACKEND`),
+/// one handle per replica.
+#[derive(Clone)]
+struct Replicas(Arc<Vec<AnyStore>>);
+
+impl Replicas {
+    /// The replica agent `agent` sends to.
+    fn of(&self, agent: u64) -> AnyStore {
+        self.0[(agent % self.0.len() as u64) as usize].clone()
+    }
+
+    fn group_commits(&self) -> u64 {
+        self.0.iter().map(AnyStore::group_commits).sum()
+    }
+}
+
 #[derive(Clone)]
 enum AnyStore {
     Sqlite(Store),
@@ -58,15 +78,24 @@ impl AnyStore {
 
 static DATABASES: AtomicU64 = AtomicU64::new(0);
 
-fn open_store() -> (tempfile::TempDir, AnyStore) {
+fn replicas() -> usize {
+    std::env::var("BENCH_REPLICAS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(1)
+}
+
+fn open_store() -> (tempfile::TempDir, Replicas) {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
     let cfg = StorageConfig {
         path: dir.path().join("store"),
         ..StorageConfig::default()
     };
     if std::env::var("BENCH_BACKEND").as_deref() != Ok("postgres") {
+        assert_eq!(replicas(), 1, "BENCH_REPLICAS needs BENCH_BACKEND=postgres");
         let store = Store::open(&cfg).expect("open store");
-        return (dir, AnyStore::Sqlite(store));
+        return (dir, Replicas(Arc::new(vec![AnyStore::Sqlite(store)])));
     }
     let url = std::env::var("HUBWATCH_TEST_PG_URL")
         .expect("BENCH_BACKEND=postgres needs HUBWATCH_TEST_PG_URL=postgres://user@host:port/db");
@@ -86,8 +115,10 @@ fn open_store() -> (tempfile::TempDir, AnyStore) {
         url: Some(format!("{base}/{name}")),
         ..cfg
     };
-    let store = PgStore::open(&cfg).expect("open the postgres store");
-    (dir, AnyStore::Postgres(store))
+    let stores = (0..replicas())
+        .map(|_| AnyStore::Postgres(PgStore::open(&cfg).expect("open the postgres store")))
+        .collect();
+    (dir, Replicas(Arc::new(stores)))
 }
 
 /// Incompressible-looking bytes of `len` (SQLite stores them as is anyway).
@@ -148,7 +179,7 @@ fn saturated_ingest(c: &mut Criterion) {
                         for agent in 0..AGENTS {
                             // Spread `iters` batches over the callers.
                             let count = iters / AGENTS + u64::from(agent < iters % AGENTS);
-                            let store = store.clone();
+                            let store = store.of(agent);
                             let frame = frame.clone();
                             let next_seq = Arc::clone(&next_seq);
                             callers.spawn(async move {
@@ -170,7 +201,8 @@ fn saturated_ingest(c: &mut Criterion) {
             },
         );
         println!(
-            "store_ingest/{frame_kib}KiB: {} group commits so far",
+            "store_ingest/{frame_kib}KiB ({} replica(s)): {} group commits so far",
+            replicas(),
             store.group_commits()
         );
     }
@@ -189,7 +221,7 @@ fn paced_run() {
     let (latencies, behind) = runtime.block_on(async {
         let mut agents = tokio::task::JoinSet::new();
         for agent in 0..AGENTS {
-            let store = store.clone();
+            let store = store.of(agent);
             let frame = frame.clone();
             agents.spawn(async move {
                 // Stagger agents across the interval like a real fleet.
@@ -237,8 +269,9 @@ fn paced_run() {
     };
     let batches = latencies.len() as f64;
     println!(
-        "paced run: {AGENTS} agents, {:.0} batches/s = {:.0} samples/s of 100 KiB frames over {elapsed:.1} s; \
+        "paced run: {} replica(s), {AGENTS} agents, {:.0} batches/s = {:.0} samples/s of 100 KiB frames over {elapsed:.1} s; \
          ack latency p50 {:?} p99 {:?} max {:?}; {behind} sends started late; {} group commits",
+        replicas(),
         batches / elapsed,
         batches * SAMPLES_PER_BATCH as f64 / elapsed,
         percentile(0.50),
