@@ -200,7 +200,7 @@ fn month_store(dir: &std::path::Path) -> (CollectorConfig, Store, ReportContext)
         .expect("update")
         .expect("incident 1");
 
-    let ctx = ReportContext::open(&cfg, &store).expect("context");
+    let ctx = ReportContext::open(&cfg, &store.clone().into()).expect("context");
     let closed = close_due(&*ctx.cost, &*ctx.usage, &ctx.model, 48 * HOUR, now()).expect("close");
     assert_eq!(closed, vec![OCTOBER]);
     assert_eq!(freeze(&ctx, now()).expect("freeze"), vec![OCTOBER]);
