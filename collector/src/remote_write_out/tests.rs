@@ -388,7 +388,7 @@ async fn ingest(store: &Storage, member: &str, agent: &str, seq: u64, records: V
 }
 
 struct Rig {
-    _fixture: Fixture,
+    fixture: Fixture,
     store: Storage,
     pipeline: Arc<Mutex<Pipeline>>,
     retry: Arc<RetryState>,
@@ -440,7 +440,7 @@ async fn rig_on<B: Backend>(addr: SocketAddr, edit: impl FnOnce(&mut RemoteWrite
     let pipeline =
         Pipeline::open(log, vec![Box::new(stage)], PipelineSettings::default()).expect("pipeline");
     Rig {
-        _fixture: fixture,
+        fixture,
         store,
         pipeline: Arc::new(Mutex::new(pipeline)),
         retry,
@@ -713,6 +713,66 @@ async fn tenant_header_auth_headers_relabel_and_tenant_label() {
         rig.counter(&rig.metrics.remote_write_out_dropped, &["test", "relabel"]),
         1
     );
+}
+
+/// Another replica (a second store handle on the same database) saved the
+/// destination's cursor meanwhile: this one's save fails (compare-and-set)
+/// and it goes on from the stored cursor, without sending again what the
+/// destination acknowledged.
+async fn a_cursor_another_replica_moved_fails_the_save_and_the_stage_goes_on_from_it<B: Backend>()
+-> anyhow::Result<()> {
+    use crate::pipeline::{CursorUpdate, StageCursor};
+    let (receiver, addr) = Receiver::start(vec![]).await;
+    let rig = rig_on::<B>(addr, |c| c.shards = 1).await;
+    ingest(
+        &rig.store,
+        "leap",
+        "a",
+        1024,
+        vec![sample("m", &[], 1.0, NOW)],
+    )
+    .await;
+    ingest(
+        &rig.store,
+        "leap",
+        "a",
+        2048,
+        vec![sample("m", &[], 2.0, NOW + 1000)],
+    )
+    .await;
+    let other = Storage::open(&rig.fixture.cfg)?;
+    super::stage::cursor_store(&other).save_cursor(&CursorUpdate {
+        stage: STAGE,
+        previous: &StageCursor::default(),
+        cursor: &StageCursor::at(1),
+        quarantined: &[],
+        now_ms: NOW,
+    })?;
+    let report = rig.run().await;
+    assert!(report.commit_failed, "the stale save fails: {report:?}");
+    assert_eq!(rig.cursor(), 1, "the other replica's cursor stands");
+    let first: Vec<(i64, f64)> = series_of(&receiver.received())
+        .into_values()
+        .flatten()
+        .collect();
+    assert_eq!(
+        first,
+        vec![(NOW, 1.0), (NOW + 1000, 2.0)],
+        "the page was sent"
+    );
+    let sent_before = receiver.received().len();
+    let report = rig.run().await;
+    assert!(!report.commit_failed, "{report:?}");
+    assert_eq!(rig.cursor(), 2);
+    let again: Vec<(i64, f64)> = series_of(&receiver.received()[sent_before..])
+        .into_values()
+        .flatten()
+        .collect();
+    assert!(
+        again.is_empty(),
+        "batch 2 is past the stored cursor but its sample was acknowledged: not sent twice"
+    );
+    Ok(())
 }
 
 // ---------- the component: its own task, the shared status, DerivationBehind ----------
@@ -1136,6 +1196,7 @@ async fn without_a_destination_nothing_is_gathered() {
 }
 
 on_both_backends!(
+    a_cursor_another_replica_moved_fails_the_save_and_the_stage_goes_on_from_it,
     a_page_is_sent_with_credential_labels_and_the_cursor_moves_after_the_2xx,
     a_503_keeps_the_cursor_waits_the_retry_after_and_sends_the_page_again,
     after_a_half_sent_page_only_what_was_not_acknowledged_is_sent_again,
