@@ -170,7 +170,7 @@ fn main() {
     );
     let ctx = ReportContext {
         snapshots: std::sync::Arc::new(NoSnapshots),
-        ..ReportContext::open(&cfg, &store).expect("context")
+        ..ReportContext::open(&cfg, &store.clone().into()).expect("context")
     };
 
     let one = Instant::now();

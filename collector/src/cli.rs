@@ -512,9 +512,10 @@ pub fn status_link(
     ))
 }
 
-/// `report`: checks the arguments, opens the store (a running collector may
-/// hold it; every connection waits on a busy file), freezes any closed month
-/// not frozen yet, then builds and renders the report.
+/// `report`: checks the arguments, opens the store of either backend (a
+/// running collector may hold a SQLite file; every connection waits on
+/// it), freezes any closed month not frozen yet, then builds and renders
+/// the report.
 pub fn report(cfg: &CollectorConfig, args: &ReportArgs, now_ms: i64) -> Result<String, CliError> {
     let period = config::Period::parse(&args.period)
         .map_err(|e| CliError::BadArgument(format!("--period {:?}: {e}", args.period)))?;
@@ -531,7 +532,7 @@ pub fn report(cfg: &CollectorConfig, args: &ReportArgs, now_ms: i64) -> Result<S
             "--member {member:?}: not listed under [[members]]"
         )));
     }
-    let store = Store::open(&cfg.storage)?;
+    let store = Storage::open(&cfg.storage)?;
     let ctx = crate::report::ReportContext::open(cfg, &store)?;
     crate::report::freeze(&ctx, now_ms)?;
     let report = crate::report::build(&ctx, period, args.member.as_deref(), now_ms)?;
@@ -551,12 +552,12 @@ pub fn import_costs(
         path: file.to_path_buf(),
         source,
     })?;
-    let store = Store::open(&cfg.storage)?;
-    let cost = crate::cost::store::SqliteCost::new(store);
+    let store = Storage::open(&cfg.storage)?;
+    let cost = crate::cost::store::cost_store(&store);
     let now_ms = crate::clock::system_now_ms();
     let name = file.display().to_string();
     crate::cost::import::import_file(
-        &cost,
+        &*cost,
         &model,
         &crate::cost::import::account_map(cfg),
         &name,

@@ -228,6 +228,46 @@ fn costs_import_stores_a_focus_bill_once_and_refuses_bad_files_with_the_line() {
 }
 
 #[test]
+fn costs_import_works_on_postgres() {
+    use crate::cost::store::{CostStore, PgCost};
+    let dir = tempfile::tempdir().unwrap();
+    let url = crate::store::pg::test_server::database();
+    let cfg: CollectorConfig = config::load(
+        &format!(
+            "[storage]\nbackend = \"postgres\"\nurl = {url:?}\n\
+             [[members]]\nid = \"leap\"\ntier = \"premier\"\n\
+             [[clusters]]\nid = \"leap-aws\"\nkind = \"dedicated\"\nmember = \"leap\"\n\
+             billing_account = \"1234\"\n"
+        ),
+        &HashMap::new(),
+    )
+    .unwrap();
+    let bill = dir.path().join("bill.csv");
+    std::fs::write(
+        &bill,
+        "SubAccountId,BillingPeriodStart,BilledCost,BillingCurrency\n\
+         1234,2026-11-01T00:00:00Z,10.25,USD\n1234,2026-11-01T00:00:00Z,0.75,USD\n",
+    )
+    .unwrap();
+    let text = import_costs(&cfg, &bill).unwrap().to_string();
+    assert!(text.contains("rows: 2, bills: 1 (1 new"), "{text}");
+    let again = import_costs(&cfg, &bill).unwrap().to_string();
+    assert!(again.contains("already imported"), "{again}");
+    let nov = hubwatch_shared::config::Period::parse("2026-11").unwrap();
+    let bills = PgCost::new(PgStore::open(&cfg.storage).unwrap())
+        .bills(nov)
+        .unwrap();
+    assert_eq!(bills.len(), 1);
+    assert_eq!(
+        (
+            bills[0].total.cluster.as_str(),
+            bills[0].total.amount_micros
+        ),
+        ("leap-aws", 11_000_000)
+    );
+}
+
+#[test]
 fn report_prints_the_report_and_bad_arguments_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(

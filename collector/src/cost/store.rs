@@ -1,8 +1,9 @@
 //! Cost recovery's persistence seam: [`CostStore`] (what `costs import`, the
-//! period close and a report need, in domain types) and [`SqliteCost`], its
-//! implementation on the embedded store (tables `cost_imports`, `cost_bills`,
-//! `cost_bill_changes`, `cost_closed_periods`; schema in `store/schema.rs`).
-//! Nothing else in `cost/` issues SQL.
+//! period close and a report need, in domain types), with [`SqliteCost`] on
+//! the embedded store and [`PgCost`] on PostgreSQL (tables `cost_imports`,
+//! `cost_bills`, `cost_bill_changes`, `cost_closed_periods`; schemas in
+//! `store/schema.rs` and `store/pg/schema.rs`); [`cost_store`] picks one for
+//! a [`Storage`]. Nothing else in `cost/` issues SQL.
 //!
 //! An import is one transaction: the file's SHA-256 is recorded with the
 //! bills it carries, so importing the same file again finds the hash and
@@ -11,11 +12,25 @@
 //! A closed period is inserted once and never rewritten (a trigger refuses
 //! any update).
 
+mod pg;
+
+use std::sync::Arc;
+
 use hubwatch_shared::config::Period;
 use rusqlite::{OptionalExtension, params};
 
 use super::close::ClosedPeriod;
-use crate::store::{Store, StoreError};
+use crate::store::{Storage, Store, StoreError};
+
+pub use pg::{COST_IMPORT_LOCK, PgCost};
+
+/// The cost store on `store`'s backend.
+pub fn cost_store(store: &Storage) -> Arc<dyn CostStore> {
+    match store {
+        Storage::Sqlite(store) => Arc::new(SqliteCost::new(store.clone())),
+        Storage::Postgres(store) => Arc::new(PgCost::new(store.clone())),
+    }
+}
 
 /// One cluster's bill for one month, summed from a FOCUS file.
 #[derive(Debug, Clone, PartialEq, Eq)]

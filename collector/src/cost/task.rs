@@ -1,6 +1,6 @@
 //! The cost feature of `serve`: the `cost.close` task, which closes each
 //! month once its end plus `[cost] close_grace` has passed
-//! ([`super::close::close_due`]).
+//! ([`super::close::close_due`]), on either backend ([`cost_store`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +9,7 @@ use futures_util::future::BoxFuture;
 
 use super::close::close_due;
 use super::model::CostModel;
-use super::store::{CostStore, SqliteCost};
+use super::store::{CostStore, cost_store};
 use crate::clock::SharedClock;
 use crate::component::{BuildContext, Built, Component, ComponentError, Shutdown, Task};
 use crate::usage::{SqliteUsage, UsageStore};
@@ -32,12 +32,6 @@ impl Component for CostComponent {
         ctx: BuildContext,
     ) -> BoxFuture<'static, Result<Built, ComponentError>> {
         Box::pin(async move {
-            // No PostgreSQL store for this feature yet: refused there, by name.
-            let sqlite = ctx
-                .store
-                .sqlite_only("cost")
-                .map_err(|e| crate::component::ComponentError::failed("cost", e))?
-                .clone();
             let model =
                 CostModel::from_config(&ctx.config).map_err(|e| ComponentError::Config {
                     component: "cost",
@@ -45,8 +39,14 @@ impl Component for CostComponent {
                 })?;
             let grace_ms =
                 i64::try_from(ctx.config.cost.close_grace.as_millis()).unwrap_or(i64::MAX);
-            let cost: Arc<dyn CostStore> = Arc::new(SqliteCost::new(sqlite.clone()));
-            let usage: Arc<dyn UsageStore> = Arc::new(SqliteUsage::new(sqlite.clone()));
+            let cost: Arc<dyn CostStore> = cost_store(&ctx.store);
+            // The usage ledger has no PostgreSQL store yet: refused there, by name.
+            let usage: Arc<dyn UsageStore> = Arc::new(SqliteUsage::new(
+                ctx.store
+                    .sqlite_only("usage")
+                    .map_err(|e| ComponentError::failed("cost", e))?
+                    .clone(),
+            ));
             Ok(Built {
                 tasks: vec![Task::new(
                     "cost.close",

@@ -27,7 +27,7 @@ use hubwatch_shared::wire::{Batch, Label, Record, Sample};
 
 use crate::clock::SharedClock;
 use crate::component::Shutdown;
-use crate::store::{IngestItem, Store};
+use crate::store::{IngestItem, Storage};
 use crate::telemetry::CollectorMetrics;
 
 pub use crate::store::DERIVED_AGENT;
@@ -213,7 +213,7 @@ pub fn batches(
 /// Gathers and stores the derived series at `now_ms`; returns the batches
 /// stored. A batch that cannot be encoded or stored is logged and skipped.
 pub async fn gather_once(
-    store: &Store,
+    store: &Storage,
     metrics: &CollectorMetrics,
     seqs: &mut SeqClock,
     now_ms: i64,
@@ -258,7 +258,12 @@ pub async fn gather_once(
 }
 
 /// Every [`DERIVED_INTERVAL`] until shutdown: [`gather_once`].
-pub async fn run(store: Store, metrics: CollectorMetrics, clock: SharedClock, shutdown: Shutdown) {
+pub async fn run(
+    store: Storage,
+    metrics: CollectorMetrics,
+    clock: SharedClock,
+    shutdown: Shutdown,
+) {
     let mut seqs = SeqClock::default();
     let mut ticks = shutdown.every(DERIVED_INTERVAL);
     while ticks.next().await {

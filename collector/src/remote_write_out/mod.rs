@@ -15,7 +15,12 @@
 //! Its stage health is published into the collector's shared
 //! [`crate::pipeline::PipelineStatus`], so `DerivationBehind` and the
 //! `hubwatch_collector_stage_*` series cover it like every other stage; its
-//! retention hold is its own ([`crate::store::Store::set_retention_hold_for`]).
+//! retention hold is its own ([`crate::store::Storage::set_retention_hold_for`]).
+//!
+//! Both backends: on PostgreSQL the batch log, the cursors and the derived
+//! series' batches live in the shared database ([`stage::cursor_store`]),
+//! and a cursor another replica moved fails the save (the page is derived
+//! again from the stored cursor).
 //!
 //! - [`client`]: the pooled hyper + rustls client, headers, auth, how an
 //!   answer is classified, and the capped backoff.
@@ -42,7 +47,7 @@ use futures_util::future::BoxFuture;
 use crate::clock::SharedClock;
 use crate::component::{BuildContext, Built, Component, ComponentError, Shutdown, Task};
 use crate::pipeline::{BatchLog, Pipeline, PipelineSettings, PipelineStatus, StageCursor};
-use crate::store::{Store, StoreError, StoredBatch};
+use crate::store::{Storage, StoreError, StoredBatch};
 use crate::sync::lock;
 use crate::telemetry::CollectorMetrics;
 use client::{Backoff, Endpoint};
@@ -89,12 +94,6 @@ impl Component for RemoteWriteOutComponent {
         ctx: BuildContext,
     ) -> BoxFuture<'static, Result<Built, ComponentError>> {
         Box::pin(async move {
-            // No PostgreSQL store for this feature yet: refused there, by name.
-            let sqlite = ctx
-                .store
-                .sqlite_only("remote_write_out")
-                .map_err(|e| crate::component::ComponentError::failed("remote_write_out", e))?
-                .clone();
             let mut tasks = Vec::new();
             let runtime = tokio::runtime::Handle::current();
             for (index, cfg) in ctx.config.remote_write.iter().enumerate() {
@@ -123,7 +122,7 @@ impl Component for RemoteWriteOutComponent {
                         name,
                         destination: destination.clone(),
                         endpoint,
-                        store: Arc::new(sqlite.clone()),
+                        store: stage::cursor_store(&ctx.store),
                         runtime: runtime.clone(),
                         shutdown: ctx.shutdown.clone(),
                         retry: Arc::clone(&retry),
@@ -138,7 +137,8 @@ impl Component for RemoteWriteOutComponent {
                     relabel,
                 );
                 let log: Arc<dyn BatchLog> = Arc::new(HeldLog {
-                    store: sqlite.clone(),
+                    log: ctx.store.batch_log(),
+                    store: ctx.store.clone(),
                     holder: name,
                 });
                 let (status, metrics) = (Arc::clone(&ctx.pipeline_status), ctx.metrics.clone());
@@ -180,7 +180,7 @@ impl Component for RemoteWriteOutComponent {
                 tasks.push(Task::new(
                     derived::TASK,
                     derived::run(
-                        sqlite.clone(),
+                        ctx.store.clone(),
                         ctx.metrics.clone(),
                         ctx.clock.clone(),
                         ctx.shutdown.clone(),
@@ -203,7 +203,8 @@ struct TaskFailed(String);
 /// The store as one destination's pipeline reads it: its retention hold is
 /// its own, so it does not replace the main pipeline's.
 struct HeldLog {
-    store: Store,
+    log: Arc<dyn BatchLog>,
+    store: Storage,
     holder: &'static str,
 }
 
@@ -215,19 +216,19 @@ impl BatchLog for HeldLog {
         max_rows: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredBatch>, StoreError> {
-        self.store.read_page(after, ranges, max_rows, max_bytes)
+        self.log.read_page(after, ranges, max_rows, max_bytes)
     }
 
     fn load_cursor(&self, stage: &str) -> Result<StageCursor, StoreError> {
-        self.store.load_cursor(stage)
+        self.log.load_cursor(stage)
     }
 
     fn backlog(&self, watermark: i64) -> Result<(u64, Option<i64>), StoreError> {
-        self.store.backlog(watermark)
+        self.log.backlog(watermark)
     }
 
     fn cursor_received_since(&self, since_ms: i64) -> Result<StageCursor, StoreError> {
-        self.store.cursor_received_since(since_ms)
+        self.log.cursor_received_since(since_ms)
     }
 
     fn hold_retention(&self, hold: Option<i64>) {

@@ -37,12 +37,12 @@ use super::relabel::Relabel;
 use crate::component::Shutdown;
 use crate::federate::state::{series_labels, valid_metric_name};
 use crate::pipeline::{CursorUpdate, Stage, StageFailure};
-use crate::store::{StoreError, StoredBatch};
+use crate::store::{Storage, StoreError, StoredBatch};
 use crate::sync::lock;
 use crate::telemetry::CollectorMetrics;
 
-/// Where a destination's cursor is written: the seam a second backend
-/// implements.
+/// Where a destination's cursor is written (`derive_cursors`, on either
+/// backend: [`cursor_store`]).
 pub trait CursorStore: Send + Sync {
     /// Writes `update` (compare-and-set, with its quarantined batches) in
     /// one transaction.
@@ -54,6 +54,25 @@ impl CursorStore for crate::store::Store {
         self.write_with("saving a remote-write cursor", |tx| {
             crate::pipeline::sqlite::save_cursor(tx, update)
         })
+    }
+}
+
+/// On PostgreSQL the compare-and-set is the database's: when another
+/// replica moved the cursor, the save fails (`CursorMoved`) and nothing is
+/// written.
+impl CursorStore for crate::store::pg::PgStore {
+    fn save_cursor(&self, update: &CursorUpdate<'_>) -> Result<(), StoreError> {
+        self.write_with("saving a remote-write cursor", async |tx| {
+            crate::store::pg::save_cursor(tx, update).await
+        })
+    }
+}
+
+/// The cursor store on `store`'s backend.
+pub fn cursor_store(store: &Storage) -> Arc<dyn CursorStore> {
+    match store {
+        Storage::Sqlite(store) => Arc::new(store.clone()),
+        Storage::Postgres(store) => Arc::new(store.clone()),
     }
 }
 

@@ -3,7 +3,10 @@
 //! setup errors naming their key, and the stage in a real pipeline over a
 //! real store against an in-process receiver that answers as scripted
 //! (2xx moves the cursor, 503 keeps it and the page is sent again, 400
-//! drops and counts, a tenant header per member).
+//! drops and counts, a tenant header per member). The stage, cursor,
+//! derived-series and component tests run on both backends
+//! (`store::tests::on_both_backends!`): SQLite in a temporary directory and
+//! PostgreSQL on the test server.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
@@ -28,7 +31,9 @@ use super::stage::{
 };
 use crate::component::ShutdownTrigger;
 use crate::pipeline::{BatchLog, Pipeline, PipelineSettings, RunReport};
-use crate::store::{IngestItem, Store};
+use crate::store::tests::backends::{Backend, Fixture};
+use crate::store::tests::on_both_backends;
+use crate::store::{IngestItem, Storage, Store};
 use crate::telemetry::CollectorMetrics;
 
 const NOW: i64 = 1_780_000_000_000;
@@ -354,7 +359,7 @@ fn sample(name: &str, pairs: &[(&str, &str)], value: f64, ts: i64) -> Record {
     })
 }
 
-async fn ingest(store: &Store, member: &str, agent: &str, seq: u64, records: Vec<Record>) {
+async fn ingest(store: &Storage, member: &str, agent: &str, seq: u64, records: Vec<Record>) {
     let batch = Batch {
         agent_id: agent.into(),
         member: member.into(),
@@ -383,8 +388,8 @@ async fn ingest(store: &Store, member: &str, agent: &str, seq: u64, records: Vec
 }
 
 struct Rig {
-    _dir: tempfile::TempDir,
-    store: Store,
+    fixture: Fixture,
+    store: Storage,
     pipeline: Arc<Mutex<Pipeline>>,
     retry: Arc<RetryState>,
     metrics: CollectorMetrics,
@@ -394,10 +399,13 @@ struct Rig {
 const STAGE: &str = "remote_write.test";
 
 async fn rig(addr: SocketAddr, edit: impl FnOnce(&mut RemoteWriteConfig)) -> Rig {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut collector = CollectorConfig::default();
-    collector.storage.path = dir.path().join("data");
-    let store = Store::open(&collector.storage).expect("store");
+    rig_on::<Store>(addr, edit).await
+}
+
+/// A destination stage in its own pipeline over a fresh store of backend `B`.
+async fn rig_on<B: Backend>(addr: SocketAddr, edit: impl FnOnce(&mut RemoteWriteConfig)) -> Rig {
+    let fixture = B::fixture();
+    let store = Storage::open(&fixture.cfg).expect("store");
     let mut cfg = RemoteWriteConfig::new(format!("http://{addr}/api/v1/write"));
     cfg.name = Some("test".into());
     cfg.min_backoff = Duration::from_millis(100);
@@ -414,7 +422,7 @@ async fn rig(addr: SocketAddr, edit: impl FnOnce(&mut RemoteWriteConfig)) -> Rig
             name: STAGE,
             destination: "test".into(),
             endpoint,
-            store: Arc::new(store.clone()) as Arc<dyn CursorStore>,
+            store: super::stage::cursor_store(&store) as Arc<dyn CursorStore>,
             runtime: tokio::runtime::Handle::current(),
             shutdown,
             retry: Arc::clone(&retry),
@@ -428,11 +436,11 @@ async fn rig(addr: SocketAddr, edit: impl FnOnce(&mut RemoteWriteConfig)) -> Rig
         },
         Relabel::new(&cfg.write_relabel).expect("relabel"),
     );
-    let log: Arc<dyn BatchLog> = Arc::new(store.clone());
+    let log: Arc<dyn BatchLog> = store.batch_log();
     let pipeline =
         Pipeline::open(log, vec![Box::new(stage)], PipelineSettings::default()).expect("pipeline");
     Rig {
-        _dir: dir,
+        fixture,
         store,
         pipeline: Arc::new(Mutex::new(pipeline)),
         retry,
@@ -452,7 +460,11 @@ impl Rig {
     }
 
     fn cursor(&self) -> i64 {
-        self.store.load_cursor(STAGE).expect("cursor").hi
+        self.store
+            .batch_log()
+            .load_cursor(STAGE)
+            .expect("cursor")
+            .hi
     }
 
     fn counter(&self, vec: &prometheus::IntCounterVec, labels: &[&str]) -> u64 {
@@ -478,10 +490,10 @@ fn series_of(received: &[Received]) -> BTreeMap<String, Vec<(i64, f64)>> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_page_is_sent_with_credential_labels_and_the_cursor_moves_after_the_2xx() {
+async fn a_page_is_sent_with_credential_labels_and_the_cursor_moves_after_the_2xx<B: Backend>()
+-> anyhow::Result<()> {
     let (receiver, addr) = Receiver::start(vec![]).await;
-    let rig = rig(addr, |_| {}).await;
+    let rig = rig_on::<B>(addr, |_| {}).await;
     ingest(
         &rig.store,
         "leap",
@@ -539,12 +551,13 @@ async fn a_page_is_sent_with_credential_labels_and_the_cursor_moves_after_the_2x
     // Nothing new: nothing sent again.
     rig.run().await;
     assert_eq!(receiver.received().len(), received.len());
+    Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_503_keeps_the_cursor_waits_the_retry_after_and_sends_the_page_again() {
+async fn a_503_keeps_the_cursor_waits_the_retry_after_and_sends_the_page_again<B: Backend>()
+-> anyhow::Result<()> {
     let (receiver, addr) = Receiver::start(vec![(503, Some("2"))]).await;
-    let rig = rig(addr, |c| c.shards = 1).await;
+    let rig = rig_on::<B>(addr, |c| c.shards = 1).await;
     ingest(
         &rig.store,
         "leap",
@@ -572,6 +585,7 @@ async fn a_503_keeps_the_cursor_waits_the_retry_after_and_sends_the_page_again()
     assert_eq!(received.len(), 2, "sent again after the 503");
     assert_eq!(received[0].request, received[1].request);
     assert_eq!(rig.retry.take_wait(), None, "a success resets the backoff");
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -701,26 +715,89 @@ async fn tenant_header_auth_headers_relabel_and_tenant_label() {
     );
 }
 
+/// Another replica (a second store handle on the same database) saved the
+/// destination's cursor meanwhile: this one's save fails (compare-and-set)
+/// and it goes on from the stored cursor, without sending again what the
+/// destination acknowledged.
+async fn a_cursor_another_replica_moved_fails_the_save_and_the_stage_goes_on_from_it<B: Backend>()
+-> anyhow::Result<()> {
+    use crate::pipeline::{CursorUpdate, StageCursor};
+    let (receiver, addr) = Receiver::start(vec![]).await;
+    let rig = rig_on::<B>(addr, |c| c.shards = 1).await;
+    ingest(
+        &rig.store,
+        "leap",
+        "a",
+        1024,
+        vec![sample("m", &[], 1.0, NOW)],
+    )
+    .await;
+    ingest(
+        &rig.store,
+        "leap",
+        "a",
+        2048,
+        vec![sample("m", &[], 2.0, NOW + 1000)],
+    )
+    .await;
+    let other = Storage::open(&rig.fixture.cfg)?;
+    super::stage::cursor_store(&other).save_cursor(&CursorUpdate {
+        stage: STAGE,
+        previous: &StageCursor::default(),
+        cursor: &StageCursor::at(1),
+        quarantined: &[],
+        now_ms: NOW,
+    })?;
+    let report = rig.run().await;
+    assert!(report.commit_failed, "the stale save fails: {report:?}");
+    assert_eq!(rig.cursor(), 1, "the other replica's cursor stands");
+    let first: Vec<(i64, f64)> = series_of(&receiver.received())
+        .into_values()
+        .flatten()
+        .collect();
+    assert_eq!(
+        first,
+        vec![(NOW, 1.0), (NOW + 1000, 2.0)],
+        "the page was sent"
+    );
+    let sent_before = receiver.received().len();
+    let report = rig.run().await;
+    assert!(!report.commit_failed, "{report:?}");
+    assert_eq!(rig.cursor(), 2);
+    let again: Vec<(i64, f64)> = series_of(&receiver.received()[sent_before..])
+        .into_values()
+        .flatten()
+        .collect();
+    assert!(
+        again.is_empty(),
+        "batch 2 is past the stored cursor but its sample was acknowledged: not sent twice"
+    );
+    Ok(())
+}
+
 // ---------- the component: its own task, the shared status, DerivationBehind ----------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_destination_runs_in_its_own_task_holds_retention_and_raises_derivation_behind() {
+async fn a_dead_destination_runs_in_its_own_task_holds_retention_and_raises_derivation_behind<
+    B: Backend,
+>() -> anyhow::Result<()> {
     use crate::alerts::AlertSource;
     use crate::component::{BuildContext, Component};
 
-    let dir = tempfile::tempdir().expect("tempdir");
+    let fixture = B::fixture();
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr")
     };
-    let mut cfg = CollectorConfig::default();
-    cfg.storage.path = dir.path().join("data");
+    let mut cfg = CollectorConfig {
+        storage: fixture.cfg.clone(),
+        ..CollectorConfig::default()
+    };
     let mut rw = RemoteWriteConfig::new(format!("http://{dead}/api/v1/write"));
     rw.name = Some("dead".into());
     rw.timeout = Duration::from_secs(1);
     rw.max_backoff = Duration::from_millis(200);
     cfg.remote_write.push(rw);
-    let store = Store::open(&cfg.storage).expect("store");
+    let store = Storage::open(&cfg.storage)?;
     // Received 20 minutes before "now": past derivation_behind_after (10 min).
     let received = NOW - 20 * 60_000;
     let batch = Batch {
@@ -754,7 +831,7 @@ async fn a_dead_destination_runs_in_its_own_task_holds_retention_and_raises_deri
     let clock: crate::clock::SharedClock = Arc::new(crate::clock::ManualClock::new(NOW));
     let ctx = BuildContext {
         config: Arc::new(cfg.clone()),
-        store: store.clone().into(),
+        store: store.clone(),
         clock,
         metrics: metrics.clone(),
         tokens: crate::auth::TokenTable::new(),
@@ -799,7 +876,11 @@ async fn a_dead_destination_runs_in_its_own_task_holds_retention_and_raises_deri
     let health = status.stages()["remote_write.dead"].clone();
     assert_eq!(health.lag_batches, 1, "{health:?}");
     assert!(health.lag_seconds >= 1199.0, "{health:?}");
-    assert_eq!(store.retention_hold(), Some(0), "the unsent batch is held");
+    let hold = match &store {
+        Storage::Sqlite(store) => store.retention_hold(),
+        Storage::Postgres(store) => store.retention_hold(),
+    };
+    assert_eq!(hold, Some(0), "the unsent batch is held");
     assert!(
         metrics
             .remote_write_out_lag_seconds
@@ -824,6 +905,7 @@ async fn a_dead_destination_runs_in_its_own_task_holds_retention_and_raises_deri
             .expect("the task ends at shutdown")
             .expect("no panic");
     }
+    Ok(())
 }
 
 #[test]
@@ -847,11 +929,11 @@ fn retention_keeps_frames_for_the_slowest_of_every_pipeline() {
     assert_eq!(store.retention_hold(), Some(12));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_half_sent_page_only_what_was_not_acknowledged_is_sent_again() {
+async fn after_a_half_sent_page_only_what_was_not_acknowledged_is_sent_again<B: Backend>()
+-> anyhow::Result<()> {
     // Request 1 is taken, request 2 gets a 503.
     let (receiver, addr) = Receiver::start(vec![(204, None), (503, None)]).await;
-    let rig = rig(addr, |c| {
+    let rig = rig_on::<B>(addr, |c| {
         c.shards = 1;
         c.max_samples_per_send = 2;
     })
@@ -887,6 +969,7 @@ async fn after_a_half_sent_page_only_what_was_not_acknowledged_is_sent_again() {
         [0, 1000, 2000, 3000, 4000],
         "every sample taken once, in order: the acknowledged ones were not re-sent"
     );
+    Ok(())
 }
 
 // ---------- the collector's derived series ----------
@@ -1033,11 +1116,11 @@ fn derived_sequence_numbers_only_grow_even_when_the_clock_stands_still_or_steps_
     assert!(super::derived::SeqClock::default().next(NOW + 2) > later);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn derived_series_are_stored_per_member_and_forwarded_like_agent_samples() {
+async fn derived_series_are_stored_per_member_and_forwarded_like_agent_samples<B: Backend>()
+-> anyhow::Result<()> {
     use super::derived::{DERIVED_AGENT, SeqClock, gather_once};
     let (receiver, addr) = Receiver::start(vec![]).await;
-    let rig = rig(addr, |_| {}).await;
+    let rig = rig_on::<B>(addr, |_| {}).await;
     let metrics = derived_metrics();
     let mut seqs = SeqClock::default();
     assert_eq!(gather_once(&rig.store, &metrics, &mut seqs, NOW).await, 2);
@@ -1054,6 +1137,7 @@ async fn derived_series_are_stored_per_member_and_forwarded_like_agent_samples()
     // agent, and no agents row for it.
     let rows = rig
         .store
+        .batch_log()
         .read_page(0, &[], 100, 1 << 20)
         .expect("read the raw log");
     assert_eq!(rows.len(), 4);
@@ -1080,6 +1164,7 @@ async fn derived_series_are_stored_per_member_and_forwarded_like_agent_samples()
         vec![(NOW, 3599.5), (NOW + 15_000, 3599.5)]
     );
     assert_eq!(series.len(), 7, "{:?}", series.keys().collect::<Vec<_>>());
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1109,3 +1194,12 @@ async fn without_a_destination_nothing_is_gathered() {
         .expect("build");
     assert!(built.tasks.is_empty() && built.stages.is_empty());
 }
+
+on_both_backends!(
+    a_cursor_another_replica_moved_fails_the_save_and_the_stage_goes_on_from_it,
+    a_page_is_sent_with_credential_labels_and_the_cursor_moves_after_the_2xx,
+    a_503_keeps_the_cursor_waits_the_retry_after_and_sends_the_page_again,
+    after_a_half_sent_page_only_what_was_not_acknowledged_is_sent_again,
+    derived_series_are_stored_per_member_and_forwarded_like_agent_samples,
+    a_dead_destination_runs_in_its_own_task_holds_retention_and_raises_derivation_behind,
+);

@@ -6,6 +6,7 @@
 //! report, the fleet's included. A bad period, format or parameter is 400
 //! naming it; an unknown member is 404. [`ReportsComponent`] also runs the
 //! `report.freeze` task, which freezes each closed month's reports once.
+//! Its stores come from [`ReportContext::open`] on the collector's backend.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,17 +48,13 @@ impl Component for ReportsComponent {
         ctx: BuildContext,
     ) -> BoxFuture<'static, Result<Built, ComponentError>> {
         Box::pin(async move {
-            // No PostgreSQL store for this feature yet: refused there, by name.
-            let sqlite = ctx
-                .store
-                .sqlite_only("reports")
-                .map_err(|e| crate::component::ComponentError::failed("reports", e))?
-                .clone();
-            let reports =
-                ReportContext::open(&ctx.config, &sqlite).map_err(|e| ComponentError::Config {
+            let reports = ReportContext::open(&ctx.config, &ctx.store).map_err(|e| match e {
+                ReportError::Store(e) => ComponentError::failed("reports", e),
+                e => ComponentError::Config {
                     component: "reports",
                     source: Box::new(e),
-                })?;
+                },
+            })?;
             let (route_ctx, clock) = (reports.clone(), ctx.clock.clone());
             let route = Route::under(Method::GET, PREFIX, move |state, peer, request| {
                 let (reports, clock) = (route_ctx.clone(), clock.clone());

@@ -23,17 +23,17 @@ use super::model::{
     Change, CorrectionRow, CostSection, DayLine, FleetLine, FleetMember, FleetReport, FullReport,
     Header, HistoryRow, HubLine, IncidentRow, MemberCostLine, MemberInfo, MemberReport, SloLine,
 };
-use super::store::{FLEET, SnapshotStore, SqliteSnapshots};
-use crate::alerts::state_store::{IncidentStore, SqliteAlertStateStore};
+use super::store::{FLEET, SnapshotStore, snapshot_store};
+use crate::alerts::state_store::{IncidentStore, PgAlertStateStore, SqliteAlertStateStore};
 use crate::clock::rfc3339;
 use crate::cost::CostModel;
 use crate::cost::close::{
     CloseError, CorrectionLine, LineKind, PeriodData, PeriodStatus, PeriodView, period_view,
 };
-use crate::cost::store::{CostStore, SqliteCost};
+use crate::cost::store::{CostStore, cost_store};
 use crate::slo::objectives::{HubObjectives, SloSettings};
-use crate::slo::store::{SliStore, SqliteSli};
-use crate::store::{Store, StoreError};
+use crate::slo::store::SliStore;
+use crate::store::{Storage, StoreError};
 use crate::usage::api::DAY_MS;
 use crate::usage::rollup::{RolledUp, UserUnit};
 use crate::usage::store::{HourFilter, HubHour, ServerHour, SqliteUsage, UsageStore};
@@ -97,8 +97,11 @@ impl std::fmt::Debug for ReportContext {
 }
 
 impl ReportContext {
-    /// Every seam on `store`, the model and objectives from `config`.
-    pub fn open(config: &CollectorConfig, store: &Store) -> Result<Self, ReportError> {
+    /// Every seam on `store` (either backend), the model and objectives
+    /// from `config`. On PostgreSQL, the seams whose feature has no
+    /// PostgreSQL store yet (usage, status incidents, maintenance) refuse
+    /// it by name ([`StoreError::NotOnPostgres`]).
+    pub fn open(config: &CollectorConfig, store: &Storage) -> Result<Self, ReportError> {
         let model =
             CostModel::from_config(config).map_err(|e| ReportError::Config(e.to_string()))?;
         let slo =
@@ -107,13 +110,20 @@ impl ReportContext {
             config: Arc::new(config.clone()),
             model: Arc::new(model),
             objectives: Arc::new(slo.hubs),
-            cost: Arc::new(SqliteCost::new(store.clone())),
-            usage: Arc::new(SqliteUsage::new(store.clone())),
-            sli: Arc::new(SqliteSli::new(store.clone())),
-            incidents: Arc::new(SqliteAlertStateStore::new(store.clone())),
-            status_incidents: Arc::new(crate::incidents::SqliteStatusIncidents::new(store.clone())),
-            snapshots: Arc::new(SqliteSnapshots::new(store.clone())),
-            maintenance: Arc::new(crate::maintenance::SqliteMaintenance::new(store.clone())),
+            cost: cost_store(store),
+            usage: Arc::new(SqliteUsage::new(store.sqlite_only("usage")?.clone())),
+            sli: crate::slo::sli_store(store),
+            incidents: match store {
+                Storage::Sqlite(store) => Arc::new(SqliteAlertStateStore::new(store.clone())),
+                Storage::Postgres(store) => Arc::new(PgAlertStateStore::new(store.clone())),
+            },
+            status_incidents: Arc::new(crate::incidents::SqliteStatusIncidents::new(
+                store.sqlite_only("status incidents")?.clone(),
+            )),
+            snapshots: snapshot_store(store),
+            maintenance: Arc::new(crate::maintenance::SqliteMaintenance::new(
+                store.sqlite_only("maintenance")?.clone(),
+            )),
         })
     }
 }

@@ -209,6 +209,66 @@ pub const MIGRATIONS: &[&str] = &[
         expires_at  TIMESTAMPTZ NOT NULL
     );
     ",
+    // 6: cost recovery and report snapshots (SQLite's 7 and 9): imported
+    // FOCUS bills, closed months (`cost::store::PgCost`) and closed months'
+    // frozen reports (`report::store::PgSnapshots`).
+    "
+    -- Every FOCUS file imported, keyed by its SHA-256 (a re-import is a no-op).
+    CREATE TABLE cost_imports (
+        sha256      TEXT   PRIMARY KEY,
+        imported_at BIGINT NOT NULL,
+        file_name   TEXT   NOT NULL,
+        rows        BIGINT NOT NULL
+    );
+    -- The bill in force per cluster and month (micro-units), from the last
+    -- import that named it.
+    CREATE TABLE cost_bills (
+        cluster       TEXT   NOT NULL,
+        period        TEXT   NOT NULL,
+        amount_micros BIGINT NOT NULL,
+        currency      TEXT   NOT NULL,
+        rows          BIGINT NOT NULL,
+        sha256        TEXT   NOT NULL,
+        imported_at   BIGINT NOT NULL,
+        PRIMARY KEY (cluster, period)
+    );
+    -- Every bill an import replaced, with what replaced it.
+    CREATE TABLE cost_bill_changes (
+        id         BIGSERIAL PRIMARY KEY,
+        cluster    TEXT   NOT NULL,
+        period     TEXT   NOT NULL,
+        old_micros BIGINT NOT NULL,
+        old_sha256 TEXT   NOT NULL,
+        new_micros BIGINT NOT NULL,
+        new_sha256 TEXT   NOT NULL,
+        changed_at BIGINT NOT NULL
+    );
+    -- A closed month: frozen once, never rewritten.
+    CREATE TABLE cost_closed_periods (
+        period     TEXT   PRIMARY KEY,
+        closed_at  BIGINT NOT NULL,
+        model_hash TEXT   NOT NULL,
+        model_text TEXT   NOT NULL,
+        snapshot   TEXT   NOT NULL
+    );
+    CREATE FUNCTION cost_closed_periods_frozen() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN RAISE EXCEPTION 'a closed cost period is never rewritten'; END $$;
+    CREATE TRIGGER cost_closed_periods_frozen BEFORE UPDATE ON cost_closed_periods
+        FOR EACH ROW EXECUTE FUNCTION cost_closed_periods_frozen();
+
+    -- Each closed month's member and fleet reports frozen as JSON after the
+    -- close (member '' is the fleet), never rewritten.
+    CREATE TABLE report_snapshots (
+        period TEXT NOT NULL,
+        member TEXT NOT NULL,
+        body   TEXT NOT NULL,
+        PRIMARY KEY (period, member)
+    );
+    CREATE FUNCTION report_snapshots_frozen() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN RAISE EXCEPTION 'a frozen report is never rewritten'; END $$;
+    CREATE TRIGGER report_snapshots_frozen BEFORE UPDATE ON report_snapshots
+        FOR EACH ROW EXECUTE FUNCTION report_snapshots_frozen();
+    ",
 ];
 
 /// The schema version this build writes.
