@@ -80,8 +80,10 @@ const RUNTIME_THREADS: usize = 2;
 /// Why a PostgreSQL operation failed. No variant carries the password.
 #[derive(Debug, thiserror::Error)]
 pub enum PgFailure {
-    /// The server (or the connection to it) reported an error.
-    #[error(transparent)]
+    /// The server (or the connection to it) reported an error: shown with
+    /// the server's own message and SQLSTATE (tokio-postgres alone prints
+    /// only "db error").
+    #[error("{}", describe_db_error(.0))]
     Db(#[from] tokio_postgres::Error),
     /// No connection could be had: the server is down or unreachable, or
     /// every pooled connection stayed busy past `connect_timeout`.
@@ -96,6 +98,13 @@ pub enum PgFailure {
     /// The store's runtime has stopped (the store is closing).
     #[error("the store's runtime has stopped")]
     Stopped,
+}
+
+fn describe_db_error(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        None => error.to_string(),
+    }
 }
 
 pub(crate) fn pg_failure(operation: &'static str, source: PgFailure) -> StoreError {
