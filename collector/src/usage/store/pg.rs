@@ -69,7 +69,7 @@ impl UsageStore for PgUsage {
 
     fn server_hours(&self, filter: &HourFilter) -> Result<Vec<ServerHour>, StoreError> {
         self.store.read_with("reading usage hours", async |client| {
-            Ok(server_hours_in(&*client, filter).await?)
+            server_hours_in(&*client, filter).await
         })
     }
 
@@ -100,7 +100,7 @@ impl UsageStore for PgUsage {
     fn rolled_up(&self, filter: &HourFilter) -> Result<RolledUp, StoreError> {
         self.store
             .read_with("reading rolled-up usage", async |client| {
-                Ok(rollup::pg::read(&*client, filter).await?)
+                rollup::pg::read(&*client, filter).await
             })
     }
 
@@ -147,7 +147,7 @@ impl UsageStore for PgUsage {
     ) -> Result<BTreeSet<(ServerKey, i64)>, StoreError> {
         self.store
             .read_with("reading bounded usage hours", async |client| {
-                Ok(bounded_server_hours_in(&*client, filter).await?)
+                bounded_server_hours_in(&*client, filter).await
             })
     }
 
