@@ -208,6 +208,7 @@ on_both!(
     an_inferred_stop_ends_the_server_and_bounds_the_hours_since_its_last_observation,
     the_gauges_show_the_last_complete_hour_per_hub_and_a_gap_as_coverage_zero,
     pruning_deletes_old_observations_in_chunks_and_keeps_the_hours_and_the_running_state,
+    a_moved_cursor_rolls_the_whole_page_back,
 );
 
 fn temp_store() -> (tempfile::TempDir, Store) {
@@ -260,6 +261,93 @@ fn commit_pages(store: &dyn UsageStore, pages: &[Vec<Record>]) {
         // As the stage does: later pages use the store's ids.
         ids.confirm(&summary.interned);
     }
+}
+
+/// The page's observations, recomputed hours, additive snapshots, hub
+/// observations, interned servers and the stage's cursor commit together: a
+/// commit whose cursor another process moved meanwhile (another replica
+/// derived the same page) fails naming the write, and leaves all of it as
+/// it was.
+fn a_moved_cursor_rolls_the_whole_page_back<B: UsageBackend>() {
+    use crate::pipeline::{CursorUpdate, StageCursor};
+    let (_fx, store) = temp::<B>();
+    let usage = store.usage();
+    let start_cursor = StageCursor::default();
+    let first_cursor = StageCursor::at(10);
+    let mut ids = ServerIds::default();
+    let mut first = UsagePage::default();
+    first.add_batch_with(
+        &mut ids,
+        "leap",
+        &batch(
+            "leap",
+            1,
+            vec![start("ada", T0), stop("ada", T0 + 10 * MIN)],
+        ),
+        NOW,
+    );
+    let update = |previous, cursor| CursorUpdate {
+        stage: LEDGER_STAGE,
+        previous,
+        cursor,
+        quarantined: &[],
+        now_ms: NOW,
+    };
+    let summary = usage
+        .commit(
+            &first,
+            Some(&update(&start_cursor, &first_cursor)),
+            DEFAULT_MAX_GAP_MS,
+        )
+        .expect("first commit");
+    ids.confirm(&summary.interned);
+    let before = ledger(&usage);
+    assert_eq!(
+        server_ms(&before.0, "ada"),
+        BTreeMap::from([(T0, (10 * MIN) as u64)])
+    );
+
+    // The same stage again from the old cursor: a new server, a change to
+    // ada's hour, an additive snapshot and hub observations.
+    let mut stale = UsagePage::default();
+    stale.add_batch_with(
+        &mut ids,
+        "leap",
+        &batch(
+            "leap",
+            2,
+            vec![
+                start("bob", T0),
+                stop("ada", T0 + 5 * MIN),
+                snapshot_since("ada", T0 + MIN, Some(T0), 1000),
+                hub_health(T0),
+                hub_health(T0 + 15 * SEC),
+            ],
+        ),
+        NOW,
+    );
+    let err = usage
+        .commit(
+            &stale,
+            Some(&update(&start_cursor, &StageCursor::at(20))),
+            DEFAULT_MAX_GAP_MS,
+        )
+        .expect_err("a moved cursor fails the commit");
+    assert!(err.to_string().contains("moved"), "{err}");
+    assert!(
+        err.to_string().contains("writing the usage ledger"),
+        "{err}"
+    );
+    assert_eq!(ledger(&usage), before, "nothing of the page is kept");
+    assert_eq!(
+        store.load_cursor(LEDGER_STAGE).expect("cursor"),
+        first_cursor
+    );
+    assert_eq!(
+        store.pairs("SELECT count(*), count(*) FROM usage_servers")[0].0,
+        1,
+        "bob was not interned"
+    );
 }
 
 fn server_ms(rows: &Ledger, user: &str) -> BTreeMap<i64, u64> {
