@@ -856,7 +856,7 @@ pub trait RollupStore {
     /// `None` when `period` is rolled up already.
     fn month_hubs(&self, period: Period) -> Result<Option<Vec<(String, String)>>, StoreError>;
 
-    /// Reads one hub's rollup of `period` ([`summarize_hub`]).
+    /// Reads one hub's rollup of `period` (`summarize_hub`).
     fn compute_hub(&self, period: Period, member: &str, hub: &str)
     -> Result<HubRollup, StoreError>;
 

@@ -209,6 +209,7 @@ on_both!(
     the_gauges_show_the_last_complete_hour_per_hub_and_a_gap_as_coverage_zero,
     pruning_deletes_old_observations_in_chunks_and_keeps_the_hours_and_the_running_state,
     a_moved_cursor_rolls_the_whole_page_back,
+    server_points_are_the_last_lifecycle_before_and_the_events_in_range,
 );
 
 fn temp_store() -> (tempfile::TempDir, Store) {
@@ -347,6 +348,54 @@ fn a_moved_cursor_rolls_the_whole_page_back<B: UsageBackend>() {
         store.pairs("SELECT count(*), count(*) FROM usage_servers")[0].0,
         1,
         "bob was not interned"
+    );
+}
+
+/// What a report's idle time reads: each server's latest lifecycle event
+/// before the range, then its lifecycle and activity events in it (no
+/// snapshots), only the asked member's.
+fn server_points_are_the_last_lifecycle_before_and_the_events_in_range<B: UsageBackend>() {
+    let (_fx, store) = temp::<B>();
+    let usage = store.usage();
+    commit_pages(
+        &usage,
+        &[vec![
+            start("ada", T0 - 2 * HOUR_MS),
+            activity("ada", T0 + MIN),
+            snapshot("ada", T0 + 2 * MIN, 100, 1000),
+            stop("ada", T0 + 10 * MIN),
+            start("bob", T0 + 5 * MIN),
+            stop("bob", T0 + 2 * HOUR_MS),
+        ]],
+    );
+    let mut points: Vec<(String, i64, PointKind)> = usage
+        .server_points(Some("leap"), T0, T0 + HOUR_MS)
+        .expect("points")
+        .into_iter()
+        .map(|(key, p)| (key.user, p.ts - T0, p.kind))
+        .collect();
+    points.sort_by_key(|(user, ts, kind)| (user.clone(), *ts, kind.code()));
+    assert_eq!(
+        points,
+        [
+            ("ada".to_string(), -2 * HOUR_MS, PointKind::Started),
+            ("ada".to_string(), MIN, PointKind::Activity),
+            ("ada".to_string(), 10 * MIN, PointKind::Stopped),
+            ("bob".to_string(), 5 * MIN, PointKind::Started),
+        ]
+    );
+    assert!(
+        usage
+            .server_points(Some("other"), T0, T0 + HOUR_MS)
+            .expect("points")
+            .is_empty()
+    );
+    assert_eq!(
+        usage
+            .server_points(None, T0, T0 + HOUR_MS)
+            .expect("points")
+            .len(),
+        4
     );
 }
 
