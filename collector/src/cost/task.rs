@@ -12,7 +12,7 @@ use super::model::CostModel;
 use super::store::{CostStore, cost_store};
 use crate::clock::SharedClock;
 use crate::component::{BuildContext, Built, Component, ComponentError, Shutdown, Task};
-use crate::usage::{SqliteUsage, UsageStore};
+use crate::usage::UsageStore;
 
 /// How often `serve` checks for a month to close. Closing is idempotent, so
 /// the check only decides how soon after the grace a month closes.
@@ -40,13 +40,7 @@ impl Component for CostComponent {
             let grace_ms =
                 i64::try_from(ctx.config.cost.close_grace.as_millis()).unwrap_or(i64::MAX);
             let cost: Arc<dyn CostStore> = cost_store(&ctx.store);
-            // The usage ledger has no PostgreSQL store yet: refused there, by name.
-            let usage: Arc<dyn UsageStore> = Arc::new(SqliteUsage::new(
-                ctx.store
-                    .sqlite_only("usage")
-                    .map_err(|e| ComponentError::failed("cost", e))?
-                    .clone(),
-            ));
+            let usage: Arc<dyn UsageStore> = crate::usage::usage_store(&ctx.store);
             Ok(Built {
                 tasks: vec![Task::new(
                     "cost.close",

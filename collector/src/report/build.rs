@@ -36,7 +36,7 @@ use crate::slo::store::SliStore;
 use crate::store::{Storage, StoreError};
 use crate::usage::api::DAY_MS;
 use crate::usage::rollup::{RolledUp, UserUnit};
-use crate::usage::store::{HourFilter, HubHour, ServerHour, SqliteUsage, UsageStore};
+use crate::usage::store::{HourFilter, HubHour, ServerHour, UsageStore};
 
 /// Why a report could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +111,7 @@ impl ReportContext {
             model: Arc::new(model),
             objectives: Arc::new(slo.hubs),
             cost: cost_store(store),
-            usage: Arc::new(SqliteUsage::new(store.sqlite_only("usage")?.clone())),
+            usage: crate::usage::usage_store(store),
             sli: crate::slo::sli_store(store),
             incidents: match store {
                 Storage::Sqlite(store) => Arc::new(SqliteAlertStateStore::new(store.clone())),

@@ -8,10 +8,10 @@
 //!   log, exactly once (observations, recomputed hours and cursor in one
 //!   transaction).
 //! - [`store`]: the feature's persistence seam ([`store::UsageStore`]) and its
-//!   SQLite implementation.
+//!   SQLite and PostgreSQL implementations ([`usage_store`] picks one).
 //! - [`rollup`]: a closed month's per-server hours rolled up into per-hub
 //!   hours, per-server months and active-user counts, then deleted (the
-//!   `usage.rollup` task).
+//!   `usage.rollup` task), on either backend ([`rollup::RollupStore`]).
 //! - [`api`]: `GET /api/v1/usage`.
 //!
 //! In `serve`, the [`UsageComponent`] contributes the stage to the derivation
@@ -41,13 +41,13 @@ use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 
 pub use stage::{LEDGER_STAGE, LedgerStage};
-pub use store::{SqliteUsage, UsageStore};
+pub use store::{PgUsage, SqliteUsage, UsageStore, usage_store};
 
 use crate::auth::PeerIdentity;
 use crate::clock::SharedClock;
 use crate::component::{BuildContext, Built, Component, ComponentError, Route, Shutdown, Task};
 use crate::server::{self, AppState, HttpResponse};
-use crate::store::StoreError;
+use crate::store::{Storage, StoreError};
 use crate::telemetry::CollectorMetrics;
 
 /// How often `serve` refreshes the `hubwatch_usage_*` gauges.
@@ -68,13 +68,7 @@ impl Component for UsageComponent {
         ctx: BuildContext,
     ) -> BoxFuture<'static, Result<Built, ComponentError>> {
         Box::pin(async move {
-            // No PostgreSQL store for this feature yet: refused there, by name.
-            let sqlite = ctx
-                .store
-                .sqlite_only("usage")
-                .map_err(|e| crate::component::ComponentError::failed("usage", e))?
-                .clone();
-            let store: Arc<dyn UsageStore> = Arc::new(SqliteUsage::new(sqlite.clone()));
+            let store = usage_store(&ctx.store);
             let (route_store, clock) = (Arc::clone(&store), ctx.clock.clone());
             let route = Route::new(Method::GET, "/api/v1/usage", move |state, peer, request| {
                 let (store, clock) = (Arc::clone(&route_store), clock.clone());
@@ -101,7 +95,7 @@ impl Component for UsageComponent {
                     Task::new(
                         "usage.rollup",
                         run_rollup(
-                            sqlite.clone(),
+                            ctx.store.clone(),
                             ctx.clock.clone(),
                             ctx.config.usage.points_retention,
                             ctx.shutdown.clone(),
@@ -215,20 +209,14 @@ pub fn prune_usage_points(
 }
 
 /// Every [`TICK`] until `shutdown`: [`rollup::roll_up_due`] on a blocking
-/// thread, with the months the cost model closed.
-async fn run_rollup(
-    store: crate::store::Store,
-    clock: SharedClock,
-    retention: Duration,
-    shutdown: Shutdown,
-) {
+/// thread, with the months the cost model closed, on either backend.
+async fn run_rollup(store: Storage, clock: SharedClock, retention: Duration, shutdown: Shutdown) {
     let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
     let mut ticks = shutdown.every(TICK);
     while ticks.next().await {
         let (store, now) = (store.clone(), clock.now_ms());
         let round = tokio::task::spawn_blocking(move || {
-            use crate::cost::store::CostStore;
-            let closed = crate::cost::store::SqliteCost::new(store.clone()).closed_periods()?;
+            let closed = closed_periods(&store)?;
             rollup::roll_up_due(&store, &closed, now, retention_ms)
         })
         .await;
@@ -236,6 +224,44 @@ async fn run_rollup(
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "rolling up usage months failed; retrying"),
             Err(e) => tracing::error!(error = %e, "rolling up usage months failed; retrying"),
+        }
+    }
+}
+
+/// The months the cost model closed (`cost_closed_periods`), oldest first,
+/// on `store`'s backend.
+fn closed_periods(store: &Storage) -> Result<Vec<hubwatch_shared::config::Period>, StoreError> {
+    match store {
+        Storage::Sqlite(s) => {
+            use crate::cost::store::CostStore;
+            crate::cost::store::SqliteCost::new(s.clone()).closed_periods()
+        }
+        // The cost model's PostgreSQL store is ported separately (its
+        // `cost_closed_periods` table, `period` as `YYYY-MM` text, as on
+        // SQLite): read here with the same statement.
+        Storage::Postgres(p) => {
+            let texts = p.read_with("listing closed cost periods", async |client| {
+                let rows = client
+                    .query(
+                        "SELECT period FROM cost_closed_periods ORDER BY period",
+                        &[],
+                    )
+                    .await?;
+                let mut texts = Vec::with_capacity(rows.len());
+                for row in rows {
+                    texts.push(row.try_get::<_, String>(0)?);
+                }
+                Ok(texts)
+            })?;
+            texts
+                .iter()
+                .map(|text| {
+                    hubwatch_shared::config::Period::parse(text).map_err(|e| StoreError::Corrupt {
+                        path: p.name().into(),
+                        detail: format!("cost_closed_periods: period {text:?}: {e}"),
+                    })
+                })
+                .collect()
         }
     }
 }

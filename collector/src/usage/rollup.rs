@@ -66,9 +66,12 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use super::api::{DAY_MS, GroupBy, period_start};
 use super::ledger::{Quantities, ServerKey};
 use super::store::{
-    HourFilter, bounded_server_hours_in, from_sql, server_hours_in, server_key, to_sql,
+    HourFilter, HubHour, ServerHour, bounded_server_hours_in, from_sql, server_hours_in,
+    server_key, to_sql,
 };
-use crate::store::{Store, StoreError};
+use crate::store::{Storage, Store, StoreError};
+
+pub mod pg;
 
 /// One ISO week, ms.
 const WEEK_MS: i64 = 7 * DAY_MS;
@@ -377,8 +380,8 @@ pub struct RollupRun {
 /// transaction, from the month after the last one rolled up (or, before the
 /// first rollup, the oldest month with a server-hour row); then deletes
 /// server-hour rows found again in rolled-up months.
-pub fn roll_up_due(
-    store: &Store,
+pub fn roll_up_due<S: RollupStore + ?Sized>(
+    store: &S,
     closed: &[Period],
     now_ms: i64,
     retention_ms: i64,
@@ -386,14 +389,7 @@ pub fn roll_up_due(
     let mut run = RollupRun::default();
     // From the month after the last rolled up, or the oldest server-hour
     // (both read from an index).
-    let start: Option<i64> = store.read_with("finding the oldest usage not rolled up", |conn| {
-        conn.query_row(
-            "SELECT coalesce((SELECT max(end_ms) FROM usage_rollup_months),
-                             (SELECT min(hour) FROM usage_server_hours))",
-            [],
-            |row| row.get(0),
-        )
-    })?;
+    let start = store.rollup_start()?;
     if let Some(mut period) = start.and_then(Period::containing) {
         while due(period, closed, now_ms, retention_ms) {
             if let Some(rows) = roll_up_month(store, period, now_ms)? {
@@ -405,9 +401,7 @@ pub fn roll_up_due(
     }
     // Rows left by an interrupted deletion, or written again by the
     // ledger's recomputation, in months rolled up before.
-    let ranges = store.read_with("listing rolled-up months", |conn| {
-        rolled_ranges(conn, i64::MIN, i64::MAX)
-    })?;
+    let ranges = store.rolled_months(i64::MIN, i64::MAX)?;
     for (from, to) in ranges {
         let (server_hours, hub_hours) = delete_rolled(store, from, to)?;
         run.stray_rows = run
@@ -453,8 +447,8 @@ pub const DELETE_CHUNK: u64 = 50_000;
 /// on, readers read the rollup and leave the month's per-server hours out),
 /// then [`delete_rolled`] (those hours deleted in chunks). `None` when the
 /// month was rolled up before; else the server-hour rows deleted.
-pub fn roll_up_month(
-    store: &Store,
+pub fn roll_up_month<S: RollupStore + ?Sized>(
+    store: &S,
     period: Period,
     now_ms: i64,
 ) -> Result<Option<u64>, StoreError> {
@@ -493,34 +487,19 @@ fn is_rolled(conn: &Connection, month: i64) -> rusqlite::Result<bool> {
 /// each hub read on a read connection and written in a short transaction of
 /// its own, replacing what an interrupted run left. Readers ignore them until [`mark_month`]. `None` when the month is
 /// rolled up already.
-pub fn prepare_month(store: &Store, period: Period) -> Result<Option<Prepared>, StoreError> {
-    let (m0, m1) = (period.start_ms(), period.end_ms());
-    let hubs = store.read_with("listing the hubs of a usage month", |conn| {
-        if is_rolled(conn, m0)? {
-            return Ok(None);
-        }
-        // Every hub with a server, and every hub observed in the month.
-        let mut statement = conn.prepare(
-            "SELECT member, hub FROM usage_servers
-             UNION SELECT member, hub FROM usage_hub_hours WHERE hour >= ?1 AND hour < ?2
-             ORDER BY 1, 2",
-        )?;
-        let rows = statement.query_map(params![m0, m1], |row| Ok((row.get(0)?, row.get(1)?)))?;
-        rows.collect::<rusqlite::Result<Vec<(String, String)>>>()
-            .map(Some)
-    })?;
+pub fn prepare_month<S: RollupStore + ?Sized>(
+    store: &S,
+    period: Period,
+) -> Result<Option<Prepared>, StoreError> {
+    let hubs = store.month_hubs(period)?;
     let Some(hubs) = hubs else {
         return Ok(None);
     };
     let mut member_users: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut server_hours = 0u64;
     for (member, hub) in hubs {
-        let rollup = store.read_with("reading a usage month's hub", |conn| {
-            compute_hub(conn, period, &member, &hub)
-        })?;
-        store.write_with("rolling up a usage month's hub", |tx| {
-            write_hub(tx, period, &member, &hub, &rollup)
-        })?;
+        let rollup = store.compute_hub(period, &member, &hub)?;
+        store.write_hub(period, &member, &hub, &rollup)?;
         member_users
             .entry(member)
             .or_default()
@@ -537,10 +516,10 @@ pub fn prepare_month(store: &Store, period: Period) -> Result<Option<Prepared>, 
     }))
 }
 
-/// One hub's rollup of a month, computed ([`compute_hub`]) before it is
-/// written ([`write_hub`]).
+/// One hub's rollup of a month, computed ([`RollupStore::compute_hub`])
+/// before it is written ([`RollupStore::write_hub`]).
 #[derive(Debug, Default)]
-struct HubRollup {
+pub struct HubRollup {
     /// Per hour: quantities, distinct users, bounded rows, observed ms.
     hours: Vec<(i64, Quantities, u64, u64, u64)>,
     servers: Vec<(ServerKey, ServerAcc)>,
@@ -552,36 +531,45 @@ struct HubRollup {
     rows: u64,
 }
 
-/// Reads what one hub's rollup of `period` holds. On a read connection: a
-/// month beyond `due` no longer changes (rows the recomputation writes there
-/// again have the same values), so the write transaction stays short.
-fn compute_hub(
-    conn: &Connection,
-    period: Period,
-    member: &str,
-    hub: &str,
-) -> rusqlite::Result<HubRollup> {
+/// What [`summarize_hub`] reads of one hub for `period`: its server-hours
+/// over the weeks touching the month, whole (their parts in the next month
+/// are still per server, and final, see `due`; parts in a month rolled up
+/// before were counted with it and are left out), then its bounded
+/// server-hours and its observed hours of the month.
+pub(super) fn hub_filters(period: Period, member: &str, hub: &str) -> (HourFilter, HourFilter) {
     let (m0, m1) = (period.start_ms(), period.end_ms());
-    // The weeks touching the month, whole: their parts in the next month
-    // are still per server (and final, see `due`); parts in a month rolled
-    // up before were counted with it (and are left out here).
-    let (x0, x1) = (period_start(GroupBy::Week, m0), weeks_end(period));
-    let mut member_users: BTreeSet<String> = BTreeSet::new();
-    let mut rolled_rows = 0u64;
     let filter = |from_ms, to_ms| HourFilter {
         member: Some(member.to_string()),
         hub: Some(hub.to_string()),
         from_ms,
         to_ms,
     };
-    let rows = server_hours_in(conn, &filter(x0, x1))?;
-    let bounded = bounded_server_hours_in(conn, &filter(m0, m1))?;
+    (
+        filter(period_start(GroupBy::Week, m0), weeks_end(period)),
+        filter(m0, m1),
+    )
+}
+
+/// One hub's rollup of `period` from what was read of it
+/// ([`hub_filters`]): the same on either backend. Read on a read
+/// connection: a month beyond `due` no longer changes (rows the
+/// recomputation writes there again have the same values), so the write
+/// transaction stays short.
+pub(super) fn summarize_hub(
+    period: Period,
+    rows: &[ServerHour],
+    bounded: &BTreeSet<(ServerKey, i64)>,
+    observed: &[HubHour],
+) -> HubRollup {
+    let (m0, m1) = (period.start_ms(), period.end_ms());
+    let mut member_users: BTreeSet<String> = BTreeSet::new();
+    let mut rolled_rows = 0u64;
     let mut hours: BTreeMap<i64, HourAcc<'_>> = BTreeMap::new();
     let mut servers: BTreeMap<&ServerKey, ServerAcc> = BTreeMap::new();
     let mut days: BTreeMap<i64, BTreeSet<&str>> = BTreeMap::new();
     let mut weeks: BTreeMap<i64, BTreeSet<&str>> = BTreeMap::new();
     let mut month_users: BTreeSet<&str> = BTreeSet::new();
-    for r in &rows {
+    for r in rows {
         let (q, user) = (&r.quantities, r.key.user.as_str());
         let active = q.server_ms > 0;
         if active {
@@ -625,8 +613,7 @@ fn compute_hub(
             member_users.insert(user.to_string());
         }
     }
-    let observed = super::store::hub_hours_in(conn, &filter(m0, m1))?;
-    for o in &observed {
+    for o in observed {
         hours.entry(o.hour).or_default().observed_ms = o.observed_ms;
     }
     let users = days
@@ -639,7 +626,7 @@ fn compute_hub(
         )
         .chain((!month_users.is_empty()).then_some((UserUnit::Month, m0, month_users.len() as u64)))
         .collect();
-    Ok(HubRollup {
+    HubRollup {
         hours: hours
             .into_iter()
             .map(|(hour, h)| {
@@ -659,12 +646,12 @@ fn compute_hub(
         users,
         member_users,
         rows: rolled_rows,
-    })
+    }
 }
 
-/// Writes one hub's rollup of `period`, replacing what an earlier,
-/// interrupted run wrote for it.
-fn write_hub(
+/// Writes one hub's rollup of `period` on SQLite, replacing what an
+/// earlier, interrupted run wrote for it.
+fn write_hub_sqlite(
     tx: &Transaction<'_>,
     period: Period,
     member: &str,
@@ -767,7 +754,17 @@ fn write_hub(
 /// user counts and the month's mark. From it on every reader reads the
 /// month's rollup and leaves its per-server hours out. `false` when the
 /// month was marked before.
-pub fn mark_month(
+pub fn mark_month<S: RollupStore + ?Sized>(
+    store: &S,
+    period: Period,
+    prepared: &Prepared,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    store.mark_rolled(period, prepared, now_ms)
+}
+
+/// [`mark_month`] on SQLite.
+fn mark_month_sqlite(
     store: &Store,
     period: Period,
     prepared: &Prepared,
@@ -803,30 +800,258 @@ pub fn mark_month(
 /// deletes the `usage_server_hours` and `usage_hub_hours` rows of
 /// `[from, to)`, [`DELETE_CHUNK`] rows a transaction. Only for a marked
 /// month: readers already leave them out. Returns the rows deleted of each.
-pub fn delete_rolled(store: &Store, from: i64, to: i64) -> Result<(u64, u64), StoreError> {
-    let chunk = i64::try_from(DELETE_CHUNK).unwrap_or(i64::MAX);
+pub fn delete_rolled<S: RollupStore + ?Sized>(
+    store: &S,
+    from: i64,
+    to: i64,
+) -> Result<(u64, u64), StoreError> {
     let mut deleted = (0u64, 0u64);
-    for (table, key, slot) in [
-        ("usage_server_hours", "server_id, hour", 0),
-        ("usage_hub_hours", "member, hub, hour", 1),
+    for (table, slot) in [
+        (RolledTable::ServerHours, &mut deleted.0),
+        (RolledTable::HubHours, &mut deleted.1),
     ] {
         loop {
-            let n = store.write_with("deleting rolled-up usage rows", |tx| {
-                tx.prepare_cached(&format!(
-                    "DELETE FROM {table} WHERE ({key}) IN (
-                         SELECT {key} FROM {table} WHERE hour >= ?1 AND hour < ?2 LIMIT ?3)"
-                ))?
-                .execute(params![from, to, chunk])
-            })? as u64;
-            if slot == 0 {
-                deleted.0 = deleted.0.saturating_add(n);
-            } else {
-                deleted.1 = deleted.1.saturating_add(n);
-            }
+            let n = store.delete_rolled_chunk(table, from, to, DELETE_CHUNK)?;
+            *slot = slot.saturating_add(n);
             if n < DELETE_CHUNK {
                 break;
             }
         }
     }
     Ok(deleted)
+}
+
+/// The two tables of per-hour rows a rolled-up month leaves behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolledTable {
+    /// `usage_server_hours`, keyed `(server_id, hour)`.
+    ServerHours,
+    /// `usage_hub_hours`, keyed `(member, hub, hour)`.
+    HubHours,
+}
+
+impl RolledTable {
+    /// The table's name and its key columns.
+    fn sql(self) -> (&'static str, &'static str) {
+        match self {
+            Self::ServerHours => ("usage_server_hours", "server_id, hour"),
+            Self::HubHours => ("usage_hub_hours", "member, hub, hour"),
+        }
+    }
+}
+
+/// What the rollup reads and writes, on either backend: implemented by the
+/// SQLite [`Store`], the PostgreSQL [`crate::store::pg::PgStore`] (`rollup/pg.rs`) and [`Storage`] (either).
+/// [`roll_up_due`], [`prepare_month`], [`mark_month`] and [`delete_rolled`]
+/// run the same steps over it.
+pub trait RollupStore {
+    /// Where [`roll_up_due`] starts: the end of the last month rolled up,
+    /// else the oldest server-hour (`None`: no usage at all).
+    fn rollup_start(&self) -> Result<Option<i64>, StoreError>;
+
+    /// The rolled-up months that reach `[from, to)`, oldest first.
+    fn rolled_months(&self, from: i64, to: i64) -> Result<Vec<(i64, i64)>, StoreError>;
+
+    /// Every hub with a server and every hub observed in `period`, ordered;
+    /// `None` when `period` is rolled up already.
+    fn month_hubs(&self, period: Period) -> Result<Option<Vec<(String, String)>>, StoreError>;
+
+    /// Reads one hub's rollup of `period` (`summarize_hub`).
+    fn compute_hub(&self, period: Period, member: &str, hub: &str)
+    -> Result<HubRollup, StoreError>;
+
+    /// Writes one hub's rollup of `period` in a transaction of its own,
+    /// replacing what an interrupted run wrote for it.
+    fn write_hub(
+        &self,
+        period: Period,
+        member: &str,
+        hub: &str,
+        rollup: &HubRollup,
+    ) -> Result<(), StoreError>;
+
+    /// [`mark_month`]: the per-member user counts and the month's mark, in
+    /// one transaction; `false` when it was marked before.
+    fn mark_rolled(
+        &self,
+        period: Period,
+        prepared: &Prepared,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Deletes up to `limit` rows of `table` with `from <= hour < to`, in
+    /// one transaction; returns how many.
+    fn delete_rolled_chunk(
+        &self,
+        table: RolledTable,
+        from: i64,
+        to: i64,
+        limit: u64,
+    ) -> Result<u64, StoreError>;
+}
+
+impl RollupStore for Store {
+    fn rollup_start(&self) -> Result<Option<i64>, StoreError> {
+        self.read_with("finding the oldest usage not rolled up", |conn| {
+            conn.query_row(
+                "SELECT coalesce((SELECT max(end_ms) FROM usage_rollup_months),
+                                 (SELECT min(hour) FROM usage_server_hours))",
+                [],
+                |row| row.get(0),
+            )
+        })
+    }
+
+    fn rolled_months(&self, from: i64, to: i64) -> Result<Vec<(i64, i64)>, StoreError> {
+        self.read_with("listing rolled-up months", |conn| {
+            rolled_ranges(conn, from, to)
+        })
+    }
+
+    fn month_hubs(&self, period: Period) -> Result<Option<Vec<(String, String)>>, StoreError> {
+        let (m0, m1) = (period.start_ms(), period.end_ms());
+        self.read_with("listing the hubs of a usage month", |conn| {
+            if is_rolled(conn, m0)? {
+                return Ok(None);
+            }
+            // Every hub with a server, and every hub observed in the month.
+            let mut statement = conn.prepare(
+                "SELECT member, hub FROM usage_servers
+                 UNION SELECT member, hub FROM usage_hub_hours WHERE hour >= ?1 AND hour < ?2
+                 ORDER BY 1, 2",
+            )?;
+            let rows =
+                statement.query_map(params![m0, m1], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            rows.collect::<rusqlite::Result<Vec<(String, String)>>>()
+                .map(Some)
+        })
+    }
+
+    fn compute_hub(
+        &self,
+        period: Period,
+        member: &str,
+        hub: &str,
+    ) -> Result<HubRollup, StoreError> {
+        let (weeks, month) = hub_filters(period, member, hub);
+        self.read_with("reading a usage month's hub", |conn| {
+            let rows = server_hours_in(conn, &weeks)?;
+            let bounded = bounded_server_hours_in(conn, &month)?;
+            let observed = super::store::hub_hours_in(conn, &month)?;
+            Ok(summarize_hub(period, &rows, &bounded, &observed))
+        })
+    }
+
+    fn write_hub(
+        &self,
+        period: Period,
+        member: &str,
+        hub: &str,
+        rollup: &HubRollup,
+    ) -> Result<(), StoreError> {
+        self.write_with("rolling up a usage month's hub", |tx| {
+            write_hub_sqlite(tx, period, member, hub, rollup)
+        })
+    }
+
+    fn mark_rolled(
+        &self,
+        period: Period,
+        prepared: &Prepared,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        mark_month_sqlite(self, period, prepared, now_ms)
+    }
+
+    fn delete_rolled_chunk(
+        &self,
+        table: RolledTable,
+        from: i64,
+        to: i64,
+        limit: u64,
+    ) -> Result<u64, StoreError> {
+        let (table, key) = table.sql();
+        let limit = to_sql(limit);
+        self.write_with("deleting rolled-up usage rows", |tx| {
+            tx.prepare_cached(&format!(
+                "DELETE FROM {table} WHERE ({key}) IN (
+                     SELECT {key} FROM {table} WHERE hour >= ?1 AND hour < ?2 LIMIT ?3)"
+            ))?
+            .execute(params![from, to, limit])
+        })
+        .map(|n| n as u64)
+    }
+}
+
+impl RollupStore for Storage {
+    fn rollup_start(&self) -> Result<Option<i64>, StoreError> {
+        match self {
+            Storage::Sqlite(s) => s.rollup_start(),
+            Storage::Postgres(p) => p.rollup_start(),
+        }
+    }
+
+    fn rolled_months(&self, from: i64, to: i64) -> Result<Vec<(i64, i64)>, StoreError> {
+        match self {
+            Storage::Sqlite(s) => s.rolled_months(from, to),
+            Storage::Postgres(p) => p.rolled_months(from, to),
+        }
+    }
+
+    fn month_hubs(&self, period: Period) -> Result<Option<Vec<(String, String)>>, StoreError> {
+        match self {
+            Storage::Sqlite(s) => s.month_hubs(period),
+            Storage::Postgres(p) => p.month_hubs(period),
+        }
+    }
+
+    fn compute_hub(
+        &self,
+        period: Period,
+        member: &str,
+        hub: &str,
+    ) -> Result<HubRollup, StoreError> {
+        match self {
+            Storage::Sqlite(s) => s.compute_hub(period, member, hub),
+            Storage::Postgres(p) => p.compute_hub(period, member, hub),
+        }
+    }
+
+    fn write_hub(
+        &self,
+        period: Period,
+        member: &str,
+        hub: &str,
+        rollup: &HubRollup,
+    ) -> Result<(), StoreError> {
+        match self {
+            Storage::Sqlite(s) => s.write_hub(period, member, hub, rollup),
+            Storage::Postgres(p) => p.write_hub(period, member, hub, rollup),
+        }
+    }
+
+    fn mark_rolled(
+        &self,
+        period: Period,
+        prepared: &Prepared,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Storage::Sqlite(s) => s.mark_rolled(period, prepared, now_ms),
+            Storage::Postgres(p) => p.mark_rolled(period, prepared, now_ms),
+        }
+    }
+
+    fn delete_rolled_chunk(
+        &self,
+        table: RolledTable,
+        from: i64,
+        to: i64,
+        limit: u64,
+    ) -> Result<u64, StoreError> {
+        match self {
+            Storage::Sqlite(s) => s.delete_rolled_chunk(table, from, to, limit),
+            Storage::Postgres(p) => p.delete_rolled_chunk(table, from, to, limit),
+        }
+    }
 }

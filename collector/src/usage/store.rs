@@ -1,8 +1,10 @@
 //! The usage ledger's persistence seam: [`UsageStore`] (what the ledger stage
-//! and `GET /api/v1/usage` need, in domain types) and [`SqliteUsage`], its
+//! and `GET /api/v1/usage` need, in domain types), [`SqliteUsage`], its
 //! implementation on the embedded store (tables `usage_servers`,
 //! `usage_points`, `usage_seen`, `usage_server_hours`, `usage_hub_hours`;
-//! schema in `store/schema.rs`). Nothing else in `usage/` issues SQL.
+//! schema in `store/schema.rs`), and [`PgUsage`] (`store/pg.rs`), the same
+//! on PostgreSQL; [`usage_store`] picks one for a [`Storage`]. Nothing else
+//! in `usage/` issues SQL but the rollup (`usage/rollup.rs`).
 //!
 //! A server's four-part key (member, hub, user pseudonym, server) is interned
 //! once in `usage_servers`; observations and server-hours are keyed by its
@@ -35,7 +37,19 @@ use super::ledger::{
     bounded_hours, hour_of, integrate_observed, integrate_server, split_hours,
 };
 use crate::pipeline::CursorUpdate;
-use crate::store::{Store, StoreError};
+use crate::store::{Storage, Store, StoreError};
+
+pub mod pg;
+
+pub use pg::PgUsage;
+
+/// The [`UsageStore`] on `store`'s backend: [`SqliteUsage`] or [`PgUsage`].
+pub fn usage_store(store: &Storage) -> std::sync::Arc<dyn UsageStore> {
+    match store {
+        Storage::Sqlite(s) => std::sync::Arc::new(SqliteUsage::new(s.clone())),
+        Storage::Postgres(p) => std::sync::Arc::new(PgUsage::new(p.clone())),
+    }
+}
 
 /// Which hours to read: `hour >= from_ms && hour < to_ms`, optionally one
 /// member and one hub.

@@ -15,11 +15,13 @@ use super::ledger::{
     DEFAULT_MAX_GAP_MS, HOUR_MS, PointKind, Quantities, ServerHistory, ServerIds, UsagePage,
     hour_of, integrate_observed, integrate_server,
 };
-use super::store::{HourFilter, SqliteUsage, UsageStore};
+use super::store::{HourFilter, PgUsage, SqliteUsage, UsageStore};
 use super::{LEDGER_STAGE, LedgerStage, UsageComponent};
 use crate::clock::{ManualClock, SharedClock};
 use crate::pipeline::{Pipeline, PipelineSettings};
-use crate::store::{IngestItem, Store};
+use crate::store::pg::PgStore;
+use crate::store::tests::backends::{Backend, Fixture};
+use crate::store::{IngestItem, Storage, Store};
 
 /// 2026-01-05T00:00:00Z, the collector's "now" (hour-aligned).
 const NOW: i64 = 1_767_571_200_000;
@@ -109,6 +111,107 @@ fn batch(member: &str, seq: u64, records: Vec<Record>) -> Batch {
     }
 }
 
+/// A backend that has the usage store.
+pub(super) trait UsageBackend: Backend {
+    type Usage: UsageStore + Clone + 'static;
+    /// The usage store on this backend.
+    fn usage(&self) -> Self::Usage;
+    /// This backend as the collector's store.
+    fn storage(&self) -> Storage;
+    /// `sql`'s rows of two BIGINT columns (for looking at the tables).
+    fn pairs(&self, sql: &str) -> Vec<(i64, i64)>;
+}
+
+impl UsageBackend for Store {
+    type Usage = SqliteUsage;
+    fn usage(&self) -> SqliteUsage {
+        SqliteUsage::new(self.clone())
+    }
+    fn storage(&self) -> Storage {
+        Storage::Sqlite(self.clone())
+    }
+    fn pairs(&self, sql: &str) -> Vec<(i64, i64)> {
+        self.read_with("test query", |c| {
+            let mut st = c.prepare(sql)?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+        .expect("test query")
+    }
+}
+
+impl UsageBackend for PgStore {
+    type Usage = PgUsage;
+    fn usage(&self) -> PgUsage {
+        PgUsage::new(self.clone())
+    }
+    fn storage(&self) -> Storage {
+        Storage::Postgres(self.clone())
+    }
+    fn pairs(&self, sql: &str) -> Vec<(i64, i64)> {
+        self.read_with("test query", async |c| {
+            let mut out = Vec::new();
+            for row in c.query(sql, &[]).await? {
+                out.push((row.try_get(0)?, row.try_get(1)?));
+            }
+            Ok(out)
+        })
+        .expect("test query")
+    }
+}
+
+/// A fresh, empty store of backend `B`.
+pub(super) fn temp<B: Backend>() -> (Fixture, B) {
+    let fx = B::fixture();
+    let store = B::open(&fx.cfg).expect("store");
+    (fx, store)
+}
+
+/// For each generic test fn, a test on SQLite (`on_sqlite::name`) and one
+/// on PostgreSQL (`on_postgres::name`, on the private test server).
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name::<crate::store::Store>();
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name::<crate::store::pg::PgStore>();
+                }
+            )*
+        }
+    };
+}
+
+pub(super) use on_both;
+
+on_both!(
+    server_time_is_split_at_hour_boundaries,
+    an_open_server_is_counted_to_its_last_observation_only,
+    a_second_start_without_a_stop_does_not_double_count,
+    a_restarted_server_counts_each_run_and_not_the_pause,
+    resources_are_integrated_between_snapshots_never_across_a_long_gap,
+    additive_snapshots_add_their_span_split_at_the_hour_and_store_no_point,
+    an_open_server_runs_to_its_hubs_last_observation,
+    a_late_snapshot_bridges_back_into_the_previous_hour,
+    coverage_shows_the_gap_while_the_agent_was_down,
+    the_arithmetic_saturates_and_clamps_absurd_input,
+    the_stage_counts_each_batch_once_and_a_late_backlog_too,
+    a_crash_between_flushes_counts_nothing_twice,
+    an_inferred_stop_ends_the_server_and_bounds_the_hours_since_its_last_observation,
+    the_gauges_show_the_last_complete_hour_per_hub_and_a_gap_as_coverage_zero,
+    pruning_deletes_old_observations_in_chunks_and_keeps_the_hours_and_the_running_state,
+    a_moved_cursor_rolls_the_whole_page_back,
+    server_points_are_the_last_lifecycle_before_and_the_events_in_range,
+);
+
 fn temp_store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = CollectorConfig::default();
@@ -161,6 +264,141 @@ fn commit_pages(store: &dyn UsageStore, pages: &[Vec<Record>]) {
     }
 }
 
+/// The page's observations, recomputed hours, additive snapshots, hub
+/// observations, interned servers and the stage's cursor commit together: a
+/// commit whose cursor another process moved meanwhile (another replica
+/// derived the same page) fails naming the write, and leaves all of it as
+/// it was.
+fn a_moved_cursor_rolls_the_whole_page_back<B: UsageBackend>() {
+    use crate::pipeline::{CursorUpdate, StageCursor};
+    let (_fx, store) = temp::<B>();
+    let usage = store.usage();
+    let start_cursor = StageCursor::default();
+    let first_cursor = StageCursor::at(10);
+    let mut ids = ServerIds::default();
+    let mut first = UsagePage::default();
+    first.add_batch_with(
+        &mut ids,
+        "leap",
+        &batch(
+            "leap",
+            1,
+            vec![start("ada", T0), stop("ada", T0 + 10 * MIN)],
+        ),
+        NOW,
+    );
+    let update = |previous, cursor| CursorUpdate {
+        stage: LEDGER_STAGE,
+        previous,
+        cursor,
+        quarantined: &[],
+        now_ms: NOW,
+    };
+    let summary = usage
+        .commit(
+            &first,
+            Some(&update(&start_cursor, &first_cursor)),
+            DEFAULT_MAX_GAP_MS,
+        )
+        .expect("first commit");
+    ids.confirm(&summary.interned);
+    let before = ledger(&usage);
+    assert_eq!(
+        server_ms(&before.0, "ada"),
+        BTreeMap::from([(T0, (10 * MIN) as u64)])
+    );
+
+    // The same stage again from the old cursor: a new server, a change to
+    // ada's hour, an additive snapshot and hub observations.
+    let mut stale = UsagePage::default();
+    stale.add_batch_with(
+        &mut ids,
+        "leap",
+        &batch(
+            "leap",
+            2,
+            vec![
+                start("bob", T0),
+                stop("ada", T0 + 5 * MIN),
+                snapshot_since("ada", T0 + MIN, Some(T0), 1000),
+                hub_health(T0),
+                hub_health(T0 + 15 * SEC),
+            ],
+        ),
+        NOW,
+    );
+    let err = usage
+        .commit(
+            &stale,
+            Some(&update(&start_cursor, &StageCursor::at(20))),
+            DEFAULT_MAX_GAP_MS,
+        )
+        .expect_err("a moved cursor fails the commit");
+    assert!(err.to_string().contains("moved"), "{err}");
+    assert!(
+        err.to_string().contains("writing the usage ledger"),
+        "{err}"
+    );
+    assert_eq!(ledger(&usage), before, "nothing of the page is kept");
+    assert_eq!(
+        store.load_cursor(LEDGER_STAGE).expect("cursor"),
+        first_cursor
+    );
+    assert_eq!(
+        store.pairs("SELECT count(*), count(*) FROM usage_servers")[0].0,
+        1,
+        "bob was not interned"
+    );
+}
+
+/// What a report's idle time reads: each server's latest lifecycle event
+/// before the range, then its lifecycle and activity events in it (no
+/// snapshots), only the asked member's.
+fn server_points_are_the_last_lifecycle_before_and_the_events_in_range<B: UsageBackend>() {
+    let (_fx, store) = temp::<B>();
+    let usage = store.usage();
+    commit_pages(
+        &usage,
+        &[vec![
+            start("ada", T0 - 2 * HOUR_MS),
+            activity("ada", T0 + MIN),
+            snapshot("ada", T0 + 2 * MIN, 100, 1000),
+            stop("ada", T0 + 10 * MIN),
+            start("bob", T0 + 5 * MIN),
+            stop("bob", T0 + 2 * HOUR_MS),
+        ]],
+    );
+    let mut points: Vec<(String, i64, PointKind)> = usage
+        .server_points(Some("leap"), T0, T0 + HOUR_MS)
+        .expect("points")
+        .into_iter()
+        .map(|(key, p)| (key.user, p.ts - T0, p.kind))
+        .collect();
+    points.sort_by_key(|(user, ts, kind)| (user.clone(), *ts, kind.code()));
+    assert_eq!(
+        points,
+        [
+            ("ada".to_string(), -2 * HOUR_MS, PointKind::Started),
+            ("ada".to_string(), MIN, PointKind::Activity),
+            ("ada".to_string(), 10 * MIN, PointKind::Stopped),
+            ("bob".to_string(), 5 * MIN, PointKind::Started),
+        ]
+    );
+    assert!(
+        usage
+            .server_points(Some("other"), T0, T0 + HOUR_MS)
+            .expect("points")
+            .is_empty()
+    );
+    assert_eq!(
+        usage
+            .server_points(None, T0, T0 + HOUR_MS)
+            .expect("points")
+            .len(),
+        4
+    );
+}
+
 fn server_ms(rows: &Ledger, user: &str) -> BTreeMap<i64, u64> {
     rows.iter()
         .filter(|((_, u, _), q)| u == user && q.server_ms > 0)
@@ -170,10 +408,9 @@ fn server_ms(rows: &Ledger, user: &str) -> BTreeMap<i64, u64> {
 
 // ---------- the arithmetic, by hand ----------
 
-#[test]
-fn server_time_is_split_at_hour_boundaries() {
-    let (_dir, store) = temp_store();
-    let usage = SqliteUsage::new(store);
+fn server_time_is_split_at_hour_boundaries<B: UsageBackend>() {
+    let (_dir, store) = temp::<B>();
+    let usage = store.usage();
     // 10 min before an hour boundary to 70 min after it: 10 + 60 + 10.
     let h = T0 + HOUR_MS;
     commit_pages(
@@ -194,10 +431,9 @@ fn server_time_is_split_at_hour_boundaries() {
     );
 }
 
-#[test]
-fn an_open_server_is_counted_to_its_last_observation_only() {
-    let (_dir, store) = temp_store();
-    let usage = SqliteUsage::new(store);
+fn an_open_server_is_counted_to_its_last_observation_only<B: UsageBackend>() {
+    let (_dir, store) = temp::<B>();
+    let usage = store.usage();
     commit_pages(
         &usage,
         &[
@@ -220,10 +456,9 @@ fn an_open_server_is_counted_to_its_last_observation_only() {
     );
 }
 
-#[test]
-fn a_second_start_without_a_stop_does_not_double_count() {
-    let (_dir, store) = temp_store();
-    let usage = SqliteUsage::new(store);
+fn a_second_start_without_a_stop_does_not_double_count<B: UsageBackend>() {
+    let (_dir, store) = temp::<B>();
+    let usage = store.usage();
     commit_pages(
         &usage,
         &[
@@ -241,10 +476,9 @@ fn a_second_start_without_a_stop_does_not_double_count() {
     );
 }
 
-#[test]
-fn a_restarted_server_counts_each_run_and_not_the_pause() {
-    let (_dir, store) = temp_store();
-    let usage = SqliteUsage::new(store);
+fn a_restarted_server_counts_each_run_and_not_the_pause<B: UsageBackend>() {
+    let (_dir, store) = temp::<B>();
+    let usage = store.usage();
     commit_pages(
         &usage,
         &[vec![
@@ -272,10 +506,9 @@ fn a_restarted_server_counts_each_run_and_not_the_pause() {
     );
 }
 
-#[test]
-fn resources_are_integrated_between_snapshots_never_across_a_long_gap() {
-    let (_dir, store) = temp_store();
-    let usage = SqliteUsage::new(store);
+fn resources_are_integrated_between_snapshots_never_across_a_long_gap<B: UsageBackend>() {
+    let (_dir, store) = temp::<B>();
+    let usage = store.usage();
     // Snapshots every 15 s for 30 s, then a 90 s gap, then 15 s more;
     // the hour boundary at T0 + 1 h falls in the last segment.
     let b = T0 + HOUR_MS - 5 * SEC;
@@ -311,10 +544,9 @@ fn resources_are_integrated_between_snapshots_never_across_a_long_gap() {
     assert_eq!(first.server_ms, 0, "no lifecycle event, no server time");
 }
 
-#[test]
-fn additive_snapshots_add_their_span_split_at_the_hour_and_store_no_point() {
-    let (_dir, store) = temp_store();
-    let usage = SqliteUsage::new(store.clone());
+fn additive_snapshots_add_their_span_split_at_the_hour_and_store_no_point<B: UsageBackend>() {
+    let (_dir, store) = temp::<B>();
+    let usage = store.usage();
     let h = T0 + HOUR_MS;
     commit_pages(
         &usage,
@@ -352,18 +584,13 @@ fn additive_snapshots_add_their_span_split_at_the_hour_and_store_no_point() {
         rows[&("leap".into(), "ada".into(), h)].memory_request_byte_seconds,
         (10 * 1000 + 10 * 2000) * 1000
     );
-    let points: i64 = store
-        .read_with("count", |conn| {
-            conn.query_row("SELECT count(*) FROM usage_points", [], |r| r.get(0))
-        })
-        .expect("count");
+    let points = store.pairs("SELECT count(*), count(*) FROM usage_points")[0].0;
     assert_eq!(points, 1, "only the start is stored");
 }
 
-#[test]
-fn an_open_server_runs_to_its_hubs_last_observation() {
-    let (_dir, store) = temp_store();
-    let usage = SqliteUsage::new(store);
+fn an_open_server_runs_to_its_hubs_last_observation<B: UsageBackend>() {
+    let (_dir, store) = temp::<B>();
+    let usage = store.usage();
     commit_pages(
         &usage,
         &[
@@ -392,10 +619,9 @@ fn an_open_server_runs_to_its_hubs_last_observation() {
     );
 }
 
-#[test]
-fn a_late_snapshot_bridges_back_into_the_previous_hour() {
-    let (_dir, store) = temp_store();
-    let usage = SqliteUsage::new(store);
+fn a_late_snapshot_bridges_back_into_the_previous_hour<B: UsageBackend>() {
+    let (_dir, store) = temp::<B>();
+    let usage = store.usage();
     let h = T0 + HOUR_MS;
     // A snapshot 10 s before the hour, an activity after it, then (later)
     // the next snapshot 15 s after the hour: the segment's first 10 s
@@ -419,10 +645,9 @@ fn a_late_snapshot_bridges_back_into_the_previous_hour() {
     );
 }
 
-#[test]
-fn coverage_shows_the_gap_while_the_agent_was_down() {
-    let (_dir, store) = temp_store();
-    let usage = SqliteUsage::new(store);
+fn coverage_shows_the_gap_while_the_agent_was_down<B: UsageBackend>() {
+    let (_dir, store) = temp::<B>();
+    let usage = store.usage();
     // Observed every 15 s for the first 20 minutes, then nothing (the
     // agent was down), then again for the last 10 minutes of the hour.
     let mut records: Vec<Record> = (0..=80).map(|i| hub_health(T0 + i * 15 * SEC)).collect();
@@ -432,8 +657,7 @@ fn coverage_shows_the_gap_while_the_agent_was_down() {
     assert_eq!(hubs[&("leap".into(), T0)], (30 * MIN) as u64);
 }
 
-#[test]
-fn the_arithmetic_saturates_and_clamps_absurd_input() {
+fn the_arithmetic_saturates_and_clamps_absurd_input<B: UsageBackend>() {
     let points = [
         super::ledger::Point {
             ts: T0,
@@ -578,51 +802,74 @@ fn record() -> impl Strategy<Value = Record> {
     ]
 }
 
+/// Pages in order, the same pages in another order, and everything in one
+/// page: the same rows, equal to integrating the whole history at once.
+/// (Each page is derived once, as the pipeline does with its cursor and
+/// ingest's deduplication: additive snapshots are not idempotent per page,
+/// only per batch, which
+/// `the_stage_counts_each_batch_once_and_a_late_backlog_too` covers.)
+fn replay_and_order_change_nothing_on<B: UsageBackend>(
+    pages: &[Vec<Record>],
+    order: prop::sample::Index,
+) -> Result<(), TestCaseError> {
+    let (_d1, s1) = temp::<B>();
+    let in_order = s1.usage();
+    commit_pages(&in_order, pages);
+
+    let (_d2, s2) = temp::<B>();
+    let shuffled = s2.usage();
+    let mut again: Vec<Vec<Record>> = pages.to_vec();
+    let n = again.len();
+    again.rotate_left(order.index(n));
+    again.reverse();
+    commit_pages(&shuffled, &again);
+
+    let (_d3, s3) = temp::<B>();
+    let at_once = s3.usage();
+    commit_pages(&at_once, &[pages.concat()]);
+
+    let a = ledger(&in_order);
+    prop_assert_eq!(&a, &ledger(&shuffled));
+    prop_assert_eq!(&a, &ledger(&at_once));
+    let (rows, bounded_hours) = oracle(&pages.concat());
+    prop_assert_eq!(a.0, rows);
+    let b = bounded(&in_order);
+    prop_assert_eq!(&b, &bounded(&shuffled));
+    prop_assert_eq!(&b, &bounded(&at_once));
+    prop_assert_eq!(b, bounded_hours);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
-    /// Pages in order, the same pages in another order, and everything in
-    /// one page: the same rows, equal to integrating the whole history at
-    /// once. (Each page is derived once, as the pipeline does with its
-    /// cursor and ingest's deduplication: additive snapshots are not
-    /// idempotent per page, only per batch, which
-    /// `the_stage_counts_each_batch_once_and_a_late_backlog_too` covers.)
+    /// [`replay_and_order_change_nothing_on`] SQLite.
     #[test]
     fn replay_and_order_change_nothing(
         pages in prop::collection::vec(prop::collection::vec(record(), 0..6), 1..16),
         order in any::<prop::sample::Index>(),
     ) {
-        let (_d1, s1) = temp_store();
-        let in_order = SqliteUsage::new(s1);
-        commit_pages(&in_order, &pages);
+        replay_and_order_change_nothing_on::<Store>(&pages, order)?;
+    }
+}
 
-        let (_d2, s2) = temp_store();
-        let shuffled = SqliteUsage::new(s2);
-        let mut again: Vec<Vec<Record>> = pages.clone();
-        let n = again.len();
-        again.rotate_left(order.index(n));
-        again.reverse();
-        commit_pages(&shuffled, &again);
+proptest! {
+    // Three databases a case on the test server: fewer cases.
+    #![proptest_config(ProptestConfig::with_cases(12))]
 
-        let (_d3, s3) = temp_store();
-        let at_once = SqliteUsage::new(s3);
-        commit_pages(&at_once, &[pages.concat()]);
-
-        let a = ledger(&in_order);
-        prop_assert_eq!(&a, &ledger(&shuffled));
-        prop_assert_eq!(&a, &ledger(&at_once));
-        let (rows, bounded_hours) = oracle(&pages.concat());
-        prop_assert_eq!(a.0, rows);
-        let b = bounded(&in_order);
-        prop_assert_eq!(&b, &bounded(&shuffled));
-        prop_assert_eq!(&b, &bounded(&at_once));
-        prop_assert_eq!(b, bounded_hours);
+    /// [`replay_and_order_change_nothing_on`] PostgreSQL.
+    #[test]
+    fn postgres_replay_and_order_change_nothing(
+        pages in prop::collection::vec(prop::collection::vec(record(), 0..6), 1..16),
+        order in any::<prop::sample::Index>(),
+    ) {
+        replay_and_order_change_nothing_on::<PgStore>(&pages, order)?;
     }
 }
 
 // ---------- through the pipeline ----------
 
-fn ingest(store: &Store, member: &str, seq: u64, records: Vec<Record>) {
+fn ingest<B: Backend>(store: &B, member: &str, seq: u64, records: Vec<Record>) {
     let b = batch(member, seq, records);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -642,8 +889,8 @@ fn ingest(store: &Store, member: &str, seq: u64, records: Vec<Record>) {
         .expect("ingest");
 }
 
-fn run_pipeline(store: &Store) {
-    let stage = LedgerStage::new(Arc::new(SqliteUsage::new(store.clone())));
+fn run_pipeline<B: UsageBackend>(store: &B) {
+    let stage = LedgerStage::new(Arc::new(store.usage()));
     let mut pipeline = Pipeline::open(
         Arc::new(store.clone()),
         vec![Box::new(stage)],
@@ -655,9 +902,8 @@ fn run_pipeline(store: &Store) {
     assert_eq!(health.quarantined, 0);
 }
 
-#[test]
-fn the_stage_counts_each_batch_once_and_a_late_backlog_too() {
-    let (_dir, store) = temp_store();
+fn the_stage_counts_each_batch_once_and_a_late_backlog_too<B: UsageBackend>() {
+    let (_dir, store) = temp::<B>();
     ingest(&store, "leap", 1, vec![start("ada", T0), hub_health(T0)]);
     ingest(
         &store,
@@ -669,13 +915,13 @@ fn the_stage_counts_each_batch_once_and_a_late_backlog_too() {
         ],
     );
     run_pipeline(&store);
-    let usage = SqliteUsage::new(store.clone());
+    let usage = store.usage();
     assert_eq!(
         server_ms(&ledger(&usage).0, "ada"),
         BTreeMap::from([(T0, (30 * MIN) as u64)])
     );
     // 500 millicores for 15 s.
-    let cpu = |usage: &SqliteUsage| {
+    let cpu = |usage: &B::Usage| {
         ledger(usage).0[&("leap".into(), "ada".into(), T0)].cpu_request_millicore_seconds
     };
     assert_eq!(cpu(&usage), 7_500);
@@ -723,11 +969,10 @@ fn the_stage_counts_each_batch_once_and_a_late_backlog_too() {
 /// written with the cursor together; a crash before the flush re-derives
 /// them from the stored cursor (nothing lost, nothing twice), and a flush
 /// at shutdown writes them.
-#[test]
-fn a_crash_between_flushes_counts_nothing_twice() {
-    let (_dir, store) = temp_store();
+fn a_crash_between_flushes_counts_nothing_twice<B: UsageBackend>() {
+    let (_dir, store) = temp::<B>();
     let open = || {
-        let stage = LedgerStage::new(Arc::new(SqliteUsage::new(store.clone())))
+        let stage = LedgerStage::new(Arc::new(store.usage()))
             .with_flush_interval(std::time::Duration::from_secs(30));
         Pipeline::open(
             Arc::new(store.clone()),
@@ -736,7 +981,7 @@ fn a_crash_between_flushes_counts_nothing_twice() {
         )
         .expect("pipeline")
     };
-    let usage = SqliteUsage::new(store.clone());
+    let usage = store.usage();
     let cpu = || {
         ledger(&usage)
             .0
@@ -952,8 +1197,9 @@ fn a_failed_commit_leaves_the_stage_no_server_id_the_store_does_not_have() {
     );
 }
 
-#[test]
-fn an_inferred_stop_ends_the_server_and_bounds_the_hours_since_its_last_observation() {
+fn an_inferred_stop_ends_the_server_and_bounds_the_hours_since_its_last_observation<
+    B: UsageBackend,
+>() {
     let inferred = |user: &str, ts| event(user, UsageKind::ServerStopInferred, ts);
     // The agent observed the hub for 20 minutes, was down, and came back at
     // T0 + 90 min; its first listing found ada and carol gone.
@@ -979,8 +1225,8 @@ fn an_inferred_stop_ends_the_server_and_bounds_the_hours_since_its_last_observat
     };
     let mut results = Vec::new();
     for order in [records.clone(), records.iter().rev().cloned().collect()] {
-        let (_dir, store) = temp_store();
-        let usage = SqliteUsage::new(store);
+        let (_dir, store) = temp::<B>();
+        let usage = store.usage();
         // One record per page: the hardest order for the recomputation windows.
         let pages: Vec<Vec<Record>> = order.into_iter().map(|r| vec![r]).collect();
         commit_pages(&usage, &pages);
@@ -1142,13 +1388,26 @@ async fn get(
 #[tokio::test]
 async fn the_api_serves_rows_a_member_reads_only_its_own_and_bad_parameters_are_400()
 -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
+    the_api_serves_rows_a_member_reads_only_its_own_and_bad_parameters_are_400_on::<Store>().await
+}
+
+/// The same, the component built and serving on a PostgreSQL store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_api_serves_rows_a_member_reads_only_its_own_and_bad_parameters_are_400()
+-> anyhow::Result<()> {
+    the_api_serves_rows_a_member_reads_only_its_own_and_bad_parameters_are_400_on::<PgStore>().await
+}
+
+async fn the_api_serves_rows_a_member_reads_only_its_own_and_bad_parameters_are_400_on<
+    B: UsageBackend,
+>() -> anyhow::Result<()> {
+    let fx = B::fixture();
     let mut cfg = CollectorConfig::default();
-    cfg.storage.path = dir.path().to_path_buf();
+    cfg.storage = fx.cfg.clone();
     cfg.server.listen = "127.0.0.1:0".parse()?;
-    let store = Store::open(&cfg.storage)?;
+    let store = B::open(&cfg.storage)?;
     let leap_token = store.create_token("leap", "leap-agent")?;
-    let usage = SqliteUsage::new(store.clone());
+    let usage = store.usage();
     for member in ["leap", "other"] {
         let mut page = UsagePage::default();
         let mut records = vec![
@@ -1164,7 +1423,7 @@ async fn the_api_serves_rows_a_member_reads_only_its_own_and_bad_parameters_are_
     let clock: SharedClock = Arc::new(ManualClock::new(NOW));
     let mut components = crate::server::http_components();
     components.push(Box::new(UsageComponent));
-    let running = crate::Collector::new(cfg, store)
+    let running = crate::Collector::new(cfg, store.storage())
         .clock(clock)
         .components(components)
         .start()
@@ -1241,10 +1500,9 @@ async fn the_api_serves_rows_a_member_reads_only_its_own_and_bad_parameters_are_
 
 // ---------- gauges ----------
 
-#[test]
-fn the_gauges_show_the_last_complete_hour_per_hub_and_a_gap_as_coverage_zero() {
-    let (_dir, store) = temp_store();
-    let usage = SqliteUsage::new(store);
+fn the_gauges_show_the_last_complete_hour_per_hub_and_a_gap_as_coverage_zero<B: UsageBackend>() {
+    let (_dir, store) = temp::<B>();
+    let usage = store.usage();
     let mut records = vec![start("ada", T0), stop("ada", T0 + 20 * MIN)];
     records.extend((0..=120).map(|i| hub_health(T0 + i * 15 * SEC)));
     commit_pages(&usage, &[records]);
@@ -1273,10 +1531,11 @@ fn the_gauges_show_the_last_complete_hour_per_hub_and_a_gap_as_coverage_zero() {
 
 // ---------- retention of observations ----------
 
-#[test]
-fn pruning_deletes_old_observations_in_chunks_and_keeps_the_hours_and_the_running_state() {
-    let (_dir, store) = temp_store();
-    let usage = SqliteUsage::new(store.clone());
+fn pruning_deletes_old_observations_in_chunks_and_keeps_the_hours_and_the_running_state<
+    B: UsageBackend,
+>() {
+    let (_dir, store) = temp::<B>();
+    let usage = store.usage();
     // ada started at T0 and still runs; bob ran 20 minutes; snapshots and
     // hub checks every 15 s for two hours.
     let mut records = vec![
@@ -1289,11 +1548,7 @@ fn pruning_deletes_old_observations_in_chunks_and_keeps_the_hours_and_the_runnin
     commit_pages(&usage, &[records]);
     let before = ledger(&usage);
     let count = |table: &str| -> i64 {
-        store
-            .read_with("count", |c| {
-                c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
-            })
-            .expect("count")
+        store.pairs(&format!("SELECT count(*), count(*) FROM {table}"))[0].0
     };
     assert!(count("usage_points") > 480);
 
@@ -1310,21 +1565,15 @@ fn pruning_deletes_old_observations_in_chunks_and_keeps_the_hours_and_the_runnin
         "only the check at T0 + 2h is not older"
     );
     // Left: ada's start (she still runs), bob's stop, and the snapshot at T0 + 2h.
-    let kinds: Vec<(i64, i64)> = store
-        .read_with("points", |c| {
-            let mut st = c.prepare(
-                "SELECT p.kind, p.ts FROM usage_points AS p
-                 JOIN usage_servers AS s ON s.id = p.server_id ORDER BY s.user, p.ts, p.kind",
-            )?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? - T0)))?;
-            rows.collect()
-        })
-        .expect("points");
+    let kinds: Vec<(i64, i64)> = store.pairs(&format!(
+        "SELECT p.kind, p.ts - {T0} FROM usage_points AS p
+             JOIN usage_servers AS s ON s.id = p.server_id ORDER BY s.\"user\", p.ts, p.kind"
+    ));
     assert_eq!(kinds, [(0, 0), (3, 2 * HOUR_MS), (1, 20 * MIN)]);
 
     // Chunks: a limit of 1 deletes one at a time.
-    let (_d2, s2) = temp_store();
-    let small = SqliteUsage::new(s2);
+    let (_d2, s2) = temp::<B>();
+    let small = s2.usage();
     commit_pages(
         &small,
         &[(0..3).map(|i| hub_health(T0 + i * SEC)).collect()],

@@ -14,9 +14,13 @@ use serde_json::Value;
 
 use super::api::{UsageQuery, rows_json};
 use super::ledger::{DEFAULT_MAX_GAP_MS, HOUR_MS, UsagePage};
-use super::rollup::{RollupRun, delete_rolled, mark_month, prepare_month, roll_up_due};
-use super::store::{SqliteUsage, UsageStore};
+use super::rollup::{
+    RollupRun, RollupStore, delete_rolled, mark_month, prepare_month, roll_up_due,
+};
+use super::store::UsageStore;
+use super::tests::{UsageBackend, on_both, temp};
 use crate::store::Store;
+use crate::store::pg::PgStore;
 
 const MIN: i64 = 60_000;
 const DAY: i64 = 24 * HOUR_MS;
@@ -45,12 +49,17 @@ fn at(period: Period, day: i64, hour: i64, minute: i64) -> i64 {
     period.start_ms() + (day - 1) * DAY + hour * HOUR_MS + minute * MIN
 }
 
-fn temp_store() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut cfg = hubwatch_shared::config::CollectorConfig::default();
-    cfg.storage.path = dir.path().to_path_buf();
-    let store = Store::open(&cfg.storage).expect("store");
-    (dir, store)
+/// A backend with the usage store and the rollup.
+trait Backend: UsageBackend + RollupStore {}
+
+impl<B: UsageBackend + RollupStore> Backend for B {}
+
+/// `SELECT count(*) FROM usage_server_hours` and `more` (a condition).
+fn count_server_hours<B: Backend>(store: &B, more: &str) -> i64 {
+    store.pairs(&format!(
+        "SELECT count(*), count(*) FROM usage_server_hours {more}"
+    ))[0]
+        .0
 }
 
 fn event(hub: &str, user: &str, server: &str, kind: UsageKind, ts: i64) -> Record {
@@ -130,7 +139,7 @@ const LAST_SEEN: i64 = DERIVED_AT - 30 * MIN;
 
 /// Commits the runs (one page each, member per run) and a health check of
 /// each hub every 30 minutes from Oct 1 to [`LAST_SEEN`].
-fn derive(usage: &SqliteUsage, runs: &[Run]) {
+fn derive(usage: &dyn UsageStore, runs: &[Run]) {
     let mut seq = 0;
     let mut commit = |member: &str, records: Vec<Record>| {
         seq += 1;
@@ -184,7 +193,7 @@ fn derive(usage: &SqliteUsage, runs: &[Run]) {
 /// `to` (grouped by hour; days, weeks and months end at the last whole one
 /// before, as a day, week or month cut short is refused once rolled up),
 /// for every member/hub filter, as JSON text.
-fn views(usage: &SqliteUsage, from: &str, to: [&str; 4]) -> Vec<String> {
+fn views(usage: &dyn UsageStore, from: &str, to: [&str; 4]) -> Vec<String> {
     let mut out = Vec::new();
     for (group_by, to) in ["hub", "day", "week", "month"].into_iter().zip(to) {
         for filter in ["", "&member=leap", "&member=leap&hub=lab", "&member=cryo"] {
@@ -195,7 +204,7 @@ fn views(usage: &SqliteUsage, from: &str, to: [&str; 4]) -> Vec<String> {
     out
 }
 
-fn view(usage: &SqliteUsage, query: &str) -> Result<Value, String> {
+fn view(usage: &dyn UsageStore, query: &str) -> Result<Value, String> {
     let query = UsageQuery::parse(Some(query), ROLLUP_AT).map_err(|e| e.to_string())?;
     let filter = query.filter();
     let servers = usage.server_hours(&filter).map_err(|e| e.to_string())?;
@@ -207,7 +216,7 @@ fn view(usage: &SqliteUsage, query: &str) -> Result<Value, String> {
     rows_json(&query, &servers, &bounded, &hubs, &rolled).map_err(|e| e.to_string())
 }
 
-fn all_views(usage: &SqliteUsage) -> Vec<String> {
+fn all_views(usage: &dyn UsageStore) -> Vec<String> {
     let mut out = views(usage, "2025-10-01T00:00:00Z", ["2026-01-05T00:00:00Z"; 4]);
     // Ranges starting and ending inside months and weeks.
     out.extend(views(
@@ -250,12 +259,8 @@ fn assert_same(before: &[String], after: &[String]) {
     }
 }
 
-fn server_hour_rows(store: &Store) -> i64 {
-    store
-        .read_with("counting", |c| {
-            c.query_row("SELECT count(*) FROM usage_server_hours", [], |r| r.get(0))
-        })
-        .expect("count")
+fn server_hour_rows<B: Backend>(store: &B) -> i64 {
+    count_server_hours(store, "")
 }
 
 fn run(
@@ -399,10 +404,9 @@ fn ivy_again() -> Run {
     r
 }
 
-#[test]
-fn every_view_of_rolled_up_months_is_the_same_and_a_rerun_changes_nothing() {
-    let (_dir, store) = temp_store();
-    let usage = SqliteUsage::new(store.clone());
+fn every_view_of_rolled_up_months_is_the_same_and_a_rerun_changes_nothing<B: Backend>() {
+    let (_fx, store) = temp::<B>();
+    let usage = store.usage();
     derive(&usage, &fleet());
     let before = all_views(&usage);
     let user_view = "from=2025-11-01T00:00:00Z&to=2025-12-01T00:00:00Z&group_by=user";
@@ -418,15 +422,7 @@ fn every_view_of_rolled_up_months_is_the_same_and_a_rerun_changes_nothing() {
         u64::try_from(rows_before - left).expect("fewer rows"),
         run.server_hours
     );
-    let january: i64 = store
-        .read_with("counting", |c| {
-            c.query_row(
-                "SELECT count(*) FROM usage_server_hours WHERE hour >= ?1",
-                [DEC.end_ms()],
-                |r| r.get(0),
-            )
-        })
-        .expect("count");
+    let january = count_server_hours(&store, &format!("WHERE hour >= {}", DEC.end_ms()));
     assert_eq!(left, january);
 
     let after = all_views(&usage);
@@ -486,15 +482,7 @@ fn every_view_of_rolled_up_months_is_the_same_and_a_rerun_changes_nothing() {
     usage
         .commit(&page, None, DEFAULT_MAX_GAP_MS)
         .expect("late stop");
-    let rewritten: i64 = store
-        .read_with("counting", |c| {
-            c.query_row(
-                "SELECT count(*) FROM usage_server_hours WHERE hour < ?1",
-                [DEC.end_ms()],
-                |r| r.get(0),
-            )
-        })
-        .expect("count");
+    let rewritten = count_server_hours(&store, &format!("WHERE hour < {}", DEC.end_ms()));
     assert!(
         rewritten > 0,
         "the recomputation reaches the rolled-up months"
@@ -505,10 +493,9 @@ fn every_view_of_rolled_up_months_is_the_same_and_a_rerun_changes_nothing() {
     assert!(swept.months.is_empty());
 }
 
-#[test]
-fn a_month_not_closed_or_still_open_to_late_data_is_not_rolled_up() {
-    let (_dir, store) = temp_store();
-    let usage = SqliteUsage::new(store.clone());
+fn a_month_not_closed_or_still_open_to_late_data_is_not_rolled_up<B: Backend>() {
+    let (_fx, store) = temp::<B>();
+    let usage = store.usage();
     derive(&usage, &fleet());
     let rows = server_hour_rows(&store);
     let views = all_views(&usage);
@@ -523,15 +510,14 @@ fn a_month_not_closed_or_still_open_to_late_data_is_not_rolled_up() {
     // last week (retention not over).
     let early = roll_up_due(&store, &[OCT, NOV, DEC], ROLLUP_AT - 1, RETENTION).expect("rollup");
     assert!(early.months.is_empty(), "{early:?}");
-    let december: i64 = store
-        .read_with("counting", |c| {
-            c.query_row(
-                "SELECT count(*) FROM usage_server_hours WHERE hour >= ?1 AND hour < ?2",
-                [DEC.start_ms(), DEC.end_ms()],
-                |r| r.get(0),
-            )
-        })
-        .expect("count");
+    let december = count_server_hours(
+        &store,
+        &format!(
+            "WHERE hour >= {} AND hour < {}",
+            DEC.start_ms(),
+            DEC.end_ms()
+        ),
+    );
     assert!(december > 0 && server_hour_rows(&store) < rows);
     // Rolled up in two steps, the views are the same as in one.
     assert_same(&views, &all_views(&usage));
@@ -574,26 +560,46 @@ fn arb_run() -> impl Strategy<Value = Run> {
         })
 }
 
+/// Random fleets: the views after the rollup equal the views before.
+fn rolled_up_views_equal_the_per_server_views_on<B: Backend>(
+    runs: &[Run],
+) -> Result<(), TestCaseError> {
+    let (_fx, store) = temp::<B>();
+    let usage = store.usage();
+    derive(&usage, runs);
+    let before = all_views(&usage);
+    roll_up_due(&store, &[OCT, NOV, DEC], ROLLUP_AT, RETENTION).expect("rollup");
+    let after = all_views(&usage);
+    prop_assert_eq!(before, after);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
 
-    /// Random fleets: the views after the rollup equal the views before.
+    /// [`rolled_up_views_equal_the_per_server_views_on`] SQLite.
     #[test]
     fn rolled_up_views_equal_the_per_server_views(runs in prop::collection::vec(arb_run(), 1..10)) {
-        let (_dir, store) = temp_store();
-        let usage = SqliteUsage::new(store.clone());
-        derive(&usage, &runs);
-        let before = all_views(&usage);
-        roll_up_due(&store, &[OCT, NOV, DEC], ROLLUP_AT, RETENTION).expect("rollup");
-        let after = all_views(&usage);
-        prop_assert_eq!(before, after);
+        rolled_up_views_equal_the_per_server_views_on::<Store>(&runs)?;
     }
 }
 
-#[test]
-fn an_interrupted_rollup_changes_no_view_and_the_next_run_completes_it() {
-    let (_dir, store) = temp_store();
-    let usage = SqliteUsage::new(store.clone());
+proptest! {
+    // A database a case on the test server: fewer cases.
+    #![proptest_config(ProptestConfig { cases: 4, ..ProptestConfig::default() })]
+
+    /// [`rolled_up_views_equal_the_per_server_views_on`] PostgreSQL.
+    #[test]
+    fn postgres_rolled_up_views_equal_the_per_server_views(
+        runs in prop::collection::vec(arb_run(), 1..10),
+    ) {
+        rolled_up_views_equal_the_per_server_views_on::<PgStore>(&runs)?;
+    }
+}
+
+fn an_interrupted_rollup_changes_no_view_and_the_next_run_completes_it<B: Backend>() {
+    let (_fx, store) = temp::<B>();
+    let usage = store.usage();
     derive(&usage, &fleet());
     let views = all_views(&usage);
     let rows = server_hour_rows(&store);
@@ -623,3 +629,9 @@ fn an_interrupted_rollup_changes_no_view_and_the_next_run_completes_it() {
     let left = delete_rolled(&store, OCT.start_ms(), DEC.end_ms()).expect("delete");
     assert_eq!(left, (0, 0));
 }
+
+on_both!(
+    every_view_of_rolled_up_months_is_the_same_and_a_rerun_changes_nothing,
+    a_month_not_closed_or_still_open_to_late_data_is_not_rolled_up,
+    an_interrupted_rollup_changes_no_view_and_the_next_run_completes_it,
+);

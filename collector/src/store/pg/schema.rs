@@ -209,6 +209,129 @@ pub const MIGRATIONS: &[&str] = &[
         expires_at  TIMESTAMPTZ NOT NULL
     );
     ",
+    // 5: the usage ledger and its monthly rollup (issue 8; SQLite's 5, 8,
+    // 10, the additive-snapshot and the rollup migrations, in their final
+    // shape), as `usage::store::PgUsage` and `usage/rollup.rs` write them.
+    // `user` is quoted: it is a reserved word in PostgreSQL.
+    "
+    -- A server's four-part key, interned once.
+    CREATE TABLE usage_servers (
+        id     BIGSERIAL PRIMARY KEY,
+        member TEXT NOT NULL,
+        hub    TEXT NOT NULL,
+        \"user\" TEXT NOT NULL,
+        server TEXT NOT NULL,
+        UNIQUE (member, hub, \"user\", server)
+    );
+    -- One row per observation of a server (merged per instant and kind).
+    -- kind: 0 started, 1 stopped, 2 activity, 3 resources, 4 stop inferred.
+    CREATE TABLE usage_points (
+        server_id  BIGINT NOT NULL,
+        ts         BIGINT NOT NULL,
+        kind       BIGINT NOT NULL,
+        cpu_request_millicores BIGINT,
+        memory_request_bytes   BIGINT,
+        cpu_usage_millicores   BIGINT,
+        memory_usage_bytes     BIGINT,
+        storage_bytes          BIGINT,
+        PRIMARY KEY (server_id, ts, kind)
+    );
+    -- Instants at which the agent observed a hub (coverage).
+    CREATE TABLE usage_seen (
+        member TEXT   NOT NULL,
+        hub    TEXT   NOT NULL,
+        ts     BIGINT NOT NULL,
+        PRIMARY KEY (member, hub, ts)
+    );
+    -- Integer quantities per server and hour (hour = start, Unix ms); the
+    -- added_* columns are what additive snapshots added (never recomputed).
+    CREATE TABLE usage_server_hours (
+        server_id BIGINT NOT NULL,
+        hour      BIGINT NOT NULL,
+        server_ms                     BIGINT  NOT NULL,
+        cpu_request_millicore_seconds BIGINT  NOT NULL,
+        memory_request_byte_seconds   BIGINT  NOT NULL,
+        cpu_usage_millicore_seconds   BIGINT  NOT NULL,
+        memory_usage_byte_seconds     BIGINT  NOT NULL,
+        storage_byte_seconds          BIGINT  NOT NULL,
+        bounded                       BOOLEAN NOT NULL DEFAULT false,
+        added_cpu_request_millicore_seconds BIGINT NOT NULL DEFAULT 0,
+        added_memory_request_byte_seconds   BIGINT NOT NULL DEFAULT 0,
+        added_cpu_usage_millicore_seconds   BIGINT NOT NULL DEFAULT 0,
+        added_memory_usage_byte_seconds     BIGINT NOT NULL DEFAULT 0,
+        added_storage_byte_seconds          BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (server_id, hour)
+    );
+    CREATE INDEX usage_server_hours_by_hour ON usage_server_hours (hour);
+    -- Observed ms of a hub per hour.
+    CREATE TABLE usage_hub_hours (
+        member      TEXT   NOT NULL,
+        hub         TEXT   NOT NULL,
+        hour        BIGINT NOT NULL,
+        observed_ms BIGINT NOT NULL,
+        PRIMARY KEY (member, hub, hour)
+    );
+    -- The months rolled up: their usage_server_hours rows are gone.
+    CREATE TABLE usage_rollup_months (
+        month        BIGINT PRIMARY KEY,   -- the month's first ms (UTC)
+        end_ms       BIGINT NOT NULL,      -- the next month's first ms
+        rolled_at_ms BIGINT NOT NULL,
+        server_hours BIGINT NOT NULL       -- server-hour rows rolled up
+    );
+    -- The hubs of rolled-up hours, interned.
+    CREATE TABLE usage_rollup_hubs (
+        id     BIGSERIAL PRIMARY KEY,
+        member TEXT NOT NULL,
+        hub    TEXT NOT NULL,
+        UNIQUE (member, hub)
+    );
+    -- Every server's quantities summed per hub and hour, the distinct users
+    -- with server time in it, the bounded server-hours and the hub's
+    -- observed time (moved here from usage_hub_hours).
+    CREATE TABLE usage_rollup_hub_hours (
+        hub_id BIGINT NOT NULL,
+        hour   BIGINT NOT NULL,
+        server_ms                     BIGINT NOT NULL,
+        cpu_request_millicore_seconds BIGINT NOT NULL,
+        memory_request_byte_seconds   BIGINT NOT NULL,
+        cpu_usage_millicore_seconds   BIGINT NOT NULL,
+        memory_usage_byte_seconds     BIGINT NOT NULL,
+        storage_byte_seconds          BIGINT NOT NULL,
+        active_users                  BIGINT NOT NULL,
+        bounded_rows                  BIGINT NOT NULL,
+        observed_ms                   BIGINT NOT NULL,
+        PRIMARY KEY (hub_id, hour)
+    );
+    -- One server's quantities over one month, and its first and last hour
+    -- with a storage figure (the mean bytes then).
+    CREATE TABLE usage_rollup_server_months (
+        server_id BIGINT NOT NULL,
+        month     BIGINT NOT NULL,
+        server_ms                     BIGINT NOT NULL,
+        cpu_request_millicore_seconds BIGINT NOT NULL,
+        memory_request_byte_seconds   BIGINT NOT NULL,
+        cpu_usage_millicore_seconds   BIGINT NOT NULL,
+        memory_usage_byte_seconds     BIGINT NOT NULL,
+        storage_byte_seconds          BIGINT NOT NULL,
+        bounded_rows                  BIGINT NOT NULL,
+        storage_first_hour  BIGINT,
+        storage_first_bytes BIGINT,
+        storage_last_hour   BIGINT,
+        storage_last_bytes  BIGINT,
+        PRIMARY KEY (server_id, month)
+    );
+    -- Distinct users with server time per hub and UTC day, ISO week or
+    -- month (unit 0, 1, 2), and per member and month across its hubs
+    -- (unit 3, hub '').
+    CREATE TABLE usage_rollup_users (
+        member TEXT   NOT NULL,
+        hub    TEXT   NOT NULL,
+        unit   BIGINT NOT NULL,
+        start  BIGINT NOT NULL,
+        users  BIGINT NOT NULL,
+        PRIMARY KEY (member, hub, unit, start)
+    );
+    ",
     // 6: cost recovery and report snapshots (SQLite's 7 and 9): imported
     // FOCUS bills, closed months (`cost::store::PgCost`) and closed months'
     // frozen reports (`report::store::PgSnapshots`).
