@@ -488,7 +488,7 @@ pub fn status_link(
                 args.ttl
             ))
         })?;
-    let store = Store::open(&cfg.storage)?;
+    let store = Storage::open(&cfg.storage)?;
     let key = crate::status::link::LinkKey::load_or_create(&store)?;
     let expires_s =
         (now_ms / 1000).saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));

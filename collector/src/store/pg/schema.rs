@@ -211,9 +211,9 @@ pub const MIGRATIONS: &[&str] = &[
     ",
     // 7: status pages, status incidents, maintenance windows and status
     // webhooks (SQLite's status_link_key, status incidents, maintenance and
-    // status webhooks migrations), as `status::link`, `status::PgStatusData`,
+    // status webhooks migrations), as `status::link::LinkKey`,
     // `incidents::PgStatusIncidents`, `maintenance::PgMaintenance` and
-    // `status::webhooks::outbox` write them.
+    // `status::webhooks::outbox` (its `pg.rs`) write them.
     "
     -- The collector's secret that signs private status pages' links.
     CREATE TABLE status_link_key (
