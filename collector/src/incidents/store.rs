@@ -20,7 +20,7 @@ use crate::store::{Storage, Store, StoreError};
 
 mod pg;
 
-pub use pg::{FOLD_LOCK, PgStatusIncidents};
+pub use pg::{FOLD_LOCK, PgStatusIncidents, UPDATES_LOCK};
 
 /// The status incident store on `store`'s backend.
 pub fn status_incident_store(store: &Storage) -> Arc<dyn StatusIncidentStore> {

@@ -28,6 +28,12 @@ use crate::store::pg::{PgFailure, PgStore};
 /// The advisory lock every fold takes ("hwincfld" in ASCII).
 pub const FOLD_LOCK: i64 = 0x6877_696e_6366_6c64;
 
+/// The advisory lock every writer of `status_incident_updates` holds shared
+/// and the webhook outbox's scan takes exclusive ("hwincupd" in ASCII), so
+/// the scan never passes an update id that has not committed yet
+/// (`status/webhooks/outbox/pg.rs`).
+pub const UPDATES_LOCK: i64 = 0x6877_696e_6375_7064;
+
 /// [`StatusIncidentStore`] on the PostgreSQL store.
 #[derive(Debug, Clone)]
 pub struct PgStatusIncidents {
@@ -229,8 +235,11 @@ async fn insert_incident(
 }
 
 /// Writes `update` and moves the incident to the state of its latest update
-/// by time (as SQLite's `apply_update`), with the incident's row locked.
+/// by time (as SQLite's `apply_update`), with the incident's row locked and
+/// [`UPDATES_LOCK`] held shared.
 async fn apply_update(tx: &Transaction<'_>, id: i64, update: &NewUpdate) -> Result<(), PgFailure> {
+    tx.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&UPDATES_LOCK])
+        .await?;
     tx.execute(
         "SELECT 1 FROM status_incidents WHERE id = $1 FOR UPDATE",
         &[&id],
