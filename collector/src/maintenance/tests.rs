@@ -897,3 +897,51 @@ fn the_monthly_report_leaves_out_the_excluded_minutes() {
         "no windows: every minute"
     );
 }
+
+/// `hubwatch-collector maintenance add|list|remove` on a PostgreSQL store.
+#[test]
+fn the_maintenance_commands_work_on_postgres() -> anyhow::Result<()> {
+    use super::cli::{MaintenanceCommand, run};
+    let fx = PgStore::fixture();
+    let mut cfg = config();
+    cfg.storage = fx.cfg.clone();
+    let file = std::path::PathBuf::from("unused.toml");
+    let added = run(
+        &cfg,
+        MaintenanceCommand::Add {
+            config: file.clone(),
+            member: "leap".into(),
+            hubs: vec!["prod".into()],
+            start: "2026-01-06T00:00".into(),
+            end: "2026-01-06T02:00".into(),
+            timezone: "UTC".into(),
+            note: "db".into(),
+        },
+        T0,
+    )?;
+    let added: serde_json::Value = serde_json::from_str(added.trim())?;
+    let id = added["id"]
+        .as_i64()
+        .ok_or_else(|| anyhow::anyhow!("no id: {added}"))?;
+    // The component's store on the same database sees it.
+    let stored = maintenance_store(&PgStore::open(&fx.cfg)?.into()).all()?;
+    assert_eq!(stored.iter().map(|w| w.id).collect::<Vec<_>>(), [id]);
+    let listed = run(
+        &cfg,
+        MaintenanceCommand::List {
+            config: file.clone(),
+            member: Some("leap".into()),
+        },
+        T0,
+    )?;
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(listed.contains("\"note\":\"db\""), "{listed}");
+    let removed = run(&cfg, MaintenanceCommand::Remove { config: file, id }, T0)?;
+    assert_eq!(removed, format!("removed window {id}\n"));
+    assert!(
+        maintenance_store(&PgStore::open(&fx.cfg)?.into())
+            .all()?
+            .is_empty()
+    );
+    Ok(())
+}

@@ -1518,3 +1518,23 @@ fn the_atom_feeds_carry_maintenance_windows_scheduled_running_and_ended() -> any
     assert!(json["members"][0].get("feed_windows").is_none());
     Ok(())
 }
+
+/// `hubwatch-collector status-link` on a PostgreSQL store signs with the
+/// key the collector's pages verify with.
+#[test]
+fn the_status_link_command_works_on_postgres() -> anyhow::Result<()> {
+    let fx = PgStore::fixture();
+    let dir = tempfile::tempdir()?;
+    let mut cfg = config(dir.path());
+    cfg.storage = fx.cfg.clone();
+    let args = crate::cli::StatusLinkArgs {
+        config: dir.path().join("unused.toml"),
+        member: "leap".into(),
+        ttl: "1h".into(),
+    };
+    let link = crate::cli::status_link(&cfg, &args, NOW)?;
+    let key = LinkKey::load_or_create(&PgStore::open(&fx.cfg)?.into())?;
+    let exp = NOW / 1000 + 3600;
+    assert!(link.contains(&key.query("leap", exp)), "{link}");
+    Ok(())
+}

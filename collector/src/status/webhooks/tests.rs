@@ -86,6 +86,14 @@ type Received = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
 async fn receiver(
     script: Arc<Mutex<VecDeque<u16>>>,
 ) -> anyhow::Result<(std::net::SocketAddr, Received)> {
+    slow_receiver(script, Duration::ZERO).await
+}
+
+/// [`receiver`] answering each POST only after `delay`.
+async fn slow_receiver(
+    script: Arc<Mutex<VecDeque<u16>>>,
+    delay: Duration,
+) -> anyhow::Result<(std::net::SocketAddr, Received)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let received: Received = Arc::default();
@@ -105,6 +113,7 @@ async fn receiver(
                                 .map(|b| b.to_bytes())
                                 .unwrap_or_default();
                             crate::sync::lock(&got).push((parts.headers, body));
+                            tokio::time::sleep(delay).await;
                             let status = crate::sync::lock(&script).pop_front().unwrap_or(200);
                             let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
                             *response.status_mut() =
@@ -407,7 +416,13 @@ async fn replicas_on_postgres_send_each_event_once() -> anyhow::Result<()> {
     let fx = PgStore::fixture();
     let replica_a: Storage = PgStore::open(&fx.cfg)?.into();
     let replica_b: Storage = PgStore::open(&fx.cfg)?.into();
-    let (addr, received) = receiver(Arc::new(Mutex::new(VecDeque::new()))).await?;
+    // Each answer takes several polls: the other replica's rounds run while
+    // a delivery is in flight.
+    let (addr, received) = slow_receiver(
+        Arc::new(Mutex::new(VecDeque::new())),
+        Duration::from_millis(200),
+    )
+    .await?;
     let (trigger_a, task_a, _) = start(&replica_a, addr, fast())?;
     let (trigger_b, task_b, _) = start(&replica_b, addr, fast())?;
     let mut ids = Vec::new();
