@@ -248,15 +248,6 @@ pub enum CliError {
     /// Self-telemetry could not be set up (names the key or variable).
     #[error("{0}")]
     Telemetry(#[from] crate::telemetry::otlp::TelemetryError),
-    /// `serve` with `storage.backend = "postgres"`: only the raw log,
-    /// tokens and agents are on PostgreSQL so far.
-    #[error(
-        "storage.backend: the postgres backend serves ingest only from issue 14's first \
-         increment; `serve` needs every feature's store on PostgreSQL (SLI, alerts, usage, \
-         ...), which is not done yet: use backend = \"sqlite\" to serve. `token create`, \
-         `token revoke` and `check-config` work with postgres"
-    )]
-    BackendNotServed,
     /// A replica on PostgreSQL stopped leading (lost or could not renew
     /// the lease) and shut down; its supervisor restarts it as a follower.
     #[error(
@@ -315,7 +306,6 @@ impl CliError {
             | Self::BadArgument(_)
             | Self::RemoteWrite(_)
             | Self::Telemetry(_)
-            | Self::BackendNotServed
             | Self::Store(StoreError::PostgresConfig { .. }) => 2,
             Self::Report(crate::report::ReportError::UnknownMember(_))
             | Self::Report(crate::report::ReportError::Config(_)) => 2,
@@ -495,7 +485,7 @@ pub fn status_link(
                 args.ttl
             ))
         })?;
-    let store = Store::open(&cfg.storage)?;
+    let store = Storage::open(&cfg.storage)?;
     let key = crate::status::link::LinkKey::load_or_create(&store)?;
     let expires_s =
         (now_ms / 1000).saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
@@ -684,9 +674,6 @@ fn check_name(what: &'static str, value: &str) -> Result<(), CliError> {
 /// runs until SIGTERM/SIGINT, then drains: the listener, then every task;
 /// the store closes last.
 fn serve(cfg: &CollectorConfig) -> Result<(), CliError> {
-    if cfg.storage.backend == StorageBackend::Postgres {
-        return Err(CliError::BackendNotServed);
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -30,8 +30,8 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use super::{
-    IncidentFilter, IncidentUpdate, InputError, NewIncident, NewUpdate, SqliteStatusIncidents,
-    StatusIncident, StatusIncidentStore, check_hub, check_text, parse_state,
+    IncidentFilter, IncidentUpdate, InputError, NewIncident, NewUpdate, StatusIncident,
+    StatusIncidentStore, check_hub, check_text, parse_state, status_incident_store,
 };
 use crate::auth::PeerIdentity;
 use crate::clock::{SharedClock, rfc3339};
@@ -67,14 +67,7 @@ impl Component for IncidentsComponent {
         ctx: BuildContext,
     ) -> BoxFuture<'static, Result<Built, ComponentError>> {
         Box::pin(async move {
-            // No PostgreSQL store for this feature yet: refused there, by name.
-            let sqlite = ctx
-                .store
-                .sqlite_only("incidents")
-                .map_err(|e| crate::component::ComponentError::failed("incidents", e))?
-                .clone();
-            let store: Arc<dyn StatusIncidentStore> =
-                Arc::new(SqliteStatusIncidents::new(sqlite.clone()));
+            let store = status_incident_store(&ctx.store);
             let api = Api {
                 store: Arc::clone(&store),
                 config: Arc::clone(&ctx.config),

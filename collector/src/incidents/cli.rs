@@ -1,23 +1,25 @@
 //! `hubwatch-collector incident list|show|open|update|resolve`: operators'
-//! side of status incidents, on the same store file a running collector uses
-//! (like `token create`: every connection waits on a busy file). `list`
+//! side of status incidents, on the same store a running collector uses (the
+//! SQLite file, like `token create`: every connection waits on a busy file;
+//! or the PostgreSQL database). `list`
 //! prints one line per incident, the others the incident as the API shows
 //! it (JSON, with its updates). Bad arguments name the flag (exit 2); an
 //! unknown id exits 1.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use hubwatch_shared::config::CollectorConfig;
 
 use super::api::{DEFAULT_AUTHOR, DEFAULT_RANGE_MS, incident_json};
 use super::{
-    IncidentFilter, IncidentState, InputError, NewIncident, NewUpdate, SqliteStatusIncidents,
-    StatusIncidentStore, check_hub, check_text, parse_state,
+    IncidentFilter, IncidentState, InputError, NewIncident, NewUpdate, StatusIncidentStore,
+    check_hub, check_text, parse_state, status_incident_store,
 };
 use crate::cli::CliError;
 use crate::clock::rfc3339;
-use crate::store::Store;
+use crate::store::Storage;
 
 /// `incident ...`.
 #[derive(Debug, Subcommand)]
@@ -112,8 +114,8 @@ pub fn run(
     now_ms: i64,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    let open_store = |cfg: &CollectorConfig| -> Result<SqliteStatusIncidents, CliError> {
-        Ok(SqliteStatusIncidents::new(Store::open(&cfg.storage)?))
+    let open_store = |cfg: &CollectorConfig| -> Result<Arc<dyn StatusIncidentStore>, CliError> {
+        Ok(status_incident_store(&Storage::open(&cfg.storage)?))
     };
     let write = |out: &mut dyn Write, text: String| {
         out.write_all(text.as_bytes())
@@ -193,7 +195,7 @@ pub fn run(
             author,
         } => {
             let update = new_update(&state, message, author, now_ms)?;
-            add(&open_store(&load(&config)?)?, id, &update, out)
+            add(&*open_store(&load(&config)?)?, id, &update, out)
         }
         IncidentCommand::Resolve {
             id: IdArgs { config, id },
@@ -201,7 +203,7 @@ pub fn run(
             author,
         } => {
             let update = new_update(IncidentState::Resolved.as_str(), message, author, now_ms)?;
-            add(&open_store(&load(&config)?)?, id, &update, out)
+            add(&*open_store(&load(&config)?)?, id, &update, out)
         }
     }
 }
@@ -224,7 +226,7 @@ fn new_update(
 }
 
 fn add(
-    store: &SqliteStatusIncidents,
+    store: &dyn StatusIncidentStore,
     id: i64,
     update: &NewUpdate,
     out: &mut dyn Write,

@@ -22,8 +22,9 @@
 //!
 //! The seam the status pages, the Atom feed and the monthly report read is
 //! [`StatusIncidentStore`] (domain types only); [`store::SqliteStatusIncidents`]
-//! implements it on tables `status_incidents`, `status_incident_updates` and
-//! `status_incident_alerts`.
+//! and [`store::PgStatusIncidents`] implement it on tables `status_incidents`,
+//! `status_incident_updates` and `status_incident_alerts`, on SQLite or
+//! PostgreSQL ([`status_incident_store`] picks by the collector's store).
 
 use std::fmt;
 
@@ -37,7 +38,7 @@ pub mod store;
 mod tests;
 
 pub use api::IncidentsComponent;
-pub use store::SqliteStatusIncidents;
+pub use store::{PgStatusIncidents, SqliteStatusIncidents, status_incident_store};
 
 /// How long an incident is kept after it ended: as long as `alert_incidents`.
 pub const RETENTION_MS: i64 = crate::alerts::state_store::INCIDENT_RETENTION_MS;

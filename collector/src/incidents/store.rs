@@ -1,9 +1,13 @@
-//! [`StatusIncidentStore`] on the collector's SQLite store: tables
+//! [`StatusIncidentStore`] on the collector's stores: tables
 //! `status_incidents`, `status_incident_updates` and
-//! `status_incident_alerts` (migration in `store/schema.rs`), folding the
-//! alert engine's `alert_incidents` rows.
+//! `status_incident_alerts`, folding the alert engine's `alert_incidents`
+//! rows. [`SqliteStatusIncidents`] on SQLite (migration in
+//! `store/schema.rs`), [`PgStatusIncidents`] on PostgreSQL (`pg.rs`, schema
+//! in `store/pg/schema.rs`); [`status_incident_store`] picks the one of a
+//! [`Storage`].
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
@@ -12,7 +16,19 @@ use super::{
     NewIncident, NewUpdate, OpenedBy, PAGE_ALERTS, Placement, RETENTION_MS, StatusIncident,
     StatusIncidentStore, alert_message, alert_title, place, reopen_message, resolved_message,
 };
-use crate::store::{Store, StoreError};
+use crate::store::{Storage, Store, StoreError};
+
+mod pg;
+
+pub use pg::{FOLD_LOCK, PgStatusIncidents, UPDATES_LOCK};
+
+/// The status incident store on `store`'s backend.
+pub fn status_incident_store(store: &Storage) -> Arc<dyn StatusIncidentStore> {
+    match store {
+        Storage::Sqlite(s) => Arc::new(SqliteStatusIncidents::new(s.clone())),
+        Storage::Postgres(p) => Arc::new(PgStatusIncidents::new(p.clone())),
+    }
+}
 
 /// [`StatusIncidentStore`] on SQLite.
 #[derive(Debug, Clone)]
@@ -78,6 +94,29 @@ fn finish(rows: Vec<RawIncident>) -> Vec<StatusIncident> {
                 .collect();
             incident.alertnames = names.into_iter().collect();
             Some(incident)
+        })
+        .collect()
+}
+
+/// An update row as read: id, incident id, time, state, message, author.
+type RawUpdate = (i64, i64, i64, String, String, String);
+
+/// The updates of `rows`; one whose state is unreadable is skipped (logged).
+fn updates_from(rows: Vec<RawUpdate>) -> Vec<IncidentUpdate> {
+    rows.into_iter()
+        .filter_map(|(id, incident_id, at_ms, state, message, author)| {
+            let Some(state) = IncidentState::parse(&state) else {
+                tracing::warn!(id, state, "unreadable status incident update skipped");
+                return None;
+            };
+            Some(IncidentUpdate {
+                id,
+                incident_id,
+                at_ms,
+                state,
+                message,
+                author,
+            })
         })
         .collect()
 }
@@ -157,23 +196,7 @@ impl StatusIncidentStore for SqliteStatusIncidents {
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()
             })?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(id, incident_id, at_ms, state, message, author)| {
-                let Some(state) = IncidentState::parse(&state) else {
-                    tracing::warn!(id, state, "unreadable status incident update skipped");
-                    return None;
-                };
-                Some(IncidentUpdate {
-                    id,
-                    incident_id,
-                    at_ms,
-                    state,
-                    message,
-                    author,
-                })
-            })
-            .collect())
+        Ok(updates_from(rows))
     }
 
     fn open(&self, new: &NewIncident) -> Result<StatusIncident, StoreError> {

@@ -6,13 +6,15 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hubwatch_shared::config::{CollectorConfig, StorageConfig};
+use hubwatch_shared::config::CollectorConfig;
 
 use super::*;
-use crate::alerts::state_store::SqliteAlertStateStore;
 use crate::alerts::{AlertEngine, AlertSource, AlertSpec, EvaluateError};
 use crate::clock::{Clock, ManualClock};
-use crate::store::Store;
+use crate::store::pg::PgStore;
+use crate::store::tests::backends::{self, Backend};
+use crate::store::tests::on_both_backends;
+use crate::store::{Storage, Store};
 
 const T0: i64 = 1_780_000_000_000;
 const MINUTE: i64 = 60_000;
@@ -58,24 +60,22 @@ impl AlertSource for Scripted {
     }
 }
 
+/// A backend the status incident tests run on (`on_both_backends!`).
+trait IncidentBackend: Backend + Into<Storage> {}
+impl IncidentBackend for Store {}
+impl IncidentBackend for PgStore {}
+
 struct Fixture {
-    dir: tempfile::TempDir,
-    store: Store,
+    location: backends::Fixture,
+    store: Storage,
     clock: Arc<ManualClock>,
     source: Arc<Scripted>,
     engine: AlertEngine,
 }
 
-fn storage(dir: &std::path::Path) -> StorageConfig {
-    StorageConfig {
-        path: dir.to_path_buf(),
-        ..StorageConfig::default()
-    }
-}
-
-fn engine(store: &Store, clock: &Arc<ManualClock>, source: &Arc<Scripted>) -> AlertEngine {
+fn engine(store: &Storage, clock: &Arc<ManualClock>, source: &Arc<Scripted>) -> AlertEngine {
     AlertEngine::open(
-        Arc::new(SqliteAlertStateStore::new(store.clone())),
+        crate::alerts::state_store_on(store),
         clock.clone(),
         vec![source.clone() as Arc<dyn AlertSource>],
         Duration::from_secs(15 * 60),
@@ -83,24 +83,25 @@ fn engine(store: &Store, clock: &Arc<ManualClock>, source: &Arc<Scripted>) -> Al
     .unwrap()
 }
 
-fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&storage(dir.path())).unwrap();
+/// A fresh store of backend `B`, an alert engine on it and a manual clock.
+fn fixture<B: IncidentBackend>() -> anyhow::Result<Fixture> {
+    let location = B::fixture();
+    let store: Storage = B::open(&location.cfg)?.into();
     let clock = Arc::new(ManualClock::new(T0));
     let source = Arc::new(Scripted(Mutex::new(Vec::new())));
     let engine = engine(&store, &clock, &source);
-    Fixture {
-        dir,
+    Ok(Fixture {
+        location,
         store,
         clock,
         source,
         engine,
-    }
+    })
 }
 
 impl Fixture {
-    fn incidents(&self) -> SqliteStatusIncidents {
-        SqliteStatusIncidents::new(self.store.clone())
+    fn incidents(&self) -> Arc<dyn StatusIncidentStore> {
+        status_incident_store(&self.store)
     }
 
     /// Sets the firing alerts at `T0 + minute`, runs one engine round, then
@@ -137,9 +138,9 @@ impl Fixture {
 const DOWN: (&str, &str, &str) = ("HubDown", "prod", "page");
 const AUTO: &str = AUTOMATIC_AUTHOR;
 
-#[test]
-fn hub_down_opens_one_incident_that_resolves_with_its_alert() {
-    let mut f = fixture();
+async fn hub_down_opens_one_incident_that_resolves_with_its_alert<B: IncidentBackend>()
+-> anyhow::Result<()> {
+    let mut f = fixture::<B>()?;
     assert_eq!(f.round(0, &[]), FoldOutcome::default());
     let opened = f.round(1, &[DOWN]);
     assert_eq!((opened.firings, opened.opened), (1, 1));
@@ -184,11 +185,12 @@ fn hub_down_opens_one_incident_that_resolves_with_its_alert() {
     );
     assert!(f.incidents().open_incidents(None).unwrap().is_empty());
     assert_eq!(f.round(8, &[]), FoldOutcome::default());
+    Ok(())
 }
 
-#[test]
-fn only_hub_down_and_paging_slo_and_journey_alerts_open_incidents() {
-    let mut f = fixture();
+async fn only_hub_down_and_paging_slo_and_journey_alerts_open_incidents<B: IncidentBackend>()
+-> anyhow::Result<()> {
+    let mut f = fixture::<B>()?;
     f.round(
         1,
         &[
@@ -205,11 +207,12 @@ fn only_hub_down_and_paging_slo_and_journey_alerts_open_incidents() {
     assert_eq!(hubs, ["d", "e", "f"]);
     assert!(opens_incident("HubDown", "ticket"));
     assert!(!opens_incident("SLOBurnRateFast", "ticket"));
+    Ok(())
 }
 
-#[test]
-fn flaps_within_the_window_are_one_incident_and_after_it_a_new_one() {
-    let mut f = fixture();
+async fn flaps_within_the_window_are_one_incident_and_after_it_a_new_one<B: IncidentBackend>()
+-> anyhow::Result<()> {
+    let mut f = fixture::<B>()?;
     f.round(0, &[DOWN]);
     f.round(5, &[]);
     // Back 20 minutes after resolving (within 30m): the same incident reopens.
@@ -248,13 +251,14 @@ fn flaps_within_the_window_are_one_incident_and_after_it_a_new_one() {
     // Another hub of the member is its own incident even within the window.
     f.round(86, &[DOWN, ("HubDown", "staging", "page")]);
     assert_eq!(f.all().len(), 3);
+    Ok(())
 }
 
-#[test]
-fn flaps_folded_late_in_one_round_follow_the_same_rule() {
+async fn flaps_folded_late_in_one_round_follow_the_same_rule<B: IncidentBackend>()
+-> anyhow::Result<()> {
     // The collector was down (no fold) while the hub flapped twice, the
     // second time after the window: two incidents, resolved at their times.
-    let mut f = fixture();
+    let mut f = fixture::<B>()?;
     for (minute, alerts) in [(0, vec![DOWN]), (5, vec![]), (60, vec![DOWN]), (65, vec![])] {
         f.clock.set(T0 + minute * MINUTE);
         f.source.set(&alerts);
@@ -275,21 +279,25 @@ fn flaps_folded_late_in_one_round_follow_the_same_rule() {
             (T0 + 60 * MINUTE, Some(T0 + 65 * MINUTE))
         ]
     );
+    Ok(())
 }
 
-#[test]
-fn a_restart_does_not_open_a_second_incident_for_the_same_firing() {
-    let mut f = fixture();
+async fn a_restart_does_not_open_a_second_incident_for_the_same_firing<B: IncidentBackend>()
+-> anyhow::Result<()> {
+    let mut f = fixture::<B>()?;
     f.round(1, &[DOWN]);
     assert_eq!(f.all().len(), 1);
     // Restart: a new store handle and a new engine loading the same state.
     let Fixture {
-        dir, clock, source, ..
+        location,
+        clock,
+        source,
+        ..
     } = f;
-    let store = Store::open(&storage(dir.path())).unwrap();
+    let store: Storage = B::open(&location.cfg)?.into();
     let engine = engine(&store, &clock, &source);
     let mut f = Fixture {
-        dir,
+        location,
         store,
         clock,
         source,
@@ -305,11 +313,12 @@ fn a_restart_does_not_open_a_second_incident_for_the_same_firing() {
     assert_eq!(f.states(f.all()[0].id).len(), 1);
     f.round(4, &[]);
     assert_eq!(f.all()[0].state, IncidentState::Resolved);
+    Ok(())
 }
 
-#[test]
-fn operator_updates_keep_their_order_and_an_operator_resolution_stands() {
-    let mut f = fixture();
+async fn operator_updates_keep_their_order_and_an_operator_resolution_stands<B: IncidentBackend>()
+-> anyhow::Result<()> {
+    let mut f = fixture::<B>()?;
     f.round(1, &[DOWN]);
     let id = f.all()[0].id;
     let update = |state, minute: i64, message: &str| NewUpdate {
@@ -366,11 +375,13 @@ fn operator_updates_keep_their_order_and_an_operator_resolution_stands() {
         ]
     );
     assert_eq!(f.all()[0].ended_at_ms, Some(T0 + 5 * MINUTE));
+    Ok(())
 }
 
-#[test]
-fn an_operator_incident_is_joined_by_its_hubs_alert_and_listed_by_range() {
-    let mut f = fixture();
+async fn an_operator_incident_is_joined_by_its_hubs_alert_and_listed_by_range<
+    B: IncidentBackend,
+>() -> anyhow::Result<()> {
+    let mut f = fixture::<B>()?;
     let store = f.incidents();
     let opened = store
         .open(&NewIncident {
@@ -408,11 +419,11 @@ fn an_operator_incident_is_joined_by_its_hubs_alert_and_listed_by_range() {
     assert_eq!(range(11, 20, Some("staging")), 0);
     assert_eq!(range(13, 20, None), 0, "ended before the range");
     assert_eq!(range(-10, 0, None), 0, "started at the range's end");
+    Ok(())
 }
 
-#[test]
-fn history_is_kept_400_days() {
-    let mut f = fixture();
+async fn history_is_kept_400_days<B: IncidentBackend>() -> anyhow::Result<()> {
+    let mut f = fixture::<B>()?;
     f.round(0, &[DOWN]);
     f.round(1, &[]);
     let store = f.incidents();
@@ -430,6 +441,7 @@ fn history_is_kept_400_days() {
             .unwrap(),
         FoldOutcome::default()
     );
+    Ok(())
 }
 
 #[test]
@@ -481,6 +493,64 @@ fn the_merge_rule() {
     );
 }
 
+on_both_backends!(
+    hub_down_opens_one_incident_that_resolves_with_its_alert,
+    only_hub_down_and_paging_slo_and_journey_alerts_open_incidents,
+    flaps_within_the_window_are_one_incident_and_after_it_a_new_one,
+    flaps_folded_late_in_one_round_follow_the_same_rule,
+    a_restart_does_not_open_a_second_incident_for_the_same_firing,
+    operator_updates_keep_their_order_and_an_operator_resolution_stands,
+    an_operator_incident_is_joined_by_its_hubs_alert_and_listed_by_range,
+    history_is_kept_400_days,
+    a_back_dated_update_takes_its_place_in_time,
+    a_firing_inside_a_maintenance_window_opens_no_incident,
+    replicas_folding_at_once_open_one_incident,
+);
+
+/// Every replica runs the fold: at once, they still open one incident per
+/// firing (the folds queue on the advisory lock on PostgreSQL, on the
+/// single writer on SQLite).
+async fn replicas_folding_at_once_open_one_incident<B: IncidentBackend>() -> anyhow::Result<()> {
+    let mut f = fixture::<B>()?;
+    f.clock.set(T0 + MINUTE);
+    f.source.set(&[DOWN, ("HubDown", "staging", "page")]);
+    f.engine.evaluate()?;
+    let replicas: Vec<Arc<dyn StatusIncidentStore>> = (0..4)
+        .map(|_| -> anyhow::Result<_> {
+            let store: Storage = B::open(&f.location.cfg)?.into();
+            Ok(status_incident_store(&store))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let barrier = Arc::new(std::sync::Barrier::new(replicas.len()));
+    let now_ms = f.clock.now_ms();
+    let threads: Vec<_> = replicas
+        .iter()
+        .map(|replica| {
+            let (replica, barrier) = (Arc::clone(replica), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                barrier.wait();
+                replica.fold_alerts(WINDOW, now_ms)
+            })
+        })
+        .collect();
+    let mut opened = 0;
+    for thread in threads {
+        let outcome = thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("fold thread panicked"))??;
+        opened += outcome.opened;
+    }
+    assert_eq!(opened, 2, "each firing opened once, by one replica");
+    let all = f.all();
+    let mut hubs: Vec<&str> = all.iter().map(|i| i.hub.as_str()).collect();
+    hubs.sort_unstable();
+    assert_eq!(hubs, ["prod", "staging"]);
+    for incident in &all {
+        assert_eq!(f.states(incident.id).len(), 1, "{incident:?}");
+    }
+    Ok(())
+}
+
 // ---------- the API ----------
 
 fn config(dir: &std::path::Path) -> CollectorConfig {
@@ -525,12 +595,23 @@ async fn call(
 
 #[test]
 fn the_api_reads_by_member_and_only_the_operator_writes() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let cfg = config(dir.path());
-    let store = Store::open(&cfg.storage)?;
+    the_api_reads_by_member_and_writes_for_the_operator::<Store>()
+}
+
+#[test]
+fn the_api_reads_by_member_and_only_the_operator_writes_on_postgres() -> anyhow::Result<()> {
+    the_api_reads_by_member_and_writes_for_the_operator::<PgStore>()
+}
+
+/// The component built and serving on backend `B`.
+fn the_api_reads_by_member_and_writes_for_the_operator<B: IncidentBackend>() -> anyhow::Result<()> {
+    let location = B::fixture();
+    let mut cfg = config(location.cfg.path.as_path());
+    cfg.storage = location.cfg.clone();
+    let store = B::open(&cfg.storage)?;
     let leap = store.create_token("leap", "leap-agent")?;
     let cryo = store.create_token("cryo", "cryo-agent")?;
-    let incidents = SqliteStatusIncidents::new(store.clone());
+    let incidents = status_incident_store(&store.clone().into());
     let cryo_incident = incidents.open(&NewIncident {
         member: "cryo".to_string(),
         hub: "main".to_string(),
@@ -630,9 +711,20 @@ fn the_api_reads_by_member_and_only_the_operator_writes() -> anyhow::Result<()> 
 
 #[test]
 fn the_cli_opens_updates_resolves_shows_and_lists() -> anyhow::Result<()> {
+    the_cli_opens_updates_resolves_shows_and_lists_on::<Store>()
+}
+
+#[test]
+fn the_cli_opens_updates_resolves_shows_and_lists_on_postgres() -> anyhow::Result<()> {
+    the_cli_opens_updates_resolves_shows_and_lists_on::<PgStore>()
+}
+
+fn the_cli_opens_updates_resolves_shows_and_lists_on<B: IncidentBackend>() -> anyhow::Result<()> {
     use super::cli::{IdArgs, IncidentCommand, run};
     let dir = tempfile::tempdir()?;
-    let cfg = config(dir.path());
+    let location = B::fixture();
+    let mut cfg = config(dir.path());
+    cfg.storage = location.cfg.clone();
     let file = dir.path().join("collector.toml");
     std::fs::write(&file, "")?;
     let load = |_: &std::path::Path| Ok(cfg.clone());
@@ -733,9 +825,8 @@ fn the_cli_opens_updates_resolves_shows_and_lists() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-fn a_back_dated_update_takes_its_place_in_time() {
-    let mut f = fixture();
+async fn a_back_dated_update_takes_its_place_in_time<B: IncidentBackend>() -> anyhow::Result<()> {
+    let mut f = fixture::<B>()?;
     f.round(0, &[DOWN]);
     f.round(30, &[]);
     let store = f.incidents();
@@ -756,11 +847,12 @@ fn a_back_dated_update_takes_its_place_in_time() {
     assert_eq!(incident.ended_at_ms, Some(T0 + 30 * MINUTE));
     let minutes: Vec<i64> = f.states(1).into_iter().map(|(m, _, _)| m).collect();
     assert_eq!(minutes, [0, 10, 30]);
+    Ok(())
 }
 
-#[test]
-fn a_firing_inside_a_maintenance_window_opens_no_incident() {
-    let mut f = fixture();
+async fn a_firing_inside_a_maintenance_window_opens_no_incident<B: IncidentBackend>()
+-> anyhow::Result<()> {
+    let mut f = fixture::<B>()?;
     // The maintenance component labels the hub's alerts during its window.
     f.clock.set(T0 + MINUTE);
     f.source
@@ -774,4 +866,5 @@ fn a_firing_inside_a_maintenance_window_opens_no_incident() {
     let all = f.all();
     assert_eq!(all.len(), 1, "{all:?}");
     assert_eq!(all[0].started_at_ms, T0 + 5 * MINUTE);
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! `hubwatch-collector maintenance add|list|remove`: the API's operations on
-//! the store file directly (an operator on the collector's host). A running
+//! the store directly (an operator on the collector's host; the SQLite file
+//! or the PostgreSQL database `[storage]` names). A running
 //! collector picks the change up within [`super::REFRESH_INTERVAL`].
 
 use std::path::PathBuf;
@@ -8,8 +9,8 @@ use clap::Subcommand;
 use hubwatch_shared::config::CollectorConfig;
 
 use super::api::{AddRequest, window_json};
-use super::{MaintenanceStore, Removal, SqliteMaintenance, WindowError};
-use crate::store::{Store, StoreError};
+use super::{Removal, WindowError, maintenance_store};
+use crate::store::{Storage, StoreError};
 
 /// `maintenance add|list|remove`.
 #[derive(Debug, Subcommand)]
@@ -92,7 +93,7 @@ pub fn run(
     command: MaintenanceCommand,
     now_ms: i64,
 ) -> Result<String, MaintenanceCliError> {
-    let store = SqliteMaintenance::new(Store::open(&cfg.storage)?);
+    let store = maintenance_store(&Storage::open(&cfg.storage)?);
     match command {
         MaintenanceCommand::Add {
             member,

@@ -5,7 +5,7 @@
 //! start so each keeps the time it was first known) and from the API and CLI
 //! (`POST /api/v1/maintenance`, `hubwatch-collector maintenance add`). They
 //! live in the table `maintenance_windows` behind [`MaintenanceStore`]
-//! (`store.rs`), and in memory as a [`Calendar`] that the rest of the
+//! (`store.rs`: SQLite or PostgreSQL, picked by [`maintenance_store`]), and in memory as a [`Calendar`] that the rest of the
 //! collector asks two questions:
 //!
 //! - **Alerts** (`suppress.rs`): is this hub in a window now? Then its alerts
@@ -38,7 +38,7 @@ pub mod suppress;
 #[cfg(test)]
 mod tests;
 
-pub use store::{MaintenanceStore, Removal, SqliteMaintenance};
+pub use store::{MaintenanceStore, PgMaintenance, Removal, SqliteMaintenance, maintenance_store};
 pub use suppress::MaintenanceLabels;
 
 /// The label maintenance adds to a suppressed alert.
@@ -385,15 +385,9 @@ impl crate::component::Component for MaintenanceComponent {
         Result<crate::component::Built, crate::component::ComponentError>,
     > {
         Box::pin(async move {
-            // No PostgreSQL store for this feature yet: refused there, by name.
-            let sqlite = ctx
-                .store
-                .sqlite_only("maintenance")
-                .map_err(|e| crate::component::ComponentError::failed("maintenance", e))?
-                .clone();
             let windows = NewWindow::from_config(&ctx.config)
                 .map_err(|e| crate::component::ComponentError::config("maintenance", e))?;
-            let store: Arc<dyn MaintenanceStore> = Arc::new(SqliteMaintenance::new(sqlite.clone()));
+            let store = maintenance_store(&ctx.store);
             let calendar = Arc::clone(&ctx.maintenance);
             let now_ms = ctx.clock.now_ms();
             {

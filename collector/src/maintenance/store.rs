@@ -1,11 +1,28 @@
 //! The maintenance windows' persistence seam: [`MaintenanceStore`] (domain
-//! types only) and [`SqliteMaintenance`], its implementation on the embedded
-//! store (table `maintenance_windows`; schema in `store/schema.rs`).
+//! types only) and its implementations on the embedded store,
+//! [`SqliteMaintenance`] (table `maintenance_windows`; schema in
+//! `store/schema.rs`), and on PostgreSQL, [`PgMaintenance`] (`pg.rs`; schema
+//! in `store/pg/schema.rs`). [`maintenance_store`] picks the one of a
+//! [`Storage`].
+
+use std::sync::Arc;
 
 use rusqlite::{OptionalExtension, params};
 
 use super::{MaintenanceWindow, NewWindow, Origin, ceil_minute};
-use crate::store::{Store, StoreError};
+use crate::store::{Storage, Store, StoreError};
+
+mod pg;
+
+pub use pg::PgMaintenance;
+
+/// The maintenance store on `store`'s backend.
+pub fn maintenance_store(store: &Storage) -> Arc<dyn MaintenanceStore> {
+    match store {
+        Storage::Sqlite(s) => Arc::new(SqliteMaintenance::new(s.clone())),
+        Storage::Postgres(p) => Arc::new(PgMaintenance::new(p.clone())),
+    }
+}
 
 /// What deleting a window did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,29 +117,63 @@ impl SqliteMaintenance {
 const COLUMNS: &str = "id, member, hubs, start_ms, end_ms, start_local, end_local, timezone, \
                        note, origin, created_ms";
 
-fn row_to_window(row: &rusqlite::Row<'_>) -> rusqlite::Result<MaintenanceWindow> {
-    let hubs: String = row.get(2)?;
-    let origin: String = row.get(9)?;
+/// A `maintenance_windows` row as read, before its hubs list is parsed
+/// (shared by both backends).
+pub(crate) struct WindowRow {
+    pub(crate) id: i64,
+    pub(crate) member: String,
+    pub(crate) hubs: String,
+    pub(crate) start_ms: i64,
+    pub(crate) end_ms: i64,
+    pub(crate) start_local: String,
+    pub(crate) end_local: String,
+    pub(crate) timezone: String,
+    pub(crate) note: String,
+    pub(crate) origin: String,
+    pub(crate) created_ms: i64,
+}
+
+/// The window of `row`. Its hubs were written by us as a JSON list of
+/// strings; anything else read as "every hub" would be wrong, so an
+/// unreadable list is an error (naming the window).
+pub(crate) fn window_from(row: WindowRow) -> Result<MaintenanceWindow, String> {
+    let hubs = serde_json::from_str(&row.hubs)
+        .map_err(|e| format!("maintenance window {}: unreadable hubs list: {e}", row.id))?;
     Ok(MaintenanceWindow {
+        id: row.id,
+        member: row.member,
+        hubs,
+        start_ms: row.start_ms,
+        end_ms: row.end_ms,
+        start_local: row.start_local,
+        end_local: row.end_local,
+        timezone: row.timezone,
+        note: row.note,
+        origin: if row.origin == "config" {
+            Origin::Config
+        } else {
+            Origin::Api
+        },
+        created_ms: row.created_ms,
+    })
+}
+
+fn row_to_window(row: &rusqlite::Row<'_>) -> rusqlite::Result<MaintenanceWindow> {
+    window_from(WindowRow {
         id: row.get(0)?,
         member: row.get(1)?,
-        // Written by us as a JSON list of strings; anything else reads as
-        // "every hub" would be wrong, so an unreadable list is an error.
-        hubs: serde_json::from_str(&hubs).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e))
-        })?,
+        hubs: row.get(2)?,
         start_ms: row.get(3)?,
         end_ms: row.get(4)?,
         start_local: row.get(5)?,
         end_local: row.get(6)?,
         timezone: row.get(7)?,
         note: row.get(8)?,
-        origin: if origin == "config" {
-            Origin::Config
-        } else {
-            Origin::Api
-        },
+        origin: row.get(9)?,
         created_ms: row.get(10)?,
+    })
+    .map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
     })
 }
 

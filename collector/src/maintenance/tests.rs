@@ -15,7 +15,10 @@ use crate::alerts::{AlertSource, AlertSpec, EvaluateError};
 use crate::slo::engine::SloEngine;
 use crate::slo::objectives::{HubObjectives, SloSettings};
 use crate::slo::sli::MinuteCounts;
-use crate::store::Store;
+use crate::store::pg::PgStore;
+use crate::store::tests::backends::{Backend, Fixture};
+use crate::store::tests::on_both_backends;
+use crate::store::{Storage, Store};
 
 const MIN: i64 = 60_000;
 const HOUR: i64 = 60 * MIN;
@@ -49,6 +52,24 @@ fn temp_store() -> (tempfile::TempDir, SqliteMaintenance) {
     cfg.storage.path = dir.path().to_path_buf();
     let store = Store::open(&cfg.storage).expect("store");
     (dir, SqliteMaintenance::new(store))
+}
+
+/// A backend with a maintenance store (the store tests run on both).
+trait MaintenanceBackend: Backend + Into<Storage> {
+    fn maintenance(&self) -> Arc<dyn MaintenanceStore> {
+        maintenance_store(&self.clone().into())
+    }
+}
+
+impl MaintenanceBackend for Store {}
+impl MaintenanceBackend for PgStore {}
+
+/// A fresh store of backend `B` and its maintenance store.
+fn fresh<B: MaintenanceBackend>() -> anyhow::Result<(Fixture, B, Arc<dyn MaintenanceStore>)> {
+    let fx = B::fixture();
+    let store = B::open(&fx.cfg)?;
+    let maintenance = store.maintenance();
+    Ok((fx, store, maintenance))
 }
 
 /// A UTC window of `hubs` of leap over [start, end) Unix ms.
@@ -132,9 +153,9 @@ fn parse_converts_the_time_zone_and_names_the_bad_field() {
     );
 }
 
-#[test]
-fn the_store_keeps_windows_and_answers_the_status_page_questions() {
-    let (_dir, store) = temp_store();
+async fn the_store_keeps_windows_and_answers_the_status_page_questions<B: MaintenanceBackend>()
+-> anyhow::Result<()> {
+    let (_fx, _db, store) = fresh::<B>()?;
     let now = T0;
     let running = store
         .add(&utc_window(&["prod"], T0 - HOUR, T0 + HOUR), now)
@@ -192,11 +213,13 @@ fn the_store_keeps_windows_and_answers_the_status_page_questions() {
     assert_eq!(store.windows(None, T0, T0 + 10 * HOUR).expect("w").len(), 2);
     let stored = &store.all().expect("all")[0];
     assert_eq!(stored, &running, "read back exactly as added");
+    Ok(())
 }
 
-#[test]
-fn removing_deletes_a_future_window_ends_a_running_one_and_keeps_a_finished_one() {
-    let (_dir, store) = temp_store();
+async fn removing_deletes_a_future_window_ends_a_running_one_and_keeps_a_finished_one<
+    B: MaintenanceBackend,
+>() -> anyhow::Result<()> {
+    let (_fx, _db, store) = fresh::<B>()?;
     let future = store
         .add(&utc_window(&["prod"], T0 + HOUR, T0 + 2 * HOUR), T0)
         .expect("add");
@@ -222,11 +245,12 @@ fn removing_deletes_a_future_window_ends_a_running_one_and_keeps_a_finished_one(
         .map(|w| (w.id, w.end_ms))
         .collect();
     assert_eq!(left, [(over.id, T0 - 2 * HOUR), (running.id, T0 + MIN)]);
+    Ok(())
 }
 
-#[test]
-fn config_windows_keep_the_time_they_were_first_known() {
-    let (_dir, store) = temp_store();
+async fn config_windows_keep_the_time_they_were_first_known<B: MaintenanceBackend>()
+-> anyhow::Result<()> {
+    let (_fx, _db, store) = fresh::<B>()?;
     let mut cfg = config();
     cfg.maintenance.push(MaintenanceConfig {
         member: "leap".into(),
@@ -252,7 +276,80 @@ fn config_windows_keep_the_time_they_were_first_known() {
     // Removed from the config before it started: gone.
     store.sync_config(&[], T0 + 21 * HOUR).expect("sync");
     assert!(store.all().expect("all").is_empty());
+    Ok(())
 }
+
+/// Replicas starting at once copy the same `[[maintenance]]`: one window,
+/// no failed start.
+async fn replicas_copying_the_same_config_at_once_store_it_once<B: MaintenanceBackend>()
+-> anyhow::Result<()> {
+    let (fx, _db, _) = fresh::<B>()?;
+    let mut cfg = config();
+    cfg.maintenance.push(MaintenanceConfig {
+        member: "leap".into(),
+        hubs: vec!["prod".into()],
+        start: "2026-01-06T00:00".into(),
+        end: "2026-01-06T02:00".into(),
+        timezone: "UTC".into(),
+        note: "db".into(),
+    });
+    let windows = Arc::new(NewWindow::from_config(&cfg)?);
+    let replicas: Vec<_> = (0..4)
+        .map(|_| -> anyhow::Result<_> { Ok(B::open(&fx.cfg)?.maintenance()) })
+        .collect::<anyhow::Result<_>>()?;
+    let barrier = Arc::new(std::sync::Barrier::new(replicas.len()));
+    let threads: Vec<_> = replicas
+        .iter()
+        .map(|replica| {
+            let (replica, windows, barrier) = (
+                Arc::clone(replica),
+                Arc::clone(&windows),
+                Arc::clone(&barrier),
+            );
+            std::thread::spawn(move || {
+                barrier.wait();
+                replica.sync_config(&windows, T0)
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("sync thread panicked"))??;
+    }
+    let all = replicas[0].all()?;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!((all[0].created_ms, all[0].note.as_str()), (T0, "db"));
+    Ok(())
+}
+
+/// A hubs list the store cannot read is an error naming the window, not
+/// "every hub".
+async fn an_unreadable_hubs_list_is_an_error<B: MaintenanceBackend>() -> anyhow::Result<()> {
+    let (_fx, db, store) = fresh::<B>()?;
+    let added = store.add(&utc_window(&["prod"], T0, T0 + HOUR), T0)?;
+    db.execute(&format!(
+        "UPDATE maintenance_windows SET hubs = 'prod' WHERE id = {}",
+        added.id
+    ))?;
+    let err = store.all().expect_err("unreadable");
+    assert!(
+        err.to_string().contains(&format!(
+            "maintenance window {}: unreadable hubs list",
+            added.id
+        )),
+        "{err}"
+    );
+    Ok(())
+}
+
+on_both_backends!(
+    the_store_keeps_windows_and_answers_the_status_page_questions,
+    removing_deletes_a_future_window_ends_a_running_one_and_keeps_a_finished_one,
+    config_windows_keep_the_time_they_were_first_known,
+    replicas_copying_the_same_config_at_once_store_it_once,
+    an_unreadable_hubs_list_is_an_error,
+);
 
 #[test]
 fn overlapping_windows_each_count_and_announcement_is_per_window() {
@@ -537,7 +634,17 @@ async fn request(
 
 #[test]
 fn the_api_adds_lists_and_removes_windows_for_operators_only() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
+    the_api_adds_lists_and_removes_windows::<Store>()
+}
+
+#[test]
+fn the_api_adds_lists_and_removes_windows_on_postgres() -> anyhow::Result<()> {
+    the_api_adds_lists_and_removes_windows::<PgStore>()
+}
+
+/// The component built and serving on backend `B`.
+fn the_api_adds_lists_and_removes_windows<B: MaintenanceBackend>() -> anyhow::Result<()> {
+    let fx = B::fixture();
     let mut cfg = config();
     cfg.members.push(MemberConfig {
         id: "other".into(),
@@ -547,8 +654,8 @@ fn the_api_adds_lists_and_removes_windows_for_operators_only() -> anyhow::Result
         hubs: Vec::new(),
     });
     cfg.server.listen = "127.0.0.1:0".parse()?;
-    cfg.storage.path = dir.path().to_path_buf();
-    let store = Store::open(&cfg.storage)?;
+    cfg.storage = fx.cfg.clone();
+    let store = B::open(&cfg.storage)?;
     let token = store.create_token("leap", "leap-agent")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -789,4 +896,52 @@ fn the_monthly_report_leaves_out_the_excluded_minutes() {
         (24 * 60, 25 * 60),
         "no windows: every minute"
     );
+}
+
+/// `hubwatch-collector maintenance add|list|remove` on a PostgreSQL store.
+#[test]
+fn the_maintenance_commands_work_on_postgres() -> anyhow::Result<()> {
+    use super::cli::{MaintenanceCommand, run};
+    let fx = PgStore::fixture();
+    let mut cfg = config();
+    cfg.storage = fx.cfg.clone();
+    let file = std::path::PathBuf::from("unused.toml");
+    let added = run(
+        &cfg,
+        MaintenanceCommand::Add {
+            config: file.clone(),
+            member: "leap".into(),
+            hubs: vec!["prod".into()],
+            start: "2026-01-06T00:00".into(),
+            end: "2026-01-06T02:00".into(),
+            timezone: "UTC".into(),
+            note: "db".into(),
+        },
+        T0,
+    )?;
+    let added: serde_json::Value = serde_json::from_str(added.trim())?;
+    let id = added["id"]
+        .as_i64()
+        .ok_or_else(|| anyhow::anyhow!("no id: {added}"))?;
+    // The component's store on the same database sees it.
+    let stored = maintenance_store(&PgStore::open(&fx.cfg)?.into()).all()?;
+    assert_eq!(stored.iter().map(|w| w.id).collect::<Vec<_>>(), [id]);
+    let listed = run(
+        &cfg,
+        MaintenanceCommand::List {
+            config: file.clone(),
+            member: Some("leap".into()),
+        },
+        T0,
+    )?;
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(listed.contains("\"note\":\"db\""), "{listed}");
+    let removed = run(&cfg, MaintenanceCommand::Remove { config: file, id }, T0)?;
+    assert_eq!(removed, format!("removed window {id}\n"));
+    assert!(
+        maintenance_store(&PgStore::open(&fx.cfg)?.into())
+            .all()?
+            .is_empty()
+    );
+    Ok(())
 }

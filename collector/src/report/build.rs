@@ -98,9 +98,7 @@ impl std::fmt::Debug for ReportContext {
 
 impl ReportContext {
     /// Every seam on `store` (either backend), the model and objectives
-    /// from `config`. On PostgreSQL, the seams whose feature has no
-    /// PostgreSQL store yet (usage, status incidents, maintenance) refuse
-    /// it by name ([`StoreError::NotOnPostgres`]).
+    /// from `config`.
     pub fn open(config: &CollectorConfig, store: &Storage) -> Result<Self, ReportError> {
         let model =
             CostModel::from_config(config).map_err(|e| ReportError::Config(e.to_string()))?;
@@ -117,13 +115,9 @@ impl ReportContext {
                 Storage::Sqlite(store) => Arc::new(SqliteAlertStateStore::new(store.clone())),
                 Storage::Postgres(store) => Arc::new(PgAlertStateStore::new(store.clone())),
             },
-            status_incidents: Arc::new(crate::incidents::SqliteStatusIncidents::new(
-                store.sqlite_only("status incidents")?.clone(),
-            )),
+            status_incidents: crate::incidents::store::status_incident_store(store),
             snapshots: snapshot_store(store),
-            maintenance: Arc::new(crate::maintenance::SqliteMaintenance::new(
-                store.sqlite_only("maintenance")?.clone(),
-            )),
+            maintenance: crate::maintenance::store::maintenance_store(store),
         })
     }
 }

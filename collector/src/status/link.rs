@@ -1,15 +1,16 @@
 //! Signed links to a private status page: `?exp=<unix seconds>&sig=<hex>`,
 //! where `sig` is HMAC-SHA256 under the collector's link key over the
 //! member id and the expiry. The key is 32 random bytes made on first use
-//! and kept in the store (`status_link_key`), so `hubwatch-collector
-//! status-link` and the running collector share it and a restart keeps
-//! every link valid; deleting the row revokes every link.
+//! and kept in the store (`status_link_key`, in SQLite or PostgreSQL), so
+//! `hubwatch-collector status-link`, the running collector and its replicas
+//! share it and a restart keeps every link valid; deleting the row revokes
+//! every link.
 
 use hmac::{Hmac, Mac};
 use rusqlite::OptionalExtension;
 use sha2::Sha256;
 
-use crate::store::{Store, StoreError};
+use crate::store::{Storage, StoreError};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -44,21 +45,41 @@ impl LinkKey {
         Self(bytes)
     }
 
-    /// The store's key, made (random) and saved on first use. Blocking.
-    pub fn load_or_create(store: &Store) -> Result<Self, StoreError> {
+    /// The store's key, made (random) and saved on first use, on either
+    /// backend. Replicas starting at once agree: the first insert wins, the
+    /// others read its key. Blocking.
+    pub fn load_or_create(store: &Storage) -> Result<Self, StoreError> {
         let fresh: [u8; 32] = rand::random();
-        let key: Vec<u8> = store.write_with("reading the status link key", |tx| {
-            tx.execute(
-                "INSERT OR IGNORE INTO status_link_key (id, key) VALUES (1, ?1)",
-                [&fresh[..]],
-            )?;
-            let key: Option<Vec<u8>> = tx
-                .query_row("SELECT key FROM status_link_key WHERE id = 1", [], |row| {
-                    row.get(0)
-                })
-                .optional()?;
-            Ok(key.unwrap_or_else(|| fresh.to_vec()))
-        })?;
+        let key: Vec<u8> = match store {
+            Storage::Sqlite(store) => store.write_with("reading the status link key", |tx| {
+                tx.execute(
+                    "INSERT OR IGNORE INTO status_link_key (id, key) VALUES (1, ?1)",
+                    [&fresh[..]],
+                )?;
+                let key: Option<Vec<u8>> = tx
+                    .query_row("SELECT key FROM status_link_key WHERE id = 1", [], |row| {
+                        row.get(0)
+                    })
+                    .optional()?;
+                Ok(key.unwrap_or_else(|| fresh.to_vec()))
+            })?,
+            Storage::Postgres(store) => {
+                store.write_with("reading the status link key", async |tx| {
+                    tx.execute(
+                        "INSERT INTO status_link_key (id, key) VALUES (1, $1)
+                         ON CONFLICT (id) DO NOTHING",
+                        &[&&fresh[..]],
+                    )
+                    .await?;
+                    let key: Option<Vec<u8>> = tx
+                        .query_opt("SELECT key FROM status_link_key WHERE id = 1", &[])
+                        .await?
+                        .map(|row| row.try_get(0))
+                        .transpose()?;
+                    Ok(key.unwrap_or_else(|| fresh.to_vec()))
+                })?
+            }
+        };
         let mut bytes = [0u8; 32];
         if key.len() == bytes.len() {
             bytes.copy_from_slice(&key);

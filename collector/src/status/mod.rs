@@ -16,7 +16,9 @@
 //! never up. They come from a [`accounting::DayLedger`] in memory, re-read by
 //! the `status.refresh` task every `status.refresh_interval`, so a render
 //! never reads the store; the current state is read live from the fleet
-//! board (the alerts component's [`crate::alerts::FleetSource`]).
+//! board (the alerts component's [`crate::alerts::FleetSource`]). The
+//! stores read ([`StatusStores`]: SLI minutes, status incidents; the link
+//! key) are those of the collector's backend, SQLite or PostgreSQL.
 //!
 //! Privacy: a member with `status_page = "private"` needs its own read
 //! token (`Authorization: Bearer`; another member's token is 403) or a
@@ -60,12 +62,12 @@ use crate::alerts::FleetSource;
 use crate::auth::{self, PeerIdentity};
 use crate::clock::SharedClock;
 use crate::component::{BuildContext, Built, Component, ComponentError, Route, Shutdown, Task};
-use crate::incidents::SqliteStatusIncidents;
+use crate::incidents::StatusIncidentStore;
 use crate::maintenance::Calendar;
 use crate::server::{self, AppState, HttpResponse};
 use crate::slo::objectives::{HubObjectives, SloSettings};
-use crate::slo::store::SqliteSli;
-use crate::store::Store;
+use crate::slo::store::SliStore;
+use crate::store::Storage;
 
 pub mod accounting;
 pub mod badge;
@@ -109,33 +111,24 @@ impl Component for StatusComponent {
         ctx: BuildContext,
     ) -> BoxFuture<'static, Result<Built, ComponentError>> {
         Box::pin(async move {
-            // No PostgreSQL store for this feature yet: refused there, by name.
-            let sqlite = ctx
-                .store
-                .sqlite_only("status")
-                .map_err(|e| crate::component::ComponentError::failed("status", e))?
-                .clone();
             let hubs = SloSettings::from_config(&ctx.config)
                 .map_err(|e| ComponentError::config("status", e))?
                 .hubs;
-            let (store, clock, read_hubs) = (sqlite.clone(), ctx.clock.clone(), hubs.clone());
+            let stores = StatusStores::on(&ctx.store);
+            let (read, clock, read_hubs) = (stores.clone(), ctx.clock.clone(), hubs.clone());
+            let storage = ctx.store.clone();
             // The maintenance component (built before this one) has filled it.
             let windows = ctx.maintenance.windows();
             let (ledger, incidents, key) = tokio::task::spawn_blocking(move || {
                 let now_ms = clock.now_ms();
                 let ledger = DayLedger::read_with_maintenance(
-                    &SqliteSli::new(store.clone()),
-                    &read_hubs,
-                    now_ms,
-                    None,
-                    &windows,
+                    &*read.sli, &read_hubs, now_ms, None, &windows,
                 )?;
-                let incidents =
-                    IncidentHistory::read(&SqliteStatusIncidents::new(store.clone()), now_ms)?;
+                let incidents = IncidentHistory::read(&*read.incidents, now_ms)?;
                 Ok::<_, crate::store::StoreError>((
                     ledger,
                     incidents,
-                    LinkKey::load_or_create(&store)?,
+                    LinkKey::load_or_create(&storage)?,
                 ))
             })
             .await
@@ -182,7 +175,7 @@ impl Component for StatusComponent {
                 "status.refresh",
                 refresh_loop(
                     pages,
-                    sqlite.clone(),
+                    stores,
                     hubs,
                     ctx.config.status.refresh_interval,
                     ctx.shutdown.clone(),
@@ -557,11 +550,32 @@ fn page(
     response
 }
 
+/// What the status pages read, on the collector's backend (SQLite or
+/// PostgreSQL): the SLI minutes and the status incidents. (The link key is
+/// read once, at build, by [`LinkKey::load_or_create`].)
+#[derive(Clone)]
+pub struct StatusStores {
+    /// The SLI minutes and hours the ledger sums.
+    pub sli: Arc<dyn SliStore>,
+    /// The status incidents the pages list.
+    pub incidents: Arc<dyn StatusIncidentStore>,
+}
+
+impl StatusStores {
+    /// The stores of `store`'s backend.
+    pub fn on(store: &Storage) -> Self {
+        Self {
+            sli: crate::slo::sli_store(store),
+            incidents: crate::incidents::status_incident_store(store),
+        }
+    }
+}
+
 /// Re-reads the ledger every `interval` (today and yesterday; every
 /// [`FULL_REFRESH_EVERY`]th round all days); a failed read keeps the last.
 async fn refresh_loop(
     pages: Arc<Pages>,
-    store: Store,
+    stores: StatusStores,
     hubs: Vec<HubObjectives>,
     interval: Duration,
     shutdown: Shutdown,
@@ -574,16 +588,10 @@ async fn refresh_loop(
     while ticks.next().await {
         round = round.wrapping_add(1);
         let previous = (!round.is_multiple_of(FULL_REFRESH_EVERY)).then(|| pages.ledger());
-        let (sli, hubs, now_ms) = (store.clone(), hubs.clone(), pages.clock.now_ms());
+        let (sli, hubs, now_ms) = (stores.sli.clone(), hubs.clone(), pages.clock.now_ms());
         let windows = pages.maintenance.windows();
         let read = tokio::task::spawn_blocking(move || {
-            DayLedger::read_with_maintenance(
-                &SqliteSli::new(sli),
-                &hubs,
-                now_ms,
-                previous.as_deref(),
-                &windows,
-            )
+            DayLedger::read_with_maintenance(&*sli, &hubs, now_ms, previous.as_deref(), &windows)
         })
         .await;
         match read {
@@ -593,11 +601,9 @@ async fn refresh_loop(
             }
             Err(e) => tracing::warn!(error = %e, "status: the refresh task failed"),
         }
-        let store = store.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            IncidentHistory::read(&SqliteStatusIncidents::new(store), now_ms)
-        })
-        .await;
+        let incidents = stores.incidents.clone();
+        let read =
+            tokio::task::spawn_blocking(move || IncidentHistory::read(&*incidents, now_ms)).await;
         match read {
             Ok(Ok(incidents)) => pages.set_incidents(incidents),
             Ok(Err(e)) => {

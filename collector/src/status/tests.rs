@@ -20,7 +20,10 @@ use crate::report::slo::{attainment, attainment_with_maintenance};
 use crate::slo::objectives::SloSettings;
 use crate::slo::sli::{MinuteCounts, SliPage};
 use crate::slo::store::{SliStore, SqliteSli};
-use crate::store::Store;
+use crate::store::pg::PgStore;
+use crate::store::tests::backends::Backend;
+use crate::store::tests::on_both_backends;
+use crate::store::{Storage, Store};
 
 const MIN: i64 = 60_000;
 /// 2026-11-30T00:00:00Z.
@@ -69,7 +72,7 @@ fn bad() -> MinuteCounts {
 /// Known minutes of both hubs: yesterday 1000 good and 20 bad (420 without
 /// data), today 300 good then 5 bad; 40 days ago 10 bad; a minute with only
 /// spawn counts (no probe: no data) today.
-fn seed(store: &Store) -> anyhow::Result<()> {
+fn seed(store: &(impl Into<Storage> + Clone)) -> anyhow::Result<()> {
     let mut minutes = BTreeMap::new();
     let yesterday = (MIDNIGHT - DAY_MS) / MIN;
     let today = MIDNIGHT / MIN;
@@ -98,7 +101,7 @@ fn seed(store: &Store) -> anyhow::Result<()> {
             },
         );
     }
-    SqliteSli::new(store.clone()).commit(
+    crate::slo::sli_store(&store.clone().into()).commit(
         &SliPage {
             minutes,
             ..SliPage::default()
@@ -412,16 +415,100 @@ fn signed_links_are_bound_to_member_and_expiry() {
     ));
 }
 
-#[test]
-fn the_link_key_is_made_once_and_kept() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let cfg = config(dir.path());
-    let store = Store::open(&cfg.storage)?;
+/// A backend the status tests run on (`on_both_backends!`).
+trait StatusBackend: Backend + Into<Storage> {}
+impl StatusBackend for Store {}
+impl StatusBackend for PgStore {}
+
+async fn the_link_key_is_made_once_and_kept<B: StatusBackend>() -> anyhow::Result<()> {
+    let fx = B::fixture();
+    let store: Storage = B::open(&fx.cfg)?.into();
     let first = LinkKey::load_or_create(&store)?;
     let again = LinkKey::load_or_create(&store)?;
     assert_eq!(first.query("leap", 1), again.query("leap", 1));
+    // Another process on the same store (the CLI, a replica) has the same key.
+    let other: Storage = B::open(&fx.cfg)?.into();
+    assert_eq!(
+        LinkKey::load_or_create(&other)?.query("leap", 1),
+        first.query("leap", 1)
+    );
     Ok(())
 }
+
+/// Replicas starting at once on an empty store agree on one key.
+async fn replicas_making_the_link_key_at_once_agree<B: StatusBackend>() -> anyhow::Result<()> {
+    let fx = B::fixture();
+    let replicas: Vec<Storage> = (0..4)
+        .map(|_| -> anyhow::Result<Storage> { Ok(B::open(&fx.cfg)?.into()) })
+        .collect::<anyhow::Result<_>>()?;
+    let barrier = Arc::new(std::sync::Barrier::new(replicas.len()));
+    let threads: Vec<_> = replicas
+        .into_iter()
+        .map(|replica| {
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                barrier.wait();
+                LinkKey::load_or_create(&replica).map(|key| key.query("leap", 1))
+            })
+        })
+        .collect();
+    let mut links = Vec::new();
+    for thread in threads {
+        links.push(
+            thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("link key thread panicked"))??,
+        );
+    }
+    links.dedup();
+    assert_eq!(links.len(), 1, "{links:?}");
+    Ok(())
+}
+
+/// The ledger the pages show, read from each backend's SLI store: the same
+/// figures (yesterday 1000 up, 20 down; today 300 up, 5 down).
+async fn the_ledger_reads_the_same_minutes_on_either_backend<B: StatusBackend>()
+-> anyhow::Result<()> {
+    let fx = B::fixture();
+    let store: Storage = B::open(&fx.cfg)?.into();
+    seed(&store)?;
+    let dir = tempfile::tempdir()?;
+    let cfg = config(dir.path());
+    let hubs = SloSettings::from_config(&cfg)?.hubs;
+    let stores = super::StatusStores::on(&store);
+    let ledger = DayLedger::read(&*stores.sli, &hubs, NOW, None)?;
+    let cryo = ledger
+        .hubs
+        .iter()
+        .find(|h| h.member == "cryo")
+        .ok_or_else(|| anyhow::anyhow!("no cryo hub"))?;
+    assert_eq!(
+        cryo.days[DAYS - 2],
+        Minutes {
+            good: 1000,
+            total: 1020
+        }
+    );
+    assert_eq!(
+        cryo.days[DAYS - 1],
+        Minutes {
+            good: 300,
+            total: 305
+        }
+    );
+    let ids = seed_incidents(&store)?;
+    let history = IncidentHistory::read(&*stores.incidents, NOW)?;
+    let mut read: Vec<i64> = history.entries.iter().map(|e| e.incident.id).collect();
+    read.sort_unstable();
+    assert_eq!(read, ids);
+    Ok(())
+}
+
+on_both_backends!(
+    the_link_key_is_made_once_and_kept,
+    replicas_making_the_link_key_at_once_agree,
+    the_ledger_reads_the_same_minutes_on_either_backend,
+);
 
 #[test]
 fn the_member_page_has_one_tab_stop_per_strip_and_a_named_day_each() -> anyhow::Result<()> {
@@ -493,15 +580,28 @@ async fn get(
 
 #[tokio::test]
 async fn private_pages_need_their_members_token_or_a_signed_link() -> anyhow::Result<()> {
+    private_pages_need_a_token_or_a_signed_link::<Store>().await
+}
+
+/// The status component built and serving from a PostgreSQL store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_pages_need_their_members_token_or_a_signed_link_on_postgres() -> anyhow::Result<()>
+{
+    private_pages_need_a_token_or_a_signed_link::<PgStore>().await
+}
+
+async fn private_pages_need_a_token_or_a_signed_link<B: StatusBackend>() -> anyhow::Result<()> {
+    let fx = B::fixture();
     let dir = tempfile::tempdir()?;
     let mut cfg = config(dir.path());
+    cfg.storage = fx.cfg.clone();
     cfg.server.listen = "127.0.0.1:0".parse()?;
-    let store = Store::open(&cfg.storage)?;
+    let store = B::open(&cfg.storage)?;
     seed(&store)?;
     let leap_token = store.create_token("leap", "leap-agent")?;
     let cryo_token = store.create_token("cryo", "cryo-agent")?;
     let [_, open, _] = seed_incidents(&store)?;
-    let key = LinkKey::load_or_create(&store)?;
+    let key = LinkKey::load_or_create(&store.clone().into())?;
     let clock: SharedClock = Arc::new(ManualClock::new(NOW));
     let mut components = crate::server::http_components();
     components.push(Box::new(super::StatusComponent));
@@ -1002,17 +1102,15 @@ async fn a_window_added_through_the_api_shows_on_the_pages() -> anyhow::Result<(
 // ---------- incidents and feeds ----------
 
 fn incident(
-    store: &Store,
+    store: &(impl Into<Storage> + Clone),
     member: &str,
     hub: &str,
     title: &str,
     at_ms: i64,
     resolved_at_ms: Option<i64>,
 ) -> anyhow::Result<i64> {
-    use crate::incidents::{
-        IncidentState, NewIncident, NewUpdate, SqliteStatusIncidents, StatusIncidentStore,
-    };
-    let incidents = SqliteStatusIncidents::new(store.clone());
+    use crate::incidents::{IncidentState, NewIncident, NewUpdate, status_incident_store};
+    let incidents = status_incident_store(&store.clone().into());
     let opened = incidents.open(&NewIncident {
         member: member.into(),
         hub: hub.into(),
@@ -1040,7 +1138,7 @@ fn incident(
 
 /// Yesterday 08:00–09:00 a resolved incident of cryo/main; an open one
 /// since today 09:00; an open one of private leap/prod.
-fn seed_incidents(store: &Store) -> anyhow::Result<[i64; 3]> {
+fn seed_incidents(store: &(impl Into<Storage> + Clone)) -> anyhow::Result<[i64; 3]> {
     let yesterday = MIDNIGHT - DAY_MS;
     Ok([
         incident(
@@ -1418,5 +1516,25 @@ fn the_atom_feeds_carry_maintenance_windows_scheduled_running_and_ended() -> any
         .unwrap_or_default();
     assert_eq!(listed, [2]);
     assert!(json["members"][0].get("feed_windows").is_none());
+    Ok(())
+}
+
+/// `hubwatch-collector status-link` on a PostgreSQL store signs with the
+/// key the collector's pages verify with.
+#[test]
+fn the_status_link_command_works_on_postgres() -> anyhow::Result<()> {
+    let fx = PgStore::fixture();
+    let dir = tempfile::tempdir()?;
+    let mut cfg = config(dir.path());
+    cfg.storage = fx.cfg.clone();
+    let args = crate::cli::StatusLinkArgs {
+        config: dir.path().join("unused.toml"),
+        member: "leap".into(),
+        ttl: "1h".into(),
+    };
+    let link = crate::cli::status_link(&cfg, &args, NOW)?;
+    let key = LinkKey::load_or_create(&PgStore::open(&fx.cfg)?.into())?;
+    let exp = NOW / 1000 + 3600;
+    assert!(link.contains(&key.query("leap", exp)), "{link}");
     Ok(())
 }

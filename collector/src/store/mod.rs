@@ -116,16 +116,6 @@ pub enum StoreError {
         /// What was wrong.
         detail: String,
     },
-    /// A feature whose store has no PostgreSQL implementation yet was
-    /// asked to run on `backend = "postgres"`.
-    #[error(
-        "storage.backend = \"postgres\": the {feature} feature has no PostgreSQL store yet; \
-         use backend = \"sqlite\""
-    )]
-    NotOnPostgres {
-        /// The feature.
-        feature: &'static str,
-    },
     /// The writer thread is gone (the store is shutting down, or the thread died).
     #[error("store {path}: the writer thread has stopped; batches cannot be stored")]
     Closed {

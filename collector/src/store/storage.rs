@@ -57,15 +57,6 @@ impl Storage {
         }
     }
 
-    /// The SQLite store, for a feature whose store has no PostgreSQL
-    /// implementation yet; on PostgreSQL an error naming the feature.
-    pub fn sqlite_only(&self, feature: &'static str) -> Result<&Store, StoreError> {
-        match self {
-            Self::Sqlite(store) => Ok(store),
-            Self::Postgres(_) => Err(StoreError::NotOnPostgres { feature }),
-        }
-    }
-
     /// Whether several collectors may share this store (PostgreSQL).
     pub fn is_shared(&self) -> bool {
         matches!(self, Self::Postgres(_))

@@ -10,7 +10,9 @@
 //! up. Every outcome is counted (`hubwatch_collector_status_webhook_*`).
 //! The events come from the incident updates table, so incidents opened by
 //! the alert fold, the API or the `incident` CLI (another process) all
-//! notify. Secrets are read once at build and never logged.
+//! notify. Secrets are read once at build and never logged. On PostgreSQL
+//! every replica runs the task over the one outbox; each event is queued
+//! once and sent by one replica at a time (`outbox/pg.rs`).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -23,7 +25,7 @@ use hubwatch_shared::config::{CollectorConfig, WebhookConfig};
 use crate::alerts::http_client::{self, Endpoint, Request};
 use crate::clock::{SharedClock, duration_ms};
 use crate::component::{BuildContext, Built, Component, ComponentError, Shutdown, Task};
-use crate::store::Store;
+use crate::store::Storage;
 use crate::telemetry::CollectorMetrics;
 
 pub mod outbox;
@@ -161,7 +163,18 @@ impl Default for Settings {
     }
 }
 
+/// Deliveries sent per round, at most.
+const DUE_PER_ROUND: i64 = 64;
+
 impl Settings {
+    /// How long a round's claimed deliveries stay its own on PostgreSQL
+    /// (`outbox::due`): every one of them timing out, plus a poll.
+    pub fn lease_ms(&self) -> i64 {
+        duration_ms(self.timeout)
+            .saturating_mul(DUE_PER_ROUND)
+            .saturating_add(duration_ms(self.poll))
+    }
+
     /// The delay after failed attempt number `attempts` (1-based): the
     /// doubled base, capped, times a random factor in [0.5, 1] so many
     /// collectors' retries do not arrive together.
@@ -205,7 +218,7 @@ impl Outcome {
 
 /// Queues and sends the webhook events.
 pub struct Deliverer {
-    store: Store,
+    store: Storage,
     subscribers: Vec<Subscriber>,
     settings: Settings,
     clock: SharedClock,
@@ -224,7 +237,7 @@ impl std::fmt::Debug for Deliverer {
 impl Deliverer {
     /// A deliverer for `subscribers` (TLS: the webpki roots).
     pub fn new(
-        store: Store,
+        store: Storage,
         subscribers: Vec<Subscriber>,
         settings: Settings,
         clock: SharedClock,
@@ -246,7 +259,7 @@ impl Deliverer {
         let due = tokio::task::spawn_blocking(move || {
             let routes: Vec<_> = this.subscribers.iter().map(Subscriber::route).collect();
             outbox::enqueue(&this.store, &routes, now_ms)?;
-            outbox::due(&this.store, now_ms, 64)
+            outbox::due(&this.store, now_ms, DUE_PER_ROUND, this.settings.lease_ms())
         })
         .await;
         let due = match due {
@@ -405,12 +418,6 @@ impl Component for WebhooksComponent {
         ctx: BuildContext,
     ) -> BoxFuture<'static, Result<Built, ComponentError>> {
         Box::pin(async move {
-            // No PostgreSQL store for this feature yet: refused there, by name.
-            let sqlite = ctx
-                .store
-                .sqlite_only("status.webhooks")
-                .map_err(|e| crate::component::ComponentError::failed("status.webhooks", e))?
-                .clone();
             let subscribers = ctx
                 .config
                 .status
@@ -423,7 +430,7 @@ impl Component for WebhooksComponent {
             // Without subscribers the task still runs: it moves the cursor,
             // so configuring one later does not replay old updates.
             let deliverer = Deliverer::new(
-                sqlite.clone(),
+                ctx.store.clone(),
                 subscribers,
                 Settings::default(),
                 ctx.clock.clone(),

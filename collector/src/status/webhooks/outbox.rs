@@ -1,14 +1,20 @@
-//! The webhook outbox on the collector's SQLite store (tables
+//! The webhook outbox on the collector's store (tables
 //! `status_webhook_cursor` and `status_webhook_outbox`): incident updates
 //! become one row per (event, subscriber) in the same transaction that
 //! moves the cursor past them, and a row goes only once it was delivered
 //! or given up, so a restart neither loses nor repeats an event's turn.
+//!
+//! Each function takes the collector's [`Storage`] and runs on its backend:
+//! SQLite here, PostgreSQL in `outbox/pg.rs`, where every replica runs the
+//! webhooks task (see that module for how they share the outbox).
 
 use rusqlite::{OptionalExtension, params};
 use serde_json::json;
 
 use crate::clock::rfc3339;
-use crate::store::{Store, StoreError};
+use crate::store::{Storage, Store, StoreError};
+
+mod pg;
 
 /// An incident was opened (its first update).
 pub const OPENED: &str = "incident.opened";
@@ -50,6 +56,17 @@ pub struct Delivery {
     pub attempts: u32,
 }
 
+/// Which event an update is: the incident's first update opens it.
+fn event_of(first: bool, state: &str) -> &'static str {
+    if first {
+        OPENED
+    } else if state == "resolved" {
+        RESOLVED
+    } else {
+        UPDATED
+    }
+}
+
 /// The event JSON of one incident update.
 fn event_body(
     event: &str,
@@ -81,7 +98,62 @@ fn event_body(
 /// Turns the incident updates written since the cursor into outbox rows
 /// for every subscriber in `routes` that wants their member, and moves the
 /// cursor past them; one transaction. Returns the rows added.
-pub fn enqueue(store: &Store, routes: &[Route], now_ms: i64) -> Result<usize, StoreError> {
+pub fn enqueue(store: &Storage, routes: &[Route], now_ms: i64) -> Result<usize, StoreError> {
+    match store {
+        Storage::Sqlite(store) => sqlite_enqueue(store, routes, now_ms),
+        Storage::Postgres(store) => pg::enqueue(store, routes, now_ms),
+    }
+}
+
+/// The deliveries due at `now_ms`: per subscriber only its oldest row (so
+/// one subscriber gets its events in order), when its time has come, at
+/// most `limit`. On PostgreSQL the rows returned are claimed for `lease_ms`
+/// (no other replica sends them meanwhile; see `outbox/pg.rs`); SQLite has
+/// one collector and ignores it.
+pub fn due(
+    store: &Storage,
+    now_ms: i64,
+    limit: i64,
+    lease_ms: i64,
+) -> Result<Vec<Delivery>, StoreError> {
+    match store {
+        Storage::Sqlite(store) => sqlite_due(store, now_ms, limit),
+        Storage::Postgres(store) => pg::due(store, now_ms, limit, lease_ms),
+    }
+}
+
+/// Removes delivery `id` (delivered, or given up).
+pub fn remove(store: &Storage, id: i64) -> Result<(), StoreError> {
+    match store {
+        Storage::Sqlite(store) => sqlite_remove(store, id),
+        Storage::Postgres(store) => pg::remove(store, id),
+    }
+}
+
+/// Records a failed attempt of `id`: tried again at `next_ms`.
+pub fn retry_at(
+    store: &Storage,
+    id: i64,
+    attempts: u32,
+    next_ms: i64,
+    error: &str,
+) -> Result<(), StoreError> {
+    match store {
+        Storage::Sqlite(store) => sqlite_retry_at(store, id, attempts, next_ms, error),
+        Storage::Postgres(store) => pg::retry_at(store, id, attempts, next_ms, error),
+    }
+}
+
+/// Deliveries waiting.
+pub fn pending(store: &Storage) -> Result<i64, StoreError> {
+    match store {
+        Storage::Sqlite(store) => sqlite_pending(store),
+        Storage::Postgres(store) => pg::pending(store),
+    }
+}
+
+/// [`enqueue`] on SQLite.
+fn sqlite_enqueue(store: &Store, routes: &[Route], now_ms: i64) -> Result<usize, StoreError> {
     // Most rounds find nothing new: check with a read first, so they do
     // not take the store's write lock every second.
     let new = store.read_with("checking for status webhook events", |conn| {
@@ -139,13 +211,7 @@ pub fn enqueue(store: &Store, routes: &[Route], now_ms: i64) -> Result<usize, St
             &rows
         {
             last = *update_id;
-            let event = if *first {
-                OPENED
-            } else if state == "resolved" {
-                RESOLVED
-            } else {
-                UPDATED
-            };
+            let event = event_of(*first, state);
             let body = event_body(
                 event,
                 *update_id,
@@ -172,9 +238,8 @@ pub fn enqueue(store: &Store, routes: &[Route], now_ms: i64) -> Result<usize, St
     })
 }
 
-/// The deliveries due at `now_ms`: per subscriber only its oldest row (so
-/// one subscriber gets its events in order), when its time has come.
-pub fn due(store: &Store, now_ms: i64, limit: i64) -> Result<Vec<Delivery>, StoreError> {
+/// [`due`] on SQLite.
+fn sqlite_due(store: &Store, now_ms: i64, limit: i64) -> Result<Vec<Delivery>, StoreError> {
     store.read_with("reading due status webhook deliveries", |conn| {
         let mut statement = conn.prepare_cached(
             "SELECT o.id, o.url, o.event, o.body, o.attempts FROM status_webhook_outbox o
@@ -197,16 +262,16 @@ pub fn due(store: &Store, now_ms: i64, limit: i64) -> Result<Vec<Delivery>, Stor
     })
 }
 
-/// Removes delivery `id` (delivered, or given up).
-pub fn remove(store: &Store, id: i64) -> Result<(), StoreError> {
+/// [`remove`] on SQLite.
+fn sqlite_remove(store: &Store, id: i64) -> Result<(), StoreError> {
     store.write_with("removing a status webhook delivery", |tx| {
         tx.execute("DELETE FROM status_webhook_outbox WHERE id = ?1", [id])
             .map(|_| ())
     })
 }
 
-/// Records a failed attempt of `id`: tried again at `next_ms`.
-pub fn retry_at(
+/// [`retry_at`] on SQLite.
+fn sqlite_retry_at(
     store: &Store,
     id: i64,
     attempts: u32,
@@ -223,8 +288,8 @@ pub fn retry_at(
     })
 }
 
-/// Deliveries waiting.
-pub fn pending(store: &Store) -> Result<i64, StoreError> {
+/// [`pending`] on SQLite.
+fn sqlite_pending(store: &Store) -> Result<i64, StoreError> {
     store.read_with("counting status webhook deliveries", |conn| {
         conn.query_row("SELECT COUNT(*) FROM status_webhook_outbox", [], |r| {
             r.get(0)

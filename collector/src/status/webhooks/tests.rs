@@ -10,17 +10,17 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Response};
 use http_body_util::{BodyExt, Full};
-use hubwatch_shared::config::StorageConfig;
 use hyper_util::rt::TokioIo;
 
 use super::signature::{self, VerifyError, sign, verify};
 use super::{Deliverer, Settings, Subscriber, outbox};
 use crate::clock::{SharedClock, SystemClock, system_now_ms};
 use crate::component::ShutdownTrigger;
-use crate::incidents::{
-    IncidentState, NewIncident, NewUpdate, SqliteStatusIncidents, StatusIncidentStore,
-};
-use crate::store::Store;
+use crate::incidents::{IncidentState, NewIncident, NewUpdate, status_incident_store};
+use crate::store::pg::PgStore;
+use crate::store::tests::backends::Backend;
+use crate::store::tests::on_both_backends;
+use crate::store::{Storage, Store};
 use crate::telemetry::CollectorMetrics;
 
 const SECRET: &[u8] = b"s3cret-of-the-subscriber";
@@ -86,6 +86,14 @@ type Received = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
 async fn receiver(
     script: Arc<Mutex<VecDeque<u16>>>,
 ) -> anyhow::Result<(std::net::SocketAddr, Received)> {
+    slow_receiver(script, Duration::ZERO).await
+}
+
+/// [`receiver`] answering each POST only after `delay`.
+async fn slow_receiver(
+    script: Arc<Mutex<VecDeque<u16>>>,
+    delay: Duration,
+) -> anyhow::Result<(std::net::SocketAddr, Received)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let received: Received = Arc::default();
@@ -105,6 +113,7 @@ async fn receiver(
                                 .map(|b| b.to_bytes())
                                 .unwrap_or_default();
                             crate::sync::lock(&got).push((parts.headers, body));
+                            tokio::time::sleep(delay).await;
                             let status = crate::sync::lock(&script).pop_front().unwrap_or(200);
                             let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
                             *response.status_mut() =
@@ -132,8 +141,13 @@ fn fast() -> Settings {
     }
 }
 
+/// A backend the outbox tests run on (`on_both_backends!`).
+trait OutboxBackend: Backend + Into<Storage> {}
+impl OutboxBackend for Store {}
+impl OutboxBackend for PgStore {}
+
 fn start(
-    store: &Store,
+    store: &Storage,
     addr: std::net::SocketAddr,
     settings: Settings,
 ) -> anyhow::Result<(
@@ -161,8 +175,8 @@ fn start(
     Ok((trigger, task, metrics))
 }
 
-fn open_incident(store: &Store, member: &str) -> anyhow::Result<i64> {
-    let opened = SqliteStatusIncidents::new(store.clone()).open(&NewIncident {
+fn open_incident(store: &Storage, member: &str) -> anyhow::Result<i64> {
+    let opened = status_incident_store(store).open(&NewIncident {
         member: member.into(),
         hub: "main".into(),
         title: "Logins fail".into(),
@@ -193,13 +207,10 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
         .unwrap_or_default()
 }
 
-#[tokio::test]
-async fn five_hundred_twice_then_200_is_three_signed_posts_and_no_more() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let store = Store::open(&StorageConfig {
-        path: dir.path().join("store"),
-        ..StorageConfig::default()
-    })?;
+async fn five_hundred_twice_then_200_is_three_signed_posts_and_no_more<B: OutboxBackend>()
+-> anyhow::Result<()> {
+    let fx = B::fixture();
+    let store: Storage = B::open(&fx.cfg)?.into();
     let (addr, received) = receiver(Arc::new(Mutex::new(VecDeque::from([500, 500])))).await?;
     let (trigger, task, metrics) = start(&store, addr, fast())?;
     let id = open_incident(&store, "cryo")?;
@@ -255,14 +266,10 @@ async fn five_hundred_twice_then_200_is_three_signed_posts_and_no_more() -> anyh
     Ok(())
 }
 
-#[tokio::test]
-async fn a_restart_mid_retry_still_delivers_and_events_follow_the_incident() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let storage = StorageConfig {
-        path: dir.path().join("store"),
-        ..StorageConfig::default()
-    };
-    let store = Store::open(&storage)?;
+async fn a_restart_mid_retry_still_delivers_and_events_follow_the_incident<B: OutboxBackend>()
+-> anyhow::Result<()> {
+    let fx = B::fixture();
+    let store: Storage = B::open(&fx.cfg)?.into();
     let script = Arc::new(Mutex::new(VecDeque::from([500; 100])));
     let (addr, received) = receiver(Arc::clone(&script)).await?;
     // Long backoff: the first deliverer fails once and is stopped while waiting.
@@ -284,7 +291,8 @@ async fn a_restart_mid_retry_still_delivers_and_events_follow_the_incident() -> 
 
     // "Restart": the store reopened from disk, the receiver healthy again.
     crate::sync::lock(&script).clear();
-    let store = Store::open(&storage)?;
+    let reopened = B::open(&fx.cfg)?;
+    let store: Storage = reopened.clone().into();
     assert_eq!(
         outbox::pending(&store)?,
         1,
@@ -292,12 +300,10 @@ async fn a_restart_mid_retry_still_delivers_and_events_follow_the_incident() -> 
     );
     // The kept row still waits out its hour of backoff; make it due now so
     // the test need not wait (the restart itself keeps the row as it was).
-    store.write_with("test: due now", |tx| {
-        tx.execute("UPDATE status_webhook_outbox SET next_attempt_ms = 0", [])
-    })?;
+    reopened.execute("UPDATE status_webhook_outbox SET next_attempt_ms = 0")?;
     let (trigger, task, _) = start(&store, addr, fast())?;
     until("the retry", || crate::sync::lock(&received).len() >= 2).await?;
-    let incidents = SqliteStatusIncidents::new(store.clone());
+    let incidents = status_incident_store(&store);
     for state in [IncidentState::Identified, IncidentState::Resolved] {
         incidents.add_update(
             id,
@@ -327,6 +333,117 @@ async fn a_restart_mid_retry_still_delivers_and_events_follow_the_incident() -> 
     assert_eq!(outbox::pending(&store)?, 0);
     trigger.trigger();
     task.await?;
+    Ok(())
+}
+
+/// The outbox itself: each update queued once per subscriber that wants
+/// its member, the cursor moved past it, and per subscriber only its oldest
+/// row due; a retried row waits, a removed one is gone.
+async fn the_outbox_queues_each_update_once_in_order_per_subscriber<B: OutboxBackend>()
+-> anyhow::Result<()> {
+    let fx = B::fixture();
+    let store: Storage = B::open(&fx.cfg)?.into();
+    let routes = [
+        outbox::Route {
+            url: "http://a.example/hook".into(),
+            members: vec!["cryo".into()],
+        },
+        outbox::Route {
+            url: "http://b.example/hook".into(),
+            members: Vec::new(),
+        },
+    ];
+    let now = system_now_ms();
+    assert_eq!(outbox::enqueue(&store, &routes, now)?, 0);
+    let cryo = open_incident(&store, "cryo")?;
+    open_incident(&store, "leap")?;
+    status_incident_store(&store).add_update(
+        cryo,
+        &NewUpdate {
+            state: IncidentState::Resolved,
+            message: "fixed".into(),
+            at_ms: now,
+            author: "ops".into(),
+        },
+    )?;
+    // cryo opened, leap opened, cryo resolved: a gets 2, b gets 3.
+    assert_eq!(outbox::enqueue(&store, &routes, now)?, 5);
+    assert_eq!(outbox::enqueue(&store, &routes, now)?, 0, "queued once");
+    assert_eq!(outbox::pending(&store)?, 5);
+    let due = outbox::due(&store, now, 64, 60_000)?;
+    let heads: Vec<(&str, &str)> = due
+        .iter()
+        .map(|d| (d.url.as_str(), d.event.as_str()))
+        .collect();
+    assert_eq!(
+        heads,
+        [
+            ("http://a.example/hook", outbox::OPENED),
+            ("http://b.example/hook", outbox::OPENED)
+        ],
+        "only each subscriber's oldest"
+    );
+    let (a, b) = (&due[0], &due[1]);
+    assert_eq!(a.attempts, 0);
+    let body: serde_json::Value = serde_json::from_str(&a.body)?;
+    assert_eq!(body["incident"]["id"], cryo);
+    // a failed: retried later, and its later rows wait behind it.
+    outbox::retry_at(&store, a.id, 1, now + 3_600_000, "answered 500")?;
+    outbox::remove(&store, b.id)?;
+    let due = outbox::due(&store, now + 1, 64, 60_000)?;
+    assert_eq!(due.len(), 1, "{due:?}");
+    assert_eq!(due[0].url, "http://b.example/hook");
+    assert_eq!(due[0].event, outbox::OPENED);
+    let later = outbox::due(&store, now + 3_600_000, 64, 60_000)?;
+    let a_again = later
+        .iter()
+        .find(|d| d.url == "http://a.example/hook")
+        .ok_or_else(|| anyhow::anyhow!("a's row is due again: {later:?}"))?;
+    assert_eq!((a_again.id, a_again.attempts), (a.id, 1));
+    Ok(())
+}
+
+on_both_backends!(
+    five_hundred_twice_then_200_is_three_signed_posts_and_no_more,
+    a_restart_mid_retry_still_delivers_and_events_follow_the_incident,
+    the_outbox_queues_each_update_once_in_order_per_subscriber,
+);
+
+/// Two replicas on one PostgreSQL database, each running the webhooks
+/// task: every event is POSTed once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_postgres_send_each_event_once() -> anyhow::Result<()> {
+    let fx = PgStore::fixture();
+    let replica_a: Storage = PgStore::open(&fx.cfg)?.into();
+    let replica_b: Storage = PgStore::open(&fx.cfg)?.into();
+    // Each answer takes several polls: the other replica's rounds run while
+    // a delivery is in flight.
+    let (addr, received) = slow_receiver(
+        Arc::new(Mutex::new(VecDeque::new())),
+        Duration::from_millis(200),
+    )
+    .await?;
+    let (trigger_a, task_a, _) = start(&replica_a, addr, fast())?;
+    let (trigger_b, task_b, _) = start(&replica_b, addr, fast())?;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(open_incident(&replica_a, "cryo")?);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    until("three POSTs", || crate::sync::lock(&received).len() >= 3).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let incidents: Vec<serde_json::Value> = crate::sync::lock(&received)
+        .iter()
+        .map(|(_, body)| serde_json::from_slice::<serde_json::Value>(body))
+        .collect::<Result<_, _>>()?;
+    let got: Vec<&serde_json::Value> = incidents.iter().map(|e| &e["incident"]["id"]).collect();
+    let want: Vec<serde_json::Value> = ids.iter().map(|id| (*id).into()).collect();
+    assert_eq!(got, want.iter().collect::<Vec<_>>(), "each once, in order");
+    assert_eq!(outbox::pending(&replica_b)?, 0);
+    trigger_a.trigger();
+    trigger_b.trigger();
+    task_a.await?;
+    task_b.await?;
     Ok(())
 }
 

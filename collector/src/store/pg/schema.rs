@@ -392,6 +392,89 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER report_snapshots_frozen BEFORE UPDATE ON report_snapshots
         FOR EACH ROW EXECUTE FUNCTION report_snapshots_frozen();
     ",
+    // 7: status pages, status incidents, maintenance windows and status
+    // webhooks (SQLite's status_link_key, status incidents, maintenance and
+    // status webhooks migrations), as `status::link::LinkKey`,
+    // `incidents::PgStatusIncidents`, `maintenance::PgMaintenance` and
+    // `status::webhooks::outbox` (its `pg.rs`) write them.
+    "
+    -- The collector's secret that signs private status pages' links.
+    CREATE TABLE status_link_key (
+        id  BIGINT PRIMARY KEY CHECK (id = 1),
+        key BYTEA  NOT NULL
+    );
+
+    -- One status incident per hub outage; state is the latest update's.
+    CREATE TABLE status_incidents (
+        id                     BIGSERIAL PRIMARY KEY,
+        member                 TEXT   NOT NULL,
+        hub                    TEXT   NOT NULL,
+        title                  TEXT   NOT NULL,
+        state                  TEXT   NOT NULL,
+        started_at_ms          BIGINT NOT NULL,
+        ended_at_ms            BIGINT,
+        last_alert_resolved_ms BIGINT,
+        opened_by              TEXT   NOT NULL  -- 'alert' or 'operator'
+    );
+    CREATE INDEX status_incidents_by_hub ON status_incidents (member, hub, started_at_ms);
+    CREATE INDEX status_incidents_by_start ON status_incidents (started_at_ms);
+    CREATE TABLE status_incident_updates (
+        id          BIGSERIAL PRIMARY KEY,
+        incident_id BIGINT NOT NULL,
+        at_ms       BIGINT NOT NULL,
+        state       TEXT   NOT NULL,
+        message     TEXT   NOT NULL,
+        author      TEXT   NOT NULL  -- 'hubwatch' for automatic updates
+    );
+    CREATE INDEX status_incident_updates_by_incident
+        ON status_incident_updates (incident_id, id);
+    -- Each alert firing folded into an incident, once.
+    CREATE TABLE status_incident_alerts (
+        fingerprint    TEXT   NOT NULL,
+        starts_at_ms   BIGINT NOT NULL,
+        incident_id    BIGINT NOT NULL,
+        alertname      TEXT   NOT NULL,
+        resolved_at_ms BIGINT,
+        PRIMARY KEY (fingerprint, starts_at_ms)
+    );
+    CREATE INDEX status_incident_alerts_by_incident ON status_incident_alerts (incident_id);
+
+    CREATE TABLE maintenance_windows (
+        id          BIGSERIAL PRIMARY KEY,
+        member      TEXT   NOT NULL,
+        hubs        TEXT   NOT NULL,  -- JSON list of hub names; [] = every hub of the member
+        start_ms    BIGINT NOT NULL,
+        end_ms      BIGINT NOT NULL,
+        start_local TEXT   NOT NULL,
+        end_local   TEXT   NOT NULL,
+        timezone    TEXT   NOT NULL,
+        note        TEXT   NOT NULL,
+        origin      TEXT   NOT NULL,  -- 'config' | 'api'
+        config_key  TEXT UNIQUE,
+        created_ms  BIGINT NOT NULL
+    );
+    CREATE INDEX maintenance_windows_by_member ON maintenance_windows (member, start_ms);
+
+    -- How far incident updates have been turned into webhook events (the
+    -- table is new here, so the cursor starts at 0), and each delivery owed.
+    CREATE TABLE status_webhook_cursor (
+        id             BIGINT PRIMARY KEY CHECK (id = 1),
+        last_update_id BIGINT NOT NULL
+    );
+    INSERT INTO status_webhook_cursor (id, last_update_id)
+        SELECT 1, COALESCE(MAX(id), 0) FROM status_incident_updates;
+    CREATE TABLE status_webhook_outbox (
+        id              BIGSERIAL PRIMARY KEY,
+        url             TEXT   NOT NULL,
+        event           TEXT   NOT NULL,
+        body            TEXT   NOT NULL,
+        created_ms      BIGINT NOT NULL,
+        attempts        BIGINT NOT NULL DEFAULT 0,
+        next_attempt_ms BIGINT NOT NULL,
+        last_error      TEXT
+    );
+    CREATE INDEX status_webhook_outbox_by_url ON status_webhook_outbox (url, id);
+    ",
 ];
 
 /// The schema version this build writes.
