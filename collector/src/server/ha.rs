@@ -14,15 +14,18 @@
 //! acknowledged and thrown away, so up to `ha_failover_timeout` (plus an
 //! interval) of data is lost when the elected replica dies; in exchange the
 //! centre never stores the pair's data twice and never has to merge two
-//! streams. The state lives in memory only: after a collector restart the
-//! first replica to send is elected again (with collector replicas, each
-//! elects on its own; both replicas of a pair send to the same collector
-//! while it is healthy, so they agree in practice).
+//! streams. On SQLite the state lives in memory: after a collector restart
+//! the first replica to send is elected again. With collector replicas on
+//! PostgreSQL the election is in the database (`store/pg/ha.rs`, one
+//! statement per batch), so the pair's agents agree whichever collector
+//! each sends to; the memory here then only mirrors it for the gauges and
+//! `/api/v1/agents`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use crate::clock::SharedClock;
+use crate::store::pg::PgStore;
 use crate::telemetry::CollectorMetrics;
 
 /// What to do with one batch of an HA replica.
@@ -52,6 +55,8 @@ pub struct HaTracker {
     clock: SharedClock,
     metrics: CollectorMetrics,
     elections: Mutex<HashMap<(String, String), Election>>,
+    /// Collector replicas: where the elections are decided.
+    shared: Option<PgStore>,
 }
 
 impl std::fmt::Debug for HaTracker {
@@ -75,7 +80,86 @@ impl HaTracker {
             clock,
             metrics,
             elections: Mutex::new(HashMap::new()),
+            shared: None,
         }
+    }
+
+    /// Elections decided in `store`'s database, shared by every collector
+    /// replica on it ([`PgStore::ha_admit`]).
+    pub fn shared_in(mut self, store: PgStore) -> Self {
+        self.shared = Some(store);
+        self
+    }
+
+    /// The database deciding the elections, with collector replicas.
+    pub fn shared_store(&self) -> Option<&PgStore> {
+        self.shared.as_ref()
+    }
+
+    /// `server.ha_failover_timeout`, in ms.
+    pub fn timeout_ms(&self) -> i64 {
+        self.timeout_ms
+    }
+
+    /// Now, by the tracker's clock (Unix ms).
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// What to do with a batch of `replica` when the shared database says
+    /// `elected` is the pair's elected agent after it; mirrors the decision
+    /// in memory (gauges, `/api/v1/agents`) and counts a failover this
+    /// collector made or a standby batch.
+    pub fn record_elected(
+        &self,
+        member: &str,
+        cluster: &str,
+        replica: &str,
+        elected: &str,
+    ) -> Admission {
+        let now = self.clock.now_ms();
+        let mut elections = self.elections.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (member.to_string(), cluster.to_string());
+        let election = elections.entry(key).or_insert_with(|| Election {
+            elected: elected.to_string(),
+            last_seen_ms: now,
+            replicas: BTreeSet::new(),
+        });
+        let new_replica = election.replicas.insert(replica.to_string());
+        let changed = election.elected != elected;
+        if changed {
+            if elected == replica {
+                tracing::warn!(
+                    member,
+                    cluster,
+                    from = %election.elected,
+                    to = replica,
+                    "HA pair failover: {replica} elected (the other replica sent nothing for \
+                     server.ha_failover_timeout)"
+                );
+                self.metrics
+                    .ha_failovers
+                    .with_label_values(&[member, cluster])
+                    .inc();
+            }
+            election.elected = elected.to_string();
+        }
+        let admission = if elected == replica {
+            election.last_seen_ms = now;
+            Admission::Store
+        } else {
+            self.metrics
+                .ha_dropped
+                .with_label_values(&[member, cluster, replica])
+                .inc();
+            Admission::Standby {
+                elected: elected.to_string(),
+            }
+        };
+        if changed || new_replica {
+            self.set_gauges(member, cluster, election);
+        }
+        admission
     }
 
     /// Decides for one batch of `replica` (an agent) of `cluster` of `member`.
@@ -257,5 +341,73 @@ mod tests {
             Admission::Standby { .. }
         ));
         assert_eq!(ha.admit("leap", "prod", "a"), Admission::Store);
+    }
+
+    /// Two collectors on one PostgreSQL database, each with its own
+    /// tracker: the pair's agents send to different collectors, and still
+    /// only one is elected; a failover needs the elected agent's silence,
+    /// whichever collector saw it.
+    #[test]
+    fn collector_replicas_share_one_election_per_pair() {
+        let url = crate::store::pg::test_server::database();
+        let cfg = hubwatch_shared::config::StorageConfig {
+            backend: hubwatch_shared::config::StorageBackend::Postgres,
+            url: Some(url),
+            ..Default::default()
+        };
+        let store = PgStore::open(&cfg).unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let tracker = |metrics: &CollectorMetrics| {
+            HaTracker::new(Duration::from_secs(30), clock.clone(), metrics.clone())
+                .shared_in(store.clone())
+        };
+        let (m1, m2) = (CollectorMetrics::new(), CollectorMetrics::new());
+        let (first, second) = (tracker(&m1), tracker(&m2));
+        let admit = |ha: &HaTracker, replica: &str| {
+            let elected = ha
+                .shared_store()
+                .unwrap()
+                .ha_admit("leap", "prod", replica, ha.now_ms(), ha.timeout_ms())
+                .unwrap();
+            ha.record_elected("leap", "prod", replica, &elected)
+        };
+        // Agent a sends to the first collector, agent b to the second: the
+        // second has never seen a, yet b is the standby.
+        assert_eq!(admit(&first, "a"), Admission::Store);
+        clock.advance(5_000);
+        assert_eq!(
+            admit(&second, "b"),
+            Admission::Standby {
+                elected: "a".into()
+            }
+        );
+        assert_eq!(second.is_elected("leap", "prod", "b"), Some(false));
+        assert_eq!(dropped(&m2, "b"), 1);
+        // a keeps sending (through the first collector): b stays standby.
+        clock.advance(20_000);
+        assert_eq!(admit(&first, "a"), Admission::Store);
+        clock.advance(20_000);
+        assert!(matches!(admit(&second, "b"), Admission::Standby { .. }));
+        // a falls silent for the timeout: b is elected through the second
+        // collector, which counts the failover; a is then the standby,
+        // whichever collector it comes back to.
+        clock.advance(30_000);
+        assert_eq!(admit(&second, "b"), Admission::Store);
+        assert_eq!(
+            m2.ha_failovers.with_label_values(&["leap", "prod"]).get(),
+            1
+        );
+        assert_eq!(elected_gauge(&m2, "b"), 1);
+        assert_eq!(
+            admit(&first, "a"),
+            Admission::Standby {
+                elected: "b".into()
+            }
+        );
+        assert_eq!(elected_gauge(&m1, "a"), 0);
+        assert_eq!(
+            m1.ha_failovers.with_label_values(&["leap", "prod"]).get(),
+            0
+        );
     }
 }

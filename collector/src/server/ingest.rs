@@ -146,12 +146,42 @@ async fn handle_request(
 
     let seq = batch.seq;
     let records = batch.records as u64;
-    if let Some(cluster) = &credential.ha_cluster
-        && let Admission::Standby { elected } =
-            state
-                .ha
-                .admit(&credential.member, cluster, &credential.agent)
-    {
+    let admission = match (&credential.ha_cluster, state.ha.shared_store()) {
+        (None, _) => Admission::Store,
+        (Some(cluster), None) => state
+            .ha
+            .admit(&credential.member, cluster, &credential.agent),
+        (Some(cluster), Some(store)) => {
+            // Replicas on PostgreSQL: the database decides, so the pair's
+            // agents agree whichever collector each sends to.
+            let (store, member, agent, cluster_name) = (
+                store.clone(),
+                credential.member.clone(),
+                credential.agent.clone(),
+                cluster.clone(),
+            );
+            let (now_ms, timeout_ms) = (state.ha.now_ms(), state.ha.timeout_ms());
+            let decided = tokio::task::spawn_blocking(move || {
+                store.ha_admit(&member, &cluster_name, &agent, now_ms, timeout_ms)
+            })
+            .await;
+            match decided {
+                Ok(Ok(elected)) => state.ha.record_elected(
+                    &credential.member,
+                    cluster,
+                    &credential.agent,
+                    &elected,
+                ),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "HA election failed; answering 503");
+                    return unavailable(format!("electing the HA pair's replica: {e}"));
+                }
+                Err(e) => return unavailable(format!("electing the HA pair's replica: {e}")),
+            }
+        }
+    };
+    if let Admission::Standby { elected } = admission {
+        let cluster = credential.ha_cluster.as_deref().unwrap_or_default();
         // Acknowledged as Mimir does (so the standby's spool moves on) but
         // not stored: the elected replica's batches carry the pair's data.
         // "duplicate" is what every agent already takes as "acknowledged,

@@ -240,6 +240,10 @@ impl Collector {
             clock.clone(),
             metrics.clone(),
         );
+        let ha = match &store {
+            Storage::Postgres(pg) => ha.shared_in(pg.clone()),
+            Storage::Sqlite(_) => ha,
+        };
         let lease = match &store {
             Storage::Postgres(pg) => Some(leader::PgLease::new(
                 pg.clone(),

@@ -381,3 +381,51 @@ async fn postgres_restarted_under_ingest_loses_no_acknowledged_batch_and_serves_
     running.shutdown().await;
     drop(server);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_ha_agent_pair_split_across_collector_replicas_is_stored_once() {
+    let url = crate::store::pg::test_server::database();
+    let cfg = hubwatch_shared::config::StorageConfig {
+        backend: StorageBackend::Postgres,
+        url: Some(url.clone()),
+        ..Default::default()
+    };
+    let admin = crate::store::pg::PgStore::open(&cfg).unwrap();
+    let token_a = admin
+        .create_token_in_cluster("leap", "leap-a", Some("prod"))
+        .unwrap();
+    let token_b = admin
+        .create_token_in_cluster("leap", "leap-b", Some("prod"))
+        .unwrap();
+    let first = replica("a", &url, "http://a.example:9470").await;
+    let second = replica("b", &url, "http://b.example:9470").await;
+    let client = |replica: &Replica| Client {
+        addr: replica.addr,
+        tls: None,
+        proto: Proto::H1,
+    };
+    // The pair's agents send to different collectors.
+    let reply = client(&first)
+        .ingest(Some(&token_a), frame("leap-a", "leap", 1024, 3))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let reply = client(&second)
+        .ingest(Some(&token_b), frame("leap-b", "leap", 1024, 3))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let body = String::from_utf8_lossy(&reply.body).to_string();
+    assert!(
+        body.contains("\"standby\"") && body.contains("\"leap-a\""),
+        "the second collector knows leap-a is elected: {body}"
+    );
+    let agents = tokio::task::spawn_blocking(move || admin.agents(Some("leap")))
+        .await
+        .unwrap()
+        .unwrap();
+    let stored: Vec<(String, u64)> = agents.into_iter().map(|r| (r.agent, r.batches)).collect();
+    assert_eq!(
+        stored,
+        vec![("leap-a".to_string(), 1)],
+        "only the elected agent's batch"
+    );
+}

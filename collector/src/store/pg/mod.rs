@@ -40,6 +40,7 @@
 //! Reads use [`PgStore::read_with`].
 
 pub mod connect;
+mod ha;
 mod lease;
 pub mod schema;
 mod writer;

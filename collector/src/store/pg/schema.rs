@@ -475,6 +475,17 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX status_webhook_outbox_by_url ON status_webhook_outbox (url, id);
     ",
+    // 8: HA agent pairs' elections, shared by collector replicas
+    // (`store/pg/ha.rs`; in memory on SQLite).
+    "
+    CREATE TABLE ha_elections (
+        member       TEXT   NOT NULL,
+        cluster      TEXT   NOT NULL,
+        elected      TEXT   NOT NULL,
+        last_seen_ms BIGINT NOT NULL,
+        PRIMARY KEY (member, cluster)
+    );
+    ",
 ];
 
 /// The schema version this build writes.
