@@ -250,23 +250,11 @@ impl UsageStore for SqliteUsage {
 
     fn hub_hours(&self, filter: &HourFilter) -> Result<Vec<HubHour>, StoreError> {
         self.store.read_with("reading usage coverage", |conn| {
-            let mut out = hub_hours_in(conn, filter)?;
-            // A rolled-up month's observed time moved to its rollup.
-            let rolled = super::rollup::read(conn, filter)?;
-            out.extend(
-                rolled
-                    .hub_hours
-                    .into_iter()
-                    .filter(|h| h.observed_ms > 0)
-                    .map(|h| HubHour {
-                        member: h.member,
-                        hub: h.hub,
-                        hour: h.hour,
-                        observed_ms: h.observed_ms,
-                    }),
-            );
-            out.sort_by(|x, y| (&x.member, &x.hub, x.hour).cmp(&(&y.member, &y.hub, y.hour)));
-            Ok(out)
+            let live = hub_hours_in(conn, filter)?;
+            Ok(with_rolled_hub_hours(
+                live,
+                super::rollup::read(conn, filter)?,
+            ))
         })
     }
 
@@ -573,6 +561,29 @@ pub(super) fn server_hours_in(
             quantities,
         })
         .collect())
+}
+
+/// Live hub-hours plus the observed time of rolled-up months (it moved to
+/// the rollup), in (member, hub, hour) order: [`UsageStore::hub_hours`] on
+/// either backend.
+pub(super) fn with_rolled_hub_hours(
+    mut out: Vec<HubHour>,
+    rolled: super::rollup::RolledUp,
+) -> Vec<HubHour> {
+    out.extend(
+        rolled
+            .hub_hours
+            .into_iter()
+            .filter(|h| h.observed_ms > 0)
+            .map(|h| HubHour {
+                member: h.member,
+                hub: h.hub,
+                hour: h.hour,
+                observed_ms: h.observed_ms,
+            }),
+    );
+    out.sort_by(|x, y| (&x.member, &x.hub, x.hour).cmp(&(&y.member, &y.hub, y.hour)));
+    out
 }
 
 /// [`UsageStore::bounded_server_hours`] on `conn`, rolled-up months left out.

@@ -77,23 +77,9 @@ impl UsageStore for PgUsage {
         self.store
             .read_with("reading usage coverage", async |client| {
                 let client = &*client;
-                let mut out = hub_hours_in(client, filter).await?;
-                // A rolled-up month's observed time moved to its rollup.
+                let live = hub_hours_in(client, filter).await?;
                 let rolled = rollup::pg::read(client, filter).await?;
-                out.extend(
-                    rolled
-                        .hub_hours
-                        .into_iter()
-                        .filter(|h| h.observed_ms > 0)
-                        .map(|h| HubHour {
-                            member: h.member,
-                            hub: h.hub,
-                            hour: h.hour,
-                            observed_ms: h.observed_ms,
-                        }),
-                );
-                out.sort_by(|x, y| (&x.member, &x.hub, x.hour).cmp(&(&y.member, &y.hub, y.hour)));
-                Ok(out)
+                Ok(super::with_rolled_hub_hours(live, rolled))
             })
     }
 
