@@ -374,3 +374,53 @@ pub fn collector_alerts(http: &Http) -> anyhow::Result<Vec<serde_json::Value>> {
         .cloned()
         .ok_or_else(|| anyhow!("no alerts array in {body}"))
 }
+
+/// Posts one batch to `collector` as agent `vm-agent` of `leap`: the hub
+/// `vm`'s health, up or down (a hub without `public_url`, so the agent's
+/// view alone decides `HubDown`). Retried until answered 200: a new token
+/// is known to the collector within `token_refresh` (2 s).
+pub fn post_hub_health(collector: &crate::Collector, token: &str, seq: u64, ok: bool) {
+    use hubwatch_shared::wire::{Batch, CheckKind, HealthCheck, PROTOCOL_VERSION, Record};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let batch = Batch {
+        agent_id: "vm-agent".into(),
+        member: "leap".into(),
+        seq,
+        created_ms: now,
+        dropped_records: 0,
+        agent_version: format!("tests-{PROTOCOL_VERSION}"),
+        records: vec![Record::Health(HealthCheck {
+            target: "http://127.0.0.1:8000/hub/health".into(),
+            hub: Some("vm".into()),
+            kind: CheckKind::HubHealth,
+            ok,
+            status: ok.then_some(200),
+            latency_us: 1500,
+            failure: None,
+            error: (!ok).then(|| "connect to 127.0.0.1:8000: connection refused".into()),
+            cert_expiry_days: None,
+            timestamp_ms: now,
+        })],
+    };
+    let frame = hubwatch_shared::codec::encode(&batch).expect("encode");
+    eventually("batch accepted", Duration::from_secs(10), || {
+        let reply = collector.post_batch(Some(token), &frame)?;
+        ensure!(
+            reply.status == 200,
+            "ingest: {} {}",
+            reply.status,
+            reply.body
+        );
+        Ok(())
+    });
+}
+
+/// An RFC 3339 time (a JSON string) as an instant, whatever its fractional
+/// digits: the webhook and the API render one instant differently.
+pub fn instant(value: &serde_json::Value) -> time::OffsetDateTime {
+    let text = value.as_str().expect("a time string");
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("{text:?} is not RFC 3339: {e}"))
+}

@@ -11,58 +11,15 @@
 //! hub and the real agent.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::ensure;
-use hubwatch_shared::wire::{Batch, CheckKind, HealthCheck, PROTOCOL_VERSION, Record};
-use hubwatch_tests::alertmanager::{collector_alerting_toml, collector_alerts};
+use hubwatch_tests::alertmanager::{
+    collector_alerting_toml, collector_alerts, instant, post_hub_health,
+};
 use hubwatch_tests::{
     Alertmanager, Collector, CollectorOptions, MemberSpec, Webhook, eventually, free_port,
 };
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// Posts one batch as agent `vm-agent` of `leap`: the hub `vm`'s health.
-fn post_health(collector: &Collector, token: &str, seq: u64, ok: bool) {
-    let now = now_ms();
-    let batch = Batch {
-        agent_id: "vm-agent".into(),
-        member: "leap".into(),
-        seq,
-        created_ms: now,
-        dropped_records: 0,
-        agent_version: format!("tests-{PROTOCOL_VERSION}"),
-        records: vec![Record::Health(HealthCheck {
-            target: "http://127.0.0.1:8000/hub/health".into(),
-            hub: Some("vm".into()),
-            kind: CheckKind::HubHealth,
-            ok,
-            status: ok.then_some(200),
-            latency_us: 1500,
-            failure: None,
-            error: (!ok).then(|| "connect to 127.0.0.1:8000: connection refused".into()),
-            cert_expiry_days: None,
-            timestamp_ms: now,
-        })],
-    };
-    let frame = hubwatch_shared::codec::encode(&batch).expect("encode");
-    // A new token is known to the server within `token_refresh` (2 s).
-    eventually("batch accepted", Duration::from_secs(10), || {
-        let reply = collector.post_batch(Some(token), &frame)?;
-        ensure!(
-            reply.status == 200,
-            "ingest: {} {}",
-            reply.status,
-            reply.body
-        );
-        Ok(())
-    });
-}
 
 fn labels(alert: &serde_json::Value) -> BTreeMap<String, String> {
     serde_json::from_value(alert["labels"].clone()).expect("labels")
@@ -102,7 +59,7 @@ fn alerts_reach_alertmanager_survive_a_collector_restart_and_resolve() {
     // (a) The hub fails: HubDown reaches Alertmanager with exactly the
     // INTERFACES labels.
     let failed_at = Instant::now();
-    post_health(&collector, &token, 1, false);
+    post_hub_health(&collector, &token, 1, false);
     let want = map(&[
         ("alertname", "HubDown"),
         ("member", "leap"),
@@ -218,7 +175,7 @@ fn alerts_reach_alertmanager_survive_a_collector_restart_and_resolve() {
     assert_eq!(down["starts_at"], our_starts_at);
 
     // (c) The hub answers again: the resolution reaches Alertmanager.
-    post_health(&collector, &token, 2, true);
+    post_hub_health(&collector, &token, 2, true);
     eventually(
         "HubDown resolved in Alertmanager",
         Duration::from_secs(30),
@@ -254,8 +211,4 @@ fn alerts_reach_alertmanager_survive_a_collector_restart_and_resolve() {
 fn instant_str(text: &str) -> time::OffsetDateTime {
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|e| panic!("{text:?} is not RFC 3339: {e}"))
-}
-
-fn instant(value: &serde_json::Value) -> time::OffsetDateTime {
-    instant_str(value.as_str().expect("a time string"))
 }

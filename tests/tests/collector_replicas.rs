@@ -11,58 +11,16 @@
 //! database exactly once.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::ensure;
-use hubwatch_shared::wire::{Batch, CheckKind, HealthCheck, PROTOCOL_VERSION, Record};
-use hubwatch_tests::alertmanager::{collector_alerting_toml, collector_alerts};
+use hubwatch_tests::alertmanager::{
+    collector_alerting_toml, collector_alerts, instant, post_hub_health,
+};
 use hubwatch_tests::{
     Agent, AgentOptions, Alertmanager, Collector, CollectorOptions, MemberSpec, Postgres, Webhook,
     eventually,
 };
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// Posts the hub `vm`'s health as agent `vm-agent` of `leap`.
-fn post_health(collector: &Collector, token: &str, seq: u64, ok: bool) {
-    let now = now_ms();
-    let batch = Batch {
-        agent_id: "vm-agent".into(),
-        member: "leap".into(),
-        seq,
-        created_ms: now,
-        dropped_records: 0,
-        agent_version: format!("tests-{PROTOCOL_VERSION}"),
-        records: vec![Record::Health(HealthCheck {
-            target: "http://127.0.0.1:8000/hub/health".into(),
-            hub: Some("vm".into()),
-            kind: CheckKind::HubHealth,
-            ok,
-            status: ok.then_some(200),
-            latency_us: 1500,
-            failure: None,
-            error: (!ok).then(|| "connect to 127.0.0.1:8000: connection refused".into()),
-            cert_expiry_days: None,
-            timestamp_ms: now,
-        })],
-    };
-    let frame = hubwatch_shared::codec::encode(&batch).expect("encode");
-    eventually("batch accepted", Duration::from_secs(10), || {
-        let reply = collector.post_batch(Some(token), &frame)?;
-        ensure!(
-            reply.status == 200,
-            "ingest: {} {}",
-            reply.status,
-            reply.body
-        );
-        Ok(())
-    });
-}
 
 fn leader_gauge(collector: &Collector) -> anyhow::Result<f64> {
     collector
@@ -82,12 +40,6 @@ fn sends(collector: &Collector, am_url: &str) -> f64 {
             )
         })
         .unwrap_or(0.0)
-}
-
-fn instant(value: &serde_json::Value) -> time::OffsetDateTime {
-    let text = value.as_str().expect("a time string");
-    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|e| panic!("{text:?} is not RFC 3339: {e}"))
 }
 
 #[test]
@@ -132,7 +84,7 @@ fn a_killed_leader_is_replaced_without_a_second_page_and_nothing_is_lost() {
 
     // The hub fails; the batch goes to the follower (every replica
     // ingests) and the leader derives and pages.
-    post_health(&second, &vm_token, 1, false);
+    post_hub_health(&second, &vm_token, 1, false);
     let alert = eventually("HubDown in Alertmanager", Duration::from_secs(30), || {
         am.one_alert(&[("alertname", "HubDown")])
     });
@@ -200,7 +152,7 @@ fn a_killed_leader_is_replaced_without_a_second_page_and_nothing_is_lost() {
     assert_eq!(held["starts_at"], our_starts_at);
 
     // The hub answers again: the resolution arrives, from the new leader.
-    post_health(&second, &vm_token, 2, true);
+    post_hub_health(&second, &vm_token, 2, true);
     eventually("a resolved notification", Duration::from_secs(30), || {
         let n = webhook.of("HubDown", "resolved");
         ensure!(n.len() == 1, "{} resolved notifications", n.len());
