@@ -377,21 +377,17 @@ pub fn collector_alerts(http: &Http) -> anyhow::Result<Vec<serde_json::Value>> {
 
 /// Posts one batch to `collector` as agent `vm-agent` of `leap`: the hub
 /// `vm`'s health, up or down (a hub without `public_url`, so the agent's
-/// view alone decides `HubDown`). Retried until answered 200: a new token
-/// is known to the collector within `token_refresh` (2 s).
+/// view alone decides `HubDown`). Down is sent as the agent sends it: the
+/// failed check and its failed re-check a second later (the collector
+/// counts a failure only when confirmed). Retried until answered 200: a new
+/// token is known to the collector within `token_refresh` (2 s).
 pub fn post_hub_health(collector: &crate::Collector, token: &str, seq: u64, ok: bool) {
     use hubwatch_shared::wire::{Batch, CheckKind, HealthCheck, PROTOCOL_VERSION, Record};
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
-    let batch = Batch {
-        agent_id: "vm-agent".into(),
-        member: "leap".into(),
-        seq,
-        created_ms: now,
-        dropped_records: 0,
-        agent_version: format!("tests-{PROTOCOL_VERSION}"),
-        records: vec![Record::Health(HealthCheck {
+    let check = |at: i64| {
+        Record::Health(HealthCheck {
             target: "http://127.0.0.1:8000/hub/health".into(),
             hub: Some("vm".into()),
             kind: CheckKind::HubHealth,
@@ -401,8 +397,22 @@ pub fn post_hub_health(collector: &crate::Collector, token: &str, seq: u64, ok: 
             failure: None,
             error: (!ok).then(|| "connect to 127.0.0.1:8000: connection refused".into()),
             cert_expiry_days: None,
-            timestamp_ms: now,
-        })],
+            timestamp_ms: at,
+        })
+    };
+    let records = if ok {
+        vec![check(now)]
+    } else {
+        vec![check(now - 1_000), check(now)]
+    };
+    let batch = Batch {
+        agent_id: "vm-agent".into(),
+        member: "leap".into(),
+        seq,
+        created_ms: now,
+        dropped_records: 0,
+        agent_version: format!("tests-{PROTOCOL_VERSION}"),
+        records,
     };
     let frame = hubwatch_shared::codec::encode(&batch).expect("encode");
     eventually("batch accepted", Duration::from_secs(10), || {

@@ -26,12 +26,14 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Posts one batch as agent `leap-agent`: every hub in `hubs` failing.
+/// Posts one batch as agent `leap-agent`: every hub in `hubs` failing, a
+/// check and its re-check a second later, as the agent sends a hub down.
 fn post_down(collector: &Collector, token: &str, seq: u64, hubs: &[&str]) {
     let now = now_ms();
     let records = hubs
         .iter()
-        .map(|hub| {
+        .flat_map(|hub| [(hub, now - 1_000), (hub, now)])
+        .map(|(hub, at)| {
             Record::Health(HealthCheck {
                 target: format!("http://127.0.0.1:8000/{hub}/hub/health"),
                 hub: Some((*hub).into()),
@@ -42,7 +44,7 @@ fn post_down(collector: &Collector, token: &str, seq: u64, hubs: &[&str]) {
                 failure: None,
                 error: Some("connect to 127.0.0.1:8000: connection refused".into()),
                 cert_expiry_days: None,
-                timestamp_ms: now,
+                timestamp_ms: at,
             })
         })
         .collect();

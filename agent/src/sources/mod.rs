@@ -161,5 +161,24 @@ pub fn source_failure(
 
 pub use crate::clock::now_ms;
 
+/// How long after a failed hub check (`/hub/health`, a probe) the source
+/// tries again. Both results go in the batch: the collector counts a hub
+/// failure only when the same check failed twice running, so a single lost
+/// probe never pages, and a real outage is confirmed within the collection
+/// that saw it, not one interval later.
+pub const REPROBE_DELAY: Duration = Duration::from_secs(1);
+
+/// Whether a re-probe after [`REPROBE_DELAY`] still fits before `deadline`
+/// with room for a quick answer (a hub that is down answers at once:
+/// connection refused, or its proxy's 503).
+pub fn reprobe_fits(deadline: Instant) -> bool {
+    Instant::now() + REPROBE_DELAY + Duration::from_millis(500) <= deadline
+}
+
+/// A re-probe's timestamp: now, but strictly after the first result's.
+pub fn reprobe_ms(first_ms: i64) -> i64 {
+    now_ms().max(first_ms.saturating_add(1))
+}
+
 #[cfg(test)]
 mod tests;

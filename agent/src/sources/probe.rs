@@ -159,9 +159,26 @@ impl Source for ProbeSource {
 }
 
 /// Probes one target: its health record, and its certificate expiry sample
-/// when the handshake got that far.
+/// when the handshake got that far. A failure is probed again after
+/// [`super::REPROBE_DELAY`] (when the target's timeout leaves room) and both
+/// results are returned.
 pub async fn probe(target: &ProbeTarget) -> Vec<Record> {
-    let timestamp_ms = now_ms();
+    let deadline = std::time::Instant::now() + target.options.timeout;
+    let mut records = probe_once(target, now_ms()).await;
+    let failed_at = match records.first() {
+        Some(Record::Health(check)) if !check.ok => Some(check.timestamp_ms),
+        _ => None,
+    };
+    if let Some(first_ms) = failed_at
+        && super::reprobe_fits(deadline)
+    {
+        tokio::time::sleep(super::REPROBE_DELAY).await;
+        records.extend(probe_once(target, super::reprobe_ms(first_ms)).await);
+    }
+    records
+}
+
+async fn probe_once(target: &ProbeTarget, timestamp_ms: i64) -> Vec<Record> {
     let result = fetch::get(&target.target, &HeaderMap::new(), &target.options).await;
     let (status, ok, failure, error, latency, cert_expiry_days) = match result {
         Ok(response) if (200..300).contains(&response.status) => (

@@ -16,11 +16,23 @@
 //! writes the hub-level series from ([`exposition`]) and what
 //! `GET /api/v1/hubs` lists ([`api`]).
 //!
+//! **Paging fast without paging on one failed probe.** A failure counts
+//! only once confirmed ([`CheckView::confirmed_failing`]): the same check
+//! failed twice running. The agent re-probes at once when a hub check fails
+//! and sends both results without waiting for its next interval; the
+//! collector's outside prober does the same. When the stage folds in a
+//! confirmed inside failure of a hub with a `public_url`, it asks the prober
+//! to probe that hub now ([`FleetSignals`]), and any change of a hub's
+//! confirmed state from either side wakes the evaluation loop, so the page
+//! goes out within a second or two of the agent's failed check instead of
+//! after the next outside-probe and evaluation ticks.
+//!
 //! **Rules** (thresholds in the constants below; `docs/runbooks.md` explains
 //! each alert):
-//! - `HubDown`: with a `public_url`, the outside probe fails and the inside
-//!   view agrees (its fresh checks all fail) or the agent is silent; without
-//!   one, the agent's fresh inside checks all fail. Severity `page`.
+//! - `HubDown`: with a `public_url`, the outside probe fails (confirmed) and
+//!   the inside view agrees (its fresh checks all fail, one confirmed) or the
+//!   agent is silent; without one, the agent's fresh inside checks all fail,
+//!   one confirmed. Severity `page`.
 //! - Every `page` below is a `ticket` for a tier that does not page
 //!   (`page_on_fast_burn = false`, as the built-in `starter`).
 //! - `AgentSilent` (`ticket`): no batch from the hub's agent for
@@ -44,6 +56,7 @@ use hubwatch_shared::config::CollectorConfig;
 use hubwatch_shared::metrics::AGENT_SPOOL_BYTES as AGENT_SPOOL_BYTES_DEF;
 use hubwatch_shared::wire::{Batch, CheckKind, Record};
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 
 use super::{AlertSource, AlertSpec, EvaluateError, annotations, labels, runbook_url, severity};
 use crate::clock::{SharedClock, duration_ms, rfc3339};
@@ -132,6 +145,16 @@ pub struct CheckView {
 }
 
 impl CheckView {
+    /// Failing, and not for the first time running: the same check failed
+    /// at least twice in a row (the agent and the outside prober re-probe at
+    /// once after a failure). A single failed probe is never confirmed.
+    pub fn confirmed_failing(&self) -> bool {
+        !self.ok
+            && self
+                .failing_since_ms
+                .is_some_and(|since| since < self.at_ms)
+    }
+
     /// Folds a newer result in; an older one (a late backlog) is ignored.
     fn update(view: &mut Option<CheckView>, new: CheckView) {
         match view {
@@ -229,6 +252,63 @@ pub struct HubStatus {
     pub figures: HubFigures,
 }
 
+impl HubStatus {
+    /// The inside view, newest results regardless of age, says down: every
+    /// check fails and one failure is confirmed. What wakes the evaluation
+    /// (the rules themselves also look at freshness).
+    fn inside_down(&self) -> bool {
+        !self.inside.is_empty()
+            && self.inside.values().all(|v| !v.ok)
+            && self.inside.values().any(CheckView::confirmed_failing)
+    }
+
+    /// The outside probe's newest result is a confirmed failure.
+    fn outside_down(&self) -> bool {
+        self.outside
+            .as_ref()
+            .is_some_and(CheckView::confirmed_failing)
+    }
+}
+
+/// How the fleet checks wake the alert tasks ahead of their intervals:
+/// the hubs to probe from outside now, and "evaluate now". Permits are kept
+/// ([`Notify::notify_one`]), so a wake-up between two waits is not lost.
+#[derive(Debug, Default)]
+pub struct FleetSignals {
+    probe: Mutex<BTreeSet<HubKey>>,
+    probe_wake: Notify,
+    evaluate_wake: Notify,
+}
+
+impl FleetSignals {
+    /// Asks for an outside probe of this hub now.
+    pub fn request_probe(&self, key: HubKey) {
+        lock(&self.probe).insert(key);
+        self.probe_wake.notify_one();
+    }
+
+    /// Waits for probe requests and takes them.
+    pub async fn probes_wanted(&self) -> BTreeSet<HubKey> {
+        loop {
+            self.probe_wake.notified().await;
+            let wanted = std::mem::take(&mut *lock(&self.probe));
+            if !wanted.is_empty() {
+                return wanted;
+            }
+        }
+    }
+
+    /// Asks for an alert evaluation now.
+    pub fn request_evaluation(&self) {
+        self.evaluate_wake.notify_one();
+    }
+
+    /// Resolves when an evaluation was asked for.
+    pub async fn evaluation_wanted(&self) {
+        self.evaluate_wake.notified().await;
+    }
+}
+
 /// One outside probe's result, as [`super::outside_probe`] reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutsideProbeResult {
@@ -301,6 +381,7 @@ pub struct FleetSource {
     hubs: Vec<HubEntry>,
     started_at_ms: i64,
     board: Arc<Mutex<Board>>,
+    signals: Arc<FleetSignals>,
 }
 
 impl std::fmt::Debug for FleetSource {
@@ -350,7 +431,13 @@ impl FleetSource {
             hubs,
             started_at_ms: clock.now_ms(),
             board: Arc::new(Mutex::new(board)),
+            signals: Arc::new(FleetSignals::default()),
         })
+    }
+
+    /// The wake-ups this source and its stage give the alert tasks.
+    pub fn signals(&self) -> Arc<FleetSignals> {
+        Arc::clone(&self.signals)
     }
 
     /// The pipeline stage that keeps this source's hub status (one per
@@ -365,6 +452,13 @@ impl FleetSource {
                     .insert(h.hub.clone());
                 map
             }),
+            probed: self
+                .hubs
+                .iter()
+                .filter(|h| h.public_url.is_some())
+                .map(|h| (h.member.clone(), h.hub.clone()))
+                .collect(),
+            signals: Arc::clone(&self.signals),
             pending: BTreeMap::new(),
         }
     }
@@ -382,6 +476,7 @@ impl FleetSource {
         let key = (result.member.clone(), result.hub.clone());
         let mut board = lock(&self.board);
         let status = board.hubs.entry(key.clone()).or_default();
+        let was_down = status.outside_down();
         CheckView::update(
             &mut status.outside,
             CheckView {
@@ -395,6 +490,9 @@ impl FleetSource {
         );
         if let Some(not_after) = result.cert_not_after_ms {
             status.cert_outside = Some((not_after, result.at_ms));
+        }
+        if status.outside_down() != was_down {
+            self.signals.request_evaluation();
         }
         board.dirty.insert(key);
     }
@@ -481,12 +579,15 @@ impl FleetSource {
             .iter()
             .filter(|(_, v)| now.saturating_sub(v.at_ms) <= silent_after)
             .collect();
-        let inside_failing = !fresh_inside.is_empty() && fresh_inside.iter().all(|(_, v)| !v.ok);
+        let inside_failing = !fresh_inside.is_empty()
+            && fresh_inside.iter().all(|(_, v)| !v.ok)
+            && fresh_inside.iter().any(|(_, v)| v.confirmed_failing());
         let outside = status
             .outside
             .as_ref()
             .filter(|v| now.saturating_sub(v.at_ms) <= outside_fresh);
-        let outside_failing = entry.public_url.is_some() && outside.is_some_and(|v| !v.ok);
+        let outside_failing =
+            entry.public_url.is_some() && outside.is_some_and(CheckView::confirmed_failing);
 
         let hub_down = if entry.public_url.is_some() {
             outside_failing && (inside_failing || agent_silent)
@@ -687,6 +788,10 @@ pub struct HubStatusStage {
     store: Arc<dyn HubStatusStore>,
     /// Member → its configured hubs (looked up per record without allocating).
     configured: HashMap<String, BTreeSet<String>>,
+    /// Hubs with a `public_url` (the outside prober can confirm them).
+    probed: BTreeSet<HubKey>,
+    /// Wakes the prober and the evaluation loop on a change.
+    signals: Arc<FleetSignals>,
     /// Statuses this page changed (copied from the board on first touch).
     pending: BTreeMap<HubKey, HubStatus>,
 }
@@ -742,9 +847,22 @@ impl Stage for HubStatusStage {
         }
         let rows: Vec<(&HubKey, &HubStatus)> = self.pending.iter().collect();
         self.store.save(&rows, Some(update))?;
+        let mut changed = false;
         for (key, status) in std::mem::take(&mut self.pending) {
             board.dirty.remove(&key);
+            let was_down = board.hubs.get(&key).is_some_and(HubStatus::inside_down);
+            let down = status.inside_down();
+            if down != was_down {
+                changed = true;
+                // Confirm from outside now rather than at the next round.
+                if down && self.probed.contains(&key) && !status.outside_down() {
+                    self.signals.request_probe(key.clone());
+                }
+            }
             board.hubs.insert(key, status);
+        }
+        if changed {
+            self.signals.request_evaluation();
         }
         Ok(())
     }

@@ -30,6 +30,9 @@ pub mod sender;
 pub mod state_store;
 pub mod watchdog;
 
+#[cfg(test)]
+mod wake_tests;
+
 pub use engine::{AlertEngine, AlertError, AlertRecord, AlertSnapshot, AlertState};
 pub use fleet::FleetSource;
 pub use runtime::{AlertingSetupError, AlertsComponent};

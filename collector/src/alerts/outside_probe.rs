@@ -4,13 +4,20 @@
 //!
 //! Every `alerting.outside_probe_interval` each hub with a `public_url` is
 //! probed concurrently, each bounded by `outside_probe_timeout`; a result is
-//! ok when `/hub/health` answers 2xx. Each result goes to the fleet checks
+//! ok when `/hub/health` answers 2xx. A failed probe is repeated once at
+//! once (after [`REPROBE_DELAY`]), so a real outage is confirmed within the
+//! round and a single lost probe is not ([`super::fleet::CheckView::confirmed_failing`]).
+//! Between rounds the fleet checks can ask for some hubs now
+//! ([`OutsideProber::probe_some`]): when an agent's confirmed failure
+//! arrives. Each result goes to the fleet checks
 //! ([`FleetSource::record_outside_probe`]), to the counter
 //! `hubwatch_collector_outside_probes_total`, and to every
 //! [`OutsideProbeObserver`] — the integration point for the SLO engine's
 //! availability SLI (see [`super::runtime::AlertsComponent`]).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::join_all;
 use hubwatch_shared::config::CollectorConfig;
@@ -19,6 +26,30 @@ use super::fleet::{FleetSource, OutsideProbeResult};
 use super::http_client::{self, ClientSetupError, Endpoint, Request};
 use crate::clock::SharedClock;
 use crate::telemetry::CollectorMetrics;
+
+/// How long after a failed probe the prober tries again, to confirm it.
+pub const REPROBE_DELAY: Duration = Duration::from_secs(1);
+
+/// One probe's result, and whether the re-probe right after it answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probed {
+    /// The result.
+    pub result: OutsideProbeResult,
+    /// A failure the immediate re-probe contradicted: counted in the metric
+    /// and shown to the fleet checks (where the ok re-probe supersedes it),
+    /// but not given to the observers, so a lost probe is not a bad SLI
+    /// minute (as the agent's refuted failures are not; `slo::sli`).
+    pub refuted: bool,
+}
+
+impl Probed {
+    fn counted(result: OutsideProbeResult) -> Self {
+        Self {
+            result,
+            refuted: false,
+        }
+    }
+}
 
 /// Something else that wants every outside probe result (the SLO engine).
 pub type OutsideProbeObserver = Arc<dyn Fn(&OutsideProbeResult) + Send + Sync>;
@@ -106,11 +137,51 @@ impl OutsideProber {
         self.targets.is_empty()
     }
 
-    /// Probes every target once, concurrently; results stamped with the
-    /// clock's time at the start of the round.
-    pub async fn probe_all(&self, clock: &SharedClock) -> Vec<OutsideProbeResult> {
+    /// Probes every target once, concurrently, a failed one twice (see the
+    /// module docs); results stamped with the clock's time at the start of
+    /// the round, a repeat with its own time.
+    pub async fn probe_all(&self, clock: &SharedClock) -> Vec<Probed> {
+        self.probe_targets(self.targets.iter(), clock).await
+    }
+
+    /// The same for the hubs in `wanted` (`(member, hub)`) only.
+    pub async fn probe_some(
+        &self,
+        wanted: &BTreeSet<(String, String)>,
+        clock: &SharedClock,
+    ) -> Vec<Probed> {
+        let targets = self
+            .targets
+            .iter()
+            .filter(|t| wanted.contains(&(t.member.clone(), t.hub.clone())));
+        self.probe_targets(targets, clock).await
+    }
+
+    async fn probe_targets<'a>(
+        &self,
+        targets: impl Iterator<Item = &'a ProbeTarget>,
+        clock: &SharedClock,
+    ) -> Vec<Probed> {
         let at_ms = clock.now_ms();
-        join_all(self.targets.iter().map(|t| self.probe(t, at_ms))).await
+        let rounds = join_all(targets.map(|target| async move {
+            let first = self.probe(target, at_ms).await;
+            if first.ok {
+                return vec![Probed::counted(first)];
+            }
+            tokio::time::sleep(REPROBE_DELAY).await;
+            // Strictly later than the first, even on a stopped test clock.
+            let again_ms = clock.now_ms().max(first.at_ms.saturating_add(1));
+            let again = self.probe(target, again_ms).await;
+            vec![
+                Probed {
+                    refuted: again.ok,
+                    result: first,
+                },
+                Probed::counted(again),
+            ]
+        }))
+        .await;
+        rounds.into_iter().flatten().collect()
     }
 
     async fn probe(&self, target: &ProbeTarget, at_ms: i64) -> OutsideProbeResult {
@@ -151,9 +222,10 @@ impl OutsideProber {
     }
 }
 
-/// Hands one result to everyone who wants it.
+/// Hands one result to everyone who wants it (a refuted failure to the
+/// metric and the fleet checks only, see [`Probed`]).
 pub fn deliver(
-    result: OutsideProbeResult,
+    Probed { result, refuted }: Probed,
     fleet: &FleetSource,
     observers: &[OutsideProbeObserver],
     metrics: &CollectorMetrics,
@@ -172,8 +244,10 @@ pub fn deliver(
             "outside probe failed"
         );
     }
-    for observer in observers {
-        observer(&result);
+    if !refuted {
+        for observer in observers {
+            observer(&result);
+        }
     }
     fleet.record_outside_probe(result);
 }

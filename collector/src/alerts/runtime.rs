@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use tokio::sync::watch;
 
 use super::engine::{AlertEngine, AlertError, AlertSnapshot, AlertState};
-use super::fleet::{FleetSettings, FleetSource};
+use super::fleet::{FleetSettings, FleetSignals, FleetSource};
 use super::outside_probe::{self, OutsideProbeObserver, OutsideProber, ProbeSetupError};
 use super::sender::{AlertmanagerTarget, SendOutcome, SenderSettings};
 use super::state_store::SentIncident;
@@ -32,6 +32,9 @@ use crate::telemetry::CollectorMetrics;
 
 /// How often a sender task looks again without news (retries after backoff).
 const SENDER_POLL: Duration = Duration::from_secs(1);
+/// The least time between an evaluation round and one woken ahead of its
+/// interval by the fleet checks.
+const WOKEN_ROUND_GAP: Duration = Duration::from_millis(500);
 
 /// Why alerting could not start.
 #[derive(Debug, thiserror::Error)]
@@ -166,12 +169,14 @@ async fn build_alerting(ctx: BuildContext) -> Result<Built, AlertingSetupError> 
     let engine = Arc::new(Mutex::new(engine));
     let (snapshot_tx, snapshots) = watch::channel(Arc::new(AlertSnapshot::default()));
     let stage = fleet.stage();
+    let signals = fleet.signals();
 
     let mut tasks = vec![Task::new(
         "alerts.evaluate",
         evaluation_loop(
             engine.clone(),
             a.evaluation_interval,
+            signals.clone(),
             metrics.clone(),
             snapshot_tx,
             shutdown.clone(),
@@ -195,6 +200,7 @@ async fn build_alerting(ctx: BuildContext) -> Result<Built, AlertingSetupError> 
             probe_loop(
                 prober,
                 a.outside_probe_interval,
+                signals,
                 fleet.clone(),
                 observers,
                 clock,
@@ -276,16 +282,33 @@ fn generator_url(cfg: &CollectorConfig) -> String {
     format!("{}/api/v1/alerts", base.trim_end_matches('/'))
 }
 
+/// Rounds every `interval`, and at once when the fleet checks see a hub's
+/// confirmed state change (at most one such extra round per
+/// [`WOKEN_ROUND_GAP`]).
 async fn evaluation_loop(
     engine: Arc<Mutex<AlertEngine>>,
     interval: Duration,
+    signals: Arc<FleetSignals>,
     metrics: CollectorMetrics,
     snapshot_tx: watch::Sender<Arc<AlertSnapshot>>,
     shutdown: Shutdown,
 ) {
     let mut ticks = shutdown.every(interval);
+    let mut last_round = tokio::time::Instant::now();
     // Between rounds only: a round in progress saves its state first.
-    while ticks.next().await {
+    loop {
+        let more = tokio::select! {
+            biased;
+            more = ticks.next() => more,
+            () = signals.evaluation_wanted() => {
+                tokio::time::sleep_until(last_round + WOKEN_ROUND_GAP).await;
+                !shutdown.is_shutting_down()
+            }
+        };
+        if !more {
+            break;
+        }
+        last_round = tokio::time::Instant::now();
         let (engine, metrics, snapshot_tx) = (engine.clone(), metrics.clone(), snapshot_tx.clone());
         let round =
             tokio::task::spawn_blocking(move || evaluation_round(&engine, &metrics, &snapshot_tx))
@@ -394,9 +417,12 @@ async fn sender_loop(
     }
 }
 
+/// Every hub each `interval`, and the hubs the fleet checks ask for at once.
+#[allow(clippy::too_many_arguments)]
 async fn probe_loop(
     prober: OutsideProber,
     interval: Duration,
+    signals: Arc<FleetSignals>,
     fleet: Arc<FleetSource>,
     observers: Vec<OutsideProbeObserver>,
     clock: SharedClock,
@@ -404,8 +430,21 @@ async fn probe_loop(
     shutdown: Shutdown,
 ) {
     let mut ticks = shutdown.every(interval);
-    while ticks.next().await {
-        for result in prober.probe_all(&clock).await {
+    loop {
+        let results = tokio::select! {
+            biased;
+            more = ticks.next() => {
+                if !more {
+                    return;
+                }
+                prober.probe_all(&clock).await
+            }
+            wanted = signals.probes_wanted() => {
+                tracing::debug!(hubs = wanted.len(), "outside probe on demand");
+                prober.probe_some(&wanted, &clock).await
+            }
+        };
+        for result in results {
             outside_probe::deliver(result, &fleet, &observers, &metrics);
         }
     }

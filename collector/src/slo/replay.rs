@@ -3,8 +3,9 @@
 //! duplicate `(agent, seq)` is dropped as in `serve`) into a real store opened
 //! by [`Store::open_with`] (the real migrations), derived from the raw batch
 //! log by the same derivation ([`derive`]), applied to the [`SloEngine`], and
-//! the real [`AlertEngine`] (with the SLO engine as its only
-//! [`AlertSource`]) evaluates every minute of
+//! the real [`AlertEngine`] (with the SLO engine and the fleet checks,
+//! `HubDown` and `AgentSilent` among them, as its [`AlertSource`]s; the
+//! collector's outside probes are not simulated) evaluates every minute of
 //! simulated time. Retention runs every
 //! [`RETENTION_INTERVAL`](crate::server::RETENTION_INTERVAL) of simulated time,
 //! as in `serve`. The alert transitions reported (fired / resolved, with
@@ -47,6 +48,7 @@ use super::engine::SloEngine;
 use super::objectives::SloSettings;
 use super::sli::MINUTE_MS;
 use super::{SloError, scenario};
+use crate::alerts::fleet::{FleetSettings, FleetSource};
 use crate::alerts::{AlertEngine, AlertError, AlertSource, SqliteAlertStateStore};
 use crate::clock::{Clock, ManualClock};
 use crate::pipeline::{Pipeline, PipelineSettings};
@@ -251,10 +253,22 @@ impl Replay {
         let store = Store::open_with(&storage, Durability::Off)?;
         let clock = Arc::new(ManualClock::new(start_ms));
         let slo = Arc::new(SloEngine::new(settings));
+        let shared_clock: crate::clock::SharedClock = clock.clone();
+        // The fleet checks (`HubDown`, `AgentSilent`, ...) as `serve` runs
+        // them, minus the outside probes (a replay has no hub to probe).
+        let fleet = Arc::new(FleetSource::open(
+            store.clone(),
+            cfg,
+            FleetSettings::from_config(cfg),
+            &shared_clock,
+        )?);
         let alerts = AlertEngine::open(
             Arc::new(SqliteAlertStateStore::new(store.clone())),
-            clock.clone(),
-            vec![slo.clone() as Arc<dyn AlertSource>],
+            shared_clock,
+            vec![
+                slo.clone() as Arc<dyn AlertSource>,
+                fleet.clone() as Arc<dyn AlertSource>,
+            ],
             cfg.alerting.resolved_retention,
         )?;
         let retention_interval_ms =
@@ -266,7 +280,7 @@ impl Replay {
         )?;
         let pipeline = Pipeline::open(
             Arc::new(store.clone()),
-            vec![Box::new(stage)],
+            vec![Box::new(stage), Box::new(fleet.stage())],
             PipelineSettings::default(),
         )?;
         Ok(Self {

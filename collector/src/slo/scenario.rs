@@ -189,6 +189,25 @@ fn matches(t: &Transition, alertname: &str, slo: Option<&str>, severity: Option<
 
 /// Exact-rate pattern: event `index` is "hit" so that hits are spread evenly
 /// at `share` of all events (0 = never, 1 = always).
+/// The agent's re-check after a failed one (`agent::sources::REPROBE_DELAY`).
+const REPROBE_DELAY_MS: i64 = 1_000;
+
+/// One `/hub/health` check as the agent reports it.
+fn health_check(ok: bool, at: i64) -> Record {
+    Record::Health(HealthCheck {
+        target: "http://hub.internal/hub/health".into(),
+        hub: Some(SCENARIO_HUB.into()),
+        kind: CheckKind::HubHealth,
+        ok,
+        status: Some(if ok { 200 } else { 503 }),
+        latency_us: 2_000,
+        failure: None,
+        error: None,
+        cert_expiry_days: None,
+        timestamp_ms: at,
+    })
+}
+
 fn hit(index: u64, share: f64) -> bool {
     if share <= 0.0 {
         return false;
@@ -348,18 +367,18 @@ impl Scenario {
                 .next();
             if !matches!(agent, Some((AgentState::Down, _))) {
                 let ok = !hit(tick, probe_failure);
-                let mut records = vec![Record::Health(HealthCheck {
-                    target: "http://hub.internal/hub/health".into(),
-                    hub: Some(SCENARIO_HUB.into()),
-                    kind: CheckKind::HubHealth,
-                    ok,
-                    status: Some(if ok { 200 } else { 503 }),
-                    latency_us: 2_000,
-                    failure: None,
-                    error: None,
-                    cert_expiry_days: None,
-                    timestamp_ms: at,
-                })];
+                let mut records = vec![health_check(ok, at)];
+                if !ok {
+                    // The agent re-checks a failure at once: it fails again
+                    // only while the hub is down (`probe_failure = 1`); a
+                    // share below 1 is isolated failed probes.
+                    let again = offset + REPROBE_DELAY_MS;
+                    let still_down = self
+                        .phases
+                        .iter()
+                        .any(|p| p.failing_at(again) && p.probe_failure >= 1.0);
+                    records.push(health_check(!still_down, at + REPROBE_DELAY_MS));
+                }
                 if !hub_down {
                     records.extend(spawn_samples(&counters, at));
                 }

@@ -8,7 +8,8 @@
 //!   future.
 //! - **Availability**: every `HealthCheck` of kind `HubHealth` or `Probe`
 //!   that names a hub counts as a probe of that hub (`probes_ok` /
-//!   `probes_failed`); the collector's own probes go to `outside_ok` /
+//!   `probes_failed`), except a failure the agent's immediate re-check
+//!   refuted ([`refuted_failures`]); the collector's own probes go to `outside_ok` /
 //!   `outside_failed` ([`SliWriter::add_outside_probe`]). Whether a minute is
 //!   good is decided when it is read ([`MinuteCounts::availability`]).
 //! - **Spawns**: deltas of `jupyterhub_server_spawn_duration_seconds_count`
@@ -34,7 +35,7 @@
 //! Each write returns [`MinuteChange`]s (the row before and after) so the
 //! in-memory windows can follow the table without re-reading it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use hubwatch_shared::config::SPAWN_LATENCY_THRESHOLD_SECONDS;
 use hubwatch_shared::wire::{Batch, CheckKind, JourneyPhase, Label, Record, Sample, label};
@@ -153,6 +154,60 @@ impl MinuteCounts {
     pub fn has_journey(&self) -> bool {
         self.journey_good > 0 || self.journey_bad > 0
     }
+}
+
+/// How soon after a failed check an ok check of the same target refutes it.
+pub const REFUTE_WINDOW_MS: i64 = 5_000;
+
+/// Indices of the failed hub checks in `records` that an ok check of the same
+/// hub, kind and target within [`REFUTE_WINDOW_MS`] after it refutes: the
+/// agent re-checks a failure at once, and when the re-check answers, the
+/// failure was a lost probe, not downtime. It is not counted (the ok
+/// re-check is), so a single failed probe never makes a bad minute — the
+/// rule `HubDown` follows too (`CheckView::confirmed_failing`). An older
+/// agent that does not re-check still has every failure counted.
+/// O(n log n) in the batch's health records.
+fn refuted_failures(records: &[Record]) -> HashSet<usize> {
+    type Key<'a> = (&'a str, CheckKind, &'a str);
+    let mut oks: HashMap<Key<'_>, Vec<i64>> = HashMap::new();
+    for record in records {
+        if let Record::Health(c) = record
+            && c.ok
+            && let Some(hub) = c.hub.as_deref()
+        {
+            oks.entry((hub, c.kind, c.target.as_str()))
+                .or_default()
+                .push(c.timestamp_ms);
+        }
+    }
+    if oks.is_empty() {
+        return HashSet::new();
+    }
+    for times in oks.values_mut() {
+        times.sort_unstable();
+    }
+    let mut out = HashSet::new();
+    for (index, record) in records.iter().enumerate() {
+        let Record::Health(c) = record else { continue };
+        let Some(hub) = c.hub.as_deref() else {
+            continue;
+        };
+        if c.ok {
+            continue;
+        }
+        let Some(times) = oks.get(&(hub, c.kind, c.target.as_str())) else {
+            continue;
+        };
+        // The first ok strictly after the failure.
+        let next = times.partition_point(|&t| t <= c.timestamp_ms);
+        if times
+            .get(next)
+            .is_some_and(|&t| t.saturating_sub(c.timestamp_ms) <= REFUTE_WINDOW_MS)
+        {
+            out.insert(index);
+        }
+    }
+    out
 }
 
 /// One minute row changed by a transaction: its value before and after.
@@ -324,13 +379,16 @@ impl SliPage {
         let fast_buckets = fast_bucket_choice(&batch.records);
         // Whether a hub had spawn series before this batch (see the module docs).
         let mut hub_known: HashMap<String, bool> = HashMap::new();
-        for record in &batch.records {
+        let refuted = refuted_failures(&batch.records);
+        for (index, record) in batch.records.iter().enumerate() {
             match record {
                 Record::Health(check) => {
                     let Some(hub) = check.hub.as_deref() else {
                         continue;
                     };
-                    if !matches!(check.kind, CheckKind::HubHealth | CheckKind::Probe) {
+                    if !matches!(check.kind, CheckKind::HubHealth | CheckKind::Probe)
+                        || refuted.contains(&index)
+                    {
                         continue;
                     }
                     let Some(minute) = self.minute_of(check.timestamp_ms, now_ms) else {

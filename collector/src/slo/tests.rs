@@ -449,7 +449,12 @@ async fn open_loads_state_and_the_view_reads_it() -> anyhow::Result<()> {
 #[test]
 fn replay_prints_fired_and_resolved_transitions() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let cfg = config(dir.path());
+    let mut cfg = config(dir.path());
+    // One batch a minute: not silent. (The hub has a `public_url` and
+    // replay simulates no outside probe: no `HubDown` either.) The other
+    // member's hub, which nothing reports, would be `AgentSilent`.
+    cfg.alerting.agent_silent_after = std::time::Duration::from_secs(300);
+    cfg.members.truncate(1);
     // 3 hours of a premier hub, down for 20 minutes in the middle.
     let records: Vec<ReplayRecord> = (0..180)
         .map(|m| {

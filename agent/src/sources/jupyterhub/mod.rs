@@ -2,7 +2,9 @@
 //! concurrently and each within the hub's `timeout`:
 //! - `GET /hub/health` → a [`CheckKind::HubHealth`] record (status, latency,
 //!   which step failed) and `hub_info{version}` from the hub's
-//!   `X-JupyterHub-Version` header;
+//!   `X-JupyterHub-Version` header; a failed check is repeated once after
+//!   [`super::REPROBE_DELAY`] and both records are sent, so the collector can
+//!   confirm an outage from this very batch;
 //! - `GET /hub/metrics` (with the API token when one is configured) → the
 //!   `jupyterhub_*` series as samples labelled `hub` ([`metrics`]); lines
 //!   that cannot be parsed are skipped and counted in
@@ -33,7 +35,7 @@ use hubwatch_shared::config::{AgentConfig, HubConfig};
 use hubwatch_shared::wire::{CheckKind, FailureKind, HealthCheck, Label, Record, Sample};
 use prometheus::{IntCounter, IntCounterVec};
 
-use super::{CollectFuture, Source, SourceError, now_ms};
+use super::{CollectFuture, Source, SourceError, now_ms, reprobe_fits, reprobe_ms};
 use crate::privacy::Pseudonymiser;
 use crate::sources::journey::{JourneyQueue, JourneyQueues};
 
@@ -235,7 +237,7 @@ impl JupyterHubSource {
         let token = self.read_token().await;
         let token_ref = token.as_ref().ok().and_then(Option::as_deref);
         let (health, metrics, users, test_user) = tokio::join!(
-            self.check_health(now, deadline),
+            self.check_health_confirmed(now, deadline),
             async {
                 match &token {
                     Ok(_) => self.read_metrics(token_ref, now, deadline).await,
@@ -280,9 +282,10 @@ impl JupyterHubSource {
         }
 
         let mut records = Vec::new();
-        let (health_check, version) = health;
-        self.note("health", health_check.error.as_deref(), state);
-        records.push(Record::Health(health_check));
+        let (checks, version) = health;
+        let last_error = checks.last().and_then(|c| c.error.as_deref());
+        self.note("health", last_error, state);
+        records.extend(checks.into_iter().map(Record::Health));
         if let Some(version) = version {
             records.push(self.gauge("hub_info", vec![Label::new("version", version)], 1.0, now));
         }
@@ -342,6 +345,25 @@ impl JupyterHubSource {
             }
         }
         records
+    }
+
+    /// [`Self::check_health`], and once more after
+    /// [`super::REPROBE_DELAY`] when it failed and the deadline allows: one or
+    /// two records, oldest first.
+    async fn check_health_confirmed(
+        &self,
+        now: i64,
+        deadline: Instant,
+    ) -> (Vec<HealthCheck>, Option<String>) {
+        let (first, version) = self.check_health(now, deadline).await;
+        if first.ok || !reprobe_fits(deadline) {
+            return (vec![first], version);
+        }
+        tokio::time::sleep(super::REPROBE_DELAY).await;
+        let (again, again_version) = self
+            .check_health(reprobe_ms(first.timestamp_ms), deadline)
+            .await;
+        (vec![first, again], version.or(again_version))
     }
 
     /// `GET /hub/health`: the health record and the hub's version header.

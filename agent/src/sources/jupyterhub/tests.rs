@@ -579,3 +579,78 @@ async fn a_token_without_read_servers_is_reported() {
     );
     assert_eq!(gauge(&records, "hub_api_users_listed"), Some(1.0));
 }
+
+fn hub_health_checks(records: &[Record]) -> Vec<&HealthCheck> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Health(h) if h.kind == CheckKind::HubHealth => Some(h),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_down_hub_is_checked_again_at_once_and_both_failures_are_sent() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let setup = source(
+        &format!("http://127.0.0.1:{port}"),
+        200,
+        Duration::from_secs(5),
+    );
+    let records = collect(&setup.source).await;
+    let checks = hub_health_checks(&records);
+    assert_eq!(checks.len(), 2, "{checks:?}");
+    assert!(checks.iter().all(|c| !c.ok), "{checks:?}");
+    let gap = checks[1].timestamp_ms - checks[0].timestamp_ms;
+    let delay = i64::try_from(crate::sources::REPROBE_DELAY.as_millis()).unwrap();
+    assert!(
+        (delay..delay + 1_000).contains(&gap),
+        "re-checked {gap} ms after the first failure"
+    );
+}
+
+#[tokio::test]
+async fn a_single_failed_health_check_is_followed_by_the_ok_recheck() {
+    let hub = FakeHub::start(healthy(1)).await;
+    let base = healthy(1);
+    let failed_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    hub.set(Arc::new(move |target, auth| {
+        if target.starts_with("/hub/health")
+            && !failed_once.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Reply::status(502, "text/plain", "bad gateway");
+        }
+        base(target, auth)
+    }));
+    let setup = source(&hub.url, 200, Duration::from_secs(5));
+    let records = collect(&setup.source).await;
+    let checks = hub_health_checks(&records);
+    let oks: Vec<bool> = checks.iter().map(|c| c.ok).collect();
+    assert_eq!(oks, [false, true], "{checks:?}");
+    assert!(checks[1].timestamp_ms > checks[0].timestamp_ms);
+
+    // A healthy hub is checked once.
+    let records = collect(&setup.source).await;
+    assert_eq!(hub_health_checks(&records).len(), 1);
+}
+
+#[tokio::test]
+async fn no_recheck_when_the_deadline_leaves_no_room() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let setup = source(
+        &format!("http://127.0.0.1:{port}"),
+        200,
+        Duration::from_millis(800),
+    );
+    let started = Instant::now();
+    let records = collect(&setup.source).await;
+    assert_eq!(hub_health_checks(&records).len(), 1);
+    assert!(started.elapsed() < Duration::from_secs(1));
+}

@@ -186,3 +186,33 @@ fn nothing_to_probe_is_no_source_and_a_bad_url_names_its_key() {
         .expect("refused");
     assert!(err.to_string().contains("probes[0].url"), "{err}");
 }
+
+#[tokio::test]
+async fn a_failed_probe_is_repeated_once_and_both_results_returned() {
+    let source = ProbeSource::new(vec![target(
+        "down",
+        &format!("http://127.0.0.1:{}/hub/health", closed_port()),
+        plain_options(Duration::from_secs(5)),
+    )]);
+    let records = source.collect().await.expect("probes never fail");
+    let checks: Vec<&HealthCheck> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Health(h) => Some(h),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(checks.len(), 2, "{checks:?}");
+    assert!(checks.iter().all(|c| !c.ok && c.kind == CheckKind::Probe));
+    assert!(checks[1].timestamp_ms >= checks[0].timestamp_ms + 1_000);
+
+    // An answering target is probed once.
+    let ok = TestServer::start(None, |_| TestReply::ok("text/plain", "ok")).await;
+    let source = ProbeSource::new(vec![target(
+        "up",
+        &ok.url("/hub/health"),
+        plain_options(Duration::from_secs(5)),
+    )]);
+    let records = source.collect().await.expect("probes never fail");
+    assert_eq!(records.len(), 1, "{records:?}");
+}

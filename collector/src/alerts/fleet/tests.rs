@@ -255,6 +255,17 @@ async fn hub_down_needs_both_vantage_points_and_pages_by_tier() {
         .await;
     fleet.record_outside_probe(outside("leap", "prod", false, t));
     fleet.record_outside_probe(outside("tiny", "prod", false, t));
+    // A single failed probe is not confirmed: leap's inside view is (its
+    // second failure running), its outside one is not; tiny's neither.
+    assert_eq!(fired(&fleet, t), vec![]);
+
+    // The re-probes a second later (agent and outside prober) confirm.
+    f.clock.set(T0 + 31 * SECOND);
+    let t = f.clock.now_ms();
+    f.batch("tiny", vec![health("prod", CheckKind::HubHealth, false, t)])
+        .await;
+    fleet.record_outside_probe(outside("leap", "prod", false, t));
+    fleet.record_outside_probe(outside("tiny", "prod", false, t));
     assert_eq!(
         fired(&fleet, t),
         vec![
@@ -309,14 +320,25 @@ async fn without_a_public_url_the_agent_alone_decides() {
     .await;
     f.batch("tiny", vec![health("prod", CheckKind::HubHealth, true, T0)])
         .await;
+    // One failed check is not enough …
+    assert_eq!(fired(&fleet, T0), vec![]);
+    // … the agent's re-check failing too is.
+    f.batch(
+        "leap",
+        vec![health("vm", CheckKind::HubHealth, false, T0 + SECOND)],
+    )
+    .await;
     assert_eq!(
-        fired(&fleet, T0),
+        fired(&fleet, T0 + SECOND),
         vec![alert("HubDown", "leap", "vm", "page")]
     );
     // Both inside checks must fail: the probe source disagreeing is not down.
-    f.batch("leap", vec![health("vm", CheckKind::Probe, true, T0 + 1)])
-        .await;
-    assert_eq!(fired(&fleet, T0 + 2), vec![]);
+    f.batch(
+        "leap",
+        vec![health("vm", CheckKind::Probe, true, T0 + SECOND + 1)],
+    )
+    .await;
+    assert_eq!(fired(&fleet, T0 + SECOND + 2), vec![]);
 }
 
 #[tokio::test]
@@ -341,6 +363,7 @@ async fn a_silent_agent_is_a_ticket_while_the_hub_answers_and_down_when_it_does_
     // Past it: AgentSilent tickets; the hub without public_url too.
     let t = T0 + 51 * SECOND;
     fleet.record_outside_probe(outside("leap", "prod", true, t));
+    fleet.record_outside_probe(outside("tiny", "prod", false, t - 1));
     fleet.record_outside_probe(outside("tiny", "prod", false, t));
     assert_eq!(
         fired(&fleet, t),
@@ -541,8 +564,14 @@ async fn hub_status_and_cursor_survive_a_restart() {
     let mut f = fixture();
     {
         let fleet = f.fleet();
-        f.batch("leap", vec![health("vm", CheckKind::HubHealth, false, T0)])
-            .await;
+        f.batch(
+            "leap",
+            vec![
+                health("vm", CheckKind::HubHealth, false, T0),
+                health("vm", CheckKind::HubHealth, false, T0 + 1),
+            ],
+        )
+        .await;
         fleet.record_outside_probe(outside("leap", "prod", false, T0));
         fleet.evaluate(T0).unwrap();
     }

@@ -139,7 +139,9 @@ fn batches_go_through_ingest_so_a_duplicate_is_stored_once() {
 #[test]
 fn transitions_are_the_alert_engines_own_state_changes() {
     let dir = tempfile::tempdir().expect("dir");
-    let cfg = config(dir.path());
+    let mut cfg = config(dir.path());
+    // One batch a minute: not silent.
+    cfg.alerting.agent_silent_after = std::time::Duration::from_secs(300);
     let mut replay = replay(&cfg);
     let mut fired = Vec::new();
     let mut resolved = Vec::new();
@@ -183,6 +185,20 @@ fn transitions_are_the_alert_engines_own_state_changes() {
             );
         }
     }
-    assert_eq!(fired, [("SLOBurnRateFast".to_string(), 81)]);
-    assert_eq!(resolved, [("SLOBurnRateFast".to_string(), 130)]);
+    // `HubDown` (no `public_url`: the agent's view decides) once the
+    // second failed check confirms the first, and as soon as it answers.
+    assert_eq!(
+        fired,
+        [
+            ("SLOBurnRateFast".to_string(), 81),
+            ("HubDown".to_string(), 82)
+        ]
+    );
+    assert_eq!(
+        resolved,
+        [
+            ("HubDown".to_string(), 101),
+            ("SLOBurnRateFast".to_string(), 130)
+        ]
+    );
 }

@@ -113,8 +113,11 @@ fn generated_traffic_has_the_declared_shape() {
         .flat_map(|r| &r.batch.records)
         .filter(|r| matches!(r, Record::Health(h) if !h.ok))
         .count();
-    assert_eq!(failed_checks, 20, "10 minutes of failing checks at 30 s");
-    // No metrics while the hub is down.
+    assert_eq!(
+        failed_checks, 40,
+        "10 minutes of failing checks at 30 s, each re-checked at once"
+    );
+    // No metrics while the hub is down: the check and its re-check only.
     let down_start = SCENARIO_START_MS + 3_600_000;
     assert!(
         batches
@@ -122,6 +125,6 @@ fn generated_traffic_has_the_declared_shape() {
             .filter(
                 |r| r.batch.created_ms >= down_start && r.batch.created_ms < down_start + 600_000
             )
-            .all(|r| r.batch.records.len() == 1)
+            .all(|r| r.batch.records.len() == 2)
     );
 }

@@ -360,3 +360,43 @@ fn crafted_counters_saturate_instead_of_overflowing() {
         "stored saturated at i64::MAX"
     );
 }
+
+#[test]
+fn a_failure_the_agents_recheck_refutes_is_not_a_bad_minute() {
+    let mut conn = db();
+    derive(
+        &mut conn,
+        T0 + 10 * MIN,
+        vec![batch(vec![
+            // Refuted: the re-check a second later answers.
+            check("prod", CheckKind::HubHealth, false, T0 + 5_000),
+            check("prod", CheckKind::HubHealth, true, T0 + 6_000),
+            // Confirmed: the re-check fails too.
+            check("prod", CheckKind::HubHealth, false, T0 + MIN + 5_000),
+            check("prod", CheckKind::HubHealth, false, T0 + MIN + 6_000),
+            // An ok too late to be a re-check (past the window) refutes nothing.
+            check("prod", CheckKind::HubHealth, false, T0 + 2 * MIN + 1_000),
+            check(
+                "prod",
+                CheckKind::HubHealth,
+                true,
+                T0 + 2 * MIN + 1_000 + REFUTE_WINDOW_MS + 1,
+            ),
+            // Another kind's ok does not refute a probe failure; nor does an
+            // earlier ok.
+            check("vm", CheckKind::HubHealth, true, T0 + 3 * MIN + 1_000),
+            check("vm", CheckKind::Probe, false, T0 + 3 * MIN + 2_000),
+            check("vm", CheckKind::HubHealth, true, T0 + 3 * MIN + 3_000),
+        ])],
+    );
+    let refuted = minute_row(&conn, "prod", T0);
+    assert_eq!((refuted.probes_ok, refuted.probes_failed), (1, 0));
+    assert_eq!(refuted.availability(), MinuteAvailability::Good);
+    let confirmed = minute_row(&conn, "prod", T0 + MIN);
+    assert_eq!((confirmed.probes_ok, confirmed.probes_failed), (0, 2));
+    let late = minute_row(&conn, "prod", T0 + 2 * MIN);
+    assert_eq!((late.probes_ok, late.probes_failed), (1, 1));
+    assert_eq!(late.availability(), MinuteAvailability::Bad);
+    let vm = minute_row(&conn, "vm", T0 + 3 * MIN);
+    assert_eq!((vm.probes_ok, vm.probes_failed), (2, 1));
+}
