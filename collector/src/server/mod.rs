@@ -50,9 +50,12 @@ use crate::telemetry::CollectorMetrics;
 pub use components::RETENTION_INTERVAL;
 pub use routes::HttpResponse;
 use routes::Router;
-pub(crate) use routes::{auth_failure, error, json, log_auth_failure, reader_member, unavailable};
+pub(crate) use routes::{
+    auth_failure, check_credential, error, json, log_auth_failure, reader_member, unavailable,
+};
 pub use tls::server_tls_config;
 
+pub mod auth_limit;
 pub mod components;
 pub mod ha;
 mod ingest;
@@ -111,6 +114,8 @@ pub struct AppState {
     pub(crate) ha: ha::HaTracker,
     /// Reads without a credential are allowed only on a loopback listener.
     pub(crate) loopback_listener: bool,
+    /// Failed authentications per source address ([`auth_limit`]).
+    pub(crate) auth_limit: auth_limit::AuthLimiter,
 }
 
 impl std::fmt::Debug for AppState {
@@ -331,8 +336,14 @@ impl Collector {
             spawn_tasks(&tasks, vec![Task::new("leader.lease", lease_task)]);
         }
 
+        let auth_limit = auth_limit::AuthLimiter::new(
+            server_cfg.auth_failures_burst,
+            server_cfg.auth_failure_refill,
+            clock.clone(),
+        );
         let state = Arc::new(AppState {
             loopback_listener: local_addr.ip().is_loopback(),
+            auth_limit,
             server: server_cfg,
             store,
             tokens,
@@ -772,6 +783,7 @@ async fn serve_connection(
         serve_http(
             TokioIo::new(stream),
             PeerIdentity::Anonymous,
+            peer_addr,
             builder,
             watcher,
             state,
@@ -802,6 +814,7 @@ async fn serve_connection(
     serve_http(
         TokioIo::new(tls_stream),
         peer,
+        peer_addr,
         builder,
         watcher,
         state,
@@ -813,6 +826,7 @@ async fn serve_connection(
 async fn serve_http<I>(
     io: I,
     peer: PeerIdentity,
+    peer_addr: SocketAddr,
     builder: auto::Builder<TokioExecutor>,
     watcher: Watcher,
     state: Arc<AppState>,
@@ -821,7 +835,11 @@ async fn serve_http<I>(
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let peer = Arc::new(peer);
-    let service = service_fn(move |request: hyper::Request<Incoming>| {
+    let remote = auth_limit::RemoteAddr(peer_addr.ip());
+    let service = service_fn(move |mut request: hyper::Request<Incoming>| {
+        // Whoever authenticates reads the source address from here (the
+        // token-guessing limit, `auth_limit`).
+        request.extensions_mut().insert(remote);
         let (state, peer, router) = (state.clone(), peer.clone(), router.clone());
         async move { Ok::<_, Infallible>(router.handle(state, peer, request).await) }
     });
