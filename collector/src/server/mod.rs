@@ -353,9 +353,16 @@ impl Collector {
         let grace = state.server.shutdown_grace;
         let (listener_tx, listener_rx) = watch::channel(false);
         let acceptor = tls_config.map(TlsAcceptor::from);
-        let serve_task = tokio::spawn(serve(listener, acceptor, state, routing, listener_rx));
+        let serve_task = tokio::spawn(serve(
+            listener,
+            acceptor,
+            state,
+            Arc::clone(&routing),
+            listener_rx,
+        ));
         Ok(RunningCollector {
             local_addr,
+            routing,
             metrics,
             grace,
             listener_tx,
@@ -597,6 +604,9 @@ pub struct RunningCollector {
     tasks: RunningTasks,
     lease: Option<leader::PgLease>,
     lost: watch::Receiver<Option<String>>,
+    /// What it serves (tests list the routes).
+    #[cfg_attr(not(test), allow(dead_code))]
+    routing: Arc<Routing>,
 }
 
 impl std::fmt::Debug for RunningCollector {
@@ -666,6 +676,24 @@ impl RunningCollector {
         {
             tracing::warn!(error = %e, "releasing the leader lease failed; it expires on its own");
         }
+    }
+
+    /// Every `(method, path)` this collector serves now: every replica's
+    /// routes, then the leader's once it leads.
+    #[cfg(test)]
+    pub(crate) fn routes(&self) -> Vec<(http::Method, String)> {
+        let mut routes = self.routing.replica.list();
+        if let Some(leader) = self
+            .routing
+            .leader
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            routes.extend(leader.list());
+        }
+        routes.sort_by(|a, b| (&a.1, a.0.as_str()).cmp(&(&b.1, b.0.as_str())));
+        routes
     }
 
     /// Whether this collector leads (holds the lease; always on SQLite).

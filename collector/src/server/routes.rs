@@ -135,6 +135,21 @@ impl Router {
             })
     }
 
+    /// Every `(method, path)` registered (a prefix route's path ends with
+    /// `/`), for tests that must cover each route.
+    #[cfg(test)]
+    pub(crate) fn list(&self) -> Vec<(Method, String)> {
+        self.paths
+            .iter()
+            .flat_map(|(path, routes)| {
+                routes
+                    .methods
+                    .iter()
+                    .map(|(method, _)| (method.clone(), path.to_string()))
+            })
+            .collect()
+    }
+
     /// Whether a route of this router matches `path` (any method).
     pub(crate) fn serves(&self, path: &str) -> bool {
         self.lookup(path).is_some()
