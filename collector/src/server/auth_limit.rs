@@ -27,8 +27,11 @@ use std::time::Duration;
 
 use crate::clock::SharedClock;
 
-/// Most source addresses tracked at once (about 40 bytes each).
+/// Most source addresses tracked at once (about 50 bytes each).
 pub const MAX_SOURCES: usize = 16_384;
+
+/// A source that stays limited is reported again at most this often.
+pub const REPORT_EVERY: Duration = Duration::from_secs(600);
 
 /// The client's address, as the listener accepted it; put in every
 /// request's extensions by the server.
@@ -60,6 +63,8 @@ struct Bucket {
     /// Failures still allowed, in thousandths (integer arithmetic).
     milli: u64,
     at_ms: u64,
+    /// When this source was last reported limited ([`AuthLimiter::failed`]).
+    reported_ms: Option<u64>,
 }
 
 impl Bucket {
@@ -95,8 +100,9 @@ impl AuthLimiter {
     }
 
     /// Spends one failure of `ip`'s allowance. `Some(retry_after)` when this
-    /// failure used the last one (the source is limited from now on: log it
-    /// once, here, not at every refused request).
+    /// failure used the last one (the source is limited from now on) and the
+    /// source was not reported in the last [`REPORT_EVERY`]: log it then,
+    /// not at every refused request nor at every refill a guesser uses up.
     pub fn failed(&self, ip: IpAddr) -> Option<Duration> {
         self.failed_at(ip, self.clock.now_ms())
     }
@@ -142,15 +148,27 @@ impl AuthLimiter {
         let bucket = sources.entry(key).or_insert(Bucket {
             milli: burst_milli,
             at_ms: now_ms,
+            reported_ms: None,
         });
         let milli = bucket.at(now_ms, burst_milli, self.refill_ms);
         let was_allowed = milli >= 1000;
         let milli = milli.saturating_sub(1000);
+        let report_every = u64::try_from(REPORT_EVERY.as_millis()).unwrap_or(u64::MAX);
+        let report = was_allowed
+            && milli < 1000
+            && bucket
+                .reported_ms
+                .is_none_or(|at| now_ms.saturating_sub(at) >= report_every);
         *bucket = Bucket {
             milli,
             at_ms: now_ms,
+            reported_ms: if report {
+                Some(now_ms)
+            } else {
+                bucket.reported_ms
+            },
         };
-        (was_allowed && milli < 1000).then(|| self.wait_for_one(milli))
+        report.then(|| self.wait_for_one(milli))
     }
 
     /// Whole seconds until an allowance of `milli` reaches one failure.
@@ -224,14 +242,40 @@ mod tests {
         clock.advance(999);
         assert_eq!(limiter.check(a), Err(Duration::from_secs(1)));
         clock.advance(1);
-        // One failure regained: one more try, then limited again.
+        // One failure regained: one more try, then limited again (not
+        // reported again: that was a second ago).
         assert_eq!(limiter.check(a), Ok(()));
-        assert_eq!(limiter.failed(a), Some(Duration::from_secs(1)));
+        assert_eq!(limiter.failed(a), None);
         assert!(limiter.check(a).is_err());
         // Fully refilled after burst × refill: the entry is gone.
         clock.advance(3_000);
         assert_eq!(limiter.check(a), Ok(()));
         assert_eq!(limiter.tracked(), 0);
+    }
+
+    #[test]
+    fn a_guesser_that_keeps_using_each_refill_is_reported_once_per_report_interval() {
+        let (limiter, clock) = limiter(3, Duration::from_secs(1));
+        let a = ip("192.0.2.1");
+        assert_eq!(limiter.failed(a), None);
+        assert_eq!(limiter.failed(a), None);
+        assert!(limiter.failed(a).is_some());
+        let mut reports = 0;
+        // Ten minutes of one guess per refill.
+        for _ in 0..600 {
+            clock.advance(1_000);
+            assert_eq!(limiter.check(a), Ok(()));
+            reports += usize::from(limiter.failed(a).is_some());
+        }
+        assert_eq!(reports, 1, "reported again after REPORT_EVERY");
+        // Once it has refilled completely it is forgotten, so a new episode
+        // is reported as soon as it uses up its burst again.
+        clock.advance(3_000);
+        assert_eq!(limiter.check(a), Ok(()));
+        assert_eq!(limiter.tracked(), 0);
+        limiter.failed(a);
+        limiter.failed(a);
+        assert!(limiter.failed(a).is_some());
     }
 
     #[test]

@@ -383,7 +383,8 @@ pub(crate) fn reader_member(
 /// source address is over its budget of failed authentications, else
 /// checked against the token table; an unknown or revoked token spends the
 /// budget ([`AuthError::is_guess`]), and the failure that spends its last is
-/// logged once with the address (never the token).
+/// logged with the address, never the token (at most once per
+/// [`super::auth_limit::REPORT_EVERY`] per source).
 pub(crate) fn check_credential(
     state: &AppState,
     request: &Request<Incoming>,
@@ -418,7 +419,7 @@ pub(crate) fn check_credential(
 
 /// Logs a refused credential: the reason and at most four hex characters of
 /// the token's hash, never the token. A rate-limited request is not logged
-/// (the limit was logged once when it began; count:
+/// (the limit was logged when it began, see [`check_credential`]; count:
 /// `hubwatch_collector_auth_rate_limited_total`).
 pub(crate) fn log_auth_failure(error: &AuthError, bearer: Option<&str>, path: &str) {
     if let AuthError::RateLimited { .. } = error {
