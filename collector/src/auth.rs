@@ -76,20 +76,40 @@ pub enum AuthError {
         /// Member the token was issued to.
         token_member: String,
     },
+    /// The request's source address used up its failed authentications
+    /// (`server.auth_failures_burst`); the credential was not checked.
+    #[error(
+        "too many failed authentications from this address: retry after {} s",
+        retry_after.as_secs()
+    )]
+    RateLimited {
+        /// When the source may try again.
+        retry_after: Duration,
+    },
 }
 
 impl AuthError {
     /// The `reason` label of `hubwatch_collector_auth_failures_total`, or
     /// `None` for [`AuthError::AgentMismatch`], which is a 403 counted as a
-    /// rejected ingest instead.
+    /// rejected ingest instead, and for [`AuthError::RateLimited`] (a 429
+    /// counted in `hubwatch_collector_auth_rate_limited_total`).
     pub fn failure_reason(&self) -> Option<&'static str> {
         match self {
             Self::Missing => Some("missing"),
             Self::Unknown => Some("unknown"),
             Self::Revoked => Some("revoked"),
             Self::Certificate(_) => Some("certificate"),
-            Self::AgentMismatch { .. } => None,
+            Self::AgentMismatch { .. } | Self::RateLimited { .. } => None,
         }
+    }
+
+    /// Whether this failure spends the source address's budget of failed
+    /// authentications: a presented token that is unknown or revoked (what
+    /// guessing produces). No credential at all, a certificate (verified by
+    /// the CA) without a live token, or a token that belongs to another
+    /// agent than its certificate are not guesses.
+    pub fn is_guess(&self) -> bool {
+        matches!(self, Self::Unknown | Self::Revoked)
     }
 }
 

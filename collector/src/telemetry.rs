@@ -81,6 +81,9 @@ pub struct CollectorMetrics {
     pub remote_write_out_at_risk: IntGaugeVec,
     /// Requests refused for their credential, by reason.
     pub auth_failures: IntCounterVec,
+    /// Requests answered 429 because their source address used up its
+    /// failed-authentication budget.
+    pub auth_rate_limited: IntCounter,
     /// Time from a batch fully read to its acknowledgement.
     pub ack_seconds: Histogram,
     /// Time one group commit took (observed by whoever can see commits).
@@ -205,6 +208,7 @@ impl CollectorMetrics {
             remote_write_out_cursor: metrics::COLLECTOR_REMOTE_WRITE_OUT_CURSOR.int_gauge_vec(r),
             remote_write_out_at_risk: metrics::COLLECTOR_REMOTE_WRITE_OUT_AT_RISK.int_gauge_vec(r),
             auth_failures: metrics::COLLECTOR_AUTH_FAILURES.counter_vec(r),
+            auth_rate_limited: metrics::COLLECTOR_AUTH_RATE_LIMITED.counter(r),
             ack_seconds: metrics::COLLECTOR_ACK_SECONDS.histogram(r),
             commit_seconds: metrics::COLLECTOR_COMMIT_SECONDS.histogram(r),
             store_batches: metrics::COLLECTOR_STORE_BATCHES.int_gauge(r),

@@ -194,6 +194,8 @@ metrics! {
     COLLECTOR_REMOTE_WRITE_OUT_AT_RISK = (Collector, Gauge, "hubwatch_collector_remote_write_out_data_at_risk", ["destination"], "1 while the destination's lag is within 1h of storage.raw_retention_max (retention will soon delete batches it has not received), else 0.");
     /// Authentication failures.
     COLLECTOR_AUTH_FAILURES = (Collector, Counter, "hubwatch_collector_auth_failures_total", ["reason"], "Requests refused for their credential: missing, unknown, revoked, certificate.");
+    /// Token guessing.
+    COLLECTOR_AUTH_RATE_LIMITED = (Collector, Counter, "hubwatch_collector_auth_rate_limited_total", [], "Requests answered 429 without checking their credential: their source address had used up its failed-authentication budget (server.auth_failures_burst, refilled every server.auth_failure_refill).");
     /// Ingest latency.
     COLLECTOR_ACK_SECONDS = (Collector, Histogram, "hubwatch_collector_ingest_ack_seconds", [], "Time from a batch fully read to its acknowledgement (after it is durable).", LATENCY_BUCKETS);
     /// Store commits.

@@ -278,7 +278,7 @@ pub(super) fn authenticate(
             ))));
         }
     };
-    state.tokens.authenticate(bearer, peer).map_err(|e| {
+    super::check_credential(state, request, bearer, peer).map_err(|e| {
         log_auth_failure(&e, bearer, path);
         if let AuthError::AgentMismatch { .. } = e {
             rejected.with_label_values(&["agent_mismatch"]).inc();

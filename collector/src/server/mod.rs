@@ -50,9 +50,12 @@ use crate::telemetry::CollectorMetrics;
 pub use components::RETENTION_INTERVAL;
 pub use routes::HttpResponse;
 use routes::Router;
-pub(crate) use routes::{auth_failure, error, json, log_auth_failure, reader_member, unavailable};
+pub(crate) use routes::{
+    auth_failure, check_credential, error, json, log_auth_failure, reader_member, unavailable,
+};
 pub use tls::server_tls_config;
 
+pub mod auth_limit;
 pub mod components;
 pub mod ha;
 mod ingest;
@@ -111,6 +114,8 @@ pub struct AppState {
     pub(crate) ha: ha::HaTracker,
     /// Reads without a credential are allowed only on a loopback listener.
     pub(crate) loopback_listener: bool,
+    /// Failed authentications per source address ([`auth_limit`]).
+    pub(crate) auth_limit: auth_limit::AuthLimiter,
 }
 
 impl std::fmt::Debug for AppState {
@@ -331,8 +336,14 @@ impl Collector {
             spawn_tasks(&tasks, vec![Task::new("leader.lease", lease_task)]);
         }
 
+        let auth_limit = auth_limit::AuthLimiter::new(
+            server_cfg.auth_failures_burst,
+            server_cfg.auth_failure_refill,
+            clock.clone(),
+        );
         let state = Arc::new(AppState {
             loopback_listener: local_addr.ip().is_loopback(),
+            auth_limit,
             server: server_cfg,
             store,
             tokens,
@@ -342,9 +353,16 @@ impl Collector {
         let grace = state.server.shutdown_grace;
         let (listener_tx, listener_rx) = watch::channel(false);
         let acceptor = tls_config.map(TlsAcceptor::from);
-        let serve_task = tokio::spawn(serve(listener, acceptor, state, routing, listener_rx));
+        let serve_task = tokio::spawn(serve(
+            listener,
+            acceptor,
+            state,
+            Arc::clone(&routing),
+            listener_rx,
+        ));
         Ok(RunningCollector {
             local_addr,
+            routing,
             metrics,
             grace,
             listener_tx,
@@ -586,6 +604,9 @@ pub struct RunningCollector {
     tasks: RunningTasks,
     lease: Option<leader::PgLease>,
     lost: watch::Receiver<Option<String>>,
+    /// What it serves (tests list the routes).
+    #[cfg_attr(not(test), allow(dead_code))]
+    routing: Arc<Routing>,
 }
 
 impl std::fmt::Debug for RunningCollector {
@@ -655,6 +676,24 @@ impl RunningCollector {
         {
             tracing::warn!(error = %e, "releasing the leader lease failed; it expires on its own");
         }
+    }
+
+    /// Every `(method, path)` this collector serves now: every replica's
+    /// routes, then the leader's once it leads.
+    #[cfg(test)]
+    pub(crate) fn routes(&self) -> Vec<(http::Method, String)> {
+        let mut routes = self.routing.replica.list();
+        if let Some(leader) = self
+            .routing
+            .leader
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            routes.extend(leader.list());
+        }
+        routes.sort_by(|a, b| (&a.1, a.0.as_str()).cmp(&(&b.1, b.0.as_str())));
+        routes
     }
 
     /// Whether this collector leads (holds the lease; always on SQLite).
@@ -772,6 +811,7 @@ async fn serve_connection(
         serve_http(
             TokioIo::new(stream),
             PeerIdentity::Anonymous,
+            peer_addr,
             builder,
             watcher,
             state,
@@ -802,6 +842,7 @@ async fn serve_connection(
     serve_http(
         TokioIo::new(tls_stream),
         peer,
+        peer_addr,
         builder,
         watcher,
         state,
@@ -813,6 +854,7 @@ async fn serve_connection(
 async fn serve_http<I>(
     io: I,
     peer: PeerIdentity,
+    peer_addr: SocketAddr,
     builder: auto::Builder<TokioExecutor>,
     watcher: Watcher,
     state: Arc<AppState>,
@@ -821,7 +863,11 @@ async fn serve_http<I>(
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let peer = Arc::new(peer);
-    let service = service_fn(move |request: hyper::Request<Incoming>| {
+    let remote = auth_limit::RemoteAddr(peer_addr.ip());
+    let service = service_fn(move |mut request: hyper::Request<Incoming>| {
+        // Whoever authenticates reads the source address from here (the
+        // token-guessing limit, `auth_limit`).
+        request.extensions_mut().insert(remote);
         let (state, peer, router) = (state.clone(), peer.clone(), router.clone());
         async move { Ok::<_, Infallible>(router.handle(state, peer, request).await) }
     });

@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use prometheus::IntCounterVec;
 
 use super::AppState;
+use super::auth_limit::RemoteAddr;
 use crate::auth::{self, AuthError, PeerIdentity};
 use crate::component::{ComponentError, Handler, Route};
 use crate::telemetry::CollectorMetrics;
@@ -132,6 +133,21 @@ impl Router {
                     .get(pattern.join("/").as_str())
                     .filter(|r| !r.prefix && !r.tree)
             })
+    }
+
+    /// Every `(method, path)` registered (a prefix route's path ends with
+    /// `/`), for tests that must cover each route.
+    #[cfg(test)]
+    pub(crate) fn list(&self) -> Vec<(Method, String)> {
+        self.paths
+            .iter()
+            .flat_map(|(path, routes)| {
+                routes
+                    .methods
+                    .iter()
+                    .map(|(method, _)| (method.clone(), path.to_string()))
+            })
+            .collect()
     }
 
     /// Whether a route of this router matches `path` (any method).
@@ -294,7 +310,7 @@ pub(super) async fn agents(
     {
         None
     } else {
-        match state.tokens.authenticate(bearer, peer) {
+        match check_credential(state, request, bearer, peer) {
             Ok(credential) => Some(credential.member),
             Err(e) => {
                 log_auth_failure(&e, bearer, "/api/v1/agents");
@@ -353,7 +369,7 @@ pub(crate) fn reader_member(
     if bearer.is_none() && *peer == PeerIdentity::Anonymous && state.loopback_listener {
         return Ok(None);
     }
-    match state.tokens.authenticate(bearer, peer) {
+    match check_credential(state, request, bearer, peer) {
         Ok(credential) => Ok(Some(credential.member)),
         Err(e) => {
             log_auth_failure(&e, bearer, path);
@@ -362,9 +378,53 @@ pub(crate) fn reader_member(
     }
 }
 
+/// The one way a request's credential is checked: refused at once
+/// ([`AuthError::RateLimited`], the token not looked up) while the request's
+/// source address is over its budget of failed authentications, else
+/// checked against the token table; an unknown or revoked token spends the
+/// budget ([`AuthError::is_guess`]), and the failure that spends its last is
+/// logged with the address, never the token (at most once per
+/// [`super::auth_limit::REPORT_EVERY`] per source).
+pub(crate) fn check_credential(
+    state: &AppState,
+    request: &Request<Incoming>,
+    bearer: Option<&str>,
+    peer: &PeerIdentity,
+) -> Result<auth::Credential, AuthError> {
+    let source = request
+        .extensions()
+        .get::<RemoteAddr>()
+        .map(|remote| remote.0);
+    if let Some(ip) = source
+        && let Err(retry_after) = state.auth_limit.check(ip)
+    {
+        return Err(AuthError::RateLimited { retry_after });
+    }
+    let result = state.tokens.authenticate(bearer, peer);
+    if let (Err(e), Some(ip)) = (&result, source)
+        && e.is_guess()
+        && let Some(retry_after) = state.auth_limit.failed(ip)
+    {
+        tracing::warn!(
+            source = %ip,
+            burst = state.server.auth_failures_burst,
+            retry_after_seconds = retry_after.as_secs(),
+            "source address used up its failed authentications: requests from it that need a \
+             credential get 429 until it refills (server.auth_failures_burst, \
+             server.auth_failure_refill)"
+        );
+    }
+    result
+}
+
 /// Logs a refused credential: the reason and at most four hex characters of
-/// the token's hash, never the token.
+/// the token's hash, never the token. A rate-limited request is not logged
+/// (the limit was logged when it began, see [`check_credential`]; count:
+/// `hubwatch_collector_auth_rate_limited_total`).
 pub(crate) fn log_auth_failure(error: &AuthError, bearer: Option<&str>, path: &str) {
+    if let AuthError::RateLimited { .. } = error {
+        return;
+    }
     let token_hash_prefix = bearer.map(auth::token_fingerprint);
     tracing::warn!(
         path,
@@ -376,9 +436,19 @@ pub(crate) fn log_auth_failure(error: &AuthError, bearer: Option<&str>, path: &s
 }
 
 /// The response to a refused credential: 401 with `WWW-Authenticate: Bearer`
-/// (counted by reason), or 403 when a certificate and a token disagree.
+/// (counted by reason), 403 when a certificate and a token disagree, or 429
+/// with `Retry-After` for a rate-limited source (counted).
 pub(crate) fn auth_failure(state: &AppState, e: &AuthError, detail: Option<&str>) -> HttpResponse {
     let message = detail.map_or_else(|| e.to_string(), str::to_string);
+    if let AuthError::RateLimited { retry_after } = e {
+        state.metrics.auth_rate_limited.inc();
+        let mut response = error(StatusCode::TOO_MANY_REQUESTS, message);
+        response.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            HeaderValue::from(retry_after.as_secs().max(1)),
+        );
+        return response;
+    }
     match e.failure_reason() {
         Some(reason) => {
             state

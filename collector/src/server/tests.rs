@@ -1055,6 +1055,7 @@ async fn shutdown_finishes_an_in_flight_request_then_stops_listening() {
 
 mod leader;
 mod remote_write;
+mod security;
 
 /// HA pairs through the real ingest path: the first replica is elected and
 /// stored, the other answered 200 but not stored; after the elected one's

@@ -510,7 +510,7 @@ impl Pages {
                 .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return Err(Box::new(response));
         };
-        match state.tokens.authenticate(Some(token), peer) {
+        match server::check_credential(state, request, Some(token), peer) {
             Ok(credential) if credential.member == member => Ok(()),
             Ok(_) => Err(Box::new(server::error(
                 StatusCode::FORBIDDEN,

@@ -450,6 +450,15 @@ pub struct ServerConfig {
     /// leads, e.g. `https://collector-0.example.org:9470`. Unset: a follower
     /// answers those reads 503 instead.
     pub advertise_url: Option<String>,
+    /// Failed authentications (unknown or revoked token) one source address
+    /// may make in a burst before every request from it that needs a
+    /// credential is answered 429 without checking it. `0` turns the limit
+    /// off (behind a proxy every client shares the proxy's address).
+    pub auth_failures_burst: u32,
+    /// One more failed authentication is allowed per source address every
+    /// this long (the burst refills at this rate).
+    #[serde(with = "humantime_serde")]
+    pub auth_failure_refill: Duration,
 }
 
 impl Default for ServerConfig {
@@ -468,6 +477,8 @@ impl Default for ServerConfig {
             ha_failover_timeout: Duration::from_secs(30),
             leader_lease: Duration::from_secs(15),
             advertise_url: None,
+            auth_failures_burst: 20,
+            auth_failure_refill: Duration::from_secs(1),
         }
     }
 }
@@ -675,6 +686,20 @@ impl Validate for CollectorConfig {
         }
         if let Some(url) = &s.advertise_url {
             check_http_url("server.advertise_url", url)?;
+        }
+        if s.auth_failures_burst > 100_000 {
+            return Err(ConfigError::invalid(
+                "server.auth_failures_burst",
+                "must be at most 100000 (0 turns the limit off)",
+            ));
+        }
+        if s.auth_failure_refill < Duration::from_millis(10)
+            || s.auth_failure_refill > Duration::from_secs(3600)
+        {
+            return Err(ConfigError::invalid(
+                "server.auth_failure_refill",
+                "must be between 10ms and 1h",
+            ));
         }
         if self.storage.path.as_os_str().is_empty() {
             return Err(ConfigError::invalid("storage.path", "must not be empty"));

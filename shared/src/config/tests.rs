@@ -1305,3 +1305,26 @@ fn ha_failover_timeout_defaults_to_30s_and_is_checked() {
         "{err}"
     );
 }
+
+#[test]
+fn the_auth_failure_limit_defaults_to_20_refilling_every_second_and_is_checked() {
+    let cfg: CollectorConfig = load("", &HashMap::new()).expect("valid");
+    assert_eq!(cfg.server.auth_failures_burst, 20);
+    assert_eq!(cfg.server.auth_failure_refill, Duration::from_secs(1));
+    let cfg: CollectorConfig = load("[server]\nauth_failures_burst = 0\n", &HashMap::new())
+        .expect("0 turns the limit off");
+    assert_eq!(cfg.server.auth_failures_burst, 0);
+    for (text, key) in [
+        ("auth_failures_burst = 100001", "server.auth_failures_burst"),
+        ("auth_failures_burst = -1", "auth_failures_burst"),
+        (
+            "auth_failure_refill = \"1ms\"",
+            "server.auth_failure_refill",
+        ),
+        ("auth_failure_refill = \"2h\"", "server.auth_failure_refill"),
+    ] {
+        let text = format!("[server]\n{text}\n");
+        let err = load::<CollectorConfig>(&text, &HashMap::new()).expect_err(&text);
+        assert!(err.to_string().contains(key), "{text:?}: {err}");
+    }
+}
