@@ -70,6 +70,9 @@ pub struct CollectorOptions {
     pub extra_server_toml: String,
     /// More `[storage]` keys (`backend = "postgres"`, `url = ...`).
     pub extra_storage_toml: String,
+    /// `[storage] path` instead of `data` in the collector's directory (a
+    /// small tmpfs, for a full disk).
+    pub storage_path: Option<std::path::PathBuf>,
 }
 
 impl Default for CollectorOptions {
@@ -80,6 +83,7 @@ impl Default for CollectorOptions {
             members: vec![("alpha".into(), "member".into())],
             extra_server_toml: String::new(),
             extra_storage_toml: String::new(),
+            storage_path: None,
         }
     }
 }
@@ -441,7 +445,11 @@ fn config_toml(options: &CollectorOptions, port: u16, dir: &Path) -> String {
         toml.push('\n');
     }
     let _ = writeln!(toml, "\n[storage]");
-    let _ = writeln!(toml, "path = {}", toml_path(&dir.join("data")));
+    let data = options
+        .storage_path
+        .clone()
+        .unwrap_or_else(|| dir.join("data"));
+    let _ = writeln!(toml, "path = {}", toml_path(&data));
     let _ = writeln!(toml, "{}", options.extra_storage_toml);
     for (id, tier) in &options.members {
         let _ = writeln!(toml, "\n[[members]]");

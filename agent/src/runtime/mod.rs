@@ -36,6 +36,7 @@ use crate::spool::{Spool, SpoolError, SpoolOptions};
 use crate::telemetry::readiness::Readiness;
 use crate::telemetry::{self, AgentMetrics};
 
+pub mod health_watch;
 pub mod outbox;
 
 use outbox::{BatchIdentity, Outbox};
@@ -200,6 +201,15 @@ pub async fn run(
         terms,
         version_mismatch: false,
     };
+    // Between collections, each hub's /hub/health every third of an
+    // interval: a hub that goes down (or comes back) is collected at once.
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let watch_task = health_watch::HealthWatch::from_config(&cfg)
+        .map_err(|e| AgentError::Source {
+            name: "health watch",
+            source: SourceError::Read(e.to_string()),
+        })?
+        .map(|w| tokio::spawn(w.run(Arc::clone(&wake))));
     let mut ticks = tokio::time::interval(cfg.agent.interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -208,7 +218,15 @@ pub async fn run(
             biased;
             _ = &mut shutdown => break,
             _ = ticks.tick() => collector.collect_once().await?,
+            () = wake.notified() => {
+                collector.collect_once().await?;
+                // The next regular collection a whole interval from now.
+                ticks.reset();
+            }
         }
+    }
+    if let Some(task) = watch_task {
+        task.abort();
     }
 
     tracing::info!("shutting down: collection stopped, delivering what is pending");
