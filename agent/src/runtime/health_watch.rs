@@ -90,8 +90,7 @@ impl HealthWatch {
         ticks.tick().await;
         loop {
             ticks.tick().await;
-            let results =
-                futures_util::future::join_all(self.targets.iter().map(|t| probe(t))).await;
+            let results = futures_util::future::join_all(self.targets.iter().map(probe)).await;
             let mut changed = false;
             for ((target, records), was_down) in self.targets.iter().zip(results).zip(&mut down) {
                 let is_down = confirmed_down(&records);
