@@ -34,6 +34,15 @@
 #   scripts/bench.sh journey           the synthetic journey's cost to the agent against a real JupyterHub:
 #                                      peak RSS with and without it, CPU between runs (issue 11: < 2 MiB,
 #                                      nothing between runs; cargo bench --bench journey_memory; BENCH_SECONDS)
+#   scripts/bench.sh hub-down          a real JupyterHub SIGKILLed -> the page in a real Alertmanager at
+#                                      the default intervals, hubwatch's HubDown against Prometheus'
+#                                      up == 0 with for: 0s and for: 15s (issue 15: <= 10 s; cargo bench
+#                                      --profile dev --bench hub_down_page; BENCH_RUNS, default 5)
+#   scripts/bench.sh faults            fault injection with the oracle (issue 15): the collector SIGKILLed
+#                                      10 times under 50 agents for 5 min, agents SIGKILLed, the collector
+#                                      unreachable for a simulated hour, its disk full; prints produced,
+#                                      delivered, duplicated, lost (cargo bench --profile dev --bench
+#                                      fault_injection; BENCH_AGENTS, BENCH_SECONDS, BENCH_KILLS, BENCH_SCENARIOS)
 #   scripts/bench.sh agent [SECONDS]   agent footprint: RSS and CPU of a release agent streaming the
 #                                      host source every 15 s to a release collector (default 120 s)
 #   scripts/bench.sh fuzz [SECONDS]    every fuzz target for SECONDS each (scripts/fuzz.sh)
@@ -305,6 +314,16 @@ case "$cmd" in
   federate)
     echo "== federate: GET /federate of ${BENCH_SERIES:-200000} series"
     cargo bench -p hubwatch-collector --bench federate
+    ;;
+  hub-down)
+    echo "== hub_down_page: hub SIGKILLed -> page in Alertmanager, hubwatch vs Prometheus (real JupyterHub)"
+    cargo build --locked -p hubwatch-agent -p hubwatch-collector --bins
+    cargo bench --locked --profile dev -p hubwatch-tests --bench hub_down_page
+    ;;
+  faults)
+    echo "== fault_injection: produced, delivered, duplicated, lost under injected faults"
+    cargo build --locked -p hubwatch-agent -p hubwatch-collector --bins
+    cargo bench --locked --profile dev -p hubwatch-tests --bench fault_injection
     ;;
   remote-write-out) bench_remote_write_out ;;
   remote-write-backlog) bench_remote_write_backlog ;;
