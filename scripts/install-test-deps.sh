@@ -53,6 +53,9 @@ if ! command -v kubectl >/dev/null; then
   fi
 fi
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+# libfaketime: the clock-skew test runs agents an hour ahead and behind
+# (tests/tests/agent_clock_skew.rs, LD_PRELOAD with FAKETIME).
+compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || need_apt+=(libfaketime)
 
 # PostgreSQL 15 (Debian's `postgresql-15`): the PostgreSQL store's tests
 # start a private server themselves (initdb + pg_ctl from
