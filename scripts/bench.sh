@@ -34,6 +34,15 @@
 #   scripts/bench.sh journey           the synthetic journey's cost to the agent against a real JupyterHub:
 #                                      peak RSS with and without it, CPU between runs (issue 11: < 2 MiB,
 #                                      nothing between runs; cargo bench --bench journey_memory; BENCH_SECONDS)
+#   scripts/bench.sh restart           restart to ready (issue 15: < 10 s): 1,000 hubs x 65 days of SLI
+#                                      minutes (~94 M rows, ~6 GB under /tmp, deleted after), then
+#                                      serve's start to /readyz and the SLO engine's load with and
+#                                      without hourly rollups, 3 runs each (cargo bench --bench
+#                                      restart_ready; BENCH_HUBS, BENCH_DAYS, BENCH_RUNS)
+#   scripts/bench.sh fleet             10,000 hubs on one collector (issue 15): 1,000 agents post every
+#                                      15 s; ingest rate, derivation lag, SLO and alert evaluation
+#                                      rounds, memory (cargo bench --bench fleet_scale; BENCH_HUBS,
+#                                      BENCH_SPEEDUP, BENCH_ROUNDS, BENCH_HUBS_PER_AGENT)
 #   scripts/bench.sh agent [SECONDS]   agent footprint: RSS and CPU of a release agent streaming the
 #                                      host source every 15 s to a release collector (default 120 s)
 #   scripts/bench.sh fuzz [SECONDS]    every fuzz target for SECONDS each (scripts/fuzz.sh)
@@ -301,6 +310,14 @@ case "$cmd" in
   status)
     echo "== status_render: GET /status for ${BENCH_MEMBERS:-100} members x 3 hubs x 90 days"
     cargo bench -p hubwatch-collector --bench status_render
+    ;;
+  restart)
+    echo "== restart_ready: ${BENCH_HUBS:-1000} hubs x ${BENCH_DAYS:-65} days of SLI minutes"
+    cargo bench -p hubwatch-collector --bench restart_ready
+    ;;
+  fleet)
+    echo "== fleet_scale: ${BENCH_HUBS:-10000} hubs, speedup ${BENCH_SPEEDUP:-1}x"
+    cargo bench -p hubwatch-collector --bench fleet_scale
     ;;
   federate)
     echo "== federate: GET /federate of ${BENCH_SERIES:-200000} series"
