@@ -38,7 +38,7 @@
 #                                      minutes (~94 M rows, ~6 GB under /tmp, deleted after), then
 #                                      serve's start to /readyz and the SLO engine's load with and
 #                                      without hourly rollups, 3 runs each (cargo bench --bench
-#                                      restart_ready; BENCH_HUBS, BENCH_DAYS, BENCH_RUNS)
+#                                      restart_ready; BENCH_HUBS, BENCH_DAYS, BENCH_RUNS, BENCH_MODES)
 #   scripts/bench.sh fleet             10,000 hubs on one collector (issue 15): 1,000 agents post every
 #                                      15 s; ingest rate, derivation lag, SLO and alert evaluation
 #                                      rounds, memory (cargo bench --bench fleet_scale; BENCH_HUBS,

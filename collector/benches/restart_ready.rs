@@ -20,6 +20,7 @@
 //! - `load_minutes`: the same from every minute of the window
 //!   (`SloEngine::load_minutes`, how `serve` loaded before hourly rollups).
 //!
+//! `BENCH_MODES` (default `serve,load,load_minutes`) picks the runs.
 //! Prints each run, the medians, the store's size and the SLI state's bytes.
 //! Caches are warm (the store was just written or read); the machine's page
 //! cache holds the file.
@@ -352,7 +353,8 @@ fn main() -> Result<()> {
         bytes as f64 / f64::from(1u32 << 30),
         bytes as f64 / rows.max(1) as f64
     );
-    for mode in ["serve", "load", "load_minutes"] {
+    let modes = std::env::var("BENCH_MODES").unwrap_or_else(|_| "serve,load,load_minutes".into());
+    for mode in modes.split(',').map(str::trim).filter(|m| !m.is_empty()) {
         let mut results = Vec::with_capacity(runs);
         for run in 1..=runs {
             let fields = run_child(mode, dir.path(), hubs)?;
