@@ -43,6 +43,15 @@
 #                                      unreachable for a simulated hour, its disk full; prints produced,
 #                                      delivered, duplicated, lost (cargo bench --profile dev --bench
 #                                      fault_injection; BENCH_AGENTS, BENCH_SECONDS, BENCH_KILLS, BENCH_SCENARIOS)
+#   scripts/bench.sh restart           restart to ready (issue 15: < 10 s): 1,000 hubs x 65 days of SLI
+#                                      minutes (~94 M rows, ~6 GB under /tmp, deleted after), then
+#                                      serve's start to /readyz and the SLO engine's load with and
+#                                      without hourly rollups, 3 runs each (cargo bench --bench
+#                                      restart_ready; BENCH_HUBS, BENCH_DAYS, BENCH_RUNS, BENCH_MODES)
+#   scripts/bench.sh fleet             10,000 hubs on one collector (issue 15): 1,000 agents post every
+#                                      15 s; ingest rate, derivation lag, SLO and alert evaluation
+#                                      rounds, memory (cargo bench --bench fleet_scale; BENCH_HUBS,
+#                                      BENCH_SPEEDUP, BENCH_ROUNDS, BENCH_HUBS_PER_AGENT)
 #   scripts/bench.sh agent [SECONDS]   agent footprint: RSS and CPU of a release agent streaming the
 #                                      host source every 15 s to a release collector (default 120 s)
 #   scripts/bench.sh fuzz [SECONDS]    every fuzz target for SECONDS each (scripts/fuzz.sh)
@@ -310,6 +319,14 @@ case "$cmd" in
   status)
     echo "== status_render: GET /status for ${BENCH_MEMBERS:-100} members x 3 hubs x 90 days"
     cargo bench -p hubwatch-collector --bench status_render
+    ;;
+  restart)
+    echo "== restart_ready: ${BENCH_HUBS:-1000} hubs x ${BENCH_DAYS:-65} days of SLI minutes"
+    cargo bench -p hubwatch-collector --bench restart_ready
+    ;;
+  fleet)
+    echo "== fleet_scale: ${BENCH_HUBS:-10000} hubs, speedup ${BENCH_SPEEDUP:-1}x"
+    cargo bench -p hubwatch-collector --bench fleet_scale
     ;;
   federate)
     echo "== federate: GET /federate of ${BENCH_SERIES:-200000} series"

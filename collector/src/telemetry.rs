@@ -106,6 +106,8 @@ pub struct CollectorMetrics {
     pub alerts: IntGaugeVec,
     /// Alert source evaluations that failed, by source.
     pub alert_evaluation_failures: IntCounterVec,
+    /// Time of each alert evaluation round (sources and state save).
+    pub alert_evaluation_seconds: Histogram,
     /// Alert evaluation rounds whose state could not be saved (not sent).
     pub alert_state_save_failures: IntCounter,
     /// Status webhook POSTs by outcome.
@@ -227,6 +229,7 @@ impl CollectorMetrics {
             },
             alerts: metrics::COLLECTOR_ALERTS.int_gauge_vec(r),
             alert_evaluation_failures: metrics::COLLECTOR_ALERT_EVALUATION_FAILURES.counter_vec(r),
+            alert_evaluation_seconds: metrics::COLLECTOR_ALERT_EVALUATION_SECONDS.histogram(r),
             alert_state_save_failures: metrics::COLLECTOR_ALERT_STATE_SAVE_FAILURES.counter(r),
             status_webhook_deliveries: metrics::COLLECTOR_STATUS_WEBHOOK_DELIVERIES.counter_vec(r),
             status_webhook_outbox: metrics::COLLECTOR_STATUS_WEBHOOK_OUTBOX.int_gauge(r),

@@ -214,6 +214,8 @@ metrics! {
     COLLECTOR_ALERTS = (Collector, Gauge, "hubwatch_collector_alerts", ["alertname", "severity", "state"], "Alerts held by the alert engine: state firing, or resolved and still being sent.");
     /// Alert source failures.
     COLLECTOR_ALERT_EVALUATION_FAILURES = (Collector, Counter, "hubwatch_collector_alert_evaluation_failures_total", ["source"], "Alert source evaluations that failed; that source's alerts were kept as they were.");
+    /// Alert evaluation round duration.
+    COLLECTOR_ALERT_EVALUATION_SECONDS = (Collector, Histogram, "hubwatch_collector_alert_evaluation_duration_seconds", [], "Time one alert evaluation round took: every alert source evaluated and the alert state saved.", LATENCY_BUCKETS);
     /// Alert state saves that failed.
     COLLECTOR_ALERT_STATE_SAVE_FAILURES = (Collector, Counter, "hubwatch_collector_alert_state_save_failures_total", [], "Alert evaluation rounds whose state could not be saved: held in memory and retried next round, and not sent to any Alertmanager until saved.");
     /// Alertmanager posts that succeeded.

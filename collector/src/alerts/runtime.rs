@@ -340,7 +340,12 @@ pub(crate) fn evaluation_round(
                 .inc();
         }
     };
-    match engine.evaluate() {
+    let started = std::time::Instant::now();
+    let evaluated = engine.evaluate();
+    metrics
+        .alert_evaluation_seconds
+        .observe(started.elapsed().as_secs_f64());
+    match evaluated {
         Ok(report) => count_failed_sources(&report.failed_sources),
         Err(AlertError::NotSaved { report, source }) => {
             count_failed_sources(&report.failed_sources);

@@ -742,10 +742,20 @@ impl crate::slo::store::SliStore for Minutes {
     ) -> Result<crate::slo::journey::LatestJourneys, crate::store::StoreError> {
         Ok(Default::default())
     }
-    fn for_each_minute(
+    fn for_each_minute_in(
         &self,
+        _hub: Option<(&str, &str)>,
         _from_minute: i64,
+        _to_minute: i64,
         _f: &mut dyn FnMut(&str, &str, i64, &MinuteCounts),
+    ) -> Result<u64, crate::store::StoreError> {
+        Ok(0)
+    }
+    fn for_each_hour(
+        &self,
+        _from_hour: i64,
+        _to_hour: i64,
+        _f: &mut dyn FnMut(&str, &str, i64, &crate::slo::windows::HourRollup),
     ) -> Result<u64, crate::store::StoreError> {
         Ok(0)
     }

@@ -57,12 +57,19 @@ use hubwatch_shared::config::{
 use super::journey::{self, JourneyLatest, LatestJourneys};
 use super::objectives::SloSettings;
 use super::sli::{MINUTE_MS, MinuteChange, MinuteCounts};
-use super::windows::{HubSli, MINUTE_WINDOWS, Sums, WINDOW_SECS, WindowSums};
+use super::windows::{HubSli, MINUTE_WINDOWS, Sums, TEN_MINUTE_WINDOWS, WINDOW_SECS, WindowSums};
 use crate::alerts::{AlertSource, AlertSpec, EvaluateError};
 use crate::maintenance::Calendar;
 
 #[cfg(test)]
+mod load_tests;
+#[cfg(test)]
 mod tests;
+
+/// How far back from now [`SloEngine::load`] reads minute rows (from the
+/// whole hour before): the ten-minute ring's 3 days, one slot more, and an
+/// hour.
+pub const MINUTE_RESOLUTION_MINUTES: i64 = (TEN_MINUTE_WINDOWS[1] as i64 + 1) * 10 + 60;
 
 /// `SLODataAbsent` fires after this long without data.
 pub const DATA_ABSENT_AFTER_MS: i64 = 15 * MINUTE_MS;
@@ -380,20 +387,186 @@ impl SloEngine {
         }
     }
 
-    /// Loads each hub's latest journey and the minute rows of the last tier
-    /// window (plus an hour) ending at `now_ms` from `sli_minutes`, so a restart neither resets budgets nor
+    /// Loads each hub's latest journey and the last tier window (plus an
+    /// hour) ending at `now_ms`, so a restart neither resets budgets nor
     /// changes burn rates. Call once, on an empty engine, before applying
-    /// new changes. Returns the rows read.
+    /// new changes. Returns the rows read (minute and hour rows).
+    ///
+    /// The state is exactly what applying every minute row of the window
+    /// would leave ([`SloEngine::load_minutes`], a test compares the two),
+    /// read from far fewer rows: the minute rows of the last
+    /// [`MINUTE_RESOLUTION_MINUTES`] (what the minute and ten-minute rings
+    /// serve, from a whole hour) and of the partial hour at the window's
+    /// start; before them, whole hours from `sli_hours` into the hour ring
+    /// (the error budget). An hour that an announced maintenance window
+    /// touches for a hub is read as its minutes, each excluded or not as
+    /// [`SloEngine::apply`] does. The latest minutes with probes, metrics and
+    /// journeys of a hub come from its minutes when it has some in the
+    /// minute spans, else from the minutes of the latest hour that has them.
     pub fn load(
         &self,
         store: &dyn super::store::SliStore,
         now_ms: i64,
     ) -> Result<u64, crate::store::StoreError> {
+        let from_minute = self.load_from_minute(now_ms);
+        let recent_from = now_ms
+            .div_euclid(MINUTE_MS)
+            .saturating_sub(MINUTE_RESOLUTION_MINUTES)
+            .div_euclid(60)
+            .saturating_mul(60);
+        let first_hour = from_minute.div_euclid(60) + i64::from(from_minute.rem_euclid(60) != 0);
+        let end_hour = recent_from.div_euclid(60);
+        if first_hour >= end_hour {
+            return self.load_minutes(store, now_ms);
+        }
+        let journeys = store.load_journeys()?;
+        self.apply_journeys(&journeys);
+        let mut state = self.lock();
+        let state = &mut *state;
+        let calendar = state.maintenance.as_deref();
+        // Per hub: the hours `[a, b)` maintenance touches (read as minutes).
+        let windows = calendar.map(Calendar::windows).unwrap_or_default();
+        let touched: Vec<Vec<(i64, i64)>> = state
+            .hubs
+            .iter()
+            .map(|entry| {
+                crate::maintenance::excluded_minutes(
+                    &windows,
+                    &entry.member,
+                    &entry.hub,
+                    entry.tier.maintenance,
+                    entry.tier.maintenance_notice,
+                    first_hour * 60,
+                    end_hour * 60,
+                )
+                .into_iter()
+                .map(|(a, b)| (a.div_euclid(60), b.div_euclid(60) + i64::from(b % 60 != 0)))
+                .collect()
+            })
+            .collect();
+        let mut key = (String::new(), String::new());
+        let mut find = |index: &HashMap<(String, String), usize>, member: &str, hub: &str| {
+            key.0.clear();
+            key.0.push_str(member);
+            key.1.clear();
+            key.1.push_str(hub);
+            index.get(&key).copied()
+        };
+        let apply_minute = |hubs: &mut Vec<HubEntry>, i: usize, minute: i64, c: &MinuteCounts| {
+            let entry = &mut hubs[i];
+            if !excluded(calendar, entry, minute) {
+                entry.sli.apply(minute, &MinuteCounts::default(), c);
+            }
+        };
+        let (index, hubs) = (&state.index, &mut state.hubs);
+        let mut rows = 0u64;
+        // The partial hour at the window's start, as minutes.
+        rows += store.for_each_minute_in(
+            None,
+            from_minute,
+            first_hour * 60,
+            &mut |member, hub, minute, counts| {
+                if let Some(i) = find(index, member, hub) {
+                    apply_minute(hubs, i, minute, counts);
+                }
+            },
+        )?;
+        // Whole hours; per hub the latest hour with probes, metrics and
+        // journeys among them.
+        let mut latest: Vec<[Option<i64>; 3]> = vec![[None; 3]; hubs.len()];
+        rows += store.for_each_hour(first_hour, end_hour, &mut |member, hub, hour, rollup| {
+            let Some(i) = find(index, member, hub) else {
+                return;
+            };
+            if touched[i].iter().any(|(a, b)| *a <= hour && hour < *b) {
+                return;
+            }
+            hubs[i].sli.apply_hour(hour, &rollup.sums);
+            let seen = [
+                rollup.has_probes(),
+                rollup.metrics_minutes > 0,
+                rollup.has_journey(),
+            ];
+            for (slot, seen) in latest[i].iter_mut().zip(seen) {
+                if seen {
+                    *slot = Some(slot.map_or(hour, |h: i64| h.max(hour)));
+                }
+            }
+        })?;
+        // The hours maintenance touches, as minutes.
+        for (i, ranges) in touched.iter().enumerate() {
+            for (a, b) in ranges {
+                let (member, hub) = (hubs[i].member.clone(), hubs[i].hub.clone());
+                rows += store.for_each_minute_in(
+                    Some((&member, &hub)),
+                    a * 60,
+                    b * 60,
+                    &mut |_, _, minute, counts| apply_minute(hubs, i, minute, counts),
+                )?;
+            }
+        }
+        // The recent minutes.
+        rows += store.for_each_minute_in(
+            None,
+            recent_from,
+            i64::MAX,
+            &mut |member, hub, minute, counts| {
+                if let Some(i) = find(index, member, hub) {
+                    apply_minute(hubs, i, minute, counts);
+                }
+            },
+        )?;
+        // The exact latest minutes, from the latest hour that has them when
+        // no later minute did (its minutes are all applied: no maintenance).
+        for (i, latest) in latest.iter().enumerate() {
+            let sli = &hubs[i].sli;
+            let known = [
+                sli.last_probe_minute(),
+                sli.last_metrics_minute(),
+                sli.last_journey_minute(),
+            ];
+            let mut hours: Vec<i64> = latest
+                .iter()
+                .zip(known)
+                .filter_map(|(hour, known)| {
+                    let hour = (*hour)?;
+                    (known.is_none_or(|m| m < hour * 60 + 60)).then_some(hour)
+                })
+                .collect();
+            hours.sort_unstable();
+            hours.dedup();
+            for hour in hours {
+                let (member, hub) = (hubs[i].member.clone(), hubs[i].hub.clone());
+                rows += store.for_each_minute_in(
+                    Some((&member, &hub)),
+                    hour * 60,
+                    hour * 60 + 60,
+                    &mut |_, _, minute, counts| hubs[i].sli.note_seen(minute, counts),
+                )?;
+            }
+        }
+        Ok(rows)
+    }
+
+    /// The first minute [`SloEngine::load`] reads: the longest tier window
+    /// plus an hour before `now_ms`.
+    fn load_from_minute(&self, now_ms: i64) -> i64 {
         let window_ms = i64::try_from(self.longest_window().as_millis()).unwrap_or(i64::MAX);
-        let from_minute = now_ms
+        now_ms
             .saturating_sub(window_ms)
             .saturating_sub(3600 * 1000)
-            .div_euclid(MINUTE_MS);
+            .div_euclid(MINUTE_MS)
+    }
+
+    /// [`SloEngine::load`] from every minute row of the window, as it was
+    /// done before hourly rollups (the restart bench's "before" and the
+    /// test that both leave the same state). Returns the rows read.
+    pub fn load_minutes(
+        &self,
+        store: &dyn super::store::SliStore,
+        now_ms: i64,
+    ) -> Result<u64, crate::store::StoreError> {
+        let from_minute = self.load_from_minute(now_ms);
         let journeys = store.load_journeys()?;
         self.apply_journeys(&journeys);
         let mut state = self.lock();

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use super::journey::{JourneyKey, JourneyLatest, LatestJourneys};
 use super::sli::{CounterKey, Counters, MinuteChange, MinuteCounts, SliPage};
-use super::windows::{Contribution, Sums};
+use super::windows::{Contribution, HourRollup, Sums};
 use crate::pipeline::CursorUpdate;
 use crate::store::{Store, StoreError};
 
@@ -36,6 +36,28 @@ pub trait SliStore: Send + Sync {
         &self,
         from_minute: i64,
         f: &mut dyn FnMut(&str, &str, i64, &MinuteCounts),
+    ) -> Result<u64, StoreError> {
+        self.for_each_minute_in(None, from_minute, i64::MAX, f)
+    }
+
+    /// Calls `f` for every minute row in `[from_minute, to_minute)`: of
+    /// every hub (through the minute index), or of the one `(member, hub)`
+    /// given (on its primary key); returns the rows read.
+    fn for_each_minute_in(
+        &self,
+        hub: Option<(&str, &str)>,
+        from_minute: i64,
+        to_minute: i64,
+        f: &mut dyn FnMut(&str, &str, i64, &MinuteCounts),
+    ) -> Result<u64, StoreError>;
+
+    /// Calls `f` for every `sli_hours` row of `[from_hour, to_hour)` (Unix
+    /// hours); returns the rows read.
+    fn for_each_hour(
+        &self,
+        from_hour: i64,
+        to_hour: i64,
+        f: &mut dyn FnMut(&str, &str, i64, &HourRollup),
     ) -> Result<u64, StoreError>;
 
     /// The sums of the minutes of each `(member, hub)` of `hubs` in
@@ -135,19 +157,33 @@ impl SliStore for SqliteSli {
             .read_with("loading latest journeys", load_journeys)
     }
 
-    fn for_each_minute(
+    fn for_each_minute_in(
         &self,
+        hub: Option<(&str, &str)>,
         from_minute: i64,
+        to_minute: i64,
         f: &mut dyn FnMut(&str, &str, i64, &MinuteCounts),
     ) -> Result<u64, StoreError> {
         self.store.read_with("loading SLI minutes", |conn| {
-            let mut statement = conn.prepare(
-                "SELECT member, hub, minute, probes_ok, probes_failed, outside_ok, outside_failed,
-                        spawn_ok, spawn_failed, spawn_fast, hub_samples, spawn_timed,
-                        journey_good, journey_bad, journey_spawn_failed
-                 FROM sli_minutes WHERE minute >= ?1",
-            )?;
-            let mut rows = statement.query(params![from_minute])?;
+            const COLUMNS: &str = "SELECT member, hub, minute, probes_ok, probes_failed,
+                    outside_ok, outside_failed, spawn_ok, spawn_failed, spawn_fast, hub_samples,
+                    spawn_timed, journey_good, journey_bad, journey_spawn_failed
+                 FROM sli_minutes";
+            let (mut statement, mut rows);
+            match hub {
+                None => {
+                    statement = conn
+                        .prepare_cached(&format!("{COLUMNS} WHERE minute >= ?1 AND minute < ?2"))?;
+                    rows = statement.query(params![from_minute, to_minute])?;
+                }
+                Some((member, hub)) => {
+                    statement = conn.prepare_cached(&format!(
+                        "{COLUMNS} WHERE member = ?1 AND hub = ?2 AND minute >= ?3 \
+                         AND minute < ?4"
+                    ))?;
+                    rows = statement.query(params![member, hub, from_minute, to_minute])?;
+                }
+            }
             let mut read = 0u64;
             while let Some(row) = rows.next()? {
                 read += 1;
@@ -155,6 +191,50 @@ impl SliStore for SqliteSli {
                 let hub = row.get_ref(1)?.as_str()?;
                 let counts = row_counts_at(row, 3)?;
                 f(member, hub, row.get(2)?, &counts);
+            }
+            Ok(read)
+        })
+    }
+
+    fn for_each_hour(
+        &self,
+        from_hour: i64,
+        to_hour: i64,
+        f: &mut dyn FnMut(&str, &str, i64, &HourRollup),
+    ) -> Result<u64, StoreError> {
+        self.store.read_with("loading SLI hours", |conn| {
+            // A scan of the whole table (an hour index would cost every
+            // commit for a read done once at start): a fleet's 65 days are
+            // ~1,600 rows a hub.
+            let mut statement = conn.prepare(
+                "SELECT member, hub, hour, minutes, metrics_minutes, avail_good, avail_bad,
+                        spawn_ok, spawn_failed, spawn_fast, spawn_timed, journey_good,
+                        journey_bad, journey_spawn_failed
+                 FROM sli_hours WHERE hour >= ?1 AND hour < ?2",
+            )?;
+            let mut rows = statement.query(params![from_hour, to_hour])?;
+            let mut read = 0u64;
+            while let Some(row) = rows.next()? {
+                read += 1;
+                let member = row.get_ref(0)?.as_str()?;
+                let hub = row.get_ref(1)?.as_str()?;
+                let count = |i: usize| -> rusqlite::Result<u64> { Ok(from_sql(row.get(i)?)) };
+                let rollup = HourRollup {
+                    minutes: count(3)?,
+                    metrics_minutes: count(4)?,
+                    sums: Sums {
+                        avail_good: count(5)?,
+                        avail_bad: count(6)?,
+                        spawn_ok: count(7)?,
+                        spawn_failed: count(8)?,
+                        spawn_fast: count(9)?,
+                        spawn_timed: count(10)?,
+                        journey_good: count(11)?,
+                        journey_bad: count(12)?,
+                        journey_spawn_failed: count(13)?,
+                    },
+                };
+                f(member, hub, row.get(2)?, &rollup);
             }
             Ok(read)
         })
@@ -350,10 +430,11 @@ pub fn write_page(tx: &Transaction<'_>, page: &SliPage) -> rusqlite::Result<Vec<
     let mut hour = tx.prepare_cached(
         "INSERT INTO sli_hours (member, hub, hour, minutes, avail_good, avail_bad, spawn_ok,
              spawn_failed, spawn_fast, spawn_timed, journey_good, journey_bad,
-             journey_spawn_failed)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+             journey_spawn_failed, metrics_minutes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
          ON CONFLICT (member, hub, hour) DO UPDATE SET
              minutes = minutes + excluded.minutes,
+             metrics_minutes = metrics_minutes + excluded.metrics_minutes,
              avail_good = avail_good + excluded.avail_good,
              avail_bad = avail_bad + excluded.avail_bad,
              spawn_ok = spawn_ok + excluded.spawn_ok,
@@ -378,17 +459,20 @@ pub fn write_page(tx: &Transaction<'_>, page: &SliPage) -> rusqlite::Result<Vec<
             d.change.spawn_timed,
             d.change.journey_good,
             d.change.journey_bad,
-            d.change.journey_spawn_failed
+            d.change.journey_spawn_failed,
+            d.metrics_minutes
         ])?;
     }
     Ok(changes)
 }
 
-/// What a page changes in one `sli_hours` row: new minute rows, and the
-/// minutes' contributions as the rolling windows count them.
+/// What a page changes in one `sli_hours` row: new minute rows, minutes
+/// that now have the hub's metrics, and the minutes' contributions as the
+/// rolling windows count them.
 #[derive(Debug, Default)]
 struct HourDelta {
     minutes: i64,
+    metrics_minutes: i64,
     change: Contribution,
 }
 
@@ -396,6 +480,7 @@ impl HourDelta {
     /// Adds one minute's change (`new`: the minute had no row before).
     fn add(&mut self, new: bool, before: &MinuteCounts, after: &MinuteCounts) {
         self.minutes += i64::from(new);
+        self.metrics_minutes += i64::from(after.has_metrics()) - i64::from(before.has_metrics());
         self.change.add(&Contribution::between(before, after));
     }
 }
@@ -530,6 +615,47 @@ mod plan_tests {
         assert_eq!(migrated[&key].avail_bad, 1);
         assert_eq!(migrated[&key].avail_good, 5);
         assert_eq!(migrated[&key].spawn_ok, 12);
+    }
+
+    /// The migration that added `sli_hours.metrics_minutes` counts, per
+    /// hour, the stored minutes that had the hub's metrics: what the
+    /// commits keep from then on.
+    #[test]
+    fn the_migration_counts_the_minutes_with_metrics_per_hour() {
+        let (_dir, store, sli) = temp_sli();
+        let mut page = SliPage::default();
+        for (minute, samples) in [(59, 3), (60, 0), (61, 4), (62, 1), (119, 0), (120, 2)] {
+            page.minutes.insert(
+                ("m".to_string(), "h".to_string(), minute),
+                MinuteCounts {
+                    probes_ok: 1,
+                    hub_samples: samples,
+                    ..MinuteCounts::default()
+                },
+            );
+        }
+        sli.commit(&page, None).expect("commit");
+        let hours = |sli: &SqliteSli| {
+            let mut hours = Vec::new();
+            sli.for_each_hour(0, 10, &mut |_, _, hour, rollup| {
+                hours.push((hour, rollup.minutes, rollup.metrics_minutes));
+            })
+            .expect("hours");
+            hours
+        };
+        let committed = hours(&sli);
+        assert_eq!(committed, vec![(0, 1, 1), (1, 4, 2), (2, 1, 1)]);
+        let migration = *crate::store::schema::MIGRATIONS
+            .iter()
+            .find(|m| m.contains("ADD COLUMN metrics_minutes"))
+            .expect("the metrics_minutes migration");
+        store
+            .write_with("migrate again", |tx| {
+                tx.execute_batch("ALTER TABLE sli_hours DROP COLUMN metrics_minutes")?;
+                tx.execute_batch(migration)
+            })
+            .expect("migration");
+        assert_eq!(hours(&sli), committed);
     }
 
     fn journey_migration() -> &'static str {

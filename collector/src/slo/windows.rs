@@ -120,6 +120,32 @@ impl Sums {
     }
 }
 
+/// One hour of one hub as `sli_hours` keeps it: the sums of its minutes
+/// (as the rolling windows count them), how many minute rows it has, and
+/// how many of them had the hub's metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HourRollup {
+    /// The minutes' sums.
+    pub sums: Sums,
+    /// Minute rows in the hour.
+    pub minutes: u64,
+    /// Minute rows in which the hub's metrics were scraped
+    /// ([`MinuteCounts::has_metrics`]).
+    pub metrics_minutes: u64,
+}
+
+impl HourRollup {
+    /// Whether a minute of the hour had a probe result.
+    pub fn has_probes(&self) -> bool {
+        self.sums.avail_good > 0 || self.sums.avail_bad > 0
+    }
+
+    /// Whether a synthetic journey started in a minute of the hour.
+    pub fn has_journey(&self) -> bool {
+        self.sums.journey_good > 0 || self.sums.journey_bad > 0
+    }
+}
+
 /// Signed change of one minute's contribution.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Contribution {
@@ -152,6 +178,22 @@ impl Contribution {
             journey_good: signed(counts.journey_good),
             journey_bad: signed(counts.journey_bad),
             journey_spawn_failed: signed(counts.journey_spawn_failed),
+        }
+    }
+
+    /// Sums (of minutes) as one contribution.
+    fn from_sums(sums: &Sums) -> Self {
+        let signed = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        Self {
+            avail_good: signed(sums.avail_good),
+            avail_bad: signed(sums.avail_bad),
+            spawn_ok: signed(sums.spawn_ok),
+            spawn_failed: signed(sums.spawn_failed),
+            spawn_fast: signed(sums.spawn_fast),
+            spawn_timed: signed(sums.spawn_timed),
+            journey_good: signed(sums.journey_good),
+            journey_bad: signed(sums.journey_bad),
+            journey_spawn_failed: signed(sums.journey_spawn_failed),
         }
     }
 
@@ -350,6 +392,32 @@ impl HubSli {
 
     /// Applies a minute row's change.
     pub fn apply(&mut self, minute: i64, before: &MinuteCounts, after: &MinuteCounts) {
+        self.note_seen(minute, after);
+        let c = Contribution::between(before, after);
+        if c.is_zero() {
+            return;
+        }
+        self.minutes.add(minute, &c);
+        self.tens.add(minute, &c);
+        self.hours.add(minute, &c);
+    }
+
+    /// Applies one hour's sums (an `sli_hours` row) to the hour ring only,
+    /// as its minutes applied one by one would have left it: for hours older
+    /// than anything the minute and ten-minute rings can serve (see
+    /// [`crate::slo::SloEngine::load`]). The latest minutes with data are
+    /// not moved ([`HubSli::note_seen`] does that from the hour's minutes).
+    pub fn apply_hour(&mut self, hour: i64, sums: &Sums) {
+        let c = Contribution::from_sums(sums);
+        if c.is_zero() {
+            return;
+        }
+        self.hours.add(hour.saturating_mul(60), &c);
+    }
+
+    /// Moves the latest minutes with probes, metrics and journeys on to
+    /// `minute` where `counts` has them, without adding to any sum.
+    pub fn note_seen(&mut self, minute: i64, after: &MinuteCounts) {
         if after.availability() != MinuteAvailability::NoData {
             self.last_probe_minute = Some(self.last_probe_minute.map_or(minute, |m| m.max(minute)));
         }
@@ -361,13 +429,6 @@ impl HubSli {
             self.last_journey_minute =
                 Some(self.last_journey_minute.map_or(minute, |m| m.max(minute)));
         }
-        let c = Contribution::between(before, after);
-        if c.is_zero() {
-            return;
-        }
-        self.minutes.add(minute, &c);
-        self.tens.add(minute, &c);
-        self.hours.add(minute, &c);
     }
 
     /// Sums of every window ending at `now_ms`.

@@ -575,6 +575,18 @@ pub const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE tokens ADD COLUMN ha_cluster TEXT;
     ",
+    // Restart to ready (issue 15): per hour, the minutes that had the hub's
+    // metrics (hub_samples > 0), so the SLO engine loads whole hours from
+    // sli_hours and still knows the last minute with metrics
+    // (`SloEngine::load`); filled from the minutes already stored.
+    "
+    ALTER TABLE sli_hours ADD COLUMN metrics_minutes INTEGER NOT NULL DEFAULT 0;
+    UPDATE sli_hours SET metrics_minutes = (
+        SELECT count(*) FROM sli_minutes m
+        WHERE m.member = sli_hours.member AND m.hub = sli_hours.hub
+          AND m.minute >= sli_hours.hour * 60 AND m.minute < sli_hours.hour * 60 + 60
+          AND m.hub_samples > 0);
+    ",
 ];
 
 /// The schema version this build writes.

@@ -20,7 +20,7 @@ use super::{HourDelta, SliStore, from_sql, to_sql};
 use crate::pipeline::CursorUpdate;
 use crate::slo::journey::{JourneyLatest, LatestJourneys};
 use crate::slo::sli::{Counters, MinuteChange, MinuteCounts, SliPage};
-use crate::slo::windows::Sums;
+use crate::slo::windows::{HourRollup, Sums};
 use crate::store::StoreError;
 use crate::store::pg::{PgFailure, PgStore, save_cursor};
 
@@ -180,9 +180,11 @@ impl SliStore for PgSli {
             })
     }
 
-    fn for_each_minute(
+    fn for_each_minute_in(
         &self,
+        hub: Option<(&str, &str)>,
         from_minute: i64,
+        to_minute: i64,
         f: &mut dyn FnMut(&str, &str, i64, &MinuteCounts),
     ) -> Result<u64, StoreError> {
         self.store
@@ -190,13 +192,61 @@ impl SliStore for PgSli {
                 // A portal (inside a read-only transaction) fetches the rows
                 // in bounded pieces.
                 let tx = client.build_transaction().read_only(true).start().await?;
+                let columns =
+                    format!("SELECT member, hub, minute, {COUNT_COLUMNS} FROM sli_minutes");
+                let portal = match hub {
+                    None => {
+                        tx.bind(
+                            &format!("{columns} WHERE minute >= $1 AND minute < $2"),
+                            &[&from_minute, &to_minute],
+                        )
+                        .await?
+                    }
+                    Some((member, hub)) => {
+                        tx.bind(
+                            &format!(
+                                "{columns} WHERE member = $1 AND hub = $2 AND minute >= $3 \
+                                 AND minute < $4"
+                            ),
+                            &[&member, &hub, &from_minute, &to_minute],
+                        )
+                        .await?
+                    }
+                };
+                let mut read = 0u64;
+                loop {
+                    let rows = tx.query_portal(&portal, MINUTE_ROWS_PER_FETCH).await?;
+                    for row in &rows {
+                        read += 1;
+                        let member: &str = row.try_get(0)?;
+                        let hub: &str = row.try_get(1)?;
+                        f(member, hub, row.try_get(2)?, &row_counts_at(row, 3)?);
+                    }
+                    if rows.len() < usize::try_from(MINUTE_ROWS_PER_FETCH).unwrap_or(0) {
+                        break;
+                    }
+                }
+                tx.commit().await?;
+                Ok(read)
+            })
+    }
+
+    fn for_each_hour(
+        &self,
+        from_hour: i64,
+        to_hour: i64,
+        f: &mut dyn FnMut(&str, &str, i64, &HourRollup),
+    ) -> Result<u64, StoreError> {
+        self.store
+            .read_with("loading SLI hours", async |client: &mut Client| {
+                let tx = client.build_transaction().read_only(true).start().await?;
                 let portal = tx
                     .bind(
-                        &format!(
-                            "SELECT member, hub, minute, {COUNT_COLUMNS}
-                             FROM sli_minutes WHERE minute >= $1"
-                        ),
-                        &[&from_minute],
+                        "SELECT member, hub, hour, minutes, metrics_minutes, avail_good,
+                                avail_bad, spawn_ok, spawn_failed, spawn_fast, spawn_timed,
+                                journey_good, journey_bad, journey_spawn_failed
+                         FROM sli_hours WHERE hour >= $1 AND hour < $2",
+                        &[&from_hour, &to_hour],
                     )
                     .await?;
                 let mut read = 0u64;
@@ -206,7 +256,25 @@ impl SliStore for PgSli {
                         read += 1;
                         let member: &str = row.try_get(0)?;
                         let hub: &str = row.try_get(1)?;
-                        f(member, hub, row.try_get(2)?, &row_counts_at(row, 3)?);
+                        let count = |i: usize| -> Result<u64, tokio_postgres::Error> {
+                            Ok(from_sql(row.try_get(i)?))
+                        };
+                        let rollup = HourRollup {
+                            minutes: count(3)?,
+                            metrics_minutes: count(4)?,
+                            sums: Sums {
+                                avail_good: count(5)?,
+                                avail_bad: count(6)?,
+                                spawn_ok: count(7)?,
+                                spawn_failed: count(8)?,
+                                spawn_fast: count(9)?,
+                                spawn_timed: count(10)?,
+                                journey_good: count(11)?,
+                                journey_bad: count(12)?,
+                                journey_spawn_failed: count(13)?,
+                            },
+                        };
+                        f(member, hub, row.try_get(2)?, &rollup);
                     }
                     if rows.len() < usize::try_from(MINUTE_ROWS_PER_FETCH).unwrap_or(0) {
                         break;
@@ -383,10 +451,11 @@ async fn write_page(tx: &Transaction<'_>, page: &SliPage) -> Result<Vec<MinuteCh
         .prepare_cached(
             "INSERT INTO sli_hours (member, hub, hour, minutes, avail_good, avail_bad, spawn_ok,
                  spawn_failed, spawn_fast, spawn_timed, journey_good, journey_bad,
-                 journey_spawn_failed)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                 journey_spawn_failed, metrics_minutes)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
              ON CONFLICT (member, hub, hour) DO UPDATE SET
                  minutes = sli_hours.minutes + excluded.minutes,
+                 metrics_minutes = sli_hours.metrics_minutes + excluded.metrics_minutes,
                  avail_good = sli_hours.avail_good + excluded.avail_good,
                  avail_bad = sli_hours.avail_bad + excluded.avail_bad,
                  spawn_ok = sli_hours.spawn_ok + excluded.spawn_ok,
@@ -417,6 +486,7 @@ async fn write_page(tx: &Transaction<'_>, page: &SliPage) -> Result<Vec<MinuteCh
                 &c.journey_good,
                 &c.journey_bad,
                 &c.journey_spawn_failed,
+                &d.metrics_minutes,
             ],
         )
         .await?;

@@ -486,6 +486,18 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (member, cluster)
     );
     ",
+    // 9: restart to ready (issue 15): per hour, the minutes that had the
+    // hub's metrics, so the SLO engine loads whole hours from sli_hours and
+    // still knows the last minute with metrics (`SloEngine::load`); filled
+    // from the minutes already stored.
+    "
+    ALTER TABLE sli_hours ADD COLUMN metrics_minutes BIGINT NOT NULL DEFAULT 0;
+    UPDATE sli_hours SET metrics_minutes = (
+        SELECT count(*) FROM sli_minutes m
+        WHERE m.member = sli_hours.member AND m.hub = sli_hours.hub
+          AND m.minute >= sli_hours.hour * 60 AND m.minute < sli_hours.hour * 60 + 60
+          AND m.hub_samples > 0);
+    ",
 ];
 
 /// The schema version this build writes.
