@@ -23,10 +23,16 @@
 //! `BENCH_OUTAGE_INTERVALS` (240), `BENCH_DISK_MIB` (512, the tmpfs of the
 //! disk-full scenario).
 //!
-//! The oracle, per agent, after the stream: the backlog drains, every agent
-//! is SIGTERMed and its summary line read (records produced, batches still
-//! pending, dropped), and the collector's `/api/v1/agents` row is compared:
-//! `stored + dropped == produced` and nothing pending. The raw batch log in
+//! After the stream every agent is SIGTERMed (its summary line: records
+//! produced, batches still pending, dropped), restarted on its spool with a
+//! one-hour interval so the backlog drains without new batches arriving, and
+//! SIGTERMed again once nothing is pending: both lives end with a summary, so
+//! their sum is exact. (At full size, 50 debug agents every 200 ms on a
+//! 2-core machine produce about as fast as one collector stores, one batch
+//! in flight per agent, so a backlog built during the faults would never
+//! drain while they keep producing; the line says how big it was.) The
+//! oracle, per agent: the collector's `/api/v1/agents` row against the two
+//! summaries, `stored + dropped == produced` and nothing pending. The raw batch log in
 //! the SQLite file is also read: its rows for the agent must add up to the
 //! same records and batches as the row (`UNIQUE(agent, seq)`: exactly once).
 //!
@@ -43,7 +49,9 @@
 //! `produced` column is the records of every distinct batch spooled or
 //! stored.
 //!
-//! Printed: the machine and settings, then one line per scenario; the exit
+//! Printed: the machine and settings, then one line per scenario (`seconds`
+//! is the wall time from the stream's start to the last SIGTERM, the drain
+//! included; `lost` is produced - stored - dropped); the exit
 //! status is 1 if any scenario fails its oracle (the problems go to stderr).
 //!
 //! `cargo bench --profile dev -p hubwatch-tests --bench fault_injection`
@@ -65,7 +73,7 @@ use rand::Rng;
 const FIRST_BATCHES: Duration = Duration::from_secs(120);
 
 /// How long every agent may take to catch up after the faults.
-const DRAIN: Duration = Duration::from_secs(600);
+const DRAIN: Duration = Duration::from_secs(1200);
 
 /// Agents started at once.
 const START_CHUNK: usize = 10;
@@ -259,10 +267,48 @@ fn rows_by_agent(
         .collect())
 }
 
-/// Waits until every agent has caught up: a spool with at most one batch
-/// pending (a new batch every interval; the shutdown flush sends the last)
-/// and nothing held in memory. An agent once caught up is not asked again.
-fn wait_caught_up(fleet: &mut Fleet) {
+/// The agents' interval once the stream is over: long enough that the
+/// drain is not chasing new batches.
+const DRAIN_INTERVAL: &str = "1h";
+
+/// Ends the stream and drains every backlog, exactly: every agent is
+/// SIGTERMed (its summary: produced, pending), restarted on its spool with
+/// a [`DRAIN_INTERVAL`] interval, waited for until nothing is pending or held
+/// in memory, and SIGTERMed again. Both lives end with a summary line, so
+/// their sum is exact; the stream's backlog drains even when the fleet
+/// produces as fast as the collector (or the machine) can store. Returns
+/// each agent's two lives summed, and the batches pending when the stream
+/// ended.
+/// `stopped` sees each agent between its two lives.
+fn drain(fleet: &mut Fleet, mut stopped: impl FnMut(usize, &Agent)) -> (Vec<Summary>, u64) {
+    let first = stop_all(&mut fleet.agents);
+    let backlog = first.iter().map(|s| s.pending_batches).sum();
+    for (i, agent) in fleet.agents.iter().enumerate() {
+        stopped(i, agent);
+        let path = agent.config_path();
+        let toml = std::fs::read_to_string(path).expect("read agent.toml");
+        let mut replaced = false;
+        let toml: String = toml
+            .lines()
+            .map(|line| {
+                if !replaced && line.trim_start().starts_with("interval =") {
+                    replaced = true;
+                    format!("interval = \"{DRAIN_INTERVAL}\"\n")
+                } else {
+                    format!("{line}\n")
+                }
+            })
+            .collect();
+        assert!(replaced, "no interval line in {}", path.display());
+        std::fs::write(path, toml).expect("write agent.toml");
+    }
+    for chunk in fleet.agents.chunks_mut(START_CHUNK) {
+        std::thread::scope(|scope| {
+            for agent in chunk.iter_mut() {
+                scope.spawn(move || agent.restart());
+            }
+        });
+    }
     let mut done = vec![false; fleet.agents.len()];
     let agents = &mut fleet.agents;
     eventually(
@@ -278,7 +324,7 @@ fn wait_caught_up(fleet: &mut Fleet) {
                 let pending = metrics.sum("hubwatch_agent_spool_pending_batches")?;
                 let held = metrics.sum("hubwatch_agent_memory_buffer_bytes")?;
                 ensure!(
-                    pending <= 1.0 && held == 0.0,
+                    pending == 0.0 && held == 0.0,
                     "{}: {pending} pending, {held} bytes held in memory",
                     agent.id()
                 );
@@ -287,6 +333,19 @@ fn wait_caught_up(fleet: &mut Fleet) {
             Ok(())
         },
     );
+    let second = stop_all(&mut fleet.agents);
+    let lives = first
+        .iter()
+        .zip(&second)
+        .map(|(a, b)| Summary {
+            records_produced: a.records_produced + b.records_produced,
+            batches_acked: a.batches_acked + b.batches_acked,
+            records_acked: a.records_acked + b.records_acked,
+            pending_batches: b.pending_batches,
+            dropped_total: b.dropped_total,
+        })
+        .collect();
+    (lives, backlog)
 }
 
 /// SIGTERMs every agent at once; their summary lines.
@@ -306,8 +365,7 @@ fn stop_all(agents: &mut [Agent]) -> Vec<Summary> {
 /// `(seq, records)` of every row of the raw batch log, per agent, read from
 /// the SQLite file itself.
 fn raw_log(db: &Path) -> anyhow::Result<HashMap<String, BTreeMap<u64, u64>>> {
-    let conn =
-        rusqlite::Connection::open(db).with_context(|| format!("open {}", db.display()))?;
+    let conn = rusqlite::Connection::open(db).with_context(|| format!("open {}", db.display()))?;
     conn.busy_timeout(Duration::from_secs(10))?;
     let mut statement = conn.prepare("SELECT agent, seq, records FROM batches")?;
     let rows = statement.query_map([], |row| {
@@ -323,7 +381,10 @@ fn raw_log(db: &Path) -> anyhow::Result<HashMap<String, BTreeMap<u64, u64>>> {
         let seq = u64::from_ne_bytes(seq.to_ne_bytes());
         let records = u64::try_from(records).context("negative record count")?;
         let previous = out.entry(agent.clone()).or_default().insert(seq, records);
-        ensure!(previous.is_none(), "{agent}: seq {seq} twice in the raw log");
+        ensure!(
+            previous.is_none(),
+            "{agent}: seq {seq} twice in the raw log"
+        );
     }
     Ok(out)
 }
@@ -358,9 +419,8 @@ fn single_life_oracle(fleet: &Fleet, summaries: &[Summary], outcome: &mut Outcom
         outcome.delivered += row.records;
         outcome.duplicated += row.duplicates;
         outcome.dropped += summary.dropped_total;
-        let lost = summary.records_produced as i64
-            - row.records as i64
-            - summary.dropped_total as i64;
+        let lost =
+            summary.records_produced as i64 - row.records as i64 - summary.dropped_total as i64;
         outcome.lost += lost;
         if lost != 0 {
             outcome.problems.push(format!(
@@ -456,8 +516,11 @@ fn collector_sigkill(settings: &Settings) -> Outcome {
             outcome.problems.push(format!("{} died", agent.id()));
         }
     }
-    wait_caught_up(&mut fleet);
-    let summaries = stop_all(&mut fleet.agents);
+    let (summaries, backlog) = drain(&mut fleet, |_, _| {});
+    outcome.faults = format!(
+        "{}; backlog at stream end {backlog} batches",
+        outcome.faults
+    );
     outcome.seconds = start.elapsed().as_secs_f64();
     single_life_oracle(&fleet, &summaries, &mut outcome);
     outcome
@@ -498,8 +561,11 @@ fn collector_outage(settings: &Settings) -> Outcome {
         ));
     }
     sleep_until(start, run);
-    wait_caught_up(&mut fleet);
-    let summaries = stop_all(&mut fleet.agents);
+    let (summaries, backlog) = drain(&mut fleet, |_, _| {});
+    outcome.faults = format!(
+        "{}; backlog at stream end {backlog} batches",
+        outcome.faults
+    );
     outcome.seconds = start.elapsed().as_secs_f64();
     single_life_oracle(&fleet, &summaries, &mut outcome);
     outcome
@@ -579,8 +645,11 @@ fn collector_disk_full(settings: &Settings) -> Outcome {
             .problems
             .push("the collector exited (it must survive a full disk)".into());
     }
-    wait_caught_up(&mut fleet);
-    let summaries = stop_all(&mut fleet.agents);
+    let (summaries, backlog) = drain(&mut fleet, |_, _| {});
+    outcome.faults = format!(
+        "{}; backlog at stream end {backlog} batches",
+        outcome.faults
+    );
     outcome.seconds = start.elapsed().as_secs_f64();
     single_life_oracle(&fleet, &summaries, &mut outcome);
     // Stop the collector before the tmpfs goes.
@@ -600,6 +669,9 @@ struct Lives {
     /// The cursor's dropped count when the last life began.
     dropped_before_last_life: u64,
     kills: usize,
+    /// Per killed life: the first seq it could number (0 for the first
+    /// life) and its produced counter read just before the kill.
+    killed: Vec<(u64, Option<u64>)>,
 }
 
 impl Lives {
@@ -644,8 +716,10 @@ fn agent_sigkill(settings: &Settings) -> Outcome {
         sleep_until(start, *at);
         late = late.max(start.elapsed().saturating_sub(*at));
         let agent = &mut fleet.agents[*i];
-        agent.sigkill();
         let life = &mut lives[*i];
+        let produced = agent.records_produced().ok().map(|p| p as u64);
+        agent.sigkill();
+        life.killed.push((life.last_life_from, produced));
         if let Err(e) = life.snapshot(agent.spool_dir()) {
             outcome
                 .problems
@@ -660,16 +734,39 @@ fn agent_sigkill(settings: &Settings) -> Outcome {
     }
     sleep_until(start, run);
     let kills: usize = lives.iter().map(|l| l.kills).sum();
-    outcome.faults = format!(
-        "agent SIGKILL x{kills} ({} per agent; schedule up to {:.1}s late)",
-        settings.agent_kills,
-        late.as_secs_f64()
-    );
-    wait_caught_up(&mut fleet);
-    let summaries = stop_all(&mut fleet.agents);
+    // The spool as the last streaming life left it (the drain life deletes
+    // its acknowledged segments).
+    let mut snapshot_problems = Vec::new();
+    let (summaries, backlog) = drain(&mut fleet, |i, agent| {
+        if let Err(e) = lives[i].snapshot(agent.spool_dir()) {
+            snapshot_problems.push(format!("{}: spool after SIGTERM: {e:#}", agent.id()));
+        }
+    });
+    outcome.problems.extend(snapshot_problems);
     outcome.seconds = start.elapsed().as_secs_f64();
-    agent_sigkill_oracle(&fleet, &summaries, &mut lives, &mut outcome);
+    let info = agent_sigkill_oracle(&fleet, &summaries, &mut lives, &mut outcome);
+    outcome.faults = format!(
+        "agent SIGKILL x{kills} ({} per agent, schedule up to {:.1}s late); \
+         {} stored batches never seen in a spool (sent from memory); \
+         ~{} records produced by killed lives but neither spooled nor stored \
+         (in memory at the kill: gone by design); backlog at stream end {backlog} batches",
+        settings.agent_kills,
+        late.as_secs_f64(),
+        info.memory_only_stored,
+        info.unspooled_at_kill
+    );
     outcome
+}
+
+/// What the agent-sigkill oracle saw besides its verdict.
+#[derive(Default)]
+struct KillInfo {
+    /// Stored batches whose seq never showed up in a spool snapshot.
+    memory_only_stored: u64,
+    /// Sum over killed lives of max(0, produced counter before the kill -
+    /// records stored from that life): an estimate (the counter was read a
+    /// moment before the kill).
+    unspooled_at_kill: u64,
 }
 
 fn agent_sigkill_oracle(
@@ -677,20 +774,21 @@ fn agent_sigkill_oracle(
     summaries: &[Summary],
     lives: &mut [Lives],
     outcome: &mut Outcome,
-) {
+) -> KillInfo {
+    let mut info = KillInfo::default();
     outcome.oracle = "every seq ever intact in a spool is stored with its records; cursor fully acked == last_seq; last life exact (stored+dropped==produced)";
     let rows = match rows_by_agent(&fleet.collector) {
         Ok(rows) => rows,
         Err(e) => {
             outcome.problems.push(format!("/api/v1/agents: {e:#}"));
-            return;
+            return info;
         }
     };
     let log = match raw_log(&fleet.db) {
         Ok(log) => log,
         Err(e) => {
             outcome.problems.push(format!("raw batch log: {e:#}"));
-            return;
+            return info;
         }
     };
     let empty = BTreeMap::new();
@@ -729,14 +827,23 @@ fn agent_sigkill_oracle(
             let block = seq - seq % SEQ_STRIDE;
             if !life.spooled.contains_key(&seq) && !life.spooled.contains_key(&block) {
                 produced += records;
+                info.memory_only_stored += 1;
             }
+        }
+        // Killed lives: what their counter said against what they stored.
+        let ends = life
+            .killed
+            .iter()
+            .skip(1)
+            .map(|(from, _)| *from)
+            .chain(std::iter::once(life.last_life_from));
+        for ((from, counted), to) in life.killed.iter().zip(ends) {
+            let in_store: u64 = stored.range(*from..to).map(|(_, r)| r).sum();
+            info.unspooled_at_kill += counted.unwrap_or(0).saturating_sub(in_store);
         }
         outcome.produced += produced;
         // The last life ends with SIGTERM: exact, like the other scenarios.
-        let last_stored: u64 = stored
-            .range(life.last_life_from..)
-            .map(|(_, r)| r)
-            .sum();
+        let last_stored: u64 = stored.range(life.last_life_from..).map(|(_, r)| r).sum();
         let last_dropped = summary
             .dropped_total
             .saturating_sub(life.dropped_before_last_life);
@@ -782,6 +889,7 @@ fn agent_sigkill_oracle(
             ));
         }
     }
+    info
 }
 
 fn run_scenario(name: &str, settings: &Settings) -> Outcome {
