@@ -48,6 +48,9 @@ pub struct AgentOptions {
     /// More `key = value` lines for the `[collector]` section, e.g.
     /// `failover_after`.
     pub extra_collector_toml: String,
+    /// Environment variables for the agent process (e.g. libfaketime's
+    /// `LD_PRELOAD` and `FAKETIME` for a skewed clock).
+    pub env: Vec<(String, String)>,
 }
 
 impl AgentOptions {
@@ -65,6 +68,7 @@ impl AgentOptions {
             extra_agent_toml: String::new(),
             extra_host_toml: String::new(),
             extra_collector_toml: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -175,7 +179,7 @@ impl Agent {
             &format!("agent-{}", options.id),
             &crate::binaries::binary("hubwatch-agent"),
             &run_args(&config_path),
-            &[],
+            &options.env,
             dir.path(),
         );
         Self {
