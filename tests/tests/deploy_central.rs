@@ -272,7 +272,8 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Posts one batch as `agent` of `member`: hub `hub` failing its health check.
+/// Posts one batch as `agent` of `member`: hub `hub` failing its health
+/// check and the re-check a second later, as the agent sends a hub down.
 fn post_down(collector: &Collector, token: &str, agent: &str, member: &str, hub: &str) {
     let now = now_ms();
     let batch = Batch {
@@ -282,18 +283,22 @@ fn post_down(collector: &Collector, token: &str, agent: &str, member: &str, hub:
         created_ms: now,
         dropped_records: 0,
         agent_version: format!("tests-{PROTOCOL_VERSION}"),
-        records: vec![Record::Health(HealthCheck {
-            target: format!("http://127.0.0.1:8000/{hub}/hub/health"),
-            hub: Some(hub.into()),
-            kind: CheckKind::HubHealth,
-            ok: false,
-            status: None,
-            latency_us: 1500,
-            failure: None,
-            error: Some("connect to 127.0.0.1:8000: connection refused".into()),
-            cert_expiry_days: None,
-            timestamp_ms: now,
-        })],
+        records: [now - 1_000, now]
+            .map(|at| {
+                Record::Health(HealthCheck {
+                    target: format!("http://127.0.0.1:8000/{hub}/hub/health"),
+                    hub: Some(hub.into()),
+                    kind: CheckKind::HubHealth,
+                    ok: false,
+                    status: None,
+                    latency_us: 1500,
+                    failure: None,
+                    error: Some("connect to 127.0.0.1:8000: connection refused".into()),
+                    cert_expiry_days: None,
+                    timestamp_ms: at,
+                })
+            })
+            .to_vec(),
     };
     let frame = hubwatch_shared::codec::encode(&batch).expect("encode");
     eventually("batch accepted", Duration::from_secs(10), || {
