@@ -312,6 +312,33 @@ impl Collector {
             .ok_or_else(|| anyhow!("no row for agent {agent} in /api/v1/agents yet"))
     }
 
+    /// The fault-injection oracle after every agent was stopped with SIGTERM
+    /// (`summaries[i]` is `agents[i]`'s last run): for each, nothing pending,
+    /// nothing dropped, and its stored records equal what it produced.
+    /// Returns the collector's rows, in the same order.
+    pub fn assert_stored_as_produced(
+        &self,
+        agents: &[crate::Agent],
+        summaries: &[crate::Summary],
+    ) -> Vec<AgentRow> {
+        agents
+            .iter()
+            .zip(summaries)
+            .map(|(agent, summary)| {
+                let row = self.agent(agent.id()).expect("the agent's row");
+                assert_eq!(summary.pending_batches, 0, "{}: {summary:?}", agent.id());
+                assert_eq!(
+                    row.records,
+                    summary.records_produced,
+                    "{}: stored vs produced ({row:?}, {summary:?})",
+                    agent.id()
+                );
+                assert_eq!(row.dropped_by_agent, 0, "{}: {row:?}", agent.id());
+                row
+            })
+            .collect()
+    }
+
     /// The collector's `/metrics`.
     pub fn metrics(&self) -> anyhow::Result<PromText> {
         PromText::parse(&self.http.get_ok("/metrics", None)?)

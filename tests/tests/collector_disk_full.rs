@@ -13,15 +13,16 @@ use hubwatch_tests::{Agent, AgentOptions, Collector, CollectorOptions, Tmpfs, ev
 
 /// `hubwatch_collector_ingest_requests_total{code="503"}` on `/metrics`.
 fn refused_503(collector: &Collector) -> f64 {
-    let text = collector
-        .http()
-        .get_ok("/metrics", None)
-        .unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with("hubwatch_collector_ingest_requests_total{"))
-        .filter(|l| l.contains("code=\"503\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    collector
+        .metrics()
+        .ok()
+        .and_then(|m| {
+            m.value(
+                "hubwatch_collector_ingest_requests_total",
+                &[("code", "503")],
+            )
+        })
+        .unwrap_or(0.0)
 }
 
 #[test]
@@ -101,22 +102,11 @@ fn a_full_collector_disk_refuses_with_503_acks_nothing_unstored_and_recovers_wit
         },
     );
     let summaries: Vec<_> = agents.iter_mut().map(Agent::sigterm).collect();
-    for (agent, summary) in agents.iter().zip(&summaries) {
-        let row = collector.agent(agent.id()).expect("row");
-        assert_eq!(summary.pending_batches, 0, "{}: {summary:?}", agent.id());
-        assert_eq!(
-            row.records,
-            summary.records_produced,
-            "{}: stored vs produced ({row:?}, {summary:?})",
-            agent.id()
-        );
-        assert_eq!(row.dropped_by_agent, 0, "{}: {row:?}", agent.id());
+    let rows = collector.assert_stored_as_produced(&agents, &summaries);
+    for (row, summary) in rows.iter().zip(&summaries) {
         eprintln!(
             "{}: produced {}, stored {}, duplicate deliveries {}",
-            agent.id(),
-            summary.records_produced,
-            row.records,
-            row.duplicates
+            row.agent, summary.records_produced, row.records, row.duplicates
         );
     }
 }

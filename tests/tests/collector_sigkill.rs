@@ -76,19 +76,11 @@ fn three_collector_crashes_lose_and_duplicate_nothing() {
             .collect()
     });
 
-    let mut duplicates = 0;
-    for (agent, summary) in agents.iter().zip(&summaries) {
-        let row = collector.agent(agent.id()).expect("row");
-        assert_eq!(summary.pending_batches, 0, "{}: {summary:?}", agent.id());
-        assert_eq!(
-            row.records,
-            summary.records_produced,
-            "{}: stored vs produced ({row:?}, {summary:?})",
-            agent.id()
-        );
-        assert_eq!(row.dropped_by_agent, 0, "{}: {row:?}", agent.id());
-        duplicates += row.duplicates;
-    }
+    let duplicates: u64 = collector
+        .assert_stored_as_produced(&agents, &summaries)
+        .iter()
+        .map(|row| row.duplicates)
+        .sum();
     eprintln!("duplicate deliveries acknowledged without storing: {duplicates}");
     let total_produced: u64 = summaries.iter().map(|s| s.records_produced).sum();
     let total_stored: u64 = collector

@@ -257,9 +257,7 @@ impl HubStatus {
     /// check fails and one failure is confirmed. What wakes the evaluation
     /// (the rules themselves also look at freshness).
     fn inside_down(&self) -> bool {
-        !self.inside.is_empty()
-            && self.inside.values().all(|v| !v.ok)
-            && self.inside.values().any(CheckView::confirmed_failing)
+        inside_says_down(self.inside.values())
     }
 
     /// The outside probe's newest result is a confirmed failure.
@@ -268,6 +266,14 @@ impl HubStatus {
             .as_ref()
             .is_some_and(CheckView::confirmed_failing)
     }
+}
+
+/// Inside checks say down: there is one, every one fails, and one failure
+/// is confirmed ([`CheckView::confirmed_failing`]).
+fn inside_says_down<'a>(views: impl Iterator<Item = &'a CheckView> + Clone) -> bool {
+    views.clone().next().is_some()
+        && views.clone().all(|v| !v.ok)
+        && views.into_iter().any(CheckView::confirmed_failing)
 }
 
 /// How the fleet checks wake the alert tasks ahead of their intervals:
@@ -579,9 +585,7 @@ impl FleetSource {
             .iter()
             .filter(|(_, v)| now.saturating_sub(v.at_ms) <= silent_after)
             .collect();
-        let inside_failing = !fresh_inside.is_empty()
-            && fresh_inside.iter().all(|(_, v)| !v.ok)
-            && fresh_inside.iter().any(|(_, v)| v.confirmed_failing());
+        let inside_failing = inside_says_down(fresh_inside.iter().map(|(_, v)| *v));
         let outside = status
             .outside
             .as_ref()
