@@ -26,9 +26,11 @@
 //! # Durability
 //! [`Spool::append`] writes the record and `fdatasync`s the segment before it returns (and fsyncs
 //! the directory when it creates a segment), so "spooled" means "on disk". On open, each segment is
-//! checked record by record; the first torn or corrupt record (bad length, checksum mismatch,
-//! sequence number not increasing) and everything after it in that segment are cut off, logged and
-//! counted ([`Recovery`]), and the spool opens: damage is never an error loop. Records found damaged
+//! checked record by record; the segment is cut at the first torn or corrupt record (bad length,
+//! checksum mismatch, sequence number not increasing), logged and counted ([`Recovery`]), and the
+//! spool opens: damage is never an error loop. Intact records after the damage (found again by
+//! their checksums, e.g. after a flipped byte) are first copied to a segment of their own, so a
+//! flipped byte loses the record it hit, not the rest of its segment. Records found damaged
 //! later by [`Spool::peek`] are cut the same way. A garbage cursor is set aside as `cursor.corrupt`
 //! and the spool starts as if nothing still on disk were acknowledged: replays are possible (the
 //! collector dedupes by `(agent, seq)`), loss is not.
@@ -141,6 +143,9 @@ pub struct Recovery {
     /// The cursor file was unreadable and was reset (set aside as `cursor.corrupt`): everything
     /// still on disk is treated as unacknowledged and the dropped count restarts from zero.
     pub cursor_reset: bool,
+    /// Intact records found after damage in a segment and kept (copied to a segment of their
+    /// own): a flipped byte costs the record it hit, not the rest of its segment.
+    pub salvaged_batches: u64,
 }
 
 /// Why a spool operation failed.
@@ -470,6 +475,151 @@ fn inspect_lost_tail(path: &Path, from: u64, file_len: u64, acked_seq: u64) -> L
     inspect().unwrap_or_default()
 }
 
+/// An intact record found after damage: where it is and what it holds.
+#[derive(Debug, Clone, Copy)]
+struct FoundRecord {
+    offset: u64,
+    size: u64,
+    seq: u64,
+}
+
+/// What [`salvage_after`] found after the damage in a segment.
+#[derive(Debug, Default)]
+struct Salvage {
+    /// Intact records, in order, seqs increasing.
+    records: Vec<FoundRecord>,
+    /// Per damaged stretch: the (unverified) seq and record count its first header claims,
+    /// believed only when that header is plausible (see [`salvage_after`]).
+    damaged: Vec<(u64, u64)>,
+}
+
+impl Salvage {
+    /// The records lost with the damaged stretches (those not yet acknowledged).
+    fn lost(&self, acked_seq: u64) -> LostTail {
+        let mut lost = LostTail::default();
+        for &(seq, records) in &self.damaged {
+            lost.max_seq = lost.max_seq.max(seq);
+            if seq > acked_seq {
+                lost.records += records;
+            }
+        }
+        lost
+    }
+}
+
+/// Damaged tails longer than this are cut without looking for intact records in them (a
+/// segment is at most 16 MiB by default, or one record larger than that).
+const SALVAGE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The record at `at` in `tail` if it is intact: (seq, records, size).
+fn intact_at(tail: &[u8], at: usize) -> Option<(u64, u32, usize)> {
+    let header = tail.get(at..at + RECORD_HEADER_BYTES as usize)?;
+    let len = usize::try_from(le_u32(&header[0..4])).ok()?;
+    if len < SEQ_RECORDS_BYTES as usize {
+        return None;
+    }
+    let size = LEN_CRC_BYTES as usize + len;
+    let covered = tail.get(at + LEN_CRC_BYTES as usize..at + size)?;
+    (crc32fast::hash(covered) == le_u32(&header[4..8]))
+        .then(|| (le_u64(&header[8..16]), le_u32(&header[16..20]), size))
+}
+
+/// Looks for intact records after damage at `from` in a segment: from each damaged stretch it
+/// moves byte by byte until a record passes its checksum with a seq above the last good one and
+/// below `below` (the next segment's first seq), then reads on from there. A damaged record's
+/// own count is believed when its header's seq fits between its neighbours and its length leads
+/// exactly to the next intact record. Best effort: an unreadable segment salvages nothing.
+fn salvage_after(path: &Path, from: u64, file_len: u64, last_good: u64, below: u64) -> Salvage {
+    let mut salvage = Salvage::default();
+    if file_len.saturating_sub(from) > SALVAGE_MAX_BYTES {
+        return salvage;
+    }
+    let Ok(tail) = File::open(path).and_then(|file| {
+        let mut tail = vec![0u8; usize::try_from(file_len - from).unwrap_or(0)];
+        file.read_exact_at(&mut tail, from)?;
+        Ok(tail)
+    }) else {
+        return salvage;
+    };
+    let mut prev = last_good;
+    let mut damaged_at = 0usize;
+    let mut at = 1usize;
+    while at + RECORD_HEADER_BYTES as usize <= tail.len() {
+        // Cheap plausibility first: most offsets fail on the seq alone.
+        let seq = le_u64(&tail[at + 8..at + 16]);
+        let found = if seq > prev && seq < below {
+            intact_at(&tail, at)
+        } else {
+            None
+        };
+        let Some((seq, _, size)) = found else {
+            at += 1;
+            continue;
+        };
+        salvage
+            .damaged
+            .push(claimed_count(&tail[damaged_at..at], prev, seq));
+        salvage.records.push(FoundRecord {
+            offset: from + at as u64,
+            size: size as u64,
+            seq,
+        });
+        prev = seq;
+        at += size;
+        // Read on while the records stay intact.
+        while let Some((seq, _, size)) = intact_at(&tail, at).filter(|r| r.0 > prev && r.0 < below)
+        {
+            salvage.records.push(FoundRecord {
+                offset: from + at as u64,
+                size: size as u64,
+                seq,
+            });
+            prev = seq;
+            at += size;
+        }
+        if at >= tail.len() {
+            break;
+        }
+        damaged_at = at;
+        at += 1;
+    }
+    salvage
+}
+
+/// The (seq, records) the header of a damaged stretch claims, or `(0, 0)` when it is not
+/// believable: a seq between its neighbours' and a length spanning exactly the stretch.
+fn claimed_count(stretch: &[u8], prev: u64, next_seq: u64) -> (u64, u64) {
+    let Some(header) = stretch.get(..RECORD_HEADER_BYTES as usize) else {
+        return (0, 0);
+    };
+    let len = u64::from(le_u32(&header[0..4]));
+    let seq = le_u64(&header[8..16]);
+    let records = u64::from(le_u32(&header[16..20]));
+    if seq > prev && seq < next_seq && LEN_CRC_BYTES + len == stretch.len() as u64 {
+        (seq, records)
+    } else {
+        (0, 0)
+    }
+}
+
+/// Writes `records` of the segment at `from` to a new segment file `copy`, durably (temporary
+/// file, fsync, rename, fsync of the directory), before the damaged segment is cut.
+fn write_salvage(dir: &Path, copy: &Path, from: &Path, records: &[FoundRecord]) -> io::Result<()> {
+    let source = File::open(from)?;
+    let tmp = copy.with_extension("salvage");
+    let mut out = File::create(&tmp)?;
+    let mut buffer = Vec::new();
+    for record in records {
+        buffer.resize(usize::try_from(record.size).unwrap_or(usize::MAX), 0);
+        source.read_exact_at(&mut buffer, record.offset)?;
+        out.write_all(&buffer)?;
+    }
+    out.sync_all()?;
+    drop(out);
+    fs::rename(&tmp, copy)?;
+    File::open(dir)?.sync_all()
+}
+
 fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
     dir.join(format!("{SEGMENT_PREFIX}{first_seq:020}{SEGMENT_SUFFIX}"))
 }
@@ -610,14 +760,48 @@ impl Spool {
         let mut prev_seq = 0u64;
         let mut corruptions = 0u64;
         let mut highest_in_cut_tails = 0u64;
-        for (_, path) in names {
+        let mut index = 0;
+        while index < names.len() {
+            let path = names[index].1.clone();
+            index += 1;
             let file_len = fs::metadata(&path)
                 .map_err(io_error("read metadata of", &path))?
                 .len();
             let scan = scan_segment(&path, file_len, &mut prev_seq, cursor.acked_seq)?;
             let mut len = file_len;
+            let mut salvaged_segment = None;
             if let Some((offset, reason)) = scan.damage {
-                let tail = inspect_lost_tail(&path, offset, file_len, cursor.acked_seq);
+                // Seqs of salvaged records stay below the next segment's first seq.
+                let below = names.get(index).map_or(u64::MAX, |(first, _)| *first);
+                let salvage = salvage_after(&path, offset, file_len, prev_seq, below);
+                if let Some(first) = salvage.records.first().map(|r| r.seq) {
+                    let copy = segment_path(dir, first);
+                    match write_salvage(dir, &copy, &path, &salvage.records) {
+                        Ok(()) => {
+                            tracing::warn!(
+                                path = %path.display(),
+                                copy = %copy.display(),
+                                batches = salvage.records.len(),
+                                "spool: kept the intact records after a damaged one in a segment of their own"
+                            );
+                            recovery.salvaged_batches += salvage.records.len() as u64;
+                            // A crash after an earlier salvage left this copy: it is rewritten
+                            // here, not scanned again as a segment of its own.
+                            names.retain(|(_, p)| *p != copy);
+                            salvaged_segment = Some(copy);
+                        }
+                        Err(e) => tracing::warn!(
+                            path = %copy.display(),
+                            error = %e,
+                            "spool: cannot write the intact records after a damaged one; they are cut with it"
+                        ),
+                    }
+                }
+                let tail = if salvaged_segment.is_some() {
+                    salvage.lost(cursor.acked_seq)
+                } else {
+                    inspect_lost_tail(&path, offset, file_len, cursor.acked_seq)
+                };
                 let lost = tail.records;
                 highest_in_cut_tails = highest_in_cut_tails.max(tail.max_seq);
                 let cut = file_len - offset;
@@ -657,6 +841,21 @@ impl Spool {
                 unacked_batches: scan.unacked_batches,
                 unacked_records: scan.unacked_records,
             });
+            if let Some(copy) = salvaged_segment {
+                let copy_len = fs::metadata(&copy)
+                    .map_err(io_error("read metadata of", &copy))?
+                    .len();
+                let scan = scan_segment(&copy, copy_len, &mut prev_seq, cursor.acked_seq)?;
+                segments.push_back(Segment {
+                    path: copy,
+                    len: copy_len,
+                    end: scan.end,
+                    last_seq: scan.last_seq,
+                    read_offset: scan.read_offset,
+                    unacked_batches: scan.unacked_batches,
+                    unacked_records: scan.unacked_records,
+                });
+            }
         }
         // Seqs of cut records may have reached the collector: never hand them out again.
         let highest_on_disk = prev_seq.max(highest_in_cut_tails);

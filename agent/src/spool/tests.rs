@@ -412,7 +412,7 @@ fn check_recovers_first_two(
 }
 
 #[test]
-fn flipped_bytes_in_a_record_cut_the_segment_there() {
+fn flipped_bytes_in_a_record_lose_that_record_only() {
     let dir = tempfile::tempdir().expect("tempdir");
     let appended = five_in_one_segment(dir.path());
     let [segment] = &segment_files(dir.path())[..] else {
@@ -424,9 +424,63 @@ fn flipped_bytes_in_a_record_cut_the_segment_there() {
     bytes[at] ^= 0xff;
     bytes[at + 1] ^= 0x55;
     fs::write(segment, &bytes).expect("write");
-    // Batches 3, 4 and 5 (3 + 4 + 5 records) are lost and counted: the damaged record's header
-    // still leads to the next record, so its count is believed.
-    check_recovers_first_two(dir.path(), &appended, 3 + 4 + 5, 3 * RECORD, appended[4]);
+
+    // Batch 3 (3 records) is lost and counted: its header still spans exactly the stretch up to
+    // the next intact record, so its count is believed. Batches 4 and 5 are found again by their
+    // checksums and kept, in a segment of their own.
+    let (mut spool, recovery) = open(dir.path(), BIG, None);
+    assert_eq!(recovery.corrupt_tails, 1);
+    assert_eq!(recovery.truncated_bytes, 3 * RECORD);
+    assert_eq!(recovery.salvaged_batches, 2);
+    assert_eq!(recovery.pending_batches, 4);
+    assert_eq!(recovery.dropped_records, 3);
+    assert_eq!(spool.dropped_total(), 3);
+    let got = spool.peek(10).expect("peek");
+    assert_eq!(
+        seqs(&got),
+        [appended[0], appended[1], appended[3], appended[4]]
+    );
+    assert_eq!(got[3].frame, frame_for(appended[4], FRAME));
+    assert_eq!(segment_files(dir.path()).len(), 2);
+
+    // Appending works afterwards, after the highest seq on disk, and the repair is stable.
+    let next = append(&mut spool, 9, FRAME);
+    assert!(next > appended[4]);
+    drop(spool);
+    let (mut spool, recovery) = open(dir.path(), BIG, None);
+    assert_eq!(recovery.corrupt_tails, 0);
+    assert_eq!(spool.dropped_total(), 3);
+    assert_eq!(
+        seqs(&spool.peek(10).expect("peek")),
+        [appended[0], appended[1], appended[3], appended[4], next]
+    );
+}
+
+#[test]
+fn a_flipped_length_field_loses_that_record_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let appended = five_in_one_segment(dir.path());
+    let segment = segment_files(dir.path()).remove(0);
+    let mut bytes = fs::read(&segment).expect("read");
+    // The second record's length field: the record no longer leads to the next one, so its
+    // count cannot be believed (nothing is counted) but everything after it is found again.
+    bytes[RECORD as usize + 1] ^= 0x10;
+    fs::write(&segment, &bytes).expect("write");
+    let (mut spool, recovery) = open(dir.path(), BIG, None);
+    assert_eq!(recovery.corrupt_tails, 1);
+    assert_eq!(recovery.salvaged_batches, 3);
+    assert_eq!(
+        seqs(&spool.peek(10).expect("peek")),
+        [appended[0], appended[2], appended[3], appended[4]]
+    );
+    // A crash after the copy was written but before the cut is repaired the same way.
+    drop(spool);
+    fs::write(&segment, &bytes).expect("damage again");
+    let (mut spool, _) = open(dir.path(), BIG, None);
+    assert_eq!(
+        seqs(&spool.peek(10).expect("peek")),
+        [appended[0], appended[2], appended[3], appended[4]]
+    );
 }
 
 #[test]
@@ -467,20 +521,27 @@ fn damage_in_an_older_segment_keeps_the_newer_segments() {
     drop(spool);
     let files = segment_files(dir.path());
     assert_eq!(files.len(), 3);
-    // Damage the first record of the middle segment.
+    // Damage the first record of the middle segment: it is lost, the second is kept.
     let mut bytes = fs::read(&files[1]).expect("read");
     bytes[RECORD_HEADER_BYTES as usize + 3] ^= 1;
     fs::write(&files[1], &bytes).expect("write");
     let (mut spool, recovery) = open(dir.path(), BIG, Some(2 * RECORD));
     assert_eq!(recovery.corrupt_tails, 1);
     assert_eq!(recovery.truncated_bytes, 2 * RECORD);
-    assert_eq!(spool.dropped_total(), 2);
+    assert_eq!(recovery.salvaged_batches, 1);
+    assert_eq!(spool.dropped_total(), 1);
     assert_eq!(
         seqs(&spool.peek(10).expect("peek")),
-        [appended[0], appended[1], appended[4], appended[5]]
+        [
+            appended[0],
+            appended[1],
+            appended[3],
+            appended[4],
+            appended[5]
+        ]
     );
-    // The emptied segment is gone.
-    assert_eq!(segment_files(dir.path()).len(), 2);
+    // The emptied segment is gone; the kept record has a segment of its own.
+    assert_eq!(segment_files(dir.path()).len(), 3);
 }
 
 #[test]
