@@ -11,15 +11,20 @@
 #   prometheus_response  the Prometheus query API JSON + label mapping
 #   retry_after          the sender's Retry-After parsing
 #   missing_scopes       the scope names picked out of a hub's 401/403 body
+#   remote_write         POST /api/v1/write: snappy, protobuf, label checks,
+#                        conversion, and re-encoding to the same samples
+#   config_load          the config loader (file + HUBWATCH_ env) as agent and
+#                        collector config; what loads, written back, loads the same
 #
 # Installs cargo-fuzz if missing (about 45 s to build). The toolchain is
 # stable; cargo-fuzz needs nightly-only flags (-Zsanitizer), which
-# RUSTC_BOOTSTRAP=1 unlocks on stable. Seeds (small, real inputs, written by
-# fuzz/examples/make_seeds.rs) live in fuzz/seeds/<target>; new inputs go to
-# fuzz/corpus/<target> and crashes to fuzz/artifacts/<target> (all
-# git-ignored). Exits non-zero if any target found a crash. Not part of CI:
-# proptests in shared and the agent feed random input to the codec and the
-# exposition parser on every test run.
+# RUSTC_BOOTSTRAP=1 unlocks on stable. The checks themselves live in
+# fuzz/checks/<target>.rs. Seeds (small, real inputs, fuzz/checks/seeds.rs)
+# are committed under fuzz/seeds/<target>; new inputs go to
+# fuzz/corpus/<target> and crashes to fuzz/artifacts/<target> (both
+# git-ignored). Exits non-zero if any target found a crash. Not part of CI
+# (an instrumented build takes minutes); CI runs every check over the seeds
+# and seeded mutations of them instead (tests/tests/fuzz_smoke.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,9 +36,6 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
 export RUSTC_BOOTSTRAP=1
-
-echo "== seeds"
-cargo run --quiet --manifest-path fuzz/Cargo.toml --example make_seeds -- fuzz/seeds
 
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then

@@ -1,12 +1,8 @@
-//! Fuzz target: arbitrary bytes into the collector's decoder.
-//!
-//! `hubwatch_shared::codec::decode` reads bodies straight off the network, so
-//! any input must give a batch or an error: a panic, an abort on a huge
-//! allocation or a hang is a bug (libFuzzer reports each).
+//! cargo-fuzz target `decode_batch`: the check in `fuzz/checks/decode_batch.rs`, which
+//! the test suite's smoke (`tests/tests/fuzz_smoke.rs`) also runs.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
+#[path = "../checks/decode_batch.rs"]
+mod check;
 
-fuzz_target!(|frame: &[u8]| {
-    let _ = hubwatch_shared::codec::decode(frame);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check::check(data));

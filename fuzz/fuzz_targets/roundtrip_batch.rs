@@ -1,28 +1,8 @@
-//! Fuzz target: whatever decodes must re-encode to a frame that decodes to the
-//! same batch and encodes to the same bytes.
-//!
-//! Comparing encodings rather than batches keeps NaN values (allowed in
-//! samples, and never equal to themselves) from being reported as mismatches,
-//! while still catching any field the codec drops or alters.
+//! cargo-fuzz target `roundtrip_batch`: the check in `fuzz/checks/roundtrip_batch.rs`, which
+//! the test suite's smoke (`tests/tests/fuzz_smoke.rs`) also runs.
 #![no_main]
 
-use hubwatch_shared::codec;
-use libfuzzer_sys::fuzz_target;
+#[path = "../checks/roundtrip_batch.rs"]
+mod check;
 
-fuzz_target!(|frame: &[u8]| {
-    let Ok(batch) = codec::decode(frame) else {
-        return;
-    };
-    let first = codec::encode(&batch).expect("a decoded batch re-encodes");
-    let again = codec::decode(&first).expect("a re-encoded batch decodes");
-    let second = codec::encode(&again).expect("a twice-decoded batch re-encodes");
-    assert_eq!(
-        first, second,
-        "encode(decode(encode(b))) differs from encode(b)"
-    );
-    assert_eq!(
-        batch.records.len(),
-        again.records.len(),
-        "record count changed across a round trip"
-    );
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check::check(data));

@@ -64,7 +64,9 @@ pub fn load<T>(file_text: &str, env: &HashMap<String, String>) -> Result<T, Conf
 where
     T: for<'de> Deserialize<'de> + Validate,
 {
-    let overrides: HashMap<String, String> = env
+    // Sorted, and kept in order by the `config` crate (`preserve_order`), so the same file and
+    // environment always give the same error, naming the first bad key.
+    let overrides: config::Map<String, String> = env
         .iter()
         .filter(|(k, _)| {
             k.strip_prefix(ENV_PREFIX)
@@ -72,6 +74,8 @@ where
                 .is_some_and(|rest| rest.contains("__"))
         })
         .map(|(k, v)| (k.clone(), v.clone()))
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into_iter()
         .collect();
     let built = config::Config::builder()
         .add_source(config::File::from_str(file_text, config::FileFormat::Toml))
