@@ -110,7 +110,7 @@ metrics! {
     /// Spool backlog.
     AGENT_SPOOL_BATCHES = (Agent, Gauge, "hubwatch_agent_spool_pending_batches", [], "Batches spooled and not yet acknowledged.");
     /// Spool corruption.
-    AGENT_SPOOL_CORRUPTIONS = (Agent, Counter, "hubwatch_agent_spool_corruptions_total", [], "Torn or corrupt spool tails found and cut off at the last good record.");
+    AGENT_SPOOL_CORRUPTIONS = (Agent, Counter, "hubwatch_agent_spool_corruptions_total", [], "Damaged spool records found (a torn write, a checksum mismatch): each is counted as dropped; intact records after it are kept.");
     /// Spool write failures.
     AGENT_SPOOL_WRITE_ERRORS = (Agent, Counter, "hubwatch_agent_spool_write_errors_total", [], "Spool writes that failed (disk full, unwritable); batches are then held in memory.");
     /// Memory fallback.

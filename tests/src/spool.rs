@@ -108,3 +108,83 @@ pub fn append_torn_record(spool_dir: &Path) -> anyhow::Result<std::path::PathBuf
     file.sync_all()?;
     Ok(newest)
 }
+
+/// One byte flipped by [`flip_spool_bytes`]: the record it hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flip {
+    /// The record's seq.
+    pub seq: u64,
+    /// The batch's records: what the agent must count as dropped.
+    pub records: u32,
+    /// Whether the byte was in the record's 20-byte header rather than its frame.
+    pub in_header: bool,
+}
+
+/// Flips one random bit in each of `count` distinct intact records not yet
+/// acknowledged (seq above `acked_seq`), as bit rot on the agent's disk would:
+/// anywhere in the record with `headers`, else only in its frame. Returns the
+/// records hit, in seq order. The agent must be stopped.
+pub fn flip_spool_bytes(
+    spool_dir: &Path,
+    acked_seq: u64,
+    count: usize,
+    headers: bool,
+    rng: &mut impl rand::Rng,
+) -> anyhow::Result<Vec<Flip>> {
+    use rand::seq::IndexedRandom;
+    // (file, offset, size, seq, records) of every pending intact record.
+    let mut candidates = Vec::new();
+    let mut names: Vec<_> = std::fs::read_dir(spool_dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy())
+                .is_some_and(|n| n.starts_with("seg-") && n.ends_with(".log"))
+        })
+        .collect();
+    names.sort();
+    for path in &names {
+        let bytes = std::fs::read(path)?;
+        let mut at = 0usize;
+        while at + 20 <= bytes.len() {
+            let len = u32::from_le_bytes(le_array(&bytes[at..at + 4])?) as usize;
+            let crc = u32::from_le_bytes(le_array(&bytes[at + 4..at + 8])?);
+            let end = at + 8 + len;
+            if len < 12 || end > bytes.len() || crc32fast::hash(&bytes[at + 8..end]) != crc {
+                break;
+            }
+            let seq = u64::from_le_bytes(le_array(&bytes[at + 8..at + 16])?);
+            let records = u32::from_le_bytes(le_array(&bytes[at + 16..at + 20])?);
+            if seq > acked_seq && end - at > 20 {
+                candidates.push((path.clone(), at, end - at, seq, records));
+            }
+            at = end;
+        }
+    }
+    ensure!(
+        candidates.len() >= count,
+        "{} pending records in {}, {count} wanted",
+        candidates.len(),
+        spool_dir.display()
+    );
+    let mut chosen: Vec<_> = candidates.choose_multiple(rng, count).cloned().collect();
+    chosen.sort_by_key(|c| c.3);
+    let mut flips = Vec::with_capacity(count);
+    for (path, at, size, seq, records) in chosen {
+        let offset = if headers {
+            rng.random_range(0..size)
+        } else {
+            rng.random_range(20..size)
+        };
+        let mut bytes = std::fs::read(&path)?;
+        bytes[at + offset] ^= 1 << rng.random_range(0..8);
+        std::fs::write(&path, &bytes)?;
+        flips.push(Flip {
+            seq,
+            records,
+            in_header: offset < 20,
+        });
+    }
+    Ok(flips)
+}

@@ -558,7 +558,7 @@ fn salvage_after(path: &Path, from: u64, file_len: u64, last_good: u64, below: u
         };
         salvage
             .damaged
-            .push(claimed_count(&tail[damaged_at..at], prev, seq));
+            .extend(claimed_counts(&tail[damaged_at..at], prev, seq));
         salvage.records.push(FoundRecord {
             offset: from + at as u64,
             size: size as u64,
@@ -586,8 +586,43 @@ fn salvage_after(path: &Path, from: u64, file_len: u64, last_good: u64, below: u
     salvage
 }
 
-/// The (seq, records) the header of a damaged stretch claims, or `(0, 0)` when it is not
-/// believable: a seq between its neighbours' and a length spanning exactly the stretch.
+/// The (seq, records) of each damaged record in a stretch between intact ones. Records are
+/// walked by their length fields while their headers hold together (a flip in a frame leaves the
+/// header intact, so adjacent damaged records are each counted); the rest of the stretch is one
+/// record with a damaged header, counted by [`claimed_count`].
+fn claimed_counts(stretch: &[u8], prev: u64, next_seq: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    let mut last = prev;
+    while let Some(header) = stretch.get(at..at + RECORD_HEADER_BYTES as usize) {
+        let len = le_u32(&header[0..4]) as usize;
+        let seq = le_u64(&header[8..16]);
+        let records = u64::from(le_u32(&header[16..20]));
+        let size = LEN_CRC_BYTES as usize + len;
+        if len < SEQ_RECORDS_BYTES as usize
+            || at + size > stretch.len()
+            || seq <= last
+            || seq >= next_seq
+            || records > size as u64
+        {
+            break;
+        }
+        out.push((seq, records));
+        last = seq;
+        at += size;
+    }
+    if at < stretch.len() {
+        out.push(claimed_count(&stretch[at..], last, next_seq));
+    }
+    out
+}
+
+/// The (seq, records) the header of a damaged stretch claims, or `(0, 0)` when it cannot be
+/// believed. One flipped byte damages one field: the records count is believed when the length
+/// still spans exactly the stretch or the seq still fits between its neighbours' (then only a
+/// flip in the count itself goes unnoticed), and when it is no more than the stretch's bytes (a
+/// record holds at least one byte each). The seq is the header's when it fits, else the lowest
+/// it can be.
 fn claimed_count(stretch: &[u8], prev: u64, next_seq: u64) -> (u64, u64) {
     let Some(header) = stretch.get(..RECORD_HEADER_BYTES as usize) else {
         return (0, 0);
@@ -595,8 +630,10 @@ fn claimed_count(stretch: &[u8], prev: u64, next_seq: u64) -> (u64, u64) {
     let len = u64::from(le_u32(&header[0..4]));
     let seq = le_u64(&header[8..16]);
     let records = u64::from(le_u32(&header[16..20]));
-    if seq > prev && seq < next_seq && LEN_CRC_BYTES + len == stretch.len() as u64 {
-        (seq, records)
+    let spans = LEN_CRC_BYTES.saturating_add(len) == stretch.len() as u64;
+    let fits = seq > prev && seq < next_seq;
+    if (spans || fits) && records <= stretch.len() as u64 {
+        (if fits { seq } else { prev.saturating_add(1) }, records)
     } else {
         (0, 0)
     }
@@ -828,7 +865,12 @@ impl Spool {
                 recovery.corrupt_tails += 1;
                 recovery.truncated_bytes += cut;
                 recovery.dropped_records += lost;
-                corruptions += 1;
+                // One per damaged record salvage told apart.
+                corruptions += if salvaged_segment.is_some() {
+                    salvage.damaged.len().max(1) as u64
+                } else {
+                    1
+                };
                 cursor.dropped_total = cursor.dropped_total.saturating_add(lost);
                 cursor_dirty |= lost > 0;
             }

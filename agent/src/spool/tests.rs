@@ -457,18 +457,20 @@ fn flipped_bytes_in_a_record_lose_that_record_only() {
 }
 
 #[test]
-fn a_flipped_length_field_loses_that_record_and_keeps_the_rest() {
+fn a_flipped_header_field_loses_that_record_and_keeps_the_rest() {
     let dir = tempfile::tempdir().expect("tempdir");
     let appended = five_in_one_segment(dir.path());
     let segment = segment_files(dir.path()).remove(0);
     let mut bytes = fs::read(&segment).expect("read");
-    // The second record's length field: the record no longer leads to the next one, so its
-    // count cannot be believed (nothing is counted) but everything after it is found again.
+    // The second record's length field: the record no longer leads to the next one, but its
+    // seq still fits between its neighbours', so its count (2) is believed; everything after it
+    // is found again.
     bytes[RECORD as usize + 1] ^= 0x10;
     fs::write(&segment, &bytes).expect("write");
     let (mut spool, recovery) = open(dir.path(), BIG, None);
     assert_eq!(recovery.corrupt_tails, 1);
     assert_eq!(recovery.salvaged_batches, 3);
+    assert_eq!(recovery.dropped_records, 2);
     assert_eq!(
         seqs(&spool.peek(10).expect("peek")),
         [appended[0], appended[2], appended[3], appended[4]]
@@ -480,6 +482,44 @@ fn a_flipped_length_field_loses_that_record_and_keeps_the_rest() {
     assert_eq!(
         seqs(&spool.peek(10).expect("peek")),
         [appended[0], appended[2], appended[3], appended[4]]
+    );
+}
+
+#[test]
+fn adjacent_damaged_records_are_each_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let appended = five_in_one_segment(dir.path());
+    let segment = segment_files(dir.path()).remove(0);
+    let mut bytes = fs::read(&segment).expect("read");
+    // The frames of the second and third records: one damaged stretch, two records (2 + 3).
+    bytes[(RECORD + RECORD_HEADER_BYTES) as usize + 7] ^= 0x02;
+    bytes[(2 * RECORD + RECORD_HEADER_BYTES) as usize + 9] ^= 0x20;
+    fs::write(&segment, &bytes).expect("write");
+    let (mut spool, recovery) = open(dir.path(), BIG, None);
+    assert_eq!(recovery.dropped_records, 2 + 3);
+    assert_eq!(spool.corruptions(), 2);
+    assert_eq!(
+        seqs(&spool.peek(10).expect("peek")),
+        [appended[0], appended[3], appended[4]]
+    );
+}
+
+#[test]
+fn a_flipped_seq_is_counted_by_its_length() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let appended = five_in_one_segment(dir.path());
+    let segment = segment_files(dir.path()).remove(0);
+    let mut bytes = fs::read(&segment).expect("read");
+    // The top byte of the fourth record's seq: the seq no longer fits, the length still spans
+    // the record, so its 4 records are counted.
+    bytes[(3 * RECORD) as usize + 8 + 7] ^= 0x40;
+    fs::write(&segment, &bytes).expect("write");
+    let (mut spool, recovery) = open(dir.path(), BIG, None);
+    assert_eq!(recovery.dropped_records, 4);
+    assert_eq!(recovery.salvaged_batches, 1);
+    assert_eq!(
+        seqs(&spool.peek(10).expect("peek")),
+        [appended[0], appended[1], appended[2], appended[4]]
     );
 }
 
