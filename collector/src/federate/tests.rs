@@ -56,6 +56,7 @@ fn stored(agent: &str, member: &str) -> StoredBatch {
         received_ms: NOW,
         records: 0,
         frame: None,
+        frame_crc: None,
     }
 }
 

@@ -497,7 +497,13 @@ impl Pipeline {
                     expired += 1;
                     continue;
                 };
+                let crc = entry.stored.frame_crc;
                 let decoded = entry.decoded.get_or_insert_with(|| {
+                    if crc.is_some_and(|crc| crc != crc32fast::hash(frame)) {
+                        return Err("the stored frame fails its checksum: the store file was \
+                                    damaged on disk (restore a backup to recover it)"
+                            .to_string());
+                    }
                     hubwatch_shared::codec::decode(frame).map_err(|e| e.to_string())
                 });
                 let outcome = match decoded {

@@ -20,7 +20,7 @@ impl BatchLog for Store {
             let mut bytes = 0usize;
             // Gap rows first (a row committed late), then the new ones.
             let mut in_range = conn.prepare_cached(
-                "SELECT id, agent, member, seq, received_ms, records, frame
+                "SELECT id, agent, member, seq, received_ms, records, frame, frame_crc
                  FROM batches WHERE id BETWEEN ?1 AND ?2 ORDER BY id LIMIT ?3",
             )?;
             for &(first, last) in ranges {
@@ -43,7 +43,7 @@ impl BatchLog for Store {
                 return Ok(page);
             }
             let mut newer = conn.prepare_cached(
-                "SELECT id, agent, member, seq, received_ms, records, frame
+                "SELECT id, agent, member, seq, received_ms, records, frame, frame_crc
                  FROM batches WHERE id > ?1 ORDER BY id LIMIT ?2",
             )?;
             let mut rows = newer.query(params![after, limit(room)])?;
@@ -175,6 +175,9 @@ fn stored_batch(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredBatch> {
         received_ms: row.get(4)?,
         records: count_from_sql(row.get(5)?),
         frame: row.get(6)?,
+        frame_crc: row
+            .get::<_, Option<i64>>(7)?
+            .and_then(|crc| u32::try_from(crc).ok()),
     })
 }
 

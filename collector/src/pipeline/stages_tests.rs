@@ -277,3 +277,73 @@ fn a_stale_cursor_fails_the_commit_instead_of_counting_twice() {
     let health = &stale.status().stages()[sli::DERIVE_CURSOR];
     assert_eq!((health.commit_failures, health.processed), (1, 1));
 }
+
+/// Bit rot in the store file (issue 15): a frame whose bytes changed on disk
+/// after it was stored (here one bit flipped through SQL, as a bad sector
+/// would) fails its CRC-32 when a stage reads it and is quarantined with that
+/// reason, never derived into wrong figures; the intact batches around it are
+/// derived as usual.
+#[test]
+fn a_frame_damaged_on_disk_is_quarantined_not_derived() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path());
+    let store = Store::open(&cfg.storage).expect("store");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let probe = Record::Health(HealthCheck {
+        target: "http://hub/hub/health".into(),
+        hub: Some("prod".into()),
+        kind: CheckKind::HubHealth,
+        ok: true,
+        status: Some(200),
+        latency_us: 1,
+        failure: None,
+        error: None,
+        cert_expiry_days: None,
+        timestamp_ms: NOW - 1000,
+    });
+    for seq in 1..=3 {
+        ingest(&store, &runtime, seq, vec![probe.clone()]);
+    }
+    // Flip one bit of the second frame in place: a value (the latency), so
+    // the frame still decodes and only the checksum can tell.
+    let db = rusqlite::Connection::open(store.path()).expect("open the file");
+    let mut frame: Vec<u8> = db
+        .query_row("SELECT frame FROM batches WHERE seq = 2", [], |row| {
+            row.get(0)
+        })
+        .expect("frame");
+    let last = frame.len() - 1;
+    frame[last] ^= 0x01;
+    db.execute("UPDATE batches SET frame = ?1 WHERE seq = 2", [&frame])
+        .expect("damage the frame");
+    drop(db);
+
+    let engine = Arc::new(SloEngine::new(
+        SloSettings::from_config(&cfg).expect("settings"),
+    ));
+    let stage = SliStage::open(Arc::new(SqliteSli::new(store.clone())), engine).expect("stage");
+    let mut pipeline = Pipeline::open(
+        Arc::new(store.clone()),
+        vec![Box::new(stage)],
+        PipelineSettings::default(),
+    )
+    .expect("pipeline");
+    assert!(pipeline.run(NOW).expect("run").caught_up);
+    let health = pipeline
+        .status()
+        .stages()
+        .into_values()
+        .next()
+        .expect("one stage");
+    assert_eq!(health.processed, 2, "the intact batches are derived");
+    assert_eq!(health.quarantined, 1, "the damaged one is set aside");
+    let reason: String = rusqlite::Connection::open(store.path())
+        .expect("open")
+        .query_row("SELECT reason FROM quarantine WHERE seq = 2", [], |row| {
+            row.get(0)
+        })
+        .expect("the quarantine row names the batch");
+    assert!(reason.contains("checksum"), "{reason}");
+}

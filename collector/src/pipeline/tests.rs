@@ -282,6 +282,7 @@ impl World {
                 received_ms: self.now,
                 records: 0,
                 frame: frame(id),
+                frame_crc: None,
             },
         );
         self.visible.insert(id);
@@ -460,6 +461,7 @@ fn a_page_is_bounded_by_bytes_but_holds_at_least_one_row() {
                     received_ms: 0,
                     records: 0,
                     frame: Some(vec![0; 1000]),
+                    frame_crc: None,
                 },
             );
         }

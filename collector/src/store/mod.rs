@@ -323,6 +323,10 @@ pub struct StoredBatch {
     pub records: u64,
     /// The encoded batch; `None` once older than `raw_retention`.
     pub frame: Option<Vec<u8>>,
+    /// CRC-32 (IEEE) of `frame` as received, where the store keeps one
+    /// (SQLite; PostgreSQL pages carry their own checksums): a frame that no
+    /// longer matches was damaged on disk and is quarantined, not derived.
+    pub frame_crc: Option<u32>,
 }
 
 /// What one [`Store::prune`] did.

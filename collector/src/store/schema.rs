@@ -587,6 +587,13 @@ pub const MIGRATIONS: &[&str] = &[
           AND m.minute >= sli_hours.hour * 60 AND m.minute < sli_hours.hour * 60 + 60
           AND m.hub_samples > 0);
     ",
+    // Bit rot in the store (issue 15): the CRC-32 of each frame as received,
+    // checked whenever a stage reads the frame, so a frame damaged on disk is
+    // quarantined (with the reason) instead of derived into wrong figures.
+    // NULL for frames stored before this version: not checked.
+    "
+    ALTER TABLE batches ADD COLUMN frame_crc INTEGER;
+    ",
 ];
 
 /// The schema version this build writes.

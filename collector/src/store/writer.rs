@@ -194,8 +194,9 @@ fn store_one(tx: &Transaction<'_>, item: &IngestItem) -> rusqlite::Result<Ingest
     let dropped = clamp_to_i64(item.dropped_records);
     let inserted = tx
         .prepare_cached(
-            "INSERT INTO batches (agent, seq, member, received_ms, created_ms, records, frame)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+            "INSERT INTO batches
+               (agent, seq, member, received_ms, created_ms, records, frame, frame_crc)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT (agent, seq) DO NOTHING",
         )?
         .execute(params![
@@ -206,6 +207,7 @@ fn store_one(tx: &Transaction<'_>, item: &IngestItem) -> rusqlite::Result<Ingest
             item.created_ms,
             records,
             &item.frame[..],
+            i64::from(crc32fast::hash(&item.frame)),
         ])?;
     if item.agent == super::DERIVED_AGENT {
         // The collector's own derived series are not an agent: no counters,

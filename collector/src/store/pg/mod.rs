@@ -814,6 +814,7 @@ fn stored_batch(row: &tokio_postgres::Row) -> Result<StoredBatch, tokio_postgres
         received_ms: row.try_get(4)?,
         records: count_from_sql(row.try_get(5)?),
         frame: row.try_get(6)?,
+        frame_crc: None,
     })
 }
 
