@@ -57,11 +57,6 @@ impl Storage {
         }
     }
 
-    /// Whether several collectors may share this store (PostgreSQL).
-    pub fn is_shared(&self) -> bool {
-        matches!(self, Self::Postgres(_))
-    }
-
     /// The pipeline's view of the raw batch log.
     pub fn batch_log(&self) -> Arc<dyn BatchLog> {
         match self {
