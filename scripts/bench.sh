@@ -40,9 +40,10 @@
 #                                      --profile dev --bench hub_down_page; BENCH_RUNS, default 5)
 #   scripts/bench.sh faults            fault injection with the oracle (issue 15): the collector SIGKILLed
 #                                      10 times under 50 agents for 5 min, agents SIGKILLed, the collector
-#                                      unreachable for a simulated hour, its disk full; prints produced,
-#                                      delivered, duplicated, lost (cargo bench --profile dev --bench
-#                                      fault_injection; BENCH_AGENTS, BENCH_SECONDS, BENCH_KILLS, BENCH_SCENARIOS)
+#                                      unreachable for a simulated hour, its disk full, bits flipped in the
+#                                      agents' spools; prints produced, delivered, duplicated, lost (cargo
+#                                      bench --profile dev --bench fault_injection; BENCH_AGENTS, BENCH_SECONDS,
+#                                      BENCH_KILLS, BENCH_FLIPS, BENCH_SCENARIOS)
 #   scripts/bench.sh restart           restart to ready (issue 15: < 10 s): 1,000 hubs x 65 days of SLI
 #                                      minutes (~94 M rows, ~6 GB under /tmp, deleted after), then
 #                                      serve's start to /readyz and the SLO engine's load with and

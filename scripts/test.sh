@@ -23,7 +23,15 @@ echo "== test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --workspace --locked 2>&1 | tee "$log"
+# Every test binary, two at a time (scripts/run-tests.py: most of the time is
+# end-to-end tests waiting on real components), then the doc tests.
+(
+  scripts/run-tests.py
+  binaries=$?
+  cargo test --workspace --locked --doc
+  docs=$?
+  [ "$binaries" -eq 0 ] && [ "$docs" -eq 0 ]
+) 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole run (cargo prints one per test binary, the

@@ -16,12 +16,19 @@
 //!   hour", `BENCH_OUTAGE_INTERVALS` (240) agent intervals, then started.
 //! - `collector-disk-full`: the store lives on a small tmpfs (needs root),
 //!   filled for a third of the run and then freed; no restart.
+//! - `spool-byte-flips`: the collector is down for the last third of the
+//!   stream, so every agent ends with a backlog on disk; with the agents
+//!   stopped, `BENCH_FLIPS` (3) bits are flipped in each agent's spool, each
+//!   in a different pending record, anywhere in it (header or frame:
+//!   `BENCH_FLIP_HEADERS=0` for frames only), then everything restarts. The
+//!   oracle is the exact one below with the records hit as the only drops
+//!   allowed: `dropped` must equal the records of the batches hit.
 //!
 //! Settings: `BENCH_AGENTS` (50), `BENCH_SECONDS` (300, the streaming time of
 //! each scenario), `BENCH_KILLS` (10), `BENCH_AGENT_KILLS` (3),
 //! `BENCH_INTERVAL` (`200ms`, the agents' interval, to compress time),
 //! `BENCH_OUTAGE_INTERVALS` (240), `BENCH_DISK_MIB` (512, the tmpfs of the
-//! disk-full scenario).
+//! disk-full scenario), `BENCH_FLIPS` (3) and `BENCH_FLIP_HEADERS` (1).
 //!
 //! After the stream every agent is SIGTERMed (its summary line: records
 //! produced, batches still pending, dropped), restarted on its spool with a
@@ -64,8 +71,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, ensure};
 use hubwatch_tests::{
-    Agent, AgentOptions, Collector, CollectorOptions, SpoolCursor, Summary, Tmpfs, eventually,
-    spooled_records,
+    Agent, AgentOptions, Collector, CollectorOptions, Flip, SpoolCursor, Summary, Tmpfs,
+    eventually, flip_spool_bytes, spooled_records,
 };
 use rand::Rng;
 
@@ -85,11 +92,12 @@ const SEQ_PER_MS: u64 = 65536;
 /// A batch's seq owns the next 1023 numbers (split pieces).
 const SEQ_STRIDE: u64 = 1024;
 
-const ALL: [&str; 4] = [
+const ALL: [&str; 5] = [
     "collector-sigkill",
     "agent-sigkill",
     "collector-outage",
     "collector-disk-full",
+    "spool-byte-flips",
 ];
 
 #[derive(Debug, Clone)]
@@ -102,6 +110,8 @@ struct Settings {
     interval_ms: u64,
     outage_intervals: u64,
     disk_mib: u64,
+    flips: usize,
+    flip_headers: bool,
     scenarios: Vec<String>,
 }
 
@@ -153,6 +163,8 @@ impl Settings {
             interval,
             outage_intervals: env_or("BENCH_OUTAGE_INTERVALS", 240),
             disk_mib: env_or("BENCH_DISK_MIB", 512),
+            flips: env_or("BENCH_FLIPS", 3),
+            flip_headers: env_or("BENCH_FLIP_HEADERS", 1u8) != 0,
             scenarios,
         }
     }
@@ -283,6 +295,10 @@ const DRAIN_INTERVAL: &str = "1h";
 fn drain(fleet: &mut Fleet, mut stopped: impl FnMut(usize, &Agent)) -> (Vec<Summary>, u64) {
     let first = stop_all(&mut fleet.agents);
     let backlog = first.iter().map(|s| s.pending_batches).sum();
+    // A scenario may end with the collector down: the backlog drains to it.
+    if !fleet.collector.process().is_running() {
+        fleet.collector.restart();
+    }
     for (i, agent) in fleet.agents.iter().enumerate() {
         stopped(i, agent);
         let path = agent.config_path();
@@ -892,12 +908,69 @@ fn agent_sigkill_oracle(
     info
 }
 
+fn spool_byte_flips(settings: &Settings) -> Outcome {
+    let mut fleet = start_fleet(settings, "sf", None);
+    let run = Duration::from_secs(settings.seconds);
+    let start = Instant::now();
+    sleep_until(start, run * 2 / 3);
+    fleet.collector.sigterm();
+    sleep_until(start, run);
+    let mut rng = rand::rng();
+    let mut flips: Vec<Vec<Flip>> = Vec::new();
+    let mut problems = Vec::new();
+    let (summaries, backlog) = drain(&mut fleet, |_, agent| {
+        let acked = SpoolCursor::read(agent.spool_dir()).map_or(0, |c| c.acked_seq);
+        match flip_spool_bytes(
+            agent.spool_dir(),
+            acked,
+            settings.flips,
+            settings.flip_headers,
+            &mut rng,
+        ) {
+            Ok(hit) => flips.push(hit),
+            Err(e) => {
+                problems.push(format!("{}: flipping: {e:#}", agent.id()));
+                flips.push(Vec::new());
+            }
+        }
+    });
+    let all: Vec<&Flip> = flips.iter().flatten().collect();
+    let in_headers = all.iter().filter(|f| f.in_header).count();
+    let mut outcome = Outcome {
+        agents: settings.agents,
+        faults: format!(
+            "collector down for the last third; {} bits flipped in pending spool records \
+             ({in_headers} in headers); backlog at stream end {backlog} batches",
+            all.len()
+        ),
+        problems,
+        ..Outcome::default()
+    };
+    outcome.seconds = start.elapsed().as_secs_f64();
+    single_life_oracle(&fleet, &summaries, &mut outcome);
+    // The only drops allowed: the records of the batches hit.
+    for ((agent, summary), hit) in fleet.agents.iter().zip(&summaries).zip(&flips) {
+        let expected: u64 = hit.iter().map(|f| u64::from(f.records)).sum();
+        if summary.dropped_total != expected {
+            outcome.problems.push(format!(
+                "{}: dropped {} but the batches hit held {expected} records: {hit:?}",
+                agent.id(),
+                summary.dropped_total
+            ));
+        }
+    }
+    outcome.oracle =
+        "stored+dropped==produced per agent, dropped == the records of the batches hit";
+    outcome
+}
+
 fn run_scenario(name: &str, settings: &Settings) -> Outcome {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match name {
         "collector-sigkill" => collector_sigkill(settings),
         "agent-sigkill" => agent_sigkill(settings),
         "collector-outage" => collector_outage(settings),
         "collector-disk-full" => collector_disk_full(settings),
+        "spool-byte-flips" => spool_byte_flips(settings),
         other => unreachable!("scenario {other}"),
     }));
     result.unwrap_or_else(|panic| {
