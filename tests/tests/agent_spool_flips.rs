@@ -37,8 +37,14 @@ fn flipped_bits_in_the_spool_lose_only_the_batches_hit_and_count_them() {
     let first = agent.sigterm();
     assert!(first.pending_batches >= 20, "{first:?}");
     let cursor = SpoolCursor::read(agent.spool_dir()).expect("cursor");
-    let flips = flip_spool_bytes(agent.spool_dir(), cursor.acked_seq, 3, false, &mut rand::rng())
-        .expect("flip three pending batches");
+    let flips = flip_spool_bytes(
+        agent.spool_dir(),
+        cursor.acked_seq,
+        3,
+        false,
+        &mut rand::rng(),
+    )
+    .expect("flip three pending batches");
     let hit: u64 = flips.iter().map(|f| u64::from(f.records)).sum();
 
     collector.restart();
@@ -69,7 +75,10 @@ fn flipped_bits_in_the_spool_lose_only_the_batches_hit_and_count_them() {
         row.duplicates,
         flips.len()
     );
-    assert_eq!(dropped, hit, "exactly the batches hit are dropped: {flips:?}");
+    assert_eq!(
+        dropped, hit,
+        "exactly the batches hit are dropped: {flips:?}"
+    );
     assert_eq!(row.dropped_by_agent, dropped, "the collector is told");
     assert_eq!(lost, 0, "{row:?} {first:?} {second:?}");
     // Nothing after the damaged records was cut: every other pending batch
