@@ -55,6 +55,13 @@
 #                                      BENCH_SPEEDUP, BENCH_ROUNDS, BENCH_HUBS_PER_AGENT)
 #   scripts/bench.sh agent [SECONDS]   agent footprint: RSS and CPU of a release agent streaming the
 #                                      host source every 15 s to a release collector (default 120 s)
+#   scripts/bench.sh agent-side-by-side  hubwatch-agent (release) against prometheus --enable-feature=agent
+#                                      and vmagent, concurrently on one real JupyterHub and host metrics
+#                                      every 15 s, all sending to one collector: RSS (mean, peak) and
+#                                      CPU-seconds, node_exporter counted on their side, medians and
+#                                      ratios (issue 15: <= 1/5 of Prometheus agent mode; cargo bench
+#                                      --profile dev --bench agent_side_by_side; BENCH_SECONDS, default
+#                                      600, BENCH_RUNS, default 3)
 #   scripts/bench.sh fuzz [SECONDS]    every fuzz target for SECONDS each (scripts/fuzz.sh)
 #   scripts/bench.sh all               ingest, then agent
 #
@@ -342,6 +349,15 @@ case "$cmd" in
     echo "== fault_injection: produced, delivered, duplicated, lost under injected faults"
     cargo build --locked -p hubwatch-agent -p hubwatch-collector --bins
     cargo bench --locked --profile dev -p hubwatch-tests --bench fault_injection
+    ;;
+  agent-side-by-side)
+    echo "== agent_side_by_side: hubwatch-agent vs Prometheus agent mode vs vmagent (real JupyterHub)"
+    # The agent measured is a release build; the harness and the collector (the receiver, not
+    # measured) are debug builds.
+    cargo build --release --locked -p hubwatch-agent --bins
+    cargo build --locked -p hubwatch-collector --bins
+    BENCH_SECONDS="${BENCH_SECONDS:-600}" BENCH_RUNS="${BENCH_RUNS:-3}" \
+      cargo bench --locked --profile dev -p hubwatch-tests --bench agent_side_by_side
     ;;
   remote-write-out) bench_remote_write_out ;;
   remote-write-backlog) bench_remote_write_backlog ;;

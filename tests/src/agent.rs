@@ -51,6 +51,9 @@ pub struct AgentOptions {
     /// Environment variables for the agent process (e.g. libfaketime's
     /// `LD_PRELOAD` and `FAKETIME` for a skewed clock).
     pub env: Vec<(String, String)>,
+    /// The agent binary; `binary("hubwatch-agent")` (this build's profile)
+    /// when `None`. The footprint benches point it at a release build.
+    pub binary: Option<PathBuf>,
 }
 
 impl AgentOptions {
@@ -69,6 +72,7 @@ impl AgentOptions {
             extra_host_toml: String::new(),
             extra_collector_toml: String::new(),
             env: Vec::new(),
+            binary: None,
         }
     }
 }
@@ -177,7 +181,10 @@ impl Agent {
         std::fs::write(&config_path, toml).expect("write agent.toml");
         let process = Process::start(
             &format!("agent-{}", options.id),
-            &crate::binaries::binary("hubwatch-agent"),
+            &options
+                .binary
+                .clone()
+                .unwrap_or_else(|| crate::binaries::binary("hubwatch-agent")),
             &run_args(&config_path),
             &options.env,
             dir.path(),

@@ -33,7 +33,7 @@ pub fn vmagent_binary() -> PathBuf {
 #[derive(Debug)]
 pub struct VmAgent {
     _dir: tempfile::TempDir,
-    _process: Process,
+    process: Process,
     port: u16,
 }
 
@@ -75,7 +75,7 @@ impl VmAgent {
         });
         Self {
             _dir: dir,
-            _process: process,
+            process,
             port,
         }
     }
@@ -83,6 +83,11 @@ impl VmAgent {
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The vmagent process (pid, logs).
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
     }
 }
 
