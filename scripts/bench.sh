@@ -352,6 +352,13 @@ case "$cmd" in
     ;;
   agent-side-by-side)
     echo "== agent_side_by_side: hubwatch-agent vs Prometheus agent mode vs vmagent (real JupyterHub)"
+    # node_exporter (Debian's prometheus-node-exporter): the host metrics of Prometheus agent mode
+    # and vmagent; the bench starts it on a free loopback port (apt does not start its service).
+    # Not a test dependency, so not in install-test-deps.sh.
+    if ! command -v prometheus-node-exporter >/dev/null; then
+      if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi
+      "${sudo[@]}" apt-get install -y --no-install-recommends prometheus-node-exporter
+    fi
     # The agent measured is a release build; the harness and the collector (the receiver, not
     # measured) are debug builds.
     cargo build --release --locked -p hubwatch-agent --bins

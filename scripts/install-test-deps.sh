@@ -30,11 +30,6 @@ command -v amtool >/dev/null || need_apt+=(prometheus-alertmanager)
 # `vmagent`): the remote write tests send to it and receive from vmagent,
 # each started by the test on a free loopback port with its own data path.
 command -v vmagent >/dev/null || need_apt+=(victoria-metrics)
-# node_exporter (Debian's `prometheus-node-exporter`): the host metrics of the
-# Prometheus agent mode and vmagent in the agent side-by-side bench
-# (tests/benches/agent_side_by_side.rs starts it on a free loopback port; apt
-# does not start its service here).
-command -v prometheus-node-exporter >/dev/null || need_apt+=(prometheus-node-exporter)
 # A headless Chromium: the report tests open the html report in it and read
 # its network requests, console errors, DOM and a screenshot over the
 # DevTools protocol (tests/src/chromium.rs). Debian's small
