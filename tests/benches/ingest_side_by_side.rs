@@ -37,7 +37,9 @@
 //! ~105 series each with the agent's host series, so 100 × 10 ≈ 105k active
 //! series), `BENCH_USERS` (200 per hub), `BENCH_WARMUP_ROUNDS` (2),
 //! `BENCH_ROUNDS` (20 measured rounds), `BENCH_RUNS` (3), `BENCH_SEED` (15),
-//! `BENCH_THREADS` (2 loadgen worker threads), `BENCH_SYSTEMS`
+//! `BENCH_THREADS` (2 loadgen worker threads), `BENCH_SETTLE_SECONDS` (10:
+//! VmRSS is read again after that long idle, to tell retained memory from
+//! transient buffers), `BENCH_SYSTEMS`
 //! (`hubwatch,prometheus,victoria-metrics`). Exits non-zero when any sample
 //! is refused or lost.
 
@@ -75,6 +77,7 @@ struct Settings {
     runs: usize,
     seed: u64,
     threads: usize,
+    settle_seconds: u64,
     systems: Vec<System>,
 }
 
@@ -124,6 +127,7 @@ impl Settings {
             runs: env_or("BENCH_RUNS", 3)?,
             seed: env_or("BENCH_SEED", 15)?,
             threads: env_or("BENCH_THREADS", 2)?,
+            settle_seconds: env_or("BENCH_SETTLE_SECONDS", 10)?,
             systems,
         };
         ensure!(settings.agents > 0 && settings.rounds > 0 && settings.runs > 0);
@@ -146,6 +150,9 @@ struct Figures {
     p99_ms: f64,
     rss_before_kib: u64,
     rss_after_kib: u64,
+    /// VmRSS after `BENCH_SETTLE_SECONDS` idle: what stays once transient
+    /// buffers (request bodies in flight, pipeline queues) are freed.
+    rss_settled_kib: u64,
 }
 
 /// `VmRSS` of `pid`, KiB.
@@ -299,6 +306,8 @@ fn measure(settings: &Settings, system: System, start_ms: i64) -> Result<Figures
     let measured = loadgen(settings, start_ms, &receiver, warm, warm + settings.rounds)?;
     let cpu = cpu_seconds(pid)? - cpu_before;
     let rss_after_kib = rss_kib(pid)?;
+    std::thread::sleep(Duration::from_secs(settings.settle_seconds));
+    let rss_settled_kib = rss_kib(pid)?;
     let samples = measured.samples_acked;
     Ok(Figures {
         samples_per_sec: measured.samples_per_sec,
@@ -310,6 +319,7 @@ fn measure(settings: &Settings, system: System, start_ms: i64) -> Result<Figures
         p99_ms: measured.latency_p99_ms,
         rss_before_kib,
         rss_after_kib,
+        rss_settled_kib,
     })
 }
 
@@ -360,13 +370,14 @@ fn main() -> Result<()> {
                 .with_context(|| format!("run {run}, {}", system.name()))?;
             println!(
                 "run {run} {:<17} {:>10.0} samples/s  {:>6.2} CPU-s/M samples  {:>6.0} B/series \
-                 (RSS {} -> {} KiB, {} series)  {} samples  p99 {:.1} ms",
+                 (RSS {} -> {} KiB, {} KiB settled, {} series)  {} samples  p99 {:.1} ms",
                 system.name(),
                 f.samples_per_sec,
                 f.cpu_per_million,
                 f.bytes_per_series,
                 f.rss_before_kib,
                 f.rss_after_kib,
+                f.rss_settled_kib,
                 f.series,
                 f.samples,
                 f.p99_ms,
@@ -381,13 +392,25 @@ fn main() -> Result<()> {
             median(figures.iter().map(|f| f.samples_per_sec).collect()),
             median(figures.iter().map(|f| f.cpu_per_million).collect()),
             median(figures.iter().map(|f| f.bytes_per_series).collect()),
+            median(
+                figures
+                    .iter()
+                    .map(|f| {
+                        (f.rss_settled_kib.saturating_sub(f.rss_before_kib) * 1024) as f64
+                            / f.series as f64
+                    })
+                    .collect(),
+            ),
         );
         println!(
-            "  {:<17} {:>10.0} samples/s  {:>6.2} CPU-s per million samples  {:>6.0} B per active series",
+            "  {:<17} {:>10.0} samples/s  {:>6.2} CPU-s per million samples  {:>6.0} B per active series \
+             ({:.0} B after {} s idle)",
             system.name(),
             m.0,
             m.1,
-            m.2
+            m.2,
+            m.3,
+            settings.settle_seconds
         );
         medians.push((*system, m));
     }
@@ -396,11 +419,13 @@ fn main() -> Result<()> {
         for peer in [System::Prometheus, System::Victoria] {
             if let Some(p) = find(peer) {
                 println!(
-                    "  hubwatch/{:<16} samples/s x{:.2}  CPU per sample x{:.2}  memory per series x{:.2}",
+                    "  hubwatch/{:<16} samples/s x{:.2}  CPU per sample x{:.2}  memory per series x{:.2} \
+                     (x{:.2} after idle)",
                     peer.name(),
                     h.0 / p.0,
                     h.1 / p.1,
-                    h.2 / p.2
+                    h.2 / p.2,
+                    h.3 / p.3
                 );
             }
         }
