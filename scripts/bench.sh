@@ -53,6 +53,13 @@
 #                                      15 s; ingest rate, derivation lag, SLO and alert evaluation
 #                                      rounds, memory (cargo bench --bench fleet_scale; BENCH_HUBS,
 #                                      BENCH_SPEEDUP, BENCH_ROUNDS, BENCH_HUBS_PER_AGENT)
+#   scripts/bench.sh side-by-side      native ingest vs Prometheus 2.42's remote write receiver and
+#                                      VictoriaMetrics single-node (issue 15: >= 3x Prometheus' samples/s,
+#                                      <= 1/3 of its memory per series): the same hubwatch-loadgen workload
+#                                      (100 agents x 10 hubs, ~105k series) to each, samples/s, CPU-s per
+#                                      million samples, RSS per series, medians of 3 interleaved runs
+#                                      (cargo bench --bench ingest_side_by_side; BENCH_AGENTS, BENCH_HUBS,
+#                                      BENCH_ROUNDS, BENCH_RUNS, BENCH_SYSTEMS)
 #   scripts/bench.sh agent [SECONDS]   agent footprint: RSS and CPU of a release agent streaming the
 #                                      host source every 15 s to a release collector (default 120 s)
 #   scripts/bench.sh agent-side-by-side  hubwatch-agent (release) against prometheus --enable-feature=agent
@@ -344,6 +351,11 @@ case "$cmd" in
     echo "== hub_down_page: hub SIGKILLed -> page in Alertmanager, hubwatch vs Prometheus (real JupyterHub)"
     cargo build --locked -p hubwatch-agent -p hubwatch-collector --bins
     cargo bench --locked --profile dev -p hubwatch-tests --bench hub_down_page
+    ;;
+  side-by-side)
+    echo "== ingest_side_by_side: hubwatch native ingest vs Prometheus and VictoriaMetrics remote write (same loadgen samples)"
+    cargo build --release --locked -p hubwatch-collector -p hubwatch-loadgen --bins
+    nice -n 10 cargo bench --locked -p hubwatch-tests --bench ingest_side_by_side
     ;;
   faults)
     echo "== fault_injection: produced, delivered, duplicated, lost under injected faults"

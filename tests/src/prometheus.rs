@@ -158,6 +158,11 @@ impl Prometheus {
         self.wait_ready();
     }
 
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
     /// Its port.
     pub fn port(&self) -> u16 {
         self.port

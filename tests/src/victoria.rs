@@ -116,7 +116,7 @@ pub fn victoria_metrics_binary() -> PathBuf {
 #[derive(Debug)]
 pub struct VictoriaMetrics {
     _dir: tempfile::TempDir,
-    _process: Process,
+    process: Process,
     port: u16,
     http: Http,
 }
@@ -151,7 +151,7 @@ impl VictoriaMetrics {
         });
         Self {
             _dir: dir,
-            _process: process,
+            process,
             port,
             http,
         }
@@ -160,6 +160,11 @@ impl VictoriaMetrics {
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
     }
 
     /// An instant query's `data.result`; an error names the answer.
