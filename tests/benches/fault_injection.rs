@@ -19,8 +19,8 @@
 //! - `spool-byte-flips`: the collector is down for the last third of the
 //!   stream, so every agent ends with a backlog on disk; with the agents
 //!   stopped, `BENCH_FLIPS` (3) bits are flipped in each agent's spool, each
-//!   in a different pending record, anywhere in it (header or frame:
-//!   `BENCH_FLIP_HEADERS=0` for frames only), then everything restarts. The
+//!   in a different pending record, anywhere in it (`BENCH_FLIP_WHERE`:
+//!   `anywhere`, `frames` or `headers`), then everything restarts. The
 //!   oracle is the exact one below with the records hit as the only drops
 //!   allowed: `dropped` must equal the records of the batches hit.
 //!
@@ -28,7 +28,7 @@
 //! each scenario), `BENCH_KILLS` (10), `BENCH_AGENT_KILLS` (3),
 //! `BENCH_INTERVAL` (`200ms`, the agents' interval, to compress time),
 //! `BENCH_OUTAGE_INTERVALS` (240), `BENCH_DISK_MIB` (512, the tmpfs of the
-//! disk-full scenario), `BENCH_FLIPS` (3) and `BENCH_FLIP_HEADERS` (1).
+//! disk-full scenario), `BENCH_FLIPS` (3) and `BENCH_FLIP_WHERE` (`anywhere`).
 //!
 //! After the stream every agent is SIGTERMed (its summary line: records
 //! produced, batches still pending, dropped), restarted on its spool with a
@@ -71,7 +71,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, ensure};
 use hubwatch_tests::{
-    Agent, AgentOptions, Collector, CollectorOptions, Flip, SpoolCursor, Summary, Tmpfs,
+    Agent, AgentOptions, Collector, CollectorOptions, Flip, FlipWhere, SpoolCursor, Summary, Tmpfs,
     eventually, flip_spool_bytes, spooled_records,
 };
 use rand::Rng;
@@ -111,7 +111,7 @@ struct Settings {
     outage_intervals: u64,
     disk_mib: u64,
     flips: usize,
-    flip_headers: bool,
+    flip_where: FlipWhere,
     scenarios: Vec<String>,
 }
 
@@ -164,7 +164,12 @@ impl Settings {
             outage_intervals: env_or("BENCH_OUTAGE_INTERVALS", 240),
             disk_mib: env_or("BENCH_DISK_MIB", 512),
             flips: env_or("BENCH_FLIPS", 3),
-            flip_headers: env_or("BENCH_FLIP_HEADERS", 1u8) != 0,
+            flip_where: match env_or("BENCH_FLIP_WHERE", "anywhere".to_string()).as_str() {
+                "anywhere" => FlipWhere::Anywhere,
+                "frames" => FlipWhere::Frames,
+                "headers" => FlipWhere::Headers,
+                other => panic!("BENCH_FLIP_WHERE={other:?}: anywhere, frames or headers"),
+            },
             scenarios,
         }
     }
@@ -924,7 +929,7 @@ fn spool_byte_flips(settings: &Settings) -> Outcome {
             agent.spool_dir(),
             acked,
             settings.flips,
-            settings.flip_headers,
+            settings.flip_where,
             &mut rng,
         ) {
             Ok(hit) => flips.push(hit),

@@ -41,7 +41,9 @@ pub use postgres::Postgres;
 pub use process::Process;
 pub use prom::PromText;
 pub use prometheus::{AuthProxy, ExpositionServer, Prometheus, ScrapeJob};
-pub use spool::{Flip, SpoolCursor, append_torn_record, flip_spool_bytes, spooled_records};
+pub use spool::{
+    Flip, FlipWhere, SpoolCursor, append_torn_record, flip_spool_bytes, spooled_records,
+};
 pub use tmpfs::{ReadOnlyBind, Tmpfs};
 pub use victoria::{Forwarded, RecordingProxy, VictoriaMetrics, VmAgent};
 pub use wait::{eventually, free_port, patience, scaled, try_eventually};

@@ -120,15 +120,27 @@ pub struct Flip {
     pub in_header: bool,
 }
 
+/// Where [`flip_spool_bytes`] flips its bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlipWhere {
+    /// Anywhere in the record, as bit rot would (headers are 20 bytes of
+    /// records of kilobytes: rarely hit).
+    Anywhere,
+    /// Only in frames.
+    Frames,
+    /// Only in the 20-byte headers (length, checksum, seq, count).
+    Headers,
+}
+
 /// Flips one random bit in each of `count` distinct intact records not yet
-/// acknowledged (seq above `acked_seq`), as bit rot on the agent's disk would:
-/// anywhere in the record with `headers`, else only in its frame. Returns the
-/// records hit, in seq order. The agent must be stopped.
+/// acknowledged (seq above `acked_seq`), as bit rot on the agent's disk would,
+/// `place` deciding where in the record. Returns the records hit, in seq
+/// order. The agent must be stopped.
 pub fn flip_spool_bytes(
     spool_dir: &Path,
     acked_seq: u64,
     count: usize,
-    headers: bool,
+    place: FlipWhere,
     rng: &mut impl rand::Rng,
 ) -> anyhow::Result<Vec<Flip>> {
     use rand::seq::IndexedRandom;
@@ -172,10 +184,10 @@ pub fn flip_spool_bytes(
     chosen.sort_by_key(|c| c.3);
     let mut flips = Vec::with_capacity(count);
     for (path, at, size, seq, records) in chosen {
-        let offset = if headers {
-            rng.random_range(0..size)
-        } else {
-            rng.random_range(20..size)
+        let offset = match place {
+            FlipWhere::Anywhere => rng.random_range(0..size),
+            FlipWhere::Frames => rng.random_range(20..size),
+            FlipWhere::Headers => rng.random_range(0..20),
         };
         let mut bytes = std::fs::read(&path)?;
         bytes[at + offset] ^= 1 << rng.random_range(0..8);

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use hubwatch_tests::{
-    Agent, AgentOptions, Collector, CollectorOptions, SpoolCursor, eventually, flip_spool_bytes,
+    Agent, AgentOptions, Collector, CollectorOptions, FlipWhere, SpoolCursor, eventually,
+    flip_spool_bytes,
 };
 
 #[test]
@@ -41,7 +42,7 @@ fn flipped_bits_in_the_spool_lose_only_the_batches_hit_and_count_them() {
         agent.spool_dir(),
         cursor.acked_seq,
         3,
-        false,
+        FlipWhere::Frames,
         &mut rand::rng(),
     )
     .expect("flip three pending batches");

@@ -543,6 +543,8 @@ fn salvage_after(path: &Path, from: u64, file_len: u64, last_good: u64, below: u
     };
     let mut prev = last_good;
     let mut damaged_at = 0usize;
+    // A damaged stretch not yet followed by an intact record.
+    let mut open_stretch = true;
     let mut at = 1usize;
     while at + RECORD_HEADER_BYTES as usize <= tail.len() {
         // Cheap plausibility first: most offsets fail on the seq alone.
@@ -558,7 +560,8 @@ fn salvage_after(path: &Path, from: u64, file_len: u64, last_good: u64, below: u
         };
         salvage
             .damaged
-            .extend(claimed_counts(&tail[damaged_at..at], prev, seq));
+            .extend(claimed_counts(&tail[damaged_at..at], prev, seq, false));
+        open_stretch = false;
         salvage.records.push(FoundRecord {
             offset: from + at as u64,
             size: size as u64,
@@ -581,48 +584,95 @@ fn salvage_after(path: &Path, from: u64, file_len: u64, last_good: u64, below: u
             break;
         }
         damaged_at = at;
+        open_stretch = true;
         at += 1;
+    }
+    // Damage after the last intact record: counted too, unless it is a torn last write (a
+    // record running past the end of the file, whose append never returned).
+    if open_stretch && !salvage.records.is_empty() && damaged_at < tail.len() {
+        salvage
+            .damaged
+            .extend(claimed_counts(&tail[damaged_at..], prev, below, true));
     }
     salvage
 }
 
-/// The (seq, records) of each damaged record in a stretch between intact ones. Records are
-/// walked by their length fields while their headers hold together (a flip in a frame leaves the
-/// header intact, so adjacent damaged records are each counted); the rest of the stretch is one
-/// record with a damaged header, counted by [`claimed_count`].
-fn claimed_counts(stretch: &[u8], prev: u64, next_seq: u64) -> Vec<(u64, u64)> {
+/// The records a frame holds, if it still decodes (a flip in a header, or in a value of the
+/// frame, leaves it decodable): the count to trust over the header's.
+fn decoded_records(frame: &[u8]) -> Option<u64> {
+    hubwatch_shared::codec::decode(frame)
+        .ok()
+        .map(|batch| batch.records.len() as u64)
+}
+
+/// The (seq, records) of each damaged record in a stretch between intact ones (or, `trailing`,
+/// after the last one). The records are told apart by where their frames start (the codec's
+/// magic bytes, 20 bytes after each record's start), so a flip anywhere in one record, header
+/// included, never hides the next one; a frame that still decodes gives its own count, any other
+/// piece is counted by its header ([`claimed_count`]).
+fn claimed_counts(stretch: &[u8], prev: u64, next_seq: u64, trailing: bool) -> Vec<(u64, u64)> {
+    let header = RECORD_HEADER_BYTES as usize;
+    let magic = hubwatch_shared::codec::MAGIC;
+    // Record starts: 0, and every magic with a whole header's room before it.
+    let mut starts = vec![0usize];
+    starts.extend(
+        stretch
+            .windows(magic.len())
+            .enumerate()
+            .filter(|(i, window)| *i > header && *window == magic)
+            .map(|(i, _)| i - header),
+    );
     let mut out = Vec::new();
-    let mut at = 0usize;
     let mut last = prev;
-    while let Some(header) = stretch.get(at..at + RECORD_HEADER_BYTES as usize) {
-        let len = le_u32(&header[0..4]) as usize;
-        let seq = le_u64(&header[8..16]);
-        let records = u64::from(le_u32(&header[16..20]));
-        let size = LEN_CRC_BYTES as usize + len;
-        if len < SEQ_RECORDS_BYTES as usize
-            || at + size > stretch.len()
-            || seq <= last
-            || seq >= next_seq
-            || records > size as u64
-        {
+    for (k, &start) in starts.iter().enumerate() {
+        let end = starts.get(k + 1).copied().unwrap_or(stretch.len());
+        let piece = &stretch[start..end];
+        let is_last = k + 1 == starts.len();
+        // A torn last write (its length runs past the end of the file) was never spooled.
+        let torn = trailing
+            && is_last
+            && piece.get(..4).is_none_or(|len| {
+                LEN_CRC_BYTES.saturating_add(u64::from(le_u32(len))) > piece.len() as u64
+            });
+        if torn {
             break;
         }
-        out.push((seq, records));
-        last = seq;
-        at += size;
-    }
-    if at < stretch.len() {
-        out.push(claimed_count(&stretch[at..], last, next_seq));
+        // Within a piece, records whose headers hold together are walked by their lengths (a
+        // frame without the magic, e.g. a damaged one); the rest is one record.
+        let mut at = 0usize;
+        while let Some(h) = piece.get(at..at + header) {
+            let len = le_u32(&h[0..4]) as usize;
+            let seq = le_u64(&h[8..16]);
+            let records = u64::from(le_u32(&h[16..20]));
+            let size = LEN_CRC_BYTES as usize + len;
+            if len < SEQ_RECORDS_BYTES as usize
+                || at + size > piece.len()
+                || seq <= last
+                || seq >= next_seq
+                || records > size as u64
+            {
+                break;
+            }
+            let frame = &piece[at + header..at + size];
+            out.push((seq, decoded_records(frame).unwrap_or(records)));
+            last = seq;
+            at += size;
+        }
+        if at < piece.len() {
+            let claimed = claimed_count(&piece[at..], last, next_seq);
+            last = last.max(claimed.0);
+            out.push(claimed);
+        }
     }
     out
 }
 
-/// The (seq, records) the header of a damaged stretch claims, or `(0, 0)` when it cannot be
+/// The (seq, records) the header of a damaged record claims, or `(0, 0)` when it cannot be
 /// believed. One flipped byte damages one field: the records count is believed when the length
 /// still spans exactly the stretch or the seq still fits between its neighbours' (then only a
-/// flip in the count itself goes unnoticed), and when it is no more than the stretch's bytes (a
-/// record holds at least one byte each). The seq is the header's when it fits, else the lowest
-/// it can be.
+/// flip in the count itself could mislead, and the frame's own count is taken when it still
+/// decodes), and when it is no more than the stretch's bytes (a record holds at least one byte
+/// each). The seq is the header's when it fits, else the lowest it can be.
 fn claimed_count(stretch: &[u8], prev: u64, next_seq: u64) -> (u64, u64) {
     let Some(header) = stretch.get(..RECORD_HEADER_BYTES as usize) else {
         return (0, 0);
@@ -632,11 +682,17 @@ fn claimed_count(stretch: &[u8], prev: u64, next_seq: u64) -> (u64, u64) {
     let records = u64::from(le_u32(&header[16..20]));
     let spans = LEN_CRC_BYTES.saturating_add(len) == stretch.len() as u64;
     let fits = seq > prev && seq < next_seq;
-    if (spans || fits) && records <= stretch.len() as u64 {
-        (if fits { seq } else { prev.saturating_add(1) }, records)
-    } else {
-        (0, 0)
+    if !(spans || fits) {
+        return (0, 0);
     }
+    // With `spans` the frame is the rest of the stretch; with a damaged length it still is,
+    // when the stretch is this one record.
+    let records = match decoded_records(&stretch[RECORD_HEADER_BYTES as usize..]) {
+        Some(decoded) => decoded,
+        None if records <= stretch.len() as u64 => records,
+        None => return (0, 0),
+    };
+    (if fits { seq } else { prev.saturating_add(1) }, records)
 }
 
 /// Writes `records` of the segment at `from` to a new segment file `copy`, durably (temporary

@@ -505,6 +505,75 @@ fn adjacent_damaged_records_are_each_counted() {
 }
 
 #[test]
+fn damage_after_the_last_intact_record_is_counted_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let appended = five_in_one_segment(dir.path());
+    let segment = segment_files(dir.path()).remove(0);
+    let mut bytes = fs::read(&segment).expect("read");
+    // The second record's frame and the last record's frame: 2 + 5 records lost.
+    bytes[(RECORD + RECORD_HEADER_BYTES) as usize + 4] ^= 0x08;
+    bytes[(4 * RECORD + RECORD_HEADER_BYTES) as usize + 4] ^= 0x08;
+    fs::write(&segment, &bytes).expect("write");
+    let (mut spool, recovery) = open(dir.path(), BIG, None);
+    assert_eq!(recovery.dropped_records, 2 + 5);
+    assert_eq!(
+        seqs(&spool.peek(10).expect("peek")),
+        [appended[0], appended[2], appended[3]]
+    );
+}
+
+#[test]
+fn a_flipped_count_is_corrected_by_the_frame_that_still_decodes() {
+    use hubwatch_shared::wire::{Batch, Label, Record, Sample};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut spool, _) = open(dir.path(), BIG, None);
+    let frame = |seq: u64, records: usize| {
+        let batch = Batch {
+            agent_id: "a".into(),
+            member: "m".into(),
+            seq,
+            created_ms: 1,
+            dropped_records: 0,
+            agent_version: "t".into(),
+            records: (0..records)
+                .map(|i| {
+                    Record::Sample(Sample {
+                        name: "x".into(),
+                        labels: vec![Label::new("i", i.to_string())],
+                        value: 1.0,
+                        timestamp_ms: 1,
+                    })
+                })
+                .collect(),
+        };
+        hubwatch_shared::codec::encode(&batch).expect("encode")
+    };
+    let base = spool.next_seq;
+    let seqs_in: Vec<u64> = (0..3).map(|i| base + i * 1024).collect();
+    let mut offsets = Vec::new();
+    let mut offset = 0u64;
+    for (i, &seq) in seqs_in.iter().enumerate() {
+        let f = frame(seq, 5 + i);
+        offsets.push(offset);
+        offset += RECORD_HEADER_BYTES + f.len() as u64;
+        spool.append(seq, (5 + i) as u32, &f).expect("append");
+    }
+    drop(spool);
+    let segment = segment_files(dir.path()).remove(0);
+    let mut bytes = fs::read(&segment).expect("read");
+    // The middle record's count field: 6 becomes 6 ^ 64 = 70 in the header, but its frame
+    // still decodes to 6 records, and 6 are counted.
+    bytes[offsets[1] as usize + 16] ^= 0x40;
+    fs::write(&segment, &bytes).expect("write");
+    let (mut spool, recovery) = open(dir.path(), BIG, None);
+    assert_eq!(recovery.dropped_records, 6);
+    assert_eq!(
+        seqs(&spool.peek(10).expect("peek")),
+        [seqs_in[0], seqs_in[2]]
+    );
+}
+
+#[test]
 fn a_flipped_seq_is_counted_by_its_length() {
     let dir = tempfile::tempdir().expect("tempdir");
     let appended = five_in_one_segment(dir.path());
