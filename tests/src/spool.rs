@@ -57,6 +57,24 @@ fn le_array<const N: usize>(bytes: &[u8]) -> anyhow::Result<[u8; N]> {
 /// (`seg-*.log`, each `[len u32][crc32 u32][seq u64][records u32][frame]`),
 /// in file-name order, stopping in each file at the first damaged record.
 pub fn spooled_records(spool_dir: &Path) -> anyhow::Result<Vec<(u64, u32)>> {
+    Ok(intact_records(spool_dir)?
+        .into_iter()
+        .map(|r| (r.seq, r.records))
+        .collect())
+}
+
+/// Where one intact record is in the spool.
+struct RecordAt {
+    path: std::path::PathBuf,
+    offset: usize,
+    size: usize,
+    seq: u64,
+    records: u32,
+}
+
+/// Every intact record in the segment files, in file-name order, stopping in
+/// each file at the first damaged record.
+fn intact_records(spool_dir: &Path) -> anyhow::Result<Vec<RecordAt>> {
     let mut names: Vec<_> = std::fs::read_dir(spool_dir)
         .with_context(|| format!("read {}", spool_dir.display()))?
         .filter_map(Result::ok)
@@ -66,7 +84,8 @@ pub fn spooled_records(spool_dir: &Path) -> anyhow::Result<Vec<(u64, u32)>> {
     names.sort();
     let mut out = Vec::new();
     for name in names {
-        let bytes = std::fs::read(spool_dir.join(&name))?;
+        let path = spool_dir.join(&name);
+        let bytes = std::fs::read(&path)?;
         let mut at = 0usize;
         while at + 20 <= bytes.len() {
             let len = u32::from_le_bytes(le_array(&bytes[at..at + 4])?) as usize;
@@ -75,9 +94,13 @@ pub fn spooled_records(spool_dir: &Path) -> anyhow::Result<Vec<(u64, u32)>> {
             if len < 12 || end > bytes.len() || crc32fast::hash(&bytes[at + 8..end]) != crc {
                 break;
             }
-            let seq = u64::from_le_bytes(le_array(&bytes[at + 8..at + 16])?);
-            let records = u32::from_le_bytes(le_array(&bytes[at + 16..at + 20])?);
-            out.push((seq, records));
+            out.push(RecordAt {
+                path: path.clone(),
+                offset: at,
+                size: end - at,
+                seq: u64::from_le_bytes(le_array(&bytes[at + 8..at + 16])?),
+                records: u32::from_le_bytes(le_array(&bytes[at + 16..at + 20])?),
+            });
             at = end;
         }
     }
@@ -144,57 +167,31 @@ pub fn flip_spool_bytes(
     rng: &mut impl rand::Rng,
 ) -> anyhow::Result<Vec<Flip>> {
     use rand::seq::IndexedRandom;
-    // (file, offset, size, seq, records) of every pending intact record.
-    let mut candidates = Vec::new();
-    let mut names: Vec<_> = std::fs::read_dir(spool_dir)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .map(|n| n.to_string_lossy())
-                .is_some_and(|n| n.starts_with("seg-") && n.ends_with(".log"))
-        })
+    let candidates: Vec<RecordAt> = intact_records(spool_dir)?
+        .into_iter()
+        .filter(|r| r.seq > acked_seq && r.size > 20)
         .collect();
-    names.sort();
-    for path in &names {
-        let bytes = std::fs::read(path)?;
-        let mut at = 0usize;
-        while at + 20 <= bytes.len() {
-            let len = u32::from_le_bytes(le_array(&bytes[at..at + 4])?) as usize;
-            let crc = u32::from_le_bytes(le_array(&bytes[at + 4..at + 8])?);
-            let end = at + 8 + len;
-            if len < 12 || end > bytes.len() || crc32fast::hash(&bytes[at + 8..end]) != crc {
-                break;
-            }
-            let seq = u64::from_le_bytes(le_array(&bytes[at + 8..at + 16])?);
-            let records = u32::from_le_bytes(le_array(&bytes[at + 16..at + 20])?);
-            if seq > acked_seq && end - at > 20 {
-                candidates.push((path.clone(), at, end - at, seq, records));
-            }
-            at = end;
-        }
-    }
     ensure!(
         candidates.len() >= count,
         "{} pending records in {}, {count} wanted",
         candidates.len(),
         spool_dir.display()
     );
-    let mut chosen: Vec<_> = candidates.choose_multiple(rng, count).cloned().collect();
-    chosen.sort_by_key(|c| c.3);
+    let mut chosen: Vec<&RecordAt> = candidates.choose_multiple(rng, count).collect();
+    chosen.sort_by_key(|r| r.seq);
     let mut flips = Vec::with_capacity(count);
-    for (path, at, size, seq, records) in chosen {
+    for record in chosen {
         let offset = match place {
-            FlipWhere::Anywhere => rng.random_range(0..size),
-            FlipWhere::Frames => rng.random_range(20..size),
+            FlipWhere::Anywhere => rng.random_range(0..record.size),
+            FlipWhere::Frames => rng.random_range(20..record.size),
             FlipWhere::Headers => rng.random_range(0..20),
         };
-        let mut bytes = std::fs::read(&path)?;
-        bytes[at + offset] ^= 1 << rng.random_range(0..8);
-        std::fs::write(&path, &bytes)?;
+        let mut bytes = std::fs::read(&record.path)?;
+        bytes[record.offset + offset] ^= 1 << rng.random_range(0..8);
+        std::fs::write(&record.path, &bytes)?;
         flips.push(Flip {
-            seq,
-            records,
+            seq: record.seq,
+            records: record.records,
             in_header: offset < 20,
         });
     }

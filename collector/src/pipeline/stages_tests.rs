@@ -168,6 +168,22 @@ fn ingest(store: &Store, runtime: &tokio::runtime::Runtime, seq: u64, records: V
         .expect("ingest");
 }
 
+/// A passing `/hub/health` check of hub `prod` at `at`.
+fn probe(at: i64) -> Record {
+    Record::Health(HealthCheck {
+        target: "http://hub/hub/health".into(),
+        hub: Some("prod".into()),
+        kind: CheckKind::HubHealth,
+        ok: true,
+        status: Some(200),
+        latency_us: 1,
+        failure: None,
+        error: None,
+        cert_expiry_days: None,
+        timestamp_ms: at,
+    })
+}
+
 fn run(batches: Vec<Vec<Record>>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = config(dir.path());
@@ -231,20 +247,6 @@ fn a_stale_cursor_fails_the_commit_instead_of_counting_twice() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
-    let probe = |at| {
-        Record::Health(HealthCheck {
-            target: "http://hub/hub/health".into(),
-            hub: Some("prod".into()),
-            kind: CheckKind::HubHealth,
-            ok: true,
-            status: Some(200),
-            latency_us: 1,
-            failure: None,
-            error: None,
-            cert_expiry_days: None,
-            timestamp_ms: at,
-        })
-    };
     let ingest = |seq: u64| ingest(&store, &runtime, seq, vec![probe(NOW - 1000)]);
     let pipeline = || {
         let engine = Arc::new(SloEngine::new(
@@ -291,20 +293,8 @@ fn a_frame_damaged_on_disk_is_quarantined_not_derived() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
-    let probe = Record::Health(HealthCheck {
-        target: "http://hub/hub/health".into(),
-        hub: Some("prod".into()),
-        kind: CheckKind::HubHealth,
-        ok: true,
-        status: Some(200),
-        latency_us: 1,
-        failure: None,
-        error: None,
-        cert_expiry_days: None,
-        timestamp_ms: NOW - 1000,
-    });
     for seq in 1..=3 {
-        ingest(&store, &runtime, seq, vec![probe.clone()]);
+        ingest(&store, &runtime, seq, vec![probe(NOW - 1000)]);
     }
     // Flip one bit of the second frame in place: a value (the latency), so
     // the frame still decodes and only the checksum can tell.
