@@ -24,8 +24,12 @@ const MAX_DECODED: usize = 1 << 20;
 /// The label only the credential may set.
 const RESERVED: &str = "member";
 
+/// A sample as comparable bits. `-0.0` counts as `0.0`: protobuf (proto3)
+/// leaves out a double equal to zero, so `-0.0` arrives as `0.0` from any
+/// encoder, Prometheus' own included (libFuzzer found this; not a loss).
 fn key(s: &hubwatch_shared::wire::Sample) -> (&str, &[hubwatch_shared::wire::Label], u64, i64) {
-    (&s.name, &s.labels, s.value.to_bits(), s.timestamp_ms)
+    let value = if s.value == 0.0 { 0.0 } else { s.value };
+    (&s.name, &s.labels, value.to_bits(), s.timestamp_ms)
 }
 
 /// One input: a panic is a finding.
