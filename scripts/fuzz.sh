@@ -2,6 +2,7 @@
 # Runs every cargo-fuzz target in fuzz/ for N seconds each (default 60).
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
+#   FUZZ_RUNS=10000000 scripts/fuzz.sh 0 [TARGET...]   # a number of inputs instead
 #
 # The targets, one per decoder of untrusted input:
 #   decode_batch         the collector's batch decoder (codec::decode)
@@ -44,12 +45,18 @@ fi
 
 failed=()
 for target in "${targets[@]}"; do
-  echo "== fuzz $target for ${seconds}s"
+  if [ -n "${FUZZ_RUNS:-}" ]; then
+    limit=(-runs="$FUZZ_RUNS")
+    echo "== fuzz $target for $FUZZ_RUNS inputs"
+  else
+    limit=(-max_total_time="$seconds")
+    echo "== fuzz $target for ${seconds}s"
+  fi
   mkdir -p "fuzz/corpus/$target"
   log="fuzz/artifacts/$target.log"
   mkdir -p fuzz/artifacts
   if cargo fuzz run "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" \
-      -- -max_total_time="$seconds" >"$log" 2>&1; then
+      -- "${limit[@]}" >"$log" 2>&1; then
     grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -1 || true
   else
     echo "!! $target FAILED; log: $log, inputs under fuzz/artifacts/$target/"
@@ -62,4 +69,4 @@ if [ ${#failed[@]} -gt 0 ]; then
   echo "fuzz: crashes in ${failed[*]}"
   exit 1
 fi
-echo "fuzz: ${#targets[@]} targets, no crash in ${seconds}s each"
+echo "fuzz: ${#targets[@]} targets, no crash in ${FUZZ_RUNS:-${seconds}s} ${FUZZ_RUNS:+inputs }each"
