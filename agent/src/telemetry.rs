@@ -66,6 +66,10 @@ pub struct AgentMetrics {
     pub collection_seconds: HistogramVec,
     /// `hubwatch_agent_batches_sent_total`.
     pub batches_sent: IntCounter,
+    /// `hubwatch_agent_sent_frame_bytes_total`.
+    pub sent_frame_bytes: IntCounter,
+    /// `hubwatch_agent_sent_body_bytes_total`.
+    pub sent_body_bytes: IntCounter,
     /// `hubwatch_agent_batches_acked_total`.
     pub batches_acked: IntCounter,
     /// `hubwatch_agent_records_acked_total`.
@@ -130,6 +134,8 @@ impl AgentMetrics {
             records_produced: defs::AGENT_RECORDS_PRODUCED.counter_vec(&r),
             collection_seconds: defs::AGENT_COLLECTION_SECONDS.histogram_vec(&r),
             batches_sent: defs::AGENT_BATCHES_SENT.counter(&r),
+            sent_frame_bytes: defs::AGENT_SENT_FRAME_BYTES.counter(&r),
+            sent_body_bytes: defs::AGENT_SENT_BODY_BYTES.counter(&r),
             batches_acked: defs::AGENT_BATCHES_ACKED.counter(&r),
             records_acked: defs::AGENT_RECORDS_ACKED.counter(&r),
             send_retries: defs::AGENT_SEND_RETRIES.counter_vec(&r),

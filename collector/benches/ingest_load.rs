@@ -37,7 +37,13 @@
 //! under the system temp dir; must not be a tmpfs for the figures to mean
 //! anything), `BENCH_TARGET_SAMPLES_PER_SEC` (500000) and
 //! `BENCH_TARGET_P99_MS` (250) for the verdict line, `BENCH_DUMP_FRAME` (a
-//! file to write one encoded frame to, e.g. to try compressors on). Exits non-zero if the
+//! file to write one encoded frame to, e.g. to try compressors on),
+//! `BENCH_COMPRESS_FRAMES` (0; 1 stores frames snappy-compressed,
+//! `storage.compress_frames`), `BENCH_SNAPPY_BODIES` (0; 1 sends bodies
+//! snappy-compressed, as agents do once told they may) and
+//! `BENCH_BUSY_DISK_MIB_S` (0; another writer
+//! pushing that many MiB/s through fdatasync beside the store, for the
+//! ingest tail on a busy disk). Exits non-zero if the
 //! stored count differs from the acknowledged count or any request failed.
 //!
 //! `BENCH_MODE=backlog` runs the same paced load against a collector with every
@@ -51,7 +57,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use http::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HOST};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hubwatch_collector::Collector;
@@ -90,6 +96,13 @@ struct Settings {
     rate: f64,
     target_samples_per_sec: f64,
     target_p99_ms: f64,
+    /// `storage.compress_frames` for the A/B of issue 15, part 7.
+    compress_frames: bool,
+    /// MiB/s another writer pushes through fdatasync next to the store, to
+    /// make the disk busy (0: none).
+    busy_disk_mib_s: f64,
+    /// Bodies sent `Content-Encoding: snappy`, as agents do.
+    snappy_bodies: bool,
 }
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> Result<T>
@@ -119,7 +132,14 @@ impl Settings {
             rate: env_or("BENCH_RATE", 500_000.0)?,
             target_samples_per_sec: env_or("BENCH_TARGET_SAMPLES_PER_SEC", 500_000.0)?,
             target_p99_ms: env_or("BENCH_TARGET_P99_MS", 250.0)?,
+            compress_frames: env_or::<u8>("BENCH_COMPRESS_FRAMES", 0)? != 0,
+            busy_disk_mib_s: env_or("BENCH_BUSY_DISK_MIB_S", 0.0)?,
+            snappy_bodies: env_or::<u8>("BENCH_SNAPPY_BODIES", 0)? != 0,
         };
+        ensure!(
+            settings.busy_disk_mib_s >= 0.0 && settings.busy_disk_mib_s.is_finite(),
+            "BENCH_BUSY_DISK_MIB_S must be 0 or a positive number of MiB/s"
+        );
         ensure!(settings.seconds > 0, "BENCH_SECONDS must be positive");
         ensure!(settings.agents > 0, "BENCH_AGENTS must be positive");
         ensure!(settings.batch_samples > 0, "BENCH_BATCH must be positive");
@@ -133,6 +153,60 @@ impl Settings {
             "thread counts must be positive"
         );
         Ok(settings)
+    }
+}
+
+/// Another process's writes on the store's disk: 1 MiB chunks, each
+/// followed by fdatasync, paced to a rate, over a 256 MiB file rewritten in
+/// place (so the run does not fill the disk).
+struct BusyDisk {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Result<u64>>,
+}
+
+impl BusyDisk {
+    fn start(dir: &std::path::Path, mib_per_sec: f64) -> Result<Self> {
+        use std::io::{Seek, Write};
+        const CHUNK: usize = 1 << 20;
+        const WRAP: u64 = 256 << 20;
+        let mut file =
+            std::fs::File::create(dir.join("busy-disk")).context("creating the busy-disk file")?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = std::sync::Arc::clone(&stop);
+        let period = Duration::from_secs_f64(1.0 / mib_per_sec);
+        let thread = std::thread::Builder::new()
+            .name("busy-disk".into())
+            .spawn(move || -> Result<u64> {
+                let chunk: Vec<u8> = (0..CHUNK).map(|i| (i * 31 % 251) as u8).collect();
+                let mut written = 0u64;
+                let mut next = Instant::now();
+                while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    if written.is_multiple_of(WRAP) {
+                        file.rewind()?;
+                    }
+                    file.write_all(&chunk)?;
+                    file.sync_data()?;
+                    written += CHUNK as u64;
+                    next += period;
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                }
+                Ok(written)
+            })
+            .context("starting the busy-disk thread")?;
+        Ok(Self { stop, thread })
+    }
+
+    /// Stops the writer; the bytes it wrote (0 if it failed).
+    fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        match self.thread.join() {
+            Ok(Ok(written)) => written,
+            Ok(Err(e)) => {
+                eprintln!("busy-disk writer failed: {e:#}");
+                0
+            }
+            Err(_) => 0,
+        }
     }
 }
 
@@ -330,6 +404,7 @@ async fn run_agent(
     addr: SocketAddr,
     first_seq: u64,
     schedule: Schedule,
+    snappy_bodies: bool,
 ) -> Result<AgentReport> {
     let Schedule {
         first_send,
@@ -358,11 +433,19 @@ async fn run_agent(
     while Instant::now() < window_end {
         let mut frame = plan.templates[frame_index % plan.templates.len()].clone();
         frame[plan.seq_offset..plan.seq_offset + 8].copy_from_slice(&seq.to_le_bytes());
-        let request = Request::post("/api/v1/ingest")
+        let mut request = Request::post("/api/v1/ingest")
             .header(HOST, host.as_str())
             .header(AUTHORIZATION, authorization.as_str())
-            .header(CONTENT_TYPE, codec::CONTENT_TYPE)
-            .body(Full::new(Bytes::from(frame)))?;
+            .header(CONTENT_TYPE, codec::CONTENT_TYPE);
+        // As the agent does once the collector announces snappy: compressed
+        // per send, on the load generator's CPU.
+        let body = if snappy_bodies {
+            request = request.header(CONTENT_ENCODING, "snappy");
+            snap::raw::Encoder::new().compress_vec(&frame)?
+        } else {
+            frame
+        };
+        let request = request.body(Full::new(Bytes::from(body)))?;
         let started = Instant::now();
         if period.is_some() && started >= window_start && started > due + Duration::from_millis(10)
         {
@@ -537,6 +620,7 @@ fn main() -> Result<()> {
     cfg.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     cfg.storage = StorageConfig {
         path: store_parent.path().join("store"),
+        compress_frames: settings.compress_frames,
         ..StorageConfig::default()
     };
     let store = Store::open(&cfg.storage).context("opening the store")?;
@@ -561,7 +645,31 @@ fn main() -> Result<()> {
         settings.loadgen_threads,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    println!("  store: {}", store.path().display());
+    println!(
+        "  store: {} (frames {}, bodies {}); busy disk: {}",
+        store.path().display(),
+        if settings.compress_frames {
+            "snappy-compressed"
+        } else {
+            "as received"
+        },
+        if settings.snappy_bodies {
+            "snappy"
+        } else {
+            "as they are"
+        },
+        if settings.busy_disk_mib_s > 0.0 {
+            format!(
+                "another writer at {} MiB/s with fdatasync beside the store",
+                settings.busy_disk_mib_s
+            )
+        } else {
+            "no".to_string()
+        }
+    );
+    let busy_disk = (settings.busy_disk_mib_s > 0.0)
+        .then(|| BusyDisk::start(store_parent.path(), settings.busy_disk_mib_s))
+        .transpose()?;
 
     let prepare_started = Instant::now();
     let mut plans = Vec::with_capacity(settings.agents);
@@ -635,7 +743,13 @@ fn main() -> Result<()> {
                 window_start,
                 window_end,
             };
-            loadgen_rt.spawn(run_agent(plan, addr, base_seq, schedule))
+            loadgen_rt.spawn(run_agent(
+                plan,
+                addr,
+                base_seq,
+                schedule,
+                settings.snappy_bodies,
+            ))
         })
         .collect();
 
@@ -679,6 +793,7 @@ fn main() -> Result<()> {
         late_sends += report.late_sends;
     }
     collector_rt.block_on(running.shutdown());
+    let busy_written = busy_disk.map(BusyDisk::stop);
 
     let window = settings.seconds as f64;
     let samples_per_sec = window_samples as f64 / window;
@@ -746,6 +861,22 @@ fn main() -> Result<()> {
         );
     }
     println!("  commit time (cumul.)   : {commit_buckets}");
+    let on_disk: u64 = ["hubwatch.db", "hubwatch.db-wal"]
+        .iter()
+        .filter_map(|name| std::fs::metadata(cfg.storage.path.join(name)).ok())
+        .map(|meta| meta.len())
+        .sum();
+    println!(
+        "  store on disk          : {:.1} MiB (file + WAL) for {total_batches_hint} batches",
+        on_disk as f64 / (1024.0 * 1024.0),
+        total_batches_hint = window_batches
+    );
+    if let Some(written) = busy_written {
+        println!(
+            "  busy disk              : {:.0} MiB written and synced beside the store",
+            written as f64 / (1024.0 * 1024.0)
+        );
+    }
     println!("  errors                 : {errors}");
     if let Some(first) = &first_error {
         println!("  first error            : {first}");

@@ -95,6 +95,10 @@ metrics! {
     AGENT_COLLECTION_SECONDS = (Agent, Histogram, "hubwatch_agent_collection_duration_seconds", ["source"], "Time one collection of a source took.", LATENCY_BUCKETS);
     /// Send attempts.
     AGENT_BATCHES_SENT = (Agent, Counter, "hubwatch_agent_batches_sent_total", [], "Batches sent to the collector (attempts, retries included).");
+    /// Frame bytes sent, before compression.
+    AGENT_SENT_FRAME_BYTES = (Agent, Counter, "hubwatch_agent_sent_frame_bytes_total", [], "Bytes of the frames sent to the collector, before compression (attempts, retries included).");
+    /// Body bytes sent on the wire.
+    AGENT_SENT_BODY_BYTES = (Agent, Counter, "hubwatch_agent_sent_body_bytes_total", [], "Request body bytes sent to the collector (attempts, retries included): the frames snappy-compressed while the collector announces it takes them, else as they are.");
     /// Acknowledged batches.
     AGENT_BATCHES_ACKED = (Agent, Counter, "hubwatch_agent_batches_acked_total", [], "Batches the collector acknowledged as durable.");
     /// Records acknowledged.
@@ -163,7 +167,7 @@ metrics! {
     /// HA pairs: which replica is elected.
     COLLECTOR_HA_ELECTED = (Collector, Gauge, "hubwatch_collector_ha_elected_replica", ["member", "cluster", "replica"], "1 for the elected replica of an HA agent pair (its batches are stored), 0 for a replica seen but not elected. Kept in memory: rebuilt from the first batches after a restart.");
     /// Refused requests.
-    COLLECTOR_INGEST_REJECTED = (Collector, Counter, "hubwatch_collector_ingest_rejected_total", ["reason"], "Ingest requests refused: malformed, too_large, version, timeout, member_mismatch, agent_mismatch.");
+    COLLECTOR_INGEST_REJECTED = (Collector, Counter, "hubwatch_collector_ingest_rejected_total", ["reason"], "Ingest requests refused: malformed, too_large, encoding, version, timeout, member_mismatch, agent_mismatch.");
     /// Remote write in: requests by outcome.
     COLLECTOR_REMOTE_WRITE_IN_REQUESTS = (Collector, Counter, "hubwatch_collector_remote_write_in_requests_total", ["code"], "POST /api/v1/write requests (Prometheus remote write 1.0 from a member's Prometheus, vmagent or Alloy) by HTTP status returned.");
     /// Remote write in: samples stored.

@@ -34,6 +34,26 @@ pub const ACCEPT_VERSIONS_HEADER: &str = "hubwatch-accept-versions";
 /// `server.max_body_bytes`, in bytes. An agent cuts its batches below it.
 pub const MAX_BODY_BYTES_HEADER: &str = "hubwatch-max-body-bytes";
 
+/// Response header on every `POST /api/v1/ingest` answer: the request body
+/// encodings the collector takes besides the frame as is, comma-separated
+/// (today [`SNAPPY_ENCODING`]). An agent compresses its bodies only while the
+/// collector it talks to announces it, so an older collector (no header) is
+/// sent frames as they are.
+pub const ACCEPT_ENCODING_HEADER: &str = "hubwatch-accept-encoding";
+
+/// `Content-Encoding` of an ingest body that is a frame compressed with
+/// snappy's block format (as remote write bodies are). The collector refuses
+/// one that declares more than `server.max_body_bytes` decompressed before
+/// allocating it (413, so the agent splits the batch).
+pub const SNAPPY_ENCODING: &str = "snappy";
+
+/// Whether an [`ACCEPT_ENCODING_HEADER`] value lists `encoding`.
+pub fn lists_encoding(value: &str, encoding: &str) -> bool {
+    value
+        .split(',')
+        .any(|item| item.trim().eq_ignore_ascii_case(encoding))
+}
+
 /// The `code` of the collector's 400 body when it does not speak the frame's
 /// protocol version: `{"error": …, "code": "unsupported_version",
 /// "accepted_versions": [1]}`. The agent keeps such a batch and retries it.

@@ -31,13 +31,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hubwatch_shared::codec;
 use hubwatch_shared::config::CollectorLink;
 use hubwatch_shared::wire::{
-    Batch, IngestAck, SUPPORTED_VERSIONS, UNSUPPORTED_VERSION_CODE, format_versions, parse_versions,
+    Batch, IngestAck, SNAPPY_ENCODING, SUPPORTED_VERSIONS, UNSUPPORTED_VERSION_CODE,
+    format_versions, parse_versions,
 };
 use rand::SeedableRng;
 use tokio::sync::watch;
@@ -736,7 +737,21 @@ impl Sender {
         if let Some(auth) = &self.authorization {
             request = request.header(AUTHORIZATION, auth.clone());
         }
-        let request = match request.body(Full::new(frame)) {
+        // Compressed only while the collector announces it takes snappy
+        // bodies; the spool keeps frames as they are either way.
+        let compressed = self.terms.snappy().then(|| compress(&frame)).flatten();
+        let sent_snappy = compressed.is_some();
+        self.metrics.sent_frame_bytes.inc_by(frame.len() as u64);
+        let body = match compressed {
+            Some(body) => {
+                request =
+                    request.header(CONTENT_ENCODING, HeaderValue::from_static(SNAPPY_ENCODING));
+                body
+            }
+            None => frame,
+        };
+        self.metrics.sent_body_bytes.inc_by(body.len() as u64);
+        let request = match request.body(Full::new(body)) {
             Ok(request) => request,
             Err(e) => return Outcome::retry("request", e.to_string()),
         };
@@ -781,6 +796,18 @@ impl Sender {
         }
         self.terms.learn_from_headers(&parts.headers);
         let status = parts.status;
+        if sent_snappy && !status.is_success() && !self.terms.snappy() {
+            // A collector that does not announce snappy (an older one, e.g.
+            // after a failover) read the compressed body as a frame: its
+            // refusal is about the encoding, not the batch. Sent again as is.
+            return Outcome::retry(
+                "encoding",
+                format!(
+                    "HTTP {status} to a snappy body from a collector that does not take them; \
+                     sending the frame as it is"
+                ),
+            );
+        }
         if status.is_success() {
             return match check_ack(status, &body, seq) {
                 Ok(()) => Outcome::Acked,
@@ -896,6 +923,15 @@ fn check_ack(status: StatusCode, body: &[u8], seq: u64) -> Result<(), (&'static 
         ));
     }
     Ok(())
+}
+
+/// `frame` in snappy's block format (`Content-Encoding: snappy`); `None`
+/// only past snappy's ~4 GiB input limit, far above any batch.
+fn compress(frame: &Bytes) -> Option<Bytes> {
+    snap::raw::Encoder::new()
+        .compress_vec(frame)
+        .ok()
+        .map(Bytes::from)
 }
 
 /// A version refusal: the new collector's machine-readable 400 body, or an

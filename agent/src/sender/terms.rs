@@ -10,13 +10,14 @@
 //! record. Until the collector has said anything, the agent writes
 //! [`PROTOCOL_VERSION`] and cuts under `agent.max_batch_bytes` only.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use http::HeaderMap;
 use hubwatch_shared::wire::{
-    ACCEPT_VERSIONS_HEADER, MAX_BODY_BYTES_HEADER, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
-    format_versions, highest_common_version, parse_versions,
+    ACCEPT_ENCODING_HEADER, ACCEPT_VERSIONS_HEADER, MAX_BODY_BYTES_HEADER, PROTOCOL_VERSION,
+    SNAPPY_ENCODING, SUPPORTED_VERSIONS, format_versions, highest_common_version, lists_encoding,
+    parse_versions,
 };
 
 use crate::telemetry::AgentMetrics;
@@ -29,6 +30,10 @@ pub struct CollectorTerms {
     announced_max_bytes: AtomicU64,
     /// The collector's accepted versions; `None` until announced.
     accepted: Mutex<Option<Vec<u16>>>,
+    /// Whether the last answer announced snappy bodies
+    /// ([`ACCEPT_ENCODING_HEADER`]); false until then, and again after an
+    /// answer without it (an older collector, e.g. after a failover).
+    snappy: AtomicBool,
     metrics: Option<Arc<AgentMetrics>>,
 }
 
@@ -42,6 +47,7 @@ impl CollectorTerms {
             configured_max_bytes: max_batch_bytes.max(1),
             announced_max_bytes: AtomicU64::new(0),
             accepted: Mutex::new(None),
+            snappy: AtomicBool::new(false),
             metrics,
         };
         terms.update_gauges();
@@ -95,10 +101,29 @@ impl CollectorTerms {
             .then(|| mismatch_text(theirs))
     }
 
+    /// Whether to send bodies snappy-compressed: the collector last heard
+    /// from announced it takes them.
+    pub fn snappy(&self) -> bool {
+        self.snappy.load(Ordering::Relaxed)
+    }
+
     /// Takes in what an ingest answer's headers say (any answer, refusals
     /// included); unreadable values are ignored.
     pub fn learn_from_headers(&self, headers: &HeaderMap) {
         let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let snappy =
+            text(ACCEPT_ENCODING_HEADER).is_some_and(|v| lists_encoding(v, SNAPPY_ENCODING));
+        if self.snappy.swap(snappy, Ordering::Relaxed) != snappy {
+            tracing::info!(
+                snappy,
+                "collector's body encodings learned: frames are sent {}",
+                if snappy {
+                    "snappy-compressed"
+                } else {
+                    "as they are"
+                }
+            );
+        }
         if let Some(versions) = text(ACCEPT_VERSIONS_HEADER).and_then(parse_versions) {
             self.learn_versions(versions);
         }

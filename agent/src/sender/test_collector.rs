@@ -71,6 +71,10 @@ pub struct Received {
     pub path: String,
     pub authorization: Option<String>,
     pub content_type: Option<String>,
+    /// `Content-Encoding` of the request, if any.
+    pub content_encoding: Option<String>,
+    /// Bytes of the body as sent (compressed or not).
+    pub body_bytes: usize,
     pub batch: Batch,
 }
 
@@ -83,6 +87,12 @@ struct State {
     max_body: Option<usize>,
     /// Bodies refused with 413.
     too_large: usize,
+    /// Whether snappy bodies are decompressed; when not, such a body is
+    /// answered as an older collector would (400: it is not a frame),
+    /// without the script and without recording it.
+    snappy: bool,
+    /// Snappy bodies refused that way.
+    snappy_refused: usize,
 }
 
 /// The running stand-in; stops when dropped.
@@ -106,6 +116,7 @@ impl TestCollector {
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(Mutex::new(State {
             script,
+            snappy: true,
             ..State::default()
         }));
         let shared = Arc::clone(&state);
@@ -151,6 +162,16 @@ impl TestCollector {
     pub fn too_large(&self) -> usize {
         self.state.lock().expect("state").too_large
     }
+
+    /// From now on, snappy bodies are (or are not) decompressed.
+    pub fn set_snappy(&self, taken: bool) {
+        self.state.lock().expect("state").snappy = taken;
+    }
+
+    /// Snappy bodies refused as not frames so far.
+    pub fn snappy_refused(&self) -> usize {
+        self.state.lock().expect("state").snappy_refused
+    }
 }
 
 async fn answer(req: Request<Incoming>, state: &Mutex<State>) -> Response<Full<Bytes>> {
@@ -162,6 +183,7 @@ async fn answer(req: Request<Incoming>, state: &Mutex<State>) -> Response<Full<B
     };
     let authorization = header("authorization");
     let content_type = header("content-type");
+    let content_encoding = header("content-encoding");
     let path = req.uri().path().to_string();
     let at = Instant::now();
     let body = req
@@ -185,6 +207,24 @@ async fn answer(req: Request<Incoming>, state: &Mutex<State>) -> Response<Full<B
         );
         return response;
     }
+    let body_bytes = body.len();
+    let body = if content_encoding.as_deref() == Some("snappy") {
+        if !state.snappy {
+            state.snappy_refused += 1;
+            let mut response = Response::new(Full::new(Bytes::from_static(
+                br#"{"error":"malformed batch: bad magic"}"#,
+            )));
+            *response.status_mut() = StatusCode::BAD_REQUEST;
+            return response;
+        }
+        Bytes::from(
+            snap::raw::Decoder::new()
+                .decompress_vec(&body)
+                .expect("the agent sends valid snappy"),
+        )
+    } else {
+        body
+    };
     let batch = codec::decode(&body).expect("the agent sends valid frames");
     let seq = batch.seq;
     state.received.push(Received {
@@ -192,6 +232,8 @@ async fn answer(req: Request<Incoming>, state: &Mutex<State>) -> Response<Full<B
         path,
         authorization,
         content_type,
+        content_encoding,
+        body_bytes,
         batch,
     });
     let answer = if state.script.len() > 1 {

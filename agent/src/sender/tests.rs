@@ -971,3 +971,101 @@ async fn one_collector_with_a_bad_certificate_does_not_make_the_agent_unready() 
         check[0]
     );
 }
+
+/// Frames go snappy-compressed once the collector announces it takes them
+/// (`hubwatch-accept-encoding: snappy` on its answers), and not before: the
+/// first batch, sent before any answer, goes as it is.
+#[tokio::test]
+async fn bodies_are_snappy_compressed_once_the_collector_announces_it() {
+    let collector = TestCollector::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        vec![Answer::ok().with_header("hubwatch-accept-encoding", "snappy")],
+    )
+    .await;
+    let rig = Rig::start(&collector.url());
+    rig.store(50);
+    rig.wait("the first ack", Duration::from_secs(10), |r| {
+        r.metrics.batches_acked.get() == 1
+    })
+    .await;
+    assert!(rig.terms.snappy(), "learned from the answer");
+    rig.store(50);
+    rig.wait("the second ack", Duration::from_secs(10), |r| {
+        r.metrics.batches_acked.get() == 2 && r.pending() == 0
+    })
+    .await;
+    let got = collector.received();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].content_encoding, None, "nothing announced yet");
+    assert_eq!(got[1].content_encoding.as_deref(), Some("snappy"));
+    assert_eq!(got[1].batch.records.len(), 50, "the same frame inside");
+    assert!(
+        got[1].body_bytes < got[0].body_bytes,
+        "compressed {} vs {} as is",
+        got[1].body_bytes,
+        got[0].body_bytes
+    );
+    let (frames, bodies) = (
+        rig.metrics.sent_frame_bytes.get(),
+        rig.metrics.sent_body_bytes.get(),
+    );
+    assert_eq!(bodies, (got[0].body_bytes + got[1].body_bytes) as u64);
+    assert!(
+        bodies < frames,
+        "{bodies} on the wire for {frames} of frames"
+    );
+    rig.stop().await;
+}
+
+/// A collector that stops announcing snappy (an older one after a failover
+/// or a downgrade) reads a compressed body as a malformed frame: that 400 is
+/// about the encoding, so the batch is sent again as it is, not dropped.
+#[tokio::test]
+async fn a_collector_that_stops_taking_snappy_gets_the_frame_as_it_is_and_nothing_is_dropped() {
+    let collector = TestCollector::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        vec![Answer::ok().with_header("hubwatch-accept-encoding", "snappy")],
+    )
+    .await;
+    let rig = Rig::start(&collector.url());
+    rig.store(5);
+    rig.wait("the first ack", Duration::from_secs(10), |r| {
+        r.metrics.batches_acked.get() == 1
+    })
+    .await;
+    assert!(rig.terms.snappy());
+    // Now an older collector: no header, snappy bodies are not frames to it.
+    collector.set_snappy(false);
+    collector.set_script(vec![Answer::ok()]);
+    rig.store(7);
+    rig.wait("the second ack", Duration::from_secs(15), |r| {
+        r.metrics.batches_acked.get() == 2 && r.pending() == 0
+    })
+    .await;
+    assert_eq!(
+        collector.snappy_refused(),
+        1,
+        "one compressed attempt refused"
+    );
+    assert!(!rig.terms.snappy(), "unlearned from the refusal");
+    let got = collector.received();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].content_encoding, None, "sent again as it is");
+    assert_eq!(got[1].batch.records.len(), 7);
+    assert_eq!(
+        rig.metrics
+            .batches_rejected
+            .with_label_values(&["400"])
+            .get(),
+        0,
+        "nothing dropped"
+    );
+    assert_eq!(
+        rig.metrics
+            .send_retries
+            .with_label_values(&["encoding"])
+            .get(),
+        1
+    );
+    rig.stop().await;
+}

@@ -174,7 +174,9 @@ fn stored_batch(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredBatch> {
         seq: seq_from_sql(row.get(3)?),
         received_ms: row.get(4)?,
         records: count_from_sql(row.get(5)?),
-        frame: row.get(6)?,
+        frame: row
+            .get::<_, Option<Vec<u8>>>(6)?
+            .map(crate::store::frame::unpack),
         frame_crc: row
             .get::<_, Option<i64>>(7)?
             .and_then(|crc| u32::try_from(crc).ok()),

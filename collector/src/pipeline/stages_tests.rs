@@ -287,8 +287,22 @@ fn a_stale_cursor_fails_the_commit_instead_of_counting_twice() {
 /// derived as usual.
 #[test]
 fn a_frame_damaged_on_disk_is_quarantined_not_derived() {
+    damaged_frame_is_quarantined(false);
+}
+
+/// The same with `storage.compress_frames`: the frames are stored
+/// snappy-compressed, the intact ones derive as usual, and the flipped bit
+/// (now in the compressed bytes) is caught by the checksum of the frame as
+/// received.
+#[test]
+fn a_compressed_frame_damaged_on_disk_is_quarantined_not_derived() {
+    damaged_frame_is_quarantined(true);
+}
+
+fn damaged_frame_is_quarantined(compress_frames: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = config(dir.path());
+    let mut cfg = config(dir.path());
+    cfg.storage.compress_frames = compress_frames;
     let store = Store::open(&cfg.storage).expect("store");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -304,6 +318,11 @@ fn a_frame_damaged_on_disk_is_quarantined_not_derived() {
             row.get(0)
         })
         .expect("frame");
+    assert_eq!(
+        frame.starts_with(&crate::store::frame::SNAPPY_TAG),
+        compress_frames,
+        "stored compressed exactly when configured"
+    );
     let last = frame.len() - 1;
     frame[last] ^= 0x01;
     db.execute("UPDATE batches SET frame = ?1 WHERE seq = 2", [&frame])

@@ -1176,3 +1176,88 @@ async fn an_ha_pair_stores_only_the_elected_replicas_batches() {
     );
     server.shutdown().await;
 }
+
+/// POSTs `body` to the ingest endpoint with `Content-Encoding: encoding` on a
+/// raw HTTP/1.1 connection; the raw answer.
+async fn ingest_encoded(server: &TestServer, token: &str, encoding: &str, body: Vec<u8>) -> String {
+    let head = format!(
+        "POST /api/v1/ingest HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\n\
+         content-type: {}\r\ncontent-encoding: {encoding}\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n",
+        codec::CONTENT_TYPE,
+        body.len()
+    );
+    raw_exchange(server.addr, head, vec![body], true).await
+}
+
+/// A snappy body (what an agent sends once told it may) is stored as the
+/// frame inside it; every answer announces the encoding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snappy_body_is_stored_as_its_frame_and_answers_announce_snappy() {
+    let server = TestServer::start(&[("leap", "a1")], |_, _| {}).await;
+    let token = server.token("a1");
+    let frame = frame("a1", "leap", 9, 40);
+    let body = snap::raw::Encoder::new().compress_vec(&frame).unwrap();
+    assert!(body.len() < frame.len());
+    let raw = ingest_encoded(&server, &token, "snappy", body).await;
+    assert_eq!(status_of(&raw), Some(200), "{raw}");
+    assert!(raw.contains(r#""status":"stored""#), "{raw}");
+    assert!(
+        raw.to_ascii_lowercase()
+            .contains("hubwatch-accept-encoding: snappy"),
+        "{raw}"
+    );
+    let agents = server.plain().get("/api/v1/agents", None).await.json();
+    assert_eq!(agents["agents"][0]["records"], 40);
+    assert_eq!(agents["agents"][0]["last_seq"], 9);
+    // Stored is the frame itself (its checksum as received), read back whole.
+    let stored = server.store.batches_after(0, 10).unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].frame.as_deref(), Some(&frame[..]));
+    assert_eq!(stored[0].frame_crc, Some(crc32fast::hash(&frame)));
+}
+
+/// Bad compressed bodies are refused with the reason and nothing is stored:
+/// an encoding not taken here (415), a body that declares more than
+/// `max_body_bytes` decompressed (413, before allocating it), and one that
+/// does not decompress (400).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_compressed_bodies_are_refused_with_the_reason() {
+    let server = TestServer::start(&[("leap", "a1")], |cfg, _| {
+        cfg.server.max_body_bytes = bytesize::ByteSize::kib(64);
+    })
+    .await;
+    let token = server.token("a1");
+    let frame = frame("a1", "leap", 1, 3);
+
+    let raw = ingest_encoded(&server, &token, "gzip", frame.clone()).await;
+    assert_eq!(status_of(&raw), Some(415), "{raw}");
+    assert!(raw.contains("gzip"), "{raw}");
+
+    // 1 MiB of zeros compresses to ~50 KB: under the body limit, over it
+    // decompressed.
+    let bomb = snap::raw::Encoder::new()
+        .compress_vec(&vec![0u8; 1 << 20])
+        .unwrap();
+    assert!(bomb.len() < 64 * 1024);
+    let raw = ingest_encoded(&server, &token, "snappy", bomb).await;
+    assert_eq!(status_of(&raw), Some(413), "{raw}");
+    assert!(raw.contains("decompresses to 1048576 bytes"), "{raw}");
+
+    let raw = ingest_encoded(&server, &token, "snappy", vec![0xff; 20]).await;
+    assert_eq!(status_of(&raw), Some(400), "{raw}");
+    assert!(raw.contains("does not decompress"), "{raw}");
+
+    let text = server.metrics_text();
+    for (reason, n) in [("encoding", 1.0), ("too_large", 1.0), ("malformed", 1.0)] {
+        assert_eq!(
+            counter(
+                &text,
+                &format!("hubwatch_collector_ingest_rejected_total{{reason=\"{reason}\"}}")
+            ),
+            n,
+            "{reason}"
+        );
+    }
+    assert_eq!(server.store.raw_batch_count().unwrap(), 0);
+}

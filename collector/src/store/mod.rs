@@ -23,6 +23,7 @@
 //!   each feature's own tables sit behind that feature's store trait.
 
 pub mod backup;
+pub mod frame;
 pub mod pg;
 pub(crate) mod schema;
 mod storage;
@@ -375,6 +376,8 @@ struct Inner {
     raw_retention: Duration,
     raw_retention_max: Duration,
     sli_retention: Duration,
+    /// `storage.compress_frames`: frames stored snappy-compressed ([`frame`]).
+    compress_frames: bool,
     /// Per holder (the main pipeline, each remote-write destination's).
     retention_hold: Mutex<std::collections::BTreeMap<String, Option<i64>>>,
     sender: Option<mpsc::Sender<WriterCommand>>,
@@ -485,6 +488,7 @@ impl Store {
                 durability,
                 raw_retention: cfg.raw_retention,
                 raw_retention_max: cfg.raw_retention_max,
+                compress_frames: cfg.compress_frames,
                 retention_hold: Mutex::new(std::collections::BTreeMap::new()),
                 sli_retention: cfg.sli_retention,
                 sender: Some(sender),
@@ -555,8 +559,17 @@ impl Store {
         };
         let sender = self.inner.sender.as_ref().ok_or_else(closed)?;
         let (reply, answer) = oneshot::channel();
+        // Checksummed and compressed here, on the caller's task, so the one
+        // writer thread only writes.
+        let frame_crc = crc32fast::hash(&item.frame);
+        let stored_frame = frame::pack(&item.frame, self.inner.compress_frames);
         sender
-            .send(WriterCommand::Ingest(IngestJob { item, reply }))
+            .send(WriterCommand::Ingest(IngestJob {
+                item,
+                stored_frame,
+                frame_crc,
+                reply,
+            }))
             .await
             .map_err(|_| closed())?;
         answer.await.map_err(|_| closed())?

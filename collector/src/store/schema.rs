@@ -590,7 +590,10 @@ pub const MIGRATIONS: &[&str] = &[
     // Bit rot in the store (issue 15): the CRC-32 of each frame as received,
     // checked whenever a stage reads the frame, so a frame damaged on disk is
     // quarantined (with the reason) instead of derived into wrong figures.
-    // NULL for frames stored before this version: not checked.
+    // NULL for frames stored before this version: not checked. From this
+    // version on `frame` may also hold a snappy-compressed frame
+    // (`store::frame`, `storage.compress_frames`), which an older collector
+    // could not read: the version bump makes it refuse the file instead.
     "
     ALTER TABLE batches ADD COLUMN frame_crc INTEGER;
     ",

@@ -34,6 +34,10 @@ pub const MAX_GROUP_BYTES: usize = 32 * 1024 * 1024;
 /// One ingest waiting for its group's commit.
 pub struct IngestJob {
     pub item: IngestItem,
+    /// What goes into `batches.frame` (`super::frame::pack`).
+    pub stored_frame: Vec<u8>,
+    /// CRC-32 of the frame as received.
+    pub frame_crc: u32,
     pub reply: oneshot::Sender<Result<IngestOutcome, StoreError>>,
 }
 
@@ -61,7 +65,7 @@ pub fn run(
         while let Some(command) = next.take() {
             match command {
                 WriterCommand::Ingest(job) => {
-                    group_bytes = group_bytes.saturating_add(job.item.frame.len());
+                    group_bytes = group_bytes.saturating_add(job.stored_frame.len());
                     group.push(job);
                 }
                 #[cfg(test)]
@@ -89,7 +93,7 @@ fn commit_group(conn: &mut Connection, group: &mut Vec<IngestJob>, shared: &Writ
     let started = Instant::now();
     let stored = {
         let _gate = lock(&shared.gate);
-        store_batches(conn, group.iter().map(|job| &job.item))
+        store_batches(conn, group.iter())
     };
     match stored {
         Ok(outcomes) => {
@@ -118,7 +122,7 @@ fn commit_group(conn: &mut Connection, group: &mut Vec<IngestJob>, shared: &Writ
             for job in group.drain(..) {
                 let result = {
                     let _gate = lock(&shared.gate);
-                    store_batches(conn, std::iter::once(&job.item))
+                    store_batches(conn, std::iter::once(&job))
                 }
                 .map(|outcomes| outcomes.first().copied().unwrap_or(IngestOutcome::Stored));
                 match &result {
@@ -175,12 +179,12 @@ fn clone_error(error: &rusqlite::Error) -> rusqlite::Error {
 /// Stores `items` in one transaction and commits; rolls back whole on any error.
 fn store_batches<'a>(
     conn: &mut Connection,
-    items: impl Iterator<Item = &'a IngestItem>,
+    jobs: impl Iterator<Item = &'a IngestJob>,
 ) -> rusqlite::Result<Vec<IngestOutcome>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut outcomes = Vec::new();
-    for item in items {
-        outcomes.push(store_one(&tx, item)?);
+    for job in jobs {
+        outcomes.push(store_one(&tx, job)?);
     }
     tx.commit()?;
     Ok(outcomes)
@@ -188,7 +192,8 @@ fn store_batches<'a>(
 
 /// Inserts one batch unless its `(agent, seq)` is already stored, and updates
 /// the agent's counters either way.
-fn store_one(tx: &Transaction<'_>, item: &IngestItem) -> rusqlite::Result<IngestOutcome> {
+fn store_one(tx: &Transaction<'_>, job: &IngestJob) -> rusqlite::Result<IngestOutcome> {
+    let item = &job.item;
     let seq = seq_to_sql(item.seq);
     let records = clamp_to_i64(item.records);
     let dropped = clamp_to_i64(item.dropped_records);
@@ -206,8 +211,8 @@ fn store_one(tx: &Transaction<'_>, item: &IngestItem) -> rusqlite::Result<Ingest
             item.received_ms,
             item.created_ms,
             records,
-            &item.frame[..],
-            i64::from(crc32fast::hash(&item.frame)),
+            &job.stored_frame[..],
+            i64::from(job.frame_crc),
         ])?;
     if item.agent == super::DERIVED_AGENT {
         // The collector's own derived series are not an agent: no counters,

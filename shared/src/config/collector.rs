@@ -509,6 +509,12 @@ pub struct StorageConfig {
     /// them anyway (counted as lost by that stage, alerted on).
     #[serde(with = "humantime_serde")]
     pub raw_retention_max: Duration,
+    /// SQLite only: keep each raw batch's frame snappy-compressed (a fifth to
+    /// a tenth of the bytes written, and a shorter ingest tail on a busy
+    /// disk; BENCHMARKS.md). PostgreSQL compresses large values itself. Rows
+    /// stored either way are read either way, so this can be changed at any
+    /// restart.
+    pub compress_frames: bool,
     /// Which database holds the store: the embedded SQLite file in `path`
     /// (default) or a PostgreSQL server at `url`.
     pub backend: StorageBackend,
@@ -557,6 +563,7 @@ impl Default for StorageConfig {
             raw_retention: Duration::from_secs(48 * 3600),
             sli_retention: Duration::from_secs(65 * 24 * 3600),
             raw_retention_max: Duration::from_secs(7 * 24 * 3600),
+            compress_frames: true,
             backend: StorageBackend::Sqlite,
             url: None,
             password_file: None,

@@ -98,7 +98,10 @@ fn stored(server: &TestServer) -> Vec<(String, String, Batch)> {
         })
         .unwrap()
         .into_iter()
-        .map(|(member, agent, frame)| (member, agent, codec::decode(&frame).unwrap()))
+        .map(|(member, agent, stored)| {
+            let frame = crate::store::frame::unpack(stored);
+            (member, agent, codec::decode(&frame).unwrap())
+        })
         .collect()
 }
 
