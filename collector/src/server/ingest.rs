@@ -306,36 +306,26 @@ fn body_encoding(request: &Request<Incoming>) -> Result<bool, String> {
     }
 }
 
-/// A snappy body's frame: refused before allocating when it declares more
-/// than `max_body` bytes decompressed (413, so the agent splits the batch),
-/// 400 when it does not decompress.
+/// A snappy body's frame (the same bounded decompression as remote write's):
+/// refused before allocating when it declares more than `max_body` bytes
+/// decompressed (413, so the agent splits the batch), 400 when it does not
+/// decompress.
 fn decompress_body(
     body: &[u8],
     max_body: usize,
 ) -> Result<Bytes, (&'static str, StatusCode, String)> {
-    let declared = snap::raw::decompress_len(body).map_err(|e| {
-        (
-            "malformed",
-            StatusCode::BAD_REQUEST,
-            format!("snappy body does not decompress: {e}"),
-        )
-    })?;
-    if declared > max_body {
-        return Err((
-            "too_large",
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("body decompresses to {declared} bytes, over the limit of {max_body} bytes"),
-        ));
-    }
-    snap::raw::Decoder::new()
-        .decompress_vec(body)
+    use hubwatch_shared::remote_write::{RemoteWriteError, decompress};
+    decompress(body, max_body)
         .map(Bytes::from)
-        .map_err(|e| {
-            (
+        .map_err(|e| match e {
+            RemoteWriteError::TooLarge { .. } => {
+                ("too_large", StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+            }
+            other => (
                 "malformed",
                 StatusCode::BAD_REQUEST,
-                format!("snappy body does not decompress: {e}"),
-            )
+                format!("snappy body does not decompress: {other}"),
+            ),
         })
 }
 
