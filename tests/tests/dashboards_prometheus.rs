@@ -408,7 +408,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let collector = Collector::start(CollectorOptions {
         members: Vec::new(),
         extra_server_toml: format!(
-            "{}\n[usage]\nmax_gap = \"2s\"\n",
+            "{}\n[usage]\nmax_gap = \"2s\"\nflush_interval = \"1s\"\n",
             collector_alerting_toml(
                 am.url(),
                 &format!(

@@ -171,10 +171,15 @@ fn real_journeys_reach_the_collector_stay_out_of_usage_and_ticket_then_page() {
     }];
     let collector = Collector::start(CollectorOptions {
         members: Vec::new(),
-        extra_server_toml: collector_alerting_toml(
-            am.url(),
-            "evaluation_interval = \"1s\"\nresend_interval = \"5s\"\nagent_silent_after = \"10m\"",
-            &members,
+        // Ledger rows written every second (not the default 30 s deferred
+        // flush), so the 30 s wait for alice's row below has room.
+        extra_server_toml: format!(
+            "{}\n[usage]\nflush_interval = \"1s\"\n",
+            collector_alerting_toml(
+                am.url(),
+                "evaluation_interval = \"1s\"\nresend_interval = \"5s\"\nagent_silent_after = \"10m\"",
+                &members,
+            )
         ),
         ..CollectorOptions::default()
     });

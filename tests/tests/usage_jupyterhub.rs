@@ -78,9 +78,12 @@ fn server_seconds(body: &str, user: &str) -> anyhow::Result<Option<i64>> {
 #[test]
 fn the_ledger_counts_a_real_servers_time_within_one_interval() {
     let mut hub = JupyterHub::start();
-    // The ledger bridges gaps up to 2 x the agent's interval, no longer.
+    // The ledger bridges gaps up to 2 x the agent's interval, no longer. Its
+    // rows are written every second rather than every 30 s (the default
+    // deferred flush): the waits below are 30 s, and a run first seen just
+    // after a flush showed only after 30 s and a round (a CI failure).
     let collector = Collector::start(CollectorOptions {
-        extra_server_toml: "\n[usage]\nmax_gap = \"2s\"\n".to_string(),
+        extra_server_toml: "\n[usage]\nmax_gap = \"2s\"\nflush_interval = \"1s\"\n".to_string(),
         ..CollectorOptions::default()
     });
     let token = collector.create_token("alpha", "hub-agent");
