@@ -20,6 +20,9 @@ const INTERVAL_MS: i64 = 1000;
 
 /// Scheduling slack on a busy 2-core machine.
 const SLACK_MS: i64 = 500;
+/// `usage.flush_interval` of the collector below: ledger rows are written
+/// at most this late.
+const FLUSH_MS: i64 = 1000;
 
 const SECRET: &[u8] = b"member-secret-for-the-usage-test";
 
@@ -115,15 +118,28 @@ fn the_ledger_counts_a_real_servers_time_within_one_interval() {
         "carol's closed run in the ledger",
         Duration::from_secs(30),
         || {
-            let body = collector
-                .http()
-                .get_ok("/api/v1/usage?group_by=user", None)?;
-            let seconds = server_seconds(&body, &carol)?.ok_or_else(|| anyhow!("no row yet"))?;
-            // Until the stop is derived the run is open and counted to its
-            // last observation only: wait for the stop's share.
+            let read = || -> anyhow::Result<(i64, String)> {
+                let body = collector
+                    .http()
+                    .get_ok("/api/v1/usage?group_by=user", None)?;
+                let seconds =
+                    server_seconds(&body, &carol)?.ok_or_else(|| anyhow!("no row yet"))?;
+                Ok((seconds, body))
+            };
+            let (seconds, body) = read()?;
             ensure!(
                 seconds * 1000 >= want_ms - INTERVAL_MS - SLACK_MS - 1000,
                 "{seconds} s so far, want about {want_ms} ms: {body}"
+            );
+            // Until the stop is derived the run is open and counted to its
+            // last observation only, up to an interval short, which the
+            // bound above cannot tell from the stop: wait until the count
+            // holds over two intervals and a ledger flush.
+            std::thread::sleep(Duration::from_millis((2 * INTERVAL_MS + FLUSH_MS) as u64));
+            let (again, body) = read()?;
+            ensure!(
+                again == seconds,
+                "{seconds} s, then {again} s: the stop is still being derived: {body}"
             );
             Ok(seconds)
         },
@@ -177,7 +193,9 @@ fn the_ledger_counts_a_real_servers_time_within_one_interval() {
     agent.sigkill();
     hub.stop_server("dave");
     let gone = now_ms();
-    std::thread::sleep(Duration::from_secs(2));
+    // Down long enough that a gap filled in would exceed the slack below
+    // (an interval, the slack and a ledger flush) by seconds.
+    std::thread::sleep(Duration::from_secs(4));
     let restarting = now_ms();
     agent.restart();
     let restarted = now_ms();
@@ -226,13 +244,15 @@ fn the_ledger_counts_a_real_servers_time_within_one_interval() {
     assert_eq!(server_seconds(&body, &dave).expect("rows"), Some(counted));
 
     // Coverage shows the outage as a gap: what was observed since the kill
-    // is at most the time since the kill minus the time the agent was down.
+    // is at most the time since the kill minus the time the agent was down
+    // (plus an interval, the slack, and the flush: `observed_before` is read
+    // from rows up to one ledger flush old).
     let observed_after = observed_seconds(&collector).expect("coverage");
     let since_kill = (now_ms() - killed) as f64 / 1000.0;
     let down = (restarting - killed) as f64 / 1000.0;
     assert!(
         observed_after - observed_before
-            <= since_kill - down + (INTERVAL_MS + SLACK_MS) as f64 / 1000.0,
+            <= since_kill - down + (INTERVAL_MS + SLACK_MS + FLUSH_MS) as f64 / 1000.0,
         "observed {observed_before} s before the kill and {observed_after} s after; \
          {since_kill} s since the kill, {down} s of it down"
     );
