@@ -867,9 +867,8 @@ fn main() -> Result<()> {
         .map(|meta| meta.len())
         .sum();
     println!(
-        "  store on disk          : {:.1} MiB (file + WAL) for {total_batches_hint} batches",
+        "  store on disk          : {:.1} MiB (file + WAL) for {total_batches} batches (warm-up and tail included)",
         on_disk as f64 / (1024.0 * 1024.0),
-        total_batches_hint = window_batches
     );
     if let Some(written) = busy_written {
         println!(

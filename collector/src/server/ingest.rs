@@ -113,11 +113,17 @@ async fn handle_request(
     };
     let read_at = Instant::now();
     let received_ms = system_now_ms();
-    let frame = if snappy {
+    // A snappy body is kept (`block`): the store keeps it as it came rather
+    // than compress the frame again.
+    let (frame, block) = if snappy {
         let max_body = usize::try_from(state.server.max_body_bytes.as_u64()).unwrap_or(usize::MAX);
         // Off the reactor, like the decode below (an 8 MiB frame takes ms).
-        match tokio::task::spawn_blocking(move || decompress_body(&body, max_body)).await {
-            Ok(Ok(frame)) => frame,
+        match tokio::task::spawn_blocking(move || {
+            decompress_body(&body, max_body).map(|frame| (frame, Some(body)))
+        })
+        .await
+        {
+            Ok(Ok(decompressed)) => decompressed,
             Ok(Err((reason, status, message))) => {
                 return refuse(&state.metrics.ingest_rejected, reason, status, message);
             }
@@ -127,7 +133,7 @@ async fn handle_request(
             }
         }
     } else {
-        body
+        (body, None)
     };
 
     // A large frame takes a while to check: keep it off the reactor. Only the
@@ -254,7 +260,7 @@ async fn handle_request(
     };
     let outcome = state
         .store
-        .ingest(item)
+        .ingest_received(item, block)
         .instrument(tracing::info_span!("ingest.commit"))
         .await;
     let _ack = tracing::info_span!("ingest.ack").entered();

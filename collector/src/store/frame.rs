@@ -6,7 +6,9 @@
 //! told apart by its first bytes, old and new rows alike, with no column to
 //! keep in step. `batches.frame_crc` is always the CRC-32 of the frame as
 //! received, so a damaged compressed value is caught either way: it no
-//! longer decompresses, or what comes out fails the checksum.
+//! longer decompresses, or what comes out fails the checksum. A frame that
+//! arrived snappy-compressed (an agent's `Content-Encoding: snappy` body) is
+//! stored as the block it came in ([`from_snappy`]), not compressed again.
 //!
 //! PostgreSQL compresses large `bytea` values itself (TOAST), so its store
 //! keeps frames as received.
@@ -14,26 +16,26 @@
 /// Marks a snappy-compressed frame.
 pub const SNAPPY_TAG: [u8; 4] = *b"HWS1";
 
-/// What is stored for `frame`.
-pub fn pack(frame: &[u8], compress: bool) -> Vec<u8> {
-    if !compress {
-        return frame.to_vec();
-    }
-    let mut out = Vec::with_capacity(SNAPPY_TAG.len() + snap::raw::max_compress_len(frame.len()));
-    out.extend_from_slice(&SNAPPY_TAG);
-    out.resize(
-        SNAPPY_TAG.len() + snap::raw::max_compress_len(frame.len()),
-        0,
-    );
+/// What is stored for `frame` with `storage.compress_frames`: the tag and
+/// its snappy block, or `frame` as it is past snappy's ~4 GiB input limit
+/// (far above any body the server accepts).
+pub fn pack(frame: &[u8]) -> Vec<u8> {
+    let mut out = vec![0; SNAPPY_TAG.len() + snap::raw::max_compress_len(frame.len())];
+    out[..SNAPPY_TAG.len()].copy_from_slice(&SNAPPY_TAG);
     match snap::raw::Encoder::new().compress(frame, &mut out[SNAPPY_TAG.len()..]) {
         Ok(written) => {
             out.truncate(SNAPPY_TAG.len() + written);
             out
         }
-        // Only over snappy's ~4 GiB input limit, far above any body the
-        // server accepts; stored as received then.
         Err(_) => frame.to_vec(),
     }
+}
+
+/// What is stored for a frame that arrived as `block`, a snappy block that
+/// decompressed to it (an agent's `Content-Encoding: snappy` body): the tag
+/// and the block as it came, with no second compression.
+pub fn from_snappy(block: &[u8]) -> Vec<u8> {
+    [&SNAPPY_TAG[..], block].concat()
 }
 
 /// The frame as received, from what is stored. A value that does not
@@ -66,7 +68,7 @@ mod tests {
     #[test]
     fn a_packed_frame_unpacks_to_the_same_bytes_and_is_smaller() {
         let frame = frame();
-        let packed = pack(&frame, true);
+        let packed = pack(&frame);
         assert!(packed.starts_with(&SNAPPY_TAG));
         assert!(
             packed.len() * 5 < frame.len(),
@@ -78,15 +80,23 @@ mod tests {
     }
 
     #[test]
-    fn an_uncompressed_frame_is_stored_and_read_as_received() {
+    fn an_uncompressed_frame_is_read_as_stored() {
         let frame = frame();
-        assert_eq!(pack(&frame, false), frame);
         assert_eq!(unpack(frame.clone()), frame);
     }
 
     #[test]
+    fn a_block_as_an_agent_sent_it_unpacks_to_its_frame() {
+        let frame = frame();
+        let block = snap::raw::Encoder::new().compress_vec(&frame).unwrap();
+        let stored = from_snappy(&block);
+        assert_eq!(stored[SNAPPY_TAG.len()..], block[..]);
+        assert_eq!(unpack(stored), frame);
+    }
+
+    #[test]
     fn a_damaged_compressed_value_comes_back_as_stored_not_as_an_error() {
-        let mut packed = pack(&frame(), true);
+        let mut packed = pack(&frame());
         // A snappy block that claims more output than it has input for.
         packed.truncate(SNAPPY_TAG.len() + 20);
         let back = unpack(packed.clone());

@@ -554,15 +554,32 @@ impl Store {
     /// An error means the batch is not stored (answer 503; the agent retries).
     /// Dropping the future after the batch was queued does not un-store it.
     pub async fn ingest(&self, item: IngestItem) -> Result<IngestOutcome, StoreError> {
+        self.ingest_received(item, None).await
+    }
+
+    /// [`Store::ingest`] of a batch whose frame arrived as `snappy`, a
+    /// snappy block of it: stored as that block when frames are stored
+    /// compressed, instead of compressing the frame again.
+    pub async fn ingest_received(
+        &self,
+        mut item: IngestItem,
+        snappy: Option<bytes::Bytes>,
+    ) -> Result<IngestOutcome, StoreError> {
         let closed = || StoreError::Closed {
             path: self.inner.path.clone(),
         };
         let sender = self.inner.sender.as_ref().ok_or_else(closed)?;
         let (reply, answer) = oneshot::channel();
         // Checksummed and compressed here, on the caller's task, so the one
-        // writer thread only writes.
-        let frame_crc = crc32fast::hash(&item.frame);
-        let stored_frame = frame::pack(&item.frame, self.inner.compress_frames);
+        // writer thread only writes; the frame leaves the item, so a queued
+        // job holds only what is stored.
+        let frame = std::mem::take(&mut item.frame);
+        let frame_crc = crc32fast::hash(&frame);
+        let stored_frame = match (self.inner.compress_frames, snappy) {
+            (false, _) => frame,
+            (true, Some(block)) => bytes::Bytes::from(frame::from_snappy(&block)),
+            (true, None) => bytes::Bytes::from(frame::pack(&frame)),
+        };
         sender
             .send(WriterCommand::Ingest(IngestJob {
                 item,

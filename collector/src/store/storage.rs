@@ -73,6 +73,20 @@ impl Storage {
         }
     }
 
+    /// [`Storage::ingest`] of a batch whose frame arrived as the snappy block
+    /// `snappy`: the SQLite store keeps that block when it stores frames
+    /// compressed (PostgreSQL compresses large values itself).
+    pub async fn ingest_received(
+        &self,
+        item: IngestItem,
+        snappy: Option<bytes::Bytes>,
+    ) -> Result<IngestOutcome, StoreError> {
+        match self {
+            Self::Sqlite(store) => store.ingest_received(item, snappy).await,
+            Self::Postgres(store) => store.ingest(item).await,
+        }
+    }
+
     /// Resolves after the next commit of this process that stored a batch.
     pub async fn stored(&self) {
         match self {

@@ -33,9 +33,11 @@ pub const MAX_GROUP_BYTES: usize = 32 * 1024 * 1024;
 
 /// One ingest waiting for its group's commit.
 pub struct IngestJob {
+    /// The batch, its frame taken out (`stored_frame` holds what is stored).
     pub item: IngestItem,
-    /// What goes into `batches.frame` (`super::frame::pack`).
-    pub stored_frame: Vec<u8>,
+    /// What goes into `batches.frame`: the frame, or its compressed form
+    /// (`super::frame`).
+    pub stored_frame: bytes::Bytes,
     /// CRC-32 of the frame as received.
     pub frame_crc: u32,
     pub reply: oneshot::Sender<Result<IngestOutcome, StoreError>>,
