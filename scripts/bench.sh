@@ -45,10 +45,12 @@
 #                                      bench --profile dev --bench fault_injection; BENCH_AGENTS, BENCH_SECONDS,
 #                                      BENCH_KILLS, BENCH_FLIPS, BENCH_SCENARIOS)
 #   scripts/bench.sh restart           restart to ready (issue 15: < 10 s): 1,000 hubs x 65 days of SLI
-#                                      minutes (~94 M rows, ~6 GB under /tmp, deleted after), then
+#                                      minutes (~94 M rows, ~7.5 GB under /tmp, deleted after), then
 #                                      serve's start to /readyz and the SLO engine's load with and
 #                                      without hourly rollups, 3 runs each (cargo bench --bench
-#                                      restart_ready; BENCH_HUBS, BENCH_DAYS, BENCH_RUNS, BENCH_MODES)
+#                                      restart_ready; BENCH_HUBS, BENCH_DAYS, BENCH_RUNS, BENCH_MODES,
+#                                      BENCH_STORE_DIR keeps the ~7.5 GB store for reuse, BENCH_COLD=1 drops
+#                                      the page cache before each start)
 #   scripts/bench.sh fleet             10,000 hubs on one collector (issue 15): 1,000 agents post every
 #                                      15 s; ingest rate, derivation lag, SLO and alert evaluation
 #                                      rounds, memory (cargo bench --bench fleet_scale; BENCH_HUBS,

@@ -2,7 +2,7 @@
 //! hubwatch-collector --bench restart_ready`, or `scripts/bench.sh restart`.
 //!
 //! Fills an embedded store (SQLite, in a temporary directory under /tmp,
-//! deleted at the end) with `BENCH_HUBS` hubs (default 1,000: 100 members ×
+//! deleted at the end; or in `BENCH_STORE_DIR`, kept and reused) with `BENCH_HUBS` hubs (default 1,000: 100 members ×
 //! 10, tier `member`, 30-day window) × `BENCH_DAYS` days (default 65, the
 //! default `storage.sli_retention`) of SLI minutes: every minute of every
 //! hub, written with SQL straight into `sli_minutes` and `sli_hours` (what
@@ -23,7 +23,8 @@
 //! `BENCH_MODES` (default `serve,load,load_minutes`) picks the runs.
 //! Prints each run, the medians, the store's size and the SLI state's bytes.
 //! Caches are warm (the store was just written or read); the machine's page
-//! cache holds the file.
+//! cache holds the file. `BENCH_COLD=1` (root) drops the page cache before
+//! each run instead: the start after a reboot, every page read from disk.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -131,20 +132,28 @@ fn minute_row(hub: usize, minute: i64) -> [i64; 9] {
     ]
 }
 
-/// Fills `sli_minutes` and `sli_hours`, an hour of the fleet per
-/// transaction, minute by minute (appends to the minute index).
+/// Fills `sli_minutes` and `sli_hours`, a day of the fleet per
+/// transaction. Within a day the rows go hub by hub, each hub's minutes in
+/// order: every hub's keys still arrive in increasing minute order, as the
+/// SLI stage writes them, so the primary key's tree gets the same inserts
+/// at the same places (the end of each hub's run) as a minute-by-minute
+/// fill, only with the cursor staying on one leaf for a day of one hub
+/// (at 1,000 hubs the minute-major fill ran at ~45,000 rows/s). The minute
+/// index gets the day's minutes out of order; its entries are the same.
 fn fill(dir: &Path, hubs: usize, days: i64) -> Result<u64> {
     let cfg = config(dir, hubs);
     drop(Store::open(&cfg.storage).context("creating the store")?);
     let mut conn = rusqlite::Connection::open(dir.join(DB_FILE_NAME))?;
     conn.pragma_update(None, "synchronous", "OFF")?;
-    conn.pragma_update(None, "cache_size", -262_144)?;
+    conn.pragma_update(None, "cache_size", -1_048_576)?;
     let names: Vec<(String, String)> = (0..hubs).map(name).collect();
     let last = NOW_MS / 60_000;
     let first = last - days * 1440;
     let mut rows = 0u64;
-    let mut hour_start = first - first.rem_euclid(60);
-    while hour_start < last {
+    // Whole hours, so each hour row is written once, complete.
+    let mut day_start = first - first.rem_euclid(60);
+    while day_start < last {
+        let day_end = (day_start + 1440).min(last);
         let tx = conn.transaction()?;
         {
             let mut minute_insert = tx.prepare_cached(
@@ -153,62 +162,73 @@ fn fill(dir: &Path, hubs: usize, days: i64) -> Result<u64> {
                      journey_good, journey_bad)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?;
-            let mut hours = vec![Hour::default(); hubs];
-            for minute in hour_start.max(first)..(hour_start + 60).min(last) {
-                for (i, (member, hub)) in names.iter().enumerate() {
-                    let r = minute_row(i, minute);
-                    minute_insert.execute(rusqlite::params![
-                        member, hub, minute, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]
-                    ])?;
-                    rows += 1;
-                    let h = &mut hours[i];
-                    h.minutes += 1;
-                    h.metrics_minutes += i64::from(r[6] > 0);
-                    h.avail_bad += i64::from(r[1] > 0);
-                    h.avail_good += i64::from(r[1] == 0 && r[0] > 0);
-                    h.spawn_ok += r[2];
-                    h.spawn_failed += r[3];
-                    h.spawn_fast += r[4];
-                    h.spawn_timed += r[5];
-                    h.journey_good += r[7];
-                    h.journey_bad += r[8];
-                }
-            }
             let mut hour_insert = tx.prepare_cached(
                 "INSERT INTO sli_hours (member, hub, hour, minutes, metrics_minutes, avail_good,
                      avail_bad, spawn_ok, spawn_failed, spawn_fast, spawn_timed, journey_good,
                      journey_bad)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?;
-            for ((member, hub), h) in names.iter().zip(&hours) {
-                hour_insert.execute(rusqlite::params![
-                    member,
-                    hub,
-                    hour_start / 60,
-                    h.minutes,
-                    h.metrics_minutes,
-                    h.avail_good,
-                    h.avail_bad,
-                    h.spawn_ok,
-                    h.spawn_failed,
-                    h.spawn_fast,
-                    h.spawn_timed,
-                    h.journey_good,
-                    h.journey_bad
-                ])?;
+            for (i, (member, hub)) in names.iter().enumerate() {
+                let mut hour_start = day_start;
+                while hour_start < day_end {
+                    let mut h = Hour::default();
+                    for minute in hour_start.max(first)..(hour_start + 60).min(last) {
+                        let r = minute_row(i, minute);
+                        minute_insert.execute(rusqlite::params![
+                            member, hub, minute, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7],
+                            r[8]
+                        ])?;
+                        rows += 1;
+                        h.minutes += 1;
+                        h.metrics_minutes += i64::from(r[6] > 0);
+                        h.avail_bad += i64::from(r[1] > 0);
+                        h.avail_good += i64::from(r[1] == 0 && r[0] > 0);
+                        h.spawn_ok += r[2];
+                        h.spawn_failed += r[3];
+                        h.spawn_fast += r[4];
+                        h.spawn_timed += r[5];
+                        h.journey_good += r[7];
+                        h.journey_bad += r[8];
+                    }
+                    hour_insert.execute(rusqlite::params![
+                        member,
+                        hub,
+                        hour_start / 60,
+                        h.minutes,
+                        h.metrics_minutes,
+                        h.avail_good,
+                        h.avail_bad,
+                        h.spawn_ok,
+                        h.spawn_failed,
+                        h.spawn_fast,
+                        h.spawn_timed,
+                        h.journey_good,
+                        h.journey_bad
+                    ])?;
+                    hour_start += 60;
+                }
             }
         }
         tx.commit()?;
-        hour_start += 60;
-        if (hour_start / 60) % (24 * 5) == 0 {
-            eprintln!(
-                "restart_ready: filled {rows} minute rows ({:.0} %)",
-                100.0 * (hour_start - first) as f64 / (last - first) as f64
-            );
-        }
+        day_start = day_end;
+        eprintln!(
+            "restart_ready: filled {rows} minute rows ({:.0} %)",
+            100.0 * (day_start - first) as f64 / (last - first) as f64
+        );
     }
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
     Ok(rows)
+}
+
+/// Writes dirty pages out and drops the kernel's page cache, so the next
+/// run reads the store from disk as after a reboot (needs root).
+fn drop_page_cache() -> Result<()> {
+    let status = Command::new("sync").status()?;
+    if !status.success() {
+        bail!("sync failed: {status}");
+    }
+    std::fs::write("/proc/sys/vm/drop_caches", b"3\n")
+        .context("BENCH_COLD=1 drops the page cache through /proc/sys/vm/drop_caches: run as root")
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
@@ -339,25 +359,62 @@ fn main() -> Result<()> {
     }
     let days: i64 = env_or("BENCH_DAYS", 65);
     let runs: usize = env_or("BENCH_RUNS", 3).max(1);
-    let dir = tempfile::Builder::new()
-        .prefix("hubwatch-restart-ready")
-        .tempdir_in("/tmp")?;
-    let started = Instant::now();
-    let rows = fill(dir.path(), hubs, days)?;
-    let bytes = dir_bytes(dir.path());
-    println!(
-        "restart_ready: {hubs} hubs x {days} days = {rows} SLI minute rows (+ {} hour rows) \
-         written in {:.0} s; store {:.2} GiB ({:.1} B a minute row, index and hours included)",
-        rows / 60,
-        started.elapsed().as_secs_f64(),
-        bytes as f64 / f64::from(1u32 << 30),
-        bytes as f64 / rows.max(1) as f64
-    );
+    // `BENCH_STORE_DIR` keeps the filled store for the next invocation
+    // (a 1,000-hub fill is ~8 GB and takes minutes): filled once for its
+    // hubs and days, then reused; never deleted.
+    let kept = std::env::var_os("BENCH_STORE_DIR").map(PathBuf::from);
+    let temp;
+    let dir: &Path = match &kept {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            dir
+        }
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("hubwatch-restart-ready")
+                .tempdir_in("/tmp")?;
+            temp.path()
+        }
+    };
+    let marker = dir.join(format!("filled-{hubs}-hubs-{days}-days"));
+    if marker.exists() {
+        println!(
+            "restart_ready: reusing the store in {} ({hubs} hubs x {days} days, {:.2} GiB)",
+            dir.display(),
+            dir_bytes(dir) as f64 / f64::from(1u32 << 30)
+        );
+    } else {
+        if dir.join(DB_FILE_NAME).exists() {
+            bail!(
+                "{} holds a store not filled for {hubs} hubs x {days} days: empty it first",
+                dir.display()
+            );
+        }
+        let started = Instant::now();
+        let rows = fill(dir, hubs, days)?;
+        let bytes = dir_bytes(dir);
+        println!(
+            "restart_ready: {hubs} hubs x {days} days = {rows} SLI minute rows (+ {} hour rows) \
+             written in {:.0} s; store {:.2} GiB ({:.1} B a minute row, index and hours included)",
+            rows / 60,
+            started.elapsed().as_secs_f64(),
+            bytes as f64 / f64::from(1u32 << 30),
+            bytes as f64 / rows.max(1) as f64
+        );
+        std::fs::write(&marker, b"")?;
+    }
+    let cold = std::env::var("BENCH_COLD").is_ok_and(|v| v == "1");
+    if cold {
+        println!("restart_ready: BENCH_COLD=1: the page cache is dropped before each run");
+    }
     let modes = std::env::var("BENCH_MODES").unwrap_or_else(|_| "serve,load,load_minutes".into());
     for mode in modes.split(',').map(str::trim).filter(|m| !m.is_empty()) {
         let mut results = Vec::with_capacity(runs);
         for run in 1..=runs {
-            let fields = run_child(mode, dir.path(), hubs)?;
+            if cold {
+                drop_page_cache()?;
+            }
+            let fields = run_child(mode, dir, hubs)?;
             println!(
                 "restart_ready: {mode:<12} run {run}: {:>7.0} ms, peak RSS {:>6.1} MiB, rows read {}, SLI state {:.1} MiB",
                 field(&fields, "ms"),
@@ -375,9 +432,14 @@ fn main() -> Result<()> {
         );
     }
     println!(
-        "restart_ready: store {:.2} GiB after the runs; deleting {}",
-        dir_bytes(dir.path()) as f64 / f64::from(1u32 << 30),
-        dir.path().display()
+        "restart_ready: store {:.2} GiB after the runs; {} {}",
+        dir_bytes(dir) as f64 / f64::from(1u32 << 30),
+        if kept.is_some() {
+            "kept in"
+        } else {
+            "deleting"
+        },
+        dir.display()
     );
     Ok(())
 }

@@ -744,7 +744,7 @@ impl crate::slo::store::SliStore for Minutes {
     }
     fn for_each_minute_in(
         &self,
-        _hub: Option<(&str, &str)>,
+        _hubs: Option<&[(&str, &str)]>,
         _from_minute: i64,
         _to_minute: i64,
         _f: &mut dyn FnMut(&str, &str, i64, &MinuteCounts),
@@ -753,6 +753,7 @@ impl crate::slo::store::SliStore for Minutes {
     }
     fn for_each_hour(
         &self,
+        _hubs: Option<&[(&str, &str)]>,
         _from_hour: i64,
         _to_hour: i64,
         _f: &mut dyn FnMut(&str, &str, i64, &crate::slo::windows::HourRollup),

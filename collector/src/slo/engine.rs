@@ -459,10 +459,21 @@ impl SloEngine {
             }
         };
         let (index, hubs) = (&state.index, &mut state.hubs);
+        // Read hub by hub, each a range of the primary key (through the
+        // minute index, each row was a second lookup: at 1,000 hubs the
+        // last 3 days are 4.4 M rows).
+        let names: Vec<(String, String)> = hubs
+            .iter()
+            .map(|entry| (entry.member.clone(), entry.hub.clone()))
+            .collect();
+        let keys: Vec<(&str, &str)> = names
+            .iter()
+            .map(|(m, h)| (m.as_str(), h.as_str()))
+            .collect();
         let mut rows = 0u64;
         // The partial hour at the window's start, as minutes.
         rows += store.for_each_minute_in(
-            None,
+            Some(&keys),
             from_minute,
             first_hour * 60,
             &mut |member, hub, minute, counts| {
@@ -474,31 +485,35 @@ impl SloEngine {
         // Whole hours; per hub the latest hour with probes, metrics and
         // journeys among them.
         let mut latest: Vec<[Option<i64>; 3]> = vec![[None; 3]; hubs.len()];
-        rows += store.for_each_hour(first_hour, end_hour, &mut |member, hub, hour, rollup| {
-            let Some(i) = find(index, member, hub) else {
-                return;
-            };
-            if touched[i].iter().any(|(a, b)| *a <= hour && hour < *b) {
-                return;
-            }
-            hubs[i].sli.apply_hour(hour, &rollup.sums);
-            let seen = [
-                rollup.has_probes(),
-                rollup.metrics_minutes > 0,
-                rollup.has_journey(),
-            ];
-            for (slot, seen) in latest[i].iter_mut().zip(seen) {
-                if seen {
-                    *slot = Some(slot.map_or(hour, |h: i64| h.max(hour)));
+        rows += store.for_each_hour(
+            Some(&keys),
+            first_hour,
+            end_hour,
+            &mut |member, hub, hour, rollup| {
+                let Some(i) = find(index, member, hub) else {
+                    return;
+                };
+                if touched[i].iter().any(|(a, b)| *a <= hour && hour < *b) {
+                    return;
                 }
-            }
-        })?;
+                hubs[i].sli.apply_hour(hour, &rollup.sums);
+                let seen = [
+                    rollup.has_probes(),
+                    rollup.metrics_minutes > 0,
+                    rollup.has_journey(),
+                ];
+                for (slot, seen) in latest[i].iter_mut().zip(seen) {
+                    if seen {
+                        *slot = Some(slot.map_or(hour, |h: i64| h.max(hour)));
+                    }
+                }
+            },
+        )?;
         // The hours maintenance touches, as minutes.
         for (i, ranges) in touched.iter().enumerate() {
             for (a, b) in ranges {
-                let (member, hub) = (hubs[i].member.clone(), hubs[i].hub.clone());
                 rows += store.for_each_minute_in(
-                    Some((&member, &hub)),
+                    Some(&keys[i..=i]),
                     a * 60,
                     b * 60,
                     &mut |_, _, minute, counts| apply_minute(hubs, i, minute, counts),
@@ -507,7 +522,7 @@ impl SloEngine {
         }
         // The recent minutes.
         rows += store.for_each_minute_in(
-            None,
+            Some(&keys),
             recent_from,
             i64::MAX,
             &mut |member, hub, minute, counts| {
@@ -536,9 +551,8 @@ impl SloEngine {
             hours.sort_unstable();
             hours.dedup();
             for hour in hours {
-                let (member, hub) = (hubs[i].member.clone(), hubs[i].hub.clone());
                 rows += store.for_each_minute_in(
-                    Some((&member, &hub)),
+                    Some(&keys[i..=i]),
                     hour * 60,
                     hour * 60 + 60,
                     &mut |_, _, minute, counts| hubs[i].sli.note_seen(minute, counts),

@@ -41,20 +41,23 @@ pub trait SliStore: Send + Sync {
     }
 
     /// Calls `f` for every minute row in `[from_minute, to_minute)`: of
-    /// every hub (through the minute index), or of the one `(member, hub)`
-    /// given (on its primary key); returns the rows read.
+    /// every hub (through the minute index), or of the `(member, hub)`s
+    /// given, hub by hub (each a range of its primary key: no second lookup
+    /// per row); returns the rows read.
     fn for_each_minute_in(
         &self,
-        hub: Option<(&str, &str)>,
+        hubs: Option<&[(&str, &str)]>,
         from_minute: i64,
         to_minute: i64,
         f: &mut dyn FnMut(&str, &str, i64, &MinuteCounts),
     ) -> Result<u64, StoreError>;
 
     /// Calls `f` for every `sli_hours` row of `[from_hour, to_hour)` (Unix
-    /// hours); returns the rows read.
+    /// hours): of every hub, or of the `(member, hub)`s given, hub by hub;
+    /// returns the rows read.
     fn for_each_hour(
         &self,
+        hubs: Option<&[(&str, &str)]>,
         from_hour: i64,
         to_hour: i64,
         f: &mut dyn FnMut(&str, &str, i64, &HourRollup),
@@ -159,7 +162,7 @@ impl SliStore for SqliteSli {
 
     fn for_each_minute_in(
         &self,
-        hub: Option<(&str, &str)>,
+        hubs: Option<&[(&str, &str)]>,
         from_minute: i64,
         to_minute: i64,
         f: &mut dyn FnMut(&str, &str, i64, &MinuteCounts),
@@ -169,28 +172,32 @@ impl SliStore for SqliteSli {
                     outside_ok, outside_failed, spawn_ok, spawn_failed, spawn_fast, hub_samples,
                     spawn_timed, journey_good, journey_bad, journey_spawn_failed
                  FROM sli_minutes";
-            let (mut statement, mut rows);
-            match hub {
-                None => {
-                    statement = conn
-                        .prepare_cached(&format!("{COLUMNS} WHERE minute >= ?1 AND minute < ?2"))?;
-                    rows = statement.query(params![from_minute, to_minute])?;
+            let mut read = 0u64;
+            let mut each = |mut rows: rusqlite::Rows<'_>| -> rusqlite::Result<()> {
+                while let Some(row) = rows.next()? {
+                    read += 1;
+                    let member = row.get_ref(0)?.as_str()?;
+                    let hub = row.get_ref(1)?.as_str()?;
+                    let counts = row_counts_at(row, 3)?;
+                    f(member, hub, row.get(2)?, &counts);
                 }
-                Some((member, hub)) => {
-                    statement = conn.prepare_cached(&format!(
+                Ok(())
+            };
+            match hubs {
+                None => {
+                    let mut statement = conn
+                        .prepare_cached(&format!("{COLUMNS} WHERE minute >= ?1 AND minute < ?2"))?;
+                    each(statement.query(params![from_minute, to_minute])?)?;
+                }
+                Some(hubs) => {
+                    let mut statement = conn.prepare_cached(&format!(
                         "{COLUMNS} WHERE member = ?1 AND hub = ?2 AND minute >= ?3 \
                          AND minute < ?4"
                     ))?;
-                    rows = statement.query(params![member, hub, from_minute, to_minute])?;
+                    for (member, hub) in hubs {
+                        each(statement.query(params![member, hub, from_minute, to_minute])?)?;
+                    }
                 }
-            }
-            let mut read = 0u64;
-            while let Some(row) = rows.next()? {
-                read += 1;
-                let member = row.get_ref(0)?.as_str()?;
-                let hub = row.get_ref(1)?.as_str()?;
-                let counts = row_counts_at(row, 3)?;
-                f(member, hub, row.get(2)?, &counts);
             }
             Ok(read)
         })
@@ -198,43 +205,58 @@ impl SliStore for SqliteSli {
 
     fn for_each_hour(
         &self,
+        hubs: Option<&[(&str, &str)]>,
         from_hour: i64,
         to_hour: i64,
         f: &mut dyn FnMut(&str, &str, i64, &HourRollup),
     ) -> Result<u64, StoreError> {
         self.store.read_with("loading SLI hours", |conn| {
-            // A scan of the whole table (an hour index would cost every
-            // commit for a read done once at start): a fleet's 65 days are
-            // ~1,600 rows a hub.
-            let mut statement = conn.prepare(
-                "SELECT member, hub, hour, minutes, metrics_minutes, avail_good, avail_bad,
-                        spawn_ok, spawn_failed, spawn_fast, spawn_timed, journey_good,
-                        journey_bad, journey_spawn_failed
-                 FROM sli_hours WHERE hour >= ?1 AND hour < ?2",
-            )?;
-            let mut rows = statement.query(params![from_hour, to_hour])?;
+            const COLUMNS: &str = "SELECT member, hub, hour, minutes, metrics_minutes,
+                    avail_good, avail_bad, spawn_ok, spawn_failed, spawn_fast, spawn_timed,
+                    journey_good, journey_bad, journey_spawn_failed
+                 FROM sli_hours";
             let mut read = 0u64;
-            while let Some(row) = rows.next()? {
-                read += 1;
-                let member = row.get_ref(0)?.as_str()?;
-                let hub = row.get_ref(1)?.as_str()?;
-                let count = |i: usize| -> rusqlite::Result<u64> { Ok(from_sql(row.get(i)?)) };
-                let rollup = HourRollup {
-                    minutes: count(3)?,
-                    metrics_minutes: count(4)?,
-                    sums: Sums {
-                        avail_good: count(5)?,
-                        avail_bad: count(6)?,
-                        spawn_ok: count(7)?,
-                        spawn_failed: count(8)?,
-                        spawn_fast: count(9)?,
-                        spawn_timed: count(10)?,
-                        journey_good: count(11)?,
-                        journey_bad: count(12)?,
-                        journey_spawn_failed: count(13)?,
-                    },
-                };
-                f(member, hub, row.get(2)?, &rollup);
+            let mut each = |mut rows: rusqlite::Rows<'_>| -> rusqlite::Result<()> {
+                while let Some(row) = rows.next()? {
+                    read += 1;
+                    let member = row.get_ref(0)?.as_str()?;
+                    let hub = row.get_ref(1)?.as_str()?;
+                    let count = |i: usize| -> rusqlite::Result<u64> { Ok(from_sql(row.get(i)?)) };
+                    let rollup = HourRollup {
+                        minutes: count(3)?,
+                        metrics_minutes: count(4)?,
+                        sums: Sums {
+                            avail_good: count(5)?,
+                            avail_bad: count(6)?,
+                            spawn_ok: count(7)?,
+                            spawn_failed: count(8)?,
+                            spawn_fast: count(9)?,
+                            spawn_timed: count(10)?,
+                            journey_good: count(11)?,
+                            journey_bad: count(12)?,
+                            journey_spawn_failed: count(13)?,
+                        },
+                    };
+                    f(member, hub, row.get(2)?, &rollup);
+                }
+                Ok(())
+            };
+            match hubs {
+                // A scan of the whole table (an hour index would cost every
+                // commit for a read done once at start).
+                None => {
+                    let mut statement =
+                        conn.prepare_cached(&format!("{COLUMNS} WHERE hour >= ?1 AND hour < ?2"))?;
+                    each(statement.query(params![from_hour, to_hour])?)?;
+                }
+                Some(hubs) => {
+                    let mut statement = conn.prepare_cached(&format!(
+                        "{COLUMNS} WHERE member = ?1 AND hub = ?2 AND hour >= ?3 AND hour < ?4"
+                    ))?;
+                    for (member, hub) in hubs {
+                        each(statement.query(params![member, hub, from_hour, to_hour])?)?;
+                    }
+                }
             }
             Ok(read)
         })
@@ -637,7 +659,7 @@ mod plan_tests {
         sli.commit(&page, None).expect("commit");
         let hours = |sli: &SqliteSli| {
             let mut hours = Vec::new();
-            sli.for_each_hour(0, 10, &mut |_, _, hour, rollup| {
+            sli.for_each_hour(None, 0, 10, &mut |_, _, hour, rollup| {
                 hours.push((hour, rollup.minutes, rollup.metrics_minutes));
             })
             .expect("hours");

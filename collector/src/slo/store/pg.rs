@@ -131,6 +131,18 @@ fn add_sums_row(row: &Row, sums: &mut Sums) -> Result<u64, tokio_postgres::Error
     Ok(rows)
 }
 
+/// `(member, hub)` in the pairs of the text arrays `$1` and `$2` (each pair
+/// a range of the primary key).
+const HUBS_IN: &str = "(member, hub) IN (SELECT * FROM unnest($1::text[], $2::text[]))";
+
+/// The members and hub names of `hubs` as the two arrays of [`HUBS_IN`].
+fn hub_arrays(hubs: Option<&[(&str, &str)]>) -> (Vec<String>, Vec<String>) {
+    hubs.unwrap_or_default()
+        .iter()
+        .map(|(member, hub)| ((*member).to_string(), (*hub).to_string()))
+        .unzip()
+}
+
 impl SliStore for PgSli {
     fn load_counters(&self) -> Result<Counters, StoreError> {
         self.store
@@ -182,11 +194,12 @@ impl SliStore for PgSli {
 
     fn for_each_minute_in(
         &self,
-        hub: Option<(&str, &str)>,
+        hubs: Option<&[(&str, &str)]>,
         from_minute: i64,
         to_minute: i64,
         f: &mut dyn FnMut(&str, &str, i64, &MinuteCounts),
     ) -> Result<u64, StoreError> {
+        let (members, names) = hub_arrays(hubs);
         self.store
             .read_with("loading SLI minutes", async |client: &mut Client| {
                 // A portal (inside a read-only transaction) fetches the rows
@@ -194,7 +207,7 @@ impl SliStore for PgSli {
                 let tx = client.build_transaction().read_only(true).start().await?;
                 let columns =
                     format!("SELECT member, hub, minute, {COUNT_COLUMNS} FROM sli_minutes");
-                let portal = match hub {
+                let portal = match hubs {
                     None => {
                         tx.bind(
                             &format!("{columns} WHERE minute >= $1 AND minute < $2"),
@@ -202,13 +215,10 @@ impl SliStore for PgSli {
                         )
                         .await?
                     }
-                    Some((member, hub)) => {
+                    Some(_) => {
                         tx.bind(
-                            &format!(
-                                "{columns} WHERE member = $1 AND hub = $2 AND minute >= $3 \
-                                 AND minute < $4"
-                            ),
-                            &[&member, &hub, &from_minute, &to_minute],
+                            &format!("{columns} WHERE {HUBS_IN} AND minute >= $3 AND minute < $4"),
+                            &[&members, &names, &from_minute, &to_minute],
                         )
                         .await?
                     }
@@ -233,22 +243,35 @@ impl SliStore for PgSli {
 
     fn for_each_hour(
         &self,
+        hubs: Option<&[(&str, &str)]>,
         from_hour: i64,
         to_hour: i64,
         f: &mut dyn FnMut(&str, &str, i64, &HourRollup),
     ) -> Result<u64, StoreError> {
+        let (members, names) = hub_arrays(hubs);
         self.store
             .read_with("loading SLI hours", async |client: &mut Client| {
                 let tx = client.build_transaction().read_only(true).start().await?;
-                let portal = tx
-                    .bind(
-                        "SELECT member, hub, hour, minutes, metrics_minutes, avail_good,
-                                avail_bad, spawn_ok, spawn_failed, spawn_fast, spawn_timed,
-                                journey_good, journey_bad, journey_spawn_failed
-                         FROM sli_hours WHERE hour >= $1 AND hour < $2",
-                        &[&from_hour, &to_hour],
-                    )
-                    .await?;
+                let columns = "SELECT member, hub, hour, minutes, metrics_minutes, avail_good,
+                        avail_bad, spawn_ok, spawn_failed, spawn_fast, spawn_timed,
+                        journey_good, journey_bad, journey_spawn_failed
+                     FROM sli_hours";
+                let portal = match hubs {
+                    None => {
+                        tx.bind(
+                            &format!("{columns} WHERE hour >= $1 AND hour < $2"),
+                            &[&from_hour, &to_hour],
+                        )
+                        .await?
+                    }
+                    Some(_) => {
+                        tx.bind(
+                            &format!("{columns} WHERE {HUBS_IN} AND hour >= $3 AND hour < $4"),
+                            &[&members, &names, &from_hour, &to_hour],
+                        )
+                        .await?
+                    }
+                };
                 let mut read = 0u64;
                 loop {
                     let rows = tx.query_portal(&portal, MINUTE_ROWS_PER_FETCH).await?;

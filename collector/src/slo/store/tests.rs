@@ -422,7 +422,61 @@ async fn prune_deletes_sli_minutes_past_their_retention<B: SliBackend>() -> anyh
     Ok(())
 }
 
+/// Minutes and hours read for chosen hubs (hub by hub on the primary key)
+/// are exactly those hubs' rows in the range, the same as the read of
+/// every hub filtered; a hub with no rows and an empty list read nothing.
+async fn reading_chosen_hubs_returns_their_rows_only<B: SliBackend>() -> anyhow::Result<()> {
+    let fx = B::fixture();
+    let store = B::open(&fx.cfg)?;
+    let sli = store.sli();
+    let mut page = SliPage::default();
+    for (i, (member, hub)) in [("m", "h"), ("m", "g"), ("n", "h")].into_iter().enumerate() {
+        for minute in (0..300).step_by(7 + i) {
+            page.minutes
+                .insert(key(member, hub, minute), counts(1 + i as u64, 0, 1));
+        }
+    }
+    sli.commit(&page, None)?;
+    let chosen = [("m", "h"), ("n", "h"), ("x", "y")];
+    let is_chosen = |m: &str, h: &str| chosen.contains(&(m, h));
+    let (from, to) = (61, 250);
+    let mut got = BTreeMap::new();
+    let read = sli.for_each_minute_in(Some(&chosen), from, to, &mut |m, h, minute, c| {
+        got.insert(key(m, h, minute), *c);
+    })?;
+    let want: BTreeMap<_, _> = all_minutes(sli.as_ref(), 0)?
+        .into_iter()
+        .filter(|((m, h, minute), _)| is_chosen(m, h) && (from..to).contains(minute))
+        .collect();
+    assert!(want.len() > 40, "{}", want.len());
+    assert_eq!(read, want.len() as u64);
+    assert_eq!(got, want);
+
+    let hours = |hubs: Option<&[(&str, &str)]>| -> anyhow::Result<BTreeMap<_, _>> {
+        let mut rows = BTreeMap::new();
+        sli.for_each_hour(hubs, 1, 4, &mut |m, h, hour, rollup| {
+            rows.insert(key(m, h, hour), (rollup.minutes, rollup.sums.spawn_ok));
+        })?;
+        Ok(rows)
+    };
+    let every = hours(None)?;
+    let some = hours(Some(&chosen))?;
+    assert_eq!(every.len(), 9, "{every:?}");
+    let want: BTreeMap<_, _> = every
+        .into_iter()
+        .filter(|((m, h, _), _)| is_chosen(m, h))
+        .collect();
+    assert_eq!(some, want);
+    assert!(hours(Some(&[]))?.is_empty());
+    assert_eq!(
+        sli.for_each_minute_in(Some(&[]), 0, 300, &mut |_, _, _, _| {})?,
+        0
+    );
+    Ok(())
+}
+
 on_both_backends!(
+    reading_chosen_hubs_returns_their_rows_only,
     prune_deletes_sli_minutes_past_their_retention,
     commits_add_minutes_and_replace_counters_and_journeys,
     a_moved_cursor_rolls_the_page_back,
