@@ -742,6 +742,13 @@ async fn shutdown_signal() {
     }
 }
 
+/// The most an HTTP/1 connection's read buffer grows to (hyper's default is
+/// ~400 KiB). Every agent keeps a connection open, and hyper keeps the
+/// buffer's capacity between requests: at 100 agents sending 140 KB bodies
+/// the default held ~50 MiB (heaptrack); a body larger than this is read in
+/// more pieces, nothing else changes. Request heads must fit (431 past it).
+const HTTP1_MAX_BUF_BYTES: usize = 64 * 1024;
+
 /// The accept loop, then the graceful shutdown.
 async fn serve(
     listener: TcpListener,
@@ -755,7 +762,8 @@ async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(state.server.header_read_timeout);
+        .header_read_timeout(state.server.header_read_timeout)
+        .max_buf_size(HTTP1_MAX_BUF_BYTES);
     builder.http2().timer(TokioTimer::new());
     loop {
         tokio::select! {

@@ -24,7 +24,11 @@ pub fn pack(frame: &[u8]) -> Vec<u8> {
     out[..SNAPPY_TAG.len()].copy_from_slice(&SNAPPY_TAG);
     match snap::raw::Encoder::new().compress(frame, &mut out[SNAPPY_TAG.len()..]) {
         Ok(written) => {
+            // The buffer was sized for incompressible input: give the rest
+            // back, or every queued and cached frame holds ~1.2x its
+            // uncompressed size (heaptrack: 18 MiB at 100 agents).
             out.truncate(SNAPPY_TAG.len() + written);
+            out.shrink_to_fit();
             out
         }
         Err(_) => frame.to_vec(),
