@@ -33,11 +33,11 @@ struct Pending {
 }
 
 /// A page's samples until commit, packed: each sample's name and labels as
-/// length-prefixed strings in one buffer, its point beside. A page is up to
-/// `PAGE_BYTES` of frames, ~120,000 samples of loadgen's hubs; held as a
-/// `Vec<Label>` and a name each they took ~75 MiB at the ingest
-/// side-by-side's last ack (heaptrack), packed ~10 MiB. The labels are
-/// built again at commit, one sample at a time.
+/// length-prefixed strings in one buffer, its point beside. A page of 16 MiB
+/// of frames held ~120,000 samples of loadgen's hubs; as a `Vec<Label>` and
+/// a name each they took ~75 MiB at the ingest side-by-side's last ack
+/// (heaptrack), packed about a seventh. The labels are built again at
+/// commit, one sample at a time.
 #[derive(Debug, Default)]
 struct PendingSamples {
     bytes: Vec<u8>,
