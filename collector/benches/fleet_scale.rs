@@ -30,6 +30,11 @@
 //! (VmRSS, VmHWM) and the CPU of the collector's and the load generator's
 //! threads. Exits non-zero if a send failed.
 
+/// The allocator `hubwatch-collector` runs with (its `main.rs`), so the
+/// memory figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
