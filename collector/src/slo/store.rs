@@ -222,21 +222,7 @@ impl SliStore for SqliteSli {
                     let member = row.get_ref(0)?.as_str()?;
                     let hub = row.get_ref(1)?.as_str()?;
                     let count = |i: usize| -> rusqlite::Result<u64> { Ok(from_sql(row.get(i)?)) };
-                    let rollup = HourRollup {
-                        minutes: count(3)?,
-                        metrics_minutes: count(4)?,
-                        sums: Sums {
-                            avail_good: count(5)?,
-                            avail_bad: count(6)?,
-                            spawn_ok: count(7)?,
-                            spawn_failed: count(8)?,
-                            spawn_fast: count(9)?,
-                            spawn_timed: count(10)?,
-                            journey_good: count(11)?,
-                            journey_bad: count(12)?,
-                            journey_spawn_failed: count(13)?,
-                        },
-                    };
+                    let rollup = hour_rollup(count)?;
                     f(member, hub, row.get(2)?, &rollup);
                 }
                 Ok(())
@@ -509,6 +495,27 @@ impl HourDelta {
 
 fn to_sql(count: u64) -> i64 {
     i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+/// An `sli_hours` row as read at load: `count(i)` is column `i` of the
+/// loads' `SELECT member, hub, hour, minutes, metrics_minutes, avail_good,
+/// …, journey_spawn_failed` (both backends).
+fn hour_rollup<E>(count: impl Fn(usize) -> Result<u64, E>) -> Result<HourRollup, E> {
+    Ok(HourRollup {
+        minutes: count(3)?,
+        metrics_minutes: count(4)?,
+        sums: Sums {
+            avail_good: count(5)?,
+            avail_bad: count(6)?,
+            spawn_ok: count(7)?,
+            spawn_failed: count(8)?,
+            spawn_fast: count(9)?,
+            spawn_timed: count(10)?,
+            journey_good: count(11)?,
+            journey_bad: count(12)?,
+            journey_spawn_failed: count(13)?,
+        },
+    })
 }
 
 fn from_sql(count: i64) -> u64 {

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use deadpool_postgres::{Client, Transaction};
 use tokio_postgres::Row;
 
-use super::{HourDelta, SliStore, from_sql, to_sql};
+use super::{HourDelta, SliStore, from_sql, hour_rollup, to_sql};
 use crate::pipeline::CursorUpdate;
 use crate::slo::journey::{JourneyLatest, LatestJourneys};
 use crate::slo::sli::{Counters, MinuteChange, MinuteCounts, SliPage};
@@ -282,21 +282,7 @@ impl SliStore for PgSli {
                         let count = |i: usize| -> Result<u64, tokio_postgres::Error> {
                             Ok(from_sql(row.try_get(i)?))
                         };
-                        let rollup = HourRollup {
-                            minutes: count(3)?,
-                            metrics_minutes: count(4)?,
-                            sums: Sums {
-                                avail_good: count(5)?,
-                                avail_bad: count(6)?,
-                                spawn_ok: count(7)?,
-                                spawn_failed: count(8)?,
-                                spawn_fast: count(9)?,
-                                spawn_timed: count(10)?,
-                                journey_good: count(11)?,
-                                journey_bad: count(12)?,
-                                journey_spawn_failed: count(13)?,
-                            },
-                        };
+                        let rollup = hour_rollup(count)?;
                         f(member, hub, row.try_get(2)?, &rollup);
                     }
                     if rows.len() < usize::try_from(MINUTE_ROWS_PER_FETCH).unwrap_or(0) {
