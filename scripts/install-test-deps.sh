@@ -16,6 +16,9 @@ set -euo pipefail
 
 need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
+# The collector's allocator (tikv-jemalloc-sys) builds jemalloc with its
+# configure script and make.
+command -v make >/dev/null || need_apt+=(make)
 command -v curl >/dev/null || need_apt+=(curl ca-certificates)
 command -v setsid >/dev/null || need_apt+=(util-linux)
 # Prometheus: the tests start it themselves, in the foreground on a free
