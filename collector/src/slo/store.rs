@@ -168,38 +168,15 @@ impl SliStore for SqliteSli {
         f: &mut dyn FnMut(&str, &str, i64, &MinuteCounts),
     ) -> Result<u64, StoreError> {
         self.store.read_with("loading SLI minutes", |conn| {
-            const COLUMNS: &str = "SELECT member, hub, minute, probes_ok, probes_failed,
-                    outside_ok, outside_failed, spawn_ok, spawn_failed, spawn_fast, hub_samples,
-                    spawn_timed, journey_good, journey_bad, journey_spawn_failed
+            let select = "SELECT member, hub, minute, probes_ok, probes_failed, outside_ok,
+                    outside_failed, spawn_ok, spawn_failed, spawn_fast, hub_samples, spawn_timed,
+                    journey_good, journey_bad, journey_spawn_failed
                  FROM sli_minutes";
-            let mut read = 0u64;
-            let mut each = |mut rows: rusqlite::Rows<'_>| -> rusqlite::Result<()> {
-                while let Some(row) = rows.next()? {
-                    read += 1;
-                    let member = row.get_ref(0)?.as_str()?;
-                    let hub = row.get_ref(1)?.as_str()?;
-                    let counts = row_counts_at(row, 3)?;
-                    f(member, hub, row.get(2)?, &counts);
-                }
+            let range = ("minute", from_minute, to_minute);
+            for_each_row(conn, select, range, hubs, &mut |member, hub, row| {
+                f(member, hub, row.get(2)?, &row_counts_at(row, 3)?);
                 Ok(())
-            };
-            match hubs {
-                None => {
-                    let mut statement = conn
-                        .prepare_cached(&format!("{COLUMNS} WHERE minute >= ?1 AND minute < ?2"))?;
-                    each(statement.query(params![from_minute, to_minute])?)?;
-                }
-                Some(hubs) => {
-                    let mut statement = conn.prepare_cached(&format!(
-                        "{COLUMNS} WHERE member = ?1 AND hub = ?2 AND minute >= ?3 \
-                         AND minute < ?4"
-                    ))?;
-                    for (member, hub) in hubs {
-                        each(statement.query(params![member, hub, from_minute, to_minute])?)?;
-                    }
-                }
-            }
-            Ok(read)
+            })
         })
     }
 
@@ -211,40 +188,18 @@ impl SliStore for SqliteSli {
         f: &mut dyn FnMut(&str, &str, i64, &HourRollup),
     ) -> Result<u64, StoreError> {
         self.store.read_with("loading SLI hours", |conn| {
-            const COLUMNS: &str = "SELECT member, hub, hour, minutes, metrics_minutes,
-                    avail_good, avail_bad, spawn_ok, spawn_failed, spawn_fast, spawn_timed,
-                    journey_good, journey_bad, journey_spawn_failed
+            // Every hub: a scan of the whole table (an hour index would cost
+            // every commit for a read done once at start).
+            let select = "SELECT member, hub, hour, minutes, metrics_minutes, avail_good,
+                    avail_bad, spawn_ok, spawn_failed, spawn_fast, spawn_timed, journey_good,
+                    journey_bad, journey_spawn_failed
                  FROM sli_hours";
-            let mut read = 0u64;
-            let mut each = |mut rows: rusqlite::Rows<'_>| -> rusqlite::Result<()> {
-                while let Some(row) = rows.next()? {
-                    read += 1;
-                    let member = row.get_ref(0)?.as_str()?;
-                    let hub = row.get_ref(1)?.as_str()?;
-                    let count = |i: usize| -> rusqlite::Result<u64> { Ok(from_sql(row.get(i)?)) };
-                    let rollup = hour_rollup(count)?;
-                    f(member, hub, row.get(2)?, &rollup);
-                }
+            let range = ("hour", from_hour, to_hour);
+            for_each_row(conn, select, range, hubs, &mut |member, hub, row| {
+                let count = |i: usize| -> rusqlite::Result<u64> { Ok(from_sql(row.get(i)?)) };
+                f(member, hub, row.get(2)?, &hour_rollup(count)?);
                 Ok(())
-            };
-            match hubs {
-                // A scan of the whole table (an hour index would cost every
-                // commit for a read done once at start).
-                None => {
-                    let mut statement =
-                        conn.prepare_cached(&format!("{COLUMNS} WHERE hour >= ?1 AND hour < ?2"))?;
-                    each(statement.query(params![from_hour, to_hour])?)?;
-                }
-                Some(hubs) => {
-                    let mut statement = conn.prepare_cached(&format!(
-                        "{COLUMNS} WHERE member = ?1 AND hub = ?2 AND hour >= ?3 AND hour < ?4"
-                    ))?;
-                    for (member, hub) in hubs {
-                        each(statement.query(params![member, hub, from_hour, to_hour])?)?;
-                    }
-                }
-            }
-            Ok(read)
+            })
         })
     }
 
@@ -310,6 +265,44 @@ impl SliStore for SqliteSli {
             Ok(changes)
         })
     }
+}
+
+/// Calls `on_row` with the member, hub and row for every row of `select`
+/// (`SELECT member, hub, <key>, … FROM <table>`, whose primary key is
+/// `(member, hub, <key>)`) with `range = (<key>, from, to)` in
+/// `[from, to)`: of every hub, or of the `hubs` given, hub by hub, each one
+/// range of the primary key. Returns the rows read.
+fn for_each_row(
+    conn: &rusqlite::Connection,
+    select: &str,
+    (key, from, to): (&str, i64, i64),
+    hubs: Option<&[(&str, &str)]>,
+    on_row: &mut dyn FnMut(&str, &str, &rusqlite::Row<'_>) -> rusqlite::Result<()>,
+) -> rusqlite::Result<u64> {
+    let mut read = 0u64;
+    let mut each = |mut rows: rusqlite::Rows<'_>| -> rusqlite::Result<()> {
+        while let Some(row) = rows.next()? {
+            read += 1;
+            on_row(row.get_ref(0)?.as_str()?, row.get_ref(1)?.as_str()?, row)?;
+        }
+        Ok(())
+    };
+    match hubs {
+        None => {
+            let mut statement =
+                conn.prepare_cached(&format!("{select} WHERE {key} >= ?1 AND {key} < ?2"))?;
+            each(statement.query(params![from, to])?)?;
+        }
+        Some(hubs) => {
+            let mut statement = conn.prepare_cached(&format!(
+                "{select} WHERE member = ?1 AND hub = ?2 AND {key} >= ?3 AND {key} < ?4"
+            ))?;
+            for (member, hub) in hubs {
+                each(statement.query(params![member, hub, from, to])?)?;
+            }
+        }
+    }
+    Ok(read)
 }
 
 /// Every row of `sli_counters`.

@@ -131,16 +131,55 @@ fn add_sums_row(row: &Row, sums: &mut Sums) -> Result<u64, tokio_postgres::Error
     Ok(rows)
 }
 
-/// `(member, hub)` in the pairs of the text arrays `$1` and `$2` (each pair
-/// a range of the primary key).
-const HUBS_IN: &str = "(member, hub) IN (SELECT * FROM unnest($1::text[], $2::text[]))";
-
-/// The members and hub names of `hubs` as the two arrays of [`HUBS_IN`].
-fn hub_arrays(hubs: Option<&[(&str, &str)]>) -> (Vec<String>, Vec<String>) {
-    hubs.unwrap_or_default()
-        .iter()
-        .map(|(member, hub)| ((*member).to_string(), (*hub).to_string()))
-        .unzip()
+/// Calls `on_row` with the member, hub and row for every row of `select`
+/// (`SELECT member, hub, <key>, … FROM <table>`, whose primary key is
+/// `(member, hub, <key>)`) with `range = (<key>, from, to)` in
+/// `[from, to)`: of every hub, or of the `hubs` given (one query joining the
+/// pairs of two text arrays, each a range of the primary key). A portal,
+/// inside a read-only transaction, fetches the rows in bounded pieces.
+/// Returns the rows read.
+async fn for_each_row(
+    client: &mut Client,
+    select: &str,
+    (key, from, to): (&str, i64, i64),
+    hubs: Option<&[(&str, &str)]>,
+    on_row: &mut dyn FnMut(&str, &str, &Row) -> Result<(), tokio_postgres::Error>,
+) -> Result<u64, PgFailure> {
+    let tx = client.build_transaction().read_only(true).start().await?;
+    let portal = match hubs {
+        None => {
+            tx.bind(
+                &format!("{select} WHERE {key} >= $1 AND {key} < $2"),
+                &[&from, &to],
+            )
+            .await?
+        }
+        Some(hubs) => {
+            let (members, names): (Vec<&str>, Vec<&str>) = hubs.iter().copied().unzip();
+            tx.bind(
+                &format!(
+                    "{select} WHERE (member, hub) IN \
+                     (SELECT * FROM unnest($1::text[], $2::text[])) \
+                     AND {key} >= $3 AND {key} < $4"
+                ),
+                &[&members, &names, &from, &to],
+            )
+            .await?
+        }
+    };
+    let mut read = 0u64;
+    loop {
+        let rows = tx.query_portal(&portal, MINUTE_ROWS_PER_FETCH).await?;
+        for row in &rows {
+            read += 1;
+            on_row(row.try_get(0)?, row.try_get(1)?, row)?;
+        }
+        if rows.len() < usize::try_from(MINUTE_ROWS_PER_FETCH).unwrap_or(0) {
+            break;
+        }
+    }
+    tx.commit().await?;
+    Ok(read)
 }
 
 impl SliStore for PgSli {
@@ -199,45 +238,16 @@ impl SliStore for PgSli {
         to_minute: i64,
         f: &mut dyn FnMut(&str, &str, i64, &MinuteCounts),
     ) -> Result<u64, StoreError> {
-        let (members, names) = hub_arrays(hubs);
         self.store
             .read_with("loading SLI minutes", async |client: &mut Client| {
-                // A portal (inside a read-only transaction) fetches the rows
-                // in bounded pieces.
-                let tx = client.build_transaction().read_only(true).start().await?;
-                let columns =
+                let select =
                     format!("SELECT member, hub, minute, {COUNT_COLUMNS} FROM sli_minutes");
-                let portal = match hubs {
-                    None => {
-                        tx.bind(
-                            &format!("{columns} WHERE minute >= $1 AND minute < $2"),
-                            &[&from_minute, &to_minute],
-                        )
-                        .await?
-                    }
-                    Some(_) => {
-                        tx.bind(
-                            &format!("{columns} WHERE {HUBS_IN} AND minute >= $3 AND minute < $4"),
-                            &[&members, &names, &from_minute, &to_minute],
-                        )
-                        .await?
-                    }
-                };
-                let mut read = 0u64;
-                loop {
-                    let rows = tx.query_portal(&portal, MINUTE_ROWS_PER_FETCH).await?;
-                    for row in &rows {
-                        read += 1;
-                        let member: &str = row.try_get(0)?;
-                        let hub: &str = row.try_get(1)?;
-                        f(member, hub, row.try_get(2)?, &row_counts_at(row, 3)?);
-                    }
-                    if rows.len() < usize::try_from(MINUTE_ROWS_PER_FETCH).unwrap_or(0) {
-                        break;
-                    }
-                }
-                tx.commit().await?;
-                Ok(read)
+                let range = ("minute", from_minute, to_minute);
+                for_each_row(client, &select, range, hubs, &mut |member, hub, row| {
+                    f(member, hub, row.try_get(2)?, &row_counts_at(row, 3)?);
+                    Ok(())
+                })
+                .await
             })
     }
 
@@ -248,49 +258,21 @@ impl SliStore for PgSli {
         to_hour: i64,
         f: &mut dyn FnMut(&str, &str, i64, &HourRollup),
     ) -> Result<u64, StoreError> {
-        let (members, names) = hub_arrays(hubs);
         self.store
             .read_with("loading SLI hours", async |client: &mut Client| {
-                let tx = client.build_transaction().read_only(true).start().await?;
-                let columns = "SELECT member, hub, hour, minutes, metrics_minutes, avail_good,
+                let select = "SELECT member, hub, hour, minutes, metrics_minutes, avail_good,
                         avail_bad, spawn_ok, spawn_failed, spawn_fast, spawn_timed,
                         journey_good, journey_bad, journey_spawn_failed
                      FROM sli_hours";
-                let portal = match hubs {
-                    None => {
-                        tx.bind(
-                            &format!("{columns} WHERE hour >= $1 AND hour < $2"),
-                            &[&from_hour, &to_hour],
-                        )
-                        .await?
-                    }
-                    Some(_) => {
-                        tx.bind(
-                            &format!("{columns} WHERE {HUBS_IN} AND hour >= $3 AND hour < $4"),
-                            &[&members, &names, &from_hour, &to_hour],
-                        )
-                        .await?
-                    }
-                };
-                let mut read = 0u64;
-                loop {
-                    let rows = tx.query_portal(&portal, MINUTE_ROWS_PER_FETCH).await?;
-                    for row in &rows {
-                        read += 1;
-                        let member: &str = row.try_get(0)?;
-                        let hub: &str = row.try_get(1)?;
-                        let count = |i: usize| -> Result<u64, tokio_postgres::Error> {
-                            Ok(from_sql(row.try_get(i)?))
-                        };
-                        let rollup = hour_rollup(count)?;
-                        f(member, hub, row.try_get(2)?, &rollup);
-                    }
-                    if rows.len() < usize::try_from(MINUTE_ROWS_PER_FETCH).unwrap_or(0) {
-                        break;
-                    }
-                }
-                tx.commit().await?;
-                Ok(read)
+                let range = ("hour", from_hour, to_hour);
+                for_each_row(client, select, range, hubs, &mut |member, hub, row| {
+                    let count = |i: usize| -> Result<u64, tokio_postgres::Error> {
+                        Ok(from_sql(row.try_get(i)?))
+                    };
+                    f(member, hub, row.try_get(2)?, &hour_rollup(count)?);
+                    Ok(())
+                })
+                .await
             })
     }
 
