@@ -3,6 +3,10 @@
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 #   FUZZ_RUNS=10000000 scripts/fuzz.sh 0 [TARGET...]   # a number of inputs instead
+#   FUZZ_SANITIZER=none scripts/fuzz.sh ...             # without AddressSanitizer (cargo fuzz -s):
+#                                                       # safe Rust gains little from it, and the
+#                                                       # slowest target, config_load, runs 5x faster
+#                                                       # (440 -> 2,400 inputs/s here)
 #
 # The targets, one per decoder of untrusted input:
 #   decode_batch         the collector's batch decoder (codec::decode)
@@ -55,7 +59,7 @@ for target in "${targets[@]}"; do
   mkdir -p "fuzz/corpus/$target"
   log="fuzz/artifacts/$target.log"
   mkdir -p fuzz/artifacts
-  if cargo fuzz run "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" \
+  if cargo fuzz run --sanitizer "${FUZZ_SANITIZER:-address}" "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" \
       -- "${limit[@]}" >"$log" 2>&1; then
     grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -1 || true
   else
