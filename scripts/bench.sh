@@ -41,7 +41,8 @@
 #   scripts/bench.sh faults            fault injection with the oracle (issue 15): the collector SIGKILLed
 #                                      10 times under 50 agents for 5 min, agents SIGKILLed, the collector
 #                                      unreachable for a simulated hour, its disk full, bits flipped in the
-#                                      agents' spools; prints produced, delivered, duplicated, lost (cargo
+#                                      agents' spools and in the collector's store (verify-store); prints
+#                                      produced, delivered, duplicated, lost (cargo
 #                                      bench --profile dev --bench fault_injection; BENCH_AGENTS, BENCH_SECONDS,
 #                                      BENCH_KILLS, BENCH_FLIPS, BENCH_SCENARIOS)
 #   scripts/bench.sh restart           restart to ready (issue 15: < 10 s): 1,000 hubs x 65 days of SLI

@@ -23,6 +23,16 @@
 //!   `anywhere`, `frames` or `headers`), then everything restarts. The
 //!   oracle is the exact one below with the records hit as the only drops
 //!   allowed: `dropped` must equal the records of the batches hit.
+//! - `store-byte-flips`: after the stream (everything stored, checked by the
+//!   oracle below) the collector is stopped and one bit is flipped inside the
+//!   stored frame of `BENCH_FLIPS` (3) batches per agent in its SQLite file;
+//!   then `hubwatch-collector verify-store` runs and the collector starts
+//!   again. A stored batch is the only copy (the agent deleted it on the
+//!   ack), so bit rot there loses its records: the oracle is that none is
+//!   lost *silently*. `verify-store` must name exactly the batches hit, and
+//!   per agent the records it verifies intact plus those it reports damaged
+//!   must be what the agent produced. `delivered` is the records verified
+//!   intact, `dropped` those reported damaged, `lost` the rest (must be 0).
 //!
 //! Settings: `BENCH_AGENTS` (50), `BENCH_SECONDS` (300, the streaming time of
 //! each scenario), `BENCH_KILLS` (10), `BENCH_AGENT_KILLS` (3),
@@ -72,7 +82,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, ensure};
 use hubwatch_tests::{
     Agent, AgentOptions, Collector, CollectorOptions, Flip, FlipWhere, SpoolCursor, Summary, Tmpfs,
-    eventually, flip_spool_bytes, spooled_records,
+    eventually, flip_spool_bytes, flip_store_frames, frame_ids, spooled_records,
 };
 use rand::Rng;
 
@@ -92,12 +102,13 @@ const SEQ_PER_MS: u64 = 65536;
 /// A batch's seq owns the next 1023 numbers (split pieces).
 const SEQ_STRIDE: u64 = 1024;
 
-const ALL: [&str; 5] = [
+const ALL: [&str; 6] = [
     "collector-sigkill",
     "agent-sigkill",
     "collector-outage",
     "collector-disk-full",
     "spool-byte-flips",
+    "store-byte-flips",
 ];
 
 #[derive(Debug, Clone)]
@@ -969,6 +980,122 @@ fn spool_byte_flips(settings: &Settings) -> Outcome {
     outcome
 }
 
+fn store_byte_flips(settings: &Settings) -> Outcome {
+    use rand::seq::IndexedRandom;
+    let mut fleet = start_fleet(settings, "rot", None);
+    let start = Instant::now();
+    sleep_until(start, Duration::from_secs(settings.seconds));
+    let (summaries, backlog) = drain(&mut fleet, |_, _| {});
+    // Before the damage: everything stored exactly once.
+    let mut before = Outcome::default();
+    single_life_oracle(&fleet, &summaries, &mut before);
+    let mut outcome = Outcome {
+        agents: settings.agents,
+        problems: before
+            .problems
+            .into_iter()
+            .map(|p| format!("before the flips: {p}"))
+            .collect(),
+        duplicated: before.duplicated,
+        ..Outcome::default()
+    };
+    fleet.collector.sigterm();
+    let mut rng = rand::rng();
+    let mut by_agent: HashMap<String, Vec<i64>> = HashMap::new();
+    for (id, agent) in frame_ids(&fleet.db).unwrap_or_default() {
+        by_agent.entry(agent).or_default().push(id);
+    }
+    let hit: Vec<i64> = fleet
+        .agents
+        .iter()
+        .flat_map(|a| {
+            by_agent
+                .get(a.id())
+                .map(|ids| {
+                    ids.choose_multiple(&mut rng, settings.flips)
+                        .copied()
+                        .collect::<Vec<i64>>()
+                })
+                .unwrap_or_default()
+        })
+        .collect();
+    let copies = flip_store_frames(&fleet.db, &hit).unwrap_or_else(|e| {
+        outcome.problems.push(format!("flipping: {e:#}"));
+        0
+    });
+    let verified = Instant::now();
+    let (clean, stdout, stderr) = fleet
+        .collector
+        .run_cli(&["verify-store", "--format", "json"]);
+    let verify_s = verified.elapsed().as_secs_f64();
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        outcome
+            .problems
+            .push(format!("verify-store printed no report ({e}): {stderr}"));
+        serde_json::Value::Null
+    });
+    if clean {
+        outcome
+            .problems
+            .push("verify-store exited 0 on a damaged store".into());
+    }
+    let found: std::collections::BTreeSet<i64> = report["damaged"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|d| d["id"].as_i64()).collect())
+        .unwrap_or_default();
+    let wanted: std::collections::BTreeSet<i64> = hit.iter().copied().collect();
+    if found != wanted {
+        outcome.problems.push(format!(
+            "verify-store named {} damaged batches, {} were hit; missed {:?}, extra {:?}",
+            found.len(),
+            wanted.len(),
+            wanted.difference(&found).take(10).collect::<Vec<_>>(),
+            found.difference(&wanted).take(10).collect::<Vec<_>>()
+        ));
+    }
+    for (agent, summary) in fleet.agents.iter().zip(&summaries) {
+        let tally = &report["agents"][agent.id()];
+        let intact = tally["intact_records"].as_u64().unwrap_or(0);
+        let damaged = tally["damaged_records"].as_u64().unwrap_or(0);
+        outcome.produced += summary.records_produced;
+        outcome.delivered += intact;
+        outcome.dropped += damaged + summary.dropped_total;
+        let lost = summary.records_produced as i64
+            - intact as i64
+            - damaged as i64
+            - summary.dropped_total as i64;
+        outcome.lost += lost;
+        if lost != 0 {
+            outcome.problems.push(format!(
+                "{}: produced {} - intact {intact} - reported damaged {damaged} - dropped {} = {lost}",
+                agent.id(),
+                summary.records_produced,
+                summary.dropped_total
+            ));
+        }
+    }
+    // The collector starts on the damaged file.
+    let restarted =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fleet.collector.restart()));
+    if restarted.is_err() {
+        outcome
+            .problems
+            .push("the collector did not start on the damaged store".into());
+    }
+    outcome.seconds = start.elapsed().as_secs_f64();
+    outcome.faults = format!(
+        "{copies} bits flipped in {} stored frames (every copy of their bytes in the file), \
+         collector stopped; verify-store {verify_s:.1} s, structure {}, {} batches read; backlog \
+         at stream end {backlog}",
+        hit.len(),
+        report["structure"].as_str().unwrap_or("?"),
+        report["batches_read"].as_u64().unwrap_or(0)
+    );
+    outcome.oracle = "verify-store names exactly the batches hit; intact + reported damaged == \
+                      produced per agent (no silent loss); the collector restarts on the file";
+    outcome
+}
+
 fn run_scenario(name: &str, settings: &Settings) -> Outcome {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match name {
         "collector-sigkill" => collector_sigkill(settings),
@@ -976,6 +1103,7 @@ fn run_scenario(name: &str, settings: &Settings) -> Outcome {
         "collector-outage" => collector_outage(settings),
         "collector-disk-full" => collector_disk_full(settings),
         "spool-byte-flips" => spool_byte_flips(settings),
+        "store-byte-flips" => store_byte_flips(settings),
         other => unreachable!("scenario {other}"),
     }));
     result.unwrap_or_else(|panic| {

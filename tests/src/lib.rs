@@ -25,6 +25,7 @@ pub mod process;
 pub mod prom;
 pub mod prometheus;
 pub mod spool;
+pub mod store_flips;
 pub mod tmpfs;
 pub mod victoria;
 pub mod wait;
@@ -44,6 +45,7 @@ pub use prometheus::{AuthProxy, ExpositionServer, Prometheus, ScrapeJob};
 pub use spool::{
     Flip, FlipWhere, SpoolCursor, append_torn_record, flip_spool_bytes, spooled_records,
 };
+pub use store_flips::{flip_store_frames, frame_ids};
 pub use tmpfs::{ReadOnlyBind, Tmpfs};
 pub use victoria::{Forwarded, RecordingProxy, VictoriaMetrics, VmAgent};
 pub use wait::{eventually, free_port, patience, scaled, try_eventually};

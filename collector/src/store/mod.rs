@@ -28,12 +28,15 @@ pub mod pg;
 pub(crate) mod schema;
 mod storage;
 mod tokens;
+pub mod verify;
 mod writer;
 
 #[cfg(test)]
 mod backup_tests;
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod verify_tests;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
