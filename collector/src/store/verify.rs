@@ -245,18 +245,17 @@ pub fn verify(store_dir: &Path) -> Result<VerifyReport, BackupError> {
         .unwrap_or(0);
     let mut after = 0i64;
     while after < last_id {
-        match read_page(&conn, after) {
-            Ok(rows) if rows.is_empty() => break,
-            Ok(rows) => {
-                for row in rows {
-                    after = row.id;
-                    tally(&mut report, row);
-                }
-            }
-            Err(_) => {
-                // A damaged page: one id at a time until a row reads again.
-                after = step_past_damage(&conn, after, last_id, &mut report);
-            }
+        let mut read = 0;
+        let outcome = read_page(&conn, after, |row| {
+            after = row.id;
+            read += 1;
+            tally(&mut report, row);
+        });
+        match outcome {
+            Ok(()) if read == 0 => break,
+            Ok(()) => {}
+            // A damaged page: one id at a time until a row reads again.
+            Err(_) => after = step_past_damage(&conn, after, last_id, &mut report),
         }
     }
     let _ = conn.execute_batch("COMMIT");
@@ -275,13 +274,22 @@ fn quick_check(conn: &Connection) -> String {
     }
 }
 
-fn read_page(conn: &Connection, after: i64) -> rusqlite::Result<Vec<Row>> {
+/// Hands the rows after `after` to `each`, one at a time (a frame may be
+/// megabytes: none is held past its check), up to [`ROWS_PER_READ`].
+fn read_page(conn: &Connection, after: i64, mut each: impl FnMut(Row)) -> rusqlite::Result<()> {
     let mut statement = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM batches WHERE id > ?1 ORDER BY id LIMIT ?2"
     ))?;
-    let rows = statement.query_map(params![after, ROWS_PER_READ], read_row)?;
-    rows.collect()
+    let mut rows = statement.query(params![after, ROWS_PER_READ])?;
+    while let Some(row) = rows.next()? {
+        each(read_row(row)?);
+    }
+    Ok(())
 }
+
+/// Ids looked up one by one past damage before giving up (a damaged
+/// `sqlite_sequence` could claim ids far beyond the table's end).
+const STEP_MAX: i64 = 1_000_000;
 
 /// Reads ids after `after` one by one until one reads (it is tallied) or
 /// `last_id` is passed; the ids that fail are unreadable. Returns the last
@@ -289,6 +297,17 @@ fn read_page(conn: &Connection, after: i64) -> rusqlite::Result<Vec<Row>> {
 fn step_past_damage(conn: &Connection, after: i64, last_id: i64, report: &mut VerifyReport) -> i64 {
     let mut id = after;
     while id < last_id {
+        if id - after >= STEP_MAX {
+            report.unreadable_total += 1;
+            report.unreadable.push((
+                id,
+                format!(
+                    "gave up: no row read in the {STEP_MAX} ids after {after}; the table claims \
+                     ids up to {last_id}"
+                ),
+            ));
+            return last_id;
+        }
         id += 1;
         let one = conn
             .prepare_cached(&format!("SELECT {COLUMNS} FROM batches WHERE id = ?1"))
