@@ -16,8 +16,10 @@ use prometheus::{
 };
 
 pub mod otlp;
+pub mod slo_series;
 #[cfg(test)]
 mod tests;
+pub mod text;
 
 /// Series written as text at scrape time, after the registry's, by a
 /// component that keeps their state itself (the fleet's hub-level series).
@@ -132,14 +134,10 @@ pub struct CollectorMetrics {
     pub federate_label_overrides: IntCounterVec,
     /// Records the usage ledger skipped.
     pub usage_skipped_records: IntCounter,
-    /// SLO target per objective (`hubwatch_slo_target_ratio`).
-    pub slo_target: GaugeVec,
-    /// SLI over the tier window (`hubwatch_slo_sli_ratio`).
-    pub slo_sli: GaugeVec,
-    /// Error budget left over the tier window.
-    pub slo_budget_remaining: GaugeVec,
-    /// Burn rate per objective and window.
-    pub slo_burn_rate: GaugeVec,
+    /// `hubwatch_slo_target_ratio`, `_sli_ratio`, `_error_budget_remaining_ratio`
+    /// and `_burn_rate`: the last evaluation's objectives, written at scrape
+    /// time ([`slo_series`]).
+    pub slo: Arc<slo_series::SloSeries>,
     /// Time one SLO evaluation round took.
     pub slo_evaluation_seconds: Histogram,
     /// Raw batches each derivation stage consumed, by stage and result.
@@ -243,10 +241,7 @@ impl CollectorMetrics {
             federate_dropped: metrics::FEDERATE_DROPPED.counter_vec(r),
             federate_label_overrides: metrics::FEDERATE_LABEL_OVERRIDES.counter_vec(r),
             usage_skipped_records: metrics::USAGE_SKIPPED_RECORDS.counter(r),
-            slo_target: metrics::SLO_TARGET.gauge_vec(r),
-            slo_sli: metrics::SLO_SLI.gauge_vec(r),
-            slo_budget_remaining: metrics::SLO_BUDGET_REMAINING.gauge_vec(r),
-            slo_burn_rate: metrics::SLO_BURN_RATE.gauge_vec(r),
+            slo: Arc::default(),
             slo_evaluation_seconds: metrics::SLO_EVALUATION_SECONDS.histogram(r),
             stage_batches: metrics::COLLECTOR_STAGE_BATCHES.counter_vec(r),
             stage_lag_batches: metrics::COLLECTOR_STAGE_LAG_BATCHES.int_gauge_vec(r),
@@ -276,6 +271,7 @@ impl CollectorMetrics {
         }
         let mut text = String::from_utf8_lossy(&out).into_owned();
         drop(out);
+        self.slo.render_into(&mut text);
         let sources: Vec<Arc<dyn TextSource>> = self
             .text_sources
             .lock()

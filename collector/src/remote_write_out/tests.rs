@@ -994,16 +994,26 @@ impl crate::telemetry::TextSource for HubText {
     }
 }
 
+/// `alpha/prod`'s availability objective at `target`, with a 1h burn rate of
+/// 0.1 + 0.2 (0.30000000000000004: exact or not at all).
+fn objective(target: f64) -> crate::telemetry::slo_series::ObjectiveSeries {
+    crate::telemetry::slo_series::ObjectiveSeries {
+        member: "alpha".into(),
+        hub: "prod".into(),
+        tier: "member".into(),
+        slo: "availability".into(),
+        target,
+        sli: None,
+        budget_remaining: None,
+        burn_rates: vec![("1h", Some(0.1 + 0.2))],
+    }
+}
+
 /// Metrics with derived series for `alpha` and `beta` and, beside them, the
 /// collector's own metrics (some with a `member` label) that must stay out.
 fn derived_metrics() -> CollectorMetrics {
     let m = CollectorMetrics::new();
-    m.slo_target
-        .with_label_values(&["alpha", "prod", "member", "availability"])
-        .set(0.995);
-    m.slo_burn_rate
-        .with_label_values(&["alpha", "prod", "member", "availability", "1h"])
-        .set(0.1 + 0.2); // 0.30000000000000004: exact or not at all
+    m.slo.replace(vec![objective(0.995)]);
     m.usage_server_seconds
         .with_label_values(&["beta", "lab"])
         .set(3599.5);
@@ -1124,10 +1134,7 @@ async fn derived_series_are_stored_per_member_and_forwarded_like_agent_samples<B
     let metrics = derived_metrics();
     let mut seqs = SeqClock::default();
     assert_eq!(gather_once(&rig.store, &metrics, &mut seqs, NOW).await, 2);
-    metrics
-        .slo_target
-        .with_label_values(&["alpha", "prod", "member", "availability"])
-        .set(0.999);
+    metrics.slo.replace(vec![objective(0.999)]);
     assert_eq!(
         gather_once(&rig.store, &metrics, &mut seqs, NOW + 15_000).await,
         2

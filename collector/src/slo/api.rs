@@ -11,6 +11,7 @@ use super::journey::JourneyRun;
 use super::sli::DeriveStats;
 use super::windows::WINDOW_NAMES;
 use crate::telemetry::CollectorMetrics;
+use crate::telemetry::slo_series::ObjectiveSeries;
 
 fn number(value: Option<f64>) -> Value {
     value
@@ -51,43 +52,25 @@ pub fn objectives_json(objectives: &[ObjectiveStatus], member: Option<&str>) -> 
     json!({ "objectives": rows })
 }
 
-/// Sets the `hubwatch_slo_*` gauges from `objectives`; series without data are removed.
+/// Sets the `hubwatch_slo_*` series from `objectives` (the evaluation's
+/// complete set: an objective not in it is no longer written); values
+/// without data are absent.
 pub fn update_metrics(metrics: &CollectorMetrics, objectives: &[ObjectiveStatus]) {
-    for o in objectives {
-        let labels = [
-            o.member.as_str(),
-            o.hub.as_str(),
-            o.tier.as_str(),
-            o.slo.as_str(),
-        ];
-        metrics.slo_target.with_label_values(&labels).set(o.target);
-        set_or_remove(&metrics.slo_sli, &labels, o.sli);
-        set_or_remove(
-            &metrics.slo_budget_remaining,
-            &labels,
-            o.error_budget_remaining,
-        );
-        for (window, rate) in WINDOW_NAMES.iter().zip(o.burn_rates) {
-            let labels = [
-                o.member.as_str(),
-                o.hub.as_str(),
-                o.tier.as_str(),
-                o.slo.as_str(),
-                window,
-            ];
-            set_or_remove(&metrics.slo_burn_rate, &labels, rate);
-        }
-    }
-}
-
-fn set_or_remove(gauge: &prometheus::GaugeVec, labels: &[&str], value: Option<f64>) {
-    match value.filter(|v| v.is_finite()) {
-        Some(v) => gauge.with_label_values(labels).set(v),
-        // Absent until the first value: removing an unknown series is fine.
-        None => {
-            let _ = gauge.remove_label_values(labels);
-        }
-    }
+    metrics.slo.replace(
+        objectives
+            .iter()
+            .map(|o| ObjectiveSeries {
+                member: o.member.clone(),
+                hub: o.hub.clone(),
+                tier: o.tier.clone(),
+                slo: o.slo.as_str().to_string(),
+                target: o.target,
+                sli: o.sli,
+                budget_remaining: o.error_budget_remaining,
+                burn_rates: WINDOW_NAMES.iter().copied().zip(o.burn_rates).collect(),
+            })
+            .collect(),
+    );
 }
 
 /// Counts what the SLI stage skipped into `hubwatch_slo_skipped_records_total`

@@ -39,15 +39,16 @@ fn every_collector_metric_is_exported_and_no_other() {
     m.outside_probes
         .with_label_values(&["leap", "prod", "ok"])
         .inc();
-    let objective = ["leap", "prod", "premier", "availability"];
-    m.slo_target.with_label_values(&objective).set(0.999);
-    m.slo_sli.with_label_values(&objective).set(1.0);
-    m.slo_budget_remaining
-        .with_label_values(&objective)
-        .set(1.0);
-    m.slo_burn_rate
-        .with_label_values(&["leap", "prod", "premier", "availability", "5m"])
-        .set(0.0);
+    m.slo.replace(vec![super::slo_series::ObjectiveSeries {
+        member: "leap".into(),
+        hub: "prod".into(),
+        tier: "premier".into(),
+        slo: "availability".into(),
+        target: 0.999,
+        sli: Some(1.0),
+        budget_remaining: Some(1.0),
+        burn_rates: vec![("5m", Some(0.0))],
+    }]);
     m.stage_batches
         .with_label_values(&["slo.sli", "processed"])
         .inc();
@@ -119,7 +120,9 @@ fn every_collector_metric_is_exported_and_no_other() {
         .iter()
         .map(|f| f.name().to_string())
         .collect();
-    let written = crate::alerts::fleet::exposition::FAMILIES;
+    let written = crate::alerts::fleet::exposition::FAMILIES
+        .iter()
+        .chain(super::slo_series::FAMILIES);
     for def in written {
         assert!(
             exported.insert(def.name.to_string()),

@@ -18,10 +18,9 @@
 //! for the hub.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::{Arc, Mutex};
 
-use hubwatch_shared::metrics::{self, MetricDef, MetricKind};
+use hubwatch_shared::metrics::{self, MetricDef};
 
 use super::figures::Reading;
 use super::{
@@ -30,6 +29,7 @@ use super::{
 use crate::clock::SharedClock;
 use crate::pipeline::lock;
 use crate::telemetry::TextSource;
+use crate::telemetry::text::{header, push_label, push_value, sample};
 
 /// Every family this source writes (the telemetry test adds these to the
 /// registry's to check that every defined collector metric is exported).
@@ -315,70 +315,3 @@ pub(super) fn render(
 
 /// No label beyond the prefix.
 const NO_LABEL: (&str, &str) = ("", "");
-
-/// `# HELP` and `# TYPE` of `def`.
-fn header(out: &mut String, def: &MetricDef) {
-    let kind = match def.kind {
-        MetricKind::Counter => "counter",
-        MetricKind::Gauge => "gauge",
-        MetricKind::Histogram => "histogram",
-    };
-    let help = def.help.replace('\\', "\\\\").replace('\n', "\\n");
-    let _ = writeln!(out, "# HELP {} {help}", def.name);
-    let _ = writeln!(out, "# TYPE {} {kind}", def.name);
-}
-
-/// `name{prefix,extra} value`.
-fn sample(
-    out: &mut String,
-    name: &str,
-    suffix: &str,
-    prefix: &str,
-    extra: (&str, &str),
-    value: f64,
-) {
-    out.push_str(name);
-    out.push_str(suffix);
-    out.push('{');
-    out.push_str(prefix);
-    if !extra.0.is_empty() {
-        if !prefix.is_empty() {
-            out.push(',');
-        }
-        push_label(out, extra.0, extra.1);
-    }
-    out.push_str("} ");
-    push_value(out, value);
-    out.push('\n');
-}
-
-/// `name="value"`, the value escaped as the text format requires.
-fn push_label(out: &mut String, name: &str, value: &str) {
-    out.push_str(name);
-    out.push_str("=\"");
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-/// A float as the text format writes it (`+Inf`, `NaN`, integers without a
-/// fraction).
-fn push_value(out: &mut String, value: f64) {
-    if value.is_nan() {
-        out.push_str("NaN");
-    } else if value == f64::INFINITY {
-        out.push_str("+Inf");
-    } else if value == f64::NEG_INFINITY {
-        out.push_str("-Inf");
-    } else if value.fract() == 0.0 && value.abs() < 1e15 {
-        let _ = write!(out, "{}", value as i64);
-    } else {
-        let _ = write!(out, "{value}");
-    }
-}
