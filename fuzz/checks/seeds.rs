@@ -441,6 +441,12 @@ fn config_seeds() -> Vec<(&'static str, Vec<u8>)> {
             ),
         ),
         ("broken_interval", b"[agent]\ninterval = \"0s\"\n".to_vec()),
+        // Found by the fuzzer (Dec 3): a size whose display form rounds
+        // ("396.5 GiB") did not read back as the same bytes once written.
+        (
+            "odd_byte_size",
+            b"[agent]\nid = \"leap\"\nspool_max_bytes = \"000000000406039MiB\"\n".to_vec(),
+        ),
     ]
 }
 

@@ -95,6 +95,39 @@ where
     Ok(cfg)
 }
 
+/// Writes a byte size so that it reads back as the same number of bytes: in
+/// the largest binary unit that divides it (`"512MiB"`), else in bytes
+/// (`"1000"`). `bytesize`'s own `Serialize` writes its display form
+/// (`"396.5 GiB"`), which rounds: a config written back (e.g. by a tool
+/// reading and rewriting it) would then load to another value (found by the
+/// `config_load` fuzz target). Reading accepts every form `bytesize` parses.
+pub mod exact_bytes {
+    use bytesize::ByteSize;
+    use serde::Serializer;
+
+    /// `serialize_with` for a `ByteSize` field.
+    pub fn serialize<S: Serializer>(size: &ByteSize, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&text(*size))
+    }
+
+    /// The exact text of `size`.
+    pub fn text(size: ByteSize) -> String {
+        let bytes = size.as_u64();
+        [
+            (1u64 << 40, "TiB"),
+            (1 << 30, "GiB"),
+            (1 << 20, "MiB"),
+            (1 << 10, "KiB"),
+        ]
+        .iter()
+        .find(|(unit, _)| bytes != 0 && bytes.is_multiple_of(*unit))
+        .map_or_else(
+            || bytes.to_string(),
+            |(unit, name)| format!("{}{name}", bytes / unit),
+        )
+    }
+}
+
 /// Checks that go beyond types: ranges, combinations, references.
 pub trait Validate {
     /// Returns the first problem found, naming its key.

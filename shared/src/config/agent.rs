@@ -39,11 +39,14 @@ pub struct AgentSection {
     /// Directory of the on-disk spool.
     pub spool_dir: PathBuf,
     /// Upper bound of the spool on disk; when full the oldest data is dropped and counted.
+    #[serde(serialize_with = "exact_bytes::serialize")]
     pub spool_max_bytes: ByteSize,
     /// Upper bound of batches held in memory while the spool cannot be written.
+    #[serde(serialize_with = "exact_bytes::serialize")]
     pub memory_buffer_max_bytes: ByteSize,
     /// Largest encoded batch the agent makes; the collector's announced
     /// `server.max_body_bytes` lowers it further.
+    #[serde(serialize_with = "exact_bytes::serialize")]
     pub max_batch_bytes: ByteSize,
     /// A spool write slower than this is left to finish in the background and
     /// the collection loop goes on, holding newer batches in memory.

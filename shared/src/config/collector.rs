@@ -420,6 +420,7 @@ pub struct ServerConfig {
     /// Allow plaintext on a non-loopback address. Tokens then cross the network in clear.
     pub insecure_plaintext: bool,
     /// Largest accepted request body; larger gets 413 before it is read whole.
+    #[serde(serialize_with = "exact_bytes::serialize")]
     pub max_body_bytes: ByteSize,
     /// Time allowed for a client to send its request headers.
     #[serde(with = "humantime_serde")]

@@ -1328,3 +1328,37 @@ fn the_auth_failure_limit_defaults_to_20_refilling_every_second_and_is_checked()
         assert!(err.to_string().contains(key), "{text:?}: {err}");
     }
 }
+
+#[test]
+fn byte_sizes_written_back_read_back_as_the_same_bytes() {
+    use super::exact_bytes::text;
+    for bytes in [
+        0,
+        1,
+        1000,
+        1024,
+        65_536,
+        425_762_750_464,
+        (1 << 30) + 1,
+        3 << 40,
+        u64::MAX,
+    ] {
+        let written = text(ByteSize(bytes));
+        assert_eq!(
+            written.parse::<ByteSize>(),
+            Ok(ByteSize(bytes)),
+            "{bytes} written as {written}"
+        );
+    }
+    assert_eq!(text(ByteSize::mib(512)), "512MiB");
+    assert_eq!(text(ByteSize(1000)), "1000");
+
+    // A whole config: loaded, written as TOML, loaded again: the same.
+    let file = "[agent]\nid = \"leap\"\nspool_max_bytes = \"406039MiB\"\nmax_batch_bytes = \"1000000\"\n\n[collector]\ntoken_file = \"/etc/hubwatch/token\"\n";
+    let env = HashMap::new();
+    let cfg: AgentConfig = load(file, &env).expect("loads");
+    assert_eq!(cfg.agent.spool_max_bytes, ByteSize::mib(406_039));
+    let written = toml::to_string(&cfg).expect("toml");
+    let again: AgentConfig = load(&written, &env).expect("reloads");
+    assert_eq!(again, cfg, "{written}");
+}
