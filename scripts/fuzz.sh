@@ -3,6 +3,8 @@
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 #   FUZZ_RUNS=10000000 scripts/fuzz.sh 0 [TARGET...]   # a number of inputs instead
+#   FUZZ_JOBS=2 FUZZ_RUNS=10000000 scripts/fuzz.sh 0 T  # N libFuzzer jobs in parallel on one corpus,
+#                                                       # FUZZ_RUNS/N inputs each (logs fuzz/fuzz-<i>.log)
 #   FUZZ_SANITIZER=none scripts/fuzz.sh ...             # without AddressSanitizer (cargo fuzz -s):
 #                                                       # safe Rust gains little from it, and the
 #                                                       # slowest target, config_load, runs 5x faster
@@ -49,7 +51,10 @@ fi
 
 failed=()
 for target in "${targets[@]}"; do
-  if [ -n "${FUZZ_RUNS:-}" ]; then
+  if [ -n "${FUZZ_RUNS:-}" ] && [ "${FUZZ_JOBS:-1}" -gt 1 ]; then
+    limit=(-runs="$((FUZZ_RUNS / FUZZ_JOBS))" -jobs="$FUZZ_JOBS" -workers="$FUZZ_JOBS")
+    echo "== fuzz $target for $FUZZ_RUNS inputs in $FUZZ_JOBS jobs"
+  elif [ -n "${FUZZ_RUNS:-}" ]; then
     limit=(-runs="$FUZZ_RUNS")
     echo "== fuzz $target for $FUZZ_RUNS inputs"
   else
