@@ -4,7 +4,7 @@
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 #   FUZZ_RUNS=10000000 scripts/fuzz.sh 0 [TARGET...]   # a number of inputs instead
 #   FUZZ_JOBS=2 FUZZ_RUNS=10000000 scripts/fuzz.sh 0 T  # N libFuzzer jobs in parallel on one corpus,
-#                                                       # FUZZ_RUNS/N inputs each (logs fuzz/fuzz-<i>.log)
+#                                                       # FUZZ_RUNS/N inputs each (logs ./fuzz-<i>.log)
 #   FUZZ_SANITIZER=none scripts/fuzz.sh ...             # without AddressSanitizer (cargo fuzz -s):
 #                                                       # safe Rust gains little from it, and the
 #                                                       # slowest target, config_load, runs 5x faster

@@ -316,7 +316,11 @@ fn sync_file(path: &Path) -> Result<(), BackupError> {
         .map_err(io(path, "syncing the copy"))
 }
 
-fn sqlite(path: &Path, operation: &'static str) -> impl FnOnce(rusqlite::Error) -> BackupError {
+/// Maps a SQLite error on `path` during `operation` (also `verify`'s).
+pub(super) fn sqlite(
+    path: &Path,
+    operation: &'static str,
+) -> impl FnOnce(rusqlite::Error) -> BackupError {
     let path = path.to_path_buf();
     move |source| BackupError::Sqlite {
         path,

@@ -25,7 +25,7 @@ use std::time::Instant;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 
-use super::backup::BackupError;
+use super::backup::{BackupError, sqlite};
 use super::{BUSY_TIMEOUT, DB_FILE_NAME};
 
 /// Rows read per query while the table reads cleanly.
@@ -193,15 +193,6 @@ fn check(row: &Row, stored: Vec<u8>) -> Result<u64, String> {
         ));
     }
     Ok(count)
-}
-
-fn sqlite(path: &Path, operation: &'static str) -> impl FnOnce(rusqlite::Error) -> BackupError {
-    let path = path.to_path_buf();
-    move |source| BackupError::Sqlite {
-        path,
-        operation,
-        source,
-    }
 }
 
 /// Verifies the store in `store_dir` (its `hubwatch.db`). Blocking; reads the
