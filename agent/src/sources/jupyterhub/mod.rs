@@ -208,11 +208,10 @@ impl JupyterHubSource {
 
     /// Writes the tracker's running servers when they changed since the
     /// last write; a failure is logged and retried at the next collection.
-    async fn persist(&self, state: &mut HubState) {
+    async fn persist(&self, state: &mut HubState, running: Vec<RunningServer>) {
         let Some(path) = &self.servers_file else {
             return;
         };
-        let running = state.tracker.running();
         if running == state.persisted {
             return;
         }
@@ -322,11 +321,27 @@ impl JupyterHubSource {
                 }
                 // A listing without servers (no read:servers) says nothing
                 // about who stopped.
-                let events = match listing.warning {
-                    None => state.tracker.update(&self.hub, &listing.servers, now),
-                    Some(_) => Vec::new(),
+                // The runtime drops this future when the collection overruns
+                // its budget, and writing the servers file below is an await
+                // where that can happen. The tracker is therefore changed
+                // only after it: a dropped collection leaves it as it was, and
+                // the next one reports the same stops and starts instead of
+                // losing them (a CI run lost a stop this way on a slow hub).
+                let (events, next) = match listing.warning {
+                    None => {
+                        let mut next = state.tracker.clone();
+                        let events = next.update(&self.hub, &listing.servers, now);
+                        (events, Some(next))
+                    }
+                    Some(_) => (Vec::new(), None),
                 };
-                self.persist(state).await;
+                let running = next
+                    .as_ref()
+                    .map_or_else(|| state.tracker.running(), UsageTracker::running);
+                self.persist(state, running).await;
+                if let Some(next) = next {
+                    state.tracker = next;
+                }
                 let health = match listing.warning {
                     None => Ok((StatusCode::OK, listing.latency)),
                     Some(reason) => Err(Failure {

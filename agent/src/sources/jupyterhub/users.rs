@@ -271,7 +271,7 @@ pub struct RunningServer {
 /// so the events repeat exactly and the collector drops the repeats (it
 /// dedupes on hub, user, server, kind and time), which also covers events
 /// lost with a crash before they were spooled.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct UsageTracker {
     known: HashMap<(String, String), Known>,
 }
