@@ -654,3 +654,51 @@ async fn no_recheck_when_the_deadline_leaves_no_room() {
     assert_eq!(hub_health_checks(&records).len(), 1);
     assert!(started.elapsed() < Duration::from_secs(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_dropped_while_writing_the_servers_file_loses_no_stop() {
+    let hub = FakeHub::start(healthy(3)).await;
+    let state = tempfile::tempdir().unwrap();
+    let Setup { source, _dir, .. } = source(&hub.url, 200, Duration::from_secs(5));
+    let source = source.with_state_dir(state.path());
+    let first = collect(&source).await;
+    assert_eq!(usage(&first).len(), 6, "{:?}", usage(&first));
+
+    // Hold the next write of the servers file: its temporary file is a FIFO,
+    // and opening a FIFO to write blocks until a reader opens it.
+    let tmp = servers_file::path_for(state.path(), "prod").with_extension("json.tmp");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&tmp)
+        .status()
+        .unwrap();
+    assert!(made.success());
+
+    // One user gone; the collection is dropped at its budget, as the
+    // runtime does, while it waits on the file.
+    hub.set(healthy(2));
+    let dropped = tokio::time::timeout(Duration::from_millis(1500), source.collect()).await;
+    assert!(
+        dropped.is_err(),
+        "the collection should have been held at the servers file"
+    );
+
+    // Release the held write (the FIFO cannot be fsynced, so that write
+    // fails and is retried), then take the FIFO away.
+    let reader = {
+        let tmp = tmp.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut sink = Vec::new();
+            std::fs::File::open(&tmp).and_then(|mut f| f.read_to_end(&mut sink))
+        })
+    };
+    reader.join().unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    std::fs::remove_file(&tmp).unwrap();
+
+    // The next collection reports the stop the dropped one saw.
+    let records = collect(&source).await;
+    let events = usage(&records);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, UsageKind::ServerStopped);
+}
