@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock};
 
 use hubwatch_shared::metrics::{self, MetricDef};
 
-use super::text::{header, push_label, push_value};
+use super::text::{header, push_label, sample};
 
 /// The families written, in this order.
 pub const FAMILIES: &[&MetricDef] = &[
@@ -108,7 +108,7 @@ impl SloSeries {
                         header(out, def);
                         wrote_header = true;
                     }
-                    line(out, def.name, prefix, None, value);
+                    sample(out, def.name, "", prefix, ("", ""), value);
                 }
             };
         family(out, &metrics::SLO_TARGET, &|o| Some(o.target));
@@ -124,24 +124,17 @@ impl SloSeries {
                     header(out, &metrics::SLO_BURN_RATE);
                     wrote_header = true;
                 }
-                line(out, metrics::SLO_BURN_RATE.name, prefix, Some(window), rate);
+                sample(
+                    out,
+                    metrics::SLO_BURN_RATE.name,
+                    "",
+                    prefix,
+                    ("window", window),
+                    rate,
+                );
             }
         }
     }
-}
-
-/// `name{prefix[,window="…"]} value`.
-fn line(out: &mut String, name: &str, prefix: &str, window: Option<&str>, value: f64) {
-    out.push_str(name);
-    out.push('{');
-    out.push_str(prefix);
-    if let Some(window) = window {
-        out.push(',');
-        push_label(out, "window", window);
-    }
-    out.push_str("} ");
-    push_value(out, value);
-    out.push('\n');
 }
 
 #[cfg(test)]
